@@ -1,0 +1,45 @@
+"""Errors a handler raises; each carries a machine code, the server chooses the HTTP status."""
+
+from __future__ import annotations
+
+
+class HandlerError(Exception):
+    """Base of every error a handler raises on purpose."""
+
+    code = "MODEL_ERROR"
+
+    def __init__(self, detail: str, *, code: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+
+
+class InvalidInput(HandlerError):
+    """The caller's input cannot be served as given (too long, wrong modality)."""
+
+    code = "INVALID_INPUT"
+
+
+class InvalidOption(HandlerError):
+    """An option is out of range for this model (e.g. `dimensions` wider than the model)."""
+
+    code = "INVALID_OPTION"
+
+
+class Overloaded(HandlerError):
+    """The queue is full or the request waited past its deadline; retrying later can succeed."""
+
+    code = "OVERLOADED"
+
+
+class ModelDirectoryError(HandlerError):
+    """A model directory that cannot be served: missing files, pickled weights, unknown kind."""
+
+    code = "MODEL_DIRECTORY"
+
+
+class ModelFailure(HandlerError):
+    """The forward pass itself failed; this is a bug or a resource problem, not bad input."""
+
+    code = "MODEL_FAILURE"

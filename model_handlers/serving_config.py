@@ -1,0 +1,183 @@
+"""The serving config of a model directory: `searchbox.json`, or what the directory itself says.
+
+Pure file inspection, no torch: `serve` calls it in the gunicorn master to refuse a directory that
+would not serve before any worker starts.
+
+`searchbox.json` (every key optional):
+
+    {"kind": "embedding" | "reranker",
+     "served_model_name": "jina-embeddings-v3",
+     "max_length": 8192,
+     "default_task": "text-matching",
+     "tasks": {"retrieval.query": {"prompt": "query: "}, "retrieval.passage": "passage: ",
+               "classification": {"adapter": "classification"}},
+     "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
+     "score_activation": "sigmoid" | "none"}
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from model_handlers.errors import ModelDirectoryError
+
+CONFIG_FILE = "searchbox.json"
+
+_PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Files that end in .bin but hold no weights.
+_NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin"}
+
+# Common prompt names in sentence-transformers configs, mapped to the task names clients send.
+_TASK_ALIASES = {
+    "retrieval.query": ("retrieval.query", "query", "search_query"),
+    "retrieval.passage": ("retrieval.passage", "document", "passage", "search_document"),
+}
+
+
+class ModelKind(str, enum.Enum):
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task selects: a text prompt prepended to each input, and/or a named adapter."""
+
+    prompt: str = ""
+    adapter: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    kind: ModelKind
+    served_model_name: str
+    max_length: int | None = None
+    default_task: str | None = None
+    tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
+    matryoshka_dimensions: tuple[int, ...] = ()
+    score_activation: str = "sigmoid"
+
+    def task_spec(self, task: str | None) -> TaskSpec:
+        """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
+        if task is not None and task in self.tasks:
+            return self.tasks[task]
+        if self.default_task is not None and self.default_task in self.tasks:
+            return self.tasks[self.default_task]
+        return TaskSpec()
+
+
+def read_serving_config(model_dir: Path, *, allow_pickle: bool = False) -> ServingConfig:
+    """Read and check the serving config of `model_dir`.
+
+    Raises:
+        ModelDirectoryError: the directory would not serve; the message says why and what to do.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelDirectoryError(f"model directory {model_dir} does not exist")
+    explicit = _read_json(model_dir / CONFIG_FILE) or {}
+    if not isinstance(explicit, dict):
+        raise ModelDirectoryError(f"{model_dir / CONFIG_FILE} must hold a JSON object")
+    _check_weights(model_dir, allow_pickle=allow_pickle)
+    kind = _kind(model_dir, explicit)
+    tasks = {name: _task_spec(name, value) for name, value in (explicit.get("tasks") or {}).items()}
+    if not tasks:
+        tasks = _tasks_from_sentence_transformers(model_dir)
+    default_task = explicit.get("default_task")
+    if default_task is None:
+        st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
+        default_task = st_config.get("default_prompt_name")
+    activation = explicit.get("score_activation", "sigmoid")
+    if activation not in ("sigmoid", "none"):
+        raise ModelDirectoryError(f"{CONFIG_FILE}: score_activation must be 'sigmoid' or 'none', not {activation!r}")
+    max_length = explicit.get("max_length")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
+        raise ModelDirectoryError(f"{CONFIG_FILE}: max_length must be an integer >= 8, not {max_length!r}")
+    return ServingConfig(
+        kind=kind,
+        served_model_name=str(explicit.get("served_model_name") or _default_name(model_dir)),
+        max_length=max_length,
+        default_task=default_task,
+        tasks=tasks,
+        matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
+        score_activation=activation,
+    )
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _default_name(model_dir: Path) -> str:
+    """The directory name, unless it is a generic mount point like /opt/ml/model."""
+    hf_config = _read_json(model_dir / "config.json") or {}
+    name = hf_config.get("_name_or_path") or ""
+    name = Path(str(name)).name
+    if name and not name.startswith(("tmp", ".")) and name not in ("model", ""):
+        return name
+    return model_dir.name
+
+
+def _check_weights(model_dir: Path, *, allow_pickle: bool) -> None:
+    files = [p for p in model_dir.rglob("*") if p.is_file()]
+    if any(p.suffix == ".safetensors" for p in files):
+        return
+    pickled = [p for p in files if p.suffix in _PICKLED_SUFFIXES and p.name not in _NOT_WEIGHTS]
+    if pickled and not allow_pickle:
+        names = ", ".join(str(p.relative_to(model_dir)) for p in pickled[:3])
+        raise ModelDirectoryError(
+            f"{model_dir} holds only pickled weights ({names}); pickles can run arbitrary code when loaded. "
+            "Convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), "
+            "or set SEARCHBOX_ALLOW_PICKLE=1 if you trust this file."
+        )
+    if not pickled and not any(p.name in ("config.json", "modules.json") for p in files):
+        raise ModelDirectoryError(
+            f"{model_dir} is not a model directory: no config.json, modules.json or weights found"
+        )
+
+
+def _kind(model_dir: Path, explicit: Mapping[str, Any]) -> ModelKind:
+    if "kind" in explicit:
+        try:
+            return ModelKind(explicit["kind"])
+        except ValueError:
+            choices = ", ".join(k.value for k in ModelKind)
+            raise ModelDirectoryError(
+                f"{CONFIG_FILE}: unknown kind {explicit['kind']!r}; choose one of {choices}"
+            ) from None
+    hf_config = _read_json(model_dir / "config.json") or {}
+    architectures = hf_config.get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return ModelKind.RERANKER
+    return ModelKind.EMBEDDING
+
+
+def _task_spec(name: str, value: Any) -> TaskSpec:
+    if isinstance(value, str):
+        return TaskSpec(prompt=value)
+    if isinstance(value, dict) and set(value) <= {"prompt", "adapter"}:
+        return TaskSpec(prompt=str(value.get("prompt") or ""), adapter=value.get("adapter"))
+    raise ModelDirectoryError(
+        f"{CONFIG_FILE}: task {name!r} must be a prompt string or an object with 'prompt' and/or 'adapter'"
+    )
+
+
+def _tasks_from_sentence_transformers(model_dir: Path) -> dict[str, TaskSpec]:
+    """Tasks from the prompts a sentence-transformers model declares, with the usual aliases."""
+    st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
+    prompts = st_config.get("prompts") or {}
+    tasks = {name: TaskSpec(prompt=prompt) for name, prompt in prompts.items() if isinstance(prompt, str)}
+    for task, candidates in _TASK_ALIASES.items():
+        for candidate in candidates:
+            if task not in tasks and candidate in tasks:
+                tasks[task] = tasks[candidate]
+    return tasks
