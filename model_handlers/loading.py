@@ -42,7 +42,8 @@ def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = N
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     options = options or HandlerOptions()
     model_dir = Path(model_dir)
-    config = read_serving_config(model_dir, allow_pickle=options.allow_pickle)
+    config = read_serving_config(model_dir, allow_pickle=options.allow_pickle,
+                                 fallback_name=options.served_model_name)
     import torch
 
     if options.torch_threads:

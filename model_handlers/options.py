@@ -15,6 +15,8 @@ class HandlerOptions:
     # How long a caller waits for its rows before getting an Overloaded error.
     request_timeout_s: float = 60.0
     torch_threads: int | None = None
+    # The name answered in `model` when searchbox.json gives none.
+    served_model_name: str | None = None
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -70,8 +70,10 @@ class ServingConfig:
         return TaskSpec()
 
 
-def read_serving_config(model_dir: Path, *, allow_pickle: bool = False) -> ServingConfig:
+def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback_name: str | None = None) -> ServingConfig:
     """Read and check the serving config of `model_dir`.
+
+    The served name is `searchbox.json`'s, else `fallback_name`, else the directory's name.
 
     Raises:
         ModelDirectoryError: the directory would not serve; the message says why and what to do.
@@ -99,7 +101,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False) -> Servi
         raise ModelDirectoryError(f"{CONFIG_FILE}: max_length must be an integer >= 8, not {max_length!r}")
     return ServingConfig(
         kind=kind,
-        served_model_name=str(explicit.get("served_model_name") or _default_name(model_dir)),
+        served_model_name=str(explicit.get("served_model_name") or fallback_name or model_dir.name),
         max_length=max_length,
         default_task=default_task,
         tasks=tasks,
@@ -115,16 +117,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelDirectoryError(f"{path} is not valid JSON: {exc}") from exc
-
-
-def _default_name(model_dir: Path) -> str:
-    """The directory name, unless it is a generic mount point like /opt/ml/model."""
-    hf_config = _read_json(model_dir / "config.json") or {}
-    name = hf_config.get("_name_or_path") or ""
-    name = Path(str(name)).name
-    if name and not name.startswith(("tmp", ".")) and name not in ("model", ""):
-        return name
-    return model_dir.name
 
 
 def _check_weights(model_dir: Path, *, allow_pickle: bool) -> None:

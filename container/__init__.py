@@ -1,0 +1,1 @@
+"""The searchbox server: settings, Flask app, dialects, and the `serve` entry point."""

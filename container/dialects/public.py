@@ -1,0 +1,46 @@
+"""Jina's public embeddings API, with OpenAI's `encoding_format` accepted as a synonym (contract §2b)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from container.dialects import Decoded
+from container.dialects import fields
+from container.errors import ValidationFailed
+from model_handlers.types import EmbedRequest, EmbedResult
+
+
+def decode_embeddings(body: Any) -> Decoded:
+    if not isinstance(body, dict) or "input" not in body:
+        raise ValidationFailed('the body must be a JSON object with `input`: {"input": ["text", ...]}')
+    raw = body["input"]
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise ValidationFailed("`input` must be a string or a list of strings or {\"text\"} objects")
+    inputs = tuple(fields.embed_input(item, f"input[{i}]") for i, item in enumerate(raw))
+    type_field = "embedding_type" if body.get("embedding_type") is not None else "encoding_format"
+    types, types_as_list = fields.embedding_types(body.get(type_field), type_field)
+    request = EmbedRequest(
+        inputs=inputs,
+        task=fields.optional_str(body.get("task"), "task"),
+        dimensions=fields.optional_int(body.get("dimensions"), "dimensions"),
+        normalized=fields.optional_bool(body.get("normalized"), "normalized", True),
+        embedding_types=types,
+        late_chunking=fields.optional_bool(body.get("late_chunking"), "late_chunking", False),
+        truncate=fields.optional_bool(body.get("truncate"), "truncate", True),
+        input_type=fields.optional_str(body.get("input_type"), "input_type"),
+    )
+
+    def render(result: EmbedResult) -> dict[str, Any]:
+        return {
+            "model": result.model,
+            "object": "list",
+            "usage": {"total_tokens": result.total_tokens, "prompt_tokens": result.total_tokens},
+            "data": [
+                {"object": "embedding", "index": index, "embedding": fields.render_embedding(encoded, types_as_list)}
+                for index, encoded in enumerate(result.embeddings)
+            ],
+        }
+
+    return Decoded(request, render)

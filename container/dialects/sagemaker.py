@@ -1,0 +1,47 @@
+"""The SageMaker envelope that the `jina-sagemaker` client sends (contract §2a)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from container.dialects import Decoded
+from container.dialects import fields
+from container.errors import ValidationFailed
+from model_handlers.types import EmbedRequest, EmbedResult
+
+
+def decode(body: dict[str, Any]) -> Decoded:
+    params = fields.mapping(body.get("parameters"), "parameters")
+    data = body["data"]
+    items = data if isinstance(data, list) else [data]
+    if not isinstance(data, (list, dict)):
+        raise ValidationFailed("`data` must be a list of inputs or one input object")
+    inputs, ids = [], []
+    for index, item in enumerate(items):
+        inputs.append(fields.embed_input(item, f"data[{index}]"))
+        given = item.get("id") if isinstance(item, dict) else None
+        ids.append(given if given is not None else uuid.uuid4().hex)
+    types, types_as_list = fields.embedding_types(params.get("embedding_type"), "parameters.embedding_type")
+    request = EmbedRequest(
+        inputs=tuple(inputs),
+        task=fields.optional_str(params.get("task"), "parameters.task"),
+        dimensions=fields.optional_int(params.get("dimensions"), "parameters.dimensions"),
+        normalized=fields.optional_bool(params.get("normalized"), "parameters.normalized", True),
+        embedding_types=types,
+        late_chunking=fields.optional_bool(params.get("late_chunking"), "parameters.late_chunking", False),
+        truncate=fields.optional_bool(params.get("truncate"), "parameters.truncate", True),
+        input_type=fields.optional_str(params.get("input_type"), "parameters.input_type"),
+    )
+
+    def render(result: EmbedResult) -> dict[str, Any]:
+        return {
+            "data": [
+                {"id": item_id, "embedding": fields.render_embedding(encoded, types_as_list),
+                 "usage": {"total_tokens": tokens}}
+                for item_id, encoded, tokens in zip(ids, result.embeddings, result.token_counts)
+            ],
+            "parameters": params,
+        }
+
+    return Decoded(request, render)

@@ -1,0 +1,86 @@
+"""Errors the server answers with, and the one place that maps handler errors to HTTP statuses.
+
+Every error body is the contract's `{"detail", "code", "request_id"}` (contract §5).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from sagemaker_inference.errors import BaseInferenceToolkitError
+
+from model_handlers import errors as handler_errors
+
+
+class SearchboxError(BaseInferenceToolkitError):
+    """An error the caller can act on; `detail` says what to fix."""
+
+    status_code = 500
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(self.status_code, detail, HTTPStatus(self.status_code).phrase)
+        self.detail = detail
+        self.code = code or type(self).code
+        self.headers = headers or {}
+
+
+class BadRequest(SearchboxError):
+    status_code = 400
+    code = "BAD_REQUEST"
+
+
+class ValidationFailed(SearchboxError):
+    """The JSON is well formed but a field has the wrong type or value; the detail names the field."""
+
+    status_code = 422
+    code = "VALIDATION_ERROR"
+
+
+class UnsupportedMediaType(SearchboxError):
+    status_code = 415
+    code = "UNSUPPORTED_MEDIA_TYPE"
+
+
+class PayloadTooLarge(SearchboxError):
+    status_code = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class NotFound(SearchboxError):
+    status_code = 404
+    code = "NOT_FOUND"
+
+
+class MethodNotAllowed(SearchboxError):
+    status_code = 405
+    code = "METHOD_NOT_ALLOWED"
+
+
+class Unavailable(SearchboxError):
+    """Loading, overloaded or shutting down: retrying later can succeed."""
+
+    status_code = 503
+    code = "SERVICE_UNAVAILABLE"
+
+    def __init__(self, detail: str, *, code: str | None = None, retry_after_s: int = 1):
+        super().__init__(detail, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+_BY_HANDLER_ERROR: dict[type, type[SearchboxError]] = {
+    handler_errors.InvalidInput: BadRequest,
+    handler_errors.InvalidOption: ValidationFailed,
+    handler_errors.Overloaded: Unavailable,
+}
+
+
+def from_handler_error(exc: handler_errors.HandlerError) -> SearchboxError:
+    """The HTTP error for a handler error; anything unexpected is a 500."""
+    for kind in type(exc).__mro__:
+        if kind in _BY_HANDLER_ERROR:
+            return _BY_HANDLER_ERROR[kind](exc.detail, code=exc.code)
+    return SearchboxError(exc.detail, code=exc.code)
+
+
+def error_body(error: SearchboxError, request_id: str) -> dict[str, str]:
+    return {"detail": error.detail, "code": error.code, "request_id": request_id}

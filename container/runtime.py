@@ -1,0 +1,80 @@
+"""The one place holding the server's mutable state: the model handler and whether it is ready.
+
+The model loads on a background thread so the port answers `/ping` (503) from the first second;
+it turns ready only after one warm-up inference has run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from container.errors import Unavailable
+from container.settings import Settings
+from model_handlers import HandlerOptions, load_handler
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRuntime:
+    def __init__(self, settings: Settings, on_load_failure: Callable[[BaseException], None] | None = None):
+        self._settings = settings
+        self._on_load_failure = on_load_failure
+        self._handler = None
+        self._ready = threading.Event()
+        self.load_error: str | None = None
+        self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
+
+    def start(self) -> "ModelRuntime":
+        self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def handler(self):
+        """The loaded handler.
+
+        Raises:
+            Unavailable: the model is still loading (or failed to).
+        """
+        if not self._ready.is_set():
+            if self.load_error:
+                raise Unavailable(f"the model failed to load: {self.load_error}", code="MODEL_LOAD_FAILED")
+            raise Unavailable("the model is still loading; retry in a few seconds", code="MODEL_LOADING")
+        return self._handler
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        settings = self._settings
+        try:
+            handler = load_handler(settings.model_dir, HandlerOptions(
+                device=settings.device,
+                allow_pickle=settings.allow_pickle,
+                max_batch_tokens=settings.max_batch_tokens,
+                request_timeout_s=settings.request_timeout_s,
+                torch_threads=settings.torch_threads,
+                served_model_name=settings.model_name,
+            ))
+            handler.warm_up()
+        except BaseException as exc:
+            self.load_error = str(exc) or type(exc).__name__
+            logger.error("cannot serve %s: %s", settings.model_dir, self.load_error, exc_info=exc)
+            if self._on_load_failure is not None:
+                self._on_load_failure(exc)
+            return
+        self._handler = handler
+        self._ready.set()
+        logger.info("model %s (%s) ready in %.1f s", handler.model_name, handler.kind.value,
+                    time.monotonic() - started)
+
+    def close(self) -> None:
+        if self._handler is not None:
+            self._handler.close()

