@@ -1,0 +1,151 @@
+"""Embeddings over HTTP from a real gunicorn server, checked against sentence-transformers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+SHORT = ["hello", "The cat sits on the mat.", "¿Dónde está la estación de tren más cercana?", ""]
+LONG = " ".join(f"Sentence number {i} talks about search, ranking and retrieval systems." for i in range(18))
+TOO_LONG = LONG * 5  # about 1000 word pieces: truncated to the model's 256
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def embed(server, texts, **params):
+    response = server.post("/invocations", {"data": [{"text": t} for t in texts], "parameters": params})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def test_parity_short_long_and_truncated(server, reference_model):
+    texts = SHORT + [LONG, TOO_LONG]
+    served = embed(server, texts)
+    expected = reference_model.encode(texts)
+    assert len(served) == len(texts)
+    for item, reference in zip(served, expected):
+        assert len(item["embedding"]) == 384
+        assert cosine(item["embedding"], reference) >= 0.9999
+        assert abs(np.linalg.norm(item["embedding"]) - 1) < 1e-5
+
+
+def test_usage_counts_the_tokens_the_model_processed(server, minilm_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    texts = ["hello", LONG, TOO_LONG]
+    served = embed(server, texts)
+    expected = [len(tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in texts]
+    assert [item["usage"]["total_tokens"] for item in served] == expected
+    assert expected[-1] == 256
+    public = server.post("/v1/embeddings", {"input": texts}).json()
+    assert public["usage"] == {"total_tokens": sum(expected), "prompt_tokens": sum(expected)}
+
+
+@pytest.mark.parametrize("dimensions", [1, 64, "128", 384])
+def test_dimensions_cut_then_renormalise(server, reference_model, dimensions):
+    n = int(dimensions)
+    served = embed(server, ["Matryoshka dolls nest inside each other."], dimensions=dimensions)[0]["embedding"]
+    full = reference_model.encode(["Matryoshka dolls nest inside each other."])[0]
+    assert len(served) == n
+    assert abs(np.linalg.norm(served) - 1) < 1e-5
+    np.testing.assert_allclose(served, full[:n] / np.linalg.norm(full[:n]), atol=1e-5)
+
+
+def test_every_embedding_type_decodes_back(server):
+    text = ["binary quantisation keeps the sign of each dimension"]
+    as_float = np.asarray(embed(server, text)[0]["embedding"], dtype=np.float32)
+    encoded = embed(server, text, embedding_type=["float", "base64", "binary", "ubinary"])[0]["embedding"]
+    assert set(encoded) == {"float", "base64", "binary", "ubinary"}
+    np.testing.assert_array_equal(np.asarray(encoded["float"], dtype=np.float32), as_float)
+    decoded = np.frombuffer(base64.b64decode(encoded["base64"]), dtype="<f4")
+    np.testing.assert_array_equal(decoded, as_float)
+    ubinary = np.asarray(encoded["ubinary"])
+    assert len(ubinary) == 384 // 8 and ubinary.min() >= 0 and ubinary.max() <= 255
+    np.testing.assert_array_equal(ubinary, np.packbits(as_float > 0))
+    np.testing.assert_array_equal(np.asarray(encoded["binary"]), ubinary.astype(int) - 128)
+    # a single type answers the value itself, not a dict
+    assert isinstance(embed(server, text, embedding_type="base64")[0]["embedding"], str)
+    # dimensions apply before the encoding: 64 dims -> 8 bytes
+    assert len(embed(server, text, embedding_type="ubinary", dimensions=64)[0]["embedding"]) == 8
+
+
+def test_normalized_false_returns_the_pooled_vector(server, reference_model):
+    text = ["unnormalised vectors keep their length"]
+    raw = np.asarray(embed(server, text, normalized=False)[0]["embedding"])
+    assert abs(np.linalg.norm(raw) - 1) > 0.01
+    assert cosine(raw, reference_model.encode(text)[0]) >= 0.9999
+
+
+def test_unknown_task_falls_back_to_the_default(server):
+    plain = embed(server, ["tasks select prompts"])[0]["embedding"]
+    tasked = embed(server, ["tasks select prompts"], task="nl2code.query")[0]["embedding"]
+    np.testing.assert_allclose(plain, tasked, atol=1e-6)
+
+
+def test_late_chunking_pools_each_span_in_context(server, minilm_dir):
+    """Reference computed by hand: one sequence [CLS] a b c [SEP], mean of each input's token span."""
+    texts = ["Berlin is the capital of Germany.", "It has 3.8 million inhabitants.", "The city is known for its art."]
+    response = server.post("/v1/embeddings", {"input": texts, "late_chunking": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
+    pieces = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    ids = [tokenizer.cls_token_id] + sum(pieces, []) + [tokenizer.sep_token_id]
+    with torch.no_grad():
+        tokens = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0][0]
+    start = 1
+    for item, piece in zip(body["data"], pieces):
+        expected = tokens[start:start + len(piece)].mean(0).numpy()
+        assert cosine(item["embedding"], expected) >= 0.9999
+        start += len(piece)
+    assert body["usage"]["total_tokens"] == len(ids)
+    independent = server.post("/v1/embeddings", {"input": texts}).json()["data"]
+    assert cosine(body["data"][1]["embedding"], independent[1]["embedding"]) < 0.999
+
+
+def test_late_chunking_spreads_over_sequences_when_inputs_exceed_the_max_length(server):
+    texts = [LONG, LONG, "short tail"]
+    body = server.post("/v1/embeddings", {"input": texts, "late_chunking": True}).json()
+    assert len(body["data"]) == 3
+    assert all(len(item["embedding"]) == 384 for item in body["data"])
+    # two sequences: each carries its own [CLS] and [SEP]
+    single = server.post("/v1/embeddings", {"input": [LONG]}).json()["usage"]["total_tokens"]
+    tail = server.post("/v1/embeddings", {"input": ["short tail"]}).json()["usage"]["total_tokens"]
+    assert body["usage"]["total_tokens"] == 2 * single + tail - 2
+
+
+@pytest.fixture(scope="module")
+def prompted_server(tmp_path_factory, minilm_dir):
+    """The same weights served with a searchbox.json that maps tasks to prompts."""
+    from conftest import start_server, stop_server
+
+    model_dir = tmp_path_factory.mktemp("prompted") / "prompted-minilm"
+    shutil.copytree(minilm_dir, model_dir)
+    (model_dir / "searchbox.json").write_text(json.dumps({
+        "served_model_name": "prompted-minilm", "default_task": "retrieval.passage",
+        "tasks": {"retrieval.query": "query: ", "retrieval.passage": {"prompt": "passage: "}},
+    }))
+    running = start_server(model_dir.parent, {"SEARCHBOX_MODEL_DIR": str(model_dir)})
+    yield running
+    stop_server(running)
+
+
+def test_tasks_select_the_configured_prompt(prompted_server, reference_model):
+    text = "how do rerankers work"
+    query = prompted_server.post("/v1/embeddings", {"input": [text], "task": "retrieval.query"}).json()
+    assert query["model"] == "prompted-minilm"
+    assert cosine(query["data"][0]["embedding"], reference_model.encode([text], prompt="query: ")[0]) >= 0.9999
+    default = prompted_server.post("/v1/embeddings", {"input": [text], "task": "unknown.task"}).json()
+    assert cosine(default["data"][0]["embedding"], reference_model.encode([text], prompt="passage: ")[0]) >= 0.9999
+    # the prompt's tokens are processed, so they are billed
+    plain_tokens = len(reference_model.tokenizer(text)["input_ids"])
+    assert query["usage"]["total_tokens"] == plain_tokens + 2

@@ -1,0 +1,126 @@
+"""Start-up, /ping, shutdown, and many callers at once, on real servers."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import requests
+
+from conftest import stop_server, wait_until_ready
+
+LONG = "Searching through long documents takes the model a while. " * 30
+
+
+def test_ping_is_503_until_the_model_is_warm_then_200(server_factory):
+    server = server_factory(wait=False)
+    wait_until_ready(server)
+    seen = [status for status in server.ping_history if status != 0]
+    assert 503 in seen, server.ping_history
+    first_ok = seen.index(200)
+    assert all(status == 503 for status in seen[:first_ok])
+    assert "ready in" in server.log()
+    # once up, it stays up
+    assert all(requests.get(server.url + "/ping", timeout=2).status_code == 200 for _ in range(5))
+
+
+def test_ping_answers_fast_while_a_long_batch_runs(server):
+    done = threading.Event()
+
+    def heavy():
+        try:
+            server.post("/v1/embeddings", {"input": [LONG + str(i) for i in range(300)]})
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=heavy)
+    thread.start()
+    time.sleep(0.3)
+    latencies = []
+    while not done.is_set() and len(latencies) < 20:
+        started = time.monotonic()
+        assert requests.get(server.url + "/ping", timeout=2).status_code == 200
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.05)
+    thread.join()
+    assert latencies, "the heavy request finished before any ping was sent"
+    # SageMaker gives /ping 2 s; it must not queue behind the model
+    assert max(latencies) < 1.0, latencies
+
+
+def test_32_concurrent_callers_each_get_their_own_vectors(server, reference_model):
+    texts = [f"caller {i} asks about topic number {i * 7 % 13} in detail" for i in range(32)]
+    barrier = threading.Barrier(32)
+
+    def call(i):
+        barrier.wait()
+        response = server.post("/invocations", {"data": [{"text": texts[i], "id": f"c{i}"}]})
+        assert response.status_code == 200, response.text
+        return response.json()["data"][0]
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(call, range(32)))
+    expected = reference_model.encode(texts)
+    for i, item in enumerate(results):
+        assert item["id"] == f"c{i}"
+        vector = np.asarray(item["embedding"])
+        assert float(vector @ expected[i]) >= 0.9999
+        # and not any other caller's vector
+        others = np.delete(expected, i, axis=0) @ vector
+        assert float(others.max()) < 0.999
+
+
+def test_bad_requests_do_not_disturb_good_ones_in_the_same_batch(server, reference_model):
+    good_texts = [f"good request {i}" for i in range(12)]
+    bad_bodies = [{"input": ["x"], "dimensions": 9999}, {"input": ["token " * 400], "truncate": False},
+                  {"input": [{"image": "cat.png"}]}, {"input": 3}]
+    barrier = threading.Barrier(len(good_texts) + len(bad_bodies))
+
+    def good(i):
+        barrier.wait()
+        return server.post("/v1/embeddings", {"input": [good_texts[i]]})
+
+    def bad(body):
+        barrier.wait()
+        return server.post("/v1/embeddings", body)
+
+    with ThreadPoolExecutor(16) as pool:
+        good_futures = [pool.submit(good, i) for i in range(len(good_texts))]
+        bad_futures = [pool.submit(bad, body) for body in bad_bodies]
+    expected = reference_model.encode(good_texts)
+    for i, future in enumerate(good_futures):
+        response = future.result()
+        assert response.status_code == 200, response.text
+        assert float(np.asarray(response.json()["data"][0]["embedding"]) @ expected[i]) >= 0.9999
+    assert sorted(f.result().status_code for f in bad_futures) == [400, 400, 422, 422]
+    assert requests.get(server.url + "/ping", timeout=2).status_code == 200
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(server_factory):
+    server = server_factory()
+    result = {}
+
+    def in_flight():
+        result["response"] = server.post("/v1/embeddings", {"input": [LONG + str(i) for i in range(200)]})
+
+    thread = threading.Thread(target=in_flight)
+    thread.start()
+    time.sleep(0.5)
+    took = stop_server(server)
+    thread.join(60)
+    assert result["response"].status_code == 200
+    assert len(result["response"].json()["data"]) == 200
+    assert server.process.returncode == 0
+    assert took < 30
+
+
+def test_pickled_weights_are_refused_at_start(server_factory, tmp_path, minilm_dir):
+    model_dir = tmp_path / "pickled"
+    shutil.copytree(minilm_dir, model_dir)
+    (model_dir / "model.safetensors").rename(model_dir / "pytorch_model.bin")
+    server = server_factory({"SEARCHBOX_MODEL_DIR": str(model_dir)}, wait=False)
+    assert server.process.wait(60) == 1
+    assert "pickled weights" in server.log() and "SEARCHBOX_ALLOW_PICKLE" in server.log()

@@ -1,0 +1,83 @@
+"""searchbox.json and what a model directory says of itself (no torch involved)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from model_handlers.errors import ModelDirectoryError
+from model_handlers.serving_config import ModelKind, TaskSpec, read_serving_config
+
+
+@pytest.fixture
+def model_copy(tmp_path, minilm_dir):
+    target = tmp_path / "my-embedder"
+    shutil.copytree(minilm_dir, target)
+    return target
+
+
+def test_sentence_transformers_directory_is_an_embedding_model(model_copy):
+    config = read_serving_config(model_copy)
+    assert config.kind is ModelKind.EMBEDDING
+    assert config.served_model_name == "my-embedder"
+    assert config.task_spec("retrieval.query") == TaskSpec()
+
+
+def test_searchbox_json_wins(model_copy):
+    (model_copy / "searchbox.json").write_text(json.dumps({
+        "served_model_name": "e5-ish", "max_length": 128, "default_task": "retrieval.passage",
+        "tasks": {"retrieval.query": {"prompt": "query: "}, "retrieval.passage": "passage: ",
+                  "classification": {"adapter": "cls"}},
+        "matryoshka_dimensions": [64, 128],
+    }))
+    config = read_serving_config(model_copy)
+    assert config.served_model_name == "e5-ish" and config.max_length == 128
+    assert config.task_spec("retrieval.query").prompt == "query: "
+    assert config.task_spec("classification").adapter == "cls"
+    # an unknown task falls back to the default task, it is not an error
+    assert config.task_spec("separation").prompt == "passage: "
+    assert config.matryoshka_dimensions == (64, 128)
+
+
+def test_prompts_of_a_sentence_transformers_config_become_tasks(model_copy):
+    st_config = model_copy / "config_sentence_transformers.json"
+    st_config.write_text(json.dumps({"prompts": {"query": "query: ", "document": "passage: "},
+                                     "default_prompt_name": None}))
+    config = read_serving_config(model_copy)
+    assert config.task_spec("retrieval.query").prompt == "query: "
+    assert config.task_spec("retrieval.passage").prompt == "passage: "
+
+
+def test_sequence_classification_config_is_a_reranker(model_copy):
+    hf_config = json.loads((model_copy / "config.json").read_text())
+    hf_config["architectures"] = ["BertForSequenceClassification"]
+    (model_copy / "config.json").write_text(json.dumps(hf_config))
+    assert read_serving_config(model_copy).kind is ModelKind.RERANKER
+
+
+def test_pickled_weights_are_refused_unless_allowed(model_copy):
+    (model_copy / "model.safetensors").rename(model_copy / "pytorch_model.bin")
+    with pytest.raises(ModelDirectoryError, match="safetensors.*SEARCHBOX_ALLOW_PICKLE"):
+        read_serving_config(model_copy)
+    assert read_serving_config(model_copy, allow_pickle=True).kind is ModelKind.EMBEDDING
+
+
+@pytest.mark.parametrize("content,message", [
+    ({"kind": "colbert-ish"}, "unknown kind 'colbert-ish'"),
+    ({"tasks": {"q": 5}}, "task 'q' must be"),
+    ({"max_length": "long"}, "max_length must be"),
+    ({"score_activation": "softmax"}, "score_activation"),
+])
+def test_bad_searchbox_json_names_the_key(model_copy, content, message):
+    (model_copy / "searchbox.json").write_text(json.dumps(content))
+    with pytest.raises(ModelDirectoryError, match=message):
+        read_serving_config(model_copy)
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(ModelDirectoryError, match="does not exist"):
+        read_serving_config(tmp_path / "missing")
+    with pytest.raises(ModelDirectoryError, match="not a model directory"):
+        read_serving_config(tmp_path)
