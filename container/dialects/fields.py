@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from container.errors import ValidationFailed
-from model_handlers.types import EmbedInput, EmbeddingType, ImageInput, TextInput
+from model_handlers.types import EmbedInput, EmbedRequest, EmbeddingType, ImageInput, TextInput
 
 _IMAGE_KEYS = ("image", "url", "bytes")
 _TYPE_NAMES = ", ".join(t.value for t in EmbeddingType)
@@ -85,6 +85,28 @@ def embed_input(value: Any, field: str) -> EmbedInput:
                 return ImageInput(value[key])
         raise ValidationFailed(f"`{field}` must have a `text` (or `image`, `url`, `bytes`) key")
     raise ValidationFailed(f"`{field}` must be a string or an object with `text`, got {_json_type(value)}")
+
+
+def embed_request(inputs: tuple[EmbedInput, ...], options: Mapping[str, Any],
+                  prefix: str = "") -> tuple[EmbedRequest, bool]:
+    """The options of contract §2c, read from `options` (field names in errors get `prefix`).
+
+    Returns the request and whether the embedding types came as a list (answer keyed by type).
+    OpenAI's `encoding_format` is read as a synonym of `embedding_type`.
+    """
+    type_key = "embedding_type" if options.get("embedding_type") is not None else "encoding_format"
+    types, types_as_list = embedding_types(options.get(type_key), prefix + type_key)
+    request = EmbedRequest(
+        inputs=inputs,
+        task=optional_str(options.get("task"), prefix + "task"),
+        dimensions=optional_int(options.get("dimensions"), prefix + "dimensions"),
+        normalized=optional_bool(options.get("normalized"), prefix + "normalized", True),
+        embedding_types=types,
+        late_chunking=optional_bool(options.get("late_chunking"), prefix + "late_chunking", False),
+        truncate=optional_bool(options.get("truncate"), prefix + "truncate", True),
+        input_type=optional_str(options.get("input_type"), prefix + "input_type"),
+    )
+    return request, types_as_list
 
 
 def render_embedding(encoded: Mapping[EmbeddingType, Any], as_list: bool) -> Any:

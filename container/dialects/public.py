@@ -7,7 +7,7 @@ from typing import Any
 from container.dialects import Decoded
 from container.dialects import fields
 from container.errors import ValidationFailed
-from model_handlers.types import EmbedRequest, EmbedResult
+from model_handlers.types import EmbedResult
 
 
 def decode_embeddings(body: Any) -> Decoded:
@@ -19,18 +19,7 @@ def decode_embeddings(body: Any) -> Decoded:
     if not isinstance(raw, list):
         raise ValidationFailed("`input` must be a string or a list of strings or {\"text\"} objects")
     inputs = tuple(fields.embed_input(item, f"input[{i}]") for i, item in enumerate(raw))
-    type_field = "embedding_type" if body.get("embedding_type") is not None else "encoding_format"
-    types, types_as_list = fields.embedding_types(body.get(type_field), type_field)
-    request = EmbedRequest(
-        inputs=inputs,
-        task=fields.optional_str(body.get("task"), "task"),
-        dimensions=fields.optional_int(body.get("dimensions"), "dimensions"),
-        normalized=fields.optional_bool(body.get("normalized"), "normalized", True),
-        embedding_types=types,
-        late_chunking=fields.optional_bool(body.get("late_chunking"), "late_chunking", False),
-        truncate=fields.optional_bool(body.get("truncate"), "truncate", True),
-        input_type=fields.optional_str(body.get("input_type"), "input_type"),
-    )
+    request, types_as_list = fields.embed_request(inputs, body)
 
     def render(result: EmbedResult) -> dict[str, Any]:
         return {

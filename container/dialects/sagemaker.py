@@ -8,7 +8,7 @@ from typing import Any
 from container.dialects import Decoded
 from container.dialects import fields
 from container.errors import ValidationFailed
-from model_handlers.types import EmbedRequest, EmbedResult
+from model_handlers.types import EmbedResult
 
 
 def decode(body: dict[str, Any]) -> Decoded:
@@ -22,17 +22,7 @@ def decode(body: dict[str, Any]) -> Decoded:
         inputs.append(fields.embed_input(item, f"data[{index}]"))
         given = item.get("id") if isinstance(item, dict) else None
         ids.append(given if given is not None else uuid.uuid4().hex)
-    types, types_as_list = fields.embedding_types(params.get("embedding_type"), "parameters.embedding_type")
-    request = EmbedRequest(
-        inputs=tuple(inputs),
-        task=fields.optional_str(params.get("task"), "parameters.task"),
-        dimensions=fields.optional_int(params.get("dimensions"), "parameters.dimensions"),
-        normalized=fields.optional_bool(params.get("normalized"), "parameters.normalized", True),
-        embedding_types=types,
-        late_chunking=fields.optional_bool(params.get("late_chunking"), "parameters.late_chunking", False),
-        truncate=fields.optional_bool(params.get("truncate"), "parameters.truncate", True),
-        input_type=fields.optional_str(params.get("input_type"), "parameters.input_type"),
-    )
+    request, types_as_list = fields.embed_request(tuple(inputs), params, prefix="parameters.")
 
     def render(result: EmbedResult) -> dict[str, Any]:
         return {
