@@ -1,0 +1,424 @@
+"""Build `model.tar.gz` for SageMaker's `/opt/ml/model` from a local Hugging Face / sentence-transformers directory.
+
+    python packaging/build_artifact.py MODEL_DIR -o dist/model.tar.gz [--served-name NAME] [--kind embedding]
+        [--remote-code other-org/repo=/path/to/its/files] [--no-check]
+    python packaging/build_artifact.py --catalog packaging/catalog.example.yaml [--product NAME] -o dist/model.tar.gz
+
+What goes in: safetensors weights, tokenizer and configs, `searchbox.json`, the `trust_remote_code` modules
+an `auto_map` points at in another repository (copied in, `auto_map` rewritten to the local copy: a model
+package runs without network), and `searchbox-manifest.json` with the SHA-256 of every other file.
+Before anything is written, the staged directory is loaded through `model_handlers` and answers one
+request; a directory that would not serve is refused with the reason. Same input, same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Iterator, Mapping
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _catalog  # noqa: E402
+
+MANIFEST = "searchbox-manifest.json"
+SERVING_CONFIG = "searchbox.json"
+# Every entry of the archive gets these: the bytes depend on the model, never on the machine or the clock.
+FIXED_MTIME = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+# Weight formats the image never reads; shipped beside safetensors they only make the artifact larger.
+_UNUSED_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".ot", ".onnx", ".pkl", ".gguf"}
+_UNUSED_DIRS = {"onnx", "openvino", "__pycache__", ".cache"}
+_RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w[\w.]*)\s+import|import\s+\.(\w[\w.]*))", re.MULTILINE)
+
+
+class BuildRefused(Exception):
+    """The directory cannot become an artifact; the message says why and what to do."""
+
+
+@dataclass
+class BuildReport:
+    output: Path
+    sha256: str
+    size: int
+    files: int
+    served_name: str
+    kind: str
+    check: str
+    vendored: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: str | None = None,
+                   kind: str | None = None, tasks: Mapping[str, Any] | None = None,
+                   remote_code: Mapping[str, str | Path] | None = None, check: bool = True,
+                   compresslevel: int = 6) -> BuildReport:
+    """Stage, check and archive `model_dir` into `output` (written atomically).
+
+    Raises:
+        BuildRefused: the directory would not serve, or a remote-code file cannot be found locally.
+    """
+    model_dir = Path(model_dir).resolve()
+    output = Path(output).resolve()
+    if not model_dir.is_dir():
+        raise BuildRefused(f"{model_dir} is not a directory")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".stage-", dir=output.parent) as tmp:
+        staged = Path(tmp) / "model"
+        skipped = _stage(model_dir, staged)
+        vendored = _vendor_remote_code(staged, {k: Path(v) for k, v in (remote_code or {}).items()})
+        config = _write_serving_config(staged, served_name=served_name, default_name=_default_name(model_dir),
+                                       kind=kind, tasks=tasks)
+        check_summary = _smoke_test(staged, config) if check else "skipped (--no-check)"
+        files = _list_files(staged)
+        manifest = _manifest(staged, files, config, vendored)
+        (staged / MANIFEST).write_bytes(manifest)
+        partial = output.with_name(output.name + ".partial")
+        _write_tar(staged, sorted(files + [MANIFEST]), partial, compresslevel)
+        os.replace(partial, output)
+    return BuildReport(output=output, sha256=_sha256_file(output), size=output.stat().st_size,
+                       files=len(files) + 1, served_name=config.served_model_name, kind=config.kind.value,
+                       check=check_summary, vendored=vendored, skipped=skipped)
+
+
+def _default_name(model_dir: Path) -> str:
+    """The source directory's name; the embedded default model's own name for it (its folder is called `model`)."""
+    from container.settings import DEFAULT_MODEL_NAME, SettingsError, embedded_model_dir
+
+    try:
+        if model_dir == embedded_model_dir().resolve():
+            return DEFAULT_MODEL_NAME
+    except SettingsError:
+        pass
+    return model_dir.name
+
+
+def _stage(model_dir: Path, staged: Path) -> list[str]:
+    """Copy what serving needs; returns what was left out."""
+    everything = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    relative = [p.relative_to(model_dir) for p in everything]
+    if not any(p.suffix == ".safetensors" for p in relative):
+        pickled = [str(p) for p in relative if p.suffix in _UNUSED_SUFFIXES]
+        raise BuildRefused(
+            f"{model_dir} has no safetensors weights" + (f" (only {', '.join(pickled[:3])})" if pickled else "")
+            + "; the artifact ships safetensors only. Convert with "
+            "model.save_pretrained(dir, safe_serialization=True) and build from that directory.")
+    skipped = []
+    for source, rel in zip(everything, relative):
+        if (any(part.startswith(".") or part in _UNUSED_DIRS for part in rel.parts)
+                or rel.suffix in _UNUSED_SUFFIXES or rel.name == MANIFEST):
+            skipped.append(str(rel))
+            continue
+        target = staged / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return skipped
+
+
+def _vendor_remote_code(staged: Path, sources: Mapping[str, Path]) -> dict[str, str]:
+    """Copy every module an `auto_map` takes from another repository, and point the `auto_map` at the copy.
+
+    Returns {vendored file (relative to the artifact): the repository it came from}.
+    """
+    vendored: dict[str, str] = {}
+    for json_path in sorted(staged.rglob("*.json")):
+        try:
+            document = json.loads(json_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise BuildRefused(f"{json_path.relative_to(staged)} is not valid JSON: {exc}") from exc
+        if not isinstance(document, dict) or not isinstance(document.get("auto_map"), dict):
+            continue
+        rel_json = json_path.relative_to(staged)
+        changed = False
+        for key, value in document["auto_map"].items():
+            refs = value if isinstance(value, list) else [value]
+            rewritten = []
+            for ref in refs:
+                if not isinstance(ref, str):
+                    rewritten.append(ref)  # a tokenizer pair may hold null for the missing slow/fast class
+                    continue
+                repo, local_ref = ref.split("--", 1) if "--" in ref else (None, ref)
+                module_file = local_ref.rsplit(".", 1)[0].replace(".", "/") + ".py"
+                if repo is None:
+                    if not (json_path.parent / module_file).is_file():
+                        raise BuildRefused(f"{rel_json}: auto_map.{key} points at {module_file}, which is not "
+                                           "in the model directory")
+                else:
+                    for copied in _copy_module(repo, module_file, json_path.parent, sources):
+                        vendored[str(copied.relative_to(staged))] = repo
+                    changed = True
+                rewritten.append(local_ref)
+            document["auto_map"][key] = rewritten if isinstance(value, list) else rewritten[0]
+        if changed:
+            json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return vendored
+
+
+def _copy_module(repo: str, module_file: str, target_dir: Path, sources: Mapping[str, Path]) -> list[Path]:
+    """Copy `module_file` of `repo` and the sibling modules it imports relatively."""
+    copied, pending, done = [], [module_file], set()
+    while pending:
+        name = pending.pop()
+        if name in done:
+            continue
+        done.add(name)
+        source = _find_remote_file(repo, name, sources)
+        target = target_dir / name
+        data = source.read_bytes()
+        if target.exists() and target.read_bytes() != data:
+            raise BuildRefused(f"{target.name} from {repo} differs from the file of the same name already in the "
+                               "model directory; rename one of them")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        copied.append(target)
+        for match in _RELATIVE_IMPORT.finditer(data.decode("utf-8", errors="replace")):
+            sibling = (match.group(1) or match.group(2)).replace(".", "/") + ".py"
+            pending.append(str(Path(name).parent / sibling) if Path(name).parent != Path(".") else sibling)
+    return copied
+
+
+def _find_remote_file(repo: str, name: str, sources: Mapping[str, Path]) -> Path:
+    """`name` of `repo` from the vendor's local checkout, else from the local Hugging Face cache; never the network."""
+    if repo in sources:
+        candidate = sources[repo] / name
+        if candidate.is_file():
+            return candidate
+        raise BuildRefused(f"remote code {repo}/{name}: not found in {sources[repo]}")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, name)
+    if isinstance(cached, str) and Path(cached).is_file():
+        return Path(cached)
+    raise BuildRefused(
+        f"remote code {repo}/{name} is needed by auto_map but is neither given nor in the local Hugging Face "
+        f"cache; pass --remote-code {repo}=DIR (a checkout of {repo}), or add remote_code to the catalog. "
+        "A model package runs without network, so it must be inside the artifact.")
+
+
+def _write_serving_config(staged: Path, *, served_name: str | None, default_name: str, kind: str | None,
+                          tasks: Mapping[str, Any] | None):
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.serving_config import read_serving_config
+
+    path = staged / SERVING_CONFIG
+    try:
+        explicit = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError as exc:
+        raise BuildRefused(f"{SERVING_CONFIG} is not valid JSON: {exc}") from exc
+    if not isinstance(explicit, dict):
+        raise BuildRefused(f"{SERVING_CONFIG} must hold a JSON object")
+    if served_name:
+        explicit["served_model_name"] = served_name
+    explicit.setdefault("served_model_name", default_name)
+    if kind:
+        explicit["kind"] = kind
+    if tasks:
+        explicit["tasks"] = dict(tasks)
+    path.write_text(json.dumps(explicit, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    try:
+        config = read_serving_config(staged)
+    except ModelDirectoryError as exc:
+        raise BuildRefused(str(exc).replace(str(staged), "the model directory")) from exc
+    # The artifact says its own kind: the container must not guess it from the files again.
+    explicit.setdefault("kind", config.kind.value)
+    path.write_text(json.dumps(explicit, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return read_serving_config(staged)
+
+
+def _smoke_test(staged: Path, config) -> str:
+    """Load the staged directory exactly as the container will and answer one request."""
+    import math
+
+    from model_handlers import HandlerOptions, ModelKind, load_handler
+    from model_handlers.types import EmbedRequest, RerankRequest, TextInput
+
+    started = time.monotonic()
+    handler = None
+    try:
+        handler = load_handler(staged, HandlerOptions(device="cpu", max_batch_items=8))
+        if config.kind is ModelKind.RERANKER:
+            result = handler.rerank(RerankRequest(query="What is the capital of Germany?",
+                                                  documents=("Berlin is the capital of Germany.",
+                                                             "Bananas are yellow.")))
+            scores = [hit.relevance_score for hit in result.hits]
+            if len(scores) != 2 or not all(math.isfinite(s) for s in scores):
+                raise BuildRefused(f"the model answered a 2-document rerank with scores {scores}")
+            summary = f"reranked 2 documents (scores {', '.join(f'{s:.3f}' for s in scores)})"
+        else:
+            result = handler.embed(EmbedRequest(inputs=(TextInput("searchbox artifact check"),)))
+            vector = result.embeddings[0][next(iter(result.embeddings[0]))]
+            values = [float(v) for v in vector]
+            if not values or not all(math.isfinite(v) for v in values) or not any(values):
+                raise BuildRefused("the model's embedding of a test sentence is empty, zero or not finite")
+            summary = f"embedded 1 text into {len(values)} dimensions"
+    except BuildRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure here means the directory would not serve
+        reason = str(exc).replace(str(staged), "the model directory") or type(exc).__name__
+        raise BuildRefused(f"the model directory would not serve: {type(exc).__name__}: {reason}") from exc
+    finally:
+        if handler is not None:
+            handler.close()
+    return f"{summary} in {time.monotonic() - started:.1f} s"
+
+
+def _list_files(staged: Path) -> list[str]:
+    return sorted(str(p.relative_to(staged)) for p in staged.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.name != MANIFEST)
+
+
+def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str]) -> bytes:
+    entries = [{"path": name, "size": (staged / name).stat().st_size, "sha256": _sha256_file(staged / name)}
+               for name in files]
+    document = {
+        "format": 1,
+        "served_model_name": config.served_model_name,
+        "kind": config.kind.value,
+        "files": entries,
+        "vendored_remote_code": dict(sorted(vendored.items())),
+    }
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle, _progress(path, "sha256") as bar:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def _write_tar(staged: Path, files: list[str], output: Path, compresslevel: int) -> None:
+    directories = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
+    with output.open("wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(directories + files):
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = FIXED_MTIME, 0, 0, "", ""
+            if name in directories:
+                info.type, info.mode = tarfile.DIRTYPE, DIR_MODE
+                tar.addfile(info)
+                continue
+            path = staged / name
+            info.size, info.mode = path.stat().st_size, FILE_MODE
+            with path.open("rb") as handle, _progress(path, "archive") as bar:
+                tar.addfile(info, _CountingReader(handle, bar))
+
+
+class _CountingReader:
+    def __init__(self, handle: BinaryIO, bar):
+        self._handle, self._bar = handle, bar
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._bar.update(len(data))
+        return data
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress(path: Path, what: str):
+    """A tqdm bar on stderr for files worth waiting on; silent for small files and when stderr is not a TTY."""
+    size = path.stat().st_size
+    if size < PROGRESS_MIN_BYTES:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{what} {path.name}",
+                disable=None, leave=False, file=sys.stderr)
+
+
+def iter_manifest_problems(unpacked: Path) -> Iterator[str]:
+    """What differs between an unpacked artifact and its manifest (nothing when intact)."""
+    manifest = json.loads((unpacked / MANIFEST).read_text(encoding="utf-8"))
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    present = {str(p.relative_to(unpacked)) for p in unpacked.rglob("*") if p.is_file()} - {MANIFEST}
+    for name in sorted(present - set(listed)):
+        yield f"{name}: not in the manifest"
+    for name, entry in sorted(listed.items()):
+        path = unpacked / name
+        if not path.is_file():
+            yield f"{name}: missing"
+        elif _sha256_file(path) != entry["sha256"]:
+            yield f"{name}: SHA-256 differs from the manifest"
+
+
+def _parse_remote_code(values: list[str]) -> dict[str, Path]:
+    sources = {}
+    for value in values:
+        repo, sep, path = value.partition("=")
+        if not sep or not repo or not path:
+            raise SystemExit(f"--remote-code: expected REPO=DIR, got {value!r}")
+        sources[repo] = Path(path)
+    return sources
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", nargs="?", help="a local Hugging Face / sentence-transformers directory")
+    parser.add_argument("-o", "--output", required=True, help="where to write model.tar.gz")
+    parser.add_argument("--catalog", help="take model directory, name, kind, tasks and remote code from a catalog")
+    parser.add_argument("--product", help="the catalog product (default: the only one)")
+    parser.add_argument("--served-name", help="the name answered in `model` (searchbox.json served_model_name)")
+    parser.add_argument("--kind", choices=_catalog.KINDS)
+    parser.add_argument("--remote-code", action="append", default=[], metavar="REPO=DIR",
+                        help="a local checkout holding the trust_remote_code files of REPO (repeatable)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip loading the staged model and running one inference (not recommended)")
+    parser.add_argument("--compresslevel", type=int, default=6, choices=range(0, 10), metavar="0-9")
+    args = parser.parse_args(argv)
+    kwargs: dict[str, Any] = {"served_name": args.served_name, "kind": args.kind,
+                              "remote_code": _parse_remote_code(args.remote_code)}
+    model_dir = args.model_dir
+    try:
+        if args.catalog:
+            product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
+            model_dir = model_dir or product.model_dir
+            kwargs = {"served_name": args.served_name or product.served_name, "kind": args.kind or product.kind,
+                      "tasks": product.tasks, "remote_code": {**product.remote_code, **kwargs["remote_code"]}}
+        if model_dir is None:
+            parser.error("give MODEL_DIR or --catalog")
+        report = build_artifact(model_dir, args.output, check=args.check, compresslevel=args.compresslevel,
+                                **kwargs)
+    except (_catalog.CatalogError, BuildRefused) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {report.output} ({report.size / 1e6:.1f} MB, {report.files} files)")
+    print(f"  sha256 {report.sha256}")
+    print(f"  {report.kind} model served as {report.served_name!r}; check: {report.check}")
+    for name, repo in report.vendored.items():
+        print(f"  vendored {name} from {repo}")
+    if report.skipped:
+        print(f"  left out (never read by the image): {', '.join(report.skipped)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
