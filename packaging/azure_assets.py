@@ -1,0 +1,143 @@
+"""Write the Azure ML files of a catalog product and load each back with azure-ai-ml to prove it valid.
+
+    python packaging/azure_assets.py --catalog packaging/catalog.example.yaml [--product NAME] \\
+        --image myregistry.azurecr.io/searchbox:1.0 -o dist/NAME/azure [--artifact dist/NAME/model.tar.gz]
+
+Files: `model.yml` (custom_model, `path: model`), `environment.yml` (the image, `inference_config` with
+liveness/readiness on /ping and scoring on /score, port 8080), `endpoint.yml` (key auth),
+`deployment.yml` (request timeout and concurrency raised, probe timings) and `marketplace-plan.md`
+(the Azure Marketplace plan: a per-GPU-hour surcharge). With `--artifact` the model is unpacked
+into `model/`, ready for `az ml model create -f model.yml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tarfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _catalog  # noqa: E402
+
+PORT = 8080
+# Azure's default is 5 s; the container itself gives up on a request after SEARCHBOX_REQUEST_TIMEOUT_S
+# (60 s), so the caller sees the container's JSON 503 rather than Azure's bare 408.
+REQUEST_TIMEOUT_MS = 90_000
+# Azure's default is 1 request at a time; the image batches concurrent requests on one model copy
+# (64 gunicorn threads), which only pays off when Azure lets them through.
+MAX_CONCURRENT_REQUESTS = 32
+SCHEMA = "https://azuremlschemas.azureedge.net/latest/{}.schema.json"
+
+
+def documents(product: _catalog.Product, image: str, version: str = "1") -> dict[str, dict]:
+    offer = product.azure
+    if offer is None:
+        raise _catalog.CatalogError(f"azure: product {product.name!r} has no 'azure' section in the catalog")
+    route = {"port": PORT}
+    probe = {"initial_delay": 10, "period": 10, "timeout": 2, "failure_threshold": 30, "success_threshold": 1}
+    return {
+        "model.yml": {
+            "$schema": SCHEMA.format("model"),
+            "name": product.name, "version": version, "type": "custom_model", "path": "model",
+            "description": product.short_description,
+        },
+        "environment.yml": {
+            "$schema": SCHEMA.format("environment"),
+            "name": f"{product.name}-env", "version": version, "image": image,
+            "inference_config": {
+                "liveness_route": {"path": "/ping", **route},
+                "readiness_route": {"path": "/ping", **route},
+                "scoring_route": {"path": "/score", **route},
+            },
+        },
+        "endpoint.yml": {
+            "$schema": SCHEMA.format("managedOnlineEndpoint"),
+            "name": offer.endpoint_name, "auth_mode": "key", "description": product.title,
+        },
+        "deployment.yml": {
+            "$schema": SCHEMA.format("managedOnlineDeployment"),
+            "name": "default", "endpoint_name": offer.endpoint_name,
+            "model": f"azureml:{product.name}:{version}",
+            "environment": f"azureml:{product.name}-env:{version}",
+            "instance_type": offer.instance_type, "instance_count": offer.instance_count,
+            "request_settings": {"request_timeout_ms": REQUEST_TIMEOUT_MS,
+                                 "max_concurrent_requests_per_instance": MAX_CONCURRENT_REQUESTS},
+            "liveness_probe": dict(probe), "readiness_probe": dict(probe),
+        },
+    }
+
+
+def load_back(directory: Path) -> dict[str, object]:
+    """Load every file with azure-ai-ml's own loaders; raises what the SDK raises for an invalid file."""
+    from azure.ai.ml import load_environment, load_model, load_online_deployment, load_online_endpoint
+
+    return {
+        "model.yml": load_model(directory / "model.yml"),
+        "environment.yml": load_environment(directory / "environment.yml"),
+        "endpoint.yml": load_online_endpoint(directory / "endpoint.yml"),
+        "deployment.yml": load_online_deployment(directory / "deployment.yml"),
+    }
+
+
+def plan_markdown(product: _catalog.Product) -> str:
+    offer = product.azure
+    per_instance = offer.surcharge_per_gpu_hour * offer.gpus_per_instance
+    return "\n".join([
+        f"# Azure Marketplace plan: {product.title}", "",
+        f"Model `{product.served_name}` ({product.kind}) on Azure ML managed online endpoints, billed through "
+        "Azure Marketplace: a software surcharge per GPU-hour, pro-rated per minute, on top of the virtual "
+        "machine price Azure bills for the deployment's instances.", "",
+        "| billing dimension | price |", "|---|---|",
+        f"| software surcharge, per GPU-hour | ${offer.surcharge_per_gpu_hour:.3f} |",
+        f"| {offer.instance_type} ({offer.gpus_per_instance} GPU) per instance-hour | ${per_instance:.3f} |", "",
+        f"Recommended deployment: {offer.instance_count} x `{offer.instance_type}`.", "",
+        "Plan description (buyer-facing): " + product.short_description, "",
+    ])
+
+
+def write_azure(product: _catalog.Product, out_dir: Path, *, image: str, artifact: Path | None = None) -> list[Path]:
+    import yaml
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, document in documents(product, image).items():
+        path = out_dir / name
+        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        written.append(path)
+    plan = out_dir / "marketplace-plan.md"
+    plan.write_text(plan_markdown(product), encoding="utf-8")
+    written.append(plan)
+    if artifact is not None:
+        model_dir = out_dir / "model"
+        model_dir.mkdir(exist_ok=True)
+        with tarfile.open(artifact, "r:gz") as tar:
+            tar.extractall(model_dir, filter="data")
+        written.append(model_dir)
+    load_back(out_dir)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--catalog", required=True)
+    parser.add_argument("--product", help="the catalog product (default: the only one)")
+    parser.add_argument("--image", required=True, help="the searchbox image in your Azure container registry")
+    parser.add_argument("--artifact", type=Path, help="model.tar.gz to unpack into model/ for model.yml")
+    parser.add_argument("-o", "--out-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
+        written = write_azure(product, args.out_dir, image=args.image, artifact=args.artifact)
+    except _catalog.CatalogError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    print("loaded back with azure-ai-ml: load_model, load_environment, load_online_endpoint, load_online_deployment")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
