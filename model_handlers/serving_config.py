@@ -12,7 +12,14 @@ would not serve before any worker starts.
      "tasks": {"retrieval.query": {"prompt": "query: "}, "retrieval.passage": "passage: ",
                "classification": {"adapter": "classification"}},
      "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
-     "score_activation": "sigmoid" | "none"}
+     "score_activation": "sigmoid" | "none",
+     "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128}
+
+Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
+`rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
+(default: a quarter of the window); a cross-encoder keeps at most `max_query_tokens` of the query
+(default: half of the room in one input). `score_activation` defaults to what sentence-transformers'
+CrossEncoder would apply: the activation saved in config.json, else sigmoid.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ class ServingConfig:
     tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
     matryoshka_dimensions: tuple[int, ...] = ()
     score_activation: str = "sigmoid"
+    rerank_window_tokens: int | None = None
+    rerank_window_overlap: int | None = None
+    max_query_tokens: int | None = None
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -93,7 +103,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
     if default_task is None:
         st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
         default_task = st_config.get("default_prompt_name")
-    activation = explicit.get("score_activation", "sigmoid")
+    activation = explicit.get("score_activation") or _saved_activation(model_dir)
     if activation not in ("sigmoid", "none"):
         raise ModelDirectoryError(f"{CONFIG_FILE}: score_activation must be 'sigmoid' or 'none', not {activation!r}")
     max_length = explicit.get("max_length")
@@ -107,7 +117,29 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         tasks=tasks,
         matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
         score_activation=activation,
+        **_window_settings(explicit),
     )
+
+
+def _saved_activation(model_dir: Path) -> str:
+    """The activation a CrossEncoder saved in config.json (`sentence_transformers.activation_fn`), as a name."""
+    hf_config = _read_json(model_dir / "config.json") or {}
+    saved = (hf_config.get("sentence_transformers") or {}).get("activation_fn") if isinstance(hf_config, dict) else None
+    return "none" if isinstance(saved, str) and saved.endswith(".Identity") else "sigmoid"
+
+
+def _window_settings(explicit: Mapping[str, Any]) -> dict[str, int | None]:
+    settings = {}
+    for key, least in (("rerank_window_tokens", 8), ("rerank_window_overlap", 0), ("max_query_tokens", 1)):
+        value = explicit.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ModelDirectoryError(f"{CONFIG_FILE}: {key} must be an integer >= {least}, not {value!r}")
+        settings[key] = value
+    window, overlap = settings["rerank_window_tokens"], settings["rerank_window_overlap"]
+    if window is not None and overlap is not None and overlap * 2 > window:
+        raise ModelDirectoryError(
+            f"{CONFIG_FILE}: rerank_window_overlap ({overlap}) must be at most half of rerank_window_tokens ({window})")
+    return settings
 
 
 def _read_json(path: Path) -> Any:

@@ -8,6 +8,7 @@ so every caller can count, cut and pack tokens exactly as it needs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -32,6 +33,9 @@ class TokenizerView:
         self.room = max_length - self.special_count
         self.pad_id = int(hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0)
         self._with_type_ids = "token_type_ids" in getattr(hf_tokenizer, "model_input_names", ())
+        # Cross-encoders take (query, document) pairs; a tokenizer without a pair template serves single texts only.
+        self._pair = self._pair_layout()
+        self.pair_special_count = None if self._pair is None else sum(len(part) for part in self._pair.ids)
 
     def _special_tokens(self) -> tuple[np.ndarray, np.ndarray]:
         """Split what the post-processor adds around one text into the part before and after it."""
@@ -42,6 +46,41 @@ class TokenizerView:
                 return (np.asarray(wrapped[:start], dtype=np.int64),
                         np.asarray(wrapped[start + len(plain):], dtype=np.int64))
         raise ModelDirectoryError("cannot tell the tokenizer's special tokens apart from the text")
+
+    def _pair_layout(self) -> "_PairLayout | None":
+        """The special tokens (and their token type ids) before, between and after the two texts of a pair."""
+        first = self._backend.encode("a", add_special_tokens=False).ids
+        second = self._backend.encode("b", add_special_tokens=False).ids
+        try:
+            wrapped = self._backend.encode("a", "b", add_special_tokens=True)
+        except Exception:  # no pair template: a pair model cannot be served, single texts still can
+            return None
+        ids, types = wrapped.ids, wrapped.type_ids
+        at_first = _find(ids, first, 0)
+        at_second = _find(ids, second, at_first + len(first)) if at_first >= 0 else -1
+        if at_second < 0:
+            return None
+        cuts = [(0, at_first), (at_first + len(first), at_second), (at_second + len(second), len(ids))]
+        return _PairLayout(
+            ids=tuple(np.asarray(ids[a:b], dtype=np.int64) for a, b in cuts),
+            type_ids=tuple(np.asarray(types[a:b], dtype=np.int64) for a, b in cuts),
+            first_type=int(types[at_first]) if first else 0,
+            second_type=int(types[at_second]) if second else 1,
+        )
+
+    def wrap_pair(self, first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pair input, as the tokenizer's pair template builds it: (input ids, token type ids).
+
+        Raises:
+            ModelDirectoryError: the tokenizer has no template for pairs.
+        """
+        if self._pair is None:
+            raise ModelDirectoryError("the tokenizer has no template for text pairs; it cannot serve a cross-encoder")
+        (before, between, after), (t_before, t_between, t_after) = self._pair.ids, self._pair.type_ids
+        ids = np.concatenate([before, first, between, second, after])
+        types = np.concatenate([t_before, np.full(len(first), self._pair.first_type, dtype=np.int64), t_between,
+                                np.full(len(second), self._pair.second_type, dtype=np.int64), t_after])
+        return ids, types
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of each text, without special tokens and without truncation."""
@@ -69,3 +108,20 @@ class TokenizerView:
         if self._with_type_ids:
             features["token_type_ids"] = torch.from_numpy(types).to(device)
         return features
+
+
+@dataclass(frozen=True)
+class _PairLayout:
+    """Special tokens of a pair template: (before, between, after), and the type ids of each part."""
+
+    ids: tuple[np.ndarray, np.ndarray, np.ndarray]
+    type_ids: tuple[np.ndarray, np.ndarray, np.ndarray]
+    first_type: int
+    second_type: int
+
+
+def _find(haystack: Sequence[int], needle: Sequence[int], start: int) -> int:
+    for at in range(start, len(haystack) - len(needle) + 1):
+        if list(haystack[at:at + len(needle)]) == list(needle):
+            return at
+    return -1
