@@ -53,4 +53,8 @@ def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = N
         from model_handlers.text_embedding import TextEmbeddingHandler
 
         return TextEmbeddingHandler(model_dir, config, options)
+    if config.kind is ModelKind.RERANKER:
+        from model_handlers.reranker import CrossEncoderHandler
+
+        return CrossEncoderHandler(model_dir, config, options)
     raise NotImplementedError(f"no handler for kind {config.kind.value} yet")

@@ -25,7 +25,7 @@ from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryErr
 from model_handlers.options import HandlerOptions
 from model_handlers.serving_config import ModelKind, ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, EmbedResult, TextInput
+from model_handlers.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult, TextInput
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,38 @@ class TextEmbeddingHandler:
             ) from None
         rows = [row for output in outputs for row in output]
         return self._finish(request, rows, prepared.token_counts)
+
+    def rerank(self, request: RerankRequest) -> RerankResult:
+        """Rerank by the cosine of query and document embeddings (the `retrieval.*` tasks when the model has them).
+
+        A document longer than the model's max length is embedded in overlapping windows and scores its
+        best window (model_handlers/reranker.py); usage counts every sequence embedded, special tokens included.
+        """
+        from model_handlers.reranker import Windowing, await_outputs, rank
+
+        if not request.documents:
+            return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=self.model_name)
+        query = self._prepare_each([request.query], self.config.task_spec("retrieval.query"), truncate=True)
+        spec = self.config.task_spec("retrieval.passage")
+        prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
+        windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
+        prompt_length = self._prompt_length(spec)
+        group = ("each", spec.adapter, prompt_length)  # the group _prepare_each gives, so windows batch with the query
+        windows, owners, doc_tokens = [], [], []
+        for index, content in enumerate(self._tokenizer.encode(request.documents)):
+            pieces = [_Sequence(self._tokenizer.wrap(np.concatenate([prompt, w])), group,
+                                prompt_length=prompt_length, adapter=spec.adapter) for w in windowing.split(content)]
+            windows.extend(pieces)
+            owners.extend([index] * len(pieces))
+            doc_tokens.append(sum(p.length for p in pieces))
+        outputs = await_outputs(self._batcher.submit(query.sequences + windows), self._options.request_timeout_s)
+        vectors = np.stack([output[0] for output in outputs]).astype(np.float64)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        best = [float("-inf")] * len(request.documents)
+        for owner, similarity in zip(owners, vectors[1:] @ vectors[0]):
+            best[owner] = max(best[owner], float(similarity))
+        return RerankResult(hits=rank(best, doc_tokens, request.top_n), query_tokens=query.token_counts[0],
+                            document_tokens=sum(doc_tokens), model=self.model_name, documents=request.documents)
 
     def warm_up(self) -> None:
         self.embed(EmbedRequest(inputs=(TextInput("warm up the model"),)))
