@@ -15,7 +15,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from container import dialects
-from container.dialects import Decoded, public
+from container.dialects import Decoded, public, rerank as rerank_dialect
 from container.errors import (
     BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, SearchboxError, UnsupportedMediaType,
     error_body, from_handler_error,
@@ -70,6 +70,10 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     def embeddings() -> Response:
         return invoke(public.decode_embeddings)
 
+    @app.post("/v1/rerank")
+    def rerank() -> Response:
+        return invoke(rerank_dialect.decode_public)
+
     register_error_handlers(app)
     return app
 
@@ -116,7 +120,7 @@ def register_error_handlers(app: Flask) -> None:
                 f"the body is larger than the {limit_mb:g} MiB limit; send fewer or shorter inputs per request"))
         if exc.code == 404:
             return render(NotFound(
-                f"no route {request.path}; use POST /invocations, POST /v1/embeddings or GET /ping"))
+                f"no route {request.path}; use POST /invocations, POST /v1/embeddings, POST /v1/rerank or GET /ping"))
         if exc.code == 405:
             return render(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
         return render(_generic(exc))

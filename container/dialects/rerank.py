@@ -1,0 +1,116 @@
+"""Rerank bodies (contract §3): the SageMaker envelope of `jina-sagemaker` and Jina's public rerank API.
+
+SageMaker: `{"data": {"query", "documents", "top_n", "return_documents"}, "parameters": {...}}`, `data`
+also as a one-element list; answered `{"data": [{"query_usage", "docs_usage", "results"}], "parameters"}`.
+Public: `{"model", "query", "documents", "top_n", "return_documents"}`; answered
+`{"model", "object": "list", "usage": {"total_tokens"}, "results": [{"index", "relevance_score", "document"?}]}`.
+Documents are bare strings or `{"text"}` objects; `top_n` missing means all; `return_documents` defaults to true.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from container.dialects import Decoded
+from container.dialects import fields
+from container.errors import ValidationFailed
+from model_handlers.types import RerankHit, RerankRequest, RerankResult
+
+_SAGEMAKER_SHAPE = '{"data": {"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3}}'
+_PUBLIC_SHAPE = '{"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3, "return_documents": true}'
+_KEYS = ("query", "documents")
+
+
+def is_sagemaker_rerank(data: Any) -> bool:
+    """Whether a SageMaker `data` value is a rerank request: an object (or a list whose first item is one)
+    with `query` or `documents`, which no embedding input has."""
+    if isinstance(data, list) and data:
+        data = data[0]
+    return isinstance(data, dict) and any(key in data for key in _KEYS)
+
+
+def is_public_rerank(body: Any) -> bool:
+    return isinstance(body, dict) and "input" not in body and any(key in body for key in _KEYS)
+
+
+def decode_sagemaker(body: Mapping[str, Any]) -> Decoded:
+    data = body.get("data")
+    if isinstance(data, list):
+        if len(data) != 1:
+            raise ValidationFailed(
+                f"`data` holds {len(data)} rerank requests; send one per body: {_SAGEMAKER_SHAPE}")
+        data = data[0]
+    request = _request(fields.mapping(data, "data"), "data.", _SAGEMAKER_SHAPE)
+    parameters = dict(fields.mapping(body.get("parameters"), "parameters"))
+
+    def render(result: RerankResult) -> dict[str, Any]:
+        return {
+            "data": [{
+                "query_usage": {"total_tokens": result.query_tokens},
+                "docs_usage": {"total_tokens": result.document_tokens},
+                "results": [_hit(request, hit, with_usage=True) for hit in result.hits],
+            }],
+            "parameters": parameters,
+        }
+
+    return Decoded(request, render)
+
+
+def decode_public(body: Any) -> Decoded:
+    if not isinstance(body, dict):
+        raise ValidationFailed(f"the body must be a JSON object: {_PUBLIC_SHAPE}")
+    request = _request(body, "", _PUBLIC_SHAPE)
+
+    def render(result: RerankResult) -> dict[str, Any]:
+        return {
+            "model": result.model,
+            "object": "list",
+            "usage": {"total_tokens": result.total_tokens},
+            "results": [_hit(request, hit, with_usage=False) for hit in result.hits],
+        }
+
+    return Decoded(request, render)
+
+
+def _request(source: Mapping[str, Any], prefix: str, shape: str) -> RerankRequest:
+    for key in _KEYS:
+        if key not in source or source[key] is None:
+            raise ValidationFailed(f"`{prefix}{key}` is missing; a rerank body looks like {shape}")
+    query = source["query"]
+    if isinstance(query, dict) and "text" in query:
+        query = query["text"]
+    if not isinstance(query, str):
+        raise ValidationFailed(f"`{prefix}query` must be a string (or an object with a `text` string)")
+    documents = source["documents"]
+    if not isinstance(documents, list):
+        raise ValidationFailed(f"`{prefix}documents` must be a list of strings or {{\"text\"}} objects")
+    top_n = fields.optional_int(source.get("top_n"), f"{prefix}top_n")
+    if top_n is not None and top_n < 1:
+        raise ValidationFailed(f"`{prefix}top_n` must be at least 1 (leave it out to get every document), got {top_n}")
+    return RerankRequest(
+        query=query,
+        documents=tuple(_document(item, f"{prefix}documents[{i}]") for i, item in enumerate(documents)),
+        top_n=top_n,
+        return_documents=fields.optional_bool(source.get("return_documents"), f"{prefix}return_documents", True),
+    )
+
+
+def _document(value: Any, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "text" in value:
+        if isinstance(value["text"], str):
+            return value["text"]
+        raise ValidationFailed(f"`{field}.text` must be a string")
+    if isinstance(value, dict) and any(key in value for key in ("image", "url", "bytes")):
+        raise ValidationFailed(f"`{field}` is an image; this server reranks text documents only")
+    raise ValidationFailed(f"`{field}` must be a string or an object with a `text` string")
+
+
+def _hit(request: RerankRequest, hit: RerankHit, *, with_usage: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.relevance_score}
+    if request.return_documents:
+        item["document"] = {"text": request.documents[hit.index]}
+    if with_usage:
+        item["usage"] = {"total_tokens": hit.tokens}
+    return item
