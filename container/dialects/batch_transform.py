@@ -1,0 +1,250 @@
+"""SageMaker batch transform bodies (contract §4): CSV and JSON Lines, many records a request.
+
+CSV (`text/csv`, `application/csv`), no header, column 1 an id that is echoed back; the other
+columns follow the served model's kind:
+
+- embedding models: `id,text` (multimodal: `id,text,url,bytes`, exactly one of them filled)
+- rerankers: `id,query,documents,top_n` with `documents` a JSON array of strings or `{"text"}`
+  objects and `top_n` optional (empty: every document)
+
+Both quotings parse: unquoted with backslash escapes (`1,open\\, really?`) and RFC-4180 fully
+quoted (`"1","with, comma"`). The answer is one compact JSON object, newline-terminated (SageMaker
+concatenates the answers of a job), in the SageMaker envelope with each row's id echoed:
+
+- embedding: `{"data": [{"id", "embedding", "usage": {"total_tokens"}}, ...], "parameters": {}}`
+- reranker: `{"data": [{"id", "query_usage", "docs_usage", "results": [...]}, ...], "parameters": {}}`
+
+JSON Lines (`application/jsonlines`, `application/jsonl`, `application/x-jsonlines`): each line
+is any JSON body `/invocations` accepts; the answer has one JSON line per line in, same order.
+
+A row that does not parse is a 400 naming its line; an error while running a row keeps its own
+status and code, its detail prefixed with the line(s).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import orjson
+from sagemaker_inference import content_types
+
+from container.dialects import Decoded, TypedRequest, TypedResult, fields
+from container.errors import BadRequest, SearchboxError
+from container.settings import Settings
+from model_handlers.serving_config import ModelKind
+from model_handlers.types import (
+    EmbedInput, EmbedRequest, EmbedResult, ImageInput, RerankRequest, RerankResult, TextInput,
+)
+
+CSV_TYPES = (content_types.CSV, "application/csv")
+JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
+JSONLINES = JSONLINES_TYPES[0]
+
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_COLUMNS = {
+    ModelKind.EMBEDDING: "`id,text` (multimodal models: `id,text,url,bytes`)",
+    ModelKind.RERANKER: "`id,query,documents,top_n` (documents a JSON array, top_n optional)",
+}
+_QUOTING_HINT = 'quote fields that hold commas ("1","a, b") or escape them (1,a\\, b)'
+
+
+@dataclass(frozen=True)
+class Records:
+    """A body decoded into typed requests to run in order, and how to render their results as one body.
+
+    Attributes:
+        requests: the typed requests, each run through the handler.
+        origins: where each request came from ("line 3", "lines 1-2048"), to prefix its errors; "" for none.
+        render: the results (one per request, same order) to the response body.
+        content_type: the response's media type.
+    """
+
+    requests: Sequence[TypedRequest]
+    origins: Sequence[str]
+    render: Callable[[list[TypedResult]], bytes]
+    content_type: str = content_types.JSON
+
+
+def decode_csv(body: bytes, kind: ModelKind, max_inputs: int) -> Records:
+    """CSV rows for a model of `kind`; embedding rows go to the handler in requests of at most `max_inputs`."""
+    text = _utf8(body)
+    # The body is already bounded by the payload limit; csv's default 128 KiB field cap would
+    # refuse a reranker row's long documents array.
+    if csv.field_size_limit() < len(text):
+        csv.field_size_limit(len(text))
+    rows = _csv_rows(text)
+    if kind is ModelKind.RERANKER:
+        return _rerank_records(rows)
+    return _embed_records(rows, max_inputs)
+
+
+def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded]) -> Records:
+    """One JSON body a line, each decoded by the route's own `decode`; blank lines are skipped."""
+    decoded: list[Decoded] = []
+    origins: list[str] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"line {number}"
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"{where}: not valid JSON: {exc}", code="INVALID_JSON_LINE") from None
+        try:
+            decoded.append(decode(value))
+        except SearchboxError as exc:
+            raise BadRequest(f"{where}: {exc.detail}", code="INVALID_JSON_LINE") from None
+        origins.append(where)
+
+    def render(results: list[TypedResult]) -> bytes:
+        return b"".join(orjson.dumps(d.render(r), option=_JSON_OPTIONS) + b"\n" for d, r in zip(decoded, results))
+
+    return Records([d.request for d in decoded], origins, render, JSONLINES)
+
+
+@dataclass(frozen=True)
+class _Row:
+    line: int
+    fields: list[str]
+
+
+def _utf8(body: bytes) -> str:
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = body.count(b"\n", 0, exc.start) + 1
+        raise BadRequest(f"line {line}: the body is not valid UTF-8 (byte {exc.start}); send UTF-8 text",
+                         code="INVALID_CSV") from None
+
+
+def _csv_rows(text: str) -> list[_Row]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=",", quotechar='"', doublequote=True,
+                        escapechar="\\", strict=True)
+    rows = []
+    start = 1
+    while True:
+        try:
+            fields_ = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            raise BadRequest(f"line {start}: not valid CSV ({exc}); {_QUOTING_HINT}", code="INVALID_CSV") from None
+        if fields_ and not (len(fields_) == 1 and not fields_[0].strip()):
+            rows.append(_Row(start, fields_))
+        start = reader.line_num + 1
+
+
+def _row_error(row: _Row, kind: ModelKind, what: str) -> BadRequest:
+    return BadRequest(f"line {row.line}: {what}; rows for this model are {_COLUMNS[kind]}", code="INVALID_CSV")
+
+
+def _embed_records(rows: list[_Row], max_inputs: int) -> Records:
+    ids = [row.fields[0] for row in rows]
+    inputs = [_embed_input(row) for row in rows]
+    requests, origins = [], []
+    for start in range(0, len(rows), max_inputs):
+        chunk = slice(start, start + max_inputs)
+        requests.append(EmbedRequest(inputs=tuple(inputs[chunk])))
+        lines = [row.line for row in rows[chunk]]
+        origins.append(f"line {lines[0]}" if len(lines) == 1 else f"lines {lines[0]}-{lines[-1]}")
+
+    def render(results: list[EmbedResult]) -> bytes:
+        items = []
+        embeddings = (pair for result in results for pair in zip(result.embeddings, result.token_counts))
+        for item_id, (encoded, tokens) in zip(ids, embeddings):
+            items.append({"id": item_id, "embedding": fields.render_embedding(encoded, False),
+                          "usage": {"total_tokens": tokens}})
+        return orjson.dumps({"data": items, "parameters": {}}, option=_JSON_OPTIONS) + b"\n"
+
+    return Records(requests, origins, render)
+
+
+def _embed_input(row: _Row) -> EmbedInput:
+    values = row.fields
+    if not 2 <= len(values) <= 4:
+        raise _row_error(row, ModelKind.EMBEDDING, f"expected 2 columns, got {len(values)}; {_QUOTING_HINT}")
+    if len(values) == 2:
+        return TextInput(values[1])
+    filled = [(i, v) for i, v in enumerate(values[1:], start=1) if v != ""]
+    if len(filled) != 1:
+        raise _row_error(row, ModelKind.EMBEDDING,
+                         f"fill exactly one of text, url, bytes (columns 2-4), got {len(filled)}; {_QUOTING_HINT}")
+    column, value = filled[0]
+    return TextInput(value) if column == 1 else ImageInput(value)
+
+
+def _rerank_records(rows: list[_Row]) -> Records:
+    ids = [row.fields[0] for row in rows]
+    requests = [_rerank_request(row) for row in rows]
+
+    def render(results: list[RerankResult]) -> bytes:
+        items = [
+            {"id": item_id, "query_usage": {"total_tokens": result.query_tokens},
+             "docs_usage": {"total_tokens": result.document_tokens},
+             "results": [{"index": hit.index, "relevance_score": hit.relevance_score,
+                          "document": {"text": request.documents[hit.index]},
+                          "usage": {"total_tokens": hit.tokens}} for hit in result.hits]}
+            for item_id, request, result in zip(ids, requests, results)
+        ]
+        return orjson.dumps({"data": items, "parameters": {}}, option=_JSON_OPTIONS) + b"\n"
+
+    return Records(requests, [f"line {row.line}" for row in rows], render)
+
+
+def _rerank_request(row: _Row) -> RerankRequest:
+    values = row.fields
+    if len(values) not in (3, 4):
+        raise _row_error(row, ModelKind.RERANKER, f"expected 3 or 4 columns, got {len(values)}; {_QUOTING_HINT}")
+    try:
+        documents = orjson.loads(values[2])
+    except orjson.JSONDecodeError:
+        raise _row_error(row, ModelKind.RERANKER, 'column 3 (documents) is not valid JSON; send ["doc 1", "doc 2"]') \
+            from None
+    if not isinstance(documents, list):
+        raise _row_error(row, ModelKind.RERANKER, "column 3 (documents) must be a JSON array")
+    texts = []
+    for index, document in enumerate(documents):
+        if isinstance(document, dict) and isinstance(document.get("text"), str):
+            document = document["text"]
+        if not isinstance(document, str):
+            raise _row_error(row, ModelKind.RERANKER,
+                             f"documents[{index}] must be a string or an object with a `text` string")
+        texts.append(document)
+    top_n = None
+    if len(values) == 4 and values[3].strip():
+        raw = values[3].strip()
+        if not raw.isdigit() or int(raw) < 1:
+            raise _row_error(row, ModelKind.RERANKER, f"column 4 (top_n) must be a positive integer, got {raw!r}"[:200])
+        top_n = int(raw)
+    return RerankRequest(query=values[1], documents=tuple(texts), top_n=top_n)
+
+
+_MIB = 1024 * 1024
+# SageMaker refuses a job whose MaxConcurrentTransforms x MaxPayloadInMB exceeds this.
+_TRANSFORM_BUDGET_MB = 100
+
+
+def execution_parameters(settings: Settings, on_gpu: bool) -> dict[str, Any]:
+    """`GET /execution-parameters`: what SageMaker should send, unless the job already said.
+
+    One request's answer is about 100 times its CSV (a row of text becomes hundreds of JSON
+    numbers) and must come back within the job's per-call timeout (600 s by default): 1 MB a
+    request on CPU, 6 MB on GPU. A few requests in flight keep the batcher fed while others are
+    parsed and rendered (2 on CPU, 4 on GPU). Values the job sets win; the ones chosen here are cut
+    so that MaxConcurrentTransforms x MaxPayloadInMB stays within SageMaker's 100 MB.
+    """
+    body_limit_mb = max(1, settings.max_payload_bytes // _MIB)
+    payload = settings.transform_max_payload_mb or min(6 if on_gpu else 1, body_limit_mb)
+    concurrency = settings.transform_max_concurrent or (4 if on_gpu else 2)
+    if settings.transform_max_concurrent is None:
+        concurrency = max(1, min(concurrency, _TRANSFORM_BUDGET_MB // payload))
+    elif settings.transform_max_payload_mb is None:
+        payload = max(1, min(payload, _TRANSFORM_BUDGET_MB // concurrency))
+    return {
+        "MaxConcurrentTransforms": concurrency,
+        "BatchStrategy": settings.transform_batch_strategy or "MULTI_RECORD",
+        "MaxPayloadInMB": payload,
+    }

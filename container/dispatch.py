@@ -1,0 +1,169 @@
+"""One answer for every host: (the route's JSON dialect, body bytes, media type) -> status, headers, body bytes.
+
+The Flask routes (SageMaker, Azure ML custom container) and azmlinfsrv's `score.py` both answer
+through `Dispatcher`, so one request gets byte-identical bodies whichever way the image is deployed.
+Error rendering lives here too, for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import orjson
+from sagemaker_inference import content_types
+
+from container.dialects import Decoded, TypedRequest, TypedResult, batch_transform
+from container.dialects.batch_transform import Records
+from container.errors import (
+    BadRequest, PayloadTooLarge, SearchboxError, UnsupportedMediaType, error_body, from_handler_error,
+)
+from container.runtime import ModelRuntime
+from container.settings import Settings
+from model_handlers.errors import HandlerError
+from model_handlers.serving_config import ModelKind
+from model_handlers.types import EmbedRequest
+
+logger = logging.getLogger(__name__)
+
+JSON = content_types.JSON
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# Records of one batch body run concurrently so that the handler's batcher can pack them together.
+_RECORD_THREADS = 8
+
+# How each media type becomes records; `Records` bodies (CSV, JSON Lines) only where a route takes them.
+_BodyDecoder = Callable[[bytes, Callable[[Any], Decoded], ModelKind, int], Records]
+_RECORD_DECODERS: dict[str, _BodyDecoder] = {
+    **{media: lambda body, decode, kind, max_inputs: batch_transform.decode_csv(body, kind, max_inputs)
+       for media in batch_transform.CSV_TYPES},
+    **{media: lambda body, decode, kind, max_inputs: batch_transform.decode_jsonlines(body, decode)
+       for media in batch_transform.JSONLINES_TYPES},
+}
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Decodes a body by its media type, runs its typed requests through the handler, renders the answer."""
+
+    def __init__(self, settings: Settings, runtime: ModelRuntime):
+        self._settings = settings
+        self._runtime = runtime
+
+    def answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, *,
+               records: bool = False) -> Reply:
+        """The 200 reply to `body`.
+
+        Args:
+            decode: the route's JSON dialect (also applied to each JSON line).
+            body: the raw request body.
+            media_type: the Content-Type without parameters; None or empty reads as JSON.
+            records: whether the route also takes batch bodies (CSV, JSON Lines).
+
+        Raises:
+            SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either.
+        """
+        if len(body) > self._settings.max_payload_bytes:
+            raise payload_too_large(self._settings.max_payload_bytes)
+        media_type = (media_type or JSON).lower()
+        if media_type == JSON or media_type.endswith("+json"):
+            decoded = decode(_parse_json(body))
+            job = Records([decoded.request], [""],
+                          lambda results: orjson.dumps(decoded.render(results[0]), option=_JSON_OPTIONS))
+        elif records and media_type in _RECORD_DECODERS:
+            job = _RECORD_DECODERS[media_type](body, decode, self._runtime.handler.kind, self._settings.max_inputs)
+        else:
+            supported = [JSON, *_RECORD_DECODERS] if records else [JSON]
+            raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported here; send one of "
+                                       f"{', '.join(supported)}", code="UNSUPPORTED_MEDIA_TYPE")
+        for request, origin in zip(job.requests, job.origins):
+            try:
+                check_limits(request, self._settings)
+            except SearchboxError as exc:
+                raise _at(exc, origin) from None
+        return Reply(200, job.render(self._run(job)), job.content_type)
+
+    def reply(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, request_id: str, *,
+              records: bool = False) -> Reply:
+        """Like `answer`, with the caller's errors rendered as replies instead of raised."""
+        try:
+            return self.answer(decode, body, media_type, records=records)
+        except (SearchboxError, HandlerError) as exc:
+            return error_reply(exc, request_id)
+
+    def _run(self, job: Records) -> list[TypedResult]:
+        if len(job.requests) == 1:
+            return [self._run_one(job.requests[0], job.origins[0])]
+        with ThreadPoolExecutor(min(_RECORD_THREADS, len(job.requests)), thread_name_prefix="records") as pool:
+            futures = [pool.submit(self._run_one, request, origin) for request, origin in zip(job.requests, job.origins)]
+            try:
+                return [future.result() for future in futures]
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def _run_one(self, request: TypedRequest, origin: str) -> TypedResult:
+        handler = self._runtime.handler
+        try:
+            if isinstance(request, EmbedRequest):
+                return handler.embed(request)
+            return handler.rerank(request)
+        except (SearchboxError, HandlerError) as exc:
+            raise _at(exc, origin) from None
+
+
+def check_limits(request: TypedRequest, settings: Settings) -> None:
+    count = len(request.inputs) if isinstance(request, EmbedRequest) else len(request.documents)
+    if count > settings.max_inputs:
+        what = "inputs" if isinstance(request, EmbedRequest) else "documents"
+        raise BadRequest(
+            f"the request has {count} {what}; at most {settings.max_inputs} are allowed per request, "
+            "split it into several requests", code="TOO_MANY_INPUTS")
+
+
+def error_reply(exc: SearchboxError | HandlerError, request_id: str) -> Reply:
+    """The contract's error body `{"detail", "code", "request_id"}` with the error's status and headers."""
+    error = exc if isinstance(exc, SearchboxError) else from_handler_error(exc)
+    return Reply(error.status_code, orjson.dumps(error_body(error, request_id)), JSON, dict(error.headers))
+
+
+def payload_too_large(limit_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body is larger than the {limit_bytes / (1024 * 1024):g} MiB limit; "
+                           "send fewer or shorter inputs per request")
+
+
+def internal_error() -> SearchboxError:
+    """What a caller reads about a bug: no stack trace, only the id to quote."""
+    return SearchboxError("internal error; quote the request_id when reporting it")
+
+
+def on_gpu(settings: Settings) -> bool:
+    """Whether the model runs on a GPU, judged without importing torch (the server knows no tensors)."""
+    if settings.device == "auto":
+        return Path("/dev/nvidiactl").exists()
+    return settings.device.startswith("cuda")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="INVALID_JSON") from None
+
+
+def _at(exc: SearchboxError | HandlerError, origin: str) -> SearchboxError:
+    """The error with where it happened ("line 3: ...") in front of its detail."""
+    error = exc if isinstance(exc, SearchboxError) else from_handler_error(exc)
+    if origin:
+        # each error object belongs to the one request that raised it: prefixing in place is safe
+        error.detail = f"{origin}: {error.detail}"
+    return error
