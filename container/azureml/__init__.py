@@ -1,0 +1,1 @@
+"""Azure ML's inference server (`azmlinfsrv`) entry script: see score.py."""
