@@ -1,0 +1,91 @@
+# searchbox: one inference image for SageMaker (real-time, batch transform, Marketplace model
+# packages) and Azure ML (online endpoints).
+#
+#   CPU:  docker build -t searchbox:cpu .
+#   GPU:  docker build -t searchbox:gpu --build-arg BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04 .
+#         (torch's CUDA wheels bring cuBLAS/cuDNN themselves; the CUDA base adds the runtime and
+#         the forward-compatibility libraries the entrypoint switches on for older host drivers)
+#   Here: docker/container_test.sh builds on a debootstrapped localhost/debian-base:bookworm.
+#
+# Build arguments: BASE_IMAGE (any Debian/Ubuntu image, with or without Python), TORCH_SPEC,
+# MODEL_DIR (a model directory inside the build context, baked in as /opt/ml/model).
+# Optional build secrets, never stored in a layer: `pipcert` (a CA bundle for pip) and `pipconf`
+# (a pip.conf naming the index and find-links, e.g. where the CPU build of torch lives).
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- python: the base plus a Python 3 that can make virtual environments -----------------------
+FROM ${BASE_IMAGE} AS python
+# Slim Python images already have it; bare Debian/Ubuntu and CUDA bases get the distribution's.
+# DL3008 (pin apt versions): the base image picks the distribution release, whose python3 is the
+# pin; a version string here would break every other base image.
+# hadolint ignore=DL3008
+RUN if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+# ---- build: the virtual environment ------------------------------------------------------------
+FROM python AS build
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+RUN python3 -m venv /opt/venv
+
+# torch first, alone in its layer: the largest and least often changed dependency. The index or
+# find-links that hold the wanted build (CPU or CUDA) come from the pipconf secret; the lock
+# constrains the dependencies torch shares with the rest (a CUDA build adds its nvidia-* wheels,
+# which torch itself pins exactly).
+COPY docker/requirements.txt /tmp/requirements.txt
+# DL3013 (pin pip versions): TORCH_SPEC is the pin (torch==2.13.0), hadolint cannot see into an ARG.
+ARG TORCH_SPEC=torch==2.13.0
+# hadolint ignore=DL3013
+RUN --mount=type=secret,id=pipcert --mount=type=secret,id=pipconf --mount=type=cache,target=/root/.cache/pip \
+    if [ -f /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+    && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
+    && pip install -c /tmp/requirements.txt "$TORCH_SPEC"
+
+RUN --mount=type=secret,id=pipcert --mount=type=secret,id=pipconf --mount=type=cache,target=/root/.cache/pip \
+    if [ -f /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
+    && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
+    && pip install -r /tmp/requirements.txt
+
+# The project itself, non-editable; its dependencies are all in place already.
+COPY pyproject.toml README.md /src/
+COPY container /src/container
+COPY model_handlers /src/model_handlers
+RUN pip install --no-cache-dir --no-deps --no-build-isolation /src \
+    && python -c 'import container.serve, model_handlers; from container.settings import embedded_model_dir; embedded_model_dir()'
+
+# ---- model: an optional model directory baked into the image -----------------------------------
+FROM python AS model
+ARG MODEL_DIR=docker/no-model
+COPY ${MODEL_DIR} /model/
+RUN rm -f /model/.searchbox-no-model
+
+# ---- runtime -------------------------------------------------------------------------------------
+FROM python AS runtime
+LABEL org.opencontainers.image.title="searchbox" \
+      org.opencontainers.image.description="Embedding models and rerankers on SageMaker and Azure ML" \
+      com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
+# Nothing downloads at start or at request time: Marketplace model packages run with no network.
+ENV PATH=/opt/venv/bin:$PATH \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+COPY --from=build /opt/venv /opt/venv
+# SageMaker unpacks a model artifact over /opt/ml/model, so a mounted model wins over a baked one;
+# $AZUREML_MODEL_DIR and $SEARCHBOX_MODEL_DIR win over both (container/settings.py).
+COPY --from=model /model /opt/ml/model
+COPY docker/entrypoint.sh /usr/local/bin/searchbox-entrypoint
+EXPOSE 8080
+# DL3002 (last USER should not be root): SageMaker and Azure ML run inference images as root and
+# write into /opt/ml; a non-root user breaks model mounts with root-only permissions.
+# hadolint ignore=DL3002
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/searchbox-entrypoint"]
+CMD ["serve"]
