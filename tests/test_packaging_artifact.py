@@ -290,3 +290,49 @@ def test_missing_remote_code_is_refused_with_the_fix(remote_code_model, tmp_path
     assert "other-org/tiny-remote" in result.stderr and "--remote-code" in result.stderr
     assert "Traceback" not in result.stderr
     assert not output.exists()
+
+
+# --- rerankers ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cross_encoder_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A one-label BERT cross-encoder over the MiniLM weights (seeded head), as a plain HF directory."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    target = tmp_path_factory.mktemp("reranker") / "tiny-reranker"
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)  # spread the scores so the ranking means something
+    model.save_pretrained(str(target), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, target / name)
+    return target
+
+
+def test_reranker_artifact_serves_cross_encoder_scores(cross_encoder_dir, tmp_path, server_factory):
+    import model_package
+    from sentence_transformers import CrossEncoder
+
+    output = tmp_path / "model.tar.gz"
+    report = build_artifact.build_artifact(cross_encoder_dir, output, served_name="tiny-reranker")
+    assert report.kind == "reranker" and report.check.startswith("reranked 2 documents")
+    unpacked = _unpack(output, tmp_path / "opt" / "ml" / "model")
+    assert json.loads((unpacked / "searchbox.json").read_text())["kind"] == "reranker"
+
+    packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
+    query, documents = "What is the capital of Germany?", ["Bananas are yellow.", "Berlin is the capital.", "Hi."]
+    answer = packaged.post("/v1/rerank", {"query": query, "documents": documents})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["model"] == "tiny-reranker"
+    got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+    reference = CrossEncoder(str(cross_encoder_dir), device="cpu").predict([(query, d) for d in documents])
+    np.testing.assert_allclose([got[i] for i in range(3)], reference, atol=1e-5)
+
+    sample = model_package.sample_input("reranker")
+    batch = requests.post(packaged.url + "/invocations", data=sample.encode(), headers={"Content-Type": "text/csv"},
+                          timeout=120)
+    assert batch.status_code == 200, batch.text
+    rows = batch.json()["data"]
+    assert [r["id"] for r in rows] == ["q1", "q2"] and [len(r["results"]) for r in rows] == [2, 1]
