@@ -41,8 +41,11 @@ DIR_MODE = 0o755
 PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 _CHUNK = 1024 * 1024
 
-# Weight formats the image never reads; shipped beside safetensors they only make the artifact larger.
-_UNUSED_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".ot", ".onnx", ".pkl", ".gguf"}
+# Weight formats the image never reads (TensorFlow, Flax, ONNX, GGUF): left out of the artifact.
+_UNUSED_SUFFIXES = {".h5", ".msgpack", ".ot", ".onnx", ".gguf"}
+# Pickled torch weights: left out where safetensors sit beside them, refused where they are all there is.
+_PICKLED_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+_NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin"}
 _UNUSED_DIRS = {"onnx", "openvino", "__pycache__", ".cache"}
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w[\w.]*)\s+import|import\s+\.(\w[\w.]*))", re.MULTILINE)
 
@@ -112,18 +115,21 @@ def _stage(model_dir: Path, staged: Path) -> list[str]:
     """Copy what serving needs; returns what was left out."""
     everything = sorted(p for p in model_dir.rglob("*") if p.is_file())
     relative = [p.relative_to(model_dir) for p in everything]
-    if not any(p.suffix == ".safetensors" for p in relative):
-        pickled = [str(p) for p in relative if p.suffix in _UNUSED_SUFFIXES]
-        raise BuildRefused(
-            f"{model_dir} has no safetensors weights" + (f" (only {', '.join(pickled[:3])})" if pickled else "")
-            + "; the artifact ships safetensors only. Convert with "
-            "model.save_pretrained(dir, safe_serialization=True) and build from that directory.")
+    with_safetensors = {p.parent for p in relative if p.suffix == ".safetensors"}
     skipped = []
     for source, rel in zip(everything, relative):
+        pickled = rel.suffix in _PICKLED_SUFFIXES
         if (any(part.startswith(".") or part in _UNUSED_DIRS for part in rel.parts)
-                or rel.suffix in _UNUSED_SUFFIXES or rel.name == MANIFEST):
+                or rel.suffix in _UNUSED_SUFFIXES or rel.name in _NOT_WEIGHTS or rel.name == MANIFEST
+                or (pickled and rel.parent in with_safetensors)):
             skipped.append(str(rel))
             continue
+        if pickled:
+            raise BuildRefused(
+                f"{rel} holds pickled weights and no safetensors file sits beside it; the artifact ships "
+                "safetensors only (unpickling runs code). Convert with "
+                "model.save_pretrained(dir, safe_serialization=True) (or safetensors.torch.save_file for a "
+                "sentence-transformers module) and build from that directory.")
         target = staged / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)

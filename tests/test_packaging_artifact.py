@@ -336,3 +336,18 @@ def test_reranker_artifact_serves_cross_encoder_scores(cross_encoder_dir, tmp_pa
     assert batch.status_code == 200, batch.text
     rows = batch.json()["data"]
     assert [r["id"] for r in rows] == ["q1", "q2"] and [len(r["results"]) for r in rows] == [2, 1]
+
+
+def test_pickles_beside_safetensors_are_left_out(remote_code_model, tmp_path):
+    model_dir, source = remote_code_model
+    copy = tmp_path / "with-pickles"
+    shutil.copytree(model_dir, copy)
+    (copy / "pytorch_model.bin").write_bytes(b"\x80\x04pickled duplicate of the safetensors weights")
+    (copy / "onnx").mkdir()
+    (copy / "onnx" / "model.onnx").write_bytes(b"onnx")
+    report = build_artifact.build_artifact(copy, tmp_path / "model.tar.gz", check=False,
+                                           remote_code={"other-org/tiny-remote": source})
+    assert set(report.skipped) == {"pytorch_model.bin", "onnx/model.onnx"}
+    with tarfile.open(report.output, "r:gz") as tar:
+        names = tar.getnames()
+    assert "model.safetensors" in names and "pytorch_model.bin" not in names and "onnx" not in names
