@@ -1,0 +1,529 @@
+"""`make bench`: searchbox against the limit and a peer, side by side in one run, as a Markdown table.
+
+Systems, all on the embedded all-MiniLM-L6-v2 with the same torch threads:
+- limit: sentence-transformers `encode` in-process (bench/limit.py, a process of its own);
+- searchbox: a real `serve` (gunicorn) on a free port, over HTTP `/invocations`;
+- infinity-emb 0.0.78 (torch engine, mean pooling), installed on first use into bench/.peer-venv.
+Scenarios run in rounds, the three systems back to back inside each round, and the best round of
+each system counts: on a shared machine noise only ever slows a system down.
+
+    .venv/bin/python -m bench.run [--seconds 4] [--rounds 2] [--no-peer] [--out bench/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import orjson
+
+from bench.loadgen import LoadResult, run_load
+from bench.texts import RERANK_QUERY, SHORT, long_texts
+from container.settings import embedded_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_VENV = ROOT / "bench" / ".peer-venv"
+PEER_SPEC = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78"]
+PEER_NAME = "infinity-emb 0.0.78"
+PEER_MODEL = "bench-model"
+SERVE = Path(sys.executable).with_name("serve")
+START_TIMEOUT_S = 180
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_tree(root_pid: int) -> list[int]:
+    """A process and all its descendants (gunicorn master + worker), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def tree_rss_mb(root_pid: int) -> float:
+    total = 0.0
+    for pid in process_tree(root_pid):
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0) / 1024
+        except OSError:
+            pass
+    return total
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root_pid: int) -> float:
+    """User + system CPU seconds the process tree has used so far."""
+    total = 0
+    for pid in process_tree(root_pid):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / _TICK
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    start_s: float = 0.0
+    rss_ready_mb: float = 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def rss_mb(self) -> float:
+        return tree_rss_mb(self.process.pid)
+
+    def cpu_s(self) -> float:
+        return tree_cpu_s(self.process.pid)
+
+
+def http_status(url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def start_server(name: str, command: list[str], env: dict[str, str], port: int, ready_path: str,
+                 log_dir: Path) -> Server:
+    """Start a server and time it from the spawn to the first 200 on `ready_path`."""
+    log_path = log_dir / f"{name.split()[0]}-{port}.log"
+    with log_path.open("wb") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=ROOT)
+    server = Server(name, f"http://127.0.0.1:{port}", process, log_path)
+    while time.perf_counter() - started < START_TIMEOUT_S:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        if http_status(server.url + ready_path)[0] == 200:
+            server.start_s = time.perf_counter() - started
+            server.rss_ready_mb = server.rss_mb()
+            return server
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"{name} not ready after {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+def start_searchbox(model_dir: Path, threads: int, log_dir: Path) -> Server:
+    port = free_port()
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SEARCHBOX_MODEL_DIR": str(model_dir),
+           "SEARCHBOX_TORCH_THREADS": str(threads)}
+    return start_server("searchbox", [str(SERVE)], env, port, "/ping", log_dir)
+
+
+def ensure_peer() -> Path:
+    """infinity-emb in its own venv (never a project dependency); installed on first use."""
+    executable = PEER_VENV / "bin" / "infinity_emb"
+    if not executable.exists():
+        print(f"installing {PEER_NAME} into {PEER_VENV.relative_to(ROOT)} (once)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(PEER_VENV / "bin" / "pip"), "install", "-q", *PEER_SPEC], check=True)
+    return executable
+
+
+def start_peer(executable: Path, model_dir: Path, threads: int, log_dir: Path) -> Server:
+    port = free_port()
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+           "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": str(threads)}
+    command = [str(executable), "v2", "--model-id", str(model_dir), "--served-model-name", PEER_MODEL,
+               "--engine", "torch", "--device", "cpu", "--pooling-method", "mean",
+               "--host", "127.0.0.1", "--port", str(port), "--no-model-warmup", "--log-level", "warning"]
+    return start_server(PEER_NAME, command, env, port, "/health", log_dir)
+
+
+class Limit:
+    """The in-process reference (bench/limit.py) in its own process, one JSON command per line."""
+
+    def __init__(self, model_dir: Path, threads: int):
+        self.process = subprocess.Popen([sys.executable, "-m", "bench.limit", str(model_dir), str(threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        hello = json.loads(self.process.stdout.readline() or '{"ready": false}')
+        if not hello.get("ready"):
+            raise RuntimeError("the in-process reference failed to start")
+        self.rss_ready_mb = hello["rss_mb"]
+        self.threads = hello["threads"]
+
+    def ask(self, **command) -> dict:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """One system on one scenario: the best round."""
+
+    items_per_s: float = 0.0
+    requests_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    errors: int = 0
+    note: str = ""
+    #: CPU milliseconds the system under test spent per input (excludes the load generator)
+    cpu_ms_per_item: float = 0.0
+
+    @classmethod
+    def of(cls, requests: int, items: int, seconds: float, latencies: list[float], cpu_s: float,
+           errors: int = 0, note: str = "") -> "Figure":
+        ordered = sorted(latencies) or [0.0]
+        return cls(items / seconds, requests / seconds, 1000 * statistics.median(ordered),
+                   1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], errors, note,
+                   1000 * cpu_s / max(items, 1))
+
+
+@dataclass
+class Scenario:
+    key: str
+    title: str
+    clients: int
+    inputs: list[list[str]]  # the texts of each request body (or documents, for rerank)
+    limit_inputs: list[list[str]]  # what the in-process reference encodes per call
+    rerank: bool = False
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+    def keep(self, system: str, figure: Figure) -> None:
+        best = self.figures.get(system)
+        if best is None or figure.items_per_s > best.items_per_s:
+            self.figures[system] = figure
+
+
+def windows(texts: list[str], size: int, count: int) -> list[list[str]]:
+    return [[texts[(start * size + i) % len(texts)] for i in range(size)] for start in range(count)]
+
+
+def searchbox_body(texts: list[str], rerank: bool) -> bytes:
+    if rerank:
+        return orjson.dumps({"data": {"query": RERANK_QUERY, "documents": [{"text": t} for t in texts]}})
+    return orjson.dumps({"data": [{"text": t} for t in texts]})
+
+
+def peer_body(texts: list[str], rerank: bool) -> bytes:
+    if rerank:
+        return orjson.dumps({"model": PEER_MODEL, "query": RERANK_QUERY, "documents": texts})
+    return orjson.dumps({"model": PEER_MODEL, "input": texts})
+
+
+def measure_http(scenario: Scenario, server: Server, path: str, body: Callable[[list[str], bool], bytes],
+                 seconds: float, warmup: float) -> Figure:
+    bodies = [body(texts, scenario.rerank) for texts in scenario.inputs]
+    cpu = []
+    result: LoadResult = run_load(server.url, path, bodies, scenario.clients, seconds, warmup,
+                                  on_start=lambda: cpu.append(server.cpu_s()))
+    cpu_s = server.cpu_s() - cpu[0]
+    per_request = len(scenario.inputs[0])
+    note = f"{result.errors} errors, first: {result.first_error}" if result.errors else ""
+    return Figure.of(result.requests, (result.requests - result.errors) * per_request, result.seconds,
+                     result.latencies, cpu_s, result.errors, note)
+
+
+def measure_limit(scenario: Scenario, limit: Limit, model_dir: Path | None, seconds: float,
+                  warmup: float) -> Figure:
+    if scenario.rerank:
+        answer = limit.ask(op="rerank", model_dir=str(model_dir), query=RERANK_QUERY,
+                           documents=scenario.limit_inputs[0], seconds=seconds, warmup=warmup)
+    else:
+        answer = limit.ask(op="embed", batches=scenario.limit_inputs, seconds=seconds, warmup=warmup)
+    return Figure.of(answer["calls"], answer["items"], answer["seconds"], answer["latencies"], answer["cpu_s"])
+
+
+def run_round(scenarios: list[Scenario], limit: Limit, servers: dict[str, tuple[Server, str, Callable]],
+              model_dir: Path | None, seconds: float, warmup: float) -> None:
+    for scenario in scenarios:
+        figure = measure_limit(scenario, limit, model_dir, seconds, warmup)
+        scenario.keep("limit", figure)
+        line = [f"  {scenario.title:<34} limit {figure.items_per_s:7.1f}/s p50 {figure.p50_ms:6.1f} ms "
+                f"cpu {figure.cpu_ms_per_item:5.2f} ms/item"]
+        for system, (server, path, body) in servers.items():
+            time.sleep(0.3)  # let the previous system's threads go idle
+            figure = measure_http(scenario, server, path, body, seconds, warmup)
+            scenario.keep(system, figure)
+            line.append(f"{system.split()[0]} {figure.items_per_s:7.1f}/s p50 {figure.p50_ms:6.1f} ms "
+                        f"cpu {figure.cpu_ms_per_item:5.2f} ms/item" + (f" ({figure.errors} errors)" if figure.errors else ""))
+        print(" | ".join(line), flush=True)
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}×" if a and b else "—"
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return f"{value:.{digits}f}" if value else "—"
+
+
+def report(scenarios: list[Scenario], extra: dict, pending: dict[str, str]) -> tuple[str, list[str]]:
+    peer = PEER_NAME
+    lines = [
+        f"| scenario | unit | limit (in-process) | searchbox | {peer} | searchbox / limit | searchbox / peer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    checks: list[str] = []
+    by_key = {s.key: s for s in scenarios}
+    for scenario in scenarios:
+        lim, sb, pr = (scenario.figures.get(k) for k in ("limit", "searchbox", peer))
+        if scenario.key in pending:
+            lines.append(f"| {scenario.title} | — | — | pending | — | — | — |")
+            continue
+        unit = "req/s" if scenario.key in ("1x1", "rerank") else "texts/s"
+        value = (lambda f: f.requests_per_s) if unit == "req/s" else (lambda f: f.items_per_s)
+        batched = " (batches of 32)" if scenario.key == "32x1" else ""
+        lines.append(f"| {scenario.title} | {unit} | {fmt(lim and value(lim))}{batched} "
+                     f"| {fmt(sb and value(sb))} | {fmt(pr and value(pr))} "
+                     f"| {ratio(sb and value(sb), lim and value(lim))} | {ratio(sb and value(sb), pr and value(pr))} |")
+        if scenario.key in ("1x1", "rerank"):
+            for q in ("p50", "p99"):
+                get = (lambda f, q=q: getattr(f, f"{q}_ms"))
+                delta = f"{get(sb) - get(lim):+.1f} ms" if sb and lim else "—"
+                lines.append(f"| {scenario.title}, {q} latency (lower is better) | ms | {fmt(lim and get(lim), 2)} | "
+                             f"{fmt(sb and get(sb), 2)} | {fmt(pr and get(pr), 2)} | {delta} | "
+                             f"{ratio(sb and get(sb), pr and get(pr))} |")
+    lines.append(f"| resident memory, model ready | MB | {fmt(extra.get('limit_rss_ready'), 0)} | "
+                 f"{fmt(extra.get('sb_rss_ready'), 0)} | {fmt(extra.get('peer_rss_ready'), 0)} | "
+                 f"{_delta_mb(extra.get('sb_rss_ready'), extra.get('limit_rss_ready'))} | |")
+    lines.append(f"| resident memory, after the run | MB | {fmt(extra.get('limit_rss_end'), 0)} | "
+                 f"{fmt(extra.get('sb_rss_end'), 0)} | {fmt(extra.get('peer_rss_end'), 0)} | "
+                 f"{_delta_mb(extra.get('sb_rss_end'), extra.get('limit_rss_end'))} | |")
+    lines.append(f"| start to first ready (`/ping` 200; peer `/health`) | s | — | {fmt(extra.get('sb_start'), 2)} | "
+                 f"{fmt(extra.get('peer_start'), 2)} | | |")
+    lines += ["", "CPU the system under test spent per input (ms; load generator excluded; lower is better):", "",
+              f"| scenario | limit | searchbox | {peer} | searchbox / limit |", "|---|---|---|---|---|"]
+    for scenario in scenarios:
+        if scenario.key in pending:
+            continue
+        lim, sb, pr = (scenario.figures.get(k) for k in ("limit", "searchbox", peer))
+        cpu = [f and f.cpu_ms_per_item for f in (lim, sb, pr)]
+        lines.append(f"| {scenario.title} | {fmt(cpu[0], 2)} | {fmt(cpu[1], 2)} | {fmt(cpu[2], 2)} "
+                     f"| {ratio(cpu[1], cpu[0])} |")
+    for key, why in pending.items():
+        lines.append(f"\n{by_key[key].title}: pending — {why}")
+
+    def get(key, system, attr="items_per_s"):
+        figure = by_key[key].figures.get(system) if key in by_key else None
+        return getattr(figure, attr) if figure else None
+
+    def check(label: str, ok: bool | None, detail: str) -> None:
+        mark = "—" if ok is None else ("✅" if ok else "❌")
+        checks.append(f"- {mark} {label}: {detail}")
+
+    def ge(a, b, k):
+        return None if not a or not b else a >= k * b
+
+    a, b = get("4x32", "searchbox"), get("4x32", "limit")
+    check("4 × 32 texts ≥ 0.90 × limit", ge(a, b, 0.90), ratio(a, b))
+    a, b, c = get("32x1", "searchbox"), get("32x1", "limit"), get("32x1", peer)
+    check("32 × 1 text ≥ 0.75 × batched limit", ge(a, b, 0.75), ratio(a, b))
+    check("32 × 1 text ≥ 1.3 × infinity-emb", ge(a, c, 1.3), ratio(a, c))
+    a, b = get("1x1", "searchbox", "p50_ms"), get("1x1", "limit", "p50_ms")
+    check("1 × 1 p50 ≤ limit + 3 ms", None if not a or not b else a <= b + 3, f"+{a - b:.2f} ms" if a and b else "—")
+    a, b = extra.get("sb_rss_end"), extra.get("limit_rss_end")
+    check("resident memory ≤ in-process + 150 MB", None if not a or not b else a <= b + 150, _delta_mb(a, b))
+    a = extra.get("sb_start")
+    check("first /ping 200 within 10 s", None if not a else a <= 10, f"{a:.2f} s" if a else "—")
+    return "\n".join(lines), checks
+
+
+def _delta_mb(a, b) -> str:
+    return f"{a - b:+.0f} MB" if a and b else "—"
+
+
+def machine_line() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs ({cpu}), load average before the run {load}"
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def build_scenarios(model_dir: Path) -> list[Scenario]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.no_truncation()
+
+    class _Encode:  # long_texts wants `.encode(text, add_special_tokens=False)` returning a sized value
+        @staticmethod
+        def encode(text, add_special_tokens=False):
+            return tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    long = long_texts(_Encode, count=32)
+    singles = [[t] for t in SHORT]
+    thirty_two = windows(SHORT, 32, 8)
+    return [
+        Scenario("1x1", "1 client × 1 text", 1, singles, singles),
+        Scenario("32x1", "32 clients × 1 text", 32, singles, thirty_two),
+        Scenario("1x32", "1 client × 32 texts", 1, thirty_two, thirty_two),
+        Scenario("4x32", "4 clients × 32 texts", 4, thirty_two, thirty_two),
+        Scenario("long", "4 clients × 8 long texts (~250 tokens)", 4, windows(long, 8, 4), windows(long, 8, 4)),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per system per scenario per round")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds; the best round of each system counts")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of every system (0: torch's default)")
+    parser.add_argument("--no-peer", action="store_true", help=f"skip {PEER_NAME}")
+    parser.add_argument("--no-rerank", action="store_true", help="skip the rerank scenario")
+    parser.add_argument("--only", default="", help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"), help="where to write the table ('' for nowhere)")
+    args = parser.parse_args(argv)
+
+    machine = machine_line()
+    model_dir = embedded_model_dir()
+    log_dir = Path(tempfile.mkdtemp(prefix="searchbox-bench-"))
+    started = time.perf_counter()
+    print(f"machine: {machine}\nmodel: {model_dir}\nlogs: {log_dir}", flush=True)
+    peer_exe = None if args.no_peer else ensure_peer()
+    scenarios = build_scenarios(model_dir)
+    if args.only:
+        keys = set(args.only.split(","))
+        scenarios = [s for s in scenarios if s.key in keys]
+    extra: dict = {}
+    pending: dict[str, str] = {}
+    limit = Limit(model_dir, args.threads)
+    threads = limit.threads
+    extra["limit_rss_ready"] = limit.rss_ready_mb
+    servers: dict[str, tuple[Server, str, Callable]] = {}
+    try:
+        sb = start_searchbox(model_dir, threads, log_dir)
+        servers["searchbox"] = (sb, "/invocations", searchbox_body)
+        extra.update(sb_start=sb.start_s, sb_rss_ready=sb.rss_ready_mb)
+        print(f"searchbox ready in {sb.start_s:.2f} s, {sb.rss_ready_mb:.0f} MB", flush=True)
+        if peer_exe:
+            peer = start_peer(peer_exe, model_dir, threads, log_dir)
+            servers[PEER_NAME] = (peer, "/embeddings", peer_body)
+            extra.update(peer_start=peer.start_s, peer_rss_ready=peer.rss_ready_mb)
+            print(f"{PEER_NAME} ready in {peer.start_s:.2f} s, {peer.rss_ready_mb:.0f} MB", flush=True)
+        for number in range(args.rounds):
+            print(f"round {number + 1}/{args.rounds} ({threads} torch threads everywhere)", flush=True)
+            run_round(scenarios, limit, servers, None, args.seconds, args.warmup)
+        extra["limit_rss_end"] = limit.ask(op="rss")["rss_mb"]
+        extra["sb_rss_end"] = sb.rss_mb()
+        if peer_exe:
+            extra["peer_rss_end"] = servers[PEER_NAME][0].rss_mb()
+    finally:
+        for server, _, _ in servers.values():
+            server.stop()
+    servers.clear()
+    if not args.no_rerank and (not args.only or "rerank" in args.only.split(",")):
+        scenarios.append(run_rerank(limit, threads, peer_exe, log_dir, args, pending))
+    limit.close()
+
+    table, checks = report(scenarios, extra, pending)
+    header = (f"# searchbox benchmark\n\n`make bench` ({' '.join(sys.argv[1:]) or 'defaults'}), "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - started:.0f} s.\n\n"
+              f"- machine: {machine}\n- model: all-MiniLM-L6-v2 (embedded), {threads} torch threads in every system\n"
+              f"- each figure: the best of {args.rounds} rounds of {args.seconds:g} s (after {args.warmup:g} s warm-up); "
+              "the systems run back to back within a round, the load generator (asyncio, keep-alive) shares the cores\n"
+              "- limit: sentence-transformers `encode` in-process on the same inputs per call (for 32 clients × 1: "
+              "batches of 32, the batched limit); searchbox: `serve` (gunicorn) over `/invocations`; "
+              f"{PEER_NAME}: torch engine, `--pooling-method mean`, `/embeddings`\n\n")
+    text = header + table + "\n\n## Targets\n\n" + "\n".join(checks) + "\n"
+    print("\n" + text)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"written to {args.out}")
+    shutil.rmtree(log_dir, ignore_errors=True)
+    return 0
+
+
+def run_rerank(limit: Limit, threads: int, peer_exe: Path | None, log_dir: Path, args,
+               pending: dict[str, str]) -> Scenario:
+    """Rerank 1 query × 20 documents on a cross-encoder built from MiniLM (its own servers)."""
+    documents = windows(SHORT, 20, 4)
+    scenario = Scenario("rerank", "rerank 1 query × 20 documents", 1, documents, documents, rerank=True)
+    ce_dir = log_dir / "cross-encoder"
+    subprocess.run([sys.executable, "-m", "bench.crossencoder", str(ce_dir)], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    servers: dict[str, tuple[Server, str, Callable]] = {}
+    try:
+        try:
+            sb = start_searchbox(ce_dir, threads, log_dir)
+        except RuntimeError as exc:
+            pending["rerank"] = f"searchbox does not serve the cross-encoder yet ({str(exc).splitlines()[0]})"
+            return scenario
+        status, body = http_status(sb.url + "/invocations", searchbox_body(documents[0], True))
+        if status != 200:
+            pending["rerank"] = f"searchbox answers the rerank envelope with {status}: {body[:200].decode(errors='replace')}"
+            sb.stop()
+            return scenario
+        servers["searchbox"] = (sb, "/invocations", searchbox_body)
+        if peer_exe:
+            peer = start_peer(peer_exe, ce_dir, threads, log_dir)
+            servers[PEER_NAME] = (peer, "/rerank", peer_body)
+        print("rerank (cross-encoder built from MiniLM, random head)", flush=True)
+        for _ in range(args.rounds):
+            run_round([scenario], limit, servers, ce_dir, args.seconds, args.warmup)
+    finally:
+        for server, _, _ in servers.values():
+            server.stop()
+    return scenario
+
+
+if __name__ == "__main__":
+    sys.exit(main())
