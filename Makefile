@@ -21,5 +21,11 @@ serve: venv
 test: venv
 	$(BIN)/python -m pytest
 
+# Side by side against the in-process limit and infinity-emb (not part of `make test`): prints a
+# Markdown table and writes bench/results.md; installs the peer into bench/.peer-venv on first use.
+.PHONY: bench
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
