@@ -292,7 +292,8 @@ def _azure(raw: Any, name: str, where: str) -> AzureOffer | None:
         raise CatalogError(f"{where}: must be a mapping")
     instance_type = raw.get("instance_type")
     if not isinstance(instance_type, str) or not instance_type.startswith("Standard_"):
-        raise CatalogError(f"{where}.instance_type: {instance_type!r} is not an Azure VM size like Standard_NC4as_T4_v3")
+        raise CatalogError(f"{where}.instance_type: {instance_type!r} is not an Azure VM size "
+                           "like Standard_NC4as_T4_v3")
     gpus = raw.get("gpus_per_instance")
     if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
         raise CatalogError(f"{where}.gpus_per_instance: must be an integer >= 1 (the surcharge is per GPU-hour)")

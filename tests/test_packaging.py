@@ -1,4 +1,4 @@
-"""packaging/: the catalog, the SageMaker and Marketplace requests and the Azure files, checked with the clouds' own schemas."""
+"""packaging/: catalog, SageMaker and Marketplace requests, Azure files, checked with the clouds' own schemas."""
 
 from __future__ import annotations
 

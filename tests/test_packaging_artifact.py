@@ -1,4 +1,4 @@
-"""packaging/build_artifact.py: a real artifact from real weights, served by a real `serve`, byte-for-byte reproducible."""
+"""packaging/build_artifact.py: real weights in, a real `serve` on the artifact, byte-for-byte reproducible."""
 
 from __future__ import annotations
 
