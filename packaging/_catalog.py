@@ -174,6 +174,9 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
     tasks = entry.get("tasks") or {}
     if not isinstance(tasks, dict):
         raise CatalogError(f"{where}.tasks: must map task names to a prompt string or {{prompt, adapter}}")
+    for task, spec in tasks.items():
+        if not (isinstance(spec, str) or (isinstance(spec, dict) and spec and set(spec) <= {"prompt", "adapter"})):
+            raise CatalogError(f"{where}.tasks.{task}: must be a prompt string or a mapping with prompt and/or adapter")
     instance_types, recommended = _instance_types(_required(entry, "instance_types", where), f"{where}.instance_types")
     prices = _prices(_required(entry, "prices_per_hour", where), instance_types, f"{where}.prices_per_hour")
     trial = entry.get("free_trial_days", 0)
@@ -269,9 +272,12 @@ def _prices(raw: Any, types: Mapping[str, tuple[str, ...]], where: str) -> dict[
 
 def _model_dir(value: Any, base_dir: Path, where: str) -> Path:
     if value == EMBEDDED:
-        from container.settings import embedded_model_dir
+        from container.settings import SettingsError, embedded_model_dir
 
-        return embedded_model_dir()
+        try:
+            return embedded_model_dir()
+        except SettingsError as exc:
+            raise CatalogError(f"{where}: {exc}") from exc
     path = (base_dir / str(value)).resolve()
     if not path.is_dir():
         raise CatalogError(f"{where}: {path} is not a directory")

@@ -52,6 +52,9 @@ def test_the_packaging_name_still_means_pypis_library():
         assert result.returncode == 0, result.stderr
         assert "site-packages" in result.stdout and result.stdout.splitlines()[1] == "1.2"
     assert not (PACKAGING / "__init__.py").exists()
+    import packaging as in_this_process  # with packaging/ itself on sys.path, as the scripts have it
+
+    assert "site-packages" in in_this_process.__file__
 
 
 def test_example_catalog_is_valid(product):
@@ -82,6 +85,8 @@ def test_example_catalog_is_valid(product):
     (lambda p: p["instance_types"]["recommended"].update(batch="ml.c6i.xlarge"),
      "products[0].instance_types.recommended.batch", "not in"),
     (lambda p: p["azure"].update(gpus_per_instance=0), "products[0].azure.gpus_per_instance", "integer >= 1"),
+    (lambda p: p.update(tasks={"retrieval.query": {"prefix": "q: "}}), "products[0].tasks.retrieval.query",
+     "prompt string"),
 ])
 def test_broken_catalog_names_the_field(raw_catalog, edit, field, reason):
     edit(raw_catalog["products"][0])

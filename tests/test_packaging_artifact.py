@@ -351,3 +351,15 @@ def test_pickles_beside_safetensors_are_left_out(remote_code_model, tmp_path):
     with tarfile.open(report.output, "r:gz") as tar:
         names = tar.getnames()
     assert "model.safetensors" in names and "pytorch_model.bin" not in names and "onnx" not in names
+
+
+def test_catalog_name_kind_and_tasks_land_in_searchbox_json(remote_code_model, tmp_path):
+    model_dir, source = remote_code_model
+    report = build_artifact.build_artifact(model_dir, tmp_path / "model.tar.gz", served_name="tiny-prompted",
+                                           kind="embedding", tasks={"retrieval.query": "query: ",
+                                                                    "retrieval.passage": {"prompt": "passage: "}},
+                                           remote_code={"other-org/tiny-remote": source}, check=False)
+    with tarfile.open(report.output, "r:gz") as tar:
+        config = json.loads(tar.extractfile("searchbox.json").read())
+    assert config == {"kind": "embedding", "served_model_name": "tiny-prompted",
+                      "tasks": {"retrieval.query": "query: ", "retrieval.passage": {"prompt": "passage: "}}}
