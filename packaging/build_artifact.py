@@ -70,7 +70,7 @@ class BuildReport:
 def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: str | None = None,
                    kind: str | None = None, tasks: Mapping[str, Any] | None = None,
                    remote_code: Mapping[str, str | Path] | None = None, check: bool = True,
-                   compresslevel: int = 6) -> BuildReport:
+                   compresslevel: int = 6, device: str = "auto") -> BuildReport:
     """Stage, check and archive `model_dir` into `output` (written atomically).
 
     Raises:
@@ -87,7 +87,7 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
         vendored = _vendor_remote_code(staged, {k: Path(v) for k, v in (remote_code or {}).items()})
         config = _write_serving_config(staged, served_name=served_name, default_name=_default_name(model_dir),
                                        kind=kind, tasks=tasks)
-        check_summary = _smoke_test(staged, config) if check else "skipped (--no-check)"
+        check_summary = _smoke_test(staged, config, device) if check else "skipped (--no-check)"
         files = _list_files(staged)
         manifest = _manifest(staged, files, config, vendored)
         (staged / MANIFEST).write_bytes(manifest)
@@ -246,7 +246,7 @@ def _write_serving_config(staged: Path, *, served_name: str | None, default_name
     return read_serving_config(staged)
 
 
-def _smoke_test(staged: Path, config) -> str:
+def _smoke_test(staged: Path, config, device: str) -> str:
     """Load the staged directory exactly as the container will and answer one request."""
     import math
 
@@ -256,7 +256,7 @@ def _smoke_test(staged: Path, config) -> str:
     started = time.monotonic()
     handler = None
     try:
-        handler = load_handler(staged, HandlerOptions(device="cpu", max_batch_items=8))
+        handler = load_handler(staged, HandlerOptions(device=device, max_batch_items=8))
         if config.kind is ModelKind.RERANKER:
             result = handler.rerank(RerankRequest(query="What is the capital of Germany?",
                                                   documents=("Berlin is the capital of Germany.",
@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a local checkout holding the trust_remote_code files of REPO (repeatable)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip loading the staged model and running one inference (not recommended)")
+    parser.add_argument("--device", default="auto", help="where the check runs: auto (a GPU when there is one), cpu, cuda")
     parser.add_argument("--compresslevel", type=int, default=6, choices=range(0, 10), metavar="0-9")
     args = parser.parse_args(argv)
     kwargs: dict[str, Any] = {"served_name": args.served_name, "kind": args.kind,
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         if model_dir is None:
             parser.error("give MODEL_DIR or --catalog")
         report = build_artifact(model_dir, args.output, check=args.check, compresslevel=args.compresslevel,
-                                **kwargs)
+                                device=args.device, **kwargs)
     except (_catalog.CatalogError, BuildRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
