@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a local checkout holding the trust_remote_code files of REPO (repeatable)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip loading the staged model and running one inference (not recommended)")
-    parser.add_argument("--device", default="auto", help="where the check runs: auto (a GPU when there is one), cpu, cuda")
+    parser.add_argument("--device", default="auto",
+                        help="where the check runs: auto (a GPU when there is one), cpu, cuda")
     parser.add_argument("--compresslevel", type=int, default=6, choices=range(0, 10), metavar="0-9")
     args = parser.parse_args(argv)
     kwargs: dict[str, Any] = {"served_name": args.served_name, "kind": args.kind,
