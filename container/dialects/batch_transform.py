@@ -48,6 +48,9 @@ _COLUMNS = {
     ModelKind.EMBEDDING: "`id,text` (multimodal models: `id,text,url,bytes`)",
     ModelKind.RERANKER: "`id,query,documents,top_n` (documents a JSON array, top_n optional)",
 }
+# Text per embedding request of a CSV body: about 16k tokens, one forward pass at the default token
+# budget. Chunks run one after the other, so each must finish within the request timeout alone.
+_CHUNK_CHARS = 64 * 1024
 _QUOTING_HINT = 'quote fields that hold commas ("1","a, b") or escape them (1,a\\, b)'
 
 
@@ -60,12 +63,15 @@ class Records:
         origins: where each request came from ("line 3", "lines 1-2048"), to prefix its errors; "" for none.
         render: the results (one per request, same order) to the response body.
         content_type: the response's media type.
+        concurrent: run the requests side by side (small ones, so the batcher packs them together)
+            rather than one after the other (large ones, each filling whole forward passes).
     """
 
     requests: Sequence[TypedRequest]
     origins: Sequence[str]
     render: Callable[[list[TypedResult]], bytes]
     content_type: str = content_types.JSON
+    concurrent: bool = True
 
 
 def decode_csv(body: bytes, kind: ModelKind, max_inputs: int) -> Records:
@@ -145,11 +151,10 @@ def _embed_records(rows: list[_Row], max_inputs: int) -> Records:
     ids = [row.fields[0] for row in rows]
     inputs = [_embed_input(row) for row in rows]
     requests, origins = [], []
-    for start in range(0, len(rows), max_inputs):
-        chunk = slice(start, start + max_inputs)
+    for chunk in _chunks(rows, max_inputs):
         requests.append(EmbedRequest(inputs=tuple(inputs[chunk])))
-        lines = [row.line for row in rows[chunk]]
-        origins.append(f"line {lines[0]}" if len(lines) == 1 else f"lines {lines[0]}-{lines[-1]}")
+        first, last = rows[chunk.start].line, rows[chunk.stop - 1].line
+        origins.append(f"line {first}" if first == last else f"lines {first}-{last}")
 
     def render(results: list[EmbedResult]) -> bytes:
         items = []
@@ -159,7 +164,22 @@ def _embed_records(rows: list[_Row], max_inputs: int) -> Records:
                           "usage": {"total_tokens": tokens}})
         return orjson.dumps({"data": items, "parameters": {}}, option=_JSON_OPTIONS) + b"\n"
 
-    return Records(requests, origins, render)
+    # One chunk after the other: each already fills the batcher, and each gets the whole request
+    # timeout to itself (all chunks queued at once would have to finish within one timeout).
+    return Records(requests, origins, render, concurrent=False)
+
+
+def _chunks(rows: list[_Row], max_inputs: int) -> list[slice]:
+    """Consecutive rows, at most `max_inputs` and about `_CHUNK_CHARS` of text each (at least one row)."""
+    chunks, start, chars = [], 0, 0
+    for index, row in enumerate(rows):
+        if index > start and (index - start >= max_inputs or chars >= _CHUNK_CHARS):
+            chunks.append(slice(start, index))
+            start, chars = index, 0
+        chars += sum(len(value) for value in row.fields[1:])
+    if rows:
+        chunks.append(slice(start, len(rows)))
+    return chunks
 
 
 def _embed_input(row: _Row) -> EmbedInput:
