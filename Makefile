@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build kept on this machine kind; unpinned it pulls several GB of CUDA.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv serve test clean
+.PHONY: venv serve test container-test lint-docker clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,15 @@ serve: venv
 
 test: venv
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory container-test
+
+# Builds the real image with podman and runs it with no network, as SageMaker and Azure ML do
+# (docker/container_test.sh; installs podman, runc and debootstrap when missing, which needs root).
+container-test: venv
+	PYTHON=$(BIN)/python ./docker/container_test.sh
+
+lint-docker: venv
+	$(BIN)/hadolint Dockerfile
 
 # Side by side against the in-process limit and infinity-emb (not part of `make test`): prints a
 # Markdown table and writes bench/results.md; installs the peer into bench/.peer-venv on first use.
