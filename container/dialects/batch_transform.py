@@ -191,7 +191,8 @@ def _embed_input(row: _Row) -> EmbedInput:
     filled = [(i, v) for i, v in enumerate(values[1:], start=1) if v != ""]
     if len(filled) != 1:
         raise _row_error(row, ModelKind.EMBEDDING,
-                         f"fill exactly one of text, url, bytes (columns 2-4), got {len(filled)}; {_QUOTING_HINT}")
+                         f"got {len(values)} columns: {_QUOTING_HINT} (a multimodal row fills exactly one of "
+                         f"text, url, bytes, here {len(filled)} are filled)")
     column, value = filled[0]
     return TextInput(value) if column == 1 else ImageInput(value)
 
