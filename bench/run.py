@@ -33,6 +33,7 @@ import orjson
 
 from bench.loadgen import LoadResult, run_load
 from bench.texts import RERANK_QUERY, SHORT, long_texts
+from container.serve import OMP_WAIT_POLICY, OMP_WAIT_POLICY_DEFAULT
 from container.settings import embedded_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,10 +158,14 @@ def start_server(name: str, command: list[str], env: dict[str, str], port: int, 
     raise RuntimeError(f"{name} not ready after {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
 
 
-def start_searchbox(model_dir: Path, threads: int, log_dir: Path) -> Server:
+#: extra environment for searchbox only (`--server-env`), to try a setting side by side
+SERVER_ENV: dict[str, str] = {}
+
+
+def start_searchbox(model_dir: Path, threads: int, log_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
     port = free_port()
     env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SEARCHBOX_MODEL_DIR": str(model_dir),
-           "SEARCHBOX_TORCH_THREADS": str(threads)}
+           "SEARCHBOX_TORCH_THREADS": str(threads), **SERVER_ENV, **(extra_env or {})}
     return start_server("searchbox", [str(SERVE)], env, port, "/ping", log_dir)
 
 
@@ -184,12 +189,18 @@ def start_peer(executable: Path, model_dir: Path, threads: int, log_dir: Path) -
     return start_server(PEER_NAME, command, env, port, "/health", log_dir)
 
 
+def omp_policy() -> str:
+    return os.environ.get(OMP_WAIT_POLICY, OMP_WAIT_POLICY_DEFAULT)
+
+
 class Limit:
     """The in-process reference (bench/limit.py) in its own process, one JSON command per line."""
 
     def __init__(self, model_dir: Path, threads: int):
+        # the same OpenMP wait policy as `serve` sets, so that the limit and searchbox differ only in serving
+        env = {**os.environ, OMP_WAIT_POLICY: omp_policy()}
         self.process = subprocess.Popen([sys.executable, "-m", "bench.limit", str(model_dir), str(threads)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         hello = json.loads(self.process.stdout.readline() or '{"ready": false}')
         if not hello.get("ready"):
             raise RuntimeError("the in-process reference failed to start")
@@ -430,8 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help=f"skip {PEER_NAME}")
     parser.add_argument("--no-rerank", action="store_true", help="skip the rerank scenario")
     parser.add_argument("--only", default="", help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for searchbox only (repeatable), to try a setting")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE",
+                        help="also measure a second searchbox with this extra environment (console only)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"), help="where to write the table ('' for nowhere)")
     args = parser.parse_args(argv)
+    SERVER_ENV.update(item.split("=", 1) for item in args.server_env)
 
     machine = machine_line()
     model_dir = embedded_model_dir()
@@ -454,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
         servers["searchbox"] = (sb, "/invocations", searchbox_body)
         extra.update(sb_start=sb.start_s, sb_rss_ready=sb.rss_ready_mb)
         print(f"searchbox ready in {sb.start_s:.2f} s, {sb.rss_ready_mb:.0f} MB", flush=True)
+        if args.variant:
+            variant_env = dict(item.split("=", 1) for item in args.variant)
+            servers["variant"] = (start_searchbox(model_dir, threads, log_dir, variant_env), "/invocations",
+                                  searchbox_body)
         if peer_exe:
             peer = start_peer(peer_exe, model_dir, threads, log_dir)
             servers[PEER_NAME] = (peer, "/embeddings", peer_body)
@@ -477,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     table, checks = report(scenarios, extra, pending)
     header = (f"# searchbox benchmark\n\n`make bench` ({' '.join(sys.argv[1:]) or 'defaults'}), "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.perf_counter() - started:.0f} s.\n\n"
-              f"- machine: {machine}\n- model: all-MiniLM-L6-v2 (embedded), {threads} torch threads in every system\n"
+              f"- machine: {machine}\n- model: all-MiniLM-L6-v2 (embedded), {threads} torch threads in every system; OpenMP wait "
+              f"policy {omp_policy()} in the limit and searchbox (what `serve` sets), the peer as shipped\n"
               f"- each figure: the best of {args.rounds} rounds of {args.seconds:g} s (after {args.warmup:g} s warm-up); "
               "the systems run back to back within a round, the load generator (asyncio, keep-alive) shares the cores\n"
               "- limit: sentence-transformers `encode` in-process on the same inputs per call (for 32 clients × 1: "
