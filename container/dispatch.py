@@ -7,7 +7,6 @@ Error rendering lives here too, for the same reason.
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +26,24 @@ from model_handlers.errors import HandlerError
 from model_handlers.serving_config import ModelKind
 from model_handlers.types import EmbedRequest
 
-logger = logging.getLogger(__name__)
-
 JSON = content_types.JSON
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 # Records of one batch body run concurrently so that the handler's batcher can pack them together.
 _RECORD_THREADS = 8
 
-# How each media type becomes records; `Records` bodies (CSV, JSON Lines) only where a route takes them.
-_BodyDecoder = Callable[[bytes, Callable[[Any], Decoded], ModelKind, int], Records]
-_RECORD_DECODERS: dict[str, _BodyDecoder] = {
-    **{media: lambda body, decode, kind, max_inputs: batch_transform.decode_csv(body, kind, max_inputs)
-       for media in batch_transform.CSV_TYPES},
-    **{media: lambda body, decode, kind, max_inputs: batch_transform.decode_jsonlines(body, decode)
-       for media in batch_transform.JSONLINES_TYPES},
-}
+
+
+def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, max_inputs: int) -> Records:
+    return batch_transform.decode_csv(body, kind, max_inputs)
+
+
+def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, max_inputs: int) -> Records:
+    return batch_transform.decode_jsonlines(body, decode)
+
+
+# Batch bodies (media type -> decoder), taken only on the routes that take records (/invocations, /score).
+_RECORD_DECODERS = {**dict.fromkeys(batch_transform.CSV_TYPES, _csv),
+                    **dict.fromkeys(batch_transform.JSONLINES_TYPES, _jsonlines)}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ contract's JSON errors with their statuses (never azmlinfsrv's generic 500).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import uuid
@@ -36,9 +35,6 @@ _dispatcher: Dispatcher | None = None
 def init() -> None:
     """Load the model once for this worker, warm it up, and return only when it can answer."""
     global _dispatcher
-    # Offline, always, as under `serve`: nothing may download at start or at request time.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     settings = Settings.from_env()
     _log_to_stderr(settings.log_level)
     logger.info("model: %s (%s)", settings.model_dir, settings.model_source)
