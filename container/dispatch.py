@@ -103,7 +103,7 @@ class Dispatcher:
             return error_reply(exc, request_id)
 
     def _run(self, job: Records) -> list[TypedResult]:
-        if len(job.requests) == 1 or not job.concurrent:
+        if len(job.requests) <= 1 or not job.concurrent:
             return [self._run_one(request, origin) for request, origin in zip(job.requests, job.origins)]
         with ThreadPoolExecutor(min(_RECORD_THREADS, len(job.requests)), thread_name_prefix="records") as pool:
             futures = [pool.submit(self._run_one, request, origin) for request, origin in zip(job.requests, job.origins)]

@@ -103,6 +103,13 @@ def test_csv_crlf_bom_blank_lines_and_the_example_file(server):
     assert len(answer["data"]) == len(rows)
 
 
+def test_bodies_without_rows_answer_empty(server, reranker_server):
+    for running in (server, reranker_server):
+        assert one_json_line(post_raw(running, "/invocations", "\n\n", "text/csv")) == {"data": [], "parameters": {}}
+    response = post_raw(server, "/invocations", b"\n", "application/jsonlines")
+    assert response.status_code == 200 and response.content == b""
+
+
 def test_csv_more_rows_than_one_request_may_carry(server):
     """A MultiRecord body holds as many rows as fit in MaxPayloadInMB; they run in several requests."""
     rows = 2048 + 37
