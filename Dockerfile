@@ -23,6 +23,7 @@ FROM ${BASE_IMAGE} AS python
 RUN if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
         apt-get update \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
+        && apt-get clean \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 

@@ -62,6 +62,8 @@ else
         rootfs="$workdir/rootfs"
         debootstrap --variant=minbase bookworm "$rootfs" >"$workdir/debootstrap.log" 2>&1 \
             || { tail -n 20 "$workdir/debootstrap.log" >&2; exit 1; }
+        # what debootstrap leaves behind (downloaded .debs, package lists) is no part of a base image
+        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/lib/apt/lists/*
         tar --numeric-owner -C "$rootfs" -c . | podman import -q - "$LOCAL_BASE" >/dev/null
         rm -rf "$rootfs"
         say "base image made in $(since "$start") s"
