@@ -98,7 +98,8 @@ def register_error_handlers(app: Flask) -> None:
             return render(payload_too_large(app.config["MAX_CONTENT_LENGTH"]))
         if exc.code == 404:
             return render(NotFound(
-                f"no route {request.path}; use POST /invocations, POST /v1/embeddings, POST /v1/rerank or GET /ping"))
+                f"no route {request.path}; use POST /invocations (or /score), POST /v1/embeddings, "
+                f"POST /v1/rerank, GET /ping or GET /execution-parameters"))
         if exc.code == 405:
             return render(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
         return render(_generic(exc))

@@ -23,6 +23,8 @@ ENV_SAGEMAKER_MAX_PAYLOAD_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 ENV_SAGEMAKER_BATCH_STRATEGY = "SAGEMAKER_BATCH_STRATEGY"
 ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS = "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS"
 BATCH_STRATEGIES = ("MULTI_RECORD", "SINGLE_RECORD")
+# A job with MaxPayloadInMB=0 sends bodies of any size (streamed); 100 MB is batch transform's own ceiling.
+UNBOUNDED_TRANSFORM_PAYLOAD_MB = 100
 ENV_MAX_INPUTS = "SEARCHBOX_MAX_INPUTS"
 ENV_THREADS = "SEARCHBOX_THREADS"
 ENV_MAX_BATCH_TOKENS = "SEARCHBOX_MAX_BATCH_TOKENS"
@@ -77,7 +79,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         env = os.environ if environ is None else environ
         model_dir, source = resolve_model_dir(env)
-        payload_mb = _number(env, ENV_MAX_PAYLOAD_MB, None, float) or _number(env, ENV_SAGEMAKER_MAX_PAYLOAD_MB, 6, float)
+        payload_mb = _number(env, ENV_MAX_PAYLOAD_MB, None, float) or _sagemaker_payload_mb(env) or 6
         return cls(
             model_dir=model_dir,
             model_source=source,
@@ -134,9 +136,14 @@ def _azure_model_dir(root: Path) -> Path:
     return root
 
 
+def _sagemaker_payload_mb(env: Mapping[str, str]) -> float | None:
+    value = _number(env, ENV_SAGEMAKER_MAX_PAYLOAD_MB, None, float, allow_zero=True)
+    return UNBOUNDED_TRANSFORM_PAYLOAD_MB if value == 0 else value
+
+
 def _transform_payload_mb(env: Mapping[str, str]) -> int | None:
     """SageMaker's MaxPayloadInMB is a whole number; round a fractional value down (but not below 1)."""
-    value = _number(env, ENV_SAGEMAKER_MAX_PAYLOAD_MB, None, float)
+    value = _sagemaker_payload_mb(env)
     return None if value is None else max(1, int(value))
 
 
@@ -149,7 +156,7 @@ def _batch_strategy(env: Mapping[str, str]) -> str | None:
     return raw
 
 
-def _number(env: Mapping[str, str], name: str, default, kind):
+def _number(env: Mapping[str, str], name: str, default, kind, *, allow_zero: bool = False):
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -157,6 +164,6 @@ def _number(env: Mapping[str, str], name: str, default, kind):
         value = kind(raw)
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and not allow_zero):
         raise SettingsError(f"{name}={raw!r} must be positive")
     return value

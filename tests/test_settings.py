@@ -57,6 +57,13 @@ def test_port_payload_and_names_from_env():
     assert Settings.from_env({"SEARCHBOX_MAX_PAYLOAD_MB": "1", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "20"}).max_payload_bytes == 1024 * 1024
 
 
+def test_sagemaker_unbounded_payload_is_batch_transforms_ceiling():
+    """MaxPayloadInMB=0 means bodies of any size; the server must start and take up to 100 MB."""
+    settings = Settings.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "0"})
+    assert settings.max_payload_bytes == 100 * 1024 * 1024
+    assert settings.transform_max_payload_mb == 100
+
+
 @pytest.mark.parametrize("name,value", [("SAGEMAKER_BIND_TO_PORT", "http"), ("SEARCHBOX_THREADS", "0"),
                                         ("SEARCHBOX_MAX_BATCH_TOKENS", "-5")])
 def test_bad_numbers_name_the_variable(name, value):
