@@ -484,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
             run_round(scenarios, limit, servers, None, args.seconds, args.warmup)
         extra["limit_rss_end"] = limit.ask(op="rss")["rss_mb"]
         extra["sb_rss_end"] = sb.rss_mb()
+        print("resident memory after the run: " + ", ".join(
+            f"{name} {server.rss_mb():.0f} MB" for name, (server, _, _) in servers.items())
+            + f", limit {extra['limit_rss_end']:.0f} MB", flush=True)
         if peer_exe:
             extra["peer_rss_end"] = servers[PEER_NAME][0].rss_mb()
     finally:
