@@ -58,7 +58,7 @@ class Settings:
     #: gunicorn threads of the single worker: concurrent requests being parsed or waiting on the model
     threads: int = 64
     #: padded tokens one forward pass may hold
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int | None = None  # None: 16384 on a GPU, 1024 on CPU
     #: torch intra-op threads; None lets torch choose (one per physical core)
     torch_threads: int | None = None
     #: how long one request may wait for the model before a 503
@@ -88,7 +88,7 @@ class Settings:
             max_payload_bytes=int(payload_mb * 1024 * 1024),
             max_inputs=_number(env, ENV_MAX_INPUTS, 2048, int),
             threads=_number(env, ENV_THREADS, 64, int),
-            max_batch_tokens=_number(env, ENV_MAX_BATCH_TOKENS, 16384, int),
+            max_batch_tokens=_number(env, ENV_MAX_BATCH_TOKENS, None, int),
             torch_threads=_number(env, ENV_TORCH_THREADS, None, int),
             request_timeout_s=_number(env, ENV_REQUEST_TIMEOUT, 60.0, float),
             allow_pickle=env.get(ENV_ALLOW_PICKLE, "").lower() in ("1", "true", "yes"),

@@ -126,7 +126,7 @@ class CrossEncoderHandler:
         self._device = device
         self._batcher: Batcher[_Pair, float] = Batcher(
             self._forward,
-            max_batch_tokens=options.max_batch_tokens,
+            max_batch_tokens=options.resolved_max_batch_tokens(device),
             max_batch_items=options.max_batch_items,
             name="rerank-batcher",
         )

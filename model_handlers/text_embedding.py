@@ -86,7 +86,7 @@ class TextEmbeddingHandler:
         self._device = self._model.device
         self._batcher: Batcher[_Sequence, np.ndarray] = Batcher(
             self._forward,
-            max_batch_tokens=options.max_batch_tokens,
+            max_batch_tokens=options.resolved_max_batch_tokens(self._device),
             max_batch_items=options.max_batch_items,
             name="embedding-batcher",
         )
