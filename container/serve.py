@@ -7,7 +7,6 @@ in the worker after fork.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import sys
@@ -27,8 +26,6 @@ _WORKER_BOOT_ERROR = 3
 # limit with the same policy.
 OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
 OMP_WAIT_POLICY_DEFAULT = "PASSIVE"
-
-_M_MMAP_THRESHOLD = -3  # mallopt parameter, from glibc's malloc.h
 
 
 class SearchboxServer(BaseApplication):
@@ -61,23 +58,8 @@ class SearchboxServer(BaseApplication):
         from container.app import create_app
         from container.runtime import ModelRuntime
 
-        _return_freed_buffers_to_the_os()
         runtime = ModelRuntime(self.settings, on_load_failure=lambda exc: os._exit(_WORKER_BOOT_ERROR))
         return create_app(self.settings, runtime.start())
-
-
-def _return_freed_buffers_to_the_os() -> None:
-    """Give activation buffers of 4 MiB and more their own mappings, unmapped when freed.
-
-    glibc raises its mmap threshold each time such a buffer is freed, after which the buffers of big
-    batches land in the heap and stay resident: in bench/ the worker grew ~190 MB over the
-    in-process model after a run; with the threshold fixed at 4 MiB, ~80 MB. glibc only.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
 
 
 def main(argv: list[str] | None = None) -> int:
