@@ -7,7 +7,7 @@ Systems, all on the embedded all-MiniLM-L6-v2 with the same torch threads:
 Scenarios run in rounds, the three systems back to back inside each round, and the best round of
 each system counts: on a shared machine noise only ever slows a system down.
 
-    .venv/bin/python -m bench.run [--seconds 4] [--rounds 2] [--no-peer] [--out bench/results.md]
+    .venv/bin/python -m bench.run [--seconds 3] [--rounds 3] [--no-peer] [--out bench/results.md]
 """
 
 from __future__ import annotations
@@ -403,7 +403,7 @@ def machine_line() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} CPUs ({cpu}), load average before the run {load}"
+    return f"{os.cpu_count()} CPUs ({cpu}), load average before the run {load}, niceness {os.nice(0)}"
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -434,9 +434,9 @@ def build_scenarios(model_dir: Path) -> list[Scenario]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per system per scenario per round")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per system per scenario per round")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds; the best round of each system counts")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; the best round of each system counts")
     parser.add_argument("--threads", type=int, default=0, help="torch threads of every system (0: torch's default)")
     parser.add_argument("--no-peer", action="store_true", help=f"skip {PEER_NAME}")
     parser.add_argument("--no-rerank", action="store_true", help="skip the rerank scenario")
