@@ -327,6 +327,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def report(scenarios: list[Scenario], extra: dict, pending: dict[str, str]) -> tuple[str, list[str]]:
     peer = PEER_NAME
     lines = [
+        "## Throughput, latency, memory, start", "",
         f"| scenario | unit | limit (in-process) | searchbox | {peer} | searchbox / limit | searchbox / peer |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -358,7 +359,8 @@ def report(scenarios: list[Scenario], extra: dict, pending: dict[str, str]) -> t
                  f"{_delta_mb(extra.get('sb_rss_end'), extra.get('limit_rss_end'))} | |")
     lines.append(f"| start to first ready (`/ping` 200; peer `/health`) | s | — | {fmt(extra.get('sb_start'), 2)} | "
                  f"{fmt(extra.get('peer_start'), 2)} | | |")
-    lines += ["", "CPU the system under test spent per input (ms; load generator excluded; lower is better):", "",
+    lines += ["", "## CPU per input", "",
+              "CPU milliseconds the system under test spent per input (the load generator excluded; lower is better):", "",
               f"| scenario | limit | searchbox | {peer} | searchbox / limit |", "|---|---|---|---|---|"]
     for scenario in scenarios:
         if scenario.key in pending:
