@@ -173,7 +173,7 @@ def ensure_peer() -> Path:
     """infinity-emb in its own venv (never a project dependency); installed on first use."""
     executable = PEER_VENV / "bin" / "infinity_emb"
     if not executable.exists():
-        print(f"installing {PEER_NAME} into {PEER_VENV.relative_to(ROOT)} (once)...", flush=True)
+        print(f"installing {PEER_NAME} into {PEER_VENV} (once)...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
         subprocess.run([str(PEER_VENV / "bin" / "pip"), "install", "-q", *PEER_SPEC], check=True)
     return executable
