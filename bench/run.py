@@ -33,7 +33,7 @@ import orjson
 
 from bench.loadgen import LoadResult, run_load
 from bench.texts import RERANK_QUERY, SHORT, long_texts
-from container.serve import OMP_WAIT_POLICY, OMP_WAIT_POLICY_DEFAULT
+from container.settings import LIBRARY_ENVIRONMENT_DEFAULTS
 from container.settings import embedded_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,7 +190,7 @@ def start_peer(executable: Path, model_dir: Path, threads: int, log_dir: Path) -
 
 
 def omp_policy() -> str:
-    return os.environ.get(OMP_WAIT_POLICY, OMP_WAIT_POLICY_DEFAULT)
+    return os.environ.get("OMP_WAIT_POLICY", LIBRARY_ENVIRONMENT_DEFAULTS["OMP_WAIT_POLICY"])
 
 
 class Limit:
@@ -198,7 +198,7 @@ class Limit:
 
     def __init__(self, model_dir: Path, threads: int):
         # the same OpenMP wait policy as `serve` sets, so that the limit and searchbox differ only in serving
-        env = {**os.environ, OMP_WAIT_POLICY: omp_policy()}
+        env = {**os.environ, "OMP_WAIT_POLICY": omp_policy()}
         self.process = subprocess.Popen([sys.executable, "-m", "bench.limit", str(model_dir), str(threads)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         hello = json.loads(self.process.stdout.readline() or '{"ready": false}')

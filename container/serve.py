@@ -13,7 +13,7 @@ import sys
 
 from gunicorn.app.base import BaseApplication
 
-from container.settings import Settings, SettingsError
+from container.settings import Settings, SettingsError, apply_library_environment
 from model_handlers import read_serving_config
 from model_handlers.errors import ModelDirectoryError
 
@@ -22,15 +22,11 @@ logger = logging.getLogger("searchbox")
 # gunicorn halts the whole server when a worker exits with this code, instead of respawning it.
 _WORKER_BOOT_ERROR = 3
 
-# How OpenMP (torch's intra-op threads) waits between parallel regions; bench/ runs the in-process
-# limit with the same policy.
-OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
-OMP_WAIT_POLICY_DEFAULT = "PASSIVE"
-
 
 class SearchboxServer(BaseApplication):
     def __init__(self, settings: Settings):
         self.settings = settings
+        self._runtime = None  # set in the worker by load()
         super().__init__()
 
     def load_config(self) -> None:
@@ -51,6 +47,9 @@ class SearchboxServer(BaseApplication):
             "accesslog": "-" if s.log_level == "DEBUG" else None,
             "proc_name": "searchbox",
             "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+            # runs in the worker after its last request: let a running forward pass finish before
+            # the interpreter tears down under it (libgomp aborts with SIGABRT otherwise)
+            "worker_exit": lambda server, worker: self._runtime and self._runtime.close(),
         }.items():
             self.cfg.set(key, value)
 
@@ -58,21 +57,13 @@ class SearchboxServer(BaseApplication):
         from container.app import create_app
         from container.runtime import ModelRuntime
 
-        runtime = ModelRuntime(self.settings, on_load_failure=lambda exc: os._exit(_WORKER_BOOT_ERROR))
-        return create_app(self.settings, runtime.start())
+        self._runtime = ModelRuntime(self.settings, on_load_failure=lambda exc: os._exit(_WORKER_BOOT_ERROR))
+        return create_app(self.settings, self._runtime.start())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the server; `serve` ignores extra arguments (SageMaker passes `serve` itself)."""
-    # Offline, always: a model package runs with no network, and nothing may download at start.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # OpenMP threads that spin at barriers burn the cores the request threads need; when one is
-    # preempted, its peers spin until it runs again. Sleeping instead made the server 2-10x faster
-    # under load in bench/ (read by the worker's torch at import, after the fork).
-    os.environ.setdefault(OMP_WAIT_POLICY, OMP_WAIT_POLICY_DEFAULT)
+    apply_library_environment()
     logging.basicConfig(level=os.environ.get("SEARCHBOX_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     try:

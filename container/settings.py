@@ -38,6 +38,21 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 _MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
 
+# Environment the libraries read when they load, set by every entry point before torch is imported.
+LIBRARY_ENVIRONMENT_FORCED = {
+    # a model package runs with no network: nothing may ever be downloaded
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+LIBRARY_ENVIRONMENT_DEFAULTS = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # OpenMP threads spinning at barriers burn the cores the request threads need; when one is
+    # preempted its peers spin until it runs again. Sleeping made the server 2-10x faster under
+    # load in bench/ (bench/ runs the in-process limit with the same policy).
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value the server cannot use."""
@@ -98,6 +113,14 @@ class Settings:
             transform_batch_strategy=_batch_strategy(env),
             transform_max_concurrent=_number(env, ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, None, int),
         )
+
+
+def apply_library_environment(environ=None) -> None:
+    """Force offline mode and set the libraries' defaults (a user's own OMP_WAIT_POLICY etc. win)."""
+    env = os.environ if environ is None else environ
+    env.update(LIBRARY_ENVIRONMENT_FORCED)
+    for name, value in LIBRARY_ENVIRONMENT_DEFAULTS.items():
+        env.setdefault(name, value)
 
 
 def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str]:

@@ -69,3 +69,13 @@ def test_sagemaker_unbounded_payload_is_batch_transforms_ceiling():
 def test_bad_numbers_name_the_variable(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_library_environment_is_offline_and_keeps_the_users_choices():
+    env = {"HF_HUB_OFFLINE": "0", "OMP_WAIT_POLICY": "ACTIVE"}
+    settings_module.apply_library_environment(env)
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE"
+    fresh = {}
+    settings_module.apply_library_environment(fresh)
+    assert fresh["OMP_WAIT_POLICY"] == "PASSIVE"

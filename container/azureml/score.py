@@ -23,7 +23,7 @@ from container import dialects
 from container.dispatch import Dispatcher, Reply, error_reply, internal_error
 from container.errors import MethodNotAllowed
 from container.runtime import ModelRuntime
-from container.settings import Settings
+from container.settings import Settings, apply_library_environment
 
 logger = logging.getLogger("searchbox.azureml")
 
@@ -35,6 +35,7 @@ _dispatcher: Dispatcher | None = None
 def init() -> None:
     """Load the model once for this worker, warm it up, and return only when it can answer."""
     global _dispatcher
+    apply_library_environment()  # before the model loads torch: the same process defaults as `serve`
     settings = Settings.from_env()
     _log_to_stderr(settings.log_level)
     logger.info("model: %s (%s)", settings.model_dir, settings.model_source)
