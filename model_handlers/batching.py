@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, Protocol, Sequence, TypeVar
 
@@ -120,6 +121,19 @@ class Batcher(Generic[ItemT, OutT]):
             self._queue.append(_Entry(items=items, future=future, enqueued_at=time.monotonic()))
             self._cond.notify()
         return future
+
+    def run(self, items: Sequence[ItemT], timeout_s: float) -> list[OutT]:
+        """Submit one caller's items and wait for their outputs.
+
+        Raises:
+            Overloaded: the queue is full, or no answer came within `timeout_s` (the work is dropped).
+        """
+        future = self.submit(items)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            raise Overloaded(f"the model did not answer within {timeout_s:g} s; retry with fewer inputs") from None
 
     def close(self) -> None:
         with self._cond:

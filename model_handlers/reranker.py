@@ -14,8 +14,6 @@ what the model processed, and `document_tokens` is the sum of every document's c
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable, Sequence
@@ -25,7 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model_handlers.batching import Batcher
-from model_handlers.errors import InvalidInput, ModelDirectoryError, Overloaded
+from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.options import HandlerOptions
 from model_handlers.serving_config import ModelKind, ServingConfig
 from model_handlers.tokenization import TokenizerView
@@ -68,15 +66,6 @@ def rank(scores: Sequence[float], tokens: Sequence[int], top_n: int | None) -> l
     if top_n is not None:
         order = order[:max(top_n, 0)]
     return [RerankHit(index=i, relevance_score=float(scores[i]), tokens=int(tokens[i])) for i in order]
-
-
-def await_outputs(future: Future, timeout_s: float) -> list:
-    """The batcher's outputs for one caller, or Overloaded once `timeout_s` has passed."""
-    try:
-        return future.result(timeout=timeout_s)
-    except FutureTimeout:
-        future.cancel()
-        raise Overloaded(f"the model did not answer within {timeout_s:g} s; retry with fewer documents") from None
 
 
 @dataclass(frozen=True)
@@ -149,7 +138,7 @@ class CrossEncoderHandler:
 
     def rerank(self, request: RerankRequest) -> RerankResult:
         query, pairs, owners, doc_tokens = self._prepare(request)
-        scores = await_outputs(self._batcher.submit(pairs), self._options.request_timeout_s)
+        scores = self._batcher.run(pairs, self._options.request_timeout_s)
         best = [float("-inf")] * len(request.documents)
         for owner, score in zip(owners, scores):
             best[owner] = max(best[owner], score)

@@ -8,7 +8,6 @@ encodes each caller's rows. sentence-transformers' own modules do the pooling th
 from __future__ import annotations
 
 import logging
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable, Sequence
@@ -21,7 +20,7 @@ from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
 from model_handlers.batching import Batcher
 from model_handlers.encodings import encode_embedding
-from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded
+from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.options import HandlerOptions
 from model_handlers.serving_config import ModelKind, ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
@@ -97,14 +96,7 @@ class TextEmbeddingHandler:
 
     def embed(self, request: EmbedRequest) -> EmbedResult:
         prepared = self._prepare(request)
-        future = self._batcher.submit(prepared.sequences)
-        try:
-            outputs = future.result(timeout=self._options.request_timeout_s)
-        except FutureTimeout:
-            future.cancel()
-            raise Overloaded(
-                f"the model did not answer within {self._options.request_timeout_s:g} s; retry with fewer inputs"
-            ) from None
+        outputs = self._batcher.run(prepared.sequences, self._options.request_timeout_s)
         rows = [row for output in outputs for row in output]
         return self._finish(request, rows, prepared.token_counts)
 
@@ -114,7 +106,7 @@ class TextEmbeddingHandler:
         A document longer than the model's max length is embedded in overlapping windows and scores its
         best window (model_handlers/reranker.py); usage counts every sequence embedded, special tokens included.
         """
-        from model_handlers.reranker import Windowing, await_outputs, rank
+        from model_handlers.reranker import Windowing, rank
 
         if not request.documents:
             return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=self.model_name)
@@ -131,7 +123,7 @@ class TextEmbeddingHandler:
             windows.extend(pieces)
             owners.extend([index] * len(pieces))
             doc_tokens.append(sum(p.length for p in pieces))
-        outputs = await_outputs(self._batcher.submit(query.sequences + windows), self._options.request_timeout_s)
+        outputs = self._batcher.run(query.sequences + windows, self._options.request_timeout_s)
         vectors = np.stack([output[0] for output in outputs]).astype(np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         best = [float("-inf")] * len(request.documents)

@@ -129,3 +129,13 @@ def test_empty_submission_resolves_without_a_pass():
     assert batcher.submit([]).result(1) == []
     assert forward.passes == []
     batcher.close()
+
+
+def test_run_waits_for_the_outputs_and_turns_a_timeout_into_overloaded():
+    forward = ControlledForward(hold_first=True)
+    batcher = Batcher(forward)
+    with pytest.raises(Overloaded, match="did not answer within 0.2 s"):
+        batcher.run([Item(1)], timeout_s=0.2)
+    forward.release.set()
+    assert batcher.run([Item(2)], timeout_s=5) == [20]
+    batcher.close()
