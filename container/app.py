@@ -18,14 +18,13 @@ from container import dialects
 from container.dialects import Decoded, public, rerank as rerank_dialect
 from container.dialects.batch_transform import execution_parameters
 from container.errors import MethodNotAllowed, NotFound, SearchboxError, from_handler_error
-from container.dispatch import Dispatcher, Reply, error_reply, internal_error, on_gpu, payload_too_large
+from container.dispatch import JSON, Dispatcher, Reply, error_reply, internal_error, on_gpu, payload_too_large
 from container.runtime import ModelRuntime
 from container.settings import Settings
 from model_handlers.errors import HandlerError
 
 logger = logging.getLogger(__name__)
 
-JSON = "application/json"
 RUNTIME_KEY = "searchbox.runtime"
 
 
