@@ -41,11 +41,11 @@ class TokenizerView:
         """Split what the post-processor adds around one text into the part before and after it."""
         plain = self._backend.encode("a", add_special_tokens=False).ids
         wrapped = self._backend.encode("a", add_special_tokens=True).ids
-        for start in range(len(wrapped) - len(plain) + 1):
-            if wrapped[start:start + len(plain)] == plain:
-                return (np.asarray(wrapped[:start], dtype=np.int64),
-                        np.asarray(wrapped[start + len(plain):], dtype=np.int64))
-        raise ModelDirectoryError("cannot tell the tokenizer's special tokens apart from the text")
+        start = _find(wrapped, plain, 0)
+        if start < 0:
+            raise ModelDirectoryError("cannot tell the tokenizer's special tokens apart from the text")
+        return (np.asarray(wrapped[:start], dtype=np.int64),
+                np.asarray(wrapped[start + len(plain):], dtype=np.int64))
 
     def _pair_layout(self) -> "_PairLayout | None":
         """The special tokens (and their token type ids) before, between and after the two texts of a pair."""
