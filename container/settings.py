@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from model_handlers.loading import force_offline
+
 # Which model (first match wins).
 ENV_MODEL_DIR = "SEARCHBOX_MODEL_DIR"
 ENV_AZUREML_MODEL_DIR = "AZUREML_MODEL_DIR"
@@ -38,14 +40,9 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 _MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
 
-# Environment the libraries read when they load, set by every entry point before torch is imported.
-LIBRARY_ENVIRONMENT_FORCED = {
-    # a model package runs with no network: nothing may ever be downloaded
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-}
+# Environment the libraries read when they load, set by every entry point before torch is imported
+# (offline mode itself is forced by model_handlers.loading.force_offline).
 LIBRARY_ENVIRONMENT_DEFAULTS = {
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
     # OpenMP threads spinning at barriers burn the cores the request threads need; when one is
     # preempted its peers spin until it runs again. Sleeping made the server 2-10x faster under
@@ -118,7 +115,7 @@ class Settings:
 def apply_library_environment(environ=None) -> None:
     """Force offline mode and set the libraries' defaults (a user's own OMP_WAIT_POLICY etc. win)."""
     env = os.environ if environ is None else environ
-    env.update(LIBRARY_ENVIRONMENT_FORCED)
+    force_offline(env)
     for name, value in LIBRARY_ENVIRONMENT_DEFAULTS.items():
         env.setdefault(name, value)
 

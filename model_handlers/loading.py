@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Protocol, Union
+from typing import MutableMapping, Protocol, Union
 
 from model_handlers.options import HandlerOptions
 from model_handlers.serving_config import ModelKind, ServingConfig, read_serving_config
@@ -30,16 +30,24 @@ class Handler(Protocol):
     def close(self) -> None: ...
 
 
+# A model package runs network-isolated: whatever the caller's environment says, nothing is downloaded.
+OFFLINE_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def force_offline(environ: MutableMapping[str, str] | None = None) -> None:
+    """Switch the Hugging Face libraries offline (and their progress bars off, unless asked for)."""
+    env = os.environ if environ is None else environ
+    env.update(OFFLINE_ENVIRONMENT)
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = None) -> Handler:
     """Read the serving config of `model_dir` and load its handler; nothing is ever downloaded.
 
     Raises:
         ModelDirectoryError: the directory would not serve; the message says why.
     """
-    # Offline, whatever the caller's environment says: a model package runs network-isolated.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    force_offline()
     options = options or HandlerOptions()
     model_dir = Path(model_dir)
     config = read_serving_config(model_dir, allow_pickle=options.allow_pickle,
