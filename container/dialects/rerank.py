@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from container.dialects import Decoded
 from container.dialects import fields
 from container.errors import ValidationFailed
-from model_handlers.types import RerankHit, RerankRequest, RerankResult
+from model_handlers.types import ImageInput, RerankHit, RerankRequest, RerankResult
 
 _SAGEMAKER_SHAPE = '{"data": {"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3}}'
 _PUBLIC_SHAPE = '{"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3, "return_documents": true}'
@@ -96,15 +96,11 @@ def _request(source: Mapping[str, Any], prefix: str, shape: str) -> RerankReques
 
 
 def _document(value: Any, field: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and "text" in value:
-        if isinstance(value["text"], str):
-            return value["text"]
-        raise ValidationFailed(f"`{field}.text` must be a string")
-    if isinstance(value, dict) and any(key in value for key in ("image", "url", "bytes")):
+    """A bare string or `{"text"}`, parsed as any input is; image documents need a multimodal reranker."""
+    item = fields.embed_input(value, field)
+    if isinstance(item, ImageInput):
         raise ValidationFailed(f"`{field}` is an image; this server reranks text documents only")
-    raise ValidationFailed(f"`{field}` must be a string or an object with a `text` string")
+    return item.text
 
 
 def _hit(request: RerankRequest, hit: RerankHit, *, with_usage: bool) -> dict[str, Any]:
