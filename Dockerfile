@@ -7,7 +7,7 @@
 #         the forward-compatibility libraries the entrypoint switches on for older host drivers)
 #   Here: docker/container_test.sh builds on a debootstrapped localhost/debian-base:bookworm.
 #
-# Build arguments: BASE_IMAGE (any Debian/Ubuntu image, with or without Python), TORCH_SPEC,
+# Build arguments: BASE_IMAGE (any Debian/Ubuntu image, with or without Python),
 # MODEL_DIR (a model directory inside the build context, baked in as /opt/ml/model).
 # Optional build secrets, never stored in a layer: `pipcert` (a CA bundle for pip) and `pipconf`
 # (a pip.conf naming the index and find-links, e.g. where the CPU build of torch lives).
@@ -35,26 +35,29 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_ROOT_USER_ACTION=ignore
 RUN python3 -m venv /opt/venv
 
-# torch first, alone in its layer: the largest and least often changed dependency. The index or
-# find-links that hold the wanted build (CPU or CUDA) come from the pipconf secret; the lock
-# constrains the dependencies torch shares with the rest (a CUDA build adds its nvidia-* wheels,
-# which torch itself pins exactly).
-COPY docker/requirements.txt /tmp/requirements.txt
-# DL3013 (pin pip versions): TORCH_SPEC is the pin (torch==2.13.0), hadolint cannot see into an ARG.
-ARG TORCH_SPEC=torch==2.13.0
+# Versions come from the lock (requirements.lock, written by `make lock`), the same one `make venv` and CI
+# install with. torch first, alone in its layer: the largest and least often changed dependency. The lock
+# pins its release; which build of it (CPU or CUDA) is up to the index the pipconf secret names.
+COPY requirements.lock /tmp/requirements.lock
+# DL3013 (pin pip versions): the lock pins torch and everything below through `-c`, hadolint cannot see it.
 # hadolint ignore=DL3013
 RUN --mount=type=secret,id=pipcert --mount=type=secret,id=pipconf --mount=type=cache,target=/root/.cache/pip \
     if [ -f /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
     && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
-    && pip install -c /tmp/requirements.txt "$TORCH_SPEC"
+    && pip install -c /tmp/requirements.lock torch
 
+# The server's own dependencies (pyproject.toml's, no test or packaging extras), in a layer of their own
+# that changes only with pyproject.toml or the lock.
+COPY pyproject.toml /src/
 RUN --mount=type=secret,id=pipcert --mount=type=secret,id=pipconf --mount=type=cache,target=/root/.cache/pip \
     if [ -f /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
     && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
-    && pip install -r /tmp/requirements.txt
+    && python3 -c 'import tomllib; print(*tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+        >/tmp/runtime-requirements.txt \
+    && pip install -c /tmp/requirements.lock -r /tmp/runtime-requirements.txt
 
 # The project itself, non-editable; its dependencies are all in place already.
-COPY pyproject.toml README.md /src/
+COPY README.md LICENSE /src/
 COPY container /src/container
 COPY model_handlers /src/model_handlers
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /src \

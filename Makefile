@@ -4,16 +4,24 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch is pinned to the CPU build kept on this machine kind; unpinned it pulls several GB of CUDA.
 TORCH_SPEC ?= torch==2.13.0
+# The one source of versions (docker/lock_requirements.py); `make lock` alone writes it.
+LOCK := requirements.lock
+PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: venv serve test container-test lint-docker clean
+.PHONY: venv lock serve test container-test lint-docker clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The project with the lock as constraints: a fresh machine gets the versions the tests passed with.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(PIP_INSTALL) -c $(LOCK) '$(TORCH_SPEC)' -e '.[test]'
 	touch $@
+
+# Re-resolve the lock (keeps current pins that still fit pyproject.toml; UPGRADE=1 takes the newest).
+# Runs on the bare $(PYTHON), so a lock that no longer fits pyproject.toml can still be rewritten.
+lock:
+	$(PYTHON) docker/lock_requirements.py --torch '$(TORCH_SPEC)' $(if $(UPGRADE),--upgrade)
 
 serve: venv
 	$(BIN)/serve
