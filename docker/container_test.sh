@@ -72,43 +72,10 @@ fi
 say "base image: $base"
 
 # ---- 3. build -----------------------------------------------------------------------------------
-# The host's pip settings (index, extra indexes, find-links: `pip config list`) become a pip.conf
-# passed as a build secret; local directories they name are mounted at the same paths. The CA
-# bundle goes in as its own secret.
-"$PYTHON" - "$workdir/pip.conf" "$workdir/pip-volumes" <<'PY'
-import ast, os, subprocess, sys
-from urllib.parse import urlparse
-
-conf_path, volumes_path = sys.argv[1:3]
-listing = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
-                         check=True).stdout
-sections: dict[str, dict[str, str]] = {}
-for line in listing.splitlines():
-    key, _, raw = line.partition("=")
-    section, _, name = key.rpartition(".")
-    if not name or name in ("cert", "client-cert"):  # the CA bundle is its own secret
-        continue
-    value = ast.literal_eval(raw)
-    sections.setdefault("global" if section in (":env:", "") else section, {})[name] = value
-
-volumes = set()
-for options in sections.values():
-    for name in ("index-url", "extra-index-url", "find-links"):
-        for location in options.get(name, "").split():
-            path = urlparse(location).path if location.startswith("file:") else location
-            if not path.startswith("/"):
-                continue
-            # a file:// simple index links its files relative to itself (../../files/...)
-            path = os.path.dirname(path.rstrip("/")) if path.rstrip("/").endswith("/simple") else path
-            if os.path.isdir(path):
-                volumes.add(path)
-
-with open(conf_path, "w") as conf:
-    for section, options in sections.items():
-        conf.write(f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items()))
-with open(volumes_path, "w") as out:
-    out.write("".join(f"{path}\n" for path in sorted(volumes)))
-PY
+# The host's pip settings (`pip config list`: index, extra indexes, find-links, constraint files, CA bundle)
+# become a pip.conf passed as a build secret; every local path they name is mounted read-only at the same
+# path for the build only (docker/pip_build_config.py). Nothing of it lands in a layer or in this repository.
+"$PYTHON" docker/pip_build_config.py "$workdir/pip.conf" "$workdir/pip-volumes"
 build_args=(--build-arg "BASE_IMAGE=$base" --secret "id=pipconf,src=$workdir/pip.conf")
 for cert in "${PIP_CERT:-}" /etc/ssl/certs/ca-certificates.crt; do
     if [ -n "$cert" ] && [ -f "$cert" ]; then build_args+=(--secret "id=pipcert,src=$cert"); break; fi
