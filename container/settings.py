@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -37,6 +38,45 @@ ENV_DEVICE = "SEARCHBOX_DEVICE"
 ENV_LOG_LEVEL = "SEARCHBOX_LOG_LEVEL"
 ENV_MODEL_NAME = "SEARCHBOX_MODEL_NAME"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable the server reads: `serve --help` prints these (the README mirrors them)."""
+
+    name: str
+    default: str
+    meaning: str
+
+
+# Every variable `Settings.from_env` reads, in the order `serve --help` lists them; a test keeps this
+# table, the ENV_* constants and the README's Configuration table in step.
+ENVIRONMENT = (
+    Variable(ENV_MODEL_DIR, "none", "model directory, or a model.tar.gz (.tgz, .tar) that serve unpacks once into "
+             "a private temporary directory as SageMaker does; wins over everything below"),
+    Variable(ENV_AZUREML_MODEL_DIR, "none", "Azure ML's model mount (or its single sub-directory holding the model); "
+             f"without either, {SAGEMAKER_MODEL_DIR} when not empty, else the embedded {DEFAULT_MODEL_NAME}"),
+    Variable(ENV_MODEL_NAME, "dir name", "name answered in `model` when searchbox.json gives none"),
+    Variable(ENV_PORT, "8080", "port to listen on"),
+    Variable(ENV_MAX_PAYLOAD_MB, f"6, or {ENV_SAGEMAKER_MAX_PAYLOAD_MB}", "request body limit in MiB"),
+    Variable(ENV_SAGEMAKER_MAX_PAYLOAD_MB, "chosen",
+             "a batch transform job's MaxPayloadInMB (0, unbounded, takes 100), answered by GET /execution-parameters"),
+    Variable(ENV_SAGEMAKER_BATCH_STRATEGY, "chosen",
+             f"a batch transform job's BatchStrategy ({', '.join(BATCH_STRATEGIES)}), answered by "
+             "GET /execution-parameters"),
+    Variable(ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, "chosen",
+             "a batch transform job's MaxConcurrentTransforms, answered by GET /execution-parameters"),
+    Variable(ENV_MAX_INPUTS, "2048", "inputs (or documents) per request"),
+    Variable(ENV_THREADS, "64", "gunicorn threads (concurrent requests) of the single worker"),
+    Variable(ENV_MAX_BATCH_TOKENS, "1024 on CPU, 16384 on a GPU", "padded tokens per forward pass"),
+    Variable(ENV_TORCH_THREADS, "torch's choice", "torch intra-op threads"),
+    Variable(ENV_REQUEST_TIMEOUT, "60", "seconds a request may wait for the model before a 503"),
+    Variable(ENV_ALLOW_PICKLE, "off", "1/true/yes: load pickled .bin weights (refused by default: unpickling "
+             "runs code)"),
+    Variable(ENV_DEVICE, "auto", "cpu, cuda, cuda:1; auto takes the GPU when there is one"),
+    Variable(ENV_LOG_LEVEL, "INFO", f"{', '.join(LOG_LEVELS)}; DEBUG also logs every request"),
+)
 
 _MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
 
@@ -96,7 +136,7 @@ class Settings:
             model_dir=model_dir,
             model_source=source,
             model_name=env.get(ENV_MODEL_NAME) or (DEFAULT_MODEL_NAME if model_dir == _embedded_or_none() else None),
-            port=_number(env, ENV_PORT, 8080, int),
+            port=_port(env),
             max_payload_bytes=int(payload_mb * 1024 * 1024),
             max_inputs=_number(env, ENV_MAX_INPUTS, 2048, int),
             threads=_number(env, ENV_THREADS, 64, int),
@@ -105,11 +145,25 @@ class Settings:
             request_timeout_s=_number(env, ENV_REQUEST_TIMEOUT, 60.0, float),
             allow_pickle=env.get(ENV_ALLOW_PICKLE, "").lower() in ("1", "true", "yes"),
             device=env.get(ENV_DEVICE, "auto"),
-            log_level=env.get(ENV_LOG_LEVEL, "INFO").upper(),
+            log_level=_log_level(env),
             transform_max_payload_mb=_transform_payload_mb(env),
             transform_batch_strategy=_batch_strategy(env),
             transform_max_concurrent=_number(env, ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, None, int),
         )
+
+
+def describe_environment(width: int = 100) -> str:
+    """The ENVIRONMENT table as text for `serve --help`: each variable, its default, then its meaning."""
+    blocks = []
+    for variable in ENVIRONMENT:
+        meaning = textwrap.fill(variable.meaning, width, initial_indent="      ", subsequent_indent="      ",
+                                break_on_hyphens=False)
+        blocks.append(f"  {variable.name} (default: {variable.default})\n{meaning}")
+    libraries = ", ".join(f"{name}={value}" for name, value in LIBRARY_ENVIRONMENT_DEFAULTS.items())
+    blocks.append(textwrap.fill(
+        f"Set for the libraries unless you set them: {libraries}. Always forced: HF_HUB_OFFLINE=1, "
+        "TRANSFORMERS_OFFLINE=1 (nothing is downloaded).", width))
+    return "\n".join(blocks)
 
 
 def apply_library_environment(environ=None) -> None:
@@ -174,6 +228,21 @@ def _batch_strategy(env: Mapping[str, str]) -> str | None:
     if raw not in BATCH_STRATEGIES:
         raise SettingsError(f"{ENV_SAGEMAKER_BATCH_STRATEGY}={raw!r} must be one of {', '.join(BATCH_STRATEGIES)}")
     return raw
+
+
+def _port(env: Mapping[str, str]) -> int:
+    port = _number(env, ENV_PORT, 8080, int)
+    if port > 65535:
+        raise SettingsError(f"{ENV_PORT}={port} is not a port; choose one from 1 to 65535")
+    return port
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    # checked here, not by logging.basicConfig, so a typo is one named line instead of a traceback
+    level = env.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"{ENV_LOG_LEVEL}={env[ENV_LOG_LEVEL]!r} must be one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _number(env: Mapping[str, str], name: str, default, kind, *, allow_zero: bool = False):

@@ -89,6 +89,10 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         ModelDirectoryError: the directory would not serve; the message says why and what to do.
     """
     model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ModelDirectoryError(
+            f"{model_dir} is a file, not a model directory; give the directory that holds the model's config.json "
+            "(`serve` also takes a .tar.gz, .tgz or .tar archive of it and unpacks it)")
     if not model_dir.is_dir():
         raise ModelDirectoryError(f"model directory {model_dir} does not exist")
     explicit = _read_json(model_dir / CONFIG_FILE) or {}

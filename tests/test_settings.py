@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,31 @@ def test_library_environment_is_offline_and_keeps_the_users_choices():
     fresh = {}
     settings_module.apply_library_environment(fresh)
     assert fresh["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+@pytest.mark.parametrize("name,value,fragment", [("SAGEMAKER_BIND_TO_PORT", "70000", "1 to 65535"),
+                                                 ("SEARCHBOX_LOG_LEVEL", "loud", "DEBUG, INFO")])
+def test_port_range_and_log_level_are_checked(name, value, fragment):
+    with pytest.raises(SettingsError, match=name) as raised:
+        Settings.from_env({name: value})
+    assert fragment in str(raised.value)
+    assert Settings.from_env({"SEARCHBOX_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+def test_a_model_archive_is_only_named_by_the_settings(tmp_path):
+    """Reading the settings stays pure: `serve` unpacks an archive at start, from_env only names it."""
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(b"not read here")
+    before = sorted(tmp_path.rglob("*"))
+    assert Settings.from_env({"SEARCHBOX_MODEL_DIR": str(archive)}).model_dir == archive
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_every_variable_is_in_the_environment_table_and_the_readme():
+    """`serve --help` prints ENVIRONMENT: it must name every variable from_env reads, as the README does."""
+    constants = {value for name, value in vars(settings_module).items() if name.startswith("ENV_")}
+    documented = [variable.name for variable in settings_module.ENVIRONMENT]
+    assert sorted(documented) == sorted(constants)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    configuration = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    assert [name for name in documented if f"`{name}`" not in configuration] == []
