@@ -7,6 +7,8 @@ from the same weights for reranker rows.
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from container.settings import Settings, SettingsError
 from conftest import start_server, stop_server
 
 EXAMPLE_CSV = "examples/batch/texts.csv"
+EXAMPLE_RERANK_CSV = Path(__file__).resolve().parent.parent / "examples" / "batch" / "rerank.csv"
 
 
 def post_raw(server, path: str, body: bytes | str, content_type: str) -> requests.Response:
@@ -130,6 +133,17 @@ def test_bad_csv_rows_name_the_line(server, body, fragments):
     assert_error(post_raw(server, "/invocations", body, "text/csv"), 400, "INVALID_CSV", *fragments)
 
 
+@pytest.mark.parametrize("body", [
+    None,  # examples/batch/rerank.csv
+    'r3,fruit,"[{""text"": ""Bananas are yellow.""}, ""Apples""]"\n',
+], ids=["example-file", "three-columns"])
+def test_rerank_rows_sent_to_an_embedding_model_say_which_model_they_need(server, body):
+    body = body or EXAMPLE_RERANK_CSV.read_text(encoding="utf-8")
+    assert_error(post_raw(server, "/invocations", body, "text/csv"), 400, "INVALID_CSV",
+                 "line 1", "rerank row (id,query,documents,top_n)", "reranker model",
+                 "SEARCHBOX_MODEL_DIR=<cross-encoder dir>", "`id,text`")
+
+
 def test_csv_that_is_not_utf8_names_the_line(server):
     body = "a,fine\nb,fine\nc,caf".encode() + b"\xe9\n"
     assert_error(post_raw(server, "/invocations", body, "text/csv"), 400, "INVALID_CSV", "line 3", "UTF-8")
@@ -172,6 +186,42 @@ def test_jsonlines_one_line_out_per_line_in(server, media):
             else:
                 assert got["embedding"] == want["embedding"]
     assert len(answers[1]["data"][0]["embedding"]) == 64
+
+
+SINGLE_RECORDS = [{"text": "a record with an id", "id": "7"}, {"text": "a record without one"},
+                  "a bare JSON string"]
+
+
+def test_jsonlines_single_records_are_one_input_envelopes(server):
+    """SplitType=Line hands over a JSONL file's records as they are: each is answered as {"data": [record]}."""
+    body = "\n".join(json.dumps(line) for line in [*SINGLE_RECORDS, LINES[0]]) + "\n"
+    response = post_raw(server, "/invocations", body, "application/jsonlines")
+    assert response.status_code == 200, response.text
+    answers = [json.loads(line) for line in response.content.decode().splitlines()]
+    assert len(answers) == len(SINGLE_RECORDS) + 1
+    for record, answer in zip(SINGLE_RECORDS, answers):
+        alone = server.post("/invocations", {"data": [record]}).json()
+        assert answer.keys() == alone.keys() == {"data", "parameters"} and answer["parameters"] == {}
+        [got], [want] = answer["data"], alone["data"]
+        assert got.keys() == want.keys() == {"id", "embedding", "usage"}
+        assert got["usage"] == want["usage"]
+        assert cosine(got["embedding"], want["embedding"]) >= 0.99999
+    assert answers[0]["data"][0]["id"] == "7"
+    for answer in answers[1:3]:
+        assert re.fullmatch(r"[0-9a-f]{32}", answer["data"][0]["id"]), answer["data"][0]["id"]
+    # a whole body on a line keeps working as before
+    assert [item["id"] for item in answers[3]["data"]] == ["l1", "l2"]
+
+
+def test_jsonlines_image_records_are_records_too(server):
+    """An image record gets exactly the envelope's answer: this text model says it embeds text only."""
+    for record in ({"image": "aGVsbG8="}, {"url": "https://example.invalid/cat.png", "id": "i1"}, {"bytes": "aGk="}):
+        envelope = server.post("/invocations", {"data": [record]})
+        line = post_raw(server, "/invocations", json.dumps({"text": "fine"}) + "\n" + json.dumps(record) + "\n",
+                        "application/jsonlines")
+        want = envelope.json()
+        body = assert_error(line, envelope.status_code, want["code"], "line 2: " + want["detail"])
+        assert body["code"] != "INVALID_JSON_LINE"
 
 
 def test_bad_json_lines_name_the_line(server):

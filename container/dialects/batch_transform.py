@@ -15,7 +15,9 @@ concatenates the answers of a job), in the SageMaker envelope with each row's id
 - reranker: `{"data": [{"id", "query_usage", "docs_usage", "results": [...]}, ...], "parameters": {}}`
 
 JSON Lines (`application/jsonlines`, `application/jsonl`, `application/x-jsonlines`): each line
-is any JSON body `/invocations` accepts; the answer has one JSON line per line in, same order.
+is any JSON body `/invocations` accepts, or a single record (`"text"`, `{"text", "id"}`, or an image
+`{"image"}`, `{"url"}`, `{"bytes"}`), answered as the one-input envelope `{"data": [record]}`; the
+answer has one JSON line per line in, same order.
 
 A row that does not parse is a 400 naming its line; an error while running a row keeps its own
 status and code, its detail prefixed with the line(s).
@@ -52,6 +54,10 @@ _COLUMNS = {
 # budget. Chunks run one after the other, so each must finish within the request timeout alone.
 _CHUNK_CHARS = 64 * 1024
 _QUOTING_HINT = 'quote fields that hold commas ("1","a, b") or escape them (1,a\\, b)'
+# A JSON line that is an object with one of the keys fields.embed_input reads, and none that only a
+# whole body has, is a single record (SageMaker's SplitType=Line hands over a file's records as they are).
+_RECORD_KEYS = ("text", *fields._IMAGE_KEYS)
+_BODY_KEYS = ("data", "input", "query", "documents", "parameters")
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded]) -> Records:
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"{where}: not valid JSON: {exc}", code="INVALID_JSON_LINE") from None
         try:
-            decoded.append(decode(value))
+            decoded.append(decode(_line_body(value)))
         except SearchboxError as exc:
             raise BadRequest(f"{where}: {exc.detail}", code="INVALID_JSON_LINE") from None
         origins.append(where)
@@ -109,6 +115,14 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded]) -> Records:
         return b"".join(orjson.dumps(d.render(r), option=_JSON_OPTIONS) + b"\n" for d, r in zip(decoded, results))
 
     return Records([d.request for d in decoded], origins, render, JSONLINES)
+
+
+def _line_body(value: Any) -> Any:
+    """A line's JSON as a request body: a single record becomes the one-input SageMaker envelope."""
+    if isinstance(value, str) or (isinstance(value, dict) and any(key in value for key in _RECORD_KEYS)
+                                  and not any(key in value for key in _BODY_KEYS)):
+        return {"data": [value]}
+    return value
 
 
 @dataclass(frozen=True)
@@ -188,6 +202,14 @@ def _embed_input(row: _Row) -> EmbedInput:
         raise _row_error(row, ModelKind.EMBEDDING, f"expected 2 columns, got {len(values)}; {_QUOTING_HINT}")
     if len(values) == 2:
         return TextInput(values[1])
+    if _is_json_array(values[2]):
+        # examples/batch/rerank.csv sent to an embedding model: say which model these rows need,
+        # not that a multimodal row is malformed
+        raise BadRequest(
+            f"line {row.line}: this is a rerank row (id,query,documents,top_n); CSV rerank rows need a reranker "
+            "model: serve a cross-encoder (SEARCHBOX_MODEL_DIR=<cross-encoder dir> serve), or send the rerank as "
+            'a JSON body ({"query", "documents"}), which this embedding model answers by cosine similarity. '
+            f"CSV rows for this model are {_COLUMNS[ModelKind.EMBEDDING]}", code="INVALID_CSV")
     filled = [(i, v) for i, v in enumerate(values[1:], start=1) if v != ""]
     if len(filled) != 1:
         raise _row_error(row, ModelKind.EMBEDDING,
@@ -195,6 +217,15 @@ def _embed_input(row: _Row) -> EmbedInput:
                          f"text, url, bytes, here {len(filled)} are filled)")
     column, value = filled[0]
     return TextInput(value) if column == 1 else ImageInput(value)
+
+
+def _is_json_array(value: str) -> bool:
+    if not value.lstrip().startswith("["):
+        return False
+    try:
+        return isinstance(orjson.loads(value), list)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _rerank_records(rows: list[_Row]) -> Records:
