@@ -114,6 +114,9 @@ def load_catalog(path: str | Path) -> list[Product]:
     import yaml
 
     path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"--catalog: {path} " + ("is a directory, not a file" if path.is_dir() else "does not exist")
+                           + f"; start from {Path(__file__).with_name('catalog.example.yaml')}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -208,7 +211,8 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
         regions=tuple(regions),
         description_path=_existing_file(_required(entry, "description", where), base_dir, f"{where}.description"),
         eula_path=_existing_file(_required(entry, "eula", where), base_dir, f"{where}.eula"),
-        remote_code={str(repo): (base_dir / str(p)).resolve() for repo, p in remote_code.items()},
+        remote_code={str(repo): _directory(p, base_dir, f"{where}.remote_code.{repo}")
+                     for repo, p in remote_code.items()},
         azure=_azure(entry.get("azure"), name, f"{where}.azure"),
     )
 
@@ -278,9 +282,13 @@ def _model_dir(value: Any, base_dir: Path, where: str) -> Path:
             return embedded_model_dir()
         except SettingsError as exc:
             raise CatalogError(f"{where}: {exc}") from exc
+    return _directory(value, base_dir, where)
+
+
+def _directory(value: Any, base_dir: Path, where: str) -> Path:
     path = (base_dir / str(value)).resolve()
     if not path.is_dir():
-        raise CatalogError(f"{where}: {path} is not a directory")
+        raise CatalogError(f"{where}: {path} " + ("is not a directory" if path.exists() else "does not exist"))
     return path
 
 

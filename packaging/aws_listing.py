@@ -9,6 +9,10 @@ example, performance figures from the benchmark output when present), `pricing.m
 entity and `UpdatePricingTerms` pricing every supported instance type, checked against botocore's
 marketplace-catalog model), and `sample-notebook.ipynb` (creates an endpoint, runs a batch transform on
 its own sample data, cleans up).
+
+Until `--product-id`, `--offer-id` and `--model-package-arn` are all given, the change set holds placeholders
+(`prod-REPLACE-ME`, `offer-REPLACE-ME`, account `ACCOUNT`) the Catalog API refuses: the script then lists on
+stderr, and in `TODO.md` beside the other files, what is still to fill in and with which flag.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import argparse
 import json
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
+import _files  # noqa: E402
 import model_package  # noqa: E402
 
 DEFAULT_BENCH = Path(__file__).resolve().parent.parent / "bench" / "results.md"
@@ -31,6 +37,82 @@ ENTITY_TYPE = "MachineLearningProduct@1.0"
 # (".m.i.b" real-time inference, ".a.t" batch transform), as in the seller guide's examples.
 REALTIME_SUFFIX = ".m.i.b"
 BATCH_SUFFIX = ".a.t"
+# What stands in the change set until the vendor has the real values.
+PRODUCT_ID_PLACEHOLDER = "prod-REPLACE-ME"
+OFFER_ID_PLACEHOLDER = "offer-REPLACE-ME"
+ACCOUNT_PLACEHOLDER = "ACCOUNT"
+TODO_FILE = "TODO.md"
+
+
+@dataclass(frozen=True)
+class Placeholder:
+    """A value the change set still holds a placeholder for: which field, the flag that fills it, where to find it."""
+
+    field: str
+    flag: str
+    source: str
+
+    def line(self) -> str:
+        return f"{self.field} ({self.flag}, {self.source})"
+
+
+PRODUCT_ID = Placeholder("ProductId", "--product-id",
+                         "the product's entity id prod-..., from the AWS Marketplace Management Portal")
+OFFER_ID = Placeholder("OfferId", "--offer-id",
+                       "the id offer-... of the product's public offer, from the same portal")
+ACCOUNT = Placeholder("the model package ARN's account", "--model-package-arn",
+                      "the ARN printed by publish.py --no-dry-run as 'created arn:aws:sagemaker:...'")
+
+
+def placeholder_arn(product: _catalog.Product) -> str:
+    """The model package ARN of `product` in its first region, its account left to fill in."""
+    return f"arn:aws:sagemaker:{product.regions[0]}:{ACCOUNT_PLACEHOLDER}:model-package/{product.name}"
+
+
+def model_package_arn(product: _catalog.Product, given: str | None) -> str:
+    """--model-package-arn checked against SageMaker's ModelPackageArn pattern, or the placeholder when not given.
+
+    Raises:
+        _aws.RequestInvalid: an ARN SageMaker would never have issued, naming the flag.
+    """
+    if given is None:
+        return placeholder_arn(product)
+    if _aws.field_problems("sagemaker", "ModelPackageArn", given):
+        raise _aws.RequestInvalid(f"--model-package-arn: {given!r} is not a model package ARN like "
+                                  f"{placeholder_arn(product).replace(ACCOUNT_PLACEHOLDER, '123456789012')}; "
+                                  "pass the one publish.py --no-dry-run prints")
+    return given
+
+
+def placeholders(*, product_id: str, offer_id: str, model_package_arn: str) -> list[Placeholder]:
+    """What the change set still holds a placeholder for, in the order a vendor fills them in."""
+    arn_parts = model_package_arn.split(":")
+    return [placeholder for placeholder, missing in (
+        (PRODUCT_ID, product_id == PRODUCT_ID_PLACEHOLDER),
+        (OFFER_ID, offer_id == OFFER_ID_PLACEHOLDER),
+        (ACCOUNT, len(arn_parts) < 5 or arn_parts[4] == ACCOUNT_PLACEHOLDER),
+    ) if missing]
+
+
+def placeholder_report(missing: list[Placeholder]) -> str:
+    """The stderr note listing what is still to fill in; empty when nothing is."""
+    if not missing:
+        return ""
+    return "still to fill in before publishing: " + "; ".join(p.line() for p in missing)
+
+
+def todo_markdown(product: _catalog.Product, missing: list[Placeholder]) -> str:
+    """TODO.md: the same list, for a vendor who finds the files without the script's output."""
+    flags = " ".join(f"{p.flag} ..." for p in missing)
+    return "\n".join([
+        f"# Still to fill in before publishing {product.name}", "",
+        ("`start-change-set.json` holds placeholders the AWS Marketplace Catalog API refuses "
+         f"(`{PRODUCT_ID_PLACEHOLDER}`, `{OFFER_ID_PLACEHOLDER}`, account `{ACCOUNT_PLACEHOLDER}` in the model "
+         "package ARN):"), "",
+        *(f"- {p.field}: `{p.flag}`, {p.source}" for p in missing), "",
+        (f"Write this folder again with `python packaging/aws_listing.py ... {flags}` (or bundle.py with the same "
+         "flags); this file goes away once nothing is left to fill in."), "",
+    ])
 
 
 def dimension_keys(product: _catalog.Product) -> dict[str, float]:
@@ -113,6 +195,14 @@ def pricing_markdown(product: _catalog.Product) -> str:
 
 def _money(value: float | None) -> str:
     return "not offered" if value is None else f"${value:.3f}"
+
+
+def bench_path(given: Path | None) -> Path:
+    """--bench when given (refused when missing: the vendor meant that file); else the project's default,
+    which may not exist yet (the listing then says so and the script warns)."""
+    if given is None:
+        return DEFAULT_BENCH
+    return _files.require_file(given, "--bench", "pass the markdown the benchmark wrote (bench/results.md)")
 
 
 def performance_markdown(bench: Path | None) -> tuple[str, bool]:
@@ -329,7 +419,10 @@ def notebook(product: _catalog.Product, model_package_arn: str) -> dict:
 
 def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn: str, product_id: str,
                   offer_id: str, bench: Path | None = DEFAULT_BENCH) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the listing's files, every one computed (and the change set validated) before the first is written.
+
+    With placeholders left, TODO.md lists them; without, a TODO.md of an earlier run is removed.
+    """
     request = change_set(product, model_package_arn=model_package_arn, product_id=product_id, offer_id=offer_id)
     nb = notebook(product, model_package_arn)
     for i, cell in enumerate(nb["cells"]):
@@ -342,9 +435,28 @@ def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn
         "description.md": product.description,
         "eula.md": product.eula_path.read_text(encoding="utf-8"),
     }
+    missing = placeholders(product_id=product_id, offer_id=offer_id, model_package_arn=model_package_arn)
+    if missing:
+        files[TODO_FILE] = todo_markdown(product, missing)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (out_dir / name).write_text(text, encoding="utf-8")
+    if not missing:
+        (out_dir / TODO_FILE).unlink(missing_ok=True)
     return [out_dir / name for name in files]
+
+
+def add_listing_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that fill the change set's placeholders (shared with bundle.py), and --bench."""
+    parser.add_argument("--model-package-arn",
+                        help="the model package, as publish.py --no-dry-run prints it (default: a placeholder "
+                             "with account ACCOUNT, listed in TODO.md)")
+    parser.add_argument("--product-id", default=PRODUCT_ID_PLACEHOLDER,
+                        help="the Marketplace product entity id, prod-... (default: a placeholder)")
+    parser.add_argument("--offer-id", default=OFFER_ID_PLACEHOLDER,
+                        help="the product's public offer entity id, offer-... (default: a placeholder)")
+    parser.add_argument("--bench", type=Path,
+                        help=f"benchmark results, markdown tables (default: {DEFAULT_BENCH}, when it exists)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,28 +464,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", required=True)
     parser.add_argument("--product", help="the catalog product (default: the only one)")
     parser.add_argument("-o", "--out-dir", required=True)
-    parser.add_argument("--model-package-arn", default="arn:aws:sagemaker:REGION:ACCOUNT:model-package/NAME",
-                        help="the model package (from publish.py); a placeholder until it exists")
-    parser.add_argument("--product-id", default="prod-REPLACE-ME", help="the Marketplace product entity id")
-    parser.add_argument("--offer-id", default="offer-REPLACE-ME", help="the product's public offer entity id")
-    parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="benchmark results (markdown tables)")
+    add_listing_arguments(parser)
     args = parser.parse_args(argv)
     try:
         product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
-        if "REGION" in args.model_package_arn:
-            args.model_package_arn = (f"arn:aws:sagemaker:{product.regions[0]}:123456789012:"
-                                      f"model-package/{product.name}")
-        written = write_listing(product, Path(args.out_dir), model_package_arn=args.model_package_arn,
-                                product_id=args.product_id, offer_id=args.offer_id, bench=args.bench)
-    except (_catalog.CatalogError, _aws.RequestInvalid) as exc:
+        bench = bench_path(args.bench)
+        arn = model_package_arn(product, args.model_package_arn)
+        written = write_listing(product, Path(args.out_dir), model_package_arn=arn,
+                                product_id=args.product_id, offer_id=args.offer_id, bench=bench)
+    except (_catalog.CatalogError, _aws.RequestInvalid, _files.InputError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     for path in written:
         print(f"wrote {path}")
-    if not performance_markdown(args.bench)[1]:
-        print(f"warning: no benchmark tables in {args.bench}; the listing needs latency/throughput figures",
-              file=sys.stderr)
+    warn_unfinished(bench, placeholders(product_id=args.product_id, offer_id=args.offer_id, model_package_arn=arn))
     return 0
+
+
+def warn_unfinished(bench: Path, missing: list[Placeholder]) -> None:
+    """Tell the vendor on stderr what the listing still lacks: benchmark figures, placeholder values."""
+    if not performance_markdown(bench)[1]:
+        print(f"warning: no benchmark tables in {bench}; the listing needs latency/throughput figures",
+              file=sys.stderr)
+    if missing:
+        print(placeholder_report(missing), file=sys.stderr)
 
 
 if __name__ == "__main__":

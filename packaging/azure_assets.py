@@ -7,7 +7,8 @@ Files: `model.yml` (custom_model, `path: model`), `environment.yml` (the image, 
 liveness/readiness on /ping and scoring on /score, port 8080), `endpoint.yml` (key auth),
 `deployment.yml` (request timeout and concurrency raised, probe timings) and `marketplace-plan.md`
 (the Azure Marketplace plan: a per-GPU-hour surcharge). With `--artifact` the model is unpacked
-into `model/`, ready for `az ml model create -f model.yml`.
+into `model/`, ready for `az ml model create -f model.yml`. The files are written and loaded back
+beside the output directory and moved into it only when all of them load: a refusal leaves it as it was.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _catalog  # noqa: E402
+import _files  # noqa: E402
 
 PORT = 8080
 # Azure's default is 5 s; the container itself gives up on a request after SEARCHBOX_REQUEST_TIMEOUT_S
@@ -29,6 +31,8 @@ REQUEST_TIMEOUT_MS = 90_000
 # (64 gunicorn threads), which only pays off when Azure lets them through.
 MAX_CONCURRENT_REQUESTS = 32
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/{}.schema.json"
+PLAN_FILE = "marketplace-plan.md"
+MODEL_DIR = "model"
 
 
 def documents(product: _catalog.Product, image: str, version: str = "1") -> dict[str, dict]:
@@ -40,7 +44,7 @@ def documents(product: _catalog.Product, image: str, version: str = "1") -> dict
     return {
         "model.yml": {
             "$schema": SCHEMA.format("model"),
-            "name": product.name, "version": version, "type": "custom_model", "path": "model",
+            "name": product.name, "version": version, "type": "custom_model", "path": MODEL_DIR,
             "description": product.short_description,
         },
         "environment.yml": {
@@ -98,25 +102,36 @@ def plan_markdown(product: _catalog.Product) -> str:
 
 
 def write_azure(product: _catalog.Product, out_dir: Path, *, image: str, artifact: Path | None = None) -> list[Path]:
+    """Write the files (and unpack `artifact` into model/), all or nothing: `out_dir` changes only on success.
+
+    Raises:
+        _catalog.CatalogError: the product has no 'azure' section.
+        _files.InputError: `artifact` is missing or not a gzipped tar.
+    """
     import yaml
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, document in documents(product, image).items():
-        path = out_dir / name
-        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-        written.append(path)
-    plan = out_dir / "marketplace-plan.md"
-    plan.write_text(plan_markdown(product), encoding="utf-8")
-    written.append(plan)
+    texts = {name: yaml.safe_dump(document, sort_keys=False) for name, document in documents(product, image).items()}
+    texts[PLAN_FILE] = plan_markdown(product)
     if artifact is not None:
-        model_dir = out_dir / "model"
-        model_dir.mkdir(exist_ok=True)
+        _files.require_file(artifact, "--artifact", "build it with build_artifact.py")
+    # model/ is replaced whole: a file of an earlier artifact must not survive beside the new one's manifest.
+    with _files.staged_output(out_dir, whole=(MODEL_DIR,)) as staged:
+        for name, text in texts.items():
+            (staged / name).write_text(text, encoding="utf-8")
+        if artifact is not None:
+            _unpack(artifact, staged / MODEL_DIR)
+        load_back(staged)
+    return [out_dir / name for name in texts] + ([out_dir / MODEL_DIR] if artifact is not None else [])
+
+
+def _unpack(artifact: Path, target: Path) -> None:
+    target.mkdir()
+    try:
         with tarfile.open(artifact, "r:gz") as tar:
-            tar.extractall(model_dir, filter="data")
-        written.append(model_dir)
-    load_back(out_dir)
-    return written
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise _files.InputError(f"--artifact: {artifact} is not a readable model.tar.gz ({exc}); "
+                                "build it with build_artifact.py") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
         written = write_azure(product, args.out_dir, image=args.image, artifact=args.artifact)
-    except _catalog.CatalogError as exc:
+    except (_catalog.CatalogError, _files.InputError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     for path in written:

@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _catalog  # noqa: E402
+import _files  # noqa: E402
 
 MANIFEST = "searchbox-manifest.json"
 SERVING_CONFIG = "searchbox.json"
@@ -71,7 +72,7 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
                    kind: str | None = None, tasks: Mapping[str, Any] | None = None,
                    remote_code: Mapping[str, str | Path] | None = None, check: bool = True,
                    compresslevel: int = 6, device: str = "auto") -> BuildReport:
-    """Stage, check and archive `model_dir` into `output` (written atomically).
+    """Stage, check and archive `model_dir` into `output` (written atomically; a refusal leaves no trace).
 
     Raises:
         BuildRefused: the directory would not serve, or a remote-code file cannot be found locally.
@@ -80,8 +81,10 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
     output = Path(output).resolve()
     if not model_dir.is_dir():
         raise BuildRefused(f"{model_dir} is not a directory")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".stage-", dir=output.parent) as tmp:
+    if output.is_dir():
+        raise BuildRefused(f"-o: {output} is a directory; give the file to write, e.g. {output / 'model.tar.gz'}")
+    # The output's missing parents are made here and removed again when the build is refused.
+    with _files.created_dirs(output.parent), tempfile.TemporaryDirectory(prefix=".stage-", dir=output.parent) as tmp:
         staged = Path(tmp) / "model"
         skipped = _stage(model_dir, staged)
         vendored = _vendor_remote_code(staged, {k: Path(v) for k, v in (remote_code or {}).items()})
@@ -376,12 +379,13 @@ def iter_manifest_problems(unpacked: Path) -> Iterator[str]:
 
 
 def _parse_remote_code(values: list[str]) -> dict[str, Path]:
+    """--remote-code REPO=DIR values, each DIR checked up front (not only when an auto_map happens to need it)."""
     sources = {}
     for value in values:
         repo, sep, path = value.partition("=")
         if not sep or not repo or not path:
-            raise SystemExit(f"--remote-code: expected REPO=DIR, got {value!r}")
-        sources[repo] = Path(path)
+            raise _files.InputError(f"--remote-code: expected REPO=DIR, got {value!r}")
+        sources[repo] = _files.require_dir(path, f"--remote-code {repo}", f"pass a local checkout of {repo}")
     return sources
 
 
@@ -402,10 +406,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the check runs: auto (a GPU when there is one), cpu, cuda")
     parser.add_argument("--compresslevel", type=int, default=6, choices=range(0, 10), metavar="0-9")
     args = parser.parse_args(argv)
-    kwargs: dict[str, Any] = {"served_name": args.served_name, "kind": args.kind,
-                              "remote_code": _parse_remote_code(args.remote_code)}
     model_dir = args.model_dir
     try:
+        kwargs: dict[str, Any] = {"served_name": args.served_name, "kind": args.kind,
+                                  "remote_code": _parse_remote_code(args.remote_code)}
+        if model_dir is not None:
+            _files.require_dir(model_dir, "MODEL_DIR", "give a Hugging Face / sentence-transformers directory")
         if args.catalog:
             product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
             model_dir = model_dir or product.model_dir
@@ -415,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give MODEL_DIR or --catalog")
         report = build_artifact(model_dir, args.output, check=args.check, compresslevel=args.compresslevel,
                                 device=args.device, **kwargs)
-    except (_catalog.CatalogError, BuildRefused) as exc:
+    except (_catalog.CatalogError, BuildRefused, _files.InputError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {report.output} ({report.size / 1e6:.1f} MB, {report.files} files)")

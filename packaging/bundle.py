@@ -2,14 +2,17 @@
 
     python packaging/bundle.py --catalog packaging/catalog.example.yaml [--product NAME] -o dist/NAME \\
         --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/searchbox:1.0 --bucket my-bucket \\
-        --role-arn arn:aws:iam::123456789012:role/SageMakerValidation [--azure-image myacr.azurecr.io/searchbox:1.0]
+        --role-arn arn:aws:iam::123456789012:role/SageMakerValidation [--azure-image myacr.azurecr.io/searchbox:1.0] \\
+        [--product-id prod-... --offer-id offer-... --model-package-arn arn:aws:sagemaker:...]
 
 Writes, under the output directory:
     model.tar.gz                    build_artifact.py (loaded and run once before it is written)
     create-model-package.json       model_package.py (botocore-validated), validation/input.csv
     aws/                            aws_listing.py: usage information, pricing, change set, notebook
+                                    (and TODO.md while --product-id, --offer-id or --model-package-arn is missing)
     azure/                          azure_assets.py: model/environment/endpoint/deployment YAML, plan
-Then `publish.py` uploads the artifact and creates the model package.
+Then `publish.py` uploads the artifact and creates the model package; run this again with the ARN it prints.
+Everything is built beside the output directory and moved into it at the end: a refusal leaves it as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
+import _files  # noqa: E402
 import aws_listing  # noqa: E402
 import azure_assets  # noqa: E402
 import build_artifact  # noqa: E402
@@ -35,39 +39,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out-dir", required=True, type=Path)
     model_package.add_location_arguments(parser)
     parser.add_argument("--azure-image", help="the image in your Azure registry (default: --image)")
-    parser.add_argument("--bench", type=Path, default=aws_listing.DEFAULT_BENCH)
+    aws_listing.add_listing_arguments(parser)
     args = parser.parse_args(argv)
-    out: Path = args.out_dir
     try:
         product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
-        layout = model_package.S3Layout(args.bucket, args.prefix if args.prefix is not None else product.name)
-        # Cheap checks first: a request SageMaker would refuse should not cost an artifact build.
+        bench = aws_listing.bench_path(args.bench)
+        layout = model_package.S3Layout.from_arguments(args.bucket, args.prefix, product.name)
+        arn = aws_listing.model_package_arn(product, args.model_package_arn)
+        # Cheap checks first: a request AWS would refuse should not cost an artifact build.
         model_package.model_package_request(product, image=args.image, layout=layout, role_arn=args.role_arn,
                                             image_digest=args.image_digest)
-        report = build_artifact.build_artifact(product.model_dir, out / model_package.ARTIFACT_FILE,
-                                               served_name=product.served_name, kind=product.kind,
-                                               tasks=product.tasks, remote_code=product.remote_code)
-        print(f"artifact  {report.output} ({report.size / 1e6:.1f} MB, sha256 {report.sha256[:16]}...): "
-              f"{report.check}")
-        model_package.write_model_package(product, out, image=args.image, layout=layout, role_arn=args.role_arn,
-                                          image_digest=args.image_digest)
-        print(f"package   {out / model_package.REQUEST_FILE}, {out / model_package.SAMPLE_FILE}")
-        arn = f"arn:aws:sagemaker:{product.regions[0]}:ACCOUNT:model-package/{product.name}"
-        aws_listing.write_listing(product, out / "aws", model_package_arn=arn, product_id="prod-REPLACE-ME",
-                                  offer_id="offer-REPLACE-ME", bench=args.bench)
-        print(f"listing   {out / 'aws'}/ (usage-information.md, pricing.md, start-change-set.json, "
-              "sample-notebook.ipynb)")
-        if product.azure is not None:
-            azure_assets.write_azure(product, out / "azure", image=args.azure_image or args.image,
-                                     artifact=report.output)
-            print(f"azure     {out / 'azure'}/ (model, environment, endpoint, deployment YAML; marketplace-plan.md)")
-    except (_catalog.CatalogError, _aws.RequestInvalid, build_artifact.BuildRefused) as exc:
+        aws_listing.change_set(product, model_package_arn=arn, product_id=args.product_id, offer_id=args.offer_id)
+        done = write_bundle(product, args, layout=layout, model_package_arn=arn, bench=bench)
+    except (_catalog.CatalogError, _aws.RequestInvalid, _aws.BucketInvalid, _files.InputError,
+            build_artifact.BuildRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
-    if not aws_listing.performance_markdown(args.bench)[1]:
-        print(f"warning: no benchmark tables in {args.bench}; the listing needs latency/throughput figures",
-              file=sys.stderr)
+    print("\n".join(done))
+    aws_listing.warn_unfinished(bench, aws_listing.placeholders(product_id=args.product_id, offer_id=args.offer_id,
+                                                                model_package_arn=arn))
     return 0
+
+
+def write_bundle(product: _catalog.Product, args: argparse.Namespace, *, layout: model_package.S3Layout,
+                 model_package_arn: str, bench: Path) -> list[str]:
+    """Build every part into a staging directory, moved into --out-dir only once all of them are written.
+
+    aws/ and azure/ are replaced whole, so that no file of an earlier run (a TODO.md, an old model) survives.
+    Returns the lines to print, naming the final paths.
+    """
+    out: Path = args.out_dir
+    with _files.staged_output(out, whole=("aws", "azure")) as staged:
+        report = build_artifact.build_artifact(product.model_dir, staged / model_package.ARTIFACT_FILE,
+                                               served_name=product.served_name, kind=product.kind,
+                                               tasks=product.tasks, remote_code=product.remote_code)
+        done = [(f"artifact  {out / model_package.ARTIFACT_FILE} ({report.size / 1e6:.1f} MB, "
+                 f"sha256 {report.sha256[:16]}...): {report.check}")]
+        model_package.write_model_package(product, staged, image=args.image, layout=layout, role_arn=args.role_arn,
+                                          image_digest=args.image_digest)
+        done.append(f"package   {out / model_package.REQUEST_FILE}, {out / model_package.SAMPLE_FILE}")
+        written = aws_listing.write_listing(product, staged / "aws", model_package_arn=model_package_arn,
+                                            product_id=args.product_id, offer_id=args.offer_id, bench=bench)
+        done.append(f"listing   {out / 'aws'}/ ({', '.join(path.name for path in written)})")
+        if product.azure is not None:
+            azure_assets.write_azure(product, staged / "azure", image=args.azure_image or args.image,
+                                     artifact=report.output)
+            done.append(f"azure     {out / 'azure'}/ (model, environment, endpoint, deployment YAML; "
+                        "marketplace-plan.md)")
+    return done
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 Writes `create-model-package.json` (the request: image, ModelDataUrl, content types, instance types,
 a batch-transform validation profile, CertifyForMarketplace) and `validation/input.csv` (the sample the
 validation profile transforms; `publish.py` uploads both). The S3 layout under `s3://BUCKET/PREFIX/`:
-`model.tar.gz`, `validation/input.csv`, `validation/output/`.
+`model.tar.gz`, `validation/input.csv`, `validation/output/`. `--bucket` takes a bucket name or an
+`s3://BUCKET[/PREFIX]` URL; PREFIX defaults to the product name.
 """
 
 from __future__ import annotations
@@ -48,8 +49,21 @@ _RERANK_SAMPLE = (
 
 @dataclass(frozen=True)
 class S3Layout:
+    """Where a product's files live in S3: `s3://bucket/prefix/...` (no prefix: at the bucket's root)."""
+
     bucket: str
     prefix: str
+
+    def __post_init__(self) -> None:
+        problem = _aws.bucket_name_problem(self.bucket)
+        if problem:
+            raise _aws.BucketInvalid(f"--bucket: {self.bucket!r} is not a valid S3 bucket name ({problem}); "
+                                     f"{_aws.BUCKET_HINT}")
+
+    @classmethod
+    def from_arguments(cls, bucket: str, prefix: str | None, default_prefix: str) -> S3Layout:
+        """The layout --bucket and --prefix name (see `_aws.s3_location`); raises _aws.BucketInvalid."""
+        return cls(*_aws.s3_location(bucket, prefix, default_prefix))
 
     def key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -113,6 +127,7 @@ def model_package_request(product: _catalog.Product, *, image: str, layout: S3La
 
 
 def write_model_package(product: _catalog.Product, out_dir: Path, **kwargs) -> dict:
+    """Write the request and the validation sample; the request is checked before anything is written."""
     request = model_package_request(product, **kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REQUEST_FILE).write_text(json.dumps(request, indent=2) + "\n", encoding="utf-8")
@@ -125,8 +140,12 @@ def write_model_package(product: _catalog.Product, out_dir: Path, **kwargs) -> d
 def add_location_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", required=True, help="the searchbox image URI in the seller's ECR")
     parser.add_argument("--image-digest", help="sha256:... of the image (pins the exact build)")
-    parser.add_argument("--bucket", required=True, help="S3 bucket for the artifact and the validation sample")
-    parser.add_argument("--prefix", help="key prefix in the bucket (default: the product name)")
+    parser.add_argument("--bucket", required=True,
+                        help="S3 bucket for the artifact and the validation sample: a bucket name (my-bucket) or "
+                             "an S3 URL, s3://my-bucket or s3://my-bucket/some/prefix")
+    parser.add_argument("--prefix", help="key prefix in the bucket (default: the prefix of an s3:// --bucket URL, "
+                                         "else the product name; '' for the bucket's root); refused when --bucket's "
+                                         "URL holds a prefix too")
     parser.add_argument("--role-arn", required=True, help="IAM role SageMaker assumes to run the validation job")
 
 
@@ -139,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
-        layout = S3Layout(args.bucket, args.prefix if args.prefix is not None else product.name)
+        layout = S3Layout.from_arguments(args.bucket, args.prefix, product.name)
         write_model_package(product, Path(args.out_dir), image=args.image, layout=layout, role_arn=args.role_arn,
                             image_digest=args.image_digest)
-    except (_catalog.CatalogError, _aws.RequestInvalid) as exc:
+    except (_catalog.CatalogError, _aws.RequestInvalid, _aws.BucketInvalid) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {Path(args.out_dir) / REQUEST_FILE} (valid against botocore's SageMaker CreateModelPackage)")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
+import _files  # noqa: E402
 import model_package  # noqa: E402
 
 
@@ -102,15 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
+        _files.require_file(args.artifact, "--artifact", "build it with build_artifact.py")
         region = args.region or product.regions[0]
-        layout = model_package.S3Layout(args.bucket, args.prefix if args.prefix is not None else product.name)
+        layout = model_package.S3Layout.from_arguments(args.bucket, args.prefix, product.name)
         calls = plan(product, artifact=args.artifact, image=args.image, layout=layout, role_arn=args.role_arn,
                      region=region, image_digest=args.image_digest, create_bucket=args.create_bucket)
-    except (_catalog.CatalogError, _aws.RequestInvalid) as exc:
+    except (_catalog.CatalogError, _aws.RequestInvalid, _aws.BucketInvalid, _files.InputError) as exc:
         print(f"refused: {exc}", file=sys.stderr)
-        return 2
-    if not args.artifact.is_file():
-        print(f"refused: --artifact {args.artifact} does not exist; build it with build_artifact.py", file=sys.stderr)
         return 2
     if args.dry_run:
         print(f"# dry run: {len(calls)} calls in {region}; nothing was sent (--no-dry-run sends them)")

@@ -124,11 +124,13 @@ def test_broken_catalog_from_the_command_line(raw_catalog, tmp_path):
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump(raw_catalog))
     result = subprocess.run([sys.executable, str(PACKAGING / "model_package.py"), "--catalog", str(catalog),
-                             "--image", IMAGE, "--bucket", "b", "--role-arn", ROLE, "-o", str(tmp_path / "out")],
+                             "--image", IMAGE, "--bucket", "my-bucket", "--role-arn", ROLE,
+                             "-o", str(tmp_path / "out")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "products[0].prices_per_hour.realtime.ml.m5.xlarge: no price" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_model_package_request_passes_botocore_validation(product, tmp_path):

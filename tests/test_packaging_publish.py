@@ -53,11 +53,12 @@ def _client(service: str, url: str):
                         aws_secret_access_key="testing")
 
 
-def _publish(artifact: Path, *extra: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def _publish(artifact: Path, *extra: str, env_extra: dict | None = None,
+             bucket: str = "vendor-bucket") -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(CREDENTIALS, **(env_extra or {}))
     return subprocess.run([sys.executable, str(PACKAGING / "publish.py"), "--catalog", str(CATALOG),
-                           "--artifact", str(artifact), "--image", IMAGE, "--bucket", "vendor-bucket",
+                           "--artifact", str(artifact), "--image", IMAGE, "--bucket", bucket,
                            "--role-arn", ROLE, *extra], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -98,4 +99,25 @@ def test_publish_refuses_a_missing_artifact_without_a_call(tmp_path, moto_url):
     result = _publish(tmp_path / "nope.tar.gz", "--no-dry-run", "--endpoint-url", moto_url)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert [b["Name"] for b in _client("s3", moto_url).list_buckets()["Buckets"]] == []
+
+
+def test_publish_takes_the_bucket_as_an_s3_url(artifact, moto_url):
+    """`--bucket s3://bucket/prefix/` uploads under that prefix; it does not become `s3://s3://...`."""
+    result = _publish(artifact, "--create-bucket", "--no-dry-run", "--endpoint-url", moto_url,
+                      bucket="s3://vendor-bucket/releases/v1/")
+    assert result.returncode == 0, result.stderr
+    s3 = _client("s3", moto_url)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="vendor-bucket")["Contents"])
+    assert keys == ["releases/v1/model.tar.gz", "releases/v1/validation/input.csv"]
+    package = _client("sagemaker", moto_url).describe_model_package(ModelPackageName=NAME)
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == \
+        "s3://vendor-bucket/releases/v1/model.tar.gz"
+
+
+def test_publish_refuses_a_bucket_url_it_cannot_read_without_a_call(artifact, moto_url):
+    result = _publish(artifact, "--create-bucket", "--no-dry-run", "--endpoint-url", moto_url,
+                      bucket="https://vendor-bucket.s3.amazonaws.com/releases")
+    assert result.returncode == 2
+    assert result.stderr.startswith("refused: --bucket: ") and "s3://my-bucket/some/prefix" in result.stderr
     assert [b["Name"] for b in _client("s3", moto_url).list_buckets()["Buckets"]] == []
