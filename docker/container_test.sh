@@ -73,14 +73,14 @@ say "base image: $base"
 
 # ---- 3. build -----------------------------------------------------------------------------------
 # The host's pip settings (`pip config list`: index, extra indexes, find-links, constraint files, CA bundle)
-# become a pip.conf passed as a build secret; every local path they name is mounted read-only at the same
-# path for the build only (docker/pip_build_config.py). Nothing of it lands in a layer or in this repository.
+# become a pip.conf passed as a build secret; every local path they name is mounted read-only under
+# /run/host-pip for the build only (docker/pip_build_config.py). Nothing of it lands in a layer or in this repository.
 "$PYTHON" docker/pip_build_config.py "$workdir/pip.conf" "$workdir/pip-volumes"
 build_args=(--build-arg "BASE_IMAGE=$base" --secret "id=pipconf,src=$workdir/pip.conf")
 for cert in "${PIP_CERT:-}" /etc/ssl/certs/ca-certificates.crt; do
     if [ -n "$cert" ] && [ -f "$cert" ]; then build_args+=(--secret "id=pipcert,src=$cert"); break; fi
 done
-while read -r dir; do build_args+=(-v "$dir:$dir:ro"); done <"$workdir/pip-volumes"
+while read -r mount; do build_args+=(-v "$mount:ro"); done <"$workdir/pip-volumes"
 
 # build TAG [podman build options]: builds, drops the tag's previous image (not anyone else's)
 build() {

@@ -3,12 +3,14 @@
 pip inside the build must reach packages exactly as the host's pip does: its index and extra indexes,
 find-links directories, constraint files, CA bundle. `pip config list` says what the host uses; this
 turns it into a pip.conf for the build (passed as a build secret) and the local paths that conf names
-(bind-mounted read-only at the same paths for the build only). Neither lands in a layer of the image
-or in the repository.
+(bind-mounted read-only for the build only, under `BUILD_ROOT`, and the conf rewritten to match). Neither
+lands in a layer of the image or in the repository. Mounting under a prefix, not at the host's own
+paths, keeps the build's own files whole: a CA bundle mounted over /etc/ssl/certs/ca-certificates.crt
+would break the base image's `apt-get install ca-certificates`.
 
     python docker/pip_build_config.py CONF_OUT VOLUMES_OUT
 
-writes the pip.conf to CONF_OUT and one path per line to VOLUMES_OUT (for `-v PATH:PATH:ro`).
+writes the pip.conf to CONF_OUT and one `HOST_PATH:BUILD_PATH` per line to VOLUMES_OUT (for `-v ...:ro`).
 """
 
 from __future__ import annotations
@@ -29,13 +31,20 @@ INDEX_OPTIONS = frozenset({"index-url", "extra-index-url"})
 # `pip config list` names environment variables (PIP_FIND_LINKS ...) as this section; they apply to
 # every command and win over every file.
 ENV_SECTION = ":env:"
+# Where the host's paths appear inside the build; nothing of the image lives there.
+BUILD_ROOT = "/run/host-pip"
 
 
 @dataclass(frozen=True)
 class BuildPipConfig:
     conf: str
-    volumes: tuple[str, ...]
+    volumes: tuple[str, ...]  # host paths to mount, each at in_build(path)
     missing: tuple[str, ...]  # local paths the settings name that do not exist here (pip will complain too)
+
+
+def in_build(path: str) -> str:
+    """Where a host path is mounted inside the build."""
+    return BUILD_ROOT + os.path.normpath(path)
 
 
 def parse_listing(listing: str) -> dict[str, dict[str, str]]:
@@ -78,16 +87,19 @@ def build_config(sections: dict[str, dict[str, str]]) -> BuildPipConfig:
             continue
         lines.append(f"[{section}]")
         for name, value in kept.items():
+            tokens = []
             for token in value.split():
                 path = local_path(token)
-                if path is None:
-                    continue
-                if name in INDEX_OPTIONS and os.path.basename(path.rstrip("/")) == "simple":
-                    path = os.path.dirname(path.rstrip("/"))
-                path = os.path.normpath(path)
-                (volumes if os.path.exists(path) else missing).add(path)
+                if path is not None:
+                    mount = path
+                    if name in INDEX_OPTIONS and os.path.basename(path.rstrip("/")) == "simple":
+                        mount = os.path.dirname(path.rstrip("/"))
+                    mount = os.path.normpath(mount)
+                    (volumes if os.path.exists(mount) else missing).add(mount)
+                    token = ("file://" if token.startswith("file:") else "") + in_build(path)
+                tokens.append(token)
             # multi-valued options span lines in a pip.conf: continuation lines are indented
-            lines.append(f"{name} = " + "\n    ".join(value.split()) if value.split() else f"{name} =")
+            lines.append(f"{name} = " + "\n    ".join(tokens) if tokens else f"{name} =")
     return BuildPipConfig("\n".join(lines) + "\n" if lines else "", _outermost(volumes), tuple(sorted(missing)))
 
 
@@ -115,7 +127,7 @@ def main(argv: list[str]) -> int:
     with open(argv[0], "w") as conf:
         conf.write(config.conf)
     with open(argv[1], "w") as volumes:
-        volumes.write("".join(f"{path}\n" for path in config.volumes))
+        volumes.write("".join(f"{path}:{in_build(path)}\n" for path in config.volumes))
     return 0
 
 

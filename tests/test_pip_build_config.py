@@ -1,5 +1,6 @@
 """docker/pip_build_config.py: whatever the host's pip configuration holds, the image build gets a pip.conf
-and the local paths it names, and nothing host-only. Synthetic `pip config list` listings over real files."""
+and the local paths it names (mounted under a prefix, the conf rewritten to match), and nothing host-only.
+Synthetic `pip config list` listings over real files, and this host's own configuration."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def test_a_constraint_file_is_kept_and_mounted(tmp_path):
     constraints.parent.mkdir(parents=True)
     constraints.write_text("torch<=2.14.1\n")
     config = pbc.build_config(pbc.parse_listing(f"global.constraint='{constraints}'\n"))
-    assert conf_of(config)["global"]["constraint"] == str(constraints)
+    assert conf_of(config)["global"]["constraint"] == pbc.in_build(str(constraints))
     assert config.volumes == (str(constraints),)
 
 
@@ -42,7 +43,7 @@ def test_a_file_index_mounts_the_folder_its_relative_links_point_into(tmp_path):
     listing = f"global.extra-index-url='file://{tmp_path}/pypi/simple https://mirror.example/simple'\n"
     config = pbc.build_config(pbc.parse_listing(listing))
     assert conf_of(config)["global"]["extra-index-url"].split() == [
-        f"file://{tmp_path}/pypi/simple", "https://mirror.example/simple"]
+        f"file://{pbc.BUILD_ROOT}{tmp_path}/pypi/simple", "https://mirror.example/simple"]
     assert config.volumes == (str(tmp_path / "pypi"),)
 
 
@@ -56,7 +57,8 @@ def test_find_links_directories_and_the_ca_bundle_are_mounted_and_host_only_opti
                "install.no-compile='1'\n")
     config = pbc.build_config(pbc.parse_listing(listing))
     conf = conf_of(config)
-    assert conf["global"]["find-links"] == str(wheels) and conf["global"]["cert"] == str(cert)
+    assert conf["global"]["find-links"] == pbc.in_build(str(wheels))
+    assert conf["global"]["cert"] == pbc.in_build(str(cert))
     assert "cache-dir" not in conf["global"]
     assert conf["install"]["no-compile"] == "1"
     assert config.volumes == tuple(sorted([str(cert), str(wheels)]))
@@ -68,7 +70,7 @@ def test_environment_variables_win_over_files_and_missing_paths_are_reported(tmp
                f"global.find-links='{tmp_path / 'file-wheels'}'\n"
                f"global.constraint='{tmp_path / 'gone.txt'}'\n")
     config = pbc.build_config(pbc.parse_listing(listing))
-    assert conf_of(config)["global"]["find-links"] == str(tmp_path / "env-wheels")
+    assert conf_of(config)["global"]["find-links"] == pbc.in_build(str(tmp_path / "env-wheels"))
     assert config.volumes == (str(tmp_path / "env-wheels"),)
     assert config.missing == (str(tmp_path / "gone.txt"),)
 
@@ -87,7 +89,9 @@ def test_the_hosts_own_configuration_reaches_the_build_whole(tmp_path):
                              str(tmp_path / "pip.conf"), str(tmp_path / "volumes")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     sections = pbc.parse_listing(pbc.host_listing())
-    volumes = (tmp_path / "volumes").read_text().split()
+    mounts = [line.split(":") for line in (tmp_path / "volumes").read_text().split()]
+    assert all(build == pbc.in_build(host) for host, build in mounts)
+    volumes = [host for host, _ in mounts]
     for options in sections.values():
         for name, value in options.items():
             if name in pbc.HOST_ONLY_OPTIONS:
