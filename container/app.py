@@ -7,17 +7,20 @@ typed result -> dialect render -> JSON bytes.
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import uuid
 from typing import Any, Callable
 
 import orjson
 from flask import Flask, Response, g, request
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from container import dialects
 from container.dialects import Decoded, public, rerank as rerank_dialect
 from container.dialects.batch_transform import execution_parameters
-from container.errors import MethodNotAllowed, NotFound, SearchboxError, from_handler_error
+from container.errors import BadRequest, MethodNotAllowed, NotFound, SearchboxError, from_handler_error
 from container.dispatch import JSON, Dispatcher, Reply, error_reply, internal_error, on_gpu, payload_too_large
 from container.runtime import ModelRuntime
 from container.settings import Settings
@@ -26,6 +29,8 @@ from model_handlers.errors import HandlerError
 logger = logging.getLogger(__name__)
 
 RUNTIME_KEY = "searchbox.runtime"
+# nginx's $request_id (32 hex digits), passed on in X-Request-Id: the app answers with the same id
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask:
@@ -37,12 +42,15 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     dispatcher = Dispatcher(settings, runtime)
 
     def invoke(decode: Callable[[Any], Decoded], records: bool = False) -> Response:
-        return reply_response(dispatcher.answer(decode, request.get_data(cache=False), request.mimetype,
-                                                records=records))
+        runtime.handler  # 503 at once while loading or draining, before the body is read
+        body = read_body(settings.max_payload_bytes)
+        return reply_response(dispatcher.answer(decode, body, request.mimetype, records=records,
+                                                abandoned=client_gone(request.environ.get("gunicorn.socket"))))
 
     @app.before_request
     def assign_request_id() -> None:
-        g.request_id = uuid.uuid4().hex
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
     @app.after_request
     def tag_response(response: Response) -> Response:
@@ -51,7 +59,9 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
 
     @app.get("/ping")
     def ping() -> Response:
-        runtime.handler  # raises Unavailable (503) until loaded and warmed up
+        # behind nginx, /ping is answered from the ready file (container/proxy.py); this is for azmlinfsrv-less
+        # direct use and tests: the same state, read from the runtime
+        runtime.handler  # raises Unavailable (503) until loaded and warmed up, and once draining
         return json_response({"status": "healthy"})
 
     @app.post("/invocations")
@@ -73,6 +83,45 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
 
     register_error_handlers(app)
     return app
+
+
+def read_body(limit: int) -> bytes:
+    """The whole body, however it is framed; over `limit` it is a 413 and nothing is computed.
+
+    Read from the WSGI stream itself: werkzeug's limited stream cuts a chunked body at the limit
+    without a word, which answered the first rows of a 7 MiB CSV with 200 and dropped the rest.
+
+    Raises:
+        PayloadTooLarge: the body is longer than `limit`.
+        BadRequest: the body's framing is malformed (chunk sizes, terminators).
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(limit)
+    stream = request.environ["wsgi.input"]
+    try:
+        body = stream.read(limit + 1)
+    except (ParseException, ValueError) as exc:
+        raise BadRequest(f"the body's framing is malformed ({type(exc).__name__}); send Content-Length or valid "
+                         "chunked encoding", code="MALFORMED_BODY") from None
+    if len(body) > limit:
+        raise payload_too_large(limit)
+    return body
+
+
+def client_gone(sock: socket.socket | None) -> Callable[[], bool] | None:
+    """A check that the connection the request came on was closed (nginx closes it when its client leaves)."""
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    return gone
 
 
 def reply_response(reply: Reply) -> Response:

@@ -7,6 +7,8 @@ Error rendering lives here too, for the same reason.
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +17,14 @@ from typing import Any, Callable, Mapping
 import orjson
 from sagemaker_inference import content_types
 
-from container.dialects import Decoded, TypedRequest, TypedResult, batch_transform
+from container.dialects import Decoded, TypedRequest, TypedResult, batch_transform, fields
 from container.dialects.batch_transform import Records
 from container.errors import (
     BadRequest, PayloadTooLarge, SearchboxError, UnsupportedMediaType, error_body, from_handler_error,
 )
 from container.runtime import ModelRuntime
-from container.settings import Settings
+from container.settings import ENV_MAX_RESPONSE_MB, Settings
+from model_handlers.deadline import Deadline
 from model_handlers.errors import HandlerError
 from model_handlers.serving_config import ModelKind
 from model_handlers.types import EmbedRequest
@@ -33,12 +36,12 @@ _RECORD_THREADS = 8
 
 
 
-def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, max_inputs: int) -> Records:
-    return batch_transform.decode_csv(body, kind, max_inputs)
+def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, settings: Settings) -> Records:
+    return batch_transform.decode_csv(body, kind, settings.max_inputs, settings.max_batch_rows)
 
 
-def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, max_inputs: int) -> Records:
-    return batch_transform.decode_jsonlines(body, decode)
+def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, settings: Settings) -> Records:
+    return batch_transform.decode_jsonlines(body, decode, settings.max_batch_rows)
 
 
 # Batch bodies (media type -> decoder), taken only on the routes that take records (/invocations, /score).
@@ -62,7 +65,7 @@ class Dispatcher:
         self._runtime = runtime
 
     def answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, *,
-               records: bool = False) -> Reply:
+               records: bool = False, abandoned: Callable[[], bool] | None = None) -> Reply:
         """The 200 reply to `body`.
 
         Args:
@@ -70,29 +73,38 @@ class Dispatcher:
             body: the raw request body.
             media_type: the Content-Type without parameters; None or empty reads as JSON.
             records: whether the route also takes batch bodies (CSV, JSON Lines).
+            abandoned: true once the caller is gone (its connection closed): its work is then dropped.
 
         Raises:
             SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either.
         """
-        if len(body) > self._settings.max_payload_bytes:
-            raise payload_too_large(self._settings.max_payload_bytes)
+        received = time.monotonic()
+        settings = self._settings
+        if len(body) > settings.max_payload_bytes:
+            raise payload_too_large(settings.max_payload_bytes)
         media_type = (media_type or JSON).lower()
         if media_type == JSON or media_type.endswith("+json"):
-            decoded = decode(_parse_json(body))
+            decoded = fields.decode_body(decode, body)
             job = Records([decoded.request], [""],
                           lambda results: orjson.dumps(decoded.render(results[0]), option=_JSON_OPTIONS))
+            batch_body = False
         elif records and media_type in _RECORD_DECODERS:
-            job = _RECORD_DECODERS[media_type](body, decode, self._runtime.handler.kind, self._settings.max_inputs)
+            job = _RECORD_DECODERS[media_type](body, decode, self._runtime.handler.kind, settings)
+            batch_body = True
         else:
             supported = [JSON, *_RECORD_DECODERS] if records else [JSON]
             raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported here; send one of "
                                        f"{', '.join(supported)}", code="UNSUPPORTED_MEDIA_TYPE")
         for request, origin in zip(job.requests, job.origins):
             try:
-                check_limits(request, self._settings)
+                check_limits(request, settings)
             except SearchboxError as exc:
                 raise _at(exc, origin) from None
-        return Reply(200, job.render(self._run(job)), job.content_type)
+        if batch_body:
+            check_response_size(job, getattr(self._runtime.handler, "dimensions", None), settings)
+        at = received + settings.timeout_s(batch_body)
+        deadline = Deadline(at) if abandoned is None else Deadline(at, abandoned)
+        return Reply(200, job.render(self._run(job, deadline)), job.content_type)
 
     def reply(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, request_id: str, *,
               records: bool = False) -> Reply:
@@ -102,25 +114,43 @@ class Dispatcher:
         except (SearchboxError, HandlerError) as exc:
             return error_reply(exc, request_id)
 
-    def _run(self, job: Records) -> list[TypedResult]:
+    def _run(self, job: Records, deadline: Deadline) -> list[TypedResult]:
         if len(job.requests) <= 1 or not job.concurrent:
-            return [self._run_one(request, origin) for request, origin in zip(job.requests, job.origins)]
+            return [self._run_one(request, origin, deadline) for request, origin in zip(job.requests, job.origins)]
+        # once one record fails, the body fails: the others' work is for nobody and is dropped
+        failed = threading.Event()
+        shared = Deadline(deadline.at, lambda: failed.is_set() or deadline.abandoned())
         with ThreadPoolExecutor(min(_RECORD_THREADS, len(job.requests)), thread_name_prefix="records") as pool:
-            futures = [pool.submit(self._run_one, request, origin) for request, origin in zip(job.requests, job.origins)]
+            futures = [pool.submit(self._run_one, request, origin, shared)
+                       for request, origin in zip(job.requests, job.origins)]
             try:
                 return [future.result() for future in futures]
+            except BaseException:
+                failed.set()
+                raise
             finally:
                 for future in futures:
                     future.cancel()
 
-    def _run_one(self, request: TypedRequest, origin: str) -> TypedResult:
+    def _run_one(self, request: TypedRequest, origin: str, deadline: Deadline) -> TypedResult:
         handler = self._runtime.handler
         try:
             if isinstance(request, EmbedRequest):
-                return handler.embed(request)
-            return handler.rerank(request)
+                return handler.embed(request, deadline)
+            return handler.rerank(request, deadline)
         except (SearchboxError, HandlerError) as exc:
             raise _at(exc, origin) from None
+
+
+def check_response_size(job: Records, width: int | None, settings: Settings) -> None:
+    """Refuse a batch body whose answer would exceed the response cap, before the model runs."""
+    estimate = batch_transform.estimated_response_bytes(job.requests, width)
+    if estimate > settings.max_response_bytes:
+        cap_mb = settings.max_response_bytes / (1024 * 1024)
+        raise PayloadTooLarge(
+            f"the answer to this body would take about {estimate / (1024 * 1024):.0f} MiB, over the {cap_mb:g} MiB "
+            f"cap on one batch answer ({ENV_MAX_RESPONSE_MB}); send fewer rows per request (a smaller "
+            "MaxPayloadInMB), or fewer dimensions", code="RESPONSE_TOO_LARGE")
 
 
 def check_limits(request: TypedRequest, settings: Settings) -> None:
@@ -153,13 +183,6 @@ def on_gpu(settings: Settings) -> bool:
     if settings.device == "auto":
         return Path("/dev/nvidiactl").exists()
     return settings.device.startswith("cuda")
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="INVALID_JSON") from None
 
 
 def _at(exc: SearchboxError | HandlerError, origin: str) -> SearchboxError:

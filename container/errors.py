@@ -70,12 +70,14 @@ class Unavailable(SearchboxError):
 _BY_HANDLER_ERROR: dict[type, type[SearchboxError]] = {
     handler_errors.InvalidInput: BadRequest,
     handler_errors.InvalidOption: ValidationFailed,
-    handler_errors.Overloaded: Unavailable,
+    handler_errors.TooLarge: PayloadTooLarge,
 }
 
 
 def from_handler_error(exc: handler_errors.HandlerError) -> SearchboxError:
     """The HTTP error for a handler error; anything unexpected is a 500."""
+    if isinstance(exc, handler_errors.Overloaded):
+        return Unavailable(exc.detail, code=exc.code, retry_after_s=exc.retry_after_s)
     for kind in type(exc).__mro__:
         if kind in _BY_HANDLER_ERROR:
             return _BY_HANDLER_ERROR[kind](exc.detail, code=exc.code)

@@ -1,7 +1,8 @@
-"""The one place holding the server's mutable state: the model handler and whether it is ready.
+"""The one place holding the server's mutable state: the model handler, whether it is ready, whether it drains.
 
 The model loads on a background thread so the port answers `/ping` (503) from the first second;
-it turns ready only after one warm-up inference has run.
+it turns ready only after one warm-up inference has run. Readiness is also a file when the server runs
+behind nginx (`ready_file`): nginx answers `/ping` from it without waiting on Python.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 from container.errors import Unavailable
@@ -19,11 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 class ModelRuntime:
-    def __init__(self, settings: Settings, on_load_failure: Callable[[BaseException], None] | None = None):
+    def __init__(self, settings: Settings, on_load_failure: Callable[[BaseException], None] | None = None,
+                 ready_file: Path | None = None):
         self._settings = settings
         self._on_load_failure = on_load_failure
+        self._ready_file = ready_file
         self._handler = None
         self._ready = threading.Event()
+        self._draining = threading.Event()
         self.load_error: str | None = None
         self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
 
@@ -45,6 +50,8 @@ class ModelRuntime:
         Raises:
             Unavailable: the model is still loading (or failed to).
         """
+        if self._draining.is_set():
+            raise Unavailable("the server is shutting down; retry on another instance", code="SHUTTING_DOWN")
         if not self._ready.is_set():
             if self.load_error:
                 raise Unavailable(f"the model failed to load: {self.load_error}", code="MODEL_LOAD_FAILED")
@@ -60,6 +67,7 @@ class ModelRuntime:
                 allow_pickle=settings.allow_pickle,
                 max_batch_tokens=settings.max_batch_tokens,
                 request_timeout_s=settings.request_timeout_s,
+                max_rerank_windows=settings.max_rerank_windows,
                 torch_threads=settings.torch_threads,
                 served_model_name=settings.model_name,
             ))
@@ -72,8 +80,18 @@ class ModelRuntime:
             return
         self._handler = handler
         self._ready.set()
+        if self._ready_file is not None and not self._draining.is_set():
+            self._ready_file.touch()
         logger.info("model %s (%s) ready in %.1f s", handler.model_name, handler.kind.value,
                     time.monotonic() - started)
+
+    def drain(self) -> None:
+        """SIGTERM: stop being ready, answer queued work 503 now, give running work the grace period."""
+        self._draining.set()
+        if self._ready_file is not None:
+            self._ready_file.unlink(missing_ok=True)
+        if self._handler is not None:
+            self._handler.drain(self._settings.graceful_timeout_s)
 
     def close(self) -> None:
         if self._handler is not None:

@@ -37,6 +37,13 @@ ENV_ALLOW_PICKLE = "SEARCHBOX_ALLOW_PICKLE"
 ENV_DEVICE = "SEARCHBOX_DEVICE"
 ENV_LOG_LEVEL = "SEARCHBOX_LOG_LEVEL"
 ENV_MODEL_NAME = "SEARCHBOX_MODEL_NAME"
+ENV_SAGEMAKER_BATCH = "SAGEMAKER_BATCH"
+ENV_BATCH_TIMEOUT = "SEARCHBOX_BATCH_TIMEOUT_S"
+ENV_MAX_BATCH_ROWS = "SEARCHBOX_MAX_BATCH_ROWS"
+ENV_MAX_RESPONSE_MB = "SEARCHBOX_MAX_RESPONSE_MB"
+ENV_MAX_RERANK_WINDOWS = "SEARCHBOX_MAX_RERANK_WINDOWS"
+ENV_GRACE = "SEARCHBOX_GRACEFUL_TIMEOUT_S"
+ENV_NGINX = "SEARCHBOX_NGINX"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -67,11 +74,25 @@ ENVIRONMENT = (
              "GET /execution-parameters"),
     Variable(ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, "chosen",
              "a batch transform job's MaxConcurrentTransforms, answered by GET /execution-parameters"),
+    Variable(ENV_SAGEMAKER_BATCH, "unset", "true when SageMaker runs a batch transform job: every request gets "
+             f"the batch timeout ({ENV_BATCH_TIMEOUT})"),
     Variable(ENV_MAX_INPUTS, "2048", "inputs (or documents) per request"),
-    Variable(ENV_THREADS, "64", "gunicorn threads (concurrent requests) of the single worker"),
+    Variable(ENV_THREADS, "128", "gunicorn threads of the single worker; nginx lets at most this many minus 4 "
+             "requests in at once and answers the rest 503 at once"),
     Variable(ENV_MAX_BATCH_TOKENS, "1024 on CPU, 16384 on a GPU", "padded tokens per forward pass"),
     Variable(ENV_TORCH_THREADS, "torch's choice", "torch intra-op threads"),
-    Variable(ENV_REQUEST_TIMEOUT, "60", "seconds a request may wait for the model before a 503"),
+    Variable(ENV_REQUEST_TIMEOUT, "60", "seconds a request may take (SageMaker's real-time limit): work that cannot "
+             "finish within it is refused at once (503 with Retry-After, or 413 when it alone is too much)"),
+    Variable(ENV_BATCH_TIMEOUT, "600", f"the same for CSV and JSON Lines bodies, and for every request when "
+             f"{ENV_SAGEMAKER_BATCH}=true (batch transform's default per-call timeout)"),
+    Variable(ENV_MAX_BATCH_ROWS, "50000", "rows (CSV) or lines (JSON Lines) one batch body may hold (413 above)"),
+    Variable(ENV_MAX_RESPONSE_MB, "512", "MiB the answer to one batch body may take, estimated before any work "
+             "(413 above)"),
+    Variable(ENV_MAX_RERANK_WINDOWS, "4096", "model inputs one rerank request may make; a long document makes one "
+             "per window (413 above)"),
+    Variable(ENV_GRACE, "20", "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 "
+             "at once); SageMaker and Kubernetes kill at 30"),
+    Variable(ENV_NGINX, "nginx on PATH, or /usr/sbin/nginx", "the nginx binary in front of gunicorn"),
     Variable(ENV_ALLOW_PICKLE, "off", "1/true/yes: load pickled .bin weights (refused by default: unpickling "
              "runs code)"),
     Variable(ENV_DEVICE, "auto", "cpu, cuda, cuda:1; auto takes the GPU when there is one"),
@@ -107,21 +128,33 @@ class Settings:
     max_payload_bytes: int = 6 * 1024 * 1024
     #: inputs (or documents) one request may carry
     max_inputs: int = 2048
-    #: gunicorn threads of the single worker: concurrent requests being parsed or waiting on the model
-    threads: int = 64
+    #: gunicorn threads of the single worker: requests waiting on the model (nginx holds the rest)
+    threads: int = 128
     #: padded tokens one forward pass may hold
     max_batch_tokens: int | None = None  # None: 16384 on a GPU, 1024 on CPU
     #: torch intra-op threads; None lets torch choose (one per physical core)
     torch_threads: int | None = None
-    #: how long one request may wait for the model before a 503
+    #: how long one request may take; work that cannot finish within it is refused at once
     request_timeout_s: float = 60.0
+    #: the same for batch bodies (CSV, JSON Lines), and for every request of a batch transform job
+    batch_timeout_s: float = 600.0
+    #: SageMaker runs this container for a batch transform job (SAGEMAKER_BATCH=true)
+    batch_job: bool = False
+    #: rows or lines one batch body may hold
+    max_batch_rows: int = 50_000
+    #: bytes the answer to one batch body may take (estimated before the model runs)
+    max_response_bytes: int = 512 * 1024 * 1024
+    #: model inputs one rerank request may make (one per window of a long document)
+    max_rerank_windows: int = 4096
+    #: the nginx binary; None: nginx on PATH or /usr/sbin/nginx
+    nginx: str | None = None
     #: load pickled (.bin) weights; off by default because unpickling can run code
     allow_pickle: bool = False
     #: "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     device: str = "auto"
     log_level: str = "INFO"
-    #: seconds gunicorn gives in-flight requests after SIGTERM (SageMaker kills at 30 s)
-    graceful_timeout_s: int = 20
+    #: seconds running requests get to finish after SIGTERM (SageMaker kills at 30 s)
+    graceful_timeout_s: float = 20.0
     #: batch transform job settings SageMaker passes in; None: GET /execution-parameters chooses
     transform_max_payload_mb: int | None = None
     transform_batch_strategy: str | None = None
@@ -139,17 +172,28 @@ class Settings:
             port=_port(env),
             max_payload_bytes=int(payload_mb * 1024 * 1024),
             max_inputs=_number(env, ENV_MAX_INPUTS, 2048, int),
-            threads=_number(env, ENV_THREADS, 64, int),
+            threads=_number(env, ENV_THREADS, 128, int),
             max_batch_tokens=_number(env, ENV_MAX_BATCH_TOKENS, None, int),
             torch_threads=_number(env, ENV_TORCH_THREADS, None, int),
             request_timeout_s=_number(env, ENV_REQUEST_TIMEOUT, 60.0, float),
-            allow_pickle=env.get(ENV_ALLOW_PICKLE, "").lower() in ("1", "true", "yes"),
+            batch_timeout_s=_number(env, ENV_BATCH_TIMEOUT, 600.0, float),
+            batch_job=_flag(env, ENV_SAGEMAKER_BATCH),
+            max_batch_rows=_number(env, ENV_MAX_BATCH_ROWS, 50_000, int),
+            max_response_bytes=int(_number(env, ENV_MAX_RESPONSE_MB, 512, float) * 1024 * 1024),
+            max_rerank_windows=_number(env, ENV_MAX_RERANK_WINDOWS, 4096, int),
+            graceful_timeout_s=_number(env, ENV_GRACE, 20.0, float),
+            nginx=env.get(ENV_NGINX) or None,
+            allow_pickle=_flag(env, ENV_ALLOW_PICKLE),
             device=env.get(ENV_DEVICE, "auto"),
             log_level=_log_level(env),
             transform_max_payload_mb=_transform_payload_mb(env),
             transform_batch_strategy=_batch_strategy(env),
             transform_max_concurrent=_number(env, ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, None, int),
         )
+
+    def timeout_s(self, batch_body: bool) -> float:
+        """How long a request may take: a batch body's, or any request's in a batch transform job, is longer."""
+        return self.batch_timeout_s if batch_body or self.batch_job else self.request_timeout_s
 
 
 def describe_environment(width: int = 100) -> str:
@@ -228,6 +272,10 @@ def _batch_strategy(env: Mapping[str, str]) -> str | None:
     if raw not in BATCH_STRATEGIES:
         raise SettingsError(f"{ENV_SAGEMAKER_BATCH_STRATEGY}={raw!r} must be one of {', '.join(BATCH_STRATEGIES)}")
     return raw
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def _port(env: Mapping[str, str]) -> int:

@@ -1,23 +1,32 @@
-"""Dynamic batching across concurrent requests.
+"""Dynamic batching across concurrent requests, with admission control by deadline.
 
 Request threads tokenize their own input, then `submit` a list of work items and wait on a Future.
 One worker thread drains whatever is queued, sorts all items by length (so padding is small),
 cuts them into forward passes under a padded-token budget, and hands each caller its own rows.
 A failing forward pass is retried one request at a time, so a bad request only fails itself.
+
+Admission: every submission carries a `Deadline`. The batcher measures what a padded token costs
+(`PassCost`) and knows the tokens queued ahead, so a submission that cannot finish in time is
+refused at once — `TooLarge` when it alone would take longer than its deadline allows, `Overloaded`
+(with the seconds until the backlog clears) when the queue ahead is the problem — instead of
+answering 503 a minute later. Work whose deadline passed or whose caller left is dropped before
+its forward pass; so is the rest of a request its caller stopped waiting for.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Hashable, Protocol, Sequence, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, Protocol, Sequence, TypeVar
 
-from model_handlers.errors import HandlerError, ModelFailure, Overloaded
+from model_handlers.deadline import Deadline
+from model_handlers.errors import HandlerError, ModelFailure, Overloaded, TooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -36,20 +45,84 @@ ItemT = TypeVar("ItemT", bound=WorkItem)
 OutT = TypeVar("OutT")
 
 
+def _bucket(length: int) -> int:
+    """Sequences of about the same length cost about the same per token: power-of-two buckets."""
+    return max(0, int(length) - 1).bit_length()
+
+
+class PassCost:
+    """Measured seconds per padded token of a forward pass, by sequence-length bucket.
+
+    Attention makes long sequences dearer per token, so each bucket keeps its own figures: a moving
+    average (what a pass costs now, for the backlog) and the best ever seen (what it costs at least,
+    so that a request is only called too large when it could never fit). A bucket not yet measured
+    borrows its nearest measured neighbour's figures.
+    """
+
+    _SMOOTHING = 0.2
+
+    def __init__(self) -> None:
+        self._recent: dict[int, float] = {}
+        self._best: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def measured(self) -> bool:
+        return bool(self._recent)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._recent.clear()
+            self._best.clear()
+
+    def observe(self, longest: int, count: int, seconds: float) -> None:
+        rate = seconds / max(1, longest * count)
+        bucket = _bucket(longest)
+        with self._lock:
+            before = self._recent.get(bucket)
+            self._recent[bucket] = rate if before is None else before + self._SMOOTHING * (rate - before)
+            self._best[bucket] = min(rate, self._best.get(bucket, rate))
+
+    def seconds(self, tokens_by_bucket: dict[int, int], *, best: bool = False) -> float:
+        """Estimated seconds to run these tokens (0 when nothing was measured yet)."""
+        table = self._best if best else self._recent
+        with self._lock:
+            if not table:
+                return 0.0
+            return sum(tokens * self._rate(table, bucket) for bucket, tokens in tokens_by_bucket.items())
+
+    @staticmethod
+    def _rate(table: dict[int, float], bucket: int) -> float:
+        if bucket in table:
+            return table[bucket]
+        return table[min(table, key=lambda known: (abs(known - bucket), -known))]
+
+
+def _tokens_by_bucket(lengths: Iterable[int]) -> dict[int, int]:
+    tokens: dict[int, int] = {}
+    for length in lengths:
+        bucket = _bucket(length)
+        tokens[bucket] = tokens.get(bucket, 0) + length
+    return tokens
+
+
 @dataclass
 class _Entry(Generic[ItemT, OutT]):
     """One caller's submission."""
 
     items: Sequence[ItemT]
     future: Future
-    enqueued_at: float
+    deadline: Deadline
     outputs: list = field(default_factory=list)
     remaining: int = 0
     failed: bool = False
+    # tokens of this entry's items still counted in the batcher's backlog, by bucket
+    backlog: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.outputs = [None] * len(self.items)
         self.remaining = len(self.items)
+        self.backlog = _tokens_by_bucket(item.length for item in self.items)
 
 
 @dataclass(frozen=True)
@@ -74,6 +147,8 @@ class Batcher(Generic[ItemT, OutT]):
         max_pending_items: items queued or running before `submit` refuses with Overloaded.
         gather_s: under concurrent load, how long to wait for the last take's callers to come back.
         name: thread name, for logs and profiles.
+        on_idle: called on the batcher thread when the queue runs dry after at least `idle_after_tokens`
+            tokens of work (e.g. to hand freed memory back to the system).
     """
 
     def __init__(
@@ -85,6 +160,8 @@ class Batcher(Generic[ItemT, OutT]):
         max_pending_items: int = 65536,
         gather_s: float = 0.004,
         name: str = "batcher",
+        on_idle: Callable[[], None] | None = None,
+        idle_after_tokens: int = 1 << 16,
     ):
         self._run = run
         self._max_batch_tokens = max_batch_tokens
@@ -96,50 +173,139 @@ class Batcher(Generic[ItemT, OutT]):
         self._closed = False
         self._gather_s = gather_s
         self._last_callers = 0  # callers served by the last take; more than one means concurrent load
+        self._draining = False
+        self._running: list[_Entry] = []  # the last take's entries, while the worker thread runs them
+        self._backlog: dict[int, int] = {}  # tokens queued or running, by length bucket
+        self._on_idle = on_idle
+        self._idle_after_tokens = idle_after_tokens
+        self._tokens_since_idle = 0
+        self.cost = PassCost()
         self.passes = 0  # forward passes run so far; read by tests and benchmarks
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, items: Sequence[ItemT]) -> Future:
+    def submit(self, items: Sequence[ItemT], deadline: Deadline | None = None) -> Future:
         """Queue one caller's items; the Future resolves to their outputs in the same order.
 
         Raises:
-            Overloaded: too much work is already queued.
+            Overloaded: too much work is queued to finish this before its deadline (or the server stops).
+            TooLarge: this work alone could not finish before its deadline.
         """
-        future: Future = Future()
-        if not items:
-            future.set_result([])
-            return future
-        with self._cond:
-            if self._closed:
-                raise Overloaded("the server is shutting down")
-            if self._pending_items + len(items) > self._max_pending_items:
-                raise Overloaded(
-                    f"the server has {self._pending_items} inputs waiting; retry shortly or send fewer inputs"
-                )
-            self._pending_items += len(items)
-            self._queue.append(_Entry(items=items, future=future, enqueued_at=time.monotonic()))
-            self._cond.notify()
-        return future
+        return self._enqueue(items, deadline or Deadline(math.inf)).future
 
-    def run(self, items: Sequence[ItemT], timeout_s: float) -> list[OutT]:
-        """Submit one caller's items and wait for their outputs.
+    def run(self, items: Sequence[ItemT], deadline: Deadline) -> list[OutT]:
+        """Submit one caller's items and wait for their outputs until the deadline.
 
         Raises:
-            Overloaded: the queue is full, or no answer came within `timeout_s` (the work is dropped).
+            Overloaded, TooLarge: refused (see `submit`), or no answer by the deadline: then whatever of
+                this work has not run yet is dropped.
         """
-        future = self.submit(items)
+        entry = self._enqueue(items, deadline)
         try:
-            return future.result(timeout=timeout_s)
+            return entry.future.result(timeout=max(0.0, deadline.left()))
         except FutureTimeout:
-            future.cancel()
-            raise Overloaded(f"the model did not answer within {timeout_s:g} s; retry with fewer inputs") from None
+            entry.failed = True  # the batcher skips what is left of it
+            entry.future.cancel()
+            raise Overloaded("the model did not answer in time; retry with fewer inputs",
+                             retry_after_s=self._retry_after()) from None
+
+    def drain(self, grace_s: float) -> None:
+        """Stop taking work: queued callers get Overloaded now, running ones have `grace_s` left to finish."""
+        with self._cond:
+            self._draining = True
+            queued = list(self._queue)
+            self._queue.clear()
+            cut = time.monotonic() + grace_s
+            for entry in self._running:
+                entry.deadline = entry.deadline.sooner(cut)
+            for entry in queued:
+                self._forget(entry)
+            self._cond.notify()
+        for entry in queued:
+            self._fail(entry, Overloaded("the server is shutting down; retry on another instance", retry_after_s=1))
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=5)
+
+    def calibrate(self, make_item: Callable[[int], ItemT], max_length: int) -> None:
+        """Measure full passes at each length bucket up to `max_length`, so that admission judges the first
+        requests by what passes cost here, not by the warm-up's one short text (whose per-token cost is
+        mostly fixed overhead). `make_item(length)` builds one item of that many tokens."""
+        self.cost.reset()  # the warm-up's first pass also paid for lazy initialisation
+        lengths = [length for length in (8, 32, 128, 512) if length < max_length] + [max_length]
+        for length in lengths:
+            count = max(1, self._max_batch_tokens // length)
+            self.run([make_item(length) for _ in range(count)], Deadline.after(600))
+
+    def backlog_seconds(self) -> float:
+        """Estimated seconds of model time queued or running."""
+        with self._cond:
+            backlog = dict(self._backlog)
+        return self.cost.seconds(backlog)
+
+    def _enqueue(self, items: Sequence[ItemT], deadline: Deadline) -> _Entry:
+        future: Future = Future()
+        entry = _Entry(items=items, future=future, deadline=deadline)
+        if not items:
+            future.set_result([])
+            return entry
+        alone, left = self.cost.seconds(entry.backlog, best=True), deadline.left()
+        if alone > left:
+            # parts filled to 80% of the time, so that each has room for the variance of a busy machine
+            raise TooLarge(f"this request needs about {alone:.0f} s of model time, more than the {max(0.0, left):.0f} s "
+                           f"it may take; split it into at least {math.ceil(alone / max(0.8 * left, 1e-3))} requests")
+        with self._cond:
+            if self._closed or self._draining:
+                raise Overloaded("the server is shutting down; retry on another instance", retry_after_s=1)
+            if self._pending_items + len(items) > self._max_pending_items:
+                raise Overloaded(
+                    f"the server has {self._pending_items} inputs waiting; retry shortly or send fewer inputs",
+                    retry_after_s=self._retry_after_locked())
+            ahead = self.cost.seconds(self._backlog)
+            if ahead + self.cost.seconds(entry.backlog) > deadline.left():
+                raise Overloaded(
+                    f"the server is busy: the work queued ahead needs about {ahead:.0f} s, so this request would "
+                    "not finish in time; retry later", retry_after_s=self._retry_after_locked())
+            self._pending_items += len(items)
+            for bucket, tokens in entry.backlog.items():
+                self._backlog[bucket] = self._backlog.get(bucket, 0) + tokens
+            self._queue.append(entry)
+            self._cond.notify()
+        return entry
+
+    def _retry_after(self) -> int:
+        with self._cond:
+            return self._retry_after_locked()
+
+    def _retry_after_locked(self) -> int:
+        return max(1, math.ceil(self.cost.seconds(self._backlog)))
+
+    def _consume(self, slots: list[_Slot]) -> None:
+        """These items ran (or failed): they are no longer work ahead of anyone."""
+        with self._cond:
+            for slot in slots:
+                bucket, length = _bucket(slot.item.length), slot.item.length
+                left = slot.entry.backlog.get(bucket, 0)
+                if left <= 0:
+                    continue  # already forgotten, or consumed by an earlier try of a failed pass
+                taken = min(left, length)
+                slot.entry.backlog[bucket] = left - taken
+                self._backlog[bucket] = self._backlog.get(bucket, 0) - taken
+                if self._backlog[bucket] <= 0:
+                    self._backlog.pop(bucket, None)
+
+    def _forget(self, entry: _Entry) -> None:
+        """Take what is left of an entry out of the backlog (call with the lock held)."""
+        for bucket, tokens in entry.backlog.items():
+            left = self._backlog.get(bucket, 0) - tokens
+            if left > 0:
+                self._backlog[bucket] = left
+            else:
+                self._backlog.pop(bucket, None)
+        entry.backlog = {}
 
     def _loop(self) -> None:
         while True:
@@ -155,6 +321,13 @@ class Batcher(Generic[ItemT, OutT]):
             finally:
                 with self._cond:
                     self._pending_items -= sum(len(e.items) for e in entries)
+                    for entry in entries:
+                        self._forget(entry)
+                    self._running = []
+                    idle = not self._queue
+                if idle and self._on_idle is not None and self._tokens_since_idle >= self._idle_after_tokens:
+                    self._tokens_since_idle = 0
+                    self._on_idle()
 
     def _take(self) -> list[_Entry] | None:
         """Block for work, then take what is queued, up to a few passes' worth, skipping cancelled callers."""
@@ -174,16 +347,26 @@ class Batcher(Generic[ItemT, OutT]):
                         break
                     self._cond.wait(left)
             taken: list[_Entry] = []
+            dropped: list[_Entry] = []
             budget = 4 * self._max_batch_tokens
             while self._queue and (not taken or budget > 0):
                 entry = self._queue.popleft()
-                if not entry.future.set_running_or_notify_cancel():
+                if entry.failed or not entry.future.set_running_or_notify_cancel():
                     self._pending_items -= len(entry.items)
+                    self._forget(entry)
+                    continue
+                if entry.deadline.expired():
+                    self._pending_items -= len(entry.items)
+                    self._forget(entry)
+                    dropped.append(entry)
                     continue
                 taken.append(entry)
                 budget -= sum(item.length for item in entry.items)
             self._last_callers = len(taken)
-            return taken
+            self._running = taken
+        for entry in dropped:
+            self._drop(entry)
+        return taken
 
     def _process(self, entries: list[_Entry]) -> None:
         slots = [_Slot(entry, i) for entry in entries for i in range(len(entry.items))]
@@ -211,9 +394,13 @@ class Batcher(Generic[ItemT, OutT]):
         return chunks
 
     def _run_chunk(self, chunk: list[_Slot]) -> None:
+        for entry in {id(slot.entry): slot.entry for slot in chunk}.values():
+            if not entry.failed and entry.deadline.expired():
+                self._drop(entry)
         chunk = [slot for slot in chunk if not slot.entry.failed]
         if not chunk:
             return
+        started = time.perf_counter()
         try:
             outputs = self._run([slot.item for slot in chunk])
             if len(outputs) != len(chunk):
@@ -223,6 +410,10 @@ class Batcher(Generic[ItemT, OutT]):
             return
         finally:
             self.passes += 1
+            self._consume(chunk)
+        longest = max(slot.item.length for slot in chunk)
+        self.cost.observe(longest, len(chunk), time.perf_counter() - started)
+        self._tokens_since_idle += longest * len(chunk)
         for slot, output in zip(chunk, outputs):
             self._deliver(slot, output)
 
@@ -244,6 +435,11 @@ class Batcher(Generic[ItemT, OutT]):
         entry.remaining -= 1
         if entry.remaining == 0 and not entry.failed:
             entry.future.set_result(entry.outputs)
+
+    def _drop(self, entry: _Entry) -> None:
+        """Its caller stopped waiting (deadline, left, or shutting down): run nothing more of it."""
+        self._fail(entry, Overloaded("the model did not answer in time; retry with fewer inputs",
+                                     retry_after_s=self._retry_after()))
 
     @staticmethod
     def _fail(entry: _Entry, exc: BaseException) -> None:

@@ -32,6 +32,16 @@ class Overloaded(HandlerError):
 
     code = "OVERLOADED"
 
+    def __init__(self, detail: str, *, code: str | None = None, retry_after_s: int = 1):
+        super().__init__(detail, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class TooLarge(HandlerError):
+    """The request alone is more work than may be done for one request; it must be split, not retried."""
+
+    code = "REQUEST_TOO_LARGE"
+
 
 class ModelDirectoryError(HandlerError):
     """A model directory that cannot be served: missing files, pickled weights, unknown kind."""

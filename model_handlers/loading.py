@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import MutableMapping, Protocol, Union
 
+from model_handlers.deadline import Deadline
 from model_handlers.options import HandlerOptions
 from model_handlers.serving_config import ModelKind, ServingConfig, read_serving_config
 from model_handlers.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult
@@ -21,11 +22,13 @@ class Handler(Protocol):
     model_name: str
     config: ServingConfig
 
-    def embed(self, request: EmbedRequest) -> EmbedResult: ...
+    def embed(self, request: EmbedRequest, deadline: Deadline | None = None) -> EmbedResult: ...
 
-    def rerank(self, request: RerankRequest) -> RerankResult: ...
+    def rerank(self, request: RerankRequest, deadline: Deadline | None = None) -> RerankResult: ...
 
     def warm_up(self) -> None: ...
+
+    def drain(self, grace_s: float) -> None: ...
 
     def close(self) -> None: ...
 

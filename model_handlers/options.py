@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_handlers.deadline import Deadline
+
 
 GPU_MAX_BATCH_TOKENS = 16384
 CPU_MAX_BATCH_TOKENS = 1024
@@ -16,11 +18,17 @@ class HandlerOptions:
     # Padded tokens (longest x count) one forward pass may hold; None: the device's default (below).
     max_batch_tokens: int | None = None
     max_batch_items: int = 256
-    # How long a caller waits for its rows before getting an Overloaded error.
+    # How long a caller waits for its rows before getting an Overloaded error, when the server gives no deadline.
     request_timeout_s: float = 60.0
+    # Model inputs one rerank request may make (a long document makes one per window).
+    max_rerank_windows: int = 4096
     torch_threads: int | None = None
     # The name answered in `model` when searchbox.json gives none.
     served_model_name: str | None = None
+
+    def deadline(self) -> Deadline:
+        """The deadline of a request the server gave none (warm-up, scripts)."""
+        return Deadline.after(self.request_timeout_s)
 
     def resolved_max_batch_tokens(self, device) -> int:
         """A GPU wants big passes. A CPU is saturated by ~1k tokens, and smaller passes keep it busy

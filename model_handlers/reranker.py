@@ -23,7 +23,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model_handlers.batching import Batcher
-from model_handlers.errors import InvalidInput, ModelDirectoryError
+from model_handlers.deadline import Deadline
+from model_handlers.errors import InvalidInput, ModelDirectoryError, TooLarge
 from model_handlers.options import HandlerOptions
 from model_handlers.serving_config import ModelKind, ServingConfig
 from model_handlers.tokenization import TokenizerView
@@ -58,6 +59,17 @@ class Windowing:
         stride = self.size - self.overlap
         starts = list(range(0, len(content) - self.size, stride)) + [len(content) - self.size]
         return [content[start:start + self.size] for start in starts]
+
+
+def check_window_count(windows: int, cap: int) -> None:
+    """A rerank request may make at most `cap` model inputs: a huge document is refused, not read for minutes.
+
+    Raises:
+        TooLarge: naming the count and how to split.
+    """
+    if windows > cap:
+        raise TooLarge(f"the documents make more than {cap} windows of model input (a long document is read in "
+                       f"windows); send fewer or shorter documents per request, at most {cap} windows")
 
 
 def rank(scores: Sequence[float], tokens: Sequence[int], top_n: int | None) -> list[RerankHit]:
@@ -129,16 +141,16 @@ class CrossEncoderHandler:
     def forward_passes(self) -> int:
         return self._batcher.passes
 
-    def embed(self, request: EmbedRequest) -> EmbedResult:
+    def embed(self, request: EmbedRequest, deadline: Deadline | None = None) -> EmbedResult:
         raise InvalidInput(
             f"model {self.model_name} is a reranker (cross-encoder): it scores query/document pairs and makes no "
             "embeddings. Send {\"query\": ..., \"documents\": [...]} to /v1/rerank, or "
             "{\"data\": {\"query\": ..., \"documents\": [...]}} to /invocations",
             code="UNSUPPORTED_OPERATION")
 
-    def rerank(self, request: RerankRequest) -> RerankResult:
+    def rerank(self, request: RerankRequest, deadline: Deadline | None = None) -> RerankResult:
         query, pairs, owners, doc_tokens = self._prepare(request)
-        scores = self._batcher.run(pairs, self._options.request_timeout_s)
+        scores = self._batcher.run(pairs, deadline or self._options.deadline())
         best = [float("-inf")] * len(request.documents)
         for owner, score in zip(owners, scores):
             best[owner] = max(best[owner], score)
@@ -152,6 +164,17 @@ class CrossEncoderHandler:
 
     def warm_up(self) -> None:
         self.rerank(RerankRequest(query="warm up the model", documents=("a first document", "a second one")))
+        filler = self._tokenizer.encode(["a"])[0][:1]
+
+        def pair(length: int) -> _Pair:
+            content = max(2, length - self._tokenizer.pair_special_count)
+            return _Pair(*self._tokenizer.wrap_pair(np.repeat(filler, content // 2),
+                                                   np.repeat(filler, content - content // 2)))
+
+        self._batcher.calibrate(pair, self.max_length)
+
+    def drain(self, grace_s: float) -> None:
+        self._batcher.drain(grace_s)
 
     def close(self) -> None:
         self._batcher.close()
@@ -171,6 +194,7 @@ class CrossEncoderHandler:
                 pairs.append(_Pair(*self._tokenizer.wrap_pair(query, window)))
                 owners.append(index)
             doc_tokens.append(sum(len(w) for w in windows) + specials * len(windows))
+            check_window_count(len(pairs), self._options.max_rerank_windows)
         return query, pairs, owners, doc_tokens
 
     # --- stage 2: on the batcher thread -----------------------------------------------------------

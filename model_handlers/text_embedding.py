@@ -19,6 +19,7 @@ from sentence_transformers.base.modules.normalize import Normalize
 from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
 from model_handlers.batching import Batcher
+from model_handlers.deadline import Deadline
 from model_handlers.encodings import encode_embedding
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.options import HandlerOptions
@@ -94,19 +95,19 @@ class TextEmbeddingHandler:
     def forward_passes(self) -> int:
         return self._batcher.passes
 
-    def embed(self, request: EmbedRequest) -> EmbedResult:
+    def embed(self, request: EmbedRequest, deadline: Deadline | None = None) -> EmbedResult:
         prepared = self._prepare(request)
-        outputs = self._batcher.run(prepared.sequences, self._options.request_timeout_s)
+        outputs = self._batcher.run(prepared.sequences, deadline or self._options.deadline())
         rows = [row for output in outputs for row in output]
         return self._finish(request, rows, prepared.token_counts)
 
-    def rerank(self, request: RerankRequest) -> RerankResult:
+    def rerank(self, request: RerankRequest, deadline: Deadline | None = None) -> RerankResult:
         """Rerank by the cosine of query and document embeddings (the `retrieval.*` tasks when the model has them).
 
         A document longer than the model's max length is embedded in overlapping windows and scores its
         best window (model_handlers/reranker.py); usage counts every sequence embedded, special tokens included.
         """
-        from model_handlers.reranker import Windowing, rank
+        from model_handlers.reranker import Windowing, check_window_count, rank
 
         if not request.documents:
             return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=self.model_name)
@@ -123,7 +124,8 @@ class TextEmbeddingHandler:
             windows.extend(pieces)
             owners.extend([index] * len(pieces))
             doc_tokens.append(sum(p.length for p in pieces))
-        outputs = self._batcher.run(query.sequences + windows, self._options.request_timeout_s)
+            check_window_count(len(windows), self._options.max_rerank_windows)
+        outputs = self._batcher.run(query.sequences + windows, deadline or self._options.deadline())
         vectors = np.stack([output[0] for output in outputs]).astype(np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         best = [float("-inf")] * len(request.documents)
@@ -134,6 +136,13 @@ class TextEmbeddingHandler:
 
     def warm_up(self) -> None:
         self.embed(EmbedRequest(inputs=(TextInput("warm up the model"),)))
+        filler = self._tokenizer.encode(["a"])[0][:1]
+        self._batcher.calibrate(lambda length: _Sequence(
+            self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
+            ("each", None, 0)), self.max_length)
+
+    def drain(self, grace_s: float) -> None:
+        self._batcher.drain(grace_s)
 
     def close(self) -> None:
         self._batcher.close()

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from model_handlers.batching import Batcher
-from model_handlers.errors import ModelFailure, Overloaded
+from model_handlers.deadline import Deadline
+from model_handlers.errors import ModelFailure, Overloaded, TooLarge
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,95 @@ def test_empty_submission_resolves_without_a_pass():
 def test_run_waits_for_the_outputs_and_turns_a_timeout_into_overloaded():
     forward = ControlledForward(hold_first=True)
     batcher = Batcher(forward)
-    with pytest.raises(Overloaded, match="did not answer within 0.2 s"):
-        batcher.run([Item(1)], timeout_s=0.2)
+    with pytest.raises(Overloaded, match="did not answer in time"):
+        batcher.run([Item(1)], Deadline.after(0.2))
     forward.release.set()
-    assert batcher.run([Item(2)], timeout_s=5) == [20]
+    assert batcher.run([Item(2)], Deadline.after(5)) == [20]
+    batcher.close()
+
+
+def test_work_whose_deadline_passed_or_whose_caller_left_never_reaches_the_model():
+    forward = ControlledForward(hold_first=True)
+    batcher = Batcher(forward)
+    blocker = batcher.submit([Item(0)])
+    assert forward.started.wait(5)
+    late = batcher.submit([Item(1)], Deadline.after(0.05))
+    left = threading.Event()
+    gone = batcher.submit([Item(2)], Deadline.after(60, abandoned=left.is_set))
+    kept = batcher.submit([Item(3)], Deadline.after(60))
+    left.set()
+    threading.Event().wait(0.1)
+    forward.release.set()
+    assert blocker.result(5) == [0] and kept.result(5) == [30]
+    for future in (late, gone):
+        with pytest.raises(Overloaded):
+            future.result(5)
+    assert all(1 not in p and 2 not in p for p in forward.passes)
+    batcher.close()
+
+
+def test_a_caller_that_stopped_waiting_gets_nothing_more_computed():
+    forward = ControlledForward(hold_first=True)
+    batcher = Batcher(forward, max_batch_tokens=10)  # one item per pass
+    worker = threading.Thread(target=lambda: pytest.raises(Overloaded, batcher.run,
+                                                           [Item(i) for i in range(1, 6)], Deadline.after(0.3)))
+    worker.start()
+    assert forward.started.wait(5)
+    worker.join(5)  # the caller gave up while its first pass was held
+    forward.release.set()
+    assert batcher.run([Item(9)], Deadline.after(5)) == [90]
+    assert forward.passes == [[1], [9]]
+    batcher.close()
+
+
+def test_work_that_alone_cannot_finish_in_time_is_refused_up_front_by_its_best_measured_cost():
+    batcher = Batcher(ControlledForward())
+    batcher.cost.observe(longest=10, count=1, seconds=1.0)  # 0.1 s a token at best
+    with pytest.raises(TooLarge, match=r"about 10 s .* split it into at least 3 requests"):
+        batcher.submit([Item(i) for i in range(10)], Deadline.after(5))
+    assert batcher.submit([Item(1)], Deadline.after(5)).result(5) == [10]
+    batcher.close()
+
+
+def test_a_backlog_that_would_outlast_the_deadline_is_refused_at_once_with_retry_after():
+    forward = ControlledForward(hold_first=True)
+    batcher = Batcher(forward)
+    blocker = batcher.submit([Item(0)])
+    assert forward.started.wait(5)
+    batcher.cost.observe(longest=10, count=1, seconds=0.1)  # 0.01 s a token
+    queued = batcher.submit([Item(i) for i in range(1, 101)], Deadline.after(60))  # 1000 tokens ahead: ~10 s
+    with pytest.raises(Overloaded, match="queued ahead needs about 10 s") as refused:
+        batcher.submit([Item(200)], Deadline.after(2))
+    assert refused.value.retry_after_s >= 10
+    assert batcher.backlog_seconds() == pytest.approx(10.1, rel=0.05)
+    forward.release.set()
+    assert blocker.result(5) == [0] and queued.result(5) == [i * 10 for i in range(1, 101)]
+    assert batcher.backlog_seconds() == 0
+    batcher.close()
+
+
+def test_drain_answers_queued_callers_at_once_lets_running_ones_finish_and_refuses_new_ones():
+    forward = ControlledForward(hold_first=True)
+    batcher = Batcher(forward)
+    running = batcher.submit([Item(0)], Deadline.after(60))
+    assert forward.started.wait(5)
+    queued = batcher.submit([Item(1)], Deadline.after(60))
+    batcher.drain(grace_s=10)
+    with pytest.raises(Overloaded, match="shutting down"):
+        queued.result(0.5)
+    with pytest.raises(Overloaded, match="shutting down"):
+        batcher.submit([Item(2)])
+    forward.release.set()
+    assert running.result(5) == [0]
+    assert forward.passes == [[0]]
+    batcher.close()
+
+
+def test_on_idle_runs_when_the_queue_runs_dry_after_enough_work():
+    idle = threading.Event()
+    batcher = Batcher(ControlledForward(), on_idle=idle.set, idle_after_tokens=50)
+    batcher.submit([Item(1)]).result(5)
+    assert not idle.wait(0.2)  # 10 tokens: not worth it
+    batcher.submit([Item(i) for i in range(5)]).result(5)
+    assert idle.wait(5)
     batcher.close()

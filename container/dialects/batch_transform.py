@@ -34,11 +34,11 @@ import orjson
 from sagemaker_inference import content_types
 
 from container.dialects import Decoded, TypedRequest, TypedResult, fields
-from container.errors import BadRequest, SearchboxError
-from container.settings import Settings
+from container.errors import BadRequest, PayloadTooLarge, SearchboxError
+from container.settings import ENV_MAX_BATCH_ROWS, Settings
 from model_handlers.serving_config import ModelKind
 from model_handlers.types import (
-    EmbedInput, EmbedRequest, EmbedResult, ImageInput, RerankRequest, RerankResult, TextInput,
+    EmbeddingType, EmbedInput, EmbedRequest, EmbedResult, ImageInput, RerankRequest, RerankResult, TextInput,
 )
 
 CSV_TYPES = (content_types.CSV, "application/csv")
@@ -80,33 +80,41 @@ class Records:
     concurrent: bool = True
 
 
-def decode_csv(body: bytes, kind: ModelKind, max_inputs: int) -> Records:
-    """CSV rows for a model of `kind`; embedding rows go to the handler in requests of at most `max_inputs`."""
+def decode_csv(body: bytes, kind: ModelKind, max_inputs: int, max_rows: int) -> Records:
+    """CSV rows for a model of `kind`; embedding rows go to the handler in requests of at most `max_inputs`.
+
+    Raises:
+        BadRequest: a row does not parse (naming its line).
+        PayloadTooLarge: more than `max_rows` rows.
+    """
     text = _utf8(body)
     # The body is already bounded by the payload limit; csv's default 128 KiB field cap would
     # refuse a reranker row's long documents array.
     if csv.field_size_limit() < len(text):
         csv.field_size_limit(len(text))
-    rows = _csv_rows(text)
+    rows = _csv_rows(text, max_rows)
     if kind is ModelKind.RERANKER:
         return _rerank_records(rows)
     return _embed_records(rows, max_inputs)
 
 
-def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded]) -> Records:
-    """One JSON body a line, each decoded by the route's own `decode`; blank lines are skipped."""
+def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: int) -> Records:
+    """One JSON body a line, each decoded by the route's own `decode`; blank lines are skipped.
+
+    Raises:
+        BadRequest: a line does not parse (naming it).
+        PayloadTooLarge: more than `max_rows` lines.
+    """
     decoded: list[Decoded] = []
     origins: list[str] = []
     for number, line in enumerate(body.split(b"\n"), start=1):
         if not line.strip():
             continue
+        if len(decoded) >= max_rows:
+            raise _too_many_rows(max_rows, "lines")
         where = f"line {number}"
         try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"{where}: not valid JSON: {exc}", code="INVALID_JSON_LINE") from None
-        try:
-            decoded.append(decode(_line_body(value)))
+            decoded.append(fields.decode_body(lambda value: decode(_line_body(value)), line))
         except SearchboxError as exc:
             raise BadRequest(f"{where}: {exc.detail}", code="INVALID_JSON_LINE") from None
         origins.append(where)
@@ -140,7 +148,13 @@ def _utf8(body: bytes) -> str:
                          code="INVALID_CSV") from None
 
 
-def _csv_rows(text: str) -> list[_Row]:
+def _too_many_rows(max_rows: int, what: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body holds more than {max_rows} {what}, the cap on one batch body "
+                           f"({ENV_MAX_BATCH_ROWS}); send fewer per request (a smaller MaxPayloadInMB)",
+                           code="TOO_MANY_ROWS")
+
+
+def _csv_rows(text: str, max_rows: int) -> list[_Row]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=",", quotechar='"', doublequote=True,
                         escapechar="\\", strict=True)
     rows = []
@@ -153,6 +167,8 @@ def _csv_rows(text: str) -> list[_Row]:
         except csv.Error as exc:
             raise BadRequest(f"line {start}: not valid CSV ({exc}); {_QUOTING_HINT}", code="INVALID_CSV") from None
         if fields_ and not (len(fields_) == 1 and not fields_[0].strip()):
+            if len(rows) >= max_rows:
+                raise _too_many_rows(max_rows, "rows")
             rows.append(_Row(start, fields_))
         start = reader.line_num + 1
 
@@ -272,6 +288,36 @@ def _rerank_request(row: _Row) -> RerankRequest:
             raise _row_error(row, ModelKind.RERANKER, f"column 4 (top_n) must be a positive integer, got {raw!r}"[:200])
         top_n = int(raw)
     return RerankRequest(query=values[1], documents=tuple(texts), top_n=top_n)
+
+
+# Upper bounds of one rendered value: a float32 in JSON ("-0.012345678," or "1.2345678e-05,"), a packed
+# bit byte ("-128,"); and of what one answered input or document adds besides (id, usage, keys).
+_FLOAT_BYTES = 15
+_PACKED_BYTE_BYTES = 5
+_ITEM_OVERHEAD_BYTES = 128
+
+
+def estimated_response_bytes(requests: Sequence[TypedRequest], width: int | None) -> int:
+    """An upper bound of the answer's size, before any work: what the response cap is checked against.
+
+    `width` is the model's embedding width (None for rerankers, which make no vectors)."""
+    total = 0
+    for request in requests:
+        if isinstance(request, EmbedRequest):
+            dims = request.dimensions or width or 0
+            per_vector = 0
+            for kind in request.embedding_types:
+                if kind is EmbeddingType.FLOAT:
+                    per_vector += dims * _FLOAT_BYTES
+                elif kind is EmbeddingType.BASE64:
+                    per_vector += 4 * ((dims * 4 + 2) // 3) + 2
+                else:
+                    per_vector += ((dims + 7) // 8) * _PACKED_BYTE_BYTES
+            total += len(request.inputs) * (per_vector + _ITEM_OVERHEAD_BYTES)
+        else:
+            shown = sum(len(d) for d in request.documents) if request.return_documents else 0
+            total += 2 * shown + len(request.documents) * _ITEM_OVERHEAD_BYTES
+    return total
 
 
 _MIB = 1024 * 1024

@@ -2,13 +2,98 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import json
+import re
+from typing import Any, Callable, Mapping, TypeVar
 
-from container.errors import ValidationFailed
+import orjson
+
+from container.errors import BadRequest, ValidationFailed
 from model_handlers.types import EmbedInput, EmbedRequest, EmbeddingType, ImageInput, TextInput
 
 _IMAGE_KEYS = ("image", "url", "bytes")
 _TYPE_NAMES = ", ".join(t.value for t in EmbeddingType)
+_UTF8_BOM = b"\xef\xbb\xbf"
+# What a JSON integer or a numeric string is: ASCII digits (str.isdigit() also takes "²" and "①", which
+# int() refuses), at most 18 of them (every value an option can take, and no 4,300-digit int() refusal).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+# The largest integer orjson keeps as an int; beyond it, it reads a float and the id would come back rounded.
+_INT64_RANGE = (-(2**63), 2**64 - 1)
+
+T = TypeVar("T")
+
+
+class InexactNumber(Exception):
+    """An id arrived as a float from the fast parser, whose text may hold more digits than a float: the body
+    is decoded again by `decode_body` with every number exact. Never reaches a caller."""
+
+
+class _ExactFloat(float):
+    """A JSON number with the text it was written as, so an id is echoed exactly as sent."""
+
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> "_ExactFloat":
+        number = cls(text)
+        number.text = text
+        return number
+
+
+def loads(body: bytes, *, exact: bool = False) -> Any:
+    """A JSON body (a UTF-8 byte-order mark is allowed, as in CSV); `exact` keeps every number's precision.
+
+    Raises:
+        BadRequest: the body is not JSON.
+    """
+    body = body.removeprefix(_UTF8_BOM)
+    if not exact:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}", code="INVALID_JSON") from None
+    try:
+        return json.loads(body.decode("utf-8"), parse_float=_ExactFloat.parse)
+    except (ValueError, RecursionError) as exc:  # also int() of more than 4,300 digits
+        raise BadRequest(f"the body is not valid JSON: {exc}"[:300], code="INVALID_JSON") from None
+
+
+def decode_body(decode: Callable[[Any], T], body: bytes) -> T:
+    """`decode(loads(body))`, again with exact numbers when an id needs them (a rare, slower path)."""
+    try:
+        return decode(loads(body))
+    except InexactNumber:
+        return decode(loads(body, exact=True))
+
+
+def item_id(value: Any, field: str) -> Any:
+    """An input's id: a string or a number, rendered back exactly as sent; None when there is none.
+
+    Raises:
+        ValidationFailed: anything else (objects, arrays, booleans), before any work is done.
+        InexactNumber: a float from the fast parser (see `decode_body`).
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationFailed(f"`{field}` must be a string or a number, got {_json_type(value)}")
+    if isinstance(value, _ExactFloat):
+        return orjson.Fragment(value.text.encode())
+    if isinstance(value, float):
+        raise InexactNumber(field)
+    if not _INT64_RANGE[0] <= value <= _INT64_RANGE[1]:
+        return orjson.Fragment(str(value).encode())
+    return value
+
+
+def echoed(value: Mapping[str, Any], field: str) -> Mapping[str, Any]:
+    """A value the answer echoes back (SageMaker's `parameters`), refused now if it cannot be rendered
+    (nested too deep, integers beyond 64 bits): after the model ran would be too late."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise ValidationFailed(f"`{field}` cannot be echoed back: {exc}; send a flat object") from None
+    return value
 
 
 def mapping(value: Any, field: str) -> Mapping[str, Any]:
@@ -20,18 +105,18 @@ def mapping(value: Any, field: str) -> Mapping[str, Any]:
 
 
 def optional_int(value: Any, field: str) -> int | None:
-    """An int, or a numeric string ("1024"), as some clients send for `dimensions`."""
+    """An int, or a numeric string ("1024"), as some clients send for `dimensions`: ASCII digits only."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise ValidationFailed(f"`{field}` must be an integer, got a boolean")
-    if isinstance(value, int):
+    if isinstance(value, int) and abs(value) < 10**18:
         return value
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e18:
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value.strip())
-    raise ValidationFailed(f"`{field}` must be an integer, got {value!r}"[:200])
+    raise ValidationFailed(f"`{field}` must be an integer, got {_shown(value)}")
 
 
 def optional_bool(value: Any, field: str, default: bool) -> bool:
@@ -65,7 +150,7 @@ def embedding_types(value: Any, field: str) -> tuple[tuple[EmbeddingType, ...], 
         try:
             types.append(EmbeddingType(item))
         except ValueError:
-            raise ValidationFailed(f"`{field}` must be one of {_TYPE_NAMES} (or a list of them), got {item!r}"[:200]) from None
+            raise ValidationFailed(f"`{field}` must be one of {_TYPE_NAMES} (or a list of them), got {_shown(item)}") from None
     return tuple(dict.fromkeys(types)), as_list
 
 
@@ -113,6 +198,12 @@ def render_embedding(encoded: Mapping[EmbeddingType, Any], as_list: bool) -> Any
     if as_list:
         return {kind.value: value for kind, value in encoded.items()}
     return next(iter(encoded.values()))
+
+
+def _shown(value: Any) -> str:
+    """A caller's value in an error message, cut short: an error never echoes a whole input back."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _json_type(value: Any) -> str:

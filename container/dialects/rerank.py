@@ -41,7 +41,7 @@ def decode_sagemaker(body: Mapping[str, Any]) -> Decoded:
                 f"`data` holds {len(data)} rerank requests; send one per body: {_SAGEMAKER_SHAPE}")
         data = data[0]
     request = _request(fields.mapping(data, "data"), "data.", _SAGEMAKER_SHAPE)
-    parameters = dict(fields.mapping(body.get("parameters"), "parameters"))
+    parameters = dict(fields.echoed(fields.mapping(body.get("parameters"), "parameters"), "parameters"))
 
     def render(result: RerankResult) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from model_handlers.types import EmbedResult
 
 
 def decode(body: dict[str, Any]) -> Decoded:
-    params = fields.mapping(body.get("parameters"), "parameters")
+    params = fields.echoed(fields.mapping(body.get("parameters"), "parameters"), "parameters")
     data = body["data"]
     items = data if isinstance(data, list) else [data]
     if not isinstance(data, (list, dict)):
@@ -20,7 +20,7 @@ def decode(body: dict[str, Any]) -> Decoded:
     inputs, ids = [], []
     for index, item in enumerate(items):
         inputs.append(fields.embed_input(item, f"data[{index}]"))
-        given = item.get("id") if isinstance(item, dict) else None
+        given = fields.item_id(item.get("id"), f"data[{index}].id") if isinstance(item, dict) else None
         ids.append(given if given is not None else uuid.uuid4().hex)
     request, types_as_list = fields.embed_request(tuple(inputs), params, prefix="parameters.")
 
