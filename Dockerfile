@@ -71,6 +71,14 @@ RUN rm -f /model/.searchbox-no-model
 
 # ---- runtime -------------------------------------------------------------------------------------
 FROM python AS runtime
+# nginx in front of gunicorn (container/proxy.py): it reads every request whole before a worker thread
+# sees it, so slow or stalled clients cannot starve the server, and answers /ping without Python.
+# DL3008 (pin apt versions): the base image's distribution release pins nginx, as it pins python3.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="searchbox" \
       org.opencontainers.image.description="Embedding models and rerankers on SageMaker and Azure ML" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true

@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 LOCK := requirements.lock
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: venv lock serve test container-test lint-docker clean
+.PHONY: venv lock nginx serve test container-test lint-docker clean
 
 venv: $(VENV)/.installed
 
@@ -23,10 +23,18 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 lock:
 	$(PYTHON) docker/lock_requirements.py --torch '$(TORCH_SPEC)' $(if $(UPGRADE),--upgrade)
 
-serve: venv
+# serve runs nginx in front of gunicorn (container/proxy.py); installed from the distribution when missing.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing nginx (apt-get)"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null; \
+	  else echo "serve needs nginx: install it (sudo apt-get install nginx, brew install nginx)" >&2; exit 1; fi; }
+
+serve: venv nginx
 	$(BIN)/serve
 
-test: venv
+test: venv nginx
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory container-test
 

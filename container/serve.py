@@ -1,9 +1,9 @@
-"""`serve`: the entry point SageMaker runs. Reads settings once, checks the model, starts gunicorn.
+"""`serve`: the entry point SageMaker runs. Reads settings once, checks the model, starts the server.
 
-One gunicorn worker holds the one copy of the weights; its threads accept requests and the
-handler's batcher gathers their inputs. The master imports no torch: the app (and the model) load
-in the worker after fork. Everything that must happen once per server rather than once per worker
-(the port check, unpacking a model archive) happens here in the master, before gunicorn starts.
+The server is nginx in front of gunicorn with one worker holding the one copy of the weights
+(container/server.py, container/proxy.py). Everything that must happen once per server rather than once
+per worker (the port check, unpacking a model archive, nginx's configuration) happens here, before
+gunicorn starts.
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from gunicorn.app.base import BaseApplication
-
-from container.settings import ENV_PORT, Settings, SettingsError, apply_library_environment, describe_environment
+from container.proxy import Proxy, ProxyPaths, find_nginx
+from container.settings import (
+    ENV_NGINX, ENV_PORT, Settings, SettingsError, apply_library_environment, describe_environment,
+)
 from model_handlers import read_serving_config
 from model_handlers.errors import ModelDirectoryError
 
 logger = logging.getLogger("searchbox")
 
-# gunicorn halts the whole server when a worker exits with this code, instead of respawning it.
-_WORKER_BOOT_ERROR = 3
 _HOST = "0.0.0.0"
 #: model archives `serve` unpacks itself, as SageMaker unpacks model.tar.gz into /opt/ml/model
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -47,44 +46,6 @@ GET /execution-parameters, POST /v1/embeddings, POST /v1/rerank. Every other arg
 
 Environment (read once at start):
 """
-
-
-class SearchboxServer(BaseApplication):
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self._runtime = None  # set in the worker by load()
-        super().__init__()
-
-    def load_config(self) -> None:
-        s = self.settings
-        for key, value in {
-            "bind": [f"{_HOST}:{s.port}"],
-            "workers": 1,
-            "worker_class": "gthread",
-            "threads": s.threads,
-            # the worker's main loop keeps its heartbeat while the model loads on a thread
-            "timeout": 120,
-            "graceful_timeout": s.graceful_timeout_s,
-            # longer than the load balancers' idle timeout, so they never see a closed connection
-            "keepalive": 75,
-            "backlog": 2048,
-            "loglevel": s.log_level.lower(),
-            "errorlog": "-",
-            "accesslog": "-" if s.log_level == "DEBUG" else None,
-            "proc_name": "searchbox",
-            "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
-            # runs in the worker after its last request: let a running forward pass finish before
-            # the interpreter tears down under it (libgomp aborts with SIGABRT otherwise)
-            "worker_exit": lambda server, worker: self._runtime and self._runtime.close(),
-        }.items():
-            self.cfg.set(key, value)
-
-    def load(self):
-        from container.app import create_app
-        from container.runtime import ModelRuntime
-
-        self._runtime = ModelRuntime(self.settings, on_load_failure=lambda exc: os._exit(_WORKER_BOOT_ERROR))
-        return create_app(self.settings, self._runtime.start())
 
 
 def usage() -> str:
@@ -124,9 +85,35 @@ def main(argv: list[str] | None = None) -> int:
         except ModelDirectoryError as exc:
             logger.error("cannot serve %s: %s", given, exc.detail)
             return 1
+        nginx = find_nginx(settings.nginx)
+        if nginx is None:
+            logger.error("nginx is needed in front of gunicorn and was not found: install it (apt-get install "
+                         "nginx-light) or set %s to its path", ENV_NGINX)
+            return 1
+        # the unix socket, nginx's files and the ready file: private to this server, removed at exit
+        paths = ProxyPaths(Path(cleanup.enter_context(_private_directory("searchbox-run-"))))
+        proxy = Proxy(nginx, settings, paths)
+        problem = proxy.check()
+        if problem:
+            logger.error("nginx refuses its configuration: %s", problem)
+            return 1
         logger.info("serving %s model %s on port %d", config.kind.value, config.served_model_name, settings.port)
-        SearchboxServer(settings).run()
+        from container.server import SearchboxServer  # gunicorn's arbiter, only once everything checked out
+
+        SearchboxServer(settings, proxy, paths).run()
     return 0
+
+
+@contextlib.contextmanager
+def _private_directory(prefix: str) -> Iterator[str]:
+    """A 0700 temporary directory, removed by the process that made it (not by a forked worker)."""
+    owner = os.getpid()
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        if os.getpid() == owner:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def port_problem(port: int) -> str | None:
@@ -161,10 +148,10 @@ def served_model(settings: Settings) -> Iterator[Settings]:
     if not (archive.is_file() and archive.name.endswith(ARCHIVE_SUFFIXES)):
         yield settings
         return
-    owner = os.getpid()
-    scratch = Path(tempfile.mkdtemp(prefix="searchbox-model-"))  # mode 0700: only this user reads the weights
-    try:
-        target = scratch / "model"
+    # mode 0700: only this user reads the weights; a respawned worker still needs them, so only the master
+    # that unpacked them removes them
+    with _private_directory("searchbox-model-") as scratch:
+        target = Path(scratch) / "model"
         started = time.monotonic()
         files = _unpack(archive, target)
         _refuse_nested_model(target)
@@ -173,11 +160,6 @@ def served_model(settings: Settings) -> Iterator[Settings]:
                     time.monotonic() - started)
         yield dataclasses.replace(settings, model_dir=target,
                                   model_source=f"{settings.model_source}, unpacked from {archive}")
-    finally:
-        # gunicorn forks the worker inside run(), so a worker's exit unwinds this same stack: only the
-        # master that unpacked the model removes it (a respawned worker still needs it)
-        if os.getpid() == owner:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _unpack(archive: Path, target: Path) -> int:

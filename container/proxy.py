@@ -1,0 +1,254 @@
+"""nginx in front of gunicorn: the part of the server that talks to the network.
+
+Why: a gunicorn thread reads its request itself, so 64 clients that send one byte and stall hold all 64
+threads, and the model's endpoint goes dark (SageMaker replaces an instance whose `/ping` misses 2 s).
+nginx reads every request whole — with header and body timeouts, the body limit enforced however the body
+is framed (Content-Length or chunked) — before it hands it to gunicorn over a private unix socket, and
+buffers the answer, so a slow reader never holds a thread either. This is the topology of AWS's own
+bring-your-own-container examples.
+
+What nginx answers itself, never waiting on Python:
+- `GET /ping`: 200 while the worker's ready file exists (written after the warm-up, removed when the worker
+  drains or dies), 503 otherwise;
+- the errors it makes (a body over the limit, a malformed request, too long a URL or headers, the server at
+  its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`.
+
+Every request gets `X-Request-Id` from nginx's `$request_id`; the app answers with the same id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from container.settings import Settings
+
+# The unix socket gunicorn listens on, the ready file and nginx's own files, inside the private run directory.
+SOCKET_NAME = "gunicorn.sock"
+READY_NAME = "ready"
+CONF_NAME = "nginx.conf"
+_PR_SET_PDEATHSIG = 1
+# Worker threads kept free of inference for the routes that must answer at any load.
+RESERVED_THREADS = 4
+
+# where nginx's own error answers live (internal locations: a client cannot ask for them)
+_ERROR_PREFIX = "/_searchbox/error/"
+# status -> (code, detail) of the errors nginx makes; `$request_id` is filled by nginx.
+_ERRORS = {
+    400: ("BAD_REQUEST", "the request is malformed (request line, headers or chunked framing); send valid HTTP/1.1"),
+    404: ("NOT_FOUND", "no such route; POST /invocations, /v1/embeddings or /v1/rerank, GET /ping"),
+    405: ("METHOD_NOT_ALLOWED", "this method is not allowed here"),
+    408: ("REQUEST_TIMEOUT", "the request was not received in time; send the whole request without pausing"),
+    411: ("LENGTH_REQUIRED", "send Content-Length or a chunked body"),
+    413: ("PAYLOAD_TOO_LARGE", "the body is larger than the {limit} limit; send fewer or shorter inputs per request"),
+    414: ("URI_TOO_LONG", "the URL is too long; put inputs in the body"),
+    417: ("EXPECTATION_FAILED", "only `Expect: 100-continue` is supported"),
+    431: ("HEADERS_TOO_LARGE", "the request headers are too large"),
+    500: ("INTERNAL_ERROR", "internal error in the HTTP front; quote the request_id when reporting it"),
+    501: ("NOT_IMPLEMENTED", "this transfer encoding or method is not supported; send the body plainly or chunked"),
+    503: ("OVERLOADED", "the server is at its concurrency limit or restarting; retry shortly"),
+}
+
+
+@dataclass(frozen=True)
+class ProxyPaths:
+    run_dir: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / SOCKET_NAME
+
+    @property
+    def ready_file(self) -> Path:
+        return self.run_dir / READY_NAME
+
+    @property
+    def conf(self) -> Path:
+        return self.run_dir / CONF_NAME
+
+
+def find_nginx(configured: str | None) -> str | None:
+    """The nginx binary: the configured path, else nginx on PATH, else Debian's /usr/sbin/nginx."""
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+
+def inference_connections(settings: Settings) -> int:
+    return max(1, settings.threads - RESERVED_THREADS)
+
+
+def render_conf(settings: Settings, paths: ProxyPaths) -> str:
+    """The whole nginx.conf for this server's settings."""
+    run = paths.run_dir
+    hard_files = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    files = 65536 if hard_files == resource.RLIM_INFINITY else min(hard_files, 65536)
+    connections = max(512, min(16384, files // 2 - 64))
+    limit_mb = settings.max_payload_bytes / (1024 * 1024)
+    # nginx waits for gunicorn's answer as long as the longest request may take, and a little more:
+    # the app answers its own deadlines with a 503 itself.
+    read_timeout = int(max(settings.request_timeout_s, settings.batch_timeout_s)) + 30
+    user = "user root root;" if os.geteuid() == 0 else ""
+    error_locations = "\n".join(_error_location(status, code, detail.format(limit=f"{limit_mb:g} MiB"))
+                                for status, (code, detail) in _ERRORS.items())
+    # URI error pages, not named locations: nginx cannot redirect a request whose request line it could
+    # not parse (400, 414) to a named location
+    error_pages = "\n".join(f"        error_page {status} {_ERROR_PREFIX}{status};" for status in _ERRORS if status != 503)
+    return f"""\
+# written by container/proxy.py at start; edit that, not this
+worker_processes 1;
+daemon off;
+pid {run}/nginx.pid;
+error_log stderr warn;
+worker_rlimit_nofile {files};
+{user}
+
+events {{
+    worker_connections {connections};
+}}
+
+http {{
+    access_log off;
+    server_tokens off;
+    client_body_temp_path {run}/client_body;
+    proxy_temp_path {run}/proxy;
+    fastcgi_temp_path {run}/fastcgi;
+    uwsgi_temp_path {run}/uwsgi;
+    scgi_temp_path {run}/scgi;
+
+    # a client must send its headers within 10 s and keep its body moving (each read within 20 s);
+    # a request waits in nginx, never in a gunicorn thread, until it is whole
+    client_header_timeout 10s;
+    client_body_timeout 20s;
+    send_timeout 60s;
+    keepalive_timeout 75s;
+    reset_timedout_connection on;
+    client_max_body_size {settings.max_payload_bytes};
+    client_body_buffer_size 1m;
+    large_client_header_buffers 4 16k;
+
+    proxy_request_buffering on;
+    proxy_buffering on;
+    proxy_buffer_size 64k;
+    proxy_buffers 64 64k;
+    proxy_busy_buffers_size 128k;
+    proxy_max_temp_file_size {max(1024, int(settings.max_response_bytes / (1024 * 1024)) + 64)}m;
+    proxy_connect_timeout 5s;
+    proxy_send_timeout 60s;
+    proxy_read_timeout {read_timeout}s;
+    proxy_set_header Host $host;
+    proxy_set_header X-Request-Id $request_id;
+    proxy_set_header X-Forwarded-For $remote_addr;
+
+    upstream inference {{
+        zone inference 64k;
+        # past this many requests in gunicorn, nginx answers 503 at once: the threads left over keep
+        # answering the routes that must never wait
+        server unix:{paths.socket} max_conns={inference_connections(settings)};
+    }}
+    upstream control {{
+        server unix:{paths.socket};
+    }}
+
+    server {{
+        listen {settings.port} backlog=4096 default_server;
+{error_pages}
+        error_page 494 =431 {_ERROR_PREFIX}431;
+        error_page 502 503 504 =503 {_ERROR_PREFIX}503;
+
+        location = /ping {{
+            default_type application/json;
+            add_header X-Request-Id $request_id always;
+            if (!-f {paths.ready_file}) {{
+                add_header X-Request-Id $request_id always;
+                add_header Retry-After 2 always;
+                return 503 '{{"detail":"the model is loading (or the server is stopping); retry in a few seconds",\
+"code":"MODEL_LOADING","request_id":"$request_id"}}';
+            }}
+            return 200 '{{"status":"healthy"}}';
+        }}
+        location = /execution-parameters {{
+            proxy_pass http://control;
+        }}
+        location / {{
+            proxy_pass http://inference;
+        }}
+{error_locations}
+    }}
+}}
+"""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: nginx then outlives a killed master, as any child would
+
+
+def _error_location(status: int, code: str, detail: str) -> str:
+    if "'" in detail or '"' in detail or "\\" in detail:
+        raise ValueError(f"the {status} detail must hold no quotes or backslashes; this is a bug")
+    retry = "            add_header Retry-After 1 always;\n" if status == 503 else ""
+    body = f'{{"detail":"{detail}","code":"{code}","request_id":"$request_id"}}'
+    return (f"        location = {_ERROR_PREFIX}{status} {{\n"
+            f"            internal;\n"
+            f"            default_type application/json;\n"
+            f"            add_header X-Request-Id $request_id always;\n{retry}"
+            f"            return {status} '{body}';\n"
+            f"        }}")
+
+
+class Proxy:
+    """The nginx process in front of gunicorn: started by the gunicorn master, stopped before it."""
+
+    def __init__(self, binary: str, settings: Settings, paths: ProxyPaths):
+        self._binary = binary
+        self._settings = settings
+        self._paths = paths
+        self._process: subprocess.Popen | None = None
+
+    def check(self) -> str | None:
+        """Write the configuration and let nginx test it; the error when it refuses, else None."""
+        self._paths.conf.write_text(render_conf(self._settings, self._paths))
+        result = subprocess.run(self._command("-t", "-q"), capture_output=True, text=True)
+        return None if result.returncode == 0 else (result.stderr.strip() or f"nginx -t exited {result.returncode}")
+
+    def start(self) -> None:
+        # Its own session: a signal to the terminal's or the test's process group (Ctrl-C, killpg) reaches the
+        # master, which stops nginx in order, instead of nginx dropping the requests in flight. Should the
+        # master die without that (SIGKILL), the kernel sends nginx SIGTERM (PR_SET_PDEATHSIG).
+        self._process = subprocess.Popen(self._command(), start_new_session=True, preexec_fn=_die_with_parent)
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self._process
+
+    def stop_accepting(self) -> None:
+        """nginx's graceful quit: close the port now, finish the requests in flight, then exit."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGQUIT)
+
+    def wait(self, timeout: float) -> None:
+        if self._process is None:
+            return
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.terminate()
+            try:
+                self._process.wait(2)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def _command(self, *extra: str) -> list[str]:
+        return [self._binary, "-p", str(self._paths.run_dir), "-c", str(self._paths.conf), "-e", "stderr", *extra]

@@ -1,0 +1,162 @@
+"""The process tree `serve` runs: nginx on the port, the gunicorn master, one gunicorn worker with the model.
+
+    nginx (port 8080)  --unix socket-->  gunicorn master  --fork-->  worker: Flask app + model + batcher
+
+The master imports no torch: the app (and the model) load in the worker after fork. nginx is started by
+the master once its socket listens and stopped after the worker; if nginx dies, the master stops too (an
+endpoint that no longer listens must not look alive).
+
+Shutdown (SIGTERM from SageMaker, Kubernetes, `docker stop`): nginx quits gracefully (its port closes at
+once, requests in flight go on); the worker drains (the ready file goes, so `/ping` says 503; work still
+queued is answered 503 with Retry-After at once; running work gets `graceful_timeout_s`); then everything
+exits, within SageMaker's and Kubernetes' 30 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import uuid
+
+import orjson
+from gunicorn import util
+from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import ThreadWorker
+
+from container.proxy import Proxy, ProxyPaths
+from container.settings import Settings
+
+logger = logging.getLogger("searchbox")
+
+# gunicorn halts the whole server when a worker exits with this code, instead of respawning it.
+WORKER_BOOT_ERROR = 3
+# after the worker is gone, how long nginx gets to hand the last answers on before it is killed
+_PROXY_EXIT_S = 5.0
+
+
+class SearchboxServer(BaseApplication):
+    def __init__(self, settings: Settings, proxy: Proxy, paths: ProxyPaths):
+        self.settings = settings
+        self.proxy = proxy
+        self.paths = paths
+        self.runtime = None  # set in the worker by load()
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        for key, value in {
+            "bind": [f"unix:{self.paths.socket}"],
+            "workers": 1,
+            "worker_class": SearchboxWorker,
+            "threads": s.threads,
+            # the worker's main loop keeps its heartbeat while the model loads on a thread
+            "timeout": 120,
+            # the worker's own bound; it drains well before: queued work at once, running work in graceful_timeout_s
+            "graceful_timeout": int(s.graceful_timeout_s) + 5,
+            "keepalive": 5,
+            "backlog": 2048,
+            "loglevel": s.log_level.lower(),
+            "errorlog": "-",
+            "accesslog": "-" if s.log_level == "DEBUG" else None,
+            "proc_name": "searchbox",
+            "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
+            # no management socket in $HOME: nothing but nginx talks to this server
+            "control_socket_disable": True,
+            # a worker that died (killed, crashed) is not ready, whatever its file said
+            "child_exit": lambda server, worker: self.paths.ready_file.unlink(missing_ok=True),
+            # runs in the worker after its last request: let a running forward pass finish before
+            # the interpreter tears down under it (libgomp aborts with SIGABRT otherwise)
+            "worker_exit": lambda server, worker: self.runtime and self.runtime.close(),
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from container.app import create_app
+        from container.runtime import ModelRuntime
+
+        self.runtime = ModelRuntime(self.settings, on_load_failure=lambda exc: os._exit(WORKER_BOOT_ERROR),
+                                    ready_file=self.paths.ready_file)
+        return create_app(self.settings, self.runtime.start())
+
+    def run(self) -> None:
+        SearchboxArbiter(self).run()
+
+
+class SearchboxArbiter(Arbiter):
+    """gunicorn's master, with nginx started beside it and stopped before its workers."""
+
+    def start(self) -> None:
+        super().start()
+        self.app.proxy.start()
+        threading.Thread(target=self._watch_proxy, name="proxy-watch", daemon=True).start()
+        logger.info("nginx listens on port %d in front of gunicorn", self.app.settings.port)
+
+    def stop(self, graceful: bool = True) -> None:
+        self.app.proxy.stop_accepting()
+        super().stop(graceful)
+        self.app.proxy.wait(_PROXY_EXIT_S)
+
+    def _watch_proxy(self) -> None:
+        process = self.app.proxy.process
+        code = process.wait()
+        if self.LISTENERS:  # not our own stop: nginx died under a running server
+            logger.error("nginx exited with %s; stopping the server", code)
+            os.kill(self.pid, signal.SIGTERM)
+
+
+class SearchboxWorker(ThreadWorker):
+    """gunicorn's gthread worker, with SIGTERM draining the model's queue, and its own errors in the contract's JSON."""
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        signal.signal(signal.SIGTERM, self._drain_and_exit)
+        signal.siginterrupt(signal.SIGTERM, False)
+
+    def _drain_and_exit(self, signum, frame) -> None:
+        runtime = self.app.runtime
+        if runtime is not None:
+            runtime.drain()
+        self.handle_exit(signum, frame)
+
+    def handle_error(self, req, client, addr, exc) -> None:
+        """gunicorn's classification and logging, then the contract's JSON instead of its HTML page."""
+        page = _CapturedResponse()
+        super().handle_error(req, page, addr, exc)
+        status, _, reason = page.status_line().partition(" ")
+        body = orjson.dumps({"detail": f"{reason}: {exc}"[:300] if status.startswith("4") else
+                             "internal error; quote the request_id when reporting it",
+                             "code": reason.upper().replace(" ", "_") or "BAD_REQUEST",
+                             "request_id": uuid.uuid4().hex})
+        head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+        try:
+            util.write_nonblock(client, head + body)
+        except OSError:
+            logger.debug("could not send an error answer")
+
+
+class _CapturedResponse:
+    """Stands in for the client socket while gunicorn writes its HTML error page, to read its status line."""
+
+    def __init__(self) -> None:
+        self._data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        self._data += data
+
+    def send(self, data: bytes) -> int:
+        self._data += data
+        return len(data)
+
+    def status_line(self) -> str:
+        first = self._data.split(b"\r\n", 1)[0].decode("latin-1")
+        return first.partition(" ")[2] or "500 Internal Server Error"
