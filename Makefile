@@ -48,9 +48,13 @@ lint-docker: venv
 
 # Side by side against the in-process limit and infinity-emb (not part of `make test`): prints a
 # Markdown table and writes bench/results.md; installs the peer into bench/.peer-venv on first use.
-.PHONY: bench
-bench: venv
+.PHONY: bench soak
+bench: venv nginx
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Hostile and heavy traffic against a real serve, as a table (bench/soak.py; under 15 minutes).
+soak: venv nginx
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -42,7 +42,7 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     dispatcher = Dispatcher(settings, runtime)
 
     def invoke(decode: Callable[[Any], Decoded], records: bool = False) -> Response:
-        runtime.handler  # 503 at once while loading or draining, before the body is read
+        dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
         body = read_body(settings.max_payload_bytes)
         return reply_response(dispatcher.answer(decode, body, request.mimetype, records=records,
                                                 abandoned=client_gone(request.environ.get("gunicorn.socket"))))

@@ -26,11 +26,14 @@ from container.runtime import ModelRuntime
 from container.settings import ENV_MAX_RESPONSE_MB, Settings
 from model_handlers.deadline import Deadline
 from model_handlers.errors import HandlerError
+from model_handlers.memory import release_free_memory
 from model_handlers.serving_config import ModelKind
 from model_handlers.types import EmbedRequest
 
 JSON = content_types.JSON
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# After a body this large, what parsing and tokenizing it took is handed back to the system.
+_LARGE_BODY = 1024 * 1024
 # Records of one batch body run concurrently so that the handler's batcher can pack them together.
 _RECORD_THREADS = 8
 
@@ -78,6 +81,14 @@ class Dispatcher:
         Raises:
             SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either.
         """
+        try:
+            return self._answer(decode, body, media_type, records, abandoned)
+        finally:
+            if len(body) > _LARGE_BODY:
+                release_free_memory()
+
+    def _answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, records: bool,
+                abandoned: Callable[[], bool] | None) -> Reply:
         received = time.monotonic()
         settings = self._settings
         if len(body) > settings.max_payload_bytes:
@@ -105,6 +116,17 @@ class Dispatcher:
         at = received + settings.timeout_s(batch_body)
         deadline = Deadline(at) if abandoned is None else Deadline(at, abandoned)
         return Reply(200, job.render(self._run(job, deadline)), job.content_type)
+
+    def admit(self, media_type: str | None, *, records: bool = False) -> None:
+        """Refuse at once, before the body is even read, when the work queued ahead would outlast this request.
+
+        A flood of requests that cannot be served then costs no parsing or tokenizing either.
+
+        Raises:
+            SearchboxError, HandlerError: loading, draining (503), or overloaded (503 with Retry-After).
+        """
+        batch_body = records and (media_type or "").lower() in _RECORD_DECODERS
+        self._runtime.handler.admit(Deadline.after(self._settings.timeout_s(batch_body)))
 
     def reply(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, request_id: str, *,
               records: bool = False) -> Reply:

@@ -28,6 +28,7 @@ from gunicorn.workers.gthread import ThreadWorker
 
 from container.proxy import Proxy, ProxyPaths
 from container.settings import Settings
+from model_handlers.memory import limit_arenas
 
 logger = logging.getLogger("searchbox")
 
@@ -109,6 +110,10 @@ class SearchboxArbiter(Arbiter):
 
 class SearchboxWorker(ThreadWorker):
     """gunicorn's gthread worker, with SIGTERM draining the model's queue, and its own errors in the contract's JSON."""
+
+    def init_process(self) -> None:
+        limit_arenas()  # before the model loads: see model_handlers/memory.py
+        super().init_process()
 
     def init_signals(self) -> None:
         super().init_signals()

@@ -209,6 +209,21 @@ class Batcher(Generic[ItemT, OutT]):
             raise Overloaded("the model did not answer in time; retry with fewer inputs",
                              retry_after_s=self._retry_after()) from None
 
+    def admit(self, deadline: Deadline) -> None:
+        """Refuse at once when the work already queued would outlast `deadline`: called before a request is
+        tokenized, so that a flood of requests that cannot be served costs no tokenizing either.
+
+        Raises:
+            Overloaded: with the seconds until the backlog clears.
+        """
+        with self._cond:
+            if self._draining or self._closed:
+                raise Overloaded("the server is shutting down; retry on another instance", retry_after_s=1)
+            ahead = self.cost.seconds(self._backlog)
+            if ahead > deadline.left():
+                raise Overloaded(f"the server is busy: the work queued ahead needs about {ahead:.0f} s, more than "
+                                 "this request may wait; retry later", retry_after_s=self._retry_after_locked())
+
     def drain(self, grace_s: float) -> None:
         """Stop taking work: queued callers get Overloaded now, running ones have `grace_s` left to finish."""
         with self._cond:

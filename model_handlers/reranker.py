@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from model_handlers.batching import Batcher
 from model_handlers.deadline import Deadline
+from model_handlers.memory import release_free_memory
 from model_handlers.errors import InvalidInput, ModelDirectoryError, TooLarge
 from model_handlers.options import HandlerOptions
 from model_handlers.serving_config import ModelKind, ServingConfig
@@ -130,6 +131,7 @@ class CrossEncoderHandler:
             max_batch_tokens=options.resolved_max_batch_tokens(device),
             max_batch_items=options.max_batch_items,
             name="rerank-batcher",
+            on_idle=release_free_memory,
         )
 
     def _default_max_length(self, tokenizer) -> int:
@@ -149,8 +151,10 @@ class CrossEncoderHandler:
             code="UNSUPPORTED_OPERATION")
 
     def rerank(self, request: RerankRequest, deadline: Deadline | None = None) -> RerankResult:
+        deadline = deadline or self._options.deadline()
+        self._batcher.admit(deadline)
         query, pairs, owners, doc_tokens = self._prepare(request)
-        scores = self._batcher.run(pairs, deadline or self._options.deadline())
+        scores = self._batcher.run(pairs, deadline)
         best = [float("-inf")] * len(request.documents)
         for owner, score in zip(owners, scores):
             best[owner] = max(best[owner], score)
@@ -172,6 +176,10 @@ class CrossEncoderHandler:
                                                    np.repeat(filler, content - content // 2)))
 
         self._batcher.calibrate(pair, self.max_length)
+
+    def admit(self, deadline: Deadline) -> None:
+        """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
+        self._batcher.admit(deadline)
 
     def drain(self, grace_s: float) -> None:
         self._batcher.drain(grace_s)

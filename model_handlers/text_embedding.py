@@ -20,6 +20,7 @@ from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
 from model_handlers.batching import Batcher
 from model_handlers.deadline import Deadline
+from model_handlers.memory import release_free_memory
 from model_handlers.encodings import encode_embedding
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.options import HandlerOptions
@@ -89,6 +90,7 @@ class TextEmbeddingHandler:
             max_batch_tokens=options.resolved_max_batch_tokens(self._device),
             max_batch_items=options.max_batch_items,
             name="embedding-batcher",
+            on_idle=release_free_memory,
         )
 
     @property
@@ -96,8 +98,10 @@ class TextEmbeddingHandler:
         return self._batcher.passes
 
     def embed(self, request: EmbedRequest, deadline: Deadline | None = None) -> EmbedResult:
+        deadline = deadline or self._options.deadline()
+        self._batcher.admit(deadline)
         prepared = self._prepare(request)
-        outputs = self._batcher.run(prepared.sequences, deadline or self._options.deadline())
+        outputs = self._batcher.run(prepared.sequences, deadline)
         rows = [row for output in outputs for row in output]
         return self._finish(request, rows, prepared.token_counts)
 
@@ -111,6 +115,8 @@ class TextEmbeddingHandler:
 
         if not request.documents:
             return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=self.model_name)
+        deadline = deadline or self._options.deadline()
+        self._batcher.admit(deadline)
         query = self._prepare_each([request.query], self.config.task_spec("retrieval.query"), truncate=True)
         spec = self.config.task_spec("retrieval.passage")
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
@@ -125,7 +131,7 @@ class TextEmbeddingHandler:
             owners.extend([index] * len(pieces))
             doc_tokens.append(sum(p.length for p in pieces))
             check_window_count(len(windows), self._options.max_rerank_windows)
-        outputs = self._batcher.run(query.sequences + windows, deadline or self._options.deadline())
+        outputs = self._batcher.run(query.sequences + windows, deadline)
         vectors = np.stack([output[0] for output in outputs]).astype(np.float64)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         best = [float("-inf")] * len(request.documents)
@@ -140,6 +146,10 @@ class TextEmbeddingHandler:
         self._batcher.calibrate(lambda length: _Sequence(
             self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
             ("each", None, 0)), self.max_length)
+
+    def admit(self, deadline: Deadline) -> None:
+        """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
+        self._batcher.admit(deadline)
 
     def drain(self, grace_s: float) -> None:
         self._batcher.drain(grace_s)

@@ -119,3 +119,25 @@ def reference_model(minilm_dir):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(minilm_dir), device="cpu", local_files_only=True)
+
+
+@pytest.fixture(scope="session")
+def runtime():
+    """The embedded model loaded once, in this process, as the worker loads it (warm-up included)."""
+    from container.runtime import ModelRuntime
+    from container.settings import Settings
+
+    loaded = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(embedded_model_dir())})).start()
+    assert loaded.wait_ready(START_TIMEOUT_S), loaded.load_error
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="session")
+def client(runtime):
+    """Flask's test client on `create_app` with the real model: dialect and error tables without a server start."""
+    from container.app import create_app
+    from container.settings import Settings
+
+    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(embedded_model_dir())})
+    return create_app(settings, runtime).test_client()

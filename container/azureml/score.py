@@ -24,6 +24,7 @@ from container.dispatch import Dispatcher, Reply, error_reply, internal_error
 from container.errors import MethodNotAllowed
 from container.runtime import ModelRuntime
 from container.settings import Settings, apply_library_environment
+from model_handlers.memory import limit_arenas
 
 logger = logging.getLogger("searchbox.azureml")
 
@@ -36,6 +37,7 @@ def init() -> None:
     """Load the model once for this worker, warm it up, and return only when it can answer."""
     global _dispatcher
     apply_library_environment()  # before the model loads torch: the same process defaults as `serve`
+    limit_arenas()
     settings = Settings.from_env()
     _log_to_stderr(settings.log_level)
     logger.info("model: %s (%s)", settings.model_dir, settings.model_source)
