@@ -19,9 +19,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from container import dialects
 from container.dialects import Decoded, public, rerank as rerank_dialect
-from container.dialects.batch_transform import execution_parameters
-from container.errors import BadRequest, MethodNotAllowed, NotFound, SearchboxError, from_handler_error
-from container.dispatch import JSON, Dispatcher, Reply, error_reply, internal_error, on_gpu, payload_too_large
+from container.dialects import JSON
+from container.dispatch import Dispatcher
+from container.errors import (
+    BadRequest, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
+    payload_too_large,
+)
+from container.execution_parameters import execution_parameters
 from container.runtime import ModelRuntime
 from container.settings import Settings
 from model_handlers.errors import HandlerError
@@ -71,7 +75,7 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
 
     @app.get("/execution-parameters")
     def batch_execution_parameters() -> Response:
-        return json_response(execution_parameters(settings, on_gpu(settings)))
+        return json_response(execution_parameters(settings, settings.expects_gpu()))
 
     @app.post("/v1/embeddings")
     def embeddings() -> Response:

@@ -2,7 +2,7 @@
 
 The Flask routes (SageMaker, Azure ML custom container) and azmlinfsrv's `score.py` both answer
 through `Dispatcher`, so one request gets byte-identical bodies whichever way the image is deployed.
-Error rendering lives here too, for the same reason.
+It is also the one place where a request the served kind does not answer is refused.
 """
 
 from __future__ import annotations
@@ -10,40 +10,41 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import orjson
-from sagemaker_inference import content_types
 
-from container.dialects import Decoded, TypedRequest, TypedResult, batch_transform, fields
-from container.dialects.batch_transform import Records
+from container.dialects import JSON, Decoded, Records, TypedRequest, TypedResult, batch_transform, fields
 from container.errors import (
-    BadRequest, PayloadTooLarge, SearchboxError, UnsupportedMediaType, error_body, from_handler_error,
+    BadRequest, PayloadTooLarge, Reply, SearchboxError, UnsupportedMediaType, error_reply, from_handler_error,
+    payload_too_large,
 )
 from container.runtime import ModelRuntime
 from container.settings import ENV_MAX_RESPONSE_MB, Settings
 from model_handlers.deadline import Deadline
 from model_handlers.errors import HandlerError
+from model_handlers.kinds import Kind
 from model_handlers.memory import release_free_memory
-from model_handlers.serving_config import ModelKind
-from model_handlers.types import EmbedRequest
+from model_handlers.types import EmbedRequest, Operation
 
-JSON = content_types.JSON
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 # After a body this large, what parsing and tokenizing it took is handed back to the system.
 _LARGE_BODY = 1024 * 1024
-# Records of one batch body run concurrently so that the handler's batcher can pack them together.
+# Records of one batch body run concurrently so that the model's batcher can pack them together.
 _RECORD_THREADS = 8
+# What to send for each operation, for the refusal of one the served kind does not answer.
+_OPERATION_BODIES = {
+    Operation.EMBED: 'embeddings: {"input": ["..."]} to /v1/embeddings, or {"data": [{"text": "..."}]} to /invocations',
+    Operation.RERANK: 'rerank: {"query": "...", "documents": ["..."]} to /v1/rerank, or '
+                      '{"data": {"query": "...", "documents": ["..."]}} to /invocations',
+}
 
 
-
-def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, settings: Settings) -> Records:
+def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:
     return batch_transform.decode_csv(body, kind, settings.max_inputs, settings.max_batch_rows)
 
 
-def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: ModelKind, settings: Settings) -> Records:
+def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:
     return batch_transform.decode_jsonlines(body, decode, settings.max_batch_rows)
 
 
@@ -52,16 +53,8 @@ _RECORD_DECODERS = {**dict.fromkeys(batch_transform.CSV_TYPES, _csv),
                     **dict.fromkeys(batch_transform.JSONLINES_TYPES, _jsonlines)}
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: bytes
-    content_type: str = JSON
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
 class Dispatcher:
-    """Decodes a body by its media type, runs its typed requests through the handler, renders the answer."""
+    """Decodes a body by its media type, runs its typed requests through the model, renders the answer."""
 
     def __init__(self, settings: Settings, runtime: ModelRuntime):
         self._settings = settings
@@ -87,36 +80,6 @@ class Dispatcher:
             if len(body) > _LARGE_BODY:
                 release_free_memory()
 
-    def _answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, records: bool,
-                abandoned: Callable[[], bool] | None) -> Reply:
-        received = time.monotonic()
-        settings = self._settings
-        if len(body) > settings.max_payload_bytes:
-            raise payload_too_large(settings.max_payload_bytes)
-        media_type = (media_type or JSON).lower()
-        if media_type == JSON or media_type.endswith("+json"):
-            decoded = fields.decode_body(decode, body)
-            job = Records([decoded.request], [""],
-                          lambda results: orjson.dumps(decoded.render(results[0]), option=_JSON_OPTIONS))
-            batch_body = False
-        elif records and media_type in _RECORD_DECODERS:
-            job = _RECORD_DECODERS[media_type](body, decode, self._runtime.handler.kind, settings)
-            batch_body = True
-        else:
-            supported = [JSON, *_RECORD_DECODERS] if records else [JSON]
-            raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported here; send one of "
-                                       f"{', '.join(supported)}", code="UNSUPPORTED_MEDIA_TYPE")
-        for request, origin in zip(job.requests, job.origins):
-            try:
-                check_limits(request, settings)
-            except SearchboxError as exc:
-                raise _at(exc, origin) from None
-        if batch_body:
-            check_response_size(job, getattr(self._runtime.handler, "dimensions", None), settings)
-        at = received + settings.timeout_s(batch_body)
-        deadline = Deadline(at) if abandoned is None else Deadline(at, abandoned)
-        return Reply(200, job.render(self._run(job, deadline)), job.content_type)
-
     def admit(self, media_type: str | None, *, records: bool = False) -> None:
         """Refuse at once, before the body is even read, when the work queued ahead would outlast this request.
 
@@ -135,6 +98,39 @@ class Dispatcher:
             return self.answer(decode, body, media_type, records=records)
         except (SearchboxError, HandlerError) as exc:
             return error_reply(exc, request_id)
+
+    def _answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, records: bool,
+                abandoned: Callable[[], bool] | None) -> Reply:
+        received = time.monotonic()
+        settings = self._settings
+        handler = self._runtime.handler
+        if len(body) > settings.max_payload_bytes:
+            raise payload_too_large(settings.max_payload_bytes)
+        media_type = (media_type or JSON).lower()
+        if media_type == JSON or media_type.endswith("+json"):
+            decoded = fields.decode_body(decode, body)
+            job = Records([decoded.request], [""],
+                          lambda results: orjson.dumps(decoded.render(results[0]), option=_JSON_OPTIONS),
+                          encodings=[decoded.encoding])
+            batch_body = False
+        elif records and media_type in _RECORD_DECODERS:
+            job = _RECORD_DECODERS[media_type](body, decode, handler.kind, settings)
+            batch_body = True
+        else:
+            supported = [JSON, *_RECORD_DECODERS] if records else [JSON]
+            raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported here; send one of "
+                                       f"{', '.join(supported)}", code="UNSUPPORTED_MEDIA_TYPE")
+        for request, origin in zip(job.requests, job.origins):
+            try:
+                check_operation(request, handler.kind, handler.model_name)
+                check_limits(request, settings)
+            except SearchboxError as exc:
+                raise _at(exc, origin) from None
+        if batch_body:
+            check_response_size(job, handler.dimensions, settings)
+        at = received + settings.timeout_s(batch_body)
+        deadline = Deadline(at) if abandoned is None else Deadline(at, abandoned)
+        return Reply(200, job.render(self._run(job, deadline)), job.content_type)
 
     def _run(self, job: Records, deadline: Deadline) -> list[TypedResult]:
         if len(job.requests) <= 1 or not job.concurrent:
@@ -164,9 +160,18 @@ class Dispatcher:
             raise _at(exc, origin) from None
 
 
+def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:
+    """The one place a request the served kind does not answer is refused, naming what it does answer."""
+    if kind.answers(request.operation):
+        return
+    instead = "; or ".join(_OPERATION_BODIES[op] for op in sorted(kind.operations, key=lambda op: op.value))
+    raise BadRequest(f"model {model_name} is {kind.summary}: it does not answer {request.operation.value} requests. "
+                     f"Send {instead}", code="UNSUPPORTED_OPERATION")
+
+
 def check_response_size(job: Records, width: int | None, settings: Settings) -> None:
     """Refuse a batch body whose answer would exceed the response cap, before the model runs."""
-    estimate = batch_transform.estimated_response_bytes(job.requests, width)
+    estimate = batch_transform.estimated_response_bytes(job, width)
     if estimate > settings.max_response_bytes:
         cap_mb = settings.max_response_bytes / (1024 * 1024)
         raise PayloadTooLarge(
@@ -182,29 +187,6 @@ def check_limits(request: TypedRequest, settings: Settings) -> None:
         raise BadRequest(
             f"the request has {count} {what}; at most {settings.max_inputs} are allowed per request, "
             "split it into several requests", code="TOO_MANY_INPUTS")
-
-
-def error_reply(exc: SearchboxError | HandlerError, request_id: str) -> Reply:
-    """The contract's error body `{"detail", "code", "request_id"}` with the error's status and headers."""
-    error = exc if isinstance(exc, SearchboxError) else from_handler_error(exc)
-    return Reply(error.status_code, orjson.dumps(error_body(error, request_id)), JSON, dict(error.headers))
-
-
-def payload_too_large(limit_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"the body is larger than the {limit_bytes / (1024 * 1024):g} MiB limit; "
-                           "send fewer or shorter inputs per request")
-
-
-def internal_error() -> SearchboxError:
-    """What a caller reads about a bug: no stack trace, only the id to quote."""
-    return SearchboxError("internal error; quote the request_id when reporting it")
-
-
-def on_gpu(settings: Settings) -> bool:
-    """Whether the model runs on a GPU, judged without importing torch (the server knows no tensors)."""
-    if settings.device == "auto":
-        return Path("/dev/nvidiactl").exists()
-    return settings.device.startswith("cuda")
 
 
 def _at(exc: SearchboxError | HandlerError, origin: str) -> SearchboxError:

@@ -5,8 +5,12 @@ Every error body is the contract's `{"detail", "code", "request_id"}` (contract 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Mapping
 
+import orjson
+from sagemaker_inference import content_types
 from sagemaker_inference.errors import BaseInferenceToolkitError
 
 from model_handlers import errors as handler_errors
@@ -86,3 +90,30 @@ def from_handler_error(exc: handler_errors.HandlerError) -> SearchboxError:
 
 def error_body(error: SearchboxError, request_id: str) -> dict[str, str]:
     return {"detail": error.detail, "code": error.code, "request_id": request_id}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A whole answer: status, body bytes, media type and extra headers (whatever host sends it)."""
+
+    status: int
+    body: bytes
+    content_type: str = content_types.JSON
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def error_reply(exc: SearchboxError | handler_errors.HandlerError, request_id: str) -> Reply:
+    """The contract's error body `{"detail", "code", "request_id"}` with the error's status and headers."""
+    error = exc if isinstance(exc, SearchboxError) else from_handler_error(exc)
+    return Reply(error.status_code, orjson.dumps(error_body(error, request_id)), content_types.JSON,
+                 dict(error.headers))
+
+
+def payload_too_large(limit_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the body is larger than the {limit_bytes / (1024 * 1024):g} MiB limit; "
+                           "send fewer or shorter inputs per request")
+
+
+def internal_error() -> SearchboxError:
+    """What a caller reads about a bug: no stack trace, only the id to quote."""
+    return SearchboxError("internal error; quote the request_id when reporting it")

@@ -82,7 +82,7 @@ class ModelRuntime:
         self._ready.set()
         if self._ready_file is not None and not self._draining.is_set():
             self._ready_file.touch()
-        logger.info("model %s (%s) ready in %.1f s", handler.model_name, handler.kind.value,
+        logger.info("model %s (%s) ready in %.1f s", handler.model_name, handler.kind.name,
                     time.monotonic() - started)
 
     def drain(self) -> None:

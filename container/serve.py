@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             logger.error("nginx refuses its configuration: %s", problem)
             return 1
-        logger.info("serving %s model %s on port %d", config.kind.value, config.served_model_name, settings.port)
+        logger.info("serving %s model %s on port %d", config.kind.name, config.served_model_name, settings.port)
         from container.server import SearchboxServer  # gunicorn's arbiter, only once everything checked out
 
         SearchboxServer(settings, proxy, paths).run()

@@ -191,6 +191,12 @@ class Settings:
             transform_max_concurrent=_number(env, ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, None, int),
         )
 
+    def expects_gpu(self) -> bool:
+        """Whether the model will run on a GPU, judged without importing torch (the server knows no tensors)."""
+        if self.device == "auto":
+            return Path("/dev/nvidiactl").exists()
+        return self.device.startswith("cuda")
+
     def timeout_s(self, batch_body: bool) -> float:
         """How long a request may take: a batch body's, or any request's in a batch transform job, is longer."""
         return self.batch_timeout_s if batch_body or self.batch_job else self.request_timeout_s

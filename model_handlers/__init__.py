@@ -1,12 +1,12 @@
-"""Model handlers: load a model directory and answer typed embed/rerank requests.
+"""The models: a registry of kinds (`kinds`), one module per kind, one shared pipeline (`pipeline`).
 
 Imports stay light here: `serve` reads serving configs in the gunicorn master without torch.
 """
 
 from model_handlers.options import HandlerOptions
-from model_handlers.serving_config import ModelKind, ServingConfig, read_serving_config
+from model_handlers.serving_config import ServingConfig, read_serving_config
 
-__all__ = ["HandlerOptions", "ModelKind", "ServingConfig", "load_handler", "read_serving_config"]
+__all__ = ["HandlerOptions", "ServingConfig", "load_handler", "read_serving_config"]
 
 
 def load_handler(model_dir, options=None):

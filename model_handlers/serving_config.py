@@ -5,7 +5,7 @@ would not serve before any worker starts.
 
 `searchbox.json` (every key optional):
 
-    {"kind": "embedding" | "reranker",
+    {"kind": "embedding" | "reranker" (any registered kind: model_handlers/kinds.py),
      "served_model_name": "jina-embeddings-v3",
      "max_length": 8192,
      "default_task": "text-matching",
@@ -24,13 +24,14 @@ CrossEncoder would apply: the activation saved in config.json, else sigmoid.
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from model_handlers import kinds
 from model_handlers.errors import ModelDirectoryError
+from model_handlers.kinds import Kind, ModelFiles
 
 CONFIG_FILE = "searchbox.json"
 
@@ -45,11 +46,6 @@ _TASK_ALIASES = {
 }
 
 
-class ModelKind(str, enum.Enum):
-    EMBEDDING = "embedding"
-    RERANKER = "reranker"
-
-
 @dataclass(frozen=True)
 class TaskSpec:
     """What a task selects: a text prompt prepended to each input, and/or a named adapter."""
@@ -60,7 +56,7 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    kind: ModelKind
+    kind: Kind
     served_model_name: str
     max_length: int | None = None
     default_task: str | None = None
@@ -173,20 +169,14 @@ def _check_weights(model_dir: Path, *, allow_pickle: bool) -> None:
         )
 
 
-def _kind(model_dir: Path, explicit: Mapping[str, Any]) -> ModelKind:
+def _kind(model_dir: Path, explicit: Mapping[str, Any]) -> Kind:
+    """The kind `searchbox.json` names, else the first registered kind that recognises the directory."""
     if "kind" in explicit:
         try:
-            return ModelKind(explicit["kind"])
-        except ValueError:
-            choices = ", ".join(k.value for k in ModelKind)
-            raise ModelDirectoryError(
-                f"{CONFIG_FILE}: unknown kind {explicit['kind']!r}; choose one of {choices}"
-            ) from None
-    hf_config = _read_json(model_dir / "config.json") or {}
-    architectures = hf_config.get("architectures") or []
-    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
-        return ModelKind.RERANKER
-    return ModelKind.EMBEDDING
+            return kinds.named(str(explicit["kind"]))
+        except KeyError as exc:
+            raise ModelDirectoryError(f"{CONFIG_FILE}: {exc.args[0]}") from None
+    return kinds.detect(ModelFiles.read(model_dir))
 
 
 def _task_spec(name: str, value: Any) -> TaskSpec:

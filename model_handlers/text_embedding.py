@@ -1,8 +1,12 @@
-"""Text embedding models: sentence-transformers directories (or plain Hugging Face encoders).
+"""Kind `embedding`: sentence-transformers directories (or plain Hugging Face encoders) that pool one vector per text.
 
-Stages, each its own method: `_prepare` tokenizes and checks a request on the caller's thread,
-the batcher runs `_forward` over sequences of many callers, `_finish` cuts, normalises and
-encodes each caller's rows. sentence-transformers' own modules do the pooling the model declares.
+The catch-all kind: any directory no other kind recognises is served as a text embedding model. It
+reranks by the cosine of query and document embeddings (its `retrieval.*` prompts when it has them).
+
+The model prepares on the caller's thread (`prepare_embed`: prompts, tokenizing, length checks, late
+chunking's packing) and runs sentence-transformers' own modules on the batcher's thread (`forward`):
+the modules before pooling, the pooling the model declares, the modules after it but a final Normalize
+(the pipeline normalises when asked, so that `normalized: false` can skip it).
 """
 
 from __future__ import annotations
@@ -10,23 +14,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import Hashable
 
 import numpy as np
-import torch
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.modules.normalize import Normalize
-from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
-from model_handlers.batching import Batcher
-from model_handlers.deadline import Deadline
-from model_handlers.memory import release_free_memory
-from model_handlers.encodings import encode_embedding
-from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
+from model_handlers.errors import InvalidInput, ModelDirectoryError
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.options import HandlerOptions
-from model_handlers.serving_config import ModelKind, ServingConfig, TaskSpec
+from model_handlers.pipeline import Prepared
+from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult, TextInput
+from model_handlers.types import EmbedRequest, Operation, RerankRequest, TextInput
 
 logger = logging.getLogger(__name__)
 
@@ -47,21 +46,16 @@ class _Sequence:
         return len(self.ids)
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    sequences: list[_Sequence]
-    token_counts: list[int]
-
-
-class TextEmbeddingHandler:
-    """Serves one sentence-transformers (or plain encoder) model directory."""
-
-    kind = ModelKind.EMBEDDING
+class TextEmbeddingModel:
+    """One sentence-transformers (or plain encoder) model directory."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules.normalize import Normalize
+        from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
         self.config = config
         self.model_name = config.served_model_name
-        self._options = options
         model_kwargs = {} if options.allow_pickle else {"use_safetensors": True}
         try:
             self._model = SentenceTransformer(
@@ -75,107 +69,61 @@ class TextEmbeddingHandler:
         pooling_at = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)
         if pooling_at is None:
             raise ModelDirectoryError(f"{model_dir}: no pooling module; searchbox serves pooled embedding models")
-        # A trailing Normalize is applied by _finish instead, so `normalized: false` can skip it.
+        # A trailing Normalize is applied by the pipeline instead, so `normalized: false` can skip it.
         if isinstance(modules[-1], Normalize):
             modules = modules[:-1]
         self._encoder_modules = modules[:pooling_at]
         self._pooling = modules[pooling_at]
         self._post_pooling_modules = modules[pooling_at + 1:]
-        self.dimensions = int(self._model.get_embedding_dimension())
+        self.width = int(self._model.get_embedding_dimension())
         self.max_length = int(config.max_length or self._model.max_seq_length or 512)
         self._tokenizer = TokenizerView(self._model.tokenizer, self.max_length)
         self._device = self._model.device
-        self._batcher: Batcher[_Sequence, np.ndarray] = Batcher(
-            self._forward,
-            max_batch_tokens=options.resolved_max_batch_tokens(self._device),
-            max_batch_items=options.max_batch_items,
-            name="embedding-batcher",
-            on_idle=release_free_memory,
-        )
+        self.device = str(self._device)
 
-    @property
-    def forward_passes(self) -> int:
-        return self._batcher.passes
+    # --- on the caller's thread -----------------------------------------------------------------------
 
-    def embed(self, request: EmbedRequest, deadline: Deadline | None = None) -> EmbedResult:
-        deadline = deadline or self._options.deadline()
-        self._batcher.admit(deadline)
-        prepared = self._prepare(request)
-        outputs = self._batcher.run(prepared.sequences, deadline)
-        rows = [row for output in outputs for row in output]
-        return self._finish(request, rows, prepared.token_counts)
-
-    def rerank(self, request: RerankRequest, deadline: Deadline | None = None) -> RerankResult:
-        """Rerank by the cosine of query and document embeddings (the `retrieval.*` tasks when the model has them).
-
-        A document longer than the model's max length is embedded in overlapping windows and scores its
-        best window (model_handlers/reranker.py); usage counts every sequence embedded, special tokens included.
-        """
-        from model_handlers.reranker import Windowing, check_window_count, rank
-
-        if not request.documents:
-            return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=self.model_name)
-        deadline = deadline or self._options.deadline()
-        self._batcher.admit(deadline)
-        query = self._prepare_each([request.query], self.config.task_spec("retrieval.query"), truncate=True)
-        spec = self.config.task_spec("retrieval.passage")
-        prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
-        windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
-        prompt_length = self._prompt_length(spec)
-        group = ("each", spec.adapter, prompt_length)  # the group _prepare_each gives, so windows batch with the query
-        windows, owners, doc_tokens = [], [], []
-        for index, content in enumerate(self._tokenizer.encode(request.documents)):
-            pieces = [_Sequence(self._tokenizer.wrap(np.concatenate([prompt, w])), group,
-                                prompt_length=prompt_length, adapter=spec.adapter) for w in windowing.split(content)]
-            windows.extend(pieces)
-            owners.extend([index] * len(pieces))
-            doc_tokens.append(sum(p.length for p in pieces))
-            check_window_count(len(windows), self._options.max_rerank_windows)
-        outputs = self._batcher.run(query.sequences + windows, deadline)
-        vectors = np.stack([output[0] for output in outputs]).astype(np.float64)
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        best = [float("-inf")] * len(request.documents)
-        for owner, similarity in zip(owners, vectors[1:] @ vectors[0]):
-            best[owner] = max(best[owner], float(similarity))
-        return RerankResult(hits=rank(best, doc_tokens, request.top_n), query_tokens=query.token_counts[0],
-                            document_tokens=sum(doc_tokens), model=self.model_name, documents=request.documents)
-
-    def warm_up(self) -> None:
-        self.embed(EmbedRequest(inputs=(TextInput("warm up the model"),)))
-        filler = self._tokenizer.encode(["a"])[0][:1]
-        self._batcher.calibrate(lambda length: _Sequence(
-            self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
-            ("each", None, 0)), self.max_length)
-
-    def admit(self, deadline: Deadline) -> None:
-        """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
-        self._batcher.admit(deadline)
-
-    def drain(self, grace_s: float) -> None:
-        self._batcher.drain(grace_s)
-
-    def close(self) -> None:
-        self._batcher.close()
-
-    # --- stage 1: on the caller's thread -------------------------------------------------------
-
-    def _prepare(self, request: EmbedRequest) -> _Prepared:
+    def prepare_embed(self, request: EmbedRequest) -> Prepared:
         texts = []
         for index, item in enumerate(request.inputs):
             if not isinstance(item, TextInput):
                 raise InvalidInput(f"input {index} is an image; model {self.model_name} embeds text only",
                                    code="UNSUPPORTED_INPUT_TYPE")
             texts.append(item.text)
-        if request.dimensions is not None and not 1 <= request.dimensions <= self.dimensions:
-            raise InvalidOption(
-                f"dimensions must be between 1 and {self.dimensions} for model {self.model_name}, "
-                f"got {request.dimensions}", code="INVALID_DIMENSIONS")
-        spec = self.config.task_spec(request.task)
+        spec = self.config.task_spec(request.effective_task)
         if request.late_chunking:
             return self._prepare_late_chunking(texts, spec, request.truncate)
         return self._prepare_each(texts, spec, request.truncate)
 
-    def _prepare_each(self, texts: list[str], spec: TaskSpec, truncate: bool) -> _Prepared:
+    def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
+        """The query, then every window of every document, embedded with the `retrieval.*` tasks' prompts.
+
+        A document longer than the model's max length is embedded in overlapping windows; usage counts
+        every sequence embedded, special tokens included.
+        """
+        query = self._prepare_each([request.query], self.config.task_spec("retrieval.query"), truncate=True)
+        spec = self.config.task_spec("retrieval.passage")
+        prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
+        windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
+        prompt_length = self._prompt_length(spec)
+        group = ("each", spec.adapter, prompt_length)  # the group _prepare_each gives, so windows batch with the query
+        items, owners, doc_tokens = list(query.items), [None], []
+        for index, content in enumerate(self._tokenizer.encode(request.documents)):
+            pieces = [_Sequence(self._tokenizer.wrap(np.concatenate([prompt, w])), group,
+                                prompt_length=prompt_length, adapter=spec.adapter) for w in windowing.split(content)]
+            items.extend(pieces)
+            owners.extend([index] * len(pieces))
+            doc_tokens.append(sum(p.length for p in pieces))
+            check_window_count(len(items) - 1, max_windows)
+        return RerankWork(items=items, owners=owners, scoring=Scoring.COSINE, query_tokens=query.token_counts[0],
+                          document_tokens=doc_tokens)
+
+    def calibration_item(self, length: int) -> _Sequence:
+        filler = self._tokenizer.encode(["a"])[0][:1]
+        return _Sequence(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
+                         ("each", None, 0))
+
+    def _prepare_each(self, texts: list[str], spec: TaskSpec, truncate: bool) -> Prepared:
         contents = self._tokenizer.encode([spec.prompt + text for text in texts])
         prompt_length = self._prompt_length(spec)
         group = ("each", spec.adapter, prompt_length)
@@ -184,9 +132,9 @@ class TextEmbeddingHandler:
             content = self._fit(content, self._tokenizer.room, index, truncate)
             sequences.append(_Sequence(self._tokenizer.wrap(content), group,
                                        prompt_length=prompt_length, adapter=spec.adapter))
-        return _Prepared(sequences, [s.length for s in sequences])
+        return Prepared(sequences, [s.length for s in sequences])
 
-    def _prepare_late_chunking(self, texts: list[str], spec: TaskSpec, truncate: bool) -> _Prepared:
+    def _prepare_late_chunking(self, texts: list[str], spec: TaskSpec, truncate: bool) -> Prepared:
         """Pack consecutive inputs into as few sequences as fit the max length; pool each input's span.
 
         An input that alone exceeds the room is cut (truncate) or refused; inputs never straddle
@@ -214,7 +162,7 @@ class TextEmbeddingHandler:
             # Special and prompt tokens are billed once per sequence, with its first input.
             token_counts.extend(len(c) + (overhead if i == 0 else 0) for i, c in enumerate(contents[start:end]))
             start = end
-        return _Prepared(sequences, token_counts)
+        return Prepared(sequences, token_counts)
 
     def _fit(self, content: np.ndarray, room: int, index: int, truncate: bool) -> np.ndarray:
         if len(content) <= room:
@@ -232,25 +180,29 @@ class TextEmbeddingHandler:
             return 0
         return len(self._tokenizer.prefix) + len(self._tokenizer.encode([spec.prompt])[0])
 
-    # --- stage 2: on the batcher thread -----------------------------------------------------------
+    # --- on the batcher's thread ----------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def _forward(self, sequences: list[_Sequence]) -> list[np.ndarray]:
-        features = self._tokenizer.pad([s.ids for s in sequences], self._device)
-        first = sequences[0]
-        if first.adapter is not None:
-            features["task"] = first.adapter
-        if first.prompt_length:
-            features["prompt_length"] = first.prompt_length
-        for module in self._encoder_modules:
-            features = module(features)
-        if first.spans is None:
-            features = self._pooling(features)
-            pooled = self._post_pool(features)
-            return [row[None, :] for row in pooled]
-        return self._pool_spans(sequences, features["token_embeddings"])
+    def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
+        import torch
 
-    def _pool_spans(self, sequences: list[_Sequence], tokens: torch.Tensor) -> list[np.ndarray]:
+        with torch.inference_mode():
+            padded = self._tokenizer.pad([s.ids for s in sequences])
+            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
+            first = sequences[0]
+            if first.adapter is not None:
+                features["task"] = first.adapter
+            if first.prompt_length:
+                features["prompt_length"] = first.prompt_length
+            for module in self._encoder_modules:
+                features = module(features)
+            if first.spans is None:
+                pooled = self._post_pool(self._pooling(features))
+                return [[row] for row in pooled]
+            return self._pool_spans(sequences, features["token_embeddings"])
+
+    def _pool_spans(self, sequences: list[_Sequence], tokens) -> list[list[np.ndarray]]:
+        import torch
+
         span_vectors, counts = [], []
         for row, sequence in enumerate(sequences):
             for start, end in sequence.spans:
@@ -259,21 +211,36 @@ class TextEmbeddingHandler:
                 span_vectors.append(window.mean(dim=0))
             counts.append(len(sequence.spans))
         pooled = self._post_pool({"sentence_embedding": torch.stack(span_vectors)})
-        return list(np.split(pooled, np.cumsum(counts)[:-1]))
+        return [list(part) for part in np.split(pooled, np.cumsum(counts)[:-1])]
 
     def _post_pool(self, features: dict) -> np.ndarray:
         for module in self._post_pooling_modules:
             features = module(features)
         return features["sentence_embedding"].float().cpu().numpy()
 
-    # --- stage 3: on the caller's thread ----------------------------------------------------------
 
-    def _finish(self, request: EmbedRequest, rows: Sequence[np.ndarray], token_counts: list[int]) -> EmbedResult:
-        embeddings = []
-        for row in rows:
-            if request.dimensions is not None:
-                row = row[: request.dimensions]
-            if request.normalized:
-                row = row / max(float(np.linalg.norm(row)), 1e-12)
-            embeddings.append(encode_embedding(row, request.embedding_types))
-        return EmbedResult(embeddings=embeddings, token_counts=token_counts, model=self.model_name)
+KIND = Kind(
+    name="embedding",
+    summary="text embeddings",
+    recognizes=lambda files: True,  # the catch-all: registered last
+    operations=frozenset({Operation.EMBED, Operation.RERANK}),
+    csv=CsvLayout(Operation.EMBED, (CsvColumn("text"),)),
+    samples=Samples(
+        # the load check sends this to every model of the kind: no option a small model could refuse
+        request={"data": [{"text": "hello"}, {"text": "world", "id": "w1"}], "parameters": {"task": "retrieval.query"}},
+        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
+                            "usage": {"total_tokens": 3}},
+                           {"id": "w1", "embedding": [0.0321, 0.0654, -0.0987], "usage": {"total_tokens": 3}}],
+                  "parameters": {"task": "retrieval.query"}},
+        public_path="/v1/embeddings",
+        public_request={"input": ["hello", "world"], "embedding_type": "float", "dimensions": 128},
+        csv=("1,When are you open\\, really?\n"
+             '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
+             "3,Semantic search finds documents by meaning rather than by keywords.\n"
+             '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'),
+        batch_output=('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
+                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}'),
+        client_call='client.embed(texts=["hello", "world"])',
+    ),
+    load=TextEmbeddingModel,
+)

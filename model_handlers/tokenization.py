@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
 
 from model_handlers.errors import ModelDirectoryError
@@ -84,16 +83,16 @@ class TokenizerView:
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of each text, without special tokens and without truncation."""
-        encodings = self._backend.encode_batch(list(texts), add_special_tokens=False)
+        # the fast variant computes no offsets, which nothing here needs: less time and memory per token
+        encodings = self._backend.encode_batch_fast(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
     def wrap(self, content: np.ndarray) -> np.ndarray:
         """One model input: the special tokens around `content`."""
         return np.concatenate([self.prefix, content, self.suffix])
 
-    def pad(self, rows: Sequence[np.ndarray], device: torch.device,
-            type_ids: Sequence[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-        """Right-pad rows into the tensors a transformer takes (input_ids, attention_mask, token_type_ids)."""
+    def pad(self, rows: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Right-pad rows into the arrays a transformer takes (input_ids, attention_mask, token_type_ids)."""
         longest = max(len(r) for r in rows)
         ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), longest), dtype=np.int64)
@@ -103,10 +102,9 @@ class TokenizerView:
             mask[i, : len(row)] = 1
             if type_ids is not None:
                 types[i, : len(row)] = type_ids[i]
-        features = {"input_ids": torch.from_numpy(ids).to(device),
-                    "attention_mask": torch.from_numpy(mask).to(device)}
+        features = {"input_ids": ids, "attention_mask": mask}
         if self._with_type_ids:
-            features["token_type_ids"] = torch.from_numpy(types).to(device)
+            features["token_type_ids"] = types
         return features
 
 

@@ -1,23 +1,24 @@
-"""Typed requests and results exchanged between the server and the model handlers.
+"""Typed requests and results exchanged between the server and the models.
 
-The server parses every wire dialect into these frozen dataclasses; handlers never see dicts,
-headers or HTTP.
+The server parses every wire dialect into these frozen dataclasses; models never see dicts, headers
+or HTTP. Results carry raw float32 arrays: how they go on the wire (base64, bits, keys) is the
+server's business.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
 
 
-class EmbeddingType(str, enum.Enum):
-    """How one embedding is encoded on the wire (contract §2c)."""
+class Operation(str, enum.Enum):
+    """What a request asks of a model; each kind declares the ones it answers."""
 
-    FLOAT = "float"
-    BASE64 = "base64"
-    BINARY = "binary"
-    UBINARY = "ubinary"
+    EMBED = "embed"
+    RERANK = "rerank"
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,15 @@ class TextInput:
 
 @dataclass(frozen=True)
 class ImageInput:
-    """An image given as URL, base64 or data URI; only multimodal handlers accept it."""
+    """An image given as URL, base64 or data URI; only multimodal models accept it."""
 
     source: str
 
 
 EmbedInput = Union[TextInput, ImageInput]
+
+# What `input_type` selects when no `task` is given: the retrieval task of that side.
+INPUT_TYPE_TASKS = {"query": "retrieval.query", "document": "retrieval.passage"}
 
 
 @dataclass(frozen=True)
@@ -41,23 +45,26 @@ class EmbedRequest:
     task: str | None = None
     dimensions: int | None = None
     normalized: bool = True
-    embedding_types: tuple[EmbeddingType, ...] = (EmbeddingType.FLOAT,)
     late_chunking: bool = False
     # Cut over-long inputs to the model's max length; False turns them into an error instead.
     truncate: bool = True
-    # ColBERT-style models: "query" or "document"
+    # "query" or "document" (Cohere's and ColBERT clients' word); without a task, it selects the retrieval task
     input_type: str | None = None
+
+    @property
+    def operation(self) -> Operation:
+        return Operation.EMBED
+
+    @property
+    def effective_task(self) -> str | None:
+        return self.task if self.task is not None else INPUT_TYPE_TASKS.get(self.input_type or "")
 
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """One entry per input, in input order.
+    """One float32 vector per input, in input order, already cut to `dimensions` and normalised as asked."""
 
-    `embeddings[i]` maps each requested type to its encoded value: a float32 numpy row for
-    FLOAT, a str for BASE64, a uint8/int8 numpy row for UBINARY/BINARY.
-    """
-
-    embeddings: list[dict[EmbeddingType, Any]]
+    vectors: list[np.ndarray]
     token_counts: list[int]
     model: str
 
@@ -72,6 +79,10 @@ class RerankRequest:
     documents: tuple[str, ...]
     top_n: int | None = None
     return_documents: bool = True
+
+    @property
+    def operation(self) -> Operation:
+        return Operation.RERANK
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,6 @@ class RerankResult:
     query_tokens: int
     document_tokens: int
     model: str
-    documents: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def total_tokens(self) -> int:

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from model_handlers import kinds
+
 EMBEDDED = "@embedded"
-KINDS = ("embedding", "reranker")
 # SageMaker's own rule for ModelPackageName (botocore service model, EntityName).
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 NAME_MAX = 63
@@ -92,6 +93,11 @@ class Product:
     eula_path: Path
     remote_code: Mapping[str, Path] = field(default_factory=dict)
     azure: AzureOffer | None = None
+
+    @property
+    def model_kind(self) -> kinds.Kind:
+        """The kind's registry entry: its CSV row, samples and operations."""
+        return kinds.named(self.kind)
 
     @property
     def description(self) -> str:
@@ -171,9 +177,9 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
     if unknown:
         raise CatalogError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
     name = check_name(_required(entry, "name", where), f"{where}.name")
-    kind = entry.get("kind", "embedding")
-    if kind not in KINDS:
-        raise CatalogError(f"{where}.kind: {kind!r} is not one of {', '.join(KINDS)}")
+    kind = entry.get("kind", kinds.registered()[-1].name)  # the catch-all kind, as for a bare directory
+    if kind not in kinds.names():
+        raise CatalogError(f"{where}.kind: {kind!r} is not one of {', '.join(sorted(kinds.names()))}")
     tasks = entry.get("tasks") or {}
     if not isinstance(tasks, dict):
         raise CatalogError(f"{where}.tasks: must map task names to a prompt string or {{prompt, adapter}}")

@@ -227,46 +227,20 @@ def performance_markdown(bench: Path | None) -> tuple[str, bool]:
 
 def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH) -> str:
     performance, _ = performance_markdown(bench)
-    if product.kind == "reranker":
-        realtime_request = {"data": {"query": "What is the capital of Germany?",
-                                     "documents": [{"text": "Berlin is the capital of Germany."},
-                                                   {"text": "Bananas are yellow."}], "top_n": 2}}
-        realtime_response = {"data": [{"query_usage": {"total_tokens": 9}, "docs_usage": {"total_tokens": 14},
-                                       "results": [{"index": 0, "relevance_score": 0.97,
-                                                    "document": {"text": "Berlin is the capital of Germany."},
-                                                    "usage": {"total_tokens": 9}},
-                                                   {"index": 1, "relevance_score": 0.01,
-                                                    "document": {"text": "Bananas are yellow."},
-                                                    "usage": {"total_tokens": 5}}]}], "parameters": {}}
-        public = ('curl https://HOST/v1/rerank -H "Content-Type: application/json" -d \'{"model": "%s", '
-                  '"query": "capital of Germany?", "documents": ["Berlin ...", "Bananas ..."], "top_n": 1}\''
-                  % product.served_name)
-        batch_columns = "`id,query,documents,top_n` (documents: a JSON array of strings or `{\"text\"}` objects)"
-        batch_output = ('{"data":[{"id":"q1","query_usage":{"total_tokens":9},"docs_usage":{"total_tokens":21},'
-                        '"results":[{"index":0,"relevance_score":0.97,"document":{"text":"Berlin is the capital of '
-                        'Germany."},"usage":{"total_tokens":9}}]}],"parameters":{}}')
-        jina_call = ('client.rerank(query="What is the capital of Germany?",\n'
-                     '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])')
-    else:
-        realtime_request = {"data": [{"text": "hello"}, {"text": "world", "id": "w1"}],
-                            "parameters": {"task": "retrieval.query", "dimensions": 128}}
-        realtime_response = {"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
-                                       "usage": {"total_tokens": 3}},
-                                      {"id": "w1", "embedding": [0.0321, 0.0654, -0.0987],
-                                       "usage": {"total_tokens": 3}}],
-                             "parameters": {"task": "retrieval.query", "dimensions": 128}}
-        public = ('curl https://HOST/v1/embeddings -H "Content-Type: application/json" -d \'{"model": "%s", '
-                  '"input": ["hello", "world"], "embedding_type": "float", "dimensions": 128}\''
-                  % product.served_name)
-        batch_columns = "`id,text`"
-        batch_output = ('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
-                        '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}')
-        jina_call = 'client.embed(texts=["hello", "world"])'
-    sample_csv = model_package.sample_input(product.kind)
+    kind = product.model_kind
+    samples = kind.samples
+    public = (f'curl https://HOST{samples.public_path} -H "Content-Type: application/json" '
+              f"-d '{json.dumps({'model': product.served_name, **samples.public_request})}'")
+    json_columns = [f"`{column.field}` a JSON array" for column in kind.csv.columns if column.json]
+    optional = [f"`{column.field}` may be empty" for column in kind.csv.columns if column.optional]
+    batch_columns = f"`{kind.csv.header}`" + (f" ({'; '.join(json_columns + optional)})" if json_columns or optional
+                                               else "")
+    dimensions = _matryoshka_line(product)
+    sample_csv = samples.csv
     return textwrap.dedent("""\
         # {title}: usage information
 
-        Model `{served}` ({kind}) in the searchbox inference image. The container runs network-isolated;
+        Model `{served}` ({summary}) in the searchbox inference image.{dimensions} The container runs network-isolated;
         every response is JSON, every error is JSON `{{"detail", "code", "request_id"}}` naming what to fix.
         Supported content types: `application/json`, `text/csv`, `application/jsonlines`.
 
@@ -344,23 +318,35 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
 
         {performance}
         """).format(
-        title=product.title, served=product.served_name, kind=product.kind,
-        request=json.dumps(realtime_request, indent=2), response=json.dumps(realtime_response, indent=2),
-        public=public, columns=batch_columns, sample_csv=sample_csv, batch_output=batch_output,
-        region=product.regions[0], name=product.name, compact_request=json.dumps(realtime_request),
-        jina_call=jina_call, realtime_type=product.recommended["realtime"], batch_type=product.recommended["batch"],
+        title=product.title, served=product.served_name, summary=kind.summary, dimensions=dimensions,
+        request=json.dumps(samples.request, indent=2), response=json.dumps(samples.response, indent=2),
+        public=public, columns=batch_columns, sample_csv=sample_csv, batch_output=samples.batch_output,
+        region=product.regions[0], name=product.name, compact_request=json.dumps(samples.request),
+        jina_call=samples.client_call, realtime_type=product.recommended["realtime"],
+        batch_type=product.recommended["batch"],
         performance=performance,
     )
+
+
+def _matryoshka_line(product: _catalog.Product) -> str:
+    """The Matryoshka dimensions the model declares (searchbox.json), as a sentence; empty when it declares none."""
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.serving_config import read_serving_config
+
+    try:
+        dimensions = read_serving_config(product.model_dir).matryoshka_dimensions
+    except ModelDirectoryError:
+        return ""  # build_artifact refuses such a directory by name; the listing text does not need it
+    if not dimensions:
+        return ""
+    return (f" It is trained for Matryoshka `dimensions` {', '.join(map(str, dimensions))}: a shorter vector "
+            "keeps most of the quality at a fraction of the storage.")
 
 
 def notebook(product: _catalog.Product, model_package_arn: str) -> dict:
     """A notebook (nbformat 4) that subscribes nothing and needs no buyer data: endpoint, one call, batch, cleanup."""
     sample_csv = model_package.sample_input(product.kind)
-    if product.kind == "reranker":
-        body = {"data": {"query": "What is the capital of Germany?",
-                         "documents": ["Berlin is the capital of Germany.", "Bananas are yellow."]}}
-    else:
-        body = {"data": [{"text": "hello"}, {"text": "world"}]}
+    body = product.model_kind.samples.request
     cells = [
         ("markdown", f"# {product.title}\n\nDeploy the model package to a real-time endpoint, call it, run a batch "
                      "transform on the sample below, and delete what was created. Subscribe to the listing first; "

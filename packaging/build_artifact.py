@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _catalog  # noqa: E402
 import _files  # noqa: E402
+from model_handlers import kinds  # noqa: E402
 
 MANIFEST = "searchbox-manifest.json"
 SERVING_CONFIG = "searchbox.json"
@@ -98,7 +99,7 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
         _write_tar(staged, sorted(files + [MANIFEST]), partial, compresslevel)
         os.replace(partial, output)
     return BuildReport(output=output, sha256=_sha256_file(output), size=output.stat().st_size,
-                       files=len(files) + 1, served_name=config.served_model_name, kind=config.kind.value,
+                       files=len(files) + 1, served_name=config.served_model_name, kind=config.kind.name,
                        check=check_summary, vendored=vendored, skipped=skipped)
 
 
@@ -244,37 +245,43 @@ def _write_serving_config(staged: Path, *, served_name: str | None, default_name
     except ModelDirectoryError as exc:
         raise BuildRefused(str(exc).replace(str(staged), "the model directory")) from exc
     # The artifact says its own kind: the container must not guess it from the files again.
-    explicit.setdefault("kind", config.kind.value)
+    explicit.setdefault("kind", config.kind.name)
     path.write_text(json.dumps(explicit, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return read_serving_config(staged)
 
 
 def _smoke_test(staged: Path, config, device: str) -> str:
-    """Load the staged directory exactly as the container will and answer one request."""
+    """Load the staged directory exactly as the container will and answer its kind's sample request.
+
+    The sample (the kind's registry entry) goes through the server's own dialect parser, operation check
+    and renderer; the answer must hold numbers, all finite, not all zero.
+    """
     import math
 
-    from model_handlers import HandlerOptions, ModelKind, load_handler
-    from model_handlers.types import EmbedRequest, RerankRequest, TextInput
+    import orjson
+
+    from container.dialects import decode_invocation
+    from container.dispatch import check_operation
+    from model_handlers import HandlerOptions, load_handler
+    from model_handlers.types import EmbedRequest
 
     started = time.monotonic()
     handler = None
     try:
         handler = load_handler(staged, HandlerOptions(device=device, max_batch_items=8))
-        if config.kind is ModelKind.RERANKER:
-            result = handler.rerank(RerankRequest(query="What is the capital of Germany?",
-                                                  documents=("Berlin is the capital of Germany.",
-                                                             "Bananas are yellow.")))
-            scores = [hit.relevance_score for hit in result.hits]
-            if len(scores) != 2 or not all(math.isfinite(s) for s in scores):
-                raise BuildRefused(f"the model answered a 2-document rerank with scores {scores}")
-            summary = f"reranked 2 documents (scores {', '.join(f'{s:.3f}' for s in scores)})"
+        decoded = decode_invocation(config.kind.samples.request)
+        check_operation(decoded.request, config.kind, config.served_model_name)
+        if isinstance(decoded.request, EmbedRequest):
+            result = handler.embed(decoded.request)
+            summary = (f"embedded {len(result.vectors)} text{'s' * (len(result.vectors) != 1)} into "
+                       f"{result.vectors[0].shape[-1]} dimensions")
         else:
-            result = handler.embed(EmbedRequest(inputs=(TextInput("searchbox artifact check"),)))
-            vector = result.embeddings[0][next(iter(result.embeddings[0]))]
-            values = [float(v) for v in vector]
-            if not values or not all(math.isfinite(v) for v in values) or not any(values):
-                raise BuildRefused("the model's embedding of a test sentence is empty, zero or not finite")
-            summary = f"embedded 1 text into {len(values)} dimensions"
+            result = handler.rerank(decoded.request)
+            scores = ", ".join(f"{hit.relevance_score:.3f}" for hit in result.hits)
+            summary = f"reranked {len(decoded.request.documents)} documents (scores {scores})"
+        numbers = _numbers(orjson.loads(orjson.dumps(decoded.render(result), option=orjson.OPT_SERIALIZE_NUMPY)))
+        if not numbers or not all(math.isfinite(n) for n in numbers) or not any(numbers):
+            raise BuildRefused(f"the model's answer to its sample request is empty, zero or not finite: {summary}")
     except BuildRefused:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here means the directory would not serve
@@ -284,6 +291,19 @@ def _smoke_test(staged: Path, config, device: str) -> str:
         if handler is not None:
             handler.close()
     return f"{summary} in {time.monotonic() - started:.1f} s"
+
+
+def _numbers(value) -> list[float]:
+    """Every number in a JSON answer (vectors, scores, token counts)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return [n for item in value for n in _numbers(item)]
+    return []
 
 
 def _list_files(staged: Path) -> list[str]:
@@ -297,7 +317,7 @@ def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str
     document = {
         "format": 1,
         "served_model_name": config.served_model_name,
-        "kind": config.kind.value,
+        "kind": config.kind.name,
         "files": entries,
         "vendored_remote_code": dict(sorted(vendored.items())),
     }
@@ -397,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", help="take model directory, name, kind, tasks and remote code from a catalog")
     parser.add_argument("--product", help="the catalog product (default: the only one)")
     parser.add_argument("--served-name", help="the name answered in `model` (searchbox.json served_model_name)")
-    parser.add_argument("--kind", choices=_catalog.KINDS)
+    parser.add_argument("--kind", choices=kinds.names())
     parser.add_argument("--remote-code", action="append", default=[], metavar="REPO=DIR",
                         help="a local checkout holding the trust_remote_code files of REPO (repeatable)")
     parser.add_argument("--no-check", dest="check", action="store_false",

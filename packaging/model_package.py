@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
+from model_handlers import kinds  # noqa: E402
 
 REQUEST_FILE = "create-model-package.json"
 SAMPLE_FILE = "validation/input.csv"
@@ -32,20 +33,6 @@ CONTENT_TYPES = ["application/json", "text/csv", "application/jsonlines"]
 RESPONSE_TYPES = ["application/json", "application/jsonlines"]
 # SageMaker real-time bodies are capped at 6 MiB; one batch request stays within that too.
 MAX_PAYLOAD_MB = 6
-
-# Both quotings batch clients send (contract §4): backslash-escaped and RFC 4180 double-quoted.
-_EMBEDDING_SAMPLE = (
-    "1,When are you open\\, really?\n"
-    '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
-    "3,Semantic search finds documents by meaning rather than by keywords.\n"
-    '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'
-)
-_RERANK_SAMPLE = (
-    '"q1","What is the capital of Germany?","[""Berlin is the capital of Germany."", '
-    '""Bananas are yellow."", ""Germany borders France.""]","2"\n'
-    '"q2","How do embeddings work?","[""Embeddings map text to vectors."", ""Paris is in France.""]","1"\n'
-)
-
 
 @dataclass(frozen=True)
 class S3Layout:
@@ -73,8 +60,8 @@ class S3Layout:
 
 
 def sample_input(kind: str) -> str:
-    """The batch-transform sample for a model kind: CSV rows in the columns of contract §4."""
-    return _RERANK_SAMPLE if kind == "reranker" else _EMBEDDING_SAMPLE
+    """The batch-transform sample of a model kind (its registry entry): CSV rows in both quotings clients send."""
+    return kinds.named(kind).samples.csv
 
 
 def model_package_request(product: _catalog.Product, *, image: str, layout: S3Layout, role_arn: str,

@@ -141,3 +141,11 @@ def client(runtime):
 
     settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(embedded_model_dir())})
     return create_app(settings, runtime).test_client()
+
+
+@pytest.fixture(scope="session")
+def app(client):
+    """The in-process server: `app.post(path, body)` as `server.post`, through `create_app` and the real model."""
+    from helpers import InProcess
+
+    return InProcess(client)

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import requests
 
-from container.dialects.batch_transform import execution_parameters
+from helpers import assert_error, cosine
+
+from container.execution_parameters import execution_parameters
 from container.settings import Settings, SettingsError
 from conftest import start_server, stop_server
 
@@ -25,21 +27,6 @@ EXAMPLE_RERANK_CSV = Path(__file__).resolve().parent.parent / "examples" / "batc
 def post_raw(server, path: str, body: bytes | str, content_type: str) -> requests.Response:
     data = body.encode() if isinstance(body, str) else body
     return requests.post(server.url + path, data=data, headers={"Content-Type": content_type}, timeout=300)
-
-
-def assert_error(response: requests.Response, status: int, code: str, *fragments: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["code"] == code, body
-    for fragment in fragments:
-        assert fragment in body["detail"], (fragment, body["detail"])
-    assert body["request_id"] == response.headers["X-Request-Id"]
-    return body
-
-
-def cosine(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def one_json_line(response: requests.Response) -> dict:
@@ -124,7 +111,7 @@ def test_csv_more_rows_than_one_request_may_carry(server):
 
 
 @pytest.mark.parametrize(("body", "fragments"), [
-    ("a,fine\nb,one, two\n", ["line 2", "exactly one of text, url, bytes", "quote"]),
+    ("a,fine\nb,one, two\n", ["line 2", "expected 2 columns, got 3", "quote", "`id,text`"]),
     ("a,fine\nb\nc,fine\n", ["line 2", "expected 2 columns, got 1", "`id,text`"]),
     ('a,fine\n"b,"never closed\n', ["line 2", "not valid CSV"]),
     ('a,fine\n"b","x"y\n', ["line 2", "not valid CSV"]),
@@ -140,8 +127,8 @@ def test_bad_csv_rows_name_the_line(server, body, fragments):
 def test_rerank_rows_sent_to_an_embedding_model_say_which_model_they_need(server, body):
     body = body or EXAMPLE_RERANK_CSV.read_text(encoding="utf-8")
     assert_error(post_raw(server, "/invocations", body, "text/csv"), 400, "INVALID_CSV",
-                 "line 1", "rerank row (id,query,documents,top_n)", "reranker model",
-                 "SEARCHBOX_MODEL_DIR=<cross-encoder dir>", "`id,text`")
+                 "line 1", "row for a reranker (cross-encoder) (`id,query,documents,top_n`)", "need a reranker model",
+                 "SEARCHBOX_MODEL_DIR=<its directory>", "rows for this model are `id,text`", "/v1/rerank")
 
 
 def test_csv_that_is_not_utf8_names_the_line(server):
@@ -291,7 +278,7 @@ def test_reranker_csv_rows_match_cross_encoder(reranker_server, cross_encoder_di
 @pytest.mark.parametrize(("body", "fragments"), [
     ("r1,query only\n", ["line 1", "expected 3 or 4 columns, got 2", "`id,query,documents,top_n`"]),
     ('r1,q,"[""a""]"\nr2,q,not json\n', ["line 2", "column 3 (documents) is not valid JSON"]),
-    ('r1,q,"{""a"": 1}"\n', ["line 1", "must be a JSON array"]),
+    ('r1,q,"{""a"": 1}"\n', ["line 1", "`documents` must be a list"]),
     ('r1,q,"[1]"\n', ["line 1", "documents[0]"]),
     ('r1,q,"[""a""]",zero\n', ["line 1", "top_n", "'zero'"]),
 ])

@@ -1,26 +1,18 @@
-"""Every request variant of contract §2a/§2b, and every error of §5, over HTTP."""
+"""Every request variant of contract §2a/§2b, and every error of §5: tables through `create_app` in-process.
+
+What needs the real process (nginx's own errors, concurrency, shutdown) is in test_hostile_traffic.py and
+test_lifecycle_and_concurrency.py.
+"""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-import requests
+
+from helpers import assert_error
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
-
-
-def assert_error(response: requests.Response, status: int, code: str, *mentions: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"detail", "code", "request_id"}
-    assert body["code"] == code
-    assert body["request_id"] == response.headers["X-Request-Id"]
-    assert "Traceback" not in body["detail"]
-    for mention in mentions:
-        assert mention in body["detail"], body["detail"]
-    return body
 
 
 # --- §2a: the SageMaker envelope --------------------------------------------------------------
@@ -30,23 +22,23 @@ def assert_error(response: requests.Response, status: int, code: str, *mentions:
     ["a", "b"],
     [{"text": "a"}, "b"],
 ])
-def test_envelope_lists(server, data):
-    body = server.post("/invocations", {"data": data}).json()
+def test_envelope_lists(app, data):
+    body = app.post("/invocations", {"data": data}).json()
     assert set(body) == {"data", "parameters"}
     assert [set(item) for item in body["data"]] == [{"id", "embedding", "usage"}] * 2
     assert all(HEX32.match(item["id"]) for item in body["data"])
     assert body["data"][0]["id"] != body["data"][1]["id"]
 
 
-def test_envelope_single_object_and_echoed_ids(server):
-    single = server.post("/invocations", {"data": {"text": "q", "id": "query-1"}}).json()
+def test_envelope_single_object_and_echoed_ids(app):
+    single = app.post("/invocations", {"data": {"text": "q", "id": "query-1"}}).json()
     assert [item["id"] for item in single["data"]] == ["query-1"]
-    ids = server.post("/invocations", {"data": [{"text": "a", "id": 7}, {"text": "b"}]}).json()["data"]
+    ids = app.post("/invocations", {"data": [{"text": "a", "id": 7}, {"text": "b"}]}).json()["data"]
     assert ids[0]["id"] == 7 and HEX32.match(ids[1]["id"])
 
 
-def test_envelope_parameters_missing_null_unknown_or_stringly(server):
-    plain = server.post("/invocations", {"data": ["x"]}).json()["data"][0]["embedding"]
+def test_envelope_parameters_missing_null_unknown_or_stringly(app):
+    plain = app.post("/invocations", {"data": ["x"]}).json()["data"][0]["embedding"]
     variants = [
         {"data": ["x"], "parameters": None},
         {"data": ["x"], "parameters": {"task": None, "dimensions": None, "late_chunking": None}},
@@ -54,22 +46,22 @@ def test_envelope_parameters_missing_null_unknown_or_stringly(server):
         {"data": ["x"], "parameters": {"task": "retrieval.passage"}},
     ]
     for body in variants:
-        response = server.post("/invocations", body)
+        response = app.post("/invocations", body)
         assert response.status_code == 200, (body, response.text)
         assert response.json()["data"][0]["embedding"] == pytest.approx(plain, abs=1e-6)
-    cut = server.post("/invocations", {"data": ["x"], "parameters": {"dimensions": "32"}}).json()
+    cut = app.post("/invocations", {"data": ["x"], "parameters": {"dimensions": "32"}}).json()
     assert len(cut["data"][0]["embedding"]) == 32
     assert cut["parameters"] == {"dimensions": "32"}
 
 
-def test_empty_data_is_an_empty_answer(server):
-    response = server.post("/invocations", {"data": []})
+def test_empty_data_is_an_empty_answer(app):
+    response = app.post("/invocations", {"data": []})
     assert response.status_code == 200
     assert response.json() == {"data": [], "parameters": {}}
 
 
-def test_charset_and_custom_attributes_are_accepted(server):
-    response = requests.post(server.url + "/invocations", data=b'{"data": ["caf\xc3\xa9"]}', timeout=30, headers={
+def test_charset_and_custom_attributes_are_accepted(app):
+    response = app.post("/invocations", data=b'{"data": ["caf\xc3\xa9"]}', headers={
         "Content-Type": "application/json; charset=utf-8",
         "X-Amzn-SageMaker-Custom-Attributes": "trace=abc",
     })
@@ -86,9 +78,9 @@ def test_charset_and_custom_attributes_are_accepted(server):
     ({"model": "anything", "input": ["a"], "task": "retrieval.passage", "dimensions": 256, "normalized": True,
       "embedding_type": "float", "late_chunking": False, "truncate": False}, 1),
 ])
-def test_public_api_variants(server, payload, count):
+def test_public_api_variants(app, payload, count):
     for path in ("/v1/embeddings", "/invocations"):
-        body = server.post(path, payload).json()
+        body = app.post(path, payload).json()
         assert set(body) == {"model", "object", "usage", "data"}
         assert body["object"] == "list" and body["model"] == "all-MiniLM-L6-v2"
         assert [item["index"] for item in body["data"]] == list(range(count))
@@ -96,37 +88,34 @@ def test_public_api_variants(server, payload, count):
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] > 0
 
 
-def test_openai_encoding_format_is_embedding_type(server):
-    as_base64 = server.post("/v1/embeddings", {"input": ["x"], "encoding_format": "base64"}).json()
-    same = server.post("/v1/embeddings", {"input": ["x"], "embedding_type": "base64"}).json()
+def test_openai_encoding_format_is_embedding_type(app):
+    as_base64 = app.post("/v1/embeddings", {"input": ["x"], "encoding_format": "base64"}).json()
+    same = app.post("/v1/embeddings", {"input": ["x"], "embedding_type": "base64"}).json()
     assert as_base64["data"][0]["embedding"] == same["data"][0]["embedding"]
     assert isinstance(same["data"][0]["embedding"], str)
 
 
 # --- §5: errors -----------------------------------------------------------------------------------
 
-def test_bad_json(server):
-    response = requests.post(server.url + "/invocations", data=b'{"data": [', timeout=30,
-                             headers={"Content-Type": "application/json"})
+def test_bad_json(app):
+    response = app.post("/invocations", data=b'{"data": [', headers={"Content-Type": "application/json"})
     assert_error(response, 400, "INVALID_JSON", "not valid JSON")
 
 
-def test_unsupported_content_type_lists_the_supported_ones(server):
-    response = requests.post(server.url + "/invocations", data=b"x=1", timeout=30,
-                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+def test_unsupported_content_type_lists_the_supported_ones(app):
+    response = app.post("/invocations", data=b"x=1", headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert_error(response, 415, "UNSUPPORTED_MEDIA_TYPE", "application/x-www-form-urlencoded", "application/json")
 
 
-def test_payload_over_the_limit(server):
+def test_payload_over_the_limit(app):
     huge = b'{"input": ["' + b"a" * (6 * 1024 * 1024 + 10) + b'"]}'
-    response = requests.post(server.url + "/v1/embeddings", data=huge, timeout=60,
-                             headers={"Content-Type": "application/json"})
+    response = app.post("/v1/embeddings", data=huge, headers={"Content-Type": "application/json"})
     assert_error(response, 413, "PAYLOAD_TOO_LARGE", "6 MiB")
 
 
-def test_too_many_inputs_without_echoing_them(server):
+def test_too_many_inputs_without_echoing_them(app):
     secret = "do-not-echo-this-input"
-    response = server.post("/v1/embeddings", {"input": [secret] * 2049})
+    response = app.post("/v1/embeddings", {"input": [secret] * 2049})
     body = assert_error(response, 400, "TOO_MANY_INPUTS", "2049", "2048")
     assert secret not in response.text and secret not in body["detail"]
 
@@ -145,31 +134,31 @@ def test_too_many_inputs_without_echoing_them(server):
     ("/invocations", {"inputs": ["x"]}, "input"),
     ("/invocations", ["x"], "data"),
 ])
-def test_wrong_types_name_the_field(server, path, payload, field):
-    assert_error(server.post(path, payload), 422, "VALIDATION_ERROR", f"`{field}`" if field != "input" else field)
+def test_wrong_types_name_the_field(app, path, payload, field):
+    assert_error(app.post(path, payload), 422, "VALIDATION_ERROR", f"`{field}`" if field != "input" else field)
 
 
-def test_dimensions_wider_than_the_model(server):
-    assert_error(server.post("/v1/embeddings", {"input": ["x"], "dimensions": 4096}), 422, "INVALID_DIMENSIONS",
+def test_dimensions_wider_than_the_model(app):
+    assert_error(app.post("/v1/embeddings", {"input": ["x"], "dimensions": 4096}), 422, "INVALID_DIMENSIONS",
                  "384", "4096")
 
 
-def test_too_long_without_truncate_names_the_input_and_its_tokens(server):
+def test_too_long_without_truncate_names_the_input_and_its_tokens(app):
     long_text = "token " * 600
-    response = server.post("/v1/embeddings", {"input": ["short", long_text], "truncate": False})
+    response = app.post("/v1/embeddings", {"input": ["short", long_text], "truncate": False})
     assert_error(response, 400, "INPUT_TOKEN_LIMIT_EXCEEDED", "input 1", "602 tokens", "256", "truncate")
 
 
-def test_image_input_on_a_text_model(server):
-    response = server.post("/invocations", {"data": [{"image": "https://example.com/cat.png"}]})
+def test_image_input_on_a_text_model(app):
+    response = app.post("/invocations", {"data": [{"image": "https://example.com/cat.png"}]})
     assert_error(response, 400, "UNSUPPORTED_INPUT_TYPE", "input 0", "text only")
 
 
-def test_unknown_route_and_wrong_method(server):
-    assert_error(requests.get(server.url + "/nothing", timeout=10), 404, "NOT_FOUND", "/invocations")
-    assert_error(requests.get(server.url + "/invocations", timeout=10), 405, "METHOD_NOT_ALLOWED", "GET")
+def test_unknown_route_and_wrong_method(app):
+    assert_error(app.get("/nothing"), 404, "NOT_FOUND", "/invocations")
+    assert_error(app.get("/invocations"), 405, "METHOD_NOT_ALLOWED", "GET")
 
 
-def test_missing_content_type_is_read_as_json(server):
-    response = requests.post(server.url + "/invocations", data=b'{"data": ["x"]}', timeout=30)
+def test_missing_content_type_is_read_as_json(app):
+    response = app.post("/invocations", data=b'{"data": ["x"]}', headers={"Content-Type": None})
     assert response.status_code == 200, response.text

@@ -1,4 +1,4 @@
-"""Embeddings over HTTP from a real gunicorn server, checked against sentence-transformers."""
+"""Embeddings through the server's app (in-process, on the real model), checked against sentence-transformers."""
 
 from __future__ import annotations
 
@@ -11,25 +11,22 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from helpers import cosine
+
 SHORT = ["hello", "The cat sits on the mat.", "¿Dónde está la estación de tren más cercana?", ""]
 LONG = " ".join(f"Sentence number {i} talks about search, ranking and retrieval systems." for i in range(18))
 TOO_LONG = LONG * 5  # about 1000 word pieces: truncated to the model's 256
 
 
-def cosine(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-
-
-def embed(server, texts, **params):
-    response = server.post("/invocations", {"data": [{"text": t} for t in texts], "parameters": params})
+def embed(app, texts, **params):
+    response = app.post("/invocations", {"data": [{"text": t} for t in texts], "parameters": params})
     assert response.status_code == 200, response.text
     return response.json()["data"]
 
 
-def test_parity_short_long_and_truncated(server, reference_model):
+def test_parity_short_long_and_truncated(app, reference_model):
     texts = SHORT + [LONG, TOO_LONG]
-    served = embed(server, texts)
+    served = embed(app, texts)
     expected = reference_model.encode(texts)
     assert len(served) == len(texts)
     for item, reference in zip(served, expected):
@@ -38,31 +35,31 @@ def test_parity_short_long_and_truncated(server, reference_model):
         assert abs(np.linalg.norm(item["embedding"]) - 1) < 1e-5
 
 
-def test_usage_counts_the_tokens_the_model_processed(server, minilm_dir):
+def test_usage_counts_the_tokens_the_model_processed(app, minilm_dir):
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
     texts = ["hello", LONG, TOO_LONG]
-    served = embed(server, texts)
+    served = embed(app, texts)
     expected = [len(tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in texts]
     assert [item["usage"]["total_tokens"] for item in served] == expected
     assert expected[-1] == 256
-    public = server.post("/v1/embeddings", {"input": texts}).json()
+    public = app.post("/v1/embeddings", {"input": texts}).json()
     assert public["usage"] == {"total_tokens": sum(expected), "prompt_tokens": sum(expected)}
 
 
 @pytest.mark.parametrize("dimensions", [1, 64, "128", 384])
-def test_dimensions_cut_then_renormalise(server, reference_model, dimensions):
+def test_dimensions_cut_then_renormalise(app, reference_model, dimensions):
     n = int(dimensions)
-    served = embed(server, ["Matryoshka dolls nest inside each other."], dimensions=dimensions)[0]["embedding"]
+    served = embed(app, ["Matryoshka dolls nest inside each other."], dimensions=dimensions)[0]["embedding"]
     full = reference_model.encode(["Matryoshka dolls nest inside each other."])[0]
     assert len(served) == n
     assert abs(np.linalg.norm(served) - 1) < 1e-5
     np.testing.assert_allclose(served, full[:n] / np.linalg.norm(full[:n]), atol=1e-5)
 
 
-def test_every_embedding_type_decodes_back(server):
+def test_every_embedding_type_decodes_back(app):
     text = ["binary quantisation keeps the sign of each dimension"]
-    as_float = np.asarray(embed(server, text)[0]["embedding"], dtype=np.float32)
-    encoded = embed(server, text, embedding_type=["float", "base64", "binary", "ubinary"])[0]["embedding"]
+    as_float = np.asarray(embed(app, text)[0]["embedding"], dtype=np.float32)
+    encoded = embed(app, text, embedding_type=["float", "base64", "binary", "ubinary"])[0]["embedding"]
     assert set(encoded) == {"float", "base64", "binary", "ubinary"}
     np.testing.assert_array_equal(np.asarray(encoded["float"], dtype=np.float32), as_float)
     decoded = np.frombuffer(base64.b64decode(encoded["base64"]), dtype="<f4")
@@ -72,28 +69,28 @@ def test_every_embedding_type_decodes_back(server):
     np.testing.assert_array_equal(ubinary, np.packbits(as_float > 0))
     np.testing.assert_array_equal(np.asarray(encoded["binary"]), ubinary.astype(int) - 128)
     # a single type answers the value itself, not a dict
-    assert isinstance(embed(server, text, embedding_type="base64")[0]["embedding"], str)
+    assert isinstance(embed(app, text, embedding_type="base64")[0]["embedding"], str)
     # dimensions apply before the encoding: 64 dims -> 8 bytes
-    assert len(embed(server, text, embedding_type="ubinary", dimensions=64)[0]["embedding"]) == 8
+    assert len(embed(app, text, embedding_type="ubinary", dimensions=64)[0]["embedding"]) == 8
 
 
-def test_normalized_false_returns_the_pooled_vector(server, reference_model):
+def test_normalized_false_returns_the_pooled_vector(app, reference_model):
     text = ["unnormalised vectors keep their length"]
-    raw = np.asarray(embed(server, text, normalized=False)[0]["embedding"])
+    raw = np.asarray(embed(app, text, normalized=False)[0]["embedding"])
     assert abs(np.linalg.norm(raw) - 1) > 0.01
     assert cosine(raw, reference_model.encode(text)[0]) >= 0.9999
 
 
-def test_unknown_task_falls_back_to_the_default(server):
-    plain = embed(server, ["tasks select prompts"])[0]["embedding"]
-    tasked = embed(server, ["tasks select prompts"], task="nl2code.query")[0]["embedding"]
+def test_unknown_task_falls_back_to_the_default(app):
+    plain = embed(app, ["tasks select prompts"])[0]["embedding"]
+    tasked = embed(app, ["tasks select prompts"], task="nl2code.query")[0]["embedding"]
     np.testing.assert_allclose(plain, tasked, atol=1e-6)
 
 
-def test_late_chunking_pools_each_span_in_context(server, minilm_dir):
+def test_late_chunking_pools_each_span_in_context(app, minilm_dir):
     """Reference computed by hand: one sequence [CLS] a b c [SEP], mean of each input's token span."""
     texts = ["Berlin is the capital of Germany.", "It has 3.8 million inhabitants.", "The city is known for its art."]
-    response = server.post("/v1/embeddings", {"input": texts, "late_chunking": True})
+    response = app.post("/v1/embeddings", {"input": texts, "late_chunking": True})
     assert response.status_code == 200, response.text
     body = response.json()
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
@@ -108,18 +105,18 @@ def test_late_chunking_pools_each_span_in_context(server, minilm_dir):
         assert cosine(item["embedding"], expected) >= 0.9999
         start += len(piece)
     assert body["usage"]["total_tokens"] == len(ids)
-    independent = server.post("/v1/embeddings", {"input": texts}).json()["data"]
+    independent = app.post("/v1/embeddings", {"input": texts}).json()["data"]
     assert cosine(body["data"][1]["embedding"], independent[1]["embedding"]) < 0.999
 
 
-def test_late_chunking_spreads_over_sequences_when_inputs_exceed_the_max_length(server):
+def test_late_chunking_spreads_over_sequences_when_inputs_exceed_the_max_length(app):
     texts = [LONG, LONG, "short tail"]
-    body = server.post("/v1/embeddings", {"input": texts, "late_chunking": True}).json()
+    body = app.post("/v1/embeddings", {"input": texts, "late_chunking": True}).json()
     assert len(body["data"]) == 3
     assert all(len(item["embedding"]) == 384 for item in body["data"])
     # two sequences: each carries its own [CLS] and [SEP]
-    single = server.post("/v1/embeddings", {"input": [LONG]}).json()["usage"]["total_tokens"]
-    tail = server.post("/v1/embeddings", {"input": ["short tail"]}).json()["usage"]["total_tokens"]
+    single = app.post("/v1/embeddings", {"input": [LONG]}).json()["usage"]["total_tokens"]
+    tail = app.post("/v1/embeddings", {"input": ["short tail"]}).json()["usage"]["total_tokens"]
     assert body["usage"]["total_tokens"] == 2 * single + tail - 2
 
 
@@ -149,3 +146,17 @@ def test_tasks_select_the_configured_prompt(prompted_server, reference_model):
     # the prompt's tokens are processed, so they are billed
     plain_tokens = len(reference_model.tokenizer(text)["input_ids"])
     assert query["usage"]["total_tokens"] == plain_tokens + 2
+
+
+def test_input_type_selects_the_retrieval_task_when_no_task_is_given(prompted_server, reference_model):
+    text = "how do rerankers work"
+    query = prompted_server.post("/invocations", {"data": [text], "parameters": {"input_type": "query"}}).json()
+    assert cosine(query["data"][0]["embedding"], reference_model.encode([text], prompt="query: ")[0]) >= 0.9999
+    document = prompted_server.post("/v1/embeddings", {"input": [text], "input_type": "document"}).json()
+    assert cosine(document["data"][0]["embedding"], reference_model.encode([text], prompt="passage: ")[0]) >= 0.9999
+    # an explicit task wins over input_type
+    both = prompted_server.post("/v1/embeddings", {"input": [text], "input_type": "document",
+                                                   "task": "retrieval.query"}).json()
+    assert cosine(both["data"][0]["embedding"], reference_model.encode([text], prompt="query: ")[0]) >= 0.9999
+    refused = prompted_server.post("/v1/embeddings", {"input": [text], "input_type": "passage"})
+    assert refused.status_code == 422 and "`input_type` must be one of query, document" in refused.json()["detail"]

@@ -34,7 +34,7 @@ def _unpack(artifact: Path, target: Path) -> Path:
 def minilm_artifact(tmp_path_factory, minilm_dir) -> Path:
     output = tmp_path_factory.mktemp("artifact") / "model.tar.gz"
     report = build_artifact.build_artifact(minilm_dir, output)
-    assert report.check.startswith("embedded 1 text into 384 dimensions")
+    assert report.check.startswith("embedded 2 texts into 384 dimensions")
     assert report.served_name == "all-MiniLM-L6-v2"
     return output
 

@@ -21,8 +21,8 @@ from container.dialects import decode_invocation
 from container.errors import ValidationFailed
 from model_handlers import HandlerOptions, load_handler
 from model_handlers.errors import ModelDirectoryError
-from model_handlers.reranker import Windowing, rank
-from model_handlers.serving_config import ModelKind, read_serving_config
+from model_handlers.ranking import Windowing, rank
+from model_handlers.serving_config import read_serving_config
 from model_handlers.types import RerankRequest
 
 QUERY = "what do cats like to eat"
@@ -126,7 +126,7 @@ def test_cross_encoder_activation_is_sigmoid_for_one_label(cross_encoder, cross_
     # sentence-transformers 6.2: num_labels=1 and no saved activation -> Sigmoid; the server's default matches.
     assert isinstance(cross_encoder.activation_fn, torch.nn.Sigmoid)
     assert read_serving_config(cross_encoder_dir).score_activation == "sigmoid"
-    assert read_serving_config(cross_encoder_dir).kind is ModelKind.RERANKER
+    assert read_serving_config(cross_encoder_dir).kind.name == "reranker"
 
 
 def test_usage_is_every_token_the_model_read(reranker, tokenizer):

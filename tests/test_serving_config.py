@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from model_handlers.errors import ModelDirectoryError
-from model_handlers.serving_config import ModelKind, TaskSpec, read_serving_config
+from model_handlers.serving_config import TaskSpec, read_serving_config
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def model_copy(tmp_path, minilm_dir):
 
 def test_sentence_transformers_directory_is_an_embedding_model(model_copy):
     config = read_serving_config(model_copy)
-    assert config.kind is ModelKind.EMBEDDING
+    assert config.kind.name == "embedding"
     assert config.served_model_name == "my-embedder"
     assert config.task_spec("retrieval.query") == TaskSpec()
 
@@ -54,14 +54,14 @@ def test_sequence_classification_config_is_a_reranker(model_copy):
     hf_config = json.loads((model_copy / "config.json").read_text())
     hf_config["architectures"] = ["BertForSequenceClassification"]
     (model_copy / "config.json").write_text(json.dumps(hf_config))
-    assert read_serving_config(model_copy).kind is ModelKind.RERANKER
+    assert read_serving_config(model_copy).kind.name == "reranker"
 
 
 def test_pickled_weights_are_refused_unless_allowed(model_copy):
     (model_copy / "model.safetensors").rename(model_copy / "pytorch_model.bin")
     with pytest.raises(ModelDirectoryError, match="safetensors.*SEARCHBOX_ALLOW_PICKLE"):
         read_serving_config(model_copy)
-    assert read_serving_config(model_copy, allow_pickle=True).kind is ModelKind.EMBEDDING
+    assert read_serving_config(model_copy, allow_pickle=True).kind.name == "embedding"
 
 
 @pytest.mark.parametrize("content,message", [

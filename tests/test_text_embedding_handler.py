@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from model_handlers import HandlerOptions, load_handler
-from model_handlers.types import EmbeddingType, EmbedRequest, TextInput
+from model_handlers.types import EmbedRequest, TextInput
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_32_one_sentence_callers_cost_a_handful_of_forward_passes(handler, refer
     assert passes <= 8, f"32 callers took {passes} forward passes"
     expected = reference_model.encode(texts)
     for i, result in enumerate(results):
-        assert float(result.embeddings[0][EmbeddingType.FLOAT] @ expected[i]) >= 0.9999
+        assert float(result.vectors[0] @ expected[i]) >= 0.9999
 
 
 def test_pickled_weights_load_when_the_operator_opts_in(tmp_path, minilm_dir, reference_model):
@@ -49,7 +49,7 @@ def test_pickled_weights_load_when_the_operator_opts_in(tmp_path, minilm_dir, re
     os.remove(model_dir / "model.safetensors")
     pickled = load_handler(model_dir, HandlerOptions(allow_pickle=True))
     try:
-        vector = pickled.embed(EmbedRequest(inputs=(TextInput("hello"),))).embeddings[0][EmbeddingType.FLOAT]
+        vector = pickled.embed(EmbedRequest(inputs=(TextInput("hello"),))).vectors[0]
     finally:
         pickled.close()
     np.testing.assert_allclose(vector, reference_model.encode(["hello"])[0], atol=1e-5)

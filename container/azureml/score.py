@@ -20,8 +20,8 @@ from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
 
 from container import dialects
-from container.dispatch import Dispatcher, Reply, error_reply, internal_error
-from container.errors import MethodNotAllowed
+from container.dispatch import Dispatcher
+from container.errors import MethodNotAllowed, Reply, error_reply, internal_error
 from container.runtime import ModelRuntime
 from container.settings import Settings, apply_library_environment
 from model_handlers.memory import limit_arenas

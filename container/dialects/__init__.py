@@ -1,26 +1,54 @@
-"""Wire dialects: each turns a JSON body into a typed request plus a renderer for its result.
+"""Wire dialects: each turns a body into typed requests plus a renderer for their results.
 
-Routes only dispatch; which dialect a body speaks is decided here, by its keys (contract §2, §3).
+Routes only dispatch; which dialect a JSON body speaks is decided here, by its keys (contract §2, §3).
+`Decoded` is one JSON body's request; `Records` what the dispatcher runs for any body (one JSON request,
+or the many of a batch-transform CSV or JSON Lines body).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
+from sagemaker_inference import content_types
+
+from container.encodings import Encoding
 from container.errors import ValidationFailed
 from model_handlers.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult
 
 TypedRequest = Union[EmbedRequest, RerankRequest]
 TypedResult = Union[EmbedResult, RerankResult]
+JSON = content_types.JSON
 
 
 @dataclass(frozen=True)
 class Decoded:
-    """A typed request and how to render its result in the dialect it came in."""
+    """A typed request, how to render its result in the dialect it came in, and (embeddings) in which encodings."""
 
     request: TypedRequest
     render: Callable[[Any], dict]
+    encoding: Encoding | None = None
+
+
+@dataclass(frozen=True)
+class Records:
+    """A body decoded into typed requests to run, and how to render their results as one body.
+
+    Attributes:
+        requests: the typed requests, each run through the model.
+        origins: where each request came from ("line 3", "lines 1-2048"), to prefix its errors; "" for none.
+        render: the results (one per request, same order) to the response body.
+        content_type: the response's media type.
+        concurrent: run the requests side by side (small ones, so the batcher packs them together)
+            rather than one after the other (large ones, each filling whole forward passes).
+    """
+
+    requests: Sequence[TypedRequest]
+    origins: Sequence[str]
+    render: Callable[[list[TypedResult]], bytes]
+    content_type: str = JSON
+    concurrent: bool = True
+    encodings: Sequence[Encoding | None] = ()  # per request, when known: what the answer's size depends on
 
 
 def decode_invocation(body: Any) -> Decoded:

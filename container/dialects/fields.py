@@ -8,8 +8,9 @@ from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
 
+from container.encodings import EmbeddingType, Encoding
 from container.errors import BadRequest, ValidationFailed
-from model_handlers.types import EmbedInput, EmbedRequest, EmbeddingType, ImageInput, TextInput
+from model_handlers.types import INPUT_TYPE_TASKS, EmbedInput, EmbedRequest, ImageInput, TextInput
 
 _IMAGE_KEYS = ("image", "url", "bytes")
 _TYPE_NAMES = ", ".join(t.value for t in EmbeddingType)
@@ -137,10 +138,10 @@ def optional_str(value: Any, field: str) -> str | None:
     return value
 
 
-def embedding_types(value: Any, field: str) -> tuple[tuple[EmbeddingType, ...], bool]:
-    """The requested types, and whether they came as a list (then the answer is keyed by type)."""
+def encoding(value: Any, field: str) -> Encoding:
+    """The requested embedding types; a list of them makes the answer keyed by type."""
     if value is None:
-        return (EmbeddingType.FLOAT,), False
+        return Encoding()
     as_list = isinstance(value, list)
     values = value if as_list else [value]
     if as_list and not values:
@@ -149,9 +150,16 @@ def embedding_types(value: Any, field: str) -> tuple[tuple[EmbeddingType, ...], 
     for item in values:
         try:
             types.append(EmbeddingType(item))
-        except ValueError:
+        except (ValueError, TypeError):
             raise ValidationFailed(f"`{field}` must be one of {_TYPE_NAMES} (or a list of them), got {_shown(item)}") from None
-    return tuple(dict.fromkeys(types)), as_list
+    return Encoding(tuple(dict.fromkeys(types)), as_list)
+
+
+def input_type(value: Any, field: str) -> str | None:
+    value = optional_str(value, field)
+    if value is not None and value not in INPUT_TYPE_TASKS:
+        raise ValidationFailed(f"`{field}` must be one of {', '.join(INPUT_TYPE_TASKS)}, got {_shown(value)}")
+    return value
 
 
 def embed_input(value: Any, field: str) -> EmbedInput:
@@ -173,31 +181,23 @@ def embed_input(value: Any, field: str) -> EmbedInput:
 
 
 def embed_request(inputs: tuple[EmbedInput, ...], options: Mapping[str, Any],
-                  prefix: str = "") -> tuple[EmbedRequest, bool]:
+                  prefix: str = "") -> tuple[EmbedRequest, Encoding]:
     """The options of contract §2c, read from `options` (field names in errors get `prefix`).
 
-    Returns the request and whether the embedding types came as a list (answer keyed by type).
-    OpenAI's `encoding_format` is read as a synonym of `embedding_type`.
+    Returns the request and how its vectors go on the wire. OpenAI's `encoding_format` is read as a
+    synonym of `embedding_type`.
     """
     type_key = "embedding_type" if options.get("embedding_type") is not None else "encoding_format"
-    types, types_as_list = embedding_types(options.get(type_key), prefix + type_key)
     request = EmbedRequest(
         inputs=inputs,
         task=optional_str(options.get("task"), prefix + "task"),
         dimensions=optional_int(options.get("dimensions"), prefix + "dimensions"),
         normalized=optional_bool(options.get("normalized"), prefix + "normalized", True),
-        embedding_types=types,
         late_chunking=optional_bool(options.get("late_chunking"), prefix + "late_chunking", False),
         truncate=optional_bool(options.get("truncate"), prefix + "truncate", True),
-        input_type=optional_str(options.get("input_type"), prefix + "input_type"),
+        input_type=input_type(options.get("input_type"), prefix + "input_type"),
     )
-    return request, types_as_list
-
-
-def render_embedding(encoded: Mapping[EmbeddingType, Any], as_list: bool) -> Any:
-    if as_list:
-        return {kind.value: value for kind, value in encoded.items()}
-    return next(iter(encoded.values()))
+    return request, encoding(options.get(type_key), prefix + type_key)
 
 
 def _shown(value: Any) -> str:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from container.dialects import Decoded
-from container.dialects import fields
+from container.dialects import Decoded, fields
 from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult
 
@@ -19,17 +18,15 @@ def decode_embeddings(body: Any) -> Decoded:
     if not isinstance(raw, list):
         raise ValidationFailed("`input` must be a string or a list of strings or {\"text\"} objects")
     inputs = tuple(fields.embed_input(item, f"input[{i}]") for i, item in enumerate(raw))
-    request, types_as_list = fields.embed_request(inputs, body)
+    request, encoding = fields.embed_request(inputs, body)
 
     def render(result: EmbedResult) -> dict[str, Any]:
         return {
             "model": result.model,
             "object": "list",
             "usage": {"total_tokens": result.total_tokens, "prompt_tokens": result.total_tokens},
-            "data": [
-                {"object": "embedding", "index": index, "embedding": fields.render_embedding(encoded, types_as_list)}
-                for index, encoded in enumerate(result.embeddings)
-            ],
+            "data": [{"object": "embedding", "index": index, "embedding": encoding.render(vector)}
+                     for index, vector in enumerate(result.vectors)],
         }
 
-    return Decoded(request, render)
+    return Decoded(request, render, encoding)

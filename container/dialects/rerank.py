@@ -33,27 +33,30 @@ def is_public_rerank(body: Any) -> bool:
     return isinstance(body, dict) and "input" not in body and any(key in body for key in _KEYS)
 
 
-def decode_sagemaker(body: Mapping[str, Any]) -> Decoded:
+def decode_sagemaker(body: Mapping[str, Any], prefix: str = "data.") -> Decoded:
+    """The SageMaker rerank envelope; `prefix` names `data`'s fields in errors (CSV rows name none)."""
     data = body.get("data")
     if isinstance(data, list):
         if len(data) != 1:
             raise ValidationFailed(
                 f"`data` holds {len(data)} rerank requests; send one per body: {_SAGEMAKER_SHAPE}")
         data = data[0]
-    request = _request(fields.mapping(data, "data"), "data.", _SAGEMAKER_SHAPE)
+    request = _request(fields.mapping(data, "data"), prefix, _SAGEMAKER_SHAPE)
     parameters = dict(fields.echoed(fields.mapping(body.get("parameters"), "parameters"), "parameters"))
 
     def render(result: RerankResult) -> dict[str, Any]:
-        return {
-            "data": [{
-                "query_usage": {"total_tokens": result.query_tokens},
-                "docs_usage": {"total_tokens": result.document_tokens},
-                "results": [_hit(request, hit, with_usage=True) for hit in result.hits],
-            }],
-            "parameters": parameters,
-        }
+        return {"data": [render_item(request, result)], "parameters": parameters}
 
     return Decoded(request, render)
+
+
+def render_item(request: RerankRequest, result: RerankResult) -> dict[str, Any]:
+    """One answered rerank of the SageMaker envelope (batch-transform CSV rows add their `id`)."""
+    return {
+        "query_usage": {"total_tokens": result.query_tokens},
+        "docs_usage": {"total_tokens": result.document_tokens},
+        "results": [_hit(request, hit, with_usage=True) for hit in result.hits],
+    }
 
 
 def decode_public(body: Any) -> Decoded:

@@ -1,12 +1,17 @@
-"""The SageMaker envelope that the `jina-sagemaker` client sends (contract §2a)."""
+"""The SageMaker envelope that the `jina-sagemaker` client sends (contract §2a), and its answer.
+
+`{"data": [items] | item, "parameters": {...}}` -> `{"data": [{"id", "embedding", "usage"}], "parameters"}`.
+Batch-transform CSV rows are decoded through here too (container/dialects/batch_transform.py), so every
+SageMaker embedding answer is rendered by `render_item`.
+"""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from container.dialects import Decoded
-from container.dialects import fields
+from container.dialects import Decoded, fields
+from container.encodings import Encoding
 from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult
 
@@ -22,16 +27,17 @@ def decode(body: dict[str, Any]) -> Decoded:
         inputs.append(fields.embed_input(item, f"data[{index}]"))
         given = fields.item_id(item.get("id"), f"data[{index}].id") if isinstance(item, dict) else None
         ids.append(given if given is not None else uuid.uuid4().hex)
-    request, types_as_list = fields.embed_request(tuple(inputs), params, prefix="parameters.")
+    request, encoding = fields.embed_request(tuple(inputs), params, prefix="parameters.")
 
     def render(result: EmbedResult) -> dict[str, Any]:
-        return {
-            "data": [
-                {"id": item_id, "embedding": fields.render_embedding(encoded, types_as_list),
-                 "usage": {"total_tokens": tokens}}
-                for item_id, encoded, tokens in zip(ids, result.embeddings, result.token_counts)
-            ],
-            "parameters": params,
-        }
+        return {"data": [render_item(item_id, vector, tokens, encoding)
+                         for item_id, vector, tokens in zip(ids, result.vectors, result.token_counts)],
+                "parameters": params}
 
-    return Decoded(request, render)
+    return Decoded(request, render, encoding)
+
+
+def render_item(item_id: Any, vector, tokens: int, encoding: Encoding) -> dict[str, Any]:
+    """One answered input: a vector under `embedding` (a matrix of token vectors would go under `embeddings`)."""
+    key = "embedding" if getattr(vector, "ndim", 1) == 1 else "embeddings"
+    return {"id": item_id, key: encoding.render(vector), "usage": {"total_tokens": tokens}}

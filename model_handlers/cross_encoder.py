@@ -1,0 +1,160 @@
+"""Kind `reranker`: cross-encoders, `*ForSequenceClassification` directories with one relevance label.
+
+A cross-encoder reads the query and one document together and answers one relevance logit; it makes
+no embeddings. `prepare_rerank` cuts the query and windows the documents on the caller's thread; the
+batcher runs `forward` over the (query, window) pairs of many callers, packed by tokens; the pipeline
+keeps each document's best window and ranks.
+
+Token accounting (contract §3, §6: it is what a buyer is billed for). Every pair the model reads is
+`specials + query + window`. The query's tokens go to `query_tokens` once per pair (a document split
+into three windows repeats the query three times); a document's own count is its windows' tokens plus
+the special tokens of its pairs. `query_tokens + document_tokens` is then exactly what the model
+processed, and `document_tokens` is the sum of every document's count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable
+
+import numpy as np
+
+from model_handlers.errors import ModelDirectoryError
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.options import HandlerOptions
+from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.serving_config import ServingConfig
+from model_handlers.tokenization import TokenizerView
+from model_handlers.types import EmbedRequest, Operation, RerankRequest
+
+# Beyond this a tokenizer's model_max_length is a placeholder ("no limit"), not the model's length.
+_NO_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One model input: the query and one window of one document."""
+
+    ids: np.ndarray
+    type_ids: np.ndarray
+    group: Hashable = "pair"
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class CrossEncoderModel:
+    """Serves a `*ForSequenceClassification` directory with one label as a reranker."""
+
+    width = None  # a cross-encoder makes scores, no vectors
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.config = config
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
+            self._model = AutoModelForSequenceClassification.from_pretrained(
+                str(model_dir), local_files_only=True, trust_remote_code=True,
+                use_safetensors=not options.allow_pickle or None,
+            ).to(self._device)
+        except (OSError, ValueError) as exc:
+            raise ModelDirectoryError(f"cannot load {model_dir} as a cross-encoder reranker: {exc}") from exc
+        self._model.eval()
+        labels = int(getattr(self._model.config, "num_labels", 1))
+        if labels != 1:
+            raise ModelDirectoryError(
+                f"{model_dir}: the classifier has {labels} labels; searchbox serves rerankers with one relevance label")
+        self.max_length = int(config.max_length or self._default_max_length(tokenizer))
+        self._tokenizer = TokenizerView(tokenizer, self.max_length)
+        if self._tokenizer.pair_special_count is None:
+            raise ModelDirectoryError(f"{model_dir}: the tokenizer has no template for (query, document) pairs")
+        # Content tokens one pair holds beside its special tokens; the query takes at most its share.
+        self._room = self.max_length - self._tokenizer.pair_special_count
+        self.max_query_tokens = max(1, min(config.max_query_tokens or self._room // 2, self._room - 1))
+        self._sigmoid = config.score_activation == "sigmoid"
+
+    def _default_max_length(self, tokenizer) -> int:
+        positions = getattr(self._model.config, "max_position_embeddings", None) or 512
+        declared = getattr(tokenizer, "model_max_length", None) or _NO_LIMIT
+        return int(min(declared, positions)) if declared < _NO_LIMIT else int(positions)
+
+    # --- on the caller's thread -----------------------------------------------------------------------
+
+    def prepare_embed(self, request: EmbedRequest):
+        raise AssertionError("a cross-encoder makes no embeddings: the server refuses before this; this is a bug")
+
+    def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
+        """The cut query and one (query, window) pair per window of each document."""
+        query = self._tokenizer.encode([request.query])[0][: self.max_query_tokens]
+        windowing = Windowing.within(self._room - len(query), self.config)
+        specials = self._tokenizer.pair_special_count
+        pairs, owners, doc_tokens = [], [], []
+        for index, content in enumerate(self._tokenizer.encode(request.documents)):
+            windows = windowing.split(content)
+            for window in windows:
+                pairs.append(_Pair(*self._tokenizer.wrap_pair(query, window)))
+                owners.append(index)
+            doc_tokens.append(sum(len(w) for w in windows) + specials * len(windows))
+            check_window_count(len(pairs), max_windows)
+        return RerankWork(items=pairs, owners=owners, scoring=Scoring.PAIR, query_tokens=len(query) * len(pairs),
+                          document_tokens=doc_tokens)
+
+    def calibration_item(self, length: int) -> _Pair:
+        filler = self._tokenizer.encode(["a"])[0][:1]
+        content = max(2, length - self._tokenizer.pair_special_count)
+        return _Pair(*self._tokenizer.wrap_pair(np.repeat(filler, content // 2), np.repeat(filler, content - content // 2)))
+
+    # --- on the batcher's thread ----------------------------------------------------------------------
+
+    def forward(self, pairs: list[_Pair]) -> list[list[np.ndarray]]:
+        import torch
+
+        with torch.inference_mode():
+            padded = self._tokenizer.pad([p.ids for p in pairs], type_ids=[p.type_ids for p in pairs])
+            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
+            logits = self._model(**features).logits[:, 0].float()
+            scores = torch.sigmoid(logits) if self._sigmoid else logits
+            return [[score] for score in scores.cpu().numpy()]
+
+
+def _is_cross_encoder(files: ModelFiles) -> bool:
+    return any(architecture.endswith("ForSequenceClassification") for architecture in files.architectures)
+
+
+KIND = Kind(
+    name="reranker",
+    summary="a reranker (cross-encoder)",
+    recognizes=_is_cross_encoder,
+    operations=frozenset({Operation.RERANK}),
+    csv=CsvLayout(Operation.RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
+                                     CsvColumn("top_n", optional=True))),
+    samples=Samples(
+        request={"data": {"query": "What is the capital of Germany?",
+                          "documents": [{"text": "Berlin is the capital of Germany."}, {"text": "Bananas are yellow."}],
+                          "top_n": 2}},
+        response={"data": [{"query_usage": {"total_tokens": 9}, "docs_usage": {"total_tokens": 14},
+                            "results": [{"index": 0, "relevance_score": 0.97,
+                                         "document": {"text": "Berlin is the capital of Germany."},
+                                         "usage": {"total_tokens": 9}},
+                                        {"index": 1, "relevance_score": 0.01,
+                                         "document": {"text": "Bananas are yellow."}, "usage": {"total_tokens": 5}}]}],
+                  "parameters": {}},
+        public_path="/v1/rerank",
+        public_request={"query": "capital of Germany?", "documents": ["Berlin ...", "Bananas ..."], "top_n": 1},
+        csv=('"q1","What is the capital of Germany?","[""Berlin is the capital of Germany."", '
+             '""Bananas are yellow."", ""Germany borders France.""]","2"\n'
+             '"q2","How do embeddings work?","[""Embeddings map text to vectors."", ""Paris is in France.""]","1"\n'),
+        batch_output=('{"data":[{"id":"q1","query_usage":{"total_tokens":9},"docs_usage":{"total_tokens":21},'
+                      '"results":[{"index":0,"relevance_score":0.97,"document":{"text":"Berlin is the capital of '
+                      'Germany."},"usage":{"total_tokens":9}}]}],"parameters":{}}'),
+        client_call=('client.rerank(query="What is the capital of Germany?",\n'
+                     '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
+    ),
+    load=CrossEncoderModel,
+)

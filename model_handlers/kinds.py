@@ -1,0 +1,155 @@
+"""The registry of model kinds: each kind is one module that declares a `KIND`; this is the one list of them.
+
+A kind says once what it is: its name, how to recognise a model directory of its own, which operations
+it answers, its batch-transform CSV row, the samples packaging uses for the load check and the listing,
+and how to load a model. Loading, serving-config detection, batch transform, the catalog, the model
+package, the listing and the artifact builder all read this registry instead of branching on kind names.
+
+Importing this module (and the kind modules) costs no torch: `serve` detects kinds in the gunicorn
+master. A kind's `load` imports its heavy libraries when it is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from model_handlers.types import Operation
+
+if TYPE_CHECKING:
+    from model_handlers.options import HandlerOptions
+    from model_handlers.pipeline import Model
+    from model_handlers.serving_config import ServingConfig
+
+# Registration order is detection order: the first kind whose `recognizes` says yes serves the directory,
+# so a catch-all kind comes last.
+KIND_MODULES = (
+    "model_handlers.cross_encoder",
+    "model_handlers.text_embedding",
+)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """What detection may look at in a model directory, read once: no weights are loaded."""
+
+    directory: Path
+    config: Mapping[str, Any]  # config.json
+    modules: tuple[Mapping[str, Any], ...]  # modules.json (sentence-transformers)
+
+    @classmethod
+    def read(cls, directory: Path) -> "ModelFiles":
+        return cls(directory, _json_object(directory / "config.json"), tuple(_json_list(directory / "modules.json")))
+
+    @property
+    def architectures(self) -> tuple[str, ...]:
+        return tuple(str(a) for a in self.config.get("architectures") or ())
+
+
+@dataclass(frozen=True)
+class CsvColumn:
+    """One batch-transform CSV column after the id: the JSON field it fills, and whether it holds JSON itself."""
+
+    field: str
+    json: bool = False
+    optional: bool = False  # may be left out at the end of a row or left empty
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """A CSV row of this kind: the columns after the id, and what a row is.
+
+    `operation` EMBED: each row is one input (columns that are empty are left out; exactly one must be
+    filled); rows of a body are sent in requests of up to the input limit. RERANK: each row is one request.
+    """
+
+    operation: Operation
+    columns: tuple[CsvColumn, ...]
+
+    @property
+    def header(self) -> str:
+        return ",".join(["id", *(column.field for column in self.columns)])
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What a buyer of this kind sends and gets, for the artifact's load check and the listing.
+
+    `request` is the SageMaker envelope the `jina-sagemaker` client sends (the load check sends it through
+    the server's own dispatcher); `response` an abridged answer to show; `public_path`/`public_request`
+    the public API equivalent; `csv` batch-transform rows in both quotings; `client_call` the
+    jina-sagemaker call; `batch_output` an abridged CSV answer.
+    """
+
+    request: Mapping[str, Any]
+    response: Mapping[str, Any]
+    public_path: str
+    public_request: Mapping[str, Any]
+    csv: str
+    batch_output: str
+    client_call: str
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    summary: str  # what the model does, in a buyer's words: "text embeddings"
+    recognizes: Callable[[ModelFiles], bool]
+    operations: frozenset[Operation]
+    csv: CsvLayout
+    samples: Samples
+    load: Callable[[Path, "ServingConfig", "HandlerOptions"], "Model"] = field(repr=False)
+
+    def answers(self, operation: Operation) -> bool:
+        return operation in self.operations
+
+
+@lru_cache(maxsize=1)
+def registered() -> tuple[Kind, ...]:
+    """Every kind, in detection order."""
+    return tuple(importlib.import_module(name).KIND for name in KIND_MODULES)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(kind.name for kind in registered())
+
+
+def named(name: str) -> Kind:
+    """The kind called `name`.
+
+    Raises:
+        KeyError: no such kind; the message lists the kinds there are.
+    """
+    for kind in registered():
+        if kind.name == name:
+            return kind
+    raise KeyError(f"unknown kind {name!r}; choose one of {', '.join(names())}")
+
+
+def detect(files: ModelFiles) -> Kind:
+    """The first registered kind that recognises the directory (the last one is a catch-all)."""
+    for kind in registered():
+        if kind.recognizes(files):
+            return kind
+    return registered()[-1]
+
+
+def _json_object(path: Path) -> Mapping[str, Any]:
+    value = _read_json(path)
+    return value if isinstance(value, dict) else {}
+
+
+def _json_list(path: Path) -> list:
+    value = _read_json(path)
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None  # serving_config reports unreadable files itself

@@ -1,0 +1,112 @@
+"""Ranking: the rules every rerank answer follows, whatever scores the documents.
+
+- Long documents are split into windows (`Windowing`), never silently cut to their head; a document
+  keeps its best window's score (`best_per_document`).
+- A request may make at most a configured number of model inputs (`check_window_count`).
+- Scores: a cross-encoder's own (`Scoring.PAIR`: one score per (query, window) input), or the cosine of
+  query and window embeddings (`Scoring.COSINE`).
+- Hits are sorted by score, highest first, ties in input order, cut to `top_n` (`rank`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Hashable, Sequence
+
+import numpy as np
+
+from model_handlers.errors import TooLarge
+from model_handlers.serving_config import ServingConfig
+from model_handlers.types import RerankHit
+
+
+class Scoring(str, enum.Enum):
+    """How a model's outputs become window scores."""
+
+    PAIR = "pair"  # each input is (query, window); its output is the score
+    COSINE = "cosine"  # the first input is the query; each other input a window; score = cosine with the query
+
+
+@dataclass(frozen=True)
+class Windowing:
+    """How a document longer than its room is split: windows of `size` tokens overlapping by `overlap`."""
+
+    size: int
+    overlap: int
+
+    @classmethod
+    def within(cls, room: int, config: ServingConfig) -> "Windowing":
+        """The windows for `room` content tokens per model input, as `searchbox.json` asks.
+
+        The window is the configured size, never more than the room (default: the whole room); the
+        overlap is the configured one (default: a quarter of the window), never more than half the window.
+        """
+        size = max(1, min(config.rerank_window_tokens or room, room))
+        overlap = size // 4 if config.rerank_window_overlap is None else config.rerank_window_overlap
+        return cls(size, min(overlap, size // 2))
+
+    def split(self, content: np.ndarray) -> list[np.ndarray]:
+        """Windows at 0, stride, 2*stride, ... and a last one that ends exactly at the document's end."""
+        if len(content) <= self.size:
+            return [content]
+        stride = self.size - self.overlap
+        starts = list(range(0, len(content) - self.size, stride)) + [len(content) - self.size]
+        return [content[start:start + self.size] for start in starts]
+
+
+@dataclass(frozen=True)
+class RerankWork:
+    """A rerank request prepared by a model: the inputs to run, and how their outputs become document scores.
+
+    Attributes:
+        items: the model inputs (batcher work items), the query's first when `scoring` is COSINE.
+        owners: for each input, the index of the document it is a window of (None for the query).
+        scoring: how outputs become scores.
+        query_tokens: tokens billed to the query (`query_usage`).
+        document_tokens: tokens billed to each document (its windows, with their special tokens).
+    """
+
+    items: Sequence[Hashable]
+    owners: Sequence[int | None]
+    scoring: Scoring
+    query_tokens: int
+    document_tokens: Sequence[int]
+
+
+def check_window_count(windows: int, cap: int) -> None:
+    """A rerank request may make at most `cap` model inputs: a huge document is refused, not read for minutes.
+
+    Raises:
+        TooLarge: naming the count and how to split.
+    """
+    if windows > cap:
+        raise TooLarge(f"the documents make more than {cap} windows of model input (a long document is read in "
+                       f"windows); send fewer or shorter documents per request, at most {cap} windows")
+
+
+def window_scores(work: RerankWork, outputs: Sequence[np.ndarray]) -> list[float]:
+    """One score per window input (query inputs excluded), in input order."""
+    if work.scoring is Scoring.PAIR:
+        return [float(np.asarray(output).reshape(-1)[0]) for output in outputs]
+    vectors = np.stack([np.asarray(output, dtype=np.float64).reshape(-1) for output in outputs])
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    query = vectors[[i for i, owner in enumerate(work.owners) if owner is None][0]]
+    return [float(vectors[i] @ query) for i, owner in enumerate(work.owners) if owner is not None]
+
+
+def best_per_document(work: RerankWork, outputs: Sequence[np.ndarray], documents: int) -> list[float]:
+    """Each document's best window score."""
+    best = [float("-inf")] * documents
+    owners = [owner for owner in work.owners if owner is not None]
+    for owner, score in zip(owners, window_scores(work, outputs)):
+        best[owner] = max(best[owner], score)
+    return best
+
+
+def rank(scores: Sequence[float], tokens: Sequence[int], top_n: int | None) -> list[RerankHit]:
+    """Hits by score, highest first, ties in input order, cut to `top_n` (clamped to the document count)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # sorted() is stable: ties keep input order
+    if top_n is not None:
+        order = order[:max(top_n, 0)]
+    return [RerankHit(index=i, relevance_score=float(scores[i]), tokens=int(tokens[i])) for i in order]

@@ -1,0 +1,68 @@
+"""Assertions and clients the tests share: one place for what an answer of this server must look like."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+ERROR_KEYS = {"detail", "code", "request_id"}
+
+
+def assert_error(response, status: int, code: str | None = None, *mentions: str) -> dict:
+    """`response` (requests', or an in-process one) is the contract's JSON error, naming each of `mentions`."""
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["Content-Type"].split(";")[0] == "application/json"
+    body = response.json()
+    assert set(body) == ERROR_KEYS, body
+    assert body["request_id"] == response.headers["X-Request-Id"]
+    assert "Traceback" not in body["detail"]
+    if code is not None:
+        assert body["code"] == code, body
+    for mention in mentions:
+        assert mention in body["detail"], (mention, body["detail"])
+    return body
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+class Answer:
+    """A Flask test response that reads like requests' (`.json()`, `.text`), so a test runs against either."""
+
+    def __init__(self, response):
+        self._response = response
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.content = response.data
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return orjson.loads(self.content)
+
+
+class InProcess:
+    """`create_app(...)` with Flask's test client on the real model: what `RunningServer` offers, minus the process.
+
+    For dialect and error tables, which need no gunicorn; what needs the process (ping under load, SIGTERM,
+    concurrency, nginx's own answers) keeps a real server.
+    """
+
+    def __init__(self, client):
+        self._client = client
+
+    def post(self, path: str, body=None, *, data: bytes | str | None = None, headers: dict | None = None) -> Answer:
+        if data is None:
+            data = orjson.dumps(body)
+        headers = dict(headers or {})
+        content_type = headers.pop("Content-Type", "application/json")  # None: no Content-Type at all
+        return Answer(self._client.post(path, data=data, content_type=content_type, headers=headers))
+
+    def get(self, path: str) -> Answer:
+        return Answer(self._client.get(path))
