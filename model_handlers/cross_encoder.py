@@ -26,7 +26,7 @@ from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, Operation, RerankRequest
+from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
 
 # Beyond this a tokenizer's model_max_length is a placeholder ("no limit"), not the model's length.
 _NO_LIMIT = 1_000_000
@@ -91,11 +91,13 @@ class CrossEncoderModel:
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The cut query and one (query, window) pair per window of each document."""
-        query = self._tokenizer.encode([request.query])[0][: self.max_query_tokens]
+        query_text = texts_of([request.query], self.config.served_model_name, "the query")
+        documents = texts_of(request.documents, self.config.served_model_name, "document")
+        query = self._tokenizer.encode(query_text)[0][: self.max_query_tokens]
         windowing = Windowing.within(self._room - len(query), self.config)
         specials = self._tokenizer.pair_special_count
         pairs, owners, doc_tokens = [], [], []
-        for index, content in enumerate(self._tokenizer.encode(request.documents)):
+        for index, content in enumerate(self._tokenizer.encode(documents)):
             windows = windowing.split(content)
             for window in windows:
                 pairs.append(_Pair(*self._tokenizer.wrap_pair(query, window)))

@@ -130,7 +130,8 @@ class Pipeline:
         if self.kind.answers(Operation.EMBED):
             self.embed(EmbedRequest(inputs=(TextInput("warm up the model"),)))
         else:
-            self.rerank(RerankRequest(query="warm up the model", documents=("a first document", "a second one")))
+            self.rerank(RerankRequest(query=TextInput("warm up the model"),
+                                      documents=(TextInput("a first document"), TextInput("a second one"))))
         self._batcher.calibrate(self._model.calibration_item, self.max_length)
 
     def drain(self, grace_s: float) -> None:

@@ -25,7 +25,7 @@ from model_handlers.pipeline import Prepared
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, Operation, RerankRequest, TextInput
+from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +84,7 @@ class TextEmbeddingModel:
     # --- on the caller's thread -----------------------------------------------------------------------
 
     def prepare_embed(self, request: EmbedRequest) -> Prepared:
-        texts = []
-        for index, item in enumerate(request.inputs):
-            if not isinstance(item, TextInput):
-                raise InvalidInput(f"input {index} is an image; model {self.model_name} embeds text only",
-                                   code="UNSUPPORTED_INPUT_TYPE")
-            texts.append(item.text)
+        texts = texts_of(request.inputs, self.model_name)
         spec = self.config.task_spec(request.effective_task)
         if request.late_chunking:
             return self._prepare_late_chunking(texts, spec, request.truncate)
@@ -101,14 +96,16 @@ class TextEmbeddingModel:
         A document longer than the model's max length is embedded in overlapping windows; usage counts
         every sequence embedded, special tokens included.
         """
-        query = self._prepare_each([request.query], self.config.task_spec("retrieval.query"), truncate=True)
+        query_text = texts_of([request.query], self.model_name, "the query")
+        documents = texts_of(request.documents, self.model_name, "document")
+        query = self._prepare_each(query_text, self.config.task_spec("retrieval.query"), truncate=True)
         spec = self.config.task_spec("retrieval.passage")
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
         prompt_length = self._prompt_length(spec)
         group = ("each", spec.adapter, prompt_length)  # the group _prepare_each gives, so windows batch with the query
         items, owners, doc_tokens = list(query.items), [None], []
-        for index, content in enumerate(self._tokenizer.encode(request.documents)):
+        for index, content in enumerate(self._tokenizer.encode(documents)):
             pieces = [_Sequence(self._tokenizer.wrap(np.concatenate([prompt, w])), group,
                                 prompt_length=prompt_length, adapter=spec.adapter) for w in windowing.split(content)]
             items.extend(pieces)

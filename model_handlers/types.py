@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
+
+from model_handlers.errors import InvalidInput
 
 
 class Operation(str, enum.Enum):
@@ -34,6 +36,22 @@ class ImageInput:
 
 
 EmbedInput = Union[TextInput, ImageInput]
+
+
+def texts_of(inputs: Sequence[EmbedInput], model_name: str, what: str = "input") -> list[str]:
+    """The texts of `inputs`, for a model that reads text only.
+
+    Raises:
+        InvalidInput: an input is an image, naming it (`what` 0, 1, ... or "the query").
+    """
+    texts = []
+    for index, item in enumerate(inputs):
+        if not isinstance(item, TextInput):
+            where = what if what == "the query" else f"{what} {index}"
+            raise InvalidInput(f"{where} is an image; model {model_name} takes text only",
+                               code="UNSUPPORTED_INPUT")
+        texts.append(item.text)
+    return texts
 
 # What `input_type` selects when no `task` is given: the retrieval task of that side.
 INPUT_TYPE_TASKS = {"query": "retrieval.query", "document": "retrieval.passage"}
@@ -75,8 +93,10 @@ class EmbedResult:
 
 @dataclass(frozen=True)
 class RerankRequest:
-    query: str
-    documents: tuple[str, ...]
+    """A query and documents, each a text or (for multimodal models) an image."""
+
+    query: EmbedInput
+    documents: tuple[EmbedInput, ...]
     top_n: int | None = None
     return_documents: bool = True
 

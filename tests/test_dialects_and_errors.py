@@ -151,7 +151,7 @@ def test_too_long_without_truncate_names_the_input_and_its_tokens(app):
 
 def test_image_input_on_a_text_model(app):
     response = app.post("/invocations", {"data": [{"image": "https://example.com/cat.png"}]})
-    assert_error(response, 400, "UNSUPPORTED_INPUT_TYPE", "input 0", "text only")
+    assert_error(response, 400, "UNSUPPORTED_INPUT", "input 0", "text only")
 
 
 def test_unknown_route_and_wrong_method(app):

@@ -23,7 +23,7 @@ from model_handlers import HandlerOptions, load_handler
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.ranking import Windowing, rank
 from model_handlers.serving_config import read_serving_config
-from model_handlers.types import RerankRequest
+from model_handlers.types import RerankRequest, TextInput
 
 QUERY = "what do cats like to eat"
 DOCUMENTS = [
@@ -179,7 +179,7 @@ def test_window_size_overlap_and_activation_come_from_searchbox_json(tmp_path, c
     handler = load_handler(model_dir, HandlerOptions(device="cpu"))
     try:
         document = words(100, offset=5)
-        result = handler.rerank(RerankRequest(query=QUERY, documents=(document,)))
+        result = handler.rerank(RerankRequest(query=TextInput(QUERY), documents=(TextInput(document),)))
     finally:
         handler.close()
     windows = window_texts(tokenizer, document, 32, 8)
@@ -261,6 +261,12 @@ def test_no_documents_is_an_empty_answer(reranker):
     assert answer["data"] == [{"query_usage": {"total_tokens": 0}, "docs_usage": {"total_tokens": 0}, "results": []}]
 
 
+def test_an_image_document_for_a_text_reranker_names_it(reranker):
+    response = reranker.post("/v1/rerank", {"query": "q", "documents": ["a", {"image": "https://x/y.png"}]})
+    assert response.status_code == 400
+    assert response.json()["code"] == "UNSUPPORTED_INPUT" and "document 1 is an image" in response.json()["detail"]
+
+
 @pytest.mark.parametrize("path, body, field", [
     ("/v1/rerank", {"query": QUERY}, "`documents` is missing"),
     ("/v1/rerank", {"documents": ["d"]}, "`query` is missing"),
@@ -268,7 +274,6 @@ def test_no_documents_is_an_empty_answer(reranker):
     ("/v1/rerank", {"query": "q", "documents": "d"}, "`documents` must be a list"),
     ("/v1/rerank", {"query": "q", "documents": ["d", 7]}, "`documents[1]`"),
     ("/v1/rerank", {"query": "q", "documents": [{"text": None}]}, "`documents[0].text`"),
-    ("/v1/rerank", {"query": "q", "documents": [{"image": "https://x/y.png"}]}, "text documents only"),
     ("/v1/rerank", {"query": "q", "documents": ["d"], "top_n": 0}, "`top_n` must be at least 1"),
     ("/v1/rerank", {"query": "q", "documents": ["d"], "top_n": "two"}, "`top_n`"),
     ("/v1/rerank", {"query": "q", "documents": ["d"], "return_documents": "no"}, "`return_documents`"),

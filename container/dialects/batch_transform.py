@@ -121,7 +121,8 @@ def estimated_response_bytes(job: Records, width: int | None) -> int:
                     per_vector += ((dims + 7) // 8) * _PACKED_BYTE_BYTES
             total += len(request.inputs) * (per_vector + _ITEM_OVERHEAD_BYTES)
         else:
-            shown = sum(len(d) for d in request.documents) if request.return_documents else 0
+            shown = (sum(len(value) for d in request.documents for value in fields.render_input(d).values())
+                     if request.return_documents else 0)
             total += 2 * shown + len(request.documents) * _ITEM_OVERHEAD_BYTES
     return total
 

@@ -180,6 +180,11 @@ def embed_input(value: Any, field: str) -> EmbedInput:
     raise ValidationFailed(f"`{field}` must be a string or an object with `text`, got {_json_type(value)}")
 
 
+def render_input(item: EmbedInput) -> dict[str, str]:
+    """An input as it is echoed back (a returned rerank document): `{"text"}`, or `{"image"}` with its source."""
+    return {"text": item.text} if isinstance(item, TextInput) else {"image": item.source}
+
+
 def embed_request(inputs: tuple[EmbedInput, ...], options: Mapping[str, Any],
                   prefix: str = "") -> tuple[EmbedRequest, Encoding]:
     """The options of contract §2c, read from `options` (field names in errors get `prefix`).

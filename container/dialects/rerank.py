@@ -4,7 +4,8 @@ SageMaker: `{"data": {"query", "documents", "top_n", "return_documents"}, "param
 also as a one-element list; answered `{"data": [{"query_usage", "docs_usage", "results"}], "parameters"}`.
 Public: `{"model", "query", "documents", "top_n", "return_documents"}`; answered
 `{"model", "object": "list", "usage": {"total_tokens"}, "results": [{"index", "relevance_score", "document"?}]}`.
-Documents are bare strings or `{"text"}` objects; `top_n` missing means all; `return_documents` defaults to true.
+Documents (and the query) are bare strings or `{"text"}` objects, or images for models that read them; `top_n`
+missing means all; `return_documents` defaults to true.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Mapping
 from container.dialects import Decoded
 from container.dialects import fields
 from container.errors import ValidationFailed
-from model_handlers.types import ImageInput, RerankHit, RerankRequest, RerankResult
+from model_handlers.types import RerankHit, RerankRequest, RerankResult
 
 _SAGEMAKER_SHAPE = '{"data": {"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3}}'
 _PUBLIC_SHAPE = '{"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3, "return_documents": true}'
@@ -79,11 +80,7 @@ def _request(source: Mapping[str, Any], prefix: str, shape: str) -> RerankReques
     for key in _KEYS:
         if key not in source or source[key] is None:
             raise ValidationFailed(f"`{prefix}{key}` is missing; a rerank body looks like {shape}")
-    query = source["query"]
-    if isinstance(query, dict) and "text" in query:
-        query = query["text"]
-    if not isinstance(query, str):
-        raise ValidationFailed(f"`{prefix}query` must be a string (or an object with a `text` string)")
+    query = fields.embed_input(source["query"], f"{prefix}query")
     documents = source["documents"]
     if not isinstance(documents, list):
         raise ValidationFailed(f"`{prefix}documents` must be a list of strings or {{\"text\"}} objects")
@@ -92,24 +89,16 @@ def _request(source: Mapping[str, Any], prefix: str, shape: str) -> RerankReques
         raise ValidationFailed(f"`{prefix}top_n` must be at least 1 (leave it out to get every document), got {top_n}")
     return RerankRequest(
         query=query,
-        documents=tuple(_document(item, f"{prefix}documents[{i}]") for i, item in enumerate(documents)),
+        documents=tuple(fields.embed_input(item, f"{prefix}documents[{i}]") for i, item in enumerate(documents)),
         top_n=top_n,
         return_documents=fields.optional_bool(source.get("return_documents"), f"{prefix}return_documents", True),
     )
 
 
-def _document(value: Any, field: str) -> str:
-    """A bare string or `{"text"}`, parsed as any input is; image documents need a multimodal reranker."""
-    item = fields.embed_input(value, field)
-    if isinstance(item, ImageInput):
-        raise ValidationFailed(f"`{field}` is an image; this server reranks text documents only")
-    return item.text
-
-
 def _hit(request: RerankRequest, hit: RerankHit, *, with_usage: bool) -> dict[str, Any]:
     item: dict[str, Any] = {"index": hit.index, "relevance_score": hit.relevance_score}
     if request.return_documents:
-        item["document"] = {"text": request.documents[hit.index]}
+        item["document"] = fields.render_input(request.documents[hit.index])
     if with_usage:
         item["usage"] = {"total_tokens": hit.tokens}
     return item
