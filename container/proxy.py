@@ -34,6 +34,8 @@ SOCKET_NAME = "gunicorn.sock"
 READY_NAME = "ready"
 CONF_NAME = "nginx.conf"
 _PR_SET_PDEATHSIG = 1
+# nginx's idle connections to gunicorn close after this; gunicorn's own keep-alive (server.py) is longer.
+UPSTREAM_KEEPALIVE_S = 20
 # Worker threads kept free of inference for the routes that must answer at any load.
 RESERVED_THREADS = 4
 
@@ -142,6 +144,10 @@ http {{
     proxy_connect_timeout 5s;
     proxy_send_timeout 60s;
     proxy_read_timeout {read_timeout}s;
+    # HTTP/1.1 with kept-alive connections to gunicorn: no unix-socket connection set up per request (in
+    # bench/, 1 client x 1 text went from 0.84x to 1.0x the in-process limit, 15% less CPU per request)
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
     proxy_set_header Host $host;
     proxy_set_header X-Request-Id $request_id;
     proxy_set_header X-Forwarded-For $remote_addr;
@@ -151,9 +157,14 @@ http {{
         # past this many requests in gunicorn, nginx answers 503 at once: the threads left over keep
         # answering the routes that must never wait
         server unix:{paths.socket} max_conns={inference_connections(settings)};
+        # closed by nginx before gunicorn's own keep-alive ends, so a reused connection is never closed under it
+        keepalive 32;
+        keepalive_timeout {UPSTREAM_KEEPALIVE_S}s;
     }}
     upstream control {{
         server unix:{paths.socket};
+        keepalive 4;
+        keepalive_timeout {UPSTREAM_KEEPALIVE_S}s;
     }}
 
     server {{

@@ -26,7 +26,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
-from container.proxy import Proxy, ProxyPaths
+from container.proxy import UPSTREAM_KEEPALIVE_S, Proxy, ProxyPaths
 from container.settings import Settings
 from model_handlers.memory import limit_arenas
 
@@ -57,7 +57,8 @@ class SearchboxServer(BaseApplication):
             "timeout": 120,
             # the worker's own bound; it drains well before: queued work at once, running work in graceful_timeout_s
             "graceful_timeout": int(s.graceful_timeout_s) + 5,
-            "keepalive": 5,
+            # longer than nginx's upstream keepalive_timeout (proxy.py): nginx closes an idle connection first
+            "keepalive": UPSTREAM_KEEPALIVE_S + 10,
             "backlog": 2048,
             "loglevel": s.log_level.lower(),
             "errorlog": "-",
