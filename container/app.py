@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import time
 import uuid
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ from container.errors import (
     payload_too_large,
 )
 from container.execution_parameters import execution_parameters
+from container.telemetry import METRICS_CONTENT_TYPE
 from container.runtime import ModelRuntime
 from container.settings import Settings
 from model_handlers.errors import HandlerError
@@ -45,28 +47,53 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     app.extensions[RUNTIME_KEY] = runtime
     dispatcher = Dispatcher(settings, runtime)
 
+    telemetry = runtime.telemetry
+
     def invoke(decode: Callable[[Any], Decoded], records: bool = False) -> Response:
         dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
         body = read_body(settings.max_payload_bytes)
-        return reply_response(dispatcher.answer(decode, body, request.mimetype, records=records,
-                                                abandoned=client_gone(request.environ.get("gunicorn.socket"))))
+        reply = dispatcher.answer(decode, body, request.mimetype, records=records,
+                                  abandoned=client_gone(request.environ.get("gunicorn.socket")))
+        g.figures = reply.figures
+        return reply_response(reply)
 
     @app.before_request
     def assign_request_id() -> None:
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        g.received = time.monotonic()
 
     @app.after_request
     def tag_response(response: Response) -> Response:
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"  # bounded label values
+        if route != "/metrics":
+            telemetry.record(route, response.status_code, time.monotonic() - g.get("received", time.monotonic()),
+                             g.get("figures"), g.get("request_id", ""))
         return response
 
     @app.get("/ping")
     def ping() -> Response:
-        # behind nginx, /ping is answered from the ready file (container/proxy.py); this is for azmlinfsrv-less
-        # direct use and tests: the same state, read from the runtime
+        # behind nginx, /ping is answered from the ready file (container/proxy.py); this serves the in-process
+        # app (tests) from the same state, read from the runtime
         runtime.handler  # raises Unavailable (503) until loaded and warmed up, and once draining
         return json_response({"status": "healthy"})
+
+    @app.get("/health")
+    def health() -> Response:
+        """Liveness: the worker answers, even while the model loads (readiness is /ping)."""
+        return json_response({"status": "alive", "ready": runtime.ready,
+                              "model_load_error": runtime.load_error})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(telemetry.exposition(), mimetype=METRICS_CONTENT_TYPE.split(";")[0],
+                        content_type=METRICS_CONTENT_TYPE)
+
+    @app.get("/v1/models")
+    def models() -> Response:
+        """OpenAI's model list: the one served model, with what a caller needs to know about it."""
+        return json_response({"object": "list", "data": [model_card(runtime, settings)]})
 
     @app.post("/invocations")
     @app.post("/score")  # Azure ML's scoring route, for the custom-container deployment
@@ -87,6 +114,27 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
 
     register_error_handlers(app)
     return app
+
+
+def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
+    """The served model as /v1/models describes it; known from the serving config even while loading."""
+    from model_handlers import read_serving_config
+
+    handler = runtime.loaded
+    config = handler.config if handler is not None else read_serving_config(
+        settings.model_dir, allow_pickle=settings.allow_pickle, fallback_name=settings.model_name)
+    return {
+        "id": config.served_model_name, "object": "model", "created": 0, "owned_by": "searchbox",
+        "kind": config.kind.name, "summary": config.kind.summary,
+        "operations": sorted(op.value for op in config.kind.operations),
+        "max_length": handler.max_length if handler is not None else config.max_length,
+        "dimensions": handler.dimensions if handler is not None else None,
+        "matryoshka_dimensions": list(config.matryoshka_dimensions),
+        "tasks": sorted(config.tasks), "default_task": config.default_task,
+        "metering": None if config.metering is None else {"unit": config.metering.unit,
+                                                           "tokens_per_unit": config.metering.tokens_per_unit},
+        "ready": runtime.ready,
+    }
 
 
 def read_body(limit: int) -> bytes:
@@ -151,7 +199,8 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 404:
             return render(NotFound(
                 f"no route {request.path}; use POST /invocations (or /score), POST /v1/embeddings, "
-                f"POST /v1/rerank, GET /ping or GET /execution-parameters"))
+                f"POST /v1/rerank, GET /ping, GET /health, GET /v1/models, GET /metrics, GET /openapi.json "
+                f"or GET /execution-parameters"))
         if exc.code == 405:
             return render(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
         return render(_generic(exc))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -21,13 +21,18 @@ from container.errors import (
 )
 from container.runtime import ModelRuntime
 from container.settings import ENV_MAX_RESPONSE_MB, Settings
+from container.telemetry import RequestFigures
+from model_handlers.batching import Timing
 from model_handlers.deadline import Deadline
 from model_handlers.errors import HandlerError
 from model_handlers.kinds import Kind
 from model_handlers.memory import release_free_memory
+from model_handlers.metering import Metering
 from model_handlers.types import EmbedRequest, Operation
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+# AWS Marketplace's per-inference billing header: read on every 2xx of a real-time endpoint, never on an error.
+METERING_HEADER = "X-Amzn-Inference-Metering"
 # After a body this large, what parsing and tokenizing it took is handed back to the system.
 _LARGE_BODY = 1024 * 1024
 # Records of one batch body run concurrently so that the model's batcher can pack them together.
@@ -130,17 +135,22 @@ class Dispatcher:
             check_response_size(job, handler.dimensions, settings)
         at = received + settings.timeout_s(batch_body)
         deadline = Deadline(at) if abandoned is None else Deadline(at, abandoned)
-        return Reply(200, job.render(self._run(job, deadline)), job.content_type)
+        timings = [Timing() for _ in job.requests]
+        results = self._run(job, deadline, timings)
+        figures = request_figures(job.requests, results, timings, handler.config.metering)
+        return Reply(200, job.render(results), job.content_type, figure_headers(figures, handler.config.metering),
+                     figures)
 
-    def _run(self, job: Records, deadline: Deadline) -> list[TypedResult]:
+    def _run(self, job: Records, deadline: Deadline, timings: list[Timing]) -> list[TypedResult]:
         if len(job.requests) <= 1 or not job.concurrent:
-            return [self._run_one(request, origin, deadline) for request, origin in zip(job.requests, job.origins)]
+            return [self._run_one(request, origin, deadline, timing)
+                    for request, origin, timing in zip(job.requests, job.origins, timings)]
         # once one record fails, the body fails: the others' work is for nobody and is dropped
         failed = threading.Event()
         shared = Deadline(deadline.at, lambda: failed.is_set() or deadline.abandoned())
         with ThreadPoolExecutor(min(_RECORD_THREADS, len(job.requests)), thread_name_prefix="records") as pool:
-            futures = [pool.submit(self._run_one, request, origin, shared)
-                       for request, origin in zip(job.requests, job.origins)]
+            futures = [pool.submit(self._run_one, request, origin, shared, timing)
+                       for request, origin, timing in zip(job.requests, job.origins, timings)]
             try:
                 return [future.result() for future in futures]
             except BaseException:
@@ -150,14 +160,36 @@ class Dispatcher:
                 for future in futures:
                     future.cancel()
 
-    def _run_one(self, request: TypedRequest, origin: str, deadline: Deadline) -> TypedResult:
+    def _run_one(self, request: TypedRequest, origin: str, deadline: Deadline, timing: Timing) -> TypedResult:
         handler = self._runtime.handler
         try:
             if isinstance(request, EmbedRequest):
-                return handler.embed(request, deadline)
-            return handler.rerank(request, deadline)
+                return handler.embed(request, deadline, timing)
+            return handler.rerank(request, deadline, timing)
         except (SearchboxError, HandlerError) as exc:
             raise _at(exc, origin) from None
+
+
+def request_figures(requests: Sequence[TypedRequest], results: Sequence[TypedResult], timings: Sequence[Timing],
+                    metering: Metering | None) -> RequestFigures:
+    """What an answered body cost, from the exact usage it reports: inputs (or documents), tokens, metered units."""
+    inputs = sum(len(r.inputs) if isinstance(r, EmbedRequest) else len(r.documents) for r in requests)
+    tokens = sum(result.total_tokens for result in results)
+    return RequestFigures(inputs=inputs, tokens=tokens,
+                          units=metering.units(inputs=inputs, tokens=tokens) if metering else 0,
+                          queue_s=max((t.queue_s for t in timings), default=0.0),
+                          forward_s=sum(t.forward_s for t in timings))
+
+
+def figure_headers(figures: RequestFigures, metering: Metering | None) -> dict[str, str]:
+    """The answer's own figures as headers: AWS Marketplace metering (when sold per inference), and the compute
+    figures TEI's clients know (`x-compute-tokens`, `x-queue-time`, `x-inference-time`, milliseconds)."""
+    headers = {"X-Compute-Tokens": str(figures.tokens), "X-Queue-Time": str(round(figures.queue_s * 1000)),
+               "X-Inference-Time": str(round(figures.forward_s * 1000))}
+    if metering is not None:
+        headers[METERING_HEADER] = orjson.dumps({"Dimension": "inference.count",
+                                                 "ConsumedUnits": figures.units}).decode()
+    return headers
 
 
 def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Mapping
+from typing import Any, Mapping
 
 import orjson
 from sagemaker_inference import content_types
@@ -94,12 +94,14 @@ def error_body(error: SearchboxError, request_id: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Reply:
-    """A whole answer: status, body bytes, media type and extra headers (whatever host sends it)."""
+    """A whole answer: status, body bytes, media type and extra headers (whatever host sends it), and for an
+    answered request what it cost (`figures`: a `container.telemetry.RequestFigures`)."""
 
     status: int
     body: bytes
     content_type: str = content_types.JSON
     headers: Mapping[str, str] = field(default_factory=dict)
+    figures: Any = None
 
 
 def error_reply(exc: SearchboxError | handler_errors.HandlerError, request_id: str) -> Reply:

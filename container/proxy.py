@@ -184,7 +184,8 @@ http {{
             }}
             return 200 '{{"status":"healthy"}}';
         }}
-        location = /execution-parameters {{
+        # routes that must answer at any load go to the threads kept free of inference
+        location ~ ^/(execution-parameters|health|metrics|v1/models|openapi\.json)$ {{
             proxy_pass http://control;
         }}
         location / {{

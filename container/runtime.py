@@ -15,6 +15,7 @@ from typing import Callable
 
 from container.errors import Unavailable
 from container.settings import Settings
+from container.telemetry import Telemetry
 from model_handlers import HandlerOptions, load_handler
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ class ModelRuntime:
         self._settings = settings
         self._on_load_failure = on_load_failure
         self._ready_file = ready_file
+        self.telemetry = Telemetry(request_log=settings.request_log)
+        self.telemetry.watch(lambda: self._handler.queue_depth if self._handler is not None else 0,
+                             lambda: self.ready)
         self._handler = None
         self._ready = threading.Event()
         self._draining = threading.Event()
@@ -41,7 +45,13 @@ class ModelRuntime:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        """Loaded, warm, and not draining: what /ping says."""
+        return self._ready.is_set() and not self._draining.is_set()
+
+    @property
+    def loaded(self):
+        """The handler once loaded (None before), whatever the readiness: for /health and /v1/models."""
+        return self._handler
 
     @property
     def handler(self):
@@ -68,6 +78,7 @@ class ModelRuntime:
                 max_batch_tokens=settings.max_batch_tokens,
                 request_timeout_s=settings.request_timeout_s,
                 max_rerank_windows=settings.max_rerank_windows,
+                observer=self.telemetry,
                 torch_threads=settings.torch_threads,
                 served_model_name=settings.model_name,
             ))
@@ -79,6 +90,7 @@ class ModelRuntime:
                 self._on_load_failure(exc)
             return
         self._handler = handler
+        self.telemetry.load_seconds.set(time.monotonic() - started)
         self._ready.set()
         if self._ready_file is not None and not self._draining.is_set():
             self._ready_file.touch()

@@ -44,6 +44,7 @@ ENV_MAX_RESPONSE_MB = "SEARCHBOX_MAX_RESPONSE_MB"
 ENV_MAX_RERANK_WINDOWS = "SEARCHBOX_MAX_RERANK_WINDOWS"
 ENV_GRACE = "SEARCHBOX_GRACEFUL_TIMEOUT_S"
 ENV_NGINX = "SEARCHBOX_NGINX"
+ENV_REQUEST_LOG = "SEARCHBOX_REQUEST_LOG"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -93,6 +94,8 @@ ENVIRONMENT = (
     Variable(ENV_GRACE, "20", "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 "
              "at once); SageMaker and Kubernetes kill at 30"),
     Variable(ENV_NGINX, "nginx on PATH, or /usr/sbin/nginx", "the nginx binary in front of gunicorn"),
+    Variable(ENV_REQUEST_LOG, "on", "one JSON log line per request at INFO (request id, route, status, inputs, "
+             "tokens, units, queue, forward and total ms; never any input); off/0/false turns it off"),
     Variable(ENV_ALLOW_PICKLE, "off", "1/true/yes: load pickled .bin weights (refused by default: unpickling "
              "runs code)"),
     Variable(ENV_DEVICE, "auto", "cpu, cuda, cuda:1; auto takes the GPU when there is one"),
@@ -148,6 +151,8 @@ class Settings:
     max_rerank_windows: int = 4096
     #: the nginx binary; None: nginx on PATH or /usr/sbin/nginx
     nginx: str | None = None
+    #: one JSON log line per request (never any input)
+    request_log: bool = True
     #: load pickled (.bin) weights; off by default because unpickling can run code
     allow_pickle: bool = False
     #: "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
@@ -183,6 +188,7 @@ class Settings:
             max_rerank_windows=_number(env, ENV_MAX_RERANK_WINDOWS, 4096, int),
             graceful_timeout_s=_number(env, ENV_GRACE, 20.0, float),
             nginx=env.get(ENV_NGINX) or None,
+            request_log=env.get(ENV_REQUEST_LOG, "on").strip().lower() not in ("off", "0", "false", "no"),
             allow_pickle=_flag(env, ENV_ALLOW_PICKLE),
             device=env.get(ENV_DEVICE, "auto"),
             log_level=_log_level(env),

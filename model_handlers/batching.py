@@ -107,12 +107,31 @@ def _tokens_by_bucket(lengths: Iterable[int]) -> dict[int, int]:
 
 
 @dataclass
+class Timing:
+    """Where one request's time went, filled in by the batcher: waiting for its first pass, and in passes."""
+
+    queue_s: float = 0.0
+    forward_s: float = 0.0
+
+
+class BatchObserver(Protocol):
+    """Told about every pass and every wait (the server turns these into metrics)."""
+
+    def pass_ran(self, items: int, padded_tokens: int, seconds: float) -> None: ...
+
+    def waited(self, seconds: float) -> None: ...
+
+
+@dataclass
 class _Entry(Generic[ItemT, OutT]):
     """One caller's submission."""
 
     items: Sequence[ItemT]
     future: Future
     deadline: Deadline
+    timing: Timing = field(default_factory=Timing)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started: bool = False
     outputs: list = field(default_factory=list)
     remaining: int = 0
     failed: bool = False
@@ -149,6 +168,7 @@ class Batcher(Generic[ItemT, OutT]):
         name: thread name, for logs and profiles.
         on_idle: called on the batcher thread when the queue runs dry after at least `idle_after_tokens`
             tokens of work (e.g. to hand freed memory back to the system).
+        observer: told about every pass and wait, on the batcher thread.
     """
 
     def __init__(
@@ -162,8 +182,10 @@ class Batcher(Generic[ItemT, OutT]):
         name: str = "batcher",
         on_idle: Callable[[], None] | None = None,
         idle_after_tokens: int = 1 << 16,
+        observer: BatchObserver | None = None,
     ):
         self._run = run
+        self._observer = observer
         self._max_batch_tokens = max_batch_tokens
         self._max_batch_items = max_batch_items
         self._max_pending_items = max_pending_items
@@ -184,6 +206,11 @@ class Batcher(Generic[ItemT, OutT]):
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
+    @property
+    def pending_items(self) -> int:
+        """Items queued or running."""
+        return self._pending_items
+
     def submit(self, items: Sequence[ItemT], deadline: Deadline | None = None) -> Future:
         """Queue one caller's items; the Future resolves to their outputs in the same order.
 
@@ -193,14 +220,14 @@ class Batcher(Generic[ItemT, OutT]):
         """
         return self._enqueue(items, deadline or Deadline(math.inf)).future
 
-    def run(self, items: Sequence[ItemT], deadline: Deadline) -> list[OutT]:
-        """Submit one caller's items and wait for their outputs until the deadline.
+    def run(self, items: Sequence[ItemT], deadline: Deadline, timing: Timing | None = None) -> list[OutT]:
+        """Submit one caller's items and wait for their outputs until the deadline (`timing` says where it went).
 
         Raises:
             Overloaded, TooLarge: refused (see `submit`), or no answer by the deadline: then whatever of
                 this work has not run yet is dropped.
         """
-        entry = self._enqueue(items, deadline)
+        entry = self._enqueue(items, deadline, timing)
         try:
             return entry.future.result(timeout=max(0.0, deadline.left()))
         except FutureTimeout:
@@ -261,9 +288,9 @@ class Batcher(Generic[ItemT, OutT]):
             backlog = dict(self._backlog)
         return self.cost.seconds(backlog)
 
-    def _enqueue(self, items: Sequence[ItemT], deadline: Deadline) -> _Entry:
+    def _enqueue(self, items: Sequence[ItemT], deadline: Deadline, timing: Timing | None = None) -> _Entry:
         future: Future = Future()
-        entry = _Entry(items=items, future=future, deadline=deadline)
+        entry = _Entry(items=items, future=future, deadline=deadline, timing=timing or Timing())
         if not items:
             future.set_result([])
             return entry
@@ -415,6 +442,14 @@ class Batcher(Generic[ItemT, OutT]):
         chunk = [slot for slot in chunk if not slot.entry.failed]
         if not chunk:
             return
+        entries = list({id(slot.entry): slot.entry for slot in chunk}.values())
+        now = time.monotonic()
+        for entry in entries:
+            if not entry.started:
+                entry.started = True
+                entry.timing.queue_s = now - entry.enqueued_at
+                if self._observer is not None:
+                    self._observer.waited(entry.timing.queue_s)
         started = time.perf_counter()
         try:
             outputs = self._run([slot.item for slot in chunk])
@@ -427,8 +462,13 @@ class Batcher(Generic[ItemT, OutT]):
             self.passes += 1
             self._consume(chunk)
         longest = max(slot.item.length for slot in chunk)
-        self.cost.observe(longest, len(chunk), time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.cost.observe(longest, len(chunk), elapsed)
         self._tokens_since_idle += longest * len(chunk)
+        for entry in entries:
+            entry.timing.forward_s += elapsed
+        if self._observer is not None:
+            self._observer.pass_ran(len(chunk), longest * len(chunk), elapsed)
         for slot, output in zip(chunk, outputs):
             self._deliver(slot, output)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from model_handlers.batching import BatchObserver
 from model_handlers.deadline import Deadline
 
 
@@ -25,6 +26,8 @@ class HandlerOptions:
     torch_threads: int | None = None
     # The name answered in `model` when searchbox.json gives none.
     served_model_name: str | None = None
+    # Told about every forward pass and queue wait (the server's metrics); None: nobody listens.
+    observer: BatchObserver | None = None
 
     def deadline(self) -> Deadline:
         """The deadline of a request the server gave none (warm-up, scripts)."""

@@ -15,7 +15,7 @@ from typing import Hashable, Protocol, Sequence
 
 import numpy as np
 
-from model_handlers.batching import Batcher
+from model_handlers.batching import Batcher, Timing
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
 from model_handlers.kinds import Kind
@@ -90,32 +90,40 @@ class Pipeline:
             max_batch_items=options.max_batch_items,
             name=f"{kind.name}-batcher",
             on_idle=release_free_memory,
+            observer=options.observer,
         )
 
     @property
     def forward_passes(self) -> int:
         return self._batcher.passes
 
-    def embed(self, request: EmbedRequest, deadline: Deadline | None = None) -> EmbedResult:
+    @property
+    def queue_depth(self) -> int:
+        """Inputs (work items) queued or running."""
+        return self._batcher.pending_items
+
+    def embed(self, request: EmbedRequest, deadline: Deadline | None = None,
+              timing: Timing | None = None) -> EmbedResult:
         """Embed each input: one vector per input, cut to `dimensions` and normalised as asked."""
         deadline = deadline or self._options.deadline()
         self._check_dimensions(request.dimensions)
         self._batcher.admit(deadline)
         prepared = self._model.prepare_embed(request)
-        outputs = self._batcher.run(prepared.items, deadline)
+        outputs = self._batcher.run(prepared.items, deadline, timing)
         vectors = [self._finish(vector, request) for output in outputs for vector in output]
         if len(vectors) != len(request.inputs):
             raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs; this is a bug")
         return EmbedResult(vectors=vectors, token_counts=prepared.token_counts, model=self.model_name)
 
-    def rerank(self, request: RerankRequest, deadline: Deadline | None = None) -> RerankResult:
+    def rerank(self, request: RerankRequest, deadline: Deadline | None = None,
+               timing: Timing | None = None) -> RerankResult:
         """Score each document against the query (its best window) and rank them."""
         if not request.documents:
             return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=self.model_name)
         deadline = deadline or self._options.deadline()
         self._batcher.admit(deadline)
         work = self._model.prepare_rerank(request, self._options.max_rerank_windows)
-        outputs = [output[0] for output in self._batcher.run(work.items, deadline)]
+        outputs = [output[0] for output in self._batcher.run(work.items, deadline, timing)]
         scores = ranking.best_per_document(work, outputs, len(request.documents))
         return RerankResult(hits=ranking.rank(scores, work.document_tokens, request.top_n),
                             query_tokens=work.query_tokens, document_tokens=sum(work.document_tokens),

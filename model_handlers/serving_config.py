@@ -13,7 +13,11 @@ would not serve before any worker starts.
                "classification": {"adapter": "classification"}},
      "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
      "score_activation": "sigmoid" | "none",
-     "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128}
+     "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128,
+     "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000}}
+
+`metering` (model_handlers/metering.py): sold per inference on AWS Marketplace, each 2xx reports the units it
+consumed; without it the model is priced per hour.
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
@@ -32,6 +36,7 @@ from typing import Any, Mapping
 from model_handlers import kinds
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
+from model_handlers.metering import Metering, parse_metering
 
 CONFIG_FILE = "searchbox.json"
 
@@ -66,6 +71,8 @@ class ServingConfig:
     rerank_window_tokens: int | None = None
     rerank_window_overlap: int | None = None
     max_query_tokens: int | None = None
+    # AWS Marketplace per-inference pricing: what one unit is; None: priced per hour, no metering header
+    metering: Metering | None = None
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -117,6 +124,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         tasks=tasks,
         matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
         score_activation=activation,
+        metering=parse_metering(explicit.get("metering"), CONFIG_FILE),
         **_window_settings(explicit),
     )
 

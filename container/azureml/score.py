@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import uuid
 
 import flask
@@ -28,14 +29,15 @@ from model_handlers.memory import limit_arenas
 
 logger = logging.getLogger("searchbox.azureml")
 
-# azmlinfsrv's init()/run() protocol leaves a module global as the only place for the loaded
-# model; it is written once, by init(), before the worker serves anything.
+# azmlinfsrv's init()/run() protocol leaves module globals as the only place for the loaded
+# model; they are written once, by init(), before the worker serves anything.
 _dispatcher: Dispatcher | None = None
+_runtime: ModelRuntime | None = None
 
 
 def init() -> None:
     """Load the model once for this worker, warm it up, and return only when it can answer."""
-    global _dispatcher
+    global _dispatcher, _runtime
     apply_library_environment()  # before the model loads torch: the same process defaults as `serve`
     limit_arenas()
     settings = Settings.from_env()
@@ -46,7 +48,7 @@ def init() -> None:
     while not runtime.wait_ready(0.2):
         if failed.is_set():
             raise RuntimeError(f"cannot serve {settings.model_dir}: {runtime.load_error}")
-    _dispatcher = Dispatcher(settings, runtime)
+    _dispatcher, _runtime = Dispatcher(settings, runtime), runtime
 
 
 @rawhttp
@@ -54,7 +56,8 @@ def run(request: AMLRequest) -> AMLResponse:
     """`POST /score`: the same answer as `POST /invocations` on the SageMaker server."""
     # azmlinfsrv has already chosen the id it sends back in x-request-id; the body quotes the same.
     request_id = flask.g.get("request_id") or uuid.uuid4().hex
-    if _dispatcher is None:
+    received = time.monotonic()
+    if _dispatcher is None or _runtime is None:
         raise RuntimeError("run() before init(); this is a bug in the server setup")
     if request.method != "POST":
         reply = error_reply(MethodNotAllowed(f"{request.method} is not allowed on /score; POST a body"), request_id)
@@ -67,6 +70,7 @@ def run(request: AMLRequest) -> AMLResponse:
         except Exception:
             logger.exception("unhandled error in request %s", request_id)
             reply = error_reply(internal_error(), request_id)
+    _runtime.telemetry.record("/score", reply.status, time.monotonic() - received, reply.figures, request_id)
     return _aml_response(reply, request_id)
 
 

@@ -1,0 +1,101 @@
+"""Seeing into the endpoint: Prometheus metrics, one JSON log line per request, and the per-request figures.
+
+The worker holds every counter (one process, one registry: gunicorn's master answers nothing); nginx
+routes `/metrics` to the worker's reserved threads. The log line says what a request cost and how long
+it took, never what it held: no input text, no image bytes (buyers are promised their data is not kept).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+request_logger = logging.getLogger("searchbox.requests")
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_PASS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass(frozen=True)
+class RequestFigures:
+    """What one answered request cost: its inputs (or documents), tokens, metered units, and where its time went."""
+
+    inputs: int = 0
+    tokens: int = 0
+    units: int = 0
+    queue_s: float = 0.0
+    forward_s: float = 0.0
+
+
+class Telemetry:
+    """The worker's metrics registry and request log; also the batcher's observer (model_handlers.batching)."""
+
+    def __init__(self, request_log: bool = True):
+        self.registry = CollectorRegistry()
+        self._request_log = request_log
+        registry = self.registry
+        self.requests = Counter("searchbox_requests", "Requests answered, by route and status",
+                                ["route", "status"], registry=registry)
+        self.latency = Histogram("searchbox_request_duration_seconds", "Time from the body received to the answer",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self.inputs = Counter("searchbox_inputs", "Inputs embedded and documents reranked", ["route"],
+                              registry=registry)
+        self.tokens = Counter("searchbox_tokens", "Tokens the model processed (the usage answers report)", ["route"],
+                              registry=registry)
+        self.units = Counter("searchbox_metered_units", "Units reported in X-Amzn-Inference-Metering", registry=registry)
+        self.batch_inputs = Histogram("searchbox_batch_inputs", "Inputs (sequences) in one forward pass",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
+        self.batch_tokens = Histogram("searchbox_batch_padded_tokens", "Padded tokens (longest x count) of one pass",
+                                      buckets=(16, 64, 256, 1024, 4096, 16384, 65536), registry=registry)
+        self.forward = Histogram("searchbox_forward_seconds", "Duration of one forward pass",
+                                 buckets=_PASS_BUCKETS, registry=registry)
+        self.queue_wait = Histogram("searchbox_queue_wait_seconds", "Time a request waited for its first pass",
+                                    buckets=_PASS_BUCKETS + (30, 60), registry=registry)
+        self.queue_depth = Gauge("searchbox_queue_depth", "Inputs queued or running in the batcher", registry=registry)
+        self.ready = Gauge("searchbox_ready", "1 once the model is loaded and warm, 0 before and while draining",
+                           registry=registry)
+        self.load_seconds = Gauge("searchbox_model_load_seconds", "Seconds from start to ready (load and warm-up)",
+                                  registry=registry)
+
+    # --- the batcher's observer (called on its thread) -------------------------------------------------
+
+    def pass_ran(self, items: int, padded_tokens: int, seconds: float) -> None:
+        self.batch_inputs.observe(items)
+        self.batch_tokens.observe(padded_tokens)
+        self.forward.observe(seconds)
+
+    def waited(self, seconds: float) -> None:
+        self.queue_wait.observe(seconds)
+
+    # --- the server's side ---------------------------------------------------------------------------
+
+    def watch(self, queue_depth: Callable[[], int], ready: Callable[[], bool]) -> None:
+        """Read the queue depth and readiness when scraped, never stale."""
+        self.queue_depth.set_function(lambda: float(queue_depth()))
+        self.ready.set_function(lambda: 1.0 if ready() else 0.0)
+
+    def record(self, route: str, status: int, seconds: float, figures: RequestFigures | None,
+               request_id: str) -> None:
+        """Count one answered request and log its line (never any of its content)."""
+        figures = figures or RequestFigures()
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+        if status < 300:
+            self.inputs.labels(route).inc(figures.inputs)
+            self.tokens.labels(route).inc(figures.tokens)
+            self.units.inc(figures.units)
+        if self._request_log and request_logger.isEnabledFor(logging.INFO):
+            request_logger.info("%s", orjson.dumps({
+                "request_id": request_id, "route": route, "status": status, "inputs": figures.inputs,
+                "tokens": figures.tokens, "units": figures.units, "queue_ms": round(figures.queue_s * 1000, 1),
+                "forward_ms": round(figures.forward_s * 1000, 1), "total_ms": round(seconds * 1000, 1),
+            }).decode())
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

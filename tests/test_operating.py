@@ -1,0 +1,211 @@
+"""Billing and seeing into the endpoint: the metering header, /metrics, the request log, /health, /v1/models."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+
+import orjson
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import InProcess, assert_error
+
+METERING = "X-Amzn-Inference-Metering"
+
+
+def metered_app(tmp_path_factory, minilm_dir, metering: dict | None):
+    """The embedded model with `metering` in its searchbox.json, in-process."""
+    from container.app import create_app
+    from container.runtime import ModelRuntime
+    from container.settings import Settings
+
+    model_dir = tmp_path_factory.mktemp("metered") / "metered-minilm"
+    shutil.copytree(minilm_dir, model_dir)
+    if metering is not None:
+        (model_dir / "searchbox.json").write_text(json.dumps({"metering": metering}))
+    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir)})
+    runtime = ModelRuntime(settings).start()
+    assert runtime.wait_ready(120), runtime.load_error
+    return InProcess(create_app(settings, runtime).test_client()), runtime
+
+
+@pytest.fixture(scope="module", params=[
+    {"unit": "request"}, {"unit": "input"}, {"unit": "tokens", "tokens_per_unit": 4}], ids=lambda m: m["unit"])
+def metered(request, tmp_path_factory, minilm_dir):
+    app, runtime = metered_app(tmp_path_factory, minilm_dir, request.param)
+    yield app, request.param
+    runtime.close()
+
+
+def expected_units(metering: dict, inputs: int, tokens: int) -> int:
+    if metering["unit"] == "request":
+        return 1
+    if metering["unit"] == "input":
+        return max(1, inputs)
+    return max(1, math.ceil(tokens / metering["tokens_per_unit"]))
+
+
+def units_of(response) -> int:
+    value = json.loads(response.headers[METERING])
+    assert set(value) == {"Dimension", "ConsumedUnits"} and value["Dimension"] == "inference.count"
+    assert isinstance(value["ConsumedUnits"], int) and value["ConsumedUnits"] >= 1
+    return value["ConsumedUnits"]
+
+
+def test_every_2xx_reports_the_units_of_its_exact_usage(metered):
+    app, metering = metered
+    texts = ["a first sentence to embed", "two", "and a third, a little longer than the others"]
+    public = app.post("/v1/embeddings", {"input": texts})
+    assert public.status_code == 200
+    assert units_of(public) == expected_units(metering, 3, public.json()["usage"]["total_tokens"])
+    envelope = app.post("/invocations", {"data": [{"text": t} for t in texts[:2]]})
+    tokens = sum(item["usage"]["total_tokens"] for item in envelope.json()["data"])
+    assert units_of(envelope) == expected_units(metering, 2, tokens)
+    rerank = app.post("/v1/rerank", {"query": "which sentence is long?", "documents": texts})
+    assert units_of(rerank) == expected_units(metering, 3, rerank.json()["usage"]["total_tokens"])
+    csv = app.post("/invocations", data="1,one\n2,two\n3,three\n4,four\n", headers={"Content-Type": "text/csv"})
+    tokens = sum(item["usage"]["total_tokens"] for item in csv.json()["data"])
+    assert units_of(csv) == expected_units(metering, 4, tokens)
+    assert units_of(app.post("/invocations", {"data": []})) == 1  # AWS counts every 2xx at least once
+    assert int(public.headers["X-Compute-Tokens"]) == public.json()["usage"]["total_tokens"]
+    assert int(public.headers["X-Inference-Time"]) >= 0 and int(public.headers["X-Queue-Time"]) >= 0
+
+
+def test_no_error_is_ever_metered(metered):
+    app, _ = metered
+    for response, status in [(app.post("/v1/embeddings", {"input": ["x"], "dimensions": 4096}), 422),
+                             (app.post("/v1/embeddings", {"input": ["x"] * 2049}), 400),
+                             (app.post("/invocations", data=b"{", headers={}), 400),
+                             (app.post("/invocations", data=b"x", headers={"Content-Type": "text/plain"}), 415)]:
+        assert_error(response, status)
+        assert METERING not in response.headers
+
+
+def test_hourly_pricing_sends_no_metering_header(app):
+    response = app.post("/v1/embeddings", {"input": ["priced per hour"]})
+    assert response.status_code == 200 and METERING not in response.headers
+    assert int(response.headers["X-Compute-Tokens"]) == response.json()["usage"]["total_tokens"]
+
+
+def test_a_metering_setting_that_makes_no_sense_is_refused_at_start(tmp_path, minilm_dir):
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.serving_config import read_serving_config
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(minilm_dir, model_dir)
+    for bad in ({"unit": "characters"}, {"unit": "input", "tokens_per_unit": 1000}, {"unit": "tokens",
+                "tokens_per_unit": 0}, "tokens"):
+        (model_dir / "searchbox.json").write_text(json.dumps({"metering": bad}))
+        with pytest.raises(ModelDirectoryError, match="metering"):
+            read_serving_config(model_dir)
+
+
+# --- /metrics -------------------------------------------------------------------------------------
+
+def scrape(app) -> dict[tuple[str, tuple], float]:
+    response = app.get("/metrics")
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def delta(before, after, name, **labels) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_metrics_move_by_exactly_what_a_known_sequence_of_requests_adds(app, runtime):
+    before = scrape(app)
+    first = app.post("/v1/embeddings", {"input": ["metrics one", "metrics two", "metrics three"]}).json()
+    second = app.post("/v1/embeddings", {"input": ["metrics four", "metrics five"]}).json()
+    assert app.post("/v1/embeddings", {"input": ["x"], "dimensions": 9999}).status_code == 422
+    rerank = app.post("/v1/rerank", {"query": "q", "documents": ["d one", "d two"]}).json()
+    after = scrape(app)
+    route = "/v1/embeddings"
+    assert delta(before, after, "searchbox_requests_total", route=route, status="200") == 2
+    assert delta(before, after, "searchbox_requests_total", route=route, status="422") == 1
+    assert delta(before, after, "searchbox_requests_total", route="/v1/rerank", status="200") == 1
+    assert delta(before, after, "searchbox_inputs_total", route=route) == 5
+    assert delta(before, after, "searchbox_tokens_total", route=route) == (
+        first["usage"]["total_tokens"] + second["usage"]["total_tokens"])
+    assert delta(before, after, "searchbox_tokens_total", route="/v1/rerank") == rerank["usage"]["total_tokens"]
+    assert delta(before, after, "searchbox_request_duration_seconds_count", route=route) == 3
+    assert delta(before, after, "searchbox_metered_units_total") == 0  # priced per hour
+    passes = delta(before, after, "searchbox_forward_seconds_count")
+    assert passes >= 3 and delta(before, after, "searchbox_batch_inputs_count") == passes
+    assert delta(before, after, "searchbox_batch_inputs_sum") >= 5 + 3  # every input, the rerank's query too
+    assert delta(before, after, "searchbox_queue_wait_seconds_count") == 3  # one per request that reached the model
+    assert after[("searchbox_queue_depth", ())] == 0
+    assert after[("searchbox_ready", ())] == 1
+    assert after[("searchbox_model_load_seconds", ())] > 0
+
+
+# --- the request log ------------------------------------------------------------------------------
+
+def test_one_json_line_per_request_and_never_any_input(server_factory):
+    marker = "zebra-quokka-7781-secret"
+    server = server_factory()
+    server.post("/v1/embeddings", {"input": [f"{marker} first", f"second {marker}"]})
+    server.post("/invocations", {"data": [{"text": marker, "id": marker}], "parameters": {"task": marker}})
+    server.post("/v1/rerank", {"query": marker, "documents": [marker, "other"]})
+    server.post("/v1/embeddings", {"input": [marker], "embedding_type": marker})  # an error that names the value
+    requests.post(server.url + "/invocations", data=f"1,{marker}\n".encode(), timeout=30,
+                  headers={"Content-Type": "text/csv"})
+    time.sleep(0.5)
+    log = server.log()
+    assert marker not in log
+    lines = [json.loads(line.split(": ", 1)[1]) for line in log.splitlines() if "searchbox.requests:" in line]
+    assert [line["status"] for line in lines] == [200, 200, 200, 422, 200]
+    assert [line["route"] for line in lines][:3] == ["/v1/embeddings", "/invocations", "/v1/rerank"]
+    first = lines[0]
+    assert set(first) == {"request_id", "route", "status", "inputs", "tokens", "units", "queue_ms", "forward_ms",
+                          "total_ms"}
+    assert first["inputs"] == 2 and first["tokens"] > 0 and first["total_ms"] >= first["forward_ms"] >= 0
+
+
+def test_the_request_log_can_be_turned_off(server_factory):
+    server = server_factory({"SEARCHBOX_REQUEST_LOG": "off"})
+    server.post("/v1/embeddings", {"input": ["quiet"]})
+    time.sleep(0.5)
+    assert "searchbox.requests:" not in server.log()
+
+
+# --- /health and /v1/models -----------------------------------------------------------------------
+
+def test_health_answers_while_the_model_loads_and_ping_only_once_it_is_ready(server_factory):
+    server = server_factory(wait=False)
+    seen_loading = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            health = requests.get(server.url + "/health", timeout=2)
+            ping = requests.get(server.url + "/ping", timeout=2)
+        except requests.ConnectionError:
+            time.sleep(0.05)
+            continue
+        if health.status_code == 200 and not health.json()["ready"]:
+            seen_loading = True
+            assert ping.status_code == 503
+        if ping.status_code == 200:
+            break
+        time.sleep(0.05)
+    assert seen_loading, "the worker did not answer /health while the model loaded"
+    assert requests.get(server.url + "/health", timeout=2).json() == {"status": "alive", "ready": True,
+                                                                      "model_load_error": None}
+
+
+def test_models_lists_the_served_model(app):
+    body = app.get("/v1/models").json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    model = body["data"][0]
+    assert model["id"] == "all-MiniLM-L6-v2" and model["object"] == "model"
+    assert model["kind"] == "embedding" and model["operations"] == ["embed", "rerank"]
+    assert model["max_length"] == 256 and model["dimensions"] == 384
+    assert model["metering"] is None and model["ready"] is True
