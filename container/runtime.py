@@ -80,6 +80,7 @@ class ModelRuntime:
                 max_rerank_windows=settings.max_rerank_windows,
                 observer=self.telemetry,
                 torch_threads=settings.torch_threads,
+                backend=settings.backend,
                 served_model_name=settings.model_name,
             ))
             handler.warm_up()

@@ -45,6 +45,7 @@ ENV_MAX_RERANK_WINDOWS = "SEARCHBOX_MAX_RERANK_WINDOWS"
 ENV_GRACE = "SEARCHBOX_GRACEFUL_TIMEOUT_S"
 ENV_NGINX = "SEARCHBOX_NGINX"
 ENV_REQUEST_LOG = "SEARCHBOX_REQUEST_LOG"
+ENV_BACKEND = "SEARCHBOX_BACKEND"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -81,7 +82,9 @@ ENVIRONMENT = (
     Variable(ENV_THREADS, "128", "gunicorn threads of the single worker; nginx lets at most this many minus 4 "
              "requests in at once and answers the rest 503 at once"),
     Variable(ENV_MAX_BATCH_TOKENS, "1024 on CPU, 16384 on a GPU", "padded tokens per forward pass"),
-    Variable(ENV_TORCH_THREADS, "torch's choice", "torch intra-op threads"),
+    Variable(ENV_TORCH_THREADS, "one per core", "intra-op threads of torch or ONNX Runtime"),
+    Variable(ENV_BACKEND, "searchbox.json's, else torch", "torch or onnx: the compute path, whatever the artifact's "
+             "searchbox.json says (onnx needs the artifact's exported onnx/ files)"),
     Variable(ENV_REQUEST_TIMEOUT, "60", "seconds a request may take (SageMaker's real-time limit): work that cannot "
              "finish within it is refused at once (503 with Retry-After, or 413 when it alone is too much)"),
     Variable(ENV_BATCH_TIMEOUT, "600", f"the same for CSV and JSON Lines bodies, and for every request when "
@@ -135,8 +138,10 @@ class Settings:
     threads: int = 128
     #: padded tokens one forward pass may hold
     max_batch_tokens: int | None = None  # None: 16384 on a GPU, 1024 on CPU
-    #: torch intra-op threads; None lets torch choose (one per physical core)
+    #: torch or ONNX Runtime intra-op threads; None lets them choose (one per core)
     torch_threads: int | None = None
+    #: "torch" or "onnx" whatever searchbox.json says; None: searchbox.json's choice
+    backend: str | None = None
     #: how long one request may take; work that cannot finish within it is refused at once
     request_timeout_s: float = 60.0
     #: the same for batch bodies (CSV, JSON Lines), and for every request of a batch transform job
@@ -180,6 +185,7 @@ class Settings:
             threads=_number(env, ENV_THREADS, 128, int),
             max_batch_tokens=_number(env, ENV_MAX_BATCH_TOKENS, None, int),
             torch_threads=_number(env, ENV_TORCH_THREADS, None, int),
+            backend=_backend(env),
             request_timeout_s=_number(env, ENV_REQUEST_TIMEOUT, 60.0, float),
             batch_timeout_s=_number(env, ENV_BATCH_TIMEOUT, 600.0, float),
             batch_job=_flag(env, ENV_SAGEMAKER_BATCH),
@@ -238,7 +244,12 @@ def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str]:
         return _azure_model_dir(Path(env[ENV_AZUREML_MODEL_DIR])), f"${ENV_AZUREML_MODEL_DIR}"
     if SAGEMAKER_MODEL_DIR.is_dir() and any(SAGEMAKER_MODEL_DIR.iterdir()):
         return SAGEMAKER_MODEL_DIR, "SageMaker model artifact"
-    return embedded_model_dir(), "embedded default (all-MiniLM-L6-v2)"
+    try:
+        return embedded_model_dir(), "embedded default (all-MiniLM-L6-v2)"
+    except SettingsError:
+        raise SettingsError(f"no model to serve: mount a model artifact at {SAGEMAKER_MODEL_DIR} or set "
+                            f"{ENV_MODEL_DIR} (this installation carries no default model: the slim image, or no "
+                            "torch extra)") from None
 
 
 def embedded_model_dir() -> Path:
@@ -284,6 +295,13 @@ def _batch_strategy(env: Mapping[str, str]) -> str | None:
     if raw not in BATCH_STRATEGIES:
         raise SettingsError(f"{ENV_SAGEMAKER_BATCH_STRATEGY}={raw!r} must be one of {', '.join(BATCH_STRATEGIES)}")
     return raw
+
+
+def _backend(env: Mapping[str, str]) -> str | None:
+    value = env.get(ENV_BACKEND, "").strip().lower()
+    if value and value not in ("torch", "onnx"):
+        raise SettingsError(f"{ENV_BACKEND}={env[ENV_BACKEND]!r} must be torch or onnx")
+    return value or None
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

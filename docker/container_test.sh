@@ -10,6 +10,7 @@
 #      an embedding, a rerank and bad requests on /invocations; then `podman stop`, timed
 #   5. Azure ML custom container: the model at $AZUREML_MODEL_DIR, no arguments, /score
 #   6. a self-contained image: the model baked in with --build-arg MODEL_DIR, nothing mounted
+#   7. the slim image (--target slim): an ONNX int8 artifact built here, served with no torch in the image
 # Prints the image size, the build time, the time from `podman run` to the first /ping 200 and
 # the stop time. Everything it starts it removes; the image stays, so a rerun builds from cache.
 set -euo pipefail
@@ -168,9 +169,33 @@ logs_say "$baked" "model: /opt/ml/model (SageMaker model artifact)" \
 podman stop -t 30 "$baked" >/dev/null
 say "baked-in model: served from /opt/ml/model with nothing mounted"
 
+# ---- 7. the slim image: an ONNX int8 artifact, no torch in the image ---------------------------------
+start=$(now)
+build "$IMAGE-slim" --target slim
+slim_s=$(since "$start")
+slim_mb=$(podman image inspect -f '{{.Size}}' "$IMAGE-slim" | awk '{ printf "%.0f", $1 / 1e6 }')
+say "slim image built in $slim_s s, size $slim_mb MB"
+onnx_artifact="$workdir/onnx/model.tar.gz"
+"$PYTHON" packaging/build_artifact.py "$model" -o "$onnx_artifact" --backend onnx --quantize int8 >"$workdir/onnx.log" 2>&1 \
+    || { tail -n 20 "$workdir/onnx.log" >&2; say "FAILED: building the ONNX artifact" >&2; exit 1; }
+mkdir -p "$workdir/onnx/model" && tar -xzf "$onnx_artifact" -C "$workdir/onnx/model"
+slim=searchbox-slim-$$
+containers+=("$slim")
+start=$(now)
+podman run "${run_flags[@]}" --name "$slim" -v "$workdir/onnx/model:/opt/ml/model:ro" "$IMAGE-slim" serve >/dev/null
+if ! checks "$slim" ping; then podman logs "$slim" 2>&1 | tail -n 30 >&2; exit 1; fi
+slim_ping_s=$(since "$start")
+if ! checks "$slim" sagemaker; then podman logs "$slim" 2>&1 | tail -n 30 >&2; exit 1; fi
+if podman exec "$slim" python -c 'import torch' >/dev/null 2>&1; then
+    say "FAILED: the slim image has torch" >&2; exit 1
+fi
+podman stop -t 30 "$slim" >/dev/null
+say "slim image: ONNX int8 artifact served with no network and no torch; first /ping 200 after $slim_ping_s s"
+
 # ---- any other command runs as given -------------------------------------------------------------
 torch_version=$(podman run "${PODMAN_RUNTIME[@]}" "${ULIMITS[@]}" --network none --rm "$IMAGE" \
     python -c 'import torch; print(torch.__version__)')
 say "other commands run as given (torch $torch_version in the image)"
 
-say "PASSED: image $size_mb MB, build $build_s s, run to first /ping 200 $ping_s s, stop $stop_s s"
+say "PASSED: image $size_mb MB, build $build_s s, run to first /ping 200 $ping_s s, stop $stop_s s;" \
+    "slim image $slim_mb MB, first /ping 200 $slim_ping_s s"

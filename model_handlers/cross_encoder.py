@@ -14,6 +14,7 @@ processed, and `document_tokens` is the sum of every document's count.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable
@@ -22,6 +23,7 @@ import numpy as np
 
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.onnx_runtime import export_graph, resolved_backend
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
 from model_handlers.serving_config import ServingConfig
@@ -46,43 +48,24 @@ class _Pair:
 
 
 class CrossEncoderModel:
-    """Serves a `*ForSequenceClassification` directory with one label as a reranker."""
+    """Serves a `*ForSequenceClassification` directory with one label as a reranker (torch or ONNX backend)."""
 
     width = None  # a cross-encoder makes scores, no vectors
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         self.config = config
-        self.device = options.resolved_device()
-        self._device = torch.device(self.device)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
-            self._model = AutoModelForSequenceClassification.from_pretrained(
-                str(model_dir), local_files_only=True, trust_remote_code=True,
-                use_safetensors=not options.allow_pickle or None,
-            ).to(self._device)
-        except (OSError, ValueError) as exc:
-            raise ModelDirectoryError(f"cannot load {model_dir} as a cross-encoder reranker: {exc}") from exc
-        self._model.eval()
-        labels = int(getattr(self._model.config, "num_labels", 1))
-        if labels != 1:
-            raise ModelDirectoryError(
-                f"{model_dir}: the classifier has {labels} labels; searchbox serves rerankers with one relevance label")
-        self.max_length = int(config.max_length or self._default_max_length(tokenizer))
-        self._tokenizer = TokenizerView(tokenizer, self.max_length)
+        if resolved_backend(config.backend, options.backend) == "onnx":
+            self._scorer: _TorchScorer | _OnnxScorer = _OnnxScorer(model_dir, config, options)
+        else:
+            self._scorer = _TorchScorer(model_dir, config, options)
+        self.device = self._scorer.device
+        self.max_length = self._scorer.max_length
+        self._tokenizer = self._scorer.tokenizer
         if self._tokenizer.pair_special_count is None:
             raise ModelDirectoryError(f"{model_dir}: the tokenizer has no template for (query, document) pairs")
         # Content tokens one pair holds beside its special tokens; the query takes at most its share.
         self._room = self.max_length - self._tokenizer.pair_special_count
         self.max_query_tokens = max(1, min(config.max_query_tokens or self._room // 2, self._room - 1))
-        self._sigmoid = config.score_activation == "sigmoid"
-
-    def _default_max_length(self, tokenizer) -> int:
-        positions = getattr(self._model.config, "max_position_embeddings", None) or 512
-        declared = getattr(tokenizer, "model_max_length", None) or _NO_LIMIT
-        return int(min(declared, positions)) if declared < _NO_LIMIT else int(positions)
 
     # --- on the caller's thread -----------------------------------------------------------------------
 
@@ -115,14 +98,96 @@ class CrossEncoderModel:
     # --- on the batcher's thread ----------------------------------------------------------------------
 
     def forward(self, pairs: list[_Pair]) -> list[list[np.ndarray]]:
+        padded = self._tokenizer.pad([p.ids for p in pairs], type_ids=[p.type_ids for p in pairs])
+        logits = self._scorer.logits(padded)
+        # tanh's form of the sigmoid: no overflow for very negative logits
+        scores = 0.5 * (1.0 + np.tanh(0.5 * logits)) if self.config.score_activation == "sigmoid" else logits
+        return [[score] for score in scores.astype(np.float32)]
+
+
+class _TorchScorer:
+    """transformers' AutoModelForSequenceClassification: one logit per pair."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
+            self._model = AutoModelForSequenceClassification.from_pretrained(
+                str(model_dir), local_files_only=True, trust_remote_code=True,
+                use_safetensors=not options.allow_pickle or None,
+            ).to(self._device)
+        except (OSError, ValueError) as exc:
+            raise ModelDirectoryError(f"cannot load {model_dir} as a cross-encoder reranker: {exc}") from exc
+        self._model.eval()
+        labels = int(getattr(self._model.config, "num_labels", 1))
+        if labels != 1:
+            raise ModelDirectoryError(
+                f"{model_dir}: the classifier has {labels} labels; searchbox serves rerankers with one relevance label")
+        positions = getattr(self._model.config, "max_position_embeddings", None) or 512
+        self.max_length = int(config.max_length or _max_length(getattr(tokenizer, "model_max_length", None), positions))
+        self.tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
+
+    def logits(self, padded: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            padded = self._tokenizer.pad([p.ids for p in pairs], type_ids=[p.type_ids for p in pairs])
             features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
-            logits = self._model(**features).logits[:, 0].float()
-            scores = torch.sigmoid(logits) if self._sigmoid else logits
-            return [[score] for score in scores.cpu().numpy()]
+            return self._model(**features).logits[:, 0].float().cpu().numpy()
+
+
+class _OnnxScorer:
+    """The classifier exported to ONNX at packaging time (no torch, no transformers on this path)."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        from model_handlers.onnx_runtime import OnnxSession
+
+        self._session = OnnxSession(model_dir / config.onnx_file, options.device, options.torch_threads)
+        self.device = self._session.device
+        hf_config = _json(model_dir / "config.json")
+        if int(hf_config.get("num_labels") or len(hf_config.get("id2label") or {0: 0})) != 1:
+            raise ModelDirectoryError(f"{model_dir}: searchbox serves rerankers with one relevance label")
+        declared = _json(model_dir / "tokenizer_config.json").get("model_max_length")
+        self.max_length = int(config.max_length or _max_length(declared, hf_config.get("max_position_embeddings") or 512))
+        self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length,
+                                                      with_type_ids="token_type_ids" in self._session.input_names)
+
+    def logits(self, padded: dict[str, np.ndarray]) -> np.ndarray:
+        return self._session.run(padded)[:, 0].astype(np.float32)
+
+
+def _max_length(declared, positions: int) -> int:
+    """The tokenizer's declared length, unless it is transformers' "no limit" placeholder; never past the positions."""
+    declared = declared or _NO_LIMIT
+    return int(min(declared, positions)) if declared < _NO_LIMIT else int(positions)
+
+
+def _json(path: Path) -> dict:
+    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return value if isinstance(value, dict) else {}
+
+
+def export_onnx(model_dir: Path, out_path: Path) -> None:
+    """The classifier as ONNX: the inputs its tokenizer makes for a (query, document) pair -> `logits`.
+
+    Raises:
+        ModelDirectoryError: the model does not export (the message says why).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True,
+                                                               trust_remote_code=True)
+
+    example = tokenizer(["what does searchbox export?", "which query is this?"],
+                        ["the cross-encoder as an ONNX graph", "a second document, a little longer than the first"],
+                        padding=True, return_tensors="np")
+    export_graph(model, "logits", {name: example[name].astype(np.int64) for name in example}, out_path)
 
 
 def _is_cross_encoder(files: ModelFiles) -> bool:
@@ -159,4 +224,5 @@ KIND = Kind(
                      '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
     ),
     load=CrossEncoderModel,
+    onnx_export=export_onnx,
 )

@@ -2,7 +2,7 @@
 
 A kind says once what it is: its name, how to recognise a model directory of its own, which operations
 it answers, its batch-transform CSV row, the samples packaging uses for the load check and the listing,
-and how to load a model. Loading, serving-config detection, batch transform, the catalog, the model
+how to load a model, and (if it can) how to export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model
 package, the listing and the artifact builder all read this registry instead of branching on kind names.
 
 Importing this module (and the kind modules) costs no torch: `serve` detects kinds in the gunicorn
@@ -103,6 +103,8 @@ class Kind:
     csv: CsvLayout
     samples: Samples
     load: Callable[[Path, "ServingConfig", "HandlerOptions"], "Model"] = field(repr=False)
+    # packaging time: writes the model's ONNX graph (model dir, .onnx path); None: the kind serves on torch only
+    onnx_export: Callable[[Path, Path], None] | None = field(default=None, repr=False)
 
     def answers(self, operation: Operation) -> bool:
         return operation in self.operations

@@ -35,9 +35,5 @@ def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = N
     model_dir = Path(model_dir)
     config = read_serving_config(model_dir, allow_pickle=options.allow_pickle,
                                  fallback_name=options.served_model_name)
-    import torch
-
-    if options.torch_threads:
-        torch.set_num_threads(options.torch_threads)
     logger.info("loading %s model %s from %s", config.kind.name, config.served_model_name, model_dir)
     return Pipeline(config.kind, config.kind.load(model_dir, config, options), config, options)

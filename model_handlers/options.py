@@ -23,7 +23,10 @@ class HandlerOptions:
     request_timeout_s: float = 60.0
     # Model inputs one rerank request may make (a long document makes one per window).
     max_rerank_windows: int = 4096
+    # intra-op threads of torch or ONNX Runtime; None: their own choice (one per core)
     torch_threads: int | None = None
+    # "torch" or "onnx" whatever searchbox.json says; None: searchbox.json's choice
+    backend: str | None = None
     # The name answered in `model` when searchbox.json gives none.
     served_model_name: str | None = None
     # Told about every forward pass and queue wait (the server's metrics); None: nobody listens.

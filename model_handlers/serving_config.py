@@ -14,9 +14,11 @@ would not serve before any worker starts.
      "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
      "score_activation": "sigmoid" | "none",
      "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128,
-     "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000}}
+     "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000},
+     "backend": "torch" | "onnx", "onnx_file": "onnx/model_int8.onnx"}
 
-`metering` (model_handlers/metering.py): sold per inference on AWS Marketplace, each 2xx reports the units it
+`backend` ("torch" or "onnx") and `onnx_file` (default onnx/model.onnx) choose the compute path; packaging writes
+them (model_handlers/onnx_runtime.py). `metering` (model_handlers/metering.py): sold per inference on AWS Marketplace, each 2xx reports the units it
 consumed; without it the model is priced per hour.
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
@@ -37,6 +39,7 @@ from model_handlers import kinds
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
 from model_handlers.metering import Metering, parse_metering
+from model_handlers.onnx_runtime import BACKENDS, DEFAULT_ONNX_FILE
 
 CONFIG_FILE = "searchbox.json"
 
@@ -73,6 +76,9 @@ class ServingConfig:
     max_query_tokens: int | None = None
     # AWS Marketplace per-inference pricing: what one unit is; None: priced per hour, no metering header
     metering: Metering | None = None
+    # the compute path: "torch" (the model's own code), or "onnx" (ONNX Runtime on `onnx_file`, exported at build)
+    backend: str = "torch"
+    onnx_file: str = DEFAULT_ONNX_FILE
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -125,8 +131,25 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
         score_activation=activation,
         metering=parse_metering(explicit.get("metering"), CONFIG_FILE),
+        backend=_backend(explicit.get("backend")),
+        onnx_file=_relative_file(explicit.get("onnx_file", DEFAULT_ONNX_FILE), "onnx_file"),
         **_window_settings(explicit),
     )
+
+
+def _backend(value: Any) -> str:
+    if value is None:
+        return "torch"
+    if value not in BACKENDS:
+        raise ModelDirectoryError(f"{CONFIG_FILE}: backend must be one of {', '.join(BACKENDS)}, not {value!r}")
+    return value
+
+
+def _relative_file(value: Any, key: str) -> str:
+    """A path inside the model directory (never absolute, never climbing out of it)."""
+    if not isinstance(value, str) or not value or value.startswith("/") or ".." in Path(value).parts:
+        raise ModelDirectoryError(f"{CONFIG_FILE}: {key} must be a path inside the model directory, not {value!r}")
+    return value
 
 
 def _saved_activation(model_dir: Path) -> str:

@@ -11,6 +11,7 @@ the modules before pooling, the pooling the model declares, the modules after it
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,11 @@ import numpy as np
 
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
+from model_handlers.onnx_runtime import export_graph, resolved_backend
 from model_handlers.options import HandlerOptions
 from model_handlers.pipeline import Prepared
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
-from model_handlers.serving_config import ServingConfig, TaskSpec
+from model_handlers.serving_config import ServingConfig, TaskSpec, read_serving_config
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
 
@@ -47,39 +49,20 @@ class _Sequence:
 
 
 class TextEmbeddingModel:
-    """One sentence-transformers (or plain encoder) model directory."""
+    """One sentence-transformers (or plain encoder) model directory, on the torch or the ONNX backend."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        from sentence_transformers import SentenceTransformer
-        from sentence_transformers.base.modules.normalize import Normalize
-        from sentence_transformers.sentence_transformer.modules.pooling import Pooling
-
         self.config = config
         self.model_name = config.served_model_name
-        model_kwargs = {} if options.allow_pickle else {"use_safetensors": True}
-        try:
-            self._model = SentenceTransformer(
-                str(model_dir), device=options.resolved_device(), local_files_only=True,
-                trust_remote_code=True, model_kwargs=model_kwargs,
-            )
-        except (OSError, ValueError) as exc:
-            raise ModelDirectoryError(f"cannot load {model_dir} as an embedding model: {exc}") from exc
-        self._model.eval()
-        modules = list(self._model.children())
-        pooling_at = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)
-        if pooling_at is None:
-            raise ModelDirectoryError(f"{model_dir}: no pooling module; searchbox serves pooled embedding models")
-        # A trailing Normalize is applied by the pipeline instead, so `normalized: false` can skip it.
-        if isinstance(modules[-1], Normalize):
-            modules = modules[:-1]
-        self._encoder_modules = modules[:pooling_at]
-        self._pooling = modules[pooling_at]
-        self._post_pooling_modules = modules[pooling_at + 1:]
-        self.width = int(self._model.get_embedding_dimension())
-        self.max_length = int(config.max_length or self._model.max_seq_length or 512)
-        self._tokenizer = TokenizerView(self._model.tokenizer, self.max_length)
-        self._device = self._model.device
-        self.device = str(self._device)
+        if resolved_backend(config.backend, options.backend) == "onnx":
+            self._encoder: _TorchEncoder | _OnnxEncoder = _OnnxEncoder(model_dir, config, options)
+        else:
+            self._encoder = _TorchEncoder(model_dir, config, options)
+        self.width = self._encoder.width
+        self.max_length = self._encoder.max_length
+        self.device = self._encoder.device
+        self._tokenizer = self._encoder.tokenizer
+        self._include_prompt = self._encoder.include_prompt
 
     # --- on the caller's thread -----------------------------------------------------------------------
 
@@ -173,17 +156,58 @@ class TextEmbeddingModel:
 
     def _prompt_length(self, spec: TaskSpec) -> int:
         """Prompt tokens the pooling must skip; 0 when the model pools over its prompt (the usual case)."""
-        if not spec.prompt or getattr(self._pooling, "include_prompt", True):
+        if not spec.prompt or self._include_prompt:
             return 0
         return len(self._tokenizer.prefix) + len(self._tokenizer.encode([spec.prompt])[0])
 
     # --- on the batcher's thread ----------------------------------------------------------------------
 
     def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
+        return self._encoder.forward(sequences)
+
+
+class _TorchEncoder:
+    """sentence-transformers' own modules: those before pooling, the pooling the model declares, those after it
+    but a final Normalize (the pipeline normalises when asked, so that `normalized: false` can skip it)."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules.normalize import Normalize
+        from sentence_transformers.sentence_transformer.modules.pooling import Pooling
+
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        model_kwargs = {} if options.allow_pickle else {"use_safetensors": True}
+        try:
+            self._model = SentenceTransformer(
+                str(model_dir), device=options.resolved_device(), local_files_only=True,
+                trust_remote_code=True, model_kwargs=model_kwargs,
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelDirectoryError(f"cannot load {model_dir} as an embedding model: {exc}") from exc
+        self._model.eval()
+        modules = list(self._model.children())
+        pooling_at = next((i for i, m in enumerate(modules) if isinstance(m, Pooling)), None)
+        if pooling_at is None:
+            raise ModelDirectoryError(f"{model_dir}: no pooling module; searchbox serves pooled embedding models")
+        if isinstance(modules[-1], Normalize):
+            modules = modules[:-1]
+        self._encoder_modules = modules[:pooling_at]
+        self._pooling = modules[pooling_at]
+        self._post_pooling_modules = modules[pooling_at + 1:]
+        self.include_prompt = bool(getattr(self._pooling, "include_prompt", True))
+        self.width = int(self._model.get_embedding_dimension())
+        self.max_length = int(config.max_length or self._model.max_seq_length or 512)
+        self.tokenizer = TokenizerView.from_hf(self._model.tokenizer, self.max_length)
+        self._device = self._model.device
+        self.device = str(self._device)
+
+    def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
         import torch
 
         with torch.inference_mode():
-            padded = self._tokenizer.pad([s.ids for s in sequences])
+            padded = self.tokenizer.pad([s.ids for s in sequences])
             features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
             first = sequences[0]
             if first.adapter is not None:
@@ -195,25 +219,153 @@ class TextEmbeddingModel:
             if first.spans is None:
                 pooled = self._post_pool(self._pooling(features))
                 return [[row] for row in pooled]
-            return self._pool_spans(sequences, features["token_embeddings"])
-
-    def _pool_spans(self, sequences: list[_Sequence], tokens) -> list[list[np.ndarray]]:
-        import torch
-
-        span_vectors, counts = [], []
-        for row, sequence in enumerate(sequences):
-            for start, end in sequence.spans:
-                # An empty input has no tokens of its own: it takes its whole sequence's mean.
-                window = tokens[row, start:end] if end > start else tokens[row, :sequence.length]
-                span_vectors.append(window.mean(dim=0))
-            counts.append(len(sequence.spans))
-        pooled = self._post_pool({"sentence_embedding": torch.stack(span_vectors)})
-        return [list(part) for part in np.split(pooled, np.cumsum(counts)[:-1])]
+            tokens = features["token_embeddings"]
+            means = [tokens[row, start:end].mean(dim=0) if end > start else tokens[row, :sequence.length].mean(dim=0)
+                     for row, sequence in enumerate(sequences) for start, end in sequence.spans]
+            pooled = self._post_pool({"sentence_embedding": torch.stack(means)})
+            return _split_spans(sequences, pooled)
 
     def _post_pool(self, features: dict) -> np.ndarray:
         for module in self._post_pooling_modules:
             features = module(features)
         return features["sentence_embedding"].float().cpu().numpy()
+
+
+class _OnnxEncoder:
+    """The transformer exported to ONNX at packaging time, run by ONNX Runtime; the pooling sentence-transformers
+    declares (1_Pooling/config.json) done here in numpy. No torch, no transformers: the slim image has neither.
+    Only Transformer -> Pooling (-> Normalize) pipelines export (build_artifact refuses others by name)."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        from model_handlers.onnx_runtime import OnnxSession
+
+        self._session = OnnxSession(model_dir / config.onnx_file, options.device, options.torch_threads)
+        self.device = self._session.device
+        self._pooling = PoolingSpec.read(model_dir)
+        self.include_prompt = self._pooling.include_prompt
+        hf_config = _json(model_dir / "config.json")
+        self.width = self._pooling.width or int(hf_config.get("hidden_size") or 0)
+        self.max_length = int(config.max_length or _max_seq_length(model_dir, hf_config))
+        self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length,
+                                                      with_type_ids="token_type_ids" in self._session.input_names)
+
+    def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
+        padded = self.tokenizer.pad([s.ids for s in sequences])
+        tokens = self._session.run(padded).astype(np.float32, copy=False)
+        first = sequences[0]
+        if first.spans is None:
+            mask = padded["attention_mask"].astype(np.float32)
+            if first.prompt_length:
+                mask[:, :first.prompt_length] = 0  # the pooling skips the prompt (include_prompt false)
+            return [[row] for row in self._pooling.pool(tokens, mask)]
+        means = [tokens[row, start:end].mean(axis=0) if end > start else tokens[row, :sequence.length].mean(axis=0)
+                 for row, sequence in enumerate(sequences) for start, end in sequence.spans]
+        return _split_spans(sequences, np.stack(means))
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    """sentence-transformers' Pooling settings (1_Pooling/config.json), for pooling outside torch."""
+
+    modes: tuple[str, ...]
+    include_prompt: bool = True
+    width: int = 0
+
+    _MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+
+    @classmethod
+    def read(cls, model_dir: Path) -> "PoolingSpec":
+        """The directory's pooling; a plain Hugging Face encoder (no modules.json) pools by mean, as
+        sentence-transformers does for it."""
+        module = next((m for m in _json_list(model_dir / "modules.json") if str(m.get("type", "")).endswith("Pooling")),
+                      None)
+        if module is None:
+            return cls(("mean_tokens",))
+        settings = _json(model_dir / module.get("path", "") / "config.json")
+        modes = tuple(mode for mode in cls._MODES if settings.get(f"pooling_mode_{mode}"))
+        if not modes:
+            raise ModelDirectoryError(f"{model_dir}: the pooling config names no pooling mode")
+        width = int(settings.get("word_embedding_dimension") or 0) * len(modes)
+        return cls(modes, bool(settings.get("include_prompt", True)), width)
+
+    def pool(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """[batch, seq, dim] token vectors and their [batch, seq] mask -> [batch, dim x modes], as the modes say."""
+        weights = mask[:, :, None]
+        counts = np.clip(weights.sum(axis=1), 1e-9, None)
+        parts = []
+        for mode in self.modes:
+            if mode == "cls_token":
+                parts.append(tokens[:, 0])
+            elif mode == "max_tokens":
+                parts.append(np.where(weights > 0, tokens, -1e9).max(axis=1))
+            elif mode == "mean_tokens":
+                parts.append((tokens * weights).sum(axis=1) / counts)
+            elif mode == "mean_sqrt_len_tokens":
+                parts.append((tokens * weights).sum(axis=1) / np.sqrt(counts))
+            elif mode == "weightedmean_tokens":
+                position = np.arange(1, tokens.shape[1] + 1, dtype=np.float32)[None, :, None] * weights
+                parts.append((tokens * position).sum(axis=1) / np.clip(position.sum(axis=1), 1e-9, None))
+            else:  # lasttoken: the last token the mask keeps
+                last = np.maximum(mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1), 0)
+                parts.append(tokens[np.arange(tokens.shape[0]), last])
+        return np.concatenate(parts, axis=1).astype(np.float32, copy=False)
+
+
+def _split_spans(sequences: list[_Sequence], pooled: np.ndarray) -> list[list[np.ndarray]]:
+    counts = [len(sequence.spans) for sequence in sequences]
+    return [list(part) for part in np.split(pooled, np.cumsum(counts)[:-1])]
+
+
+def _max_seq_length(model_dir: Path, hf_config: dict) -> int:
+    """What sentence-transformers would cut at: sentence_bert_config.json's max_seq_length, else the positions."""
+    declared = _json(model_dir / "sentence_bert_config.json").get("max_seq_length")
+    if declared:
+        return int(declared)
+    return int(min(hf_config.get("max_position_embeddings") or 512, 512))
+
+
+def _json(path: Path) -> dict:
+    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _json_list(path: Path) -> list:
+    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+# sentence-transformers modules the ONNX backend reproduces: the transformer (exported), pooling and
+# normalisation (done in numpy); anything else (a Dense projection, a router) keeps the model on torch.
+_ONNX_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def export_onnx(model_dir: Path, out_path: Path) -> None:
+    """The model's transformer as ONNX: the inputs its tokenizer makes -> token embeddings (`last_hidden_state`).
+
+    Raises:
+        ModelDirectoryError: the model has modules the ONNX backend does not reproduce, adapters, or does not
+            export; the message names what and says to serve it with torch.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    modules = _json_list(model_dir / "modules.json")
+    other = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules
+             if not str(m.get("type", "")).endswith(_ONNX_MODULES)]
+    if other:
+        raise ModelDirectoryError(f"the ONNX backend serves Transformer -> Pooling (-> Normalize) models; this one also "
+                                  f"has {', '.join(other)}: build it with --backend torch")
+    adapters = [name for name, spec in read_serving_config(model_dir).tasks.items() if spec.adapter]
+    if adapters:
+        raise ModelDirectoryError(f"tasks {', '.join(adapters)} select adapters, which the exported graph does not hold: "
+                                  "build it with --backend torch")
+    transformer = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Transformer")), "")
+    source = model_dir / transformer
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=True)
+    model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=True)
+
+    example = tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
+                        padding=True, return_tensors="np")
+    export_graph(model, "last_hidden_state", {name: example[name].astype(np.int64) for name in example}, out_path)
 
 
 KIND = Kind(
@@ -240,4 +392,5 @@ KIND = Kind(
         client_call='client.embed(texts=["hello", "world"])',
     ),
     load=TextEmbeddingModel,
+    onnx_export=export_onnx,
 )

@@ -8,7 +8,9 @@ so every caller can count, cut and pack tokens exactly as it needs.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -18,11 +20,15 @@ from model_handlers.errors import ModelDirectoryError
 
 
 class TokenizerView:
-    def __init__(self, hf_tokenizer, max_length: int):
-        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise ModelDirectoryError("searchbox needs a fast tokenizer (tokenizer.json) in the model directory")
-        self._backend = Tokenizer.from_str(backend.to_str())
+    """Args:
+        tokenizer: the Rust tokenizer (tokenizer.json); a private copy is configured here.
+        max_length: tokens one model input may hold, special tokens included.
+        pad_id: the padding token's id.
+        with_type_ids: whether the model takes token_type_ids.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, pad_id: int, with_type_ids: bool):
+        self._backend = Tokenizer.from_str(tokenizer.to_str())
         self._backend.no_truncation()
         self._backend.no_padding()
         self.prefix, self.suffix = self._special_tokens()
@@ -30,11 +36,33 @@ class TokenizerView:
         self.max_length = max_length
         # Tokens left for content in one sequence, once the special tokens are in.
         self.room = max_length - self.special_count
-        self.pad_id = int(hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0)
-        self._with_type_ids = "token_type_ids" in getattr(hf_tokenizer, "model_input_names", ())
+        self.pad_id = pad_id
+        self._with_type_ids = with_type_ids
         # Cross-encoders take (query, document) pairs; a tokenizer without a pair template serves single texts only.
         self._pair = self._pair_layout()
         self.pair_special_count = None if self._pair is None else sum(len(part) for part in self._pair.ids)
+
+    @classmethod
+    def from_hf(cls, hf_tokenizer, max_length: int) -> "TokenizerView":
+        """From a loaded transformers tokenizer (the torch backend has one)."""
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ModelDirectoryError("searchbox needs a fast tokenizer (tokenizer.json) in the model directory")
+        pad_id = int(hf_tokenizer.pad_token_id if hf_tokenizer.pad_token_id is not None else 0)
+        return cls(backend, max_length, pad_id, "token_type_ids" in getattr(hf_tokenizer, "model_input_names", ()))
+
+    @classmethod
+    def from_directory(cls, model_dir: Path, max_length: int, with_type_ids: bool) -> "TokenizerView":
+        """From tokenizer.json and the special tokens the directory names, without transformers (the ONNX backend).
+
+        Raises:
+            ModelDirectoryError: no tokenizer.json.
+        """
+        path = Path(model_dir) / "tokenizer.json"
+        if not path.is_file():
+            raise ModelDirectoryError(f"{model_dir}: searchbox needs a fast tokenizer (tokenizer.json)")
+        tokenizer = Tokenizer.from_file(str(path))
+        return cls(tokenizer, max_length, _pad_id(model_dir, tokenizer), with_type_ids)
 
     def _special_tokens(self) -> tuple[np.ndarray, np.ndarray]:
         """Split what the post-processor adds around one text into the part before and after it."""
@@ -116,6 +144,22 @@ class _PairLayout:
     type_ids: tuple[np.ndarray, np.ndarray, np.ndarray]
     first_type: int
     second_type: int
+
+
+def _pad_id(model_dir: Path, tokenizer: Tokenizer) -> int:
+    """The padding token's id: as tokenizer_config.json or special_tokens_map.json name it, else the tokenizer's
+    own padding, else 0 (what transformers falls back to as well)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = Path(model_dir) / name
+        if not path.is_file():
+            continue
+        token = json.loads(path.read_text(encoding="utf-8")).get("pad_token")
+        if isinstance(token, dict):
+            token = token.get("content")
+        if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+            return int(tokenizer.token_to_id(token))
+    padding = tokenizer.padding
+    return int(padding["pad_id"]) if padding else 0
 
 
 def _find(haystack: Sequence[int], needle: Sequence[int], start: int) -> int:

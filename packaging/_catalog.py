@@ -93,6 +93,9 @@ class Product:
     eula_path: Path
     remote_code: Mapping[str, Path] = field(default_factory=dict)
     azure: AzureOffer | None = None
+    # the compute path the artifact serves on, and int8 (onnx only): build_artifact exports and checks them
+    backend: str = "torch"
+    quantize: str | None = None
 
     @property
     def model_kind(self) -> kinds.Kind:
@@ -172,7 +175,7 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
     if not isinstance(entry, dict):
         raise CatalogError(f"{where}: each product must be a mapping")
     known = {"name", "title", "model_dir", "served_name", "kind", "tasks", "instance_types", "prices_per_hour",
-             "free_trial_days", "regions", "description", "eula", "remote_code", "azure"}
+             "free_trial_days", "regions", "description", "eula", "remote_code", "azure", "backend", "quantize"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
@@ -199,6 +202,12 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
     for i, region in enumerate(regions):
         if not isinstance(region, str) or not REGION_PATTERN.fullmatch(region):
             raise CatalogError(f"{where}.regions[{i}]: {region!r} is not an AWS region name like us-east-1")
+    backend = entry.get("backend", "torch")
+    if backend not in ("torch", "onnx"):
+        raise CatalogError(f"{where}.backend: {backend!r} is not one of torch, onnx")
+    quantize = entry.get("quantize")
+    if quantize not in (None, "int8") or (quantize and backend != "onnx"):
+        raise CatalogError(f"{where}.quantize: {quantize!r} must be int8 (with backend: onnx) or left out")
     remote_code = entry.get("remote_code") or {}
     if not isinstance(remote_code, dict):
         raise CatalogError(f"{where}.remote_code: must map repository ids to local directories")
@@ -220,6 +229,8 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
         remote_code={str(repo): _directory(p, base_dir, f"{where}.remote_code.{repo}")
                      for repo, p in remote_code.items()},
         azure=_azure(entry.get("azure"), name, f"{where}.azure"),
+        backend=backend,
+        quantize=quantize,
     )
 
 

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _catalog  # noqa: E402
 import _files  # noqa: E402
+import _onnx  # noqa: E402
 from model_handlers import kinds  # noqa: E402
 
 MANIFEST = "searchbox-manifest.json"
@@ -67,17 +68,26 @@ class BuildReport:
     check: str
     vendored: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    backend: str = "torch"
+    quality: "_onnx.Quality | None" = None
 
 
 def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: str | None = None,
                    kind: str | None = None, tasks: Mapping[str, Any] | None = None,
                    remote_code: Mapping[str, str | Path] | None = None, check: bool = True,
-                   compresslevel: int = 6, device: str = "auto") -> BuildReport:
+                   compresslevel: int = 6, device: str = "auto", backend: str = "torch", quantize: str | None = None,
+                   gate: "_onnx.Gate | None" = None) -> BuildReport:
     """Stage, check and archive `model_dir` into `output` (written atomically; a refusal leaves no trace).
 
+    `backend` "onnx" exports the model (packaging/_onnx.py) and serves it with ONNX Runtime; `quantize` "int8"
+    serves the int8 file instead of fp32, both only if they pass `gate`.
+
     Raises:
-        BuildRefused: the directory would not serve, or a remote-code file cannot be found locally.
+        BuildRefused: the directory would not serve, a remote-code file cannot be found locally, or the ONNX export
+            fails or misses its quality gate.
     """
+    if quantize is not None and backend != "onnx":
+        raise BuildRefused("--quantize needs --backend onnx (it quantizes the exported graph)")
     model_dir = Path(model_dir).resolve()
     output = Path(output).resolve()
     if not model_dir.is_dir():
@@ -91,16 +101,34 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
         vendored = _vendor_remote_code(staged, {k: Path(v) for k, v in (remote_code or {}).items()})
         config = _write_serving_config(staged, served_name=served_name, default_name=_default_name(model_dir),
                                        kind=kind, tasks=tasks)
+        quality = None
+        if backend == "onnx":
+            quality = _export_onnx(staged, config, quantize, gate or _onnx.Gate(), device)
+            config = _write_serving_config(staged, served_name=None, default_name=config.served_model_name, kind=None,
+                                           tasks=None, backend={"backend": "onnx", "onnx_file": quality.backend_file})
         check_summary = _smoke_test(staged, config, device) if check else "skipped (--no-check)"
         files = _list_files(staged)
-        manifest = _manifest(staged, files, config, vendored)
+        manifest = _manifest(staged, files, config, vendored, quality)
         (staged / MANIFEST).write_bytes(manifest)
         partial = output.with_name(output.name + ".partial")
         _write_tar(staged, sorted(files + [MANIFEST]), partial, compresslevel)
         os.replace(partial, output)
     return BuildReport(output=output, sha256=_sha256_file(output), size=output.stat().st_size,
                        files=len(files) + 1, served_name=config.served_model_name, kind=config.kind.name,
-                       check=check_summary, vendored=vendored, skipped=skipped)
+                       check=check_summary, vendored=vendored, skipped=skipped, backend=config.backend,
+                       quality=quality)
+
+
+def _export_onnx(staged: Path, config, quantize: str | None, gate: "_onnx.Gate", device: str) -> "_onnx.Quality":
+    """The ONNX files in staged/onnx/, checked against the model on torch (packaging/_onnx.py)."""
+    from model_handlers.errors import ModelDirectoryError
+
+    try:
+        return _onnx.build_onnx(staged, config.kind, quantize, gate, device)
+    except ModelDirectoryError as exc:
+        raise BuildRefused(f"--backend onnx: {exc.detail}".replace(str(staged), "the model directory")) from exc
+    except _onnx.GateFailed as exc:
+        raise BuildRefused(f"--backend onnx: the export misses its quality gate: {exc}") from exc
 
 
 def _default_name(model_dir: Path) -> str:
@@ -221,7 +249,7 @@ def _find_remote_file(repo: str, name: str, sources: Mapping[str, Path]) -> Path
 
 
 def _write_serving_config(staged: Path, *, served_name: str | None, default_name: str, kind: str | None,
-                          tasks: Mapping[str, Any] | None):
+                          tasks: Mapping[str, Any] | None, backend: Mapping[str, str] | None = None):
     from model_handlers.errors import ModelDirectoryError
     from model_handlers.serving_config import read_serving_config
 
@@ -239,6 +267,8 @@ def _write_serving_config(staged: Path, *, served_name: str | None, default_name
         explicit["kind"] = kind
     if tasks:
         explicit["tasks"] = dict(tasks)
+    if backend:
+        explicit.update(backend)
     path.write_text(json.dumps(explicit, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     try:
         config = read_serving_config(staged)
@@ -311,7 +341,7 @@ def _list_files(staged: Path) -> list[str]:
                   if p.is_file() and "__pycache__" not in p.parts and p.name != MANIFEST)
 
 
-def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str]) -> bytes:
+def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str], quality=None) -> bytes:
     entries = [{"path": name, "size": (staged / name).stat().st_size, "sha256": _sha256_file(staged / name)}
                for name in files]
     document = {
@@ -320,7 +350,10 @@ def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str
         "kind": config.kind.name,
         "files": entries,
         "vendored_remote_code": dict(sorted(vendored.items())),
+        "backend": config.backend,
     }
+    if quality is not None:
+        document["onnx"] = quality.as_dict()
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
@@ -425,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto",
                         help="where the check runs: auto (a GPU when there is one), cpu, cuda")
     parser.add_argument("--compresslevel", type=int, default=6, choices=range(0, 10), metavar="0-9")
+    parser.add_argument("--backend", choices=("torch", "onnx"),
+                        help="the compute path the artifact serves on: torch (default), or onnx (exported here, "
+                             "checked against torch, served by ONNX Runtime)")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="with --backend onnx: serve dynamic int8 (faster, smaller) if it passes the quality gate")
     args = parser.parse_args(argv)
     model_dir = args.model_dir
     try:
@@ -436,9 +474,12 @@ def main(argv: list[str] | None = None) -> int:
             product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
             model_dir = model_dir or product.model_dir
             kwargs = {"served_name": args.served_name or product.served_name, "kind": args.kind or product.kind,
-                      "tasks": product.tasks, "remote_code": {**product.remote_code, **kwargs["remote_code"]}}
+                      "tasks": product.tasks, "remote_code": {**product.remote_code, **kwargs["remote_code"]},
+                      "backend": product.backend, "quantize": product.quantize}
         if model_dir is None:
             parser.error("give MODEL_DIR or --catalog")
+        kwargs["backend"] = args.backend or kwargs.get("backend") or "torch"
+        kwargs["quantize"] = args.quantize or kwargs.get("quantize")
         report = build_artifact(model_dir, args.output, check=args.check, compresslevel=args.compresslevel,
                                 device=args.device, **kwargs)
     except (_catalog.CatalogError, BuildRefused, _files.InputError) as exc:
@@ -446,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {report.output} ({report.size / 1e6:.1f} MB, {report.files} files)")
     print(f"  sha256 {report.sha256}")
-    print(f"  {report.kind} model served as {report.served_name!r}; check: {report.check}")
+    print(f"  {report.kind} model served as {report.served_name!r} on {report.backend}; check: {report.check}")
+    if report.quality is not None:
+        print(f"  onnx: {report.quality.summary()}")
     for name, repo in report.vendored.items():
         print(f"  vendored {name} from {repo}")
     if report.skipped:

@@ -1,0 +1,211 @@
+"""The ONNX build step of build_artifact.py: export, optional int8, and the quality gate that decides.
+
+The kind's own exporter (model_handlers: `Kind.onnx_export`, torch's ONNX exporter) writes `onnx/model.onnx`;
+`--quantize int8` adds `onnx/model_int8.onnx` (ONNX Runtime's dynamic int8 of the linear layers). Each file
+is then loaded by the server's own code (`load_handler` with the ONNX backend) and compared with the model
+on torch on the built-in texts (packaging/_quality_set.py):
+
+- embedding models: fp32 must keep cosine >= 0.9999 against torch on every validation text; int8 >= 0.99
+  against fp32 on every validation text, and the same top-10 neighbours for >= 90% of the retrieval queries;
+- rerankers: fp32 scores within 1e-4 of torch's; int8 within 0.02 of fp32's, the same top-10 for >= 90% of
+  the queries.
+
+A miss refuses the build with the figures; a pass puts them in the manifest and the listing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import _quality_set
+
+FP32_FILE = "onnx/model.onnx"
+INT8_FILE = "onnx/model_int8.onnx"
+TOP_K = 10
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What an export must keep to be served (see the module docstring)."""
+
+    fp32_min_cosine: float = 0.9999
+    int8_min_cosine: float = 0.99
+    fp32_max_score_diff: float = 1e-4
+    int8_max_score_diff: float = 0.02
+    int8_min_top_k_agreement: float = 0.9
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The figures of one build: the listing quotes them."""
+
+    backend_file: str
+    fp32_min_cosine: float | None = None
+    fp32_max_score_diff: float | None = None
+    int8_min_cosine: float | None = None
+    int8_mean_cosine: float | None = None
+    int8_max_score_diff: float | None = None
+    int8_top_k_agreement: float | None = None
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def summary(self) -> str:
+        parts = [f"serves {self.backend_file}"]
+        if self.fp32_min_cosine is not None:
+            parts.append(f"fp32: min cosine {self.fp32_min_cosine:.6f} vs torch")
+        if self.fp32_max_score_diff is not None:
+            parts.append(f"fp32: scores within {self.fp32_max_score_diff:.1e} of torch")
+        if self.int8_mean_cosine is not None:
+            parts.append(f"int8: mean cosine {self.int8_mean_cosine:.4f} (min {self.int8_min_cosine:.4f}) vs fp32")
+        if self.int8_max_score_diff is not None:
+            parts.append(f"int8: scores within {self.int8_max_score_diff:.3f} of fp32")
+        if self.int8_top_k_agreement is not None:
+            parts.append(f"same top-{TOP_K} for {self.int8_top_k_agreement:.0%} of queries")
+        return "; ".join(parts)
+
+
+class GateFailed(Exception):
+    """The export does not keep what the gate asks; the message holds the figures."""
+
+
+def build_onnx(staged: Path, kind, quantize: str | None, gate: Gate, device: str = "auto") -> Quality:
+    """Export `staged` (a model directory of `kind`) into its onnx/ folder and check it; returns the figures.
+
+    Raises:
+        model_handlers.errors.ModelDirectoryError: the kind or the model does not export (the message says why).
+        GateFailed: an exported file does not keep the model's quality.
+    """
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.onnx_runtime import quantize_int8
+    from model_handlers.types import Operation
+
+    if kind.onnx_export is None:
+        raise ModelDirectoryError(f"kind {kind.name} ({kind.summary}) does not export to ONNX yet: build it with "
+                                  "--backend torch")
+    kind.onnx_export(staged, staged / FP32_FILE)
+    if quantize is not None:
+        quantize_int8(staged / FP32_FILE, staged / INT8_FILE)
+    serving = INT8_FILE if quantize else FP32_FILE
+    reference = _Runner(staged, "torch", None, device)
+    fp32 = _Runner(staged, "onnx", FP32_FILE, device)
+    int8 = _Runner(staged, "onnx", INT8_FILE, device) if quantize else None
+    try:
+        if kind.answers(Operation.EMBED):
+            return _embedding_gate(reference, fp32, int8, gate, serving)
+        return _rerank_gate(reference, fp32, int8, gate, serving)
+    finally:
+        for runner in (reference, fp32, int8):
+            if runner is not None:
+                runner.close()
+
+
+class _Runner:
+    """The staged model loaded by the server's own code on one backend (and ONNX file), behind its pipeline."""
+
+    def __init__(self, model_dir: Path, backend: str, onnx_file: str | None, device: str):
+        import dataclasses
+
+        from model_handlers import HandlerOptions
+        from model_handlers.pipeline import Pipeline
+        from model_handlers.serving_config import read_serving_config
+
+        config = read_serving_config(model_dir)
+        if onnx_file is not None:  # the file to compare, whatever searchbox.json will finally name
+            config = dataclasses.replace(config, onnx_file=onnx_file)
+        options = HandlerOptions(backend=backend, device=device)
+        self._handler = Pipeline(config.kind, config.kind.load(model_dir, config, options), config, options)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        from model_handlers.types import EmbedRequest, TextInput
+
+        result = self._handler.embed(EmbedRequest(inputs=tuple(TextInput(t) for t in texts)))
+        return np.stack(result.vectors).astype(np.float64)
+
+    def scores(self, query: str, documents: list[str]) -> np.ndarray:
+        from model_handlers.types import RerankRequest, TextInput
+
+        result = self._handler.rerank(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
+        scores = np.zeros(len(documents))
+        for hit in result.hits:
+            scores[hit.index] = hit.relevance_score
+        return scores
+
+    def close(self) -> None:
+        self._handler.close()
+
+
+def _embedding_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: Gate, serving: str) -> Quality:
+    texts = _quality_set.VALIDATION_TEXTS
+    base = fp32.embed(texts)
+    fp32_cos = _cosines(reference.embed(texts), base)
+    figures = {"backend_file": serving, "fp32_min_cosine": round(float(fp32_cos.min()), 6)}
+    if fp32_cos.min() < gate.fp32_min_cosine:
+        raise GateFailed(f"the fp32 export drifts from the model: min cosine {fp32_cos.min():.6f} < "
+                         f"{gate.fp32_min_cosine} on the validation texts")
+    if int8 is None:
+        return Quality(**figures)
+    int8_cos = _cosines(base, int8.embed(texts))
+    agreement = _neighbour_agreement(fp32, int8)
+    figures.update(int8_min_cosine=round(float(int8_cos.min()), 4), int8_mean_cosine=round(float(int8_cos.mean()), 4),
+                   int8_top_k_agreement=round(agreement, 3))
+    problems = []
+    if int8_cos.min() < gate.int8_min_cosine:
+        worst = texts[int(int8_cos.argmin())]
+        problems.append(f"min cosine {int8_cos.min():.4f} < {gate.int8_min_cosine} (on {worst[:60]!r})")
+    if agreement < gate.int8_min_top_k_agreement:
+        problems.append(f"same top-{TOP_K} neighbours for {agreement:.0%} of queries < "
+                        f"{gate.int8_min_top_k_agreement:.0%}")
+    if problems:
+        raise GateFailed(f"int8 loses too much against fp32: {'; '.join(problems)} (mean cosine "
+                         f"{int8_cos.mean():.4f}); build without --quantize to serve fp32")
+    return Quality(**figures)
+
+
+def _rerank_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: Gate, serving: str) -> Quality:
+    pairs = list(zip(_quality_set.QUERIES, _query_documents()))
+    base = [fp32.scores(query, documents) for query, documents in pairs]
+    fp32_diff = max(float(np.abs(reference.scores(q, d) - b).max()) for (q, d), b in zip(pairs, base))
+    figures = {"backend_file": serving, "fp32_max_score_diff": float(f"{fp32_diff:.2e}")}
+    if fp32_diff > gate.fp32_max_score_diff:
+        raise GateFailed(f"the fp32 export drifts from the model: scores differ by up to {fp32_diff:.2e} > "
+                         f"{gate.fp32_max_score_diff}")
+    if int8 is None:
+        return Quality(**figures)
+    quantized = [int8.scores(query, documents) for query, documents in pairs]
+    diff = max(float(np.abs(q - b).max()) for q, b in zip(quantized, base))
+    agreement = float(np.mean([_top_k(q) == _top_k(b) for q, b in zip(quantized, base)]))
+    figures.update(int8_max_score_diff=round(diff, 4), int8_top_k_agreement=round(agreement, 3))
+    if diff > gate.int8_max_score_diff or agreement < gate.int8_min_top_k_agreement:
+        raise GateFailed(f"int8 loses too much against fp32: scores differ by up to {diff:.4f} (at most "
+                         f"{gate.int8_max_score_diff}), same top-{TOP_K} for {agreement:.0%} of queries (at least "
+                         f"{gate.int8_min_top_k_agreement:.0%}); build without --quantize to serve fp32")
+    return Quality(**figures)
+
+
+def _query_documents() -> list[list[str]]:
+    """Each query's candidates: every passage (a reranker sees them all, as after a first-stage retrieval)."""
+    return [list(_quality_set.PASSAGES) for _ in _quality_set.QUERIES]
+
+
+def _neighbour_agreement(fp32: _Runner, int8: _Runner) -> float:
+    """The share of queries whose top-k passages (as sets) are the same under both."""
+    passages, queries = _quality_set.PASSAGES, _quality_set.QUERIES
+    fp32_scores = fp32.embed(queries) @ fp32.embed(passages).T
+    int8_scores = int8.embed(queries) @ int8.embed(passages).T
+    same = [_top_k(a) == _top_k(b) for a, b in zip(fp32_scores, int8_scores)]
+    return float(np.mean(same)) if same else math.nan
+
+
+def _top_k(scores: np.ndarray) -> frozenset[int]:
+    return frozenset(int(i) for i in np.argsort(-scores, kind="stable")[:TOP_K])
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)

@@ -1,0 +1,173 @@
+"""The ONNX backend: export and quality gate at packaging time, and the server on an ONNX artifact.
+
+Built from the embedded all-MiniLM-L6-v2 (and a one-label cross-encoder over its weights) with the project's
+own packaging script; served by the real `serve`; compared with sentence-transformers and CrossEncoder on torch.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from sentence_transformers import CrossEncoder
+from transformers import BertForSequenceClassification
+
+from helpers import cosine
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "packaging"))
+
+import _onnx  # noqa: E402
+import build_artifact  # noqa: E402
+
+TEXTS = ["hello", "The cat sits on the mat.", "Berlin is the capital and largest city of Germany.",
+         "Vector databases index embeddings so that nearest neighbours are found in milliseconds. " * 8, ""]
+
+
+def unpack(artifact: Path, target: Path) -> Path:
+    with tarfile.open(artifact) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+@pytest.fixture(scope="module")
+def int8_artifact(tmp_path_factory, minilm_dir):
+    out = tmp_path_factory.mktemp("onnx") / "model.tar.gz"
+    report = build_artifact.build_artifact(minilm_dir, out, backend="onnx", quantize="int8")
+    return report, unpack(out, out.parent / "model")
+
+
+def test_export_passes_its_gate_and_the_artifact_says_what_it_serves(int8_artifact):
+    report, model_dir = int8_artifact
+    assert report.backend == "onnx" and report.check.startswith("embedded 2 texts into 384 dimensions")
+    quality = report.quality
+    assert quality.backend_file == "onnx/model_int8.onnx"
+    assert quality.fp32_min_cosine >= 0.9999
+    assert quality.int8_min_cosine >= 0.99 and quality.int8_top_k_agreement >= 0.9
+    assert "int8: mean cosine" in quality.summary()
+    serving = json.loads((model_dir / "searchbox.json").read_text())
+    assert serving["backend"] == "onnx" and serving["onnx_file"] == "onnx/model_int8.onnx"
+    manifest = json.loads((model_dir / "searchbox-manifest.json").read_text())
+    assert manifest["backend"] == "onnx" and manifest["onnx"] == quality.as_dict()
+    names = {entry["path"] for entry in manifest["files"]}
+    assert {"onnx/model.onnx", "onnx/model_int8.onnx", "tokenizer.json", "model.safetensors"} <= names
+
+
+def test_an_export_that_misses_its_gate_is_refused_with_the_figures_and_nothing_written(tmp_path, minilm_dir):
+    out = tmp_path / "dist" / "model.tar.gz"
+    impossible = _onnx.Gate(int8_min_cosine=1.01)
+    with pytest.raises(build_artifact.BuildRefused, match=r"quality gate: int8 loses too much .* min cosine 0\.9"):
+        build_artifact.build_artifact(minilm_dir, out, backend="onnx", quantize="int8", gate=impossible)
+    assert not (tmp_path / "dist").exists()
+
+
+def test_a_model_the_onnx_backend_cannot_reproduce_is_refused_by_name(tmp_path, minilm_dir):
+    from sentence_transformers import SentenceTransformer, models
+
+    base = SentenceTransformer(str(minilm_dir), device="cpu", local_files_only=True)
+    dense = models.Dense(in_features=384, out_features=64)
+    SentenceTransformer(modules=[base[0], base[1], dense], device="cpu").save(str(tmp_path / "with-dense"))
+    with pytest.raises(build_artifact.BuildRefused, match="also has Dense: build it with --backend torch"):
+        build_artifact.build_artifact(tmp_path / "with-dense", tmp_path / "model.tar.gz", backend="onnx")
+    with pytest.raises(build_artifact.BuildRefused, match="--quantize needs --backend onnx"):
+        build_artifact.build_artifact(minilm_dir, tmp_path / "model.tar.gz", quantize="int8")
+
+
+def test_the_onnx_serve_path_imports_no_torch(int8_artifact):
+    _, model_dir = int8_artifact
+    script = ("import sys\nfrom model_handlers import load_handler\nfrom model_handlers.types import EmbedRequest, "
+              "TextInput\nh = load_handler(sys.argv[1])\nh.warm_up()\n"
+              "assert len(h.embed(EmbedRequest(inputs=(TextInput('x'),))).vectors[0]) == 384\n"
+              "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script, str(model_dir)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def int8_server(tmp_path_factory, int8_artifact):
+    from conftest import start_server, stop_server
+
+    running = start_server(tmp_path_factory.mktemp("onnx-server"), {"SEARCHBOX_MODEL_DIR": str(int8_artifact[1])})
+    yield running
+    stop_server(running)
+
+
+def test_the_server_on_an_int8_artifact_answers_every_dialect(int8_server, reference_model):
+    expected = reference_model.encode(TEXTS)
+    envelope = int8_server.post("/invocations", {"data": [{"text": t} for t in TEXTS]}).json()["data"]
+    public = int8_server.post("/v1/embeddings", {"input": TEXTS, "dimensions": 128}).json()
+    csv = requests.post(int8_server.url + "/invocations", timeout=60, headers={"Content-Type": "text/csv"},
+                        data="".join(f"{i},{t}\n" for i, t in enumerate(TEXTS[:3]))).json()["data"]
+    lines = requests.post(int8_server.url + "/invocations", timeout=60, headers={"Content-Type": "application/jsonlines"},
+                          data=b'{"text": "hello", "id": "7"}\n').text.splitlines()
+    for item, reference in zip(envelope, expected):
+        # int8 against torch: the gate holds 0.99 against fp32 on sentences; one-word inputs dip to about 0.975
+        assert cosine(item["embedding"], reference) >= 0.97
+    assert [len(item["embedding"]) for item in public["data"]] == [128] * len(TEXTS)
+    assert [item["id"] for item in csv] == ["0", "1", "2"]
+    assert json.loads(lines[0])["data"][0]["id"] == "7"
+    ranked = int8_server.post("/v1/rerank", {"query": "capital of Germany", "documents": TEXTS}).json()["results"]
+    assert ranked[0]["index"] == 2
+    # usage counts the same tokens as on torch: the same tokenizer, the same special tokens
+    plain = [len(reference_model.tokenizer(t, truncation=True, max_length=256)["input_ids"]) for t in TEXTS]
+    assert [item["usage"]["total_tokens"] for item in envelope] == plain
+
+
+def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch(tmp_path, minilm_dir,
+                                                                                 reference_model):
+    from model_handlers import HandlerOptions, load_handler
+    from model_handlers.types import EmbedRequest, TextInput
+
+    out = tmp_path / "model.tar.gz"
+    build_artifact.build_artifact(minilm_dir, out, backend="onnx")
+    model_dir = unpack(out, tmp_path / "model")
+    onnx = load_handler(model_dir)
+    torch_handler = load_handler(model_dir, HandlerOptions(backend="torch"))
+    try:
+        vectors = onnx.embed(EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS))).vectors
+        for vector, reference in zip(vectors, reference_model.encode(TEXTS)):
+            assert cosine(vector, reference) >= 0.9999
+        late = EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS[:4]), late_chunking=True)
+        for a, b in zip(onnx.embed(late).vectors, torch_handler.embed(late).vectors):
+            assert cosine(a, b) >= 0.9999
+        raw = EmbedRequest(inputs=(TextInput(TEXTS[2]),), normalized=False)
+        np.testing.assert_allclose(onnx.embed(raw).vectors[0], torch_handler.embed(raw).vectors[0], atol=1e-4)
+    finally:
+        onnx.close()
+        torch_handler.close()
+
+
+def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, minilm_dir):
+    source = tmp_path / "tiny-reranker"
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)  # spread the seeded head's scores
+    model.save_pretrained(str(source), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, source / name)
+    report = build_artifact.build_artifact(source, tmp_path / "model.tar.gz", backend="onnx")
+    assert report.kind == "reranker" and report.quality.fp32_max_score_diff <= 1e-4
+    model_dir = unpack(tmp_path / "model.tar.gz", tmp_path / "model")
+    from model_handlers import load_handler
+    from model_handlers.types import RerankRequest, TextInput
+
+    handler = load_handler(model_dir)
+    try:
+        query, documents = "what do cats like to eat", ["cats like fish", "the stock market fell", "a kitten drinks milk"]
+        result = handler.rerank(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
+        expected = CrossEncoder(str(source), device="cpu", local_files_only=True).predict(
+            [(query, d) for d in documents])
+        for hit in result.hits:
+            assert abs(hit.relevance_score - float(expected[hit.index])) < 1e-4
+    finally:
+        handler.close()
