@@ -46,11 +46,12 @@ container-test: venv
 lint-docker: venv
 	$(BIN)/hadolint Dockerfile
 
-# Side by side against the in-process limit and infinity-emb (not part of `make test`): prints a
-# Markdown table and writes bench/results.md; installs the peer into bench/.peer-venv on first use.
+# Side by side against the in-process limits and infinity-emb (not part of `make test`): prints Markdown
+# tables and writes bench/results.md (torch, then the ONNX backend); installs the peer into bench/.peer-venv.
 .PHONY: bench soak
 bench: venv nginx
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.onnx_bench
 
 # Hostile and heavy traffic against a real serve, as a table (bench/soak.py; under 15 minutes).
 soak: venv nginx

@@ -1,5 +1,10 @@
 """The limit: sentence-transformers in-process, in a process of its own, driven by JSON lines on stdin.
 
+    python -m bench.limit MODEL_DIR THREADS [onnx]
+
+With `onnx`, sentence-transformers' ONNX backend on MODEL_DIR/onnx/model.onnx (the ONNX limit; it needs
+optimum, so bench/onnx_bench.py runs it with the peer's Python, whose libraries have it).
+
 A separate process so that its resident memory is that of a bare Python process holding the same
 model (the fair reference for the server's), and so that its torch threads are idle while the
 servers are measured. One command per line; one JSON answer per line on stdout.
@@ -49,13 +54,24 @@ def _timed(call, inputs: list, seconds: float, warmup: float) -> dict:
 
 def main() -> None:
     model_dir, threads = sys.argv[1], int(sys.argv[2])
+    backend = sys.argv[3] if len(sys.argv) > 3 else "torch"
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     from sentence_transformers import CrossEncoder, SentenceTransformer
 
     if threads > 0:
         torch.set_num_threads(threads)
-    model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
+    if backend == "onnx":
+        kwargs = {"file_name": "onnx/model.onnx", "provider": "CPUExecutionProvider"}
+        if threads > 0:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            kwargs["session_options"] = options
+        model = SentenceTransformer(model_dir, device="cpu", local_files_only=True, backend="onnx", model_kwargs=kwargs)
+    else:
+        model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
     model.encode(["warm up the model"])
     cross_encoders: dict[str, CrossEncoder] = {}
     print(json.dumps({"ready": True, "rss_mb": rss_mb(), "threads": torch.get_num_threads()}), flush=True)

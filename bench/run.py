@@ -38,7 +38,8 @@ from container.settings import embedded_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / "bench" / ".peer-venv"
-PEER_SPEC = ["torch==2.13.0", "infinity-emb[server,torch]==0.0.78"]
+# the optimum extra brings infinity's ONNX engine, and sentence-transformers' ONNX backend (the ONNX limit)
+PEER_SPEC = ["torch==2.13.0", "infinity-emb[server,torch,optimum]==0.0.78"]
 PEER_NAME = "infinity-emb 0.0.78"
 PEER_MODEL = "bench-model"
 SERVE = Path(sys.executable).with_name("serve")
@@ -138,13 +139,13 @@ def http_status(url: str, body: bytes | None = None) -> tuple[int, bytes]:
 
 
 def start_server(name: str, command: list[str], env: dict[str, str], port: int, ready_path: str,
-                 log_dir: Path) -> Server:
+                 log_dir: Path, cwd: Path = ROOT) -> Server:
     """Start a server and time it from the spawn to the first 200 on `ready_path`."""
     log_path = log_dir / f"{name.split()[0]}-{port}.log"
     with log_path.open("wb") as log:
         started = time.perf_counter()
         process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, cwd=ROOT)
+                                   start_new_session=True, cwd=cwd)
     server = Server(name, f"http://127.0.0.1:{port}", process, log_path)
     while time.perf_counter() - started < START_TIMEOUT_S:
         if process.poll() is not None:
@@ -170,23 +171,27 @@ def start_searchbox(model_dir: Path, threads: int, log_dir: Path, extra_env: dic
 
 
 def ensure_peer() -> Path:
-    """infinity-emb in its own venv (never a project dependency); installed on first use."""
+    """infinity-emb in its own venv (never a project dependency); installed on first use and when PEER_SPEC changes."""
     executable = PEER_VENV / "bin" / "infinity_emb"
-    if not executable.exists():
-        print(f"installing {PEER_NAME} into {PEER_VENV} (once)...", flush=True)
+    spec_file = PEER_VENV / ".searchbox-peer-spec"
+    wanted = " ".join(PEER_SPEC)
+    if not executable.exists() or not spec_file.is_file() or spec_file.read_text() != wanted:
+        print(f"installing {PEER_NAME} ({wanted}) into {PEER_VENV}...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
         subprocess.run([str(PEER_VENV / "bin" / "pip"), "install", "-q", *PEER_SPEC], check=True)
+        spec_file.write_text(wanted)
     return executable
 
 
-def start_peer(executable: Path, model_dir: Path, threads: int, log_dir: Path) -> Server:
+def start_peer(executable: Path, model_dir: Path, threads: int, log_dir: Path, engine: str = "torch",
+               name: str = PEER_NAME, cwd: Path = ROOT) -> Server:
     port = free_port()
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
            "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": str(threads)}
     command = [str(executable), "v2", "--model-id", str(model_dir), "--served-model-name", PEER_MODEL,
-               "--engine", "torch", "--device", "cpu", "--pooling-method", "mean",
+               "--engine", engine, "--device", "cpu", "--pooling-method", "mean",
                "--host", "127.0.0.1", "--port", str(port), "--no-model-warmup", "--log-level", "warning"]
-    return start_server(PEER_NAME, command, env, port, "/health", log_dir)
+    return start_server(name, command, env, port, "/health", log_dir, cwd)
 
 
 def omp_policy() -> str:
@@ -194,12 +199,16 @@ def omp_policy() -> str:
 
 
 class Limit:
-    """The in-process reference (bench/limit.py) in its own process, one JSON command per line."""
+    """The in-process reference (bench/limit.py) in its own process, one JSON command per line.
 
-    def __init__(self, model_dir: Path, threads: int):
+    `python`: the interpreter to run it with (the peer's, for sentence-transformers' ONNX backend);
+    `backend`: torch, or onnx (MODEL_DIR/onnx/model.onnx).
+    """
+
+    def __init__(self, model_dir: Path, threads: int, python: str = sys.executable, backend: str = "torch"):
         # the same OpenMP wait policy as `serve` sets, so that the limit and searchbox differ only in serving
         env = {**os.environ, "OMP_WAIT_POLICY": omp_policy()}
-        self.process = subprocess.Popen([sys.executable, "-m", "bench.limit", str(model_dir), str(threads)],
+        self.process = subprocess.Popen([python, "-m", "bench.limit", str(model_dir), str(threads), backend],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         hello = json.loads(self.process.stdout.readline() or '{"ready": false}')
         if not hello.get("ready"):
