@@ -33,10 +33,12 @@ import model_package  # noqa: E402
 
 DEFAULT_BENCH = Path(__file__).resolve().parent.parent / "bench" / "results.md"
 ENTITY_TYPE = "MachineLearningProduct@1.0"
-# Pricing dimensions the Catalog API generates for ML products: one per instance type and use
-# (".m.i.b" real-time inference, ".a.t" batch transform), as in the seller guide's examples.
-REALTIME_SUFFIX = ".m.i.b"
-BATCH_SUFFIX = ".a.t"
+# Pricing dimensions of ML products (AWS Marketplace API reference, "Update pricing terms": "m.i.b for batch
+# transform, m.i.r for hourly real-time inference, and a.t for algorithm training"; the Marketplace Discovery
+# API's GetOfferTerms example of a usage-based ML model offer labels "<type>.m.i.b" "batch mode" and
+# "<type>.m.i.r" "real-time mode"). A model package trains nothing: no ".a.t".
+REALTIME_SUFFIX = ".m.i.r"
+BATCH_SUFFIX = ".m.i.b"
 # What stands in the change set until the vendor has the real values.
 PRODUCT_ID_PLACEHOLDER = "prod-REPLACE-ME"
 OFFER_ID_PLACEHOLDER = "offer-REPLACE-ME"

@@ -182,10 +182,10 @@ def test_change_set_prices_every_instance_type(product):
     assert changes["AddDeliveryOptions"]["Entity"] == {"Type": "MachineLearningProduct@1.0", "Identifier": "prod-abc"}
     usage, trial = changes["UpdatePricingTerms"]["DetailsDocument"]["Terms"]
     priced = {r["DimensionKey"]: r["Price"] for r in usage["RateCards"][0]["RateCard"]}
-    expected = {f"{t}.m.i.b" for t in product.instance_types["realtime"]} | {
-        f"{t}.a.t" for t in product.instance_types["batch"]}
+    expected = {f"{t}.m.i.r" for t in product.instance_types["realtime"]} | {
+        f"{t}.m.i.b" for t in product.instance_types["batch"]}
     assert set(priced) == expected
-    assert priced["ml.g5.xlarge.m.i.b"] == 0.4
+    assert priced["ml.g5.xlarge.m.i.r"] == 0.4 and priced["ml.m5.xlarge.m.i.b"] == 0.08
     assert trial == {"Type": "FreeTrialPricingTerm", "Duration": "P30D",
                      "Grants": [{"DimensionKey": k} for k in priced]}
     option = changes["AddDeliveryOptions"]["DetailsDocument"]["DeliveryOptions"][0]["Details"]
