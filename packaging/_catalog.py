@@ -17,7 +17,7 @@ DEVELOPERS.md. Every check names the field to fix, as `products[0].prices_per_ho
         prices_per_hour:                   # USD per instance-hour, every instance type above
           realtime: {ml.m5.xlarge: 0.10, ml.g5.xlarge: 0.50}
           batch: {ml.m5.xlarge: 0.10}
-        free_trial_days: 30                # 0, or 5..120
+        free_trial_days: 30                # 0, or 5..31
         regions: [us-east-1, eu-west-1]
         description: docs/description.md
         eula: docs/eula.md
@@ -42,7 +42,8 @@ NAME_MAX = 63
 # Azure ML online endpoint names: 3-32 chars, a letter first, letters, digits and hyphens.
 AZURE_ENDPOINT_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]")
 REGION_PATTERN = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d")
-FREE_TRIAL_RANGE = (5, 120)
+# The AWS Marketplace seller guide ("Machine learning product pricing", Free trial): 5-31 days.
+FREE_TRIAL_RANGE = (5, 31)
 MODES = ("realtime", "batch")
 
 
