@@ -4,7 +4,7 @@
         --image myregistry.azurecr.io/searchbox:1.0 -o dist/NAME/azure [--artifact dist/NAME/model.tar.gz]
 
 Files: `model.yml` (custom_model, `path: model`), `environment.yml` (the image, `inference_config` with
-liveness/readiness on /ping and scoring on /score, port 8080), `endpoint.yml` (key auth),
+liveness on /health, readiness on /ping and scoring on /score, port 8080), `endpoint.yml` (key auth),
 `deployment.yml` (request timeout and concurrency raised, probe timings) and `marketplace-plan.md`
 (the Azure Marketplace plan: a per-GPU-hour surcharge). With `--artifact` the model is unpacked
 into `model/`, ready for `az ml model create -f model.yml`. The files are written and loaded back
@@ -33,6 +33,12 @@ MAX_CONCURRENT_REQUESTS = 32
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/{}.schema.json"
 PLAN_FILE = "marketplace-plan.md"
 MODEL_DIR = "model"
+# Liveness: the server answers GET /health as soon as its worker runs, while the model still loads; readiness:
+# GET /ping answers 200 only once the model is loaded and warmed up. Probing liveness on /ping would have Azure
+# restart a container that is merely still loading a large model.
+LIVENESS_PATH = "/health"
+READINESS_PATH = "/ping"
+SCORING_PATH = "/score"
 
 
 def documents(product: _catalog.Product, image: str, version: str = "1") -> dict[str, dict]:
@@ -51,9 +57,9 @@ def documents(product: _catalog.Product, image: str, version: str = "1") -> dict
             "$schema": SCHEMA.format("environment"),
             "name": f"{product.name}-env", "version": version, "image": image,
             "inference_config": {
-                "liveness_route": {"path": "/ping", **route},
-                "readiness_route": {"path": "/ping", **route},
-                "scoring_route": {"path": "/score", **route},
+                "liveness_route": {"path": LIVENESS_PATH, **route},
+                "readiness_route": {"path": READINESS_PATH, **route},
+                "scoring_route": {"path": SCORING_PATH, **route},
             },
         },
         "endpoint.yml": {

@@ -246,9 +246,10 @@ def test_azure_files_load_with_azure_ai_ml(product, tmp_path):
     environment, deployment = loaded["environment.yml"], loaded["deployment.yml"]
     assert environment.image == "myacr.azurecr.io/searchbox:1.0"
     config = environment.inference_config
+    # liveness on /health (answered while the model loads), readiness on /ping (only once it is loaded)
     assert (config.liveness_route.path, config.readiness_route.path, config.scoring_route.path) == (
-        "/ping", "/ping", "/score")
-    assert config.scoring_route.port == 8080
+        "/health", "/ping", "/score")
+    assert {config.liveness_route.port, config.readiness_route.port, config.scoring_route.port} == {8080}
     assert deployment.request_settings.request_timeout_ms == 90_000
     assert deployment.request_settings.max_concurrent_requests_per_instance > 1
     assert deployment.liveness_probe.timeout == 2 and deployment.readiness_probe.failure_threshold == 30
