@@ -380,7 +380,11 @@ def _prices(raw: Any, types: Mapping[str, tuple[str, ...]], where: str, *,
 
 
 def _pricing(raw: Any, where: str) -> Pricing:
-    """The `pricing` block: absent or {model: hourly}, or {model: per_inference, unit, tokens_per_unit, price_per_unit}."""
+    """The `pricing` block: absent or {model: hourly}; or {model: per_inference, unit, tokens_per_unit, price_per_unit}.
+
+    Raises:
+        CatalogError: naming the field to fix.
+    """
     if raw is None:
         return Pricing()
     if not isinstance(raw, dict):

@@ -296,7 +296,8 @@ def billing_markdown(product: _catalog.Product, sample: build_artifact.SampleFig
     batch = ", ".join(f"{_money(p)} ({t})" for t, p in product.prices_per_hour["batch"].items())
     paragraphs = [
         (f"Real-time endpoints are billed per unit: **{_catalog.usd(price)} per unit, 1 unit = "
-         f"{metering.describe()}**, on top of the SageMaker instance price. Every answer with status 2xx tells AWS what it consumed in the header "
+         f"{metering.describe()}**, on top of the SageMaker instance price. Every answer with status 2xx tells AWS "
+         "what it consumed in the header "
          f"`{METERING_HEADER}: {{\"Dimension\": \"inference.count\", \"ConsumedUnits\": N}}`, computed from the "
          "exact `usage` in its body; an answer with any other status is never billed."),
         worked_example(product, sample, where),

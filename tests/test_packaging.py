@@ -83,8 +83,9 @@ def test_example_catalog_is_valid(product):
     assert product.prices_per_hour["realtime"] == {"ml.c6i.xlarge": 0.0, "ml.m5.xlarge": 0.0, "ml.g5.xlarge": 0.0}
     assert product.prices_per_hour["batch"]["ml.g5.xlarge"] == 0.4
     assert product.azure.endpoint_name == "searchbox-minilm"
-    assert product.azure.plan == _catalog.AzurePlan("minilm-embeddings-gpu", "all-MiniLM-L6-v2 embeddings, per GPU-hour",
-                                                    "gpu_hour", 0.40, 1, ("US", "CA", "GB", "DE", "FR"))
+    assert product.azure.plan == _catalog.AzurePlan(
+        "minilm-embeddings-gpu", "all-MiniLM-L6-v2 embeddings, per GPU-hour", "gpu_hour", 0.40, 1,
+        ("US", "CA", "GB", "DE", "FR"))
 
 
 def test_hourly_pricing_is_the_default(hourly_product, raw_catalog):
