@@ -14,15 +14,21 @@ DEVELOPERS.md. Every check names the field to fix, as `products[0].prices_per_ho
           realtime: [ml.m5.xlarge, ml.g5.xlarge]
           batch: [ml.m5.xlarge]
           recommended: {realtime: ml.g5.xlarge, batch: ml.m5.xlarge}
+        pricing: {model: per_inference, unit: tokens, tokens_per_unit: 1000, price_per_unit: 0.00002}
+                                           # optional; default {model: hourly}; unit request|input|tokens
         prices_per_hour:                   # USD per instance-hour, every instance type above
-          realtime: {ml.m5.xlarge: 0.10, ml.g5.xlarge: 0.50}
-          batch: {ml.m5.xlarge: 0.10}
-        free_trial_days: 30                # 0, or 5..120
+          realtime: {ml.m5.xlarge: 0.10, ml.g5.xlarge: 0.50}   # optional with per_inference (then 0)
+          batch: {ml.m5.xlarge: 0.10}      # always: AWS bills batch transform per hour
+        free_trial_days: 30                # 0, or 5..31
         regions: [us-east-1, eu-west-1]
         description: docs/description.md
         eula: docs/eula.md
         remote_code: {other-org/repo: path/to/checkout}   # optional: where trust_remote_code files live
-        azure: {instance_type: Standard_NC4as_T4_v3, gpus_per_instance: 1, surcharge_per_gpu_hour: 0.40}
+        azure:
+          instance_type: Standard_NC4as_T4_v3
+          gpus_per_instance: 1             # cores_per_instance too, when the plan is priced per core-hour
+          plan: {id: minilm-gpu, name: "Per GPU-hour", unit: gpu_hour, price_per_unit: 0.40,
+                 free_trial_months: 1, markets: [US, DE]}
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from model_handlers import kinds
+from model_handlers.errors import ModelDirectoryError
+from model_handlers.metering import UNITS, Metering, parse_metering
 
 EMBEDDED = "@embedded"
 # SageMaker's own rule for ModelPackageName (botocore service model, EntityName).
@@ -42,8 +50,23 @@ NAME_MAX = 63
 # Azure ML online endpoint names: 3-32 chars, a letter first, letters, digits and hyphens.
 AZURE_ENDPOINT_PATTERN = re.compile(r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]")
 REGION_PATTERN = re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d")
-FREE_TRIAL_RANGE = (5, 120)
+# The AWS Marketplace seller guide ("Machine learning product pricing", Free trial): 5-31 days.
+FREE_TRIAL_RANGE = (5, 31)
 MODES = ("realtime", "batch")
+HOURLY = "hourly"
+PER_INFERENCE = "per_inference"
+# AWS Marketplace states offer prices with 8 decimals (the Discovery API's offer terms: "0.00002000"); a catalog
+# price finer than that would be rounded by AWS, so it is refused rather than silently changed.
+PRICE_DECIMALS = 8
+# Partner Center's rule for a plan ID: lowercase letters, digits, dashes or underscores, at most 50; fixed once
+# the plan is created.
+AZURE_PLAN_ID_PATTERN = re.compile(r"[a-z0-9_-]{1,50}")
+# What an Azure Marketplace plan's software surcharge is counted in, and the words buyers see.
+AZURE_PLAN_UNITS = {"gpu_hour": "GPU-hour", "core_hour": "core-hour"}
+# Partner Center's free-trial lengths for offers billed per hour of compute: none, 1, 3 or 6 months.
+AZURE_TRIAL_MONTHS = (0, 1, 3, 6)
+# Partner Center markets are countries and regions, named by ISO 3166-1 alpha-2 codes (US, DE, GB, ...).
+AZURE_MARKET_PATTERN = re.compile(r"[A-Z]{2}")
 
 
 class CatalogError(ValueError):
@@ -68,12 +91,67 @@ def instance_type_enums() -> dict[str, frozenset[str]]:
 
 
 @dataclass(frozen=True)
+class Pricing:
+    """How AWS bills the software: per instance-hour (hourly), or real-time per unit the container reports.
+
+    With per_inference, batch transform (and asynchronous inference) is still billed per instance-hour: AWS
+    bills those hourly whatever the container reports.
+    """
+
+    model: str = HOURLY
+    unit: str | None = None  # per_inference: one of model_handlers.metering.UNITS
+    tokens_per_unit: int = 1
+    price_per_unit: float = 0.0  # USD per unit
+
+    @property
+    def per_inference(self) -> bool:
+        return self.model == PER_INFERENCE
+
+    @property
+    def metering(self) -> Metering | None:
+        """What one unit is, as the server counts it; None when hourly (the container then reports nothing)."""
+        return Metering(self.unit, self.tokens_per_unit) if self.per_inference else None
+
+    def serving_config(self) -> dict[str, Any] | None:
+        """searchbox.json's `metering` value; None when hourly (the key is left out)."""
+        if not self.per_inference:
+            return None
+        return {"unit": self.unit, **({"tokens_per_unit": self.tokens_per_unit} if self.unit == "tokens" else {})}
+
+
+@dataclass(frozen=True)
+class AzurePlan:
+    """An Azure Marketplace plan: the software surcharge Azure bills per GPU-hour or core-hour on top of the VM."""
+
+    id: str
+    name: str
+    unit: str  # a key of AZURE_PLAN_UNITS
+    price_per_unit: float  # USD
+    free_trial_months: int = 0
+    markets: tuple[str, ...] = ()
+
+    @property
+    def unit_words(self) -> str:
+        return AZURE_PLAN_UNITS[self.unit]
+
+
+@dataclass(frozen=True)
 class AzureOffer:
     instance_type: str
-    gpus_per_instance: int
-    surcharge_per_gpu_hour: float
+    plan: AzurePlan
+    gpus_per_instance: int = 0
+    cores_per_instance: int = 0
     instance_count: int = 1
     endpoint_name: str = ""
+
+    @property
+    def units_per_instance(self) -> int:
+        """GPUs or cores of one instance: what the plan's price is multiplied by, per instance-hour."""
+        return self.gpus_per_instance if self.plan.unit == "gpu_hour" else self.cores_per_instance
+
+    @property
+    def surcharge_per_instance_hour(self) -> float:
+        return round(self.plan.price_per_unit * self.units_per_instance, PRICE_DECIMALS)
 
 
 @dataclass(frozen=True)
@@ -93,6 +171,7 @@ class Product:
     eula_path: Path
     remote_code: Mapping[str, Path] = field(default_factory=dict)
     azure: AzureOffer | None = None
+    pricing: Pricing = Pricing()
     # the compute path the artifact serves on, and int8 (onnx only): build_artifact exports and checks them
     backend: str = "torch"
     quantize: str | None = None
@@ -112,6 +191,13 @@ class Product:
         paragraphs = [p for p in self.description.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
         first = " ".join((paragraphs[0] if paragraphs else self.title).split())
         return first[:1024]
+
+
+def usd(value: float) -> str:
+    """A catalog price for people: exact to AWS's 8 decimals, no trailing zeros beyond the cents ($0.00002, $0.40)."""
+    text = f"{round(value, PRICE_DECIMALS):.{PRICE_DECIMALS}f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"${whole}.{cents.ljust(2, '0')}"
 
 
 def load_catalog(path: str | Path) -> list[Product]:
@@ -174,8 +260,9 @@ def check_name(name: Any, where: str) -> str:
 def _product(entry: Any, where: str, base_dir: Path) -> Product:
     if not isinstance(entry, dict):
         raise CatalogError(f"{where}: each product must be a mapping")
-    known = {"name", "title", "model_dir", "served_name", "kind", "tasks", "instance_types", "prices_per_hour",
-             "free_trial_days", "regions", "description", "eula", "remote_code", "azure", "backend", "quantize"}
+    known = {"name", "title", "model_dir", "served_name", "kind", "tasks", "instance_types", "pricing",
+             "prices_per_hour", "free_trial_days", "regions", "description", "eula", "remote_code", "azure",
+             "backend", "quantize"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
@@ -190,7 +277,9 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
         if not (isinstance(spec, str) or (isinstance(spec, dict) and spec and set(spec) <= {"prompt", "adapter"})):
             raise CatalogError(f"{where}.tasks.{task}: must be a prompt string or a mapping with prompt and/or adapter")
     instance_types, recommended = _instance_types(_required(entry, "instance_types", where), f"{where}.instance_types")
-    prices = _prices(_required(entry, "prices_per_hour", where), instance_types, f"{where}.prices_per_hour")
+    pricing = _pricing(entry.get("pricing"), f"{where}.pricing")
+    prices = _prices(_required(entry, "prices_per_hour", where), instance_types, f"{where}.prices_per_hour",
+                     realtime_optional=pricing.per_inference)
     trial = entry.get("free_trial_days", 0)
     if not isinstance(trial, int) or isinstance(trial, bool) or not (
             trial == 0 or FREE_TRIAL_RANGE[0] <= trial <= FREE_TRIAL_RANGE[1]):
@@ -229,6 +318,7 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
         remote_code={str(repo): _directory(p, base_dir, f"{where}.remote_code.{repo}")
                      for repo, p in remote_code.items()},
         azure=_azure(entry.get("azure"), name, f"{where}.azure"),
+        pricing=pricing,
         backend=backend,
         quantize=quantize,
     )
@@ -269,12 +359,22 @@ def _instance_types(raw: Any, where: str) -> tuple[dict[str, tuple[str, ...]], d
     return types, recommended
 
 
-def _prices(raw: Any, types: Mapping[str, tuple[str, ...]], where: str) -> dict[str, dict[str, float]]:
+def _prices(raw: Any, types: Mapping[str, tuple[str, ...]], where: str, *,
+            realtime_optional: bool = False) -> dict[str, dict[str, float]]:
+    """{mode: {instance type: USD per hour}} for every listed instance type.
+
+    With per-inference pricing the real-time table may be left out: every real-time type then costs 0 per hour
+    (real-time endpoints are billed per unit; the hourly price is what AWS bills where it bills those instance
+    types per hour, asynchronous inference endpoints).
+    """
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: must hold 'realtime' and 'batch' price maps")
     prices: dict[str, dict[str, float]] = {}
     for mode in MODES:
         table = raw.get(mode)
+        if table is None and mode == "realtime" and realtime_optional:
+            prices[mode] = dict.fromkeys(types[mode], 0.0)
+            continue
         if not isinstance(table, dict):
             raise CatalogError(f"{where}.{mode}: must map each {mode} instance type to a USD hourly price")
         for instance_type in types[mode]:
@@ -289,6 +389,60 @@ def _prices(raw: Any, types: Mapping[str, tuple[str, ...]], where: str) -> dict[
             raise CatalogError(f"{where}.{mode}.{extra[0]}: priced but not listed in instance_types.{mode}")
         prices[mode] = {t: round(float(table[t]), 3) for t in types[mode]}
     return prices
+
+
+def _pricing(raw: Any, where: str) -> Pricing:
+    """The `pricing` block: absent or {model: hourly}; or {model: per_inference, unit, tokens_per_unit, price_per_unit}.
+
+    Raises:
+        CatalogError: naming the field to fix.
+    """
+    if raw is None:
+        return Pricing()
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: must be a mapping, {{model: {HOURLY}}} or {{model: {PER_INFERENCE}, unit: "
+                           f"{'|'.join(UNITS)}, price_per_unit: USD}}")
+    known = {"model", "unit", "tokens_per_unit", "price_per_unit"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise CatalogError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
+    model = raw.get("model", HOURLY)
+    if model not in (HOURLY, PER_INFERENCE):
+        raise CatalogError(f"{where}.model: {model!r} is not {HOURLY} or {PER_INFERENCE}")
+    if model == HOURLY:
+        extra = sorted(set(raw) - {"model"})
+        if extra:
+            raise CatalogError(f"{where}.{extra[0]}: only with model {PER_INFERENCE}; hourly prices are in "
+                               "prices_per_hour")
+        return Pricing()
+    unit = raw.get("unit")
+    if unit is None:
+        raise CatalogError(f"{where}.unit: missing; one of {', '.join(UNITS)} (what one billed unit is)")
+    if unit not in UNITS:
+        raise CatalogError(f"{where}.unit: {unit!r} is not one of {', '.join(UNITS)}")
+    per = raw.get("tokens_per_unit")
+    if unit == "tokens":
+        if per is None:
+            raise CatalogError(f"{where}.tokens_per_unit: missing; how many tokens of usage one unit is, e.g. 1000")
+        if isinstance(per, bool) or not isinstance(per, int) or per < 1:
+            raise CatalogError(f"{where}.tokens_per_unit: must be a whole number of tokens >= 1, not {per!r}")
+    elif per is not None:
+        raise CatalogError(f"{where}.tokens_per_unit: only with unit tokens, not with unit {unit}")
+    price = raw.get("price_per_unit")
+    if price is None:
+        raise CatalogError(f"{where}.price_per_unit: missing; USD per unit, e.g. 0.00002")
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or not price > 0:
+        raise CatalogError(f"{where}.price_per_unit: must be a number of USD > 0, not {price!r} "
+                           f"(a free product is {{model: {HOURLY}}} with prices 0)")
+    if round(price, PRICE_DECIMALS) != price:
+        raise CatalogError(f"{where}.price_per_unit: {price!r} has more than {PRICE_DECIMALS} decimals, "
+                           "which AWS Marketplace does not state")
+    pricing = Pricing(PER_INFERENCE, unit, per or 1, float(price))
+    try:  # the server's own reading of searchbox.json: what the artifact will carry must serve
+        parse_metering(pricing.serving_config(), where)
+    except ModelDirectoryError as exc:  # pragma: no cover - the checks above are stricter; this is a bug
+        raise CatalogError(str(exc)) from exc
+    return pricing
 
 
 def _model_dir(value: Any, base_dir: Path, where: str) -> Path:
@@ -321,21 +475,72 @@ def _azure(raw: Any, name: str, where: str) -> AzureOffer | None:
         return None
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: must be a mapping")
+    known = {"instance_type", "gpus_per_instance", "cores_per_instance", "instance_count", "endpoint_name", "plan"}
+    if "surcharge_per_gpu_hour" in raw:
+        raise CatalogError(f"{where}.surcharge_per_gpu_hour: moved into the plan: "
+                           "plan: {unit: gpu_hour, price_per_unit: ...} (see catalog.example.yaml)")
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise CatalogError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
     instance_type = raw.get("instance_type")
     if not isinstance(instance_type, str) or not instance_type.startswith("Standard_"):
         raise CatalogError(f"{where}.instance_type: {instance_type!r} is not an Azure VM size "
                            "like Standard_NC4as_T4_v3")
-    gpus = raw.get("gpus_per_instance")
-    if not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 1:
-        raise CatalogError(f"{where}.gpus_per_instance: must be an integer >= 1 (the surcharge is per GPU-hour)")
-    surcharge = raw.get("surcharge_per_gpu_hour")
-    if isinstance(surcharge, bool) or not isinstance(surcharge, (int, float)) or surcharge < 0:
-        raise CatalogError(f"{where}.surcharge_per_gpu_hour: must be a number >= 0 (USD)")
+    plan = _azure_plan(raw.get("plan"), f"{where}.plan")
+    counts = {}
+    for key, needed in (("gpus_per_instance", "gpu_hour"), ("cores_per_instance", "core_hour")):
+        value = raw.get(key)
+        if value is None and plan.unit == needed:
+            raise CatalogError(f"{where}.{key}: missing; the plan is priced per {plan.unit_words}, so the "
+                               f"price per instance-hour is price_per_unit x {key}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise CatalogError(f"{where}.{key}: must be an integer >= 1, not {value!r}")
+        counts[key] = value or 0
     count = raw.get("instance_count", 1)
-    if not isinstance(count, int) or count < 1:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise CatalogError(f"{where}.instance_count: must be an integer >= 1")
     endpoint = raw.get("endpoint_name") or name[:32].rstrip("-")
     if not AZURE_ENDPOINT_PATTERN.fullmatch(endpoint):
         raise CatalogError(f"{where}.endpoint_name: {endpoint!r} must be 3-32 letters, digits or hyphens, "
                            "starting with a letter")
-    return AzureOffer(instance_type, gpus, round(float(surcharge), 3), count, endpoint)
+    return AzureOffer(instance_type, plan, counts["gpus_per_instance"], counts["cores_per_instance"], count, endpoint)
+
+
+def _azure_plan(raw: Any, where: str) -> AzurePlan:
+    """The Azure Marketplace plan a vendor creates in Partner Center: id, name, what and how much it charges."""
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: missing; {{id, name, unit: {' or '.join(AZURE_PLAN_UNITS)}, price_per_unit, "
+                           "free_trial_months, markets}")
+    known = {"id", "name", "unit", "price_per_unit", "free_trial_months", "markets"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise CatalogError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
+    plan_id = raw.get("id")
+    if not isinstance(plan_id, str) or not AZURE_PLAN_ID_PATTERN.fullmatch(plan_id):
+        raise CatalogError(f"{where}.id: {plan_id!r} must be 1-50 lowercase letters, digits, dashes or underscores "
+                           "(Partner Center's plan ID; it cannot be changed once the plan is created)")
+    plan_name = raw.get("name")
+    if not isinstance(plan_name, str) or not plan_name.strip() or "\n" in plan_name:
+        raise CatalogError(f"{where}.name: must be one line of text, the plan name buyers choose by")
+    unit = raw.get("unit")
+    if unit not in AZURE_PLAN_UNITS:
+        raise CatalogError(f"{where}.unit: {unit!r} is not one of {', '.join(AZURE_PLAN_UNITS)}")
+    price = raw.get("price_per_unit")
+    if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+        raise CatalogError(f"{where}.price_per_unit: must be a number of USD >= 0 per {AZURE_PLAN_UNITS[unit]}, "
+                           f"not {price!r}")
+    if round(price, PRICE_DECIMALS) != price:
+        raise CatalogError(f"{where}.price_per_unit: {price!r} has more than {PRICE_DECIMALS} decimals")
+    trial = raw.get("free_trial_months", 0)
+    if trial not in AZURE_TRIAL_MONTHS or isinstance(trial, bool):
+        raise CatalogError(f"{where}.free_trial_months: {trial!r} is not one of "
+                           f"{', '.join(map(str, AZURE_TRIAL_MONTHS))} (0: no trial)")
+    markets = raw.get("markets")
+    if not isinstance(markets, list) or not markets:
+        raise CatalogError(f"{where}.markets: must be a non-empty list of markets, ISO 3166 country codes like US")
+    for i, market in enumerate(markets):
+        if not isinstance(market, str) or not AZURE_MARKET_PATTERN.fullmatch(market):
+            raise CatalogError(f"{where}.markets[{i}]: {market!r} is not a two-letter country code like US or DE")
+    if len(set(markets)) != len(markets):
+        raise CatalogError(f"{where}.markets: lists a market twice")
+    return AzurePlan(plan_id, plan_name.strip(), unit, float(price), trial, tuple(markets))

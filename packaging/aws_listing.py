@@ -4,11 +4,15 @@
         [--model-package-arn arn:aws:sagemaker:...] [--product-id ID] [--offer-id ID] [--bench bench/results.md]
 
 Files: `usage-information.md` (real-time and batch formats with samples, a boto3 and a jina-sagemaker
-example, performance figures from the benchmark output when present), `pricing.md`,
-`start-change-set.json` (a StartChangeSet request: `AddDeliveryOptions` on the `MachineLearningProduct@1.0`
-entity and `UpdatePricingTerms` pricing every supported instance type, checked against botocore's
-marketplace-catalog model), and `sample-notebook.ipynb` (creates an endpoint, runs a batch transform on
-its own sample data, cleans up).
+example, how the software is billed, performance figures from the benchmark output when present),
+`pricing.md`, `start-change-set.json` (a StartChangeSet request: `AddDeliveryOptions` on the
+`MachineLearningProduct@1.0` entity and `UpdatePricingTerms` pricing every supported instance type, and
+`m.i.c` when real-time is sold per inference, checked against botocore's marketplace-catalog model), and
+`sample-notebook.ipynb` (creates an endpoint, runs a batch transform on its own sample data, cleans up).
+
+A product sold per inference (catalog `pricing: {model: per_inference, ...}`) gets a worked example of what one
+request costs, from what the kind's sample request really consumes: the model is staged as build_artifact.py
+packages it and answers the sample once (bundle.py hands over its build's figures instead).
 
 Until `--product-id`, `--offer-id` and `--model-package-arn` are all given, the change set holds placeholders
 (`prod-REPLACE-ME`, `offer-REPLACE-ME`, account `ACCOUNT`) the Catalog API refuses: the script then lists on
@@ -29,14 +33,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
 import _files  # noqa: E402
+import build_artifact  # noqa: E402
 import model_package  # noqa: E402
+
+from model_handlers.types import Operation  # noqa: E402
 
 DEFAULT_BENCH = Path(__file__).resolve().parent.parent / "bench" / "results.md"
 ENTITY_TYPE = "MachineLearningProduct@1.0"
-# Pricing dimensions the Catalog API generates for ML products: one per instance type and use
-# (".m.i.b" real-time inference, ".a.t" batch transform), as in the seller guide's examples.
-REALTIME_SUFFIX = ".m.i.b"
-BATCH_SUFFIX = ".a.t"
+# Pricing dimensions of ML products (AWS Marketplace API reference, "Update pricing terms": "m.i.b for batch
+# transform, m.i.r for hourly real-time inference, and a.t for algorithm training", "m.i.c for real-time per
+# inference pricing"; the Marketplace Discovery API's GetOfferTerms example of a usage-based ML model offer labels
+# "<type>.m.i.b" "batch mode" and "<type>.m.i.r" "real-time mode"). A model package trains nothing: no ".a.t".
+REALTIME_SUFFIX = ".m.i.r"
+BATCH_SUFFIX = ".m.i.b"
+PER_INFERENCE_KEY = "m.i.c"
+# What the container answers AWS with, per 2xx, when sold per inference (model_handlers/metering.py).
+METERING_HEADER = "X-Amzn-Inference-Metering"
 # What stands in the change set until the vendor has the real values.
 PRODUCT_ID_PLACEHOLDER = "prod-REPLACE-ME"
 OFFER_ID_PLACEHOLDER = "offer-REPLACE-ME"
@@ -116,8 +128,14 @@ def todo_markdown(product: _catalog.Product, missing: list[Placeholder]) -> str:
 
 
 def dimension_keys(product: _catalog.Product) -> dict[str, float]:
-    """Every priced dimension of `product`: {dimension key: USD per hour}."""
+    """Every priced dimension of `product`: {dimension key: USD per hour, or per unit for m.i.c}.
+
+    Every supported instance type is priced, as AWS requires, also when real-time is sold per inference: AWS bills
+    asynchronous inference endpoints on those types per hour whatever the pricing (0 unless the catalog says).
+    """
     keys = {f"{t}{REALTIME_SUFFIX}": p for t, p in product.prices_per_hour["realtime"].items()}
+    if product.pricing.per_inference:
+        keys[PER_INFERENCE_KEY] = product.pricing.price_per_unit
     keys.update({f"{t}{BATCH_SUFFIX}": p for t, p in product.prices_per_hour["batch"].items()})
     return keys
 
@@ -149,6 +167,7 @@ def change_set(product: _catalog.Product, *, model_package_arn: str, product_id:
         "RateCards": [{"RateCard": [{"DimensionKey": key, "Price": price} for key, price in keys.items()]}],
     }]
     if product.free_trial_days:
+        # the API reference: "All supported dimensionKeys must be provided", m.i.c included
         terms.append({"Type": "FreeTrialPricingTerm", "Duration": f"P{product.free_trial_days}D",
                       "Grants": [{"DimensionKey": key} for key in keys]})
     request = {
@@ -175,25 +194,135 @@ def change_set(product: _catalog.Product, *, model_package_arn: str, product_id:
     return request
 
 
-def pricing_markdown(product: _catalog.Product) -> str:
-    rows = ["| instance type | real-time (USD/hour) | batch transform (USD/hour) |", "|---|---|---|"]
+def pricing_markdown(product: _catalog.Product, sample: build_artifact.SampleFigures | None = None) -> str:
+    """pricing.md: every price of the listing, and for per-inference pricing what one unit is, with a worked example.
+
+    `sample` is what the kind's sample request consumed (needed for per-inference pricing only).
+    """
+    recommended = (f"Recommended: real-time `{product.recommended['realtime']}`, batch "
+                   f"`{product.recommended['batch']}`.")
+    if product.pricing.per_inference:
+        body = [
+            "Billed by AWS Marketplace on top of the SageMaker instance price. " + recommended, "",
+            f"## Real-time endpoints: {_catalog.usd(product.pricing.price_per_unit)} per unit", "",
+            billing_markdown(product, sample, where="of the usage information", hourly=False), "",
+            "## Batch transform and asynchronous inference: per instance-hour", "",
+            ("AWS bills batch transform jobs and asynchronous inference endpoints per instance-hour, prorated per "
+             "minute, whatever the container reports."), "",
+            *_hourly_table(product, ("batch transform (USD/hour)", "batch"),
+                           ("asynchronous inference (USD/hour)", "realtime")),
+        ]
+    else:
+        body = [
+            ("Software price per instance-hour, prorated per minute, billed by AWS on top of the SageMaker "
+             "instance price. " + recommended), "",
+            *_hourly_table(product, ("real-time (USD/hour)", "realtime"), ("batch transform (USD/hour)", "batch")),
+            "", ("The container reports no usage to AWS (no `X-Amzn-Inference-Metering` header): AWS bills the hours "
+                 "an endpoint or a batch transform job runs."),
+        ]
+    trial = (f"Free trial: {product.free_trial_days} days (software price waived on every dimension"
+             f"{': per unit and per hour' if product.pricing.per_inference else ''}; SageMaker infrastructure is "
+             "billed)." if product.free_trial_days else "No free trial.")
+    return "\n".join([f"# Pricing: {product.title}", "", *body, "", trial, "",
+                      f"Regions: {', '.join(product.regions)}.", ""])
+
+
+def _hourly_table(product: _catalog.Product, *columns: tuple[str, str]) -> list[str]:
+    """A markdown table of hourly prices, one row per instance type; columns are (heading, prices_per_hour mode)."""
+    rows = ["| instance type | " + " | ".join(heading for heading, _ in columns) + " |",
+            "|---" * (len(columns) + 1) + "|"]
     types = list(dict.fromkeys(product.instance_types["realtime"] + product.instance_types["batch"]))
     for instance_type in types:
-        realtime = product.prices_per_hour["realtime"].get(instance_type)
-        batch = product.prices_per_hour["batch"].get(instance_type)
-        rows.append(f"| {instance_type} | {_money(realtime)} | {_money(batch)} |")
-    trial = (f"Free trial: {product.free_trial_days} days (software price waived; SageMaker infrastructure is billed)."
-             if product.free_trial_days else "No free trial.")
-    return "\n".join([
-        f"# Pricing: {product.title}", "",
-        "Software price per instance-hour, prorated per minute, billed by AWS on top of the SageMaker "
-        "instance price. Recommended: real-time "
-        f"`{product.recommended['realtime']}`, batch `{product.recommended['batch']}`.", "",
-        *rows, "", trial, "", f"Regions: {', '.join(product.regions)}.", "",
-    ])
+        cells = [_money(product.prices_per_hour[mode].get(instance_type)) for _, mode in columns]
+        rows.append(f"| {instance_type} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigures, where: str = "above") -> str:
+    """What the real-time sample request costs, from what it really consumed, as a buyer can redo it.
+
+    `where` the sample request is shown, from the reader's place ("above" in the usage information).
+    """
+    metering, price = product.pricing.metering, product.pricing.price_per_unit
+    units = metering.units(inputs=sample.inputs, tokens=sample.tokens)
+    if units != sample.units:  # the server counted the sample itself (container.dispatch.request_figures)
+        raise AssertionError(f"the sample reported {sample.units} units, its usage makes {units}: this is a bug")
+    operation = _sample_operation(product)
+    what = (f"embeds {sample.inputs} text{'s' * (sample.inputs != 1)}" if operation is Operation.EMBED
+            else f"reranks {sample.inputs} document{'s' * (sample.inputs != 1)}")
+    usage = ("the items' `usage.total_tokens` in its answer" if operation is Operation.EMBED
+             else "`query_usage` and `docs_usage` in its answer")
+    if metering.unit == "tokens":
+        per = metering.tokens_per_unit
+        line = (f"{usage} add up to {sample.tokens:,} tokens; at 1 unit = {per:,} tokens, rounded up per "
+                f"request, that is {units} unit{'s' * (units != 1)}")
+        larger = per * 5 // 2  # a request past a whole number of units shows the rounding up
+        larger_units = metering.units(inputs=1, tokens=larger)
+        more = (f" A request whose usage comes to {larger:,} tokens is {larger_units} units: "
+                f"{_catalog.usd(larger_units * price)}.")
+    elif metering.unit == "input":
+        line = f"at 1 unit per input, that is {units} unit{'s' * (units != 1)}"
+        more = ""
+    else:
+        line = "at 1 unit per request, whatever it holds, that is 1 unit"
+        more = ""
+    return (f"Worked example: the real-time sample request {where} {what}; {line}, which its answer reports as "
+            f"`{METERING_HEADER}: {{\"Dimension\": \"inference.count\", \"ConsumedUnits\": {units}}}`, "
+            f"and costs {units} x {_catalog.usd(price)} = {_catalog.usd(units * price)}.{more}")
+
+
+def _sample_operation(product: _catalog.Product) -> Operation:
+    from container.dialects import decode_invocation
+
+    return decode_invocation(product.model_kind.samples.request).request.operation
+
+
+def billing_markdown(product: _catalog.Product, sample: build_artifact.SampleFigures | None, *,
+                     where: str = "above", hourly: bool = True) -> str:
+    """How the software is billed and how a buyer checks an invoice against the answers (markdown paragraphs).
+
+    `where` the sample request is shown (worked_example); `hourly`: also say what batch transform costs.
+    """
+    if not product.pricing.per_inference:
+        return "\n".join([
+            "Software price per instance-hour, prorated per minute, on top of the SageMaker instance price:", "",
+            *_hourly_table(product, ("real-time (USD/hour)", "realtime"), ("batch transform (USD/hour)", "batch")),
+            "", ("The container reports no usage to AWS: the invoice counts the hours each endpoint instance or batch "
+                 "transform instance ran; the `usage` in every answer is for your own accounting."),
+        ])
+    if sample is None:
+        raise ValueError("per-inference pricing needs the sample's figures for its worked example; this is a bug")
+    metering, price = product.pricing.metering, product.pricing.price_per_unit
+    batch = ", ".join(f"{_money(p)} ({t})" for t, p in product.prices_per_hour["batch"].items())
+    paragraphs = [
+        (f"Real-time endpoints are billed per unit: **{_catalog.usd(price)} per unit, 1 unit = "
+         f"{metering.describe()}**, on top of the SageMaker instance price. Every answer with status 2xx tells AWS "
+         "what it consumed in the header "
+         f"`{METERING_HEADER}: {{\"Dimension\": \"inference.count\", \"ConsumedUnits\": N}}`, computed from the "
+         "exact `usage` in its body; an answer with any other status is never billed."),
+        worked_example(product, sample, where),
+        ("To check an invoice: the real-time charge is the sum of the units of the 2xx answers times "
+         f"{_catalog.usd(price)}. Each answer's units follow from its body ({_unit_rule(metering)}); SageMaker reads "
+         "the header itself and does not pass it on to `invoke_endpoint`'s caller. The container also writes one JSON "
+         "line per request to its log (on SageMaker, the endpoint's CloudWatch log group) with `status`, `tokens` "
+         "and `units`: the sum of `units` over the lines with a 2xx `status` is what AWS bills."),
+    ]
+    if hourly:
+        paragraphs.append("Batch transform jobs (and asynchronous inference endpoints) are billed per instance-hour "
+                          f"whatever the container reports: batch transform {batch} per hour.")
+    return "\n\n".join(paragraphs)
+
+
+def _unit_rule(metering) -> str:
+    if metering.unit == "tokens":
+        return f"per request, the tokens of its `usage` divided by {metering.tokens_per_unit:,}, rounded up"
+    if metering.unit == "input":
+        return "one unit per input it answers (text, image or document)"
+    return "one unit per request"
 
 
 def _money(value: float | None) -> str:
+    """An hourly price (3 decimals, as the catalog keeps them), or that the instance type is not offered."""
     return "not offered" if value is None else f"${value:.3f}"
 
 
@@ -225,7 +354,9 @@ def performance_markdown(bench: Path | None) -> tuple[str, bool]:
     return f"Measured by the project's benchmark (`{bench.name}`):\n" + "\n".join(kept), True
 
 
-def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH) -> str:
+def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH,
+                   sample: build_artifact.SampleFigures | None = None) -> str:
+    """usage-information.md; `sample` (what the kind's sample request consumed) is needed for per-inference pricing."""
     performance, _ = performance_markdown(bench)
     kind = product.model_kind
     samples = kind.samples
@@ -312,6 +443,10 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         client.delete_endpoint()
         ```
 
+        ## Pricing and billing
+
+        {billing}
+
         ## Performance
 
         Recommended instance types: real-time `{realtime_type}`, batch transform `{batch_type}`.
@@ -324,7 +459,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         region=product.regions[0], name=product.name, compact_request=json.dumps(samples.request),
         jina_call=samples.client_call, realtime_type=product.recommended["realtime"],
         batch_type=product.recommended["batch"],
-        performance=performance,
+        performance=performance, billing=billing_markdown(product, sample),
     )
 
 
@@ -404,18 +539,26 @@ def notebook(product: _catalog.Product, model_package_arn: str) -> dict:
 
 
 def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn: str, product_id: str,
-                  offer_id: str, bench: Path | None = DEFAULT_BENCH) -> list[Path]:
+                  offer_id: str, bench: Path | None = DEFAULT_BENCH,
+                  sample: build_artifact.SampleFigures | None = None) -> list[Path]:
     """Write the listing's files, every one computed (and the change set validated) before the first is written.
 
-    With placeholders left, TODO.md lists them; without, a TODO.md of an earlier run is removed.
+    With placeholders left, TODO.md lists them; without, a TODO.md of an earlier run is removed. `sample`, what
+    the kind's sample request consumed on the packaged model, is measured here when per-inference pricing needs
+    it and none is given (bundle.py passes its build's).
+
+    Raises:
+        build_artifact.BuildRefused: the model would not serve (measuring the sample).
     """
     request = change_set(product, model_package_arn=model_package_arn, product_id=product_id, offer_id=offer_id)
+    if product.pricing.per_inference and sample is None:
+        sample = measure_sample(product)
     nb = notebook(product, model_package_arn)
     for i, cell in enumerate(nb["cells"]):
         cell["id"] = f"cell-{i}"
     files = {
-        "usage-information.md": usage_markdown(product, bench),
-        "pricing.md": pricing_markdown(product),
+        "usage-information.md": usage_markdown(product, bench, sample),
+        "pricing.md": pricing_markdown(product, sample),
         "start-change-set.json": json.dumps(request, indent=2) + "\n",
         "sample-notebook.ipynb": json.dumps(nb, indent=1) + "\n",
         "description.md": product.description,
@@ -430,6 +573,13 @@ def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn
     if not missing:
         (out_dir / TODO_FILE).unlink(missing_ok=True)
     return [out_dir / name for name in files]
+
+
+def measure_sample(product: _catalog.Product) -> build_artifact.SampleFigures:
+    """What the kind's sample request consumes on the model as the catalog packages it (loaded once, on the CPU)."""
+    return build_artifact.measure_sample(product.model_dir, served_name=product.served_name, kind=product.kind,
+                                         tasks=product.tasks, remote_code=product.remote_code,
+                                         metering=product.pricing.serving_config())
 
 
 def add_listing_arguments(parser: argparse.ArgumentParser) -> None:
@@ -458,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         arn = model_package_arn(product, args.model_package_arn)
         written = write_listing(product, Path(args.out_dir), model_package_arn=arn,
                                 product_id=args.product_id, offer_id=args.offer_id, bench=bench)
-    except (_catalog.CatalogError, _aws.RequestInvalid, _files.InputError) as exc:
+    except (_catalog.CatalogError, _aws.RequestInvalid, _files.InputError, build_artifact.BuildRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     for path in written:

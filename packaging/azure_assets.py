@@ -4,16 +4,24 @@
         --image myregistry.azurecr.io/searchbox:1.0 -o dist/NAME/azure [--artifact dist/NAME/model.tar.gz]
 
 Files: `model.yml` (custom_model, `path: model`), `environment.yml` (the image, `inference_config` with
-liveness/readiness on /ping and scoring on /score, port 8080), `endpoint.yml` (key auth),
-`deployment.yml` (request timeout and concurrency raised, probe timings) and `marketplace-plan.md`
-(the Azure Marketplace plan: a per-GPU-hour surcharge). With `--artifact` the model is unpacked
-into `model/`, ready for `az ml model create -f model.yml`. The files are written and loaded back
-beside the output directory and moved into it only when all of them load: a refusal leaves it as it was.
+liveness on /health, readiness on /ping and scoring on /score, port 8080), `endpoint.yml` (key auth),
+`deployment.yml` (request timeout and concurrency raised, probe timings), and the Azure Marketplace plan
+from the catalog's `azure.plan`: `marketplace-plan.md` (for the vendor and buyers: how the model is billed on
+Azure) and `marketplace-plan.json` (the same fields, for whatever enters them in Partner Center). With
+`--artifact` the model is unpacked into `model/`, ready for `az ml model create -f model.yml`. The files are
+written and loaded back beside the output directory and moved into it only when all of them load: a refusal
+leaves it as it was.
+
+How Azure bills it: a managed online endpoint bills the deployment's VMs per hour (Azure's price), plus the plan's
+software surcharge per GPU-hour or core-hour of those VMs. Per-token (serverless, pay-as-you-go) billing exists
+only for models Microsoft hosts itself, not for a custom container on the buyer's compute; AWS-style
+per-inference metering has no Azure counterpart here.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -32,7 +40,14 @@ REQUEST_TIMEOUT_MS = 90_000
 MAX_CONCURRENT_REQUESTS = 32
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/{}.schema.json"
 PLAN_FILE = "marketplace-plan.md"
+PLAN_JSON = "marketplace-plan.json"
 MODEL_DIR = "model"
+# Liveness: the server answers GET /health as soon as its worker runs, while the model still loads; readiness:
+# GET /ping answers 200 only once the model is loaded and warmed up. Probing liveness on /ping would have Azure
+# restart a container that is merely still loading a large model.
+LIVENESS_PATH = "/health"
+READINESS_PATH = "/ping"
+SCORING_PATH = "/score"
 
 
 def documents(product: _catalog.Product, image: str, version: str = "1") -> dict[str, dict]:
@@ -51,9 +66,9 @@ def documents(product: _catalog.Product, image: str, version: str = "1") -> dict
             "$schema": SCHEMA.format("environment"),
             "name": f"{product.name}-env", "version": version, "image": image,
             "inference_config": {
-                "liveness_route": {"path": "/ping", **route},
-                "readiness_route": {"path": "/ping", **route},
-                "scoring_route": {"path": "/score", **route},
+                "liveness_route": {"path": LIVENESS_PATH, **route},
+                "readiness_route": {"path": READINESS_PATH, **route},
+                "scoring_route": {"path": SCORING_PATH, **route},
             },
         },
         "endpoint.yml": {
@@ -85,18 +100,54 @@ def load_back(directory: Path) -> dict[str, object]:
     }
 
 
+def plan_document(product: _catalog.Product) -> dict:
+    """marketplace-plan.json: the Azure Marketplace plan of the catalog, as a vendor enters it in Partner Center."""
+    offer = product.azure
+    plan = offer.plan
+    return {
+        "plan_id": plan.id,
+        "plan_name": plan.name,
+        "billing": {
+            "model": "per compute hour: the VM at Azure's price, plus this plan's software surcharge",
+            "unit": plan.unit,
+            "price_per_unit_usd": plan.price_per_unit,
+            "units_per_instance": offer.units_per_instance,
+            "price_per_instance_hour_usd": offer.surcharge_per_instance_hour,
+            "prorated": "per minute",
+        },
+        "free_trial_months": plan.free_trial_months,
+        "markets": list(plan.markets),
+        "deployment": {"instance_type": offer.instance_type, "instance_count": offer.instance_count,
+                       "gpus_per_instance": offer.gpus_per_instance, "cores_per_instance": offer.cores_per_instance,
+                       "endpoint_name": offer.endpoint_name},
+        "model": {"served_name": product.served_name, "kind": product.kind},
+    }
+
+
 def plan_markdown(product: _catalog.Product) -> str:
     offer = product.azure
-    per_instance = offer.surcharge_per_gpu_hour * offer.gpus_per_instance
+    plan = offer.plan
+    counted = (f"{offer.gpus_per_instance} GPU" if plan.unit == "gpu_hour"
+               else f"{offer.cores_per_instance} core{'s' * (offer.cores_per_instance != 1)}")
+    trial = (f"Free trial: {plan.free_trial_months} month{'s' * (plan.free_trial_months != 1)} without the software "
+             "surcharge (Azure still bills the VMs)." if plan.free_trial_months else "No free trial.")
     return "\n".join([
         f"# Azure Marketplace plan: {product.title}", "",
-        f"Model `{product.served_name}` ({product.kind}) on Azure ML managed online endpoints, billed through "
-        "Azure Marketplace: a software surcharge per GPU-hour, pro-rated per minute, on top of the virtual "
-        "machine price Azure bills for the deployment's instances.", "",
+        f"Plan `{plan.id}`: {plan.name}.", "",
+        (f"Model `{product.served_name}` ({product.kind}) on Azure ML managed online endpoints. Azure bills the "
+         "deployment per compute hour: the virtual machines at Azure's own price, plus this plan's software surcharge "
+         f"per {plan.unit_words} of those machines, pro-rated per minute, through Azure Marketplace."), "",
         "| billing dimension | price |", "|---|---|",
-        f"| software surcharge, per GPU-hour | ${offer.surcharge_per_gpu_hour:.3f} |",
-        f"| {offer.instance_type} ({offer.gpus_per_instance} GPU) per instance-hour | ${per_instance:.3f} |", "",
+        f"| software surcharge, per {plan.unit_words} | {_catalog.usd(plan.price_per_unit)} |",
+        f"| {offer.instance_type} ({counted}) per instance-hour | {_catalog.usd(offer.surcharge_per_instance_hour)} |",
+        "",
         f"Recommended deployment: {offer.instance_count} x `{offer.instance_type}`.", "",
+        trial, "",
+        f"Markets: {', '.join(plan.markets)}.", "",
+        ("Not per token: Azure's serverless pay-as-you-go billing per token exists only for models Microsoft hosts "
+         "itself; this model runs as a custom container on the buyer's managed compute, so it is sold per compute "
+         "hour here, however it is priced on AWS. The `usage` in every answer still counts its tokens exactly, for "
+         "the buyer's own accounting."), "",
         "Plan description (buyer-facing): " + product.short_description, "",
     ])
 
@@ -112,6 +163,7 @@ def write_azure(product: _catalog.Product, out_dir: Path, *, image: str, artifac
 
     texts = {name: yaml.safe_dump(document, sort_keys=False) for name, document in documents(product, image).items()}
     texts[PLAN_FILE] = plan_markdown(product)
+    texts[PLAN_JSON] = json.dumps(plan_document(product), indent=2) + "\n"
     if artifact is not None:
         _files.require_file(artifact, "--artifact", "build it with build_artifact.py")
     # model/ is replaced whole: a file of an earlier artifact must not survive beside the new one's manifest.

@@ -9,11 +9,16 @@ an `auto_map` points at in another repository (copied in, `auto_map` rewritten t
 package runs without network), and `searchbox-manifest.json` with the SHA-256 of every other file.
 Before anything is written, the staged directory is loaded through `model_handlers` and answers one
 request; a directory that would not serve is refused with the reason. Same input, same bytes.
+
+With --catalog, the product's pricing decides searchbox.json's `metering`: per_inference writes it (each 2xx
+then reports its units in X-Amzn-Inference-Metering), hourly leaves it out; the manifest and the report say
+which, and what the sample request consumed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -34,6 +39,7 @@ import _catalog  # noqa: E402
 import _files  # noqa: E402
 import _onnx  # noqa: E402
 from model_handlers import kinds  # noqa: E402
+from model_handlers.metering import Metering  # noqa: E402
 
 MANIFEST = "searchbox-manifest.json"
 SERVING_CONFIG = "searchbox.json"
@@ -53,8 +59,25 @@ _UNUSED_DIRS = {"onnx", "openvino", "__pycache__", ".cache"}
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w[\w.]*)\s+import|import\s+\.(\w[\w.]*))", re.MULTILINE)
 
 
+# build_artifact(metering=KEEP_METERING): searchbox.json keeps whatever `metering` the model directory's own says
+# (a build from a bare directory); a catalog build passes its pricing's value, None for hourly, which removes it.
+KEEP_METERING = "keep"
+
+
 class BuildRefused(Exception):
     """The directory cannot become an artifact; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SampleFigures:
+    """What the kind's sample request consumed on the staged model, counted by the server's own code.
+
+    `units` are what the answer reports in X-Amzn-Inference-Metering (0 when the model is priced per hour).
+    """
+
+    inputs: int
+    tokens: int
+    units: int
 
 
 @dataclass
@@ -70,11 +93,21 @@ class BuildReport:
     skipped: list[str] = field(default_factory=list)
     backend: str = "torch"
     quality: "_onnx.Quality | None" = None
+    metering: Metering | None = None  # searchbox.json's `metering`; None: priced per hour, no header
+    sample: SampleFigures | None = None  # None with --no-check
+
+    @property
+    def billing(self) -> str:
+        """How AWS bills this artifact's real-time answers, in a line."""
+        if self.metering is None:
+            return "hourly (searchbox.json has no metering key: no X-Amzn-Inference-Metering header)"
+        return f"per inference, 1 unit = {self.metering.describe()} (searchbox.json metering)"
 
 
 def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: str | None = None,
                    kind: str | None = None, tasks: Mapping[str, Any] | None = None,
-                   remote_code: Mapping[str, str | Path] | None = None, check: bool = True,
+                   remote_code: Mapping[str, str | Path] | None = None,
+                   metering: Mapping[str, Any] | None | str = KEEP_METERING, check: bool = True,
                    compresslevel: int = 6, device: str = "auto", backend: str = "torch", quantize: str | None = None,
                    gate: "_onnx.Gate | None" = None) -> BuildReport:
     """Stage, check and archive `model_dir` into `output` (written atomically; a refusal leaves no trace).
@@ -95,28 +128,25 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
     if output.is_dir():
         raise BuildRefused(f"-o: {output} is a directory; give the file to write, e.g. {output / 'model.tar.gz'}")
     # The output's missing parents are made here and removed again when the build is refused.
-    with _files.created_dirs(output.parent), tempfile.TemporaryDirectory(prefix=".stage-", dir=output.parent) as tmp:
-        staged = Path(tmp) / "model"
-        skipped = _stage(model_dir, staged)
-        vendored = _vendor_remote_code(staged, {k: Path(v) for k, v in (remote_code or {}).items()})
-        config = _write_serving_config(staged, served_name=served_name, default_name=_default_name(model_dir),
-                                       kind=kind, tasks=tasks)
+    with _files.created_dirs(output.parent), \
+            _staged_model(model_dir, output.parent, served_name=served_name, kind=kind, tasks=tasks,
+                          remote_code=remote_code, metering=metering) as (staged, config, vendored, skipped):
         quality = None
         if backend == "onnx":
             quality = _export_onnx(staged, config, quantize, gate or _onnx.Gate(), device)
             config = _write_serving_config(staged, served_name=None, default_name=config.served_model_name, kind=None,
                                            tasks=None, backend={"backend": "onnx", "onnx_file": quality.backend_file})
-        check_summary = _smoke_test(staged, config, device) if check else "skipped (--no-check)"
+        check_summary, sample = _smoke_test(staged, config, device) if check else ("skipped (--no-check)", None)
         files = _list_files(staged)
-        manifest = _manifest(staged, files, config, vendored, quality)
+        manifest = _manifest(staged, files, config, vendored, sample, quality)
         (staged / MANIFEST).write_bytes(manifest)
         partial = output.with_name(output.name + ".partial")
         _write_tar(staged, sorted(files + [MANIFEST]), partial, compresslevel)
         os.replace(partial, output)
     return BuildReport(output=output, sha256=_sha256_file(output), size=output.stat().st_size,
                        files=len(files) + 1, served_name=config.served_model_name, kind=config.kind.name,
-                       check=check_summary, vendored=vendored, skipped=skipped, backend=config.backend,
-                       quality=quality)
+                       check=check_summary, vendored=vendored, skipped=skipped, metering=config.metering,
+                       sample=sample, backend=config.backend, quality=quality)
 
 
 def _export_onnx(staged: Path, config, quantize: str | None, gate: "_onnx.Gate", device: str) -> "_onnx.Quality":
@@ -129,6 +159,42 @@ def _export_onnx(staged: Path, config, quantize: str | None, gate: "_onnx.Gate",
         raise BuildRefused(f"--backend onnx: {exc.detail}".replace(str(staged), "the model directory")) from exc
     except _onnx.GateFailed as exc:
         raise BuildRefused(f"--backend onnx: the export misses its quality gate: {exc}") from exc
+
+
+def measure_sample(model_dir: str | Path, *, served_name: str | None = None, kind: str | None = None,
+                   tasks: Mapping[str, Any] | None = None, remote_code: Mapping[str, str | Path] | None = None,
+                   metering: Mapping[str, Any] | None | str = KEEP_METERING, device: str = "cpu") -> SampleFigures:
+    """What the kind's sample request consumes on the model as build_artifact would package it, nothing written.
+
+    The model is staged exactly as for the artifact (a catalog's tasks change prompts, hence tokens), loaded,
+    and answers the sample: for a listing's worked example when no build report is at hand.
+
+    Raises:
+        BuildRefused: the directory would not serve.
+    """
+    model_dir = Path(model_dir).resolve()
+    if not model_dir.is_dir():
+        raise BuildRefused(f"{model_dir} is not a directory")
+    with _staged_model(model_dir, None, served_name=served_name, kind=kind, tasks=tasks, remote_code=remote_code,
+                       metering=metering) as (staged, config, _, _):
+        return _smoke_test(staged, config, device)[1]
+
+
+@contextlib.contextmanager
+def _staged_model(model_dir: Path, parent: Path | None, *, served_name: str | None, kind: str | None,
+                  tasks: Mapping[str, Any] | None, remote_code: Mapping[str, str | Path] | None,
+                  metering: Mapping[str, Any] | None | str):
+    """A temporary copy of what the artifact holds (under `parent`; the system's temp dir when None), removed after.
+
+    Yields (staged directory, its serving config, vendored remote code, files left out).
+    """
+    with tempfile.TemporaryDirectory(prefix=".stage-", dir=parent) as tmp:
+        staged = Path(tmp) / "model"
+        skipped = _stage(model_dir, staged)
+        vendored = _vendor_remote_code(staged, {k: Path(v) for k, v in (remote_code or {}).items()})
+        config = _write_serving_config(staged, served_name=served_name, default_name=_default_name(model_dir),
+                                       kind=kind, tasks=tasks, metering=metering)
+        yield staged, config, vendored, skipped
 
 
 def _default_name(model_dir: Path) -> str:
@@ -249,7 +315,8 @@ def _find_remote_file(repo: str, name: str, sources: Mapping[str, Path]) -> Path
 
 
 def _write_serving_config(staged: Path, *, served_name: str | None, default_name: str, kind: str | None,
-                          tasks: Mapping[str, Any] | None, backend: Mapping[str, str] | None = None):
+                          tasks: Mapping[str, Any] | None, metering: Mapping[str, Any] | None | str = KEEP_METERING,
+                          backend: Mapping[str, str] | None = None):
     from model_handlers.errors import ModelDirectoryError
     from model_handlers.serving_config import read_serving_config
 
@@ -267,6 +334,11 @@ def _write_serving_config(staged: Path, *, served_name: str | None, default_name
         explicit["kind"] = kind
     if tasks:
         explicit["tasks"] = dict(tasks)
+    if metering != KEEP_METERING:
+        # the catalog's pricing decides: a per-hour product must not report units it is not billed by
+        explicit.pop("metering", None)
+        if metering is not None:
+            explicit["metering"] = dict(metering)
     if backend:
         explicit.update(backend)
     path.write_text(json.dumps(explicit, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -280,19 +352,21 @@ def _write_serving_config(staged: Path, *, served_name: str | None, default_name
     return read_serving_config(staged)
 
 
-def _smoke_test(staged: Path, config, device: str) -> str:
+def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
     """Load the staged directory exactly as the container will and answer its kind's sample request.
 
     The sample (the kind's registry entry) goes through the server's own dialect parser, operation check
-    and renderer; the answer must hold numbers, all finite, not all zero.
+    and renderer; the answer must hold numbers, all finite, not all zero. What it consumed (inputs, tokens,
+    metered units) is counted by the server's own `request_figures`, as its X-Amzn-Inference-Metering says.
     """
     import math
 
     import orjson
 
     from container.dialects import decode_invocation
-    from container.dispatch import check_operation
+    from container.dispatch import check_operation, request_figures
     from model_handlers import HandlerOptions, load_handler
+    from model_handlers.batching import Timing
     from model_handlers.types import EmbedRequest
 
     started = time.monotonic()
@@ -312,6 +386,7 @@ def _smoke_test(staged: Path, config, device: str) -> str:
         numbers = _numbers(orjson.loads(orjson.dumps(decoded.render(result), option=orjson.OPT_SERIALIZE_NUMPY)))
         if not numbers or not all(math.isfinite(n) for n in numbers) or not any(numbers):
             raise BuildRefused(f"the model's answer to its sample request is empty, zero or not finite: {summary}")
+        figures = request_figures([decoded.request], [result], [Timing()], config.metering)
     except BuildRefused:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here means the directory would not serve
@@ -320,7 +395,8 @@ def _smoke_test(staged: Path, config, device: str) -> str:
     finally:
         if handler is not None:
             handler.close()
-    return f"{summary} in {time.monotonic() - started:.1f} s"
+    sample = SampleFigures(inputs=figures.inputs, tokens=figures.tokens, units=figures.units)
+    return f"{summary} in {time.monotonic() - started:.1f} s", sample
 
 
 def _numbers(value) -> list[float]:
@@ -341,13 +417,19 @@ def _list_files(staged: Path) -> list[str]:
                   if p.is_file() and "__pycache__" not in p.parts and p.name != MANIFEST)
 
 
-def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str], quality=None) -> bytes:
+def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str],
+              sample: SampleFigures | None, quality=None) -> bytes:
     entries = [{"path": name, "size": (staged / name).stat().st_size, "sha256": _sha256_file(staged / name)}
                for name in files]
+    metering = config.metering
     document = {
         "format": 1,
         "served_model_name": config.served_model_name,
         "kind": config.kind.name,
+        # how AWS bills the real-time answers: per the units each reports, or (null) per instance-hour
+        "metering": None if metering is None else {"unit": metering.unit, "tokens_per_unit": metering.tokens_per_unit},
+        "sample": None if sample is None else {"inputs": sample.inputs, "tokens": sample.tokens,
+                                               "units": sample.units},
         "files": entries,
         "vendored_remote_code": dict(sorted(vendored.items())),
         "backend": config.backend,
@@ -475,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             model_dir = model_dir or product.model_dir
             kwargs = {"served_name": args.served_name or product.served_name, "kind": args.kind or product.kind,
                       "tasks": product.tasks, "remote_code": {**product.remote_code, **kwargs["remote_code"]},
+                      "metering": product.pricing.serving_config(),
                       "backend": product.backend, "quantize": product.quantize}
         if model_dir is None:
             parser.error("give MODEL_DIR or --catalog")
@@ -490,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {report.kind} model served as {report.served_name!r} on {report.backend}; check: {report.check}")
     if report.quality is not None:
         print(f"  onnx: {report.quality.summary()}")
+    print(f"  billing: {report.billing}")
+    if report.sample is not None and report.metering is not None:
+        print(f"  the sample request: {report.sample.tokens} tokens, {report.sample.inputs} inputs -> "
+              f"{report.sample.units} unit{'s' * (report.sample.units != 1)}")
     for name, repo in report.vendored.items():
         print(f"  vendored {name} from {repo}")
     if report.skipped:

@@ -6,11 +6,13 @@
         [--product-id prod-... --offer-id offer-... --model-package-arn arn:aws:sagemaker:...]
 
 Writes, under the output directory:
-    model.tar.gz                    build_artifact.py (loaded and run once before it is written)
+    model.tar.gz                    build_artifact.py (loaded and run once before it is written; searchbox.json
+                                    `metering` from the catalog's pricing)
     create-model-package.json       model_package.py (botocore-validated), validation/input.csv
     aws/                            aws_listing.py: usage information, pricing, change set, notebook
                                     (and TODO.md while --product-id, --offer-id or --model-package-arn is missing)
-    azure/                          azure_assets.py: model/environment/endpoint/deployment YAML, plan
+    azure/                          azure_assets.py: model/environment/endpoint/deployment YAML, the
+                                    Marketplace plan (marketplace-plan.md, marketplace-plan.json)
 Then `publish.py` uploads the artifact and creates the model package; run this again with the ARN it prints.
 Everything is built beside the output directory and moved into it at the end: a refusal leaves it as it was.
 """
@@ -72,20 +74,23 @@ def write_bundle(product: _catalog.Product, args: argparse.Namespace, *, layout:
     with _files.staged_output(out, whole=("aws", "azure")) as staged:
         report = build_artifact.build_artifact(product.model_dir, staged / model_package.ARTIFACT_FILE,
                                                served_name=product.served_name, kind=product.kind,
-                                               tasks=product.tasks, remote_code=product.remote_code)
+                                               tasks=product.tasks, remote_code=product.remote_code,
+                                               metering=product.pricing.serving_config())
         done = [(f"artifact  {out / model_package.ARTIFACT_FILE} ({report.size / 1e6:.1f} MB, "
-                 f"sha256 {report.sha256[:16]}...): {report.check}")]
+                 f"sha256 {report.sha256[:16]}...): {report.check}; billing {report.billing}")]
         model_package.write_model_package(product, staged, image=args.image, layout=layout, role_arn=args.role_arn,
                                           image_digest=args.image_digest)
         done.append(f"package   {out / model_package.REQUEST_FILE}, {out / model_package.SAMPLE_FILE}")
+        # the listing's worked example takes what the sample consumed in this very build: one model load, not two
         written = aws_listing.write_listing(product, staged / "aws", model_package_arn=model_package_arn,
-                                            product_id=args.product_id, offer_id=args.offer_id, bench=bench)
+                                            product_id=args.product_id, offer_id=args.offer_id, bench=bench,
+                                            sample=report.sample)
         done.append(f"listing   {out / 'aws'}/ ({', '.join(path.name for path in written)})")
         if product.azure is not None:
             azure_assets.write_azure(product, staged / "azure", image=args.azure_image or args.image,
                                      artifact=report.output)
             done.append(f"azure     {out / 'azure'}/ (model, environment, endpoint, deployment YAML; "
-                        "marketplace-plan.md)")
+                        f"{azure_assets.PLAN_FILE}, {azure_assets.PLAN_JSON})")
     return done
 
 

@@ -63,6 +63,74 @@ def test_artifact_layout_and_manifest(minilm_artifact, tmp_path):
     assert config == {"kind": "embedding", "served_model_name": "all-MiniLM-L6-v2"}
 
 
+@pytest.fixture(scope="module")
+def metered_artifact(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The example catalog's product (sold per 1,000 tokens) built as a vendor builds it, on the command line."""
+    output = tmp_path_factory.mktemp("metered") / "model.tar.gz"
+    result = subprocess.run([sys.executable, str(PACKAGING / "build_artifact.py"), "--catalog",
+                             str(PACKAGING / "catalog.example.yaml"), "-o", str(output), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return output, result
+
+
+def test_per_inference_artifact_carries_the_catalogs_metering(metered_artifact, tmp_path):
+    from model_handlers.metering import Metering
+    from model_handlers.serving_config import read_serving_config
+
+    output, result = metered_artifact
+    unpacked = _unpack(output, tmp_path / "opt" / "ml" / "model")
+    assert json.loads((unpacked / "searchbox.json").read_text()) == {
+        "kind": "embedding", "served_model_name": "all-MiniLM-L6-v2",
+        "metering": {"unit": "tokens", "tokens_per_unit": 1000}}
+    assert read_serving_config(unpacked).metering == Metering("tokens", 1000)  # what the server will bill by
+    manifest = json.loads((unpacked / "searchbox-manifest.json").read_text())
+    assert manifest["metering"] == {"unit": "tokens", "tokens_per_unit": 1000}
+    assert manifest["sample"] == {"inputs": 2, "tokens": 6, "units": 1}  # "hello", "world": [CLS] word [SEP] each
+    assert "billing: per inference, 1 unit = 1,000 tokens of usage, rounded up per request" in result.stdout
+    assert "the sample request: 6 tokens, 2 inputs -> 1 unit" in result.stdout
+    assert list(build_artifact.iter_manifest_problems(unpacked)) == []
+
+
+def test_served_per_inference_artifact_reports_its_units(metered_artifact, tmp_path, server_factory):
+    """The packaged model answers each 2xx with X-Amzn-Inference-Metering, units computed from the usage it reports."""
+    import math
+
+    unpacked = _unpack(metered_artifact[0], tmp_path / "model")
+    packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
+    long_text = " ".join(["semantic search finds documents by meaning"] * 30)
+    for body in ({"data": [{"text": "hello"}, {"text": "world"}]}, {"input": [long_text] * 8}):
+        answer = packaged.post("/invocations", body)
+        assert answer.status_code == 200, answer.text
+        usage = answer.json()["usage"]["total_tokens"] if "usage" in answer.json() else sum(
+            item["usage"]["total_tokens"] for item in answer.json()["data"])
+        assert json.loads(answer.headers["X-Amzn-Inference-Metering"]) == {
+            "Dimension": "inference.count", "ConsumedUnits": math.ceil(usage / 1000)}
+    assert math.ceil(usage / 1000) > 1  # the long body spans units: the rounding is per request, not per text
+    refused = packaged.post("/invocations", {"data": [{"text": "hello"}], "parameters": {"dimensions": 4096}})
+    assert refused.status_code >= 400 and "X-Amzn-Inference-Metering" not in refused.headers  # errors are free
+
+
+def test_hourly_catalog_build_drops_a_directorys_metering(remote_code_model, tmp_path):
+    """The catalog's pricing decides: an hourly product's artifact reports no units, whatever the directory said."""
+    model_dir, source = remote_code_model
+    metered = tmp_path / "metered-model"
+    shutil.copytree(model_dir, metered)
+    (metered / "searchbox.json").write_text(json.dumps({"metering": {"unit": "request"}}))
+    kept = build_artifact.build_artifact(metered, tmp_path / "kept.tar.gz", check=False,
+                                         remote_code={"other-org/tiny-remote": source})
+    hourly = build_artifact.build_artifact(metered, tmp_path / "hourly.tar.gz", check=False, metering=None,
+                                           remote_code={"other-org/tiny-remote": source})
+    for report, expected in ((kept, {"unit": "request"}), (hourly, None)):
+        with tarfile.open(report.output, "r:gz") as tar:
+            config = json.loads(tar.extractfile("searchbox.json").read())
+            manifest = json.loads(tar.extractfile("searchbox-manifest.json").read())
+        assert config.get("metering") == expected
+        assert manifest["metering"] == (None if expected is None else {"unit": "request", "tokens_per_unit": 1})
+        assert manifest["sample"] is None  # --no-check: nothing was measured
+    assert hourly.billing.startswith("hourly") and kept.billing.startswith("per inference, 1 unit = one request")
+
+
 def test_served_artifact_embeds_like_the_original(minilm_artifact, tmp_path, server, server_factory):
     unpacked = _unpack(minilm_artifact, tmp_path / "opt" / "ml" / "model")
     packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
@@ -316,8 +384,10 @@ def test_reranker_artifact_serves_cross_encoder_scores(cross_encoder_dir, tmp_pa
     from sentence_transformers import CrossEncoder
 
     output = tmp_path / "model.tar.gz"
-    report = build_artifact.build_artifact(cross_encoder_dir, output, served_name="tiny-reranker")
+    report = build_artifact.build_artifact(cross_encoder_dir, output, served_name="tiny-reranker",
+                                           metering={"unit": "input"})
     assert report.kind == "reranker" and report.check.startswith("reranked 2 documents")
+    assert report.sample.inputs == 2 and report.sample.units == 2  # sold per document reranked
     unpacked = _unpack(output, tmp_path / "opt" / "ml" / "model")
     assert json.loads((unpacked / "searchbox.json").read_text())["kind"] == "reranker"
 
@@ -326,6 +396,8 @@ def test_reranker_artifact_serves_cross_encoder_scores(cross_encoder_dir, tmp_pa
     answer = packaged.post("/v1/rerank", {"query": query, "documents": documents})
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"] == "tiny-reranker"
+    assert json.loads(answer.headers["X-Amzn-Inference-Metering"]) == {"Dimension": "inference.count",
+                                                                       "ConsumedUnits": 3}
     got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
     reference = CrossEncoder(str(cross_encoder_dir), device="cpu").predict([(query, d) for d in documents])
     np.testing.assert_allclose([got[i] for i in range(3)], reference, atol=1e-5)

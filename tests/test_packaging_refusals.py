@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -285,6 +286,17 @@ def test_a_bundle_refused_after_the_build_started_leaves_the_output_as_it_was(tm
     assert _tree(tmp_path / "dist") == before  # no staging directory left beside it either
 
 
+def test_a_per_inference_listing_of_a_model_that_would_not_serve_is_refused(tmp_path, minilm_dir):
+    """The worked example needs the model to answer its sample: one that cannot is refused, nothing written."""
+    broken = tmp_path / "broken-model"
+    shutil.copytree(minilm_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"these are not safetensors")
+    out = tmp_path / "dist" / "aws"
+    result = _run("aws_listing.py", "--catalog", _catalog(tmp_path, model_dir=str(broken)), "-o", out)
+    _assert_refused(result, "would not serve")
+    assert not (tmp_path / "dist").exists()
+
+
 def test_staged_output_moves_in_on_success_only(tmp_path):
     out = tmp_path / "out"
     (out / "model").mkdir(parents=True)
@@ -392,5 +404,17 @@ def test_bundle_passes_the_ids_through(tmp_path, bench):
     changes = json.loads((out / "aws" / "start-change-set.json").read_text())["ChangeSet"]
     assert [c["Entity"]["Identifier"] for c in changes] == ["prod-abc123", "offer-def456"]
     assert (out / "notes.txt").read_text() == "the vendor's own file"
+    # the pricing goes through every part: the artifact meters, the listing prices m.i.c and explains it from
+    # what this build's sample consumed, the Azure plan is written
+    with tarfile.open(out / "model.tar.gz", "r:gz") as tar:
+        assert json.loads(tar.extractfile("searchbox.json").read())["metering"] == {"unit": "tokens",
+                                                                                     "tokens_per_unit": 1000}
+        sample = json.loads(tar.extractfile("searchbox-manifest.json").read())["sample"]
+    rate_card = changes[1]["DetailsDocument"]["Terms"][0]["RateCards"][0]["RateCard"]
+    assert {"DimensionKey": "m.i.c", "Price": 0.00002} in rate_card
+    usage = (out / "aws" / "usage-information.md").read_text()
+    assert f"add up to {sample['tokens']} tokens" in usage and f'"ConsumedUnits": {sample["units"]}}}`' in usage
+    assert json.loads((out / "azure" / "marketplace-plan.json").read_text())["plan_id"] == "minilm-embeddings-gpu"
+    assert "billing per inference, 1 unit = 1,000 tokens" in second.stdout
     assert str(out / "model.tar.gz") in second.stdout and ".staging-" not in second.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == [NAME]
