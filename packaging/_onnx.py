@@ -16,7 +16,7 @@ A miss refuses the build with the figures; a pass puts them in the manifest and 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,35 @@ class Quality:
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
+    @classmethod
+    def from_dict(cls, document: dict) -> "Quality":
+        """The figures as the manifest holds them (`as_dict`); unknown keys are an artifact from a newer build."""
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in document.items() if key in known})
+
+    def listing_markdown(self) -> str:
+        """What a buyer reads about the compute path: which file serves and what it keeps, measured at build."""
+        int8 = self.backend_file == INT8_FILE
+        served = ("the model exported to ONNX with its linear layers quantized to int8 (ONNX Runtime dynamic "
+                  "quantization)" if int8 else "the model exported to ONNX (fp32)")
+        checks = []
+        if self.fp32_min_cosine is not None:
+            checks.append(f"the fp32 export keeps cosine >= {_floor(self.fp32_min_cosine, 6)} against the model on "
+                          f"PyTorch on each of {len(_quality_set.VALIDATION_TEXTS)} validation texts")
+        if self.fp32_max_score_diff is not None:
+            checks.append(f"the fp32 export's scores are within {_ceil(self.fp32_max_score_diff)} of the model's on "
+                          "PyTorch")
+        if self.int8_mean_cosine is not None:
+            checks.append(f"int8 vectors have mean cosine {_floor(self.int8_mean_cosine, 4)} "
+                          f"(min {_floor(self.int8_min_cosine, 4)}) against fp32")
+        if self.int8_max_score_diff is not None:
+            checks.append(f"int8 scores are within {_ceil(self.int8_max_score_diff)} of fp32's")
+        if self.int8_top_k_agreement is not None:
+            checks.append(f"{self.int8_top_k_agreement:.0%} of {len(_quality_set.QUERIES)} retrieval queries get the "
+                          f"same top-{TOP_K} from int8 as from fp32")
+        return (f"This artifact serves {served} on ONNX Runtime (`{self.backend_file}`). Measured when it was built: "
+                + "; ".join(checks) + ".")
+
     def summary(self) -> str:
         parts = [f"serves {self.backend_file}"]
         if self.fp32_min_cosine is not None:
@@ -67,6 +96,20 @@ class Quality:
         if self.int8_top_k_agreement is not None:
             parts.append(f"same top-{TOP_K} for {self.int8_top_k_agreement:.0%} of queries")
         return "; ".join(parts)
+
+
+def _floor(value: float, digits: int) -> str:
+    """`value` rounded down: a quality figure quoted to buyers never claims more than was measured."""
+    scale = 10 ** digits
+    return f"{math.floor(value * scale) / scale:.{digits}f}"
+
+
+def _ceil(difference: float) -> str:
+    """A largest difference to two significant digits, rounded up: never quoted as smaller than it was."""
+    if difference <= 0:
+        return "0"
+    exponent = math.floor(math.log10(difference)) - 1
+    return f"{math.ceil(difference / 10 ** exponent) * 10 ** exponent:.2g}"
 
 
 class GateFailed(Exception):

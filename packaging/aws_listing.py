@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
 import _files  # noqa: E402
+import _onnx  # noqa: E402
 import build_artifact  # noqa: E402
 import model_package  # noqa: E402
 
@@ -355,8 +356,9 @@ def performance_markdown(bench: Path | None) -> tuple[str, bool]:
 
 
 def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH,
-                   sample: build_artifact.SampleFigures | None = None) -> str:
-    """usage-information.md; `sample` (what the kind's sample request consumed) is needed for per-inference pricing."""
+                   sample: build_artifact.SampleFigures | None = None, quality: _onnx.Quality | None = None) -> str:
+    """usage-information.md; `sample` (what the kind's sample request consumed) is needed for per-inference pricing,
+    `quality` (the ONNX build's figures) for an ONNX product."""
     performance, _ = performance_markdown(bench)
     kind = product.model_kind
     samples = kind.samples
@@ -450,7 +452,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         ## Performance
 
         Recommended instance types: real-time `{realtime_type}`, batch transform `{batch_type}`.
-
+        {compute}
         {performance}
         """).format(
         title=product.title, served=product.served_name, summary=kind.summary, dimensions=dimensions,
@@ -460,6 +462,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         jina_call=samples.client_call, realtime_type=product.recommended["realtime"],
         batch_type=product.recommended["batch"],
         performance=performance, billing=billing_markdown(product, sample),
+        compute="" if quality is None else "\n" + quality.listing_markdown() + "\n",
     )
 
 
@@ -540,16 +543,23 @@ def notebook(product: _catalog.Product, model_package_arn: str) -> dict:
 
 def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn: str, product_id: str,
                   offer_id: str, bench: Path | None = DEFAULT_BENCH,
-                  sample: build_artifact.SampleFigures | None = None) -> list[Path]:
+                  sample: build_artifact.SampleFigures | None = None,
+                  quality: _onnx.Quality | None = None) -> list[Path]:
     """Write the listing's files, every one computed (and the change set validated) before the first is written.
 
     With placeholders left, TODO.md lists them; without, a TODO.md of an earlier run is removed. `sample`, what
     the kind's sample request consumed on the packaged model, is measured here when per-inference pricing needs
-    it and none is given (bundle.py passes its build's).
+    it and none is given (bundle.py passes its build's). `quality`, the ONNX build's figures, is needed for a
+    product served on ONNX: the listing quotes what the export keeps.
 
     Raises:
-        build_artifact.BuildRefused: the model would not serve (measuring the sample).
+        build_artifact.BuildRefused: the model would not serve (measuring the sample), or an ONNX product's
+            listing has no build figures to quote.
     """
+    if product.backend == "onnx" and quality is None:
+        raise build_artifact.BuildRefused(
+            f"{product.name} is served on ONNX: its listing quotes the build's quality figures; pass --artifact "
+            "with the model.tar.gz build_artifact.py made (or run bundle.py, which builds and lists in one go)")
     request = change_set(product, model_package_arn=model_package_arn, product_id=product_id, offer_id=offer_id)
     if product.pricing.per_inference and sample is None:
         sample = measure_sample(product)
@@ -557,7 +567,7 @@ def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn
     for i, cell in enumerate(nb["cells"]):
         cell["id"] = f"cell-{i}"
     files = {
-        "usage-information.md": usage_markdown(product, bench, sample),
+        "usage-information.md": usage_markdown(product, bench, sample, quality),
         "pricing.md": pricing_markdown(product, sample),
         "start-change-set.json": json.dumps(request, indent=2) + "\n",
         "sample-notebook.ipynb": json.dumps(nb, indent=1) + "\n",
@@ -582,6 +592,27 @@ def measure_sample(product: _catalog.Product) -> build_artifact.SampleFigures:
                                          metering=product.pricing.serving_config())
 
 
+def artifact_quality(product: _catalog.Product, artifact: Path | None) -> _onnx.Quality | None:
+    """The ONNX figures of a built artifact, for a product served on ONNX (None for one on torch).
+
+    Raises:
+        build_artifact.BuildRefused: the artifact is missing, unreadable, or not an ONNX build.
+    """
+    if product.backend != "onnx" or artifact is None:
+        return None
+    manifest = build_artifact.read_manifest(artifact)
+    if manifest.get("backend") != "onnx" or not isinstance(manifest.get("onnx"), dict):
+        raise build_artifact.BuildRefused(f"--artifact {artifact}: built for backend "
+                                          f"{manifest.get('backend', 'torch')!r}, the catalog says onnx: rebuild "
+                                          "it with build_artifact.py --catalog")
+    quality = _onnx.Quality.from_dict(manifest["onnx"])
+    if (quality.backend_file == _onnx.INT8_FILE) != (product.quantize == "int8"):
+        raise build_artifact.BuildRefused(f"--artifact {artifact}: serves {quality.backend_file}, the catalog says "
+                                          f"quantize {product.quantize or 'none'}: rebuild it with build_artifact.py "
+                                          "--catalog")
+    return quality
+
+
 def add_listing_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags that fill the change set's placeholders (shared with bundle.py), and --bench."""
     parser.add_argument("--model-package-arn",
@@ -600,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catalog", required=True)
     parser.add_argument("--product", help="the catalog product (default: the only one)")
     parser.add_argument("-o", "--out-dir", required=True)
+    parser.add_argument("--artifact", type=Path,
+                        help="the model.tar.gz build_artifact.py made; needed for a product with backend onnx, "
+                             "whose listing quotes the build's quality figures")
     add_listing_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -607,7 +641,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = bench_path(args.bench)
         arn = model_package_arn(product, args.model_package_arn)
         written = write_listing(product, Path(args.out_dir), model_package_arn=arn,
-                                product_id=args.product_id, offer_id=args.offer_id, bench=bench)
+                                product_id=args.product_id, offer_id=args.offer_id, bench=bench,
+                                quality=artifact_quality(product, args.artifact))
     except (_catalog.CatalogError, _aws.RequestInvalid, _files.InputError, build_artifact.BuildRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2

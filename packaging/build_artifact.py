@@ -498,6 +498,23 @@ def _progress(path: Path, what: str):
                 disable=None, leave=False, file=sys.stderr)
 
 
+def read_manifest(artifact: Path) -> dict:
+    """The manifest inside a built model.tar.gz, without unpacking the rest.
+
+    Raises:
+        BuildRefused: not an archive this script wrote.
+    """
+    try:
+        with tarfile.open(artifact, "r:gz") as tar:
+            member = tar.extractfile(MANIFEST)
+            if member is None:
+                raise KeyError(MANIFEST)
+            return json.loads(member.read())
+    except (OSError, tarfile.TarError, KeyError, ValueError) as exc:
+        raise BuildRefused(f"{artifact}: not a model artifact of build_artifact.py (no readable {MANIFEST}: "
+                           f"{exc})") from exc
+
+
 def iter_manifest_problems(unpacked: Path) -> Iterator[str]:
     """What differs between an unpacked artifact and its manifest (nothing when intact)."""
     manifest = json.loads((unpacked / MANIFEST).read_text(encoding="utf-8"))

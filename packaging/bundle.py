@@ -75,16 +75,19 @@ def write_bundle(product: _catalog.Product, args: argparse.Namespace, *, layout:
         report = build_artifact.build_artifact(product.model_dir, staged / model_package.ARTIFACT_FILE,
                                                served_name=product.served_name, kind=product.kind,
                                                tasks=product.tasks, remote_code=product.remote_code,
-                                               metering=product.pricing.serving_config())
+                                               metering=product.pricing.serving_config(),
+                                               backend=product.backend, quantize=product.quantize)
         done = [(f"artifact  {out / model_package.ARTIFACT_FILE} ({report.size / 1e6:.1f} MB, "
                  f"sha256 {report.sha256[:16]}...): {report.check}; billing {report.billing}")]
+        if report.quality is not None:
+            done.append(f"onnx      {report.quality.summary()}")
         model_package.write_model_package(product, staged, image=args.image, layout=layout, role_arn=args.role_arn,
                                           image_digest=args.image_digest)
         done.append(f"package   {out / model_package.REQUEST_FILE}, {out / model_package.SAMPLE_FILE}")
         # the listing's worked example takes what the sample consumed in this very build: one model load, not two
         written = aws_listing.write_listing(product, staged / "aws", model_package_arn=model_package_arn,
                                             product_id=args.product_id, offer_id=args.offer_id, bench=bench,
-                                            sample=report.sample)
+                                            sample=report.sample, quality=report.quality)
         done.append(f"listing   {out / 'aws'}/ ({', '.join(path.name for path in written)})")
         if product.azure is not None:
             azure_assets.write_azure(product, staged / "azure", image=args.azure_image or args.image,

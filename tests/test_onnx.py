@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import requests
 import torch
+import yaml
 from sentence_transformers import CrossEncoder
 from transformers import BertForSequenceClassification
 
@@ -171,3 +172,33 @@ def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, minilm_di
             assert abs(hit.relevance_score - float(expected[hit.index])) < 1e-4
     finally:
         handler.close()
+
+
+def test_the_listing_of_an_onnx_product_quotes_what_its_build_measured(tmp_path, int8_artifact):
+    report, _ = int8_artifact
+    catalog_file = ROOT / "packaging" / "catalog.example.yaml"
+    raw = yaml.safe_load(catalog_file.read_text())
+    product = raw["products"][0]
+    product.update(backend="onnx", quantize="int8", description=str(ROOT / "packaging" / product["description"]),
+                   eula=str(ROOT / "packaging" / product["eula"]))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(raw))
+
+    def listing(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "packaging" / "aws_listing.py"), "--catalog", str(catalog),
+                               "-o", str(tmp_path / "aws"), *extra], capture_output=True, text=True, timeout=300)
+
+    refused = listing()
+    assert refused.returncode == 2 and "pass --artifact" in refused.stderr and not (tmp_path / "aws").exists()
+    written = listing("--artifact", str(report.output))
+    assert written.returncode == 0, written.stderr
+    usage = (tmp_path / "aws" / "usage-information.md").read_text()
+    quality = report.quality
+    assert "linear layers quantized to int8" in usage and "`onnx/model_int8.onnx`" in usage
+    assert f"mean cosine {_onnx._floor(quality.int8_mean_cosine, 4)}" in usage
+    assert f"{quality.int8_top_k_agreement:.0%} of 10 retrieval queries get the same top-10" in usage
+
+    product["quantize"] = None  # the catalog now says fp32: the int8 build no longer describes the product
+    catalog.write_text(yaml.safe_dump(raw))
+    mismatch = listing("--artifact", str(report.output))
+    assert mismatch.returncode == 2 and "serves onnx/model_int8.onnx, the catalog says quantize none" in mismatch.stderr
