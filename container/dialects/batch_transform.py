@@ -47,7 +47,7 @@ _CHUNK_CHARS = 64 * 1024
 _QUOTING_HINT = 'quote fields that hold commas ("1","a, b") or escape them (1,a\\, b)'
 # A JSON line that is an object with one of the keys fields.embed_input reads, and none that only a
 # whole body has, is a single record (SageMaker's SplitType=Line hands over a file's records as they are).
-_RECORD_KEYS = ("text", *fields._IMAGE_KEYS)
+_RECORD_KEYS = ("text", *fields.IMAGE_KEYS, *fields.OTHER_KEYS)
 _BODY_KEYS = ("data", "input", "query", "documents", "parameters")
 # Upper bounds of one rendered value: a float32 in JSON ("-0.012345678," or "1.2345678e-05,"), a packed
 # bit byte ("-128,"); and of what one answered input or document adds besides (id, usage, keys).
