@@ -16,6 +16,7 @@ from typing import Callable
 from container.errors import Unavailable
 from container.settings import Settings
 from model_handlers import HandlerOptions, load_handler
+from model_handlers.options import ImageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,13 @@ class ModelRuntime:
                 max_rerank_windows=settings.max_rerank_windows,
                 torch_threads=settings.torch_threads,
                 served_model_name=settings.model_name,
+                images=ImageOptions(
+                    max_pixels=settings.image_max_pixels,
+                    fetch=settings.image_fetch,
+                    fetch_timeout_s=settings.image_fetch_timeout_s,
+                    fetch_max_bytes=settings.image_fetch_max_bytes,
+                    fetch_allow_hosts=settings.image_fetch_allow_hosts,
+                ),
             ))
             handler.warm_up()
         except BaseException as exc:

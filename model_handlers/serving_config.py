@@ -13,13 +13,18 @@ would not serve before any worker starts.
                "classification": {"adapter": "classification"}},
      "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
      "score_activation": "sigmoid" | "none",
-     "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128}
+     "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128,
+     "image_tile_size": 224, "image_tile_tokens": 1000}
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
 (default: a quarter of the window); a cross-encoder keeps at most `max_query_tokens` of the query
 (default: half of the room in one input). `score_activation` defaults to what sentence-transformers'
 CrossEncoder would apply: the activation saved in config.json, else sigmoid.
+
+Image usage (multimodal models, Jina's published rule): an image is covered by square tiles of
+`image_tile_size` pixels, a partial tile counting whole, and each tile costs `image_tile_tokens` tokens.
+The defaults are clip-v1's (224 px x 1000 tokens); clip-v2-style models set 512 and 4000.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class ServingConfig:
     rerank_window_tokens: int | None = None
     rerank_window_overlap: int | None = None
     max_query_tokens: int | None = None
+    image_tile_size: int = 224
+    image_tile_tokens: int = 1000
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -118,6 +125,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
         score_activation=activation,
         **_window_settings(explicit),
+        **_image_usage(explicit),
     )
 
 
@@ -139,6 +147,16 @@ def _window_settings(explicit: Mapping[str, Any]) -> dict[str, int | None]:
     if window is not None and overlap is not None and overlap * 2 > window:
         raise ModelDirectoryError(
             f"{CONFIG_FILE}: rerank_window_overlap ({overlap}) must be at most half of rerank_window_tokens ({window})")
+    return settings
+
+
+def _image_usage(explicit: Mapping[str, Any]) -> dict[str, int]:
+    settings = {}
+    for key, default in (("image_tile_size", 224), ("image_tile_tokens", 1000)):
+        value = explicit.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelDirectoryError(f"{CONFIG_FILE}: {key} must be a positive integer, not {value!r}")
+        settings[key] = value
     return settings
 
 
