@@ -181,12 +181,14 @@ class ImageReader:
             try:
                 return pool.urlopen("GET", path, headers=headers, redirect=False, retries=False,
                                     preload_content=False, assert_same_host=False)
+            except urllib3.exceptions.TimeoutError:
+                raise self._too_slow(at) from None
             except urllib3.exceptions.NewConnectionError as exc:
                 last_error = exc  # the next address of the name may answer
             except urllib3.exceptions.HTTPError as exc:
-                raise image_error(at, f"the image URL cannot be fetched ({_reason(exc)})") from None
+                raise image_error(at, f"the image URL cannot be fetched ({type(exc).__name__})") from None
         if last_error is None:
-            raise image_error(at, f"fetching the image URLs took longer than {self._options.fetch_timeout_s:g} s")
+            raise self._too_slow(at)
         raise image_error(at, f"the image URL's host {host} cannot be reached")
 
     def _addresses(self, host: str, port: int, at: str) -> list[str]:
@@ -223,8 +225,7 @@ class ImageReader:
         try:
             while True:
                 if time.monotonic() > deadline:
-                    raise image_error(at, f"fetching the image URLs took longer than "
-                                          f"{self._options.fetch_timeout_s:g} s")
+                    raise self._too_slow(at)
                 chunk = response.read(_CHUNK)
                 if not chunk:
                     return b"".join(chunks)
@@ -236,7 +237,13 @@ class ImageReader:
         except InvalidInput:
             raise
         except Exception as exc:  # noqa: BLE001 - a connection dropped or timed out mid-body
-            raise image_error(at, f"the image URL's answer could not be read ({_reason(exc)})") from None
+            if "timed out" in str(exc).lower() or isinstance(exc, TimeoutError):
+                raise self._too_slow(at) from None
+            raise image_error(at, f"the image URL's answer could not be read ({type(exc).__name__})") from None
+
+    def _too_slow(self, at: str) -> InvalidInput:
+        return image_error(at, f"fetching the request's image URLs took longer than {self._options.fetch_timeout_s:g} s "
+                               f"(the limit); {SEND_INLINE}")
 
 
 def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: bool) -> str | None:
