@@ -360,6 +360,62 @@ def test_remote_code_dual_encoder(clip_dir, tmp_path, reference):
     assert cosine(result.vectors[2], reference_images(reference, [image])[0]) >= PARITY
 
 
+def test_siglip_texts_are_padded_to_the_max_length(tmp_path):
+    """SigLIP's text tower pools the last position and was trained on max-length padding: padded to the longest
+    instead, its vectors differ (cosine ~0.96 here), so the kind pads SigLIP texts as its processor documents."""
+    from transformers import AutoProcessor, SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
+
+    tokenizer = tiny_clip.clip_tokenizer()
+    tokenizer.model_max_length = 16
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = SiglipConfig(text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=16,
+                                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id),
+                          vision_config=dict(tower, image_size=32, patch_size=8))
+    torch.manual_seed(0)
+    model = SiglipModel(config).eval()
+    model.save_pretrained(tmp_path)
+    SiglipProcessor(image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+                    tokenizer=tokenizer).save_pretrained(tmp_path)
+    assert detect(ModelFiles.read(tmp_path)).name == "multimodal"
+    processor = AutoProcessor.from_pretrained(str(tmp_path))
+    image = picture()
+    handler = load_handler(tmp_path)
+    try:
+        result = handler.embed(EmbedRequest(inputs=(TextInput(TEXTS[0]), TextInput(TEXTS[1]),
+                                                    ImageInput(b64(encoded(image, "PNG"))))))
+    finally:
+        handler.close()
+    with torch.no_grad():
+        texts = model.get_text_features(**processor(text=TEXTS[:2], padding="max_length", max_length=16,
+                                                    return_tensors="pt")).pooler_output.numpy()
+        pixels = model.get_image_features(**processor(images=[image], return_tensors="pt")).pooler_output.numpy()
+    assert cosine(result.vectors[0], texts[0]) >= PARITY and cosine(result.vectors[1], texts[1]) >= PARITY
+    assert cosine(result.vectors[2], pixels[0]) >= PARITY
+
+
+def test_preprocessed_pixels_waiting_for_the_model_are_bounded(clip_dir, monkeypatch):
+    """Pixels are float32 once preprocessed: a cap on what may wait refuses the request too large alone (413) and,
+    while others' images fill it, new ones (503), until those are freed."""
+    from model_handlers import multimodal
+    from model_handlers.errors import Overloaded, TooLarge
+
+    one_image = 3 * 32 * 32 * 4
+    monkeypatch.setattr(multimodal, "_MAX_HELD_PIXEL_BYTES", 3 * one_image)
+    handler = load_handler(clip_dir)
+    model = handler._model  # the kind's model: prepare without running, so that its items stay alive
+    image = ImageInput(b64(encoded(picture(), "PNG")))
+    try:
+        with pytest.raises(TooLarge, match="at most 3 images per request"):
+            model.prepare_embed(EmbedRequest(inputs=(image,) * 4))
+        waiting = model.prepare_embed(EmbedRequest(inputs=(image, image)))
+        with pytest.raises(Overloaded, match="retry shortly"):
+            model.prepare_embed(EmbedRequest(inputs=(image, image)))
+        del waiting
+        assert len(handler.embed(EmbedRequest(inputs=(image, image, TextInput("x")))).vectors) == 3
+    finally:
+        handler.close()
+
+
 # --- refusals ----------------------------------------------------------------------------------------
 
 
