@@ -133,7 +133,8 @@ def section(best: dict[str, float], size: str, threads: int) -> str:
         f"{IMAGES} different 640×480 JPEGs sent as base64. Limit: `get_image_features` in-process on the same "
         "images already preprocessed, batches of 16; limit + preprocessing: decoding and the model's processor "
         "too, in-process.", "",
-        "| scenario | images/s | limit | limit + preprocessing | searchbox / limit | searchbox / limit + preprocessing |",
+        "| scenario | images/s | limit | limit + preprocessing | searchbox / limit "
+        "| searchbox / limit + preprocessing |",
         "|---|---|---|---|---|---|",
     ]
     for title, value in rows:

@@ -2,8 +2,8 @@
 
 - **Sources.** `data:` URIs (base64 or percent-encoded), bare base64 (standard or URL-safe alphabet,
   whitespace allowed), and `http(s)` URLs when fetching is on. Anything else is refused by name.
-- **Formats.** JPEG (the JPEG opener also reads MPO, the multi-picture JPEG cameras write), PNG, WebP, GIF (its first frame)
-  and BMP. No other Pillow plugin is ever asked to open a caller's bytes (some run external programs).
+- **Formats.** JPEG (the JPEG opener also reads MPO, the multi-picture JPEG cameras write), PNG, WebP, GIF
+  (its first frame) and BMP. No other Pillow plugin is ever asked to open a caller's bytes (some run external programs).
 - **Bombs.** The pixel count is read from the header and checked before any pixel is decoded.
 - **Modes.** EXIF orientation is applied; every mode becomes RGB as transformers' processors convert it
   (transparency composited on white), except 16-bit greyscale, which Pillow's own conversion clips to
@@ -175,7 +175,8 @@ class ImageReader:
             timeout = urllib3.Timeout(connect=left, read=left)
             if scheme == "https":
                 pool = urllib3.HTTPSConnectionPool(address, port, timeout=timeout, retries=False, maxsize=1,
-                                                   server_hostname=host, assert_hostname=host, cert_reqs="CERT_REQUIRED")
+                                                   server_hostname=host, assert_hostname=host,
+                                                   cert_reqs="CERT_REQUIRED")
             else:
                 pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False, maxsize=1)
             try:
@@ -242,8 +243,8 @@ class ImageReader:
             raise image_error(at, f"the image URL's answer could not be read ({type(exc).__name__})") from None
 
     def _too_slow(self, at: str) -> InvalidInput:
-        return image_error(at, f"fetching the request's image URLs took longer than {self._options.fetch_timeout_s:g} s "
-                               f"(the limit); {SEND_INLINE}")
+        return image_error(at, f"fetching the request's image URLs took longer than "
+                               f"{self._options.fetch_timeout_s:g} s (the limit); {SEND_INLINE}")
 
 
 def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: bool) -> str | None:

@@ -216,6 +216,11 @@ def clip_fetching(clip_dir):
     runtime.close()
 
 
+def vectors_rows(answer) -> list[dict]:
+    assert answer.status_code == 200, answer.text
+    return answer.json()["data"]
+
+
 def vectors(answer) -> np.ndarray:
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -506,8 +511,9 @@ def test_a_name_that_resolves_to_loopback_is_refused_unless_allowed(images_serve
 def test_image_settings_are_read_once(monkeypatch):
     from container.settings import Settings, SettingsError
 
-    settings = Settings.from_env({"SEARCHBOX_IMAGE_FETCH": "true", "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS": "Images.Internal, localhost",
-                                  "SEARCHBOX_IMAGE_MAX_PIXELS": "1000", "SEARCHBOX_IMAGE_FETCH_MAX_MB": "2"})
+    settings = Settings.from_env({"SEARCHBOX_IMAGE_FETCH": "true", "SEARCHBOX_IMAGE_MAX_PIXELS": "1000",
+                                  "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS": "Images.Internal, localhost",
+                                  "SEARCHBOX_IMAGE_FETCH_MAX_MB": "2"})
     assert settings.image_fetch and settings.image_max_pixels == 1000
     assert settings.image_fetch_allow_hosts == ("images.internal", "localhost")
     assert settings.image_fetch_max_bytes == 2 * 1024 * 1024
@@ -560,6 +566,10 @@ def test_csv_rows_of_text_url_and_bytes(clip):
     assert cosine(rows[1]["embedding"], rows[2]["embedding"]) >= 0.99999
     both = clip.post("/invocations", data=f'"5","text","","{png}"\n', headers={"Content-Type": "text/csv"})
     assert_error(both, 400, "INVALID_CSV", "line 1", "exactly one of text, url, bytes")
+    from model_handlers.multimodal import KIND
+
+    sample = clip.post("/invocations", data=KIND.samples.csv, headers={"Content-Type": "text/csv"})  # the listing's
+    assert [row["usage"]["total_tokens"] for row in vectors_rows(sample)][1:] == [1000, 1000]
     line = clip.post("/invocations", data=json.dumps({"bytes": png, "id": "j"}) + "\n",
                      headers={"Content-Type": "application/jsonlines"})
     assert line.status_code == 200 and json.loads(line.text)["data"][0]["usage"]["total_tokens"] == 2000
@@ -612,7 +622,8 @@ def test_served_clip_answers_a_text_and_a_png(clip_dir, server_factory, referenc
     vectors with the token usage of the contract."""
     served = server_factory({"SEARCHBOX_MODEL_DIR": str(clip_dir)})
     image = picture((500, 500))
-    answer = served.post("/invocations", {"data": [{"text": "a photo of a dog"}, {"image": b64(encoded(image, "PNG"))}]})
+    png = b64(encoded(image, "PNG"))
+    answer = served.post("/invocations", {"data": [{"text": "a photo of a dog"}, {"image": png}]})
     assert answer.status_code == 200, answer.text
     data = answer.json()["data"]
     assert [len(item["embedding"]) for item in data] == [WIDTH, WIDTH]
@@ -620,5 +631,5 @@ def test_served_clip_answers_a_text_and_a_png(clip_dir, server_factory, referenc
     assert cosine(data[0]["embedding"], reference_texts(reference, ["a photo of a dog"])[0]) >= PARITY
     assert cosine(data[1]["embedding"], reference_images(reference, [image])[0]) >= PARITY
     public = served.post("/v1/embeddings", {"input": [{"text": "a photo of a dog"},
-                                                      {"image": "data:image/png;base64," + b64(encoded(image, "PNG"))}]})
+                                                      {"image": "data:image/png;base64," + png}]})
     assert public.json()["usage"]["total_tokens"] == 9007
