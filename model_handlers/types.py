@@ -44,10 +44,12 @@ class OtherInput:
     """An input of a modality no served kind reads yet (`audio`, `video`, `pdf`: newer clients send them).
 
     Parsed rather than refused by the parser, so that the model refuses it with 400 UNSUPPORTED_INPUT naming
-    the input and what the model takes, as for an image sent to a text model.
+    the input and what the model takes, as for an image sent to a text model. `source` is what was sent (a
+    string; empty when it was none), kept so that anything echoing inputs can render it.
     """
 
     kind: str
+    source: str = ""
 
 
 EmbedInput = Union[TextInput, ImageInput, OtherInput]

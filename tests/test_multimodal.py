@@ -570,6 +570,10 @@ def test_csv_rows_of_text_url_and_bytes(clip):
 
     sample = clip.post("/invocations", data=KIND.samples.csv, headers={"Content-Type": "text/csv"})  # the listing's
     assert [row["usage"]["total_tokens"] for row in vectors_rows(sample)][1:] == [1000, 1000]
+    # a rerank line whose documents hold another modality is estimated, then refused by the model (never a 500)
+    rerank_line = json.dumps({"query": "q", "documents": ["a", {"audio": "data:audio/wav;base64,UklGRg=="}]})
+    assert_error(clip.post("/invocations", data=rerank_line + "\n", headers={"Content-Type": "application/jsonlines"}),
+                 400, "UNSUPPORTED_INPUT", "line 1", "document 1 is an audio input")
     line = clip.post("/invocations", data=json.dumps({"bytes": png, "id": "j"}) + "\n",
                      headers={"Content-Type": "application/jsonlines"})
     assert line.status_code == 200 and json.loads(line.text)["data"][0]["usage"]["total_tokens"] == 2000

@@ -182,18 +182,19 @@ def embed_input(value: Any, field: str) -> EmbedInput:
                 return ImageInput(value[key], key)
         for key in OTHER_KEYS:
             if key in value:
-                return OtherInput(key)
+                return OtherInput(key, value[key] if isinstance(value[key], str) else "")
         raise ValidationFailed(f"`{field}` must have a `text` (or `image`, `url`, `bytes`) key")
     raise ValidationFailed(f"`{field}` must be a string or an object with `text`, got {_json_type(value)}")
 
 
 def render_input(item: EmbedInput) -> dict[str, str]:
-    """An input as it is echoed back (a returned rerank document): `{"text"}`, or the image under the key it came in."""
+    """An input as it is echoed back (a returned rerank document): `{"text"}`, or what else it is under the key it
+    came in (also used to estimate a batch answer's size, before any model refuses what it cannot read)."""
     if isinstance(item, TextInput):
         return {"text": item.text}
     if isinstance(item, ImageInput):
         return {item.key: item.source}
-    raise AssertionError(f"a {item.kind} input is refused before any answer; this is a bug")
+    return {item.kind: item.source}
 
 
 def embed_request(inputs: tuple[EmbedInput, ...], options: Mapping[str, Any],
