@@ -4,6 +4,7 @@ Systems, all on the embedded all-MiniLM-L6-v2 with the same torch threads:
 - limit: sentence-transformers `encode` in-process (bench/limit.py, a process of its own);
 - searchbox: a real `serve` (gunicorn) on a free port, over HTTP `/invocations`;
 - infinity-emb 0.0.78 (torch engine, mean pooling), installed on first use into bench/.peer-venv.
+Then images (bench/multimodal.py): a random CLIP through `serve` beside its own forward pass in-process.
 Scenarios run in rounds, the three systems back to back inside each round, and the best round of
 each system counts: on a shared machine noise only ever slows a system down.
 
@@ -451,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads of every system (0: torch's default)")
     parser.add_argument("--no-peer", action="store_true", help=f"skip {PEER_NAME}")
     parser.add_argument("--no-rerank", action="store_true", help="skip the rerank scenario")
-    parser.add_argument("--only", default="", help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long)")
+    parser.add_argument("--no-multimodal", action="store_true", help="skip the multimodal (images) scenarios")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long,rerank,multimodal)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for searchbox only (repeatable), to try a setting")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE",
@@ -507,6 +510,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_rerank and (not args.only or "rerank" in args.only.split(",")):
         scenarios.append(run_rerank(limit, threads, peer_exe, log_dir, args, pending))
     limit.close()
+    multimodal_section = ""
+    if not args.no_multimodal and (not args.only or "multimodal" in args.only.split(",")):
+        from bench import multimodal
+
+        os.environ.setdefault("OMP_WAIT_POLICY", omp_policy())  # the in-process limit as `serve` runs torch
+        multimodal_section = "\n" + multimodal.run(threads, log_dir, args.seconds, args.warmup, args.rounds,
+                                                   start_searchbox)
 
     table, checks = report(scenarios, extra, pending)
     header = (f"# searchbox benchmark\n\n`make bench` ({' '.join(sys.argv[1:]) or 'defaults'}), "
@@ -518,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
               "- limit: sentence-transformers `encode` in-process on the same inputs per call (for 32 clients × 1: "
               "batches of 32, the batched limit); searchbox: `serve` (gunicorn) over `/invocations`; "
               f"{PEER_NAME}: torch engine, `--pooling-method mean`, `/embeddings`\n\n")
-    text = header + table + "\n\n## Targets\n\n" + "\n".join(checks) + "\n"
+    text = header + table + "\n" + multimodal_section + "\n## Targets\n\n" + "\n".join(checks) + "\n"
     print("\n" + text)
     if args.out:
         Path(args.out).write_text(text)

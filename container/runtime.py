@@ -17,6 +17,7 @@ from container.errors import Unavailable
 from container.settings import Settings
 from container.telemetry import Telemetry
 from model_handlers import HandlerOptions, load_handler
+from model_handlers.options import ImageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,13 @@ class ModelRuntime:
                 torch_threads=settings.torch_threads,
                 backend=settings.backend,
                 served_model_name=settings.model_name,
+                images=ImageOptions(
+                    max_pixels=settings.image_max_pixels,
+                    fetch=settings.image_fetch,
+                    fetch_timeout_s=settings.image_fetch_timeout_s,
+                    fetch_max_bytes=settings.image_fetch_max_bytes,
+                    fetch_allow_hosts=settings.image_fetch_allow_hosts,
+                ),
             ))
             handler.warm_up()
         except BaseException as exc:

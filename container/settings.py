@@ -46,6 +46,11 @@ ENV_GRACE = "SEARCHBOX_GRACEFUL_TIMEOUT_S"
 ENV_NGINX = "SEARCHBOX_NGINX"
 ENV_REQUEST_LOG = "SEARCHBOX_REQUEST_LOG"
 ENV_BACKEND = "SEARCHBOX_BACKEND"
+ENV_IMAGE_MAX_PIXELS = "SEARCHBOX_IMAGE_MAX_PIXELS"
+ENV_IMAGE_FETCH = "SEARCHBOX_IMAGE_FETCH"
+ENV_IMAGE_FETCH_TIMEOUT = "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S"
+ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
+ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -99,6 +104,16 @@ ENVIRONMENT = (
     Variable(ENV_NGINX, "nginx on PATH, or /usr/sbin/nginx", "the nginx binary in front of gunicorn"),
     Variable(ENV_REQUEST_LOG, "on", "one JSON log line per request at INFO (request id, route, status, inputs, "
              "tokens, units, queue, forward and total ms; never any input); off/0/false turns it off"),
+    Variable(ENV_IMAGE_MAX_PIXELS, "50000000", "pixels (width x height) an image input may have, read from its "
+             "header before any pixel is decoded (400 IMAGE_TOO_LARGE above)"),
+    Variable(ENV_IMAGE_FETCH, "off", "1/true/yes: fetch http(s) image URLs (off: a URL is a 400 "
+             "IMAGE_URL_NOT_ALLOWED; model packages run without network). Never towards loopback, private, "
+             "link-local or metadata addresses, also not through redirects or DNS names that resolve there"),
+    Variable(ENV_IMAGE_FETCH_TIMEOUT, "10", "seconds the fetching of one request's image URLs may take in all"),
+    Variable(ENV_IMAGE_FETCH_MAX_MB, "10", "MiB one fetched image may have"),
+    Variable(ENV_IMAGE_FETCH_ALLOW_HOSTS, "none", "comma-separated host names fetched although they resolve to "
+             "loopback or private addresses (an internal image store); link-local and metadata addresses stay "
+             "refused"),
     Variable(ENV_ALLOW_PICKLE, "off", "1/true/yes: load pickled .bin weights (refused by default: unpickling "
              "runs code)"),
     Variable(ENV_DEVICE, "auto", "cpu, cuda, cuda:1; auto takes the GPU when there is one"),
@@ -160,6 +175,16 @@ class Settings:
     request_log: bool = True
     #: load pickled (.bin) weights; off by default because unpickling can run code
     allow_pickle: bool = False
+    #: pixels an image input may have (checked from its header, before decoding)
+    image_max_pixels: int = 50_000_000
+    #: fetch http(s) image URLs (off: model packages run without network)
+    image_fetch: bool = False
+    #: seconds the fetching of one request's image URLs may take in all
+    image_fetch_timeout_s: float = 10.0
+    #: bytes one fetched image may have
+    image_fetch_max_bytes: int = 10 * 1024 * 1024
+    #: host names fetched although they resolve to loopback or private addresses
+    image_fetch_allow_hosts: tuple[str, ...] = ()
     #: "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     device: str = "auto"
     log_level: str = "INFO"
@@ -195,6 +220,11 @@ class Settings:
             graceful_timeout_s=_number(env, ENV_GRACE, 20.0, float),
             nginx=env.get(ENV_NGINX) or None,
             request_log=env.get(ENV_REQUEST_LOG, "on").strip().lower() not in ("off", "0", "false", "no"),
+            image_max_pixels=_number(env, ENV_IMAGE_MAX_PIXELS, 50_000_000, int),
+            image_fetch=_flag(env, ENV_IMAGE_FETCH),
+            image_fetch_timeout_s=_number(env, ENV_IMAGE_FETCH_TIMEOUT, 10.0, float),
+            image_fetch_max_bytes=int(_number(env, ENV_IMAGE_FETCH_MAX_MB, 10, float) * 1024 * 1024),
+            image_fetch_allow_hosts=_host_names(env),
             allow_pickle=_flag(env, ENV_ALLOW_PICKLE),
             device=env.get(ENV_DEVICE, "auto"),
             log_level=_log_level(env),
@@ -306,6 +336,16 @@ def _backend(env: Mapping[str, str]) -> str | None:
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _host_names(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Host names, lower-case, as URLs name them (no scheme, port or path)."""
+    names = tuple(name.strip().lower().rstrip(".") for name in env.get(ENV_IMAGE_FETCH_ALLOW_HOSTS, "").split(","))
+    for name in names:
+        if name and any(char in name for char in "/:@ "):
+            raise SettingsError(f"{ENV_IMAGE_FETCH_ALLOW_HOSTS}: {name!r} is not a host name; list names only, "
+                                "comma-separated (images.internal,localhost)")
+    return tuple(name for name in names if name)
 
 
 def _port(env: Mapping[str, str]) -> int:

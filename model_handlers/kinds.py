@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 # so a catch-all kind comes last.
 KIND_MODULES = (
     "model_handlers.cross_encoder",
+    "model_handlers.multimodal",
     "model_handlers.text_embedding",
 )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from model_handlers.batching import BatchObserver
 from model_handlers.deadline import Deadline
@@ -10,6 +10,24 @@ from model_handlers.deadline import Deadline
 
 GPU_MAX_BATCH_TOKENS = 16384
 CPU_MAX_BATCH_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How image inputs are read (model_handlers/images.py)."""
+
+    # Pixels (width x height) an image may have; checked from its header, before any pixel is decoded.
+    max_pixels: int = 50_000_000
+    # Fetch http(s) image URLs. Off: model packages run network-isolated, and a server that fetches what its
+    # callers name must be trusted not to be turned against its own network.
+    fetch: bool = False
+    # Seconds the fetching of one request's images may take in all (redirects included).
+    fetch_timeout_s: float = 10.0
+    # Bytes one fetched image may have.
+    fetch_max_bytes: int = 10 * 1024 * 1024
+    # Host names fetched even though they resolve to loopback or private addresses (an internal image store;
+    # tests); metadata and link-local addresses stay refused whatever the name.
+    fetch_allow_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,7 @@ class HandlerOptions:
     served_model_name: str | None = None
     # Told about every forward pass and queue wait (the server's metrics); None: nobody listens.
     observer: BatchObserver | None = None
+    images: ImageOptions = field(default_factory=ImageOptions)
 
     def deadline(self) -> Deadline:
         """The deadline of a request the server gave none (warm-up, scripts)."""

@@ -15,17 +15,22 @@ would not serve before any worker starts.
      "score_activation": "sigmoid" | "none",
      "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128,
      "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000},
-     "backend": "torch" | "onnx", "onnx_file": "onnx/model_int8.onnx"}
+     "backend": "torch" | "onnx", "onnx_file": "onnx/model_int8.onnx",
+     "image_tile_size": 224, "image_tile_tokens": 1000}
 
 `backend` ("torch" or "onnx") and `onnx_file` (default onnx/model.onnx) choose the compute path; packaging writes
-them (model_handlers/onnx_runtime.py). `metering` (model_handlers/metering.py): sold per inference on AWS Marketplace, each 2xx reports the units it
-consumed; without it the model is priced per hour.
+them (model_handlers/onnx_runtime.py). `metering` (model_handlers/metering.py): sold per inference on AWS
+Marketplace, each 2xx reports the units it consumed; without it the model is priced per hour.
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
 (default: a quarter of the window); a cross-encoder keeps at most `max_query_tokens` of the query
 (default: half of the room in one input). `score_activation` defaults to what sentence-transformers'
 CrossEncoder would apply: the activation saved in config.json, else sigmoid.
+
+Image usage (multimodal models, Jina's published rule): an image is covered by square tiles of
+`image_tile_size` pixels, a partial tile counting whole, and each tile costs `image_tile_tokens` tokens.
+The defaults are clip-v1's (224 px x 1000 tokens); clip-v2-style models set 512 and 4000.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class ServingConfig:
     # the compute path: "torch" (the model's own code), or "onnx" (ONNX Runtime on `onnx_file`, exported at build)
     backend: str = "torch"
     onnx_file: str = DEFAULT_ONNX_FILE
+    image_tile_size: int = 224
+    image_tile_tokens: int = 1000
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -134,6 +141,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         backend=_backend(explicit.get("backend")),
         onnx_file=_relative_file(explicit.get("onnx_file", DEFAULT_ONNX_FILE), "onnx_file"),
         **_window_settings(explicit),
+        **_image_usage(explicit),
     )
 
 
@@ -170,6 +178,16 @@ def _window_settings(explicit: Mapping[str, Any]) -> dict[str, int | None]:
     if window is not None and overlap is not None and overlap * 2 > window:
         raise ModelDirectoryError(
             f"{CONFIG_FILE}: rerank_window_overlap ({overlap}) must be at most half of rerank_window_tokens ({window})")
+    return settings
+
+
+def _image_usage(explicit: Mapping[str, Any]) -> dict[str, int]:
+    settings = {}
+    for key, default in (("image_tile_size", 224), ("image_tile_tokens", 1000)):
+        value = explicit.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelDirectoryError(f"{CONFIG_FILE}: {key} must be a positive integer, not {value!r}")
+        settings[key] = value
     return settings
 
 

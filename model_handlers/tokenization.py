@@ -119,9 +119,13 @@ class TokenizerView:
         """One model input: the special tokens around `content`."""
         return np.concatenate([self.prefix, content, self.suffix])
 
-    def pad(self, rows: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Right-pad rows into the arrays a transformer takes (input_ids, attention_mask, token_type_ids)."""
-        longest = max(len(r) for r in rows)
+    def pad(self, rows: Sequence[np.ndarray], type_ids: Sequence[np.ndarray] | None = None,
+            length: int | None = None) -> dict[str, np.ndarray]:
+        """Right-pad rows into the arrays a transformer takes (input_ids, attention_mask, token_type_ids).
+
+        `length`: pad to at least this many tokens (models that pool a fixed position, such as SigLIP's text tower).
+        """
+        longest = max(max(len(r) for r in rows), length or 0)
         ids = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), longest), dtype=np.int64)
         types = np.zeros((len(rows), longest), dtype=np.int64)

@@ -30,26 +30,64 @@ class TextInput:
 
 @dataclass(frozen=True)
 class ImageInput:
-    """An image given as URL, base64 or data URI; only multimodal models accept it."""
+    """An image given as URL, base64 or data URI; only multimodal models accept it.
+
+    `key` is the field it came in (`image`, `url` or `bytes`), so a returned rerank document echoes what was sent.
+    """
 
     source: str
+    key: str = "image"
 
 
-EmbedInput = Union[TextInput, ImageInput]
+@dataclass(frozen=True)
+class OtherInput:
+    """An input of a modality no served kind reads yet (`audio`, `video`, `pdf`: newer clients send them).
+
+    Parsed rather than refused by the parser, so that the model refuses it with 400 UNSUPPORTED_INPUT naming
+    the input and what the model takes, as for an image sent to a text model. `source` is what was sent (a
+    string; empty when it was none), kept so that anything echoing inputs can render it.
+    """
+
+    kind: str
+    source: str = ""
+
+
+EmbedInput = Union[TextInput, ImageInput, OtherInput]
+
+# How an input is named in a refusal: "input 3 is an image".
+_MODALITY_NAMES = {"image": "an image", "audio": "an audio input", "video": "a video", "pdf": "a PDF"}
+
+
+def modality(item: EmbedInput) -> str:
+    """`text`, `image`, or the kind of another input (`audio`, `video`, `pdf`)."""
+    if isinstance(item, TextInput):
+        return "text"
+    if isinstance(item, ImageInput):
+        return "image"
+    return item.kind
+
+
+def where(what: str, index: int) -> str:
+    """How errors name an input: "input 3", "document 0", or "the query" (`what` is then "the query")."""
+    return what if what == "the query" else f"{what} {index}"
+
+
+def unsupported(item: EmbedInput, at: str, model_name: str, takes: str) -> InvalidInput:
+    """The refusal of an input the model cannot read: 400 UNSUPPORTED_INPUT naming it and what the model takes."""
+    name = _MODALITY_NAMES.get(modality(item), f"a {modality(item)} input")
+    return InvalidInput(f"{at} is {name}; model {model_name} takes {takes}", code="UNSUPPORTED_INPUT")
 
 
 def texts_of(inputs: Sequence[EmbedInput], model_name: str, what: str = "input") -> list[str]:
     """The texts of `inputs`, for a model that reads text only.
 
     Raises:
-        InvalidInput: an input is an image, naming it (`what` 0, 1, ... or "the query").
+        InvalidInput: an input is not a text (an image, audio...), naming it (`what` 0, 1, ... or "the query").
     """
     texts = []
     for index, item in enumerate(inputs):
         if not isinstance(item, TextInput):
-            where = what if what == "the query" else f"{what} {index}"
-            raise InvalidInput(f"{where} is an image; model {model_name} takes text only",
-                               code="UNSUPPORTED_INPUT")
+            raise unsupported(item, where(what, index), model_name, "text only")
         texts.append(item.text)
     return texts
 

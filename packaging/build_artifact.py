@@ -377,7 +377,7 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
         check_operation(decoded.request, config.kind, config.served_model_name)
         if isinstance(decoded.request, EmbedRequest):
             result = handler.embed(decoded.request)
-            summary = (f"embedded {len(result.vectors)} text{'s' * (len(result.vectors) != 1)} into "
+            summary = (f"embedded {_counted(decoded.request.inputs)} into "
                        f"{result.vectors[0].shape[-1]} dimensions")
         else:
             result = handler.rerank(decoded.request)
@@ -397,6 +397,16 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
             handler.close()
     sample = SampleFigures(inputs=figures.inputs, tokens=figures.tokens, units=figures.units)
     return f"{summary} in {time.monotonic() - started:.1f} s", sample
+
+
+def _counted(inputs) -> str:
+    """ "2 texts", "1 text and 1 image": what the sample request embedded."""
+    from model_handlers.types import modality
+
+    counts: dict[str, int] = {}
+    for item in inputs:
+        counts[modality(item)] = counts.get(modality(item), 0) + 1
+    return " and ".join(f"{count} {name}{'s' * (count != 1)}" for name, count in counts.items())
 
 
 def _numbers(value) -> list[float]:

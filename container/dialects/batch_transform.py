@@ -2,7 +2,8 @@
 
 CSV (`text/csv`, `application/csv`), no header, column 1 an id that is echoed back; the other columns
 are the served kind's (its `CsvLayout` in the registry, model_handlers/kinds.py): `id,text` for text
-embeddings, `id,query,documents,top_n` for rerankers (documents a JSON array). Each row becomes the JSON
+embeddings, `id,query,documents,top_n` for rerankers (documents a JSON array), `id,text,url,bytes` for
+multimodal models (one of the three filled). Each row becomes the JSON
 record the SageMaker dialect parses — `{"text": ...}` an input, `{"query", "documents", "top_n"}` a rerank
 request — and is decoded and answered by that dialect's own field parsers and renderers.
 
@@ -11,9 +12,9 @@ quoted (`"1","with, comma"`). The answer is one compact JSON object, newline-ter
 concatenates the answers of a job), in the SageMaker envelope with each row's id echoed.
 
 JSON Lines (`application/jsonlines`, `application/jsonl`, `application/x-jsonlines`): each line
-is any JSON body `/invocations` accepts, or a single record (`"text"`, `{"text", "id"}`, or an image
-`{"image"}`, `{"url"}`, `{"bytes"}`), answered as the one-input envelope `{"data": [record]}`; the
-answer has one JSON line per line in, same order.
+is any JSON body `/invocations` accepts, or a single record (`"text"`, `{"text", "id"}`, an image
+`{"image"}`, `{"url"}`, `{"bytes"}`, or `{"audio"}`, `{"video"}`, `{"pdf"}`), answered as the one-input
+envelope `{"data": [record]}`; the answer has one JSON line per line in, same order.
 
 A row that does not parse is a 400 naming its line; an error while running a row keeps its own
 status and code, its detail prefixed with the line(s).
@@ -47,7 +48,7 @@ _CHUNK_CHARS = 64 * 1024
 _QUOTING_HINT = 'quote fields that hold commas ("1","a, b") or escape them (1,a\\, b)'
 # A JSON line that is an object with one of the keys fields.embed_input reads, and none that only a
 # whole body has, is a single record (SageMaker's SplitType=Line hands over a file's records as they are).
-_RECORD_KEYS = ("text", *fields._IMAGE_KEYS)
+_RECORD_KEYS = ("text", *fields.IMAGE_KEYS, *fields.OTHER_KEYS)
 _BODY_KEYS = ("data", "input", "query", "documents", "parameters")
 # Upper bounds of one rendered value: a float32 in JSON ("-0.012345678," or "1.2345678e-05,"), a packed
 # bit byte ("-128,"); and of what one answered input or document adds besides (id, usage, keys).

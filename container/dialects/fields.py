@@ -10,9 +10,11 @@ import orjson
 
 from container.encodings import EmbeddingType, Encoding
 from container.errors import BadRequest, ValidationFailed
-from model_handlers.types import INPUT_TYPE_TASKS, EmbedInput, EmbedRequest, ImageInput, TextInput
+from model_handlers.types import INPUT_TYPE_TASKS, EmbedInput, EmbedRequest, ImageInput, OtherInput, TextInput
 
-_IMAGE_KEYS = ("image", "url", "bytes")
+IMAGE_KEYS = ("image", "url", "bytes")
+# Modalities newer clients send that no kind reads yet: parsed so that the model refuses them by index (400).
+OTHER_KEYS = ("audio", "video", "pdf")
 _TYPE_NAMES = ", ".join(t.value for t in EmbeddingType)
 _UTF8_BOM = b"\xef\xbb\xbf"
 # What a JSON integer or a numeric string is: ASCII digits (str.isdigit() also takes "²" and "①", which
@@ -163,7 +165,8 @@ def input_type(value: Any, field: str) -> str | None:
 
 
 def embed_input(value: Any, field: str) -> EmbedInput:
-    """One input: a bare string, {"text"}, or an image as {"image"}, {"url"} or {"bytes"}."""
+    """One input: a bare string, {"text"}, an image as {"image"}, {"url"} or {"bytes"}, or {"audio"}, {"video"},
+    {"pdf"} (typed as what they are, for the model to refuse or read)."""
     if isinstance(value, str):
         return TextInput(value)
     if isinstance(value, dict):
@@ -171,18 +174,27 @@ def embed_input(value: Any, field: str) -> EmbedInput:
             if not isinstance(value["text"], str):
                 raise ValidationFailed(f"`{field}.text` must be a string, got {_json_type(value['text'])}")
             return TextInput(value["text"])
-        for key in _IMAGE_KEYS:
+        for key in IMAGE_KEYS:
             if key in value:
                 if not isinstance(value[key], str):
-                    raise ValidationFailed(f"`{field}.{key}` must be a string, got {_json_type(value[key])}")
-                return ImageInput(value[key])
+                    raise ValidationFailed(f"`{field}.{key}` must be a string (a URL, base64 or a data URI), "
+                                           f"got {_json_type(value[key])}")
+                return ImageInput(value[key], key)
+        for key in OTHER_KEYS:
+            if key in value:
+                return OtherInput(key, value[key] if isinstance(value[key], str) else "")
         raise ValidationFailed(f"`{field}` must have a `text` (or `image`, `url`, `bytes`) key")
     raise ValidationFailed(f"`{field}` must be a string or an object with `text`, got {_json_type(value)}")
 
 
 def render_input(item: EmbedInput) -> dict[str, str]:
-    """An input as it is echoed back (a returned rerank document): `{"text"}`, or `{"image"}` with its source."""
-    return {"text": item.text} if isinstance(item, TextInput) else {"image": item.source}
+    """An input as it is echoed back (a returned rerank document): `{"text"}`, or what else it is under the key it
+    came in (also used to estimate a batch answer's size, before any model refuses what it cannot read)."""
+    if isinstance(item, TextInput):
+        return {"text": item.text}
+    if isinstance(item, ImageInput):
+        return {item.key: item.source}
+    return {item.kind: item.source}
 
 
 def embed_request(inputs: tuple[EmbedInput, ...], options: Mapping[str, Any],

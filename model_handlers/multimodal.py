@@ -1,0 +1,389 @@
+"""Kind `multimodal`: CLIP-family dual encoders that embed texts and images into one space.
+
+Recognised: transformers `CLIPModel` / SigLIP directories and the other dual encoders transformers ships with
+`get_text_features` / `get_image_features` (by config.json's model_type or architectures), sentence-transformers
+CLIP directories (the model in the `CLIPModel` module's folder), and remote-code dual encoders (jina-clip's
+layout: a config with `text_config` and `vision_config`, loaded with the vendored code the artifact carries).
+
+On the caller's thread (`prepare_embed`, `prepare_rerank`), in input order: texts are tokenized with the
+model's tokenizer (task prompts prepended, cut or refused at the max length like any text); images are read by
+`images.ImageReader` (decoded, checked, upright, RGB) and preprocessed by the model's own image processor. A bad
+image fails its own request, never a batch. On the batcher's thread (`forward`), a pass is all texts (grouped
+by fixed-length padding) or all images of one pixel shape: `get_text_features` or `get_image_features`.
+
+Batching: an image counts as the vision tower's sequence length in tokens (patches + class token: 50 for a
+ViT-B/32 at 224 px, 197 for a ViT-B/16), since a pass over that many patch tokens costs about what a text pass
+of that many tokens does; the padded-token budget then bounds image passes as it bounds text passes (1024 on
+CPU: 20 ViT-B/32 images a pass). Usage: texts count their tokens, images Jina's tile rule (serving config).
+
+Preprocessed pixels are float32 (600 KB a 224 px image): at most `_MAX_HELD_PIXEL_BYTES` of them wait for the
+model at once, beyond which image requests are refused at once (503, or 413 for a request too large alone).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Mapping
+
+import numpy as np
+
+from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
+from model_handlers.images import ImageReader, tiles
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.options import HandlerOptions
+from model_handlers.pipeline import Prepared
+from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.serving_config import ServingConfig, TaskSpec
+from model_handlers.tokenization import TokenizerView
+from model_handlers.types import (
+    EmbedInput, EmbedRequest, ImageInput, Operation, RerankRequest, TextInput, unsupported, where,
+)
+
+logger = logging.getLogger(__name__)
+
+# config.json model_type of the dual encoders transformers ships with get_text_features / get_image_features.
+_DUAL_ENCODER_TYPES = frozenset({"clip", "siglip", "siglip2", "chinese_clip", "altclip", "metaclip_2",
+                                 "vision-text-dual-encoder", "jina_clip"})
+_DUAL_ENCODER_ARCHITECTURES = ("CLIPModel", "SiglipModel", "Siglip2Model", "AltCLIPModel", "DualEncoderModel")
+# Text towers that pool a fixed position and were trained on inputs padded to the max length (SigLIP: the last).
+_FIXED_LENGTH_TEXT = frozenset({"siglip", "siglip2"})
+# Text length when neither the config nor the tokenizer tells (CLIP's), and a tokenizer's "no limit" placeholder.
+_DEFAULT_TEXT_LENGTH = 77
+_NO_LIMIT = 1_000_000
+# Vision sequence length when the config does not tell (a ViT-B/16 at 224 px has 197).
+_DEFAULT_IMAGE_LENGTH = 256
+# Preprocessed pixels that may wait for the model at once (float32): ~3,500 images of 224 px, ~1,500 of 336.
+_MAX_HELD_PIXEL_BYTES = 2 << 30
+_TAKES = "text and images"
+
+# An 8x8 PNG (orange below blue), the image the samples send: small enough for a listing, real enough to decode.
+SAMPLE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAG0lEQVR42mPUiDrBgA0wMeAApEswPqvQoLUdAJtZAt9S/OPOAAAAAE"
+              "lFTkSuQmCC")
+
+
+@dataclass(frozen=True)
+class _Text:
+    """One tokenized text (special tokens in)."""
+
+    ids: np.ndarray
+    group: Hashable
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class _Image:
+    """One preprocessed image: the image processor's arrays (leading dimension 1), and its token-equivalent."""
+
+    __slots__ = ("arrays", "length", "group", "__weakref__")
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], length: int):
+        self.arrays = dict(arrays)
+        self.length = length
+        self.group = ("image", tuple((name, array.shape[1:]) for name, array in sorted(self.arrays.items())))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.arrays.values())
+
+
+class _HeldPixels:
+    """Bytes of preprocessed pixels alive in work items, across requests: freed as the items are."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def hold(self, item: _Image, request_bytes: int) -> None:
+        """Count `item` until it is garbage; `request_bytes` is what its request already holds.
+
+        Raises:
+            TooLarge: the request's images alone exceed the cap. Overloaded: other requests' images fill it.
+        """
+        size = item.nbytes
+        if request_bytes + size > self.cap:
+            raise TooLarge(f"this request's images take more than {self.cap >> 20} MiB once preprocessed "
+                           f"({size >> 10} KiB each); send at most {max(1, self.cap // size)} images per request")
+        with self._lock:
+            if self._held + size > self.cap:
+                raise Overloaded("the server holds as many images as it may; retry shortly or send fewer images",
+                                 retry_after_s=1)
+            self._held += size
+        weakref.finalize(item, self._release, size)
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._held -= size
+
+
+class MultimodalModel:
+    """A dual encoder serving text and image embeddings in one space."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+        from transformers import AutoModel
+
+        self.config = config
+        self.model_name = config.served_model_name
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        hf_dir = transformers_directory(model_dir)
+        try:
+            self._model = AutoModel.from_pretrained(
+                str(hf_dir), local_files_only=True, trust_remote_code=True,
+                use_safetensors=not options.allow_pickle or None,
+            ).to(self._device)
+            tokenizer, self._image_processor = _processors(hf_dir)
+        except (OSError, ValueError, ImportError) as exc:
+            raise ModelDirectoryError(f"cannot load {model_dir} as a multimodal model: {exc}") from exc
+        self._model.eval()
+        for method in ("get_text_features", "get_image_features"):
+            if not callable(getattr(self._model, method, None)):
+                raise ModelDirectoryError(f"{model_dir}: {type(self._model).__name__} has no {method}; searchbox "
+                                          "serves dual encoders that embed texts and images into one space")
+        model_config = self._model.config
+        # The text tower's positions, else the tokenizer's length (remote-code towers may not say theirs);
+        # a tokenizer's "no limit" placeholder is not a length.
+        positions = getattr(getattr(model_config, "text_config", None), "max_position_embeddings", None)
+        declared = getattr(tokenizer, "model_max_length", None)
+        lengths = [int(n) for n in (positions, declared) if isinstance(n, (int, float)) and 8 <= n < _NO_LIMIT]
+        self.max_length = int(config.max_length or min(lengths, default=_DEFAULT_TEXT_LENGTH))
+        self._tokenizer = TokenizerView(tokenizer, self.max_length)
+        self._fixed_length = self.max_length if getattr(model_config, "model_type", "") in _FIXED_LENGTH_TEXT else None
+        self._text_group = ("text", self._fixed_length)
+        self._text_args = _accepted(self._model.get_text_features)
+        self._image_args = _accepted(self._model.get_image_features)
+        self._image_length = _image_length(getattr(model_config, "vision_config", None))
+        self._reader = ImageReader(options.images)
+        self._held = _HeldPixels(_MAX_HELD_PIXEL_BYTES)
+        # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
+        self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        self.width = int(self.forward([self.calibration_item(8)])[0][0].shape[-1])
+
+    # --- on the caller's thread -----------------------------------------------------------------------
+
+    def prepare_embed(self, request: EmbedRequest) -> Prepared:
+        if request.late_chunking:
+            raise InvalidOption(f"model {self.model_name} embeds each input alone (texts and images): late_chunking "
+                                "is not available; leave it out or set it to false", code="UNSUPPORTED_OPTION")
+        items, tokens = self._prepare(list(request.inputs), self.config.task_spec(request.effective_task),
+                                      request.truncate, "input")
+        return Prepared(items, tokens)
+
+    def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
+        """The query, then every document: an image is one input, a long text document one input per window.
+
+        Scores are cosines in the shared space; texts take the `retrieval.*` tasks' prompts when the model has them.
+        """
+        query, query_tokens = self._prepare([request.query], self.config.task_spec("retrieval.query"), True,
+                                            "the query")
+        spec = self.config.task_spec("retrieval.passage")
+        self._check_inputs(request.documents, "document")
+        items, owners, document_tokens = list(query), [None], []
+        deadline = self._reader.deadline()
+        prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
+        windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
+        texts = [(i, d.text) for i, d in enumerate(request.documents) if isinstance(d, TextInput)]
+        contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
+        held = sum(item.nbytes for item in items if isinstance(item, _Image))
+        for index, document in enumerate(request.documents):
+            if isinstance(document, TextInput):
+                pieces = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group)
+                          for window in windowing.split(contents[index])]
+                tokens = sum(piece.length for piece in pieces)
+            else:
+                image, tokens = self._image(document, where("document", index), deadline, held)
+                held += image.nbytes
+                pieces = [image]
+            items.extend(pieces)
+            owners.extend([index] * len(pieces))
+            document_tokens.append(tokens)
+            check_window_count(len(items) - 1, max_windows)
+        return RerankWork(items=items, owners=owners, scoring=Scoring.COSINE, query_tokens=query_tokens[0],
+                          document_tokens=document_tokens)
+
+    def calibration_item(self, length: int) -> _Text:
+        filler = self._tokenizer.encode(["a"])[0][:1]
+        return _Text(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
+                     self._text_group)
+
+    def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool,
+                 what: str) -> tuple[list[Any], list[int]]:
+        """Work items and billed tokens of `inputs`, in input order."""
+        self._check_inputs(inputs, what)
+        texts = [(i, spec.prompt + item.text) for i, item in enumerate(inputs) if isinstance(item, TextInput)]
+        contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
+        items: list[Any] = []
+        tokens: list[int] = []
+        deadline = self._reader.deadline()
+        held = 0
+        for index, item in enumerate(inputs):
+            if isinstance(item, TextInput):
+                text = _Text(self._tokenizer.wrap(self._fit(contents[index], index, what, truncate)), self._text_group)
+                items.append(text)
+                tokens.append(text.length)
+            else:
+                image, count = self._image(item, where(what, index), deadline, held)
+                held += image.nbytes
+                items.append(image)
+                tokens.append(count)
+        return items, tokens
+
+    def _check_inputs(self, inputs, what: str) -> None:
+        """Refuse what the model cannot read before any image is decoded, naming the first such input."""
+        for index, item in enumerate(inputs):
+            if not isinstance(item, (TextInput, ImageInput)):
+                raise unsupported(item, where(what, index), self.model_name, _TAKES)
+
+    def _image(self, item: ImageInput, at: str, deadline: float, held: int) -> tuple[_Image, int]:
+        """The preprocessed image and the tokens it is billed (Jina's tile rule)."""
+        with self._decoding:
+            image = self._reader.read(item.source, at, deadline)
+            width, height = image.size
+            try:
+                arrays = self._image_processor(images=[image], return_tensors="np")
+            except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
+                raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
+                                   f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
+            finally:
+                image.close()
+        processed = _Image({name: value for name, value in arrays.items() if isinstance(value, np.ndarray)},
+                           self._image_length)
+        self._held.hold(processed, held)
+        return processed, tiles(width, height, self.config.image_tile_size) * self.config.image_tile_tokens
+
+    def _fit(self, content: np.ndarray, index: int, what: str, truncate: bool) -> np.ndarray:
+        if len(content) <= self._tokenizer.room:
+            return content
+        if truncate:
+            return content[: self._tokenizer.room]
+        total = len(content) + self._tokenizer.special_count
+        raise InvalidInput(f"{where(what, index)} has {total} tokens, over the model's limit of {self.max_length}; "
+                           "shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
+
+    # --- on the batcher's thread ----------------------------------------------------------------------
+
+    def forward(self, items: list) -> list[list[np.ndarray]]:
+        import torch
+
+        with torch.inference_mode():
+            if isinstance(items[0], _Text):
+                padded = self._tokenizer.pad([item.ids for item in items], length=self._fixed_length)
+                features = self._model.get_text_features(**self._arguments(padded, self._text_args))
+            else:
+                stacked = {name: np.concatenate([item.arrays[name] for item in items])
+                           for name in items[0].arrays}
+                features = self._model.get_image_features(**self._arguments(stacked, self._image_args))
+            vectors = _embeddings(features).float().cpu().numpy()
+        return [[row] for row in vectors]
+
+    def _arguments(self, arrays: Mapping[str, np.ndarray], accepted: frozenset[str] | None) -> dict:
+        import torch
+
+        return {name: torch.from_numpy(np.ascontiguousarray(array)).to(self._device)
+                for name, array in arrays.items() if accepted is None or name in accepted}
+
+
+def transformers_directory(model_dir: Path) -> Path:
+    """Where the transformers model lies: the directory, or a sentence-transformers CLIP module's folder."""
+    model_dir = Path(model_dir)
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    for module in ModelFiles.read(model_dir).modules:
+        if str(module.get("type", "")).endswith("CLIPModel") and (model_dir / str(module.get("path", ""))).is_dir():
+            return model_dir / str(module.get("path", ""))
+    return model_dir
+
+
+def _processors(model_dir: Path):
+    """The model's tokenizer and image processor, from its processor, else loaded one by one."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
+        tokenizer = getattr(processor, "tokenizer", None)
+        image_processor = getattr(processor, "image_processor", None)
+        if tokenizer is not None and image_processor is not None:
+            return tokenizer, image_processor
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # no processor saved: the tokenizer and the image processor may be there alone
+    try:
+        return (AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True),
+                AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True))
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"{model_dir}: the model's tokenizer and image processor cannot be loaded ({exc}); "
+                                  "save them with the model (processor.save_pretrained(dir))") from exc
+
+
+def _accepted(method) -> frozenset[str] | None:
+    """The keyword arguments `method` takes (None: any, it has **kwargs); remote code often takes fewer."""
+    parameters = inspect.signature(method).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters)
+
+
+def _image_length(vision_config) -> int:
+    size, patch = getattr(vision_config, "image_size", None), getattr(vision_config, "patch_size", None)
+    if isinstance(size, int) and isinstance(patch, int) and patch > 0:
+        return (size // patch) ** 2 + 1
+    return _DEFAULT_IMAGE_LENGTH
+
+
+def _embeddings(features):
+    """The projected vectors: transformers 5 returns a model output holding them as `pooler_output`, older
+    releases and remote code a tensor."""
+    if hasattr(features, "pooler_output") and features.pooler_output is not None:
+        return features.pooler_output
+    if isinstance(features, (tuple, list)):
+        return features[0]
+    return features
+
+
+def _is_multimodal(files: ModelFiles) -> bool:
+    config = files.config
+    if config.get("model_type") in _DUAL_ENCODER_TYPES:
+        return True
+    if any(architecture.endswith(_DUAL_ENCODER_ARCHITECTURES) for architecture in files.architectures):
+        return True
+    if any(str(module.get("type", "")).endswith("CLIPModel") for module in files.modules):
+        return True  # a sentence-transformers CLIP directory: the model lies in the module's folder
+    # Remote-code dual encoders (jina-clip): a text and a vision tower, and no generation head.
+    return ("text_config" in config and "vision_config" in config and bool(files.architectures)
+            and all(architecture.endswith("Model") for architecture in files.architectures))
+
+
+KIND = Kind(
+    name="multimodal",
+    summary="multimodal embeddings (texts and images in one space)",
+    recognizes=_is_multimodal,
+    operations=frozenset({Operation.EMBED, Operation.RERANK}),
+    csv=CsvLayout(Operation.EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
+                                    CsvColumn("bytes", optional=True))),
+    samples=Samples(
+        # the load check sends this through the server's own parser: one text and one base64 PNG
+        request={"data": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG, "id": "img-1"}], "parameters": {}},
+        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
+                            "usage": {"total_tokens": 7}},
+                           {"id": "img-1", "embedding": [0.0321, 0.0654, -0.0987], "usage": {"total_tokens": 1000}}],
+                  "parameters": {}},
+        public_path="/v1/embeddings",
+        public_request={"input": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG}], "dimensions": 128},
+        csv=("1,A photo of a cat\\, sleeping,,\n"
+             f'"2","","","{SAMPLE_PNG}"\n'
+             f'"3","","data:image/png;base64,{SAMPLE_PNG}",""\n'),
+        batch_output=('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
+                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":1000}}],"parameters":{}}'),
+        client_call=('client.embed(texts=["A photo of a cat"],\n'
+                     '                      image_bytes=[base64.b64encode(open("cat.png", "rb").read()).decode()])'),
+    ),
+    load=MultimodalModel,
+)
