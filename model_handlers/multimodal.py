@@ -156,7 +156,7 @@ class MultimodalModel:
         declared = getattr(tokenizer, "model_max_length", None)
         lengths = [int(n) for n in (positions, declared) if isinstance(n, (int, float)) and 8 <= n < _NO_LIMIT]
         self.max_length = int(config.max_length or min(lengths, default=_DEFAULT_TEXT_LENGTH))
-        self._tokenizer = TokenizerView(tokenizer, self.max_length)
+        self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
         self._fixed_length = self.max_length if getattr(model_config, "model_type", "") in _FIXED_LENGTH_TEXT else None
         self._text_group = ("text", self._fixed_length)
         self._text_args = _accepted(self._model.get_text_features)
