@@ -131,6 +131,7 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
         "dimensions": handler.dimensions if handler is not None else None,
         "matryoshka_dimensions": list(config.matryoshka_dimensions),
         "tasks": sorted(config.tasks), "default_task": config.default_task,
+        "backend": config.backend if handler is not None else settings.backend or config.backend,
         "metering": None if config.metering is None else {"unit": config.metering.unit,
                                                            "tokens_per_unit": config.metering.tokens_per_unit},
         "ready": runtime.ready,

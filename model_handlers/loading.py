@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
 from typing import MutableMapping, Union
 
+from model_handlers.errors import ModelDirectoryError
+from model_handlers.onnx_runtime import resolved_backend
 from model_handlers.options import HandlerOptions
 from model_handlers.pipeline import Pipeline
 from model_handlers.serving_config import read_serving_config
@@ -35,5 +38,10 @@ def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = N
     model_dir = Path(model_dir)
     config = read_serving_config(model_dir, allow_pickle=options.allow_pickle,
                                  fallback_name=options.served_model_name)
-    logger.info("loading %s model %s from %s", config.kind.name, config.served_model_name, model_dir)
+    config = dataclasses.replace(config, backend=resolved_backend(config.backend, options.backend))
+    if config.backend == "onnx" and config.kind.onnx_export is None:
+        raise ModelDirectoryError(f"kind {config.kind.name} has no ONNX backend (its models are not exported); serve "
+                                  "it on torch: leave SEARCHBOX_BACKEND and searchbox.json's backend unset")
+    logger.info("loading %s model %s from %s on %s", config.kind.name, config.served_model_name, model_dir,
+                config.backend)
     return Pipeline(config.kind, config.kind.load(model_dir, config, options), config, options)

@@ -637,3 +637,13 @@ def test_served_clip_answers_a_text_and_a_png(clip_dir, server_factory, referenc
     public = served.post("/v1/embeddings", {"input": [{"text": "a photo of a dog"},
                                                       {"image": "data:image/png;base64," + png}]})
     assert public.json()["usage"]["total_tokens"] == 9007
+
+
+def test_the_onnx_backend_asked_of_a_kind_without_one_is_refused_by_name(clip_dir):
+    """An operator's SEARCHBOX_BACKEND=onnx never silently serves torch: the kind has no exported graph."""
+    from model_handlers import load_handler
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.options import HandlerOptions
+
+    with pytest.raises(ModelDirectoryError, match="kind multimodal has no ONNX backend"):
+        load_handler(clip_dir, HandlerOptions(backend="onnx"))
