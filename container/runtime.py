@@ -70,6 +70,7 @@ class ModelRuntime:
                 max_rerank_windows=settings.max_rerank_windows,
                 torch_threads=settings.torch_threads,
                 served_model_name=settings.model_name,
+                default_input_type=settings.default_input_type,
             ))
             handler.warm_up()
         except BaseException as exc:

@@ -44,6 +44,8 @@ ENV_MAX_RESPONSE_MB = "SEARCHBOX_MAX_RESPONSE_MB"
 ENV_MAX_RERANK_WINDOWS = "SEARCHBOX_MAX_RERANK_WINDOWS"
 ENV_GRACE = "SEARCHBOX_GRACEFUL_TIMEOUT_S"
 ENV_NGINX = "SEARCHBOX_NGINX"
+ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
+INPUT_TYPES = ("query", "document")
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -90,6 +92,10 @@ ENVIRONMENT = (
              "(413 above)"),
     Variable(ENV_MAX_RERANK_WINDOWS, "4096", "model inputs one rerank request may make; a long document makes one "
              "per window (413 above)"),
+    Variable(ENV_DEFAULT_INPUT_TYPE, "unset", f"{' or '.join(INPUT_TYPES)}: the input_type of requests that give "
+             "none, for a whole job (batch transform CSV rows give none): a multi-vector (ColBERT) model then "
+             "encodes them as queries or documents (unset: searchbox.json's default_input_type, else documents); "
+             "an embedding model takes the retrieval task of that side"),
     Variable(ENV_GRACE, "20", "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 "
              "at once); SageMaker and Kubernetes kill at 30"),
     Variable(ENV_NGINX, "nginx on PATH, or /usr/sbin/nginx", "the nginx binary in front of gunicorn"),
@@ -153,6 +159,8 @@ class Settings:
     #: "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     device: str = "auto"
     log_level: str = "INFO"
+    #: the input_type of requests that give none ("query" or "document"), for a whole job; None: the model's
+    default_input_type: str | None = None
     #: seconds running requests get to finish after SIGTERM (SageMaker kills at 30 s)
     graceful_timeout_s: float = 20.0
     #: batch transform job settings SageMaker passes in; None: GET /execution-parameters chooses
@@ -182,6 +190,7 @@ class Settings:
             max_response_bytes=int(_number(env, ENV_MAX_RESPONSE_MB, 512, float) * 1024 * 1024),
             max_rerank_windows=_number(env, ENV_MAX_RERANK_WINDOWS, 4096, int),
             graceful_timeout_s=_number(env, ENV_GRACE, 20.0, float),
+            default_input_type=_input_type(env),
             nginx=env.get(ENV_NGINX) or None,
             allow_pickle=_flag(env, ENV_ALLOW_PICKLE),
             device=env.get(ENV_DEVICE, "auto"),
@@ -277,6 +286,16 @@ def _batch_strategy(env: Mapping[str, str]) -> str | None:
         return None
     if raw not in BATCH_STRATEGIES:
         raise SettingsError(f"{ENV_SAGEMAKER_BATCH_STRATEGY}={raw!r} must be one of {', '.join(BATCH_STRATEGIES)}")
+    return raw
+
+
+def _input_type(env: Mapping[str, str]) -> str | None:
+    raw = env.get(ENV_DEFAULT_INPUT_TYPE, "").strip().lower()
+    if not raw:
+        return None
+    if raw not in INPUT_TYPES:
+        raise SettingsError(f"{ENV_DEFAULT_INPUT_TYPE}={env[ENV_DEFAULT_INPUT_TYPE]!r} must be one of "
+                            f"{', '.join(INPUT_TYPES)}")
     return raw
 
 

@@ -25,6 +25,9 @@ class HandlerOptions:
     torch_threads: int | None = None
     # The name answered in `model` when searchbox.json gives none.
     served_model_name: str | None = None
+    # The `input_type` of requests that give none ("query" or "document"; batch transform CSV rows give none),
+    # chosen by the operator for a whole job; None leaves it to searchbox.json, else to the model.
+    default_input_type: str | None = None
 
     def deadline(self) -> Deadline:
         """The deadline of a request the server gave none (warm-up, scripts)."""

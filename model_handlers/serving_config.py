@@ -13,7 +13,12 @@ would not serve before any worker starts.
                "classification": {"adapter": "classification"}},
      "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
      "score_activation": "sigmoid" | "none",
-     "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128}
+     "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128,
+     "default_input_type": "query" | "document"}
+
+plus the keys a kind reads itself (its `read_settings`; the multi-vector kind's are in model_handlers/multi_vector.py).
+`default_input_type` is the `input_type` of requests that give none (batch transform CSV rows give none), for
+a whole job; the operator's SEARCHBOX_DEFAULT_INPUT_TYPE wins over it.
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
@@ -32,6 +37,7 @@ from typing import Any, Mapping
 from model_handlers import kinds
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
+from model_handlers.types import INPUT_TYPE_TASKS
 
 CONFIG_FILE = "searchbox.json"
 
@@ -66,6 +72,9 @@ class ServingConfig:
     rerank_window_tokens: int | None = None
     rerank_window_overlap: int | None = None
     max_query_tokens: int | None = None
+    default_input_type: str | None = None
+    # What the kind's own `read_settings` made of the directory (None for kinds without settings of their own).
+    kind_settings: Any = None
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -109,6 +118,10 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
     max_length = explicit.get("max_length")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
         raise ModelDirectoryError(f"{CONFIG_FILE}: max_length must be an integer >= 8, not {max_length!r}")
+    default_input_type = explicit.get("default_input_type")
+    if default_input_type is not None and default_input_type not in INPUT_TYPE_TASKS:
+        raise ModelDirectoryError(f"{CONFIG_FILE}: default_input_type must be one of {', '.join(INPUT_TYPE_TASKS)}, "
+                                  f"not {default_input_type!r}")
     return ServingConfig(
         kind=kind,
         served_model_name=str(explicit.get("served_model_name") or fallback_name or model_dir.name),
@@ -117,6 +130,8 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         tasks=tasks,
         matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
         score_activation=activation,
+        default_input_type=default_input_type,
+        kind_settings=kind.read_settings(model_dir, explicit) if kind.read_settings else None,
         **_window_settings(explicit),
     )
 

@@ -300,7 +300,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
 
         ```python
         # pip install jina-sagemaker
-        from jina_sagemaker import Client
+        from jina_sagemaker import Client, InputType
 
         client = Client(region_name="{region}")
         client.create_endpoint(arn=MODEL_PACKAGE_ARN, role=ROLE_ARN, endpoint_name="{name}",

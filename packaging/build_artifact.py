@@ -273,8 +273,10 @@ def _smoke_test(staged: Path, config, device: str) -> str:
         check_operation(decoded.request, config.kind, config.served_model_name)
         if isinstance(decoded.request, EmbedRequest):
             result = handler.embed(decoded.request)
-            summary = (f"embedded {len(result.vectors)} text{'s' * (len(result.vectors) != 1)} into "
-                       f"{result.vectors[0].shape[-1]} dimensions")
+            first = result.vectors[0]
+            shape = (f"{first.shape[-1]} dimensions" if first.ndim == 1
+                     else f"{first.shape[0]} token vectors of {first.shape[-1]} dimensions")
+            summary = f"embedded {len(result.vectors)} text{'s' * (len(result.vectors) != 1)} into {shape}"
         else:
             result = handler.rerank(decoded.request)
             scores = ", ".join(f"{hit.relevance_score:.3f}" for hit in result.hits)

@@ -79,7 +79,7 @@ def test_example_catalog_is_valid(product):
     (lambda p: p.update(name="-leading-hyphen"), "products[0].name", "must match"),
     (lambda p: p.update(free_trial_days=3), "products[0].free_trial_days", "5..120"),
     (lambda p: p.update(regions=["us-east-1", "Frankfurt"]), "products[0].regions[1]", "not an AWS region"),
-    (lambda p: p.update(kind="classifier"), "products[0].kind", "not one of embedding, reranker"),
+    (lambda p: p.update(kind="classifier"), "products[0].kind", "not one of embedding, multi-vector, reranker"),
     (lambda p: p.update(eula="missing.md"), "products[0].eula", "does not exist"),
     (lambda p: p.update(pricing={}), "products[0].pricing", "unknown field"),
     (lambda p: p["instance_types"]["recommended"].update(batch="ml.c6i.xlarge"),
