@@ -52,6 +52,8 @@ def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settin
 
 # What each form of embeddings is, in a refusal of the other form.
 _FORMS = {Operation.EMBED: "one vector per input", Operation.MULTI_VECTOR: "one vector per token of each input"}
+_REQUESTS = {Operation.EMBED: "single-vector embedding", Operation.MULTI_VECTOR: "multi-vector embedding",
+             Operation.RERANK: "rerank"}
 
 
 # Batch bodies (media type -> decoder), taken only on the routes that take records (/invocations, /score).
@@ -178,8 +180,8 @@ def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:
     instead = "; or ".join(_OPERATION_BODIES[op] for op in sorted(kind.operations, key=lambda op: op.value))
     serves = f"model {model_name} is {kind.summary}"
     if operation in EMBEDDINGS and kind.embedding_operation is not None:
-        serves += f" ({_FORMS[kind.embedding_operation]})"
-    raise BadRequest(f"{serves}: it does not answer {operation.value} requests. Send {instead}",
+        serves += f", {_FORMS[kind.embedding_operation]}"
+    raise BadRequest(f"{serves}: it does not answer {_REQUESTS[operation]} requests. Send {instead}",
                      code="UNSUPPORTED_OPERATION")
 
 

@@ -247,10 +247,10 @@ def test_every_encoding_applies_to_each_token_vector(colbert_server):
 def test_single_and_multi_vector_mismatches_name_the_route(colbert_server, app):
     refused = assert_error(colbert_server.post("/v1/embeddings", {"input": ["hello"]}), 400, "UNSUPPORTED_OPERATION",
                            "multi-vector", "one vector per token", "/v1/multi-vector", "/v1/rerank")
-    assert "does not answer embed requests" in refused["detail"]
+    assert "does not answer single-vector embedding requests" in refused["detail"]
     single = assert_error(app.post("/v1/multi-vector", {"input": ["hello"], "input_type": "query"}), 400,
                           "UNSUPPORTED_OPERATION", "one vector per input", "/v1/embeddings")
-    assert "does not answer multi-vector requests" in single["detail"]
+    assert "does not answer multi-vector embedding requests" in single["detail"]
     missing = assert_error(app.post("/v1/nowhere", {}), 404, "NOT_FOUND", "/v1/multi-vector")
     assert missing["code"] == "NOT_FOUND"
 
