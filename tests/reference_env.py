@@ -38,20 +38,20 @@ def pylate_python() -> Path:
     return _venv("pylate-1.6.0", PYLATE_SPEC)
 
 
-def _venv(name: str, installs: tuple[tuple[str, ...], ...]) -> Path:
-    target = CACHE / name
+def _venv(name: str, installs: tuple[tuple[str, ...], ...], cache: Path = CACHE) -> Path:
+    target = cache / name
     python = target / "bin" / "python"
     marker = target / ".complete"
     wanted = repr(installs)
     if marker.is_file() and marker.read_text() == wanted and python.exists():
         return python
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{name}.lock", "w") as lock:
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building it: wait, then reuse its work
         if marker.is_file() and marker.read_text() == wanted and python.exists():
             return python
         shutil.rmtree(target, ignore_errors=True)
-        log_path = CACHE / f"{name}.log"
+        log_path = cache / f"{name}.log"
         started = time.monotonic()
         with log_path.open("w") as log:
             steps = [[sys.executable, "-m", "venv", str(target)]]
