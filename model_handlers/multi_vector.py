@@ -413,7 +413,8 @@ class MultiVectorModel:
         out = []
         for row, sequence in enumerate(sequences):
             matrix = vectors[row, : sequence.length]
-            out.append([np.ascontiguousarray(matrix if sequence.keep is None else matrix[sequence.keep])])
+            # copies: a view would keep the whole pass's array alive as long as the caller holds its rows
+            out.append([matrix.copy() if sequence.keep is None else matrix[sequence.keep]])
         return out
 
 

@@ -158,7 +158,8 @@ class Pipeline:
             close()
 
     def _with_default_input_type(self, request: EmbedRequest) -> EmbedRequest:
-        if request.input_type is not None or self._default_input_type is None:
+        """The job's input_type for a request that says neither input_type nor task (a task says which side)."""
+        if request.input_type is not None or request.task is not None or self._default_input_type is None:
             return request
         return replace(request, input_type=self._default_input_type)
 
