@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from model_handlers.loading import force_offline
+from model_handlers.types import INPUT_TYPE_TASKS
 
 # Which model (first match wins).
 ENV_MODEL_DIR = "SEARCHBOX_MODEL_DIR"
@@ -45,7 +46,7 @@ ENV_MAX_RERANK_WINDOWS = "SEARCHBOX_MAX_RERANK_WINDOWS"
 ENV_GRACE = "SEARCHBOX_GRACEFUL_TIMEOUT_S"
 ENV_NGINX = "SEARCHBOX_NGINX"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
-INPUT_TYPES = ("query", "document")
+INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

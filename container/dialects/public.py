@@ -9,15 +9,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from container.dialects import Decoded, fields
+from container.dialects import Decoded, fields, multi_vector
 from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult, Operation
 
 
 def decode_embeddings(body: Any, operation: Operation | None = Operation.EMBED) -> Decoded:
     """`{"input", ...}` asking for `operation` (None: the served model's own form of embeddings)."""
-    from container.dialects import multi_vector
-
     if not isinstance(body, dict) or "input" not in body:
         raise ValidationFailed('the body must be a JSON object with `input`: {"input": ["text", ...]}')
     raw = body["input"]
