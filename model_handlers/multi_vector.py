@@ -160,8 +160,7 @@ def _pylate_parts(model_dir: Path, files: ModelFiles) -> tuple[str, tuple[Projec
     ColBERT's token vectors).
     """
     encoder, projections = "", []
-    modules = sorted(files.modules, key=lambda module: int(module.get("idx", 0)))
-    for position, module in enumerate(modules):
+    for position, module in enumerate(files.modules):  # in modules.json's order, as sentence-transformers runs them
         kind, folder = str(module.get("type", "")), str(module.get("path", ""))
         if position == 0:
             encoder = folder
@@ -449,7 +448,8 @@ def _projection(model_dir: Path, projection: Projection, allow_pickle: bool, dev
     """The projection, its weights read from the folder's safetensors (or, when allowed, its pickle)."""
     import torch
 
-    weights = _weights(model_dir / projection.folder, allow_pickle)
+    names = [projection.prefix + "weight", projection.prefix + "bias", "residual.weight"]
+    weights = _tensors(model_dir / projection.folder, names, allow_pickle)
     weight = weights.get(projection.prefix + "weight")
     if weight is None:
         raise ModelDirectoryError(f"{model_dir / projection.folder}: no {projection.prefix}weight in the weights: "
@@ -497,19 +497,23 @@ class _Dense:
         return projected + (tokens if self.residual is _IDENTITY else linear(tokens, self.residual))
 
 
-def _weights(folder: Path, allow_pickle: bool) -> dict:
+def _tensors(folder: Path, names: list[str], allow_pickle: bool) -> dict:
+    """The tensors called `names` that the folder's weights hold, and only those: in colbert-ai's layout the
+    projection shares one file with the whole encoder, which need not be read twice."""
     import torch
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    safetensors = sorted(folder.glob("*.safetensors"))
-    if safetensors:
-        weights = {}
-        for path in safetensors:
-            weights.update(load_file(str(path)))
-        return weights
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        found = {}
+        for path in files:
+            with safe_open(str(path), framework="pt") as weights:
+                found.update({name: weights.get_tensor(name) for name in names if name in weights.keys()})
+        return found
     pickled = folder / "pytorch_model.bin"
     if pickled.is_file() and allow_pickle:
-        return torch.load(str(pickled), map_location="cpu", weights_only=True)
+        state = torch.load(str(pickled), map_location="cpu", weights_only=True)
+        return {name: state[name] for name in names if name in state}
     raise ModelDirectoryError(f"{folder}: no safetensors weights for the ColBERT projection"
                               + (" (pytorch_model.bin is there: SEARCHBOX_ALLOW_PICKLE=1 loads it)"
                                  if pickled.is_file() else ""))

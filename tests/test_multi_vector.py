@@ -151,6 +151,28 @@ def test_searchbox_json_wins_and_bad_settings_are_refused_by_name(tmp_path, pyla
         load_handler(no_marker, HandlerOptions(device="cpu"))
 
 
+def test_colbert_ai_pickled_weights_load_only_when_the_operator_opts_in(tmp_path, colbert):
+    """colbertv2.0 itself ships pytorch_model.bin: refused by default, served with SEARCHBOX_ALLOW_PICKLE."""
+    import safetensors.torch
+    import torch
+
+    source = colbert.model_dir("colbert-ai")
+    pickled = tmp_path / "colbert-ai-pickled"
+    pickled.mkdir()
+    for path in source.iterdir():
+        if path.suffix != ".safetensors":
+            shutil.copy(path, pickled / path.name)
+    torch.save(safetensors.torch.load_file(str(source / "model.safetensors")), pickled / "pytorch_model.bin")
+    with pytest.raises(ModelDirectoryError, match="SEARCHBOX_ALLOW_PICKLE"):
+        read_serving_config(pickled)
+    handler = load_handler(pickled, HandlerOptions(device="cpu", allow_pickle=True))
+    try:
+        vectors = handler.embed(EmbedRequest(inputs=(TextInput(DOCUMENTS[3]),))).vectors[0]
+    finally:
+        handler.close()
+    rows_match(vectors, colbert.arrays("colbert-ai")["d3"])
+
+
 def test_the_directory_default_input_type_makes_a_job_of_queries(tmp_path, pylate_dir, reference):
     queries = linked_copy(pylate_dir, tmp_path / "queries", {"default_input_type": "query"})
     handler = load_handler(queries, HandlerOptions(device="cpu"))
