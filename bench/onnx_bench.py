@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in build_scenarios(model_dir) if s.key in ("1x1", "32x1", "1x32", "4x32")]
     torch_limit = Limit(model_dir, 0)
     threads = torch_limit.threads
-    onnx_limit = Limit(fp32_dir, threads, python=str(PEER_VENV / "bin" / "python"), backend="onnx")
+    onnx_limit = Limit(fp32_dir, threads, command=[str(PEER_VENV / "bin" / "python"), "-m", "bench.limit"], backend="onnx")
     limits = {"torch limit": (torch_limit, None), "onnx limit": (onnx_limit, None)}
     servers: dict[str, tuple[Server, str, Callable]] = {}
     memory: dict[str, float] = {}

@@ -5,6 +5,8 @@ Systems, all on the embedded all-MiniLM-L6-v2 with the same torch threads:
 - searchbox: a real `serve` (gunicorn) on a free port, over HTTP `/invocations`;
 - infinity-emb 0.0.78 (torch engine, mean pooling), installed on first use into bench/.peer-venv.
 Then images (bench/multimodal.py): a random CLIP through `serve` beside its own forward pass in-process.
+Multi-vector: a small ColBERT PyLate makes from MiniLM, searchbox over HTTP against PyLate 1.6.0's own
+`ColBERT.encode` in-process (bench/colbert_limit.py, in PyLate's venv, made on first use as the tests make it).
 Scenarios run in rounds, the three systems back to back inside each round, and the best round of
 each system counts: on a shared machine noise only ever slows a system down.
 
@@ -202,14 +204,17 @@ def omp_policy() -> str:
 class Limit:
     """The in-process reference (bench/limit.py) in its own process, one JSON command per line.
 
-    `python`: the interpreter to run it with (the peer's, for sentence-transformers' ONNX backend);
-    `backend`: torch, or onnx (MODEL_DIR/onnx/model.onnx).
+    `command` runs another reference speaking the same protocol: bench.limit in another interpreter (the peer's,
+    for sentence-transformers' ONNX backend), or bench/colbert_limit.py in PyLate's venv.
+    `backend`: torch, or onnx (MODEL_DIR/onnx/model.onnx; bench.limit only).
     """
 
-    def __init__(self, model_dir: Path, threads: int, python: str = sys.executable, backend: str = "torch"):
+    def __init__(self, model_dir: Path, threads: int, command: list[str] | None = None, backend: str = "torch"):
         # the same OpenMP wait policy as `serve` sets, so that the limit and searchbox differ only in serving
         env = {**os.environ, "OMP_WAIT_POLICY": omp_policy()}
-        self.process = subprocess.Popen([python, "-m", "bench.limit", str(model_dir), str(threads), backend],
+        command = command or [sys.executable, "-m", "bench.limit"]
+        extra = [] if backend == "torch" else [backend]
+        self.process = subprocess.Popen([*command, str(model_dir), str(threads), *extra],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         hello = json.loads(self.process.stdout.readline() or '{"ready": false}')
         if not hello.get("ready"):
@@ -348,7 +353,7 @@ def report(scenarios: list[Scenario], extra: dict, pending: dict[str, str]) -> t
         if scenario.key in pending:
             lines.append(f"| {scenario.title} | — | — | pending | — | — | — |")
             continue
-        unit = "req/s" if scenario.key in ("1x1", "rerank") else "texts/s"
+        unit = "req/s" if scenario.key in ("1x1", "rerank") else "docs/s" if scenario.key in MULTI_VECTOR else "texts/s"
         value = (lambda f: f.requests_per_s) if unit == "req/s" else (lambda f: f.items_per_s)
         batched = " (batches of 32)" if scenario.key == "32x1" else ""
         lines.append(f"| {scenario.title} | {unit} | {fmt(lim and value(lim))}{batched} "
@@ -400,6 +405,8 @@ def report(scenarios: list[Scenario], extra: dict, pending: dict[str, str]) -> t
     check("32 × 1 text ≥ 1.3 × infinity-emb", ge(a, c, 1.3), ratio(a, c))
     a, b = get("1x1", "searchbox", "p50_ms"), get("1x1", "limit", "p50_ms")
     check("1 × 1 p50 ≤ limit + 3 ms", None if not a or not b else a <= b + 3, f"+{a - b:.2f} ms" if a and b else "—")
+    a, b = get("mv4x32", "searchbox"), get("mv4x32", "limit")
+    check("multi-vector 4 × 32 documents ≥ 0.90 × PyLate in-process", ge(a, b, 0.90), ratio(a, b))
     a, b = extra.get("sb_rss_end"), extra.get("limit_rss_end")
     check("resident memory ≤ in-process + 150 MB", None if not a or not b else a <= b + 150, _delta_mb(a, b))
     a = extra.get("sb_start")
@@ -453,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help=f"skip {PEER_NAME}")
     parser.add_argument("--no-rerank", action="store_true", help="skip the rerank scenario")
     parser.add_argument("--no-multimodal", action="store_true", help="skip the multimodal (images) scenarios")
+    parser.add_argument("--no-multi-vector", action="store_true", help="skip the multi-vector (ColBERT) scenarios")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long,rerank,multimodal)")
+                        help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long,rerank,mv1x32,mv4x32,multimodal)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for searchbox only (repeatable), to try a setting")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE",
@@ -510,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_rerank and (not args.only or "rerank" in args.only.split(",")):
         scenarios.append(run_rerank(limit, threads, peer_exe, log_dir, args, pending))
     limit.close()
+    if not args.no_multi_vector and (not args.only or set(MULTI_VECTOR) & set(args.only.split(","))):
+        scenarios.extend(run_multi_vector(threads, log_dir, args, pending))
     multimodal_section = ""
     if not args.no_multimodal and (not args.only or "multimodal" in args.only.split(",")):
         from bench import multimodal
@@ -527,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
               "the systems run back to back within a round, the load generator (asyncio, keep-alive) shares the cores\n"
               "- limit: sentence-transformers `encode` in-process on the same inputs per call (for 32 clients × 1: "
               "batches of 32, the batched limit); searchbox: `serve` (gunicorn) over `/invocations`; "
-              f"{PEER_NAME}: torch engine, `--pooling-method mean`, `/embeddings`\n\n")
+              f"{PEER_NAME}: torch engine, `--pooling-method mean`, `/embeddings`\n"
+              "- multi-vector: a small ColBERT PyLate 1.6.0 makes from MiniLM (Dense 384 → 128); limit: PyLate's "
+              "`ColBERT.encode(..., is_query=False)` in-process on the same 32 documents per call; searchbox: the "
+              "client's document envelope to `/invocations`, every token vector answered as JSON floats\n\n")
     text = header + table + "\n" + multimodal_section + "\n## Targets\n\n" + "\n".join(checks) + "\n"
     print("\n" + text)
     if args.out:
@@ -535,6 +548,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written to {args.out}")
     shutil.rmtree(log_dir, ignore_errors=True)
     return 0
+
+
+# keys of the multi-vector scenarios
+MULTI_VECTOR = ("mv1x32", "mv4x32")
+
+
+def run_multi_vector(threads: int, log_dir: Path, args, pending: dict[str, str]) -> list[Scenario]:
+    """ColBERT documents, the client's envelope over HTTP against PyLate's in-process encode (both its own)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from reference_env import ReferenceUnavailable, pylate_python
+
+    documents = windows(SHORT, 32, 8)
+    scenarios = [Scenario("mv1x32", "multi-vector 1 client × 32 documents", 1, documents, documents),
+                 Scenario("mv4x32", "multi-vector 4 clients × 32 documents", 4, documents, documents)]
+    if args.only:
+        scenarios = [s for s in scenarios if s.key in args.only.split(",")]
+    try:
+        python = str(pylate_python())
+    except ReferenceUnavailable as exc:
+        for scenario in scenarios:
+            pending[scenario.key] = f"PyLate's venv cannot be made here ({str(exc).splitlines()[0]})"
+        return scenarios
+    colbert_dir = log_dir / "colbert"
+    subprocess.run([python, "-m", "bench.colbert_limit", "build", str(embedded_model_dir()), str(colbert_dir)],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    limit = Limit(colbert_dir, threads, command=[python, "-m", "bench.colbert_limit", "serve"])
+    servers: dict[str, tuple[Server, str, Callable]] = {}
+    try:
+        sb = start_searchbox(colbert_dir, limit.threads, log_dir)
+        servers["searchbox"] = (sb, "/invocations", searchbox_body)
+        print(f"multi-vector (ColBERT from MiniLM): searchbox ready in {sb.start_s:.2f} s", flush=True)
+        for number in range(args.rounds):
+            print(f"multi-vector round {number + 1}/{args.rounds}", flush=True)
+            run_round(scenarios, limit, servers, None, args.seconds, args.warmup)
+    finally:
+        for server, _, _ in servers.values():
+            server.stop()
+        limit.close()
+    return scenarios
 
 
 def run_rerank(limit: Limit, threads: int, peer_exe: Path | None, log_dir: Path, args,

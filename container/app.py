@@ -19,7 +19,7 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from container import dialects
-from container.dialects import Decoded, public, rerank as rerank_dialect
+from container.dialects import Decoded, multi_vector, public, rerank as rerank_dialect
 from container.dialects import JSON
 from container.dispatch import Dispatcher
 from container.errors import (
@@ -107,6 +107,10 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     @app.post("/v1/embeddings")
     def embeddings() -> Response:
         return invoke(public.decode_embeddings)
+
+    @app.post("/v1/multi-vector")
+    def multi_vectors() -> Response:
+        return invoke(multi_vector.decode)
 
     @app.post("/v1/rerank")
     def rerank() -> Response:
@@ -200,7 +204,7 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 404:
             return render(NotFound(
                 f"no route {request.path}; use POST /invocations (or /score), POST /v1/embeddings, "
-                f"POST /v1/rerank, GET /ping, GET /health, GET /v1/models, GET /metrics, GET /openapi.json "
+                f"POST /v1/multi-vector, POST /v1/rerank, GET /ping, GET /health, GET /v1/models, GET /metrics, GET /openapi.json "
                 f"or GET /execution-parameters"))
         if exc.code == 405:
             return render(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))

@@ -28,7 +28,7 @@ from model_handlers.errors import HandlerError
 from model_handlers.kinds import Kind
 from model_handlers.memory import release_free_memory
 from model_handlers.metering import Metering
-from model_handlers.types import EmbedRequest, Operation
+from model_handlers.types import EMBEDDINGS, EmbedRequest, Operation
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 # AWS Marketplace's per-inference billing header: read on every 2xx of a real-time endpoint, never on an error.
@@ -40,6 +40,8 @@ _RECORD_THREADS = 8
 # What to send for each operation, for the refusal of one the served kind does not answer.
 _OPERATION_BODIES = {
     Operation.EMBED: 'embeddings: {"input": ["..."]} to /v1/embeddings, or {"data": [{"text": "..."}]} to /invocations',
+    Operation.MULTI_VECTOR: 'multi-vector embeddings: {"input": ["..."], "input_type": "query"} to /v1/multi-vector, '
+                            'or {"data": [{"text": "..."}], "parameters": {"input_type": "query"}} to /invocations',
     Operation.RERANK: 'rerank: {"query": "...", "documents": ["..."]} to /v1/rerank, or '
                       '{"data": {"query": "...", "documents": ["..."]}} to /invocations',
 }
@@ -51,6 +53,12 @@ def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Se
 
 def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:
     return batch_transform.decode_jsonlines(body, decode, settings.max_batch_rows)
+
+
+# What each form of embeddings is, in a refusal of the other form.
+_FORMS = {Operation.EMBED: "one vector per input", Operation.MULTI_VECTOR: "one vector per token of each input"}
+_REQUESTS = {Operation.EMBED: "single-vector embedding", Operation.MULTI_VECTOR: "multi-vector embedding",
+             Operation.RERANK: "rerank"}
 
 
 # Batch bodies (media type -> decoder), taken only on the routes that take records (/invocations, /score).
@@ -132,7 +140,7 @@ class Dispatcher:
             except SearchboxError as exc:
                 raise _at(exc, origin) from None
         if batch_body:
-            check_response_size(job, handler.dimensions, settings)
+            check_response_size(job, handler.dimensions, handler.vector_count, settings)
         at = received + settings.timeout_s(batch_body)
         deadline = Deadline(at) if abandoned is None else Deadline(at, abandoned)
         timings = [Timing() for _ in job.requests]
@@ -193,17 +201,29 @@ def figure_headers(figures: RequestFigures, metering: Metering | None) -> dict[s
 
 
 def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:
-    """The one place a request the served kind does not answer is refused, naming what it does answer."""
-    if kind.answers(request.operation):
+    """The one place a request the served kind does not answer is refused, naming what it does answer.
+
+    An embedding body that does not say which form it wants (the SageMaker envelope, batch transform) asks for
+    the kind's own: single vectors or multi-vectors. The public routes say which (/v1/embeddings, /v1/multi-vector).
+    """
+    operation = request.operation or kind.embedding_operation or Operation.EMBED
+    if kind.answers(operation):
         return
     instead = "; or ".join(_OPERATION_BODIES[op] for op in sorted(kind.operations, key=lambda op: op.value))
-    raise BadRequest(f"model {model_name} is {kind.summary}: it does not answer {request.operation.value} requests. "
-                     f"Send {instead}", code="UNSUPPORTED_OPERATION")
+    serves = f"model {model_name} is {kind.summary}"
+    if operation in EMBEDDINGS and kind.embedding_operation is not None:
+        serves += f", {_FORMS[kind.embedding_operation]}"
+    raise BadRequest(f"{serves}: it does not answer {_REQUESTS[operation]} requests. Send {instead}",
+                     code="UNSUPPORTED_OPERATION")
 
 
-def check_response_size(job: Records, width: int | None, settings: Settings) -> None:
-    """Refuse a batch body whose answer would exceed the response cap, before the model runs."""
-    estimate = batch_transform.estimated_response_bytes(job, width)
+def check_response_size(job: Records, width: int | None, vector_count: Callable[[EmbedRequest], int],
+                        settings: Settings) -> None:
+    """Refuse a batch body whose answer would exceed the response cap, before the model runs.
+
+    `vector_count` says how many vectors an embedding request's answer holds (one per input, or per kept token).
+    """
+    estimate = batch_transform.estimated_response_bytes(job, width, vector_count)
     if estimate > settings.max_response_bytes:
         cap_mb = settings.max_response_bytes / (1024 * 1024)
         raise PayloadTooLarge(

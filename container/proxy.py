@@ -44,7 +44,7 @@ _ERROR_PREFIX = "/_searchbox/error/"
 # status -> (code, detail) of the errors nginx makes; `$request_id` is filled by nginx.
 _ERRORS = {
     400: ("BAD_REQUEST", "the request is malformed (request line, headers or chunked framing); send valid HTTP/1.1"),
-    404: ("NOT_FOUND", "no such route; POST /invocations, /v1/embeddings or /v1/rerank, GET /ping"),
+    404: ("NOT_FOUND", "no such route; POST /invocations, /v1/embeddings, /v1/multi-vector or /v1/rerank, GET /ping"),
     405: ("METHOD_NOT_ALLOWED", "this method is not allowed here"),
     408: ("REQUEST_TIMEOUT", "the request was not received in time; send the whole request without pausing"),
     411: ("LENGTH_REQUIRED", "send Content-Length or a chunked body"),

@@ -90,6 +90,7 @@ class ModelRuntime:
                     fetch_max_bytes=settings.image_fetch_max_bytes,
                     fetch_allow_hosts=settings.image_fetch_allow_hosts,
                 ),
+                default_input_type=settings.default_input_type,
             ))
             handler.warm_up()
         except BaseException as exc:

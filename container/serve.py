@@ -40,9 +40,10 @@ _MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
 USAGE = """\
 usage: serve [-h | --help]
 
-Serves one embedding model or reranker over HTTP: GET /ping, POST /invocations (alias /score),
-GET /execution-parameters, POST /v1/embeddings, POST /v1/rerank. Every other argument is ignored
-(SageMaker starts the container as `IMAGE serve`). Configuration comes from the environment only.
+Serves one embedding model, multi-vector (ColBERT) model or reranker over HTTP: GET /ping, POST /invocations
+(alias /score), GET /execution-parameters, POST /v1/embeddings, POST /v1/multi-vector, POST /v1/rerank.
+Every other argument is ignored (SageMaker starts the container as `IMAGE serve`). Configuration comes from
+the environment only.
 
 Environment (read once at start):
 """

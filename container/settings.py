@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from model_handlers.loading import force_offline
+from model_handlers.types import INPUT_TYPE_TASKS
 
 # Which model (first match wins).
 ENV_MODEL_DIR = "SEARCHBOX_MODEL_DIR"
@@ -51,6 +52,8 @@ ENV_IMAGE_FETCH = "SEARCHBOX_IMAGE_FETCH"
 ENV_IMAGE_FETCH_TIMEOUT = "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S"
 ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
 ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
+ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
+INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -99,6 +102,10 @@ ENVIRONMENT = (
              "(413 above)"),
     Variable(ENV_MAX_RERANK_WINDOWS, "4096", "model inputs one rerank request may make; a long document makes one "
              "per window (413 above)"),
+    Variable(ENV_DEFAULT_INPUT_TYPE, "unset", f"{' or '.join(INPUT_TYPES)}: the input_type of requests that give "
+             "none, for a whole job (batch transform CSV rows give none): a multi-vector (ColBERT) model then "
+             "encodes them as queries or documents (unset: searchbox.json's default_input_type, else documents); "
+             "an embedding model takes the retrieval task of that side"),
     Variable(ENV_GRACE, "20", "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 "
              "at once); SageMaker and Kubernetes kill at 30"),
     Variable(ENV_NGINX, "nginx on PATH, or /usr/sbin/nginx", "the nginx binary in front of gunicorn"),
@@ -188,6 +195,8 @@ class Settings:
     #: "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
     device: str = "auto"
     log_level: str = "INFO"
+    #: the input_type of requests that give none ("query" or "document"), for a whole job; None: the model's
+    default_input_type: str | None = None
     #: seconds running requests get to finish after SIGTERM (SageMaker kills at 30 s)
     graceful_timeout_s: float = 20.0
     #: batch transform job settings SageMaker passes in; None: GET /execution-parameters chooses
@@ -218,6 +227,7 @@ class Settings:
             max_response_bytes=int(_number(env, ENV_MAX_RESPONSE_MB, 512, float) * 1024 * 1024),
             max_rerank_windows=_number(env, ENV_MAX_RERANK_WINDOWS, 4096, int),
             graceful_timeout_s=_number(env, ENV_GRACE, 20.0, float),
+            default_input_type=_input_type(env),
             nginx=env.get(ENV_NGINX) or None,
             request_log=env.get(ENV_REQUEST_LOG, "on").strip().lower() not in ("off", "0", "false", "no"),
             image_max_pixels=_number(env, ENV_IMAGE_MAX_PIXELS, 50_000_000, int),
@@ -332,6 +342,14 @@ def _backend(env: Mapping[str, str]) -> str | None:
     if value and value not in ("torch", "onnx"):
         raise SettingsError(f"{ENV_BACKEND}={env[ENV_BACKEND]!r} must be torch or onnx")
     return value or None
+def _input_type(env: Mapping[str, str]) -> str | None:
+    raw = env.get(ENV_DEFAULT_INPUT_TYPE, "").strip().lower()
+    if not raw:
+        return None
+    if raw not in INPUT_TYPES:
+        raise SettingsError(f"{ENV_DEFAULT_INPUT_TYPE}={env[ENV_DEFAULT_INPUT_TYPE]!r} must be one of "
+                            f"{', '.join(INPUT_TYPES)}")
+    return raw
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

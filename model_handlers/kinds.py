@@ -2,8 +2,9 @@
 
 A kind says once what it is: its name, how to recognise a model directory of its own, which operations
 it answers, its batch-transform CSV row, the samples packaging uses for the load check and the listing,
-how to load a model, and (if it can) how to export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model
-package, the listing and the artifact builder all read this registry instead of branching on kind names.
+how to load a model, (optionally) how to read settings of its own from the directory, and (if it can) how to
+export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
+listing and the artifact builder all read this registry instead of branching on kind names.
 
 Importing this module (and the kind modules) costs no torch: `serve` detects kinds in the gunicorn
 master. A kind's `load` imports its heavy libraries when it is called.
@@ -18,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from model_handlers.types import Operation
+from model_handlers.types import EMBEDDINGS, Operation
 
 if TYPE_CHECKING:
     from model_handlers.options import HandlerOptions
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # Registration order is detection order: the first kind whose `recognizes` says yes serves the directory,
 # so a catch-all kind comes last.
 KIND_MODULES = (
+    "model_handlers.multi_vector",
     "model_handlers.cross_encoder",
     "model_handlers.multimodal",
     "model_handlers.text_embedding",
@@ -41,10 +43,12 @@ class ModelFiles:
     directory: Path
     config: Mapping[str, Any]  # config.json
     modules: tuple[Mapping[str, Any], ...]  # modules.json (sentence-transformers)
+    sentence_transformers: Mapping[str, Any] = field(default_factory=dict)  # config_sentence_transformers.json
 
     @classmethod
     def read(cls, directory: Path) -> "ModelFiles":
-        return cls(directory, _json_object(directory / "config.json"), tuple(_json_list(directory / "modules.json")))
+        return cls(directory, _json_object(directory / "config.json"), tuple(_json_list(directory / "modules.json")),
+                   _json_object(directory / "config_sentence_transformers.json"))
 
     @property
     def architectures(self) -> tuple[str, ...]:
@@ -64,12 +68,17 @@ class CsvColumn:
 class CsvLayout:
     """A CSV row of this kind: the columns after the id, and what a row is.
 
-    `operation` EMBED: each row is one input (columns that are empty are left out; exactly one must be
-    filled); rows of a body are sent in requests of up to the input limit. RERANK: each row is one request.
+    `operation` EMBED or MULTI_VECTOR: each row is one input (columns that are empty are left out; exactly one
+    must be filled); rows of a body are sent in requests of up to the input limit. RERANK: each row is one request.
     """
 
     operation: Operation
     columns: tuple[CsvColumn, ...]
+
+    @property
+    def per_input(self) -> bool:
+        """Whether each row is one input of an embedding request (else one request of its own)."""
+        return self.operation in EMBEDDINGS
 
     @property
     def header(self) -> str:
@@ -106,9 +115,21 @@ class Kind:
     load: Callable[[Path, "ServingConfig", "HandlerOptions"], "Model"] = field(repr=False)
     # packaging time: writes the model's ONNX graph (model dir, .onnx path); None: the kind serves on torch only
     onnx_export: Callable[[Path, Path], None] | None = field(default=None, repr=False)
+    # Settings of this kind's own, from its checkpoint files and `searchbox.json` (the parsed object), read
+    # without torch when the serving config is read, so `serve` refuses a bad value before any worker starts.
+    # The model finds what it returns in `ServingConfig.kind_settings`. Raises ModelDirectoryError.
+    read_settings: Callable[[Path, Mapping[str, Any]], Any] | None = field(default=None, repr=False)
 
     def answers(self, operation: Operation) -> bool:
         return operation in self.operations
+
+    @property
+    def embedding_operation(self) -> Operation | None:
+        """The form of embeddings this kind makes (one vector per input, or per token); None when it makes none.
+
+        It is what a body that does not say which form it wants (the SageMaker envelope) asks of it.
+        """
+        return next((operation for operation in EMBEDDINGS if operation in self.operations), None)
 
 
 @lru_cache(maxsize=1)

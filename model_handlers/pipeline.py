@@ -10,7 +10,7 @@ batcher, the `dimensions` check and cut, normalisation, and ranking (with the lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Hashable, Protocol, Sequence
 
 import numpy as np
@@ -23,7 +23,7 @@ from model_handlers.memory import release_free_memory
 from model_handlers.options import HandlerOptions
 from model_handlers import ranking
 from model_handlers.serving_config import ServingConfig
-from model_handlers.types import EmbedRequest, EmbedResult, Operation, RerankRequest, RerankResult, TextInput
+from model_handlers.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult, TextInput
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,11 @@ class Prepared:
 
 
 class Model(Protocol):
-    """What a kind's `load` returns."""
+    """What a kind's `load` returns.
+
+    A model that answers a matrix of token vectors per input also has `vector_count(request) -> int`: the rows
+    the answer to `request` holds (a batch body's response cap is checked against it before any work).
+    """
 
     max_length: int
     width: int | None  # the length of the vectors it makes; None when it makes none (a cross-encoder)
@@ -84,6 +88,8 @@ class Pipeline:
         self.dimensions = model.width
         self._model = model
         self._options = options
+        # The operator's choice for a whole job wins over the model directory's.
+        self._default_input_type = options.default_input_type or config.default_input_type
         self._batcher: Batcher = Batcher(
             model.forward,
             max_batch_tokens=options.resolved_max_batch_tokens(model.device),
@@ -104,9 +110,11 @@ class Pipeline:
 
     def embed(self, request: EmbedRequest, deadline: Deadline | None = None,
               timing: Timing | None = None) -> EmbedResult:
-        """Embed each input: one vector per input, cut to `dimensions` and normalised as asked."""
+        """Embed each input: one vector (or, multi-vector, one matrix of token vectors) per input, cut to
+        `dimensions` and normalised as asked."""
         deadline = deadline or self._options.deadline()
         self._check_dimensions(request.dimensions)
+        request = self._with_default_input_type(request)
         self._batcher.admit(deadline)
         prepared = self._model.prepare_embed(request)
         outputs = self._batcher.run(prepared.items, deadline, timing)
@@ -129,13 +137,19 @@ class Pipeline:
                             query_tokens=work.query_tokens, document_tokens=sum(work.document_tokens),
                             model=self.model_name)
 
+    def vector_count(self, request: EmbedRequest) -> int:
+        """How many vectors the answer to `request` holds: one per input, or one per kept token of each input
+        for a model of token vectors (which tokenizes the inputs to count them)."""
+        count = getattr(self._model, "vector_count", None)
+        return len(request.inputs) if count is None else count(self._with_default_input_type(request))
+
     def admit(self, deadline: Deadline) -> None:
         """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
         self._batcher.admit(deadline)
 
     def warm_up(self) -> None:
         """One request through the whole pipeline, then full passes at each length to measure what they cost."""
-        if self.kind.answers(Operation.EMBED):
+        if self.kind.embedding_operation is not None:
             self.embed(EmbedRequest(inputs=(TextInput("warm up the model"),)))
         else:
             self.rerank(RerankRequest(query=TextInput("warm up the model"),
@@ -150,6 +164,12 @@ class Pipeline:
         close = getattr(self._model, "close", None)
         if close is not None:
             close()
+
+    def _with_default_input_type(self, request: EmbedRequest) -> EmbedRequest:
+        """The job's input_type for a request that says neither input_type nor task (a task says which side)."""
+        if request.input_type is not None or request.task is not None or self._default_input_type is None:
+            return request
+        return replace(request, input_type=self._default_input_type)
 
     def _check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is None:

@@ -3,8 +3,9 @@
 - Long documents are split into windows (`Windowing`), never silently cut to their head; a document
   keeps its best window's score (`best_per_document`).
 - A request may make at most a configured number of model inputs (`check_window_count`).
-- Scores: a cross-encoder's own (`Scoring.PAIR`: one score per (query, window) input), or the cosine of
-  query and window embeddings (`Scoring.COSINE`).
+- Scores: a cross-encoder's own (`Scoring.PAIR`: one score per (query, window) input), the cosine of
+  query and window embeddings (`Scoring.COSINE`), or late interaction over token vectors (`Scoring.MAXSIM`:
+  for each query token its best cosine over the window's token vectors, summed, as ColBERT scores).
 - Hits are sorted by score, highest first, ties in input order, cut to `top_n` (`rank`).
 """
 
@@ -26,6 +27,9 @@ class Scoring(str, enum.Enum):
 
     PAIR = "pair"  # each input is (query, window); its output is the score
     COSINE = "cosine"  # the first input is the query; each other input a window; score = cosine with the query
+    # the query's and each window's outputs are token vectors (one row each); score = sum over query rows of
+    # the row's best cosine over the window's rows
+    MAXSIM = "maxsim"
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,28 @@ def window_scores(work: RerankWork, outputs: Sequence[np.ndarray]) -> list[float
     """One score per window input (query inputs excluded), in input order."""
     if work.scoring is Scoring.PAIR:
         return [float(np.asarray(output).reshape(-1)[0]) for output in outputs]
+    if work.scoring is Scoring.MAXSIM:
+        query = _unit_rows(outputs[work.owners.index(None)])
+        return [maxsim(query, _unit_rows(outputs[i])) for i, owner in enumerate(work.owners) if owner is not None]
     vectors = np.stack([np.asarray(output, dtype=np.float64).reshape(-1) for output in outputs])
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     query = vectors[[i for i, owner in enumerate(work.owners) if owner is None][0]]
     return [float(vectors[i] @ query) for i, owner in enumerate(work.owners) if owner is not None]
+
+
+def maxsim(query: np.ndarray, window: np.ndarray) -> float:
+    """Late interaction of unit token vectors: each query row's best cosine over the window's rows, summed.
+
+    A window left without token vectors (every one of its tokens skipped) matches nothing and scores 0.
+    """
+    if not len(window) or not len(query):
+        return 0.0
+    return float((query @ window.T).max(axis=1).sum(dtype=np.float64))
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float32)
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=-1, keepdims=True), 1e-12)
 
 
 def best_per_document(work: RerankWork, outputs: Sequence[np.ndarray], documents: int) -> list[float]:

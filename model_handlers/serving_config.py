@@ -5,7 +5,7 @@ would not serve before any worker starts.
 
 `searchbox.json` (every key optional):
 
-    {"kind": "embedding" | "reranker" (any registered kind: model_handlers/kinds.py),
+    {"kind": "embedding" | "reranker" | "multimodal" | "multi-vector" (the registered kinds: model_handlers/kinds.py),
      "served_model_name": "jina-embeddings-v3",
      "max_length": 8192,
      "default_task": "text-matching",
@@ -16,11 +16,17 @@ would not serve before any worker starts.
      "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128,
      "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000},
      "backend": "torch" | "onnx", "onnx_file": "onnx/model_int8.onnx",
-     "image_tile_size": 224, "image_tile_tokens": 1000}
+     "image_tile_size": 224, "image_tile_tokens": 1000,
+     "default_input_type": "query" | "document"}
 
 `backend` ("torch" or "onnx") and `onnx_file` (default onnx/model.onnx) choose the compute path; packaging writes
 them (model_handlers/onnx_runtime.py). `metering` (model_handlers/metering.py): sold per inference on AWS
 Marketplace, each 2xx reports the units it consumed; without it the model is priced per hour.
+
+Plus the keys a kind reads itself (its `read_settings`; the multi-vector kind's are in
+model_handlers/multi_vector.py).
+`default_input_type` is the `input_type` of requests that give none (batch transform CSV rows give none), for
+a whole job; the operator's SEARCHBOX_DEFAULT_INPUT_TYPE wins over it.
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
@@ -45,6 +51,7 @@ from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
 from model_handlers.metering import Metering, parse_metering
 from model_handlers.onnx_runtime import BACKENDS, DEFAULT_ONNX_FILE
+from model_handlers.types import INPUT_TYPE_TASKS
 
 CONFIG_FILE = "searchbox.json"
 
@@ -86,6 +93,9 @@ class ServingConfig:
     onnx_file: str = DEFAULT_ONNX_FILE
     image_tile_size: int = 224
     image_tile_tokens: int = 1000
+    default_input_type: str | None = None
+    # What the kind's own `read_settings` made of the directory (None for kinds without settings of their own).
+    kind_settings: Any = None
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -129,6 +139,10 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
     max_length = explicit.get("max_length")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
         raise ModelDirectoryError(f"{CONFIG_FILE}: max_length must be an integer >= 8, not {max_length!r}")
+    default_input_type = explicit.get("default_input_type")
+    if default_input_type is not None and default_input_type not in INPUT_TYPE_TASKS:
+        raise ModelDirectoryError(f"{CONFIG_FILE}: default_input_type must be one of {', '.join(INPUT_TYPE_TASKS)}, "
+                                  f"not {default_input_type!r}")
     return ServingConfig(
         kind=kind,
         served_model_name=str(explicit.get("served_model_name") or fallback_name or model_dir.name),
@@ -140,6 +154,8 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         metering=parse_metering(explicit.get("metering"), CONFIG_FILE),
         backend=_backend(explicit.get("backend")),
         onnx_file=_relative_file(explicit.get("onnx_file", DEFAULT_ONNX_FILE), "onnx_file"),
+        default_input_type=default_input_type,
+        kind_settings=kind.read_settings(model_dir, explicit) if kind.read_settings else None,
         **_window_settings(explicit),
         **_image_usage(explicit),
     )

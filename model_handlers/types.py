@@ -19,8 +19,13 @@ from model_handlers.errors import InvalidInput
 class Operation(str, enum.Enum):
     """What a request asks of a model; each kind declares the ones it answers."""
 
-    EMBED = "embed"
+    EMBED = "embed"  # one vector per input
+    MULTI_VECTOR = "multi-vector"  # one vector per token of each input (ColBERT)
     RERANK = "rerank"
+
+
+# The two forms of an embedding answer. A kind answers at most one of them: that is its embedding operation.
+EMBEDDINGS = (Operation.EMBED, Operation.MULTI_VECTOR)
 
 
 @dataclass(frozen=True)
@@ -106,10 +111,9 @@ class EmbedRequest:
     truncate: bool = True
     # "query" or "document" (Cohere's and ColBERT clients' word); without a task, it selects the retrieval task
     input_type: str | None = None
-
-    @property
-    def operation(self) -> Operation:
-        return Operation.EMBED
+    # Which form the caller asked for: EMBED (/v1/embeddings), MULTI_VECTOR (/v1/multi-vector), or None, the
+    # served model's own (the SageMaker envelope and batch transform: a client sends the same body to every model).
+    operation: Operation | None = None
 
     @property
     def effective_task(self) -> str | None:
@@ -118,7 +122,10 @@ class EmbedRequest:
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """One float32 vector per input, in input order, already cut to `dimensions` and normalised as asked."""
+    """One float32 vector per input, in input order, already cut to `dimensions` and normalised as asked.
+
+    A multi-vector model answers a matrix per input instead: one row per kept token.
+    """
 
     vectors: list[np.ndarray]
     token_counts: list[int]

@@ -433,7 +433,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
 
         ```python
         # pip install jina-sagemaker
-        {jina_imports}from jina_sagemaker import Client
+        {jina_imports}
 
         client = Client(region_name="{region}")
         client.create_endpoint(arn=MODEL_PACKAGE_ARN, role=ROLE_ARN, endpoint_name="{name}",
@@ -459,12 +459,19 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         request=json.dumps(samples.request, indent=2), response=json.dumps(samples.response, indent=2),
         public=public, columns=batch_columns, sample_csv=sample_csv, batch_output=samples.batch_output,
         region=product.regions[0], name=product.name, compact_request=json.dumps(samples.request),
-        jina_call=samples.client_call, jina_imports="import base64\n" if "base64." in samples.client_call else "",
+        jina_call=samples.client_call, jina_imports=_client_imports(samples.client_call),
         realtime_type=product.recommended["realtime"],
         batch_type=product.recommended["batch"],
         performance=performance, billing=billing_markdown(product, sample),
         compute="" if quality is None else "\n" + quality.listing_markdown() + "\n",
     )
+
+
+def _client_imports(call: str) -> str:
+    """The imports the listing's jina-sagemaker example needs for the kind's sample call."""
+    lines = ["import base64"] if "base64." in call else []
+    lines.append("from jina_sagemaker import Client" + (", InputType" if "InputType." in call else ""))
+    return "\n".join(lines)
 
 
 def _matryoshka_line(product: _catalog.Product) -> str:

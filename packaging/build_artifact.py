@@ -377,8 +377,10 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
         check_operation(decoded.request, config.kind, config.served_model_name)
         if isinstance(decoded.request, EmbedRequest):
             result = handler.embed(decoded.request)
-            summary = (f"embedded {_counted(decoded.request.inputs)} into "
-                       f"{result.vectors[0].shape[-1]} dimensions")
+            first = result.vectors[0]
+            shape = (f"{first.shape[-1]} dimensions" if first.ndim == 1
+                     else f"{first.shape[0]} token vectors of {first.shape[-1]} dimensions")
+            summary = f"embedded {_counted(decoded.request.inputs)} into {shape}"
         else:
             result = handler.rerank(decoded.request)
             scores = ", ".join(f"{hit.relevance_score:.3f}" for hit in result.hits)

@@ -114,6 +114,21 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def colbert(tmp_path_factory, minilm_dir):
+    """Small ColBERTs in three layouts and PyLate 1.6.0's token vectors and scores on them (tests/colbert_models.py).
+
+    Without PyPI the reference venv cannot be made: the tests that need it fail, saying so (never a silent skip).
+    """
+    from colbert_models import make_reference
+    from reference_env import ReferenceUnavailable
+
+    try:
+        return make_reference(tmp_path_factory.mktemp("colbert"), minilm_dir)
+    except ReferenceUnavailable as exc:
+        pytest.fail(f"the ColBERT reference (PyLate 1.6.0 in its own venv) cannot be made: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
 def reference_model(minilm_dir):
     """sentence-transformers on the same directory: the correctness reference."""
     from sentence_transformers import SentenceTransformer

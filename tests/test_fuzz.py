@@ -51,8 +51,9 @@ content_types = st.sampled_from(["application/json", "application/json; charset=
                                  "application/csv", "application/jsonlines", "application/x-jsonlines",
                                  "text/plain", "", "application/vnd.api+json", "multipart/form-data"])
 routes = st.sampled_from([("POST", "/invocations"), ("POST", "/score"), ("POST", "/v1/embeddings"),
-                          ("POST", "/v1/rerank"), ("GET", "/ping"), ("GET", "/execution-parameters"),
-                          ("PUT", "/invocations"), ("GET", "/v1/embeddings"), ("POST", "/nowhere")])
+                          ("POST", "/v1/multi-vector"), ("POST", "/v1/rerank"), ("GET", "/ping"),
+                          ("GET", "/execution-parameters"), ("PUT", "/invocations"), ("GET", "/v1/embeddings"),
+                          ("POST", "/nowhere")])
 
 
 def _dumpable(body) -> bool:

@@ -130,7 +130,7 @@ def test_per_inference_units_become_the_servers_metering(raw_catalog, pricing, e
     (lambda p: p.update(free_trial_days=3), "products[0].free_trial_days", "5..31"),
     (lambda p: p.update(free_trial_days=32), "products[0].free_trial_days", "5..31"),
     (lambda p: p.update(regions=["us-east-1", "Frankfurt"]), "products[0].regions[1]", "not an AWS region"),
-    (lambda p: p.update(kind="classifier"), "products[0].kind", "not one of embedding, multimodal, reranker"),
+    (lambda p: p.update(kind="classifier"), "products[0].kind", "not one of embedding, multi-vector, multimodal, reranker"),
     (lambda p: p.update(eula="missing.md"), "products[0].eula", "does not exist"),
     (lambda p: p.update(prices={}), "products[0].prices", "unknown field"),
     (lambda p: p["instance_types"]["recommended"].update(batch="ml.c6i.xlarge"),

@@ -55,7 +55,8 @@ def decode_invocation(body: Any) -> Decoded:
     """`/invocations` and `/score`: the SageMaker envelope or the public API, told apart by keys.
 
     A `data` holding `query`/`documents` (object or one-element list) is a SageMaker rerank; a body with
-    `query`/`documents` and neither `data` nor `input` is a public rerank; the rest are embeddings.
+    `query`/`documents` and neither `data` nor `input` is a public rerank; the rest are embeddings, in the form
+    the served model makes (one vector per input, or one per token for a multi-vector model).
     """
     from container.dialects import public, rerank, sagemaker
 
@@ -65,7 +66,8 @@ def decode_invocation(body: Any) -> Decoded:
                 return rerank.decode_sagemaker(body)
             return sagemaker.decode(body)
         if "input" in body:
-            return public.decode_embeddings(body)
+            # the served model's own form: single vectors, or token vectors from a multi-vector model
+            return public.decode_embeddings(body, operation=None)
         if rerank.is_public_rerank(body):
             return rerank.decode_public(body)
     raise ValidationFailed(

@@ -35,7 +35,7 @@ from container.errors import BadRequest, PayloadTooLarge, SearchboxError
 from container.settings import ENV_MAX_BATCH_ROWS
 from model_handlers import kinds
 from model_handlers.kinds import CsvLayout, Kind
-from model_handlers.types import EmbedRequest, Operation
+from model_handlers.types import EmbedRequest
 
 CSV_TYPES = ("text/csv", "application/csv")
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
@@ -55,6 +55,8 @@ _BODY_KEYS = ("data", "input", "query", "documents", "parameters")
 _FLOAT_BYTES = 15
 _PACKED_BYTE_BYTES = 5
 _ITEM_OVERHEAD_BYTES = 128
+# A vector's own brackets and separators ("[...]," or "\"...\",") in every encoding.
+_VECTOR_OVERHEAD_BYTES = 4
 
 
 def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Records:
@@ -71,7 +73,7 @@ def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Recor
         csv.field_size_limit(len(text))
     rows = _csv_rows(text, max_rows)
     records = [_record(row, kind) for row in rows]
-    if kind.csv.operation is Operation.EMBED:
+    if kind.csv.per_input:
         return _input_rows(rows, records, max_inputs)
     return _request_rows(rows, records)
 
@@ -103,15 +105,16 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: in
     return Records([d.request for d in decoded], origins, render, JSONLINES, encodings=[d.encoding for d in decoded])
 
 
-def estimated_response_bytes(job: Records, width: int | None) -> int:
+def estimated_response_bytes(job: Records, width: int | None, vector_count: Callable[[EmbedRequest], int]) -> int:
     """An upper bound of the answer's size, before any work: what the response cap is checked against.
 
-    `width` is the model's embedding width (None for rerankers, which make no vectors)."""
+    `width` is the model's embedding width (None for rerankers, which make no vectors); `vector_count` how many
+    vectors an embedding request's answer holds (a multi-vector model answers one per kept token)."""
     total = 0
     for index, request in enumerate(job.requests):
         if isinstance(request, EmbedRequest):
             dims = request.dimensions or width or 0
-            per_vector = 0
+            per_vector = _VECTOR_OVERHEAD_BYTES
             encoding = job.encodings[index] if index < len(job.encodings) else None
             for type_ in (encoding.types if encoding else (EmbeddingType.FLOAT,)):
                 if type_ is EmbeddingType.FLOAT:
@@ -120,7 +123,7 @@ def estimated_response_bytes(job: Records, width: int | None) -> int:
                     per_vector += 4 * ((dims * 4 + 2) // 3) + 2
                 else:
                     per_vector += ((dims + 7) // 8) * _PACKED_BYTE_BYTES
-            total += len(request.inputs) * (per_vector + _ITEM_OVERHEAD_BYTES)
+            total += vector_count(request) * per_vector + len(request.inputs) * _ITEM_OVERHEAD_BYTES
         else:
             shown = (sum(len(value) for d in request.documents for value in fields.render_input(d).values())
                      if request.return_documents else 0)
@@ -196,10 +199,10 @@ def _record(row: _Row, kind: Kind) -> dict[str, Any]:
                          f"{_other_layout_hint(row, kind)}", code="INVALID_CSV")
     record: dict[str, Any] = {}
     for column, value in zip(layout.columns, row.fields[1:]):
-        if value == "" and (column.optional or len(layout.columns) > 1 and layout.operation is Operation.EMBED):
+        if value == "" and (column.optional or len(layout.columns) > 1 and layout.per_input):
             continue
         record[column.field] = orjson.loads(value) if column.json else value
-    if layout.operation is Operation.EMBED and len(layout.columns) > 1 and len(record) != 1:
+    if layout.per_input and len(layout.columns) > 1 and len(record) != 1:
         names = ", ".join(column.field for column in layout.columns)
         raise BadRequest(f"line {row.line}: a row fills exactly one of {names}, here {len(record)} are filled; "
                          f"{_QUOTING_HINT}", code="INVALID_CSV")

@@ -1,15 +1,21 @@
-"""Jina's public embeddings API, with OpenAI's `encoding_format` accepted as a synonym (contract §2b)."""
+"""Jina's public embeddings API, with OpenAI's `encoding_format` accepted as a synonym (contract §2b).
+
+The same body shape asks for multi-vectors on POST /v1/multi-vector (container/dialects/multi_vector.py); on
+/invocations it asks for whichever the served model makes, and the answer takes that model's form.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from container.dialects import Decoded, fields
+from container.dialects import Decoded, fields, multi_vector
 from container.errors import ValidationFailed
-from model_handlers.types import EmbedResult
+from model_handlers.types import EmbedResult, Operation
 
 
-def decode_embeddings(body: Any) -> Decoded:
+def decode_embeddings(body: Any, operation: Operation | None = Operation.EMBED) -> Decoded:
+    """`{"input", ...}` asking for `operation` (None: the served model's own form of embeddings)."""
     if not isinstance(body, dict) or "input" not in body:
         raise ValidationFailed('the body must be a JSON object with `input`: {"input": ["text", ...]}')
     raw = body["input"]
@@ -19,8 +25,11 @@ def decode_embeddings(body: Any) -> Decoded:
         raise ValidationFailed("`input` must be a string or a list of strings or {\"text\"} objects")
     inputs = tuple(fields.embed_input(item, f"input[{i}]") for i, item in enumerate(raw))
     request, encoding = fields.embed_request(inputs, body)
+    request = replace(request, operation=operation)
 
     def render(result: EmbedResult) -> dict[str, Any]:
+        if operation is Operation.MULTI_VECTOR or any(vector.ndim == 2 for vector in result.vectors):
+            return multi_vector.render(result, encoding)
         return {
             "model": result.model,
             "object": "list",

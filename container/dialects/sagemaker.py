@@ -1,6 +1,8 @@
 """The SageMaker envelope that the `jina-sagemaker` client sends (contract §2a), and its answer.
 
-`{"data": [items] | item, "parameters": {...}}` -> `{"data": [{"id", "embedding", "usage"}], "parameters"}`.
+`{"data": [items] | item, "parameters": {...}}` -> `{"data": [{"id", "embedding", "usage"}], "parameters"}`;
+a multi-vector model answers each item's token vectors under `embeddings` instead (contract §2e): the client
+sends the same envelope to every model, so it asks for the served model's own form.
 Batch-transform CSV rows are decoded through here too (container/dialects/batch_transform.py), so every
 SageMaker embedding answer is rendered by `render_item`.
 """
@@ -38,6 +40,7 @@ def decode(body: dict[str, Any]) -> Decoded:
 
 
 def render_item(item_id: Any, vector, tokens: int, encoding: Encoding) -> dict[str, Any]:
-    """One answered input: a vector under `embedding` (a matrix of token vectors would go under `embeddings`)."""
+    """One answered input: a vector under `embedding`, or a multi-vector model's matrix (one row per token) under
+    `embeddings`."""
     key = "embedding" if getattr(vector, "ndim", 1) == 1 else "embeddings"
     return {"id": item_id, key: encoding.render(vector), "usage": {"total_tokens": tokens}}

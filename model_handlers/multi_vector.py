@@ -1,0 +1,549 @@
+"""Kind `multi-vector`: ColBERT late-interaction models, one vector per token.
+
+Three directory layouts, told apart by their files:
+- PyLate's sentence-transformers layout: `modules.json` with a Transformer and its Dense projection(s)
+  (`pylate.models.Dense.Dense`), settings in `config_sentence_transformers.json` (`query_prefix`,
+  `document_prefix`, `query_length`, `document_length`, `do_query_expansion`, `attend_to_expansion_tokens`,
+  `skiplist_words`);
+- Stanford `colbert-ai`'s: an `HF_ColBERT` encoder whose weights hold the `linear` projection beside it, settings
+  in `artifact.metadata` (`query_token_id`, `doc_token_id`, `query_maxlen`, `doc_maxlen`, `attend_to_mask_tokens`,
+  `mask_punctuation`). jina-colbert-v2's XLM-R encoder is remote code (`auto_map`): it loads through
+  `trust_remote_code`, from the directory's own copy (packaging vendors it);
+- any encoder with `"kind": "multi-vector"` in `searchbox.json` (no projection: the encoder's width).
+
+`searchbox.json` may state any of PyLate's setting names above; it wins over the checkpoint's files, which win
+over the defaults of the layout's own library (PyLate: `[Q] `/`[D] ` markers; colbert-ai and searchbox.json:
+`[unused0]`/`[unused1]`; both: query length 32, documents 180, queries expanded with the mask token and not
+attended to, ASCII punctuation skipped in documents).
+
+How a text becomes token vectors, as PyLate's `ColBERT.encode` does it: the tokenizer's special tokens around the
+text, the side's marker token inserted after the first of them, cut to the side's length. A query is padded to
+`query_length` with the mask token (expansion); the model attends to those only with `attend_to_expansion_tokens`,
+and answers a vector for every query position. A document answers a vector for each token not in the skiplist
+(which the model still reads). Vectors are the encoder's last hidden states through the projection(s); the
+pipeline cuts `dimensions` and normalises each row.
+
+Weights are read with transformers and safetensors; PyLate itself is never imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Hashable, Mapping
+
+import numpy as np
+
+from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.options import HandlerOptions
+from model_handlers.pipeline import Prepared
+from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.serving_config import ServingConfig
+from model_handlers.tokenization import TokenizerView
+from model_handlers.types import INPUT_TYPE_TASKS, EmbedRequest, Operation, RerankRequest, texts_of
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "searchbox.json"
+COLBERT_METADATA = "artifact.metadata"
+ST_CONFIG = "config_sentence_transformers.json"
+# Beyond this a tokenizer's model_max_length is a placeholder ("no limit"), not the model's length.
+_NO_LIMIT = 1_000_000
+# What a query or document is when the request says neither.
+DEFAULT_INPUT_TYPE = "document"
+# input_type from a retrieval task, for clients that say `task` instead.
+_TASK_INPUT_TYPES = {task: input_type for input_type, task in INPUT_TYPE_TASKS.items()}
+
+
+# --- settings: read from the directory's files, without torch ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A linear layer after the encoder: `{prefix}weight` (and `{prefix}bias`) in the weights of `folder`."""
+
+    folder: str
+    prefix: str = "linear."
+    bias: bool = False
+    activation: str = "torch.nn.modules.linear.Identity"
+    residual: bool = False  # PyLate's use_residual: + the input (projected by `residual.weight` when widths differ)
+
+
+@dataclass(frozen=True)
+class ColbertSettings:
+    layout: str  # where the settings came from, for messages: "PyLate", "colbert-ai" or "searchbox.json"
+    encoder_folder: str
+    projections: tuple[Projection, ...]
+    query_prefix: str  # the query marker token; "" for none
+    document_prefix: str
+    query_length: int
+    document_length: int
+    do_query_expansion: bool
+    attend_to_expansion_tokens: bool
+    skiplist_words: tuple[str, ...]
+
+
+# Defaults where a checkpoint is silent, by the library that wrote it.
+_PYLATE_DEFAULTS = {"query_prefix": "[Q] ", "document_prefix": "[D] "}
+_COLBERT_DEFAULTS = {"query_prefix": "[unused0]", "document_prefix": "[unused1]"}
+_PUBLISHED_DEFAULTS = {"query_length": 32, "document_length": 180, "do_query_expansion": True,
+                       "attend_to_expansion_tokens": False, "skiplist_words": tuple(string.punctuation)}
+# The settings searchbox.json may state (PyLate's names), and what each must be.
+_SETTING_TYPES = {"query_prefix": str, "document_prefix": str, "query_length": int, "document_length": int,
+                  "do_query_expansion": bool, "attend_to_expansion_tokens": bool, "skiplist_words": list}
+_MIN_LENGTH = 4
+
+
+def read_settings(model_dir: Path, explicit: Mapping[str, Any]) -> ColbertSettings:
+    """The ColBERT settings of `model_dir`: searchbox.json's, else the checkpoint's, else its library's defaults.
+
+    Raises:
+        ModelDirectoryError: a setting of the wrong type, or a projection that cannot be found; naming the file.
+    """
+    files = ModelFiles.read(model_dir)
+    if _is_pylate(files):
+        layout, encoder, projections, saved = "PyLate", *_pylate_parts(model_dir, files)
+        defaults = {**_PUBLISHED_DEFAULTS, **_PYLATE_DEFAULTS}
+    elif _is_colbert_ai(files):
+        layout, encoder, projections, saved = "colbert-ai", "", (Projection(""),), _colbert_ai_settings(model_dir)
+        defaults = {**_PUBLISHED_DEFAULTS, **_COLBERT_DEFAULTS}
+    else:
+        layout, encoder, projections, saved = CONFIG_FILE, "", (), {}
+        defaults = {**_PUBLISHED_DEFAULTS, **_COLBERT_DEFAULTS}
+    chosen = {**defaults, **saved, **_checked(explicit, CONFIG_FILE)}
+    if not chosen["do_query_expansion"]:
+        chosen["attend_to_expansion_tokens"] = False  # nothing to attend to (PyLate's rule)
+    return ColbertSettings(layout=layout, encoder_folder=encoder, projections=projections,
+                           query_prefix=chosen["query_prefix"], document_prefix=chosen["document_prefix"],
+                           query_length=chosen["query_length"], document_length=chosen["document_length"],
+                           do_query_expansion=chosen["do_query_expansion"],
+                           attend_to_expansion_tokens=chosen["attend_to_expansion_tokens"],
+                           skiplist_words=tuple(chosen["skiplist_words"]))
+
+
+def _checked(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The settings among `values`, each of its type (a null is no setting)."""
+    settings = {}
+    for key, kind in _SETTING_TYPES.items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < _MIN_LENGTH):
+            raise ModelDirectoryError(f"{source}: {key} must be an integer >= {_MIN_LENGTH}, not {value!r}")
+        if kind is list and not (isinstance(value, list) and all(isinstance(word, str) for word in value)):
+            raise ModelDirectoryError(f"{source}: {key} must be a list of strings, not {value!r}")
+        if kind in (str, bool) and not isinstance(value, kind):
+            raise ModelDirectoryError(f"{source}: {key} must be a {kind.__name__}, not {value!r}")
+        settings[key] = value
+    return settings
+
+
+def _is_pylate(files: ModelFiles) -> bool:
+    return (any(str(module.get("type", "")).startswith("pylate.") for module in files.modules)
+            or files.sentence_transformers.get("model_type") == "ColBERT"
+            or any(key in files.sentence_transformers for key in ("query_prefix", "query_length")))
+
+
+def _is_colbert_ai(files: ModelFiles) -> bool:
+    return "HF_ColBERT" in files.architectures or (files.directory / COLBERT_METADATA).is_file()
+
+
+def _pylate_parts(model_dir: Path, files: ModelFiles) -> tuple[str, tuple[Projection, ...], dict[str, Any]]:
+    """The encoder's folder, the Dense projections after it (in order) and the saved settings.
+
+    Like PyLate, only the Transformer and Dense modules count (a Pooling or Normalize module is no part of a
+    ColBERT's token vectors).
+    """
+    encoder, projections = "", []
+    for position, module in enumerate(files.modules):  # in modules.json's order, as sentence-transformers runs them
+        kind, folder = str(module.get("type", "")), str(module.get("path", ""))
+        if position == 0:
+            encoder = folder
+        elif kind.endswith("Dense"):
+            projections.append(_dense(model_dir, folder))
+    return encoder, tuple(projections), _checked(files.sentence_transformers, ST_CONFIG)
+
+
+def _dense(model_dir: Path, folder: str) -> Projection:
+    path = model_dir / folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"{folder}/config.json: cannot read the Dense projection's config: {exc}") from exc
+    activation = str(config.get("activation_function") or "torch.nn.modules.linear.Identity")
+    if not activation.startswith("torch.nn."):
+        raise ModelDirectoryError(f"{folder}/config.json: activation_function {activation!r} is not a torch.nn "
+                                  "module; searchbox runs no other code from a model directory")
+    return Projection(folder, bias=bool(config.get("bias", True)), activation=activation,
+                      residual=bool(config.get("use_residual", False)))
+
+
+def _colbert_ai_settings(model_dir: Path) -> dict[str, Any]:
+    """colbert-ai's `artifact.metadata` (its ColBERTConfig) in PyLate's names."""
+    path = model_dir / COLBERT_METADATA
+    if not path.is_file():
+        return {}
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"{COLBERT_METADATA} is not valid JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ModelDirectoryError(f"{COLBERT_METADATA} must hold a JSON object")
+    renamed = {"query_prefix": metadata.get("query_token_id"), "document_prefix": metadata.get("doc_token_id"),
+               "query_length": metadata.get("query_maxlen"), "document_length": metadata.get("doc_maxlen"),
+               "attend_to_expansion_tokens": metadata.get("attend_to_mask_tokens")}
+    if metadata.get("mask_punctuation") is False:
+        renamed["skiplist_words"] = []
+    return _checked(renamed, COLBERT_METADATA)
+
+
+# --- the model ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    """One model input: a query or one document (window), as the model reads it."""
+
+    ids: np.ndarray
+    attended: int  # the model attends to the first `attended` positions (query expansion may follow)
+    keep: np.ndarray | None  # positions whose vectors are answered; None: every position
+    group: Hashable = "tokens"  # queries and documents share passes: right padding is masked away
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    @property
+    def vectors(self) -> int:
+        return self.length if self.keep is None else len(self.keep)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """How texts of one side (queries or documents) become model inputs."""
+
+    name: str
+    marker: np.ndarray  # the marker token, or nothing
+    length: int  # tokens one input may hold, special tokens and marker included
+    expansion_id: int | None  # queries: pad to `length` with this token
+    attend_expansion: bool
+    skip: np.ndarray | None  # documents: token ids read but answered no vector
+
+
+class MultiVectorModel:
+    """A ColBERT: an encoder, its projection(s), and the query and document sides."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        settings: ColbertSettings = config.kind_settings
+        self.config = config
+        self.model_name = config.served_model_name
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        encoder_dir = model_dir / settings.encoder_folder
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=True)
+            self._encoder = _load_encoder(AutoModel, encoder_dir, options.allow_pickle).to(self._device)
+        except (OSError, ValueError) as exc:
+            raise ModelDirectoryError(f"cannot load {model_dir} as a multi-vector (ColBERT) model: {exc}") from exc
+        self._encoder.eval()
+        # in the encoder's dtype, as PyLate casts its Dense layers
+        dtype = next(self._encoder.parameters()).dtype
+        self._projections = [_projection(model_dir, p, options.allow_pickle, self._device, dtype)
+                             for p in settings.projections]
+        hidden = int(getattr(self._encoder.config, "hidden_size", 0) or 0)
+        self.width = int(self._projections[-1].out_features) if self._projections else hidden
+        documents = min(settings.document_length, self._positions(tokenizer))
+        if config.max_length:
+            documents = min(documents, config.max_length)
+        queries = min(settings.query_length, documents)
+        self.max_length = max(queries, documents)
+        self._tokenizer = TokenizerView(tokenizer, self.max_length)
+        self._query = self._side("query", settings.query_prefix, queries, tokenizer, model_dir,
+                                 expansion_id=self._expansion_id(tokenizer, settings, model_dir),
+                                 attend_expansion=settings.attend_to_expansion_tokens)
+        self._document = self._side("document", settings.document_prefix, documents, tokenizer, model_dir,
+                                    skip=self._skip_ids(tokenizer, settings))
+        logger.info("%s ColBERT: queries %d tokens (%s), documents up to %d, %d-dimensional token vectors",
+                    settings.layout, queries, "expanded" if settings.do_query_expansion else "not expanded",
+                    documents, self.width)
+
+    def _positions(self, tokenizer) -> int:
+        """Tokens the encoder can read: its position table, less RoBERTa's offset (positions start after the
+        padding index), and no more than the tokenizer declares."""
+        positions = getattr(self._encoder.config, "max_position_embeddings", None) or _NO_LIMIT
+        padding_index = getattr(getattr(self._encoder, "embeddings", None), "padding_idx", None)
+        if isinstance(padding_index, int):
+            positions -= padding_index + 1
+        declared = getattr(tokenizer, "model_max_length", None) or _NO_LIMIT
+        return int(min(positions, declared))
+
+    def _side(self, name: str, prefix: str, length: int, tokenizer, model_dir: Path, *,
+              expansion_id: int | None = None, attend_expansion: bool = False,
+              skip: np.ndarray | None = None) -> _Side:
+        marker = np.zeros(0, dtype=np.int64)
+        if prefix:
+            marker_id = tokenizer.backend_tokenizer.token_to_id(prefix)
+            if marker_id is None:
+                raise ModelDirectoryError(
+                    f"{model_dir}: the {name} marker {prefix!r} is not a token of the tokenizer; name the model's "
+                    f"marker token in {CONFIG_FILE} (\"{name}_prefix\"), or \"\" for none")
+            marker = np.asarray([marker_id], dtype=np.int64)
+        if length < self._tokenizer.special_count + len(marker) + 1:
+            raise ModelDirectoryError(f"{model_dir}: {name}s of {length} tokens leave no room for text beside the "
+                                      f"special tokens; raise {name}_length in {CONFIG_FILE}")
+        return _Side(name, marker, length, expansion_id, attend_expansion, skip)
+
+    @staticmethod
+    def _expansion_id(tokenizer, settings: ColbertSettings, model_dir: Path) -> int | None:
+        """The token queries are padded with (expansion): PyLate's choice of the mask token (encoders), else
+        end-of-sequence (decoders), else padding; None without expansion."""
+        if not settings.do_query_expansion:
+            return None
+        token = next((i for i in (tokenizer.mask_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+                      if i is not None), None)
+        if token is None:
+            raise ModelDirectoryError(f"{model_dir}: the tokenizer has no mask, end or padding token to expand "
+                                      f"queries with; set do_query_expansion to false in {CONFIG_FILE}")
+        return token
+
+    @staticmethod
+    def _skip_ids(tokenizer, settings: ColbertSettings) -> np.ndarray | None:
+        if not settings.skiplist_words:
+            return None
+        # convert_tokens_to_ids, as PyLate: a word that is no token stands for the unknown token
+        ids = tokenizer.convert_tokens_to_ids(list(settings.skiplist_words))
+        return np.unique(np.asarray([i for i in ids if i is not None], dtype=np.int64))
+
+    # --- on the caller's thread -----------------------------------------------------------------------
+
+    def prepare_embed(self, request: EmbedRequest) -> Prepared:
+        if request.late_chunking:
+            raise InvalidOption(f"late_chunking is not available for multi-vector model {self.model_name}: each "
+                                "token already has a vector in the context of its whole input; leave it out")
+        sequences = self._sequences(request, request.truncate)
+        return Prepared(sequences, [s.length for s in sequences])
+
+    def vector_count(self, request: EmbedRequest) -> int:
+        """The token vectors the answer to `request` holds (inputs cut to length: a refusal comes later, in order)."""
+        return sum(s.vectors for s in self._sequences(request, truncate=True))
+
+    def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
+        """The query as a query, then every window of every document as a document.
+
+        A document longer than `document_length` is read in overlapping windows, each encoded on its own:
+        a token's vector depends on all the tokens around it, so vectors of one window cannot stand in for
+        another's (no reuse across windows: it would not be exact). Usage counts every token each input read.
+        """
+        query_text = texts_of([request.query], self.model_name, "the query")
+        documents = texts_of(request.documents, self.model_name, "document")
+        prompt = self.config.task_spec(None).prompt
+        query = self._sequence(self._query, self._tokenizer.encode([prompt + query_text[0]])[0], 0, True)
+        prompt_ids = self._tokenizer.encode([prompt])[0] if prompt else np.zeros(0, dtype=np.int64)
+        windowing = Windowing.within(self._room(self._document) - len(prompt_ids), self.config)
+        items, owners, doc_tokens = [query], [None], []
+        for index, content in enumerate(self._tokenizer.encode(documents)):
+            pieces = [self._sequence(self._document, np.concatenate([prompt_ids, window]), index, True)
+                      for window in windowing.split(content)]
+            items.extend(pieces)
+            owners.extend([index] * len(pieces))
+            doc_tokens.append(sum(p.length for p in pieces))
+            check_window_count(len(items) - 1, max_windows)
+        return RerankWork(items=items, owners=owners, scoring=Scoring.MAXSIM, query_tokens=query.length,
+                          document_tokens=doc_tokens)
+
+    def calibration_item(self, length: int) -> _Sequence:
+        filler = self._tokenizer.encode(["a"])[0][:1]
+        ids = self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count)))
+        return _Sequence(ids, len(ids), None)
+
+    def _sequences(self, request: EmbedRequest, truncate: bool) -> list[_Sequence]:
+        texts = texts_of(request.inputs, self.model_name)
+        input_type = request.input_type or _TASK_INPUT_TYPES.get(request.task or "") or DEFAULT_INPUT_TYPE
+        side = self._query if input_type == "query" else self._document
+        prompt = self.config.task_spec(request.task).prompt
+        contents = self._tokenizer.encode([prompt + text for text in texts])
+        return [self._sequence(side, content, index, truncate) for index, content in enumerate(contents)]
+
+    def _room(self, side: _Side) -> int:
+        return side.length - self._tokenizer.special_count - len(side.marker)
+
+    def _sequence(self, side: _Side, content: np.ndarray, index: int, truncate: bool) -> _Sequence:
+        room = self._room(side)
+        if len(content) > room:
+            if not truncate:
+                total = len(content) + self._tokenizer.special_count + len(side.marker)
+                raise InvalidInput(
+                    f"input {index} has {total} tokens as a {side.name}, over the model's limit of {side.length}; "
+                    "shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
+            content = content[:room]
+        wrapped = self._tokenizer.wrap(content)
+        # PyLate inserts the marker after the first token (the tokenizer's start token)
+        ids = np.concatenate([wrapped[:1], side.marker, wrapped[1:]])
+        attended = len(ids)
+        if side.expansion_id is not None:
+            ids = np.concatenate([ids, np.full(side.length - len(ids), side.expansion_id, dtype=np.int64)])
+            if side.attend_expansion:
+                attended = len(ids)
+        keep = None if side.skip is None else np.flatnonzero(~np.isin(ids, side.skip))
+        return _Sequence(ids, attended, keep)
+
+    # --- on the batcher's thread ----------------------------------------------------------------------
+
+    def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
+        import torch
+
+        with torch.inference_mode():
+            padded = self._tokenizer.pad([s.ids for s in sequences])
+            for row, sequence in enumerate(sequences):
+                padded["attention_mask"][row, sequence.attended:] = 0
+            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
+            tokens = self._encoder(**features)[0]
+            for projection in self._projections:
+                tokens = projection(tokens)
+            vectors = tokens.float().cpu().numpy()
+        out = []
+        for row, sequence in enumerate(sequences):
+            matrix = vectors[row, : sequence.length]
+            # copies: a view would keep the whole pass's array alive as long as the caller holds its rows
+            out.append([matrix.copy() if sequence.keep is None else matrix[sequence.keep]])
+        return out
+
+
+def _load_encoder(auto_model, encoder_dir: Path, allow_pickle: bool):
+    """The encoder, its missing weights refused: random weights would serve plausible nonsense.
+
+    transformers' own load report is kept quiet: in colbert-ai's layout the projection's `linear.weight` sits
+    beside the encoder's weights, which it calls unexpected, and the pooler it adds (a ColBERT never uses it)
+    missing; what is really wrong is said here instead.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        encoder, info = auto_model.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=True,
+                                                   use_safetensors=not allow_pickle or None, output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith("pooler."))
+    if missing or info.get("mismatched_keys"):
+        wrong = ", ".join(missing[:5] + [str(key) for key in list(info.get("mismatched_keys") or ())[:5]])
+        raise ModelDirectoryError(f"{encoder_dir}: the encoder's weights are missing or of the wrong shape in the "
+                                  f"checkpoint ({wrong}); it would answer random vectors")
+    unused = sorted(key for key in info.get("unexpected_keys", ()) if not key.startswith(("linear.", "residual.")))
+    if unused:
+        logger.warning("%s: weights not used by the encoder: %s", encoder_dir, ", ".join(unused[:10]))
+    return encoder
+
+
+def _projection(model_dir: Path, projection: Projection, allow_pickle: bool, device, dtype) -> "_Dense":
+    """The projection, its weights read from the folder's safetensors (or, when allowed, its pickle)."""
+    import torch
+
+    names = [projection.prefix + "weight", projection.prefix + "bias", "residual.weight"]
+    weights = _tensors(model_dir / projection.folder, names, allow_pickle)
+    weight = weights.get(projection.prefix + "weight")
+    if weight is None:
+        raise ModelDirectoryError(f"{model_dir / projection.folder}: no {projection.prefix}weight in the weights: "
+                                  "the ColBERT projection is missing")
+    module_path, _, class_name = projection.activation.rpartition(".")
+    activation = getattr(importlib.import_module(module_path), class_name, None)
+    if not (isinstance(activation, type) and issubclass(activation, torch.nn.Module)):
+        raise ModelDirectoryError(f"{projection.folder}: activation_function {projection.activation!r} is not a "
+                                  "torch.nn module")
+    bias = weights.get(projection.prefix + "bias") if projection.bias else None
+    residual = None
+    if projection.residual:
+        residual = weights.get("residual.weight") if weight.shape[0] != weight.shape[1] else _IDENTITY
+        if residual is None:
+            raise ModelDirectoryError(f"{model_dir / projection.folder}: use_residual needs residual.weight")
+
+    def on_device(tensor):
+        return tensor if tensor is None or tensor is _IDENTITY else tensor.to(device, dtype)
+
+    return _Dense(on_device(weight), on_device(bias), activation().to(device), on_device(residual))
+
+
+_IDENTITY = "identity"
+
+
+@dataclass(frozen=True)
+class _Dense:
+    """PyLate's Dense: activation(x W^T + b), plus x (or x R^T when the widths differ) with use_residual."""
+
+    weight: Any
+    bias: Any
+    activation: Any
+    residual: Any  # None, _IDENTITY, or R
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+    def __call__(self, tokens):
+        from torch.nn.functional import linear
+
+        projected = self.activation(linear(tokens, self.weight, self.bias))
+        if self.residual is None:
+            return projected
+        return projected + (tokens if self.residual is _IDENTITY else linear(tokens, self.residual))
+
+
+def _tensors(folder: Path, names: list[str], allow_pickle: bool) -> dict:
+    """The tensors called `names` that the folder's weights hold, and only those: in colbert-ai's layout the
+    projection shares one file with the whole encoder, which need not be read twice."""
+    import torch
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        found = {}
+        for path in files:
+            with safe_open(str(path), framework="pt") as weights:
+                found.update({name: weights.get_tensor(name) for name in names if name in weights.keys()})
+        return found
+    pickled = folder / "pytorch_model.bin"
+    if pickled.is_file() and allow_pickle:
+        state = torch.load(str(pickled), map_location="cpu", weights_only=True)
+        return {name: state[name] for name in names if name in state}
+    raise ModelDirectoryError(f"{folder}: no safetensors weights for the ColBERT projection"
+                              + (" (pytorch_model.bin is there: SEARCHBOX_ALLOW_PICKLE=1 loads it)"
+                                 if pickled.is_file() else ""))
+
+
+KIND = Kind(
+    name="multi-vector",
+    summary="multi-vector embeddings (ColBERT late interaction)",
+    recognizes=lambda files: _is_pylate(files) or _is_colbert_ai(files),
+    operations=frozenset({Operation.MULTI_VECTOR, Operation.RERANK}),
+    csv=CsvLayout(Operation.MULTI_VECTOR, (CsvColumn("text"),)),
+    samples=Samples(
+        # what `client.embed(texts="...", use_colbert=True, input_type=InputType.QUERY)` sends
+        request={"data": {"text": "What is late interaction?"}, "parameters": {"input_type": "query"}},
+        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b",
+                            "embeddings": [[0.0123, -0.0456, 0.0789], [0.0321, 0.0654, -0.0987], [-0.011, 0.042, 0.09]],
+                            "usage": {"total_tokens": 32}}],
+                  "parameters": {"input_type": "query"}},
+        public_path="/v1/multi-vector",
+        public_request={"input": ["What is late interaction?"], "input_type": "query", "embedding_type": "float"},
+        csv=("1,When are you open\\, really?\n"
+             '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
+             "3,Semantic search finds documents by meaning rather than by keywords.\n"
+             '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'),
+        batch_output=('{"data":[{"id":"1","embeddings":[[0.0123,-0.0456,0.0789],[0.0321,0.0654,-0.0987]],'
+                      '"usage":{"total_tokens":10}},{"id":"2","embeddings":[[0.0111,0.0222,-0.0333]],'
+                      '"usage":{"total_tokens":20}}],"parameters":{}}'),
+        client_call=('client.embed(texts=["What is late interaction?"], use_colbert=True,\n'
+                     '                     input_type=InputType.QUERY)  # documents: InputType.DOCUMENT'),
+    ),
+    load=MultiVectorModel,
+    read_settings=read_settings,
+)

@@ -1,0 +1,75 @@
+"""Reference implementations that pin other library versions than the project, each in its own venv.
+
+PyLate 1.6.0 pins sentence-transformers 5.3.0 and transformers <= 5.3.0 (and, through fast-plaid, a CUDA
+torch): it can never be a project dependency. The test session makes its venv once, in the git-ignored
+`.cache/` of the checkout, and reuses it while its install spec is unchanged; a lock file keeps parallel
+test runs from building it twice. Without a registry it cannot be made: the reference tests then fail,
+naming what to do, since parity that was never checked must not read as passed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache"
+# torch 2.13.0 is the CPU wheel kept on this machine kind (pip's find-links); pylate without its deps,
+# whose fast-plaid pin would pull a CUDA torch. The other pins are PyLate 1.6.0's own.
+PYLATE_SPEC = (
+    ("torch==2.13.0", "sentence-transformers==5.3.0", "transformers==5.3.0", "ujson", "pandas", "datasets",
+     "accelerate"),
+    ("--no-deps", "pylate==1.6.0"),
+)
+_INSTALL_TIMEOUT_S = 1800
+
+
+class ReferenceUnavailable(RuntimeError):
+    """The reference venv cannot be made here; the message says why and how to make it by hand."""
+
+
+def pylate_python() -> Path:
+    """The python of a venv holding PyLate 1.6.0, made on first use (minutes) and reused after."""
+    return _venv("pylate-1.6.0", PYLATE_SPEC)
+
+
+def _venv(name: str, installs: tuple[tuple[str, ...], ...], cache: Path = CACHE) -> Path:
+    target = cache / name
+    python = target / "bin" / "python"
+    marker = target / ".complete"
+    wanted = repr(installs)
+    if marker.is_file() and marker.read_text() == wanted and python.exists():
+        return python
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another session may be building it: wait, then reuse its work
+        if marker.is_file() and marker.read_text() == wanted and python.exists():
+            return python
+        shutil.rmtree(target, ignore_errors=True)
+        log_path = cache / f"{name}.log"
+        started = time.monotonic()
+        with log_path.open("w") as log:
+            steps = [[sys.executable, "-m", "venv", str(target)]]
+            steps += [[str(python), "-m", "pip", "install", "--disable-pip-version-check", *args] for args in installs]
+            for step in steps:
+                log.write(f"$ {' '.join(step)}\n")
+                log.flush()
+                try:
+                    done = subprocess.run(step, stdout=log, stderr=subprocess.STDOUT, timeout=_INSTALL_TIMEOUT_S,
+                                          env={**os.environ, "PIP_NO_INPUT": "1"})
+                except subprocess.TimeoutExpired:
+                    done = None
+                if done is None or done.returncode != 0:
+                    shutil.rmtree(target, ignore_errors=True)
+                    tail = log_path.read_text(errors="replace")[-1500:] if log_path.exists() else ""
+                    raise ReferenceUnavailable(
+                        f"cannot make the {name} reference venv (needs PyPI through pip); step failed: "
+                        f"{' '.join(step)}\nfull log: {log_path}\n...{tail}")
+        marker.write_text(wanted)
+        print(f"made {target} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        return python
