@@ -265,7 +265,7 @@ class MultiVectorModel:
             documents = min(documents, config.max_length)
         queries = min(settings.query_length, documents)
         self.max_length = max(queries, documents)
-        self._tokenizer = TokenizerView(tokenizer, self.max_length)
+        self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
         self._query = self._side("query", settings.query_prefix, queries, tokenizer, model_dir,
                                  expansion_id=self._expansion_id(tokenizer, settings, model_dir),
                                  attend_expansion=settings.attend_to_expansion_tokens)

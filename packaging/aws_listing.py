@@ -249,10 +249,10 @@ def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigur
     if units != sample.units:  # the server counted the sample itself (container.dispatch.request_figures)
         raise AssertionError(f"the sample reported {sample.units} units, its usage makes {units}: this is a bug")
     operation = _sample_operation(product)
-    what = (f"embeds {sample.inputs} text{'s' * (sample.inputs != 1)}" if operation is Operation.EMBED
-            else f"reranks {sample.inputs} document{'s' * (sample.inputs != 1)}")
-    usage = ("the items' `usage.total_tokens` in its answer" if operation is Operation.EMBED
-             else "`query_usage` and `docs_usage` in its answer")
+    what = (f"reranks {sample.inputs} document{'s' * (sample.inputs != 1)}" if operation is Operation.RERANK
+            else f"embeds {sample.inputs} text{'s' * (sample.inputs != 1)}")
+    usage = ("`query_usage` and `docs_usage` in its answer" if operation is Operation.RERANK
+             else "the items' `usage.total_tokens` in its answer")
     if metering.unit == "tokens":
         per = metering.tokens_per_unit
         line = (f"{usage} add up to {sample.tokens:,} tokens; at 1 unit = {per:,} tokens, rounded up per "
@@ -275,7 +275,9 @@ def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigur
 def _sample_operation(product: _catalog.Product) -> Operation:
     from container.dialects import decode_invocation
 
-    return decode_invocation(product.model_kind.samples.request).request.operation
+    operation = decode_invocation(product.model_kind.samples.request).request.operation
+    # `{"input": ...}` asks for the served model's own form of embeddings
+    return operation or product.model_kind.embedding_operation or Operation.EMBED
 
 
 def billing_markdown(product: _catalog.Product, sample: build_artifact.SampleFigures | None, *,
