@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from transformers import AutoTokenizer
 
 from colbert_models import DOCUMENTS, LAYOUTS, QUERIES, RERANK_DOCUMENTS, RERANK_QUERY
@@ -25,7 +26,7 @@ from conftest import START_TIMEOUT_S, start_server, stop_server
 from container.app import create_app
 from container.runtime import ModelRuntime
 from container.settings import Settings
-from helpers import InProcess, assert_error
+from helpers import InProcess, assert_documented, assert_error
 from model_handlers import HandlerOptions, load_handler
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.ranking import maxsim
@@ -266,6 +267,20 @@ def test_every_encoding_applies_to_each_token_vector(colbert_server):
     assert len(rows) == len(floats) and all(isinstance(row, str) for row in rows)
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/multi-vector", {"input": DOCUMENTS[:2], "input_type": "document"}),
+    ("/v1/multi-vector", {"input": [QUERIES[0]], "embedding_type": ["float", "base64", "ubinary", "binary"]}),
+    ("/invocations", {"input": QUERIES[:1]}),
+    ("/invocations", {"data": [{"text": DOCUMENTS[0], "id": "d1"}], "parameters": {"embedding_type": "base64"}}),
+    ("/v1/rerank", {"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS[1:], "top_n": 1}),
+    ("/v1/embeddings", {"input": ["x"]}),  # a single-vector route: refused, with the documented error
+])
+def test_answers_match_the_openapi_document(colbert_server, path, body):
+    """The multi-vector answers are the ones GET /openapi.json describes (tests/test_openapi.py does the rest)."""
+    document = requests.get(f"{colbert_server.url}/openapi.json", timeout=10).json()
+    assert_documented(document, "post", path, colbert_server.post(path, body))
+
+
 def test_single_and_multi_vector_mismatches_name_the_route(colbert_server, app):
     refused = assert_error(colbert_server.post("/v1/embeddings", {"input": ["hello"]}), 400, "UNSUPPORTED_OPERATION",
                            "multi-vector", "one vector per token", "/v1/multi-vector", "/v1/rerank")
@@ -409,7 +424,9 @@ def test_build_artifact_checks_and_packs_a_colbert(tmp_path, pylate_dir, colbert
     # the listing shows the jina-sagemaker call for ColBERT packages, as runnable Python
     product = dataclasses.replace(_catalog.load_catalog(PACKAGING / "catalog.example.yaml")[0], kind="multi-vector",
                                   model_dir=pylate_dir, served_name="tiny-colbert")
-    usage = aws_listing.usage_markdown(product, tmp_path / "no-bench.md")
+    # per-inference, as the example catalog prices it: the worked example is what the sample really consumed
+    usage = aws_listing.usage_markdown(product, tmp_path / "no-bench.md", aws_listing.measure_sample(product))
     assert "use_colbert=True" in usage and "InputType.QUERY" in usage
+    assert "Worked example: the real-time sample request above embeds 1 text;" in usage
     assert "from jina_sagemaker import Client, InputType" in usage and "/v1/multi-vector" in usage
     shutil.rmtree(unpacked)
