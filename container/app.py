@@ -27,6 +27,7 @@ from container.errors import (
     payload_too_large,
 )
 from container.execution_parameters import execution_parameters
+from container.openapi import document as openapi_document
 from container.telemetry import METRICS_CONTENT_TYPE
 from container.runtime import ModelRuntime
 from container.settings import Settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     dispatcher = Dispatcher(settings, runtime)
 
     telemetry = runtime.telemetry
+    openapi = orjson.dumps(openapi_document())  # the same for every request: built once
 
     def invoke(decode: Callable[[Any], Decoded], records: bool = False) -> Response:
         dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
@@ -94,6 +96,10 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     def models() -> Response:
         """OpenAI's model list: the one served model, with what a caller needs to know about it."""
         return json_response({"object": "list", "data": [model_card(runtime, settings)]})
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return Response(openapi, mimetype=JSON)
 
     @app.post("/invocations")
     @app.post("/score")  # Azure ML's scoring route, for the custom-container deployment

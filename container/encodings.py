@@ -53,5 +53,24 @@ def encode(vector: np.ndarray, type_: EmbeddingType) -> Any:
     raise AssertionError(f"unknown embedding type {type_}; this is a bug")
 
 
+def schema(matrix: bool = False) -> dict[str, Any]:
+    """An encoded embedding as a JSON Schema: one type's value, or (a list of types asked) an object keyed by type.
+    `matrix`: a multi-vector input's token vectors, each encoded on its own."""
+    rows = {
+        EmbeddingType.FLOAT: {"type": "array", "items": {"type": "number"}},
+        EmbeddingType.BASE64: {"type": "string", "contentEncoding": "base64",
+                               "description": "little-endian float32 bytes"},
+        EmbeddingType.BINARY: {"type": "array", "items": {"type": "integer", "minimum": -128, "maximum": 127},
+                               "description": "sign bits packed MSB-first, minus 128"},
+        EmbeddingType.UBINARY: {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                                "description": "sign bits packed MSB-first"},
+    }
+    if matrix:
+        rows = {type_: {"type": "array", "items": row} for type_, row in rows.items()}
+    keyed = {"type": "object", "minProperties": 1, "additionalProperties": False,
+             "properties": {type_.value: row for type_, row in rows.items()}}
+    return {"anyOf": [*rows.values(), keyed]}
+
+
 def _base64(row: np.ndarray) -> str:
     return base64.b64encode(row.astype("<f4", copy=False).tobytes()).decode("ascii")

@@ -92,6 +92,19 @@ def error_body(error: SearchboxError, request_id: str) -> dict[str, str]:
     return {"detail": error.detail, "code": error.code, "request_id": request_id}
 
 
+# error_body as a JSON Schema (the OpenAPI document)
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["detail", "code", "request_id"],
+    "additionalProperties": False,
+    "properties": {
+        "detail": {"type": "string", "description": "what went wrong and what to send instead"},
+        "code": {"type": "string", "description": "a stable, machine-readable code (VALIDATION_ERROR, ...)"},
+        "request_id": {"type": "string", "description": "the X-Request-Id of the answer: quote it when reporting"},
+    },
+}
+
+
 @dataclass(frozen=True)
 class Reply:
     """A whole answer: status, body bytes, media type and extra headers (whatever host sends it), and for an

@@ -66,3 +66,24 @@ class InProcess:
 
     def get(self, path: str) -> Answer:
         return Answer(self._client.get(path))
+
+
+def openapi_validator(document: dict, schema: dict):
+    """A JSON Schema validator for `schema`, a part of the OpenAPI `document` (its `$ref`s resolve in it)."""
+    from jsonschema import Draft202012Validator
+
+    # the document's `#/components/...` references resolve against the root of the schema validated
+    return Draft202012Validator({**schema, "components": document["components"]})
+
+
+def assert_documented(document: dict, method: str, path: str, response) -> None:
+    """`response` (requests', or an in-process one) is one the OpenAPI `document` describes for `method path`:
+    its status is listed, its media type too, and a JSON body validates against the schema given for both."""
+    operation = document["paths"][path][method]
+    status = str(response.status_code)
+    assert status in operation["responses"], (path, status, sorted(operation["responses"]))
+    media = response.headers["Content-Type"].split(";")[0].strip()
+    content = operation["responses"][status]["content"]
+    assert media in content, (path, status, media, sorted(content))
+    if media == "application/json":
+        openapi_validator(document, content[media]["schema"]).validate(response.json())

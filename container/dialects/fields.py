@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 import orjson
@@ -187,6 +188,29 @@ def embed_input(value: Any, field: str) -> EmbedInput:
     raise ValidationFailed(f"`{field}` must be a string or an object with `text`, got {_json_type(value)}")
 
 
+def input_schema() -> dict[str, Any]:
+    """What `embed_input` reads, as a JSON Schema (the OpenAPI document, container/openapi.py): a string, or an
+    object read by the first of its keys in `embed_input`'s order."""
+    branches: list[dict[str, Any]] = [{"type": "string", "description": "a text"}]
+    earlier: list[str] = []
+
+    def keyed(key: str, value: dict[str, Any]) -> dict[str, Any]:
+        branch = {"type": "object", "required": [key], "properties": {key: value}}
+        if earlier:
+            branch["not"] = {"anyOf": [{"required": [other]} for other in earlier]}
+        earlier.append(key)
+        return branch
+
+    branches.append(keyed("text", {"type": "string", "description": "a text"}))
+    for key in IMAGE_KEYS:
+        branches.append(keyed(key, {"type": "string", "description": "an image: an http(s) URL (when the operator "
+                                                                      "allows fetching), base64 or a data URI; "
+                                                                      "multimodal models only"}))
+    for key in OTHER_KEYS:
+        branches.append(keyed(key, {"description": "read by no model yet: refused by index"}))
+    return {"oneOf": branches}
+
+
 def render_input(item: EmbedInput) -> dict[str, str]:
     """An input as it is echoed back (a returned rerank document): `{"text"}`, or what else it is under the key it
     came in (also used to estimate a batch answer's size, before any model refuses what it cannot read)."""
@@ -197,24 +221,81 @@ def render_input(item: EmbedInput) -> dict[str, str]:
     return {item.kind: item.source}
 
 
+@dataclass(frozen=True)
+class Option:
+    """One optional field of a request: how it is read, and how the OpenAPI document shows it (one definition for
+    both, so the document cannot drift from the parser). `read(value, field)` gets None when the field is absent."""
+
+    name: str
+    read: Callable[[Any, str], Any]
+    schema: Mapping[str, Any]
+    description: str
+
+    def parse(self, source: Mapping[str, Any], prefix: str = "") -> Any:
+        return self.read(source.get(self.name), prefix + self.name)
+
+    def property_schema(self) -> dict[str, Any]:
+        """The field in a body's JSON Schema; null reads as left out."""
+        return {"anyOf": [dict(self.schema), {"type": "null"}], "description": self.description}
+
+
+def flag(default: bool) -> Callable[[Any, str], bool]:
+    """`optional_bool` with its default."""
+    return lambda value, field: optional_bool(value, field, default)
+
+
+def boolean_schema(default: bool) -> dict[str, Any]:
+    """true/false, or the strings "true"/"false" in any case, as some form encoders send."""
+    return {"oneOf": [{"type": "boolean"}, {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"}],
+            "default": default}
+
+
+# an integer, or a numeric string ("1024") as some clients send: the values `optional_int` reads
+_INTEGER_BOUND = 10**18 - 1
+INTEGER_SCHEMA = {"oneOf": [{"type": "integer", "minimum": -_INTEGER_BOUND, "maximum": _INTEGER_BOUND},
+                            {"type": "string", "pattern": f"^\\s*{_INTEGER.pattern}\\s*$"}]}
+_EMBEDDING_TYPE = {"type": "string", "enum": [t.value for t in EmbeddingType]}
+
+# Contract §2c: the options of every embedding request (the public API's body, SageMaker's `parameters`).
+EMBED_OPTIONS = (
+    Option("task", optional_str, {"type": "string"},
+           "a task adapter or prompt the model declares (GET /v1/models lists them); an unknown task falls back "
+           "to the model's default"),
+    Option("dimensions", optional_int, INTEGER_SCHEMA,
+           "cut each vector to its first N dimensions (Matryoshka), then normalise"),
+    Option("normalized", flag(True), boolean_schema(True), "scale each vector to unit length"),
+    Option("late_chunking", flag(False), boolean_schema(False),
+           "run the inputs through the model as one sequence, then pool each input's own tokens"),
+    Option("truncate", flag(True), boolean_schema(True),
+           "cut inputs longer than the model's max length; false makes them an error"),
+    Option("input_type", input_type, {"type": "string", "enum": list(INPUT_TYPE_TASKS)},
+           "query or document: selects the retrieval task when no `task` is given"),
+)
+ENCODING_OPTION = Option(
+    "embedding_type", encoding,
+    {"oneOf": [_EMBEDDING_TYPE, {"type": "array", "items": _EMBEDDING_TYPE, "minItems": 1}]},
+    "how vectors go on the wire; a list answers each embedding as an object keyed by type. "
+    "`encoding_format` (OpenAI's name) is read as a synonym")
+ENCODING_SYNONYM = "encoding_format"
+
+
 def embed_request(inputs: tuple[EmbedInput, ...], options: Mapping[str, Any],
                   prefix: str = "") -> tuple[EmbedRequest, Encoding]:
-    """The options of contract §2c, read from `options` (field names in errors get `prefix`).
+    """The options of contract §2c (EMBED_OPTIONS), read from `options` (field names in errors get `prefix`).
 
     Returns the request and how its vectors go on the wire. OpenAI's `encoding_format` is read as a
     synonym of `embedding_type`.
     """
-    type_key = "embedding_type" if options.get("embedding_type") is not None else "encoding_format"
-    request = EmbedRequest(
-        inputs=inputs,
-        task=optional_str(options.get("task"), prefix + "task"),
-        dimensions=optional_int(options.get("dimensions"), prefix + "dimensions"),
-        normalized=optional_bool(options.get("normalized"), prefix + "normalized", True),
-        late_chunking=optional_bool(options.get("late_chunking"), prefix + "late_chunking", False),
-        truncate=optional_bool(options.get("truncate"), prefix + "truncate", True),
-        input_type=input_type(options.get("input_type"), prefix + "input_type"),
-    )
-    return request, encoding(options.get(type_key), prefix + type_key)
+    request = EmbedRequest(inputs=inputs, **{option.name: option.parse(options, prefix) for option in EMBED_OPTIONS})
+    type_key = ENCODING_OPTION.name if options.get(ENCODING_OPTION.name) is not None else ENCODING_SYNONYM
+    return request, ENCODING_OPTION.read(options.get(type_key), prefix + type_key)
+
+
+def options_schema() -> dict[str, Any]:
+    """The properties EMBED_OPTIONS and the encoding add to a request body (or SageMaker's `parameters`)."""
+    properties = {option.name: option.property_schema() for option in (*EMBED_OPTIONS, ENCODING_OPTION)}
+    properties[ENCODING_SYNONYM] = {**ENCODING_OPTION.property_schema(), "description": "synonym of `embedding_type`"}
+    return properties
 
 
 def _shown(value: Any) -> str:

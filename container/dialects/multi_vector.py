@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from container.dialects import Decoded
-from container.encodings import Encoding
+from container.encodings import Encoding, schema as embedding_schema
 from model_handlers.types import EmbedResult, Operation
 
 
@@ -30,4 +30,22 @@ def render(result: EmbedResult, encoding: Encoding) -> dict[str, Any]:
         "usage": {"total_tokens": result.total_tokens},
         "data": [{"object": "embeddings", "index": index, "embeddings": encoding.render(matrix)}
                  for index, matrix in enumerate(result.vectors)],
+    }
+
+
+def response_schema() -> dict[str, Any]:
+    """What `render` answers, as a JSON Schema."""
+    return {
+        "type": "object",
+        "required": ["model", "object", "usage", "data"],
+        "properties": {
+            "model": {"type": "string"},
+            "object": {"const": "list"},
+            "usage": {"type": "object", "required": ["total_tokens"],
+                      "properties": {"total_tokens": {"type": "integer"}}},
+            "data": {"type": "array", "items": {
+                "type": "object", "required": ["object", "index", "embeddings"],
+                "properties": {"object": {"const": "embeddings"}, "index": {"type": "integer"},
+                               "embeddings": embedding_schema(matrix=True)}}},
+        },
     }

@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from container.dialects import Decoded, fields, multi_vector
+from container.encodings import schema as embedding_schema
 from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult, Operation
 
@@ -39,3 +40,35 @@ def decode_embeddings(body: Any, operation: Operation | None = Operation.EMBED) 
         }
 
     return Decoded(request, render, encoding)
+
+
+def request_schema() -> dict[str, Any]:
+    """What `decode_embeddings` reads, as a JSON Schema."""
+    item = fields.input_schema()
+    return {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "input": {"oneOf": [item, {"type": "array", "items": item}], "description": "one input or a list"},
+            "model": {"type": "string", "description": "accepted and ignored: the endpoint serves one model"},
+            **fields.options_schema(),
+        },
+    }
+
+
+def response_schema() -> dict[str, Any]:
+    """What `decode_embeddings`'s render answers for single vectors, as a JSON Schema."""
+    return {
+        "type": "object",
+        "required": ["model", "object", "usage", "data"],
+        "properties": {
+            "model": {"type": "string"},
+            "object": {"const": "list"},
+            "usage": {"type": "object", "required": ["total_tokens", "prompt_tokens"],
+                      "properties": {"total_tokens": {"type": "integer"}, "prompt_tokens": {"type": "integer"}}},
+            "data": {"type": "array", "items": {
+                "type": "object", "required": ["object", "index", "embedding"],
+                "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},
+                               "embedding": embedding_schema()}}},
+        },
+    }

@@ -22,6 +22,38 @@ _PUBLIC_SHAPE = '{"query": "...", "documents": ["...", {"text": "..."}], "top_n"
 _KEYS = ("query", "documents")
 
 
+def _top_n(value: Any, field: str) -> int | None:
+    top_n = fields.optional_int(value, field)
+    if top_n is not None and top_n < 1:
+        raise ValidationFailed(f"`{field}` must be at least 1 (leave it out to get every document), got {top_n}")
+    return top_n
+
+
+OPTIONS = (
+    fields.Option("top_n", _top_n, {"oneOf": [
+        {"type": "integer", "minimum": 1, "maximum": fields.INTEGER_SCHEMA["oneOf"][0]["maximum"]},
+        # at most 18 digits, not all zeros
+        {"type": "string", "pattern": "^\\s*[+]?(?=[0-9]{1,18}\\s*$)0*[1-9][0-9]*\\s*$"}]},
+        "answer the best N documents only; all when left out"),
+    fields.Option("return_documents", fields.flag(True), fields.boolean_schema(True),
+                  "echo each returned document (as sent) beside its score"),
+)
+
+
+def request_schema() -> dict[str, Any]:
+    """A rerank request (the public body, or SageMaker's `data`) as a JSON Schema: what `_request` reads."""
+    item = fields.input_schema()
+    return {
+        "type": "object",
+        "required": list(_KEYS),
+        "properties": {
+            "query": {**item, "description": "what the documents are ranked against"},
+            "documents": {"type": "array", "items": item, "description": "the documents to rank"},
+            **{option.name: option.property_schema() for option in OPTIONS},
+        },
+    }
+
+
 def is_sagemaker_rerank(data: Any) -> bool:
     """Whether a SageMaker `data` value is a rerank request: an object (or a list whose first item is one)
     with `query` or `documents`, which no embedding input has."""
@@ -84,14 +116,10 @@ def _request(source: Mapping[str, Any], prefix: str, shape: str) -> RerankReques
     documents = source["documents"]
     if not isinstance(documents, list):
         raise ValidationFailed(f"`{prefix}documents` must be a list of strings or {{\"text\"}} objects")
-    top_n = fields.optional_int(source.get("top_n"), f"{prefix}top_n")
-    if top_n is not None and top_n < 1:
-        raise ValidationFailed(f"`{prefix}top_n` must be at least 1 (leave it out to get every document), got {top_n}")
     return RerankRequest(
         query=query,
         documents=tuple(fields.embed_input(item, f"{prefix}documents[{i}]") for i, item in enumerate(documents)),
-        top_n=top_n,
-        return_documents=fields.optional_bool(source.get("return_documents"), f"{prefix}return_documents", True),
+        **{option.name: option.parse(source, prefix) for option in OPTIONS},
     )
 
 
@@ -102,3 +130,49 @@ def _hit(request: RerankRequest, hit: RerankHit, *, with_usage: bool) -> dict[st
     if with_usage:
         item["usage"] = {"total_tokens": hit.tokens}
     return item
+
+
+_USAGE = {"type": "object", "required": ["total_tokens"], "properties": {"total_tokens": {"type": "integer"}}}
+
+
+def _hit_schema(with_usage: bool) -> dict[str, Any]:
+    properties = {"index": {"type": "integer", "description": "the document's place in the request"},
+                  "relevance_score": {"type": "number"},
+                  "document": {**fields.input_schema(), "description": "as sent, when `return_documents`"}}
+    if with_usage:
+        properties["usage"] = _USAGE
+    return {"type": "object", "required": ["index", "relevance_score", *(["usage"] if with_usage else [])],
+            "properties": properties}
+
+
+def public_request_schema() -> dict[str, Any]:
+    """What `decode_public` reads, as a JSON Schema."""
+    schema = request_schema()
+    schema["properties"]["model"] = {"type": "string",
+                                     "description": "accepted and ignored: the endpoint serves one model"}
+    return schema
+
+
+def sagemaker_request_schema() -> dict[str, Any]:
+    """What `decode_sagemaker` reads, as a JSON Schema."""
+    one = request_schema()
+    return {"type": "object", "required": ["data"],
+            "properties": {"data": {"oneOf": [one, {"type": "array", "items": one, "minItems": 1, "maxItems": 1}]},
+                           "parameters": {"type": "object", "description": "echoed back in the answer"}}}
+
+
+def sagemaker_response_schema() -> dict[str, Any]:
+    """What `render_item` answers (in the envelope), as a JSON Schema."""
+    item = {"type": "object", "required": ["query_usage", "docs_usage", "results"],
+            "properties": {"query_usage": _USAGE, "docs_usage": _USAGE,
+                           "results": {"type": "array", "items": _hit_schema(with_usage=True)}}}
+    return {"type": "object", "required": ["data", "parameters"],
+            "properties": {"data": {"type": "array", "items": item, "minItems": 1, "maxItems": 1},
+                           "parameters": {"type": "object"}}}
+
+
+def public_response_schema() -> dict[str, Any]:
+    """What `decode_public`'s render answers, as a JSON Schema."""
+    return {"type": "object", "required": ["model", "object", "usage", "results"],
+            "properties": {"model": {"type": "string"}, "object": {"const": "list"}, "usage": _USAGE,
+                           "results": {"type": "array", "items": _hit_schema(with_usage=False)}}}

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from container.dialects import Decoded, fields
-from container.encodings import Encoding
+from container.encodings import Encoding, schema as embedding_schema
 from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult
 
@@ -44,3 +44,36 @@ def render_item(item_id: Any, vector, tokens: int, encoding: Encoding) -> dict[s
     `embeddings`."""
     key = "embedding" if getattr(vector, "ndim", 1) == 1 else "embeddings"
     return {"id": item_id, key: encoding.render(vector), "usage": {"total_tokens": tokens}}
+
+
+_ID = {"type": ["string", "number"], "description": "echoed back as sent; a random hex id when none is given"}
+_USAGE = {"type": "object", "required": ["total_tokens"], "properties": {"total_tokens": {"type": "integer"}}}
+
+
+def request_schema() -> dict[str, Any]:
+    """What `decode` reads, as a JSON Schema."""
+    item = {**fields.input_schema(), "properties": {"id": _ID}}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {"oneOf": [{"type": "array", "items": item}, item], "description": "the inputs, or one"},
+            "parameters": {"type": "object", "properties": fields.options_schema(),
+                           "description": "the options; echoed back in the answer"},
+        },
+    }
+
+
+def response_schema() -> dict[str, Any]:
+    """What `render_item` answers (in the envelope), as a JSON Schema: `embedding`, or `embeddings` for a
+    multi-vector model."""
+    vector = {"type": "object", "required": ["id", "embedding", "usage"],
+              "properties": {"id": _ID, "embedding": embedding_schema(), "usage": _USAGE}}
+    matrix = {"type": "object", "required": ["id", "embeddings", "usage"],
+              "properties": {"id": _ID, "embeddings": embedding_schema(matrix=True), "usage": _USAGE}}
+    return {
+        "type": "object",
+        "required": ["data", "parameters"],
+        "properties": {"data": {"type": "array", "items": {"oneOf": [vector, matrix]}},
+                       "parameters": {"type": "object"}},
+    }
