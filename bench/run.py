@@ -361,7 +361,8 @@ def report(scenarios: list[Scenario], extra: dict, pending: dict[str, str]) -> t
                      f"| {ratio(sb and value(sb), lim and value(lim))} | {ratio(sb and value(sb), pr and value(pr))} |")
         if scenario.key in ("1x1", "rerank"):
             for q in ("p50", "p99"):
-                get = (lambda f, q=q: getattr(f, f"{q}_ms"))
+                def get(figure, q=q):
+                    return getattr(figure, f"{q}_ms")
                 delta = f"{get(sb) - get(lim):+.1f} ms" if sb and lim else "—"
                 lines.append(f"| {scenario.title}, {q} latency (lower is better) | ms | {fmt(lim and get(lim), 2)} | "
                              f"{fmt(sb and get(sb), 2)} | {fmt(pr and get(pr), 2)} | {delta} | "

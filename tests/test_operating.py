@@ -7,7 +7,6 @@ import math
 import shutil
 import time
 
-import orjson
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-import requests
 
 from container.settings import ENVIRONMENT
 from conftest import SERVE, free_port, stop_server, wait_until_ready
