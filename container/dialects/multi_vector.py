@@ -35,17 +35,6 @@ def render(result: EmbedResult, encoding: Encoding) -> dict[str, Any]:
 
 def response_schema() -> dict[str, Any]:
     """What `render` answers, as a JSON Schema."""
-    return {
-        "type": "object",
-        "required": ["model", "object", "usage", "data"],
-        "properties": {
-            "model": {"type": "string"},
-            "object": {"const": "list"},
-            "usage": {"type": "object", "required": ["total_tokens"],
-                      "properties": {"total_tokens": {"type": "integer"}}},
-            "data": {"type": "array", "items": {
-                "type": "object", "required": ["object", "index", "embeddings"],
-                "properties": {"object": {"const": "embeddings"}, "index": {"type": "integer"},
-                               "embeddings": embedding_schema(matrix=True)}}},
-        },
-    }
+    from container.dialects import public
+
+    return public.list_schema("embeddings", embedding_schema(matrix=True), ("total_tokens",))

@@ -58,17 +58,21 @@ def request_schema() -> dict[str, Any]:
 
 def response_schema() -> dict[str, Any]:
     """What `decode_embeddings`'s render answers for single vectors, as a JSON Schema."""
+    return list_schema("embedding", embedding_schema(), ("total_tokens", "prompt_tokens"))
+
+
+def list_schema(key: str, embedding: dict[str, Any], usage: tuple[str, ...]) -> dict[str, Any]:
+    """An embeddings list answer (`{"model", "object": "list", "usage", "data"}`) whose items hold `key`: the
+    single-vector one here, the multi-vector one (container/dialects/multi_vector.py)."""
     return {
         "type": "object",
         "required": ["model", "object", "usage", "data"],
         "properties": {
             "model": {"type": "string"},
             "object": {"const": "list"},
-            "usage": {"type": "object", "required": ["total_tokens", "prompt_tokens"],
-                      "properties": {"total_tokens": {"type": "integer"}, "prompt_tokens": {"type": "integer"}}},
+            "usage": {"type": "object", "required": list(usage), "properties": {k: {"type": "integer"} for k in usage}},
             "data": {"type": "array", "items": {
-                "type": "object", "required": ["object", "index", "embedding"],
-                "properties": {"object": {"const": "embedding"}, "index": {"type": "integer"},
-                               "embedding": embedding_schema()}}},
+                "type": "object", "required": ["object", "index", key],
+                "properties": {"object": {"const": key}, "index": {"type": "integer"}, key: embedding}}},
         },
     }
