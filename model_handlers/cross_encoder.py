@@ -23,7 +23,7 @@ import numpy as np
 
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
-from model_handlers.onnx_runtime import export_graph, resolved_backend
+from model_handlers.onnx_runtime import export_graph
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
 from model_handlers.serving_config import ServingConfig
@@ -54,7 +54,7 @@ class CrossEncoderModel:
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         self.config = config
-        if resolved_backend(config.backend, options.backend) == "onnx":
+        if config.backend == "onnx":  # resolved once, with the override, by load_handler
             self._scorer: _TorchScorer | _OnnxScorer = _OnnxScorer(model_dir, config, options)
         else:
             self._scorer = _TorchScorer(model_dir, config, options)

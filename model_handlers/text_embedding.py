@@ -21,7 +21,7 @@ import numpy as np
 
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
-from model_handlers.onnx_runtime import export_graph, resolved_backend
+from model_handlers.onnx_runtime import export_graph
 from model_handlers.options import HandlerOptions
 from model_handlers.pipeline import Prepared
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
@@ -54,7 +54,7 @@ class TextEmbeddingModel:
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         self.config = config
         self.model_name = config.served_model_name
-        if resolved_backend(config.backend, options.backend) == "onnx":
+        if config.backend == "onnx":  # resolved once, with the override, by load_handler
             self._encoder: _TorchEncoder | _OnnxEncoder = _OnnxEncoder(model_dir, config, options)
         else:
             self._encoder = _TorchEncoder(model_dir, config, options)

@@ -157,10 +157,10 @@ class _Runner:
         from model_handlers.pipeline import Pipeline
         from model_handlers.serving_config import read_serving_config
 
-        config = read_serving_config(model_dir)
+        config = dataclasses.replace(read_serving_config(model_dir), backend=backend)
         if onnx_file is not None:  # the file to compare, whatever searchbox.json will finally name
             config = dataclasses.replace(config, onnx_file=onnx_file)
-        options = HandlerOptions(backend=backend, device=device)
+        options = HandlerOptions(device=device)
         self._handler = Pipeline(config.kind, config.kind.load(model_dir, config, options), config, options)
 
     def embed(self, texts: list[str]) -> np.ndarray:
