@@ -251,8 +251,8 @@ def boolean_schema(default: bool) -> dict[str, Any]:
 
 
 # an integer, or a numeric string ("1024") as some clients send: the values `optional_int` reads
-_INTEGER_BOUND = 10**18 - 1
-INTEGER_SCHEMA = {"oneOf": [{"type": "integer", "minimum": -_INTEGER_BOUND, "maximum": _INTEGER_BOUND},
+INTEGER_BOUND = 10**18 - 1
+INTEGER_SCHEMA = {"oneOf": [{"type": "integer", "minimum": -INTEGER_BOUND, "maximum": INTEGER_BOUND},
                             {"type": "string", "pattern": f"^\\s*{_INTEGER.pattern}\\s*$"}]}
 _EMBEDDING_TYPE = {"type": "string", "enum": [t.value for t in EmbeddingType]}
 

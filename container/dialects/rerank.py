@@ -31,7 +31,7 @@ def _top_n(value: Any, field: str) -> int | None:
 
 OPTIONS = (
     fields.Option("top_n", _top_n, {"oneOf": [
-        {"type": "integer", "minimum": 1, "maximum": fields.INTEGER_SCHEMA["oneOf"][0]["maximum"]},
+        {"type": "integer", "minimum": 1, "maximum": fields.INTEGER_BOUND},
         # at most 18 digits, not all zeros
         {"type": "string", "pattern": "^\\s*[+]?(?=[0-9]{1,18}\\s*$)0*[1-9][0-9]*\\s*$"}]},
         "answer the best N documents only; all when left out"),
