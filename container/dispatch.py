@@ -206,7 +206,7 @@ def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:
     An embedding body that does not say which form it wants (the SageMaker envelope, batch transform) asks for
     the kind's own: single vectors or multi-vectors. The public routes say which (/v1/embeddings, /v1/multi-vector).
     """
-    operation = request.operation or kind.embedding_operation or Operation.EMBED
+    operation = kind.asked(request.operation)
     if kind.answers(operation):
         return
     instead = "; or ".join(_OPERATION_BODIES[op] for op in sorted(kind.operations, key=lambda op: op.value))

@@ -131,6 +131,11 @@ class Kind:
         """
         return next((operation for operation in EMBEDDINGS if operation in self.operations), None)
 
+    def asked(self, operation: Operation | None) -> Operation:
+        """What a request asks of this kind: its `operation`, or (None: a body that does not say which form of
+        embeddings it wants) the kind's own embeddings."""
+        return operation or self.embedding_operation or Operation.EMBED
+
 
 @lru_cache(maxsize=1)
 def registered() -> tuple[Kind, ...]:

@@ -275,9 +275,7 @@ def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigur
 def _sample_operation(product: _catalog.Product) -> Operation:
     from container.dialects import decode_invocation
 
-    operation = decode_invocation(product.model_kind.samples.request).request.operation
-    # `{"input": ...}` asks for the served model's own form of embeddings
-    return operation or product.model_kind.embedding_operation or Operation.EMBED
+    return product.model_kind.asked(decode_invocation(product.model_kind.samples.request).request.operation)
 
 
 def billing_markdown(product: _catalog.Product, sample: build_artifact.SampleFigures | None, *,
