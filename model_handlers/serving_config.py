@@ -5,7 +5,7 @@ would not serve before any worker starts.
 
 `searchbox.json` (every key optional):
 
-    {"kind": "embedding" | "reranker" | "multimodal" | "multi-vector" (the registered kinds: model_handlers/kinds.py),
+    {"kind": "embedding" | "reranker" | "multimodal" | "multi-vector" (the registered kinds: model_handlers/kinds/__init__.py),
      "served_model_name": "jina-embeddings-v3",
      "max_length": 8192,
      "default_task": "text-matching",
@@ -24,7 +24,7 @@ them (model_handlers/onnx_runtime.py). `metering` (model_handlers/metering.py): 
 Marketplace, each 2xx reports the units it consumed; without it the model is priced per hour.
 
 Plus the keys a kind reads itself (its `read_settings`; the multi-vector kind's are in
-model_handlers/multi_vector.py).
+model_handlers/kinds/multi_vector.py).
 `default_input_type` is the `input_type` of requests that give none (batch transform CSV rows give none), for
 a whole job; the operator's SEARCHBOX_DEFAULT_INPUT_TYPE wins over it.
 

@@ -401,7 +401,7 @@ def test_siglip_texts_are_padded_to_the_max_length(tmp_path):
 def test_preprocessed_pixels_waiting_for_the_model_are_bounded(clip_dir, monkeypatch):
     """Pixels are float32 once preprocessed: a cap on what may wait refuses the request too large alone (413) and,
     while others' images fill it, new ones (503), until those are freed."""
-    from model_handlers import multimodal
+    from model_handlers.kinds import multimodal
     from model_handlers.errors import Overloaded, TooLarge
 
     one_image = 3 * 32 * 32 * 4
@@ -566,7 +566,7 @@ def test_csv_rows_of_text_url_and_bytes(clip):
     assert cosine(rows[1]["embedding"], rows[2]["embedding"]) >= 0.99999
     both = clip.post("/invocations", data=f'"5","text","","{png}"\n', headers={"Content-Type": "text/csv"})
     assert_error(both, 400, "INVALID_CSV", "line 1", "exactly one of text, url, bytes")
-    from model_handlers.multimodal import KIND
+    from model_handlers.kinds.multimodal import KIND
 
     sample = clip.post("/invocations", data=KIND.samples.csv, headers={"Content-Type": "text/csv"})  # the listing's
     assert [row["usage"]["total_tokens"] for row in vectors_rows(sample)][1:] == [1000, 1000]

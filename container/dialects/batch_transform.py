@@ -1,7 +1,7 @@
 """SageMaker batch transform bodies (contract §4): CSV and JSON Lines, many records a request.
 
 CSV (`text/csv`, `application/csv`), no header, column 1 an id that is echoed back; the other columns
-are the served kind's (its `CsvLayout` in the registry, model_handlers/kinds.py): `id,text` for text
+are the served kind's (its `CsvLayout` in the registry, model_handlers/kinds/__init__.py): `id,text` for text
 embeddings, `id,query,documents,top_n` for rerankers (documents a JSON array), `id,text,url,bytes` for
 multimodal models (one of the three filled). Each row becomes the JSON
 record the SageMaker dialect parses — `{"text": ...}` an input, `{"query", "documents", "top_n"}` a rerank

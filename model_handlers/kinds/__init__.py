@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 # Registration order is detection order: the first kind whose `recognizes` says yes serves the directory,
 # so a catch-all kind comes last.
 KIND_MODULES = (
-    "model_handlers.multi_vector",
-    "model_handlers.cross_encoder",
-    "model_handlers.multimodal",
-    "model_handlers.text_embedding",
+    "model_handlers.kinds.multi_vector",
+    "model_handlers.kinds.cross_encoder",
+    "model_handlers.kinds.multimodal",
+    "model_handlers.kinds.text_embedding",
 )
 
 
