@@ -20,14 +20,11 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,142 +32,15 @@ from typing import Callable
 import orjson
 
 from bench.loadgen import LoadResult, run_load
+from bench.servers import ROOT, SERVER_ENV, Server, free_port, http_status, omp_policy, start_searchbox, start_server
 from bench.texts import RERANK_QUERY, SHORT, long_texts
-from container.settings import LIBRARY_ENVIRONMENT_DEFAULTS
 from container.settings import embedded_model_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / "bench" / ".peer-venv"
 # the optimum extra brings infinity's ONNX engine, and sentence-transformers' ONNX backend (the ONNX limit)
 PEER_SPEC = ["torch==2.13.0", "infinity-emb[server,torch,optimum]==0.0.78"]
 PEER_NAME = "infinity-emb 0.0.78"
 PEER_MODEL = "bench-model"
-SERVE = Path(sys.executable).with_name("serve")
-START_TIMEOUT_S = 180
-
-
-# --- processes -----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def process_tree(root_pid: int) -> list[int]:
-    """A process and all its descendants (gunicorn master + worker), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def tree_rss_mb(root_pid: int) -> float:
-    total = 0.0
-    for pid in process_tree(root_pid):
-        try:
-            with open(f"/proc/{pid}/status") as status:
-                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0) / 1024
-        except OSError:
-            pass
-    return total
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def tree_cpu_s(root_pid: int) -> float:
-    """User + system CPU seconds the process tree has used so far."""
-    total = 0
-    for pid in process_tree(root_pid):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / _TICK
-
-
-@dataclass
-class Server:
-    name: str
-    url: str
-    process: subprocess.Popen
-    log_path: Path
-    start_s: float = 0.0
-    rss_ready_mb: float = 0.0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def rss_mb(self) -> float:
-        return tree_rss_mb(self.process.pid)
-
-    def cpu_s(self) -> float:
-        return tree_cpu_s(self.process.pid)
-
-
-def http_status(url: str, body: bytes | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
-
-
-def start_server(name: str, command: list[str], env: dict[str, str], port: int, ready_path: str,
-                 log_dir: Path, cwd: Path = ROOT) -> Server:
-    """Start a server and time it from the spawn to the first 200 on `ready_path`."""
-    log_path = log_dir / f"{name.split()[0]}-{port}.log"
-    with log_path.open("wb") as log:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, cwd=cwd)
-    server = Server(name, f"http://127.0.0.1:{port}", process, log_path)
-    while time.perf_counter() - started < START_TIMEOUT_S:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        if http_status(server.url + ready_path)[0] == 200:
-            server.start_s = time.perf_counter() - started
-            server.rss_ready_mb = server.rss_mb()
-            return server
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError(f"{name} not ready after {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-
-
-#: extra environment for searchbox only (`--server-env`), to try a setting side by side
-SERVER_ENV: dict[str, str] = {}
-
-
-def start_searchbox(model_dir: Path, threads: int, log_dir: Path, extra_env: dict[str, str] | None = None) -> Server:
-    port = free_port()
-    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "SEARCHBOX_MODEL_DIR": str(model_dir),
-           "SEARCHBOX_TORCH_THREADS": str(threads), **SERVER_ENV, **(extra_env or {})}
-    return start_server("searchbox", [str(SERVE)], env, port, "/ping", log_dir)
 
 
 def ensure_peer() -> Path:
@@ -197,8 +67,6 @@ def start_peer(executable: Path, model_dir: Path, threads: int, log_dir: Path, e
     return start_server(name, command, env, port, "/health", log_dir, cwd)
 
 
-def omp_policy() -> str:
-    return os.environ.get("OMP_WAIT_POLICY", LIBRARY_ENVIRONMENT_DEFAULTS["OMP_WAIT_POLICY"])
 
 
 class Limit:
