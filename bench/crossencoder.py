@@ -26,6 +26,6 @@ def build(minilm_dir: Path, out_dir: Path) -> Path:
 
 
 if __name__ == "__main__":
-    from container.settings import embedded_model_dir
+    from model_handlers.embedded import embedded_model_dir
 
     build(embedded_model_dir(), Path(sys.argv[1]))

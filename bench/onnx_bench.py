@@ -29,7 +29,7 @@ from bench.run import (
     measure_http, measure_limit, peer_body, ratio, searchbox_body, start_peer, start_searchbox, windows,
 )
 from bench.texts import SHORT
-from container.settings import embedded_model_dir
+from model_handlers.embedded import embedded_model_dir
 
 INFINITY_ONNX = f"{PEER_NAME} onnx"
 SYSTEMS = ("torch limit", "onnx limit", "searchbox torch", "searchbox fp32", "searchbox int8", INFINITY_ONNX)

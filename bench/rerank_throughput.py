@@ -37,7 +37,7 @@ def build_cross_encoder(out_dir: Path) -> Path:
     import torch
     from transformers import BertForSequenceClassification
 
-    from container.settings import embedded_model_dir
+    from model_handlers.embedded import embedded_model_dir
 
     source = embedded_model_dir()
     torch.manual_seed(0)

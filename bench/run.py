@@ -34,7 +34,7 @@ import orjson
 from bench.loadgen import LoadResult, run_load
 from bench.servers import ROOT, SERVER_ENV, Server, free_port, http_status, omp_policy, start_searchbox, start_server
 from bench.texts import RERANK_QUERY, SHORT, long_texts
-from container.settings import embedded_model_dir
+from model_handlers.embedded import embedded_model_dir
 
 PEER_VENV = ROOT / "bench" / ".peer-venv"
 # the optimum extra brings infinity's ONNX engine, and sentence-transformers' ONNX backend (the ONNX limit)

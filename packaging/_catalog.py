@@ -447,11 +447,11 @@ def _pricing(raw: Any, where: str) -> Pricing:
 
 def _model_dir(value: Any, base_dir: Path, where: str) -> Path:
     if value == EMBEDDED:
-        from container.settings import SettingsError, embedded_model_dir
+        from model_handlers.embedded import EmbeddedModelMissing, embedded_model_dir
 
         try:
             return embedded_model_dir()
-        except SettingsError as exc:
+        except EmbeddedModelMissing as exc:
             raise CatalogError(f"{where}: {exc}") from exc
     return _directory(value, base_dir, where)
 

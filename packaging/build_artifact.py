@@ -199,12 +199,12 @@ def _staged_model(model_dir: Path, parent: Path | None, *, served_name: str | No
 
 def _default_name(model_dir: Path) -> str:
     """The source directory's name; the embedded default model's own name for it (its folder is called `model`)."""
-    from container.settings import DEFAULT_MODEL_NAME, SettingsError, embedded_model_dir
+    from model_handlers.embedded import DEFAULT_MODEL_NAME, EmbeddedModelMissing, embedded_model_dir
 
     try:
         if model_dir == embedded_model_dir().resolve():
             return DEFAULT_MODEL_NAME
-    except SettingsError:
+    except EmbeddedModelMissing:
         pass
     return model_dir.name
 

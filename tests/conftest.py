@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from container.settings import embedded_model_dir
+from model_handlers.embedded import embedded_model_dir
 
 SERVE = str(Path(sys.executable).with_name("serve"))
 START_TIMEOUT_S = 120

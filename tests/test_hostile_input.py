@@ -82,7 +82,8 @@ def test_too_many_csv_rows_is_a_413_naming_the_cap(client, runtime, monkeypatch)
 
 def test_an_answer_over_the_response_cap_is_refused_before_any_work(runtime):
     from container.app import create_app
-    from container.settings import Settings, embedded_model_dir
+    from container.settings import Settings
+    from model_handlers.embedded import embedded_model_dir
 
     settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(embedded_model_dir()), "SEARCHBOX_MAX_RESPONSE_MB": "1"})
     capped = create_app(settings, runtime).test_client()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from container import settings as settings_module
-from container.settings import Settings, SettingsError, embedded_model_dir
+from container.settings import Settings, SettingsError
+from model_handlers.embedded import embedded_model_dir
 
 
 @pytest.fixture(autouse=True)
