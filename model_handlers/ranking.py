@@ -1,7 +1,8 @@
 """Ranking: the rules every rerank answer follows, whatever scores the documents.
 
 - Long documents are split into windows (`Windowing`), never silently cut to their head; a document
-  keeps its best window's score (`best_per_document`).
+  keeps its best window's score (`best_per_document`). Every kind builds its work the same way (`windowed`):
+  the query's own inputs, then each document's pieces (its windows, or an image whole) and their tokens.
 - A request may make at most a configured number of model inputs (`check_window_count`).
 - Scores: a cross-encoder's own (`Scoring.PAIR`: one score per (query, window) input), the cosine of
   query and window embeddings (`Scoring.COSINE`), or late interaction over token vectors (`Scoring.MAXSIM`:
@@ -13,13 +14,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Sequence, TypeVar
 
 import numpy as np
 
 from model_handlers.errors import TooLarge
-from model_handlers.serving_config import ServingConfig
 from model_handlers.types import RerankHit
+
+if TYPE_CHECKING:
+    from model_handlers.serving_config import ServingConfig
+
+Document = TypeVar("Document")
 
 
 class Scoring(str, enum.Enum):
@@ -40,7 +45,7 @@ class Windowing:
     overlap: int
 
     @classmethod
-    def within(cls, room: int, config: ServingConfig) -> "Windowing":
+    def within(cls, room: int, config: "ServingConfig") -> "Windowing":
         """The windows for `room` content tokens per model input, as `searchbox.json` asks.
 
         The window is the configured size, never more than the room (default: the whole room); the
@@ -76,6 +81,34 @@ class RerankWork:
     scoring: Scoring
     query_tokens: int
     document_tokens: Sequence[int]
+
+
+def windowed(scoring: Scoring, query: Sequence[Hashable], query_tokens: int, documents: Sequence[Document],
+             pieces: Callable[[int, Document], tuple[Sequence[Hashable], int]], max_windows: int) -> RerankWork:
+    """The work of a rerank request: the query's own inputs, then each document's pieces, in document order.
+
+    Args:
+        scoring: how the outputs become scores.
+        query: the query's own model inputs (none for a cross-encoder, whose pairs hold it), owned by no document.
+        query_tokens: the tokens billed to the query.
+        documents: the documents, as the model reads them (token ids, inputs).
+        pieces: `pieces(index, document)`: the document's model inputs (its windows, `Windowing.split`; an image
+            whole) and the tokens billed to it.
+        max_windows: the model inputs the documents may make; past it the request is refused at once, before
+            the rest of the documents is prepared.
+
+    Raises:
+        TooLarge: the documents make more than `max_windows` model inputs.
+    """
+    items, owners, document_tokens = list(query), [None] * len(query), []
+    for index, document in enumerate(documents):
+        made, tokens = pieces(index, document)
+        items.extend(made)
+        owners.extend([index] * len(made))
+        document_tokens.append(tokens)
+        check_window_count(len(items) - len(query), max_windows)
+    return RerankWork(items=items, owners=owners, scoring=scoring, query_tokens=query_tokens,
+                      document_tokens=document_tokens)
 
 
 def check_window_count(windows: int, cap: int) -> None:

@@ -14,6 +14,7 @@ processed, and `document_tokens` is the sum of every document's count.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.options import HandlerOptions
-from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
@@ -79,16 +80,15 @@ class CrossEncoderModel:
         query = self._tokenizer.encode(query_text)[0][: self.max_query_tokens]
         windowing = Windowing.within(self._room - len(query), self.config)
         specials = self._tokenizer.pair_special_count
-        pairs, owners, doc_tokens = [], [], []
-        for index, content in enumerate(self._tokenizer.encode(documents)):
+
+        def pairs(index: int, content: np.ndarray) -> tuple[list[_Pair], int]:
             windows = windowing.split(content)
-            for window in windows:
-                pairs.append(_Pair(*self._tokenizer.wrap_pair(query, window)))
-                owners.append(index)
-            doc_tokens.append(sum(len(w) for w in windows) + specials * len(windows))
-            check_window_count(len(pairs), max_windows)
-        return RerankWork(items=pairs, owners=owners, scoring=Scoring.PAIR, query_tokens=len(query) * len(pairs),
-                          document_tokens=doc_tokens)
+            return ([_Pair(*self._tokenizer.wrap_pair(query, window)) for window in windows],
+                    sum(len(w) for w in windows) + specials * len(windows))
+
+        work = windowed(Scoring.PAIR, (), 0, self._tokenizer.encode(documents), pairs, max_windows)
+        # every pair reads the query: it is billed once per pair
+        return dataclasses.replace(work, query_tokens=len(query) * len(work.items))
 
     def calibration_item(self, length: int) -> _Pair:
         filler = self._tokenizer.encode(["a"])[0][:1]

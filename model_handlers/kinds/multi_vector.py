@@ -42,7 +42,7 @@ from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryErr
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.options import HandlerOptions
 from model_handlers.pipeline import Prepared
-from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import INPUT_TYPE_TASKS, EmbedRequest, Operation, RerankRequest, texts_of
@@ -348,16 +348,13 @@ class MultiVectorModel:
         query = self._sequence(self._query, self._tokenizer.encode([prompt + query_text[0]])[0], 0, True)
         prompt_ids = self._tokenizer.encode([prompt])[0] if prompt else np.zeros(0, dtype=np.int64)
         windowing = Windowing.within(self._room(self._document) - len(prompt_ids), self.config)
-        items, owners, doc_tokens = [query], [None], []
-        for index, content in enumerate(self._tokenizer.encode(documents)):
+
+        def windows(index: int, content: np.ndarray) -> tuple[list[_Sequence], int]:
             pieces = [self._sequence(self._document, np.concatenate([prompt_ids, window]), index, True)
                       for window in windowing.split(content)]
-            items.extend(pieces)
-            owners.extend([index] * len(pieces))
-            doc_tokens.append(sum(p.length for p in pieces))
-            check_window_count(len(items) - 1, max_windows)
-        return RerankWork(items=items, owners=owners, scoring=Scoring.MAXSIM, query_tokens=query.length,
-                          document_tokens=doc_tokens)
+            return pieces, sum(p.length for p in pieces)
+
+        return windowed(Scoring.MAXSIM, [query], query.length, self._tokenizer.encode(documents), windows, max_windows)
 
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]

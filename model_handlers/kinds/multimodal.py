@@ -38,7 +38,7 @@ from model_handlers.images import ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.options import HandlerOptions
 from model_handlers.pipeline import Prepared
-from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import (
@@ -187,28 +187,24 @@ class MultimodalModel:
                                             "the query")
         spec = self.config.task_spec("retrieval.passage")
         self._check_inputs(request.documents, "document")
-        items, owners, document_tokens = list(query), [None], []
         deadline = self._reader.deadline()
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
         texts = [(i, d.text) for i, d in enumerate(request.documents) if isinstance(d, TextInput)]
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
-        held = sum(item.nbytes for item in items if isinstance(item, _Image))
-        for index, document in enumerate(request.documents):
+        held = sum(item.nbytes for item in query if isinstance(item, _Image))
+
+        def pieces(index: int, document: EmbedInput) -> tuple[list[Any], int]:
+            nonlocal held
             if isinstance(document, TextInput):
-                pieces = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group)
-                          for window in windowing.split(contents[index])]
-                tokens = sum(piece.length for piece in pieces)
-            else:
-                image, tokens = self._image(document, where("document", index), deadline, held)
-                held += image.nbytes
-                pieces = [image]
-            items.extend(pieces)
-            owners.extend([index] * len(pieces))
-            document_tokens.append(tokens)
-            check_window_count(len(items) - 1, max_windows)
-        return RerankWork(items=items, owners=owners, scoring=Scoring.COSINE, query_tokens=query_tokens[0],
-                          document_tokens=document_tokens)
+                windows = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group)
+                           for window in windowing.split(contents[index])]
+                return windows, sum(window.length for window in windows)
+            image, tokens = self._image(document, where("document", index), deadline, held)
+            held += image.nbytes
+            return [image], tokens
+
+        return windowed(Scoring.COSINE, query, query_tokens[0], request.documents, pieces, max_windows)
 
     def calibration_item(self, length: int) -> _Text:
         filler = self._tokenizer.encode(["a"])[0][:1]

@@ -24,7 +24,7 @@ from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.options import HandlerOptions
 from model_handlers.pipeline import Prepared
-from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count
+from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec, read_serving_config
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
@@ -87,16 +87,14 @@ class TextEmbeddingModel:
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
         prompt_length = self._prompt_length(spec)
         group = ("each", spec.adapter, prompt_length)  # the group _prepare_each gives, so windows batch with the query
-        items, owners, doc_tokens = list(query.items), [None], []
-        for index, content in enumerate(self._tokenizer.encode(documents)):
+
+        def windows(index: int, content: np.ndarray) -> tuple[list[_Sequence], int]:
             pieces = [_Sequence(self._tokenizer.wrap(np.concatenate([prompt, w])), group,
                                 prompt_length=prompt_length, adapter=spec.adapter) for w in windowing.split(content)]
-            items.extend(pieces)
-            owners.extend([index] * len(pieces))
-            doc_tokens.append(sum(p.length for p in pieces))
-            check_window_count(len(items) - 1, max_windows)
-        return RerankWork(items=items, owners=owners, scoring=Scoring.COSINE, query_tokens=query.token_counts[0],
-                          document_tokens=doc_tokens)
+            return pieces, sum(p.length for p in pieces)
+
+        return windowed(Scoring.COSINE, query.items, query.token_counts[0], self._tokenizer.encode(documents), windows,
+                        max_windows)
 
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
