@@ -12,7 +12,7 @@ from model_handlers.errors import ModelDirectoryError
 from model_handlers.onnx_runtime import resolved_backend
 from model_handlers.options import HandlerOptions
 from model_handlers.pipeline import Pipeline
-from model_handlers.serving_config import read_serving_config
+from model_handlers.serving_config import ServingConfig, read_serving_config
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,21 @@ def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = N
     config = read_serving_config(model_dir, allow_pickle=options.allow_pickle,
                                  fallback_name=options.served_model_name)
     config = dataclasses.replace(config, backend=resolved_backend(config.backend, options.backend))
-    if config.backend == "onnx" and config.kind.onnx_export is None:
-        raise ModelDirectoryError(f"kind {config.kind.name} has no ONNX backend (its models are not exported); serve "
-                                  "it on torch: leave SEARCHBOX_BACKEND and searchbox.json's backend unset")
+    return load_pipeline(model_dir, config, options)
+
+
+def load_pipeline(model_dir: Path, config: ServingConfig, options: HandlerOptions) -> Pipeline:
+    """The model `config` describes, loaded on `config.backend` by its kind, behind the pipeline: the one place
+    a backend is chosen (packaging's quality gate loads one directory on both through here).
+
+    Raises:
+        ModelDirectoryError: the kind has no such backend, or the directory would not load.
+    """
+    load = config.kind.backends.get(config.backend)
+    if load is None:
+        raise ModelDirectoryError(f"kind {config.kind.name} has no {config.backend.upper()} backend (its models are "
+                                  f"not exported); serve it on {', '.join(config.kind.backends)}: leave "
+                                  "SEARCHBOX_BACKEND and searchbox.json's backend unset")
     logger.info("loading %s model %s from %s on %s", config.kind.name, config.served_model_name, model_dir,
                 config.backend)
-    return Pipeline(config.kind, config.kind.load(model_dir, config, options), config, options)
+    return Pipeline(config.kind, load(model_dir, config, options), config, options)

@@ -154,14 +154,13 @@ class _Runner:
         import dataclasses
 
         from model_handlers import HandlerOptions
-        from model_handlers.pipeline import Pipeline
+        from model_handlers.loading import load_pipeline
         from model_handlers.serving_config import read_serving_config
 
         config = dataclasses.replace(read_serving_config(model_dir), backend=backend)
         if onnx_file is not None:  # the file to compare, whatever searchbox.json will finally name
             config = dataclasses.replace(config, onnx_file=onnx_file)
-        options = HandlerOptions(device=device)
-        self._handler = Pipeline(config.kind, config.kind.load(model_dir, config, options), config, options)
+        self._handler = load_pipeline(model_dir, config, HandlerOptions(device=device))
 
     def embed(self, texts: list[str]) -> np.ndarray:
         from model_handlers.types import EmbedRequest, TextInput

@@ -2,7 +2,7 @@
 
 A kind says once what it is: its name, how to recognise a model directory of its own, which operations
 it answers, its batch-transform CSV row, the samples packaging uses for the load check and the listing,
-how to load a model, (optionally) how to read settings of its own from the directory, and (if it can) how to
+how to load a model on each backend it runs on, (optionally) how to read settings of its own from the directory, and (if it can) how to
 export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
 listing and the artifact builder all read this registry instead of branching on kind names.
 
@@ -112,7 +112,9 @@ class Kind:
     operations: frozenset[Operation]
     csv: CsvLayout
     samples: Samples
-    load: Callable[[Path, "ServingConfig", "HandlerOptions"], "Model"] = field(repr=False)
+    # How to load a model on each backend it runs on ("torch", "onnx"): `load(model_dir, config, options)`. The
+    # backend is chosen once, by model_handlers/loading.py; the model never asks which one it runs on.
+    backends: Mapping[str, Callable[[Path, "ServingConfig", "HandlerOptions"], "Model"]] = field(repr=False)
     # packaging time: writes the model's ONNX graph (model dir, .onnx path); None: the kind serves on torch only
     onnx_export: Callable[[Path, Path], None] | None = field(default=None, repr=False)
     # Settings of this kind's own, from its checkpoint files and `searchbox.json` (the parsed object), read

@@ -53,12 +53,9 @@ class CrossEncoderModel:
 
     width = None  # a cross-encoder makes scores, no vectors
 
-    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+    def __init__(self, model_dir: Path, scorer: "_TorchScorer | _OnnxScorer", config: ServingConfig):
         self.config = config
-        if config.backend == "onnx":  # resolved once, with the override, by load_handler
-            self._scorer: _TorchScorer | _OnnxScorer = _OnnxScorer(model_dir, config, options)
-        else:
-            self._scorer = _TorchScorer(model_dir, config, options)
+        self._scorer = scorer
         self.device = self._scorer.device
         self.max_length = self._scorer.max_length
         self._tokenizer = self._scorer.tokenizer
@@ -223,6 +220,9 @@ KIND = Kind(
         client_call=('client.rerank(query="What is the capital of Germany?",\n'
                      '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
     ),
-    load=CrossEncoderModel,
+    backends={"torch": lambda model_dir, config, options: CrossEncoderModel(
+                  model_dir, _TorchScorer(model_dir, config, options), config),
+              "onnx": lambda model_dir, config, options: CrossEncoderModel(
+                  model_dir, _OnnxScorer(model_dir, config, options), config)},
     onnx_export=export_onnx,
 )

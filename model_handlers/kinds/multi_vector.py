@@ -541,6 +541,6 @@ KIND = Kind(
         client_call=('client.embed(texts=["What is late interaction?"], use_colbert=True,\n'
                      '                     input_type=InputType.QUERY)  # documents: InputType.DOCUMENT'),
     ),
-    load=MultiVectorModel,
+    backends={"torch": MultiVectorModel},
     read_settings=read_settings,
 )

@@ -381,5 +381,5 @@ KIND = Kind(
         client_call=('client.embed(texts=["A photo of a cat"],\n'
                      '                      image_bytes=[base64.b64encode(open("cat.png", "rb").read()).decode()])'),
     ),
-    load=MultimodalModel,
+    backends={"torch": MultimodalModel},
 )

@@ -49,15 +49,12 @@ class _Sequence:
 
 
 class TextEmbeddingModel:
-    """One sentence-transformers (or plain encoder) model directory, on the torch or the ONNX backend."""
+    """One sentence-transformers (or plain encoder) model directory, on the torch or the ONNX backend (its encoder)."""
 
-    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+    def __init__(self, encoder: "_TorchEncoder | _OnnxEncoder", config: ServingConfig):
         self.config = config
         self.model_name = config.served_model_name
-        if config.backend == "onnx":  # resolved once, with the override, by load_handler
-            self._encoder: _TorchEncoder | _OnnxEncoder = _OnnxEncoder(model_dir, config, options)
-        else:
-            self._encoder = _TorchEncoder(model_dir, config, options)
+        self._encoder = encoder
         self.width = self._encoder.width
         self.max_length = self._encoder.max_length
         self.device = self._encoder.device
@@ -389,6 +386,9 @@ KIND = Kind(
                       '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}'),
         client_call='client.embed(texts=["hello", "world"])',
     ),
-    load=TextEmbeddingModel,
+    backends={"torch": lambda model_dir, config, options: TextEmbeddingModel(_TorchEncoder(model_dir, config, options),
+                                                                              config),
+              "onnx": lambda model_dir, config, options: TextEmbeddingModel(_OnnxEncoder(model_dir, config, options),
+                                                                             config)},
     onnx_export=export_onnx,
 )
