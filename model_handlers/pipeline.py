@@ -10,7 +10,7 @@ batcher, the `dimensions` check and cut, normalisation, and ranking (with the lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Hashable, Protocol, Sequence
 
 import numpy as np
@@ -114,7 +114,7 @@ class Pipeline:
         `dimensions` and normalised as asked."""
         deadline = deadline or self._options.deadline()
         self._check_dimensions(request.dimensions)
-        request = self._with_default_input_type(request)
+        request = request.with_default_input_type(self._default_input_type)
         self._batcher.admit(deadline)
         prepared = self._model.prepare_embed(request)
         outputs = self._batcher.run(prepared.items, deadline, timing)
@@ -141,7 +141,9 @@ class Pipeline:
         """How many vectors the answer to `request` holds: one per input, or one per kept token of each input
         for a model of token vectors (which tokenizes the inputs to count them)."""
         count = getattr(self._model, "vector_count", None)
-        return len(request.inputs) if count is None else count(self._with_default_input_type(request))
+        if count is None:
+            return len(request.inputs)
+        return count(request.with_default_input_type(self._default_input_type))
 
     def admit(self, deadline: Deadline) -> None:
         """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
@@ -164,12 +166,6 @@ class Pipeline:
         close = getattr(self._model, "close", None)
         if close is not None:
             close()
-
-    def _with_default_input_type(self, request: EmbedRequest) -> EmbedRequest:
-        """The job's input_type for a request that says neither input_type nor task (a task says which side)."""
-        if request.input_type is not None or request.task is not None or self._default_input_type is None:
-            return request
-        return replace(request, input_type=self._default_input_type)
 
     def _check_dimensions(self, dimensions: int | None) -> None:
         if dimensions is None:

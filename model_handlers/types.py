@@ -8,7 +8,7 @@ server's business.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence, Union
 
 import numpy as np
@@ -96,8 +96,10 @@ def texts_of(inputs: Sequence[EmbedInput], model_name: str, what: str = "input")
         texts.append(item.text)
     return texts
 
-# What `input_type` selects when no `task` is given: the retrieval task of that side.
+# What `input_type` selects when no `task` is given: the retrieval task of that side; and the other way round, for
+# models that read the side (a ColBERT encodes queries and documents apart) from clients that say `task`.
 INPUT_TYPE_TASKS = {"query": "retrieval.query", "document": "retrieval.passage"}
+TASK_INPUT_TYPES = {task: input_type for input_type, task in INPUT_TYPE_TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,23 @@ class EmbedRequest:
     # served model's own (the SageMaker envelope and batch transform: a client sends the same body to every model).
     operation: Operation | None = None
 
+    # `task` and `input_type` say the same thing in two vocabularies; these three are the one place they are read.
+
+    def with_default_input_type(self, default: str | None) -> "EmbedRequest":
+        """This request, with `default` (a whole job's input_type) when it says neither input_type nor task."""
+        if self.input_type is not None or self.task is not None or default is None:
+            return self
+        return replace(self, input_type=default)
+
     @property
     def effective_task(self) -> str | None:
+        """The task whose prompt or adapter applies: the one given, else the retrieval task of `input_type`."""
         return self.task if self.task is not None else INPUT_TYPE_TASKS.get(self.input_type or "")
+
+    @property
+    def effective_input_type(self) -> str | None:
+        """The side an input is on: the `input_type` given, else that of a retrieval `task`; None when neither says."""
+        return self.input_type if self.input_type is not None else TASK_INPUT_TYPES.get(self.task or "")
 
 
 @dataclass(frozen=True)

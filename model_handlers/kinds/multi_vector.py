@@ -45,7 +45,7 @@ from model_handlers.pipeline import Prepared
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import INPUT_TYPE_TASKS, EmbedRequest, Operation, RerankRequest, texts_of
+from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ ST_CONFIG = "config_sentence_transformers.json"
 _NO_LIMIT = 1_000_000
 # What a query or document is when the request says neither.
 DEFAULT_INPUT_TYPE = "document"
-# input_type from a retrieval task, for clients that say `task` instead.
-_TASK_INPUT_TYPES = {task: input_type for input_type, task in INPUT_TYPE_TASKS.items()}
 
 
 # --- settings: read from the directory's files, without torch ------------------------------------------------
@@ -363,8 +361,7 @@ class MultiVectorModel:
 
     def _sequences(self, request: EmbedRequest, truncate: bool) -> list[_Sequence]:
         texts = texts_of(request.inputs, self.model_name)
-        input_type = request.input_type or _TASK_INPUT_TYPES.get(request.task or "") or DEFAULT_INPUT_TYPE
-        side = self._query if input_type == "query" else self._document
+        side = self._query if (request.effective_input_type or DEFAULT_INPUT_TYPE) == "query" else self._document
         prompt = self.config.task_spec(request.task).prompt
         contents = self._tokenizer.encode([prompt + text for text in texts])
         return [self._sequence(side, content, index, truncate) for index, content in enumerate(contents)]
