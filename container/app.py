@@ -1,7 +1,8 @@
-"""The Flask app: routes dispatch a body to a dialect, the dialect's typed request to the handler.
+"""The Flask app: one Blueprint binds the route table (container/routes.py) to views that read the app's state.
 
 HTTP request -> media type and size checks -> dialect decode -> typed request -> handler ->
-typed result -> dialect render -> JSON bytes.
+typed result -> dialect render -> JSON bytes. The views hold nothing themselves: the settings, the model runtime
+and the dispatcher are the app's (`current_app.extensions`), made once by `create_app`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import re
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import orjson
-from flask import Flask, Response, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from container import dialects
-from container.dialects import Decoded, multi_vector, public, rerank as rerank_dialect
-from container.dialects import JSON
+from container import routes
+from container.dialects import JSON, Decoded
 from container.dispatch import Dispatcher
 from container.errors import (
     BadRequest, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
@@ -28,16 +29,26 @@ from container.errors import (
 )
 from container.execution_parameters import execution_parameters
 from container.openapi import document as openapi_document
-from container.telemetry import METRICS_CONTENT_TYPE
 from container.runtime import ModelRuntime
 from container.settings import Settings
+from container.telemetry import METRICS_CONTENT_TYPE
 from model_handlers.errors import HandlerError
 
 logger = logging.getLogger(__name__)
 
-RUNTIME_KEY = "searchbox.runtime"
+EXTENSION = "searchbox"
 # nginx's $request_id (32 hex digits), passed on in X-Request-Id: the app answers with the same id
 _REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the views read: made once per app by `create_app`."""
+
+    settings: Settings
+    runtime: ModelRuntime
+    dispatcher: Dispatcher
+    openapi: bytes  # the same for every request: built once
 
 
 def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask:
@@ -45,85 +56,101 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     app = Flask("searchbox")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     runtime = runtime or ModelRuntime(settings).start()
-    app.extensions[RUNTIME_KEY] = runtime
-    dispatcher = Dispatcher(settings, runtime)
-
-    telemetry = runtime.telemetry
-    openapi = orjson.dumps(openapi_document())  # the same for every request: built once
-
-    def invoke(decode: Callable[[Any], Decoded], records: bool = False) -> Response:
-        dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
-        body = read_body(settings.max_payload_bytes)
-        reply = dispatcher.answer(decode, body, request.mimetype, records=records,
-                                  abandoned=client_gone(request.environ.get("gunicorn.socket")))
-        g.figures = reply.figures
-        return reply_response(reply)
-
-    @app.before_request
-    def assign_request_id() -> None:
-        given = request.headers.get("X-Request-Id", "")
-        g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        g.received = time.monotonic()
-
-    @app.after_request
-    def tag_response(response: Response) -> Response:
-        response.headers["X-Request-Id"] = g.get("request_id", "")
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"  # bounded label values
-        if route != "/metrics":
-            telemetry.record(route, response.status_code, time.monotonic() - g.get("received", time.monotonic()),
-                             g.get("figures"), g.get("request_id", ""))
-        return response
-
-    @app.get("/ping")
-    def ping() -> Response:
-        # behind nginx, /ping is answered from the ready file (container/proxy.py); this serves the in-process
-        # app (tests) from the same state, read from the runtime
-        runtime.handler  # raises Unavailable (503) until loaded and warmed up, and once draining
-        return json_response({"status": "healthy"})
-
-    @app.get("/health")
-    def health() -> Response:
-        """Liveness: the worker answers, even while the model loads (readiness is /ping)."""
-        return json_response({"status": "alive", "ready": runtime.ready,
-                              "model_load_error": runtime.load_error})
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(telemetry.exposition(), mimetype=METRICS_CONTENT_TYPE.split(";")[0],
-                        content_type=METRICS_CONTENT_TYPE)
-
-    @app.get("/v1/models")
-    def models() -> Response:
-        """OpenAI's model list: the one served model, with what a caller needs to know about it."""
-        return json_response({"object": "list", "data": [model_card(runtime, settings)]})
-
-    @app.get("/openapi.json")
-    def openapi_json() -> Response:
-        return Response(openapi, mimetype=JSON)
-
-    @app.post("/invocations")
-    @app.post("/score")  # Azure ML's scoring route, for the custom-container deployment
-    def invocations() -> Response:
-        return invoke(dialects.decode_invocation, records=True)
-
-    @app.get("/execution-parameters")
-    def batch_execution_parameters() -> Response:
-        return json_response(execution_parameters(settings, settings.expects_gpu()))
-
-    @app.post("/v1/embeddings")
-    def embeddings() -> Response:
-        return invoke(public.decode_embeddings)
-
-    @app.post("/v1/multi-vector")
-    def multi_vectors() -> Response:
-        return invoke(multi_vector.decode)
-
-    @app.post("/v1/rerank")
-    def rerank() -> Response:
-        return invoke(rerank_dialect.decode_public)
-
-    register_error_handlers(app)
+    app.extensions[EXTENSION] = Served(settings, runtime, Dispatcher(settings, runtime),
+                                       orjson.dumps(openapi_document()))
+    app.register_blueprint(api)
     return app
+
+
+def served() -> Served:
+    return current_app.extensions[EXTENSION]
+
+
+api = Blueprint("searchbox", __name__)
+
+
+@api.before_app_request
+def assign_request_id() -> None:
+    given = request.headers.get("X-Request-Id", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    g.received = time.monotonic()
+
+
+@api.after_app_request
+def tag_response(response: Response) -> Response:
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"  # bounded label values
+    if route != "/metrics":
+        served().runtime.telemetry.record(route, response.status_code,
+                                          time.monotonic() - g.get("received", time.monotonic()),
+                                          g.get("figures"), g.get("request_id", ""))
+    return response
+
+
+# --- control routes -----------------------------------------------------------------------------------
+
+
+def ping() -> Response:
+    # behind nginx, /ping is answered from the ready file (container/proxy.py); this serves the in-process
+    # app (tests) from the same state, read from the runtime
+    served().runtime.handler  # raises Unavailable (503) until loaded and warmed up, and once draining
+    return json_response({"status": "healthy"})
+
+
+def health() -> Response:
+    """Liveness: the worker answers, even while the model loads (readiness is /ping)."""
+    runtime = served().runtime
+    return json_response({"status": "alive", "ready": runtime.ready, "model_load_error": runtime.load_error})
+
+
+def metrics() -> Response:
+    return Response(served().runtime.telemetry.exposition(), mimetype=METRICS_CONTENT_TYPE.split(";")[0],
+                    content_type=METRICS_CONTENT_TYPE)
+
+
+def models() -> Response:
+    """OpenAI's model list: the one served model, with what a caller needs to know about it."""
+    return json_response({"object": "list", "data": [model_card(served().runtime, served().settings)]})
+
+
+def openapi() -> Response:
+    return Response(served().openapi, mimetype=JSON)
+
+
+def batch_execution_parameters() -> Response:
+    settings = served().settings
+    return json_response(execution_parameters(settings, settings.expects_gpu()))
+
+
+_CONTROL_VIEWS: dict[str, Callable[[], Response]] = {
+    "ping": ping, "health": health, "metrics": metrics, "models": models, "openapi": openapi,
+    "executionParameters": batch_execution_parameters,
+}
+
+
+# --- inference routes ---------------------------------------------------------------------------------
+
+
+def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
+    dispatcher = served().dispatcher
+    dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
+    body = read_body(served().settings.max_payload_bytes)
+    reply = dispatcher.answer(decode, body, request.mimetype, records=records,
+                              abandoned=client_gone(request.environ.get("gunicorn.socket")))
+    g.figures = reply.figures
+    return reply_response(reply)
+
+
+def _inference_view(route: routes.Route) -> Callable[[], Response]:
+    def view() -> Response:
+        return invoke(route.decode, route.records)
+
+    return view
+
+
+for _route in routes.routes():
+    _view = _inference_view(_route) if _route.decode is not None else _CONTROL_VIEWS[_route.endpoint]
+    api.add_url_rule(_route.path, _route.endpoint, _view, methods=[_route.method])
 
 
 def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
@@ -136,7 +163,7 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
     return {
         "id": config.served_model_name, "object": "model", "created": 0, "owned_by": "searchbox",
         "kind": config.kind.name, "summary": config.kind.summary,
-        "operations": sorted(op.value for op in config.kind.operations),
+        "operations": sorted(config.kind.operations),
         "max_length": handler.max_length if handler is not None else config.max_length,
         "dimensions": handler.dimensions if handler is not None else None,
         "matryoshka_dimensions": list(config.matryoshka_dimensions),
@@ -196,30 +223,38 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status=status, mimetype=JSON, headers=headers)
 
 
-def register_error_handlers(app: Flask) -> None:
-    def render(error: SearchboxError) -> Response:
-        return reply_response(error_reply(error, g.get("request_id", "")))
+# --- errors -------------------------------------------------------------------------------------------
 
-    app.register_error_handler(SearchboxError, render)
-    app.register_error_handler(HandlerError, lambda exc: render(from_handler_error(exc)))
 
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        if isinstance(exc, RequestEntityTooLarge):
-            return render(payload_too_large(app.config["MAX_CONTENT_LENGTH"]))
-        if exc.code == 404:
-            return render(NotFound(
-                f"no route {request.path}; use POST /invocations (or /score), POST /v1/embeddings, "
-                f"POST /v1/multi-vector, POST /v1/rerank, GET /ping, GET /health, GET /v1/models, GET /metrics, GET /openapi.json "
-                f"or GET /execution-parameters"))
-        if exc.code == 405:
-            return render(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
-        return render(_generic(exc))
+def render(error: SearchboxError) -> Response:
+    return reply_response(error_reply(error, g.get("request_id", "")))
 
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        logger.exception("unhandled error in request %s", g.get("request_id", ""))
-        return render(internal_error())
+
+@api.app_errorhandler(SearchboxError)
+def searchbox_error(exc: SearchboxError) -> Response:
+    return render(exc)
+
+
+@api.app_errorhandler(HandlerError)
+def handler_error(exc: HandlerError) -> Response:
+    return render(from_handler_error(exc))
+
+
+@api.app_errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, RequestEntityTooLarge):
+        return render(payload_too_large(current_app.config["MAX_CONTENT_LENGTH"]))
+    if exc.code == 404:
+        return render(NotFound(f"no route {request.path}; use {routes.listed()}"))
+    if exc.code == 405:
+        return render(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+    return render(_generic(exc))
+
+
+@api.app_errorhandler(Exception)
+def unexpected(exc: Exception) -> Response:
+    logger.exception("unhandled error in request %s", g.get("request_id", ""))
+    return render(internal_error())
 
 
 def _generic(exc: HTTPException) -> SearchboxError:

@@ -2,7 +2,9 @@
 
 The Flask routes (SageMaker, Azure ML custom container) and azmlinfsrv's `score.py` both answer
 through `Dispatcher`, so one request gets byte-identical bodies whichever way the image is deployed.
-It is also the one place where a request the served kind does not answer is refused.
+It is also the one place where a request the served kind does not answer is refused. What differs between
+operations (inputs counted, answer sizes, what to send instead) is read from the registries
+(model_handlers/operations, container/dialects), never branched on here.
 """
 
 from __future__ import annotations
@@ -14,21 +16,22 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
+from container import dialects
 from container.dialects import JSON, Decoded, Records, TypedRequest, TypedResult, batch_transform, fields
 from container.errors import (
-    BadRequest, PayloadTooLarge, Reply, SearchboxError, UnsupportedMediaType, error_reply, from_handler_error,
-    payload_too_large,
+    BadRequest, PayloadTooLarge, Reply, SearchboxError, UnsupportedMediaType, error_reply,
+    from_handler_error, payload_too_large,
 )
 from container.runtime import ModelRuntime
 from container.settings import ENV_MAX_RESPONSE_MB, Settings
 from container.telemetry import RequestFigures
+from model_handlers import operations
 from model_handlers.batching import Timing
 from model_handlers.deadline import Deadline
 from model_handlers.errors import HandlerError
 from model_handlers.kinds import Kind
 from model_handlers.memory import release_free_memory
 from model_handlers.metering import Metering
-from model_handlers.types import EMBEDDINGS, EmbedRequest, Operation
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 # AWS Marketplace's per-inference billing header: read on every 2xx of a real-time endpoint, never on an error.
@@ -37,14 +40,6 @@ METERING_HEADER = "X-Amzn-Inference-Metering"
 _LARGE_BODY = 1024 * 1024
 # Records of one batch body run concurrently so that the model's batcher can pack them together.
 _RECORD_THREADS = 8
-# What to send for each operation, for the refusal of one the served kind does not answer.
-_OPERATION_BODIES = {
-    Operation.EMBED: 'embeddings: {"input": ["..."]} to /v1/embeddings, or {"data": [{"text": "..."}]} to /invocations',
-    Operation.MULTI_VECTOR: 'multi-vector embeddings: {"input": ["..."], "input_type": "query"} to /v1/multi-vector, '
-                            'or {"data": [{"text": "..."}], "parameters": {"input_type": "query"}} to /invocations',
-    Operation.RERANK: 'rerank: {"query": "...", "documents": ["..."]} to /v1/rerank, or '
-                      '{"data": {"query": "...", "documents": ["..."]}} to /invocations',
-}
 
 
 def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:
@@ -53,12 +48,6 @@ def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Se
 
 def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:
     return batch_transform.decode_jsonlines(body, decode, settings.max_batch_rows)
-
-
-# What each form of embeddings is, in a refusal of the other form.
-_FORMS = {Operation.EMBED: "one vector per input", Operation.MULTI_VECTOR: "one vector per token of each input"}
-_REQUESTS = {Operation.EMBED: "single-vector embedding", Operation.MULTI_VECTOR: "multi-vector embedding",
-             Operation.RERANK: "rerank"}
 
 
 # Batch bodies (media type -> decoder), taken only on the routes that take records (/invocations, /score).
@@ -119,46 +108,49 @@ class Dispatcher:
         handler = self._runtime.handler
         if len(body) > settings.max_payload_bytes:
             raise payload_too_large(settings.max_payload_bytes)
-        media_type = (media_type or JSON).lower()
-        if media_type == JSON or media_type.endswith("+json"):
-            decoded = fields.decode_body(decode, body)
-            job = Records([decoded.request], [""],
-                          lambda results: orjson.dumps(decoded.render(results[0]), option=_JSON_OPTIONS),
-                          encodings=[decoded.encoding])
-            batch_body = False
-        elif records and media_type in _RECORD_DECODERS:
-            job = _RECORD_DECODERS[media_type](body, decode, handler.kind, settings)
-            batch_body = True
-        else:
-            supported = [JSON, *_RECORD_DECODERS] if records else [JSON]
-            raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported here; send one of "
-                                       f"{', '.join(supported)}", code="UNSUPPORTED_MEDIA_TYPE")
-        for request, origin in zip(job.requests, job.origins):
+        job, batch_body = self._decode(decode, body, (media_type or JSON).lower(), records, handler.kind)
+        requests = [handler.kind.resolve(request) for request in job.requests]
+        for request, origin in zip(requests, job.origins):
             try:
                 check_operation(request, handler.kind, handler.model_name)
                 check_limits(request, settings)
             except SearchboxError as exc:
                 raise _at(exc, origin) from None
         if batch_body:
-            check_response_size(job, handler.dimensions, handler.vector_count, settings)
+            check_response_size(requests, job.encodings, handler, settings)
         at = received + settings.timeout_s(batch_body)
         deadline = Deadline(at) if abandoned is None else Deadline(at, abandoned)
-        timings = [Timing() for _ in job.requests]
-        results = self._run(job, deadline, timings)
-        figures = request_figures(job.requests, results, timings, handler.config.metering)
+        timings = [Timing() for _ in requests]
+        results = self._run(requests, job, deadline, timings)
+        figures = request_figures(requests, results, timings, handler.config.metering)
         return Reply(200, job.render(results), job.content_type, figure_headers(figures, handler.config.metering),
                      figures)
 
-    def _run(self, job: Records, deadline: Deadline, timings: list[Timing]) -> list[TypedResult]:
-        if len(job.requests) <= 1 or not job.concurrent:
+    def _decode(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str, records: bool,
+                kind: Kind) -> tuple[Records, bool]:
+        """The body's typed requests, by its media type; and whether it is a batch body."""
+        if media_type == JSON or media_type.endswith("+json"):
+            decoded = fields.decode_body(decode, body)
+            return Records([decoded.request], [""],
+                           lambda results: orjson.dumps(decoded.render(results[0]), option=_JSON_OPTIONS),
+                           encodings=[decoded.encoding]), False
+        if records and media_type in _RECORD_DECODERS:
+            return _RECORD_DECODERS[media_type](body, decode, kind, self._settings), True
+        supported = [JSON, *_RECORD_DECODERS] if records else [JSON]
+        raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported here; send one of "
+                                   f"{', '.join(supported)}", code="UNSUPPORTED_MEDIA_TYPE")
+
+    def _run(self, requests: Sequence[TypedRequest], job: Records, deadline: Deadline,
+             timings: list[Timing]) -> list[TypedResult]:
+        if len(requests) <= 1 or not job.concurrent:
             return [self._run_one(request, origin, deadline, timing)
-                    for request, origin, timing in zip(job.requests, job.origins, timings)]
+                    for request, origin, timing in zip(requests, job.origins, timings)]
         # once one record fails, the body fails: the others' work is for nobody and is dropped
         failed = threading.Event()
         shared = Deadline(deadline.at, lambda: failed.is_set() or deadline.abandoned())
-        with ThreadPoolExecutor(min(_RECORD_THREADS, len(job.requests)), thread_name_prefix="records") as pool:
+        with ThreadPoolExecutor(min(_RECORD_THREADS, len(requests)), thread_name_prefix="records") as pool:
             futures = [pool.submit(self._run_one, request, origin, shared, timing)
-                       for request, origin, timing in zip(job.requests, job.origins, timings)]
+                       for request, origin, timing in zip(requests, job.origins, timings)]
             try:
                 return [future.result() for future in futures]
             except BaseException:
@@ -169,11 +161,8 @@ class Dispatcher:
                     future.cancel()
 
     def _run_one(self, request: TypedRequest, origin: str, deadline: Deadline, timing: Timing) -> TypedResult:
-        handler = self._runtime.handler
         try:
-            if isinstance(request, EmbedRequest):
-                return handler.embed(request, deadline, timing)
-            return handler.rerank(request, deadline, timing)
+            return self._runtime.handler.run(request, deadline, timing)
         except (SearchboxError, HandlerError) as exc:
             raise _at(exc, origin) from None
 
@@ -181,7 +170,7 @@ class Dispatcher:
 def request_figures(requests: Sequence[TypedRequest], results: Sequence[TypedResult], timings: Sequence[Timing],
                     metering: Metering | None) -> RequestFigures:
     """What an answered body cost, from the exact usage it reports: inputs (or documents), tokens, metered units."""
-    inputs = sum(len(r.inputs) if isinstance(r, EmbedRequest) else len(r.documents) for r in requests)
+    inputs = sum(operations.named(request.operation).inputs(request) for request in requests)
     tokens = sum(result.total_tokens for result in results)
     return RequestFigures(inputs=inputs, tokens=tokens,
                           units=metering.units(inputs=inputs, tokens=tokens) if metering else 0,
@@ -201,29 +190,30 @@ def figure_headers(figures: RequestFigures, metering: Metering | None) -> dict[s
 
 
 def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:
-    """The one place a request the served kind does not answer is refused, naming what it does answer.
+    """The one place a request the served kind does not answer is refused, naming what it does answer and how.
 
-    An embedding body that does not say which form it wants (the SageMaker envelope, batch transform) asks for
-    the kind's own: single vectors or multi-vectors. The public routes say which (/v1/embeddings, /v1/multi-vector).
+    `request` asks for an operation (`kind.resolve` gives an embeddings body that names none the kind's own form).
     """
-    operation = kind.asked(request.operation)
-    if kind.answers(operation):
+    if kind.answers(request.operation):
         return
-    instead = "; or ".join(_OPERATION_BODIES[op] for op in sorted(kind.operations, key=lambda op: op.value))
+    asked = operations.named(request.operation)
+    instead = "; or ".join(dialects.named(name).hint for name in sorted(kind.operations))
     serves = f"model {model_name} is {kind.summary}"
-    if operation in EMBEDDINGS and kind.embedding_operation is not None:
-        serves += f", {_FORMS[kind.embedding_operation]}"
-    raise BadRequest(f"{serves}: it does not answer {_REQUESTS[operation]} requests. Send {instead}",
+    if asked.embeddings and kind.embedding_operation is not None:
+        serves += f", {operations.named(kind.embedding_operation).form}"
+    raise BadRequest(f"{serves}: it does not answer {asked.noun} requests. Send {instead}",
                      code="UNSUPPORTED_OPERATION")
 
 
-def check_response_size(job: Records, width: int | None, vector_count: Callable[[EmbedRequest], int],
-                        settings: Settings) -> None:
+def check_response_size(requests: Sequence[TypedRequest], encodings: Sequence[Any], handler, settings: Settings) -> None:
     """Refuse a batch body whose answer would exceed the response cap, before the model runs.
 
-    `vector_count` says how many vectors an embedding request's answer holds (one per input, or per kept token).
+    Each operation's dialect bounds its answer's size (`WireOperation.estimate`: a multi-vector answer holds a vector
+    per kept token, which the model counts).
     """
-    estimate = batch_transform.estimated_response_bytes(job, width, vector_count)
+    estimate = sum(dialects.named(request.operation).estimate(request, encodings[i] if i < len(encodings) else None,
+                                                              handler)
+                   for i, request in enumerate(requests))
     if estimate > settings.max_response_bytes:
         cap_mb = settings.max_response_bytes / (1024 * 1024)
         raise PayloadTooLarge(
@@ -233,11 +223,11 @@ def check_response_size(job: Records, width: int | None, vector_count: Callable[
 
 
 def check_limits(request: TypedRequest, settings: Settings) -> None:
-    count = len(request.inputs) if isinstance(request, EmbedRequest) else len(request.documents)
+    spec = operations.named(request.operation)
+    count = spec.inputs(request)
     if count > settings.max_inputs:
-        what = "inputs" if isinstance(request, EmbedRequest) else "documents"
         raise BadRequest(
-            f"the request has {count} {what}; at most {settings.max_inputs} are allowed per request, "
+            f"the request has {count} {spec.input_word}; at most {settings.max_inputs} are allowed per request, "
             "split it into several requests", code="TOO_MANY_INPUTS")
 
 

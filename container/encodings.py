@@ -53,6 +53,26 @@ def encode(vector: np.ndarray, type_: EmbeddingType) -> Any:
     raise AssertionError(f"unknown embedding type {type_}; this is a bug")
 
 
+# Upper bounds of one rendered value: a float32 in JSON ("-0.012345678," or "1.2345678e-05,"), a packed bit byte
+# ("-128,"); and a vector's own brackets and separators ("[...]," or "\"...\",") in every encoding.
+_FLOAT_BYTES = 15
+_PACKED_BYTE_BYTES = 5
+_VECTOR_OVERHEAD_BYTES = 4
+
+
+def vector_bytes(dims: int, encoding: Encoding | None) -> int:
+    """An upper bound of one `dims`-wide vector rendered in every type `encoding` asks (float when None)."""
+    total = _VECTOR_OVERHEAD_BYTES
+    for type_ in (encoding.types if encoding else (EmbeddingType.FLOAT,)):
+        if type_ is EmbeddingType.FLOAT:
+            total += dims * _FLOAT_BYTES
+        elif type_ is EmbeddingType.BASE64:
+            total += 4 * ((dims * 4 + 2) // 3) + 2
+        else:
+            total += ((dims + 7) // 8) * _PACKED_BYTE_BYTES
+    return total
+
+
 def schema(matrix: bool = False) -> dict[str, Any]:
     """An encoded embedding as a JSON Schema: one type's value, or (a list of types asked) an object keyed by type.
     `matrix`: a multi-vector input's token vectors, each encoded on its own."""

@@ -1,8 +1,9 @@
 """`GET /openapi.json`: an OpenAPI 3.1 document of every route, its bodies, answers and errors.
 
-Assembled from the JSON Schemas the dialects keep beside the parsers and renderers they describe
-(container/dialects/*, container/encodings.py, container/errors.py), so the document cannot say what the
-parsers do not read. Built once per app; served as JSON, with no docs page and no CDN: the image is offline.
+The paths are the route table's (container/routes.py); the bodies and answers the JSON Schemas each operation's
+dialect keeps beside the parsers and renderers they describe (container/dialects/*, container/encodings.py,
+container/errors.py), so the document cannot say what the parsers do not read. Built once per app; served as
+JSON, with no docs page and no CDN: the image is offline.
 """
 
 from __future__ import annotations
@@ -10,27 +11,27 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from container.dialects import JSON, batch_transform, fields, multi_vector, public, rerank, sagemaker
+from container import dialects, routes
+from container.dialects import JSON, fields
 from container.errors import ERROR_SCHEMA
-from container.telemetry import METRICS_CONTENT_TYPE
+from model_handlers import operations
 
 OPENAPI_VERSION = "3.1.0"
-_JSONLINES_NOTE = ("one JSON body or one record (`\"text\"`, `{\"text\", \"id\"}`, an image) per line; answered "
-                   "one JSON line per line, in order")
-_CSV_NOTE = ("no header; column 1 an id echoed back, then the served kind's columns: `id,text` (embeddings), "
-             "`id,query,documents,top_n` (rerankers, documents a JSON array), `id,text,url,bytes` (multimodal)")
-# The errors every POST route can answer, with when.
-_POST_ERRORS = {
-    "400": ("the body is not JSON, a batch line or row does not parse, the model cannot read an input, or the "
-            "served model does not answer this operation (UNSUPPORTED_OPERATION: the detail names what it answers)"),
-    "405": "another method than POST",
-    "413": "the body, or an input after truncate=false, is over the limit",
-    "415": "a media type the route does not take",
-    "422": "a field has the wrong type or value; the detail names it",
-    "503": "loading, overloaded or shutting down: retry after the Retry-After header's seconds",
-    "500": "a bug: no stack trace, the request_id to quote",
+# The errors every route of a method can answer, with when.
+_ERRORS = {
+    "POST": {
+        "400": ("the body is not JSON, a batch line or row does not parse, the model cannot read an input, or the "
+                "served model does not answer this operation (UNSUPPORTED_OPERATION: the detail names what it "
+                "answers)"),
+        "405": "another method than POST",
+        "413": "the body, or an input after truncate=false, is over the limit",
+        "415": "a media type the route does not take",
+        "422": "a field has the wrong type or value; the detail names it",
+        "503": "loading, overloaded or shutting down: retry after the Retry-After header's seconds",
+        "500": "a bug: no stack trace, the request_id to quote",
+    },
+    "GET": {"405": "another method than GET"},
 }
-_GET_ERRORS = {"405": "another method than GET"}
 _STATUS_SCHEMA = {"type": "object", "required": ["status"], "properties": {"status": {"const": "healthy"}}}
 _HEALTH_SCHEMA = {
     "type": "object", "required": ["status", "ready", "model_load_error"],
@@ -65,93 +66,37 @@ _EXECUTION_PARAMETERS_SCHEMA = {
 
 
 def document() -> dict[str, Any]:
-    """The OpenAPI document of the app's routes (container/app.py)."""
-    schemas = {
-        "Input": fields.input_schema(),
-        "Error": ERROR_SCHEMA,
-        "EmbeddingsRequest": public.request_schema(),
-        "EmbeddingsResponse": public.response_schema(),
-        "MultiVectorResponse": multi_vector.response_schema(),
-        "SageMakerRequest": sagemaker.request_schema(),
-        "SageMakerResponse": sagemaker.response_schema(),
-        "RerankRequest": rerank.public_request_schema(),
-        "RerankResponse": rerank.public_response_schema(),
-        "SageMakerRerankRequest": rerank.sagemaker_request_schema(),
-        "SageMakerRerankResponse": rerank.sagemaker_response_schema(),
-        "Models": _MODELS_SCHEMA,
-        "Health": _HEALTH_SCHEMA,
-        "Ping": _STATUS_SCHEMA,
-        "ExecutionParameters": _EXECUTION_PARAMETERS_SCHEMA,
-    }
-    invocation_body = {"oneOf": [_ref("SageMakerRequest"), _ref("SageMakerRerankRequest"), _ref("EmbeddingsRequest"),
-                                 _ref("RerankRequest")]}
-    invocation_answer = {"oneOf": [_ref("SageMakerResponse"), _ref("SageMakerRerankResponse"),
-                                   _ref("EmbeddingsResponse"), _ref("MultiVectorResponse"), _ref("RerankResponse")]}
-    invocations = _post(
-        "Any request, in the SageMaker envelope or the public APIs' bodies, told apart by their keys; batch "
-        "transform's CSV and JSON Lines. A 2xx answer of a per-inference product carries X-Amzn-Inference-Metering.",
-        {JSON: {"schema": invocation_body},
-         **{media: {"schema": {"type": "string", "description": _CSV_NOTE}} for media in batch_transform.CSV_TYPES},
-         **{media: {"schema": {"type": "string", "description": _JSONLINES_NOTE}}
-            for media in batch_transform.JSONLINES_TYPES}},
-        {JSON: {"schema": invocation_answer},
-         batch_transform.JSONLINES: {"schema": {"type": "string", "description": _JSONLINES_NOTE}}},
-        operation_id="invocations")
-    paths = {
-        "/ping": _get("ping", "Readiness: 200 once the model is loaded and warmed up, 503 before and while draining",
-                      _ref("Ping"), {"503": "loading or shutting down"}),
-        "/health": _get("health", "Liveness: the process answers, even while the model loads", _ref("Health")),
-        "/metrics": _get("metrics", "Prometheus metrics", {"type": "string"}, media=METRICS_CONTENT_TYPE.split(";")[0]),
-        "/v1/models": _get("models", "The served model: id, kind, operations, dimensions, tasks, backend",
-                           _ref("Models")),
-        "/execution-parameters": _get("executionParameters", "What SageMaker batch transform should send",
-                                      _ref("ExecutionParameters")),
-        "/openapi.json": _get("openapi", "This document", {"type": "object"}),
-        "/invocations": invocations,
-        "/score": {"post": {**invocations["post"], "operationId": "score",
-                            "summary": "Azure ML's scoring route: as /invocations"}},
-        "/v1/embeddings": _post("One vector per input (Jina's embeddings API; OpenAI's `encoding_format` accepted)",
-                                {JSON: {"schema": _ref("EmbeddingsRequest")}},
-                                {JSON: {"schema": _ref("EmbeddingsResponse")}}, operation_id="embeddings"),
-        "/v1/multi-vector": _post("One vector per token of each input (ColBERT models)",
-                                  {JSON: {"schema": _ref("EmbeddingsRequest")}},
-                                  {JSON: {"schema": _ref("MultiVectorResponse")}}, operation_id="multiVector"),
-        "/v1/rerank": _post("Documents ranked against a query (rerankers, ColBERT and multimodal models)",
-                            {JSON: {"schema": _ref("RerankRequest")}},
-                            {JSON: {"schema": _ref("RerankResponse")}}, operation_id="rerank"),
-    }
+    """The OpenAPI document of the app's routes (container/routes.py)."""
+    schemas = {"Input": fields.input_schema(), "Error": ERROR_SCHEMA}
+    for wire in dialects.registered():
+        schemas.update(wire.schemas())
+    schemas.update({"Models": _MODELS_SCHEMA, "Health": _HEALTH_SCHEMA, "Ping": _STATUS_SCHEMA,
+                    "ExecutionParameters": _EXECUTION_PARAMETERS_SCHEMA})
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes.routes():
+        paths.setdefault(route.template, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "searchbox", "version": _version(),
-                 "description": "Embeddings, multi-vector embeddings and reranking of the one served model."},
+                 "description": "What the one served model answers: " + ", ".join(
+                     f"{spec.noun} requests" for spec in operations.registered()) + "."},
         "paths": paths,
         "components": {"schemas": schemas},
     }
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _errors(statuses: dict[str, str]) -> dict[str, Any]:
-    return {status: {"description": why, "content": {JSON: {"schema": _ref("Error")}}}
-            for status, why in statuses.items()}
-
-
-def _get(operation_id: str, summary: str, schema: dict[str, Any], errors: dict[str, str] | None = None,
-         media: str = JSON) -> dict[str, Any]:
-    responses = {"200": {"description": "OK", "content": {media: {"schema": schema}}}}
-    return {"get": {"operationId": operation_id, "summary": summary,
-                    "responses": {**responses, **_errors({**(errors or {}), **_GET_ERRORS})}}}
-
-
-def _post(summary: str, body: dict[str, Any], answer: dict[str, Any], *, operation_id: str) -> dict[str, Any]:
-    return {"post": {
-        "operationId": operation_id,
-        "summary": summary,
-        "requestBody": {"required": True, "content": body},
-        "responses": {"200": {"description": "OK", "content": answer}, **_errors(_POST_ERRORS)},
-    }}
+def _operation(route: routes.Route) -> dict[str, Any]:
+    responses = {"200": {"description": "OK", "content": {media: {"schema": schema}
+                                                          for media, schema in route.answers.items()}}}
+    errors = {**route.errors, **_ERRORS.get(route.method, {})}
+    responses.update({status: {"description": why, "content": {JSON: {"schema": routes.ref("Error")}}}
+                      for status, why in errors.items()})
+    operation: dict[str, Any] = {"operationId": route.endpoint, "summary": route.summary}
+    if route.body is not None:
+        operation["requestBody"] = {"required": True,
+                                    "content": {media: {"schema": schema} for media, schema in route.body.items()}}
+    operation["responses"] = responses
+    return operation
 
 
 def _version() -> str:

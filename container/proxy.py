@@ -27,6 +27,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from container import routes
 from container.settings import Settings
 
 # The unix socket gunicorn listens on, the ready file and nginx's own files, inside the private run directory.
@@ -44,7 +45,7 @@ _ERROR_PREFIX = "/_searchbox/error/"
 # status -> (code, detail) of the errors nginx makes; `$request_id` is filled by nginx.
 _ERRORS = {
     400: ("BAD_REQUEST", "the request is malformed (request line, headers or chunked framing); send valid HTTP/1.1"),
-    404: ("NOT_FOUND", "no such route; POST /invocations, /v1/embeddings, /v1/multi-vector or /v1/rerank, GET /ping"),
+    404: ("NOT_FOUND", "no such route; use {routes}"),
     405: ("METHOD_NOT_ALLOWED", "this method is not allowed here"),
     408: ("REQUEST_TIMEOUT", "the request was not received in time; send the whole request without pausing"),
     411: ("LENGTH_REQUIRED", "send Content-Length or a chunked body"),
@@ -97,7 +98,8 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     # the app answers its own deadlines with a 503 itself.
     read_timeout = int(max(settings.request_timeout_s, settings.batch_timeout_s)) + 30
     user = "user root root;" if os.geteuid() == 0 else ""
-    error_locations = "\n".join(_error_location(status, code, detail.format(limit=f"{limit_mb:g} MiB"))
+    error_locations = "\n".join(_error_location(status, code, detail.format(limit=f"{limit_mb:g} MiB",
+                                                                           routes=routes.listed()))
                                 for status, (code, detail) in _ERRORS.items())
     # URI error pages, not named locations: nginx cannot redirect a request whose request line it could
     # not parse (400, 414) to a named location
@@ -184,8 +186,8 @@ http {{
             }}
             return 200 '{{"status":"healthy"}}';
         }}
-        # routes that must answer at any load go to the threads kept free of inference
-        location ~ ^/(execution-parameters|health|metrics|v1/models|openapi\.json)$ {{
+        # routes that must answer at any load go to the threads kept free of inference (container/routes.py)
+        location ~ {routes.control_pattern()} {{
             proxy_pass http://control;
         }}
         location / {{

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import MutableMapping, Union
 
+from model_handlers import operations
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.onnx_runtime import resolved_backend
 from model_handlers.options import HandlerOptions
@@ -56,4 +57,10 @@ def load_pipeline(model_dir: Path, config: ServingConfig, options: HandlerOption
                                   "SEARCHBOX_BACKEND and searchbox.json's backend unset")
     logger.info("loading %s model %s from %s on %s", config.kind.name, config.served_model_name, model_dir,
                 config.backend)
-    return Pipeline(config.kind, load(model_dir, config, options), config, options)
+    model = load(model_dir, config, options)
+    for name in sorted(config.kind.operations):
+        protocol = operations.named(name).model
+        if not isinstance(model, protocol):
+            raise AssertionError(f"kind {config.kind.name} answers {name}, but its {type(model).__name__} is no "
+                                 f"{protocol.__name__}; this is a bug")
+    return Pipeline(config.kind, model, config, options)

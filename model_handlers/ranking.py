@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Hashable, Sequence, TypeVar
+from typing import Callable, Hashable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 from model_handlers.errors import TooLarge
 from model_handlers.types import RerankHit
 
-if TYPE_CHECKING:
-    from model_handlers.serving_config import ServingConfig
-
 Document = TypeVar("Document")
+
+
+class WindowSettings(Protocol):
+    """What `searchbox.json` may say of windows (model_handlers.serving_config.ServingConfig has both)."""
+
+    rerank_window_tokens: int | None
+    rerank_window_overlap: int | None
 
 
 class Scoring(str, enum.Enum):
@@ -45,7 +49,7 @@ class Windowing:
     overlap: int
 
     @classmethod
-    def within(cls, room: int, config: "ServingConfig") -> "Windowing":
+    def within(cls, room: int, config: WindowSettings) -> "Windowing":
         """The windows for `room` content tokens per model input, as `searchbox.json` asks.
 
         The window is the configured size, never more than the room (default: the whole room); the

@@ -2,30 +2,18 @@
 
 The server parses every wire dialect into these frozen dataclasses; models never see dicts, headers
 or HTTP. Results carry raw float32 arrays: how they go on the wire (base64, bits, keys) is the
-server's business.
+server's business. Every request and result says which operation it is (`operation`, a name of
+model_handlers/operations), so that whatever handles it reads that operation's spec instead of its type.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, replace
-from typing import Sequence, Union
+from typing import ClassVar, Sequence, Union
 
 import numpy as np
 
 from model_handlers.errors import InvalidInput
-
-
-class Operation(str, enum.Enum):
-    """What a request asks of a model; each kind declares the ones it answers."""
-
-    EMBED = "embed"  # one vector per input
-    MULTI_VECTOR = "multi-vector"  # one vector per token of each input (ColBERT)
-    RERANK = "rerank"
-
-
-# The two forms of an embedding answer. A kind answers at most one of them: that is its embedding operation.
-EMBEDDINGS = (Operation.EMBED, Operation.MULTI_VECTOR)
 
 
 @dataclass(frozen=True)
@@ -72,6 +60,14 @@ def modality(item: EmbedInput) -> str:
     return item.kind
 
 
+def counted(inputs: Sequence[EmbedInput]) -> str:
+    """ "2 texts", "1 text and 1 image": the inputs of a request, by modality."""
+    counts: dict[str, int] = {}
+    for item in inputs:
+        counts[modality(item)] = counts.get(modality(item), 0) + 1
+    return " and ".join(f"{count} {name}{'s' * (count != 1)}" for name, count in counts.items())
+
+
 def where(what: str, index: int) -> str:
     """How errors name an input: "input 3", "document 0", or "the query" (`what` is then "the query")."""
     return what if what == "the query" else f"{what} {index}"
@@ -113,9 +109,10 @@ class EmbedRequest:
     truncate: bool = True
     # "query" or "document" (Cohere's and ColBERT clients' word); without a task, it selects the retrieval task
     input_type: str | None = None
-    # Which form the caller asked for: EMBED (/v1/embeddings), MULTI_VECTOR (/v1/multi-vector), or None, the
-    # served model's own (the SageMaker envelope and batch transform: a client sends the same body to every model).
-    operation: Operation | None = None
+    # Which form of embeddings the caller asked for: "embed" (/v1/embeddings), "multi-vector" (/v1/multi-vector), or
+    # None, the served model's own (the SageMaker envelope and batch transform: a client sends the same body to every
+    # model); the served kind resolves None (`Kind.resolve`).
+    operation: str | None = None
 
     # `task` and `input_type` say the same thing in two vocabularies; these three are the one place they are read.
 
@@ -146,6 +143,7 @@ class EmbedResult:
     vectors: list[np.ndarray]
     token_counts: list[int]
     model: str
+    operation: str  # the form of embeddings the vectors are (the request's, resolved)
 
     @property
     def total_tokens(self) -> int:
@@ -161,9 +159,7 @@ class RerankRequest:
     top_n: int | None = None
     return_documents: bool = True
 
-    @property
-    def operation(self) -> Operation:
-        return Operation.RERANK
+    operation: ClassVar[str] = "rerank"
 
 
 @dataclass(frozen=True)
@@ -181,6 +177,8 @@ class RerankResult:
     query_tokens: int
     document_tokens: int
     model: str
+
+    operation: ClassVar[str] = RerankRequest.operation
 
     @property
     def total_tokens(self) -> int:

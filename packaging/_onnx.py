@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 import _quality_set
+from model_handlers.operations.embed import EMBED
+from model_handlers.operations.rerank import RERANK
 
 FP32_FILE = "onnx/model.onnx"
 INT8_FILE = "onnx/model_int8.onnx"
@@ -123,11 +125,14 @@ def build_onnx(staged: Path, kind, quantize: str | None, gate: Gate, device: str
         model_handlers.errors.ModelDirectoryError: the kind or the model does not export (the message says why).
         GateFailed: an exported file does not keep the model's quality.
     """
+    from model_handlers import operations
     from model_handlers.errors import ModelDirectoryError
     from model_handlers.onnx_runtime import quantize_int8
-    from model_handlers.types import Operation
 
-    if kind.onnx_export is None:
+    # the gate of the kind's first operation that has one (registry order: its embeddings before rerank)
+    gate_of = next((_GATES[spec.name] for spec in operations.registered()
+                    if kind.answers(spec.name) and spec.name in _GATES), None)
+    if kind.onnx_export is None or gate_of is None:
         raise ModelDirectoryError(f"kind {kind.name} ({kind.summary}) does not export to ONNX yet: build it with "
                                   "--backend torch")
     kind.onnx_export(staged, staged / FP32_FILE)
@@ -138,9 +143,7 @@ def build_onnx(staged: Path, kind, quantize: str | None, gate: Gate, device: str
     fp32 = _Runner(staged, "onnx", FP32_FILE, device)
     int8 = _Runner(staged, "onnx", INT8_FILE, device) if quantize else None
     try:
-        if kind.answers(Operation.EMBED):
-            return _embedding_gate(reference, fp32, int8, gate, serving)
-        return _rerank_gate(reference, fp32, int8, gate, serving)
+        return gate_of(reference, fp32, int8, gate, serving)
     finally:
         for runner in (reference, fp32, int8):
             if runner is not None:
@@ -165,13 +168,13 @@ class _Runner:
     def embed(self, texts: list[str]) -> np.ndarray:
         from model_handlers.types import EmbedRequest, TextInput
 
-        result = self._handler.embed(EmbedRequest(inputs=tuple(TextInput(t) for t in texts)))
+        result = self._handler.run(EmbedRequest(inputs=tuple(TextInput(t) for t in texts)))
         return np.stack(result.vectors).astype(np.float64)
 
     def scores(self, query: str, documents: list[str]) -> np.ndarray:
         from model_handlers.types import RerankRequest, TextInput
 
-        result = self._handler.rerank(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
+        result = self._handler.run(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
         scores = np.zeros(len(documents))
         for hit in result.hits:
             scores[hit.index] = hit.relevance_score
@@ -227,6 +230,11 @@ def _rerank_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: 
                          f"{gate.int8_max_score_diff}), same top-{TOP_K} for {agreement:.0%} of queries (at least "
                          f"{gate.int8_min_top_k_agreement:.0%}); build without --quantize to serve fp32")
     return Quality(**figures)
+
+
+# How an export of each operation is checked against the model on torch: the gate of a kind's first operation
+# (in the registry's order) that has one is the one applied.
+_GATES = {EMBED: _embedding_gate, RERANK: _rerank_gate}
 
 
 def _query_documents() -> list[list[str]]:

@@ -37,7 +37,7 @@ import _onnx  # noqa: E402
 import build_artifact  # noqa: E402
 import model_package  # noqa: E402
 
-from model_handlers.types import Operation  # noqa: E402
+from container import dialects  # noqa: E402
 
 DEFAULT_BENCH = Path(__file__).resolve().parent.parent / "bench" / "results.md"
 ENTITY_TYPE = "MachineLearningProduct@1.0"
@@ -248,11 +248,9 @@ def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigur
     units = metering.units(inputs=sample.inputs, tokens=sample.tokens)
     if units != sample.units:  # the server counted the sample itself (container.dispatch.request_figures)
         raise AssertionError(f"the sample reported {sample.units} units, its usage makes {units}: this is a bug")
-    operation = _sample_operation(product)
-    what = (f"reranks {sample.inputs} document{'s' * (sample.inputs != 1)}" if operation is Operation.RERANK
-            else f"embeds {sample.inputs} text{'s' * (sample.inputs != 1)}")
-    usage = ("`query_usage` and `docs_usage` in its answer" if operation is Operation.RERANK
-             else "the items' `usage.total_tokens` in its answer")
+    listing = dialects.named(_sample_operation(product)).listing
+    what = listing.action.format(count=sample.inputs, s="s" * (sample.inputs != 1))
+    usage = listing.usage
     if metering.unit == "tokens":
         per = metering.tokens_per_unit
         line = (f"{usage} add up to {sample.tokens:,} tokens; at 1 unit = {per:,} tokens, rounded up per "
@@ -272,10 +270,9 @@ def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigur
             f"and costs {units} x {_catalog.usd(price)} = {_catalog.usd(units * price)}.{more}")
 
 
-def _sample_operation(product: _catalog.Product) -> Operation:
-    from container.dialects import decode_invocation
-
-    return product.model_kind.asked(decode_invocation(product.model_kind.samples.request).request.operation)
+def _sample_operation(product: _catalog.Product) -> str:
+    """What the kind's sample request asks of it (an envelope of embeddings: the kind's own form)."""
+    return product.model_kind.asked(dialects.decode_invocation(product.model_kind.samples.request).request.operation)
 
 
 def billing_markdown(product: _catalog.Product, sample: build_artifact.SampleFigures | None, *,

@@ -365,30 +365,22 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
 
     from container.dialects import decode_invocation
     from container.dispatch import check_operation, request_figures
-    from model_handlers import HandlerOptions, load_handler
+    from model_handlers import HandlerOptions, load_handler, operations
     from model_handlers.batching import Timing
-    from model_handlers.types import EmbedRequest
 
     started = time.monotonic()
     handler = None
     try:
         handler = load_handler(staged, HandlerOptions(device=device, max_batch_items=8))
         decoded = decode_invocation(config.kind.samples.request)
-        check_operation(decoded.request, config.kind, config.served_model_name)
-        if isinstance(decoded.request, EmbedRequest):
-            result = handler.embed(decoded.request)
-            first = result.vectors[0]
-            shape = (f"{first.shape[-1]} dimensions" if first.ndim == 1
-                     else f"{first.shape[0]} token vectors of {first.shape[-1]} dimensions")
-            summary = f"embedded {_counted(decoded.request.inputs)} into {shape}"
-        else:
-            result = handler.rerank(decoded.request)
-            scores = ", ".join(f"{hit.relevance_score:.3f}" for hit in result.hits)
-            summary = f"reranked {len(decoded.request.documents)} documents (scores {scores})"
+        request = config.kind.resolve(decoded.request)
+        check_operation(request, config.kind, config.served_model_name)
+        result = handler.run(request)
+        summary = operations.named(request.operation).summary(request, result)
         numbers = _numbers(orjson.loads(orjson.dumps(decoded.render(result), option=orjson.OPT_SERIALIZE_NUMPY)))
         if not numbers or not all(math.isfinite(n) for n in numbers) or not any(numbers):
             raise BuildRefused(f"the model's answer to its sample request is empty, zero or not finite: {summary}")
-        figures = request_figures([decoded.request], [result], [Timing()], config.metering)
+        figures = request_figures([request], [result], [Timing()], config.metering)
     except BuildRefused:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here means the directory would not serve
@@ -399,16 +391,6 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
             handler.close()
     sample = SampleFigures(inputs=figures.inputs, tokens=figures.tokens, units=figures.units)
     return f"{summary} in {time.monotonic() - started:.1f} s", sample
-
-
-def _counted(inputs) -> str:
-    """ "2 texts", "1 text and 1 image": what the sample request embedded."""
-    from model_handlers.types import modality
-
-    counts: dict[str, int] = {}
-    for item in inputs:
-        counts[modality(item)] = counts.get(modality(item), 0) + 1
-    return " and ".join(f"{count} {name}{'s' * (count != 1)}" for name, count in counts.items())
 
 
 def _numbers(value) -> list[float]:

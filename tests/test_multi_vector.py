@@ -106,8 +106,8 @@ def layout_handler(request, colbert):
 def test_token_vectors_and_maxsim_match_pylate(layout_handler, colbert):
     layout, handler = layout_handler
     expected = colbert.arrays(layout)
-    queries = handler.embed(EmbedRequest(inputs=tuple(map(TextInput, QUERIES)), input_type="query")).vectors
-    documents = handler.embed(EmbedRequest(inputs=tuple(map(TextInput, DOCUMENTS)), input_type="document")).vectors
+    queries = handler.run(EmbedRequest(inputs=tuple(map(TextInput, QUERIES)), input_type="query")).vectors
+    documents = handler.run(EmbedRequest(inputs=tuple(map(TextInput, DOCUMENTS)), input_type="document")).vectors
     for i, vectors in enumerate(queries):
         rows_match(vectors, expected[f"q{i}"])
     for j, vectors in enumerate(documents):
@@ -117,7 +117,7 @@ def test_token_vectors_and_maxsim_match_pylate(layout_handler, colbert):
     # rerank scores by MaxSim too (documents that fit one window: PyLate cuts the long one, rerank windows it)
     short = DOCUMENTS[:4]
     for i, query in enumerate(QUERIES):
-        hits = handler.rerank(RerankRequest(query=TextInput(query), documents=tuple(map(TextInput, short)))).hits
+        hits = handler.run(RerankRequest(query=TextInput(query), documents=tuple(map(TextInput, short)))).hits
         for hit in hits:
             assert abs(hit.relevance_score - expected["scores"][i, hit.index]) < SCORE_TOLERANCE
 
@@ -140,7 +140,7 @@ def test_searchbox_json_wins_and_bad_settings_are_refused_by_name(tmp_path, pyla
     shorter = linked_copy(pylate_dir, tmp_path / "short-queries", {"query_length": 16, "served_model_name": "q16"})
     handler = load_handler(shorter, HandlerOptions(device="cpu"))
     try:
-        result = handler.embed(EmbedRequest(inputs=(TextInput("what do cats like to eat"),), input_type="query"))
+        result = handler.run(EmbedRequest(inputs=(TextInput("what do cats like to eat"),), input_type="query"))
         assert result.vectors[0].shape == (16, 128) and result.token_counts == [16]
     finally:
         handler.close()
@@ -168,7 +168,7 @@ def test_colbert_ai_pickled_weights_load_only_when_the_operator_opts_in(tmp_path
         read_serving_config(pickled)
     handler = load_handler(pickled, HandlerOptions(device="cpu", allow_pickle=True))
     try:
-        vectors = handler.embed(EmbedRequest(inputs=(TextInput(DOCUMENTS[3]),))).vectors[0]
+        vectors = handler.run(EmbedRequest(inputs=(TextInput(DOCUMENTS[3]),))).vectors[0]
     finally:
         handler.close()
     rows_match(vectors, colbert.arrays("colbert-ai")["d3"])
@@ -178,8 +178,8 @@ def test_the_directory_default_input_type_makes_a_job_of_queries(tmp_path, pylat
     queries = linked_copy(pylate_dir, tmp_path / "queries", {"default_input_type": "query"})
     handler = load_handler(queries, HandlerOptions(device="cpu"))
     try:
-        unsaid = handler.embed(EmbedRequest(inputs=(TextInput(QUERIES[0]),))).vectors[0]
-        said = handler.embed(EmbedRequest(inputs=(TextInput(DOCUMENTS[0]),), input_type="document")).vectors[0]
+        unsaid = handler.run(EmbedRequest(inputs=(TextInput(QUERIES[0]),))).vectors[0]
+        said = handler.run(EmbedRequest(inputs=(TextInput(DOCUMENTS[0]),), input_type="document")).vectors[0]
     finally:
         handler.close()
     rows_match(unsaid, reference["q0"])
@@ -417,7 +417,7 @@ def test_build_artifact_checks_and_packs_a_colbert(tmp_path, pylate_dir, colbert
         str(p.relative_to(unpacked)) for p in unpacked.rglob("*") if p.is_file()}
     handler = load_handler(unpacked, HandlerOptions(device="cpu"))
     try:
-        vectors = handler.embed(EmbedRequest(inputs=(TextInput(QUERIES[0]),), input_type="query")).vectors[0]
+        vectors = handler.run(EmbedRequest(inputs=(TextInput(QUERIES[0]),), input_type="query")).vectors[0]
     finally:
         handler.close()
     rows_match(vectors, colbert.arrays("pylate")["q0"])

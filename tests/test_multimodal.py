@@ -240,12 +240,12 @@ def test_clip_directories_are_the_multimodal_kind(clip_dir, tmp_path):
     assert detect(ModelFiles.read(legacy)).name == "multimodal"
     handler = load_handler(legacy)
     try:
-        result = handler.embed(EmbedRequest(inputs=(TextInput(TEXTS[0]),)))
+        result = handler.run(EmbedRequest(inputs=(TextInput(TEXTS[0]),)))
     finally:
         handler.close()
     original = load_handler(clip_dir)
     try:
-        want = original.embed(EmbedRequest(inputs=(TextInput(TEXTS[0]),)))
+        want = original.run(EmbedRequest(inputs=(TextInput(TEXTS[0]),)))
     finally:
         original.close()
     assert cosine(result.vectors[0], want.vectors[0]) >= 0.99999
@@ -328,7 +328,7 @@ def test_searchbox_json_sets_tiles_and_prompts(clip_dir, tmp_path, reference):
     handler = load_handler(model_dir)
     try:
         image = ImageInput(b64(encoded(picture((500, 500)), "PNG")))
-        result = handler.embed(EmbedRequest(inputs=(image, TextInput("a dog")), task="retrieval.query"))
+        result = handler.run(EmbedRequest(inputs=(image, TextInput("a dog")), task="retrieval.query"))
     finally:
         handler.close()
     assert result.token_counts[0] == 4000  # 500 x 500 is one 512 px tile
@@ -356,7 +356,7 @@ def test_remote_code_dual_encoder(clip_dir, tmp_path, reference):
     handler = load_handler(model_dir)
     try:
         image = picture()
-        result = handler.embed(EmbedRequest(inputs=(TextInput(TEXTS[0]), TextInput(TEXTS[1]),
+        result = handler.run(EmbedRequest(inputs=(TextInput(TEXTS[0]), TextInput(TEXTS[1]),
                                                     ImageInput(b64(encoded(image, "PNG"))))))
     finally:
         handler.close()
@@ -386,7 +386,7 @@ def test_siglip_texts_are_padded_to_the_max_length(tmp_path):
     image = picture()
     handler = load_handler(tmp_path)
     try:
-        result = handler.embed(EmbedRequest(inputs=(TextInput(TEXTS[0]), TextInput(TEXTS[1]),
+        result = handler.run(EmbedRequest(inputs=(TextInput(TEXTS[0]), TextInput(TEXTS[1]),
                                                     ImageInput(b64(encoded(image, "PNG"))))))
     finally:
         handler.close()
@@ -407,7 +407,7 @@ def test_preprocessed_pixels_waiting_for_the_model_are_bounded(clip_dir, monkeyp
     one_image = 3 * 32 * 32 * 4
     monkeypatch.setattr(multimodal, "_MAX_HELD_PIXEL_BYTES", 3 * one_image)
     handler = load_handler(clip_dir)
-    model = handler._model  # the kind's model: prepare without running, so that its items stay alive
+    model = handler.model  # the kind's model: prepare without running, so that its items stay alive
     image = ImageInput(b64(encoded(picture(), "PNG")))
     try:
         with pytest.raises(TooLarge, match="at most 3 images per request"):
@@ -416,7 +416,7 @@ def test_preprocessed_pixels_waiting_for_the_model_are_bounded(clip_dir, monkeyp
         with pytest.raises(Overloaded, match="retry shortly"):
             model.prepare_embed(EmbedRequest(inputs=(image, image)))
         del waiting
-        assert len(handler.embed(EmbedRequest(inputs=(image, image, TextInput("x")))).vectors) == 3
+        assert len(handler.run(EmbedRequest(inputs=(image, image, TextInput("x")))).vectors) == 3
     finally:
         handler.close()
 
@@ -588,7 +588,7 @@ def test_a_bad_image_fails_only_its_own_request(clip_dir):
 
     def run(number: int, request: EmbedRequest) -> None:
         try:
-            outcomes[number] = handler.embed(request)
+            outcomes[number] = handler.run(request)
         except InvalidInput as exc:
             outcomes[number] = exc
 

@@ -86,7 +86,7 @@ def test_the_onnx_serve_path_imports_no_torch(int8_artifact):
     _, model_dir = int8_artifact
     script = ("import sys\nfrom model_handlers import load_handler\nfrom model_handlers.types import EmbedRequest, "
               "TextInput\nh = load_handler(sys.argv[1])\nh.warm_up()\n"
-              "assert len(h.embed(EmbedRequest(inputs=(TextInput('x'),))).vectors[0]) == 384\n"
+              "assert len(h.run(EmbedRequest(inputs=(TextInput('x'),))).vectors[0]) == 384\n"
               "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script, str(model_dir)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -134,14 +134,14 @@ def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch
     onnx = load_handler(model_dir)
     torch_handler = load_handler(model_dir, HandlerOptions(backend="torch"))
     try:
-        vectors = onnx.embed(EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS))).vectors
+        vectors = onnx.run(EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS))).vectors
         for vector, reference in zip(vectors, reference_model.encode(TEXTS)):
             assert cosine(vector, reference) >= 0.9999
         late = EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS[:4]), late_chunking=True)
-        for a, b in zip(onnx.embed(late).vectors, torch_handler.embed(late).vectors):
+        for a, b in zip(onnx.run(late).vectors, torch_handler.run(late).vectors):
             assert cosine(a, b) >= 0.9999
         raw = EmbedRequest(inputs=(TextInput(TEXTS[2]),), normalized=False)
-        np.testing.assert_allclose(onnx.embed(raw).vectors[0], torch_handler.embed(raw).vectors[0], atol=1e-4)
+        np.testing.assert_allclose(onnx.run(raw).vectors[0], torch_handler.run(raw).vectors[0], atol=1e-4)
     finally:
         onnx.close()
         torch_handler.close()
@@ -165,7 +165,7 @@ def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, minilm_di
     handler = load_handler(model_dir)
     try:
         query, documents = "what do cats like to eat", ["cats like fish", "the stock market fell", "a kitten drinks milk"]
-        result = handler.rerank(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
+        result = handler.run(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
         expected = CrossEncoder(str(source), device="cpu", local_files_only=True).predict(
             [(query, d) for d in documents])
         for hit in result.hits:

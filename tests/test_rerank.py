@@ -179,7 +179,7 @@ def test_window_size_overlap_and_activation_come_from_searchbox_json(tmp_path, c
     handler = load_handler(model_dir, HandlerOptions(device="cpu"))
     try:
         document = words(100, offset=5)
-        result = handler.rerank(RerankRequest(query=TextInput(QUERY), documents=(TextInput(document),)))
+        result = handler.run(RerankRequest(query=TextInput(QUERY), documents=(TextInput(document),)))
     finally:
         handler.close()
     windows = window_texts(tokenizer, document, 32, 8)

@@ -31,7 +31,7 @@ def test_32_one_sentence_callers_cost_a_handful_of_forward_passes(handler, refer
 
     def call(i):
         barrier.wait()
-        return handler.embed(EmbedRequest(inputs=(TextInput(texts[i]),)))
+        return handler.run(EmbedRequest(inputs=(TextInput(texts[i]),)))
 
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(call, range(32)))
@@ -49,7 +49,7 @@ def test_pickled_weights_load_when_the_operator_opts_in(tmp_path, minilm_dir, re
     os.remove(model_dir / "model.safetensors")
     pickled = load_handler(model_dir, HandlerOptions(allow_pickle=True))
     try:
-        vector = pickled.embed(EmbedRequest(inputs=(TextInput("hello"),))).vectors[0]
+        vector = pickled.run(EmbedRequest(inputs=(TextInput("hello"),))).vectors[0]
     finally:
         pickled.close()
     np.testing.assert_allclose(vector, reference_model.encode(["hello"])[0], atol=1e-5)

@@ -1,24 +1,44 @@
-"""Wire dialects: each turns a body into typed requests plus a renderer for their results.
+"""Wire dialects: each turns a body into typed requests plus a renderer for their results; and their registry.
 
-Routes only dispatch; which dialect a JSON body speaks is decided here, by its keys (contract §2, §3).
-`Decoded` is one JSON body's request; `Records` what the dispatcher runs for any body (one JSON request,
-or the many of a batch-transform CSV or JSON Lines body).
+Every operation of model_handlers/operations has one dialect module here that declares `WIRE` (a `WireOperation`):
+its routes, what to send it (named in refusals), how `/invocations` tells its bodies apart, its CSV rows, the size
+of its answers (a batch body's cap is checked before any work), its OpenAPI components and its words in a listing.
+The embeddings forms share their bodies: `{"input"}` (public.py) and the SageMaker envelope (sagemaker.py), which
+answer in the form the request asked for, or the served kind's own form when it named none.
+
+`Decoded` is one JSON body's request; `Records` what the dispatcher runs for any body (one JSON request, or the
+many of a batch-transform CSV or JSON Lines body).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence, Union
+import importlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from sagemaker_inference import content_types
 
 from container.encodings import Encoding
 from container.errors import ValidationFailed
-from model_handlers.types import EmbedRequest, EmbedResult, RerankRequest, RerankResult
 
-TypedRequest = Union[EmbedRequest, RerankRequest]
-TypedResult = Union[EmbedResult, RerankResult]
+if TYPE_CHECKING:
+    from model_handlers.pipeline import Pipeline
+
+# A typed request of any operation (model_handlers/types.py): it has `operation`, the name of what it asks.
+TypedRequest = Any
+# A typed result of any operation: it has `operation` and `total_tokens`.
+TypedResult = Any
 JSON = content_types.JSON
+# What one answered input or document adds to an answer besides its vector or text (id, usage, keys): for the
+# upper bound of a batch answer's size.
+ITEM_OVERHEAD_BYTES = 128
+
+DIALECT_MODULES = (
+    "container.dialects.embed",
+    "container.dialects.multi_vector",
+    "container.dialects.rerank",
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +61,8 @@ class Records:
         content_type: the response's media type.
         concurrent: run the requests side by side (small ones, so the batcher packs them together)
             rather than one after the other (large ones, each filling whole forward passes).
+        encodings: per request, when known: what the answer's size depends on.
+        answer_types: the media types the answer may be labelled with, the first when the client takes any.
     """
 
     requests: Sequence[TypedRequest]
@@ -48,28 +70,121 @@ class Records:
     render: Callable[[list[TypedResult]], bytes]
     content_type: str = JSON
     concurrent: bool = True
-    encodings: Sequence[Encoding | None] = ()  # per request, when known: what the answer's size depends on
+    encodings: Sequence[Encoding | None] = ()
+    answer_types: Sequence[str] = (JSON,)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A POST route of an operation's public API."""
+
+    path: str
+    decode: Callable[[Any], Decoded] = field(repr=False)
+    operation_id: str
+    summary: str
+    request_schema: str  # OpenAPI component names
+    response_schema: str
+
+
+@dataclass(frozen=True)
+class EmbeddingForm:
+    """How a form of embeddings is answered in the shared embeddings bodies (public.py, sagemaker.py).
+
+    Attributes:
+        key: an answered input's key, and its object name in a list answer ("embedding", "embeddings").
+        usage: the usage keys of a list answer.
+        schema: one encoded embedding, as a JSON Schema (for every encoding).
+        value: one result vector, encoded as the request asked.
+    """
+
+    key: str
+    usage: tuple[str, ...]
+    schema: Callable[[], dict[str, Any]] = field(repr=False)
+    value: Callable[[Any, Encoding], Any] = field(default=lambda vector, encoding: encoding.render(vector), repr=False)
+
+
+@dataclass(frozen=True)
+class RowRequests:
+    """Batch-transform CSV rows that are each one request (not one input of an embeddings request)."""
+
+    decode: Callable[[Mapping[str, Any]], Decoded] = field(repr=False)  # a row's columns as the record's fields
+    render: Callable[[Decoded, Any], dict[str, Any]] = field(repr=False)  # a row's answer, after its `id`
+
+
+@dataclass(frozen=True)
+class Listing:
+    """How a marketplace listing's worked example words an answered sample (packaging/aws_listing.py)."""
+
+    action: str  # "embeds {count} text{s}": what the sample request does
+    usage: str  # where the answer says what it consumed
+
+
+@dataclass(frozen=True)
+class WireOperation:
+    """The wire side of one operation (its model side: model_handlers/operations).
+
+    Attributes:
+        name: the operation.
+        hint: what to send it, as a refusal of another operation says ('rerank: {"query": ...} to /v1/rerank, ...').
+        routes: its own public routes.
+        schemas: its OpenAPI components (request and answer bodies, by name).
+        invocation_bodies, invocation_answers: the components of those that `/invocations` (and `/score`) take
+            and answer.
+        body_keys: keys only its whole bodies have (a JSON Lines line with one is a body, not a single record).
+        estimate: `estimate(request, encoding, pipeline)`: an upper bound of the answer's bytes, before any work.
+        listing: its words in a listing's worked example.
+        invocation: `invocation(body)`: the Decoded of an `/invocations` body of this operation, None when the body
+            is another's; tried in registration order, the fallback's last.
+        invocation_fallback: takes the `/invocations` bodies that no other operation claims.
+        form: a form of embeddings: how its answers go in the shared embeddings bodies.
+        rows: CSV rows of a kind answering it are whole requests (None: each row is one input of the embeddings
+            envelope).
+    """
+
+    name: str
+    hint: str
+    routes: tuple[Route, ...]
+    schemas: Callable[[], dict[str, dict[str, Any]]] = field(repr=False)
+    invocation_bodies: tuple[str, ...]
+    invocation_answers: tuple[str, ...]
+    body_keys: tuple[str, ...]
+    estimate: Callable[[Any, "Encoding | None", "Pipeline"], int] = field(repr=False)
+    listing: Listing
+    invocation: Callable[[Mapping[str, Any]], Decoded | None] | None = field(default=None, repr=False)
+    invocation_fallback: bool = False
+    form: EmbeddingForm | None = None
+    rows: RowRequests | None = None
+
+
+@lru_cache(maxsize=1)
+def registered() -> tuple[WireOperation, ...]:
+    """Every operation's wire side, in registration order."""
+    return tuple(importlib.import_module(name).WIRE for name in DIALECT_MODULES)
+
+
+def named(name: str) -> WireOperation:
+    """The wire side of the operation called `name`.
+
+    Raises:
+        KeyError: no dialect declares it.
+    """
+    for wire in registered():
+        if wire.name == name:
+            return wire
+    raise KeyError(f"no dialect declares operation {name!r}")
 
 
 def decode_invocation(body: Any) -> Decoded:
-    """`/invocations` and `/score`: the SageMaker envelope or the public API, told apart by keys.
+    """`/invocations` and `/score`: any operation's body, told apart by its keys (contract §2, §3).
 
-    A `data` holding `query`/`documents` (object or one-element list) is a SageMaker rerank; a body with
-    `query`/`documents` and neither `data` nor `input` is a public rerank; the rest are embeddings, in the form
-    the served model makes (one vector per input, or one per token for a multi-vector model).
+    Each operation's `invocation` claims its own bodies (a rerank's `query` and `documents`); the embeddings
+    bodies, `data` (SageMaker envelope) or `input`, ask for the form the served model makes and are tried last.
     """
-    from container.dialects import public, rerank, sagemaker
-
     if isinstance(body, dict):
-        if "data" in body:
-            if rerank.is_sagemaker_rerank(body["data"]):
-                return rerank.decode_sagemaker(body)
-            return sagemaker.decode(body)
-        if "input" in body:
-            # the served model's own form: single vectors, or token vectors from a multi-vector model
-            return public.decode_embeddings(body, operation=None)
-        if rerank.is_public_rerank(body):
-            return rerank.decode_public(body)
+        for wire in sorted(registered(), key=lambda wire: wire.invocation_fallback):
+            decoded = wire.invocation(body) if wire.invocation is not None else None
+            if decoded is not None:
+                return decoded
     raise ValidationFailed(
         "the body must be a JSON object with `data` (SageMaker envelope: {\"data\": [{\"text\": \"...\"}]}), "
         "`input` (embeddings API: {\"input\": [\"...\"]}) "

@@ -29,13 +29,12 @@ from typing import Any, Callable
 
 import orjson
 
-from container.dialects import Decoded, Records, TypedResult, fields, rerank, sagemaker
-from container.encodings import EmbeddingType
+from container import dialects
+from container.dialects import JSON, Decoded, Records, RowRequests, TypedResult, fields, sagemaker
 from container.errors import BadRequest, PayloadTooLarge, SearchboxError
 from container.settings import ENV_MAX_BATCH_ROWS
 from model_handlers import kinds
 from model_handlers.kinds import CsvLayout, Kind
-from model_handlers.types import EmbedRequest
 
 CSV_TYPES = ("text/csv", "application/csv")
 JSONLINES_TYPES = ("application/jsonlines", "application/jsonl", "application/x-jsonlines")
@@ -47,16 +46,11 @@ _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _CHUNK_CHARS = 64 * 1024
 _QUOTING_HINT = 'quote fields that hold commas ("1","a, b") or escape them (1,a\\, b)'
 # A JSON line that is an object with one of the keys fields.embed_input reads, and none that only a
-# whole body has, is a single record (SageMaker's SplitType=Line hands over a file's records as they are).
+# whole body has (`WireOperation.body_keys`), is a single record (SageMaker's SplitType=Line hands over a file's
+# records as they are).
 _RECORD_KEYS = ("text", *fields.IMAGE_KEYS, *fields.OTHER_KEYS)
-_BODY_KEYS = ("data", "input", "query", "documents", "parameters")
-# Upper bounds of one rendered value: a float32 in JSON ("-0.012345678," or "1.2345678e-05,"), a packed
-# bit byte ("-128,"); and of what one answered input or document adds besides (id, usage, keys).
-_FLOAT_BYTES = 15
-_PACKED_BYTE_BYTES = 5
-_ITEM_OVERHEAD_BYTES = 128
-# A vector's own brackets and separators ("[...]," or "\"...\",") in every encoding.
-_VECTOR_OVERHEAD_BYTES = 4
+# A CSV answer is one JSON object on one line: also a JSON Lines file of one line.
+_CSV_ANSWER_TYPES = (JSON, *JSONLINES_TYPES)
 
 
 def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Records:
@@ -75,7 +69,7 @@ def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Recor
     records = [_record(row, kind) for row in rows]
     if kind.csv.per_input:
         return _input_rows(rows, records, max_inputs)
-    return _request_rows(rows, records)
+    return _request_rows(rows, records, dialects.named(kind.csv.operation).rows)
 
 
 def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: int) -> Records:
@@ -102,39 +96,29 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: in
     def render(results: list[TypedResult]) -> bytes:
         return b"".join(orjson.dumps(d.render(r), option=_JSON_OPTIONS) + b"\n" for d, r in zip(decoded, results))
 
-    return Records([d.request for d in decoded], origins, render, JSONLINES, encodings=[d.encoding for d in decoded])
+    # one line out is also a JSON document
+    answer_types = (*JSONLINES_TYPES, JSON) if len(decoded) == 1 else JSONLINES_TYPES
+    return Records([d.request for d in decoded], origins, render, JSONLINES, encodings=[d.encoding for d in decoded],
+                   answer_types=answer_types)
 
 
-def estimated_response_bytes(job: Records, width: int | None, vector_count: Callable[[EmbedRequest], int]) -> int:
-    """An upper bound of the answer's size, before any work: what the response cap is checked against.
-
-    `width` is the model's embedding width (None for rerankers, which make no vectors); `vector_count` how many
-    vectors an embedding request's answer holds (a multi-vector model answers one per kept token)."""
-    total = 0
-    for index, request in enumerate(job.requests):
-        if isinstance(request, EmbedRequest):
-            dims = request.dimensions or width or 0
-            per_vector = _VECTOR_OVERHEAD_BYTES
-            encoding = job.encodings[index] if index < len(job.encodings) else None
-            for type_ in (encoding.types if encoding else (EmbeddingType.FLOAT,)):
-                if type_ is EmbeddingType.FLOAT:
-                    per_vector += dims * _FLOAT_BYTES
-                elif type_ is EmbeddingType.BASE64:
-                    per_vector += 4 * ((dims * 4 + 2) // 3) + 2
-                else:
-                    per_vector += ((dims + 7) // 8) * _PACKED_BYTE_BYTES
-            total += vector_count(request) * per_vector + len(request.inputs) * _ITEM_OVERHEAD_BYTES
-        else:
-            shown = (sum(len(value) for d in request.documents for value in fields.render_input(d).values())
-                     if request.return_documents else 0)
-            total += 2 * shown + len(request.documents) * _ITEM_OVERHEAD_BYTES
-    return total
+def csv_layouts() -> str:
+    """Every kind's CSV row, for a document that names them: "`id,text` (multi-vector, embedding), ..."."""
+    by_header: dict[str, list[Kind]] = {}
+    for kind in kinds.registered():
+        by_header.setdefault(kind.csv.header, []).append(kind)
+    parts = []
+    for header, named in by_header.items():
+        notes = ", ".join(f"{column.field} a JSON array" for column in named[0].csv.columns if column.json)
+        parts.append(f"`{header}` ({', '.join(kind.name for kind in named)}{'; ' + notes if notes else ''})")
+    return ", ".join(parts)
 
 
 def _line_body(value: Any) -> Any:
     """A line's JSON as a request body: a single record becomes the one-input SageMaker envelope."""
+    body_keys = {key for wire in dialects.registered() for key in wire.body_keys}
     if isinstance(value, str) or (isinstance(value, dict) and any(key in value for key in _RECORD_KEYS)
-                                  and not any(key in value for key in _BODY_KEYS)):
+                                  and not any(key in value for key in body_keys)):
         return {"data": [value]}
     return value
 
@@ -256,20 +240,20 @@ def _input_rows(rows: list[_Row], records: list[dict[str, Any]], max_inputs: int
         return orjson.dumps({"data": items, "parameters": {}}, option=_JSON_OPTIONS) + b"\n"
 
     return Records([d.request for d in decoded], origins, render, concurrent=False,
-                   encodings=[d.encoding for d in decoded])
+                   encodings=[d.encoding for d in decoded], answer_types=_CSV_ANSWER_TYPES)
 
 
-def _request_rows(rows: list[_Row], records: list[dict[str, Any]]) -> Records:
-    """Each row one request (a rerank); rows run side by side so the batcher packs them together."""
-    decoded = [_decode_row(lambda body: rerank.decode_sagemaker(body, prefix=""), {"data": record}, f"line {row.line}")
-               for row, record in zip(rows, records)]
+def _request_rows(rows: list[_Row], records: list[dict[str, Any]], requests: RowRequests) -> Records:
+    """Each row one request (a rerank), as the operation's dialect reads and answers it; rows run side by side so
+    the batcher packs them together."""
+    decoded = [_decode_row(requests.decode, record, f"line {row.line}") for row, record in zip(rows, records)]
 
     def render(results: list[TypedResult]) -> bytes:
-        items = [{"id": row.id, **rerank.render_item(d.request, result)}
-                 for row, d, result in zip(rows, decoded, results)]
+        items = [{"id": row.id, **requests.render(d, result)} for row, d, result in zip(rows, decoded, results)]
         return orjson.dumps({"data": items, "parameters": {}}, option=_JSON_OPTIONS) + b"\n"
 
-    return Records([d.request for d in decoded], [f"line {row.line}" for row in rows], render)
+    return Records([d.request for d in decoded], [f"line {row.line}" for row in rows], render,
+                   answer_types=_CSV_ANSWER_TYPES)
 
 
 def _decode_row(decode: Callable[[Any], Decoded], body: Any, where: str) -> Decoded:

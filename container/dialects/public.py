@@ -1,7 +1,9 @@
-"""Jina's public embeddings API, with OpenAI's `encoding_format` accepted as a synonym (contract §2b).
+"""Jina's public embeddings body, with OpenAI's `encoding_format` accepted as a synonym (contract §2b, §2e).
 
-The same body shape asks for multi-vectors on POST /v1/multi-vector (container/dialects/multi_vector.py); on
-/invocations it asks for whichever the served model makes, and the answer takes that model's form.
+`{"input", ...}` asks for one form of embeddings: single vectors on POST /v1/embeddings (dialects/embed.py), token
+vectors on POST /v1/multi-vector (dialects/multi_vector.py); on /invocations it asks for whichever the served
+model makes, and the answer takes that model's form: `{"model", "object": "list", "usage", "data": [{"object",
+"index", <key>}]}` with the form's key and usage (its `EmbeddingForm`).
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from container.dialects import Decoded, fields, multi_vector
-from container.encodings import schema as embedding_schema
+from container import dialects
+from container.dialects import Decoded, fields
 from container.errors import ValidationFailed
-from model_handlers.types import EmbedResult, Operation
+from model_handlers.types import EmbedResult
 
 
-def decode_embeddings(body: Any, operation: Operation | None = Operation.EMBED) -> Decoded:
+def decode_embeddings(body: Any, operation: str | None) -> Decoded:
     """`{"input", ...}` asking for `operation` (None: the served model's own form of embeddings)."""
     if not isinstance(body, dict) or "input" not in body:
         raise ValidationFailed('the body must be a JSON object with `input`: {"input": ["text", ...]}')
@@ -29,13 +31,13 @@ def decode_embeddings(body: Any, operation: Operation | None = Operation.EMBED) 
     request = replace(request, operation=operation)
 
     def render(result: EmbedResult) -> dict[str, Any]:
-        if operation is Operation.MULTI_VECTOR or any(vector.ndim == 2 for vector in result.vectors):
-            return multi_vector.render(result, encoding)
+        form = dialects.named(result.operation).form
         return {
             "model": result.model,
             "object": "list",
-            "usage": {"total_tokens": result.total_tokens, "prompt_tokens": result.total_tokens},
-            "data": [{"object": "embedding", "index": index, "embedding": encoding.render(vector)}
+            "usage": dict.fromkeys(form.usage, result.total_tokens),
+            # each item's value goes out as numpy (orjson writes it whole: no Python work per float)
+            "data": [{"object": form.key, "index": index, form.key: form.value(vector, encoding)}
                      for index, vector in enumerate(result.vectors)],
         }
 
@@ -56,23 +58,18 @@ def request_schema() -> dict[str, Any]:
     }
 
 
-def response_schema() -> dict[str, Any]:
-    """What `decode_embeddings`'s render answers for single vectors, as a JSON Schema."""
-    return list_schema("embedding", embedding_schema(), ("total_tokens", "prompt_tokens"))
-
-
-def list_schema(key: str, embedding: dict[str, Any], usage: tuple[str, ...]) -> dict[str, Any]:
-    """An embeddings list answer (`{"model", "object": "list", "usage", "data"}`) whose items hold `key`: the
-    single-vector one here, the multi-vector one (container/dialects/multi_vector.py)."""
+def response_schema(form: dialects.EmbeddingForm) -> dict[str, Any]:
+    """What `decode_embeddings`'s render answers for one form of embeddings, as a JSON Schema."""
     return {
         "type": "object",
         "required": ["model", "object", "usage", "data"],
         "properties": {
             "model": {"type": "string"},
             "object": {"const": "list"},
-            "usage": {"type": "object", "required": list(usage), "properties": {k: {"type": "integer"} for k in usage}},
+            "usage": {"type": "object", "required": list(form.usage),
+                      "properties": {key: {"type": "integer"} for key in form.usage}},
             "data": {"type": "array", "items": {
-                "type": "object", "required": ["object", "index", key],
-                "properties": {"object": {"const": key}, "index": {"type": "integer"}, key: embedding}}},
+                "type": "object", "required": ["object", "index", form.key],
+                "properties": {"object": {"const": form.key}, "index": {"type": "integer"}, form.key: form.schema()}}},
         },
     }

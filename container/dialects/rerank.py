@@ -5,16 +5,16 @@ also as a one-element list; answered `{"data": [{"query_usage", "docs_usage", "r
 Public: `{"model", "query", "documents", "top_n", "return_documents"}`; answered
 `{"model", "object": "list", "usage": {"total_tokens"}, "results": [{"index", "relevance_score", "document"?}]}`.
 Documents (and the query) are bare strings or `{"text"}` objects, or images for models that read them; `top_n`
-missing means all; `return_documents` defaults to true.
+missing means all; `return_documents` defaults to true. Operation `rerank` on the wire: its `WIRE` is at the end.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from container.dialects import Decoded
-from container.dialects import fields
+from container.dialects import ITEM_OVERHEAD_BYTES, Decoded, Listing, Route, RowRequests, WireOperation, fields
 from container.errors import ValidationFailed
+from model_handlers.operations.rerank import RERANK
 from model_handlers.types import RerankHit, RerankRequest, RerankResult
 
 _SAGEMAKER_SHAPE = '{"data": {"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3}}'
@@ -176,3 +176,40 @@ def public_response_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["model", "object", "usage", "results"],
             "properties": {"model": {"type": "string"}, "object": {"const": "list"}, "usage": _USAGE,
                            "results": {"type": "array", "items": _hit_schema(with_usage=False)}}}
+
+
+def invocation(body: Mapping[str, Any]) -> Decoded | None:
+    """A rerank body on /invocations: SageMaker's (`data` holding `query`/`documents`, as an object or a one-element
+    list) or the public API's (`query`/`documents` and neither `data` nor `input`)."""
+    if "data" in body:
+        return decode_sagemaker(body) if is_sagemaker_rerank(body["data"]) else None
+    return decode_public(body) if is_public_rerank(body) else None
+
+
+def estimate(request: RerankRequest, encoding: Any, pipeline: Any) -> int:
+    """An upper bound of a rerank answer's bytes: the documents it echoes (twice: JSON escapes), and what each adds."""
+    shown = (sum(len(value) for document in request.documents for value in fields.render_input(document).values())
+             if request.return_documents else 0)
+    return 2 * shown + len(request.documents) * ITEM_OVERHEAD_BYTES
+
+
+WIRE = WireOperation(
+    name=RERANK,
+    hint=('rerank: {"query": "...", "documents": ["..."]} to /v1/rerank, or '
+          '{"data": {"query": "...", "documents": ["..."]}} to /invocations'),
+    routes=(Route("/v1/rerank", decode_public, "rerank",
+                  "Documents ranked against a query (rerankers, ColBERT and multimodal models)",
+                  "RerankRequest", "RerankResponse"),),
+    schemas=lambda: {"RerankRequest": public_request_schema(), "RerankResponse": public_response_schema(),
+                     "SageMakerRerankRequest": sagemaker_request_schema(),
+                     "SageMakerRerankResponse": sagemaker_response_schema()},
+    invocation_bodies=("SageMakerRerankRequest", "RerankRequest"),
+    invocation_answers=("SageMakerRerankResponse", "RerankResponse"),
+    body_keys=("query", "documents"),
+    estimate=estimate,
+    listing=Listing("reranks {count} document{s}", "`query_usage` and `docs_usage` in its answer"),
+    invocation=invocation,
+    # a CSV row is one request in the SageMaker envelope's `data`, answered with its id in front
+    rows=RowRequests(decode=lambda record: decode_sagemaker({"data": record}, prefix=""),
+                     render=lambda decoded, result: render_item(decoded.request, result)),
+)

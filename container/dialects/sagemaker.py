@@ -1,10 +1,10 @@
-"""The SageMaker envelope that the `jina-sagemaker` client sends (contract §2a), and its answer.
+"""The SageMaker envelope that the `jina-sagemaker` client sends for embeddings (contract §2a, §2e), and its answer.
 
-`{"data": [items] | item, "parameters": {...}}` -> `{"data": [{"id", "embedding", "usage"}], "parameters"}`;
-a multi-vector model answers each item's token vectors under `embeddings` instead (contract §2e): the client
-sends the same envelope to every model, so it asks for the served model's own form.
-Batch-transform CSV rows are decoded through here too (container/dialects/batch_transform.py), so every
-SageMaker embedding answer is rendered by `render_item`.
+`{"data": [items] | item, "parameters": {...}}` -> `{"data": [{"id", <key>, "usage"}], "parameters"}`: the client
+sends the same envelope to every model, so it asks for the served model's own form of embeddings, and each item
+is answered under that form's key (`embedding` for a vector, `embeddings` for a multi-vector model's token
+vectors). Batch-transform CSV rows of embeddings are decoded through here too (container/dialects/batch_transform.py),
+so every SageMaker embedding answer is rendered by `render_item`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from container import dialects
 from container.dialects import Decoded, fields
-from container.encodings import Encoding, schema as embedding_schema
+from container.encodings import Encoding
 from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult
 
@@ -32,18 +33,16 @@ def decode(body: dict[str, Any]) -> Decoded:
     request, encoding = fields.embed_request(tuple(inputs), params, prefix="parameters.")
 
     def render(result: EmbedResult) -> dict[str, Any]:
-        return {"data": [render_item(item_id, vector, tokens, encoding)
-                         for item_id, vector, tokens in zip(ids, result.vectors, result.token_counts)],
-                "parameters": params}
+        return {"data": render_items(ids, result, encoding), "parameters": params}
 
     return Decoded(request, render, encoding)
 
 
-def render_item(item_id: Any, vector, tokens: int, encoding: Encoding) -> dict[str, Any]:
-    """One answered input: a vector under `embedding`, or a multi-vector model's matrix (one row per token) under
-    `embeddings`."""
-    key = "embedding" if getattr(vector, "ndim", 1) == 1 else "embeddings"
-    return {"id": item_id, key: encoding.render(vector), "usage": {"total_tokens": tokens}}
+def render_items(ids, result: EmbedResult, encoding: Encoding) -> list[dict[str, Any]]:
+    """The answered inputs: each under its form's key, with its id and usage."""
+    form = dialects.named(result.operation).form
+    return [{"id": item_id, form.key: form.value(vector, encoding), "usage": {"total_tokens": tokens}}
+            for item_id, vector, tokens in zip(ids, result.vectors, result.token_counts)]
 
 
 _ID = {"type": ["string", "number"], "description": "echoed back as sent; a random hex id when none is given"}
@@ -65,15 +64,13 @@ def request_schema() -> dict[str, Any]:
 
 
 def response_schema() -> dict[str, Any]:
-    """What `render_item` answers (in the envelope), as a JSON Schema: `embedding`, or `embeddings` for a
-    multi-vector model."""
-    vector = {"type": "object", "required": ["id", "embedding", "usage"],
-              "properties": {"id": _ID, "embedding": embedding_schema(), "usage": _USAGE}}
-    matrix = {"type": "object", "required": ["id", "embeddings", "usage"],
-              "properties": {"id": _ID, "embeddings": embedding_schema(matrix=True), "usage": _USAGE}}
+    """What `render_items` answers (in the envelope), as a JSON Schema: an item of any form of embeddings."""
+    items = [{"type": "object", "required": ["id", wire.form.key, "usage"],
+              "properties": {"id": _ID, wire.form.key: wire.form.schema(), "usage": _USAGE}}
+             for wire in dialects.registered() if wire.form is not None]
     return {
         "type": "object",
         "required": ["data", "parameters"],
-        "properties": {"data": {"type": "array", "items": {"oneOf": [vector, matrix]}},
+        "properties": {"data": {"type": "array", "items": {"oneOf": items}},
                        "parameters": {"type": "object"}},
     }

@@ -12,19 +12,15 @@ master. A kind's `load` imports its heavy libraries when it is called.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
-from model_handlers.types import EMBEDDINGS, Operation
-
-if TYPE_CHECKING:
-    from model_handlers.options import HandlerOptions
-    from model_handlers.pipeline import Model
-    from model_handlers.serving_config import ServingConfig
+from model_handlers import operations
 
 # Registration order is detection order: the first kind whose `recognizes` says yes serves the directory,
 # so a catch-all kind comes last.
@@ -68,17 +64,18 @@ class CsvColumn:
 class CsvLayout:
     """A CSV row of this kind: the columns after the id, and what a row is.
 
-    `operation` EMBED or MULTI_VECTOR: each row is one input (columns that are empty are left out; exactly one
-    must be filled); rows of a body are sent in requests of up to the input limit. RERANK: each row is one request.
+    `operation` a form of embeddings ("embed", "multi-vector"): each row is one input (columns that are empty are
+    left out; exactly one must be filled); rows of a body are sent in requests of up to the input limit. Another
+    operation ("rerank"): each row is one request, as its dialect reads it (container/dialects/).
     """
 
-    operation: Operation
+    operation: str
     columns: tuple[CsvColumn, ...]
 
     @property
     def per_input(self) -> bool:
         """Whether each row is one input of an embedding request (else one request of its own)."""
-        return self.operation in EMBEDDINGS
+        return operations.named(self.operation).embeddings
 
     @property
     def header(self) -> str:
@@ -109,12 +106,13 @@ class Kind:
     name: str
     summary: str  # what the model does, in a buyer's words: "text embeddings"
     recognizes: Callable[[ModelFiles], bool]
-    operations: frozenset[Operation]
+    operations: frozenset[str]  # the names of model_handlers/operations it answers
     csv: CsvLayout
     samples: Samples
-    # How to load a model on each backend it runs on ("torch", "onnx"): `load(model_dir, config, options)`. The
-    # backend is chosen once, by model_handlers/loading.py; the model never asks which one it runs on.
-    backends: Mapping[str, Callable[[Path, "ServingConfig", "HandlerOptions"], "Model"]] = field(repr=False)
+    # How to load a model on each backend it runs on ("torch", "onnx"): `load(model_dir, config, options)` (a
+    # ServingConfig and HandlerOptions) returns a `pipeline.Model` that also implements the protocol of each operation
+    # it answers. The backend is chosen once, by model_handlers/loading.py; the model never asks which one it runs on.
+    backends: Mapping[str, Callable[[Path, Any, Any], Any]] = field(repr=False)
     # packaging time: writes the model's ONNX graph (model dir, .onnx path); None: the kind serves on torch only
     onnx_export: Callable[[Path, Path], None] | None = field(default=None, repr=False)
     # Settings of this kind's own, from its checkpoint files and `searchbox.json` (the parsed object), read
@@ -122,27 +120,45 @@ class Kind:
     # The model finds what it returns in `ServingConfig.kind_settings`. Raises ModelDirectoryError.
     read_settings: Callable[[Path, Mapping[str, Any]], Any] | None = field(default=None, repr=False)
 
-    def answers(self, operation: Operation) -> bool:
+    def answers(self, operation: str | None) -> bool:
         return operation in self.operations
 
     @property
-    def embedding_operation(self) -> Operation | None:
+    def embedding_operation(self) -> str | None:
         """The form of embeddings this kind makes (one vector per input, or per token); None when it makes none.
 
         It is what a body that does not say which form it wants (the SageMaker envelope) asks of it.
         """
-        return next((operation for operation in EMBEDDINGS if operation in self.operations), None)
+        return next((spec.name for spec in operations.registered() if spec.embeddings and self.answers(spec.name)),
+                    None)
 
-    def asked(self, operation: Operation | None) -> Operation:
+    def asked(self, operation: str | None) -> str:
         """What a request asks of this kind: its `operation`, or (None: a body that does not say which form of
-        embeddings it wants) the kind's own embeddings."""
-        return operation or self.embedding_operation or Operation.EMBED
+        embeddings it wants) the kind's own embeddings, else the first form there is (which the kind refuses)."""
+        return (operation or self.embedding_operation
+                or next(spec.name for spec in operations.registered() if spec.embeddings))
+
+    def resolve(self, request: Any) -> Any:
+        """`request` naming what it asks of this kind (`asked`): a typed request's `operation`, filled in."""
+        if request.operation is not None:
+            return request
+        return dataclasses.replace(request, operation=self.asked(None))
 
 
 @lru_cache(maxsize=1)
 def registered() -> tuple[Kind, ...]:
-    """Every kind, in detection order."""
-    return tuple(importlib.import_module(name).KIND for name in KIND_MODULES)
+    """Every kind, in detection order.
+
+    Raises:
+        KeyError: a kind names an operation the operations registry does not have.
+    """
+    every = tuple(importlib.import_module(name).KIND for name in KIND_MODULES)
+    for kind in every:
+        for name in (*kind.operations, kind.csv.operation):
+            operations.named(name)
+        if sum(operations.named(name).embeddings for name in kind.operations) > 1:
+            raise AssertionError(f"kind {kind.name} makes more than one form of embeddings; this is a bug")
+    return every
 
 
 def names() -> tuple[str, ...]:

@@ -25,11 +25,12 @@ import numpy as np
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.onnx_runtime import export_graph
+from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
+from model_handlers.types import RerankRequest, texts_of
 
 # Beyond this a tokenizer's model_max_length is a placeholder ("no limit"), not the model's length.
 _NO_LIMIT = 1_000_000
@@ -66,9 +67,6 @@ class CrossEncoderModel:
         self.max_query_tokens = max(1, min(config.max_query_tokens or self._room // 2, self._room - 1))
 
     # --- on the caller's thread -----------------------------------------------------------------------
-
-    def prepare_embed(self, request: EmbedRequest):
-        raise AssertionError("a cross-encoder makes no embeddings: the server refuses before this; this is a bug")
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The cut query and one (query, window) pair per window of each document."""
@@ -195,8 +193,8 @@ KIND = Kind(
     name="reranker",
     summary="a reranker (cross-encoder)",
     recognizes=_is_cross_encoder,
-    operations=frozenset({Operation.RERANK}),
-    csv=CsvLayout(Operation.RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
+    operations=frozenset({RERANK}),
+    csv=CsvLayout(RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
                                      CsvColumn("top_n", optional=True))),
     samples=Samples(
         request={"data": {"query": "What is the capital of Germany?",

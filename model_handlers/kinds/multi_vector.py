@@ -40,12 +40,14 @@ import numpy as np
 
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.operations.embed import Prepared
+from model_handlers.operations.multi_vector import MULTI_VECTOR
+from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
-from model_handlers.pipeline import Prepared
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
+from model_handlers.types import EmbedRequest, RerankRequest, texts_of
 
 logger = logging.getLogger(__name__)
 
@@ -517,8 +519,8 @@ KIND = Kind(
     name="multi-vector",
     summary="multi-vector embeddings (ColBERT late interaction)",
     recognizes=lambda files: _is_pylate(files) or _is_colbert_ai(files),
-    operations=frozenset({Operation.MULTI_VECTOR, Operation.RERANK}),
-    csv=CsvLayout(Operation.MULTI_VECTOR, (CsvColumn("text"),)),
+    operations=frozenset({MULTI_VECTOR, RERANK}),
+    csv=CsvLayout(MULTI_VECTOR, (CsvColumn("text"),)),
     samples=Samples(
         # what `client.embed(texts="...", use_colbert=True, input_type=InputType.QUERY)` sends
         request={"data": {"text": "What is late interaction?"}, "parameters": {"input_type": "query"}},

@@ -36,13 +36,14 @@ import numpy as np
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.operations.embed import EMBED, Prepared
+from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
-from model_handlers.pipeline import Prepared
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import (
-    EmbedInput, EmbedRequest, ImageInput, Operation, RerankRequest, TextInput, unsupported, where,
+    EmbedInput, EmbedRequest, ImageInput, RerankRequest, TextInput, unsupported, where,
 )
 
 logger = logging.getLogger(__name__)
@@ -361,8 +362,8 @@ KIND = Kind(
     name="multimodal",
     summary="multimodal embeddings (texts and images in one space)",
     recognizes=_is_multimodal,
-    operations=frozenset({Operation.EMBED, Operation.RERANK}),
-    csv=CsvLayout(Operation.EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
+    operations=frozenset({EMBED, RERANK}),
+    csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
     samples=Samples(
         # the load check sends this through the server's own parser: one text and one base64 PNG

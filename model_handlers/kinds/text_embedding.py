@@ -22,12 +22,13 @@ import numpy as np
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
+from model_handlers.operations.embed import EMBED, Prepared
+from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
-from model_handlers.pipeline import Prepared
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec, read_serving_config
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, Operation, RerankRequest, texts_of
+from model_handlers.types import EmbedRequest, RerankRequest, texts_of
 
 logger = logging.getLogger(__name__)
 
@@ -367,8 +368,8 @@ KIND = Kind(
     name="embedding",
     summary="text embeddings",
     recognizes=lambda files: True,  # the catch-all: registered last
-    operations=frozenset({Operation.EMBED, Operation.RERANK}),
-    csv=CsvLayout(Operation.EMBED, (CsvColumn("text"),)),
+    operations=frozenset({EMBED, RERANK}),
+    csv=CsvLayout(EMBED, (CsvColumn("text"),)),
     samples=Samples(
         # the load check sends this to every model of the kind: no option a small model could refuse
         request={"data": [{"text": "hello"}, {"text": "world", "id": "w1"}], "parameters": {"task": "retrieval.query"}},

@@ -1,0 +1,124 @@
+"""Every route the server answers, in one table: the app binds it (container/app.py), the 404 answer names it,
+the OpenAPI document describes it (container/openapi.py), and nginx hands its control routes to the threads kept
+free of inference (container/proxy.py).
+
+Inference routes come from the operations' dialects (container/dialects/): `/invocations` and `/score` take any
+operation's body, and each operation adds its own public routes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+from container import dialects
+from container.dialects import JSON, batch_transform
+from container.telemetry import METRICS_CONTENT_TYPE
+
+# Flask's rule variables ("<name>", "<int:id>"), as OpenAPI and nginx write them.
+_VARIABLE = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
+_JSONLINES_NOTE = ("one JSON body or one record (`\"text\"`, `{\"text\", \"id\"}`, an image) per line; answered "
+                   "one JSON line per line, in order")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route.
+
+    Attributes:
+        method: its HTTP method.
+        path: a Flask rule ("/v1/rerank", "/adapters/<name>").
+        endpoint: its view (container/app.py) and its OpenAPI operationId.
+        summary: what it does, for the OpenAPI document.
+        answers: media type -> JSON Schema of a 200 answer (`{"$ref": ...}` to a dialect's component).
+        body: media type -> JSON Schema of the request body; None: it takes none.
+        errors: status -> when, beyond the errors every route of its method can answer.
+        control: must answer at any load: nginx hands it to the threads kept free of inference.
+        decode: an inference route: the JSON dialect of its bodies.
+        records: an inference route that also takes batch-transform bodies (CSV, JSON Lines).
+    """
+
+    method: str
+    path: str
+    endpoint: str
+    summary: str
+    answers: Mapping[str, Any]
+    body: Mapping[str, Any] | None = None
+    errors: Mapping[str, str] = field(default_factory=dict)
+    control: bool = False
+    decode: Callable[[Any], dialects.Decoded] | None = field(default=None, repr=False)
+    records: bool = False
+
+    @property
+    def template(self) -> str:
+        """The path as OpenAPI writes it: "/adapters/{name}"."""
+        return _VARIABLE.sub(r"{\1}", self.path)
+
+    @property
+    def pattern(self) -> str:
+        """The path as a regular expression (without anchors), a variable matching one path segment."""
+        parts = _VARIABLE.split(self.path)
+        return "".join(re.escape(part) if i % 2 == 0 else "[^/]+" for i, part in enumerate(parts))
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to a component of the OpenAPI document."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_CONTROL = (
+    Route("GET", "/ping", "ping", "Readiness: 200 once the model is loaded and warmed up, 503 before and while draining",
+          {JSON: ref("Ping")}, errors={"503": "loading or shutting down"}, control=True),
+    Route("GET", "/health", "health", "Liveness: the process answers, even while the model loads",
+          {JSON: ref("Health")}, control=True),
+    Route("GET", "/metrics", "metrics", "Prometheus metrics", {METRICS_CONTENT_TYPE.split(";")[0]: {"type": "string"}},
+          control=True),
+    Route("GET", "/v1/models", "models", "The served model: id, kind, operations, dimensions, tasks, backend",
+          {JSON: ref("Models")}, control=True),
+    Route("GET", "/execution-parameters", "executionParameters", "What SageMaker batch transform should send",
+          {JSON: ref("ExecutionParameters")}, control=True),
+    Route("GET", "/openapi.json", "openapi", "This document", {JSON: {"type": "object"}}, control=True),
+)
+
+
+def _invocation(path: str, endpoint: str, summary: str) -> Route:
+    """`/invocations` (SageMaker) and `/score` (Azure ML): any operation's body, and batch transform's bodies."""
+    wires = dialects.registered()
+    csv_note = f"no header; column 1 an id echoed back, then the served kind's columns: {batch_transform.csv_layouts()}"
+    return Route(
+        "POST", path, endpoint, summary,
+        answers={JSON: {"oneOf": [ref(name) for wire in wires for name in wire.invocation_answers]},
+                 batch_transform.JSONLINES: {"type": "string", "description": _JSONLINES_NOTE}},
+        body={JSON: {"oneOf": [ref(name) for wire in wires for name in wire.invocation_bodies]},
+              **{media: {"type": "string", "description": csv_note} for media in batch_transform.CSV_TYPES},
+              **{media: {"type": "string", "description": _JSONLINES_NOTE} for media in batch_transform.JSONLINES_TYPES}},
+        decode=dialects.decode_invocation, records=True)
+
+
+@lru_cache(maxsize=1)
+def routes() -> tuple[Route, ...]:
+    """Every route: the control routes, `/invocations` and `/score`, then each operation's own."""
+    inference = (
+        _invocation("/invocations", "invocations",
+                    "Any request, in the SageMaker envelope or the public APIs' bodies, told apart by their keys; batch "
+                    "transform's CSV and JSON Lines. A 2xx answer of a per-inference product carries "
+                    "X-Amzn-Inference-Metering."),
+        _invocation("/score", "score", "Azure ML's scoring route: as /invocations"),
+    )
+    operations = tuple(Route("POST", route.path, route.operation_id, route.summary, {JSON: ref(route.response_schema)},
+                             body={JSON: ref(route.request_schema)}, decode=route.decode)
+                       for wire in dialects.registered() for route in wire.routes)
+    return _CONTROL + inference + operations
+
+
+def listed() -> str:
+    """Every route, for an answer that names them: "POST /invocations, ..., or GET /openapi.json"."""
+    named = [f"{route.method} {route.template}" for route in sorted(routes(), key=lambda r: r.method != "POST")]
+    return ", ".join(named[:-1]) + f" or {named[-1]}"
+
+
+def control_pattern() -> str:
+    """A regular expression matching the paths of the control routes (for nginx's location)."""
+    return "^(" + "|".join(route.pattern for route in routes() if route.control) + ")$"

@@ -1,0 +1,58 @@
+"""Operation `rerank`: documents scored against a query and ranked.
+
+A kind's model turns the request into model inputs and says how their outputs become scores
+(`Reranker.prepare_rerank` -> `ranking.RerankWork`: a cross-encoder's pairs, or the query and each window for
+cosine or MaxSim); every kind's answer then follows the rules of `ranking`: a document keeps its best window's
+score, hits sorted by score with ties in input order, cut to `top_n`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from model_handlers import ranking
+from model_handlers.batching import Timing
+from model_handlers.deadline import Deadline
+from model_handlers.operations import OperationSpec, Runner
+from model_handlers.types import RerankRequest, RerankResult, TextInput
+
+RERANK = RerankRequest.operation
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """What a kind's model has to answer rerank requests."""
+
+    def prepare_rerank(self, request: RerankRequest, max_windows: int) -> ranking.RerankWork: ...
+
+
+def run(pipeline: Runner, request: RerankRequest, deadline: Deadline, timing: Timing | None) -> RerankResult:
+    """Score each document against the query (its best window) and rank them."""
+    if not request.documents:
+        return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=pipeline.model_name)
+    pipeline.admit(deadline)
+    work = pipeline.model.prepare_rerank(request, pipeline.options.max_rerank_windows)
+    outputs = [output[0] for output in pipeline.run_items(work.items, deadline, timing)]
+    scores = ranking.best_per_document(work, outputs, len(request.documents))
+    return RerankResult(hits=ranking.rank(scores, work.document_tokens, request.top_n),
+                        query_tokens=work.query_tokens, document_tokens=sum(work.document_tokens),
+                        model=pipeline.model_name)
+
+
+def _summary(request: RerankRequest, result: RerankResult) -> str:
+    scores = ", ".join(f"{hit.relevance_score:.3f}" for hit in result.hits)
+    return f"reranked {len(request.documents)} documents (scores {scores})"
+
+
+SPEC = OperationSpec(
+    name=RERANK,
+    noun="rerank",
+    request_type=RerankRequest,
+    model=Reranker,
+    run=run,
+    inputs=lambda request: len(request.documents),
+    input_word="documents",
+    warm_up=lambda: RerankRequest(query=TextInput("warm up the model"),
+                                  documents=(TextInput("a first document"), TextInput("a second one"))),
+    summary=_summary,
+)
