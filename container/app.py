@@ -1,6 +1,6 @@
 """The Flask app: one Blueprint binds the route table (container/routes.py) to views that read the app's state.
 
-HTTP request -> media type and size checks -> dialect decode -> typed request -> handler ->
+HTTP request -> media type and size checks -> dialect decode -> Accept check -> typed request -> handler ->
 typed result -> dialect render -> JSON bytes. The views hold nothing themselves: the settings, the model runtime
 and the dispatcher are the app's (`current_app.extensions`), made once by `create_app`.
 """
@@ -135,7 +135,7 @@ def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
     dispatcher = served().dispatcher
     dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
     body = read_body(served().settings.max_payload_bytes)
-    reply = dispatcher.answer(decode, body, request.mimetype, records=records,
+    reply = dispatcher.answer(decode, body, request.mimetype, records=records, accept=request.headers.get("Accept"),
                               abandoned=client_gone(request.environ.get("gunicorn.socket")))
     g.figures = reply.figures
     return reply_response(reply)

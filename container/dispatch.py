@@ -1,4 +1,4 @@
-"""One answer for every host: (the route's JSON dialect, body bytes, media type) -> status, headers, body bytes.
+"""One answer for every host: (the route's JSON dialect, body bytes, media type, Accept) -> status, headers, body.
 
 The Flask routes (SageMaker, Azure ML custom container) and azmlinfsrv's `score.py` both answer
 through `Dispatcher`, so one request gets byte-identical bodies whichever way the image is deployed.
@@ -19,7 +19,7 @@ import orjson
 from container import dialects
 from container.dialects import JSON, Decoded, Records, TypedRequest, TypedResult, batch_transform, fields
 from container.errors import (
-    BadRequest, PayloadTooLarge, Reply, SearchboxError, UnsupportedMediaType, error_reply,
+    BadRequest, NotAcceptable, PayloadTooLarge, Reply, SearchboxError, UnsupportedMediaType, error_reply,
     from_handler_error, payload_too_large,
 )
 from container.runtime import ModelRuntime
@@ -40,6 +40,8 @@ METERING_HEADER = "X-Amzn-Inference-Metering"
 _LARGE_BODY = 1024 * 1024
 # Records of one batch body run concurrently so that the model's batcher can pack them together.
 _RECORD_THREADS = 8
+# What an Accept header may name to take any answer (the SageMaker toolkit's `content_types.ANY`).
+_ANY = "*/*"
 
 
 def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:
@@ -63,7 +65,8 @@ class Dispatcher:
         self._runtime = runtime
 
     def answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, *,
-               records: bool = False, abandoned: Callable[[], bool] | None = None) -> Reply:
+               records: bool = False, accept: str | None = None,
+               abandoned: Callable[[], bool] | None = None) -> Reply:
         """The 200 reply to `body`.
 
         Args:
@@ -71,13 +74,14 @@ class Dispatcher:
             body: the raw request body.
             media_type: the Content-Type without parameters; None or empty reads as JSON.
             records: whether the route also takes batch bodies (CSV, JSON Lines).
+            accept: the request's Accept header (None: any answer).
             abandoned: true once the caller is gone (its connection closed): its work is then dropped.
 
         Raises:
             SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either.
         """
         try:
-            return self._answer(decode, body, media_type, records, abandoned)
+            return self._answer(decode, body, media_type, records, accept, abandoned)
         finally:
             if len(body) > _LARGE_BODY:
                 release_free_memory()
@@ -94,21 +98,22 @@ class Dispatcher:
         self._runtime.handler.admit(Deadline.after(self._settings.timeout_s(batch_body)))
 
     def reply(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, request_id: str, *,
-              records: bool = False) -> Reply:
+              records: bool = False, accept: str | None = None) -> Reply:
         """Like `answer`, with the caller's errors rendered as replies instead of raised."""
         try:
-            return self.answer(decode, body, media_type, records=records)
+            return self.answer(decode, body, media_type, records=records, accept=accept)
         except (SearchboxError, HandlerError) as exc:
             return error_reply(exc, request_id)
 
     def _answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, records: bool,
-                abandoned: Callable[[], bool] | None) -> Reply:
+                accept: str | None, abandoned: Callable[[], bool] | None) -> Reply:
         received = time.monotonic()
         settings = self._settings
         handler = self._runtime.handler
         if len(body) > settings.max_payload_bytes:
             raise payload_too_large(settings.max_payload_bytes)
         job, batch_body = self._decode(decode, body, (media_type or JSON).lower(), records, handler.kind)
+        content_type = answer_type(accept, job.answer_types)
         requests = [handler.kind.resolve(request) for request in job.requests]
         for request, origin in zip(requests, job.origins):
             try:
@@ -123,7 +128,7 @@ class Dispatcher:
         timings = [Timing() for _ in requests]
         results = self._run(requests, job, deadline, timings)
         figures = request_figures(requests, results, timings, handler.config.metering)
-        return Reply(200, job.render(results), job.content_type, figure_headers(figures, handler.config.metering),
+        return Reply(200, job.render(results), content_type, figure_headers(figures, handler.config.metering),
                      figures)
 
     def _decode(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str, records: bool,
@@ -165,6 +170,25 @@ class Dispatcher:
             return self._runtime.handler.run(request, deadline, timing)
         except (SearchboxError, HandlerError) as exc:
             raise _at(exc, origin) from None
+
+
+def answer_type(accept: str | None, offered: Sequence[str]) -> str:
+    """The media type to answer with, as the SageMaker inference toolkit chooses it: no Accept (or `*/*`) takes the
+    answer's own type; otherwise the first type the client lists that the answer can be (parameters such as `q` are
+    ignored; `*/*` and `type/*` match).
+
+    Raises:
+        NotAcceptable: the client lists none of them (406, as the toolkit refuses an unsupported Accept).
+    """
+    if not accept or accept.strip() == _ANY:
+        return offered[0]
+    for listed in accept.replace(" ", "").lower().split(","):
+        wanted = listed.split(";", 1)[0]
+        for media in offered:
+            if wanted in (media, _ANY) or (wanted.endswith("/*") and media.startswith(wanted[:-1])):
+                return media
+    raise NotAcceptable(f"Accept {accept!r} names no type this answer can be; accept one of {', '.join(offered)}",
+                        code="NOT_ACCEPTABLE")
 
 
 def request_figures(requests: Sequence[TypedRequest], results: Sequence[TypedResult], timings: Sequence[Timing],

@@ -41,6 +41,13 @@ class ValidationFailed(SearchboxError):
     code = "VALIDATION_ERROR"
 
 
+class NotAcceptable(SearchboxError):
+    """The Accept header names no media type the answer can be (as the SageMaker inference toolkit refuses it)."""
+
+    status_code = 406
+    code = "NOT_ACCEPTABLE"
+
+
 class UnsupportedMediaType(SearchboxError):
     status_code = 415
     code = "UNSUPPORTED_MEDIA_TYPE"

@@ -24,6 +24,7 @@ _ERRORS = {
                 "served model does not answer this operation (UNSUPPORTED_OPERATION: the detail names what it "
                 "answers)"),
         "405": "another method than POST",
+        "406": "an Accept header that names no media type the answer can be (NOT_ACCEPTABLE: the detail lists them)",
         "413": "the body, or an input after truncate=false, is over the limit",
         "415": "a media type the route does not take",
         "422": "a field has the wrong type or value; the detail names it",

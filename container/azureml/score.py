@@ -64,7 +64,7 @@ def run(request: AMLRequest) -> AMLResponse:
     else:
         try:
             reply = _dispatcher.reply(dialects.decode_invocation, request.get_data(cache=False), request.mimetype,
-                                      request_id, records=True)
+                                      request_id, records=True, accept=request.headers.get("Accept"))
         except TimeoutError:
             raise  # azmlinfsrv's SCORING_TIMEOUT_MS alarm: its own timeout answer is the right one
         except Exception:

@@ -58,17 +58,16 @@ class Records:
         requests: the typed requests, each run through the model.
         origins: where each request came from ("line 3", "lines 1-2048"), to prefix its errors; "" for none.
         render: the results (one per request, same order) to the response body.
-        content_type: the response's media type.
         concurrent: run the requests side by side (small ones, so the batcher packs them together)
             rather than one after the other (large ones, each filling whole forward passes).
         encodings: per request, when known: what the answer's size depends on.
-        answer_types: the media types the answer may be labelled with, the first when the client takes any.
+        answer_types: the media types the answer may be labelled with (the Accept header chooses), the first when the
+            client takes any.
     """
 
     requests: Sequence[TypedRequest]
     origins: Sequence[str]
     render: Callable[[list[TypedResult]], bytes]
-    content_type: str = JSON
     concurrent: bool = True
     encodings: Sequence[Encoding | None] = ()
     answer_types: Sequence[str] = (JSON,)

@@ -98,7 +98,7 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: in
 
     # one line out is also a JSON document
     answer_types = (*JSONLINES_TYPES, JSON) if len(decoded) == 1 else JSONLINES_TYPES
-    return Records([d.request for d in decoded], origins, render, JSONLINES, encodings=[d.encoding for d in decoded],
+    return Records([d.request for d in decoded], origins, render, encodings=[d.encoding for d in decoded],
                    answer_types=answer_types)
 
 
