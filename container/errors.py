@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import orjson
 from sagemaker_inference import content_types
@@ -78,21 +78,23 @@ class Unavailable(SearchboxError):
         super().__init__(detail, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
-_BY_HANDLER_ERROR: dict[type, type[SearchboxError]] = {
-    handler_errors.InvalidInput: BadRequest,
-    handler_errors.InvalidOption: ValidationFailed,
-    handler_errors.TooLarge: PayloadTooLarge,
+# The one map of handler errors to HTTP errors: every class of model_handlers/errors.py is here (a test checks), so
+# a new one is given its status on purpose. A model directory that fails at request time, a failed forward pass, or
+# a handler error of no known class is the server's fault: 500.
+_BY_HANDLER_ERROR: dict[type, Callable[[Any], SearchboxError]] = {
+    handler_errors.InvalidInput: lambda exc: BadRequest(exc.detail, code=exc.code),
+    handler_errors.InvalidOption: lambda exc: ValidationFailed(exc.detail, code=exc.code),
+    handler_errors.TooLarge: lambda exc: PayloadTooLarge(exc.detail, code=exc.code),
+    handler_errors.Overloaded: lambda exc: Unavailable(exc.detail, code=exc.code, retry_after_s=exc.retry_after_s),
+    handler_errors.ModelDirectoryError: lambda exc: SearchboxError(exc.detail, code=exc.code),
+    handler_errors.ModelFailure: lambda exc: SearchboxError(exc.detail, code=exc.code),
+    handler_errors.HandlerError: lambda exc: SearchboxError(exc.detail, code=exc.code),
 }
 
 
 def from_handler_error(exc: handler_errors.HandlerError) -> SearchboxError:
-    """The HTTP error for a handler error; anything unexpected is a 500."""
-    if isinstance(exc, handler_errors.Overloaded):
-        return Unavailable(exc.detail, code=exc.code, retry_after_s=exc.retry_after_s)
-    for kind in type(exc).__mro__:
-        if kind in _BY_HANDLER_ERROR:
-            return _BY_HANDLER_ERROR[kind](exc.detail, code=exc.code)
-    return SearchboxError(exc.detail, code=exc.code)
+    """The HTTP error for a handler error, by the nearest of its classes in the map."""
+    return next(_BY_HANDLER_ERROR[kind] for kind in type(exc).__mro__ if kind in _BY_HANDLER_ERROR)(exc)
 
 
 def error_body(error: SearchboxError, request_id: str) -> dict[str, str]:
@@ -138,4 +140,15 @@ def payload_too_large(limit_bytes: int) -> PayloadTooLarge:
 
 def internal_error() -> SearchboxError:
     """What a caller reads about a bug: no stack trace, only the id to quote."""
-    return SearchboxError("internal error; quote the request_id when reporting it")
+    return SearchboxError(_INTERNAL_DETAIL)
+
+
+def refused_by_worker(status: str, reason: str, exc: BaseException, request_id: str) -> bytes:
+    """The contract's error body for a request gunicorn refuses before the app sees it (container/server.py): a
+    malformed request line or headers (4xx, saying what), or its own failure (5xx, saying nothing more)."""
+    detail = f"{reason}: {exc}"[:300] if status.startswith("4") else _INTERNAL_DETAIL
+    return orjson.dumps(error_body(SearchboxError(detail, code=reason.upper().replace(" ", "_") or "BAD_REQUEST"),
+                                   request_id))
+
+
+_INTERNAL_DETAIL = "internal error; quote the request_id when reporting it"

@@ -20,12 +20,12 @@ import signal
 import threading
 import uuid
 
-import orjson
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
+from container.errors import refused_by_worker
 from container.proxy import UPSTREAM_KEEPALIVE_S, Proxy, ProxyPaths
 from container.settings import Settings
 from model_handlers.memory import limit_arenas
@@ -132,10 +132,7 @@ class SearchboxWorker(ThreadWorker):
         page = _CapturedResponse()
         super().handle_error(req, page, addr, exc)
         status, _, reason = page.status_line().partition(" ")
-        body = orjson.dumps({"detail": f"{reason}: {exc}"[:300] if status.startswith("4") else
-                             "internal error; quote the request_id when reporting it",
-                             "code": reason.upper().replace(" ", "_") or "BAD_REQUEST",
-                             "request_id": uuid.uuid4().hex})
+        body = refused_by_worker(status, reason, exc, uuid.uuid4().hex)
         head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
         try:
