@@ -16,8 +16,7 @@ from typing import Callable
 from container.errors import Unavailable
 from container.settings import Settings
 from container.telemetry import Telemetry
-from model_handlers import HandlerOptions, load_handler
-from model_handlers.options import ImageOptions
+from model_handlers import load_handler
 
 logger = logging.getLogger(__name__)
 
@@ -73,25 +72,7 @@ class ModelRuntime:
         started = time.monotonic()
         settings = self._settings
         try:
-            handler = load_handler(settings.model_dir, HandlerOptions(
-                device=settings.device,
-                allow_pickle=settings.allow_pickle,
-                max_batch_tokens=settings.max_batch_tokens,
-                request_timeout_s=settings.request_timeout_s,
-                max_rerank_windows=settings.max_rerank_windows,
-                observer=self.telemetry,
-                torch_threads=settings.torch_threads,
-                backend=settings.backend,
-                served_model_name=settings.model_name,
-                images=ImageOptions(
-                    max_pixels=settings.image_max_pixels,
-                    fetch=settings.image_fetch,
-                    fetch_timeout_s=settings.image_fetch_timeout_s,
-                    fetch_max_bytes=settings.image_fetch_max_bytes,
-                    fetch_allow_hosts=settings.image_fetch_allow_hosts,
-                ),
-                default_input_type=settings.default_input_type,
-            ))
+            handler = load_handler(settings.model_dir, settings.handler_options(observer=self.telemetry))
             handler.warm_up()
         except BaseException as exc:
             self.load_error = str(exc) or type(exc).__name__

@@ -1,18 +1,27 @@
-"""Server settings: one frozen dataclass, read once from the environment by `serve`.
+"""Server settings: one table (`SETTINGS`), read once from the environment by `serve`.
 
-Environment names are constants here and nowhere else reads `os.environ`.
+Each setting is defined once, in its row: the environment variable, its default, how its value is parsed and
+checked, what it means, and where it goes (a `Settings` attribute, and the model handler's option it also sets).
+`serve --help`, the README's Configuration table (`python -m container.settings --readme` rewrites it; a test
+keeps it in step) and the handler's options (`Settings.handler_options`) are made from it. A setting the model
+handler also takes has no default here: it is the handler's own (model_handlers/options.py). Environment names
+are constants here and nowhere else reads `os.environ`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 from model_handlers.embedded import DEFAULT_MODEL_NAME, EmbeddedModelMissing, embedded_model_dir
 from model_handlers.loading import force_offline
+from model_handlers.onnx_runtime import BACKENDS
+from model_handlers.options import CPU_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, HandlerOptions, ImageOptions
 from model_handlers.types import INPUT_TYPE_TASKS
 
 # Which model (first match wins).
@@ -54,76 +63,7 @@ ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
 INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-@dataclass(frozen=True)
-class Variable:
-    """One environment variable the server reads: `serve --help` prints these (the README mirrors them)."""
-
-    name: str
-    default: str
-    meaning: str
-
-
-# Every variable `Settings.from_env` reads, in the order `serve --help` lists them; a test keeps this
-# table, the ENV_* constants and the README's Configuration table in step.
-ENVIRONMENT = (
-    Variable(ENV_MODEL_DIR, "none", "model directory, or a model.tar.gz (.tgz, .tar) that serve unpacks once into "
-             "a private temporary directory as SageMaker does; wins over everything below"),
-    Variable(ENV_AZUREML_MODEL_DIR, "none", "Azure ML's model mount (or its single sub-directory holding the model); "
-             f"without either, {SAGEMAKER_MODEL_DIR} when not empty, else the embedded {DEFAULT_MODEL_NAME}"),
-    Variable(ENV_MODEL_NAME, "dir name", "name answered in `model` when searchbox.json gives none"),
-    Variable(ENV_PORT, "8080", "port to listen on"),
-    Variable(ENV_MAX_PAYLOAD_MB, f"6, or {ENV_SAGEMAKER_MAX_PAYLOAD_MB}", "request body limit in MiB"),
-    Variable(ENV_SAGEMAKER_MAX_PAYLOAD_MB, "chosen",
-             "a batch transform job's MaxPayloadInMB (0, unbounded, takes 100), answered by GET /execution-parameters"),
-    Variable(ENV_SAGEMAKER_BATCH_STRATEGY, "chosen",
-             f"a batch transform job's BatchStrategy ({', '.join(BATCH_STRATEGIES)}), answered by "
-             "GET /execution-parameters"),
-    Variable(ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, "chosen",
-             "a batch transform job's MaxConcurrentTransforms, answered by GET /execution-parameters"),
-    Variable(ENV_SAGEMAKER_BATCH, "unset", "true when SageMaker runs a batch transform job: every request gets "
-             f"the batch timeout ({ENV_BATCH_TIMEOUT})"),
-    Variable(ENV_MAX_INPUTS, "2048", "inputs (or documents) per request"),
-    Variable(ENV_THREADS, "128", "gunicorn threads of the single worker; nginx lets at most this many minus 4 "
-             "requests in at once and answers the rest 503 at once"),
-    Variable(ENV_MAX_BATCH_TOKENS, "1024 on CPU, 16384 on a GPU", "padded tokens per forward pass"),
-    Variable(ENV_TORCH_THREADS, "one per core", "intra-op threads of torch or ONNX Runtime"),
-    Variable(ENV_BACKEND, "searchbox.json's, else torch", "torch or onnx: the compute path, whatever the artifact's "
-             "searchbox.json says (onnx needs the artifact's exported onnx/ files)"),
-    Variable(ENV_REQUEST_TIMEOUT, "60", "seconds a request may take (SageMaker's real-time limit): work that cannot "
-             "finish within it is refused at once (503 with Retry-After, or 413 when it alone is too much)"),
-    Variable(ENV_BATCH_TIMEOUT, "600", f"the same for CSV and JSON Lines bodies, and for every request when "
-             f"{ENV_SAGEMAKER_BATCH}=true (batch transform's default per-call timeout)"),
-    Variable(ENV_MAX_BATCH_ROWS, "50000", "rows (CSV) or lines (JSON Lines) one batch body may hold (413 above)"),
-    Variable(ENV_MAX_RESPONSE_MB, "512", "MiB the answer to one batch body may take, estimated before any work "
-             "(413 above)"),
-    Variable(ENV_MAX_RERANK_WINDOWS, "4096", "model inputs one rerank request may make; a long document makes one "
-             "per window (413 above)"),
-    Variable(ENV_DEFAULT_INPUT_TYPE, "unset", f"{' or '.join(INPUT_TYPES)}: the input_type of requests that give "
-             "none, for a whole job (batch transform CSV rows give none): a multi-vector (ColBERT) model then "
-             "encodes them as queries or documents (unset: searchbox.json's default_input_type, else documents); "
-             "an embedding model takes the retrieval task of that side"),
-    Variable(ENV_GRACE, "20", "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 "
-             "at once); SageMaker and Kubernetes kill at 30"),
-    Variable(ENV_NGINX, "nginx on PATH, or /usr/sbin/nginx", "the nginx binary in front of gunicorn"),
-    Variable(ENV_REQUEST_LOG, "on", "one JSON log line per request at INFO (request id, route, status, inputs, "
-             "tokens, units, queue, forward and total ms; never any input); off/0/false turns it off"),
-    Variable(ENV_IMAGE_MAX_PIXELS, "50000000", "pixels (width x height) an image input may have, read from its "
-             "header before any pixel is decoded (400 IMAGE_TOO_LARGE above)"),
-    Variable(ENV_IMAGE_FETCH, "off", "1/true/yes: fetch http(s) image URLs (off: a URL is a 400 "
-             "IMAGE_URL_NOT_ALLOWED; model packages run without network). Never towards loopback, private, "
-             "link-local or metadata addresses, also not through redirects or DNS names that resolve there"),
-    Variable(ENV_IMAGE_FETCH_TIMEOUT, "10", "seconds the fetching of one request's image URLs may take in all"),
-    Variable(ENV_IMAGE_FETCH_MAX_MB, "10", "MiB one fetched image may have"),
-    Variable(ENV_IMAGE_FETCH_ALLOW_HOSTS, "none", "comma-separated host names fetched although they resolve to "
-             "loopback or private addresses (an internal image store); link-local and metadata addresses stay "
-             "refused"),
-    Variable(ENV_ALLOW_PICKLE, "off", "1/true/yes: load pickled .bin weights (refused by default: unpickling "
-             "runs code)"),
-    Variable(ENV_DEVICE, "auto", "cpu, cuda, cuda:1; auto takes the GPU when there is one"),
-    Variable(ENV_LOG_LEVEL, "INFO", f"{', '.join(LOG_LEVELS)}; DEBUG also logs every request"),
-)
+_MIB = 1024 * 1024
 
 _MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
 
@@ -142,104 +82,254 @@ class SettingsError(ValueError):
     """An environment variable holds a value the server cannot use."""
 
 
+# --- parsers: (raw value, variable name) -> value; each raises SettingsError naming the variable -------------
+
+
+def _number(kind: type, *, allow_zero: bool = False, scale: float = 1, most: float | None = None,
+            hint: str = "") -> Callable[[str, str], Any]:
+    def parse(raw: str, name: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+        if value < 0 or (value == 0 and not allow_zero):
+            raise SettingsError(f"{name}={raw!r} must be positive")
+        if most is not None and value > most:
+            raise SettingsError(f"{name}={value} is {hint}")
+        return value if scale == 1 else int(value * scale)
+
+    return parse
+
+
+def _flag(raw: str, name: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes")
+
+
+def _on_unless_off(raw: str, name: str) -> bool:
+    return raw.strip().lower() not in ("off", "0", "false", "no")
+
+
+def _text(raw: str, name: str) -> str | None:
+    return raw or None
+
+
+def _choice(choices: tuple[str, ...], normal: Callable[[str], str]) -> Callable[[str, str], str | None]:
+    def parse(raw: str, name: str) -> str | None:
+        value = normal(raw.strip())
+        if value not in choices:
+            raise SettingsError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _transform_payload(raw: str, name: str) -> int:
+    """SageMaker's MaxPayloadInMB, a whole number; 0 (unbounded) takes batch transform's own ceiling."""
+    value = _number(float, allow_zero=True)(raw, name)
+    return UNBOUNDED_TRANSFORM_PAYLOAD_MB if value == 0 else max(1, int(value))
+
+
+def _host_names(raw: str, name: str) -> tuple[str, ...]:
+    """Host names, lower-case, as URLs name them (no scheme, port or path)."""
+    names = tuple(part.strip().lower().rstrip(".") for part in raw.split(","))
+    for host in names:
+        if host and any(char in host for char in "/:@ "):
+            raise SettingsError(f"{name}: {host!r} is not a host name; list names only, comma-separated "
+                                "(images.internal,localhost)")
+    return tuple(host for host in names if host)
+
+
+# --- the table ----------------------------------------------------------------------------------------------
+
+_HANDLER = object()  # a row's default is the model handler's own (model_handlers/options.py)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable the server reads.
+
+    Attributes:
+        name: the variable.
+        meaning: what it does (`serve --help`, the README).
+        shown: the default as --help and the README write it.
+        attribute: the `Settings` attribute it fills; None: read by the model directory's rule (`resolve_model_dir`).
+        parse: `parse(raw, name)`, for a set, non-blank value; raises SettingsError.
+        default: the value when unset: a value, or `default(values)` of the rows above; the handler's own for a
+            row with `handler` (unless given).
+        handler: the `HandlerOptions` attribute it also sets ("images.max_pixels": an `ImageOptions` one).
+    """
+
+    name: str
+    meaning: str
+    shown: str
+    attribute: str | None = None
+    parse: Callable[[str, str], Any] = field(default=_text, repr=False)
+    default: Any = field(default=_HANDLER, repr=False)
+    handler: str | None = None
+
+    def default_value(self, values: Mapping[str, Any]) -> Any:
+        if self.default is _HANDLER:
+            return _handler_default(self.handler) if self.handler else None
+        return self.default(values) if callable(self.default) else self.default
+
+    def read(self, env: Mapping[str, str], values: Mapping[str, Any]) -> Any:
+        raw = env.get(self.name)
+        if raw is None or raw.strip() == "":
+            return self.default_value(values)
+        return self.parse(raw, self.name)
+
+
+def _handler_default(path: str) -> Any:
+    owner, _, name = path.rpartition(".")
+    spec = {f.name: f for f in dataclasses.fields(ImageOptions if owner == "images" else HandlerOptions)}[name]
+    return spec.default
+
+
+# Every variable the server reads, in the order `serve --help` and the README list them.
+SETTINGS = (
+    Setting(ENV_MODEL_DIR, "model directory, or a model.tar.gz (.tgz, .tar) that serve unpacks once into a private "
+            "temporary directory as SageMaker does; wins over everything below", "none"),
+    Setting(ENV_AZUREML_MODEL_DIR, "Azure ML's model mount (or its single sub-directory holding the model); "
+            f"without either, {SAGEMAKER_MODEL_DIR} when not empty, else the embedded {DEFAULT_MODEL_NAME}", "none"),
+    Setting(ENV_MODEL_NAME, "name answered in `model` when searchbox.json gives none", "dir name", "model_name",
+            default=None, handler="served_model_name"),
+    Setting(ENV_PORT, "port to listen on", "8080", "port",
+            _number(int, most=65535, hint="not a port; choose one from 1 to 65535"), 8080),
+    Setting(ENV_SAGEMAKER_MAX_PAYLOAD_MB, "a batch transform job's MaxPayloadInMB (0, unbounded, takes "
+            f"{UNBOUNDED_TRANSFORM_PAYLOAD_MB}), answered by GET /execution-parameters", "chosen",
+            "transform_max_payload_mb", _transform_payload, None),
+    Setting(ENV_MAX_PAYLOAD_MB, "request body limit in MiB", f"6, or {ENV_SAGEMAKER_MAX_PAYLOAD_MB}",
+            "max_payload_bytes", _number(float, scale=_MIB),
+            lambda values: (values["transform_max_payload_mb"] or 6) * _MIB),
+    Setting(ENV_SAGEMAKER_BATCH_STRATEGY, f"a batch transform job's BatchStrategy ({', '.join(BATCH_STRATEGIES)}), "
+            "answered by GET /execution-parameters", "chosen", "transform_batch_strategy",
+            _choice(BATCH_STRATEGIES, str.upper), None),
+    Setting(ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, "a batch transform job's MaxConcurrentTransforms, answered by "
+            "GET /execution-parameters", "chosen", "transform_max_concurrent", _number(int), None),
+    Setting(ENV_SAGEMAKER_BATCH, "true when SageMaker runs a batch transform job: every request gets the batch "
+            f"timeout ({ENV_BATCH_TIMEOUT})", "unset", "batch_job", _flag, False),
+    Setting(ENV_MAX_INPUTS, "inputs (or documents) per request", "2048", "max_inputs", _number(int), 2048),
+    Setting(ENV_THREADS, "gunicorn threads of the single worker; nginx lets at most this many minus 4 requests in at "
+            "once and answers the rest 503 at once", "128", "threads", _number(int), 128),
+    Setting(ENV_MAX_BATCH_TOKENS, "padded tokens per forward pass",
+            f"{CPU_MAX_BATCH_TOKENS} on CPU, {GPU_MAX_BATCH_TOKENS} on a GPU", "max_batch_tokens", _number(int),
+            handler="max_batch_tokens"),
+    Setting(ENV_TORCH_THREADS, "intra-op threads of torch or ONNX Runtime", "one per core", "torch_threads",
+            _number(int), handler="torch_threads"),
+    Setting(ENV_BACKEND, "torch or onnx: the compute path, whatever the artifact's searchbox.json says (onnx needs "
+            "the artifact's exported onnx/ files)", "searchbox.json's, else torch", "backend",
+            _choice(BACKENDS, str.lower), handler="backend"),
+    Setting(ENV_REQUEST_TIMEOUT, "seconds a request may take (SageMaker's real-time limit): work that cannot finish "
+            "within it is refused at once (503 with Retry-After, or 413 when it alone is too much)", "60",
+            "request_timeout_s", _number(float), handler="request_timeout_s"),
+    Setting(ENV_BATCH_TIMEOUT, f"the same for CSV and JSON Lines bodies, and for every request when "
+            f"{ENV_SAGEMAKER_BATCH}=true (batch transform's default per-call timeout)", "600", "batch_timeout_s",
+            _number(float), 600.0),
+    Setting(ENV_MAX_BATCH_ROWS, "rows (CSV) or lines (JSON Lines) one batch body may hold (413 above)", "50000",
+            "max_batch_rows", _number(int), 50_000),
+    Setting(ENV_MAX_RESPONSE_MB, "MiB the answer to one batch body may take, estimated before any work (413 above)",
+            "512", "max_response_bytes", _number(float, scale=_MIB), 512 * _MIB),
+    Setting(ENV_MAX_RERANK_WINDOWS, "model inputs one rerank request may make; a long document makes one per window "
+            "(413 above)", "4096", "max_rerank_windows", _number(int), handler="max_rerank_windows"),
+    Setting(ENV_DEFAULT_INPUT_TYPE, f"{' or '.join(INPUT_TYPES)}: the input_type of requests that give none, for a "
+            "whole job (batch transform CSV rows give none): a multi-vector (ColBERT) model then encodes them as "
+            "queries or documents (unset: searchbox.json's default_input_type, else documents); an embedding model "
+            "takes the retrieval task of that side", "unset", "default_input_type", _choice(INPUT_TYPES, str.lower),
+            handler="default_input_type"),
+    Setting(ENV_GRACE, "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 at "
+            "once); SageMaker and Kubernetes kill at 30", "20", "graceful_timeout_s", _number(float), 20.0),
+    Setting(ENV_NGINX, "the nginx binary in front of gunicorn", "nginx on PATH, or /usr/sbin/nginx", "nginx",
+            default=None),
+    Setting(ENV_REQUEST_LOG, "one JSON log line per request at INFO (request id, route, status, inputs, tokens, "
+            "units, queue, forward and total ms; never any input); off/0/false turns it off", "on", "request_log",
+            _on_unless_off, True),
+    Setting(ENV_IMAGE_MAX_PIXELS, "pixels (width x height) an image input may have, read from its header before any "
+            "pixel is decoded (400 IMAGE_TOO_LARGE above)", "50000000", "image_max_pixels", _number(int),
+            handler="images.max_pixels"),
+    Setting(ENV_IMAGE_FETCH, "1/true/yes: fetch http(s) image URLs (off: a URL is a 400 IMAGE_URL_NOT_ALLOWED; model "
+            "packages run without network). Never towards loopback, private, link-local or metadata addresses, "
+            "also not through redirects or DNS names that resolve there", "off", "image_fetch", _flag,
+            handler="images.fetch"),
+    Setting(ENV_IMAGE_FETCH_TIMEOUT, "seconds the fetching of one request's image URLs may take in all", "10",
+            "image_fetch_timeout_s", _number(float), handler="images.fetch_timeout_s"),
+    Setting(ENV_IMAGE_FETCH_MAX_MB, "MiB one fetched image may have", "10", "image_fetch_max_bytes",
+            _number(float, scale=_MIB), handler="images.fetch_max_bytes"),
+    Setting(ENV_IMAGE_FETCH_ALLOW_HOSTS, "comma-separated host names fetched although they resolve to loopback or "
+            "private addresses (an internal image store); link-local and metadata addresses stay refused", "none",
+            "image_fetch_allow_hosts", _host_names, handler="images.fetch_allow_hosts"),
+    Setting(ENV_ALLOW_PICKLE, "1/true/yes: load pickled .bin weights (refused by default: unpickling runs code)",
+            "off", "allow_pickle", _flag, handler="allow_pickle"),
+    Setting(ENV_DEVICE, "cpu, cuda, cuda:1; auto takes the GPU when there is one", "auto", "device",
+            lambda raw, name: raw, handler="device"),
+    Setting(ENV_LOG_LEVEL, f"{', '.join(LOG_LEVELS)}; DEBUG also logs every request", "INFO", "log_level",
+            # checked here, not by logging.basicConfig, so a typo is one named line instead of a traceback
+            _choice(LOG_LEVELS, str.upper), "INFO"),
+)
+
+
 @dataclass(frozen=True)
 class Settings:
+    """What the server was told, read once (`from_env`); each attribute's row in SETTINGS says what it is."""
+
     model_dir: Path
-    #: why this model directory was chosen, for the start-up log
-    model_source: str
-    #: the name answered in `model` when the model directory's searchbox.json gives none
-    model_name: str | None = None
-    port: int = 8080
-    #: request body limit; SageMaker real-time allows 6 MiB
-    max_payload_bytes: int = 6 * 1024 * 1024
-    #: inputs (or documents) one request may carry
-    max_inputs: int = 2048
-    #: gunicorn threads of the single worker: requests waiting on the model (nginx holds the rest)
-    threads: int = 128
-    #: padded tokens one forward pass may hold
-    max_batch_tokens: int | None = None  # None: 16384 on a GPU, 1024 on CPU
-    #: torch or ONNX Runtime intra-op threads; None lets them choose (one per core)
-    torch_threads: int | None = None
-    #: "torch" or "onnx" whatever searchbox.json says; None: searchbox.json's choice
-    backend: str | None = None
-    #: how long one request may take; work that cannot finish within it is refused at once
-    request_timeout_s: float = 60.0
-    #: the same for batch bodies (CSV, JSON Lines), and for every request of a batch transform job
-    batch_timeout_s: float = 600.0
-    #: SageMaker runs this container for a batch transform job (SAGEMAKER_BATCH=true)
-    batch_job: bool = False
-    #: rows or lines one batch body may hold
-    max_batch_rows: int = 50_000
-    #: bytes the answer to one batch body may take (estimated before the model runs)
-    max_response_bytes: int = 512 * 1024 * 1024
-    #: model inputs one rerank request may make (one per window of a long document)
-    max_rerank_windows: int = 4096
-    #: the nginx binary; None: nginx on PATH or /usr/sbin/nginx
-    nginx: str | None = None
-    #: one JSON log line per request (never any input)
-    request_log: bool = True
-    #: load pickled (.bin) weights; off by default because unpickling can run code
-    allow_pickle: bool = False
-    #: pixels an image input may have (checked from its header, before decoding)
-    image_max_pixels: int = 50_000_000
-    #: fetch http(s) image URLs (off: model packages run without network)
-    image_fetch: bool = False
-    #: seconds the fetching of one request's image URLs may take in all
-    image_fetch_timeout_s: float = 10.0
-    #: bytes one fetched image may have
-    image_fetch_max_bytes: int = 10 * 1024 * 1024
-    #: host names fetched although they resolve to loopback or private addresses
-    image_fetch_allow_hosts: tuple[str, ...] = ()
-    #: "auto" (cuda when present), "cpu", "cuda", "cuda:1"...
-    device: str = "auto"
-    log_level: str = "INFO"
-    #: the input_type of requests that give none ("query" or "document"), for a whole job; None: the model's
-    default_input_type: str | None = None
-    #: seconds running requests get to finish after SIGTERM (SageMaker kills at 30 s)
-    graceful_timeout_s: float = 20.0
-    #: batch transform job settings SageMaker passes in; None: GET /execution-parameters chooses
-    transform_max_payload_mb: int | None = None
-    transform_batch_strategy: str | None = None
-    transform_max_concurrent: int | None = None
+    model_source: str  # why this model directory was chosen, for the start-up log
+    model_name: str | None
+    port: int
+    transform_max_payload_mb: int | None
+    max_payload_bytes: int
+    transform_batch_strategy: str | None
+    transform_max_concurrent: int | None
+    batch_job: bool
+    max_inputs: int
+    threads: int
+    max_batch_tokens: int | None
+    torch_threads: int | None
+    backend: str | None
+    request_timeout_s: float
+    batch_timeout_s: float
+    max_batch_rows: int
+    max_response_bytes: int
+    max_rerank_windows: int
+    default_input_type: str | None
+    graceful_timeout_s: float
+    nginx: str | None
+    request_log: bool
+    image_max_pixels: int
+    image_fetch: bool
+    image_fetch_timeout_s: float
+    image_fetch_max_bytes: int
+    image_fetch_allow_hosts: tuple[str, ...]
+    allow_pickle: bool
+    device: str
+    log_level: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Every row of SETTINGS, read from `environ` (the process environment by default).
+
+        Raises:
+            SettingsError: naming the variable whose value cannot be used.
+        """
         env = os.environ if environ is None else environ
-        model_dir, source = resolve_model_dir(env)
-        payload_mb = _number(env, ENV_MAX_PAYLOAD_MB, None, float) or _sagemaker_payload_mb(env) or 6
-        return cls(
-            model_dir=model_dir,
-            model_source=source,
-            model_name=env.get(ENV_MODEL_NAME) or (DEFAULT_MODEL_NAME if model_dir == _embedded_or_none() else None),
-            port=_port(env),
-            max_payload_bytes=int(payload_mb * 1024 * 1024),
-            max_inputs=_number(env, ENV_MAX_INPUTS, 2048, int),
-            threads=_number(env, ENV_THREADS, 128, int),
-            max_batch_tokens=_number(env, ENV_MAX_BATCH_TOKENS, None, int),
-            torch_threads=_number(env, ENV_TORCH_THREADS, None, int),
-            backend=_backend(env),
-            request_timeout_s=_number(env, ENV_REQUEST_TIMEOUT, 60.0, float),
-            batch_timeout_s=_number(env, ENV_BATCH_TIMEOUT, 600.0, float),
-            batch_job=_flag(env, ENV_SAGEMAKER_BATCH),
-            max_batch_rows=_number(env, ENV_MAX_BATCH_ROWS, 50_000, int),
-            max_response_bytes=int(_number(env, ENV_MAX_RESPONSE_MB, 512, float) * 1024 * 1024),
-            max_rerank_windows=_number(env, ENV_MAX_RERANK_WINDOWS, 4096, int),
-            graceful_timeout_s=_number(env, ENV_GRACE, 20.0, float),
-            default_input_type=_input_type(env),
-            nginx=env.get(ENV_NGINX) or None,
-            request_log=env.get(ENV_REQUEST_LOG, "on").strip().lower() not in ("off", "0", "false", "no"),
-            image_max_pixels=_number(env, ENV_IMAGE_MAX_PIXELS, 50_000_000, int),
-            image_fetch=_flag(env, ENV_IMAGE_FETCH),
-            image_fetch_timeout_s=_number(env, ENV_IMAGE_FETCH_TIMEOUT, 10.0, float),
-            image_fetch_max_bytes=int(_number(env, ENV_IMAGE_FETCH_MAX_MB, 10, float) * 1024 * 1024),
-            image_fetch_allow_hosts=_host_names(env),
-            allow_pickle=_flag(env, ENV_ALLOW_PICKLE),
-            device=env.get(ENV_DEVICE, "auto"),
-            log_level=_log_level(env),
-            transform_max_payload_mb=_transform_payload_mb(env),
-            transform_batch_strategy=_batch_strategy(env),
-            transform_max_concurrent=_number(env, ENV_SAGEMAKER_MAX_CONCURRENT_TRANSFORMS, None, int),
-        )
+        model_dir, source, embedded = resolve_model_dir(env)
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            if setting.attribute is not None:
+                values[setting.attribute] = setting.read(env, values)
+        if values["model_name"] is None and embedded:
+            values["model_name"] = DEFAULT_MODEL_NAME
+        return cls(model_dir=model_dir, model_source=source, **values)
+
+    def handler_options(self, **extra: Any) -> HandlerOptions:
+        """The model handler's options from the rows that say they go there (`extra`: what no setting says, such
+        as the metrics observer)."""
+        options: dict[str, Any] = {}
+        images: dict[str, Any] = {}
+        for setting in SETTINGS:
+            if setting.handler is not None:
+                owner, _, name = setting.handler.rpartition(".")
+                (images if owner == "images" else options)[name] = getattr(self, setting.attribute)
+        return HandlerOptions(**options, images=ImageOptions(**images), **extra)
 
     def expects_gpu(self) -> bool:
         """Whether the model will run on a GPU, judged without importing torch (the server knows no tensors)."""
@@ -253,17 +343,24 @@ class Settings:
 
 
 def describe_environment(width: int = 100) -> str:
-    """The ENVIRONMENT table as text for `serve --help`: each variable, its default, then its meaning."""
+    """SETTINGS as text for `serve --help`: each variable, its default, then its meaning."""
     blocks = []
-    for variable in ENVIRONMENT:
-        meaning = textwrap.fill(variable.meaning, width, initial_indent="      ", subsequent_indent="      ",
+    for setting in SETTINGS:
+        meaning = textwrap.fill(setting.meaning, width, initial_indent="      ", subsequent_indent="      ",
                                 break_on_hyphens=False)
-        blocks.append(f"  {variable.name} (default: {variable.default})\n{meaning}")
+        blocks.append(f"  {setting.name} (default: {setting.shown})\n{meaning}")
     libraries = ", ".join(f"{name}={value}" for name, value in LIBRARY_ENVIRONMENT_DEFAULTS.items())
     blocks.append(textwrap.fill(
         f"Set for the libraries unless you set them: {libraries}. Always forced: HF_HUB_OFFLINE=1, "
         "TRANSFORMERS_OFFLINE=1 (nothing is downloaded).", width))
     return "\n".join(blocks)
+
+
+def markdown_table() -> str:
+    """SETTINGS as the README's Configuration table."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{setting.name}` | {setting.shown} | {setting.meaning} |" for setting in SETTINGS]
+    return "\n".join(rows) + "\n"
 
 
 def apply_library_environment(environ=None) -> None:
@@ -274,27 +371,24 @@ def apply_library_environment(environ=None) -> None:
         env.setdefault(name, value)
 
 
-def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str]:
-    """Which model to serve: $SEARCHBOX_MODEL_DIR, $AZUREML_MODEL_DIR, /opt/ml/model, else the embedded default."""
+def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str, bool]:
+    """Which model to serve: $SEARCHBOX_MODEL_DIR, $AZUREML_MODEL_DIR, /opt/ml/model, else the embedded default.
+
+    Returns the directory, why it was chosen (for the start-up log), and whether it is the embedded default; the
+    embedded model is looked for only when nothing else names a model.
+    """
     if env.get(ENV_MODEL_DIR):
-        return Path(env[ENV_MODEL_DIR]), f"${ENV_MODEL_DIR}"
+        return Path(env[ENV_MODEL_DIR]), f"${ENV_MODEL_DIR}", False
     if env.get(ENV_AZUREML_MODEL_DIR):
-        return _azure_model_dir(Path(env[ENV_AZUREML_MODEL_DIR])), f"${ENV_AZUREML_MODEL_DIR}"
+        return _azure_model_dir(Path(env[ENV_AZUREML_MODEL_DIR])), f"${ENV_AZUREML_MODEL_DIR}", False
     if SAGEMAKER_MODEL_DIR.is_dir() and any(SAGEMAKER_MODEL_DIR.iterdir()):
-        return SAGEMAKER_MODEL_DIR, "SageMaker model artifact"
+        return SAGEMAKER_MODEL_DIR, "SageMaker model artifact", False
     try:
-        return embedded_model_dir(), "embedded default (all-MiniLM-L6-v2)"
+        return embedded_model_dir(), f"embedded default ({DEFAULT_MODEL_NAME})", True
     except EmbeddedModelMissing:
         raise SettingsError(f"no model to serve: mount a model artifact at {SAGEMAKER_MODEL_DIR} or set "
                             f"{ENV_MODEL_DIR} (this installation carries no default model: the slim image, or no "
                             "torch extra)") from None
-
-
-def _embedded_or_none() -> Path | None:
-    try:
-        return embedded_model_dir()
-    except EmbeddedModelMissing:
-        return None
 
 
 def _azure_model_dir(root: Path) -> Path:
@@ -307,78 +401,20 @@ def _azure_model_dir(root: Path) -> Path:
     return root
 
 
-def _sagemaker_payload_mb(env: Mapping[str, str]) -> float | None:
-    value = _number(env, ENV_SAGEMAKER_MAX_PAYLOAD_MB, None, float, allow_zero=True)
-    return UNBOUNDED_TRANSFORM_PAYLOAD_MB if value == 0 else value
+def _rewrite_readme(path: Path) -> bool:
+    """Replace the README's Configuration table with SETTINGS'; whether anything changed."""
+    text = path.read_text(encoding="utf-8")
+    head, found, rest = text.partition("## Configuration\n")
+    start = rest.index("| variable |")
+    end = rest.index("\n\n", start) + 1
+    updated = head + found + rest[:start] + markdown_table() + rest[end:]
+    path.write_text(updated, encoding="utf-8")
+    return updated != text
 
 
-def _transform_payload_mb(env: Mapping[str, str]) -> int | None:
-    """SageMaker's MaxPayloadInMB is a whole number; round a fractional value down (but not below 1)."""
-    value = _sagemaker_payload_mb(env)
-    return None if value is None else max(1, int(value))
-
-
-def _batch_strategy(env: Mapping[str, str]) -> str | None:
-    raw = env.get(ENV_SAGEMAKER_BATCH_STRATEGY, "").strip().upper()
-    if not raw:
-        return None
-    if raw not in BATCH_STRATEGIES:
-        raise SettingsError(f"{ENV_SAGEMAKER_BATCH_STRATEGY}={raw!r} must be one of {', '.join(BATCH_STRATEGIES)}")
-    return raw
-
-
-def _backend(env: Mapping[str, str]) -> str | None:
-    value = env.get(ENV_BACKEND, "").strip().lower()
-    if value and value not in ("torch", "onnx"):
-        raise SettingsError(f"{ENV_BACKEND}={env[ENV_BACKEND]!r} must be torch or onnx")
-    return value or None
-def _input_type(env: Mapping[str, str]) -> str | None:
-    raw = env.get(ENV_DEFAULT_INPUT_TYPE, "").strip().lower()
-    if not raw:
-        return None
-    if raw not in INPUT_TYPES:
-        raise SettingsError(f"{ENV_DEFAULT_INPUT_TYPE}={env[ENV_DEFAULT_INPUT_TYPE]!r} must be one of "
-                            f"{', '.join(INPUT_TYPES)}")
-    return raw
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    return env.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
-def _host_names(env: Mapping[str, str]) -> tuple[str, ...]:
-    """Host names, lower-case, as URLs name them (no scheme, port or path)."""
-    names = tuple(name.strip().lower().rstrip(".") for name in env.get(ENV_IMAGE_FETCH_ALLOW_HOSTS, "").split(","))
-    for name in names:
-        if name and any(char in name for char in "/:@ "):
-            raise SettingsError(f"{ENV_IMAGE_FETCH_ALLOW_HOSTS}: {name!r} is not a host name; list names only, "
-                                "comma-separated (images.internal,localhost)")
-    return tuple(name for name in names if name)
-
-
-def _port(env: Mapping[str, str]) -> int:
-    port = _number(env, ENV_PORT, 8080, int)
-    if port > 65535:
-        raise SettingsError(f"{ENV_PORT}={port} is not a port; choose one from 1 to 65535")
-    return port
-
-
-def _log_level(env: Mapping[str, str]) -> str:
-    # checked here, not by logging.basicConfig, so a typo is one named line instead of a traceback
-    level = env.get(ENV_LOG_LEVEL, "").strip().upper() or "INFO"
-    if level not in LOG_LEVELS:
-        raise SettingsError(f"{ENV_LOG_LEVEL}={env[ENV_LOG_LEVEL]!r} must be one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-def _number(env: Mapping[str, str], name: str, default, kind, *, allow_zero: bool = False):
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-    if value < 0 or (value == 0 and not allow_zero):
-        raise SettingsError(f"{name}={raw!r} must be positive")
-    return value
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--readme"]:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        print(f"{readme}: {'rewritten' if _rewrite_readme(readme) else 'already in step'}")
+    else:
+        print(markdown_table(), end="")

@@ -1,4 +1,5 @@
-"""Runtime options a handler is built with (the server fills them from its settings, once)."""
+"""Runtime options a handler is built with: the server fills them from its settings table, once (container/settings.py),
+whose rows for these options take their defaults from here; scripts and tests build them directly."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from container.settings import ENVIRONMENT
+from container.settings import SETTINGS
 from conftest import SERVE, free_port, stop_server, wait_until_ready
 
 
@@ -38,8 +38,8 @@ def test_help_lists_every_variable_and_starts_nothing(flag):
     result = run_serve(["serve", flag], {"SAGEMAKER_BIND_TO_PORT": str(port), "SEARCHBOX_THREADS": "0"}, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: serve")
-    for variable in ENVIRONMENT:
-        assert f"{variable.name} (default: {variable.default})" in result.stdout, variable.name
+    for setting in SETTINGS:
+        assert f"{setting.name} (default: {setting.shown})" in result.stdout, setting.name
     assert "gunicorn" not in result.stderr and "bad setting" not in result.stderr
     assert port_is_closed(port)
 

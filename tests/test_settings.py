@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from container import settings as settings_module
 from container.settings import Settings, SettingsError
-from model_handlers.embedded import embedded_model_dir
+from model_handlers.embedded import EmbeddedModelMissing, embedded_model_dir
+from model_handlers.options import HandlerOptions
 
 
 @pytest.fixture(autouse=True)
@@ -100,11 +102,40 @@ def test_a_model_archive_is_only_named_by_the_settings(tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_every_variable_is_in_the_environment_table_and_the_readme():
-    """`serve --help` prints ENVIRONMENT: it must name every variable from_env reads, as the README does."""
+def test_every_variable_is_in_the_settings_table_and_the_readme():
+    """`serve --help` and the README's Configuration table are made from SETTINGS: it must name every variable the
+    server reads, and the README must hold the table as SETTINGS makes it (`python -m container.settings --readme`)."""
     constants = {value for name, value in vars(settings_module).items() if name.startswith("ENV_")}
-    documented = [variable.name for variable in settings_module.ENVIRONMENT]
+    documented = [setting.name for setting in settings_module.SETTINGS]
     assert sorted(documented) == sorted(constants)
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     configuration = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     assert [name for name in documented if f"`{name}`" not in configuration] == []
+    assert settings_module.markdown_table() in configuration, "run: .venv/bin/python -m container.settings --readme"
+
+
+def test_settings_are_read_without_the_embedded_model(monkeypatch, tmp_path):
+    """Only a server that nothing else names a model for looks for the embedded one."""
+    def missing():
+        raise EmbeddedModelMissing("not installed here")
+
+    monkeypatch.setattr(settings_module, "embedded_model_dir", missing)
+    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(tmp_path), "SEARCHBOX_MAX_INPUTS": "7"})
+    assert (settings.model_dir, settings.model_name, settings.max_inputs) == (tmp_path, None, 7)
+    with pytest.raises(SettingsError, match="no model to serve"):
+        Settings.from_env({})
+
+
+def test_the_handlers_options_are_the_tables():
+    """A setting the handler takes has the handler's default, and reaches it under the name the table gives."""
+    assert Settings.from_env({"SEARCHBOX_MODEL_DIR": "/models/x"}).handler_options() == HandlerOptions()
+    options = Settings.from_env({"SEARCHBOX_MODEL_DIR": "/models/x", "SEARCHBOX_MAX_RERANK_WINDOWS": "7",
+                                 "SEARCHBOX_IMAGE_FETCH_MAX_MB": "2", "SEARCHBOX_DEFAULT_INPUT_TYPE": "Query",
+                                 "SEARCHBOX_MODEL_NAME": "mine", "SEARCHBOX_BACKEND": "ONNX",
+                                 "SEARCHBOX_REQUEST_TIMEOUT_S": "5"}).handler_options()
+    assert (options.max_rerank_windows, options.images.fetch_max_bytes, options.default_input_type,
+            options.served_model_name, options.backend, options.request_timeout_s) == (
+        7, 2 * 1024 * 1024, "query", "mine", "onnx", 5.0)
+    attributes = {field.name for field in dataclasses.fields(Settings)}
+    assert {setting.attribute for setting in settings_module.SETTINGS if setting.attribute} == attributes - {
+        "model_dir", "model_source"}
