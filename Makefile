@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 LOCK := requirements.lock
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: venv lock nginx serve test container-test lint-docker clean
+.PHONY: venv lock nginx serve test test-fast container-test lint-docker clean
 
 venv: $(VENV)/.installed
 
@@ -34,9 +34,14 @@ nginx:
 serve: venv nginx
 	$(BIN)/serve
 
+# Every tier but soak (tests/conftest.py): unit, app (the real model in-process) and server (real processes, builds).
 test: venv nginx
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not soak"
 	$(MAKE) --no-print-directory container-test
+
+# The inner loop: the unit and app tiers, no process started (well under a minute).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not server and not soak"
 
 # Builds the real image with podman and runs it with no network, as SageMaker and Azure ML do
 # (docker/container_test.sh; installs podman, runc and debootstrap when missing, which needs root).
@@ -53,8 +58,10 @@ bench: venv nginx
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.onnx_bench
 
-# Hostile and heavy traffic against a real serve, as a table (bench/soak.py; under 15 minutes).
+# The soak tier's tests (timing, resident memory, load), then hostile and heavy traffic against a real serve, as a
+# table (bench/soak.py; under 15 minutes).
 soak: venv nginx
+	$(BIN)/python -m pytest -m soak
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:

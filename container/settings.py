@@ -316,8 +316,8 @@ class Settings:
         for setting in SETTINGS:
             if setting.attribute is not None:
                 values[setting.attribute] = setting.read(env, values)
-        if values["model_name"] is None and embedded:
-            values["model_name"] = DEFAULT_MODEL_NAME
+        if values["model_name"] is None and (embedded or model_dir == _embedded_or_none()):
+            values["model_name"] = DEFAULT_MODEL_NAME  # its directory is called `model`
         return cls(model_dir=model_dir, model_source=source, **values)
 
     def handler_options(self, **extra: Any) -> HandlerOptions:
@@ -389,6 +389,13 @@ def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str, bool]:
         raise SettingsError(f"no model to serve: mount a model artifact at {SAGEMAKER_MODEL_DIR} or set "
                             f"{ENV_MODEL_DIR} (this installation carries no default model: the slim image, or no "
                             "torch extra)") from None
+
+
+def _embedded_or_none() -> Path | None:
+    try:
+        return embedded_model_dir()
+    except EmbeddedModelMissing:
+        return None
 
 
 def _azure_model_dir(root: Path) -> Path:

@@ -1,8 +1,17 @@
-"""Shared fixtures: real `serve` processes (gunicorn) on free ports, and the reference model."""
+"""Shared fixtures (real `serve` processes on free ports, the models, the reference model) and the test tiers.
+
+Every test is of one tier, a pytest marker (pyproject.toml): `unit` (no model loaded, no server started), `app`
+(`create_app` and Flask's test client, or a handler, on a real model in this process), `server` (real processes:
+servers, packaging scripts, reference venvs, and the end-to-end builds of artifacts and exports), `soak` (timing,
+resident memory and load: `make soak`, not `make test`). A test declares its tier (`pytestmark`, or a marker on
+the test), or gets the one its fixtures imply: a test is at least of the tier of every fixture it uses.
+`make test-fast` runs `unit` and `app`, `make test` every tier but `soak`.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,10 +23,31 @@ from pathlib import Path
 import pytest
 import requests
 
+from container.settings import apply_library_environment
 from model_handlers.embedded import embedded_model_dir
+
+# The models loaded in this process run as in the server's worker: offline, and torch's OpenMP threads sleeping
+# instead of spinning (set before torch is imported; spinning threads slow every pass on a busy machine).
+apply_library_environment()
 
 SERVE = str(Path(sys.executable).with_name("serve"))
 START_TIMEOUT_S = 120
+TIERS = ("unit", "app", "server", "soak")
+# The tier a fixture implies: it starts real processes, or loads a model into this process.
+FIXTURE_TIERS = {"server": "server", "server_factory": "server", "reranker_server": "server", "colbert": "server",
+                 "app": "app", "client": "app", "runtime": "app", "reference_model": "app", "reranker_dir": "app"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Give each test its tier: the highest of the tiers it declares and the tiers of its fixtures (before `-m`
+    selects: `make test-fast` is `-m "not server and not soak"`)."""
+    for item in items:
+        implied = [FIXTURE_TIERS[name] for name in getattr(item, "fixturenames", ()) if name in FIXTURE_TIERS]
+        declared = [marker.name for marker in item.iter_markers() if marker.name in TIERS]
+        tier = max([*declared, *implied, "unit"], key=TIERS.index)
+        if tier not in declared:
+            item.add_marker(tier)
 
 
 def free_port() -> int:
@@ -111,6 +141,33 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def reranker_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A one-label BERT cross-encoder over the MiniLM weights (random head, seeded), as a plain HF directory: no
+    trained reranker's weights can be downloaded here, and the code path is a real cross-encoder's."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    target = tmp_path_factory.mktemp("models") / "tiny-reranker"
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
+    # The seeded head has tiny weights (scores all near 0.5): widen it so scores spread out and ties are rare.
+    with torch.no_grad():
+        model.classifier.weight.mul_(50)
+    model.save_pretrained(str(target), safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm_dir / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def reranker_server(tmp_path_factory, reranker_dir):
+    """One `serve` of the cross-encoder, shared by the tests that only read from it."""
+    running = start_server(tmp_path_factory.mktemp("reranker"), {"SEARCHBOX_MODEL_DIR": str(reranker_dir)})
+    yield running
+    stop_server(running)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ import requests
 
 from conftest import free_port, start_server, stop_server
 
+pytestmark = pytest.mark.server
+
 AZMLINFSRV = str(Path(sys.executable).with_name("azmlinfsrv"))
 SCORE_PY = str(Path(__file__).resolve().parents[1] / "container" / "azureml" / "score.py")
 

@@ -17,7 +17,6 @@ from helpers import assert_error, cosine
 
 from container.execution_parameters import execution_parameters
 from container.settings import Settings, SettingsError
-from conftest import start_server, stop_server
 
 EXAMPLE_CSV = "examples/batch/texts.csv"
 EXAMPLE_RERANK_CSV = Path(__file__).resolve().parent.parent / "examples" / "batch" / "rerank.csv"
@@ -224,31 +223,10 @@ def test_bad_json_lines_name_the_line(server):
 
 # --- CSV, reranker --------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cross_encoder_dir(tmp_path_factory, minilm_dir):
-    """A real cross-encoder: MiniLM's encoder with a seeded one-logit head, saved as safetensors."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    target = tmp_path_factory.mktemp("cross-encoder")
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
-    model.save_pretrained(target, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(minilm_dir)).save_pretrained(target)
-    return target
-
-
-@pytest.fixture(scope="module")
-def reranker_server(tmp_path_factory, cross_encoder_dir):
-    running = start_server(tmp_path_factory.mktemp("reranker"), {"SEARCHBOX_MODEL_DIR": str(cross_encoder_dir)})
-    yield running
-    stop_server(running)
-
-
 DOCS = ["Berlin is the capital of Germany.", 'Paris, the "city of light"', "Bananas are yellow."]
 
 
-def test_reranker_csv_rows_match_cross_encoder(reranker_server, cross_encoder_dir):
+def test_reranker_csv_rows_match_cross_encoder(reranker_server, reranker_dir):
     from sentence_transformers import CrossEncoder
 
     docs_json = json.dumps(DOCS)
@@ -261,7 +239,7 @@ def test_reranker_csv_rows_match_cross_encoder(reranker_server, cross_encoder_di
     answer = one_json_line(post_raw(reranker_server, "/invocations", body, "text/csv"))
     assert [item["id"] for item in answer["data"]] == ["r1", "r2", "r3"]
     assert [len(item["results"]) for item in answer["data"]] == [2, 3, 2]
-    reference = CrossEncoder(str(cross_encoder_dir), device="cpu", local_files_only=True)
+    reference = CrossEncoder(str(reranker_dir), device="cpu", local_files_only=True)
     queries = ["capital of Germany?, please", 'which city is the "city of light"?', "fruit"]
     documents = [DOCS, DOCS, ["Bananas are yellow.", "Apples"]]
     for item, query, docs in zip(answer["data"], queries, documents):

@@ -136,6 +136,7 @@ def prompted_server(tmp_path_factory, minilm_dir):
     stop_server(running)
 
 
+@pytest.mark.server
 def test_tasks_select_the_configured_prompt(prompted_server, reference_model):
     text = "how do rerankers work"
     query = prompted_server.post("/v1/embeddings", {"input": [text], "task": "retrieval.query"}).json()
@@ -148,6 +149,7 @@ def test_tasks_select_the_configured_prompt(prompted_server, reference_model):
     assert query["usage"]["total_tokens"] == plain_tokens + 2
 
 
+@pytest.mark.server
 def test_input_type_selects_the_retrieval_task_when_no_task_is_given(prompted_server, reference_model):
     text = "how do rerankers work"
     query = prompted_server.post("/invocations", {"data": [text], "parameters": {"input_type": "query"}}).json()

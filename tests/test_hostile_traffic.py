@@ -22,6 +22,8 @@ import requests
 
 from conftest import stop_server
 
+pytestmark = pytest.mark.server
+
 LONG = "The quick brown fox jumps over the lazy dog near the quiet river bank at dawn. " * 20
 ERROR_KEYS = {"detail", "code", "request_id"}
 
@@ -142,6 +144,7 @@ def test_errors_the_http_layer_makes_are_the_contracts_json(small_server, name, 
     assert_json_error(*raw_request(port_of(small_server), request_bytes), status)
 
 
+@pytest.mark.soak  # 20 s of overload; asserts how fast refusals and /ping are
 def test_overload_is_refused_early_and_ping_stays_fast(small_server):
     """Far more work than fits in a request's 60 s: refused at once with Retry-After, /ping untouched."""
     # ~32k tokens, seconds of CPU each: 24 of them overload the server, one alone fits its 60 s even on a machine
@@ -181,6 +184,7 @@ def test_overload_is_refused_early_and_ping_stays_fast(small_server):
     assert pings[int(len(pings) * 0.99)] < 1.0, pings[-5:]  # SageMaker allows 2 s; make soak measures p99
 
 
+@pytest.mark.soak  # asserts how soon the work behind it is answered
 def test_a_client_that_leaves_has_its_work_dropped(small_server):
     port = port_of(small_server)
     body = orjson.dumps({"input": [LONG + str(i) for i in range(600)]})  # ~25 s of CPU here
@@ -196,6 +200,7 @@ def test_a_client_that_leaves_has_its_work_dropped(small_server):
     assert time.monotonic() - started < 8  # not behind ~25 s of work for nobody
 
 
+@pytest.mark.soak  # asserts resident memory after minutes of work
 def test_memory_returns_after_large_requests(server_factory):
     server = server_factory({"SEARCHBOX_REQUEST_TIMEOUT_S": "600"})
     server.post("/v1/embeddings", {"input": [f"warm up {i}" for i in range(32)]})
@@ -208,6 +213,7 @@ def test_memory_returns_after_large_requests(server_factory):
     assert after < baseline * 1.2, (baseline, after)
 
 
+@pytest.mark.soak  # 16 heavy requests; asserts the exit time
 def test_sigterm_under_load_answers_every_request_and_exits_in_time(server_factory):
     server = server_factory({"SEARCHBOX_GRACEFUL_TIMEOUT_S": "10"})
     results: list[requests.Response | Exception] = []

@@ -25,6 +25,7 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 BIN = Path(sys.executable).parent
 
 
+@pytest.mark.server
 def test_dockerfile_lints_clean_with_every_ignore_justified():
     result = subprocess.run([str(BIN / "hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -76,6 +77,7 @@ def test_the_lock_pins_every_dependency_pyproject_names_within_its_range():
     assert pins["torch"] == makefile_torch
 
 
+@pytest.mark.server
 def test_the_venv_is_the_lock_and_its_dependencies_import():
     """`make venv` installs with the lock as constraints: every locked distribution present here has its
     pinned version, the whole dependency closure is locked, and each direct dependency imports."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import shutil
 import threading
 import time
@@ -11,6 +13,8 @@ import numpy as np
 import requests
 
 from conftest import stop_server, wait_until_ready
+
+pytestmark = pytest.mark.server
 
 LONG = "Searching through long documents takes the model a while. " * 30
 
@@ -27,6 +31,7 @@ def test_ping_is_503_until_the_model_is_warm_then_200(server_factory):
     assert all(requests.get(server.url + "/ping", timeout=2).status_code == 200 for _ in range(5))
 
 
+@pytest.mark.soak  # asserts /ping latencies under a long batch
 def test_ping_answers_fast_while_a_long_batch_runs(server):
     done = threading.Event()
 

@@ -33,6 +33,8 @@ from model_handlers.ranking import maxsim
 from model_handlers.serving_config import read_serving_config
 from model_handlers.types import EmbedRequest, RerankRequest, TextInput
 
+pytestmark = pytest.mark.server
+
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 MIN_COSINE = 0.9999
 SCORE_TOLERANCE = 1e-4

@@ -40,6 +40,8 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import tiny_clip  # noqa: E402
 
+pytestmark = pytest.mark.app
+
 PARITY = 0.9999
 WIDTH = tiny_clip.SIZES["tiny"]["projection"]
 TEXTS = ["a photo of a dog", "How is the weather today?", "an orange square below a blue square"]

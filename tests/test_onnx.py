@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT / "packaging"))
 import _onnx  # noqa: E402
 import build_artifact  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 TEXTS = ["hello", "The cat sits on the mat.", "Berlin is the capital and largest city of Germany.",
          "Vector databases index embeddings so that nearest neighbours are found in milliseconds. " * 8, ""]
 

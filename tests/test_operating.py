@@ -13,6 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import InProcess, assert_error
 
+pytestmark = pytest.mark.app
+
 METERING = "X-Amzn-Inference-Metering"
 
 

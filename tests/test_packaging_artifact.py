@@ -20,6 +20,8 @@ sys.path.insert(0, str(PACKAGING))
 
 import build_artifact  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 TEXTS = ["Berlin is the capital of Germany.", "A packaged model must answer exactly like the original.", "hi"]
 
 
@@ -362,29 +364,12 @@ def test_missing_remote_code_is_refused_with_the_fix(remote_code_model, tmp_path
 
 # --- rerankers ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def cross_encoder_dir(tmp_path_factory, minilm_dir) -> Path:
-    """A one-label BERT cross-encoder over the MiniLM weights (seeded head), as a plain HF directory."""
-    import torch
-    from transformers import BertForSequenceClassification
-
-    target = tmp_path_factory.mktemp("reranker") / "tiny-reranker"
-    torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
-    with torch.no_grad():
-        model.classifier.weight.mul_(50)  # spread the scores so the ranking means something
-    model.save_pretrained(str(target), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / name, target / name)
-    return target
-
-
-def test_reranker_artifact_serves_cross_encoder_scores(cross_encoder_dir, tmp_path, server_factory):
+def test_reranker_artifact_serves_cross_encoder_scores(reranker_dir, tmp_path, server_factory):
     import model_package
     from sentence_transformers import CrossEncoder
 
     output = tmp_path / "model.tar.gz"
-    report = build_artifact.build_artifact(cross_encoder_dir, output, served_name="tiny-reranker",
+    report = build_artifact.build_artifact(reranker_dir, output, served_name="tiny-reranker",
                                            metering={"unit": "input"})
     assert report.kind == "reranker" and report.check.startswith("reranked 2 documents")
     assert report.sample.inputs == 2 and report.sample.units == 2  # sold per document reranked
@@ -399,7 +384,7 @@ def test_reranker_artifact_serves_cross_encoder_scores(cross_encoder_dir, tmp_pa
     assert json.loads(answer.headers["X-Amzn-Inference-Metering"]) == {"Dimension": "inference.count",
                                                                        "ConsumedUnits": 3}
     got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
-    reference = CrossEncoder(str(cross_encoder_dir), device="cpu").predict([(query, d) for d in documents])
+    reference = CrossEncoder(str(reranker_dir), device="cpu").predict([(query, d) for d in documents])
     np.testing.assert_allclose([got[i] for i in range(3)], reference, atol=1e-5)
 
     sample = model_package.sample_input("reranker")

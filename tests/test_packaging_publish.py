@@ -20,6 +20,8 @@ sys.path.insert(0, str(PACKAGING))
 import build_artifact  # noqa: E402
 import model_package  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 CATALOG = PACKAGING / "catalog.example.yaml"
 NAME = "searchbox-minilm-embeddings"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/searchbox:1.0"

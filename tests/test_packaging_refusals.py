@@ -25,6 +25,8 @@ import _files  # noqa: E402
 import aws_listing  # noqa: E402
 import model_package  # noqa: E402
 
+pytestmark = pytest.mark.server
+
 NAME = "searchbox-minilm-embeddings"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/searchbox:1.0"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerValidation"

@@ -6,6 +6,8 @@ import pytest
 
 from reference_env import ReferenceUnavailable, _venv
 
+pytestmark = pytest.mark.server
+
 
 def test_a_venv_that_cannot_be_installed_is_refused_by_name_and_removed(tmp_path):
     # --no-index: pip looks nowhere, so this fails at once and asks no registry anything

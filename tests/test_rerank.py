@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 from sentence_transformers import CrossEncoder
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import AutoTokenizer
 
-from conftest import start_server, stop_server
 from container.dialects import decode_invocation
 from container.errors import ValidationFailed
 from model_handlers import HandlerOptions, load_handler
@@ -42,35 +41,13 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def cross_encoder_dir(tmp_path_factory, minilm_dir):
-    """A one-label BERT cross-encoder over the MiniLM weights (random head, seeded), as a plain HF directory."""
-    target = tmp_path_factory.mktemp("models") / "tiny-reranker"
-    torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
-    # The seeded head has tiny weights (scores all near 0.5): widen it so scores spread out and ties are rare.
-    with torch.no_grad():
-        model.classifier.weight.mul_(50)
-    model.save_pretrained(str(target), safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_dir / name, target / name)
-    return target
+def cross_encoder(reranker_dir):
+    return CrossEncoder(str(reranker_dir), device="cpu", local_files_only=True)
 
 
 @pytest.fixture(scope="module")
-def cross_encoder(cross_encoder_dir):
-    return CrossEncoder(str(cross_encoder_dir), device="cpu", local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(cross_encoder_dir):
-    return AutoTokenizer.from_pretrained(str(cross_encoder_dir))
-
-
-@pytest.fixture(scope="module")
-def reranker(tmp_path_factory, cross_encoder_dir):
-    running = start_server(tmp_path_factory.mktemp("reranker"), {"SEARCHBOX_MODEL_DIR": str(cross_encoder_dir)})
-    yield running
-    stop_server(running)
+def tokenizer(reranker_dir):
+    return AutoTokenizer.from_pretrained(str(reranker_dir))
 
 
 def rerank(server, body, path="/v1/rerank"):
@@ -107,9 +84,9 @@ def window_texts(tokenizer, text: str, size: int, overlap: int) -> list[str]:
 # --- the cross-encoder ---------------------------------------------------------------------------
 
 
-def test_scores_match_cross_encoder_and_are_sorted(reranker, cross_encoder):
+def test_scores_match_cross_encoder_and_are_sorted(reranker_server, cross_encoder):
     expected = cross_encoder.predict([(QUERY, d) for d in DOCUMENTS])
-    answer = rerank(reranker, {"query": QUERY, "documents": DOCUMENTS})
+    answer = rerank(reranker_server, {"query": QUERY, "documents": DOCUMENTS})
     assert answer["model"] == "tiny-reranker" and answer["object"] == "list"
     results = answer["results"]
     assert sorted(r["index"] for r in results) == list(range(len(DOCUMENTS)))
@@ -122,15 +99,15 @@ def test_scores_match_cross_encoder_and_are_sorted(reranker, cross_encoder):
     assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
 
 
-def test_cross_encoder_activation_is_sigmoid_for_one_label(cross_encoder, cross_encoder_dir):
+def test_cross_encoder_activation_is_sigmoid_for_one_label(cross_encoder, reranker_dir):
     # sentence-transformers 6.2: num_labels=1 and no saved activation -> Sigmoid; the server's default matches.
     assert isinstance(cross_encoder.activation_fn, torch.nn.Sigmoid)
-    assert read_serving_config(cross_encoder_dir).score_activation == "sigmoid"
-    assert read_serving_config(cross_encoder_dir).kind.name == "reranker"
+    assert read_serving_config(reranker_dir).score_activation == "sigmoid"
+    assert read_serving_config(reranker_dir).kind.name == "reranker"
 
 
-def test_usage_is_every_token_the_model_read(reranker, tokenizer):
-    answer = rerank(reranker, {"data": {"query": QUERY, "documents": DOCUMENTS}}, "/invocations")["data"][0]
+def test_usage_is_every_token_the_model_read(reranker_server, tokenizer):
+    answer = rerank(reranker_server, {"data": {"query": QUERY, "documents": DOCUMENTS}}, "/invocations")["data"][0]
     # tokenized as CrossEncoder does (a batch of pairs: an empty document still gets its closing [SEP])
     pair_lengths = [len(row) for row in tokenizer([QUERY] * len(DOCUMENTS), DOCUMENTS)["input_ids"]]
     query_length = len(ids(tokenizer, QUERY))
@@ -140,11 +117,11 @@ def test_usage_is_every_token_the_model_read(reranker, tokenizer):
     for result in answer["results"]:
         assert result["usage"] == {"total_tokens": pair_lengths[result["index"]] - query_length}
     assert sum(r["usage"]["total_tokens"] for r in answer["results"]) == answer["docs_usage"]["total_tokens"]
-    public = rerank(reranker, {"query": QUERY, "documents": DOCUMENTS, "top_n": 1})
+    public = rerank(reranker_server, {"query": QUERY, "documents": DOCUMENTS, "top_n": 1})
     assert public["usage"] == {"total_tokens": sum(pair_lengths)}  # billed for every document, not only top_n
 
 
-def test_long_document_scores_its_best_window(reranker, cross_encoder, tokenizer):
+def test_long_document_scores_its_best_window(reranker_server, cross_encoder, tokenizer):
     document = words(1200)
     content_length = len(ids(tokenizer, document))
     assert content_length > 1000
@@ -153,27 +130,27 @@ def test_long_document_scores_its_best_window(reranker, cross_encoder, tokenizer
     windows = window_texts(tokenizer, document, size, size // 4)
     assert len(windows) == 3
     window_scores = cross_encoder.predict([(QUERY, w) for w in windows])
-    answer = rerank(reranker, {"data": {"query": QUERY, "documents": [document, DOCUMENTS[0]]}}, "/invocations")
+    answer = rerank(reranker_server, {"data": {"query": QUERY, "documents": [document, DOCUMENTS[0]]}}, "/invocations")
     result = next(r for r in answer["data"][0]["results"] if r["index"] == 0)
     assert abs(result["relevance_score"] - float(window_scores.max())) < TOLERANCE
     assert result["usage"] == {"total_tokens": len(windows) * size + 3 * len(windows)}
     assert answer["data"][0]["query_usage"] == {"total_tokens": query_length * (len(windows) + 1)}
 
 
-def test_a_too_long_query_keeps_its_first_half_room_tokens(reranker, cross_encoder, tokenizer):
+def test_a_too_long_query_keeps_its_first_half_room_tokens(reranker_server, cross_encoder, tokenizer):
     query = words(400, offset=3)
     kept = 509 // 2  # half of the room of one 512-token pair
     cut_query = tokenizer.decode(ids(tokenizer, query)[:kept])
     assert ids(tokenizer, cut_query) == ids(tokenizer, query)[:kept]
-    answer = rerank(reranker, {"data": {"query": query, "documents": [DOCUMENTS[0]]}}, "/invocations")["data"][0]
+    answer = rerank(reranker_server, {"data": {"query": query, "documents": [DOCUMENTS[0]]}}, "/invocations")["data"][0]
     assert answer["query_usage"] == {"total_tokens": kept}
     expected = cross_encoder.predict([(cut_query, DOCUMENTS[0])])[0]
     assert abs(answer["results"][0]["relevance_score"] - float(expected)) < TOLERANCE
 
 
-def test_window_size_overlap_and_activation_come_from_searchbox_json(tmp_path, cross_encoder_dir, tokenizer):
+def test_window_size_overlap_and_activation_come_from_searchbox_json(tmp_path, reranker_dir, tokenizer):
     model_dir = tmp_path / "windowed"
-    shutil.copytree(cross_encoder_dir, model_dir)
+    shutil.copytree(reranker_dir, model_dir)
     (model_dir / "searchbox.json").write_text(json.dumps({
         "rerank_window_tokens": 32, "rerank_window_overlap": 8, "score_activation": "none"}))
     handler = load_handler(model_dir, HandlerOptions(device="cpu"))
@@ -184,7 +161,7 @@ def test_window_size_overlap_and_activation_come_from_searchbox_json(tmp_path, c
         handler.close()
     windows = window_texts(tokenizer, document, 32, 8)
     assert len(windows) == 4
-    raw = CrossEncoder(str(cross_encoder_dir), device="cpu", local_files_only=True,
+    raw = CrossEncoder(str(reranker_dir), device="cpu", local_files_only=True,
                        activation_fn=torch.nn.Identity())
     logits = raw.predict([(QUERY, w) for w in windows])
     assert abs(result.hits[0].relevance_score - float(logits.max())) < TOLERANCE
@@ -192,9 +169,9 @@ def test_window_size_overlap_and_activation_come_from_searchbox_json(tmp_path, c
     assert result.hits[0].tokens == 4 * (32 + 3)
 
 
-def test_embed_on_a_reranker_says_what_to_send(reranker):
+def test_embed_on_a_reranker_says_what_to_send(reranker_server):
     for path, body in (("/v1/embeddings", {"input": ["hello"]}), ("/invocations", {"data": [{"text": "hello"}]})):
-        response = reranker.post(path, body)
+        response = reranker_server.post(path, body)
         assert response.status_code == 400
         error = response.json()
         assert error["code"] == "UNSUPPORTED_OPERATION"
@@ -204,10 +181,10 @@ def test_embed_on_a_reranker_says_what_to_send(reranker):
 # --- dialects, top_n, return_documents ----------------------------------------------------------------
 
 
-def test_sagemaker_envelope_object_or_one_element_list(reranker):
+def test_sagemaker_envelope_object_or_one_element_list(reranker_server):
     body = {"query": QUERY, "documents": [{"text": d} for d in DOCUMENTS[:3]], "top_n": 2}
-    as_object = rerank(reranker, {"data": body, "parameters": {"note": "echoed"}}, "/invocations")
-    as_list = rerank(reranker, {"data": [body]}, "/invocations")
+    as_object = rerank(reranker_server, {"data": body, "parameters": {"note": "echoed"}}, "/invocations")
+    as_list = rerank(reranker_server, {"data": [body]}, "/invocations")
     assert as_object["parameters"] == {"note": "echoed"} and as_list["parameters"] == {}
     assert as_object["data"] == as_list["data"]
     (item,) = as_object["data"]
@@ -218,37 +195,37 @@ def test_sagemaker_envelope_object_or_one_element_list(reranker):
         assert result["document"] == {"text": DOCUMENTS[result["index"]]}
 
 
-def test_public_dialect_on_every_route_gives_the_same_answer(reranker):
+def test_public_dialect_on_every_route_gives_the_same_answer(reranker_server):
     body = {"model": "whatever", "query": QUERY, "documents": ["a kitten drinks milk", {"text": DOCUMENTS[0]}]}
-    answers = [rerank(reranker, body, path) for path in ("/v1/rerank", "/invocations")]
+    answers = [rerank(reranker_server, body, path) for path in ("/v1/rerank", "/invocations")]
     assert answers[0] == answers[1]
     assert set(answers[0]) == {"model", "object", "usage", "results"}
     for result in answers[0]["results"]:
         assert set(result) == {"index", "relevance_score", "document"}
 
 
-def test_top_n_cuts_the_full_ranking_and_is_clamped(reranker):
-    full = rerank(reranker, {"query": QUERY, "documents": DOCUMENTS})["results"]
-    assert rerank(reranker, {"query": QUERY, "documents": DOCUMENTS, "top_n": 2})["results"] == full[:2]
-    assert rerank(reranker, {"query": QUERY, "documents": DOCUMENTS, "top_n": "3"})["results"] == full[:3]
-    assert rerank(reranker, {"query": QUERY, "documents": DOCUMENTS, "top_n": 100})["results"] == full
-    assert rerank(reranker, {"query": QUERY, "documents": DOCUMENTS, "top_n": None})["results"] == full
+def test_top_n_cuts_the_full_ranking_and_is_clamped(reranker_server):
+    full = rerank(reranker_server, {"query": QUERY, "documents": DOCUMENTS})["results"]
+    assert rerank(reranker_server, {"query": QUERY, "documents": DOCUMENTS, "top_n": 2})["results"] == full[:2]
+    assert rerank(reranker_server, {"query": QUERY, "documents": DOCUMENTS, "top_n": "3"})["results"] == full[:3]
+    assert rerank(reranker_server, {"query": QUERY, "documents": DOCUMENTS, "top_n": 100})["results"] == full
+    assert rerank(reranker_server, {"query": QUERY, "documents": DOCUMENTS, "top_n": None})["results"] == full
 
 
-def test_return_documents_false_omits_them(reranker):
+def test_return_documents_false_omits_them(reranker_server):
     for path, body, pick in (
         ("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS, "return_documents": False}, lambda a: a["results"]),
         ("/invocations", {"data": {"query": QUERY, "documents": DOCUMENTS, "return_documents": False}},
          lambda a: a["data"][0]["results"]),
     ):
-        results = pick(rerank(reranker, body, path))
+        results = pick(rerank(reranker_server, body, path))
         assert len(results) == len(DOCUMENTS)
         assert all("document" not in r and "relevance_score" in r for r in results)
 
 
-def test_equal_scores_keep_input_order(reranker):
+def test_equal_scores_keep_input_order(reranker_server):
     documents = ["a kitten drinks milk", "cats like to eat fish", "a kitten drinks milk", "a kitten drinks milk"]
-    results = rerank(reranker, {"query": QUERY, "documents": documents})["results"]
+    results = rerank(reranker_server, {"query": QUERY, "documents": documents})["results"]
     tied = [r for r in results if documents[r["index"]] == "a kitten drinks milk"]
     assert len({r["relevance_score"] for r in tied}) == 1
     assert [r["index"] for r in tied] == [0, 2, 3]
@@ -256,13 +233,13 @@ def test_equal_scores_keep_input_order(reranker):
     assert [h.index for h in hits] == [1, 3, 0, 2, 4]
 
 
-def test_no_documents_is_an_empty_answer(reranker):
-    answer = rerank(reranker, {"data": {"query": QUERY, "documents": []}}, "/invocations")
+def test_no_documents_is_an_empty_answer(reranker_server):
+    answer = rerank(reranker_server, {"data": {"query": QUERY, "documents": []}}, "/invocations")
     assert answer["data"] == [{"query_usage": {"total_tokens": 0}, "docs_usage": {"total_tokens": 0}, "results": []}]
 
 
-def test_an_image_document_for_a_text_reranker_names_it(reranker):
-    response = reranker.post("/v1/rerank", {"query": "q", "documents": ["a", {"image": "https://x/y.png"}]})
+def test_an_image_document_for_a_text_reranker_names_it(reranker_server):
+    response = reranker_server.post("/v1/rerank", {"query": "q", "documents": ["a", {"image": "https://x/y.png"}]})
     assert response.status_code == 400
     assert response.json()["code"] == "UNSUPPORTED_INPUT" and "document 1 is an image" in response.json()["detail"]
 
@@ -282,19 +259,19 @@ def test_an_image_document_for_a_text_reranker_names_it(reranker):
     ("/invocations", {"data": [{"query": "q", "documents": []}] * 2}, "send one per body"),
     ("/invocations", {"data": {"query": "q", "documents": ["d"], "top_n": -1}}, "`data.top_n`"),
 ])
-def test_bad_rerank_bodies_name_the_field(reranker, path, body, field):
-    response = reranker.post(path, body)
+def test_bad_rerank_bodies_name_the_field(reranker_server, path, body, field):
+    response = reranker_server.post(path, body)
     assert response.status_code == 422, response.text
     error = response.json()
     assert field in error["detail"] and error["code"] == "VALIDATION_ERROR" and error["request_id"]
 
 
-def test_limits_on_document_count_and_payload(reranker):
-    response = reranker.post("/v1/rerank", {"query": "q", "documents": ["secret document"] * 2049})
+def test_limits_on_document_count_and_payload(reranker_server):
+    response = reranker_server.post("/v1/rerank", {"query": "q", "documents": ["secret document"] * 2049})
     assert response.status_code == 400
     assert response.json()["code"] == "TOO_MANY_INPUTS" and "2048" in response.json()["detail"]
     assert "secret document" not in response.text
-    response = reranker.post("/invocations", {"data": {"query": "q", "documents": ["x" * 1024] * 7000}})
+    response = reranker_server.post("/invocations", {"data": {"query": "q", "documents": ["x" * 1024] * 7000}})
     assert response.status_code == 413 and response.json()["code"] == "PAYLOAD_TOO_LARGE"
 
 
@@ -363,9 +340,9 @@ def test_windows_cover_the_document_and_end_at_its_end():
     assert [w.tolist() for w in windowing.split(np.arange(0))] == [[]]
 
 
-def test_window_config_is_checked(tmp_path, cross_encoder_dir):
+def test_window_config_is_checked(tmp_path, reranker_dir):
     model_dir = tmp_path / "bad"
-    shutil.copytree(cross_encoder_dir, model_dir)
+    shutil.copytree(reranker_dir, model_dir)
     for config, message in (({"rerank_window_tokens": 64, "rerank_window_overlap": 40}, "at most half"),
                             ({"rerank_window_tokens": "big"}, "rerank_window_tokens must be an integer"),
                             ({"max_query_tokens": 0}, "max_query_tokens must be an integer")):
@@ -374,9 +351,9 @@ def test_window_config_is_checked(tmp_path, cross_encoder_dir):
             read_serving_config(model_dir)
 
 
-def test_activation_saved_by_a_cross_encoder_is_honoured(tmp_path, cross_encoder_dir):
+def test_activation_saved_by_a_cross_encoder_is_honoured(tmp_path, reranker_dir):
     model_dir = tmp_path / "identity"
-    shutil.copytree(cross_encoder_dir, model_dir)
+    shutil.copytree(reranker_dir, model_dir)
     hf_config = json.loads((model_dir / "config.json").read_text())
     hf_config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.linear.Identity"}
     (model_dir / "config.json").write_text(json.dumps(hf_config))

@@ -18,6 +18,8 @@ import pytest
 from container.settings import SETTINGS
 from conftest import SERVE, free_port, stop_server, wait_until_ready
 
+pytestmark = pytest.mark.server
+
 
 def run_serve(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = {key: value for key, value in os.environ.items() if key != "SEARCHBOX_MODEL_DIR"}

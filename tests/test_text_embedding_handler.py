@@ -15,13 +15,13 @@ import torch
 from model_handlers import HandlerOptions, load_handler
 from model_handlers.types import EmbedRequest, TextInput
 
+pytestmark = pytest.mark.app
+
 
 @pytest.fixture(scope="module")
-def handler(minilm_dir):
-    loaded = load_handler(minilm_dir)
-    loaded.warm_up()
-    yield loaded
-    loaded.close()
+def handler(runtime):
+    """The embedded model loaded and warmed up as the worker does (the session's, shared with the app tests)."""
+    return runtime.handler
 
 
 def test_32_one_sentence_callers_cost_a_handful_of_forward_passes(handler, reference_model):
