@@ -164,7 +164,7 @@ def run(threads: int, log_dir: Path, seconds: float, warmup: float, rounds: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.run import omp_policy, start_searchbox
+    from bench.servers import omp_policy, start_searchbox
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("tiny", "small"), default="small")
