@@ -18,10 +18,10 @@ from flask import Flask, Response, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from container import dialects
+from container import adapters as adapters_api, dialects
 from container.dialects import Decoded, multi_vector, public, rerank as rerank_dialect
 from container.dialects import JSON
-from container.dispatch import Dispatcher
+from container.dispatch import ADAPTER_HEADER, Dispatcher
 from container.errors import (
     BadRequest, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
     payload_too_large,
@@ -55,7 +55,8 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
         dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
         body = read_body(settings.max_payload_bytes)
         reply = dispatcher.answer(decode, body, request.mimetype, records=records,
-                                  abandoned=client_gone(request.environ.get("gunicorn.socket")))
+                                  abandoned=client_gone(request.environ.get("gunicorn.socket")),
+                                  adapter=request.headers.get(ADAPTER_HEADER) or None)
         g.figures = reply.figures
         return reply_response(reply)
 
@@ -122,6 +123,22 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     def rerank() -> Response:
         return invoke(rerank_dialect.decode_public)
 
+    @app.get("/adapters")
+    def list_adapters() -> Response:
+        return json_response(adapters_api.listing(runtime.handler))
+
+    @app.post("/adapters")
+    def register_adapter() -> Response:
+        name, src, preload, pin = adapters_api.registration(read_body(settings.max_payload_bytes))
+        adapters_api.holder(runtime.handler).register(name, src, preload=preload, pin=pin)
+        return text_response(f"Adapter {request.headers.get(adapters_api.ALIAS_HEADER) or name} registered")
+
+    @app.delete("/adapters/<name>")
+    def unregister_adapter(name: str) -> Response:
+        alias = request.headers.get(adapters_api.ALIAS_HEADER) or name
+        adapters_api.unregister(runtime.handler, name, alias)
+        return text_response(f"Adapter {alias} unregistered")
+
     register_error_handlers(app)
     return app
 
@@ -141,6 +158,11 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
         "dimensions": handler.dimensions if handler is not None else None,
         "matryoshka_dimensions": list(config.matryoshka_dimensions),
         "tasks": sorted(config.tasks), "default_task": config.default_task,
+        # what an unknown task gets: refused where tasks select adapters, else the default task's prompt
+        "unknown_task": "refused" if config.adapter_tasks else "default",
+        "task_adapters": {name: spec.adapter for name, spec in sorted(config.tasks.items()) if spec.adapter},
+        "adapters": (adapters_api.listing(handler)["data"] if handler is not None
+                     else [{"name": name, "built_in": True} for name in config.adapters]),
         "backend": config.backend if handler is not None else settings.backend or config.backend,
         "metering": None if config.metering is None else {"unit": config.metering.unit,
                                                            "tokens_per_unit": config.metering.tokens_per_unit},
@@ -191,6 +213,11 @@ def reply_response(reply: Reply) -> Response:
     return Response(reply.body, status=reply.status, content_type=reply.content_type, headers=dict(reply.headers))
 
 
+def text_response(text: str) -> Response:
+    """SageMaker's adapter standard answers its management calls with a line of text."""
+    return Response(text, status=200, mimetype="text/plain")
+
+
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
     return Response(body, status=status, mimetype=JSON, headers=headers)
@@ -210,8 +237,8 @@ def register_error_handlers(app: Flask) -> None:
         if exc.code == 404:
             return render(NotFound(
                 f"no route {request.path}; use POST /invocations (or /score), POST /v1/embeddings, "
-                f"POST /v1/multi-vector, POST /v1/rerank, GET /ping, GET /health, GET /v1/models, GET /metrics, GET /openapi.json "
-                f"or GET /execution-parameters"))
+                f"POST /v1/multi-vector, POST /v1/rerank, GET /ping, GET /health, GET /v1/models, GET /metrics, "
+                f"GET /openapi.json, GET /execution-parameters, or GET, POST /adapters and DELETE /adapters/{{name}}"))
         if exc.code == 405:
             return render(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
         return render(_generic(exc))

@@ -7,6 +7,7 @@ It is also the one place where a request the served kind does not answer is refu
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,9 @@ from model_handlers.types import EMBEDDINGS, EmbedRequest, Operation
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 # AWS Marketplace's per-inference billing header: read on every 2xx of a real-time endpoint, never on an error.
 METERING_HEADER = "X-Amzn-Inference-Metering"
+# SageMaker inference components with adapters: the adapter a request is for (aws/model-hosting-container-standards,
+# python/model_hosting_container_standards/sagemaker/lora/constants.py)
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 # After a body this large, what parsing and tokenizing it took is handed back to the system.
 _LARGE_BODY = 1024 * 1024
 # Records of one batch body run concurrently so that the model's batcher can pack them together.
@@ -74,7 +78,7 @@ class Dispatcher:
         self._runtime = runtime
 
     def answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, *,
-               records: bool = False, abandoned: Callable[[], bool] | None = None) -> Reply:
+               records: bool = False, abandoned: Callable[[], bool] | None = None, adapter: str | None = None) -> Reply:
         """The 200 reply to `body`.
 
         Args:
@@ -83,12 +87,13 @@ class Dispatcher:
             media_type: the Content-Type without parameters; None or empty reads as JSON.
             records: whether the route also takes batch bodies (CSV, JSON Lines).
             abandoned: true once the caller is gone (its connection closed): its work is then dropped.
+            adapter: the LoRA adapter SageMaker's adapter header names, for every request of the body.
 
         Raises:
             SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either.
         """
         try:
-            return self._answer(decode, body, media_type, records, abandoned)
+            return self._answer(decode, body, media_type, records, abandoned, adapter)
         finally:
             if len(body) > _LARGE_BODY:
                 release_free_memory()
@@ -113,7 +118,7 @@ class Dispatcher:
             return error_reply(exc, request_id)
 
     def _answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, records: bool,
-                abandoned: Callable[[], bool] | None) -> Reply:
+                abandoned: Callable[[], bool] | None, adapter: str | None = None) -> Reply:
         received = time.monotonic()
         settings = self._settings
         handler = self._runtime.handler
@@ -133,6 +138,8 @@ class Dispatcher:
             supported = [JSON, *_RECORD_DECODERS] if records else [JSON]
             raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported here; send one of "
                                        f"{', '.join(supported)}", code="UNSUPPORTED_MEDIA_TYPE")
+        if adapter:
+            job = dataclasses.replace(job, requests=[with_adapter(request, adapter) for request in job.requests])
         for request, origin in zip(job.requests, job.origins):
             try:
                 check_operation(request, handler.kind, handler.model_name)
@@ -198,6 +205,14 @@ def figure_headers(figures: RequestFigures, metering: Metering | None) -> dict[s
         headers[METERING_HEADER] = orjson.dumps({"Dimension": "inference.count",
                                                  "ConsumedUnits": figures.units}).decode()
     return headers
+
+
+def with_adapter(request: TypedRequest, adapter: str) -> TypedRequest:
+    """The request for the adapter SageMaker's header names; a body naming another one is refused, not overridden."""
+    if request.adapter is not None and request.adapter != adapter:
+        raise BadRequest(f"the {ADAPTER_HEADER} header names adapter {adapter!r} and the body names "
+                         f"{request.adapter!r}; name one", code="CONFLICTING_ADAPTERS")
+    return dataclasses.replace(request, adapter=adapter)
 
 
 def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:

@@ -56,6 +56,18 @@ class NotFound(SearchboxError):
     code = "NOT_FOUND"
 
 
+class Conflict(SearchboxError):
+    status_code = 409
+    code = "CONFLICT"
+
+
+class FailedDependency(SearchboxError):
+    """What SageMaker's adapter standard answers for an adapter that cannot be loaded (bad weights, wrong model)."""
+
+    status_code = 424
+    code = "FAILED_DEPENDENCY"
+
+
 class MethodNotAllowed(SearchboxError):
     status_code = 405
     code = "METHOD_NOT_ALLOWED"
@@ -75,6 +87,8 @@ _BY_HANDLER_ERROR: dict[type, type[SearchboxError]] = {
     handler_errors.InvalidInput: BadRequest,
     handler_errors.InvalidOption: ValidationFailed,
     handler_errors.TooLarge: PayloadTooLarge,
+    handler_errors.AdapterConflict: Conflict,
+    handler_errors.AdapterError: FailedDependency,
 }
 
 

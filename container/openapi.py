@@ -26,11 +26,14 @@ _POST_ERRORS = {
     "405": "another method than POST",
     "413": "the body, or an input after truncate=false, is over the limit",
     "415": "a media type the route does not take",
-    "422": "a field has the wrong type or value; the detail names it",
+    "422": "a field has the wrong type or value, or names a task or adapter the model does not have; the detail "
+           "names it",
+    "424": "the adapter the request names was registered without preload and cannot be loaded",
     "503": "loading, overloaded or shutting down: retry after the Retry-After header's seconds",
     "500": "a bug: no stack trace, the request_id to quote",
 }
 _GET_ERRORS = {"405": "another method than GET"}
+_GET_ERRORS_POST = {"405": "another method than GET or POST"}
 _STATUS_SCHEMA = {"type": "object", "required": ["status"], "properties": {"status": {"const": "healthy"}}}
 _HEALTH_SCHEMA = {
     "type": "object", "required": ["status", "ready", "model_load_error"],
@@ -50,12 +53,37 @@ _MODELS_SCHEMA = {
             "dimensions": {"type": ["integer", "null"], "description": "null until the model is loaded"},
             "matryoshka_dimensions": {"type": "array", "items": {"type": "integer"}},
             "tasks": {"type": "array", "items": {"type": "string"}}, "default_task": {"type": ["string", "null"]},
+            "unknown_task": {"enum": ["refused", "default"],
+                             "description": "what a request naming a task the model does not have gets"},
+            "task_adapters": {"type": "object", "additionalProperties": {"type": "string"},
+                              "description": "the adapter each task selects (tasks absent here select prompts only)"},
+            "adapters": {"type": "array", "items": {"type": "object"}},
             "backend": {"type": "string"},
             "metering": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
                 "unit": {"type": "string"}, "tokens_per_unit": {"type": ["integer", "null"]}}}]},
             "ready": {"type": "boolean"},
         }}}},
 }
+_ADAPTER_REGISTRATION_SCHEMA = {
+    "type": "object", "required": ["name", "src"],
+    "properties": {"name": {"type": "string", "minLength": 1, "description": "the adapter's name in requests"},
+                   "src": {"type": "string", "minLength": 1,
+                           "description": "a PEFT LoRA directory, or a .tar.gz of one, on this instance"},
+                   "preload": {"type": "boolean", "default": True, "description": "load now (else at first use)"},
+                   "pin": {"type": "boolean", "default": False, "description": "never unload it to make room"}},
+}
+_ADAPTERS_SCHEMA = {
+    "type": "object", "required": ["object", "data"],
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {
+        "type": "object", "required": ["name", "source", "pinned", "built_in", "loaded"],
+        "properties": {"name": {"type": "string"}, "source": {"type": "string"}, "pinned": {"type": "boolean"},
+                       "built_in": {"type": "boolean"}, "loaded": {"type": "boolean"}}}}},
+}
+# SageMaker's adapter routes answer a line of text (aws/model-hosting-container-standards)
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_ADAPTER_PARAMETER = {"name": "X-Amzn-SageMaker-Adapter-Identifier", "in": "header", "required": False,
+                      "schema": {"type": "string"},
+                      "description": "the LoRA adapter (GET /adapters) for every input of the request"}
 _EXECUTION_PARAMETERS_SCHEMA = {
     "type": "object", "required": ["MaxConcurrentTransforms", "BatchStrategy", "MaxPayloadInMB"],
     "properties": {"MaxConcurrentTransforms": {"type": "integer", "minimum": 1},
@@ -82,6 +110,8 @@ def document() -> dict[str, Any]:
         "Health": _HEALTH_SCHEMA,
         "Ping": _STATUS_SCHEMA,
         "ExecutionParameters": _EXECUTION_PARAMETERS_SCHEMA,
+        "AdapterRegistration": _ADAPTER_REGISTRATION_SCHEMA,
+        "Adapters": _ADAPTERS_SCHEMA,
     }
     invocation_body = {"oneOf": [_ref("SageMakerRequest"), _ref("SageMakerRerankRequest"), _ref("EmbeddingsRequest"),
                                  _ref("RerankRequest")]}
@@ -119,7 +149,31 @@ def document() -> dict[str, Any]:
         "/v1/rerank": _post("Documents ranked against a query (rerankers, ColBERT and multimodal models)",
                             {JSON: {"schema": _ref("RerankRequest")}},
                             {JSON: {"schema": _ref("RerankResponse")}}, operation_id="rerank"),
+        "/adapters": {
+            **_get("listAdapters", "The LoRA adapters the endpoint holds: built into the artifact, or registered",
+                   _ref("Adapters"), {"400": "the served model holds no adapters"}),
+            "post": {"operationId": "registerAdapter",
+                     "summary": "SageMaker's register-adapter call: load a PEFT LoRA adapter under a name",
+                     "parameters": [{"name": "X-Amzn-SageMaker-Adapter-Alias", "in": "header", "required": False,
+                                     "schema": {"type": "string"}}],
+                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("AdapterRegistration")}}},
+                     "responses": {"200": {"description": "Adapter {alias} registered", "content": _TEXT},
+                                   **_errors({"400": "a malformed body, or a model that holds no adapters",
+                                              "409": "the name is taken",
+                                              "424": "the adapter does not load (missing, not LoRA, wrong base model, "
+                                                     "pickled, or every held adapter pinned): nothing of it is kept",
+                                              "503": "loading, or every held adapter in use: retry",
+                                              **_GET_ERRORS_POST})}},
+        },
+        "/adapters/{name}": {"delete": {
+            "operationId": "unregisterAdapter", "summary": "SageMaker's unregister-adapter call",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "Adapter {alias} unregistered", "content": _TEXT},
+                          **_errors({"404": "no such adapter", "409": "an adapter built into the artifact",
+                                     "503": "loading", "405": "another method than DELETE"})}}},
     }
+    for path in ("/invocations", "/score", "/v1/embeddings", "/v1/multi-vector", "/v1/rerank"):
+        paths[path]["post"]["parameters"] = [_ADAPTER_PARAMETER]
     return {
         "openapi": OPENAPI_VERSION,
         "info": {"title": "searchbox", "version": _version(),

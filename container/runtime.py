@@ -91,6 +91,7 @@ class ModelRuntime:
                     fetch_allow_hosts=settings.image_fetch_allow_hosts,
                 ),
                 default_input_type=settings.default_input_type,
+                max_adapters=settings.max_adapters,
             ))
             handler.warm_up()
         except BaseException as exc:

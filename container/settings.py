@@ -53,6 +53,7 @@ ENV_IMAGE_FETCH_TIMEOUT = "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S"
 ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
 ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
+ENV_MAX_ADAPTERS = "SEARCHBOX_MAX_ADAPTERS"
 INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -106,6 +107,9 @@ ENVIRONMENT = (
              "none, for a whole job (batch transform CSV rows give none): a multi-vector (ColBERT) model then "
              "encodes them as queries or documents (unset: searchbox.json's default_input_type, else documents); "
              "an embedding model takes the retrieval task of that side"),
+    Variable(ENV_MAX_ADAPTERS, "8", "LoRA adapters registered at run time (POST /adapters) held in memory at once; "
+             "past it the least recently used one that is neither pinned nor in use is unloaded, and loaded again "
+             "from its src when a request names it (adapters built into the artifact are not counted)"),
     Variable(ENV_GRACE, "20", "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 "
              "at once); SageMaker and Kubernetes kill at 30"),
     Variable(ENV_NGINX, "nginx on PATH, or /usr/sbin/nginx", "the nginx binary in front of gunicorn"),
@@ -197,6 +201,8 @@ class Settings:
     log_level: str = "INFO"
     #: the input_type of requests that give none ("query" or "document"), for a whole job; None: the model's
     default_input_type: str | None = None
+    #: LoRA adapters registered at run time held in memory at once
+    max_adapters: int = 8
     #: seconds running requests get to finish after SIGTERM (SageMaker kills at 30 s)
     graceful_timeout_s: float = 20.0
     #: batch transform job settings SageMaker passes in; None: GET /execution-parameters chooses
@@ -228,6 +234,7 @@ class Settings:
             max_rerank_windows=_number(env, ENV_MAX_RERANK_WINDOWS, 4096, int),
             graceful_timeout_s=_number(env, ENV_GRACE, 20.0, float),
             default_input_type=_input_type(env),
+            max_adapters=_number(env, ENV_MAX_ADAPTERS, 8, int),
             nginx=env.get(ENV_NGINX) or None,
             request_log=env.get(ENV_REQUEST_LOG, "on").strip().lower() not in ("off", "0", "false", "no"),
             image_max_pixels=_number(env, ENV_IMAGE_MAX_PIXELS, 50_000_000, int),

@@ -9,12 +9,14 @@ batcher, the `dimensions` check and cut, normalisation, and ranking (with the lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, replace
 from typing import Hashable, Protocol, Sequence
 
 import numpy as np
 
+from model_handlers.adapters import RowAdapters
 from model_handlers.batching import Batcher, Timing
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
@@ -48,6 +50,8 @@ class Prepared:
 
     items: Sequence[Item]
     token_counts: list[int]
+    # the LoRA adapters the items name: held (loaded, and never unloaded) until the request is answered
+    adapters: tuple[str, ...] = ()
 
 
 class Model(Protocol):
@@ -117,7 +121,8 @@ class Pipeline:
         request = self._with_default_input_type(request)
         self._batcher.admit(deadline)
         prepared = self._model.prepare_embed(request)
-        outputs = self._batcher.run(prepared.items, deadline, timing)
+        with self._holding(prepared.adapters):
+            outputs = self._batcher.run(prepared.items, deadline, timing)
         vectors = [self._finish(vector, request) for output in outputs for vector in output]
         if len(vectors) != len(request.inputs):
             raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs; this is a bug")
@@ -131,11 +136,25 @@ class Pipeline:
         deadline = deadline or self._options.deadline()
         self._batcher.admit(deadline)
         work = self._model.prepare_rerank(request, self._options.max_rerank_windows)
-        outputs = [output[0] for output in self._batcher.run(work.items, deadline, timing)]
+        with self._holding(work.adapters):
+            outputs = [output[0] for output in self._batcher.run(work.items, deadline, timing)]
         scores = ranking.best_per_document(work, outputs, len(request.documents))
         return RerankResult(hits=ranking.rank(scores, work.document_tokens, request.top_n),
                             query_tokens=work.query_tokens, document_tokens=sum(work.document_tokens),
                             model=self.model_name)
+
+    @property
+    def adapters(self) -> RowAdapters | None:
+        """The LoRA adapters the model applies per row (None: a model that holds none, e.g. on ONNX)."""
+        return getattr(self._model, "adapters", None)
+
+    def _holding(self, names: tuple[str, ...]):
+        if not names:
+            return contextlib.nullcontext()
+        if self.adapters is None:
+            raise InvalidOption(f"model {self.model_name} holds no LoRA adapters (adapters: {', '.join(names)})",
+                                code="UNKNOWN_ADAPTER")
+        return self.adapters.using(names)
 
     def vector_count(self, request: EmbedRequest) -> int:
         """How many vectors the answer to `request` holds: one per input, or one per kept token of each input

@@ -69,6 +69,7 @@ class RerankWork:
         scoring: how outputs become scores.
         query_tokens: tokens billed to the query (`query_usage`).
         document_tokens: tokens billed to each document (its windows, with their special tokens).
+        adapters: the LoRA adapters the inputs name (held until the request is answered).
     """
 
     items: Sequence[Hashable]
@@ -76,6 +77,7 @@ class RerankWork:
     scoring: Scoring
     query_tokens: int
     document_tokens: Sequence[int]
+    adapters: tuple[str, ...] = ()
 
 
 def check_window_count(windows: int, cap: int) -> None:

@@ -17,7 +17,9 @@ would not serve before any worker starts.
      "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000},
      "backend": "torch" | "onnx", "onnx_file": "onnx/model_int8.onnx",
      "image_tile_size": 224, "image_tile_tokens": 1000,
-     "default_input_type": "query" | "document"}
+     "default_input_type": "query" | "document",
+     "adapters": {"legal": "adapters/legal"},
+     "model_code": "native" | "remote"}
 
 `backend` ("torch" or "onnx") and `onnx_file` (default onnx/model.onnx) choose the compute path; packaging writes
 them (model_handlers/onnx_runtime.py). `metering` (model_handlers/metering.py): sold per inference on AWS
@@ -27,6 +29,15 @@ Plus the keys a kind reads itself (its `read_settings`; the multi-vector kind's 
 model_handlers/multi_vector.py).
 `default_input_type` is the `input_type` of requests that give none (batch transform CSV rows give none), for
 a whole job; the operator's SEARCHBOX_DEFAULT_INPUT_TYPE wins over it.
+
+Tasks (README "Task adapters"): `tasks` maps a task name to a prompt and/or an adapter; without it, a
+jina-embeddings-v3 checkpoint's own tasks (config.json `lora_adaptations`, each with its `task_instructions`
+prompt and its LoRA adapter), else the prompts a sentence-transformers model declares. `adapters` names PEFT LoRA
+directories inside the model directory, held from the start; a task or a request's `adapter` selects them.
+A request naming a task the model does not have is refused when the model's tasks select adapters (the model's
+own code refuses it: a typo must not answer other vectors); on a model whose tasks are prompts only, it falls back
+to the default task (contract §2a). `model_code`: "remote" serves a checkpoint searchbox knows natively (v3) with
+the code the directory ships instead (it must be allowed to run: README "Model code").
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
@@ -46,8 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from model_handlers import kinds
-from model_handlers.errors import ModelDirectoryError
+from model_handlers import jina_v3, kinds
+from model_handlers.adapters import declared_adapters
+from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
 from model_handlers.metering import Metering, parse_metering
 from model_handlers.onnx_runtime import BACKENDS, DEFAULT_ONNX_FILE
@@ -96,6 +108,15 @@ class ServingConfig:
     default_input_type: str | None = None
     # What the kind's own `read_settings` made of the directory (None for kinds without settings of their own).
     kind_settings: Any = None
+    # PEFT LoRA directories inside the model directory, by adapter name, held from the start
+    adapters: Mapping[str, Path] = field(default_factory=dict)
+    # "remote": run the directory's own code even where searchbox knows the architecture; None: native where known
+    model_code: str | None = None
+
+    @property
+    def adapter_tasks(self) -> bool:
+        """Whether the model's tasks select adapters (then an unknown task is refused, not defaulted)."""
+        return any(spec.adapter for spec in self.tasks.values())
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -104,6 +125,19 @@ class ServingConfig:
         if self.default_task is not None and self.default_task in self.tasks:
             return self.tasks[self.default_task]
         return TaskSpec()
+
+    def resolve_task(self, task: str | None, input_type: str | None = None, adapter: str | None = None) -> TaskSpec:
+        """What a request selects: its `task`, else the retrieval task of its `input_type`, else the default; a
+        request's `adapter` takes the place of the adapter the task selects.
+
+        Raises:
+            InvalidOption: a `task` this model does not have, on a model whose tasks select adapters.
+        """
+        if task is not None and task not in self.tasks and self.adapter_tasks:
+            raise InvalidOption(f"model {self.served_model_name} has no task {task!r}; its tasks are "
+                                f"{', '.join(sorted(self.tasks))} (or no task: the base model)", code="UNKNOWN_TASK")
+        spec = self.task_spec(task if task is not None else INPUT_TYPE_TASKS.get(input_type or ""))
+        return spec if adapter is None else TaskSpec(prompt=spec.prompt, adapter=adapter)
 
 
 def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback_name: str | None = None) -> ServingConfig:
@@ -127,6 +161,12 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
     _check_weights(model_dir, allow_pickle=allow_pickle)
     kind = _kind(model_dir, explicit)
     tasks = {name: _task_spec(name, value) for name, value in (explicit.get("tasks") or {}).items()}
+    hf_config = _read_json(model_dir / "config.json") or {}
+    v3 = isinstance(hf_config, dict) and jina_v3.is_v3(hf_config)
+    if not tasks and v3:
+        declared = jina_v3.read_tasks(hf_config)
+        tasks = {name: TaskSpec(prompt=declared.instructions[name], adapter=jina_v3.adapter_name(name))
+                 for name in declared.names}
     if not tasks:
         tasks = _tasks_from_sentence_transformers(model_dir)
     default_task = explicit.get("default_task")
@@ -149,16 +189,32 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         max_length=max_length,
         default_task=default_task,
         tasks=tasks,
-        matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
+        matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions")
+                                    or (hf_config.get("matryoshka_dimensions") if v3 else None) or ()),
         score_activation=activation,
         metering=parse_metering(explicit.get("metering"), CONFIG_FILE),
         backend=_backend(explicit.get("backend")),
         onnx_file=_relative_file(explicit.get("onnx_file", DEFAULT_ONNX_FILE), "onnx_file"),
         default_input_type=default_input_type,
         kind_settings=kind.read_settings(model_dir, explicit) if kind.read_settings else None,
+        adapters=_adapters(model_dir, explicit.get("adapters")),
+        model_code=_model_code(explicit.get("model_code")),
         **_window_settings(explicit),
         **_image_usage(explicit),
     )
+
+
+def _adapters(model_dir: Path, value: Any) -> Mapping[str, Path]:
+    try:
+        return declared_adapters(model_dir, value, CONFIG_FILE)
+    except ValueError as exc:
+        raise ModelDirectoryError(str(exc)) from None
+
+
+def _model_code(value: Any) -> str | None:
+    if value is not None and value not in ("native", "remote"):
+        raise ModelDirectoryError(f"{CONFIG_FILE}: model_code must be 'native' or 'remote', not {value!r}")
+    return value
 
 
 def _backend(value: Any) -> str:

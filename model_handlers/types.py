@@ -114,6 +114,9 @@ class EmbedRequest:
     # Which form the caller asked for: EMBED (/v1/embeddings), MULTI_VECTOR (/v1/multi-vector), or None, the
     # served model's own (the SageMaker envelope and batch transform: a client sends the same body to every model).
     operation: Operation | None = None
+    # A LoRA adapter the endpoint holds, for every input (the body's `adapter`, or SageMaker's adapter header);
+    # it takes the place of the adapter the task selects. None: the task's (or none).
+    adapter: str | None = None
 
     @property
     def effective_task(self) -> str | None:
@@ -144,6 +147,8 @@ class RerankRequest:
     documents: tuple[EmbedInput, ...]
     top_n: int | None = None
     return_documents: bool = True
+    # A LoRA adapter for the query's and the documents' embeddings (SageMaker's adapter header), as for EmbedRequest.
+    adapter: str | None = None
 
     @property
     def operation(self) -> Operation:

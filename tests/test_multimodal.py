@@ -26,8 +26,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from conftest import START_TIMEOUT_S
-from helpers import InProcess, assert_error, cosine
+from helpers import assert_error, cosine, in_process
 from model_handlers import HandlerOptions, load_handler
 from model_handlers.errors import InvalidInput
 from model_handlers.images import ImageReader
@@ -143,17 +142,6 @@ def reference_images(reference, images: list[Image.Image]) -> np.ndarray:
     model, processor = reference
     with torch.no_grad():
         return model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output.numpy()
-
-
-def in_process(model_dir: Path, env: dict[str, str] | None = None):
-    from container.app import create_app
-    from container.runtime import ModelRuntime
-    from container.settings import Settings
-
-    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})})
-    runtime = ModelRuntime(settings).start()
-    assert runtime.wait_ready(START_TIMEOUT_S), runtime.load_error
-    return InProcess(create_app(settings, runtime).test_client()), runtime
 
 
 @pytest.fixture(scope="module")
