@@ -445,3 +445,19 @@ def test_adapter_answers_are_documented(app):
     assert_documented(spec, "post", "/adapters", app.post("/adapters", {"name": "x"}))  # 400: no src
     assert_documented(spec, "delete", "/adapters/{name}", app.delete("/adapters/none-such"))  # 404
     assert_documented(spec, "get", "/v1/models", app.get("/v1/models"))
+
+
+def test_the_listing_says_what_task_does(v3_dir, minilm_dir):
+    """usage-information.md's model paragraph names each task's effect and the unknown-task rule."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "packaging"))
+    import aws_listing
+
+    text = aws_listing._model_lines(SimpleNamespace(model_dir=v3_dir, tasks={}))
+    for task in TASKS:
+        assert f"`{task}` (its LoRA adapter" in text
+    assert "`retrieval.query` (its LoRA adapter and an instruction)" in text
+    assert "refused (422 UNKNOWN_TASK)" in text and "Matryoshka `dimensions` 8, 16, 32" in text
+    prompts = aws_listing._model_lines(SimpleNamespace(model_dir=minilm_dir, tasks={"retrieval.query": "query: "}))
+    assert "`retrieval.query` (an instruction)" in prompts and "gets the default" in prompts
