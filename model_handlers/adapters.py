@@ -24,6 +24,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +104,8 @@ class RowAdapters:
         with self._lock:
             self._check_new(name)
             try:
-                install(self._model)
+                with _quiet():
+                    install(self._model)
             except Exception:
                 self._discard(name)
                 raise
@@ -248,8 +250,9 @@ class RowAdapters:
         try:
             # offline all the same: the server forces HF_HUB_OFFLINE (model_handlers/loading.py); transformers'
             # own local_files_only argument breaks load_adapter in the lock's release
-            self._model.load_adapter(str(directory), adapter_name=name,
-                                     use_safetensors=None if self._allow_pickle else True)
+            with _quiet():
+                self._model.load_adapter(str(directory), adapter_name=name,
+                                         use_safetensors=None if self._allow_pickle else True)
             self._check_applied(name)
         except AdapterError:
             self._discard(name)
@@ -334,6 +337,15 @@ class RowAdapters:
         with self._lock:
             for name in list(self._unpacked):
                 self._forget_unpacked(name)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """peft warns at every adapter after the first that a model holding several "needs care": holding several is
+    the point here, so that line would only hide real warnings in the log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        yield
 
 
 def _find(root: Path, filename: str) -> Path | None:
