@@ -41,11 +41,12 @@ def remote_module(model_dir: Path):
     return module
 
 
-def build_v3(target: Path, minilm: Path, *, seed: int = 7, sentence_transformers: bool = False) -> Path:
+def build_v3(target: Path, minilm: Path, *, seed: int = 7, sentence_transformers: bool = False,
+             size: dict | None = None) -> Path:
     """Write the tiny v3 checkpoint to `target` and return it.
 
     `sentence_transformers`: also write v3's sentence-transformers files (modules.json with mean pooling and
-    normalisation), as the published checkpoint has them.
+    normalisation), as the published checkpoint has them. `size`: config keys for a bigger model (the benchmark's).
     """
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(REMOTE_CODE, target / "modeling_lora.py")
@@ -59,6 +60,7 @@ def build_v3(target: Path, minilm: Path, *, seed: int = 7, sentence_transformers
         lora_adaptations=list(TASKS), task_instructions=INSTRUCTIONS, lora_rank=4, lora_alpha=1,
         matryoshka_dimensions=[8, 16, 32], architectures=["XLMRobertaLoRA"],
         auto_map={"AutoConfig": "modeling_lora.XLMRobertaFlashConfig", "AutoModel": "modeling_lora.XLMRobertaLoRA"},
+        **(size or {}),
     )
     torch.manual_seed(seed)
     model = module.XLMRobertaLoRA(config)
