@@ -461,3 +461,17 @@ def test_the_listing_says_what_task_does(v3_dir, minilm_dir):
     assert "refused (422 UNKNOWN_TASK)" in text and "Matryoshka `dimensions` 8, 16, 32" in text
     prompts = aws_listing._model_lines(SimpleNamespace(model_dir=minilm_dir, tasks={"retrieval.query": "query: "}))
     assert "`retrieval.query` (an instruction)" in prompts and "gets the default" in prompts
+
+
+def test_v3_sentence_transformers_layout_serves_natively(tmp_path, minilm_dir, v3_reference):
+    """v3 also ships modules.json (transformer, mean pooling, normalisation): served natively all the same, with
+    the same answers (the same seed makes the same checkpoint)."""
+    model_dir = build_v3(tmp_path / "v3-st", minilm_dir, sentence_transformers=True)
+    app, runtime = in_process(model_dir)
+    try:
+        assert type(runtime.handler._model._encoder).__name__ == "_JinaV3Encoder"
+        for task in (None, "retrieval.passage", "text-matching"):
+            body = {"input": TEXTS} if task is None else {"input": TEXTS, "task": task}
+            assert_matches(embeddings(app, body), v3_reference[task])
+    finally:
+        runtime.close()
