@@ -16,6 +16,7 @@ during one, and one that fails to load leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from model_handlers.errors import AdapterConflict, AdapterError, InvalidOption, Overloaded
+from model_handlers.errors import AdapterConflict, AdapterError, InvalidOption, ModelDirectoryError, Overloaded
 
 logger = logging.getLogger(__name__)
 
@@ -337,6 +338,40 @@ class RowAdapters:
         with self._lock:
             for name in list(self._unpacked):
                 self._forget_unpacked(name)
+
+
+def held(adapters: RowAdapters | None, items: Sequence[Any], requested: str | None) -> tuple[str, ...]:
+    """The adapters a request holds while it runs: the one it names (refused when the request is run if there is no
+    such adapter), and those its work items' tasks select that `adapters` applies (a directory's own code applies
+    the others itself)."""
+    managed = set(adapters.names) if adapters is not None else set()
+    names = {item.adapter for item in items if getattr(item, "adapter", None) in managed}
+    if requested is not None:
+        names.add(requested)
+    return tuple(sorted(names))
+
+
+def rows(adapters: RowAdapters | None, names: Sequence[str | None]):
+    """`adapters.rows(names)`, or nothing to do for a model that holds no adapters."""
+    return adapters.rows(names) if adapters is not None else contextlib.nullcontext()
+
+
+def attach(model, options, declared: Mapping[str, Path], where: Path) -> RowAdapters | None:
+    """The adapter set of a transformers model (its peft integration), holding the adapters searchbox.json
+    declares; None for a model that cannot hold adapters (a model of the directory's own code without peft support).
+
+    Raises:
+        ModelDirectoryError: adapters are declared for a model that cannot hold them.
+    """
+    if not hasattr(model, "load_adapter"):
+        if declared:
+            raise ModelDirectoryError(f"{where}: searchbox.json names adapters, but the model is not a transformers "
+                                      "model that can hold them")
+        return None
+    adapters = RowAdapters(model, max_loaded=options.max_adapters, allow_pickle=options.allow_pickle)
+    for name, directory in declared.items():
+        adapters.add_directory(name, directory, builtin=True)
+    return adapters
 
 
 @contextmanager

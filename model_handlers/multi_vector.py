@@ -38,6 +38,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from model_handlers import adapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.options import HandlerOptions
@@ -213,6 +214,7 @@ class _Sequence:
     attended: int  # the model attends to the first `attended` positions (query expansion may follow)
     keep: np.ndarray | None  # positions whose vectors are answered; None: every position
     group: Hashable = "tokens"  # queries and documents share passes: right padding is masked away
+    adapter: str | None = None  # the LoRA adapter of this row (rows of different adapters share passes too)
 
     @property
     def length(self) -> int:
@@ -254,6 +256,7 @@ class MultiVectorModel:
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a multi-vector (ColBERT) model: {exc}") from exc
         self._encoder.eval()
+        self.adapters = adapters.attach(self._encoder, options, config.adapters, model_dir)
         # in the encoder's dtype, as PyLate casts its Dense layers
         dtype = next(self._encoder.parameters()).dtype
         self._projections = [_projection(model_dir, p, options.allow_pickle, self._device, dtype)
@@ -329,7 +332,8 @@ class MultiVectorModel:
             raise InvalidOption(f"late_chunking is not available for multi-vector model {self.model_name}: each "
                                 "token already has a vector in the context of its whole input; leave it out")
         sequences = self._sequences(request, request.truncate)
-        return Prepared(sequences, [s.length for s in sequences])
+        return Prepared(sequences, [s.length for s in sequences],
+                        adapters=adapters.held(self.adapters, sequences, request.adapter))
 
     def vector_count(self, request: EmbedRequest) -> int:
         """The token vectors the answer to `request` holds (inputs cut to length: a refusal comes later, in order)."""
@@ -344,20 +348,22 @@ class MultiVectorModel:
         """
         query_text = texts_of([request.query], self.model_name, "the query")
         documents = texts_of(request.documents, self.model_name, "document")
-        prompt = self.config.task_spec(None).prompt
-        query = self._sequence(self._query, self._tokenizer.encode([prompt + query_text[0]])[0], 0, True)
+        spec = self.config.resolve_task(None, adapter=request.adapter)
+        prompt = spec.prompt
+        query = self._sequence(self._query, self._tokenizer.encode([prompt + query_text[0]])[0], 0, True,
+                               spec.adapter)
         prompt_ids = self._tokenizer.encode([prompt])[0] if prompt else np.zeros(0, dtype=np.int64)
         windowing = Windowing.within(self._room(self._document) - len(prompt_ids), self.config)
         items, owners, doc_tokens = [query], [None], []
         for index, content in enumerate(self._tokenizer.encode(documents)):
-            pieces = [self._sequence(self._document, np.concatenate([prompt_ids, window]), index, True)
+            pieces = [self._sequence(self._document, np.concatenate([prompt_ids, window]), index, True, spec.adapter)
                       for window in windowing.split(content)]
             items.extend(pieces)
             owners.extend([index] * len(pieces))
             doc_tokens.append(sum(p.length for p in pieces))
             check_window_count(len(items) - 1, max_windows)
         return RerankWork(items=items, owners=owners, scoring=Scoring.MAXSIM, query_tokens=query.length,
-                          document_tokens=doc_tokens)
+                          document_tokens=doc_tokens, adapters=adapters.held(self.adapters, items, request.adapter))
 
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
@@ -368,14 +374,17 @@ class MultiVectorModel:
         texts = texts_of(request.inputs, self.model_name)
         input_type = request.input_type or _TASK_INPUT_TYPES.get(request.task or "") or DEFAULT_INPUT_TYPE
         side = self._query if input_type == "query" else self._document
-        prompt = self.config.task_spec(request.task).prompt
-        contents = self._tokenizer.encode([prompt + text for text in texts])
-        return [self._sequence(side, content, index, truncate) for index, content in enumerate(contents)]
+        # a retrieval task the model does not declare only says which side (as input_type does)
+        task = None if request.task in _TASK_INPUT_TYPES and request.task not in self.config.tasks else request.task
+        spec = self.config.resolve_task(task, adapter=request.adapter)
+        contents = self._tokenizer.encode([spec.prompt + text for text in texts])
+        return [self._sequence(side, content, index, truncate, spec.adapter) for index, content in enumerate(contents)]
 
     def _room(self, side: _Side) -> int:
         return side.length - self._tokenizer.special_count - len(side.marker)
 
-    def _sequence(self, side: _Side, content: np.ndarray, index: int, truncate: bool) -> _Sequence:
+    def _sequence(self, side: _Side, content: np.ndarray, index: int, truncate: bool,
+                  adapter: str | None = None) -> _Sequence:
         room = self._room(side)
         if len(content) > room:
             if not truncate:
@@ -393,7 +402,7 @@ class MultiVectorModel:
             if side.attend_expansion:
                 attended = len(ids)
         keep = None if side.skip is None else np.flatnonzero(~np.isin(ids, side.skip))
-        return _Sequence(ids, attended, keep)
+        return _Sequence(ids, attended, keep, adapter=adapter)
 
     # --- on the batcher's thread ----------------------------------------------------------------------
 
@@ -405,7 +414,8 @@ class MultiVectorModel:
             for row, sequence in enumerate(sequences):
                 padded["attention_mask"][row, sequence.attended:] = 0
             features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
-            tokens = self._encoder(**features)[0]
+            with adapters.rows(self.adapters, [s.adapter for s in sequences]):
+                tokens = self._encoder(**features)[0]
             for projection in self._projections:
                 tokens = projection(tokens)
             vectors = tokens.float().cpu().numpy()

@@ -33,6 +33,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from model_handlers import adapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
@@ -73,6 +74,7 @@ class _Text:
 
     ids: np.ndarray
     group: Hashable
+    adapter: str | None = None  # the LoRA adapter of this row
 
     @property
     def length(self) -> int:
@@ -82,11 +84,12 @@ class _Text:
 class _Image:
     """One preprocessed image: the image processor's arrays (leading dimension 1), and its token-equivalent."""
 
-    __slots__ = ("arrays", "length", "group", "__weakref__")
+    __slots__ = ("arrays", "length", "group", "adapter", "__weakref__")
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], length: int):
+    def __init__(self, arrays: Mapping[str, np.ndarray], length: int, adapter: str | None = None):
         self.arrays = dict(arrays)
         self.length = length
+        self.adapter = adapter
         self.group = ("image", tuple((name, array.shape[1:]) for name, array in sorted(self.arrays.items())))
 
     @property
@@ -145,6 +148,7 @@ class MultimodalModel:
         except (OSError, ValueError, ImportError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a multimodal model: {exc}") from exc
         self._model.eval()
+        self.adapters = adapters.attach(self._model, options, config.adapters, model_dir)
         for method in ("get_text_features", "get_image_features"):
             if not callable(getattr(self._model, method, None)):
                 raise ModelDirectoryError(f"{model_dir}: {type(self._model).__name__} has no {method}; searchbox "
@@ -174,18 +178,19 @@ class MultimodalModel:
         if request.late_chunking:
             raise InvalidOption(f"model {self.model_name} embeds each input alone (texts and images): late_chunking "
                                 "is not available; leave it out or set it to false", code="UNSUPPORTED_OPTION")
-        items, tokens = self._prepare(list(request.inputs), self.config.task_spec(request.effective_task),
-                                      request.truncate, "input")
-        return Prepared(items, tokens)
+        spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
+        items, tokens = self._prepare(list(request.inputs), spec, request.truncate, "input")
+        return Prepared(items, tokens, adapters=adapters.held(self.adapters, items, request.adapter))
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query, then every document: an image is one input, a long text document one input per window.
 
         Scores are cosines in the shared space; texts take the `retrieval.*` tasks' prompts when the model has them.
         """
-        query, query_tokens = self._prepare([request.query], self.config.task_spec("retrieval.query"), True,
-                                            "the query")
-        spec = self.config.task_spec("retrieval.passage")
+        query, query_tokens = self._prepare([request.query], self.config.resolve_task("retrieval.query",
+                                                                                      adapter=request.adapter),
+                                            True, "the query")
+        spec = self.config.resolve_task("retrieval.passage", adapter=request.adapter)
         self._check_inputs(request.documents, "document")
         items, owners, document_tokens = list(query), [None], []
         deadline = self._reader.deadline()
@@ -196,11 +201,11 @@ class MultimodalModel:
         held = sum(item.nbytes for item in items if isinstance(item, _Image))
         for index, document in enumerate(request.documents):
             if isinstance(document, TextInput):
-                pieces = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group)
+                pieces = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group, spec.adapter)
                           for window in windowing.split(contents[index])]
                 tokens = sum(piece.length for piece in pieces)
             else:
-                image, tokens = self._image(document, where("document", index), deadline, held)
+                image, tokens = self._image(document, where("document", index), deadline, held, spec.adapter)
                 held += image.nbytes
                 pieces = [image]
             items.extend(pieces)
@@ -208,7 +213,8 @@ class MultimodalModel:
             document_tokens.append(tokens)
             check_window_count(len(items) - 1, max_windows)
         return RerankWork(items=items, owners=owners, scoring=Scoring.COSINE, query_tokens=query_tokens[0],
-                          document_tokens=document_tokens)
+                          document_tokens=document_tokens,
+                          adapters=adapters.held(self.adapters, items, request.adapter))
 
     def calibration_item(self, length: int) -> _Text:
         filler = self._tokenizer.encode(["a"])[0][:1]
@@ -227,11 +233,12 @@ class MultimodalModel:
         held = 0
         for index, item in enumerate(inputs):
             if isinstance(item, TextInput):
-                text = _Text(self._tokenizer.wrap(self._fit(contents[index], index, what, truncate)), self._text_group)
+                text = _Text(self._tokenizer.wrap(self._fit(contents[index], index, what, truncate)), self._text_group,
+                             spec.adapter)
                 items.append(text)
                 tokens.append(text.length)
             else:
-                image, count = self._image(item, where(what, index), deadline, held)
+                image, count = self._image(item, where(what, index), deadline, held, spec.adapter)
                 held += image.nbytes
                 items.append(image)
                 tokens.append(count)
@@ -243,7 +250,8 @@ class MultimodalModel:
             if not isinstance(item, (TextInput, ImageInput)):
                 raise unsupported(item, where(what, index), self.model_name, _TAKES)
 
-    def _image(self, item: ImageInput, at: str, deadline: float, held: int) -> tuple[_Image, int]:
+    def _image(self, item: ImageInput, at: str, deadline: float, held: int,
+               adapter: str | None = None) -> tuple[_Image, int]:
         """The preprocessed image and the tokens it is billed (Jina's tile rule)."""
         with self._decoding:
             image = self._reader.read(item.source, at, deadline)
@@ -256,7 +264,7 @@ class MultimodalModel:
             finally:
                 image.close()
         processed = _Image({name: value for name, value in arrays.items() if isinstance(value, np.ndarray)},
-                           self._image_length)
+                           self._image_length, adapter)
         self._held.hold(processed, held)
         return processed, tiles(width, height, self.config.image_tile_size) * self.config.image_tile_tokens
 
@@ -274,7 +282,7 @@ class MultimodalModel:
     def forward(self, items: list) -> list[list[np.ndarray]]:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), adapters.rows(self.adapters, [item.adapter for item in items]):
             if isinstance(items[0], _Text):
                 padded = self._tokenizer.pad([item.ids for item in items], length=self._fixed_length)
                 features = self._model.get_text_features(**self._arguments(padded, self._text_args))

@@ -19,7 +19,6 @@ gets the same per-row ids through that argument.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -29,7 +28,7 @@ from typing import Hashable
 
 import numpy as np
 
-from model_handlers import jina_v3
+from model_handlers import adapters, jina_v3
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
@@ -90,16 +89,7 @@ class TextEmbeddingModel:
             prepared = self._prepare_late_chunking(texts, spec, request.truncate)
         else:
             prepared = self._prepare_each(texts, spec, request.truncate)
-        return replace(prepared, adapters=self._held(prepared.items, request.adapter))
-
-    def _held(self, items, requested: str | None) -> tuple[str, ...]:
-        """The adapters a request holds while it runs: the one it names (refused then if there is no such adapter),
-        and those its tasks select that the adapter set applies (a directory's own code applies its own)."""
-        managed = set(self.adapters.names) if self.adapters is not None else set()
-        names = {item.adapter for item in items if item.adapter in managed}
-        if requested is not None:
-            names.add(requested)
-        return tuple(sorted(names))
+        return replace(prepared, adapters=adapters.held(self.adapters, prepared.items, request.adapter))
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query, then every window of every document, embedded with the `retrieval.*` tasks' prompts.
@@ -125,7 +115,7 @@ class TextEmbeddingModel:
             doc_tokens.append(sum(p.length for p in pieces))
             check_window_count(len(items) - 1, max_windows)
         return RerankWork(items=items, owners=owners, scoring=Scoring.COSINE, query_tokens=query.token_counts[0],
-                          document_tokens=doc_tokens, adapters=self._held(items, request.adapter))
+                          document_tokens=doc_tokens, adapters=adapters.held(self.adapters, items, request.adapter))
 
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
@@ -248,14 +238,7 @@ class _TorchEncoder:
         # a module that reads the task by name (v3's sentence-transformers module) gets v3's own task names
         self._task_names = ({jina_v3.adapter_name(t): t for t in jina_v3.read_tasks(hf_config).names}
                             if jina_v3.is_v3(hf_config) else {})
-        self.adapters = None
-        if transformer is not None and hasattr(transformer, "load_adapter"):  # transformers' peft integration
-            self.adapters = RowAdapters(transformer, max_loaded=options.max_adapters, allow_pickle=options.allow_pickle)
-            for name, directory in config.adapters.items():
-                self.adapters.add_directory(name, directory, builtin=True)
-        elif config.adapters:
-            raise ModelDirectoryError(f"{model_dir}: searchbox.json names adapters, but the model's transformer is "
-                                      "not a transformers model that can hold them")
+        self.adapters = adapters.attach(transformer, options, config.adapters, model_dir)
 
     def pass_key(self, adapter: str | None) -> Hashable:
         if self._adapter_ids is not None:
@@ -280,7 +263,7 @@ class _TorchEncoder:
                 features["task"] = self._task_names.get(first.adapter, first.adapter)
             if first.prompt_length:
                 features["prompt_length"] = first.prompt_length
-            with _rows(self.adapters, rows):
+            with adapters.rows(self.adapters, rows):
                 for module in self._encoder_modules:
                     features = module(features)
             if first.spans is None:
@@ -378,10 +361,6 @@ class _JinaV3Encoder(_PooledTokens):
         with torch.inference_mode(), self.adapters.rows([s.adapter for s in sequences]):
             features = {name: torch.from_numpy(array).to(self.device) for name, array in padded.items()}
             return self._model(**features).last_hidden_state.float().cpu().numpy()
-
-
-def _rows(adapters: RowAdapters | None, names: list[str | None]):
-    return adapters.rows(names) if adapters is not None else contextlib.nullcontext()
 
 
 def _adapter_ids(transformer, model_dir: Path) -> dict[str, int] | None:

@@ -475,3 +475,95 @@ def test_v3_sentence_transformers_layout_serves_natively(tmp_path, minilm_dir, v
             assert_matches(embeddings(app, body), v3_reference[task])
     finally:
         runtime.close()
+
+
+# --- adapters on the other kinds that embed ------------------------------------------------------------------------
+
+
+def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
+    """A LoRA adapter on both towers of a CLIP, per row: texts and images answer as `PeftModel(CLIPModel)` does."""
+    import base64
+    import io
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from PIL import Image
+    from transformers import AutoProcessor, CLIPModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    import tiny_clip
+
+    clip_dir = tiny_clip.build(tmp_path / "clip")
+    torch.manual_seed(5)
+    peft = get_peft_model(CLIPModel.from_pretrained(str(clip_dir)),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in peft.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    peft.save_pretrained(str(clip_dir / "adapters" / "style"))
+    (clip_dir / "searchbox.json").write_text(json.dumps({"adapters": {"style": "adapters/style"}}))
+
+    image = Image.fromarray((np.arange(48 * 40 * 3).reshape(40, 48, 3) % 251).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    texts = ["a photo of a dog", "mountains at sunset"]
+    reference = PeftModel.from_pretrained(CLIPModel.from_pretrained(str(clip_dir)), str(clip_dir / "adapters" / "style"))
+    processor = AutoProcessor.from_pretrained(str(clip_dir))
+    with torch.no_grad():
+        expected = list(reference.get_text_features(**processor(text=texts, padding=True, return_tensors="pt"))
+                        .pooler_output.numpy())
+        expected += list(reference.get_image_features(**processor(images=[image], return_tensors="pt"))
+                         .pooler_output.numpy())
+    app, runtime = in_process(clip_dir)
+    try:
+        inputs = [{"text": t} for t in texts] + [{"image": base64.b64encode(buffer.getvalue()).decode()}]
+        served = embeddings(app, {"input": inputs, "adapter": "style"})
+        assert_matches(served, expected)
+        plain = embeddings(app, {"input": inputs})
+        assert max(cosine(a, b) for a, b in zip(plain, expected)) < 0.999  # the adapter changes every vector
+    finally:
+        runtime.close()
+
+
+def test_peft_adapter_on_a_colbert_equals_its_merged_weights(colbert, tmp_path, minilm_dir):
+    """Per-row LoRA at run time answers what the same ColBERT with the adapter merged into its encoder answers
+    (that plain path is itself checked against PyLate in test_multi_vector.py)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from model_handlers.serving_config import read_serving_config
+
+    source = colbert.model_dir("pylate")
+    encoder = read_serving_config(source).kind_settings.encoder_folder
+    adapted, merged = tmp_path / "adapted", tmp_path / "merged"
+    shutil.copytree(source, adapted)
+    torch.manual_seed(9)
+    peft = get_peft_model(AutoModel.from_pretrained(str(source / encoder)),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in peft.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.3)
+    peft.save_pretrained(str(adapted / "adapters" / "domain"))
+    (adapted / "searchbox.json").write_text(json.dumps({"adapters": {"domain": "adapters/domain"}}))
+    shutil.copytree(source, merged)
+    peft.merge_and_unload().save_pretrained(str(merged / encoder), safe_serialization=True)
+
+    body = {"input": TEXTS, "input_type": "document"}
+    app, runtime = in_process(merged)
+    try:
+        expected = [item["embeddings"] for item in app.post("/v1/multi-vector", body).json()["data"]]
+    finally:
+        runtime.close()
+    app, runtime = in_process(adapted)
+    try:
+        response = app.post("/v1/multi-vector", {**body, "adapter": "domain"})
+        assert response.status_code == 200, response.text
+        served = [item["embeddings"] for item in response.json()["data"]]
+        plain = [item["embeddings"] for item in app.post("/v1/multi-vector", body).json()["data"]]
+    finally:
+        runtime.close()
+    for rows, expected_rows, plain_rows in zip(served, expected, plain):
+        assert len(rows) == len(expected_rows)
+        assert min(cosine(a, b) for a, b in zip(rows, expected_rows)) >= 0.9999
+        assert min(cosine(a, b) for a, b in zip(rows, plain_rows)) < 0.999
