@@ -154,7 +154,7 @@ def test_concurrent_requests_of_every_task_share_passes_and_match(v3_dir, v3_ref
             thread.join()
         assert not errors, errors
         for task in (None, *TASKS):
-            assert_matches(results[task], v3_reference[task] .tolist() * 4)
+            assert_matches(results[task], v3_reference[task].tolist() * 4)
         # 6 requests of 12 inputs: packed together, far fewer passes than one per request would take
         assert handler.forward_passes - before < len(TASKS) + 1
     finally:
@@ -235,20 +235,25 @@ def test_onnx_build_refuses_a_model_whose_tasks_select_adapters(v3_dir):
 # --- PEFT adapters on MiniLM --------------------------------------------------------------------------------------
 
 
-def make_peft_adapter(minilm_dir: Path, target: Path, seed: int, modules=("query", "value")) -> Path:
-    """A LoRA adapter for MiniLM, made with peft's own classes, its B matrices random (a trained adapter's are not
+def peft_model(base, seed: int, modules=("query", "value"), spread: float = 0.3):
+    """`base` with a LoRA adapter made by peft's own classes, its B matrices random (a trained adapter's are not
     zero; peft initialises them to zero)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModel
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModel.from_pretrained(str(minilm_dir)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=list(modules), lora_dropout=0.0))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=list(modules), lora_dropout=0.0))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:
-                parameter.normal_(0.0, 0.3)
-    model.save_pretrained(str(target))
+                parameter.normal_(0.0, spread)
+    return model
+
+
+def make_peft_adapter(minilm_dir: Path, target: Path, seed: int, modules=("query", "value")) -> Path:
+    """A LoRA adapter for MiniLM, saved as peft saves it."""
+    from transformers import AutoModel
+
+    peft_model(AutoModel.from_pretrained(str(minilm_dir)), seed, modules).save_pretrained(str(target))
     return target
 
 
@@ -485,7 +490,7 @@ def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
     import base64
     import io
 
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from PIL import Image
     from transformers import AutoProcessor, CLIPModel
 
@@ -493,21 +498,16 @@ def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
     import tiny_clip
 
     clip_dir = tiny_clip.build(tmp_path / "clip")
-    torch.manual_seed(5)
-    peft = get_peft_model(CLIPModel.from_pretrained(str(clip_dir)),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
-    with torch.no_grad():
-        for name, parameter in peft.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.5)
-    peft.save_pretrained(str(clip_dir / "adapters" / "style"))
+    peft_model(CLIPModel.from_pretrained(str(clip_dir)), 5, ("q_proj", "v_proj"), spread=0.5).save_pretrained(
+        str(clip_dir / "adapters" / "style"))
     (clip_dir / "searchbox.json").write_text(json.dumps({"adapters": {"style": "adapters/style"}}))
 
     image = Image.fromarray((np.arange(48 * 40 * 3).reshape(40, 48, 3) % 251).astype(np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     texts = ["a photo of a dog", "mountains at sunset"]
-    reference = PeftModel.from_pretrained(CLIPModel.from_pretrained(str(clip_dir)), str(clip_dir / "adapters" / "style"))
+    reference = PeftModel.from_pretrained(CLIPModel.from_pretrained(str(clip_dir)),
+                                          str(clip_dir / "adapters" / "style"))
     processor = AutoProcessor.from_pretrained(str(clip_dir))
     with torch.no_grad():
         expected = list(reference.get_text_features(**processor(text=texts, padding=True, return_tensors="pt"))
@@ -528,7 +528,6 @@ def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
 def test_peft_adapter_on_a_colbert_equals_its_merged_weights(colbert, tmp_path, minilm_dir):
     """Per-row LoRA at run time answers what the same ColBERT with the adapter merged into its encoder answers
     (that plain path is itself checked against PyLate in test_multi_vector.py)."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
 
     from model_handlers.serving_config import read_serving_config
@@ -537,13 +536,7 @@ def test_peft_adapter_on_a_colbert_equals_its_merged_weights(colbert, tmp_path, 
     encoder = read_serving_config(source).kind_settings.encoder_folder
     adapted, merged = tmp_path / "adapted", tmp_path / "merged"
     shutil.copytree(source, adapted)
-    torch.manual_seed(9)
-    peft = get_peft_model(AutoModel.from_pretrained(str(source / encoder)),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0))
-    with torch.no_grad():
-        for name, parameter in peft.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0.0, 0.3)
+    peft = peft_model(AutoModel.from_pretrained(str(source / encoder)), 9)
     peft.save_pretrained(str(adapted / "adapters" / "domain"))
     (adapted / "searchbox.json").write_text(json.dumps({"adapters": {"domain": "adapters/domain"}}))
     shutil.copytree(source, merged)
