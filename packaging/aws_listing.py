@@ -480,7 +480,8 @@ def _matryoshka_line(product: _catalog.Product) -> str:
     from model_handlers.serving_config import read_serving_config
 
     try:
-        dimensions = read_serving_config(product.model_dir).matryoshka_dimensions
+        # read, not run: the source directory's remote code is pinned by the build, not yet here
+        dimensions = read_serving_config(product.model_dir, trust_remote_code=True).matryoshka_dimensions
     except ModelDirectoryError:
         return ""  # build_artifact refuses such a directory by name; the listing text does not need it
     if not dimensions:
