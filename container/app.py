@@ -149,7 +149,8 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
 
     handler = runtime.loaded
     config = handler.config if handler is not None else read_serving_config(
-        settings.model_dir, allow_pickle=settings.allow_pickle, fallback_name=settings.model_name)
+        settings.model_dir, allow_pickle=settings.allow_pickle, trust_remote_code=settings.trust_remote_code,
+        fallback_name=settings.model_name)
     return {
         "id": config.served_model_name, "object": "model", "created": 0, "owned_by": "searchbox",
         "kind": config.kind.name, "summary": config.kind.summary,

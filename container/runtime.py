@@ -76,6 +76,7 @@ class ModelRuntime:
             handler = load_handler(settings.model_dir, HandlerOptions(
                 device=settings.device,
                 allow_pickle=settings.allow_pickle,
+                trust_remote_code=settings.trust_remote_code,
                 max_batch_tokens=settings.max_batch_tokens,
                 request_timeout_s=settings.request_timeout_s,
                 max_rerank_windows=settings.max_rerank_windows,

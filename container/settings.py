@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 from model_handlers.loading import force_offline
+# the two switches of the one policy on the code a model directory may run, named where the policy is stated
+from model_handlers.model_code import ENV_ALLOW_PICKLE, ENV_TRUST_REMOTE_CODE
 from model_handlers.types import INPUT_TYPE_TASKS
 
 # Which model (first match wins).
@@ -34,7 +36,6 @@ ENV_THREADS = "SEARCHBOX_THREADS"
 ENV_MAX_BATCH_TOKENS = "SEARCHBOX_MAX_BATCH_TOKENS"
 ENV_TORCH_THREADS = "SEARCHBOX_TORCH_THREADS"
 ENV_REQUEST_TIMEOUT = "SEARCHBOX_REQUEST_TIMEOUT_S"
-ENV_ALLOW_PICKLE = "SEARCHBOX_ALLOW_PICKLE"
 ENV_DEVICE = "SEARCHBOX_DEVICE"
 ENV_LOG_LEVEL = "SEARCHBOX_LOG_LEVEL"
 ENV_MODEL_NAME = "SEARCHBOX_MODEL_NAME"
@@ -127,6 +128,11 @@ ENVIRONMENT = (
              "refused"),
     Variable(ENV_ALLOW_PICKLE, "off", "1/true/yes: load pickled .bin weights (refused by default: unpickling "
              "runs code)"),
+    Variable(ENV_TRUST_REMOTE_CODE, "off", "1/true/yes: run a model directory's remote code (auto_map modules) "
+             "that no artifact manifest pins (local use: code you have read). Off: remote code runs only where "
+             "searchbox-manifest.json pins every .py file by SHA-256 (packaging/build_artifact.py writes it); "
+             "anything else is refused at start, naming the file. Architectures read natively (Jina's XLM-RoBERTa "
+             "flash checkpoints) run none"),
     Variable(ENV_DEVICE, "auto", "cpu, cuda, cuda:1; auto takes the GPU when there is one"),
     Variable(ENV_LOG_LEVEL, "INFO", f"{', '.join(LOG_LEVELS)}; DEBUG also logs every request"),
 )
@@ -186,6 +192,8 @@ class Settings:
     request_log: bool = True
     #: load pickled (.bin) weights; off by default because unpickling can run code
     allow_pickle: bool = False
+    #: run remote code that no artifact manifest pins (model_handlers/model_code.py)
+    trust_remote_code: bool = False
     #: pixels an image input may have (checked from its header, before decoding)
     image_max_pixels: int = 50_000_000
     #: fetch http(s) image URLs (off: model packages run without network)
@@ -243,6 +251,7 @@ class Settings:
             image_fetch_max_bytes=int(_number(env, ENV_IMAGE_FETCH_MAX_MB, 10, float) * 1024 * 1024),
             image_fetch_allow_hosts=_host_names(env),
             allow_pickle=_flag(env, ENV_ALLOW_PICKLE),
+            trust_remote_code=_flag(env, ENV_TRUST_REMOTE_CODE),
             device=env.get(ENV_DEVICE, "auto"),
             log_level=_log_level(env),
             transform_max_payload_mb=_transform_payload_mb(env),

@@ -22,21 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from model_handlers import jina_layout
 from model_handlers.errors import ModelDirectoryError
 
 ARCHITECTURE = "XLMRobertaLoRA"
 _LORA = re.compile(r"^(?P<module>.+)\.parametrizations\.weight\.0\.lora_(?P<part>[AB])$")
 _BASE = re.compile(r"^(?P<module>.+)\.parametrizations\.weight\.original$")
-# flash-layout module -> transformers' JinaEmbeddingsV3Model module (after `roberta.` is dropped)
-_MODULES = (
-    (re.compile(r"^emb_ln$"), r"embeddings.LayerNorm"),
-    (re.compile(r"^embeddings\.(word|token_type)_embeddings$"), r"embeddings.\1_embeddings"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.mixer\.out_proj$"), r"layers.\1.self_attn.o_proj"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.norm1$"), r"layers.\1.post_attention_layernorm"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.norm2$"), r"layers.\1.post_mlp_layernorm"),
-    (re.compile(r"^encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)$"), r"layers.\1.mlp.\2"),
-    (re.compile(r"^pooler\.dense$"), r"pooler.dense"),
-)
 _FUSED_QKV = re.compile(r"^encoder\.layers\.(\d+)\.mixer\.Wqkv$")
 _EMBEDDINGS = ("embeddings.word_embeddings", "embeddings.token_type_embeddings")
 
@@ -89,7 +80,7 @@ def load(model_dir: Path, device: str):
     """
     import torch
     from safetensors.torch import load_file
-    from transformers import JinaEmbeddingsV3Config, JinaEmbeddingsV3Model
+    from transformers import JinaEmbeddingsV3Model
 
     config = _json(model_dir / "config.json")
     tasks = read_tasks(config)
@@ -100,15 +91,10 @@ def load(model_dir: Path, device: str):
     for path in files:
         tensors.update(load_file(str(path)))
     base, lora = _split(tensors)
-    native = JinaEmbeddingsV3Config(
-        vocab_size=int(config["vocab_size"]), hidden_size=int(config["hidden_size"]),
-        num_hidden_layers=int(config["num_hidden_layers"]), num_attention_heads=int(config["num_attention_heads"]),
-        intermediate_size=int(config["intermediate_size"]), hidden_act=str(config.get("hidden_act", "gelu")),
-        max_position_embeddings=int(config.get("max_position_embeddings", 8194)),
-        type_vocab_size=int(config.get("type_vocab_size", 1)), layer_norm_eps=float(config.get("layer_norm_eps", 1e-5)),
-        pad_token_id=config.get("pad_token_id", 1), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        rope_parameters={"rope_type": "default", "rope_theta": float(config.get("rotary_emb_base", 20000.0))},
-    )
+    try:
+        native = jina_layout.native_config(config, jina_layout.ROTARY)
+    except KeyError as exc:
+        raise ModelDirectoryError(f"{model_dir}: config.json does not state {exc.args[0]}") from None
     native._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = JinaEmbeddingsV3Model(native, add_pooling_layer="pooler.dense.weight" in base)
@@ -133,7 +119,8 @@ def load(model_dir: Path, device: str):
 
 
 def _split(tensors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """Base tensors under transformers' names, and {native module: {"A": stacked, "B": stacked}} for the adapters."""
+    """Base tensors under transformers' names (jina_layout's table), and {flash module: {"A": stacked, "B": stacked}}
+    for the adapters."""
     base: dict[str, Any] = {}
     lora: dict[str, dict[str, Any]] = {}
     for key, tensor in tensors.items():
@@ -143,21 +130,13 @@ def _split(tensors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[s
             lora.setdefault(match["module"], {})[match["part"]] = tensor
             continue
         match = _BASE.match(key)
-        module, leaf = (match["module"], "weight") if match else key.rsplit(".", 1)
-        fused = _FUSED_QKV.match(module)
-        if fused:
-            for part, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                base[f"layers.{fused[1]}.self_attn.{part}.{leaf}"] = chunk.contiguous()
-            continue
-        base[f"{_native(module)}.{leaf}"] = tensor
-    return base, lora
+        base[f"{match['module']}.weight" if match else key] = tensor
+    return jina_layout.renamed(base, jina_layout.ROTARY), lora
 
 
 def _native(module: str) -> str:
-    for pattern, replacement in _MODULES:
-        if pattern.match(module):
-            return pattern.sub(replacement, module)
-    raise ModelDirectoryError(f"tensor module {module!r} is not part of jina-embeddings-v3's layout")
+    """A flash module's name in transformers' JinaEmbeddingsV3Model (jina_layout's table; not the fused Wqkv)."""
+    return next(iter(jina_layout.renamed({f"{module}.weight": None}, jina_layout.ROTARY))).removesuffix(".weight")
 
 
 def _installer(task: str, index: int, lora: Mapping[str, Mapping[str, Any]], rank: int, alpha: float):

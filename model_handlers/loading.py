@@ -37,7 +37,7 @@ def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = N
     options = options or HandlerOptions()
     model_dir = Path(model_dir)
     config = read_serving_config(model_dir, allow_pickle=options.allow_pickle,
-                                 fallback_name=options.served_model_name)
+                                 trust_remote_code=options.trust_remote_code, fallback_name=options.served_model_name)
     config = dataclasses.replace(config, backend=resolved_backend(config.backend, options.backend))
     if config.backend == "onnx" and config.kind.onnx_export is None:
         raise ModelDirectoryError(f"kind {config.kind.name} has no ONNX backend (its models are not exported); serve "

@@ -7,8 +7,9 @@ Three directory layouts, told apart by their files:
   `skiplist_words`);
 - Stanford `colbert-ai`'s: an `HF_ColBERT` encoder whose weights hold the `linear` projection beside it, settings
   in `artifact.metadata` (`query_token_id`, `doc_token_id`, `query_maxlen`, `doc_maxlen`, `attend_to_mask_tokens`,
-  `mask_punctuation`). jina-colbert-v2's XLM-R encoder is remote code (`auto_map`): it loads through
-  `trust_remote_code`, from the directory's own copy (packaging vendors it);
+  `mask_punctuation`). jina-colbert-v2's encoder, Jina's XLM-RoBERTa flash layout (remote code in its `auto_map`),
+  is read natively into transformers' `JinaEmbeddingsV3Model` (model_handlers/jina_layout.py): none of its code
+  runs; other remote-code encoders load as model_handlers/model_code.py allows;
 - any encoder with `"kind": "multi-vector"` in `searchbox.json` (no projection: the encoder's width).
 
 `searchbox.json` may state any of PyLate's setting names above; it wins over the checkpoint's files, which win
@@ -38,7 +39,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
-from model_handlers import adapters
+from model_handlers import adapters, jina_layout, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.options import HandlerOptions
@@ -242,7 +243,7 @@ class MultiVectorModel:
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         settings: ColbertSettings = config.kind_settings
         self.config = config
@@ -250,9 +251,10 @@ class MultiVectorModel:
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
         encoder_dir = model_dir / settings.encoder_folder
+        trust = model_code.trusts(model_dir, options)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=True)
-            self._encoder = _load_encoder(AutoModel, encoder_dir, options.allow_pickle).to(self._device)
+            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=trust)
+            self._encoder = _load_encoder(encoder_dir, options, trust, self.device)
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a multi-vector (ColBERT) model: {exc}") from exc
         self._encoder.eval()
@@ -427,20 +429,28 @@ class MultiVectorModel:
         return out
 
 
-def _load_encoder(auto_model, encoder_dir: Path, allow_pickle: bool):
-    """The encoder, its missing weights refused: random weights would serve plausible nonsense.
+def _load_encoder(encoder_dir: Path, options: HandlerOptions, trust: bool, device: str):
+    """The encoder on `device`, in eval mode, its missing weights refused: random weights would serve plausible
+    nonsense. Jina's flash checkpoints (jina-colbert-v2) are read natively (model_handlers/jina_layout.py).
 
     transformers' own load report is kept quiet: in colbert-ai's layout the projection's `linear.weight` sits
     beside the encoder's weights, which it calls unexpected, and the pooler it adds (a ColBERT never uses it)
     missing; what is really wrong is said here instead.
     """
+    from transformers import AutoModel
     from transformers.utils import logging as transformers_logging
 
+    if jina_layout.layout(ModelFiles.read(encoder_dir).config):
+        encoder, unused = jina_layout.load(encoder_dir, jina_layout.ENCODER, device=device,
+                                           allow_pickle=options.allow_pickle)
+        _warn_unused(encoder_dir, unused)
+        return encoder
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        encoder, info = auto_model.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=True,
-                                                   use_safetensors=not allow_pickle or None, output_loading_info=True)
+        encoder, info = AutoModel.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=trust,
+                                                  use_safetensors=not options.allow_pickle or None,
+                                                  output_loading_info=True)
     finally:
         transformers_logging.set_verbosity(verbosity)
     missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith("pooler."))
@@ -448,10 +458,14 @@ def _load_encoder(auto_model, encoder_dir: Path, allow_pickle: bool):
         wrong = ", ".join(missing[:5] + [str(key) for key in list(info.get("mismatched_keys") or ())[:5]])
         raise ModelDirectoryError(f"{encoder_dir}: the encoder's weights are missing or of the wrong shape in the "
                                   f"checkpoint ({wrong}); it would answer random vectors")
-    unused = sorted(key for key in info.get("unexpected_keys", ()) if not key.startswith(("linear.", "residual.")))
+    _warn_unused(encoder_dir, info.get("unexpected_keys", ()))
+    return encoder.to(device).eval()
+
+
+def _warn_unused(encoder_dir: Path, keys) -> None:
+    unused = sorted(key for key in keys if not key.startswith(("linear.", "residual.", "pooler.")))
     if unused:
         logger.warning("%s: weights not used by the encoder: %s", encoder_dir, ", ".join(unused[:10]))
-    return encoder
 
 
 def _projection(model_dir: Path, projection: Projection, allow_pickle: bool, device, dtype) -> "_Dense":

@@ -33,7 +33,7 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 
-from model_handlers import adapters
+from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
@@ -139,12 +139,13 @@ class MultimodalModel:
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
         hf_dir = transformers_directory(model_dir)
+        trust = model_code.trusts(model_dir, options)
         try:
             self._model = AutoModel.from_pretrained(
-                str(hf_dir), local_files_only=True, trust_remote_code=True,
+                str(hf_dir), local_files_only=True, trust_remote_code=trust,
                 use_safetensors=not options.allow_pickle or None,
             ).to(self._device)
-            tokenizer, self._image_processor = _processors(hf_dir)
+            tokenizer, self._image_processor = _processors(hf_dir, trust)
         except (OSError, ValueError, ImportError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a multimodal model: {exc}") from exc
         self._model.eval()
@@ -311,12 +312,13 @@ def transformers_directory(model_dir: Path) -> Path:
     return model_dir
 
 
-def _processors(model_dir: Path):
-    """The model's tokenizer and image processor, from its processor, else loaded one by one."""
+def _processors(model_dir: Path, trust: bool):
+    """The model's tokenizer and image processor, from its processor, else loaded one by one (`trust`: the policy's
+    trust_remote_code, model_handlers/model_code.py)."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     try:
-        processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
         tokenizer = getattr(processor, "tokenizer", None)
         image_processor = getattr(processor, "image_processor", None)
         if tokenizer is not None and image_processor is not None:
@@ -324,8 +326,8 @@ def _processors(model_dir: Path):
     except (OSError, ValueError, TypeError, KeyError):
         pass  # no processor saved: the tokenizer and the image processor may be there alone
     try:
-        return (AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True),
-                AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True))
+        return (AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust),
+                AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust))
     except (OSError, ValueError) as exc:
         raise ModelDirectoryError(f"{model_dir}: the model's tokenizer and image processor cannot be loaded ({exc}); "
                                   "save them with the model (processor.save_pretrained(dir))") from exc

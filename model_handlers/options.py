@@ -33,7 +33,10 @@ class ImageOptions:
 @dataclass(frozen=True)
 class HandlerOptions:
     device: str = "auto"
+    # The operator's word on the code a model directory may run (model_handlers/model_code.py): pickled weights,
+    # and remote code that no artifact manifest pins.
     allow_pickle: bool = False
+    trust_remote_code: bool = False
     # Padded tokens (longest x count) one forward pass may hold; None: the device's default (below).
     max_batch_tokens: int | None = None
     max_batch_items: int = 256

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from model_handlers import jina_v3, kinds
+from model_handlers import jina_v3, kinds, model_code
 from model_handlers.adapters import declared_adapters
 from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
@@ -66,10 +66,6 @@ from model_handlers.onnx_runtime import BACKENDS, DEFAULT_ONNX_FILE
 from model_handlers.types import INPUT_TYPE_TASKS
 
 CONFIG_FILE = "searchbox.json"
-
-_PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Files that end in .bin but hold no weights.
-_NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin"}
 
 # Common prompt names in sentence-transformers configs, mapped to the task names clients send.
 _TASK_ALIASES = {
@@ -140,10 +136,12 @@ class ServingConfig:
         return spec if adapter is None else TaskSpec(prompt=spec.prompt, adapter=adapter)
 
 
-def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback_name: str | None = None) -> ServingConfig:
+def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                        fallback_name: str | None = None) -> ServingConfig:
     """Read and check the serving config of `model_dir`.
 
-    The served name is `searchbox.json`'s, else `fallback_name`, else the directory's name.
+    The served name is `searchbox.json`'s, else `fallback_name`, else the directory's name. `allow_pickle` and
+    `trust_remote_code` are the operator's word on the code a directory may run (model_handlers/model_code.py).
 
     Raises:
         ModelDirectoryError: the directory would not serve; the message says why and what to do.
@@ -158,7 +156,8 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
     explicit = _read_json(model_dir / CONFIG_FILE) or {}
     if not isinstance(explicit, dict):
         raise ModelDirectoryError(f"{model_dir / CONFIG_FILE} must hold a JSON object")
-    _check_weights(model_dir, allow_pickle=allow_pickle)
+    _check_model_files(model_dir)
+    model_code.check(model_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     kind = _kind(model_dir, explicit)
     tasks = {name: _task_spec(name, value) for name, value in (explicit.get("tasks") or {}).items()}
     hf_config = _read_json(model_dir / "config.json") or {}
@@ -272,19 +271,11 @@ def _read_json(path: Path) -> Any:
         raise ModelDirectoryError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def _check_weights(model_dir: Path, *, allow_pickle: bool) -> None:
+def _check_model_files(model_dir: Path) -> None:
     files = [p for p in model_dir.rglob("*") if p.is_file()]
-    if any(p.suffix == ".safetensors" for p in files):
-        return
-    pickled = [p for p in files if p.suffix in _PICKLED_SUFFIXES and p.name not in _NOT_WEIGHTS]
-    if pickled and not allow_pickle:
-        names = ", ".join(str(p.relative_to(model_dir)) for p in pickled[:3])
-        raise ModelDirectoryError(
-            f"{model_dir} holds only pickled weights ({names}); pickles can run arbitrary code when loaded. "
-            "Convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), "
-            "or set SEARCHBOX_ALLOW_PICKLE=1 if you trust this file."
-        )
-    if not pickled and not any(p.name in ("config.json", "modules.json") for p in files):
+    weights = [p for p in files if p.suffix in (".safetensors", *model_code.PICKLED_SUFFIXES)
+               and p.name not in model_code.NOT_WEIGHTS]
+    if not weights and not any(p.name in ("config.json", "modules.json") for p in files):
         raise ModelDirectoryError(
             f"{model_dir} is not a model directory: no config.json, modules.json or weights found"
         )

@@ -28,7 +28,7 @@ from typing import Hashable
 
 import numpy as np
 
-from model_handlers import adapters, jina_v3
+from model_handlers import adapters, jina_v3, model_code
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
@@ -211,7 +211,7 @@ class _TorchEncoder:
         try:
             self._model = SentenceTransformer(
                 str(model_dir), device=options.resolved_device(), local_files_only=True,
-                trust_remote_code=True, model_kwargs=model_kwargs,
+                trust_remote_code=model_code.trusts(model_dir, options), model_kwargs=model_kwargs,
             )
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as an embedding model: {exc}") from exc
@@ -483,8 +483,9 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
                                   "build it with --backend torch")
     transformer = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Transformer")), "")
     source = model_dir / transformer
-    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=True)
-    model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=True)
+    trust = model_code.trusts(model_dir, HandlerOptions())
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust)
+    model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust)
 
     example = tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
                         padding=True, return_tensors="np")

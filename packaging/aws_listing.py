@@ -481,7 +481,8 @@ def _model_lines(product: _catalog.Product) -> str:
     from model_handlers.serving_config import TaskSpec, read_serving_config
 
     try:
-        config = read_serving_config(product.model_dir)
+        # read, not run: the source directory's remote code is pinned by the build, not yet here
+        config = read_serving_config(product.model_dir, trust_remote_code=True)
     except ModelDirectoryError:
         return ""  # build_artifact refuses such a directory by name; the listing text does not need it
     text = ""

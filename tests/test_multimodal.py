@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 
 from helpers import assert_error, cosine, in_process
 from model_handlers import HandlerOptions, load_handler
-from model_handlers.errors import InvalidInput
+from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.images import ImageReader
 from model_handlers.kinds import ModelFiles, detect
 from model_handlers.options import ImageOptions
@@ -341,7 +341,10 @@ def test_remote_code_dual_encoder(clip_dir, tmp_path, reference):
                   auto_map={"AutoConfig": "configuration_dual.DualConfig", "AutoModel": "modeling_dual.DualModel"})
     (model_dir / "config.json").write_text(json.dumps(config))
     assert detect(ModelFiles.read(model_dir)).name == "multimodal"
-    handler = load_handler(model_dir)
+    # its own modules run only where a manifest pins them or the operator allows (model_handlers/model_code.py)
+    with pytest.raises(ModelDirectoryError, match="remote code configuration_dual.py"):
+        load_handler(model_dir)
+    handler = load_handler(model_dir, HandlerOptions(trust_remote_code=True))
     try:
         image = picture()
         result = handler.embed(EmbedRequest(inputs=(TextInput(TEXTS[0]), TextInput(TEXTS[1]),

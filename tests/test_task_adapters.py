@@ -204,7 +204,13 @@ def test_remote_code_path_gives_the_same_answers(v3_dir, v3_reference, tmp_path)
     remote_dir = tmp_path / "v3-remote"
     shutil.copytree(v3_dir, remote_dir)
     (remote_dir / "searchbox.json").write_text(json.dumps({"model_code": "remote"}))
-    app, runtime = in_process(remote_dir)
+    # refused without the operator's word or a manifest pinning the code (model_handlers/model_code.py)
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.serving_config import read_serving_config
+
+    with pytest.raises(ModelDirectoryError, match="modeling_lora.py"):
+        read_serving_config(remote_dir)
+    app, runtime = in_process(remote_dir, {"SEARCHBOX_TRUST_REMOTE_CODE": "1"})
     try:
         model = runtime.handler._model
         assert type(model._encoder).__name__ == "_TorchEncoder"
