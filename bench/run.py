@@ -4,7 +4,8 @@ Systems, all on the embedded all-MiniLM-L6-v2 with the same torch threads:
 - limit: sentence-transformers `encode` in-process (bench/limit.py, a process of its own);
 - searchbox: a real `serve` (gunicorn) on a free port, over HTTP `/invocations`;
 - infinity-emb 0.0.78 (torch engine, mean pooling), installed on first use into bench/.peer-venv.
-Then images (bench/multimodal.py): a random CLIP through `serve` beside its own forward pass in-process.
+Then images (bench/multimodal.py): a random CLIP through `serve` beside its own forward pass in-process; and task
+adapters (bench/adapters.py): five tasks mixed per pass vs one task, and per-row LoRA vs merged weights.
 Multi-vector: a small ColBERT PyLate makes from MiniLM, searchbox over HTTP against PyLate 1.6.0's own
 `ColBERT.encode` in-process (bench/colbert_limit.py, in PyLate's venv, made on first use as the tests make it).
 Scenarios run in rounds, the three systems back to back inside each round, and the best round of
@@ -330,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rerank", action="store_true", help="skip the rerank scenario")
     parser.add_argument("--no-multimodal", action="store_true", help="skip the multimodal (images) scenarios")
     parser.add_argument("--no-multi-vector", action="store_true", help="skip the multi-vector (ColBERT) scenarios")
+    parser.add_argument("--no-adapters", action="store_true", help="skip the task adapter scenarios")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long,rerank,mv1x32,mv4x32,multimodal)")
+                        help="comma-separated scenario keys (1x1,32x1,1x32,4x32,long,rerank,mv1x32,mv4x32,multimodal,adapters)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for searchbox only (repeatable), to try a setting")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=VALUE",
@@ -396,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", omp_policy())  # the in-process limit as `serve` runs torch
         multimodal_section = "\n" + multimodal.run(threads, log_dir, args.seconds, args.warmup, args.rounds,
                                                    start_searchbox)
+    if not args.no_adapters and (not args.only or "adapters" in args.only.split(",")):
+        from bench import adapters
+
+        multimodal_section += "\n" + adapters.run(args.seconds, args.warmup, args.rounds, threads)
 
     table, checks = report(scenarios, extra, pending)
     header = (f"# searchbox benchmark\n\n`make bench` ({' '.join(sys.argv[1:]) or 'defaults'}), "

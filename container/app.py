@@ -20,9 +20,9 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from container import routes
+from container import adapters as adapters_api, routes
 from container.dialects import JSON, Decoded
-from container.dispatch import Dispatcher
+from container.dispatch import ADAPTER_HEADER, Dispatcher
 from container.errors import (
     BadRequest, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
     payload_too_large,
@@ -122,9 +122,29 @@ def batch_execution_parameters() -> Response:
     return json_response(execution_parameters(settings, settings.expects_gpu()))
 
 
-_CONTROL_VIEWS: dict[str, Callable[[], Response]] = {
+# --- SageMaker's adapter management (container/adapters.py) ------------------------------------------
+
+
+def list_adapters() -> Response:
+    return json_response(adapters_api.listing(served().runtime.handler))
+
+
+def register_adapter() -> Response:
+    name, src, preload, pin = adapters_api.registration(read_body(served().settings.max_payload_bytes))
+    adapters_api.holder(served().runtime.handler).register(name, src, preload=preload, pin=pin)
+    return text_response(f"Adapter {request.headers.get(adapters_api.ALIAS_HEADER) or name} registered")
+
+
+def unregister_adapter(name: str) -> Response:
+    alias = request.headers.get(adapters_api.ALIAS_HEADER) or name
+    adapters_api.unregister(served().runtime.handler, name, alias)
+    return text_response(f"Adapter {alias} unregistered")
+
+
+_VIEWS: dict[str, Callable[..., Response]] = {
     "ping": ping, "health": health, "metrics": metrics, "models": models, "openapi": openapi,
     "executionParameters": batch_execution_parameters,
+    "listAdapters": list_adapters, "registerAdapter": register_adapter, "unregisterAdapter": unregister_adapter,
 }
 
 
@@ -136,7 +156,8 @@ def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
     dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
     body = read_body(served().settings.max_payload_bytes)
     reply = dispatcher.answer(decode, body, request.mimetype, records=records, accept=request.headers.get("Accept"),
-                              abandoned=client_gone(request.environ.get("gunicorn.socket")))
+                              abandoned=client_gone(request.environ.get("gunicorn.socket")),
+                              adapter=request.headers.get(ADAPTER_HEADER) or None)
     g.figures = reply.figures
     return reply_response(reply)
 
@@ -149,7 +170,7 @@ def _inference_view(route: routes.Route) -> Callable[[], Response]:
 
 
 for _route in routes.routes():
-    _view = _inference_view(_route) if _route.decode is not None else _CONTROL_VIEWS[_route.endpoint]
+    _view = _inference_view(_route) if _route.decode is not None else _VIEWS[_route.endpoint]
     api.add_url_rule(_route.path, _route.endpoint, _view, methods=[_route.method])
 
 
@@ -159,7 +180,8 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
 
     handler = runtime.loaded
     config = handler.config if handler is not None else read_serving_config(
-        settings.model_dir, allow_pickle=settings.allow_pickle, fallback_name=settings.model_name)
+        settings.model_dir, allow_pickle=settings.allow_pickle, trust_remote_code=settings.trust_remote_code,
+        fallback_name=settings.model_name)
     return {
         "id": config.served_model_name, "object": "model", "created": 0, "owned_by": "searchbox",
         "kind": config.kind.name, "summary": config.kind.summary,
@@ -168,6 +190,11 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
         "dimensions": handler.dimensions if handler is not None else None,
         "matryoshka_dimensions": list(config.matryoshka_dimensions),
         "tasks": sorted(config.tasks), "default_task": config.default_task,
+        # what an unknown task gets: refused where tasks select adapters, else the default task's prompt
+        "unknown_task": "refused" if config.adapter_tasks else "default",
+        "task_adapters": {name: spec.adapter for name, spec in sorted(config.tasks.items()) if spec.adapter},
+        "adapters": (adapters_api.listing(handler)["data"] if handler is not None
+                     else [{"name": name, "built_in": True} for name in config.adapters]),
         "backend": config.backend if handler is not None else settings.backend or config.backend,
         "metering": None if config.metering is None else {"unit": config.metering.unit,
                                                            "tokens_per_unit": config.metering.tokens_per_unit},
@@ -216,6 +243,11 @@ def client_gone(sock: socket.socket | None) -> Callable[[], bool] | None:
 
 def reply_response(reply: Reply) -> Response:
     return Response(reply.body, status=reply.status, content_type=reply.content_type, headers=dict(reply.headers))
+
+
+def text_response(text: str) -> Response:
+    """SageMaker's adapter standard answers its management calls with a line of text."""
+    return Response(text, status=200, mimetype="text/plain")
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

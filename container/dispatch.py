@@ -9,6 +9,7 @@ operations (inputs counted, answer sizes, what to send instead) is read from the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,9 @@ from model_handlers.metering import Metering
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 # AWS Marketplace's per-inference billing header: read on every 2xx of a real-time endpoint, never on an error.
 METERING_HEADER = "X-Amzn-Inference-Metering"
+# SageMaker inference components with adapters: the adapter a request is for (aws/model-hosting-container-standards,
+# python/model_hosting_container_standards/sagemaker/lora/constants.py)
+ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 # After a body this large, what parsing and tokenizing it took is handed back to the system.
 _LARGE_BODY = 1024 * 1024
 # Records of one batch body run concurrently so that the model's batcher can pack them together.
@@ -66,7 +70,7 @@ class Dispatcher:
 
     def answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, *,
                records: bool = False, accept: str | None = None,
-               abandoned: Callable[[], bool] | None = None) -> Reply:
+               abandoned: Callable[[], bool] | None = None, adapter: str | None = None) -> Reply:
         """The 200 reply to `body`.
 
         Args:
@@ -76,12 +80,13 @@ class Dispatcher:
             records: whether the route also takes batch bodies (CSV, JSON Lines).
             accept: the request's Accept header (None: any answer).
             abandoned: true once the caller is gone (its connection closed): its work is then dropped.
+            adapter: the LoRA adapter SageMaker's adapter header names, for every request of the body.
 
         Raises:
             SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either.
         """
         try:
-            return self._answer(decode, body, media_type, records, accept, abandoned)
+            return self._answer(decode, body, media_type, records, accept, abandoned, adapter)
         finally:
             if len(body) > _LARGE_BODY:
                 release_free_memory()
@@ -106,7 +111,7 @@ class Dispatcher:
             return error_reply(exc, request_id)
 
     def _answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, records: bool,
-                accept: str | None, abandoned: Callable[[], bool] | None) -> Reply:
+                accept: str | None, abandoned: Callable[[], bool] | None, adapter: str | None = None) -> Reply:
         received = time.monotonic()
         settings = self._settings
         handler = self._runtime.handler
@@ -115,6 +120,8 @@ class Dispatcher:
         job, batch_body = self._decode(decode, body, (media_type or JSON).lower(), records, handler.kind)
         content_type = answer_type(accept, job.answer_types)
         requests = [handler.kind.resolve(request) for request in job.requests]
+        if adapter:
+            requests = [with_adapter(request, adapter) for request in requests]
         for request, origin in zip(requests, job.origins):
             try:
                 check_operation(request, handler.kind, handler.model_name)
@@ -211,6 +218,14 @@ def figure_headers(figures: RequestFigures, metering: Metering | None) -> dict[s
         headers[METERING_HEADER] = orjson.dumps({"Dimension": "inference.count",
                                                  "ConsumedUnits": figures.units}).decode()
     return headers
+
+
+def with_adapter(request: TypedRequest, adapter: str) -> TypedRequest:
+    """The request for the adapter SageMaker's header names; a body naming another one is refused, not overridden."""
+    if request.adapter is not None and request.adapter != adapter:
+        raise BadRequest(f"the {ADAPTER_HEADER} header names adapter {adapter!r} and the body names "
+                         f"{request.adapter!r}; name one", code="CONFLICTING_ADAPTERS")
+    return dataclasses.replace(request, adapter=adapter)
 
 
 def check_operation(request: TypedRequest, kind: Kind, model_name: str) -> None:

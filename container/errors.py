@@ -63,6 +63,18 @@ class NotFound(SearchboxError):
     code = "NOT_FOUND"
 
 
+class Conflict(SearchboxError):
+    status_code = 409
+    code = "CONFLICT"
+
+
+class FailedDependency(SearchboxError):
+    """What SageMaker's adapter standard answers for an adapter that cannot be loaded (bad weights, wrong model)."""
+
+    status_code = 424
+    code = "FAILED_DEPENDENCY"
+
+
 class MethodNotAllowed(SearchboxError):
     status_code = 405
     code = "METHOD_NOT_ALLOWED"
@@ -86,6 +98,8 @@ _BY_HANDLER_ERROR: dict[type, Callable[[Any], SearchboxError]] = {
     handler_errors.InvalidOption: lambda exc: ValidationFailed(exc.detail, code=exc.code),
     handler_errors.TooLarge: lambda exc: PayloadTooLarge(exc.detail, code=exc.code),
     handler_errors.Overloaded: lambda exc: Unavailable(exc.detail, code=exc.code, retry_after_s=exc.retry_after_s),
+    handler_errors.AdapterConflict: lambda exc: Conflict(exc.detail, code=exc.code),
+    handler_errors.AdapterError: lambda exc: FailedDependency(exc.detail, code=exc.code),
     handler_errors.ModelDirectoryError: lambda exc: SearchboxError(exc.detail, code=exc.code),
     handler_errors.ModelFailure: lambda exc: SearchboxError(exc.detail, code=exc.code),
     handler_errors.HandlerError: lambda exc: SearchboxError(exc.detail, code=exc.code),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from container import dialects, routes
+from container import adapters, dialects, routes
 from container.dialects import JSON, fields
 from container.errors import ERROR_SCHEMA
 from model_handlers import operations
@@ -27,11 +27,14 @@ _ERRORS = {
         "406": "an Accept header that names no media type the answer can be (NOT_ACCEPTABLE: the detail lists them)",
         "413": "the body, or an input after truncate=false, is over the limit",
         "415": "a media type the route does not take",
-        "422": "a field has the wrong type or value; the detail names it",
+        "422": "a field has the wrong type or value, or names a task or adapter the model does not have; the detail "
+               "names it",
+        "424": "the adapter the request names was registered without preload and cannot be loaded",
         "503": "loading, overloaded or shutting down: retry after the Retry-After header's seconds",
         "500": "a bug: no stack trace, the request_id to quote",
     },
     "GET": {"405": "another method than GET"},
+    "DELETE": {"405": "another method than DELETE"},
 }
 _STATUS_SCHEMA = {"type": "object", "required": ["status"], "properties": {"status": {"const": "healthy"}}}
 _HEALTH_SCHEMA = {
@@ -52,6 +55,11 @@ _MODELS_SCHEMA = {
             "dimensions": {"type": ["integer", "null"], "description": "null until the model is loaded"},
             "matryoshka_dimensions": {"type": "array", "items": {"type": "integer"}},
             "tasks": {"type": "array", "items": {"type": "string"}}, "default_task": {"type": ["string", "null"]},
+            "unknown_task": {"enum": ["refused", "default"],
+                             "description": "what a request naming a task the model does not have gets"},
+            "task_adapters": {"type": "object", "additionalProperties": {"type": "string"},
+                              "description": "the adapter each task selects (tasks absent here select prompts only)"},
+            "adapters": {"type": "array", "items": {"type": "object"}},
             "backend": {"type": "string"},
             "metering": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
                 "unit": {"type": "string"}, "tokens_per_unit": {"type": ["integer", "null"]}}}]},
@@ -72,7 +80,8 @@ def document() -> dict[str, Any]:
     for wire in dialects.registered():
         schemas.update(wire.schemas())
     schemas.update({"Models": _MODELS_SCHEMA, "Health": _HEALTH_SCHEMA, "Ping": _STATUS_SCHEMA,
-                    "ExecutionParameters": _EXECUTION_PARAMETERS_SCHEMA})
+                    "ExecutionParameters": _EXECUTION_PARAMETERS_SCHEMA,
+                    "AdapterRegistration": adapters.REGISTRATION_SCHEMA, "Adapters": adapters.LISTING_SCHEMA})
     paths: dict[str, dict[str, Any]] = {}
     for route in routes.routes():
         paths.setdefault(route.template, {})[route.method.lower()] = _operation(route)
@@ -93,6 +102,8 @@ def _operation(route: routes.Route) -> dict[str, Any]:
     responses.update({status: {"description": why, "content": {JSON: {"schema": routes.ref("Error")}}}
                       for status, why in errors.items()})
     operation: dict[str, Any] = {"operationId": route.endpoint, "summary": route.summary}
+    if route.parameters:
+        operation["parameters"] = [dict(parameter) for parameter in route.parameters]
     if route.body is not None:
         operation["requestBody"] = {"required": True,
                                     "content": {media: {"schema": schema} for media, schema in route.body.items()}}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
-from container import dialects
+from container import adapters, dialects
 from container.dialects import JSON, batch_transform
 from container.telemetry import METRICS_CONTENT_TYPE
 
@@ -50,6 +50,7 @@ class Route:
     control: bool = False
     decode: Callable[[Any], dialects.Decoded] | None = field(default=None, repr=False)
     records: bool = False
+    parameters: tuple[Mapping[str, Any], ...] = ()  # OpenAPI parameters beside the body (headers, path variables)
 
     @property
     def template(self) -> str:
@@ -83,6 +84,30 @@ _CONTROL = (
 )
 
 
+# SageMaker's LoRA adapter management (aws/model-hosting-container-standards): container/adapters.py answers it
+_TEXT = {"text/plain": {"type": "string"}}
+_ALIAS = {"name": adapters.ALIAS_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
+          "description": "the name the answer's text gives the adapter (default: its name)"}
+_ADAPTERS = (
+    Route("GET", "/adapters", "listAdapters",
+          "The LoRA adapters the endpoint holds: built into the artifact, or registered", {JSON: ref("Adapters")}),
+    Route("POST", "/adapters", "registerAdapter",
+          "SageMaker's register-adapter call: load a PEFT LoRA adapter under a name (`Adapter {alias} registered`)",
+          _TEXT, body={JSON: ref("AdapterRegistration")}, parameters=(_ALIAS,),
+          errors={"409": "the name is taken",
+                  "424": "the adapter does not load (missing, not LoRA, wrong base model, pickled, or every held "
+                         "adapter pinned): nothing of it is kept"}),
+    Route("DELETE", "/adapters/<name>", "unregisterAdapter",
+          "SageMaker's unregister-adapter call (`Adapter {alias} unregistered`)", _TEXT,
+          parameters=({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}, _ALIAS),
+          errors={"404": "no such adapter", "409": "an adapter built into the artifact", "503": "loading"}),
+)
+# every inference route takes SageMaker's adapter header
+_ADAPTER_HEADER = {"name": "X-Amzn-SageMaker-Adapter-Identifier", "in": "header", "required": False,
+                   "schema": {"type": "string"},
+                   "description": "the LoRA adapter (GET /adapters) for every input of the request"}
+
+
 def _invocation(path: str, endpoint: str, summary: str) -> Route:
     """`/invocations` (SageMaker) and `/score` (Azure ML): any operation's body, and batch transform's bodies."""
     wires = dialects.registered()
@@ -94,7 +119,7 @@ def _invocation(path: str, endpoint: str, summary: str) -> Route:
         body={JSON: {"oneOf": [ref(name) for wire in wires for name in wire.invocation_bodies]},
               **{media: {"type": "string", "description": csv_note} for media in batch_transform.CSV_TYPES},
               **{media: {"type": "string", "description": _JSONLINES_NOTE} for media in batch_transform.JSONLINES_TYPES}},
-        decode=dialects.decode_invocation, records=True)
+        decode=dialects.decode_invocation, records=True, parameters=(_ADAPTER_HEADER,))
 
 
 @lru_cache(maxsize=1)
@@ -108,9 +133,10 @@ def routes() -> tuple[Route, ...]:
         _invocation("/score", "score", "Azure ML's scoring route: as /invocations"),
     )
     operations = tuple(Route("POST", route.path, route.operation_id, route.summary, {JSON: ref(route.response_schema)},
-                             body={JSON: ref(route.request_schema)}, decode=route.decode)
+                             body={JSON: ref(route.request_schema)}, decode=route.decode,
+                             parameters=(_ADAPTER_HEADER,))
                        for wire in dialects.registered() for route in wire.routes)
-    return _CONTROL + inference + operations
+    return _CONTROL + inference + operations + _ADAPTERS
 
 
 def listed() -> str:

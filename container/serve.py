@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = cleanup.enter_context(served_model(settings))
             config = read_serving_config(settings.model_dir, allow_pickle=settings.allow_pickle,
+                                         trust_remote_code=settings.trust_remote_code,
                                          fallback_name=settings.model_name)
         except ModelDirectoryError as exc:
             logger.error("cannot serve %s: %s", given, exc.detail)

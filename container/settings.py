@@ -20,6 +20,8 @@ from typing import Any, Callable, Mapping
 
 from model_handlers.embedded import DEFAULT_MODEL_NAME, EmbeddedModelMissing, embedded_model_dir
 from model_handlers.loading import force_offline
+# the two switches of the one policy on the code a model directory may run, named where the policy is stated
+from model_handlers.model_code import ENV_ALLOW_PICKLE, ENV_TRUST_REMOTE_CODE
 from model_handlers.onnx_runtime import BACKENDS
 from model_handlers.options import CPU_MAX_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, HandlerOptions, ImageOptions
 from model_handlers.types import INPUT_TYPE_TASKS
@@ -42,7 +44,6 @@ ENV_THREADS = "SEARCHBOX_THREADS"
 ENV_MAX_BATCH_TOKENS = "SEARCHBOX_MAX_BATCH_TOKENS"
 ENV_TORCH_THREADS = "SEARCHBOX_TORCH_THREADS"
 ENV_REQUEST_TIMEOUT = "SEARCHBOX_REQUEST_TIMEOUT_S"
-ENV_ALLOW_PICKLE = "SEARCHBOX_ALLOW_PICKLE"
 ENV_DEVICE = "SEARCHBOX_DEVICE"
 ENV_LOG_LEVEL = "SEARCHBOX_LOG_LEVEL"
 ENV_MODEL_NAME = "SEARCHBOX_MODEL_NAME"
@@ -61,6 +62,7 @@ ENV_IMAGE_FETCH_TIMEOUT = "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S"
 ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
 ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
+ENV_MAX_ADAPTERS = "SEARCHBOX_MAX_ADAPTERS"
 INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MIB = 1024 * 1024
@@ -236,6 +238,10 @@ SETTINGS = (
             "queries or documents (unset: searchbox.json's default_input_type, else documents); an embedding model "
             "takes the retrieval task of that side", "unset", "default_input_type", _choice(INPUT_TYPES, str.lower),
             handler="default_input_type"),
+    Setting(ENV_MAX_ADAPTERS, "LoRA adapters registered at run time (POST /adapters) held in memory at once; past it "
+            "the least recently used one that is neither pinned nor in use is unloaded, and loaded again from its src "
+            "when a request names it (adapters built into the artifact are not counted)", "8", "max_adapters",
+            _number(int), handler="max_adapters"),
     Setting(ENV_GRACE, "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 at "
             "once); SageMaker and Kubernetes kill at 30", "20", "graceful_timeout_s", _number(float), 20.0),
     Setting(ENV_NGINX, "the nginx binary in front of gunicorn", "nginx on PATH, or /usr/sbin/nginx", "nginx",
@@ -259,6 +265,12 @@ SETTINGS = (
             "image_fetch_allow_hosts", _host_names, handler="images.fetch_allow_hosts"),
     Setting(ENV_ALLOW_PICKLE, "1/true/yes: load pickled .bin weights (refused by default: unpickling runs code)",
             "off", "allow_pickle", _flag, handler="allow_pickle"),
+    Setting(ENV_TRUST_REMOTE_CODE, "1/true/yes: run a model directory's remote code (auto_map modules) that no "
+            "artifact manifest pins (local use: code you have read). Off: remote code runs only where "
+            "searchbox-manifest.json pins every .py file by SHA-256 (packaging/build_artifact.py writes it); anything "
+            "else is refused at start, naming the file. Architectures read natively (Jina's XLM-RoBERTa flash "
+            "checkpoints, jina-embeddings-v3) run none", "off", "trust_remote_code", _flag,
+            handler="trust_remote_code"),
     Setting(ENV_DEVICE, "cpu, cuda, cuda:1; auto takes the GPU when there is one", "auto", "device",
             lambda raw, name: raw, handler="device"),
     Setting(ENV_LOG_LEVEL, f"{', '.join(LOG_LEVELS)}; DEBUG also logs every request", "INFO", "log_level",
@@ -291,6 +303,7 @@ class Settings:
     max_response_bytes: int
     max_rerank_windows: int
     default_input_type: str | None
+    max_adapters: int
     graceful_timeout_s: float
     nginx: str | None
     request_log: bool
@@ -300,6 +313,7 @@ class Settings:
     image_fetch_max_bytes: int
     image_fetch_allow_hosts: tuple[str, ...]
     allow_pickle: bool
+    trust_remote_code: bool
     device: str
     log_level: str
 

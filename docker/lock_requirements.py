@@ -11,6 +11,11 @@ through the caller's pip configuration (index, find-links, constraints). Version
 are kept as long as they still satisfy pyproject.toml, as pip-compile does: running `make lock` twice in
 a row changes nothing, and a new dependency does not move the others. `--upgrade` (`make lock
 UPGRADE=1`) drops those preferences and takes the newest versions pip can find.
+
+Before new versions are pinned (`--upgrade`, or any move of the packages that compute a model:
+`ARCHITECTURE_PACKAGES`), they are installed into a throwaway venv and `tests/test_jina_architectures.py` runs
+there: Jina's architectures, read natively and as remote code, must still load and answer as before. A release
+that breaks one leaves the lock as it was, and says so.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
 PROJECT = "searchbox"
+ARCHITECTURE_TESTS = "tests/test_jina_architectures.py"
+ARCHITECTURE_PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "safetensors")
 HEADER = """\
 # Every Python distribution searchbox, its tests and its packaging scripts install, pinned.
 # The one source of versions: `make venv` and the Dockerfile install with it as pip constraints, CI builds from it.
@@ -80,6 +87,24 @@ def resolve(torch_spec: str, preferences: dict[str, str]) -> dict[str, str]:
     return pins
 
 
+def architectures_hold(torch_spec: str, pins: dict[str, str]) -> bool:
+    """Whether ARCHITECTURE_TESTS pass with exactly `pins` installed (a throwaway venv, as `make venv` installs)."""
+    with tempfile.TemporaryDirectory(prefix="lock-check-") as tmp:
+        venv, constraints = Path(tmp) / "venv", Path(tmp) / "pins.txt"
+        constraints.write_text(render(pins))
+        python = venv / "bin" / "python"
+        try:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                            "-c", str(constraints), torch_spec, "-e", f"{ROOT}[test]"], check=True, cwd=tmp)
+        except subprocess.CalledProcessError as exc:
+            print(f"lock: the new pins do not install ({exc})", file=sys.stderr)
+            return False
+        done = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", ARCHITECTURE_TESTS],
+                              cwd=ROOT)
+        return done.returncode == 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch", default="torch==2.13.0", help="the torch requirement (the Makefile's TORCH_SPEC)")
@@ -95,6 +120,16 @@ def main() -> int:
         print("lock: the current pins no longer fit pyproject.toml; resolving without them", file=sys.stderr)
         pins = resolve(args.torch, {})
     old = read_pins()
+    moved = [name for name in ARCHITECTURE_PACKAGES if pins.get(name) != old.get(name)]
+    if args.upgrade or moved:
+        print(f"lock: checking {ARCHITECTURE_TESTS} under the new pins before writing them", file=sys.stderr)
+        if not architectures_hold(args.torch, pins):
+            for name in moved:
+                print(f"lock: {name} {old.get(name, '-')} -> {pins.get(name, '-')}", file=sys.stderr)
+            print(f"lock: {ARCHITECTURE_TESTS} fails under these versions: {LOCK.name} is left as it was. Keep the "
+                  "failing package below the breaking release in pyproject.toml, or fix the architecture first",
+                  file=sys.stderr)
+            return 1
     LOCK.write_text(render(pins))
     changed = sorted(name for name in pins.keys() | old.keys() if pins.get(name) != old.get(name))
     for name in changed:

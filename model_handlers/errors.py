@@ -49,6 +49,18 @@ class ModelDirectoryError(HandlerError):
     code = "MODEL_DIRECTORY"
 
 
+class AdapterError(HandlerError):
+    """An adapter that cannot be held: unreadable, not a LoRA adapter for this model, or no room left for it."""
+
+    code = "ADAPTER_ERROR"
+
+
+class AdapterConflict(AdapterError):
+    """An adapter name already taken, or an adapter built into the artifact that cannot be removed."""
+
+    code = "ADAPTER_CONFLICT"
+
+
 class ModelFailure(HandlerError):
     """The forward pass itself failed; this is a bug or a resource problem, not bad input."""
 

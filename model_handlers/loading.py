@@ -38,7 +38,7 @@ def load_handler(model_dir: Union[str, Path], options: HandlerOptions | None = N
     options = options or HandlerOptions()
     model_dir = Path(model_dir)
     config = read_serving_config(model_dir, allow_pickle=options.allow_pickle,
-                                 fallback_name=options.served_model_name)
+                                 trust_remote_code=options.trust_remote_code, fallback_name=options.served_model_name)
     config = dataclasses.replace(config, backend=resolved_backend(config.backend, options.backend))
     return load_pipeline(model_dir, config, options)
 

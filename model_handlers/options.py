@@ -34,7 +34,10 @@ class ImageOptions:
 @dataclass(frozen=True)
 class HandlerOptions:
     device: str = "auto"
+    # The operator's word on the code a model directory may run (model_handlers/model_code.py): pickled weights,
+    # and remote code that no artifact manifest pins.
     allow_pickle: bool = False
+    trust_remote_code: bool = False
     # Padded tokens (longest x count) one forward pass may hold; None: the device's default (below).
     max_batch_tokens: int | None = None
     max_batch_items: int = 256
@@ -51,6 +54,9 @@ class HandlerOptions:
     # Told about every forward pass and queue wait (the server's metrics); None: nobody listens.
     observer: BatchObserver | None = None
     images: ImageOptions = field(default_factory=ImageOptions)
+    # LoRA adapters registered at run time (SageMaker's adapter API) held in memory at once; past it the least
+    # recently used one not pinned is unloaded (and loaded again when asked for).
+    max_adapters: int = 8
     # The `input_type` of requests that give none ("query" or "document"; batch transform CSV rows give none),
     # chosen by the operator for a whole job; None leaves it to searchbox.json, else to the model.
     default_input_type: str | None = None

@@ -10,6 +10,7 @@ the server (container/dispatch.py), not here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,10 +19,12 @@ import numpy as np
 from model_handlers import operations
 from model_handlers.batching import Batcher, Timing, WorkItem
 from model_handlers.deadline import Deadline
+from model_handlers.errors import InvalidOption
 from model_handlers.memory import release_free_memory
 from model_handlers.options import HandlerOptions
 
 if TYPE_CHECKING:
+    from model_handlers.adapters import RowAdapters
     from model_handlers.kinds import Kind
     from model_handlers.operations import OperationSpec
     from model_handlers.serving_config import ServingConfig
@@ -96,9 +99,25 @@ class Pipeline:
         """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
         self._batcher.admit(deadline)
 
-    def run_items(self, items, deadline: Deadline, timing: Timing | None = None) -> list[list[np.ndarray]]:
-        """The model's outputs for `items`, run in forward passes shared with other callers."""
-        return self._batcher.run(items, deadline, timing)
+    def run_items(self, items, deadline: Deadline, timing: Timing | None = None,
+                  adapters: tuple[str, ...] = ()) -> list[list[np.ndarray]]:
+        """The model's outputs for `items`, run in forward passes shared with other callers; the LoRA `adapters`
+        they name are held (loaded, and never unloaded) until then."""
+        with self._holding(adapters):
+            return self._batcher.run(items, deadline, timing)
+
+    @property
+    def adapters(self) -> "RowAdapters | None":
+        """The LoRA adapters the model applies per row (None: a model that holds none, e.g. on ONNX)."""
+        return getattr(self.model, "adapters", None)
+
+    def _holding(self, names: tuple[str, ...]):
+        if not names:
+            return contextlib.nullcontext()
+        if self.adapters is None:
+            raise InvalidOption(f"model {self.model_name} holds no LoRA adapters (adapters: {', '.join(names)})",
+                                code="UNKNOWN_ADAPTER")
+        return self.adapters.using(names)
 
     def warm_up(self) -> None:
         """One request through the whole pipeline, then full passes at each length to measure what they cost."""

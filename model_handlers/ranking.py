@@ -78,6 +78,7 @@ class RerankWork:
         scoring: how outputs become scores.
         query_tokens: tokens billed to the query (`query_usage`).
         document_tokens: tokens billed to each document (its windows, with their special tokens).
+        adapters: the LoRA adapters the inputs name (held until the request is answered).
     """
 
     items: Sequence[Hashable]
@@ -85,6 +86,7 @@ class RerankWork:
     scoring: Scoring
     query_tokens: int
     document_tokens: Sequence[int]
+    adapters: tuple[str, ...] = ()
 
 
 def windowed(scoring: Scoring, query: Sequence[Hashable], query_tokens: int, documents: Sequence[Document],

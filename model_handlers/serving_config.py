@@ -17,7 +17,9 @@ would not serve before any worker starts.
      "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000},
      "backend": "torch" | "onnx", "onnx_file": "onnx/model_int8.onnx",
      "image_tile_size": 224, "image_tile_tokens": 1000,
-     "default_input_type": "query" | "document"}
+     "default_input_type": "query" | "document",
+     "adapters": {"legal": "adapters/legal"},
+     "model_code": "native" | "remote"}
 
 `backend` ("torch" or "onnx") and `onnx_file` (default onnx/model.onnx) choose the compute path; packaging writes
 them (model_handlers/onnx_runtime.py). `metering` (model_handlers/metering.py): sold per inference on AWS
@@ -27,6 +29,15 @@ Plus the keys a kind reads itself (its `read_settings`; the multi-vector kind's 
 model_handlers/kinds/multi_vector.py).
 `default_input_type` is the `input_type` of requests that give none (batch transform CSV rows give none), for
 a whole job; the operator's SEARCHBOX_DEFAULT_INPUT_TYPE wins over it.
+
+Tasks (README "Task adapters"): `tasks` maps a task name to a prompt and/or an adapter; without it, a
+jina-embeddings-v3 checkpoint's own tasks (config.json `lora_adaptations`, each with its `task_instructions`
+prompt and its LoRA adapter), else the prompts a sentence-transformers model declares. `adapters` names PEFT LoRA
+directories inside the model directory, held from the start; a task or a request's `adapter` selects them.
+A request naming a task the model does not have is refused when the model's tasks select adapters (the model's
+own code refuses it: a typo must not answer other vectors); on a model whose tasks are prompts only, it falls back
+to the default task (contract §2a). `model_code`: "remote" serves a checkpoint searchbox knows natively (v3) with
+the code the directory ships instead (it must be allowed to run: README "Model code").
 
 Rerank windows (README "Rerank"): a document longer than fits beside the query is scored in windows of
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
@@ -46,18 +57,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from model_handlers import kinds
-from model_handlers.errors import ModelDirectoryError
+from model_handlers import jina_v3, kinds, model_code
+from model_handlers.adapters import declared_adapters
+from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
 from model_handlers.metering import Metering, parse_metering
 from model_handlers.onnx_runtime import BACKENDS, DEFAULT_ONNX_FILE
 from model_handlers.types import INPUT_TYPE_TASKS
 
 CONFIG_FILE = "searchbox.json"
-
-_PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Files that end in .bin but hold no weights.
-_NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin"}
 
 # Common prompt names in sentence-transformers configs, mapped to the task names clients send.
 _TASK_ALIASES = {
@@ -96,6 +104,15 @@ class ServingConfig:
     default_input_type: str | None = None
     # What the kind's own `read_settings` made of the directory (None for kinds without settings of their own).
     kind_settings: Any = None
+    # PEFT LoRA directories inside the model directory, by adapter name, held from the start
+    adapters: Mapping[str, Path] = field(default_factory=dict)
+    # "remote": run the directory's own code even where searchbox knows the architecture; None: native where known
+    model_code: str | None = None
+
+    @property
+    def adapter_tasks(self) -> bool:
+        """Whether the model's tasks select adapters (then an unknown task is refused, not defaulted)."""
+        return any(spec.adapter for spec in self.tasks.values())
 
     def task_spec(self, task: str | None) -> TaskSpec:
         """The spec for `task`; an unknown or missing task falls back to the default (contract §2a)."""
@@ -105,11 +122,26 @@ class ServingConfig:
             return self.tasks[self.default_task]
         return TaskSpec()
 
+    def resolve_task(self, task: str | None, input_type: str | None = None, adapter: str | None = None) -> TaskSpec:
+        """What a request selects: its `task`, else the retrieval task of its `input_type`, else the default; a
+        request's `adapter` takes the place of the adapter the task selects.
 
-def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback_name: str | None = None) -> ServingConfig:
+        Raises:
+            InvalidOption: a `task` this model does not have, on a model whose tasks select adapters.
+        """
+        if task is not None and task not in self.tasks and self.adapter_tasks:
+            raise InvalidOption(f"model {self.served_model_name} has no task {task!r}; its tasks are "
+                                f"{', '.join(sorted(self.tasks))} (or no task: the base model)", code="UNKNOWN_TASK")
+        spec = self.task_spec(task if task is not None else INPUT_TYPE_TASKS.get(input_type or ""))
+        return spec if adapter is None else TaskSpec(prompt=spec.prompt, adapter=adapter)
+
+
+def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                        fallback_name: str | None = None) -> ServingConfig:
     """Read and check the serving config of `model_dir`.
 
-    The served name is `searchbox.json`'s, else `fallback_name`, else the directory's name.
+    The served name is `searchbox.json`'s, else `fallback_name`, else the directory's name. `allow_pickle` and
+    `trust_remote_code` are the operator's word on the code a directory may run (model_handlers/model_code.py).
 
     Raises:
         ModelDirectoryError: the directory would not serve; the message says why and what to do.
@@ -124,9 +156,16 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
     explicit = _read_json(model_dir / CONFIG_FILE) or {}
     if not isinstance(explicit, dict):
         raise ModelDirectoryError(f"{model_dir / CONFIG_FILE} must hold a JSON object")
-    _check_weights(model_dir, allow_pickle=allow_pickle)
+    _check_model_files(model_dir)
+    model_code.check(model_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     kind = _kind(model_dir, explicit)
     tasks = {name: _task_spec(name, value) for name, value in (explicit.get("tasks") or {}).items()}
+    hf_config = _read_json(model_dir / "config.json") or {}
+    v3 = isinstance(hf_config, dict) and jina_v3.is_v3(hf_config)
+    if not tasks and v3:
+        declared = jina_v3.read_tasks(hf_config)
+        tasks = {name: TaskSpec(prompt=declared.instructions[name], adapter=jina_v3.adapter_name(name))
+                 for name in declared.names}
     if not tasks:
         tasks = _tasks_from_sentence_transformers(model_dir)
     default_task = explicit.get("default_task")
@@ -149,16 +188,32 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, fallback
         max_length=max_length,
         default_task=default_task,
         tasks=tasks,
-        matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions") or ()),
+        matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions")
+                                    or (hf_config.get("matryoshka_dimensions") if v3 else None) or ()),
         score_activation=activation,
         metering=parse_metering(explicit.get("metering"), CONFIG_FILE),
         backend=_backend(explicit.get("backend")),
         onnx_file=_relative_file(explicit.get("onnx_file", DEFAULT_ONNX_FILE), "onnx_file"),
         default_input_type=default_input_type,
         kind_settings=kind.read_settings(model_dir, explicit) if kind.read_settings else None,
+        adapters=_adapters(model_dir, explicit.get("adapters")),
+        model_code=_model_code(explicit.get("model_code")),
         **_window_settings(explicit),
         **_image_usage(explicit),
     )
+
+
+def _adapters(model_dir: Path, value: Any) -> Mapping[str, Path]:
+    try:
+        return declared_adapters(model_dir, value, CONFIG_FILE)
+    except ValueError as exc:
+        raise ModelDirectoryError(str(exc)) from None
+
+
+def _model_code(value: Any) -> str | None:
+    if value is not None and value not in ("native", "remote"):
+        raise ModelDirectoryError(f"{CONFIG_FILE}: model_code must be 'native' or 'remote', not {value!r}")
+    return value
 
 
 def _backend(value: Any) -> str:
@@ -216,19 +271,11 @@ def _read_json(path: Path) -> Any:
         raise ModelDirectoryError(f"{path} is not valid JSON: {exc}") from exc
 
 
-def _check_weights(model_dir: Path, *, allow_pickle: bool) -> None:
+def _check_model_files(model_dir: Path) -> None:
     files = [p for p in model_dir.rglob("*") if p.is_file()]
-    if any(p.suffix == ".safetensors" for p in files):
-        return
-    pickled = [p for p in files if p.suffix in _PICKLED_SUFFIXES and p.name not in _NOT_WEIGHTS]
-    if pickled and not allow_pickle:
-        names = ", ".join(str(p.relative_to(model_dir)) for p in pickled[:3])
-        raise ModelDirectoryError(
-            f"{model_dir} holds only pickled weights ({names}); pickles can run arbitrary code when loaded. "
-            "Convert them to safetensors (model.save_pretrained(dir, safe_serialization=True)), "
-            "or set SEARCHBOX_ALLOW_PICKLE=1 if you trust this file."
-        )
-    if not pickled and not any(p.name in ("config.json", "modules.json") for p in files):
+    weights = [p for p in files if p.suffix in (".safetensors", *model_code.PICKLED_SUFFIXES)
+               and p.name not in model_code.NOT_WEIGHTS]
+    if not weights and not any(p.name in ("config.json", "modules.json") for p in files):
         raise ModelDirectoryError(
             f"{model_dir} is not a model directory: no config.json, modules.json or weights found"
         )

@@ -113,6 +113,9 @@ class EmbedRequest:
     # None, the served model's own (the SageMaker envelope and batch transform: a client sends the same body to every
     # model); the served kind resolves None (`Kind.resolve`).
     operation: str | None = None
+    # A LoRA adapter the endpoint holds, for every input (the body's `adapter`, or SageMaker's adapter header);
+    # it takes the place of the adapter the task selects. None: the task's (or none).
+    adapter: str | None = None
 
     # `task` and `input_type` say the same thing in two vocabularies; these three are the one place they are read.
 
@@ -158,6 +161,8 @@ class RerankRequest:
     documents: tuple[EmbedInput, ...]
     top_n: int | None = None
     return_documents: bool = True
+    # A LoRA adapter for the query's and the documents' embeddings (SageMaker's adapter header), as for EmbedRequest.
+    adapter: str | None = None
 
     operation: ClassVar[str] = "rerank"
 

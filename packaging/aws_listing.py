@@ -365,7 +365,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
     optional = [f"`{column.field}` may be empty" for column in kind.csv.columns if column.optional]
     batch_columns = f"`{kind.csv.header}`" + (f" ({'; '.join(json_columns + optional)})" if json_columns or optional
                                                else "")
-    dimensions = _matryoshka_line(product)
+    dimensions = _model_lines(product)
     sample_csv = samples.csv
     return textwrap.dedent("""\
         # {title}: usage information
@@ -471,19 +471,36 @@ def _client_imports(call: str) -> str:
     return "\n".join(lines)
 
 
-def _matryoshka_line(product: _catalog.Product) -> str:
-    """The Matryoshka dimensions the model declares (searchbox.json), as a sentence; empty when it declares none."""
+def _model_lines(product: _catalog.Product) -> str:
+    """What the model declares of its Matryoshka dimensions and tasks (searchbox.json, or a v3 checkpoint's
+    config.json; the catalog's tasks win), as sentences; empty when it declares neither."""
     from model_handlers.errors import ModelDirectoryError
-    from model_handlers.serving_config import read_serving_config
+    from model_handlers.serving_config import TaskSpec, read_serving_config
 
     try:
-        dimensions = read_serving_config(product.model_dir).matryoshka_dimensions
+        # read, not run: the source directory's remote code is pinned by the build, not yet here
+        config = read_serving_config(product.model_dir, trust_remote_code=True)
     except ModelDirectoryError:
         return ""  # build_artifact refuses such a directory by name; the listing text does not need it
-    if not dimensions:
-        return ""
-    return (f" It is trained for Matryoshka `dimensions` {', '.join(map(str, dimensions))}: a shorter vector "
-            "keeps most of the quality at a fraction of the storage.")
+    text = ""
+    if config.matryoshka_dimensions:
+        text += (f" It is trained for Matryoshka `dimensions` {', '.join(map(str, config.matryoshka_dimensions))}: "
+                 "a shorter vector keeps most of the quality at a fraction of the storage.")
+    tasks = config.tasks
+    if product.tasks:
+        tasks = {name: TaskSpec(prompt=spec) if isinstance(spec, str) else TaskSpec(**spec)
+                 for name, spec in product.tasks.items()}
+    if tasks:
+        described = [f"`{name}` ({_task_effect(spec)})" for name, spec in sorted(tasks.items())]
+        unknown = ("a task it does not have is refused (422 UNKNOWN_TASK)" if any(s.adapter for s in tasks.values())
+                   else "a task it does not have gets the default")
+        text += f" Its `task` option selects: {', '.join(described)}; {unknown}."
+    return text
+
+
+def _task_effect(spec) -> str:
+    effects = (["its LoRA adapter"] if spec.adapter else []) + (["an instruction"] if spec.prompt else [])
+    return " and ".join(effects) or "the base model"
 
 
 def notebook(product: _catalog.Product, model_package_arn: str) -> dict:

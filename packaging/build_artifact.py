@@ -6,7 +6,9 @@
 
 What goes in: safetensors weights, tokenizer and configs, `searchbox.json`, the `trust_remote_code` modules
 an `auto_map` points at in another repository (copied in, `auto_map` rewritten to the local copy: a model
-package runs without network), and `searchbox-manifest.json` with the SHA-256 of every other file.
+package runs without network), and `searchbox-manifest.json` with the SHA-256 of every other file. The manifest
+declares every `.py` file under `remote_code` (path and SHA-256): `serve` runs a directory's remote code only when
+that declaration pins it (model_handlers/model_code.py), so the load check below already loads it that way.
 Before anything is written, the staged directory is loaded through `model_handlers` and answers one
 request; a directory that would not serve is refused with the reason. Same input, same bytes.
 
@@ -38,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _catalog  # noqa: E402
 import _files  # noqa: E402
 import _onnx  # noqa: E402
-from model_handlers import kinds  # noqa: E402
+from model_handlers import kinds, model_code  # noqa: E402
 from model_handlers.metering import Metering  # noqa: E402
 
-MANIFEST = "searchbox-manifest.json"
+MANIFEST = model_code.MANIFEST
 SERVING_CONFIG = "searchbox.json"
 # Every entry of the archive gets these: the bytes depend on the model, never on the machine or the clock.
 FIXED_MTIME = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
@@ -53,8 +55,8 @@ _CHUNK = 1024 * 1024
 # Weight formats the image never reads (TensorFlow, Flax, ONNX, GGUF): left out of the artifact.
 _UNUSED_SUFFIXES = {".h5", ".msgpack", ".ot", ".onnx", ".gguf"}
 # Pickled torch weights: left out where safetensors sit beside them, refused where they are all there is.
-_PICKLED_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
-_NOT_WEIGHTS = {"training_args.bin", "optimizer.bin", "scheduler.bin"}
+_PICKLED_SUFFIXES = model_code.PICKLED_SUFFIXES
+_NOT_WEIGHTS = model_code.NOT_WEIGHTS
 _UNUSED_DIRS = {"onnx", "openvino", "__pycache__", ".cache"}
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w[\w.]*)\s+import|import\s+\.(\w[\w.]*))", re.MULTILINE)
 
@@ -90,6 +92,7 @@ class BuildReport:
     kind: str
     check: str
     vendored: dict[str, str] = field(default_factory=dict)
+    pinned: list[str] = field(default_factory=list)  # the .py files the manifest declares (remote_code)
     skipped: list[str] = field(default_factory=list)
     backend: str = "torch"
     quality: "_onnx.Quality | None" = None
@@ -146,6 +149,7 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
     return BuildReport(output=output, sha256=_sha256_file(output), size=output.stat().st_size,
                        files=len(files) + 1, served_name=config.served_model_name, kind=config.kind.name,
                        check=check_summary, vendored=vendored, skipped=skipped, metering=config.metering,
+                       pinned=[name for name in files if name.endswith(".py")],
                        sample=sample, backend=config.backend, quality=quality)
 
 
@@ -192,6 +196,8 @@ def _staged_model(model_dir: Path, parent: Path | None, *, served_name: str | No
         staged = Path(tmp) / "model"
         skipped = _stage(model_dir, staged)
         vendored = _vendor_remote_code(staged, {k: Path(v) for k, v in (remote_code or {}).items()})
+        # declared before anything loads: the staged directory is checked and loaded as the container will
+        (staged / MANIFEST).write_text(json.dumps({"format": 1, "remote_code": model_code.declaration(staged)}))
         config = _write_serving_config(staged, served_name=served_name, default_name=_default_name(model_dir),
                                        kind=kind, tasks=tasks, metering=metering)
         yield staged, config, vendored, skipped
@@ -425,6 +431,8 @@ def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str
         "sample": None if sample is None else {"inputs": sample.inputs, "tokens": sample.tokens,
                                                "units": sample.units},
         "files": entries,
+        # every .py file, pinned: `serve` runs remote code only as declared here (model_handlers/model_code.py)
+        "remote_code": model_code.declaration(staged),
         "vendored_remote_code": dict(sorted(vendored.items())),
         "backend": config.backend,
     }
@@ -590,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{report.sample.units} unit{'s' * (report.sample.units != 1)}")
     for name, repo in report.vendored.items():
         print(f"  vendored {name} from {repo}")
+    if report.pinned:
+        print(f"  remote code pinned in {MANIFEST} (SHA-256, the only code serve runs): {', '.join(report.pinned)}")
     if report.skipped:
         print(f"  left out (never read by the image): {', '.join(report.skipped)}")
     return 0

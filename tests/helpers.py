@@ -67,6 +67,9 @@ class InProcess:
     def get(self, path: str) -> Answer:
         return Answer(self._client.get(path))
 
+    def delete(self, path: str) -> Answer:
+        return Answer(self._client.delete(path))
+
 
 def openapi_validator(document: dict, schema: dict):
     """A JSON Schema validator for `schema`, a part of the OpenAPI `document` (its `$ref`s resolve in it)."""
@@ -87,3 +90,17 @@ def assert_documented(document: dict, method: str, path: str, response) -> None:
     assert media in content, (path, status, media, sorted(content))
     if media == "application/json":
         openapi_validator(document, content[media]["schema"]).validate(response.json())
+
+
+def in_process(model_dir, env: dict[str, str] | None = None):
+    """`create_app` + Flask's test client on the model in `model_dir` (loaded and warmed up here): (InProcess, runtime);
+    close the runtime when done."""
+    from conftest import START_TIMEOUT_S
+    from container.app import create_app
+    from container.runtime import ModelRuntime
+    from container.settings import Settings
+
+    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})})
+    runtime = ModelRuntime(settings).start()
+    assert runtime.wait_ready(START_TIMEOUT_S), runtime.load_error
+    return InProcess(create_app(settings, runtime).test_client()), runtime

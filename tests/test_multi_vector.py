@@ -97,9 +97,16 @@ def answer(server, path, body, **kwargs):
 # --- parity with PyLate, in-process, every layout ----------------------------------------------------------
 
 
+def operator_trusts(layout: str) -> bool:
+    """The remote-code layout runs the directory's own modules, which no manifest pins here: the operator's
+    SEARCHBOX_TRUST_REMOTE_CODE lets it (model_handlers/model_code.py)."""
+    return layout == "xlmr-remote-code"
+
+
 @pytest.fixture(scope="module", params=LAYOUTS)
 def layout_handler(request, colbert):
-    handler = load_handler(colbert.model_dir(request.param), HandlerOptions(device="cpu"))
+    handler = load_handler(colbert.model_dir(request.param),
+                           HandlerOptions(device="cpu", trust_remote_code=operator_trusts(request.param)))
     handler.warm_up()
     yield request.param, handler
     handler.close()
@@ -126,7 +133,7 @@ def test_token_vectors_and_maxsim_match_pylate(layout_handler, colbert):
 
 def test_settings_are_read_from_each_layout(colbert, minilm_dir):
     for layout in LAYOUTS:
-        config = read_serving_config(colbert.model_dir(layout))
+        config = read_serving_config(colbert.model_dir(layout), trust_remote_code=operator_trusts(layout))
         assert config.kind.name == "multi-vector", layout
         settings, expected = config.kind_settings, colbert.settings(layout)
         assert (settings.query_prefix, settings.document_prefix, settings.query_length, settings.document_length,

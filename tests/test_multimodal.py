@@ -26,10 +26,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from conftest import START_TIMEOUT_S
-from helpers import InProcess, assert_error, cosine
+from helpers import assert_error, cosine, in_process
 from model_handlers import HandlerOptions, load_handler
-from model_handlers.errors import InvalidInput
+from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.images import ImageReader
 from model_handlers.kinds import ModelFiles, detect
 from model_handlers.options import ImageOptions
@@ -145,17 +144,6 @@ def reference_images(reference, images: list[Image.Image]) -> np.ndarray:
     model, processor = reference
     with torch.no_grad():
         return model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output.numpy()
-
-
-def in_process(model_dir: Path, env: dict[str, str] | None = None):
-    from container.app import create_app
-    from container.runtime import ModelRuntime
-    from container.settings import Settings
-
-    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})})
-    runtime = ModelRuntime(settings).start()
-    assert runtime.wait_ready(START_TIMEOUT_S), runtime.load_error
-    return InProcess(create_app(settings, runtime).test_client()), runtime
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +343,10 @@ def test_remote_code_dual_encoder(clip_dir, tmp_path, reference):
                   auto_map={"AutoConfig": "configuration_dual.DualConfig", "AutoModel": "modeling_dual.DualModel"})
     (model_dir / "config.json").write_text(json.dumps(config))
     assert detect(ModelFiles.read(model_dir)).name == "multimodal"
-    handler = load_handler(model_dir)
+    # its own modules run only where a manifest pins them or the operator allows (model_handlers/model_code.py)
+    with pytest.raises(ModelDirectoryError, match="remote code configuration_dual.py"):
+        load_handler(model_dir)
+    handler = load_handler(model_dir, HandlerOptions(trust_remote_code=True))
     try:
         image = picture()
         result = handler.run(EmbedRequest(inputs=(TextInput(TEXTS[0]), TextInput(TEXTS[1]),

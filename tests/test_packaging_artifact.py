@@ -326,6 +326,11 @@ def test_remote_code_is_vendored_and_loads_offline(remote_code_model, tmp_path):
     manifest = json.loads((unpacked / "searchbox-manifest.json").read_text())
     assert manifest["vendored_remote_code"] == {"configuration_tiny.py": "other-org/tiny-remote",
                                                 "modeling_tiny.py": "other-org/tiny-remote"}
+    # every .py pinned: the container runs it with no operator flag (model_handlers/model_code.py)
+    assert [entry["path"] for entry in manifest["remote_code"]] == ["configuration_tiny.py", "modeling_tiny.py"]
+    from model_handlers.serving_config import read_serving_config
+
+    assert read_serving_config(unpacked).served_model_name == "tiny-remote"
 
     after = subprocess.run([sys.executable, "-c", _OFFLINE_LOADER, str(unpacked), text], env=env,
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)

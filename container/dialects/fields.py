@@ -259,8 +259,9 @@ _EMBEDDING_TYPE = {"type": "string", "enum": [t.value for t in EmbeddingType]}
 # Contract §2c: the options of every embedding request (the public API's body, SageMaker's `parameters`).
 EMBED_OPTIONS = (
     Option("task", optional_str, {"type": "string"},
-           "a task adapter or prompt the model declares (GET /v1/models lists them); an unknown task falls back "
-           "to the model's default"),
+           "a task the model declares (GET /v1/models lists them): it selects the task's LoRA adapter and/or "
+           "prepends its prompt. An unknown task is refused (422 UNKNOWN_TASK) on a model whose tasks select "
+           "adapters, and falls back to the model's default on a model whose tasks are prompts only"),
     Option("dimensions", optional_int, INTEGER_SCHEMA,
            "cut each vector to its first N dimensions (Matryoshka), then normalise"),
     Option("normalized", flag(True), boolean_schema(True), "scale each vector to unit length"),
@@ -270,6 +271,9 @@ EMBED_OPTIONS = (
            "cut inputs longer than the model's max length; false makes them an error"),
     Option("input_type", input_type, {"type": "string", "enum": list(INPUT_TYPE_TASKS)},
            "query or document: selects the retrieval task when no `task` is given"),
+    Option("adapter", optional_str, {"type": "string"},
+           "a LoRA adapter the endpoint holds (GET /adapters lists them), for every input, in place of the one the "
+           "task selects; SageMaker's X-Amzn-SageMaker-Adapter-Identifier header says the same"),
 )
 ENCODING_OPTION = Option(
     "embedding_type", encoding,

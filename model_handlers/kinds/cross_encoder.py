@@ -22,6 +22,7 @@ from typing import Hashable
 
 import numpy as np
 
+from model_handlers import jina_layout, model_code
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.onnx_runtime import export_graph
@@ -101,25 +102,17 @@ class CrossEncoderModel:
 
 
 class _TorchScorer:
-    """transformers' AutoModelForSequenceClassification: one logit per pair."""
+    """transformers' AutoModelForSequenceClassification (or, for Jina's flash checkpoints, the transformers class
+    that computes the same): one logit per pair."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
-            self._model = AutoModelForSequenceClassification.from_pretrained(
-                str(model_dir), local_files_only=True, trust_remote_code=True,
-                use_safetensors=not options.allow_pickle or None,
-            ).to(self._device)
-        except (OSError, ValueError) as exc:
-            raise ModelDirectoryError(f"cannot load {model_dir} as a cross-encoder reranker: {exc}") from exc
-        self._model.eval()
+        tokenizer, self._model = _classifier(model_dir, options, self.device)
         labels = int(getattr(self._model.config, "num_labels", 1))
         if labels != 1:
             raise ModelDirectoryError(
@@ -162,6 +155,26 @@ def _max_length(declared, positions: int) -> int:
     return int(min(declared, positions)) if declared < _NO_LIMIT else int(positions)
 
 
+def _classifier(model_dir: Path, options: HandlerOptions, device: str):
+    """The tokenizer and the classifier on `device`, in eval mode: natively for a Jina flash checkpoint
+    (model_handlers/jina_layout.py), else through transformers' Auto classes, with remote code only as
+    model_handlers/model_code.py allows."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    trust = model_code.trusts(model_dir, options)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
+        if jina_layout.layout(_json(model_dir / "config.json")):
+            return tokenizer, jina_layout.load(model_dir, jina_layout.CLASSIFIER, device=device,
+                                               allow_pickle=options.allow_pickle)[0]
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), local_files_only=True, trust_remote_code=trust,
+            use_safetensors=not options.allow_pickle or None)
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"cannot load {model_dir} as a cross-encoder reranker: {exc}") from exc
+    return tokenizer, model.to(device).eval()
+
+
 def _json(path: Path) -> dict:
     value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     return value if isinstance(value, dict) else {}
@@ -173,12 +186,7 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     Raises:
         ModelDirectoryError: the model does not export (the message says why).
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True,
-                                                               trust_remote_code=True)
-
+    tokenizer, model = _classifier(model_dir, HandlerOptions(), "cpu")
     example = tokenizer(["what does searchbox export?", "which query is this?"],
                         ["the cross-encoder as an ONNX graph", "a second document, a little longer than the first"],
                         padding=True, return_tensors="np")

@@ -7,8 +7,9 @@ Three directory layouts, told apart by their files:
   `skiplist_words`);
 - Stanford `colbert-ai`'s: an `HF_ColBERT` encoder whose weights hold the `linear` projection beside it, settings
   in `artifact.metadata` (`query_token_id`, `doc_token_id`, `query_maxlen`, `doc_maxlen`, `attend_to_mask_tokens`,
-  `mask_punctuation`). jina-colbert-v2's XLM-R encoder is remote code (`auto_map`): it loads through
-  `trust_remote_code`, from the directory's own copy (packaging vendors it);
+  `mask_punctuation`). jina-colbert-v2's encoder, Jina's XLM-RoBERTa flash layout (remote code in its `auto_map`),
+  is read natively into transformers' `JinaEmbeddingsV3Model` (model_handlers/jina_layout.py): none of its code
+  runs; other remote-code encoders load as model_handlers/model_code.py allows;
 - any encoder with `"kind": "multi-vector"` in `searchbox.json` (no projection: the encoder's width).
 
 `searchbox.json` may state any of PyLate's setting names above; it wins over the checkpoint's files, which win
@@ -32,12 +33,13 @@ import importlib
 import json
 import logging
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from model_handlers import adapters, jina_layout, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import Prepared
@@ -47,7 +49,7 @@ from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedRequest, RerankRequest, texts_of
+from model_handlers.types import TASK_INPUT_TYPES, EmbedRequest, RerankRequest, texts_of
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +215,7 @@ class _Sequence:
     attended: int  # the model attends to the first `attended` positions (query expansion may follow)
     keep: np.ndarray | None  # positions whose vectors are answered; None: every position
     group: Hashable = "tokens"  # queries and documents share passes: right padding is masked away
+    adapter: str | None = None  # the LoRA adapter of this row (rows of different adapters share passes too)
 
     @property
     def length(self) -> int:
@@ -240,7 +243,7 @@ class MultiVectorModel:
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         settings: ColbertSettings = config.kind_settings
         self.config = config
@@ -248,12 +251,14 @@ class MultiVectorModel:
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
         encoder_dir = model_dir / settings.encoder_folder
+        trust = model_code.trusts(model_dir, options)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=True)
-            self._encoder = _load_encoder(AutoModel, encoder_dir, options.allow_pickle).to(self._device)
+            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=trust)
+            self._encoder = _load_encoder(encoder_dir, options, trust, self.device)
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a multi-vector (ColBERT) model: {exc}") from exc
         self._encoder.eval()
+        self.adapters = adapters.attach(self._encoder, options, config.adapters, model_dir)
         # in the encoder's dtype, as PyLate casts its Dense layers
         dtype = next(self._encoder.parameters()).dtype
         self._projections = [_projection(model_dir, p, options.allow_pickle, self._device, dtype)
@@ -329,7 +334,8 @@ class MultiVectorModel:
             raise InvalidOption(f"late_chunking is not available for multi-vector model {self.model_name}: each "
                                 "token already has a vector in the context of its whole input; leave it out")
         sequences = self._sequences(request, request.truncate)
-        return Prepared(sequences, [s.length for s in sequences])
+        return Prepared(sequences, [s.length for s in sequences],
+                        adapters=adapters.held(self.adapters, sequences, request.adapter))
 
     def vector_count(self, request: EmbedRequest) -> int:
         """The token vectors the answer to `request` holds (inputs cut to length: a refusal comes later, in order)."""
@@ -344,17 +350,20 @@ class MultiVectorModel:
         """
         query_text = texts_of([request.query], self.model_name, "the query")
         documents = texts_of(request.documents, self.model_name, "document")
-        prompt = self.config.task_spec(None).prompt
-        query = self._sequence(self._query, self._tokenizer.encode([prompt + query_text[0]])[0], 0, True)
+        spec = self.config.resolve_task(None, adapter=request.adapter)
+        prompt = spec.prompt
+        query = self._sequence(self._query, self._tokenizer.encode([prompt + query_text[0]])[0], 0, True,
+                               spec.adapter)
         prompt_ids = self._tokenizer.encode([prompt])[0] if prompt else np.zeros(0, dtype=np.int64)
         windowing = Windowing.within(self._room(self._document) - len(prompt_ids), self.config)
 
         def windows(index: int, content: np.ndarray) -> tuple[list[_Sequence], int]:
-            pieces = [self._sequence(self._document, np.concatenate([prompt_ids, window]), index, True)
+            pieces = [self._sequence(self._document, np.concatenate([prompt_ids, window]), index, True, spec.adapter)
                       for window in windowing.split(content)]
             return pieces, sum(p.length for p in pieces)
 
-        return windowed(Scoring.MAXSIM, [query], query.length, self._tokenizer.encode(documents), windows, max_windows)
+        work = windowed(Scoring.MAXSIM, [query], query.length, self._tokenizer.encode(documents), windows, max_windows)
+        return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
@@ -364,14 +373,17 @@ class MultiVectorModel:
     def _sequences(self, request: EmbedRequest, truncate: bool) -> list[_Sequence]:
         texts = texts_of(request.inputs, self.model_name)
         side = self._query if (request.effective_input_type or DEFAULT_INPUT_TYPE) == "query" else self._document
-        prompt = self.config.task_spec(request.task).prompt
-        contents = self._tokenizer.encode([prompt + text for text in texts])
-        return [self._sequence(side, content, index, truncate) for index, content in enumerate(contents)]
+        # a retrieval task the model does not declare only says which side (as input_type does)
+        task = None if request.task in TASK_INPUT_TYPES and request.task not in self.config.tasks else request.task
+        spec = self.config.resolve_task(task, adapter=request.adapter)
+        contents = self._tokenizer.encode([spec.prompt + text for text in texts])
+        return [self._sequence(side, content, index, truncate, spec.adapter) for index, content in enumerate(contents)]
 
     def _room(self, side: _Side) -> int:
         return side.length - self._tokenizer.special_count - len(side.marker)
 
-    def _sequence(self, side: _Side, content: np.ndarray, index: int, truncate: bool) -> _Sequence:
+    def _sequence(self, side: _Side, content: np.ndarray, index: int, truncate: bool,
+                  adapter: str | None = None) -> _Sequence:
         room = self._room(side)
         if len(content) > room:
             if not truncate:
@@ -389,7 +401,7 @@ class MultiVectorModel:
             if side.attend_expansion:
                 attended = len(ids)
         keep = None if side.skip is None else np.flatnonzero(~np.isin(ids, side.skip))
-        return _Sequence(ids, attended, keep)
+        return _Sequence(ids, attended, keep, adapter=adapter)
 
     # --- on the batcher's thread ----------------------------------------------------------------------
 
@@ -401,7 +413,8 @@ class MultiVectorModel:
             for row, sequence in enumerate(sequences):
                 padded["attention_mask"][row, sequence.attended:] = 0
             features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
-            tokens = self._encoder(**features)[0]
+            with adapters.rows(self.adapters, [s.adapter for s in sequences]):
+                tokens = self._encoder(**features)[0]
             for projection in self._projections:
                 tokens = projection(tokens)
             vectors = tokens.float().cpu().numpy()
@@ -413,20 +426,28 @@ class MultiVectorModel:
         return out
 
 
-def _load_encoder(auto_model, encoder_dir: Path, allow_pickle: bool):
-    """The encoder, its missing weights refused: random weights would serve plausible nonsense.
+def _load_encoder(encoder_dir: Path, options: HandlerOptions, trust: bool, device: str):
+    """The encoder on `device`, in eval mode, its missing weights refused: random weights would serve plausible
+    nonsense. Jina's flash checkpoints (jina-colbert-v2) are read natively (model_handlers/jina_layout.py).
 
     transformers' own load report is kept quiet: in colbert-ai's layout the projection's `linear.weight` sits
     beside the encoder's weights, which it calls unexpected, and the pooler it adds (a ColBERT never uses it)
     missing; what is really wrong is said here instead.
     """
+    from transformers import AutoModel
     from transformers.utils import logging as transformers_logging
 
+    if jina_layout.layout(ModelFiles.read(encoder_dir).config):
+        encoder, unused = jina_layout.load(encoder_dir, jina_layout.ENCODER, device=device,
+                                           allow_pickle=options.allow_pickle)
+        _warn_unused(encoder_dir, unused)
+        return encoder
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        encoder, info = auto_model.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=True,
-                                                   use_safetensors=not allow_pickle or None, output_loading_info=True)
+        encoder, info = AutoModel.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=trust,
+                                                  use_safetensors=not options.allow_pickle or None,
+                                                  output_loading_info=True)
     finally:
         transformers_logging.set_verbosity(verbosity)
     missing = sorted(key for key in info.get("missing_keys", ()) if not key.startswith("pooler."))
@@ -434,10 +455,14 @@ def _load_encoder(auto_model, encoder_dir: Path, allow_pickle: bool):
         wrong = ", ".join(missing[:5] + [str(key) for key in list(info.get("mismatched_keys") or ())[:5]])
         raise ModelDirectoryError(f"{encoder_dir}: the encoder's weights are missing or of the wrong shape in the "
                                   f"checkpoint ({wrong}); it would answer random vectors")
-    unused = sorted(key for key in info.get("unexpected_keys", ()) if not key.startswith(("linear.", "residual.")))
+    _warn_unused(encoder_dir, info.get("unexpected_keys", ()))
+    return encoder.to(device).eval()
+
+
+def _warn_unused(encoder_dir: Path, keys) -> None:
+    unused = sorted(key for key in keys if not key.startswith(("linear.", "residual.", "pooler.")))
     if unused:
         logger.warning("%s: weights not used by the encoder: %s", encoder_dir, ", ".join(unused[:10]))
-    return encoder
 
 
 def _projection(model_dir: Path, projection: Projection, allow_pickle: bool, device, dtype) -> "_Dense":

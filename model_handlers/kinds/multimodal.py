@@ -27,12 +27,13 @@ import logging
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Hashable, Mapping
 
 import numpy as np
 
+from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
@@ -74,6 +75,7 @@ class _Text:
 
     ids: np.ndarray
     group: Hashable
+    adapter: str | None = None  # the LoRA adapter of this row
 
     @property
     def length(self) -> int:
@@ -83,11 +85,12 @@ class _Text:
 class _Image:
     """One preprocessed image: the image processor's arrays (leading dimension 1), and its token-equivalent."""
 
-    __slots__ = ("arrays", "length", "group", "__weakref__")
+    __slots__ = ("arrays", "length", "group", "adapter", "__weakref__")
 
-    def __init__(self, arrays: Mapping[str, np.ndarray], length: int):
+    def __init__(self, arrays: Mapping[str, np.ndarray], length: int, adapter: str | None = None):
         self.arrays = dict(arrays)
         self.length = length
+        self.adapter = adapter
         self.group = ("image", tuple((name, array.shape[1:]) for name, array in sorted(self.arrays.items())))
 
     @property
@@ -137,15 +140,17 @@ class MultimodalModel:
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
         hf_dir = transformers_directory(model_dir)
+        trust = model_code.trusts(model_dir, options)
         try:
             self._model = AutoModel.from_pretrained(
-                str(hf_dir), local_files_only=True, trust_remote_code=True,
+                str(hf_dir), local_files_only=True, trust_remote_code=trust,
                 use_safetensors=not options.allow_pickle or None,
             ).to(self._device)
-            tokenizer, self._image_processor = _processors(hf_dir)
+            tokenizer, self._image_processor = _processors(hf_dir, trust)
         except (OSError, ValueError, ImportError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a multimodal model: {exc}") from exc
         self._model.eval()
+        self.adapters = adapters.attach(self._model, options, config.adapters, model_dir)
         for method in ("get_text_features", "get_image_features"):
             if not callable(getattr(self._model, method, None)):
                 raise ModelDirectoryError(f"{model_dir}: {type(self._model).__name__} has no {method}; searchbox "
@@ -175,18 +180,19 @@ class MultimodalModel:
         if request.late_chunking:
             raise InvalidOption(f"model {self.model_name} embeds each input alone (texts and images): late_chunking "
                                 "is not available; leave it out or set it to false", code="UNSUPPORTED_OPTION")
-        items, tokens = self._prepare(list(request.inputs), self.config.task_spec(request.effective_task),
-                                      request.truncate, "input")
-        return Prepared(items, tokens)
+        spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
+        items, tokens = self._prepare(list(request.inputs), spec, request.truncate, "input")
+        return Prepared(items, tokens, adapters=adapters.held(self.adapters, items, request.adapter))
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query, then every document: an image is one input, a long text document one input per window.
 
         Scores are cosines in the shared space; texts take the `retrieval.*` tasks' prompts when the model has them.
         """
-        query, query_tokens = self._prepare([request.query], self.config.task_spec("retrieval.query"), True,
-                                            "the query")
-        spec = self.config.task_spec("retrieval.passage")
+        query, query_tokens = self._prepare([request.query], self.config.resolve_task("retrieval.query",
+                                                                                      adapter=request.adapter),
+                                            True, "the query")
+        spec = self.config.resolve_task("retrieval.passage", adapter=request.adapter)
         self._check_inputs(request.documents, "document")
         deadline = self._reader.deadline()
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
@@ -198,14 +204,15 @@ class MultimodalModel:
         def pieces(index: int, document: EmbedInput) -> tuple[list[Any], int]:
             nonlocal held
             if isinstance(document, TextInput):
-                windows = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group)
+                windows = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group, spec.adapter)
                            for window in windowing.split(contents[index])]
                 return windows, sum(window.length for window in windows)
-            image, tokens = self._image(document, where("document", index), deadline, held)
+            image, tokens = self._image(document, where("document", index), deadline, held, spec.adapter)
             held += image.nbytes
             return [image], tokens
 
-        return windowed(Scoring.COSINE, query, query_tokens[0], request.documents, pieces, max_windows)
+        work = windowed(Scoring.COSINE, query, query_tokens[0], request.documents, pieces, max_windows)
+        return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
     def calibration_item(self, length: int) -> _Text:
         filler = self._tokenizer.encode(["a"])[0][:1]
@@ -224,11 +231,12 @@ class MultimodalModel:
         held = 0
         for index, item in enumerate(inputs):
             if isinstance(item, TextInput):
-                text = _Text(self._tokenizer.wrap(self._fit(contents[index], index, what, truncate)), self._text_group)
+                text = _Text(self._tokenizer.wrap(self._fit(contents[index], index, what, truncate)), self._text_group,
+                             spec.adapter)
                 items.append(text)
                 tokens.append(text.length)
             else:
-                image, count = self._image(item, where(what, index), deadline, held)
+                image, count = self._image(item, where(what, index), deadline, held, spec.adapter)
                 held += image.nbytes
                 items.append(image)
                 tokens.append(count)
@@ -240,7 +248,8 @@ class MultimodalModel:
             if not isinstance(item, (TextInput, ImageInput)):
                 raise unsupported(item, where(what, index), self.model_name, _TAKES)
 
-    def _image(self, item: ImageInput, at: str, deadline: float, held: int) -> tuple[_Image, int]:
+    def _image(self, item: ImageInput, at: str, deadline: float, held: int,
+               adapter: str | None = None) -> tuple[_Image, int]:
         """The preprocessed image and the tokens it is billed (Jina's tile rule)."""
         with self._decoding:
             image = self._reader.read(item.source, at, deadline)
@@ -253,7 +262,7 @@ class MultimodalModel:
             finally:
                 image.close()
         processed = _Image({name: value for name, value in arrays.items() if isinstance(value, np.ndarray)},
-                           self._image_length)
+                           self._image_length, adapter)
         self._held.hold(processed, held)
         return processed, tiles(width, height, self.config.image_tile_size) * self.config.image_tile_tokens
 
@@ -271,7 +280,7 @@ class MultimodalModel:
     def forward(self, items: list) -> list[list[np.ndarray]]:
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), adapters.rows(self.adapters, [item.adapter for item in items]):
             if isinstance(items[0], _Text):
                 padded = self._tokenizer.pad([item.ids for item in items], length=self._fixed_length)
                 features = self._model.get_text_features(**self._arguments(padded, self._text_args))
@@ -300,12 +309,13 @@ def transformers_directory(model_dir: Path) -> Path:
     return model_dir
 
 
-def _processors(model_dir: Path):
-    """The model's tokenizer and image processor, from its processor, else loaded one by one."""
+def _processors(model_dir: Path, trust: bool):
+    """The model's tokenizer and image processor, from its processor, else loaded one by one (`trust`: the policy's
+    trust_remote_code, model_handlers/model_code.py)."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     try:
-        processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
         tokenizer = getattr(processor, "tokenizer", None)
         image_processor = getattr(processor, "image_processor", None)
         if tokenizer is not None and image_processor is not None:
@@ -313,8 +323,8 @@ def _processors(model_dir: Path):
     except (OSError, ValueError, TypeError, KeyError):
         pass  # no processor saved: the tokenizer and the image processor may be there alone
     try:
-        return (AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True),
-                AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=True))
+        return (AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust),
+                AutoImageProcessor.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust))
     except (OSError, ValueError) as exc:
         raise ModelDirectoryError(f"{model_dir}: the model's tokenizer and image processor cannot be loaded ({exc}); "
                                   "save them with the model (processor.save_pretrained(dir))") from exc

@@ -4,21 +4,32 @@ The catch-all kind: any directory no other kind recognises is served as a text e
 reranks by the cosine of query and document embeddings (its `retrieval.*` prompts when it has them).
 
 The model prepares on the caller's thread (`prepare_embed`: prompts, tokenizing, length checks, late
-chunking's packing) and runs sentence-transformers' own modules on the batcher's thread (`forward`):
-the modules before pooling, the pooling the model declares, the modules after it but a final Normalize
-(the pipeline normalises when asked, so that `normalized: false` can skip it).
+chunking's packing) and runs on the batcher's thread (`forward`) one of three encoders:
+- sentence-transformers' own modules: those before pooling, the pooling the model declares, those after it but a
+  final Normalize (the pipeline normalises when asked, so that `normalized: false` can skip it);
+- a jina-embeddings-v3 checkpoint on transformers' native architecture (model_handlers/jina_v3.py), pooled as
+  its 1_Pooling (or v3's mean) says;
+- the ONNX graph exported at packaging time, pooled likewise.
+
+Task adapters apply per input row (model_handlers/adapters.py): a pass mixes rows of different tasks and adapters,
+each row computed as its own adapter (or the base model) would. A directory that runs its own code for adapters
+(searchbox.json `"model_code": "remote"`, a model whose forward takes `adapter_mask`, as v3's remote code does)
+gets the same per-row ids through that argument.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Hashable
 
 import numpy as np
 
+from model_handlers import adapters, jina_v3, model_code
+from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
@@ -50,15 +61,18 @@ class _Sequence:
 
 
 class TextEmbeddingModel:
-    """One sentence-transformers (or plain encoder) model directory, on the torch or the ONNX backend (its encoder)."""
+    """One sentence-transformers (or plain encoder, or jina-embeddings-v3) model directory, on torch or ONNX."""
 
-    def __init__(self, encoder: "_TorchEncoder | _OnnxEncoder", config: ServingConfig):
+    def __init__(self, encoder: "_TorchEncoder | _OnnxEncoder | _JinaV3Encoder", config: ServingConfig):
         self.config = config
         self.model_name = config.served_model_name
         self._encoder = encoder
         self.width = self._encoder.width
         self.max_length = self._encoder.max_length
         self.device = self._encoder.device
+        # The adapters applied per row, when the encoder holds any (None: tasks only select prompts, or the
+        # directory's own code applies them).
+        self.adapters: RowAdapters | None = self._encoder.adapters
         self._tokenizer = self._encoder.tokenizer
         self._include_prompt = self._encoder.include_prompt
 
@@ -66,10 +80,12 @@ class TextEmbeddingModel:
 
     def prepare_embed(self, request: EmbedRequest) -> Prepared:
         texts = texts_of(request.inputs, self.model_name)
-        spec = self.config.task_spec(request.effective_task)
+        spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
         if request.late_chunking:
-            return self._prepare_late_chunking(texts, spec, request.truncate)
-        return self._prepare_each(texts, spec, request.truncate)
+            prepared = self._prepare_late_chunking(texts, spec, request.truncate)
+        else:
+            prepared = self._prepare_each(texts, spec, request.truncate)
+        return replace(prepared, adapters=adapters.held(self.adapters, prepared.items, request.adapter))
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query, then every window of every document, embedded with the `retrieval.*` tasks' prompts.
@@ -79,30 +95,38 @@ class TextEmbeddingModel:
         """
         query_text = texts_of([request.query], self.model_name, "the query")
         documents = texts_of(request.documents, self.model_name, "document")
-        query = self._prepare_each(query_text, self.config.task_spec("retrieval.query"), truncate=True)
-        spec = self.config.task_spec("retrieval.passage")
+        query = self._prepare_each(query_text, self.config.resolve_task("retrieval.query", adapter=request.adapter),
+                                   truncate=True)
+        spec = self.config.resolve_task("retrieval.passage", adapter=request.adapter)
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
         prompt_length = self._prompt_length(spec)
-        group = ("each", spec.adapter, prompt_length)  # the group _prepare_each gives, so windows batch with the query
+        group = self._group("each", spec, prompt_length)
 
         def windows(index: int, content: np.ndarray) -> tuple[list[_Sequence], int]:
             pieces = [_Sequence(self._tokenizer.wrap(np.concatenate([prompt, w])), group,
                                 prompt_length=prompt_length, adapter=spec.adapter) for w in windowing.split(content)]
             return pieces, sum(p.length for p in pieces)
 
-        return windowed(Scoring.COSINE, query.items, query.token_counts[0], self._tokenizer.encode(documents), windows,
+        work = windowed(Scoring.COSINE, query.items, query.token_counts[0], self._tokenizer.encode(documents), windows,
                         max_windows)
+        return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
         return _Sequence(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
-                         ("each", None, 0))
+                         self._group("each", TaskSpec(), 0))
+
+    def _group(self, layout: str, spec: TaskSpec, prompt_length: int = 0) -> Hashable:
+        """What a sequence may share a forward pass with: the same layout and pooled span; rows of different
+        adapters share passes (each row takes its own), except where the directory's code takes one task per pass
+        (its sentence-transformers module reads a `task` string) or no task for a whole pass."""
+        return (layout, prompt_length, self._encoder.pass_key(spec.adapter))
 
     def _prepare_each(self, texts: list[str], spec: TaskSpec, truncate: bool) -> Prepared:
         contents = self._tokenizer.encode([spec.prompt + text for text in texts])
         prompt_length = self._prompt_length(spec)
-        group = ("each", spec.adapter, prompt_length)
+        group = self._group("each", spec, prompt_length)
         sequences = []
         for index, content in enumerate(contents):
             content = self._fit(content, self._tokenizer.room, index, truncate)
@@ -119,7 +143,7 @@ class TextEmbeddingModel:
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
         room = self._tokenizer.room - len(prompt)
         contents = [self._fit(c, room, i, truncate) for i, c in enumerate(self._tokenizer.encode(texts))]
-        group = ("late", spec.adapter)
+        group = self._group("late", spec)
         overhead = self._tokenizer.special_count + len(prompt)
         sequences, token_counts = [], []
         start = 0
@@ -164,7 +188,11 @@ class TextEmbeddingModel:
 
 class _TorchEncoder:
     """sentence-transformers' own modules: those before pooling, the pooling the model declares, those after it
-    but a final Normalize (the pipeline normalises when asked, so that `normalized: false` can skip it)."""
+    but a final Normalize (the pipeline normalises when asked, so that `normalized: false` can skip it).
+
+    Adapters: PEFT LoRA directories `searchbox.json` names (and any registered at run time) go into the
+    transformer's own model; a directory whose code applies adapters itself gets each row's id as `adapter_mask`
+    (a model whose forward takes it), or the pass's task as the `task` feature (a module that reads it)."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
@@ -178,7 +206,7 @@ class _TorchEncoder:
         try:
             self._model = SentenceTransformer(
                 str(model_dir), device=options.resolved_device(), local_files_only=True,
-                trust_remote_code=True, model_kwargs=model_kwargs,
+                trust_remote_code=model_code.trusts(model_dir, options), model_kwargs=model_kwargs,
             )
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as an embedding model: {exc}") from exc
@@ -198,6 +226,21 @@ class _TorchEncoder:
         self.tokenizer = TokenizerView.from_hf(self._model.tokenizer, self.max_length)
         self._device = self._model.device
         self.device = str(self._device)
+        transformer = getattr(self._encoder_modules[0], "model", None) if self._encoder_modules else None
+        # the directory's own code takes one adapter id per row (jina-embeddings-v3's `adapter_mask`)
+        self._adapter_ids = _adapter_ids(transformer, model_dir)
+        hf_config = _json(model_dir / "config.json")
+        # a module that reads the task by name (v3's sentence-transformers module) gets v3's own task names
+        self._task_names = ({jina_v3.adapter_name(t): t for t in jina_v3.read_tasks(hf_config).names}
+                            if jina_v3.is_v3(hf_config) else {})
+        self.adapters = adapters.attach(transformer, options, config.adapters, model_dir)
+
+    def pass_key(self, adapter: str | None) -> Hashable:
+        if self._adapter_ids is not None:
+            return adapter is None  # an adapter_mask names a task for every row, or the pass has none
+        if self.adapters is not None and (adapter is None or adapter in self.adapters.names):
+            return None  # peft's layers apply each row's own
+        return adapter  # the module reads one `task` per pass
 
     def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
         import torch
@@ -206,12 +249,18 @@ class _TorchEncoder:
             padded = self.tokenizer.pad([s.ids for s in sequences])
             features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
             first = sequences[0]
-            if first.adapter is not None:
-                features["task"] = first.adapter
+            rows = [s.adapter for s in sequences]
+            if self._adapter_ids is not None:
+                if first.adapter is not None:
+                    features["adapter_mask"] = torch.tensor([self._adapter_ids[a] for a in rows], dtype=torch.int32,
+                                                            device=self._device)
+            elif first.adapter is not None and (self.adapters is None or first.adapter not in self.adapters.names):
+                features["task"] = self._task_names.get(first.adapter, first.adapter)
             if first.prompt_length:
                 features["prompt_length"] = first.prompt_length
-            for module in self._encoder_modules:
-                features = module(features)
+            with adapters.rows(self.adapters, rows):
+                for module in self._encoder_modules:
+                    features = module(features)
             if first.spans is None:
                 pooled = self._post_pool(self._pooling(features))
                 return [[row] for row in pooled]
@@ -227,10 +276,39 @@ class _TorchEncoder:
         return features["sentence_embedding"].float().cpu().numpy()
 
 
-class _OnnxEncoder:
-    """The transformer exported to ONNX at packaging time, run by ONNX Runtime; the pooling sentence-transformers
-    declares (1_Pooling/config.json) done here in numpy. No torch, no transformers: the slim image has neither.
-    Only Transformer -> Pooling (-> Normalize) pipelines export (build_artifact refuses others by name)."""
+class _PooledTokens:
+    """Token vectors from a backend (`_tokens`), pooled here in numpy as 1_Pooling/config.json declares (mean for
+    a directory without one), each packed input's own span for late chunking."""
+
+    include_prompt: bool
+    tokenizer: TokenizerView
+    _pooling: "PoolingSpec"
+    adapters: RowAdapters | None = None
+
+    def pass_key(self, adapter: str | None) -> Hashable:
+        return None  # every row takes its own adapter (or none)
+
+    def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
+        raise NotImplementedError
+
+    def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
+        padded = self.tokenizer.pad([s.ids for s in sequences])
+        tokens = self._tokens(padded, sequences).astype(np.float32, copy=False)
+        first = sequences[0]
+        if first.spans is None:
+            mask = padded["attention_mask"].astype(np.float32)
+            if first.prompt_length:
+                mask[:, :first.prompt_length] = 0  # the pooling skips the prompt (include_prompt false)
+            return [[row] for row in self._pooling.pool(tokens, mask)]
+        means = [tokens[row, start:end].mean(axis=0) if end > start else tokens[row, :sequence.length].mean(axis=0)
+                 for row, sequence in enumerate(sequences) for start, end in sequence.spans]
+        return _split_spans(sequences, np.stack(means))
+
+
+class _OnnxEncoder(_PooledTokens):
+    """The transformer exported to ONNX at packaging time, run by ONNX Runtime. No torch, no transformers: the slim
+    image has neither. Only Transformer -> Pooling (-> Normalize) pipelines export (build_artifact refuses others
+    by name, and models whose tasks select adapters)."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         from model_handlers.onnx_runtime import OnnxSession
@@ -245,18 +323,58 @@ class _OnnxEncoder:
         self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length,
                                                       with_type_ids="token_type_ids" in self._session.input_names)
 
-    def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
-        padded = self.tokenizer.pad([s.ids for s in sequences])
-        tokens = self._session.run(padded).astype(np.float32, copy=False)
-        first = sequences[0]
-        if first.spans is None:
-            mask = padded["attention_mask"].astype(np.float32)
-            if first.prompt_length:
-                mask[:, :first.prompt_length] = 0  # the pooling skips the prompt (include_prompt false)
-            return [[row] for row in self._pooling.pool(tokens, mask)]
-        means = [tokens[row, start:end].mean(axis=0) if end > start else tokens[row, :sequence.length].mean(axis=0)
-                 for row, sequence in enumerate(sequences) for start, end in sequence.spans]
-        return _split_spans(sequences, np.stack(means))
+    def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
+        return self._session.run(padded)
+
+
+class _JinaV3Encoder(_PooledTokens):
+    """A jina-embeddings-v3 checkpoint on transformers' native architecture, its task adapters applied per row by
+    peft (model_handlers/jina_v3.py); no code from the directory runs."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        self.device = options.resolved_device()
+        self._model, installs = jina_v3.load(model_dir, self.device)
+        self.adapters = RowAdapters(self._model, max_loaded=options.max_adapters, allow_pickle=options.allow_pickle)
+        for task, install in installs.items():
+            self.adapters.add_builtin(jina_v3.adapter_name(task), f"{model_dir.name}: task {task}", install)
+        for name, directory in config.adapters.items():
+            self.adapters.add_directory(name, directory, builtin=True)
+        self._pooling = PoolingSpec.read(model_dir)
+        self.include_prompt = self._pooling.include_prompt
+        hf_config = _json(model_dir / "config.json")
+        self.width = self._pooling.width or int(hf_config["hidden_size"])
+        self.max_length = int(config.max_length or _declared_length(model_dir, hf_config))
+        self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length, with_type_ids=False)
+
+    def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self.adapters.rows([s.adapter for s in sequences]):
+            features = {name: torch.from_numpy(array).to(self.device) for name, array in padded.items()}
+            return self._model(**features).last_hidden_state.float().cpu().numpy()
+
+
+def _torch_encoder(model_dir: Path, config: ServingConfig, options: HandlerOptions):
+    """A jina-embeddings-v3 checkpoint on transformers' native architecture (unless searchbox.json asks for its own
+    code), else sentence-transformers' modules."""
+    if jina_v3.is_v3(_json(model_dir / "config.json")) and config.model_code != "remote":
+        return _JinaV3Encoder(model_dir, config, options)
+    return _TorchEncoder(model_dir, config, options)
+
+
+def _adapter_ids(transformer, model_dir: Path) -> dict[str, int] | None:
+    """{adapter name: id} for a directory whose own code takes one adapter id per row (`adapter_mask`, as
+    jina-embeddings-v3's remote code does); None for any other model."""
+    if transformer is None or "adapter_mask" not in inspect.signature(transformer.forward).parameters:
+        return None
+    config = _json(model_dir / "config.json")
+    if not jina_v3.is_v3(config):
+        return None
+    return {jina_v3.adapter_name(task): index for index, task in enumerate(jina_v3.read_tasks(config).names)}
 
 
 @dataclass(frozen=True)
@@ -312,6 +430,18 @@ def _split_spans(sequences: list[_Sequence], pooled: np.ndarray) -> list[list[np
     return [list(part) for part in np.split(pooled, np.cumsum(counts)[:-1])]
 
 
+def _declared_length(model_dir: Path, hf_config: dict) -> int:
+    """A long-context model's length: sentence_bert_config.json's max_seq_length, else its tokenizer's, else its
+    positions (no cap at 512: jina-embeddings-v3 reads 8192 tokens)."""
+    declared = _json(model_dir / "sentence_bert_config.json").get("max_seq_length")
+    if declared:
+        return int(declared)
+    tokenizer = _json(model_dir / "tokenizer_config.json").get("model_max_length")
+    if isinstance(tokenizer, int) and 0 < tokenizer < 1_000_000:
+        return tokenizer
+    return int(hf_config.get("max_position_embeddings") or 512)
+
+
 def _max_seq_length(model_dir: Path, hf_config: dict) -> int:
     """What sentence-transformers would cut at: sentence_bert_config.json's max_seq_length, else the positions."""
     declared = _json(model_dir / "sentence_bert_config.json").get("max_seq_length")
@@ -356,8 +486,9 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
                                   "build it with --backend torch")
     transformer = next((m.get("path", "") for m in modules if str(m.get("type", "")).endswith("Transformer")), "")
     source = model_dir / transformer
-    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=True)
-    model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=True)
+    trust = model_code.trusts(model_dir, HandlerOptions())
+    tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust)
+    model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust)
 
     example = tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
                         padding=True, return_tensors="np")
@@ -387,7 +518,7 @@ KIND = Kind(
                       '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}'),
         client_call='client.embed(texts=["hello", "world"])',
     ),
-    backends={"torch": lambda model_dir, config, options: TextEmbeddingModel(_TorchEncoder(model_dir, config, options),
+    backends={"torch": lambda model_dir, config, options: TextEmbeddingModel(_torch_encoder(model_dir, config, options),
                                                                               config),
               "onnx": lambda model_dir, config, options: TextEmbeddingModel(_OnnxEncoder(model_dir, config, options),
                                                                              config)},

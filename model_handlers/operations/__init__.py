@@ -43,8 +43,10 @@ class Runner(Protocol):
     def admit(self, deadline: Deadline) -> None:
         """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
 
-    def run_items(self, items: Sequence[Any], deadline: Deadline, timing: Timing | None = None) -> list[list[Any]]:
-        """The model's outputs for `items`, run in forward passes shared with other callers."""
+    def run_items(self, items: Sequence[Any], deadline: Deadline, timing: Timing | None = None,
+                  adapters: tuple[str, ...] = ()) -> list[list[Any]]:
+        """The model's outputs for `items`, run in forward passes shared with other callers, holding the LoRA
+        `adapters` they name."""
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class Prepared:
 
     items: Sequence[WorkItem]
     token_counts: list[int]
+    # the LoRA adapters the items name: held (loaded, and never unloaded) until the request is answered
+    adapters: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -47,7 +49,7 @@ def run(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Tim
     request = request.with_default_input_type(pipeline.default_input_type)
     pipeline.admit(deadline)
     prepared = pipeline.model.prepare_embed(request)
-    outputs = pipeline.run_items(prepared.items, deadline, timing)
+    outputs = pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
     vectors = [finish(vector, request) for output in outputs for vector in output]
     if len(vectors) != len(request.inputs):
         raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs; this is a bug")

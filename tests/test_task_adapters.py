@@ -1,0 +1,571 @@
+"""Task adapters per request: a jina-embeddings-v3-style checkpoint served natively and through its own code, PEFT
+adapters on MiniLM, mixed batches, and the explicit-task rule, checked against the models' own code.
+
+References: the checkpoint's own `encode(texts, task=…)` (tests/jina_v3_remote_code.py, v3's published interface,
+loaded from the model directory as remote code), and `PeftModel` + sentence-transformers' mean pooling for PEFT.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_error, cosine, in_process
+from jina_v3_models import INSTRUCTIONS, TASKS, build_v3, reference
+
+pytestmark = pytest.mark.app
+
+TEXTS = ["Berlin is the capital of Germany.", "how do rotary position embeddings work",
+         "A longer passage about search engines, retrieval, ranking and the people who build them."]
+
+
+@pytest.fixture(scope="session")
+def v3_dir(tmp_path_factory, minilm_dir) -> Path:
+    return build_v3(tmp_path_factory.mktemp("models") / "tiny-v3", minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def v3_reference(v3_dir):
+    """The checkpoint's own code: {task or None: encode(TEXTS, task=task)}."""
+    model = reference(v3_dir)
+    return {task: model.encode(TEXTS, task=task) for task in (None, *TASKS)}
+
+
+@pytest.fixture(scope="module")
+def v3(v3_dir):
+    app, runtime = in_process(v3_dir)
+    yield app
+    runtime.close()
+
+
+def embeddings(app, body: dict, *, headers: dict | None = None) -> list[list[float]]:
+    response = app.post("/v1/embeddings", body, headers=headers)
+    assert response.status_code == 200, response.text
+    return [item["embedding"] for item in response.json()["data"]]
+
+
+def assert_matches(served, expected, bound: float = 0.9999):
+    assert len(served) == len(expected)
+    for vector, reference_vector in zip(served, expected):
+        assert cosine(vector, reference_vector) >= bound
+
+
+# --- jina-embeddings-v3, native -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_task_matches_the_models_own_encode(v3, v3_reference, task):
+    assert_matches(embeddings(v3, {"input": TEXTS, "task": task}), v3_reference[task])
+    # the SageMaker envelope, as the jina-sagemaker client sends it
+    response = v3.post("/invocations", {"data": [{"text": t} for t in TEXTS], "parameters": {"task": task}})
+    assert response.status_code == 200, response.text
+    assert_matches([item["embedding"] for item in response.json()["data"]], v3_reference[task])
+
+
+def test_tasks_select_different_adapters(v3_reference):
+    """The reference itself: every task's vectors differ from the base model's (the adapters are not no-ops)."""
+    for task in TASKS:
+        assert max(cosine(a, b) for a, b in zip(v3_reference[task], v3_reference[None])) < 0.99
+
+
+def test_no_task_is_the_base_model(v3, v3_reference):
+    assert_matches(embeddings(v3, {"input": TEXTS}), v3_reference[None])
+
+
+def test_input_type_selects_the_retrieval_task(v3, v3_reference):
+    assert_matches(embeddings(v3, {"input": TEXTS, "input_type": "query"}), v3_reference["retrieval.query"])
+    assert_matches(embeddings(v3, {"input": TEXTS, "input_type": "document"}), v3_reference["retrieval.passage"])
+
+
+def test_unknown_task_is_refused_naming_the_tasks(v3):
+    response = v3.post("/v1/embeddings", {"input": TEXTS, "task": "retreival.query"})
+    assert_error(response, 422, "UNKNOWN_TASK", "retreival.query", *TASKS)
+    response = v3.post("/invocations", {"data": [{"text": "x"}], "parameters": {"task": "nonsense"}})
+    assert_error(response, 422, "UNKNOWN_TASK", "nonsense")
+
+
+def test_usage_counts_the_instruction(v3, v3_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(v3_dir))
+    body = v3.post("/v1/embeddings", {"input": TEXTS, "task": "retrieval.query"}).json()
+    expected = [len(tokenizer(INSTRUCTIONS["retrieval.query"] + text)["input_ids"]) for text in TEXTS]
+    assert body["usage"]["total_tokens"] == sum(expected)
+    plain = v3.post("/v1/embeddings", {"input": TEXTS}).json()["usage"]["total_tokens"]
+    assert plain == sum(len(tokenizer(text)["input_ids"]) for text in TEXTS) < sum(expected)
+
+
+def test_matryoshka_dimensions_from_the_checkpoint(v3, v3_reference):
+    card = v3.get("/v1/models").json()["data"][0]
+    assert card["matryoshka_dimensions"] == [8, 16, 32]
+    assert card["unknown_task"] == "refused"
+    assert sorted(card["task_adapters"]) == sorted(TASKS)
+    cut = embeddings(v3, {"input": TEXTS, "task": "classification", "dimensions": 16})
+    for vector, full in zip(cut, v3_reference["classification"]):
+        np.testing.assert_allclose(vector, full[:16] / np.linalg.norm(full[:16]), atol=2e-5)
+
+
+def test_one_forward_pass_mixes_every_task(v3_dir, v3_reference):
+    """Rows of all five tasks and of no task in ONE pass, each as the model computes it for its task alone."""
+    from model_handlers import HandlerOptions, load_handler
+    from model_handlers.types import EmbedRequest, TextInput
+
+    handler = load_handler(v3_dir, HandlerOptions(device="cpu"))
+    model = handler.model
+    items = []
+    for task in (None, *TASKS):
+        items.extend(model.prepare_embed(EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS), task=task)).items)
+    assert len({item.group for item in items}) == 1  # nothing keeps them apart
+    outputs = model.forward(items)
+    for index, task in enumerate((None, *TASKS)):
+        rows = [output[0] for output in outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]]
+        assert_matches(rows, v3_reference[task])
+    handler.close()
+
+
+def test_concurrent_requests_of_every_task_share_passes_and_match(v3_dir, v3_reference):
+    """Six callers at once, one per task (and one without): each gets its own task's vectors."""
+    app, runtime = in_process(v3_dir)
+    try:
+        handler = runtime.handler
+        before = handler.forward_passes
+        results, errors = {}, []
+        start = threading.Barrier(len(TASKS) + 1)
+
+        def call(task):
+            try:
+                start.wait()
+                body = {"input": TEXTS * 4} if task is None else {"input": TEXTS * 4, "task": task}
+                results[task] = embeddings(app, body)
+            except BaseException as exc:  # recorded, asserted in the main thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(task,)) for task in (None, *TASKS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for task in (None, *TASKS):
+            assert_matches(results[task], v3_reference[task].tolist() * 4)
+        # 6 requests of 12 inputs: packed together, far fewer passes than one per request would take
+        assert handler.forward_passes - before < len(TASKS) + 1
+    finally:
+        runtime.close()
+
+
+def test_batch_transform_takes_the_jobs_input_type(v3_dir, v3_reference):
+    app, runtime = in_process(v3_dir, {"SEARCHBOX_DEFAULT_INPUT_TYPE": "query"})
+    try:
+        rows = "".join(f'"{i}","{text}"\n' for i, text in enumerate(TEXTS))
+        response = app.post("/invocations", data=rows, headers={"Content-Type": "text/csv"})
+        assert response.status_code == 200, response.text
+        served = [item["embedding"] for item in json.loads(response.text)["data"]]
+        assert_matches(served, v3_reference["retrieval.query"])
+        # JSON Lines: a task per line
+        lines = "\n".join(json.dumps({"input": [text], "task": "separation"}) for text in TEXTS) + "\n"
+        response = app.post("/invocations", data=lines, headers={"Content-Type": "application/jsonlines"})
+        assert response.status_code == 200, response.text
+        served = [json.loads(line)["data"][0]["embedding"] for line in response.text.splitlines()]
+        assert_matches(served, v3_reference["separation"])
+    finally:
+        runtime.close()
+
+
+@pytest.mark.server  # a fresh Python process
+def test_native_path_runs_no_code_from_the_model_directory(v3_dir):
+    """In a fresh process: loading the checkpoint imports nothing from its directory (no transformers_modules)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from model_handlers import HandlerOptions, load_handler
+        from model_handlers.types import EmbedRequest, TextInput
+        handler = load_handler({str(v3_dir)!r}, HandlerOptions(device="cpu"))
+        handler.run(EmbedRequest(inputs=(TextInput("hello"),), task="retrieval.query"))
+        loaded = [name for name, module in sys.modules.items()
+                  if name.startswith("transformers_modules") or "modeling_lora" in name
+                  or {str(v3_dir)!r} in (getattr(module, "__file__", None) or "")]
+        print("LOADED", loaded)
+        assert not loaded, loaded
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOADED []" in result.stdout
+
+
+def test_remote_code_path_gives_the_same_answers(v3_dir, v3_reference, tmp_path):
+    """The same checkpoint served through the code it ships (`model_code: remote`): per-row adapter ids reach its
+    forward as `adapter_mask`; answers match the native path's reference, mixed tasks included."""
+    remote_dir = tmp_path / "v3-remote"
+    shutil.copytree(v3_dir, remote_dir)
+    (remote_dir / "searchbox.json").write_text(json.dumps({"model_code": "remote"}))
+    # refused without the operator's word or a manifest pinning the code (model_handlers/model_code.py)
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.serving_config import read_serving_config
+
+    with pytest.raises(ModelDirectoryError, match="modeling_lora.py"):
+        read_serving_config(remote_dir)
+    app, runtime = in_process(remote_dir, {"SEARCHBOX_TRUST_REMOTE_CODE": "1"})
+    try:
+        model = runtime.handler.model
+        assert type(model._encoder).__name__ == "_TorchEncoder"
+        for task in TASKS:
+            assert_matches(embeddings(app, {"input": TEXTS, "task": task}), v3_reference[task])
+        assert_matches(embeddings(app, {"input": TEXTS}), v3_reference[None])
+        from model_handlers.types import EmbedRequest, TextInput
+
+        items = []
+        for task in TASKS:
+            items.extend(model.prepare_embed(EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS), task=task)).items)
+        assert len({item.group for item in items}) == 1
+        outputs = model.forward(items)
+        for index, task in enumerate(TASKS):
+            assert_matches([o[0] for o in outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]], v3_reference[task])
+    finally:
+        runtime.close()
+
+
+def test_onnx_build_refuses_a_model_whose_tasks_select_adapters(v3_dir):
+    from model_handlers.errors import ModelDirectoryError
+    from model_handlers.text_embedding import export_onnx
+
+    with pytest.raises(ModelDirectoryError, match="select adapters"):
+        export_onnx(v3_dir, v3_dir / "never.onnx")
+
+
+# --- PEFT adapters on MiniLM --------------------------------------------------------------------------------------
+
+
+def peft_model(base, seed: int, modules=("query", "value"), spread: float = 0.3):
+    """`base` with a LoRA adapter made by peft's own classes, its B matrices random (a trained adapter's are not
+    zero; peft initialises them to zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=list(modules), lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, spread)
+    return model
+
+
+def make_peft_adapter(minilm_dir: Path, target: Path, seed: int, modules=("query", "value")) -> Path:
+    """A LoRA adapter for MiniLM, saved as peft saves it."""
+    from transformers import AutoModel
+
+    peft_model(AutoModel.from_pretrained(str(minilm_dir)), seed, modules).save_pretrained(str(target))
+    return target
+
+
+def peft_reference(minilm_dir: Path, adapter_dir: Path | None, texts: list[str]) -> np.ndarray:
+    """`PeftModel` on MiniLM (or MiniLM alone), pooled and normalised as the sentence-transformers model says."""
+    from peft import PeftModel
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(minilm_dir), device="cpu", local_files_only=True)
+    if adapter_dir is not None:
+        transformer = st[0]
+        transformer.model = PeftModel.from_pretrained(transformer.model, str(adapter_dir)).eval()
+    return st.encode(texts, normalize_embeddings=True)
+
+
+@pytest.fixture(scope="session")
+def peft_adapters(tmp_path_factory, minilm_dir) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("peft")
+    return {"legal": make_peft_adapter(minilm_dir, root / "legal", 1),
+            "medical": make_peft_adapter(minilm_dir, root / "medical", 2, modules=("query", "key", "dense"))}
+
+
+@pytest.fixture(scope="module")
+def peft_model_dir(tmp_path_factory, minilm_dir, peft_adapters) -> Path:
+    """MiniLM with two PEFT adapters in the artifact, one selected by a task."""
+    target = tmp_path_factory.mktemp("models") / "minilm-adapters"
+    shutil.copytree(minilm_dir, target)
+    for name, directory in peft_adapters.items():
+        shutil.copytree(directory, target / "adapters" / name)
+    (target / "searchbox.json").write_text(json.dumps({
+        "adapters": {"legal": "adapters/legal", "medical": "adapters/medical"},
+        "tasks": {"classification": {"adapter": "medical"}}}))
+    return target
+
+
+def test_peft_adapters_match_peftmodel(peft_model_dir, peft_adapters, minilm_dir):
+    app, runtime = in_process(peft_model_dir)
+    try:
+        for name, directory in peft_adapters.items():
+            expected = peft_reference(minilm_dir, directory, TEXTS)
+            assert_matches(embeddings(app, {"input": TEXTS, "adapter": name}), expected)
+            assert max(cosine(a, b) for a, b in zip(expected, peft_reference(minilm_dir, None, TEXTS))) < 0.999
+        # a task that selects an adapter; and no adapter at all is the plain model
+        assert_matches(embeddings(app, {"input": TEXTS, "task": "classification"}),
+                       peft_reference(minilm_dir, peft_adapters["medical"], TEXTS))
+        assert_matches(embeddings(app, {"input": TEXTS}), peft_reference(minilm_dir, None, TEXTS))
+        assert_error(app.post("/v1/embeddings", {"input": TEXTS, "task": "nonsense"}), 422, "UNKNOWN_TASK")
+        assert_error(app.post("/v1/embeddings", {"input": TEXTS, "adapter": "finance"}), 422, "UNKNOWN_ADAPTER",
+                     "finance", "legal", "medical")
+        # SageMaker's header says the same as the body's field; two different names are refused
+        headers = {"X-Amzn-SageMaker-Adapter-Identifier": "legal"}
+        assert_matches(embeddings(app, {"input": TEXTS}, headers=headers),
+                       peft_reference(minilm_dir, peft_adapters["legal"], TEXTS))
+        assert_error(app.post("/v1/embeddings", {"input": TEXTS, "adapter": "medical"}, headers=headers), 400,
+                     "CONFLICTING_ADAPTERS")
+        # one pass, rows of both adapters and of none
+        from model_handlers.types import EmbedRequest, TextInput
+
+        model = runtime.handler.model
+        items = []
+        for adapter in (None, "legal", "medical"):
+            items.extend(model.prepare_embed(EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS),
+                                                          adapter=adapter)).items)
+        assert len({item.group for item in items}) == 1
+        outputs = [o[0] for o in model.forward(items)]
+        for index, adapter in enumerate((None, "legal", "medical")):
+            expected = peft_reference(minilm_dir, peft_adapters.get(adapter), TEXTS)
+            assert_matches(outputs[index * len(TEXTS):(index + 1) * len(TEXTS)], expected)
+    finally:
+        runtime.close()
+
+
+def test_models_without_adapters_say_so(app):
+    """The embedded MiniLM holds none until one is registered: /v1/models lists none, `adapter` is refused."""
+    card = app.get("/v1/models").json()["data"][0]
+    assert card["adapters"] == [] and card["task_adapters"] == {} and card["unknown_task"] == "default"
+    assert_error(app.post("/v1/embeddings", {"input": ["x"], "adapter": "legal"}), 422, "UNKNOWN_ADAPTER", "legal")
+
+
+# --- SageMaker's adapter API, on a real server --------------------------------------------------------------------
+
+
+def _tar(directory: Path, target: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(target, "w:gz") as tar:
+        for child in directory.iterdir():
+            tar.add(child, arcname=child.name)
+    return target
+
+
+def test_sagemaker_adapter_api_round_trip(server_factory, peft_adapters, minilm_dir, tmp_path):
+    """Register (directory, archive, lazily), list, invoke by header, refuse bad adapters with nothing half-loaded,
+    unload past the cap, pin, and unregister: as SageMaker's inference components drive it."""
+    import requests
+
+    server = server_factory({"SEARCHBOX_MAX_ADAPTERS": "2"})
+    header = "X-Amzn-SageMaker-Adapter-Identifier"
+
+    def register(name, src, **flags):
+        return requests.post(server.url + "/adapters", json={"name": name, "src": str(src), **flags}, timeout=120)
+
+    def listed():
+        return {a["name"]: a for a in requests.get(server.url + "/adapters", timeout=30).json()["data"]}
+
+    def embed(adapter, texts=TEXTS, path="/invocations"):
+        body = {"data": [{"text": t} for t in texts]} if path == "/invocations" else {"input": texts}
+        response = requests.post(server.url + path, json=body, headers={header: adapter} if adapter else {},
+                                 timeout=120)
+        assert response.status_code == 200, response.text
+        return [item["embedding"] for item in response.json()["data"]]
+
+    assert listed() == {}
+    response = register("legal", peft_adapters["legal"])
+    assert (response.status_code, response.text) == (200, "Adapter legal registered")
+    archive = _tar(peft_adapters["medical"], tmp_path / "medical.tar.gz")
+    response = requests.post(server.url + "/adapters", json={"name": "medical", "src": str(archive)},
+                             headers={"X-Amzn-SageMaker-Adapter-Alias": "medical-v2"}, timeout=120)
+    assert (response.status_code, response.text) == (200, "Adapter medical-v2 registered")
+    assert {name: a["loaded"] for name, a in listed().items()} == {"legal": True, "medical": True}
+
+    expected = {name: peft_reference(minilm_dir, directory, TEXTS) for name, directory in peft_adapters.items()}
+    expected[None] = peft_reference(minilm_dir, None, TEXTS)
+    assert_matches(embed("legal"), expected["legal"])
+    assert_matches(embed("medical", path="/v1/embeddings"), expected["medical"])
+    assert_matches(embed(None), expected[None])
+
+    # refused: a name taken, a body without src, a missing path, a directory that is no adapter, one for another model
+    assert_error(register("legal", peft_adapters["legal"]), 409, "ADAPTER_EXISTS", "legal")
+    assert_error(requests.post(server.url + "/adapters", json={"name": "x"}, timeout=30), 400,
+                 "INVALID_ADAPTER_REQUEST", "src")
+    assert_error(register("ghost", tmp_path / "nowhere"), 424, "ADAPTER_NOT_FOUND", "ghost")
+    assert_error(register("plain", minilm_dir), 424, "ADAPTER_INVALID", "adapter_config.json")
+    foreign = make_peft_adapter(minilm_dir, tmp_path / "foreign", 3)
+    config = json.loads((foreign / "adapter_config.json").read_text())
+    (foreign / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj"]}))
+    assert_error(register("foreign", foreign), 424, "ADAPTER_LOAD_FAILED", "foreign")
+    assert set(listed()) == {"legal", "medical"}  # nothing of the refused ones stayed
+    assert_matches(embed("legal"), expected["legal"])
+
+    # past the cap of 2 the least recently used idle adapter is unloaded, and loaded again when asked for
+    embed("medical")  # legal is now the least recently used
+    assert register("legal-copy", peft_adapters["legal"]).status_code == 200
+    assert {name: a["loaded"] for name, a in listed().items()} == {"legal": False, "medical": True,
+                                                                   "legal-copy": True}
+    assert_matches(embed("legal"), expected["legal"])
+    assert listed()["legal"]["loaded"]
+
+    # registered lazily: loaded by the first request that names it
+    assert register("lazy", peft_adapters["medical"], preload=False).status_code == 200
+    assert listed()["lazy"]["loaded"] is False
+    assert_matches(embed("lazy"), expected["medical"])
+
+    # pinned adapters are never unloaded; with every slot pinned, one more is refused by name
+    for name in list(listed()):
+        assert requests.delete(f"{server.url}/adapters/{name}", timeout=30).status_code == 200
+    assert register("p1", peft_adapters["legal"], pin=True).status_code == 200
+    assert register("p2", peft_adapters["medical"], pin=True).status_code == 200
+    assert_error(register("p3", peft_adapters["legal"]), 424, "ADAPTER_CAPACITY", "p3", "SEARCHBOX_MAX_ADAPTERS")
+
+    # unregister: gone for requests, a second time not found (SageMaker's message)
+    response = requests.delete(server.url + "/adapters/p1", timeout=30)
+    assert (response.status_code, response.text) == (200, "Adapter p1 unregistered")
+    response = requests.post(server.url + "/invocations", json={"data": [{"text": "x"}]}, headers={header: "p1"},
+                             timeout=30)
+    assert_error(response, 422, "UNKNOWN_ADAPTER", "p1", "p2")
+    assert_error(requests.delete(server.url + "/adapters/p1", timeout=30), 404, "ADAPTER_NOT_FOUND",
+                 "The adapter p1 was not found")
+
+
+def test_adapters_are_refused_by_a_reranker(tmp_path, minilm_dir):
+    """A cross-encoder holds no adapters: registering one says so, by model."""
+    from transformers import BertForSequenceClassification
+
+    target = tmp_path / "reranker"
+    BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1).save_pretrained(str(target))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm_dir / name, target / name)
+    app, runtime = in_process(target)
+    try:
+        response = app.post("/adapters", {"name": "a", "src": str(tmp_path)})
+        assert_error(response, 400, "ADAPTERS_UNSUPPORTED", "reranker")
+        assert app.get("/adapters").json() == {"object": "list", "data": []}
+    finally:
+        runtime.close()
+
+
+def test_adapter_answers_are_documented(app):
+    from container.openapi import document
+    from helpers import assert_documented
+
+    spec = document()
+    assert_documented(spec, "get", "/adapters", app.get("/adapters"))
+    assert_documented(spec, "post", "/adapters", app.post("/adapters", {"name": "x"}))  # 400: no src
+    assert_documented(spec, "delete", "/adapters/{name}", app.delete("/adapters/none-such"))  # 404
+    assert_documented(spec, "get", "/v1/models", app.get("/v1/models"))
+
+
+def test_the_listing_says_what_task_does(v3_dir, minilm_dir):
+    """usage-information.md's model paragraph names each task's effect and the unknown-task rule."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "packaging"))
+    import aws_listing
+
+    text = aws_listing._model_lines(SimpleNamespace(model_dir=v3_dir, tasks={}))
+    for task in TASKS:
+        assert f"`{task}` (its LoRA adapter" in text
+    assert "`retrieval.query` (its LoRA adapter and an instruction)" in text
+    assert "refused (422 UNKNOWN_TASK)" in text and "Matryoshka `dimensions` 8, 16, 32" in text
+    prompts = aws_listing._model_lines(SimpleNamespace(model_dir=minilm_dir, tasks={"retrieval.query": "query: "}))
+    assert "`retrieval.query` (an instruction)" in prompts and "gets the default" in prompts
+
+
+def test_v3_sentence_transformers_layout_serves_natively(tmp_path, minilm_dir, v3_reference):
+    """v3 also ships modules.json (transformer, mean pooling, normalisation): served natively all the same, with
+    the same answers (the same seed makes the same checkpoint)."""
+    model_dir = build_v3(tmp_path / "v3-st", minilm_dir, sentence_transformers=True)
+    app, runtime = in_process(model_dir)
+    try:
+        assert type(runtime.handler.model._encoder).__name__ == "_JinaV3Encoder"
+        for task in (None, "retrieval.passage", "text-matching"):
+            body = {"input": TEXTS} if task is None else {"input": TEXTS, "task": task}
+            assert_matches(embeddings(app, body), v3_reference[task])
+    finally:
+        runtime.close()
+
+
+# --- adapters on the other kinds that embed ------------------------------------------------------------------------
+
+
+def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
+    """A LoRA adapter on both towers of a CLIP, per row: texts and images answer as `PeftModel(CLIPModel)` does."""
+    import base64
+    import io
+
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoProcessor, CLIPModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    import tiny_clip
+
+    clip_dir = tiny_clip.build(tmp_path / "clip")
+    peft_model(CLIPModel.from_pretrained(str(clip_dir)), 5, ("q_proj", "v_proj"), spread=0.5).save_pretrained(
+        str(clip_dir / "adapters" / "style"))
+    (clip_dir / "searchbox.json").write_text(json.dumps({"adapters": {"style": "adapters/style"}}))
+
+    image = Image.fromarray((np.arange(48 * 40 * 3).reshape(40, 48, 3) % 251).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    texts = ["a photo of a dog", "mountains at sunset"]
+    reference = PeftModel.from_pretrained(CLIPModel.from_pretrained(str(clip_dir)),
+                                          str(clip_dir / "adapters" / "style"))
+    processor = AutoProcessor.from_pretrained(str(clip_dir))
+    with torch.no_grad():
+        expected = list(reference.get_text_features(**processor(text=texts, padding=True, return_tensors="pt"))
+                        .pooler_output.numpy())
+        expected += list(reference.get_image_features(**processor(images=[image], return_tensors="pt"))
+                         .pooler_output.numpy())
+    app, runtime = in_process(clip_dir)
+    try:
+        inputs = [{"text": t} for t in texts] + [{"image": base64.b64encode(buffer.getvalue()).decode()}]
+        served = embeddings(app, {"input": inputs, "adapter": "style"})
+        assert_matches(served, expected)
+        plain = embeddings(app, {"input": inputs})
+        assert max(cosine(a, b) for a, b in zip(plain, expected)) < 0.999  # the adapter changes every vector
+    finally:
+        runtime.close()
+
+
+def test_peft_adapter_on_a_colbert_equals_its_merged_weights(colbert, tmp_path, minilm_dir):
+    """Per-row LoRA at run time answers what the same ColBERT with the adapter merged into its encoder answers
+    (that plain path is itself checked against PyLate in test_multi_vector.py)."""
+    from transformers import AutoModel
+
+    from model_handlers.serving_config import read_serving_config
+
+    source = colbert.model_dir("pylate")
+    encoder = read_serving_config(source).kind_settings.encoder_folder
+    adapted, merged = tmp_path / "adapted", tmp_path / "merged"
+    shutil.copytree(source, adapted)
+    peft = peft_model(AutoModel.from_pretrained(str(source / encoder)), 9)
+    peft.save_pretrained(str(adapted / "adapters" / "domain"))
+    (adapted / "searchbox.json").write_text(json.dumps({"adapters": {"domain": "adapters/domain"}}))
+    shutil.copytree(source, merged)
+    peft.merge_and_unload().save_pretrained(str(merged / encoder), safe_serialization=True)
+
+    body = {"input": TEXTS, "input_type": "document"}
+    app, runtime = in_process(merged)
+    try:
+        expected = [item["embeddings"] for item in app.post("/v1/multi-vector", body).json()["data"]]
+    finally:
+        runtime.close()
+    app, runtime = in_process(adapted)
+    try:
+        response = app.post("/v1/multi-vector", {**body, "adapter": "domain"})
+        assert response.status_code == 200, response.text
+        served = [item["embeddings"] for item in response.json()["data"]]
+        plain = [item["embeddings"] for item in app.post("/v1/multi-vector", body).json()["data"]]
+    finally:
+        runtime.close()
+    for rows, expected_rows, plain_rows in zip(served, expected, plain):
+        assert len(rows) == len(expected_rows)
+        assert min(cosine(a, b) for a, b in zip(rows, expected_rows)) >= 0.9999
+        assert min(cosine(a, b) for a, b in zip(rows, plain_rows)) < 0.999
