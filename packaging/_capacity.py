@@ -42,6 +42,13 @@ DEFAULT_P95_MS = 1000.0
 # SageMaker's load-testing guide: SageMakerVariantInvocationsPerInstance = (MAX_RPS * SAFETY_FACTOR) * 60, "start
 # testing with a SAFETY_FACTOR of 0.5" (docs.aws.amazon.com/sagemaker/latest/dg/endpoint-scaling-loadtest.html).
 DEFAULT_HEADROOM = 0.5
+# Cooldowns the deployment builder writes and the scale simulation plays:
+# - ScaleInCooldown 300 s: Application Auto Scaling's default for SageMaker endpoint variants (API reference,
+#   TargetTrackingScalingPolicyConfiguration.ScaleInCooldown), written out explicitly.
+# - ScaleOutCooldown 60 s: a new instance takes minutes to come into service and SageMaker does not scale an
+#   endpoint that is still updating, so a short cooldown lets a second step follow as soon as the first is served.
+SCALE_IN_COOLDOWN_S = 300
+SCALE_OUT_COOLDOWN_S = 60
 SHAPES = {"query": 1, "batch": 32}  # request shapes the benchmark measures: inputs per request
 BACKENDS = ("torch", "onnx", "onnx-int8")
 
@@ -168,7 +175,8 @@ def load(path: str | Path) -> list[Measurement]:
 
 def parse(raw: Any, where: str) -> list[Measurement]:
     if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-        raise CapacityError(f"{where}: schema: expected {SCHEMA!r}, got {raw.get('schema') if isinstance(raw, dict) else raw!r}")
+        got = raw.get("schema") if isinstance(raw, dict) else raw
+        raise CapacityError(f"{where}: schema: expected {SCHEMA!r}, got {got!r}")
     entries = raw.get("measurements")
     if not isinstance(entries, list):
         raise CapacityError(f"{where}: measurements: must be a list")

@@ -51,13 +51,8 @@ ASYNC_ENV = {"SEARCHBOX_ASYNC": "1"}
 # The longest suffix a variant adds to --name ("-serverless"), within SageMaker's 63 characters.
 LONGEST_SUFFIX = len("-serverless")
 NAME_MAX = 63 - LONGEST_SUFFIX
-# Where Application Auto Scaling and SageMaker's docs set the defaults written out explicitly here:
-# - ScaleInCooldown 300 s: Application Auto Scaling's default for SageMaker endpoint variants (API reference,
-#   TargetTrackingScalingPolicyConfiguration.ScaleInCooldown).
-# - ScaleOutCooldown 60 s: a new instance takes minutes to come into service and SageMaker does not scale an
-#   endpoint that is still updating, so a short cooldown lets a second step follow as soon as the first is served.
-SCALE_IN_COOLDOWN_S = 300
-SCALE_OUT_COOLDOWN_S = 60
+SCALE_IN_COOLDOWN_S = _capacity.SCALE_IN_COOLDOWN_S
+SCALE_OUT_COOLDOWN_S = _capacity.SCALE_OUT_COOLDOWN_S
 # Asynchronous inference (docs.aws.amazon.com/sagemaker/latest/dg/async-inference-autoscale.html): target tracking
 # on ApproximateBacklogSizePerInstance, and the step policy + alarm on HasBacklogWithoutCapacity that lets an
 # endpoint at zero instances scale out on the first queued request.
@@ -300,9 +295,10 @@ def realtime(options: Options) -> Variant:
         register(target, max(1, options.min_instances), options.max_instances),
         target_tracking(target, f"{name}-{options.metric}", value, metric, options),
     ]
+    measured = (f"{targets.level.concurrency}" if options.metric == "concurrency"
+                else f"{targets.level.requests_per_s:g} requests/s x 60")
     plan = scaling_lines(found, targets, options.p95_ms) + [
-        f"- target tracking: {value:g} {what} = {targets.level.concurrency if options.metric == 'concurrency' else targets.level.requests_per_s:g}"
-        f"{'' if options.metric == 'concurrency' else ' requests/s x 60'} x headroom {targets.headroom:g}; "
+        f"- target tracking: {value:g} {what} = {measured} x headroom {targets.headroom:g}; "
         f"{max(1, options.min_instances)}..{options.max_instances} instances of {options.instance_type}; "
         f"scale-out cooldown {options.scale_out_cooldown_s} s, scale-in cooldown {options.scale_in_cooldown_s} s"]
     return Variant("realtime", calls, plan=plan)
@@ -592,8 +588,8 @@ def autoscale_settings(*, name: str, location: str, deployment_id: str, minimum:
 
     def rule(metric: str, operator: str, threshold: float, window_min: int, direction: str, cooldown_min: int) -> dict:
         return {"metricTrigger": {"metricName": metric, "metricResourceUri": deployment_id, "timeGrain": "PT1M",
-                                  "statistic": "Average", "timeWindow": f"PT{window_min}M", "timeAggregation": "Average",
-                                  "operator": operator, "threshold": float(threshold)},
+                                  "statistic": "Average", "timeWindow": f"PT{window_min}M",
+                                  "timeAggregation": "Average", "operator": operator, "threshold": float(threshold)},
                 "scaleAction": {"direction": direction, "type": "ChangeCount", "value": "1",
                                 "cooldown": f"PT{cooldown_min}M"}}
 
