@@ -35,7 +35,6 @@ published as API).
 from __future__ import annotations
 
 import argparse
-import bisect
 import csv
 import math
 import sys
@@ -55,44 +54,8 @@ SCALE_IN_RATIO = 0.9
 PERIOD_S = {"concurrency": 10, "invocations": 60}
 
 
-# --- one instance, as measured ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Instance:
-    """Rate -> (in flight, p95) of one instance, interpolated over measured closed-loop levels."""
-
-    rates: tuple[float, ...]  # requests/s, increasing
-    concurrency: tuple[float, ...]
-    p95_ms: tuple[float, ...]
-
-    @classmethod
-    def from_levels(cls, levels: tuple[_capacity.Level, ...]) -> "Instance":
-        """Levels by concurrency, keeping only those that add throughput (past saturation more clients only queue)."""
-        rates, conc, p95 = [], [], []
-        for level in sorted((lv for lv in levels if lv.errors == 0), key=lambda lv: lv.concurrency):
-            if not rates or level.requests_per_s > rates[-1]:
-                rates.append(level.requests_per_s)
-                conc.append(float(level.concurrency))
-                p95.append(level.p95_ms)
-        if not rates:
-            raise _capacity.CapacityError("levels: no error-free level to simulate an instance from")
-        return cls(tuple(rates), tuple(conc), tuple(p95))
-
-    @property
-    def max_rate(self) -> float:
-        return self.rates[-1]
-
-    def at(self, rate: float) -> tuple[float, float]:
-        """(requests in flight, p95 ms) at `rate` requests/s (at most max_rate). Below the first level concurrency
-        falls linearly to 0 and p95 stays the first level's (one request alone is not faster than at 1 client)."""
-        if rate <= self.rates[0]:
-            return self.concurrency[0] * rate / self.rates[0], self.p95_ms[0]
-        i = min(bisect.bisect_left(self.rates, rate), len(self.rates) - 1)
-        lo, hi = i - 1, i
-        share = (rate - self.rates[lo]) / (self.rates[hi] - self.rates[lo])
-        return (self.concurrency[lo] + share * (self.concurrency[hi] - self.concurrency[lo]),
-                self.p95_ms[lo] + share * (self.p95_ms[hi] - self.p95_ms[lo]))
+# one instance, as measured: the curve the capacity file's levels draw (packaging/_capacity.py)
+Instance = _capacity.Curve
 
 
 # --- the policy --------------------------------------------------------------------------------------------------
@@ -325,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except _capacity.CapacityError as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
-    instance = Instance.from_levels(found.measurement.levels)
+    instance = Instance.of(found.measurement.levels)
     sustained = found.measurement.sustained(args.p95_ms)
     per_instance = sustained.requests_per_s if sustained else instance.max_rate
     specs = args.traffic or [f"steady:{2 * per_instance:.0f}", f"ramp:{0.5 * per_instance:.0f}:{6 * per_instance:.0f}",

@@ -29,6 +29,7 @@ in flight at that rate (Little's law), which is what SageMaker's `ConcurrentRequ
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -121,21 +122,73 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Curve:
+    """One instance as measured: requests/s -> (requests in flight, p95 ms), interpolated between closed-loop levels.
+
+    Only levels that add throughput are kept (past saturation more clients only queue). Below the first level the
+    in-flight count falls linearly to 0 and p95 stays the first level's: one request alone is not faster.
+    """
+
+    rates: tuple[float, ...]  # requests/s, increasing
+    concurrency: tuple[float, ...]
+    p95_ms: tuple[float, ...]
+
+    @classmethod
+    def of(cls, levels: tuple[Level, ...]) -> "Curve":
+        rates: list[float] = []
+        conc: list[float] = []
+        p95: list[float] = []
+        for level in sorted((lv for lv in levels if lv.errors == 0), key=lambda lv: lv.concurrency):
+            if not rates or level.requests_per_s > rates[-1]:
+                rates.append(level.requests_per_s)
+                conc.append(float(level.concurrency))
+                p95.append(level.p95_ms)
+        if not rates:
+            raise CapacityError("levels: no error-free level measured")
+        return cls(tuple(rates), tuple(conc), tuple(p95))
+
+    @property
+    def max_rate(self) -> float:
+        return self.rates[-1]
+
+    def at(self, rate: float) -> tuple[float, float]:
+        """(requests in flight, p95 ms) at `rate` requests/s, at most max_rate."""
+        if rate <= self.rates[0]:
+            return self.concurrency[0] * rate / self.rates[0], self.p95_ms[0]
+        hi = min(bisect.bisect_left(self.rates, rate), len(self.rates) - 1)
+        lo = hi - 1
+        share = (min(rate, self.rates[hi]) - self.rates[lo]) / (self.rates[hi] - self.rates[lo])
+        return (self.concurrency[lo] + share * (self.concurrency[hi] - self.concurrency[lo]),
+                self.p95_ms[lo] + share * (self.p95_ms[hi] - self.p95_ms[lo]))
+
+
+@dataclass(frozen=True)
 class Targets:
-    """Scaling numbers derived from one measurement at a p95 target with a headroom (safety factor)."""
+    """Scaling numbers derived from one measurement at a p95 target with a headroom (safety factor).
+
+    The headroom applies to throughput, as in SageMaker's formula for InvocationsPerInstance; the concurrency target
+    is what one instance holds in flight at that throughput, read off the measured curve (in flight does not grow in
+    proportion to load near saturation, so headroom x the sustained concurrency would be far closer to saturation).
+    """
 
     level: Level
     headroom: float
+    curve: Curve
+
+    @property
+    def rate(self) -> float:
+        """Requests/s per instance to aim for: the sustained rate x headroom."""
+        return self.level.requests_per_s * self.headroom
 
     @property
     def concurrency(self) -> float:
-        """ConcurrentRequestsPerModel / PerCopy target: in-flight requests per instance, headroom applied, >= 1."""
-        return max(1.0, round(self.level.concurrency * self.headroom, 2))
+        """ConcurrentRequestsPerModel / PerCopy target: in flight per instance at `rate`."""
+        return max(0.01, round(self.curve.at(self.rate)[0], 2))
 
     @property
     def invocations_per_minute(self) -> float:
         """SageMakerVariantInvocationsPerInstance target: (sustained requests/s x headroom) x 60 (AWS's formula)."""
-        return max(1.0, round(self.level.requests_per_s * self.headroom * 60, 1))
+        return max(1.0, round(self.rate * 60, 1))
 
     @property
     def max_concurrent_per_instance(self) -> int:
@@ -154,7 +207,7 @@ def targets(measurement: Measurement, p95_ms: float | None, headroom: float, *, 
         raise CapacityError(f"{flag}: no measured level of {measurement.describe()} meets p95 <= {limit:g} ms "
                             f"(lowest: {best.p95_ms:.0f} ms at {best.concurrency} concurrent); raise the target or "
                             "measure a faster instance type")
-    return Targets(level, headroom)
+    return Targets(level, headroom, Curve.of(measurement.levels))
 
 
 # --- reading and writing ---------------------------------------------------------------------------------------

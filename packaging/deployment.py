@@ -295,10 +295,10 @@ def realtime(options: Options) -> Variant:
         register(target, max(1, options.min_instances), options.max_instances),
         target_tracking(target, f"{name}-{options.metric}", value, metric, options),
     ]
-    measured = (f"{targets.level.concurrency}" if options.metric == "concurrency"
-                else f"{targets.level.requests_per_s:g} requests/s x 60")
+    derived = (f"in flight at {targets.rate:g} requests/s on the measured curve" if options.metric == "concurrency"
+               else f"{targets.rate:g} requests/s x 60")
     plan = scaling_lines(found, targets, options.p95_ms) + [
-        f"- target tracking: {value:g} {what} = {measured} x headroom {targets.headroom:g}; "
+        f"- target tracking: {value:g} {what}: {derived} (sustained rate x headroom {targets.headroom:g}); "
         f"{max(1, options.min_instances)}..{options.max_instances} instances of {options.instance_type}; "
         f"scale-out cooldown {options.scale_out_cooldown_s} s, scale-in cooldown {options.scale_in_cooldown_s} s"]
     return Variant("realtime", calls, plan=plan)
@@ -437,8 +437,8 @@ def inference_component(options: Options) -> Variant:
         f"- one copy needs {requirements['NumberOfCpuCoresRequired']:g} CPU cores (the torch threads measured) and "
         f"{requirements['MinMemoryRequiredInMb']} MB (resident {measurement.rss_mb:.0f} MB + "
         f"{MEMORY_HEADROOM - 1:.0%})" + (", 1 GPU" if measurement.machine.gpu_count else ""),
-        f"- target tracking: {targets.concurrency:g} concurrent requests per copy (high-resolution) = "
-        f"{targets.level.concurrency} x headroom {targets.headroom:g}; 0..{options.max_instances} copies, "
+        f"- target tracking: {targets.concurrency:g} concurrent requests per copy (high-resolution): in flight at "
+        f"{targets.rate:g} requests/s (sustained x headroom {targets.headroom:g}); 0..{options.max_instances} copies, "
         f"managed instance scaling 0..{options.max_instances} instances of {options.instance_type}",
         f"- from zero: step policy {step_name} (+1 copy) on alarm {FROM_ZERO_IC_METRIC} >= 1 in a minute; calls "
         "fail until a copy is in service (minutes): a client must retry them"]

@@ -92,7 +92,8 @@ def test_sustained_level_and_targets_follow_the_p95_target():
     assert m.sustained(100).concurrency == 4  # the best level within 100 ms
     assert m.saturation().requests_per_s == 210.0
     targets = _capacity.targets(m, None, 0.5)
-    assert targets.concurrency == 4.0  # 8 in flight x 0.5
+    # 200 requests/s x 0.5 = 100/s, between 2 in flight (90/s) and 4 (150/s): 2 + 2 x 10/60
+    assert targets.concurrency == 2.33
     assert targets.invocations_per_minute == 6000.0  # (200 requests/s x 0.5) x 60, SageMaker's formula
     assert targets.max_concurrent_per_instance == 8
     with pytest.raises(_capacity.CapacityError, match=r"--p95-ms: no measured level .* meets p95 <= 20 ms"):
@@ -128,7 +129,7 @@ def test_realtime_tracks_measured_concurrency_with_headroom():
     assert params(variant, "CreateModel")["EnableNetworkIsolation"] is True
     assert "Environment" not in params(variant, "CreateModel")["PrimaryContainer"]
     config = params(variant, "PutScalingPolicy")["TargetTrackingScalingPolicyConfiguration"]
-    assert config == {"TargetValue": 4.0, "PredefinedMetricSpecification": {
+    assert config == {"TargetValue": 2.33, "PredefinedMetricSpecification": {
         "PredefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"},
         "ScaleInCooldown": 300, "ScaleOutCooldown": 60}
     assert params(variant, "RegisterScalableTarget") == {
@@ -180,7 +181,7 @@ def test_inference_components_scale_copies_to_zero_with_measured_requirements():
     tracking = params(variant, "PutScalingPolicy", 0)["TargetTrackingScalingPolicyConfiguration"]
     assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == \
         "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"
-    assert tracking["TargetValue"] == 4.0
+    assert tracking["TargetValue"] == 2.33
     assert params(variant, "PutMetricAlarm")["MetricName"] == "NoCapacityInvocationFailures"
 
 
@@ -373,7 +374,7 @@ def test_the_whole_sequence_against_moto(tmp_path, capacity_file, moto_url):
             targets[f"endpoint/{NAME}-async/variant/AllTraffic"]["MinCapacity"]) == (1, 0)
     policies = {p["PolicyName"]: p for p in scaling.describe_scaling_policies(ServiceNamespace="sagemaker")[
         "ScalingPolicies"]}
-    assert policies[f"{NAME}-concurrency"]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 4.0
+    assert policies[f"{NAME}-concurrency"]["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 2.33
     step = policies[f"{NAME}-async-HasBacklogWithoutCapacity"]
     assert step["PolicyType"] == "StepScaling"
     alarm = cloudwatch.describe_alarms(AlarmNames=[f"{NAME}-async-HasBacklogWithoutCapacity"])["MetricAlarms"][0]

@@ -19,7 +19,7 @@ from bench import scale  # noqa: E402
 # dropped, more clients only queue)
 LEVELS = tuple(_capacity.Level(c, x, x, p / 2, p) for c, x, p in ((1, 10, 100), (2, 18, 110), (4, 20, 200),
                                                                  (8, 20, 400)))
-INSTANCE = scale.Instance.from_levels(LEVELS)
+INSTANCE = scale.Instance.of(LEVELS)
 
 
 def test_an_instance_interpolates_between_measured_levels():
@@ -92,8 +92,9 @@ def test_policy_targets_come_from_the_same_derivation_as_the_builder():
     measurement = _capacity.Measurement("m", "embedding", "torch", "query", 1, "/invocations",
                                         _capacity.Machine("local", None, "cpu", 2, 8000), "2026-11-30T00:00:00Z", 2,
                                         600.0, 1000.0, LEVELS)
-    # p95 <= 1000 ms: the best level is 4 in flight at 20 req/s (8 in flight adds nothing and is not faster)
-    assert scale.policy_for(measurement, "concurrency", p95_ms=None, headroom=0.5).target == 2.0
+    # p95 <= 1000 ms: the best level is 4 in flight at 20 req/s (8 in flight adds nothing and is not faster);
+    # half of it, 10 req/s, is the first level: 1 in flight
+    assert scale.policy_for(measurement, "concurrency", p95_ms=None, headroom=0.5).target == 1.0
     assert scale.policy_for(measurement, "invocations", p95_ms=None, headroom=0.5).target == 600.0
 
 
