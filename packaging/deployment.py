@@ -783,7 +783,9 @@ def execute(calls: list[Call], *, region: str, endpoint_url: str | None = None,
     policies: dict[str, str] = {}
     for call in calls:
         params = _resolve(call.params, policies)
-        client = clients.setdefault(call.service, session.client(call.service, endpoint_url=endpoint_url))
+        if call.service not in clients:
+            clients[call.service] = session.client(call.service, endpoint_url=endpoint_url)
+        client = clients[call.service]
         log(f"-> {call.service} {call.operation} {_label(params)}")
         response = getattr(client, call.method)(**params)
         if call.operation == "PutScalingPolicy":
