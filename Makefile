@@ -64,5 +64,16 @@ soak: venv nginx
 	$(BIN)/python -m pytest -m soak
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
+# What one instance sustains at a p95 target, per backend and request shape, against a real serve (bench/capacity.py,
+# ~5 minutes): merged into bench/capacity.json, which packaging/deployment.py sizes endpoints from. Run it on the
+# instance type you deploy to, named: `make capacity INSTANCE_TYPE=ml.c6i.xlarge`.
+.PHONY: capacity scale
+capacity: venv nginx
+	$(BIN)/python -m bench.capacity $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE)) $(CAPACITY_ARGS)
+
+# Autoscaling replayed on paper from bench/capacity.json: steady, ramp and spike traffic (bench/scale.py; seconds).
+scale: venv
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,945 @@
+"""Deployments past one instance, sized from measured capacity: SageMaker real-time, async, serverless, inference
+components and batch transform requests, and an Azure managed online deployment with its autoscale settings.
+
+    python packaging/deployment.py build --catalog packaging/catalog.example.yaml [--product NAME] \\
+        --instance-type ml.m5.xlarge --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/searchbox:1.0 \\
+        --model-data s3://my-bucket/minilm/model.tar.gz --role-arn arn:aws:iam::123456789012:role/SageMakerExec \\
+        --bucket s3://my-bucket/minilm [--capacity bench/capacity.json] [--variant realtime ...] -o dist/NAME/deploy
+    python packaging/deployment.py apply dist/NAME/deploy/realtime/requests.json [--region us-east-1] \\
+        [--endpoint-url URL] [--no-dry-run]
+
+`build` writes, under the output directory, one folder per variant holding `requests.json`: the AWS calls in the
+order they are made, each checked with botocore's own validator against its service model (sagemaker,
+application-autoscaling, cloudwatch); `azure/` holds `deployment.yml` (loaded back with azure-ai-ml) and
+`autoscale.json` (a Microsoft.Insights/autoscalesettings resource, loaded back with azure-mgmt-monitor's model);
+`plan.md` says how every number was derived and from which measurement. `apply` makes the calls of one
+requests.json (a dry run unless --no-dry-run), putting each step-scaling policy's ARN into the alarm that
+triggers it.
+
+Sizing comes from the capacity file `bench/capacity.py` writes (format: `_capacity.py`). An instance type that was
+not measured is refused, naming what was measured; `--assume-capacity-from LABEL` sizes from another measured
+machine instead, and every output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _aws  # noqa: E402
+import _capacity  # noqa: E402
+import _catalog  # noqa: E402
+import _files  # noqa: E402
+import azure_assets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CAPACITY = ROOT / "bench" / "capacity.json"
+VARIANTS = ("realtime", "async", "serverless", "inference-component", "batch", "azure")
+REQUESTS_FILE = "requests.json"
+PLAN_FILE = "plan.md"
+VARIANT_NAME = "AllTraffic"
+# Read by the container (issue 27's container part): raise the body limit and request deadline toward asynchronous
+# inference's 1 GB and 1 hour. The builder sets it on every async endpoint's model, and nowhere else.
+ASYNC_ENV = {"SEARCHBOX_ASYNC": "1"}
+# The longest suffix a variant adds to --name ("-serverless"), within SageMaker's 63 characters.
+LONGEST_SUFFIX = len("-serverless")
+NAME_MAX = 63 - LONGEST_SUFFIX
+SCALE_IN_COOLDOWN_S = _capacity.SCALE_IN_COOLDOWN_S
+SCALE_OUT_COOLDOWN_S = _capacity.SCALE_OUT_COOLDOWN_S
+# Asynchronous inference (docs.aws.amazon.com/sagemaker/latest/dg/async-inference-autoscale.html): target tracking
+# on ApproximateBacklogSizePerInstance, and the step policy + alarm on HasBacklogWithoutCapacity that lets an
+# endpoint at zero instances scale out on the first queued request.
+BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
+FROM_ZERO_ASYNC_METRIC = "HasBacklogWithoutCapacity"
+# Inference components (docs.aws.amazon.com/sagemaker/latest/dg/endpoint-auto-scaling-zero-instances.html):
+# SageMaker emits NoCapacityInvocationFailures when a call reaches an endpoint with no copy to serve it.
+FROM_ZERO_IC_METRIC = "NoCapacityInvocationFailures"
+ASYNC_BACKLOG_S = 300  # queued work per instance (seconds at the measured rate) before async adds an instance
+# Serverless inference: memory 1024-6144 MB in 1 GB steps, concurrency 1-200 (botocore's ServerlessConfig shape;
+# docs.aws.amazon.com/sagemaker/latest/dg/serverless-endpoints.html); no GPUs, no network isolation, no AWS
+# Marketplace model packages (the serverless feature exclusions).
+SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
+SERVERLESS_MAX_CONCURRENCY = 20
+MEMORY_HEADROOM = 1.25  # resident memory measured at ready, plus a quarter for request buffers and peaks
+# Batch transform (CreateTransformJob): MaxConcurrentTransforms x MaxPayloadInMB <= 100; one call may take
+# InvocationsTimeoutInSeconds (the container's own batch deadline, SEARCHBOX_BATCH_TIMEOUT_S, is 600 s too).
+BATCH_TIMEOUT_S = 600
+BATCH_PAYLOAD_BUDGET_MB = 100
+ACCELERATED_FAMILIES = ("ml.g", "ml.p", "ml.inf", "ml.trn", "ml.dl")
+# Azure Monitor autoscale (learn.microsoft.com/azure/azure-monitor/autoscale; the resource is
+# Microsoft.Insights/autoscalesettings): metrics of the deployment resource, sampled every minute.
+AZURE_AUTOSCALE_API = "2022-10-01"
+AZURE_DEPLOYMENT_NAME = "default"
+
+
+class Refused(ValueError):
+    """The deployment cannot be built as asked; the message starts with the flag or field to fix."""
+
+
+# --- calls -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One AWS API call: service (botocore's name), operation (the API's), parameters."""
+
+    service: str
+    operation: str
+    params: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        from botocore import xform_name
+
+        return xform_name(self.operation)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"service": self.service, "operation": self.operation, "params": self.params}
+
+
+def policy_arn_placeholder(policy_name: str) -> str:
+    """Stands for the ARN PutScalingPolicy returns for `policy_name`; `apply` puts the real one in."""
+    return f"{{{{PolicyARN:{policy_name}}}}}"
+
+
+def validate(calls: list[Call]) -> None:
+    for call in calls:
+        _aws.validate_request(call.service, call.operation, call.params)
+
+
+# --- inputs ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    product: _catalog.Product
+    name: str
+    instance_type: str
+    role_arn: str
+    image: str | None
+    model_data: str | None
+    model_package_arn: str | None
+    bucket: str | None
+    prefix: str | None
+    measurements: list[_capacity.Measurement]
+    assume_from: str | None = None
+    p95_ms: float | None = None
+    headroom: float = _capacity.DEFAULT_HEADROOM
+    metric: str = "concurrency"
+    min_instances: int = 1
+    max_instances: int = 4
+    scale_in_cooldown_s: int = SCALE_IN_COOLDOWN_S
+    scale_out_cooldown_s: int = SCALE_OUT_COOLDOWN_S
+    async_backlog_s: float = ASYNC_BACKLOG_S
+    sns_success_topic: str | None = None
+    sns_error_topic: str | None = None
+    serverless_max_concurrency: int = SERVERLESS_MAX_CONCURRENCY
+    input_rows: int | None = None
+    input_mb: float | None = None
+    target_hours: float = 1.0
+    content_type: str = "text/csv"
+    azure_image: str | None = None
+    azure_subscription: str = "<subscription-id>"
+    azure_resource_group: str = "<resource-group>"
+    azure_workspace: str = "<workspace>"
+    azure_location: str = "eastus"
+
+    @property
+    def backend(self) -> str:
+        return f"{self.product.backend}-int8" if self.product.quantize == "int8" else self.product.backend
+
+    def s3(self, *parts: str) -> str:
+        if self.bucket is None:
+            raise Refused("--bucket: needed for this variant (asynchronous output, batch input and output); "
+                          f"{_aws.BUCKET_HINT}")
+        try:
+            bucket, prefix = _aws.s3_location(self.bucket, self.prefix, self.name)
+        except _aws.BucketInvalid as exc:
+            raise Refused(str(exc)) from exc
+        return "s3://" + "/".join(p for p in (bucket, prefix, *parts) if p) + "/"
+
+
+@dataclass
+class Variant:
+    """One built variant: its calls (or files, for Azure) and the lines plan.md gives it."""
+
+    name: str
+    calls: list[Call] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    plan: list[str] = field(default_factory=list)
+
+
+# --- sizing ----------------------------------------------------------------------------------------------------
+
+
+def sizing(options: Options, shape: str, instance_type: str, *, flag: str = "--instance-type") -> tuple[
+        _capacity.Found, _capacity.Targets]:
+    found = _capacity.find(options.measurements, model=options.product.served_name, backend=options.backend,
+                           shape=shape, instance_type=instance_type, assume_from=options.assume_from, flag=flag)
+    return found, _capacity.targets(found.measurement, options.p95_ms, options.headroom)
+
+
+def accelerated(instance_type: str) -> bool:
+    return instance_type.startswith(ACCELERATED_FAMILIES)
+
+
+def memory_mb(measurement: _capacity.Measurement) -> int:
+    """Memory one copy of the model needs: resident memory measured at ready plus headroom, rounded up to 64 MB."""
+    return int(math.ceil(measurement.rss_mb * MEMORY_HEADROOM / 64) * 64)
+
+
+def capacity_tag(found: _capacity.Found) -> dict[str, str]:
+    """A tag saying where the sizing came from, in the characters SageMaker tag values allow."""
+    m = found.measurement
+    kind = "measured" if found.assumed_from is None else f"assumed-from-{found.assumed_from}"
+    value = f"{kind}:{m.model}:{m.backend}:{m.shape}:{m.date[:10]}"
+    return {"Key": "searchbox:capacity", "Value": "".join(c if c.isalnum() or c in "_.:/=+-@" else "-"
+                                                          for c in value)[:256]}
+
+
+def scaling_lines(found: _capacity.Found, targets: _capacity.Targets, p95_ms: float | None) -> list[str]:
+    level = targets.level
+    limit = found.measurement.p95_target_ms if p95_ms is None else p95_ms
+    return [f"- capacity: {found.source}",
+            f"- sustained at p95 <= {limit:g} ms: {level.requests_per_s:.1f} requests/s, {level.inputs_per_s:.1f} "
+            f"inputs/s with {level.concurrency} requests in flight (p95 {level.p95_ms:.0f} ms)",
+            f"- headroom (safety factor): {targets.headroom:g}"]
+
+
+# --- SageMaker building blocks ---------------------------------------------------------------------------------
+
+
+def create_model(options: Options, model_name: str, *, environment: dict[str, str] | None = None,
+                 network_isolation: bool = True) -> Call:
+    if options.model_package_arn:
+        container: dict[str, Any] = {"ModelPackageName": options.model_package_arn}
+    else:
+        container = {"Image": options.image, "ModelDataUrl": options.model_data}
+    if environment:
+        container["Environment"] = dict(environment)
+    params: dict[str, Any] = {"ModelName": model_name, "PrimaryContainer": container,
+                              "ExecutionRoleArn": options.role_arn}
+    if network_isolation:
+        # the image needs no network (nothing downloads at start or request time); Marketplace packages require it
+        params["EnableNetworkIsolation"] = True
+    return Call("sagemaker", "CreateModel", params)
+
+
+def variant_target(endpoint: str) -> dict[str, str]:
+    return {"ServiceNamespace": "sagemaker", "ResourceId": f"endpoint/{endpoint}/variant/{VARIANT_NAME}",
+            "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+
+
+def register(target: dict[str, str], minimum: int, maximum: int) -> Call:
+    return Call("application-autoscaling", "RegisterScalableTarget",
+                {**target, "MinCapacity": minimum, "MaxCapacity": maximum})
+
+
+def target_tracking(target: dict[str, str], policy_name: str, value: float, metric: dict[str, Any],
+                    options: Options) -> Call:
+    return Call("application-autoscaling", "PutScalingPolicy", {
+        "PolicyName": policy_name, **target, "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": value, **metric,
+            "ScaleInCooldown": options.scale_in_cooldown_s, "ScaleOutCooldown": options.scale_out_cooldown_s}})
+
+
+def step_from_zero(target: dict[str, str], policy_name: str, aggregation: str, cooldown_s: int) -> Call:
+    """One instance (or copy) more whenever the alarm fires: what leaving zero takes (target tracking cannot)."""
+    return Call("application-autoscaling", "PutScalingPolicy", {
+        "PolicyName": policy_name, **target, "PolicyType": "StepScaling",
+        "StepScalingPolicyConfiguration": {
+            "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": aggregation, "Cooldown": cooldown_s,
+            "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]}})
+
+
+def check_instance_type(options: Options, mode: str) -> None:
+    listed = options.product.instance_types[mode]
+    if options.instance_type not in listed:
+        raise Refused(f"--instance-type: {options.instance_type} is not a {mode} instance type of the product "
+                      f"({options.product.name}: instance_types.{mode} lists {', '.join(listed)})")
+
+
+# --- variants --------------------------------------------------------------------------------------------------
+
+
+def realtime(options: Options) -> Variant:
+    """A real-time endpoint whose instance count tracks in-flight requests (or invocations) per instance."""
+    check_instance_type(options, "realtime")
+    found, targets = sizing(options, "query", options.instance_type)
+    name = options.name
+    target = variant_target(name)
+    if options.metric == "concurrency":
+        metric = {"PredefinedMetricSpecification": {
+            "PredefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"}}
+        value, what = targets.concurrency, "concurrent requests per instance (high-resolution, every 10 s)"
+    else:
+        metric = {"PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}}
+        value, what = targets.invocations_per_minute, "invocations per instance per minute"
+    calls = [
+        create_model(options, name),
+        Call("sagemaker", "CreateEndpointConfig", {
+            "EndpointConfigName": name,
+            "ProductionVariants": [{"VariantName": VARIANT_NAME, "ModelName": name,
+                                    "InstanceType": options.instance_type,
+                                    "InitialInstanceCount": max(1, options.min_instances)}],
+            "Tags": [capacity_tag(found)]}),
+        Call("sagemaker", "CreateEndpoint", {"EndpointName": name, "EndpointConfigName": name}),
+        register(target, max(1, options.min_instances), options.max_instances),
+        target_tracking(target, f"{name}-{options.metric}", value, metric, options),
+    ]
+    derived = (f"in flight at {targets.rate:g} requests/s on the measured curve" if options.metric == "concurrency"
+               else f"{targets.rate:g} requests/s x 60")
+    plan = scaling_lines(found, targets, options.p95_ms) + [
+        f"- target tracking: {value:g} {what}: {derived} (sustained rate x headroom {targets.headroom:g}); "
+        f"{max(1, options.min_instances)}..{options.max_instances} instances of {options.instance_type}; "
+        f"scale-out cooldown {options.scale_out_cooldown_s} s, scale-in cooldown {options.scale_in_cooldown_s} s"]
+    return Variant("realtime", calls, plan=plan)
+
+
+def asynchronous(options: Options) -> Variant:
+    """An asynchronous endpoint: S3 in and out, scaled on its backlog, down to zero and back."""
+    check_instance_type(options, "realtime")
+    found, targets = sizing(options, "batch", options.instance_type)
+    name = f"{options.name}-async"
+    target = variant_target(name)
+    output: dict[str, Any] = {"S3OutputPath": options.s3("async", "output"),
+                              "S3FailurePath": options.s3("async", "failures")}
+    notification = {k: v for k, v in (("SuccessTopic", options.sns_success_topic),
+                                      ("ErrorTopic", options.sns_error_topic)) if v}
+    if notification:
+        output["NotificationConfig"] = notification
+    backlog = max(1.0, round(targets.level.requests_per_s * options.async_backlog_s, 1))
+    step_name = f"{name}-{FROM_ZERO_ASYNC_METRIC}"
+    calls = [
+        create_model(options, name, environment=ASYNC_ENV),
+        Call("sagemaker", "CreateEndpointConfig", {
+            "EndpointConfigName": name,
+            "ProductionVariants": [{"VariantName": VARIANT_NAME, "ModelName": name,
+                                    "InstanceType": options.instance_type, "InitialInstanceCount": 1}],
+            "AsyncInferenceConfig": {
+                "OutputConfig": output,
+                "ClientConfig": {"MaxConcurrentInvocationsPerInstance": targets.max_concurrent_per_instance}},
+            "Tags": [capacity_tag(found)]}),
+        Call("sagemaker", "CreateEndpoint", {"EndpointName": name, "EndpointConfigName": name}),
+        register(target, 0, options.max_instances),
+        target_tracking(target, f"{name}-backlog", backlog, {"CustomizedMetricSpecification": {
+            "MetricName": BACKLOG_METRIC, "Namespace": "AWS/SageMaker",
+            "Dimensions": [{"Name": "EndpointName", "Value": name}], "Statistic": "Average"}}, options),
+        step_from_zero(target, step_name, "Average", options.scale_in_cooldown_s),
+        Call("cloudwatch", "PutMetricAlarm", {
+            "AlarmName": step_name,
+            "AlarmDescription": "Queued asynchronous requests and no instance: scale out from zero",
+            "MetricName": FROM_ZERO_ASYNC_METRIC, "Namespace": "AWS/SageMaker",
+            "Dimensions": [{"Name": "EndpointName", "Value": name}],
+            "Statistic": "Average", "Period": 60, "EvaluationPeriods": 2, "DatapointsToAlarm": 2,
+            "Threshold": 1.0, "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "missing",
+            "AlarmActions": [policy_arn_placeholder(step_name)]}),
+    ]
+    plan = scaling_lines(found, targets, options.p95_ms) + [
+        f"- the model's container gets {', '.join(f'{k}={v}' for k, v in ASYNC_ENV.items())} (body limit toward 1 GB, "
+        "deadline toward 1 hour; read by the container from issue 27's container part)",
+        f"- MaxConcurrentInvocationsPerInstance {targets.max_concurrent_per_instance}: the measured concurrency",
+        f"- target tracking: {backlog:g} queued requests per instance = {targets.level.requests_per_s:.1f} "
+        f"requests/s x {options.async_backlog_s:g} s of work; 0..{options.max_instances} instances",
+        f"- from zero: step policy {step_name} (+1 instance) on alarm {FROM_ZERO_ASYNC_METRIC} >= 1 for 2 minutes",
+        f"- results: {output['S3OutputPath']}, failures: {output['S3FailurePath']}"]
+    return Variant("async", calls, plan=plan)
+
+
+def serverless(options: Options) -> Variant:
+    """A serverless endpoint, where the model fits serverless inference's limits; refused by name where not."""
+    product = options.product
+    if options.model_package_arn:
+        raise Refused("--model-package-arn: serverless inference does not run AWS Marketplace model packages; "
+                      "deploy the image with --image and --model-data, or choose another variant")
+    if all(accelerated(t) for t in product.instance_types["realtime"]):
+        raise Refused(f"instance_types.realtime: every real-time type of {product.name} has an accelerator "
+                      f"({', '.join(product.instance_types['realtime'])}); serverless inference has no GPU")
+    measurement = _capacity.any_machine(options.measurements, model=product.served_name, backend=options.backend)
+    needed = memory_mb(measurement)
+    fitting = [size for size in SERVERLESS_MEMORY_MB if size >= needed]
+    if not fitting:
+        raise Refused(f"ServerlessConfig.MemorySizeInMB: the model needs {needed} MB (resident memory measured "
+                      f"{measurement.rss_mb:.0f} MB + {MEMORY_HEADROOM - 1:.0%}); serverless allows at most "
+                      f"{SERVERLESS_MEMORY_MB[-1]} MB")
+    if not 1 <= options.serverless_max_concurrency <= 200:
+        raise Refused(f"--serverless-max-concurrency: {options.serverless_max_concurrency} is outside 1..200 "
+                      "(ServerlessConfig.MaxConcurrency)")
+    name = f"{options.name}-serverless"
+    config = {"MemorySizeInMB": fitting[0], "MaxConcurrency": options.serverless_max_concurrency}
+    calls = [
+        create_model(options, name, network_isolation=False),  # serverless endpoints refuse network isolation
+        Call("sagemaker", "CreateEndpointConfig", {
+            "EndpointConfigName": name,
+            "ProductionVariants": [{"VariantName": VARIANT_NAME, "ModelName": name, "ServerlessConfig": config}]}),
+        Call("sagemaker", "CreateEndpoint", {"EndpointName": name, "EndpointConfigName": name}),
+    ]
+    plan = [f"- memory {fitting[0]} MB: resident memory {measurement.rss_mb:.0f} MB measured "
+            f"({measurement.describe()}) + {MEMORY_HEADROOM - 1:.0%}, rounded up to serverless' 1 GB steps",
+            f"- MaxConcurrency {config['MaxConcurrency']} (--serverless-max-concurrency): serverless scales itself, "
+            "from zero, within it; requests and answers of at most 4 MB, 60 s per request, no GPU",
+            "- throughput per concurrent invocation is not measured here (serverless gives vCPUs in proportion "
+            "to memory): load-test before relying on it"]
+    return Variant("serverless", calls, plan=plan)
+
+
+def inference_component(options: Options) -> Variant:
+    """An endpoint of inference components: copies scale on concurrent requests per copy, instances follow, to
+    zero and back."""
+    check_instance_type(options, "realtime")
+    found, targets = sizing(options, "query", options.instance_type)
+    measurement = found.measurement
+    name = f"{options.name}-ic"
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": f"inference-component/{name}",
+              "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount"}
+    requirements: dict[str, Any] = {"NumberOfCpuCoresRequired": float(measurement.torch_threads),
+                                    "MinMemoryRequiredInMb": memory_mb(measurement)}
+    if measurement.machine.gpu_count:
+        requirements["NumberOfAcceleratorDevicesRequired"] = 1.0
+    step_name = f"{name}-{FROM_ZERO_IC_METRIC}"
+    calls = [
+        create_model(options, name),
+        Call("sagemaker", "CreateEndpointConfig", {
+            "EndpointConfigName": name, "ExecutionRoleArn": options.role_arn,
+            "ProductionVariants": [{
+                "VariantName": VARIANT_NAME, "InstanceType": options.instance_type, "InitialInstanceCount": 1,
+                "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0,
+                                           "MaxInstanceCount": options.max_instances},
+                "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}}],
+            "Tags": [capacity_tag(found)]}),
+        Call("sagemaker", "CreateEndpoint", {"EndpointName": name, "EndpointConfigName": name}),
+        Call("sagemaker", "CreateInferenceComponent", {
+            "InferenceComponentName": name, "EndpointName": name, "VariantName": VARIANT_NAME,
+            "Specification": {"ModelName": name, "ComputeResourceRequirements": requirements},
+            "RuntimeConfig": {"CopyCount": 1}}),
+        register(target, 0, options.max_instances),
+        target_tracking(target, f"{name}-concurrency", targets.concurrency, {"PredefinedMetricSpecification": {
+            "PredefinedMetricType": "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"}}, options),
+        step_from_zero(target, step_name, "Maximum", options.scale_out_cooldown_s),
+        # SageMaker's example alarms on Sum > 1, i.e. a second failed call; >= 1 wakes the endpoint on the first.
+        Call("cloudwatch", "PutMetricAlarm", {
+            "AlarmName": step_name, "AlarmDescription": "A call reached the endpoint with no copy: add one",
+            "MetricName": FROM_ZERO_IC_METRIC, "Namespace": "AWS/SageMaker",
+            "Dimensions": [{"Name": "InferenceComponentName", "Value": name}],
+            "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "DatapointsToAlarm": 1, "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "notBreaching",
+            "AlarmActions": [policy_arn_placeholder(step_name)]}),
+    ]
+    plan = scaling_lines(found, targets, options.p95_ms) + [
+        f"- one copy needs {requirements['NumberOfCpuCoresRequired']:g} CPU cores (the torch threads measured) and "
+        f"{requirements['MinMemoryRequiredInMb']} MB (resident {measurement.rss_mb:.0f} MB + "
+        f"{MEMORY_HEADROOM - 1:.0%})" + (", 1 GPU" if measurement.machine.gpu_count else ""),
+        f"- target tracking: {targets.concurrency:g} concurrent requests per copy (high-resolution): in flight at "
+        f"{targets.rate:g} requests/s (sustained x headroom {targets.headroom:g}); 0..{options.max_instances} copies, "
+        f"managed instance scaling 0..{options.max_instances} instances of {options.instance_type}",
+        f"- from zero: step policy {step_name} (+1 copy) on alarm {FROM_ZERO_IC_METRIC} >= 1 in a minute; calls "
+        "fail until a copy is in service (minutes): a client must retry them"]
+    return Variant("inference-component", calls, plan=plan)
+
+
+@dataclass(frozen=True)
+class BatchSize:
+    instances: int
+    max_concurrent_transforms: int
+    max_payload_mb: int
+    rows_per_payload: int
+    seconds_per_payload: float
+    hours: float
+    inputs_per_s: float  # per instance, at max_concurrent_transforms calls in flight
+
+
+def batch_size(rows: int, megabytes: float, levels: tuple[_capacity.Level, ...], *, target_hours: float,
+               max_instances: int, max_rows_per_body: int, timeout_s: float = BATCH_TIMEOUT_S) -> BatchSize:
+    """Size a transform job from measured `levels` (concurrency -> inputs/s of one instance).
+
+    MaxConcurrentTransforms: the fewest concurrent calls that reach 90% of the best measured throughput (more only
+    split the same throughput between more calls, each then slower). MaxPayloadInMB: the largest payload that keeps
+    MaxConcurrentTransforms x MaxPayloadInMB <= 100, holds at most the container's rows per body and answers
+    within half the per-call timeout at its share of the throughput; where even 1 MB is too slow, fewer concurrent
+    calls are tried. Instances: enough for `rows` in `target_hours`, at most `max_instances`.
+
+    Raises:
+        Refused: even one call of 1 MB would not answer in time or would hold too many rows.
+    """
+    rows_per_mb = rows / megabytes
+    clean = sorted((lv for lv in levels if lv.errors == 0), key=lambda lv: lv.concurrency) or sorted(
+        levels, key=lambda lv: lv.concurrency)
+    best = max(lv.inputs_per_s for lv in clean)
+    knee = next(lv for lv in clean if lv.inputs_per_s >= 0.9 * best)
+    for level in [lv for lv in clean if lv.concurrency <= knee.concurrency][::-1]:
+        per_call_rate = level.inputs_per_s / level.concurrency
+        for mb in range(BATCH_PAYLOAD_BUDGET_MB // level.concurrency, 0, -1):
+            if mb * rows_per_mb <= max_rows_per_body and mb * rows_per_mb / per_call_rate <= timeout_s / 2:
+                instances = max(1, min(max_instances, math.ceil(rows / (level.inputs_per_s * target_hours * 3600))))
+                rows_per_payload = int(mb * rows_per_mb)
+                return BatchSize(instances, level.concurrency, mb, rows_per_payload,
+                                 rows_per_payload / per_call_rate, rows / (level.inputs_per_s * instances) / 3600,
+                                 level.inputs_per_s)
+    slowest = clean[0]
+    raise Refused(f"--input-mb: a 1 MB payload holds ~{rows_per_mb:.0f} rows: "
+                  f"{rows_per_mb / (slowest.inputs_per_s / slowest.concurrency):.0f} s with one call in flight at the "
+                  f"measured {slowest.inputs_per_s:.1f} inputs/s (half the {timeout_s:.0f} s per call is allowed), or "
+                  f"more than the container's {max_rows_per_body} rows per body")
+
+
+def batch(options: Options) -> Variant:
+    """A batch transform job template sized for the given input."""
+    check_instance_type(options, "batch")
+    if options.input_rows is None or options.input_mb is None:
+        raise Refused("--input-rows: the batch job is sized for an input: give --input-rows (lines) and "
+                      "--input-mb (total size)")
+    if options.input_rows < 1 or options.input_mb <= 0:
+        raise Refused("--input-rows: --input-rows and --input-mb must be > 0")
+    # a batch job wants throughput: its deadline is per call, not a p95, so no latency target applies
+    found = _capacity.find(options.measurements, model=options.product.served_name, backend=options.backend,
+                           shape="batch", instance_type=options.instance_type, assume_from=options.assume_from)
+    from container.settings import Settings
+
+    max_rows = next(f.default for f in fields(Settings) if f.name == "max_batch_rows")
+    size = batch_size(options.input_rows, options.input_mb, found.measurement.levels,
+                      target_hours=options.target_hours, max_instances=options.max_instances,
+                      max_rows_per_body=max_rows)
+    name = f"{options.name}-batch"
+    calls = [
+        create_model(options, name),
+        Call("sagemaker", "CreateTransformJob", {
+            "TransformJobName": name, "ModelName": name,
+            "MaxConcurrentTransforms": size.max_concurrent_transforms, "MaxPayloadInMB": size.max_payload_mb,
+            "BatchStrategy": "MultiRecord",
+            "ModelClientConfig": {"InvocationsTimeoutInSeconds": BATCH_TIMEOUT_S, "InvocationsMaxRetries": 1},
+            "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix",
+                                                               "S3Uri": options.s3("batch", "input")}},
+                               "ContentType": options.content_type, "SplitType": "Line", "CompressionType": "None"},
+            "TransformOutput": {"S3OutputPath": options.s3("batch", "output"), "AssembleWith": "Line",
+                                "Accept": "application/jsonlines" if "jsonlines" in options.content_type
+                                else "application/json"},
+            "TransformResources": {"InstanceType": options.instance_type, "InstanceCount": size.instances},
+            "Tags": [capacity_tag(found)]}),
+    ]
+    plan = [f"- capacity: {found.source}",
+            f"- throughput: {size.inputs_per_s:.1f} inputs/s per instance with {size.max_concurrent_transforms} "
+            "calls in flight (the fewest measured to reach 90% of the best throughput; fewer where a 1 MB payload "
+            "would not answer in time)",
+            f"- input: {options.input_rows} rows, {options.input_mb:g} MB: {size.instances} instance(s) "
+            f"(target {options.target_hours:g} h, at most {options.max_instances}): about {size.hours:.2f} h",
+            f"- MaxConcurrentTransforms {size.max_concurrent_transforms} x MaxPayloadInMB {size.max_payload_mb} = "
+            f"{size.max_concurrent_transforms * size.max_payload_mb} <= 100; a payload of ~{size.rows_per_payload} "
+            f"rows answers in ~{size.seconds_per_payload:.0f} s (per-call limit {BATCH_TIMEOUT_S} s)",
+            f"- {options.content_type}, SplitType Line, BatchStrategy MultiRecord, AssembleWith Line; a template: "
+            "TransformJobName must be new for every job"]
+    return Variant("batch", calls, plan=plan)
+
+
+def azure(options: Options) -> Variant:
+    """The Azure managed online deployment, sized from capacity, and its Azure Monitor autoscale settings."""
+    import yaml
+
+    offer = options.product.azure
+    if offer is None:
+        raise Refused(f"azure: product {options.product.name!r} has no 'azure' section in the catalog")
+    found, targets = sizing(options, "query", offer.instance_type, flag="azure.instance_type")
+    image = options.azure_image or options.image
+    if not image:
+        raise Refused("--azure-image: the image in your Azure registry (or --image) is needed for Azure")
+    minimum = max(1, options.min_instances)  # a managed online deployment keeps at least one instance
+    documents = azure_assets.documents(options.product, image)
+    deployment = documents["deployment.yml"]
+    deployment["instance_count"] = max(minimum, offer.instance_count)
+    deployment["request_settings"]["max_concurrent_requests_per_instance"] = targets.max_concurrent_per_instance
+    deployment_id = (f"/subscriptions/{options.azure_subscription}/resourceGroups/{options.azure_resource_group}"
+                     f"/providers/Microsoft.MachineLearningServices/workspaces/{options.azure_workspace}"
+                     f"/onlineEndpoints/{offer.endpoint_name}/deployments/{AZURE_DEPLOYMENT_NAME}")
+    p95 = found.measurement.p95_target_ms if options.p95_ms is None else options.p95_ms
+    utilization = "GpuUtilizationPercentage" if offer.gpus_per_instance else "CpuUtilizationPercentage"
+    autoscale = autoscale_settings(
+        name=f"{offer.endpoint_name}-{AZURE_DEPLOYMENT_NAME}-autoscale", location=options.azure_location,
+        deployment_id=deployment_id, minimum=minimum, maximum=options.max_instances,
+        default=deployment["instance_count"], p95_ms=p95, utilization_metric=utilization,
+        cooldown_out_min=max(1, options.scale_out_cooldown_s // 60), cooldown_in_min=options.scale_in_cooldown_s // 60)
+    files = {"deployment.yml": yaml.safe_dump(deployment, sort_keys=False),
+             "autoscale.json": json.dumps(autoscale, indent=2) + "\n"}
+    plan = scaling_lines(found, targets, options.p95_ms) + [
+        f"- deployment.yml: request_settings.max_concurrent_requests_per_instance "
+        f"{targets.max_concurrent_per_instance} (the measured concurrency), request_timeout_ms "
+        f"{azure_assets.REQUEST_TIMEOUT_MS}, instance_count {deployment['instance_count']}",
+        f"- autoscale.json: {minimum}..{options.max_instances} instances; +1 when the deployment's RequestLatency_P95 "
+        f"exceeds {0.8 * p95:g} ms (80% of the target) or {utilization} 70% over 5 minutes; -1 when both are low "
+        "(latency under half the target, utilization under 30%) over 10 minutes. Azure Monitor compares a "
+        "deployment's total, not per instance, so the measured rate sets the per-instance concurrency and "
+        "the latency threshold rather than a requests-per-minute rule",
+        f"- placeholders to fill in autoscale.json: {options.azure_subscription}, {options.azure_resource_group}, "
+        f"{options.azure_workspace} (--azure-subscription, --azure-resource-group, --azure-workspace); apply: "
+        f"az rest --method put --url 'https://management.azure.com{autoscale['id']}?api-version="
+        f"{AZURE_AUTOSCALE_API}' --body @autoscale.json"]
+    return Variant("azure", files=files, plan=plan)
+
+
+def autoscale_settings(*, name: str, location: str, deployment_id: str, minimum: int, maximum: int, default: int,
+                       p95_ms: float, utilization_metric: str, cooldown_out_min: int, cooldown_in_min: int) -> dict:
+    """A Microsoft.Insights/autoscalesettings resource (ARM JSON) for one managed online deployment."""
+
+    def rule(metric: str, operator: str, threshold: float, window_min: int, direction: str, cooldown_min: int) -> dict:
+        return {"metricTrigger": {"metricName": metric, "metricResourceUri": deployment_id, "timeGrain": "PT1M",
+                                  "statistic": "Average", "timeWindow": f"PT{window_min}M",
+                                  "timeAggregation": "Average", "operator": operator, "threshold": float(threshold)},
+                "scaleAction": {"direction": direction, "type": "ChangeCount", "value": "1",
+                                "cooldown": f"PT{cooldown_min}M"}}
+
+    group = deployment_id.split("/providers/")[0]
+    return {
+        "id": f"{group}/providers/Microsoft.Insights/autoscalesettings/{name}",
+        "location": location,
+        "properties": {
+            "name": name, "enabled": True, "targetResourceUri": deployment_id,
+            "profiles": [{
+                "name": "measured-capacity",
+                "capacity": {"minimum": str(minimum), "maximum": str(maximum), "default": str(default)},
+                "rules": [
+                    rule("RequestLatency_P95", "GreaterThan", round(0.8 * p95_ms, 1), 5, "Increase", cooldown_out_min),
+                    rule(utilization_metric, "GreaterThan", 70, 5, "Increase", cooldown_out_min),
+                    # Azure scales in only when every scale-in rule of the profile holds
+                    rule("RequestLatency_P95", "LessThan", round(0.5 * p95_ms, 1), 10, "Decrease", cooldown_in_min),
+                    rule(utilization_metric, "LessThan", 30, 10, "Decrease", cooldown_in_min),
+                ]}]}}
+
+
+def check_autoscale(document: dict) -> None:
+    """Check `document` against azure-mgmt-monitor's own model of the resource (AutoscaleSettingResource): every
+    key known to the model, every required member present, list sizes, value types, ISO 8601 durations and the
+    enumerations the SDK defines. Raises Refused listing each problem with its path.
+    """
+    from azure.mgmt.monitor import models
+
+    problems: list[str] = []
+    _model_problems(models.AutoscaleSettingResource, document, "", problems, models)
+    if problems:
+        raise Refused("autoscale.json: " + "; ".join(problems))
+
+
+# Members of the autoscale model whose strings are enumerations in the SDK.
+_AZURE_ENUMS = {"operator": "ComparisonOperationType", "statistic": "MetricStatisticType",
+                "time_aggregation": "TimeAggregationType", "direction": "ScaleDirection", "type": "ScaleType"}
+
+
+def _model_problems(model, data: Any, path: str, problems: list[str], models) -> None:
+    if not isinstance(data, dict):
+        problems.append(f"{path or 'the document'}: must be an object")
+        return
+    seen: set[str] = set()
+    flattened: dict[str, set[str]] = {}
+    for attr, desc in model._attribute_map.items():  # the SDK's map of members to REST keys and types
+        keys = desc["key"].split(".")  # "properties.profiles": flattened into a nested object
+        seen.add(keys[0])
+        if len(keys) == 2:
+            flattened.setdefault(keys[0], set()).add(keys[1])
+        value: Any = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        where = f"{path}.{desc['key']}" if path else desc["key"]
+        rules = model._validation.get(attr, {})
+        if value is None:
+            if rules.get("required"):
+                problems.append(f"{where}: required")
+            continue
+        kind = desc["type"]
+        if kind.startswith("[") and kind.endswith("]"):
+            if not isinstance(value, list):
+                problems.append(f"{where}: must be a list")
+                continue
+            if len(value) < rules.get("min_items", 0) or len(value) > rules.get("max_items", len(value)):
+                problems.append(f"{where}: {len(value)} items, allowed {rules.get('min_items', 0)}.."
+                                f"{rules.get('max_items', 'any')}")
+            item_model = getattr(models, kind[1:-1], None)
+            for i, item in enumerate(value):
+                if item_model is not None:
+                    _model_problems(item_model, item, f"{where}[{i}]", problems, models)
+            continue
+        sub_model = getattr(models, kind, None)
+        if sub_model is not None and hasattr(sub_model, "_attribute_map"):
+            _model_problems(sub_model, value, where, problems, models)
+        elif kind == "duration":
+            import isodate
+
+            try:
+                isodate.parse_duration(value)
+            except (isodate.ISO8601Error, TypeError):
+                problems.append(f"{where}: {value!r} is not an ISO 8601 duration like PT5M")
+        elif kind in ("str", "float", "bool", "int") and not isinstance(
+                value, {"str": str, "float": (int, float), "bool": bool, "int": int}[kind]):
+            problems.append(f"{where}: {value!r} is not a {kind}")
+        elif attr in _AZURE_ENUMS and getattr(models, _AZURE_ENUMS[attr], None) is not None:
+            allowed = [e.value for e in getattr(models, _AZURE_ENUMS[attr])]
+            if value not in allowed:
+                problems.append(f"{where}: {value!r} is not one of {', '.join(allowed)}")
+    unknown = sorted(set(data) - seen) + sorted(
+        f"{outer}.{inner}" for outer, inners in flattened.items() if isinstance(data.get(outer), dict)
+        for inner in set(data[outer]) - inners)
+    for key in unknown:
+        problems.append(f"{path + '.' if path else ''}{key}: not a member of the SDK's {model.__name__}")
+
+
+BUILDERS: dict[str, Callable[[Options], Variant]] = {
+    "realtime": realtime, "async": asynchronous, "serverless": serverless,
+    "inference-component": inference_component, "batch": batch, "azure": azure}
+
+
+# --- build -----------------------------------------------------------------------------------------------------
+
+
+def build(options: Options, variants: list[str], *, explicit: bool) -> tuple[list[Variant], dict[str, str]]:
+    """Build and validate the variants. With `explicit` a variant that cannot be built refuses the whole run;
+    otherwise it is skipped and the reason returned."""
+    built, skipped = [], {}
+    for name in variants:
+        try:
+            variant = BUILDERS[name](options)
+        except (Refused, _capacity.CapacityError) as exc:
+            if explicit:
+                raise
+            skipped[name] = str(exc)
+            continue
+        validate(variant.calls)
+        built.append(variant)
+    return built, skipped
+
+
+def write(out_dir: Path, built: list[Variant], skipped: dict[str, str], options: Options) -> list[Path]:
+    """Write every variant beside the output directory, check Azure's files there, then move them in."""
+    written = []
+    with _files.staged_output(out_dir, whole=tuple(v.name for v in built)) as staged:
+        for variant in built:
+            folder = staged / variant.name
+            folder.mkdir()
+            if variant.calls:
+                (folder / REQUESTS_FILE).write_text(
+                    json.dumps([call.to_json() for call in variant.calls], indent=2) + "\n", encoding="utf-8")
+                written.append(out_dir / variant.name / REQUESTS_FILE)
+            for file_name, text in variant.files.items():
+                (folder / file_name).write_text(text, encoding="utf-8")
+                written.append(out_dir / variant.name / file_name)
+            if variant.name == "azure":
+                load_back_azure(folder)
+        (staged / PLAN_FILE).write_text(plan_markdown(built, skipped, options), encoding="utf-8")
+        written.append(out_dir / PLAN_FILE)
+    return written
+
+
+def load_back_azure(folder: Path) -> None:
+    """deployment.yml with azure-ai-ml's loader, autoscale.json with azure-mgmt-monitor's model."""
+    from azure.ai.ml import load_online_deployment
+
+    load_online_deployment(folder / "deployment.yml")
+    check_autoscale(json.loads((folder / "autoscale.json").read_text(encoding="utf-8")))
+
+
+def plan_markdown(built: list[Variant], skipped: dict[str, str], options: Options) -> str:
+    product = options.product
+    lines = [f"# Deployments of {product.title}", "",
+             f"Model `{product.served_name}` ({options.backend}), instance type `{options.instance_type}`. Every "
+             "request below was checked with botocore's validator against its service model; apply one folder with "
+             f"`python packaging/deployment.py apply <folder>/{REQUESTS_FILE} --no-dry-run`.", ""]
+    assumed = {options.assume_from} - {None}
+    if assumed:
+        lines += [f"**Assumption:** capacity not measured on the instance type; sized from the measurement on "
+                  f"`{', '.join(assumed)}` (--assume-capacity-from). Measure it there before relying on it.", ""]
+    for variant in built:
+        lines += [f"## {variant.name}", "", *variant.plan, ""]
+        if variant.calls:
+            lines += ["Calls, in order: " + ", ".join(f"`{c.service} {c.operation}`" for c in variant.calls), ""]
+    if skipped:
+        lines += ["## Not built", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
+    return "\n".join(lines)
+
+
+# --- apply -----------------------------------------------------------------------------------------------------
+
+
+def load_calls(path: Path) -> list[Call]:
+    _files.require_file(path, "requests", f"build it with `deployment.py build` ({REQUESTS_FILE})")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        calls = [Call(item["service"], item["operation"], item["params"]) for item in raw]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _files.InputError(f"requests: {path} is not a {REQUESTS_FILE} written by deployment.py ({exc})") from exc
+    validate(calls)
+    return calls
+
+
+def execute(calls: list[Call], *, region: str, endpoint_url: str | None = None,
+            log: Callable[[str], None] = print) -> dict[str, str]:
+    """Make the calls with boto3 in order; returns the ARN of every scaling policy by name."""
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    clients: dict[str, Any] = {}
+    policies: dict[str, str] = {}
+    for call in calls:
+        params = _resolve(call.params, policies)
+        if call.service not in clients:
+            clients[call.service] = session.client(call.service, endpoint_url=endpoint_url)
+        client = clients[call.service]
+        log(f"-> {call.service} {call.operation} {_label(params)}")
+        response = getattr(client, call.method)(**params)
+        if call.operation == "PutScalingPolicy":
+            policies[params["PolicyName"]] = response["PolicyARN"]
+    return policies
+
+
+def _resolve(value: Any, policies: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve(v, policies) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, policies) for v in value]
+    if isinstance(value, str) and value.startswith("{{PolicyARN:") and value.endswith("}}"):
+        name = value[len("{{PolicyARN:"):-2]
+        if name not in policies:
+            raise _files.InputError(f"requests: {value} names no scaling policy put earlier in the file")
+        return policies[name]
+    return value
+
+
+def _label(params: dict[str, Any]) -> str:
+    for key in ("ModelName", "EndpointConfigName", "EndpointName", "InferenceComponentName", "PolicyName",
+                "AlarmName", "TransformJobName", "ResourceId"):
+        if key in params:
+            return str(params[key])
+    return ""
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    product = _catalog.find_product(_catalog.load_catalog(args.catalog), args.product)
+    name = args.name or product.name
+    if len(name) > NAME_MAX:
+        raise Refused(f"--name: {name!r} is {len(name)} characters; at most {NAME_MAX}, so that every variant's "
+                      f"suffix still fits SageMaker's 63")
+    _catalog.check_name(name, "--name")
+    if bool(args.model_package_arn) == bool(args.image and args.model_data):
+        raise Refused("--model-package-arn: give either --model-package-arn (a subscribed Marketplace package) or "
+                      "--image with --model-data (your own image and model.tar.gz), not both or neither")
+    if args.min_instances < 0 or args.max_instances < max(1, args.min_instances):
+        raise Refused(f"--max-instances: {args.max_instances} must be >= 1 and >= --min-instances {args.min_instances}")
+    return Options(
+        product=product, name=name, instance_type=args.instance_type, role_arn=args.role_arn, image=args.image,
+        model_data=args.model_data, model_package_arn=args.model_package_arn, bucket=args.bucket, prefix=args.prefix,
+        measurements=_capacity.load(args.capacity), assume_from=args.assume_capacity_from, p95_ms=args.p95_ms,
+        headroom=args.headroom, metric=args.metric, min_instances=args.min_instances,
+        max_instances=args.max_instances, scale_in_cooldown_s=args.scale_in_cooldown,
+        scale_out_cooldown_s=args.scale_out_cooldown, async_backlog_s=args.async_backlog_s,
+        sns_success_topic=args.sns_success_topic, sns_error_topic=args.sns_error_topic,
+        serverless_max_concurrency=args.serverless_max_concurrency, input_rows=args.input_rows,
+        input_mb=args.input_mb, target_hours=args.target_hours, content_type=args.content_type,
+        azure_image=args.azure_image, azure_subscription=args.azure_subscription,
+        azure_resource_group=args.azure_resource_group, azure_workspace=args.azure_workspace,
+        azure_location=args.azure_location)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    b = commands.add_parser("build", help="write the requests of every variant, validated, and plan.md")
+    b.add_argument("--catalog", required=True)
+    b.add_argument("--product", help="the catalog product (default: the only one)")
+    b.add_argument("--name", help="endpoint/model name stem (default: the product name)")
+    b.add_argument("--instance-type", required=True, help="SageMaker instance type to deploy on (must be measured)")
+    b.add_argument("--variant", action="append", choices=VARIANTS,
+                   help="build only these (repeatable); default: every variant the product allows, the rest listed "
+                        "in plan.md with the reason")
+    b.add_argument("--image", help="the searchbox image URI in your ECR")
+    b.add_argument("--model-data", help="s3:// URL of model.tar.gz")
+    b.add_argument("--model-package-arn", help="a subscribed AWS Marketplace model package, instead of image + data")
+    b.add_argument("--role-arn", required=True, help="IAM role SageMaker assumes (CreateModel ExecutionRoleArn)")
+    b.add_argument("--bucket", help="bucket or s3://bucket/prefix for async output and batch input/output")
+    b.add_argument("--prefix", help="key prefix (default: the s3:// URL's, else --name)")
+    b.add_argument("--capacity", default=str(DEFAULT_CAPACITY), help="capacity file (bench/capacity.py)")
+    b.add_argument("--assume-capacity-from", metavar="LABEL",
+                   help="size an unmeasured instance type from this measured machine, stated as an assumption")
+    b.add_argument("--p95-ms", type=float, help="p95 latency target (default: the one the capacity was measured at)")
+    b.add_argument("--headroom", type=float, default=_capacity.DEFAULT_HEADROOM,
+                   help="share of measured capacity to target (SageMaker's SAFETY_FACTOR; default 0.5)")
+    b.add_argument("--metric", choices=("concurrency", "invocations"), default="concurrency",
+                   help="real-time target tracking on ConcurrentRequestsPerModel (high-resolution) or "
+                        "InvocationsPerInstance")
+    b.add_argument("--min-instances", type=int, default=1)
+    b.add_argument("--max-instances", type=int, default=4)
+    b.add_argument("--scale-in-cooldown", type=int, default=SCALE_IN_COOLDOWN_S, help="seconds")
+    b.add_argument("--scale-out-cooldown", type=int, default=SCALE_OUT_COOLDOWN_S, help="seconds")
+    b.add_argument("--async-backlog-s", type=float, default=ASYNC_BACKLOG_S,
+                   help="async: queued work per instance, in seconds at the measured rate, to track")
+    b.add_argument("--sns-success-topic", help="async: SNS topic ARN told of each result")
+    b.add_argument("--sns-error-topic", help="async: SNS topic ARN told of each failure")
+    b.add_argument("--serverless-max-concurrency", type=int, default=SERVERLESS_MAX_CONCURRENCY)
+    b.add_argument("--input-rows", type=int, help="batch: lines in the input")
+    b.add_argument("--input-mb", type=float, help="batch: total input size in MB")
+    b.add_argument("--target-hours", type=float, default=1.0, help="batch: how long the job may take")
+    b.add_argument("--content-type", default="text/csv", choices=("text/csv", "application/jsonlines"))
+    b.add_argument("--azure-image", help="the image in your Azure registry (default: --image)")
+    b.add_argument("--azure-subscription", default="<subscription-id>")
+    b.add_argument("--azure-resource-group", default="<resource-group>")
+    b.add_argument("--azure-workspace", default="<workspace>")
+    b.add_argument("--azure-location", default="eastus")
+    b.add_argument("-o", "--out-dir", required=True, type=Path)
+    a = commands.add_parser("apply", help="make the calls of one requests.json (dry run by default)")
+    a.add_argument("requests", type=Path)
+    a.add_argument("--region", default="us-east-1")
+    a.add_argument("--endpoint-url", help="send every call to this endpoint instead of AWS (e.g. a moto server)")
+    a.add_argument("--dry-run", action=argparse.BooleanOptionalAction, default=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "apply":
+        return apply_command(args)
+    try:
+        options = options_from(args)
+        built, skipped = build(options, args.variant or list(VARIANTS), explicit=bool(args.variant))
+        if not built:
+            raise Refused("--variant: nothing could be built: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        written = write(args.out_dir, built, skipped, options)
+    except (_catalog.CatalogError, _capacity.CapacityError, Refused, _aws.RequestInvalid, _files.InputError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    if options.assume_from:
+        print(f"ASSUMED capacity: {options.instance_type} sized from {options.assume_from} "
+              "(--assume-capacity-from); see plan.md", file=sys.stderr)
+    return 0
+
+
+def apply_command(args: argparse.Namespace) -> int:
+    try:
+        calls = load_calls(args.requests)
+    except (_files.InputError, _aws.RequestInvalid) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"# dry run: {len(calls)} calls in {args.region}; nothing was sent (--no-dry-run sends them)")
+        for call in calls:
+            print(f"{call.service}.{call.method}({json.dumps(call.params, indent=2)})")
+        return 0
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        execute(calls, region=args.region, endpoint_url=args.endpoint_url)
+    except (BotoCoreError, ClientError, _files.InputError) as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
