@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 from bench.loadgen import run_load
-from bench.run import ROOT, http_status, searchbox_body, start_searchbox
+from bench.run import searchbox_body
+from bench.servers import ROOT, http_status, start_searchbox
 from bench.texts import SHORT
-from container.settings import embedded_model_dir
+from model_handlers.embedded import embedded_model_dir
 
 sys.path.insert(0, str(ROOT / "packaging"))
 import _capacity  # noqa: E402  (the format lives with its reader, packaging/_capacity.py)
