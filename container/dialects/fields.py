@@ -125,17 +125,10 @@ def optional_int(value: Any, field: str) -> int | None:
 
 
 def optional_float(value: Any, field: str) -> float | None:
-    """A finite number (or a numeric string, as for integers)."""
+    """A finite JSON number."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise ValidationFailed(f"`{field}` must be a number, got a boolean")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValidationFailed(f"`{field}` must be a number, got {_shown(value)}") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValidationFailed(f"`{field}` must be a finite number, got {_shown(value)}")
     return float(value)
 
