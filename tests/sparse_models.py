@@ -55,3 +55,20 @@ def make_bare(target: Path, minilm_dir: Path) -> Path:
     make_masked_lm(target, minilm_dir)
     (target / "searchbox.json").write_text(json.dumps({"kind": "sparse"}), encoding="utf-8")
     return target
+
+
+def make_inference_free(target: Path, minilm_dir: Path) -> Path:
+    """An inference-free SPLADE (opensearch-neural-sparse doc-v2/v3 style): a Router whose query route is a
+    SparseStaticEmbedding (seeded random IDF-like weights) and whose document route is the tiny MLM + SpladePooling."""
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router, Transformer
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding, SpladePooling
+
+    plain = make_masked_lm(target.with_name(target.name + "-mlm"), minilm_dir)
+    mlm = Transformer(str(plain), transformer_task="fill-mask", max_seq_length=128)
+    torch.manual_seed(1)
+    static = SparseStaticEmbedding(tokenizer=mlm.tokenizer, weight=torch.rand(mlm.tokenizer.vocab_size) * 3)
+    router = Router.for_query_document(query_modules=[static], document_modules=[mlm, SpladePooling("max")])
+    SparseEncoder(modules=[router], device="cpu").save(str(target))
+    return target

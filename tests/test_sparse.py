@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_documented, assert_error, in_process
-from sparse_models import make_bare, make_splade
+from sparse_models import make_bare, make_inference_free, make_splade
 
 TEXTS = ["what do cats like to eat", "Dogs, cats & birds: popular pets!!! (mostly...)", "",
          "Learned sparse retrieval weighs every vocabulary entry. " * 40]  # the last one longer than 128 tokens
@@ -161,3 +161,29 @@ def test_models_listing_and_openapi_name_the_sparse_route(splade):
     assert "/v1/sparse-embeddings" in document["paths"]
     response = splade.post("/v1/sparse-embeddings", {"input": ["a b c"], "return_tokens": True})
     assert_documented(document, "post", "/v1/sparse-embeddings", response)
+
+
+def test_inference_free_queries_are_a_static_lookup_and_documents_run_the_model(tmp_path, minilm_dir):
+    from sentence_transformers import SparseEncoder
+
+    directory = make_inference_free(tmp_path / "inference-free", minilm_dir)
+    encoder = SparseEncoder(str(directory), device="cpu")
+    queries = encoder.encode_query(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
+    documents = encoder.encode_document(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
+    expected = encoder.similarity(encoder.encode_query([QUERY], convert_to_tensor=True),
+                                  encoder.encode_document(DOCUMENTS, convert_to_tensor=True))[0].numpy()
+    served, runtime = in_process(directory)
+    try:
+        as_queries = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2], "input_type": "query"})
+        as_documents = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2]})
+        ranked = answer(served, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
+    finally:
+        runtime.close()
+    for item, weights in zip(as_queries["data"], queries):
+        sparse_matches(item["sparse_embedding"], weights)
+    for item, weights in zip(as_documents["data"], documents):
+        sparse_matches(item["sparse_embedding"], weights)
+    # a query is billed the tokens it has (no special tokens are added to a static query)
+    assert as_queries["usage"]["total_tokens"] == sum(len(encoder.tokenizer.tokenize(t)) for t in TEXTS[:2])
+    for hit in ranked["results"]:
+        assert hit["relevance_score"] == pytest.approx(float(expected[hit["index"]]), rel=1e-4, abs=1e-4)

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "searchbox.json"
 _SPLADE_MODULE = "SpladePooling"
+_ROUTER_MODULE = "Router"
+_STATIC_MODULE = "SparseStaticEmbedding"
 POOLING_STRATEGIES = ("max", "sum")
 ACTIVATIONS = ("relu", "log1p_relu")
 
@@ -55,6 +57,9 @@ class SpladeSettings:
     pooling_strategy: str
     activation_function: str
     max_seq_length: int | None  # sentence_bert_config.json's, when it says
+    # inference-free queries: the folder of the Router's query-side SparseStaticEmbedding (its `weight`: one weight
+    # per vocabulary entry, e.g. IDF); None: queries go through the model as documents do
+    static_query_folder: str | None = None
 
 
 def read_settings(model_dir: Path, explicit: Mapping[str, Any]) -> SpladeSettings:
@@ -64,9 +69,12 @@ def read_settings(model_dir: Path, explicit: Mapping[str, Any]) -> SpladeSetting
         ModelDirectoryError: a setting that is not one SpladePooling knows, naming the file.
     """
     files = ModelFiles.read(model_dir)
-    encoder, pooling = "", {}
-    for position, module in enumerate(files.modules):  # the first module reads the text: the *ForMaskedLM model
-        kind, folder = str(module.get("type", "")), str(module.get("path", ""))
+    encoder, pooling, static = "", {}, None
+    modules = [(str(module.get("type", "")), str(module.get("path", ""))) for module in files.modules]
+    router = _router(model_dir, files)
+    if router is not None:
+        modules, static = _routes(model_dir, router)
+    for position, (kind, folder) in enumerate(modules):  # the first module reads the text: the *ForMaskedLM model
         if position == 0:
             encoder = folder
         elif kind.endswith(_SPLADE_MODULE):
@@ -77,7 +85,32 @@ def read_settings(model_dir: Path, explicit: Mapping[str, Any]) -> SpladeSetting
         if chosen[key] not in allowed:
             raise ModelDirectoryError(f"{model_dir}: {key} must be one of {', '.join(allowed)}, not {chosen[key]!r}")
     return SpladeSettings(encoder, chosen["pooling_strategy"], chosen["activation_function"],
-                          _declared_length(model_dir / encoder))
+                          _declared_length(model_dir / encoder), static)
+
+
+def _router(model_dir: Path, files: ModelFiles) -> dict | None:
+    """router_config.json of a SparseEncoder whose one module is a Router (query and document routes)."""
+    if len(files.modules) == 1 and str(files.modules[0].get("type", "")).endswith(_ROUTER_MODULE):
+        return _json(model_dir / str(files.modules[0].get("path", "")) / "router_config.json")
+    return None
+
+
+def _routes(model_dir: Path, router: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """The document route's modules (type, folder), and the query route's SparseStaticEmbedding folder (None when
+    queries take the document route).
+
+    Raises:
+        ModelDirectoryError: a query route that is neither a SparseStaticEmbedding nor the document route's.
+    """
+    types, structure = router.get("types") or {}, router.get("structure") or {}
+    document = [(str(types.get(folder, "")), str(folder)) for folder in structure.get("document") or ()]
+    query = [(str(types.get(folder, "")), str(folder)) for folder in structure.get("query") or ()]
+    if not query or query == document:
+        return document, None
+    if len(query) == 1 and query[0][0].endswith(_STATIC_MODULE):
+        return document, query[0][1]
+    raise ModelDirectoryError(f"{model_dir}: the Router's query route ({', '.join(t for t, _ in query)}) is neither "
+                              "a SparseStaticEmbedding nor the document route; searchbox serves only those")
 
 
 def _declared_length(encoder_dir: Path) -> int | None:
@@ -92,8 +125,11 @@ def _declared_length(encoder_dir: Path) -> int | None:
 
 def _is_splade(files: ModelFiles) -> bool:
     """A SparseEncoder whose pooling is SpladePooling (its first module an MLMTransformer, or 6.2's fill-mask
-    Transformer)."""
-    return any(str(module.get("type", "")).endswith(_SPLADE_MODULE) for module in files.modules)
+    Transformer), or a Router whose document route is one."""
+    if any(str(module.get("type", "")).endswith(_SPLADE_MODULE) for module in files.modules):
+        return True
+    router = _router(files.directory, files) if files.modules else None
+    return router is not None and any(str(t).endswith(_SPLADE_MODULE) for t in (router.get("types") or {}).values())
 
 
 def _json(path: Path) -> dict:
@@ -147,6 +183,9 @@ class SparseModel:
         self.width = int(self._mlm.config.vocab_size)
         self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
         self._vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self._static = None
+        if settings.static_query_folder is not None:
+            self._static = _StaticQueries(model_dir / settings.static_query_folder, self.width)
         logger.info("SPLADE: %s pooling of %s over %d vocabulary entries, up to %d tokens",
                     settings.pooling_strategy, settings.activation_function, self.width, self.max_length)
 
@@ -156,6 +195,9 @@ class SparseModel:
         if request.late_chunking:
             raise InvalidOption(f"late_chunking is not available for sparse model {self.model_name}; leave it out")
         texts = texts_of(request.inputs, self.model_name)
+        if self._static is not None and request.effective_input_type == "query":
+            sequences = [self._static.sequence(text) for text in texts]
+            return Prepared(sequences, [s.length for s in sequences])
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
         contents = self._tokenizer.encode([spec.prompt + text for text in texts])
         sequences = [_Sequence(self._tokenizer.wrap(self._fit(content, index, request.truncate)), adapter=spec.adapter)
@@ -172,8 +214,11 @@ class SparseModel:
         documents = texts_of(request.documents, self.model_name, "document")
         query_spec = self.config.resolve_task(None, "query", request.adapter)
         document_spec = self.config.resolve_task(None, "document", request.adapter)
-        query_ids = self._tokenizer.encode([query_spec.prompt + query_text])[0][: self._tokenizer.room]
-        query = _Sequence(self._tokenizer.wrap(query_ids), adapter=query_spec.adapter)
+        if self._static is not None:
+            query = self._static.sequence(query_text)
+        else:
+            query_ids = self._tokenizer.encode([query_spec.prompt + query_text])[0][: self._tokenizer.room]
+            query = _Sequence(self._tokenizer.wrap(query_ids), adapter=query_spec.adapter)
         prompt = (self._tokenizer.encode([document_spec.prompt])[0] if document_spec.prompt
                   else np.zeros(0, dtype=np.int64))
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
@@ -204,6 +249,8 @@ class SparseModel:
     def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
         import torch
 
+        if sequences[0].group == _STATIC:  # a pass holds one group: inference-free queries only
+            return [[self._static.weights_of(s.ids)] for s in sequences]
         with torch.inference_mode():
             padded = self._tokenizer.pad([s.ids for s in sequences])
             features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
@@ -216,6 +263,35 @@ class SparseModel:
             pooled = weights.amax(dim=1) if self._settings.pooling_strategy == "max" else weights.sum(dim=1)
             vectors = pooled.float().cpu().numpy()
         return [[row] for row in vectors]
+
+
+_STATIC = "static"
+
+
+class _StaticQueries:
+    """The query side of an inference-free SPLADE, as SparseStaticEmbedding computes it: the query's tokens (no
+    special tokens, cut at its tokenizer's length), each present id weighted by its static weight; no model runs."""
+
+    def __init__(self, folder: Path, width: int):
+        from safetensors.numpy import load_file
+
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            raise ModelDirectoryError(f"{folder}: no safetensors weights for the query-side SparseStaticEmbedding")
+        self._weight = np.asarray(load_file(str(weights[0])).get("weight"), dtype=np.float32)
+        if self._weight.shape != (width,):
+            raise ModelDirectoryError(f"{folder}: the SparseStaticEmbedding weight has shape {self._weight.shape}, "
+                                      f"not one weight per vocabulary entry ({width})")
+        length = _declared_length(folder) or 512
+        self._tokenizer = TokenizerView.from_directory(folder, length, with_type_ids=False)
+
+    def sequence(self, text: str) -> _Sequence:
+        return _Sequence(self._tokenizer.encode([text])[0][: self._tokenizer.max_length], group=_STATIC)
+
+    def weights_of(self, ids: np.ndarray) -> np.ndarray:
+        vector = np.zeros_like(self._weight)
+        vector[ids] = self._weight[ids]
+        return vector
 
 
 KIND = Kind(
