@@ -187,3 +187,26 @@ def test_inference_free_queries_are_a_static_lookup_and_documents_run_the_model(
     assert as_queries["usage"]["total_tokens"] == sum(len(encoder.tokenizer.tokenize(t)) for t in TEXTS[:2])
     for hit in ranked["results"]:
         assert hit["relevance_score"] == pytest.approx(float(expected[hit["index"]]), rel=1e-4, abs=1e-4)
+
+
+def readme_bodies() -> list[tuple[str, dict]]:
+    """The (path, body) of each curl in README's "Sparse embeddings" section."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Sparse embeddings", 1)[1].split("\n## ", 1)[0]
+    calls = re.findall(r"curl -s localhost:8080(\S+) .*?\n\s*-d '(.*?)'", section, flags=re.S)
+    return [(path, json.loads(body)) for path, body in calls]
+
+
+def test_readme_curls_answer_on_a_real_server(server_factory, splade_dir):
+    calls = readme_bodies()
+    assert [path for path, _ in calls] == ["/v1/sparse-embeddings", "/invocations", "/v1/rerank"]
+    server = server_factory({"SEARCHBOX_MODEL_DIR": str(splade_dir)})
+    public, envelope, ranked = (answer(server, path, body) for path, body in calls)
+    item = public["data"][0]["sparse_embedding"]
+    assert len(item["indices"]) == 3 and len(item["tokens"]) == 3 and min(item["values"]) > 0
+    assert min(envelope["data"][0]["sparse_embedding"]["values"]) > 0.5
+    assert envelope["parameters"] == {"min_weight": 0.5}
+    assert sorted(hit["index"] for hit in ranked["results"]) == [0, 1]

@@ -1,9 +1,13 @@
 """Kind `sparse`: learned-sparse (SPLADE) encoders, one weight per vocabulary entry of each input.
 
-Two directory layouts:
+Three directory layouts:
 - sentence-transformers' `SparseEncoder`: `modules.json` with an `MLMTransformer` or (6.2) a fill-mask
-  `Transformer` (a *ForMaskedLM model) and a `SpladePooling` (its `config.json`: `pooling_strategy` "max" or "sum", `activation_function` "relu" or
-  "log1p_relu"), the length in `sentence_bert_config.json`, prompts in `config_sentence_transformers.json`;
+  `Transformer` (a *ForMaskedLM model) and a `SpladePooling` (its `config.json`: `pooling_strategy` "max" or
+  "sum", `activation_function` "relu" or "log1p_relu"), the length in `sentence_bert_config.json` or the
+  tokenizer's `model_max_length`, prompts in `config_sentence_transformers.json`;
+- an inference-free `SparseEncoder` (opensearch-neural-sparse doc-v2/v3 style): one `Router` module whose
+  document route is the above and whose query route is a `SparseStaticEmbedding` (one weight per vocabulary
+  entry, e.g. IDF): a query's weights are its tokens' (no special tokens), with no model pass;
 - a bare *ForMaskedLM directory with `"kind": "sparse"` in `searchbox.json`, which may also state
   `pooling_strategy` and `activation_function` (default: max of log(1 + ReLU(logits)), SPLADE v2 and later).
 
