@@ -177,8 +177,10 @@ def test_inference_free_queries_are_a_static_lookup_and_documents_run_the_model(
         as_queries = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2], "input_type": "query"})
         as_documents = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2]})
         ranked = answer(served, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
+        too_long = served.post("/v1/sparse-embeddings", {"input": TEXTS[3], "input_type": "query", "truncate": False})
     finally:
         runtime.close()
+    assert_error(too_long, 400, "INPUT_TOKEN_LIMIT_EXCEEDED", "128")
     for item, weights in zip(as_queries["data"], queries):
         sparse_matches(item["sparse_embedding"], weights)
     for item, weights in zip(as_documents["data"], documents):

@@ -200,7 +200,7 @@ class SparseModel:
             raise InvalidOption(f"late_chunking is not available for sparse model {self.model_name}; leave it out")
         texts = texts_of(request.inputs, self.model_name)
         if self._static is not None and request.effective_input_type == "query":
-            sequences = [self._static.sequence(text) for text in texts]
+            sequences = [self._static.sequence(text, index, request.truncate) for index, text in enumerate(texts)]
             return Prepared(sequences, [s.length for s in sequences])
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
         contents = self._tokenizer.encode([spec.prompt + text for text in texts])
@@ -219,7 +219,7 @@ class SparseModel:
         query_spec = self.config.resolve_task(None, "query", request.adapter)
         document_spec = self.config.resolve_task(None, "document", request.adapter)
         if self._static is not None:
-            query = self._static.sequence(query_text)
+            query = self._static.sequence(query_text, 0, True)
         else:
             query_ids = self._tokenizer.encode([query_spec.prompt + query_text])[0][: self._tokenizer.room]
             query = _Sequence(self._tokenizer.wrap(query_ids), adapter=query_spec.adapter)
@@ -289,8 +289,13 @@ class _StaticQueries:
         length = _declared_length(folder) or 512
         self._tokenizer = TokenizerView.from_directory(folder, length, with_type_ids=False)
 
-    def sequence(self, text: str) -> _Sequence:
-        return _Sequence(self._tokenizer.encode([text])[0][: self._tokenizer.max_length], group=_STATIC)
+    def sequence(self, text: str, index: int, truncate: bool) -> _Sequence:
+        ids = self._tokenizer.encode([text])[0]
+        if len(ids) > self._tokenizer.max_length and not truncate:
+            raise InvalidInput(f"input {index} has {len(ids)} tokens as a query, over the model's limit of "
+                               f"{self._tokenizer.max_length}; shorten it or set truncate to true",
+                               code="INPUT_TOKEN_LIMIT_EXCEEDED")
+        return _Sequence(ids[: self._tokenizer.max_length], group=_STATIC)
 
     def weights_of(self, ids: np.ndarray) -> np.ndarray:
         vector = np.zeros_like(self._weight)
