@@ -12,6 +12,9 @@ import pytest
 from helpers import assert_documented, assert_error, in_process
 from sparse_models import make_bare, make_inference_free, make_splade
 
+# models loaded in this process (create_app + the test client); the README test starts a real server
+pytestmark = pytest.mark.app
+
 TEXTS = ["what do cats like to eat", "Dogs, cats & birds: popular pets!!! (mostly...)", "",
          "Learned sparse retrieval weighs every vocabulary entry. " * 40]  # the last one longer than 128 tokens
 QUERY = "where does the baker sell bread"
