@@ -27,7 +27,7 @@ import argparse
 import json
 import math
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,20 +88,20 @@ class Refused(ValueError):
 
 @dataclass
 class Call:
-    """One AWS API call: service (botocore's name), operation (the API's), parameters."""
+    """One AWS API call: service (botocore's name), action (the API operation), parameters."""
 
     service: str
-    operation: str
+    action: str
     params: dict[str, Any]
 
     @property
     def method(self) -> str:
         from botocore import xform_name
 
-        return xform_name(self.operation)
+        return xform_name(self.action)
 
     def to_json(self) -> dict[str, Any]:
-        return {"service": self.service, "operation": self.operation, "params": self.params}
+        return {"service": self.service, "operation": self.action, "params": self.params}
 
 
 def policy_arn_placeholder(policy_name: str) -> str:
@@ -111,7 +111,7 @@ def policy_arn_placeholder(policy_name: str) -> str:
 
 def validate(calls: list[Call]) -> None:
     for call in calls:
-        _aws.validate_request(call.service, call.operation, call.params)
+        _aws.validate_request(call.service, call.action, call.params)
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------
@@ -501,9 +501,9 @@ def batch(options: Options) -> Variant:
     # a batch job wants throughput: its deadline is per call, not a p95, so no latency target applies
     found = _capacity.find(options.measurements, model=options.product.served_name, backend=options.backend,
                            shape="batch", instance_type=options.instance_type, assume_from=options.assume_from)
-    from container.settings import Settings
+    from container.settings import ENV_MAX_BATCH_ROWS, SETTINGS
 
-    max_rows = next(f.default for f in fields(Settings) if f.name == "max_batch_rows")
+    max_rows = next(s for s in SETTINGS if s.name == ENV_MAX_BATCH_ROWS).default_value({})
     size = batch_size(options.input_rows, options.input_mb, found.measurement.levels,
                       target_hours=options.target_hours, max_instances=options.max_instances,
                       max_rows_per_body=max_rows)
@@ -753,7 +753,7 @@ def plan_markdown(built: list[Variant], skipped: dict[str, str], options: Option
     for variant in built:
         lines += [f"## {variant.name}", "", *variant.plan, ""]
         if variant.calls:
-            lines += ["Calls, in order: " + ", ".join(f"`{c.service} {c.operation}`" for c in variant.calls), ""]
+            lines += ["Calls, in order: " + ", ".join(f"`{c.service} {c.action}`" for c in variant.calls), ""]
     if skipped:
         lines += ["## Not built", ""] + [f"- {name}: {why}" for name, why in skipped.items()] + [""]
     return "\n".join(lines)
@@ -786,9 +786,9 @@ def execute(calls: list[Call], *, region: str, endpoint_url: str | None = None,
         if call.service not in clients:
             clients[call.service] = session.client(call.service, endpoint_url=endpoint_url)
         client = clients[call.service]
-        log(f"-> {call.service} {call.operation} {_label(params)}")
+        log(f"-> {call.service} {call.action} {_label(params)}")
         response = getattr(client, call.method)(**params)
-        if call.operation == "PutScalingPolicy":
+        if call.action == "PutScalingPolicy":
             policies[params["PolicyName"]] = response["PolicyARN"]
     return policies
 

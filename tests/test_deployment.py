@@ -69,7 +69,7 @@ def options(**overrides) -> deployment.Options:
 
 
 def params(variant: deployment.Variant, operation: str, index: int = 0) -> dict:
-    return [c.params for c in variant.calls if c.operation == operation][index]
+    return [c.params for c in variant.calls if c.action == operation][index]
 
 
 # --- the capacity file ---------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_a_broken_capacity_file_names_the_field(capacity_file, edit, field):
 def test_realtime_tracks_measured_concurrency_with_headroom():
     variant = deployment.realtime(options())
     deployment.validate(variant.calls)
-    assert [c.operation for c in variant.calls] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint",
+    assert [c.action for c in variant.calls] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint",
                                                     "RegisterScalableTarget", "PutScalingPolicy"]
     assert params(variant, "CreateModel")["EnableNetworkIsolation"] is True
     assert "Environment" not in params(variant, "CreateModel")["PrimaryContainer"]

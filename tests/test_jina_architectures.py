@@ -90,7 +90,7 @@ def test_the_checkpoints_hold_the_original_flash_layout(reranker_dir, colbert_di
 def test_reranker_scores_equal_its_remote_code(reranker_dir):
     handler = load_handler(reranker_dir, HandlerOptions(device="cpu"))  # no trust_remote_code: read natively
     try:
-        hits = handler.rerank(RerankRequest(query=TextInput(QUERY), documents=tuple(map(TextInput, DOCUMENTS)))).hits
+        hits = handler.run(RerankRequest(query=TextInput(QUERY), documents=tuple(map(TextInput, DOCUMENTS)))).hits
     finally:
         handler.close()
     expected = remote(reranker_dir, "AutoModelForSequenceClassification").compute_score(
@@ -105,13 +105,13 @@ def test_colbert_token_vectors_equal_its_remote_code(colbert_dir):
     from safetensors.torch import load_file
 
     handler = load_handler(colbert_dir, HandlerOptions(device="cpu"))
-    model = handler._model  # the kind's model: the very sequences it encodes, fed to the remote code below
+    model = handler.model  # the kind's model: the very sequences it encodes, fed to the remote code below
     encoder = remote(colbert_dir, "AutoModel")
     projection = load_file(str(colbert_dir / "model.safetensors"))["linear.weight"]
     try:
         for input_type, texts in (("query", QUERIES), ("document", PASSAGES)):
             request = EmbedRequest(inputs=tuple(map(TextInput, texts)), input_type=input_type)
-            answered = handler.embed(request).vectors
+            answered = handler.run(request).vectors
             for sequence, vectors in zip(model._sequences(request, truncate=True), answered):
                 ids = torch.from_numpy(sequence.ids)[None]
                 mask = torch.zeros_like(ids)
@@ -123,10 +123,10 @@ def test_colbert_token_vectors_equal_its_remote_code(colbert_dir):
                 cosines = (vectors * want).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(want, axis=1)
                 assert cosines.min() >= MIN_COSINE, (input_type, cosines.min())
         # MaxSim from the remote code's vectors is the score the native path ranks by
-        hits = handler.rerank(RerankRequest(query=TextInput(QUERIES[0]), documents=tuple(map(TextInput, PASSAGES))))
-        query = handler.embed(EmbedRequest(inputs=(TextInput(QUERIES[0]),), input_type="query")).vectors[0]
+        hits = handler.run(RerankRequest(query=TextInput(QUERIES[0]), documents=tuple(map(TextInput, PASSAGES))))
+        query = handler.run(EmbedRequest(inputs=(TextInput(QUERIES[0]),), input_type="query")).vectors[0]
         for hit in hits.hits:
-            document = handler.embed(EmbedRequest(inputs=(TextInput(PASSAGES[hit.index]),))).vectors[0]
+            document = handler.run(EmbedRequest(inputs=(TextInput(PASSAGES[hit.index]),))).vectors[0]
             assert abs(hit.relevance_score - maxsim(query, document)) < 1e-4
     finally:
         handler.close()
@@ -180,7 +180,7 @@ def test_the_remote_code_route_still_serves_when_the_policy_allows(colbert_dir, 
     before = set(sys.modules)
     handler = load_handler(model_dir, HandlerOptions(device="cpu", trust_remote_code=True))
     try:
-        vectors = handler.embed(EmbedRequest(inputs=(TextInput("cats"),), input_type="query")).vectors[0]
+        vectors = handler.run(EmbedRequest(inputs=(TextInput("cats"),), input_type="query")).vectors[0]
     finally:
         handler.close()
     assert vectors.shape == (32, 24) and np.isfinite(vectors).all()

@@ -78,7 +78,7 @@ def test_the_manifest_pins_every_py_file_and_the_pinned_artifact_serves(artifact
     assert model_code.trusts(artifact, HandlerOptions()) is True
     handler = load_handler(artifact, HandlerOptions(device="cpu"))
     try:
-        vectors = handler.embed(EmbedRequest(inputs=(TextInput("cats"),), input_type="query")).vectors[0]
+        vectors = handler.run(EmbedRequest(inputs=(TextInput("cats"),), input_type="query")).vectors[0]
     finally:
         handler.close()
     assert vectors.shape == (32, 24) and np.isfinite(vectors).all()

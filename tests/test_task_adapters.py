@@ -235,7 +235,7 @@ def test_remote_code_path_gives_the_same_answers(v3_dir, v3_reference, tmp_path)
 
 def test_onnx_build_refuses_a_model_whose_tasks_select_adapters(v3_dir):
     from model_handlers.errors import ModelDirectoryError
-    from model_handlers.text_embedding import export_onnx
+    from model_handlers.kinds.text_embedding import export_onnx
 
     with pytest.raises(ModelDirectoryError, match="select adapters"):
         export_onnx(v3_dir, v3_dir / "never.onnx")
