@@ -215,3 +215,39 @@ def test_readme_curls_answer_on_a_real_server(server_factory, splade_dir):
     assert min(envelope["data"][0]["sparse_embedding"]["values"]) > 0.5
     assert envelope["parameters"] == {"min_weight": 0.5}
     assert sorted(hit["index"] for hit in ranked["results"]) == [0, 1]
+
+
+def test_build_artifact_checks_and_packs_a_splade_and_the_listing_shows_its_route(tmp_path, splade_dir, reference):
+    import dataclasses
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    from model_handlers import HandlerOptions, load_handler
+    from model_handlers.types import EmbedRequest, TextInput
+
+    packaging = Path(__file__).resolve().parent.parent / "packaging"
+    sys.path.insert(0, str(packaging))
+    import _catalog
+    import aws_listing
+    import build_artifact
+
+    output = tmp_path / "model.tar.gz"
+    report = build_artifact.build_artifact(splade_dir, output, served_name="tiny-splade")
+    assert report.kind == "sparse"
+    assert report.check.startswith("embedded 1 text into sparse vectors of 3 entries"), report.check
+    unpacked = tmp_path / "model"
+    unpacked.mkdir()
+    with tarfile.open(output, "r:gz") as tar:
+        tar.extractall(unpacked, filter="data")
+    assert json.loads((unpacked / "searchbox.json").read_text())["kind"] == "sparse"
+    handler = load_handler(unpacked, HandlerOptions(device="cpu"))
+    try:
+        vector = handler.run(EmbedRequest(inputs=(TextInput(TEXTS[0]),), operation="sparse")).vectors[0]
+    finally:
+        handler.close()
+    sparse_matches({"indices": vector.indices.tolist(), "values": vector.values.tolist()}, reference[0])
+    product = dataclasses.replace(_catalog.load_catalog(packaging / "catalog.example.yaml")[0], kind="sparse",
+                                  model_dir=splade_dir, served_name="tiny-splade")
+    usage = aws_listing.usage_markdown(product, tmp_path / "no-bench.md", aws_listing.measure_sample(product))
+    assert "/v1/sparse-embeddings" in usage and "sparse_embedding" in usage
