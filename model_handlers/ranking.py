@@ -6,7 +6,8 @@
 - A request may make at most a configured number of model inputs (`check_window_count`).
 - Scores: a cross-encoder's own (`Scoring.PAIR`: one score per (query, window) input), the cosine of
   query and window embeddings (`Scoring.COSINE`), or late interaction over token vectors (`Scoring.MAXSIM`:
-  for each query token its best cosine over the window's token vectors, summed, as ColBERT scores).
+  for each query token its best cosine over the window's token vectors, summed, as ColBERT scores), or the dot
+  product of query and window outputs (`Scoring.DOT`: sparse vectors, as SPLADE scores).
 - Hits are sorted by score, highest first, ties in input order, cut to `top_n` (`rank`).
 """
 
@@ -39,6 +40,9 @@ class Scoring(str, enum.Enum):
     # the query's and each window's outputs are token vectors (one row each); score = sum over query rows of
     # the row's best cosine over the window's rows
     MAXSIM = "maxsim"
+    # the first input is the query; each other input a window; score = dot product with the query's output (sparse
+    # models: their weights are the scores, unnormalised)
+    DOT = "dot"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,9 @@ def window_scores(work: RerankWork, outputs: Sequence[np.ndarray]) -> list[float
         query = _unit_rows(outputs[work.owners.index(None)])
         return [maxsim(query, _unit_rows(outputs[i])) for i, owner in enumerate(work.owners) if owner is not None]
     vectors = np.stack([np.asarray(output, dtype=np.float64).reshape(-1) for output in outputs])
+    if work.scoring is Scoring.DOT:
+        query = vectors[work.owners.index(None)]
+        return [float(vectors[i] @ query) for i, owner in enumerate(work.owners) if owner is not None]
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     query = vectors[[i for i, owner in enumerate(work.owners) if owner is None][0]]
     return [float(vectors[i] @ query) for i, owner in enumerate(work.owners) if owner is not None]

@@ -116,6 +116,11 @@ class EmbedRequest:
     # A LoRA adapter the endpoint holds, for every input (the body's `adapter`, or SageMaker's adapter header);
     # it takes the place of the adapter the task selects. None: the task's (or none).
     adapter: str | None = None
+    # Sparse embeddings (operations/sparse.py): keep the `top_k` largest weights, those above `min_weight`, and
+    # answer the vocabulary strings of the kept token ids; other forms of embeddings ignore them.
+    top_k: int | None = None
+    min_weight: float | None = None
+    return_tokens: bool = False
 
     # `task` and `input_type` say the same thing in two vocabularies; these three are the one place they are read.
 

@@ -38,6 +38,7 @@ DIALECT_MODULES = (
     "container.dialects.embed",
     "container.dialects.multi_vector",
     "container.dialects.rerank",
+    "container.dialects.sparse",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
@@ -121,6 +122,15 @@ def optional_int(value: Any, field: str) -> int | None:
     if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value.strip())
     raise ValidationFailed(f"`{field}` must be an integer, got {_shown(value)}")
+
+
+def optional_float(value: Any, field: str) -> float | None:
+    """A finite JSON number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValidationFailed(f"`{field}` must be a finite number, got {_shown(value)}")
+    return float(value)
 
 
 def optional_bool(value: Any, field: str, default: bool) -> bool:
@@ -274,6 +284,10 @@ EMBED_OPTIONS = (
     Option("adapter", optional_str, {"type": "string"},
            "a LoRA adapter the endpoint holds (GET /adapters lists them), for every input, in place of the one the "
            "task selects; SageMaker's X-Amzn-SageMaker-Adapter-Identifier header says the same"),
+    Option("top_k", optional_int, INTEGER_SCHEMA, "sparse embeddings: keep the k largest weights of each input"),
+    Option("min_weight", optional_float, {"type": "number"}, "sparse embeddings: keep weights above this only"),
+    Option("return_tokens", flag(False), boolean_schema(False),
+           "sparse embeddings: answer the vocabulary string of each kept token id under `tokens`"),
 )
 ENCODING_OPTION = Option(
     "embedding_type", encoding,

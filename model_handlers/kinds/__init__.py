@@ -28,6 +28,7 @@ KIND_MODULES = (
     "model_handlers.kinds.multi_vector",
     "model_handlers.kinds.cross_encoder",
     "model_handlers.kinds.multimodal",
+    "model_handlers.kinds.sparse",
     "model_handlers.kinds.text_embedding",
 )
 

@@ -28,6 +28,7 @@ OPERATION_MODULES = (
     "model_handlers.operations.embed",
     "model_handlers.operations.multi_vector",
     "model_handlers.operations.rerank",
+    "model_handlers.operations.sparse",
 )
 
 

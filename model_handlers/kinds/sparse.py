@@ -1,0 +1,330 @@
+"""Kind `sparse`: learned-sparse (SPLADE) encoders, one weight per vocabulary entry of each input.
+
+Three directory layouts:
+- sentence-transformers' `SparseEncoder`: `modules.json` with an `MLMTransformer` or (6.2) a fill-mask
+  `Transformer` (a *ForMaskedLM model) and a `SpladePooling` (its `config.json`: `pooling_strategy` "max" or
+  "sum", `activation_function` "relu" or "log1p_relu"), the length in `sentence_bert_config.json` or the
+  tokenizer's `model_max_length`, prompts in `config_sentence_transformers.json`;
+- an inference-free `SparseEncoder` (opensearch-neural-sparse doc-v2/v3 style): one `Router` module whose
+  document route is the above and whose query route is a `SparseStaticEmbedding` (one weight per vocabulary
+  entry, e.g. IDF): a query's weights are its tokens' (no special tokens), with no model pass;
+- a bare *ForMaskedLM directory with `"kind": "sparse"` in `searchbox.json`, which may also state
+  `pooling_strategy` and `activation_function` (default: max of log(1 + ReLU(logits)), SPLADE v2 and later).
+
+How an input becomes weights, as `SpladePooling.forward` computes them (sentence-transformers 6.2): the MLM logits of
+every token the model attends to, ReLU then log1p (twice with "log1p_relu"), max (or sum) over the tokens; padding
+counts for nothing. The forward pass answers the dense vocabulary-wide vector; operations/sparse.py keeps its
+entries above zero. Rerank scores a document by the dot product of its sparse vector with the query's, as
+`SparseEncoder.similarity` does (its default similarity is the dot product); long documents are read in windows.
+
+Weights are read with transformers; sentence-transformers itself is never imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from model_handlers import adapters
+from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.operations.embed import Prepared
+from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.sparse import SPARSE
+from model_handlers.options import HandlerOptions
+from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
+from model_handlers.serving_config import ServingConfig
+from model_handlers.tokenization import TokenizerView
+from model_handlers.types import EmbedRequest, RerankRequest, texts_of
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "searchbox.json"
+_SPLADE_MODULE = "SpladePooling"
+_ROUTER_MODULE = "Router"
+_STATIC_MODULE = "SparseStaticEmbedding"
+POOLING_STRATEGIES = ("max", "sum")
+ACTIVATIONS = ("relu", "log1p_relu")
+
+
+# --- settings: read from the directory's files, without torch ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpladeSettings:
+    encoder_folder: str  # the *ForMaskedLM model's folder inside the directory ("" for the directory itself)
+    pooling_strategy: str
+    activation_function: str
+    max_seq_length: int | None  # sentence_bert_config.json's, when it says
+    # inference-free queries: the folder of the Router's query-side SparseStaticEmbedding (its `weight`: one weight
+    # per vocabulary entry, e.g. IDF); None: queries go through the model as documents do
+    static_query_folder: str | None = None
+
+
+def read_settings(model_dir: Path, explicit: Mapping[str, Any]) -> SpladeSettings:
+    """The SPLADE settings of `model_dir`: searchbox.json's, else the SpladePooling module's, else SPLADE v2's.
+
+    Raises:
+        ModelDirectoryError: a setting that is not one SpladePooling knows, naming the file.
+    """
+    files = ModelFiles.read(model_dir)
+    encoder, pooling, static = "", {}, None
+    modules = [(str(module.get("type", "")), str(module.get("path", ""))) for module in files.modules]
+    router = _router(model_dir, files)
+    if router is not None:
+        modules, static = _routes(model_dir, router)
+    for position, (kind, folder) in enumerate(modules):  # the first module reads the text: the *ForMaskedLM model
+        if position == 0:
+            encoder = folder
+        elif kind.endswith(_SPLADE_MODULE):
+            pooling = _json(model_dir / folder / "config.json")
+    chosen = {"pooling_strategy": "max", "activation_function": "relu", **pooling,
+              **{key: explicit[key] for key in ("pooling_strategy", "activation_function") if key in explicit}}
+    for key, allowed in (("pooling_strategy", POOLING_STRATEGIES), ("activation_function", ACTIVATIONS)):
+        if chosen[key] not in allowed:
+            raise ModelDirectoryError(f"{model_dir}: {key} must be one of {', '.join(allowed)}, not {chosen[key]!r}")
+    return SpladeSettings(encoder, chosen["pooling_strategy"], chosen["activation_function"],
+                          _declared_length(model_dir / encoder), static)
+
+
+def _router(model_dir: Path, files: ModelFiles) -> dict | None:
+    """router_config.json of a SparseEncoder whose one module is a Router (query and document routes)."""
+    if len(files.modules) == 1 and str(files.modules[0].get("type", "")).endswith(_ROUTER_MODULE):
+        return _json(model_dir / str(files.modules[0].get("path", "")) / "router_config.json")
+    return None
+
+
+def _routes(model_dir: Path, router: Mapping[str, Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """The document route's modules (type, folder), and the query route's SparseStaticEmbedding folder (None when
+    queries take the document route).
+
+    Raises:
+        ModelDirectoryError: a query route that is neither a SparseStaticEmbedding nor the document route's.
+    """
+    types, structure = router.get("types") or {}, router.get("structure") or {}
+    document = [(str(types.get(folder, "")), str(folder)) for folder in structure.get("document") or ()]
+    query = [(str(types.get(folder, "")), str(folder)) for folder in structure.get("query") or ()]
+    if not query or query == document:
+        return document, None
+    if len(query) == 1 and query[0][0].endswith(_STATIC_MODULE):
+        return document, query[0][1]
+    raise ModelDirectoryError(f"{model_dir}: the Router's query route ({', '.join(t for t, _ in query)}) is neither "
+                              "a SparseStaticEmbedding nor the document route; searchbox serves only those")
+
+
+def _declared_length(encoder_dir: Path) -> int | None:
+    """What sentence-transformers cuts at: sentence_bert_config.json's max_seq_length, else (6.2 keeps it there) the
+    tokenizer's model_max_length; None when neither says."""
+    for value in (_json(encoder_dir / "sentence_bert_config.json").get("max_seq_length"),
+                  _json(encoder_dir / "tokenizer_config.json").get("model_max_length")):
+        if isinstance(value, int) and 0 < value < 1_000_000:
+            return value
+    return None
+
+
+def _is_splade(files: ModelFiles) -> bool:
+    """A SparseEncoder whose pooling is SpladePooling (its first module an MLMTransformer, or 6.2's fill-mask
+    Transformer), or a Router whose document route is one."""
+    if any(str(module.get("type", "")).endswith(_SPLADE_MODULE) for module in files.modules):
+        return True
+    router = _router(files.directory, files) if files.modules else None
+    return router is not None and any(str(t).endswith(_SPLADE_MODULE) for t in (router.get("types") or {}).values())
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"{path}: not valid JSON: {exc}") from exc
+    return value if isinstance(value, dict) else {}
+
+
+# --- the model ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    """One model input: token ids with the special tokens around them."""
+
+    ids: np.ndarray
+    group: Hashable = "tokens"  # every input shares passes: right padding is masked away
+    adapter: str | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class SparseModel:
+    """A SPLADE: a masked-language model and its pooling of log-saturated logits."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+        settings: SpladeSettings = config.kind_settings
+        self.config = config
+        self.model_name = config.served_model_name
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        self._settings = settings
+        encoder_dir = model_dir / settings.encoder_folder
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+            self._mlm = AutoModelForMaskedLM.from_pretrained(
+                str(encoder_dir), local_files_only=True, use_safetensors=not options.allow_pickle or None)
+        except (OSError, ValueError) as exc:
+            raise ModelDirectoryError(f"cannot load {model_dir} as a sparse (SPLADE) model: {exc}") from exc
+        self._mlm.to(self._device).eval()
+        self.adapters = adapters.attach(self._mlm, options, config.adapters, model_dir)
+        positions = int(getattr(self._mlm.config, "max_position_embeddings", 512) or 512)
+        self.max_length = int(config.max_length or settings.max_seq_length or min(positions, 512))
+        self.width = int(self._mlm.config.vocab_size)
+        self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
+        self._vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self._static = None
+        if settings.static_query_folder is not None:
+            self._static = _StaticQueries(model_dir / settings.static_query_folder, self.width)
+        logger.info("SPLADE: %s pooling of %s over %d vocabulary entries, up to %d tokens",
+                    settings.pooling_strategy, settings.activation_function, self.width, self.max_length)
+
+    # --- on the caller's thread -----------------------------------------------------------------------
+
+    def prepare_embed(self, request: EmbedRequest) -> Prepared:
+        if request.late_chunking:
+            raise InvalidOption(f"late_chunking is not available for sparse model {self.model_name}; leave it out")
+        texts = texts_of(request.inputs, self.model_name)
+        if self._static is not None and request.effective_input_type == "query":
+            sequences = [self._static.sequence(text, index, request.truncate) for index, text in enumerate(texts)]
+            return Prepared(sequences, [s.length for s in sequences])
+        spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
+        contents = self._tokenizer.encode([spec.prompt + text for text in texts])
+        sequences = [_Sequence(self._tokenizer.wrap(self._fit(content, index, request.truncate)), adapter=spec.adapter)
+                     for index, content in enumerate(contents)]
+        return Prepared(sequences, [s.length for s in sequences],
+                        adapters=adapters.held(self.adapters, sequences, request.adapter))
+
+    def token_strings(self, indices: Sequence[int]) -> tuple[str, ...]:
+        return tuple(self._vocabulary[int(i)] if int(i) < len(self._vocabulary) else "" for i in indices)
+
+    def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
+        """The query, then every window of every document, each a sparse vector; scored by their dot product."""
+        query_text = texts_of([request.query], self.model_name, "the query")[0]
+        documents = texts_of(request.documents, self.model_name, "document")
+        query_spec = self.config.resolve_task(None, "query", request.adapter)
+        document_spec = self.config.resolve_task(None, "document", request.adapter)
+        if self._static is not None:
+            query = self._static.sequence(query_text, 0, True)
+        else:
+            query_ids = self._tokenizer.encode([query_spec.prompt + query_text])[0][: self._tokenizer.room]
+            query = _Sequence(self._tokenizer.wrap(query_ids), adapter=query_spec.adapter)
+        prompt = (self._tokenizer.encode([document_spec.prompt])[0] if document_spec.prompt
+                  else np.zeros(0, dtype=np.int64))
+        windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
+
+        def windows(index: int, content: np.ndarray) -> tuple[list[_Sequence], int]:
+            pieces = [_Sequence(self._tokenizer.wrap(np.concatenate([prompt, window])), adapter=document_spec.adapter)
+                      for window in windowing.split(content)]
+            return pieces, sum(p.length for p in pieces)
+
+        work = windowed(Scoring.DOT, [query], query.length, self._tokenizer.encode(documents), windows, max_windows)
+        return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
+
+    def calibration_item(self, length: int) -> _Sequence:
+        filler = self._tokenizer.encode(["a"])[0][:1]
+        return _Sequence(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))))
+
+    def _fit(self, content: np.ndarray, index: int, truncate: bool) -> np.ndarray:
+        if len(content) <= self._tokenizer.room:
+            return content
+        if truncate:
+            return content[: self._tokenizer.room]
+        total = len(content) + self._tokenizer.special_count
+        raise InvalidInput(f"input {index} has {total} tokens, over the model's limit of {self.max_length}; "
+                           "shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
+
+    # --- on the batcher's thread ----------------------------------------------------------------------
+
+    def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
+        import torch
+
+        if sequences[0].group == _STATIC:  # a pass holds one group: inference-free queries only
+            return [[self._static.weights_of(s.ids)] for s in sequences]
+        with torch.inference_mode():
+            padded = self._tokenizer.pad([s.ids for s in sequences])
+            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
+            with adapters.rows(self.adapters, [s.adapter for s in sequences]):
+                logits = self._mlm(**features).logits
+            # as SpladePooling: padding's logits zeroed, ReLU, log1p (twice for log1p_relu), pooled over tokens
+            weights = (logits * features["attention_mask"].unsqueeze(-1).to(logits.dtype)).relu_().log1p_()
+            if self._settings.activation_function == "log1p_relu":
+                weights = weights.log1p_()
+            pooled = weights.amax(dim=1) if self._settings.pooling_strategy == "max" else weights.sum(dim=1)
+            vectors = pooled.float().cpu().numpy()
+        return [[row] for row in vectors]
+
+
+_STATIC = "static"
+
+
+class _StaticQueries:
+    """The query side of an inference-free SPLADE, as SparseStaticEmbedding computes it: the query's tokens (no
+    special tokens, cut at its tokenizer's length), each present id weighted by its static weight; no model runs."""
+
+    def __init__(self, folder: Path, width: int):
+        from safetensors.numpy import load_file
+
+        weights = sorted(folder.glob("*.safetensors"))
+        if not weights:
+            raise ModelDirectoryError(f"{folder}: no safetensors weights for the query-side SparseStaticEmbedding")
+        self._weight = np.asarray(load_file(str(weights[0])).get("weight"), dtype=np.float32)
+        if self._weight.shape != (width,):
+            raise ModelDirectoryError(f"{folder}: the SparseStaticEmbedding weight has shape {self._weight.shape}, "
+                                      f"not one weight per vocabulary entry ({width})")
+        length = _declared_length(folder) or 512
+        self._tokenizer = TokenizerView.from_directory(folder, length, with_type_ids=False)
+
+    def sequence(self, text: str, index: int, truncate: bool) -> _Sequence:
+        ids = self._tokenizer.encode([text])[0]
+        if len(ids) > self._tokenizer.max_length and not truncate:
+            raise InvalidInput(f"input {index} has {len(ids)} tokens as a query, over the model's limit of "
+                               f"{self._tokenizer.max_length}; shorten it or set truncate to true",
+                               code="INPUT_TOKEN_LIMIT_EXCEEDED")
+        return _Sequence(ids[: self._tokenizer.max_length], group=_STATIC)
+
+    def weights_of(self, ids: np.ndarray) -> np.ndarray:
+        vector = np.zeros_like(self._weight)
+        vector[ids] = self._weight[ids]
+        return vector
+
+
+KIND = Kind(
+    name="sparse",
+    summary="learned-sparse embeddings (SPLADE)",
+    recognizes=_is_splade,
+    operations=frozenset({SPARSE, RERANK}),
+    csv=CsvLayout(SPARSE, (CsvColumn("text"),)),
+    samples=Samples(
+        request={"data": [{"text": "What is learned sparse retrieval?"}], "parameters": {"top_k": 3}},
+        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b",
+                            "sparse_embedding": {"indices": [2047, 9413, 12850], "values": [1.21, 2.03, 0.87]},
+                            "usage": {"total_tokens": 9}}],
+                  "parameters": {"top_k": 3}},
+        public_path="/v1/sparse-embeddings",
+        public_request={"input": ["What is learned sparse retrieval?"], "top_k": 3, "return_tokens": True},
+        csv=("1,When are you open\\, really?\n"
+             '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
+             "3,Semantic search finds documents by meaning rather than by keywords.\n"
+             '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'),
+        batch_output=('{"data":[{"id":"1","sparse_embedding":{"indices":[2330,2024,2017],"values":[1.4,0.9,0.3]},'
+                      '"usage":{"total_tokens":9}}],"parameters":{}}'),
+        client_call='client.embed(texts=["What is learned sparse retrieval?"])  # answers sparse_embedding items',
+    ),
+    backends={"torch": SparseModel},
+    read_settings=read_settings,
+)

@@ -1,0 +1,102 @@
+"""Operation `sparse`: one learned-sparse vector per input (SPLADE), what lexical-style indexes store (contract §2i).
+
+A kind's model prepares the request as for embeddings (`Embedder.prepare_embed`) and its forward pass answers one
+weight per vocabulary entry for each input; here, for every sparse kind alike, those weights become `SparseVector`s:
+the entries above zero (above `min_weight` when asked), the `top_k` largest when asked, sorted by token id, and the
+vocabulary strings when `return_tokens` is set (`SparseEmbedder.token_strings`). `dimensions` and normalisation do
+not apply: a sparse vector's weights are its scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from model_handlers.batching import Timing
+from model_handlers.deadline import Deadline
+from model_handlers.errors import InvalidOption
+from model_handlers.operations import OperationSpec, Runner
+from model_handlers.operations.embed import Embedder
+from model_handlers.types import EmbedRequest, EmbedResult, TextInput, counted
+
+SPARSE = "sparse"
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """The kept entries of one input's weights: token ids ascending, their weights (> 0), and (when asked) the
+    vocabulary strings of those ids."""
+
+    indices: np.ndarray  # int64
+    values: np.ndarray  # float32
+    tokens: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@runtime_checkable
+class SparseEmbedder(Embedder, Protocol):
+    """What a kind's model has to answer sparse embeddings: its forward pass answers, per input, one weight per
+    vocabulary entry."""
+
+    def token_strings(self, indices: Sequence[int]) -> tuple[str, ...]:
+        """The vocabulary strings of token ids."""
+
+
+def sparsify(weights: np.ndarray, top_k: int | None = None, min_weight: float | None = None) -> tuple[np.ndarray,
+                                                                                                      np.ndarray]:
+    """The entries of a dense weight vector worth keeping: above zero (and `min_weight`), the `top_k` largest
+    (ties: the lower token id first, as a stable sort keeps them), as (indices ascending, values)."""
+    weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+    keep = np.flatnonzero(weights > (0.0 if min_weight is None else max(min_weight, 0.0)))
+    if top_k is not None and len(keep) > top_k:
+        order = np.argsort(-weights[keep], kind="stable")[:top_k]
+        keep = np.sort(keep[order])
+    return keep.astype(np.int64), weights[keep]
+
+
+def run(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Timing | None) -> EmbedResult:
+    """Each input's sparse vector, kept as the request asks."""
+    check_options(request)
+    request = request.with_default_input_type(pipeline.default_input_type)
+    pipeline.admit(deadline)
+    prepared = pipeline.model.prepare_embed(request)
+    outputs = pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
+    vectors = []
+    for output in outputs:
+        for weights in output:
+            indices, values = sparsify(weights, request.top_k, request.min_weight)
+            tokens = pipeline.model.token_strings(indices) if request.return_tokens else None
+            vectors.append(SparseVector(indices, values, tokens))
+    if len(vectors) != len(request.inputs):
+        raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs; this is a bug")
+    return EmbedResult(vectors=vectors, token_counts=prepared.token_counts, model=pipeline.model_name,
+                       operation=request.operation)
+
+
+def check_options(request: EmbedRequest) -> None:
+    if request.top_k is not None and request.top_k < 1:
+        raise InvalidOption(f"top_k must be at least 1, got {request.top_k}")
+    if request.late_chunking:
+        raise InvalidOption("late_chunking does not apply to sparse embeddings; leave it out")
+
+
+def _summary(request: EmbedRequest, result: EmbedResult) -> str:
+    return f"embedded {counted(request.inputs)} into sparse vectors of {len(result.vectors[0])} entries"
+
+
+SPEC = OperationSpec(
+    name=SPARSE,
+    noun="sparse embedding",
+    request_type=EmbedRequest,
+    model=SparseEmbedder,
+    run=run,
+    inputs=lambda request: len(request.inputs),
+    input_word="inputs",
+    warm_up=lambda: EmbedRequest(inputs=(TextInput("warm up the model"),), operation=SPARSE),
+    summary=_summary,
+    form="one sparse vector (token ids and weights) per input",
+)
