@@ -45,6 +45,7 @@ DIALECT_MODULES = (
 # declaring `SHAPES` (container/dialects/integrations.md says where each format is defined).
 SHAPE_MODULES = (
     "container.dialects.tei",
+    "container.dialects.opensearch",
     "container.dialects.cohere",
     "container.dialects.elastic",
     "container.dialects.azure_search",

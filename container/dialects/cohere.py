@@ -25,6 +25,12 @@ _TRUNCATE = {"NONE": False, "END": True}
 KEYS = frozenset({"texts", "input_type", "embedding_types", "model", "truncate", "output_dimension", "max_tokens"})
 
 
+def claims(body: Any) -> bool:
+    """`texts` with one of Cohere's own keys (OpenSearch's `{"texts"}` has none; TEI's rerank has `query`)."""
+    return (isinstance(body, dict) and "texts" in body and "query" not in body
+            and any(key in body for key in KEYS - {"texts"}))
+
+
 def decode(body: dict[str, Any]) -> Decoded:
     texts = body["texts"]
     if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
@@ -63,5 +69,5 @@ def decode(body: dict[str, Any]) -> Decoded:
 
 SHAPES = (
     Shape("Cohere v2 embed", '{"texts": ["..."], "input_type": "search_document", "embedding_types": ["float"]}',
-          lambda body: isinstance(body, dict) and "texts" in body and "query" not in body, decode, KEYS),
+          claims, decode, KEYS),
 )

@@ -6,8 +6,6 @@ and OpenSearch's SageMaker connector blueprints send (integrations.md cites each
 - embed: `{"inputs": "text" | ["text", ...], "normalize", "truncate", "dimensions", "prompt_name"}` -> a list of
   vectors `[[...], ...]`. With `"answer": "vectors"` (the key LangChain's and LlamaIndex's `model_kwargs` add to the
   body) the same vectors come as `{"vectors": [[...], ...]}`, which their documented handlers read.
-- a bare JSON list of texts `["text", ...]` (OpenSearch's connector request bodies, JumpStart's `application/json`
-  list) -> a list of vectors.
 - rerank: `{"query", "texts", "return_text", "truncate", "raw_scores"}` -> `[{"index", "score", "text"?}]`, best
   first.
 
@@ -67,11 +65,6 @@ def decode_embed(body: dict[str, Any]) -> Decoded:
     return Decoded(request, render, Encoding())
 
 
-def decode_list(body: list[Any]) -> Decoded:
-    request = EmbedRequest(inputs=_texts(body, "body"), operation=EMBED)
-    return Decoded(request, lambda result: [Encoding().render(vector) for vector in result.vectors], Encoding())
-
-
 def decode_rerank(body: dict[str, Any]) -> Decoded:
     _truncation(body)
     query = body["query"]
@@ -98,8 +91,6 @@ def decode_rerank(body: dict[str, Any]) -> Decoded:
 SHAPES = (
     Shape("Hugging Face TEI / Inference Toolkit embed", _EMBED_EXAMPLE,
           lambda body: isinstance(body, dict) and "inputs" in body, decode_embed, EMBED_KEYS),
-    Shape("a JSON list of texts (OpenSearch connector, JumpStart)", '["...", "..."]',
-          lambda body: isinstance(body, list), decode_list),
     Shape("Hugging Face TEI rerank", _RERANK_EXAMPLE,
           lambda body: isinstance(body, dict) and "texts" in body and "query" in body, decode_rerank, RERANK_KEYS),
 )
