@@ -292,3 +292,32 @@ def test_an_unknown_body_names_every_shape(app):
     assert_error(answer, 422, "VALIDATION_ERROR")
     for name in ("Elasticsearch", "Azure AI Search", "TEI", "Cohere", "OpenSearch"):
         assert name in answer.json()["detail"]
+
+
+# --- Naming the shape: SageMaker's CustomAttributes ------------------------------------------------------------
+# Elasticsearch stores task_settings.custom_attributes in the inference endpoint and sends it as InvokeEndpoint's
+# CustomAttributes on every call (elastic/elasticsearch, .../sagemaker/model/SageMakerTaskSettings.java, commit
+# 8a43cecac2a654e0d837431b9a3cd7c99ee9b271), which SageMaker hands to the container as this header: a direct
+# `_inference` call without an input_type is then `{"input"}` alone, and still answered in Elastic's shape.
+
+ELASTIC = {"X-Amzn-SageMaker-Custom-Attributes": "searchbox-shape=elastic"}
+
+
+def test_custom_attributes_name_the_elastic_shape_of_a_bare_input_body(app):
+    expected, _ = reference_vectors(app, TEXTS)
+    body = app.post("/invocations", {"input": TEXTS}, headers=ELASTIC).json()
+    assert set(body) == {"text_embedding"}
+    assert_same_vectors([item["embedding"] for item in body["text_embedding"]], expected)
+    # without the attribute the same body is OpenAI's
+    assert answer_shape(app.post("/invocations", {"input": TEXTS}).json()) == "searchbox embeddings"
+
+
+def test_custom_attributes_with_other_pairs_and_errors(app):
+    mixed = {"X-Amzn-SageMaker-Custom-Attributes": "trace=abc; searchbox-shape=elastic"}
+    assert set(app.post("/invocations", {"input": "x"}, headers=mixed).json()) == {"text_embedding"}
+    assert_error(app.post("/invocations", {"input": "x"},
+                          headers={"X-Amzn-SageMaker-Custom-Attributes": "searchbox-shape=nope"}),
+                 400, "UNKNOWN_SHAPE", "elastic")
+    assert_error(app.post("/invocations", {"inputs": ["x"]}, headers=ELASTIC), 422, "VALIDATION_ERROR", "Elasticsearch")
+    # a public route has one shape: the attribute does not change it
+    assert answer_shape(app.post("/v1/embeddings", {"input": "x"}, headers=ELASTIC).json()) == "searchbox embeddings"

@@ -50,6 +50,10 @@ SHAPE_MODULES = (
     "container.dialects.elastic",
     "container.dialects.azure_search",
 )
+# SageMaker hands InvokeEndpoint's CustomAttributes to the container in this header; `searchbox-shape=<id>` in it
+# names the shape of the body, for callers whose bodies look like another's (Elasticsearch's `{"input"}`).
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+SHAPE_ATTRIBUTE = "searchbox-shape"
 # The shape of searchbox's own bodies (the operations' `invocation`s), as ambiguity refusals name it.
 SEARCHBOX = "searchbox (SageMaker envelope, embeddings or rerank API)"
 
@@ -173,6 +177,7 @@ class Shape:
     """Another project's request body on `/invocations` and `/score`, answered in that project's own shape.
 
     Attributes:
+        id: its short name, as `searchbox-shape=<id>` in SageMaker's CustomAttributes names it.
         name: who sends it ("Elasticsearch amazon_sagemaker, api: elastic"), as refusals name it.
         example: a body of it, as refusals show it.
         claims: `claims(body)`: whether a parsed JSON body has this shape's distinctive keys. The shapes' claims are
@@ -183,11 +188,14 @@ class Shape:
             shapes step aside; a body with a searchbox key it does not know is ambiguous.
     """
 
+    id: str
     name: str
     example: str
     claims: Callable[[Any], bool] = field(repr=False)
     decode: Callable[[Any], Decoded] = field(repr=False)
     keys: frozenset[str] = frozenset()
+    accepts: Callable[[Any], bool] | None = field(default=None, repr=False)  # when named: its bodies without
+    # the markers that tell them apart (None: those it claims)
 
 
 @lru_cache(maxsize=1)
@@ -239,6 +247,36 @@ def decode_invocation(body: Any) -> Decoded:
         "or `query` and `documents` (rerank API: {\"query\": \"...\", \"documents\": [\"...\"]}); or the body of "
         f"another project: {others}"
     )
+
+
+def chosen(decode: Callable[[Any], Decoded], custom_attributes: str | None) -> Callable[[Any], Decoded]:
+    """The route's decoder, or the shape SageMaker's CustomAttributes name (`searchbox-shape=<id>`) for
+    `/invocations`: the caller said what its bodies are, so nothing is told apart by keys."""
+    named = _attribute(custom_attributes, SHAPE_ATTRIBUTE)
+    if named is None or decode is not decode_invocation:
+        return decode
+    shape = next((shape for shape in shapes() if shape.id == named), None)
+    if shape is None:
+        ids = ", ".join(shape.id for shape in shapes())
+        raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} names {SHAPE_ATTRIBUTE}={named!r}; the shapes are {ids}",
+                         code="UNKNOWN_SHAPE")
+
+    def decode_as(body: Any) -> Decoded:
+        if not (shape.accepts or shape.claims)(body):
+            raise ValidationFailed(f"{CUSTOM_ATTRIBUTES_HEADER} says the body is {shape.name}, which looks like "
+                                   f"{shape.example}")
+        return shape.decode(body)
+
+    return decode_as
+
+
+def _attribute(custom_attributes: str | None, name: str) -> str | None:
+    """One `name=value` of a CustomAttributes string (pairs separated by `;` or `,`, as SageMaker's docs write)."""
+    for pair in (custom_attributes or "").replace(",", ";").split(";"):
+        key, _, value = pair.partition("=")
+        if key.strip() == name:
+            return value.strip()
+    return None
 
 
 def _native_keys(body: Any) -> set[str]:

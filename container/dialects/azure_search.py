@@ -73,6 +73,6 @@ def decode(body: dict[str, Any]) -> Decoded:
 
 
 SHAPES = (
-    Shape("Azure AI Search custom skill", '{"values": [{"recordId": "1", "data": {"text": "..."}}]}',
-          lambda body: isinstance(body, dict) and "values" in body, decode, KEYS),
+    Shape("azure-search", "Azure AI Search custom skill",
+          '{"values": [{"recordId": "1", "data": {"text": "..."}}]}', lambda body: isinstance(body, dict) and "values" in body, decode, KEYS),
 )

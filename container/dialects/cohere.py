@@ -68,6 +68,6 @@ def decode(body: dict[str, Any]) -> Decoded:
 
 
 SHAPES = (
-    Shape("Cohere v2 embed", '{"texts": ["..."], "input_type": "search_document", "embedding_types": ["float"]}',
-          claims, decode, KEYS),
+    Shape("cohere-embed", "Cohere v2 embed",
+          '{"texts": ["..."], "input_type": "search_document", "embedding_types": ["float"]}', claims, decode, KEYS),
 )

@@ -97,6 +97,7 @@ def _rerank(body: dict[str, Any], settings: dict[str, Any]) -> Decoded:
 
 
 SHAPES = (
-    Shape("Elasticsearch amazon_sagemaker, api: elastic",
-          '{"input": ["..."], "input_type": "ingest"} or {"input": ["..."], "query": "..."}', claims, decode, KEYS),
+    Shape("elastic", "Elasticsearch amazon_sagemaker, api: elastic",
+          '{"input": ["..."], "input_type": "ingest"} or {"input": ["..."], "query": "..."}', claims, decode, KEYS,
+          accepts=lambda body: isinstance(body, dict) and "input" in body),
 )

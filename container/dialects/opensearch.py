@@ -54,8 +54,8 @@ def claims_texts(body: Any) -> bool:
 
 
 SHAPES = (
-    Shape("a JSON list of texts (OpenSearch connector, JumpStart)", '["...", "..."]',
+    Shape("texts-list", "a JSON list of texts (OpenSearch connector, JumpStart)", '["...", "..."]',
           lambda body: isinstance(body, list), decode_list),
-    Shape("OpenSearch connector texts", '{"texts": ["..."], "content_type": "query"}', claims_texts, decode_texts,
-          KEYS),
+    Shape("opensearch-texts", "OpenSearch connector texts", '{"texts": ["..."], "content_type": "query"}',
+          claims_texts, decode_texts, KEYS),
 )

@@ -89,8 +89,8 @@ def decode_rerank(body: dict[str, Any]) -> Decoded:
 
 
 SHAPES = (
-    Shape("Hugging Face TEI / Inference Toolkit embed", _EMBED_EXAMPLE,
+    Shape("tei-embed", "Hugging Face TEI / Inference Toolkit embed", _EMBED_EXAMPLE,
           lambda body: isinstance(body, dict) and "inputs" in body, decode_embed, EMBED_KEYS),
-    Shape("Hugging Face TEI rerank", _RERANK_EXAMPLE,
+    Shape("tei-rerank", "Hugging Face TEI rerank", _RERANK_EXAMPLE,
           lambda body: isinstance(body, dict) and "texts" in body and "query" in body, decode_rerank, RERANK_KEYS),
 )
