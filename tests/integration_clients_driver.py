@@ -53,7 +53,8 @@ def llamaindex(args: Dict[str, Any]) -> Dict[str, Any]:
     from llama_index.embeddings.sagemaker_endpoint import SageMakerEmbedding
 
     model = SageMakerEmbedding(endpoint_name=args["endpoint"], region_name=REGION)  # its default IOHandler
-    return {"documents": model.get_text_embedding_batch(args["texts"]), "query": model.get_query_embedding(args["query"])}
+    return {"documents": model.get_text_embedding_batch(args["texts"]),
+            "query": model.get_query_embedding(args["query"])}
 
 
 def cohere(args: Dict[str, Any]) -> Dict[str, Any]:

@@ -98,7 +98,8 @@ def runtime(server):
 
 
 def drive(python, client: str, runtime: SageMakerRuntime | None, server, **args):
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1"}
     if runtime is not None:
         env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = runtime.url  # boto3's own per-service endpoint setting
         args["emulator"] = runtime.url

@@ -74,5 +74,6 @@ def decode(body: dict[str, Any]) -> Decoded:
 
 SHAPES = (
     Shape("azure-search", "Azure AI Search custom skill",
-          '{"values": [{"recordId": "1", "data": {"text": "..."}}]}', lambda body: isinstance(body, dict) and "values" in body, decode, KEYS),
+          '{"values": [{"recordId": "1", "data": {"text": "..."}}]}',
+          lambda body: isinstance(body, dict) and "values" in body, decode, KEYS),
 )
