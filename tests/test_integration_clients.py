@@ -2,9 +2,9 @@
 
 OpenAI's SDK talks to the server directly (`base_url`). LangChain's SagemakerEndpointEmbeddings, LlamaIndex's
 SageMakerEmbedding and Cohere's SagemakerClientV2 call SageMaker's InvokeEndpoint: here they reach the server through
-`SageMakerRuntime` (tests/sagemaker_runtime.py), an HTTP endpoint doing what InvokeEndpoint does. The libraries run in their own venv (tests/reference_env.py), each
-configured as its documentation shows (tests/integration_clients_driver.py); their answers are compared with
-searchbox's own API on the same texts.
+`SageMakerRuntime` (tests/sagemaker_runtime.py), an HTTP endpoint doing what InvokeEndpoint does. The libraries run
+in their own venv (tests/reference_env.py), each configured as its documentation shows
+(tests/integration_clients_driver.py); their answers are compared with searchbox's own API on the same texts.
 """
 
 from __future__ import annotations
