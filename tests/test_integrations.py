@@ -74,6 +74,14 @@ def test_elasticsearch_elastic_single_input_is_a_string_and_task_settings_carry_
     assert_same_vectors([item["embedding"] for item in answer["text_embedding"]], expected)
 
 
+def test_elasticsearch_elastic_classification_and_clustering_select_the_tasks(app):
+    # ElasticPayload passes any other input type through as named; searchbox's own input_type never takes these
+    for input_type in ("classification", "clustering"):
+        answer = app.post("/invocations", {"input": TEXTS, "input_type": input_type})
+        assert answer.status_code == 200, answer.text
+        assert set(answer.json()) == {"text_embedding"}
+
+
 @pytest.mark.parametrize("route", ROUTES)
 def test_elasticsearch_elastic_rerank(app, route):
     expected = reference_ranking(app, QUERY, DOCUMENTS, top_n=2)
@@ -157,8 +165,12 @@ def test_azure_search_skill_reports_a_bad_record_inside_a_200(app):
     assert other["data"] == {} and "same options" in other["errors"][0]["message"]
 
 
-def test_azure_search_skill_with_no_good_record_is_an_error(app):
+def test_azure_search_skill_with_no_good_record_is_an_error_and_no_record_an_empty_answer(app):
     assert_error(app.post("/score", {"values": [{"recordId": "1", "data": {}}]}), 422, "VALIDATION_ERROR")
+    assert_error(app.post("/score", {"values": [{"recordId": {"nested": 1}, "data": {"text": "x"}}]}), 422,
+                 "VALIDATION_ERROR", "recordId")
+    answer = app.post("/score", {"values": []})
+    assert answer.status_code == 200 and answer.json() == {"values": []}
 
 
 # --- Hugging Face TEI / Inference Toolkit ---------------------------------------------------------------------

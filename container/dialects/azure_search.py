@@ -17,7 +17,7 @@ from container.dialects import Decoded, Shape, fields
 from container.encodings import Encoding
 from container.errors import SearchboxError, ValidationFailed
 from model_handlers.operations.embed import EMBED
-from model_handlers.types import EmbedResult
+from model_handlers.types import EmbedRequest, EmbedResult
 
 KEYS = frozenset({"values"})
 
@@ -27,6 +27,8 @@ def _record(record: Any, index: int) -> tuple[Any, Any]:
     if not isinstance(record, dict):
         return None, f"values[{index}] must be an object with `recordId` and `data`"
     record_id = record.get("recordId")
+    if not isinstance(record_id, (str, int, float)) or isinstance(record_id, bool):
+        return None, f"values[{index}].recordId must be a string"
     data = record.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("text"), str):
         return record_id, "`data.text` must be a string"
@@ -44,7 +46,9 @@ def decode(body: dict[str, Any]) -> Decoded:
         raise ValidationFailed('`values` must be a list of {"recordId", "data": {"text"}} records')
     records = [_record(record, index) for index, record in enumerate(values)]
     valid = [(i, request) for i, (_, request) in enumerate(records) if not isinstance(request, str)]
-    if not valid:
+    if not values:
+        valid = [(-1, EmbedRequest(inputs=()))]
+    elif not valid:
         raise ValidationFailed("no record can be embedded: "
                                + "; ".join(f"record {rid!r}: {error}" for rid, error in records[:5]))
     first = valid[0][1]
@@ -55,7 +59,7 @@ def decode(body: dict[str, Any]) -> Decoded:
             errors[i] = "the records of one call must have the same options in `data` as the first"
         else:
             embedded.append(i)
-    request = replace(first, inputs=tuple(records[i][1].inputs[0] for i in embedded), operation=EMBED)
+    request = replace(first, inputs=tuple(records[i][1].inputs[0] for i in embedded if i >= 0), operation=EMBED)
 
     def render(result: EmbedResult) -> dict[str, Any]:
         vectors = dict(zip(embedded, result.vectors))

@@ -7,9 +7,10 @@ for `text_embedding` (and `sparse_embedding`), and `{"input", "query", "return_d
 
 `{"input"}` alone is also the OpenAI/Jina embeddings body, which searchbox answers in that shape (the `api: openai`
 recipe). An `api: elastic` body is told apart by what only Elasticsearch sends: `input_type` ingest/search (every
-semantic_text call), `task_settings`, or `query` beside `input`; README's recipe sets `task_settings` so that
-direct `_inference` calls without an input type are told apart too. `task_settings` carries searchbox's options
-(`task`, `dimensions`, `truncate`, `normalized`).
+semantic_text call) or classification/clustering (the tasks of those names), request-time `task_settings`, or
+`query` beside `input`; README's recipe stores `custom_attributes: searchbox-shape=elastic` in the endpoint so that
+direct `_inference` calls without an input type are answered in this shape too (dialects.chosen). `task_settings`
+carries searchbox's options (`task`, `dimensions`, `truncate`, `normalized`).
 
 A form of embeddings is answered by its renderer in `ANSWERS` (keyed by the operation of the served model's form):
 a sparse model's `sparse_embedding` answer plugs in there.
@@ -26,7 +27,9 @@ from container.errors import BadRequest, ValidationFailed
 from model_handlers.operations.embed import EMBED
 from model_handlers.types import EmbedResult, RerankRequest, RerankResult
 
+# Elasticsearch's input types (ElasticPayload: ingest and search, or the type as given): a retrieval side, or a task
 _INPUT_TYPES = {"ingest": "document", "search": "query"}
+_TASKS = {"classification": "classification", "clustering": "separation"}
 KEYS = frozenset({"input", "input_type", "query", "return_documents", "top_n", "task_settings"})
 
 
@@ -41,7 +44,7 @@ ANSWERS: dict[str, Callable[[EmbedResult], dict[str, Any]]] = {EMBED: _text_embe
 def claims(body: Any) -> bool:
     """Only Elasticsearch sends these beside `input`: searchbox's own `input_type` is query/document."""
     return (isinstance(body, dict) and "input" in body
-            and (body.get("input_type") in _INPUT_TYPES or "task_settings" in body
+            and (body.get("input_type") in (*_INPUT_TYPES, *_TASKS) or "task_settings" in body
                  or ("query" in body and "documents" not in body)))
 
 
@@ -58,10 +61,13 @@ def decode(body: dict[str, Any]) -> Decoded:
     if "query" in body:
         return _rerank(body, settings)
     input_type = body.get("input_type")
-    if input_type is not None and input_type not in _INPUT_TYPES:
-        raise ValidationFailed(f"`input_type` must be ingest or search, got {input_type!r}")
-    request, _ = fields.embed_request(_inputs(body), {**settings, "input_type": _INPUT_TYPES.get(input_type)},
-                                      prefix="task_settings.")
+    if input_type is not None and input_type not in (*_INPUT_TYPES, *_TASKS):
+        raise ValidationFailed(f"`input_type` must be one of {', '.join((*_INPUT_TYPES, *_TASKS))}, "
+                               f"got {input_type!r}")
+    options = {**settings, "input_type": _INPUT_TYPES.get(input_type)}
+    if input_type in _TASKS and options.get("task") is None:
+        options["task"] = _TASKS[input_type]
+    request, _ = fields.embed_request(_inputs(body), options, prefix="task_settings.")
 
     def render(result: EmbedResult) -> dict[str, Any]:
         answer = ANSWERS.get(result.operation)
