@@ -50,8 +50,8 @@ def assert_strict_keys(obj, allowed):
 # {"input": <string when one, else list>, "input_type": "ingest"|"search" (when specified), "query" (when given),
 # "task_settings": {...} (when given)}; ElasticTextEmbeddingPayload.java
 # (commit 6adbfc748409165a663943a0191db89d7841527d) reads {"text_embedding": [{"embedding": [floats]}]} (element_type
-# float); ElasticRerankPayload.java (commit c0b5e8229c742136ef20227c94f2f38a169204a2) sends {"input", "query", "return_documents", "top_n"} and reads
-# RankedDocsResults: {"rerank": [{"index", "relevance_score", "text"?}]}.
+# float); ElasticRerankPayload.java (commit c0b5e8229c742136ef20227c94f2f38a169204a2) sends {"input", "query",
+# "return_documents", "top_n"} and reads RankedDocsResults: {"rerank": [{"index", "relevance_score", "text"?}]}.
 
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("input_type,side", [("ingest", "document"), ("search", "query")])
