@@ -174,7 +174,8 @@ def test_azure_search_skill_with_no_good_record_is_an_error_and_no_record_an_emp
 
 
 # --- Hugging Face TEI / Inference Toolkit ---------------------------------------------------------------------
-# Source: huggingface/text-embeddings-inference, docs/openapi.json: EmbedRequest {"inputs": string|[string],
+# Source: huggingface/text-embeddings-inference, docs/openapi.json (commit 006e16b702263e09686b33f9152a5ad0f9468085):
+# EmbedRequest {"inputs": string|[string],
 # "normalize", "truncate", "truncation_direction", "prompt_name", "dimensions"} -> [[number]]; RerankRequest
 # {"query", "texts", "return_text", "raw_scores", "truncate"} -> [{"index", "score", "text"?}].
 
