@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from container import adapters as adapters_api, routes
+from container import adapters as adapters_api, dialects, routes
 from container.dialects import JSON, Decoded
 from container.dispatch import ADAPTER_HEADER, Dispatcher
 from container.errors import (
@@ -155,6 +155,7 @@ def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
     dispatcher = served().dispatcher
     dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
     body = read_body(served().settings.max_payload_bytes)
+    decode = dialects.chosen(decode, request.headers.get(dialects.CUSTOM_ATTRIBUTES_HEADER))
     reply = dispatcher.answer(decode, body, request.mimetype, records=records, accept=request.headers.get("Accept"),
                               abandoned=client_gone(request.environ.get("gunicorn.socket")),
                               adapter=request.headers.get(ADAPTER_HEADER) or None)

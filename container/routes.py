@@ -129,7 +129,9 @@ def routes() -> tuple[Route, ...]:
         _invocation("/invocations", "invocations",
                     "Any request, in the SageMaker envelope or the public APIs' bodies, told apart by their keys; batch "
                     "transform's CSV and JSON Lines. A 2xx answer of a per-inference product carries "
-                    "X-Amzn-Inference-Metering."),
+                    "X-Amzn-Inference-Metering. Also other projects' bodies, each answered in its own shape: "
+                    + "; ".join(shape.name for shape in dialects.shapes())
+                    + " (SageMaker CustomAttributes `searchbox-shape=<id>` names one outright)."),
         _invocation("/score", "score", "Azure ML's scoring route: as /invocations"),
     )
     operations = tuple(Route("POST", route.path, route.operation_id, route.summary, {JSON: ref(route.response_schema)},

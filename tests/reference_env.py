@@ -26,6 +26,12 @@ PYLATE_SPEC = (
      "accelerate"),
     ("--no-deps", "pylate==1.6.0"),
 )
+# The client libraries that call a SageMaker or OpenAI-style endpoint (tests/test_integration_clients.py): their
+# pins (langchain-core, pydantic, httpx, numpy ranges) are theirs, not the image's, so they live beside it.
+CLIENTS_SPEC = (
+    ("openai==3.51.0", "cohere==7.3.1", "langchain-community==0.4.2",
+     "llama-index-embeddings-sagemaker-endpoint==0.6.0", "boto3"),
+)
 _INSTALL_TIMEOUT_S = 1800
 
 
@@ -36,6 +42,11 @@ class ReferenceUnavailable(RuntimeError):
 def pylate_python() -> Path:
     """The python of a venv holding PyLate 1.6.0, made on first use (minutes) and reused after."""
     return _venv("pylate-1.6.0", PYLATE_SPEC)
+
+
+def clients_python() -> Path:
+    """The python of a venv holding the OpenAI, Cohere, LangChain and LlamaIndex clients, made on first use."""
+    return _venv("integration-clients", CLIENTS_SPEC)
 
 
 def _venv(name: str, installs: tuple[tuple[str, ...], ...], cache: Path = CACHE) -> Path:

@@ -65,6 +65,12 @@ REQUESTS = {
         {"text": "Berlin is the capital of Germany."}, "Bananas are yellow.", "Paris is in France."]}}),
         "application/json"),
     "csv": (CSV_ROWS, "text/csv"),
+    # other projects' bodies (test_integrations.py): Azure AI Search's skill is the one that calls /score
+    "azure-ai-search-skill": (json.dumps({"values": [{"recordId": "1", "data": {"text": "hello"}},
+                                                     {"recordId": "2", "data": {"content": "no text"}}]}),
+                              "application/json"),
+    "tei-embed": (json.dumps({"inputs": ["hello", "world"]}), "application/json"),
+    "elastic-rerank": (json.dumps({"input": ["a", "b"], "query": "b"}), "application/json"),
 }
 JSON_LINES = [{"data": [{"text": "x", "id": "l1"}]}, {"input": "y"}, {"data": {"query": "q", "documents": ["a", "q"]}}]
 

@@ -210,3 +210,21 @@ def test_models_lists_the_served_model(app):
     assert model["kind"] == "embedding" and model["operations"] == ["embed", "rerank"]
     assert model["max_length"] == 256 and model["dimensions"] == 384
     assert model["metering"] is None and model["ready"] is True and model["backend"] == "torch"
+
+
+def test_other_projects_shapes_are_metered_as_searchbox_s_own(metered):
+    """Each caller's shape (test_integrations.py) bills what the same texts cost through /v1/embeddings and
+    /v1/rerank; an Azure AI Search record refused inside the 200 is not billed."""
+    app, _ = metered
+    texts = ["a first sentence to embed", "and a second, a little longer than the first"]
+    own = units_of(app.post("/v1/embeddings", {"input": texts}))
+    for body in (texts, {"inputs": texts}, {"texts": texts}, {"input": texts, "input_type": "ingest"},
+                 {"texts": texts, "input_type": "search_document", "embedding_types": ["float"]},
+                 {"values": [{"recordId": str(i), "data": {"text": text}} for i, text in enumerate(texts)]
+                  + [{"recordId": "refused", "data": {}}]}):
+        answer = app.post("/invocations", body)
+        assert answer.status_code == 200, answer.text
+        assert units_of(answer) == own, body
+    ranked = units_of(app.post("/v1/rerank", {"query": "which is longer?", "documents": texts}))
+    assert units_of(app.post("/invocations", {"query": "which is longer?", "texts": texts})) == ranked
+    assert units_of(app.post("/invocations", {"input": texts, "query": "which is longer?"})) == ranked

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from sagemaker_inference import content_types
 
 from container.encodings import Encoding
-from container.errors import ValidationFailed
+from container.errors import BadRequest, ValidationFailed
 
 if TYPE_CHECKING:
     from model_handlers.pipeline import Pipeline
@@ -40,6 +40,23 @@ DIALECT_MODULES = (
     "container.dialects.rerank",
     "container.dialects.sparse",
 )
+
+
+# Other projects' bodies (Elasticsearch, Azure AI Search, TEI, Cohere, ...): one plug-in module per caller, each
+# declaring `SHAPES` (container/dialects/integrations.md says where each format is defined).
+SHAPE_MODULES = (
+    "container.dialects.tei",
+    "container.dialects.opensearch",
+    "container.dialects.cohere",
+    "container.dialects.elastic",
+    "container.dialects.azure_search",
+)
+# SageMaker hands InvokeEndpoint's CustomAttributes to the container in this header; `searchbox-shape=<id>` in it
+# names the shape of the body, for callers whose bodies look like another's (Elasticsearch's `{"input"}`).
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+SHAPE_ATTRIBUTE = "searchbox-shape"
+# The shape of searchbox's own bodies (the operations' `invocation`s), as ambiguity refusals name it.
+SEARCHBOX = "searchbox (SageMaker envelope, embeddings or rerank API)"
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,38 @@ class WireOperation:
     rows: RowRequests | None = None
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Another project's request body on `/invocations` and `/score`, answered in that project's own shape.
+
+    Attributes:
+        id: its short name, as `searchbox-shape=<id>` in SageMaker's CustomAttributes names it.
+        name: who sends it ("Elasticsearch amazon_sagemaker, api: elastic"), as refusals name it.
+        example: a body of it, as refusals show it.
+        claims: `claims(body)`: whether a parsed JSON body has this shape's distinctive keys. The shapes' claims are
+            disjoint on the bodies each sends; a body two of them claim is refused as ambiguous (400), never guessed.
+        decode: `decode(body)`: its typed request and the renderer of the answer in this shape.
+        keys: every top-level key its bodies may have. When it claims a body whose searchbox keys are all among
+            them (Elasticsearch's `{"input", "input_type": "search"}`, TEI's `{"query", "texts"}`), searchbox's own
+            shapes step aside; a body with a searchbox key it does not know is ambiguous.
+    """
+
+    id: str
+    name: str
+    example: str
+    claims: Callable[[Any], bool] = field(repr=False)
+    decode: Callable[[Any], Decoded] = field(repr=False)
+    keys: frozenset[str] = frozenset()
+    accepts: Callable[[Any], bool] | None = field(default=None, repr=False)  # when named: its bodies without
+    # the markers that tell them apart (None: those it claims)
+
+
+@lru_cache(maxsize=1)
+def shapes() -> tuple[Shape, ...]:
+    """Every other project's shape, in registration order."""
+    return tuple(shape for name in SHAPE_MODULES for shape in importlib.import_module(name).SHAPES)
+
+
 @lru_cache(maxsize=1)
 def registered() -> tuple[WireOperation, ...]:
     """Every operation's wire side, in registration order."""
@@ -175,18 +224,74 @@ def named(name: str) -> WireOperation:
 
 
 def decode_invocation(body: Any) -> Decoded:
-    """`/invocations` and `/score`: any operation's body, told apart by its keys (contract §2, §3).
+    """`/invocations` and `/score`: any operation's body, in searchbox's shapes or another project's (`shapes()`),
+    told apart by their keys (contract §2, §3).
 
-    Each operation's `invocation` claims its own bodies (a rerank's `query` and `documents`); the embeddings
-    bodies, `data` (SageMaker envelope) or `input`, ask for the form the served model makes and are tried last.
+    A body exactly one shape claims is decoded by it; a body several claim is refused naming them (400
+    AMBIGUOUS_BODY): an answer in the wrong shape would be read wrongly or not at all by the caller.
     """
-    if isinstance(body, dict):
-        for wire in sorted(registered(), key=lambda wire: wire.invocation_fallback):
-            decoded = wire.invocation(body) if wire.invocation is not None else None
-            if decoded is not None:
-                return decoded
+    claimants = [shape for shape in shapes() if shape.claims(body)]
+    own = _native_keys(body)
+    native = bool(own) and not any(own <= shape.keys for shape in claimants)
+    if native and not claimants:
+        return _decode_native(body)
+    if len(claimants) == 1 and not native:
+        return claimants[0].decode(body)
+    if claimants:
+        names = ([SEARCHBOX] if native else []) + [shape.name for shape in claimants]
+        raise BadRequest(f"the body has the keys of several request shapes: {'; '.join(names)}. Send the keys of one "
+                         "of them only", code="AMBIGUOUS_BODY")
+    others = "; ".join(f"{shape.name}: {shape.example}" for shape in shapes())
     raise ValidationFailed(
         "the body must be a JSON object with `data` (SageMaker envelope: {\"data\": [{\"text\": \"...\"}]}), "
         "`input` (embeddings API: {\"input\": [\"...\"]}) "
-        "or `query` and `documents` (rerank API: {\"query\": \"...\", \"documents\": [\"...\"]})"
+        "or `query` and `documents` (rerank API: {\"query\": \"...\", \"documents\": [\"...\"]}); or the body of "
+        f"another project: {others}"
     )
+
+
+def chosen(decode: Callable[[Any], Decoded], custom_attributes: str | None) -> Callable[[Any], Decoded]:
+    """The route's decoder, or the shape SageMaker's CustomAttributes name (`searchbox-shape=<id>`) for
+    `/invocations`: the caller said what its bodies are, so nothing is told apart by keys."""
+    named = _attribute(custom_attributes, SHAPE_ATTRIBUTE)
+    if named is None or decode is not decode_invocation:
+        return decode
+    shape = next((shape for shape in shapes() if shape.id == named), None)
+    if shape is None:
+        ids = ", ".join(shape.id for shape in shapes())
+        raise BadRequest(f"{CUSTOM_ATTRIBUTES_HEADER} names {SHAPE_ATTRIBUTE}={named!r}; the shapes are {ids}",
+                         code="UNKNOWN_SHAPE")
+
+    def decode_as(body: Any) -> Decoded:
+        if not (shape.accepts or shape.claims)(body):
+            raise ValidationFailed(f"{CUSTOM_ATTRIBUTES_HEADER} says the body is {shape.name}, which looks like "
+                                   f"{shape.example}")
+        return shape.decode(body)
+
+    return decode_as
+
+
+def _attribute(custom_attributes: str | None, name: str) -> str | None:
+    """One `name=value` of a CustomAttributes string (pairs separated by `;` or `,`, as SageMaker's docs write)."""
+    for pair in (custom_attributes or "").replace(",", ";").split(";"):
+        key, _, value = pair.partition("=")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def _native_keys(body: Any) -> set[str]:
+    """The keys of searchbox's own bodies (the operations' `body_keys`) that a body has."""
+    if not isinstance(body, dict):
+        return set()
+    return {key for wire in registered() for key in wire.body_keys if key in body}
+
+
+def _decode_native(body: Mapping[str, Any]) -> Decoded:
+    """Each operation's `invocation` claims its own bodies (a rerank's `query` and `documents`); the embeddings
+    bodies, `data` (SageMaker envelope) or `input`, ask for the form the served model makes and are tried last."""
+    for wire in sorted(registered(), key=lambda wire: wire.invocation_fallback):
+        decoded = wire.invocation(body) if wire.invocation is not None else None
+        if decoded is not None:
+            return decoded
+    raise ValidationFailed('the body must have `data`, `input`, or `query` and `documents`')
