@@ -54,8 +54,8 @@ class SearchboxServer(BaseApplication):
 
     def _take_slot(self, arbiter: Arbiter, worker) -> None:
         """In the master, before a fork: the new worker takes the lowest slot no living worker holds."""
-        held = {getattr(w, "searchbox_slot", None) for w in arbiter.WORKERS.values()}
-        worker.searchbox_slot = next(slot for slot in self.slots if slot.index not in held)
+        held = {w.searchbox_slot for w in arbiter.WORKERS.values() if hasattr(w, "searchbox_slot")}
+        worker.searchbox_slot = next(slot for slot in self.slots if slot not in held)
 
     def _enter_slot(self, arbiter: Arbiter, worker) -> None:
         """In the worker, after the fork: its slot's device and cores, before the model loads."""
