@@ -73,6 +73,8 @@ _MIB = 1024 * 1024
 ASYNC_MAX_PAYLOAD_MB = 1024
 ASYNC_TIMEOUT_S = 3600.0
 ASYNC_MAX_BATCH_ROWS = 2_000_000
+# rows or lines one batch body may hold off asynchronous mode (packaging/deployment.py sizes batch jobs by it)
+MAX_BATCH_ROWS = 50_000
 ASYNC_MAX_RESPONSE_MB = 2048
 
 _MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
@@ -254,8 +256,8 @@ SETTINGS = (
             f"600; {ASYNC_TIMEOUT_S:.0f} when {ENV_ASYNC}", "batch_timeout_s", _number(float),
             lambda values: ASYNC_TIMEOUT_S if values["async_mode"] else 600.0),
     Setting(ENV_MAX_BATCH_ROWS, "rows (CSV) or lines (JSON Lines) one batch body may hold (413 above)",
-            f"50000; {ASYNC_MAX_BATCH_ROWS} when {ENV_ASYNC}", "max_batch_rows", _number(int),
-            lambda values: ASYNC_MAX_BATCH_ROWS if values["async_mode"] else 50_000),
+            f"{MAX_BATCH_ROWS}; {ASYNC_MAX_BATCH_ROWS} when {ENV_ASYNC}", "max_batch_rows", _number(int),
+            lambda values: ASYNC_MAX_BATCH_ROWS if values["async_mode"] else MAX_BATCH_ROWS),
     Setting(ENV_MAX_RESPONSE_MB, "MiB the answer to one batch body may take, estimated before any work (413 above)",
             f"512; {ASYNC_MAX_RESPONSE_MB} when {ENV_ASYNC}", "max_response_bytes", _number(float, scale=_MIB),
             lambda values: (ASYNC_MAX_RESPONSE_MB if values["async_mode"] else 512) * _MIB),
