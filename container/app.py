@@ -20,8 +20,9 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from container import adapters as adapters_api, dialects, routes
+from container import adapters as adapters_api, dialects, routes, spooled
 from container.dialects import JSON, Decoded
+from container.dialects.batch_transform import JSONLINES_TYPES
 from container.dispatch import ADAPTER_HEADER, Dispatcher
 from container.errors import (
     BadRequest, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
@@ -153,12 +154,19 @@ _VIEWS: dict[str, Callable[..., Response]] = {
 
 def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
     dispatcher = served().dispatcher
+    settings = served().settings
     dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
-    body = read_body(served().settings.max_payload_bytes)
     decode = dialects.chosen(decode, request.headers.get(dialects.CUSTOM_ATTRIBUTES_HEADER))
-    reply = dispatcher.answer(decode, body, request.mimetype, records=records, accept=request.headers.get("Accept"),
-                              abandoned=client_gone(request.environ.get("gunicorn.socket")),
-                              adapter=request.headers.get(ADAPTER_HEADER) or None)
+    if request.content_length is not None and request.content_length > settings.max_payload_bytes:
+        raise payload_too_large(settings.max_payload_bytes)
+    asked = {"accept": request.headers.get("Accept"), "abandoned": client_gone(request.environ.get("gunicorn.socket")),
+             "adapter": request.headers.get(ADAPTER_HEADER) or None}
+    if settings.async_mode and records and request.mimetype in JSONLINES_TYPES:
+        with spooled.spool(request.environ["wsgi.input"], settings.max_payload_bytes) as body:
+            reply = dispatcher.answer_spooled(decode, body, **asked)
+    else:
+        reply = dispatcher.answer(decode, read_body(settings.max_payload_bytes), request.mimetype, records=records,
+                                  **asked)
     g.figures = reply.figures
     return reply_response(reply)
 

@@ -10,14 +10,15 @@ operations (inputs counted, answer sizes, what to send instead) is read from the
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import orjson
 
-from container import dialects
+from container import dialects, spooled
 from container.dialects import JSON, Decoded, Records, TypedRequest, TypedResult, batch_transform, fields
 from container.errors import (
     BadRequest, NotAcceptable, PayloadTooLarge, Reply, SearchboxError, UnsupportedMediaType, error_reply,
@@ -91,6 +92,50 @@ class Dispatcher:
             if len(body) > _LARGE_BODY:
                 release_free_memory()
 
+    def answer_spooled(self, decode: Callable[[Any], Decoded], body: IO[bytes], *, accept: str | None = None,
+                       abandoned: Callable[[], bool] | None = None, adapter: str | None = None) -> Reply:
+        """The 200 reply to a JSON Lines body spooled to disk (container/spooled.py): every line checked first, then
+        run a slice at a time, the answer written to disk and streamed out.
+
+        Raises:
+            SearchboxError, HandlerError: as `answer`; nothing has been sent when they are raised.
+        """
+        received = time.monotonic()
+        settings = self._settings
+        handler = self._runtime.handler
+        lines = estimate = 0
+        for first, piece in spooled.slices(body):
+            job = batch_transform.decode_jsonlines(piece, decode, settings.max_batch_rows, first)
+            requests = self._checked(job, adapter)
+            lines += len(requests)
+            if lines > settings.max_batch_rows:
+                raise batch_transform.too_many_rows(settings.max_batch_rows)
+            estimate += answer_size(requests, job.encodings, handler)
+            if estimate > settings.max_response_bytes:
+                raise response_too_large(estimate, settings)
+        content_type = answer_type(accept, batch_transform.answer_types(lines))
+        deadline = Deadline(received + settings.timeout_s(True), abandoned or (lambda: False))
+        answer = tempfile.TemporaryFile(prefix="searchbox-answer-")
+        totals = RequestFigures()
+        try:
+            for first, piece in spooled.slices(body):
+                job = batch_transform.decode_jsonlines(piece, decode, settings.max_batch_rows, first)
+                requests = self._checked(job, adapter)
+                timings = [Timing() for _ in requests]
+                results = self._run(requests, job, deadline, timings)
+                answer.write(job.render(results))
+                totals = totals.plus(request_figures(requests, results, timings, handler.config.metering))
+                release_free_memory()
+        except BaseException:
+            answer.close()
+            raise
+        metering = handler.config.metering
+        # billed on the body's totals, as an answer in one piece would be (a unit's rounding applies once)
+        totals = dataclasses.replace(totals, units=metering.units(inputs=totals.inputs, tokens=totals.tokens)
+                                     if metering else 0)
+        headers = {**figure_headers(totals, metering), "Content-Length": str(answer.tell())}
+        return Reply(200, spooled.stream_file(answer), content_type, headers, totals)
+
     def admit(self, media_type: str | None, *, records: bool = False) -> None:
         """Refuse at once, before the body is even read, when the work queued ahead would outlast this request.
 
@@ -119,15 +164,7 @@ class Dispatcher:
             raise payload_too_large(settings.max_payload_bytes)
         job, batch_body = self._decode(decode, body, (media_type or JSON).lower(), records, handler.kind)
         content_type = answer_type(accept, job.answer_types)
-        requests = [handler.kind.resolve(request) for request in job.requests]
-        if adapter:
-            requests = [with_adapter(request, adapter) for request in requests]
-        for request, origin in zip(requests, job.origins):
-            try:
-                check_operation(request, handler.kind, handler.model_name)
-                check_limits(request, settings)
-            except SearchboxError as exc:
-                raise _at(exc, origin) from None
+        requests = self._checked(job, adapter)
         if batch_body:
             check_response_size(requests, job.encodings, handler, settings)
         at = received + settings.timeout_s(batch_body)
@@ -137,6 +174,20 @@ class Dispatcher:
         figures = request_figures(requests, results, timings, handler.config.metering)
         return Reply(200, job.render(results), content_type, figure_headers(figures, handler.config.metering),
                      figures)
+
+    def _checked(self, job: Records, adapter: str | None) -> list[TypedRequest]:
+        """The body's requests as the served kind reads them, each checked against the kind and the limits."""
+        handler = self._runtime.handler
+        requests = [handler.kind.resolve(request) for request in job.requests]
+        if adapter:
+            requests = [with_adapter(request, adapter) for request in requests]
+        for request, origin in zip(requests, job.origins):
+            try:
+                check_operation(request, handler.kind, handler.model_name)
+                check_limits(request, self._settings)
+            except SearchboxError as exc:
+                raise _at(exc, origin) from None
+        return requests
 
     def _decode(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str, records: bool,
                 kind: Kind) -> tuple[Records, bool]:
@@ -250,15 +301,24 @@ def check_response_size(requests: Sequence[TypedRequest], encodings: Sequence[An
     Each operation's dialect bounds its answer's size (`WireOperation.estimate`: a multi-vector answer holds a vector
     per kept token, which the model counts).
     """
-    estimate = sum(dialects.named(request.operation).estimate(request, encodings[i] if i < len(encodings) else None,
-                                                              handler)
-                   for i, request in enumerate(requests))
+    estimate = answer_size(requests, encodings, handler)
     if estimate > settings.max_response_bytes:
-        cap_mb = settings.max_response_bytes / (1024 * 1024)
-        raise PayloadTooLarge(
-            f"the answer to this body would take about {estimate / (1024 * 1024):.0f} MiB, over the {cap_mb:g} MiB "
-            f"cap on one batch answer ({ENV_MAX_RESPONSE_MB}); send fewer rows per request (a smaller "
-            "MaxPayloadInMB), or fewer dimensions", code="RESPONSE_TOO_LARGE")
+        raise response_too_large(estimate, settings)
+
+
+def answer_size(requests: Sequence[TypedRequest], encodings: Sequence[Any], handler) -> int:
+    """Bytes the answer to `requests` may take, as each operation's dialect bounds it."""
+    return sum(dialects.named(request.operation).estimate(request, encodings[i] if i < len(encodings) else None,
+                                                          handler)
+               for i, request in enumerate(requests))
+
+
+def response_too_large(estimate: int, settings: Settings) -> PayloadTooLarge:
+    cap_mb = settings.max_response_bytes / (1024 * 1024)
+    return PayloadTooLarge(
+        f"the answer to this body would take about {estimate / (1024 * 1024):.0f} MiB, over the {cap_mb:g} MiB "
+        f"cap on one batch answer ({ENV_MAX_RESPONSE_MB}); send fewer rows per request (a smaller "
+        "MaxPayloadInMB), or fewer dimensions", code="RESPONSE_TOO_LARGE")
 
 
 def check_limits(request: TypedRequest, settings: Settings) -> None:

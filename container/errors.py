@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 from sagemaker_inference import content_types
@@ -134,7 +134,7 @@ class Reply:
     answered request what it cost (`figures`: a `container.telemetry.RequestFigures`)."""
 
     status: int
-    body: bytes
+    body: bytes | Iterable[bytes]  # an iterable: an answer streamed from disk (container/spooled.py)
     content_type: str = content_types.JSON
     headers: Mapping[str, str] = field(default_factory=dict)
     figures: Any = None

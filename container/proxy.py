@@ -8,8 +8,8 @@ buffers the answer, so a slow reader never holds a thread either. This is the to
 bring-your-own-container examples.
 
 What nginx answers itself, never waiting on Python:
-- `GET /ping`: 200 while the worker's ready file exists (written after the warm-up, removed when the worker
-  drains or dies), 503 otherwise;
+- `GET /ping`: 200 while every worker's ready file exists (written after its warm-up, removed when it drains or
+  dies), 503 otherwise;
 - the errors it makes (a body over the limit, a malformed request, too long a URL or headers, the server at
   its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`.
 
@@ -62,14 +62,19 @@ _ERRORS = {
 @dataclass(frozen=True)
 class ProxyPaths:
     run_dir: Path
+    workers: int = 1  # one ready file each (container/workers.py): /ping is 200 only while all exist
 
     @property
     def socket(self) -> Path:
         return self.run_dir / SOCKET_NAME
 
+    def ready_file(self, slot: int = 0) -> Path:
+        """The file the worker in `slot` writes once warm (and removes when it drains)."""
+        return self.run_dir / (READY_NAME if slot == 0 else f"{READY_NAME}-{slot}")
+
     @property
-    def ready_file(self) -> Path:
-        return self.run_dir / READY_NAME
+    def ready_files(self) -> list[Path]:
+        return [self.ready_file(slot) for slot in range(self.workers)]
 
     @property
     def conf(self) -> Path:
@@ -83,8 +88,9 @@ def find_nginx(configured: str | None) -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
-def inference_connections(settings: Settings) -> int:
-    return max(1, settings.threads - RESERVED_THREADS)
+def inference_connections(settings: Settings, workers: int = 1) -> int:
+    """Requests let into gunicorn at once: each worker's threads, less those kept for the control routes."""
+    return workers * max(1, settings.threads - RESERVED_THREADS)
 
 
 def render_conf(settings: Settings, paths: ProxyPaths) -> str:
@@ -95,8 +101,10 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     connections = max(512, min(16384, files // 2 - 64))
     limit_mb = settings.max_payload_bytes / (1024 * 1024)
     # nginx waits for gunicorn's answer as long as the longest request may take, and a little more:
-    # the app answers its own deadlines with a 503 itself.
+    # the app answers its own deadlines with a 503 itself. The same bound between two writes of a body to gunicorn:
+    # an asynchronous endpoint's body of up to 1 GB is read by a worker that may be busy with the one before.
     read_timeout = int(max(settings.request_timeout_s, settings.batch_timeout_s)) + 30
+    send_timeout = read_timeout if settings.async_mode else 60
     user = "user root root;" if os.geteuid() == 0 else ""
     error_locations = "\n".join(_error_location(status, code, detail.format(limit=f"{limit_mb:g} MiB",
                                                                            routes=routes.listed()))
@@ -104,6 +112,7 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     # URI error pages, not named locations: nginx cannot redirect a request whose request line it could
     # not parse (400, 414) to a named location
     error_pages = "\n".join(f"        error_page {status} {_ERROR_PREFIX}{status};" for status in _ERRORS if status != 503)
+    not_ready = "\n".join(_not_ready(ready) for ready in paths.ready_files)
     return f"""\
 # written by container/proxy.py at start; edit that, not this
 worker_processes 1;
@@ -144,7 +153,7 @@ http {{
     proxy_busy_buffers_size 128k;
     proxy_max_temp_file_size {max(1024, int(settings.max_response_bytes / (1024 * 1024)) + 64)}m;
     proxy_connect_timeout 5s;
-    proxy_send_timeout 60s;
+    proxy_send_timeout {send_timeout}s;
     proxy_read_timeout {read_timeout}s;
     # HTTP/1.1 with kept-alive connections to gunicorn: no unix-socket connection set up per request (in
     # bench/, 1 client x 1 text went from 0.84x to 1.0x the in-process limit, 15% less CPU per request)
@@ -158,7 +167,7 @@ http {{
         zone inference 64k;
         # past this many requests in gunicorn, nginx answers 503 at once: the threads left over keep
         # answering the routes that must never wait
-        server unix:{paths.socket} max_conns={inference_connections(settings)};
+        server unix:{paths.socket} max_conns={inference_connections(settings, paths.workers)};
         # closed by nginx before gunicorn's own keep-alive ends, so a reused connection is never closed under it
         keepalive 32;
         keepalive_timeout {UPSTREAM_KEEPALIVE_S}s;
@@ -178,12 +187,7 @@ http {{
         location = /ping {{
             default_type application/json;
             add_header X-Request-Id $request_id always;
-            if (!-f {paths.ready_file}) {{
-                add_header X-Request-Id $request_id always;
-                add_header Retry-After 2 always;
-                return 503 '{{"detail":"the model is loading (or the server is stopping); retry in a few seconds",\
-"code":"MODEL_LOADING","request_id":"$request_id"}}';
-            }}
+{not_ready}
             return 200 '{{"status":"healthy"}}';
         }}
         # routes that must answer at any load go to the threads kept free of inference (container/routes.py)
@@ -197,6 +201,16 @@ http {{
     }}
 }}
 """
+
+
+def _not_ready(ready_file: Path) -> str:
+    """A /ping clause: 503 while `ready_file` is missing (a worker loading, restarting or stopping)."""
+    return (f"            if (!-f {ready_file}) {{\n"
+            f"                add_header X-Request-Id $request_id always;\n"
+            f"                add_header Retry-After 2 always;\n"
+            f"                return 503 '{{\"detail\":\"the model is loading (or the server is stopping); retry in a few "
+            f"seconds\",\"code\":\"MODEL_LOADING\",\"request_id\":\"$request_id\"}}';\n"
+            f"            }}")
 
 
 def _die_with_parent() -> None:

@@ -1,7 +1,7 @@
 """`serve`: the entry point SageMaker runs. Reads settings once, checks the model, starts the server.
 
-The server is nginx in front of gunicorn with one worker holding the one copy of the weights
-(container/server.py, container/proxy.py). Everything that must happen once per server rather than once
+The server is nginx in front of gunicorn with one worker holding one copy of the weights, or one per GPU
+(container/server.py, container/proxy.py, container/workers.py). Everything that must happen once per server rather than once
 per worker (the port check, unpacking a model archive, nginx's configuration) happens here, before
 gunicorn starts.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from container.proxy import Proxy, ProxyPaths, find_nginx
+from container.workers import slots as worker_slots
 from container.settings import (
     ENV_NGINX, ENV_PORT, Settings, SettingsError, apply_library_environment, describe_environment,
 )
@@ -93,16 +94,22 @@ def main(argv: list[str] | None = None) -> int:
                          "nginx-light) or set %s to its path", ENV_NGINX)
             return 1
         # the unix socket, nginx's files and the ready file: private to this server, removed at exit
-        paths = ProxyPaths(Path(cleanup.enter_context(_private_directory("searchbox-run-"))))
+        try:
+            slots = worker_slots(settings)
+        except SettingsError as exc:
+            logger.error("bad setting: %s", exc)
+            return 2
+        paths = ProxyPaths(Path(cleanup.enter_context(_private_directory("searchbox-run-"))), len(slots))
         proxy = Proxy(nginx, settings, paths)
         problem = proxy.check()
         if problem:
             logger.error("nginx refuses its configuration: %s", problem)
             return 1
-        logger.info("serving %s model %s on port %d", config.kind.name, config.served_model_name, settings.port)
+        logger.info("serving %s model %s on port %d with %d worker(s) on %s", config.kind.name,
+                    config.served_model_name, settings.port, len(slots), ", ".join(slot.device for slot in slots))
         from container.server import SearchboxServer  # gunicorn's arbiter, only once everything checked out
 
-        SearchboxServer(settings, proxy, paths).run()
+        SearchboxServer(settings, proxy, paths, slots).run()
     return 0
 
 

@@ -1,6 +1,9 @@
-"""The process tree `serve` runs: nginx on the port, the gunicorn master, one gunicorn worker with the model.
+"""The process tree `serve` runs: nginx on the port, the gunicorn master, gunicorn workers with the model.
 
     nginx (port 8080)  --unix socket-->  gunicorn master  --fork-->  worker: Flask app + model + batcher
+
+One worker, or one per GPU (container/workers.py): each in its slot, pinned to its device; a worker that dies
+is forked again into the slot it left, so the same device loads again and the others go on serving.
 
 The master imports no torch: the app (and the model) load in the worker after fork. nginx is started by
 the master once its socket listens and stopped after the worker; if nginx dies, the master stops too (an
@@ -28,6 +31,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from container.errors import refused_by_worker
 from container.proxy import UPSTREAM_KEEPALIVE_S, Proxy, ProxyPaths
 from container.settings import Settings
+from container.workers import Slot
 from model_handlers.memory import limit_arenas
 
 logger = logging.getLogger("searchbox")
@@ -39,18 +43,37 @@ _PROXY_EXIT_S = 5.0
 
 
 class SearchboxServer(BaseApplication):
-    def __init__(self, settings: Settings, proxy: Proxy, paths: ProxyPaths):
+    def __init__(self, settings: Settings, proxy: Proxy, paths: ProxyPaths, slots: list[Slot] | None = None):
         self.settings = settings
         self.proxy = proxy
         self.paths = paths
+        self.slots = slots or [Slot(0, settings.device)]
+        self.slot = self.slots[0]  # in a worker: its own, set after the fork (post_fork)
         self.runtime = None  # set in the worker by load()
         super().__init__()
+
+    def _take_slot(self, arbiter: Arbiter, worker) -> None:
+        """In the master, before a fork: the new worker takes the lowest slot no living worker holds."""
+        held = {w.searchbox_slot for w in arbiter.WORKERS.values() if hasattr(w, "searchbox_slot")}
+        worker.searchbox_slot = next(slot for slot in self.slots if slot not in held)
+
+    def _enter_slot(self, arbiter: Arbiter, worker) -> None:
+        """In the worker, after the fork: its slot's device and cores, before the model loads."""
+        self.slot = worker.searchbox_slot
+        self.slot.pin()
+        logger.info("worker %d serves slot %d on %s%s", os.getpid(), self.slot.index, self.slot.device,
+                    f" (cores {','.join(map(str, self.slot.cores))})" if self.slot.cores else "")
+
+    def _left_slot(self, arbiter: Arbiter, worker) -> None:
+        # a worker that died (killed, crashed) is not ready, whatever its file said
+        slot = getattr(worker, "searchbox_slot", None)
+        self.paths.ready_file(slot.index if slot else 0).unlink(missing_ok=True)
 
     def load_config(self) -> None:
         s = self.settings
         for key, value in {
             "bind": [f"unix:{self.paths.socket}"],
-            "workers": 1,
+            "workers": len(self.slots),
             "worker_class": SearchboxWorker,
             "threads": s.threads,
             # the worker's main loop keeps its heartbeat while the model loads on a thread
@@ -67,8 +90,9 @@ class SearchboxServer(BaseApplication):
             "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
             # no management socket in $HOME: nothing but nginx talks to this server
             "control_socket_disable": True,
-            # a worker that died (killed, crashed) is not ready, whatever its file said
-            "child_exit": lambda server, worker: self.paths.ready_file.unlink(missing_ok=True),
+            "pre_fork": self._take_slot,
+            "post_fork": self._enter_slot,
+            "child_exit": self._left_slot,
             # runs in the worker after its last request: let a running forward pass finish before
             # the interpreter tears down under it (libgomp aborts with SIGABRT otherwise)
             "worker_exit": lambda server, worker: self.runtime and self.runtime.close(),
@@ -79,9 +103,10 @@ class SearchboxServer(BaseApplication):
         from container.app import create_app
         from container.runtime import ModelRuntime
 
-        self.runtime = ModelRuntime(self.settings, on_load_failure=lambda exc: os._exit(WORKER_BOOT_ERROR),
-                                    ready_file=self.paths.ready_file)
-        return create_app(self.settings, self.runtime.start())
+        settings = self.slot.settings(self.settings)
+        self.runtime = ModelRuntime(settings, on_load_failure=lambda exc: os._exit(WORKER_BOOT_ERROR),
+                                    ready_file=self.paths.ready_file(self.slot.index))
+        return create_app(settings, self.runtime.start())
 
     def run(self) -> None:
         SearchboxArbiter(self).run()

@@ -63,9 +63,19 @@ ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
 ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
 ENV_MAX_ADAPTERS = "SEARCHBOX_MAX_ADAPTERS"
+ENV_ASYNC = "SEARCHBOX_ASYNC"
+ENV_WORKERS = "SEARCHBOX_WORKERS"
 INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _MIB = 1024 * 1024
+# SageMaker asynchronous inference: bodies up to 1 GB and InvocationTimeoutSeconds up to 3600
+# (docs.aws.amazon.com/sagemaker/latest/dg/async-inference.html, AsyncInferenceClientConfig in the API reference).
+ASYNC_MAX_PAYLOAD_MB = 1024
+ASYNC_TIMEOUT_S = 3600.0
+ASYNC_MAX_BATCH_ROWS = 2_000_000
+# rows or lines one batch body may hold off asynchronous mode (packaging/deployment.py sizes batch jobs by it)
+MAX_BATCH_ROWS = 50_000
+ASYNC_MAX_RESPONSE_MB = 2048
 
 _MODEL_MARKERS = ("searchbox.json", "config.json", "modules.json")
 
@@ -129,6 +139,13 @@ def _transform_payload(raw: str, name: str) -> int:
     """SageMaker's MaxPayloadInMB, a whole number; 0 (unbounded) takes batch transform's own ceiling."""
     value = _number(float, allow_zero=True)(raw, name)
     return UNBOUNDED_TRANSFORM_PAYLOAD_MB if value == 0 else max(1, int(value))
+
+
+def _workers(raw: str, name: str) -> int | None:
+    """A number of workers, or auto (None): one per visible GPU, else one."""
+    if raw.strip().lower() == "auto":
+        return None
+    return _number(int, most=64, hint="more workers than any instance has GPUs; give auto or a count")(raw, name)
 
 
 def _host_names(raw: str, name: str) -> tuple[str, ...]:
@@ -197,12 +214,20 @@ SETTINGS = (
             default=None, handler="served_model_name"),
     Setting(ENV_PORT, "port to listen on", "8080", "port",
             _number(int, most=65535, hint="not a port; choose one from 1 to 65535"), 8080),
+    Setting(ENV_ASYNC, "1/true/yes on a SageMaker asynchronous endpoint (packaging/deployment.py sets it there): the "
+            f"body limit, timeouts, batch rows and answer cap below default to asynchronous inference's "
+            f"({ASYNC_MAX_PAYLOAD_MB} MiB, {ASYNC_TIMEOUT_S:.0f} s, {ASYNC_MAX_BATCH_ROWS} lines, "
+            f"{ASYNC_MAX_RESPONSE_MB} MiB), and a JSON Lines body is spooled to disk and run a slice of lines at a "
+            "time, its answer written to disk and streamed out, so the worker's memory does not grow with the body",
+            "off", "async_mode", _flag, False),
     Setting(ENV_SAGEMAKER_MAX_PAYLOAD_MB, "a batch transform job's MaxPayloadInMB (0, unbounded, takes "
             f"{UNBOUNDED_TRANSFORM_PAYLOAD_MB}), answered by GET /execution-parameters", "chosen",
             "transform_max_payload_mb", _transform_payload, None),
-    Setting(ENV_MAX_PAYLOAD_MB, "request body limit in MiB", f"6, or {ENV_SAGEMAKER_MAX_PAYLOAD_MB}",
+    Setting(ENV_MAX_PAYLOAD_MB, "request body limit in MiB",
+            f"6, or {ENV_SAGEMAKER_MAX_PAYLOAD_MB}; {ASYNC_MAX_PAYLOAD_MB} when {ENV_ASYNC}",
             "max_payload_bytes", _number(float, scale=_MIB),
-            lambda values: (values["transform_max_payload_mb"] or 6) * _MIB),
+            lambda values: (ASYNC_MAX_PAYLOAD_MB if values["async_mode"] else values["transform_max_payload_mb"] or 6)
+            * _MIB),
     Setting(ENV_SAGEMAKER_BATCH_STRATEGY, f"a batch transform job's BatchStrategy ({', '.join(BATCH_STRATEGIES)}), "
             "answered by GET /execution-parameters", "chosen", "transform_batch_strategy",
             _choice(BATCH_STRATEGIES, str.upper), None),
@@ -222,15 +247,20 @@ SETTINGS = (
             "the artifact's exported onnx/ files)", "searchbox.json's, else torch", "backend",
             _choice(BACKENDS, str.lower), handler="backend"),
     Setting(ENV_REQUEST_TIMEOUT, "seconds a request may take (SageMaker's real-time limit): work that cannot finish "
-            "within it is refused at once (503 with Retry-After, or 413 when it alone is too much)", "60",
-            "request_timeout_s", _number(float), handler="request_timeout_s"),
+            "within it is refused at once (503 with Retry-After, or 413 when it alone is too much)",
+            f"60; {ASYNC_TIMEOUT_S:.0f} when {ENV_ASYNC}", "request_timeout_s", _number(float),
+            lambda values: ASYNC_TIMEOUT_S if values["async_mode"] else _handler_default("request_timeout_s"),
+            handler="request_timeout_s"),
     Setting(ENV_BATCH_TIMEOUT, f"the same for CSV and JSON Lines bodies, and for every request when "
-            f"{ENV_SAGEMAKER_BATCH}=true (batch transform's default per-call timeout)", "600", "batch_timeout_s",
-            _number(float), 600.0),
-    Setting(ENV_MAX_BATCH_ROWS, "rows (CSV) or lines (JSON Lines) one batch body may hold (413 above)", "50000",
-            "max_batch_rows", _number(int), 50_000),
+            f"{ENV_SAGEMAKER_BATCH}=true (batch transform's default per-call timeout)",
+            f"600; {ASYNC_TIMEOUT_S:.0f} when {ENV_ASYNC}", "batch_timeout_s", _number(float),
+            lambda values: ASYNC_TIMEOUT_S if values["async_mode"] else 600.0),
+    Setting(ENV_MAX_BATCH_ROWS, "rows (CSV) or lines (JSON Lines) one batch body may hold (413 above)",
+            f"{MAX_BATCH_ROWS}; {ASYNC_MAX_BATCH_ROWS} when {ENV_ASYNC}", "max_batch_rows", _number(int),
+            lambda values: ASYNC_MAX_BATCH_ROWS if values["async_mode"] else MAX_BATCH_ROWS),
     Setting(ENV_MAX_RESPONSE_MB, "MiB the answer to one batch body may take, estimated before any work (413 above)",
-            "512", "max_response_bytes", _number(float, scale=_MIB), 512 * _MIB),
+            f"512; {ASYNC_MAX_RESPONSE_MB} when {ENV_ASYNC}", "max_response_bytes", _number(float, scale=_MIB),
+            lambda values: (ASYNC_MAX_RESPONSE_MB if values["async_mode"] else 512) * _MIB),
     Setting(ENV_MAX_RERANK_WINDOWS, "model inputs one rerank request may make; a long document makes one per window "
             "(413 above)", "4096", "max_rerank_windows", _number(int), handler="max_rerank_windows"),
     Setting(ENV_DEFAULT_INPUT_TYPE, f"{' or '.join(INPUT_TYPES)}: the input_type of requests that give none, for a "
@@ -273,6 +303,10 @@ SETTINGS = (
             handler="trust_remote_code"),
     Setting(ENV_DEVICE, "cpu, cuda, cuda:1; auto takes the GPU when there is one", "auto", "device",
             lambda raw, name: raw, handler="device"),
+    Setting(ENV_WORKERS, "worker processes, each with its own copy of the model: auto is one per GPU the instance "
+            "has (each pinned to its GPU; a dead one is restarted on the same GPU alone, and /ping is 200 only "
+            "while every one is ready), else one. A count on CPU splits the cores between the workers, each pinned "
+            "to its share", "auto", "workers", _workers, None),
     Setting(ENV_LOG_LEVEL, f"{', '.join(LOG_LEVELS)}; DEBUG also logs every request", "INFO", "log_level",
             # checked here, not by logging.basicConfig, so a typo is one named line instead of a traceback
             _choice(LOG_LEVELS, str.upper), "INFO"),
@@ -287,6 +321,7 @@ class Settings:
     model_source: str  # why this model directory was chosen, for the start-up log
     model_name: str | None
     port: int
+    async_mode: bool
     transform_max_payload_mb: int | None
     max_payload_bytes: int
     transform_batch_strategy: str | None
@@ -315,6 +350,7 @@ class Settings:
     allow_pickle: bool
     trust_remote_code: bool
     device: str
+    workers: int | None
     log_level: str
 
     @classmethod

@@ -32,6 +32,11 @@ class RequestFigures:
     queue_s: float = 0.0
     forward_s: float = 0.0
 
+    def plus(self, other: "RequestFigures") -> "RequestFigures":
+        """The figures of a body answered in parts: counts and forward time add up, the longest wait is kept."""
+        return RequestFigures(self.inputs + other.inputs, self.tokens + other.tokens, self.units + other.units,
+                              max(self.queue_s, other.queue_s), self.forward_s + other.forward_s)
+
 
 class Telemetry:
     """The worker's metrics registry and request log; also the batcher's observer (model_handlers.batching)."""

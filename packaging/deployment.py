@@ -501,9 +501,7 @@ def batch(options: Options) -> Variant:
     # a batch job wants throughput: its deadline is per call, not a p95, so no latency target applies
     found = _capacity.find(options.measurements, model=options.product.served_name, backend=options.backend,
                            shape="batch", instance_type=options.instance_type, assume_from=options.assume_from)
-    from container.settings import ENV_MAX_BATCH_ROWS, SETTINGS
-
-    max_rows = next(s for s in SETTINGS if s.name == ENV_MAX_BATCH_ROWS).default_value({})
+    from container.settings import MAX_BATCH_ROWS as max_rows
     size = batch_size(options.input_rows, options.input_mb, found.measurement.levels,
                       target_hours=options.target_hours, max_instances=options.max_instances,
                       max_rows_per_body=max_rows)

@@ -72,8 +72,9 @@ def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Recor
     return _request_rows(rows, records, dialects.named(kind.csv.operation).rows)
 
 
-def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: int) -> Records:
-    """One JSON body a line, each decoded by the route's own `decode`; blank lines are skipped.
+def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: int, first_line: int = 1) -> Records:
+    """One JSON body a line, each decoded by the route's own `decode`; blank lines are skipped. `first_line`: the
+    number of the body's first line, where it is a slice of a larger one (container/spooled.py).
 
     Raises:
         BadRequest: a line does not parse (naming it).
@@ -81,7 +82,7 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: in
     """
     decoded: list[Decoded] = []
     origins: list[str] = []
-    for number, line in enumerate(body.split(b"\n"), start=1):
+    for number, line in enumerate(body.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         if len(decoded) >= max_rows:
@@ -96,10 +97,17 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: in
     def render(results: list[TypedResult]) -> bytes:
         return b"".join(orjson.dumps(d.render(r), option=_JSON_OPTIONS) + b"\n" for d, r in zip(decoded, results))
 
-    # one line out is also a JSON document
-    answer_types = (*JSONLINES_TYPES, JSON) if len(decoded) == 1 else JSONLINES_TYPES
     return Records([d.request for d in decoded], origins, render, encodings=[d.encoding for d in decoded],
-                   answer_types=answer_types)
+                   answer_types=answer_types(len(decoded)))
+
+
+def answer_types(lines: int) -> tuple[str, ...]:
+    """What the answer to a JSON Lines body of `lines` lines may be labelled: one line out is also a JSON document."""
+    return (*JSONLINES_TYPES, JSON) if lines == 1 else JSONLINES_TYPES
+
+
+def too_many_rows(max_rows: int, what: str = "lines") -> PayloadTooLarge:
+    return _too_many_rows(max_rows, what)
 
 
 def csv_layouts() -> str:

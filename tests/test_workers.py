@@ -1,0 +1,154 @@
+"""One worker per device: slots from the GPUs (or CPU cores) there are, /ping only while every worker is ready, a dead
+worker restarted alone on its own device.
+
+No GPU here: the server tests run two workers pinned to halves of the CPU, the same code path a multi-GPU instance
+takes (a slot is a device; CPU slots are core sets)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from container.settings import Settings, SettingsError
+from container.workers import Slot, slots, visible_gpus
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({"SEARCHBOX_MODEL_DIR": "/nonexistent", **env})
+
+
+@pytest.mark.unit
+def test_one_worker_per_gpu_and_one_on_cpu():
+    assert slots(settings(), gpus=4, cores=(0, 1)) == [Slot(i, f"cuda:{i}") for i in range(4)]
+    assert slots(settings(SEARCHBOX_DEVICE="cuda"), gpus=2, cores=(0,)) == [Slot(0, "cuda:0"), Slot(1, "cuda:1")]
+    assert slots(settings(SEARCHBOX_WORKERS="2"), gpus=4, cores=(0,)) == [Slot(0, "cuda:0"), Slot(1, "cuda:1")]
+    assert slots(settings(SEARCHBOX_DEVICE="cuda:3"), gpus=4, cores=(0,)) == [Slot(0, "cuda:3")]
+    assert slots(settings(), gpus=0, cores=(0, 1, 2, 3)) == [Slot(0, "auto")]
+    assert slots(settings(SEARCHBOX_DEVICE="cpu"), gpus=4, cores=(0, 1)) == [Slot(0, "cpu")]
+
+
+@pytest.mark.unit
+def test_cpu_workers_split_the_cores():
+    assert slots(settings(SEARCHBOX_DEVICE="cpu", SEARCHBOX_WORKERS="3"), gpus=0, cores=(0, 1, 2, 3, 4, 5, 6)) == [
+        Slot(0, "cpu", (0, 1, 2)), Slot(1, "cpu", (3, 4)), Slot(2, "cpu", (5, 6))]
+    worker = Slot(1, "cpu", (3, 4)).settings(settings(SEARCHBOX_DEVICE="cpu"))
+    assert (worker.device, worker.torch_threads) == ("cpu", 2)
+    assert worker.handler_options().torch_threads == 2
+    # an operator's thread count wins
+    assert Slot(1, "cpu", (3, 4)).settings(settings(SEARCHBOX_TORCH_THREADS="1")).torch_threads == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("env, gpus, cores, named", [
+    ({"SEARCHBOX_WORKERS": "5"}, 4, (0,), "4 GPU"),
+    ({"SEARCHBOX_WORKERS": "2", "SEARCHBOX_DEVICE": "cuda:1"}, 4, (0,), "SEARCHBOX_DEVICE=cuda:1"),
+    ({"SEARCHBOX_WORKERS": "3", "SEARCHBOX_DEVICE": "cpu"}, 0, (0, 1), "2 core"),
+])
+def test_more_workers_than_devices_is_refused(env, gpus, cores, named):
+    with pytest.raises(SettingsError, match="SEARCHBOX_WORKERS") as refused:
+        slots(settings(**env), gpus=gpus, cores=cores)
+    assert named in str(refused.value)
+
+
+@pytest.mark.unit
+def test_bad_worker_counts_name_the_variable():
+    for raw in ("0", "many", "65"):
+        with pytest.raises(SettingsError, match="SEARCHBOX_WORKERS"):
+            settings(SEARCHBOX_WORKERS=raw)
+    assert settings(SEARCHBOX_WORKERS="auto").workers is None
+
+
+@pytest.mark.unit
+def test_visible_gpus_without_torch(tmp_path):
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia3"):
+        (tmp_path / name).touch()
+    assert visible_gpus({}, dev=tmp_path) == 3
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, dev=tmp_path) == 2
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, dev=tmp_path) == 0
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}, dev=tmp_path) == 1  # CUDA stops at an invalid entry
+
+
+@pytest.mark.unit
+def test_ping_needs_every_workers_ready_file(tmp_path):
+    from container.proxy import ProxyPaths, inference_connections, render_conf
+
+    paths = ProxyPaths(tmp_path, workers=3)
+    conf = render_conf(settings(), paths)
+    for ready in paths.ready_files:
+        assert f"if (!-f {ready})" in conf
+    assert len(set(paths.ready_files)) == 3
+    assert f"max_conns={3 * inference_connections(settings())};" in conf
+    assert render_conf(settings(), ProxyPaths(tmp_path)).count("if (!-f ") == 1
+
+
+# --- a real server with two workers ------------------------------------------------------------------------------
+
+
+def workers_of(server) -> dict[int, str]:
+    """The gunicorn workers (the master's children that are not nginx): pid -> the cores it may run on."""
+    children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
+    found = {}
+    for pid in map(int, children):
+        try:
+            if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        found[pid] = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+    return found
+
+
+def wait_for(condition, timeout: float = 120, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
+@pytest.mark.server
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two workers pinned to cores of their own need 2 cores")
+def test_two_pinned_workers_answer_and_restart_one_at_a_time(server_factory, reference_model):
+    from helpers import cosine
+
+    server = server_factory({"SEARCHBOX_DEVICE": "cpu", "SEARCHBOX_WORKERS": "2"})
+    workers = wait_for(lambda: (found := workers_of(server)) and len(found) == 2 and found)
+    cores = sorted(workers.values())
+    assert len(set(cores)) == 2, f"each worker on its own cores: {workers}"
+    texts = [f"text number {i} about rivers" for i in range(24)]
+
+    def embed(text: str):
+        answer = requests.post(server.url + "/v1/embeddings", json={"input": [text]}, timeout=60)
+        return answer.status_code, answer.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(embed, texts))
+    assert all(status == 200 for status, _ in answers)
+    for text, (_, body) in zip(texts, answers):
+        assert cosine(body["data"][0]["embedding"], reference_model.encode([text])[0]) >= 0.9999
+    log = server.log()
+    assert "slot 0 on cpu" in log and "slot 1 on cpu" in log
+
+    # SIGKILL one (as the OOM killer does): /ping says 503 until it is back; the other serves throughout
+    victim, survivor = sorted(workers)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: requests.get(server.url + "/ping", timeout=5).status_code == 503, timeout=10, every=0.01)
+    served_meanwhile = requests.post(server.url + "/v1/embeddings", json={"input": ["still here"]}, timeout=60)
+    assert served_meanwhile.status_code in (200, 503)  # the survivor answers, or nginx says to retry: never lost
+    wait_for(lambda: requests.get(server.url + "/ping", timeout=5).status_code == 200)
+    after = workers_of(server)
+    assert survivor in after and after[survivor] == workers[survivor], "the other worker was not touched"
+    replacement = next(pid for pid in after if pid != survivor)
+    assert replacement != victim and after[replacement] == workers[victim], "the new worker took the freed cores"
+    with ThreadPoolExecutor(4) as pool:
+        assert all(status == 200 for status, _ in pool.map(embed, texts[:8]))
