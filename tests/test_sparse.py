@@ -251,3 +251,24 @@ def test_build_artifact_checks_and_packs_a_splade_and_the_listing_shows_its_rout
                                   model_dir=splade_dir, served_name="tiny-splade")
     usage = aws_listing.usage_markdown(product, tmp_path / "no-bench.md", aws_listing.measure_sample(product))
     assert "/v1/sparse-embeddings" in usage and "sparse_embedding" in usage
+
+
+# Source: elastic/elasticsearch, x-pack/plugin/inference/src/main/java/org/elasticsearch/xpack/inference/services/
+# sagemaker/schema/elastic/ElasticSparseEmbeddingPayload.java: `api: elastic` reads {"sparse_embedding": [{"is_truncated":
+# bool, "embedding": {token: float}}]}, one per input, unknown keys refused; the request is ElasticPayload's
+# {"input", "input_type"?, "task_settings"?} (as for text_embedding, tests/test_integrations.py).
+@pytest.mark.parametrize("route", ["/invocations", "/score"])
+def test_elasticsearch_sparse_embedding_answer_is_sparse_encoders_weights_by_token(splade, encoder, reference, route):
+    tokenizer = encoder.tokenizer
+    answered = answer(splade, route, {"input": TEXTS, "input_type": "ingest"})
+    assert set(answered) == {"sparse_embedding"}
+    assert len(answered["sparse_embedding"]) == len(TEXTS)
+    for item, weights in zip(answered["sparse_embedding"], reference):
+        assert set(item) == {"is_truncated", "embedding"} and item["is_truncated"] is False
+        kept = np.flatnonzero(weights > 0)
+        expected = dict(zip(tokenizer.convert_ids_to_tokens(kept.tolist()), weights[kept].tolist()))
+        assert set(item["embedding"]) == set(expected)
+        for token, weight in item["embedding"].items():
+            assert weight == pytest.approx(expected[token], abs=1e-5)
+    one = answer(splade, route, {"input": TEXTS[0], "task_settings": {"top_k": 3}})
+    assert len(one["sparse_embedding"]) == 1 and len(one["sparse_embedding"][0]["embedding"]) == 3

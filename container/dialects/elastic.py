@@ -3,7 +3,8 @@
 Elasticsearch sends `{"input": "text" | ["text", ...], "input_type": "ingest" | "search", "task_settings": {...}}`
 for `text_embedding` (and `sparse_embedding`), and `{"input", "query", "return_documents", "top_n",
 "task_settings"}` for `rerank`; its parsers refuse any key they do not know, so the answers are exactly
-`{"text_embedding": [{"embedding": [...]}]}` and `{"rerank": [{"index", "relevance_score", "text"?}]}`.
+`{"text_embedding": [{"embedding": [...]}]}`, `{"sparse_embedding": [{"is_truncated", "embedding": {token: weight}}]}`
+(a sparse model: ElasticSparseEmbeddingPayload) and `{"rerank": [{"index", "relevance_score", "text"?}]}`.
 
 `{"input"}` alone is also the OpenAI/Jina embeddings body, which searchbox answers in that shape (the `api: openai`
 recipe). An `api: elastic` body is told apart by what only Elasticsearch sends: `input_type` ingest/search (every
@@ -12,8 +13,7 @@ semantic_text call) or classification/clustering (the tasks of those names), req
 direct `_inference` calls without an input type are answered in this shape too (dialects.chosen). `task_settings`
 carries searchbox's options (`task`, `dimensions`, `truncate`, `normalized`).
 
-A form of embeddings is answered by its renderer in `ANSWERS` (keyed by the operation of the served model's form):
-a sparse model's `sparse_embedding` answer plugs in there.
+A form of embeddings is answered by its renderer in `ANSWERS` (keyed by the operation of the served model's form).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from container.dialects import Decoded, Shape, fields
 from container.encodings import Encoding
 from container.errors import BadRequest, ValidationFailed
 from model_handlers.operations.embed import EMBED
+from model_handlers.operations.sparse import SPARSE
 from model_handlers.types import EmbedResult, RerankRequest, RerankResult
 
 # Elasticsearch's input types (ElasticPayload: ingest and search, or the type as given): a retrieval side, or a task
@@ -37,8 +38,17 @@ def _text_embedding(result: EmbedResult) -> dict[str, Any]:
     return {"text_embedding": [{"embedding": Encoding().render(vector)} for vector in result.vectors]}
 
 
-# The answer of each form of embeddings, by the operation that makes it (a sparse form adds `sparse_embedding`).
-ANSWERS: dict[str, Callable[[EmbedResult], dict[str, Any]]] = {EMBED: _text_embedding}
+def _sparse_embedding(result: EmbedResult) -> dict[str, Any]:
+    """ElasticSparseEmbeddingPayload's answer: each input's weights keyed by vocabulary string. `is_truncated` is
+    false: searchbox cuts over-long inputs to the model's length without tracking which were (`"truncate": false` in
+    task_settings makes an over-long input a 400 instead)."""
+    return {"sparse_embedding": [{"is_truncated": False,
+                                  "embedding": {token: float(value) for token, value in zip(vector.tokens, vector.values)}}
+                                 for vector in result.vectors]}
+
+
+# The answer of each form of embeddings, by the operation that makes it.
+ANSWERS: dict[str, Callable[[EmbedResult], dict[str, Any]]] = {EMBED: _text_embedding, SPARSE: _sparse_embedding}
 
 
 def claims(body: Any) -> bool:
@@ -64,7 +74,8 @@ def decode(body: dict[str, Any]) -> Decoded:
     if input_type is not None and input_type not in (*_INPUT_TYPES, *_TASKS):
         raise ValidationFailed(f"`input_type` must be one of {', '.join((*_INPUT_TYPES, *_TASKS))}, "
                                f"got {input_type!r}")
-    options = {**settings, "input_type": _INPUT_TYPES.get(input_type)}
+    # a sparse model's answer is keyed by vocabulary string (forms without tokens ignore the option)
+    options = {**settings, "input_type": _INPUT_TYPES.get(input_type), "return_tokens": True}
     if input_type in _TASKS and options.get("task") is None:
         options["task"] = _TASKS[input_type]
     request, _ = fields.embed_request(_inputs(body), options, prefix="task_settings.")
