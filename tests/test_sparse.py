@@ -272,3 +272,24 @@ def test_elasticsearch_sparse_embedding_answer_is_sparse_encoders_weights_by_tok
             assert weight == pytest.approx(expected[token], abs=1e-5)
     one = answer(splade, route, {"input": TEXTS[0], "task_settings": {"top_k": 3}})
     assert len(one["sparse_embedding"]) == 1 and len(one["sparse_embedding"][0]["embedding"]) == 3
+
+
+# Source: opensearch-project/ml-commons, docs/model_serving_framework/deploy_sparse_model_to_SageMaker.ipynb (commit
+# 950f05600289177bba83a9521f85d07e258d15c5): the neural-sparse connector sends {"texts": [...],
+# "sparse_embedding_format": "word" | "token_id"} (or, in its legacy schema, the bare list) and reads one
+# {token: weight} object per text (`SparseEncoder.decode` as dicts; token ids as strings for token_id).
+@pytest.mark.parametrize("fmt", ["word", "token_id", None])
+def test_opensearch_neural_sparse_answers_one_token_weight_object_per_text(splade, encoder, reference, fmt):
+    body = TEXTS if fmt is None else {"texts": TEXTS, "sparse_embedding_format": fmt}
+    answered = answer(splade, "/invocations", body)
+    assert isinstance(answered, list) and len(answered) == len(TEXTS)
+    for item, weights in zip(answered, reference):
+        kept = np.flatnonzero(weights > 0)
+        keys = ([str(i) for i in kept.tolist()] if fmt == "token_id"
+                else encoder.tokenizer.convert_ids_to_tokens(kept.tolist()))
+        expected = dict(zip(keys, weights[kept].tolist()))
+        assert set(item) == set(expected)
+        for key, weight in item.items():
+            assert weight == pytest.approx(expected[key], abs=1e-5)
+    assert_error(splade.post("/invocations", {"texts": TEXTS, "sparse_embedding_format": "bits"}), 422, None,
+                 "sparse_embedding_format")

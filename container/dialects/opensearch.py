@@ -8,6 +8,11 @@ of vectors `connector.post_process.default.embedding` reads (`[[...], ...]`, one
 - `{"texts": ${parameters.texts}, "content_type": "query" | "passage"}` (the asymmetric-embedding standard
   blueprint): `content_type` selects searchbox's retrieval side.
 
+A sparse (SPLADE) model answers the same bodies as ml-commons' neural-sparse SageMaker handler does
+(docs/model_serving_framework/deploy_sparse_model_to_SageMaker.ipynb, commit 950f0560: its connector sends
+`{"texts": ${parameters.input}, "sparse_embedding_format": "word" | "token_id"}`, or the bare list): a list with one
+`{token: weight}` object per text, keyed by vocabulary string, or by token id as a string for `token_id`.
+
 `{"texts"}` with Cohere's keys (`input_type`, `embedding_types`, `model`) is Cohere's body (dialects/cohere.py).
 """
 
@@ -18,11 +23,12 @@ from typing import Any
 from container.dialects import Decoded, Shape, fields
 from container.encodings import Encoding
 from container.errors import ValidationFailed
-from model_handlers.operations.embed import EMBED
+from model_handlers.operations.sparse import SPARSE
 from model_handlers.types import EmbedRequest, EmbedResult
 
 _CONTENT_TYPES = {"query": "query", "passage": "document", "document": "document"}
-KEYS = frozenset({"texts", "content_type"})
+_SPARSE_FORMATS = ("word", "token_id")
+KEYS = frozenset({"texts", "content_type", "sparse_embedding_format"})
 
 
 def _texts(raw: Any, field: str) -> tuple:
@@ -31,21 +37,40 @@ def _texts(raw: Any, field: str) -> tuple:
     return tuple(fields.embed_input(item, f"{field}[{i}]") for i, item in enumerate(raw))
 
 
-def _vectors(result: EmbedResult) -> list[Any]:
-    return [Encoding().render(vector) for vector in result.vectors]
+def _answer(sparse_format: str):
+    """The list post_process reads: a vector per text, or (a sparse model) a `{token: weight}` object per text."""
+
+    def render(result: EmbedResult) -> list[Any]:
+        if result.operation == SPARSE:
+            if sparse_format == "token_id":
+                return [{str(index): float(value) for index, value in zip(vector.indices, vector.values)}
+                        for vector in result.vectors]
+            return [{token: float(value) for token, value in zip(vector.tokens, vector.values)}
+                    for vector in result.vectors]
+        return [Encoding().render(vector) for vector in result.vectors]
+
+    return render
+
+
+def _request(inputs: tuple, input_type: str | None = None) -> EmbedRequest:
+    # the served model's own form (EMBED or SPARSE); forms without tokens ignore return_tokens
+    return EmbedRequest(inputs=inputs, input_type=input_type, return_tokens=True, operation=None)
 
 
 def decode_list(body: list[Any]) -> Decoded:
-    return Decoded(EmbedRequest(inputs=_texts(body, "body"), operation=EMBED), _vectors, Encoding())
+    return Decoded(_request(_texts(body, "body")), _answer("word"), Encoding())
 
 
 def decode_texts(body: dict[str, Any]) -> Decoded:
     content_type = body.get("content_type")
     if content_type is not None and content_type not in _CONTENT_TYPES:
         raise ValidationFailed(f"`content_type` must be one of {', '.join(_CONTENT_TYPES)}, got {content_type!r}")
-    request = EmbedRequest(inputs=_texts(body["texts"], "texts"), input_type=_CONTENT_TYPES.get(content_type),
-                           operation=EMBED)
-    return Decoded(request, _vectors, Encoding())
+    sparse_format = body.get("sparse_embedding_format", "word")
+    if sparse_format not in _SPARSE_FORMATS:
+        raise ValidationFailed(f"`sparse_embedding_format` must be one of {', '.join(_SPARSE_FORMATS)}, "
+                               f"got {sparse_format!r}")
+    request = _request(_texts(body["texts"], "texts"), _CONTENT_TYPES.get(content_type))
+    return Decoded(request, _answer(sparse_format), Encoding())
 
 
 def claims_texts(body: Any) -> bool:
