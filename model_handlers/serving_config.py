@@ -12,7 +12,7 @@ would not serve before any worker starts.
      "tasks": {"retrieval.query": {"prompt": "query: "}, "retrieval.passage": "passage: ",
                "classification": {"adapter": "classification"}},
      "matryoshka_dimensions": [32, 64, 128, 256, 512, 768, 1024],
-     "score_activation": "sigmoid" | "none",
+     "score_activation": "sigmoid" | "tanh" | "none",
      "rerank_window_tokens": 256, "rerank_window_overlap": 64, "max_query_tokens": 128,
      "metering": {"unit": "request" | "input" | "tokens", "tokens_per_unit": 1000},
      "backend": "torch" | "onnx", "onnx_file": "onnx/model_int8.onnx",
@@ -43,7 +43,8 @@ Rerank windows (README "Rerank"): a document longer than fits beside the query i
 `rerank_window_tokens` (default: all the room the query leaves) overlapping by `rerank_window_overlap`
 (default: a quarter of the window); a cross-encoder keeps at most `max_query_tokens` of the query
 (default: half of the room in one input). `score_activation` defaults to what sentence-transformers'
-CrossEncoder would apply: the activation saved in config.json, else sigmoid.
+CrossEncoder would apply: the activation saved in config.json (Sigmoid, Tanh or Identity; any other class is
+refused rather than served as something else), else sigmoid.
 
 Image usage (multimodal models, Jina's published rule): an image is covered by square tiles of
 `image_tile_size` pixels, a partial tile counting whole, and each tile costs `image_tile_tokens` tokens.
@@ -173,8 +174,9 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
         default_task = st_config.get("default_prompt_name")
     activation = explicit.get("score_activation") or _saved_activation(model_dir)
-    if activation not in ("sigmoid", "none"):
-        raise ModelDirectoryError(f"{CONFIG_FILE}: score_activation must be 'sigmoid' or 'none', not {activation!r}")
+    if activation not in SCORE_ACTIVATIONS.values():
+        raise ModelDirectoryError(f"{CONFIG_FILE}: score_activation must be one of "
+                                  f"{', '.join(sorted(SCORE_ACTIVATIONS.values()))}, not {activation!r}")
     max_length = explicit.get("max_length")
     if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
         raise ModelDirectoryError(f"{CONFIG_FILE}: max_length must be an integer >= 8, not {max_length!r}")
@@ -231,11 +233,22 @@ def _relative_file(value: Any, key: str) -> str:
     return value
 
 
+# The torch.nn classes a CrossEncoder saves as its activation_fn, by the name score_activation gives each.
+SCORE_ACTIVATIONS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "none"}
+
+
 def _saved_activation(model_dir: Path) -> str:
     """The activation a CrossEncoder saved in config.json (`sentence_transformers.activation_fn`), as a name."""
     hf_config = _read_json(model_dir / "config.json") or {}
     saved = (hf_config.get("sentence_transformers") or {}).get("activation_fn") if isinstance(hf_config, dict) else None
-    return "none" if isinstance(saved, str) and saved.endswith(".Identity") else "sigmoid"
+    if not isinstance(saved, str):
+        return "sigmoid"  # CrossEncoder's own default for a single-label head
+    name = SCORE_ACTIVATIONS.get(saved.rpartition(".")[2])
+    if name is None:
+        raise ModelDirectoryError(f"config.json: sentence_transformers.activation_fn {saved!r} is not one this "
+                                  f"server computes ({', '.join(SCORE_ACTIVATIONS)}); set score_activation in "
+                                  f"{CONFIG_FILE} to serve it anyway")
+    return name
 
 
 def _window_settings(explicit: Mapping[str, Any]) -> dict[str, int | None]:

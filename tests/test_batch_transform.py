@@ -304,6 +304,21 @@ def test_execution_parameters_rules(minilm_dir, env, gpu, expected):
     assert params["MaxConcurrentTransforms"] * params["MaxPayloadInMB"] <= 100
 
 
+@pytest.mark.parametrize(("env", "expected"), [
+    # SageMaker's MaxPayloadInMB is a whole number >= 1: a body limit under 1 MB cannot be announced below it
+    ({"SEARCHBOX_MAX_PAYLOAD_MB": "0.5"}, (2, "MULTI_RECORD", 1)),
+    # the job's own concurrency wins even when no whole payload keeps the product within 100
+    ({"SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "200"}, (200, "MULTI_RECORD", 1)),
+])
+def test_execution_parameters_edges_readme_names(minilm_dir, env, expected):
+    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(minilm_dir), **env})
+    params = execution_parameters(settings, on_gpu=False)
+    assert (params["MaxConcurrentTransforms"], params["BatchStrategy"], params["MaxPayloadInMB"]) == expected
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "a body limit under 1 MB still answers 1" in readme
+    assert "even where their product passes 100" in readme
+
+
 def test_bad_batch_strategy_is_a_settings_error(minilm_dir):
     with pytest.raises(SettingsError, match="SAGEMAKER_BATCH_STRATEGY"):
         Settings.from_env({"SEARCHBOX_MODEL_DIR": str(minilm_dir), "SAGEMAKER_BATCH_STRATEGY": "ALL_AT_ONCE"})

@@ -79,6 +79,25 @@ def test_normalized_false_returns_the_pooled_vector(app, reference_model):
     raw = np.asarray(embed(app, text, normalized=False)[0]["embedding"])
     assert abs(np.linalg.norm(raw) - 1) > 0.01
     assert cosine(raw, reference_model.encode(text)[0]) >= 0.9999
+    # the values, not only the direction: sentence-transformers' own modules up to (not including) Normalize
+    pooled = _unnormalised_reference(reference_model, text)[0]
+    np.testing.assert_allclose(raw, pooled, rtol=1e-4, atol=1e-5)
+    cut = np.asarray(embed(app, text, normalized=False, dimensions=64)[0]["embedding"])
+    assert cut.shape == (64,)
+    np.testing.assert_allclose(cut, pooled[:64], rtol=1e-4, atol=1e-5)
+
+
+def _unnormalised_reference(reference_model, texts):
+    """The pooled vectors sentence-transformers computes before its Normalize module."""
+    from sentence_transformers.models import Normalize
+
+    modules = [module for module in reference_model if not isinstance(module, Normalize)]
+    assert len(modules) == len(reference_model) - 1, "the embedded model ends in Normalize"
+    features = reference_model.tokenize(texts)
+    with torch.no_grad():
+        for module in modules:
+            features = module(features)
+    return features["sentence_embedding"].numpy()
 
 
 def test_unknown_task_falls_back_to_the_default(app):

@@ -454,6 +454,11 @@ def test_azure_files_load_with_azure_ai_ml(product, tmp_path):
     assert (config.liveness_route.path, config.readiness_route.path, config.scoring_route.path) == (
         "/health", "/ping", "/score")
     assert {config.liveness_route.port, config.readiness_route.port, config.scoring_route.port} == {8080}
+    # README's custom-container section names the same routes as the generated environment, nowhere another
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"`liveness_route` at\n`{{path: {config.liveness_route.path}, port: 8080}}`" in readme
+    assert f"`readiness_route` at `{{path: {config.readiness_route.path}, port: 8080}}`" in readme
+    assert "`liveness_route` and\n`readiness_route` at `{path: /ping" not in readme
     assert deployment.request_settings.request_timeout_ms == 90_000
     assert deployment.request_settings.max_concurrent_requests_per_instance > 1
     assert deployment.liveness_probe.timeout == 2 and deployment.readiness_probe.failure_threshold == 30

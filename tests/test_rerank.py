@@ -360,3 +360,28 @@ def test_activation_saved_by_a_cross_encoder_is_honoured(tmp_path, reranker_dir)
     assert read_serving_config(model_dir).score_activation == "none"
     (model_dir / "searchbox.json").write_text(json.dumps({"score_activation": "sigmoid"}))
     assert read_serving_config(model_dir).score_activation == "sigmoid"
+
+
+def test_a_saved_tanh_activation_scores_as_the_cross_encoder_does(tmp_path, reranker_dir):
+    """A CrossEncoder saved with Tanh is served with Tanh, not silently as sigmoid; an unknown class is refused."""
+    model_dir = tmp_path / "tanh"
+    shutil.copytree(reranker_dir, model_dir)
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    hf_config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Tanh"}
+    (model_dir / "config.json").write_text(json.dumps(hf_config))
+    documents = (words(12, offset=3), words(20, offset=40))
+    handler = load_handler(model_dir, HandlerOptions(device="cpu"))
+    try:
+        result = handler.run(RerankRequest(query=TextInput(QUERY), documents=tuple(TextInput(d) for d in documents)))
+    finally:
+        handler.close()
+    reference = CrossEncoder(str(model_dir), device="cpu", local_files_only=True)
+    assert isinstance(reference.activation_fn, torch.nn.Tanh)  # the library reads the same saved class
+    expected = reference.predict([(QUERY, d) for d in documents])
+    served = {hit.index: hit.relevance_score for hit in result.hits}
+    for index, score in enumerate(expected):
+        assert abs(served[index] - float(score)) < TOLERANCE
+    hf_config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Softplus"}
+    (model_dir / "config.json").write_text(json.dumps(hf_config))
+    with pytest.raises(ModelDirectoryError, match="Softplus"):
+        read_serving_config(model_dir)

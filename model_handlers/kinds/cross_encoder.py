@@ -96,8 +96,13 @@ class CrossEncoderModel:
     def forward(self, pairs: list[_Pair]) -> list[list[np.ndarray]]:
         padded = self._tokenizer.pad([p.ids for p in pairs], type_ids=[p.type_ids for p in pairs])
         logits = self._scorer.logits(padded)
-        # tanh's form of the sigmoid: no overflow for very negative logits
-        scores = 0.5 * (1.0 + np.tanh(0.5 * logits)) if self.config.score_activation == "sigmoid" else logits
+        activation = self.config.score_activation
+        if activation == "sigmoid":  # tanh's form of the sigmoid: no overflow for very negative logits
+            scores = 0.5 * (1.0 + np.tanh(0.5 * logits))
+        elif activation == "tanh":
+            scores = np.tanh(logits)
+        else:
+            scores = logits
         return [[score] for score in scores.astype(np.float32)]
 
 
