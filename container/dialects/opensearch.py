@@ -18,11 +18,12 @@ A sparse (SPLADE) model answers the same bodies as ml-commons' neural-sparse Sag
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from container.dialects import Decoded, Shape, fields
 from container.encodings import Encoding
-from container.errors import ValidationFailed
+from container.errors import BadRequest, ValidationFailed
+from model_handlers.operations.embed import EMBED
 from model_handlers.operations.sparse import SPARSE
 from model_handlers.types import EmbedRequest, EmbedResult
 
@@ -37,17 +38,29 @@ def _texts(raw: Any, field: str) -> tuple:
     return tuple(fields.embed_input(item, f"{field}[{i}]") for i, item in enumerate(raw))
 
 
-def _answer(sparse_format: str):
-    """The list post_process reads: a vector per text, or (a sparse model) a `{token: weight}` object per text."""
+def _vectors(result: EmbedResult, sparse_format: str) -> list[Any]:
+    return [Encoding().render(vector) for vector in result.vectors]
 
+
+def _token_weights(result: EmbedResult, sparse_format: str) -> list[dict[str, float]]:
+    if sparse_format == "token_id":
+        return [{str(index): float(value) for index, value in zip(vector.indices, vector.values)}
+                for vector in result.vectors]
+    return [{token: float(value) for token, value in zip(vector.tokens, vector.values)} for vector in result.vectors]
+
+
+# The list post_process reads, by the form of the served model's embeddings: a vector per text, or a
+# `{token: weight}` object per text.
+ANSWERS: dict[str, Callable[[EmbedResult, str], list[Any]]] = {EMBED: _vectors, SPARSE: _token_weights}
+
+
+def _answer(sparse_format: str) -> Callable[[EmbedResult], list[Any]]:
     def render(result: EmbedResult) -> list[Any]:
-        if result.operation == SPARSE:
-            if sparse_format == "token_id":
-                return [{str(index): float(value) for index, value in zip(vector.indices, vector.values)}
-                        for vector in result.vectors]
-            return [{token: float(value) for token, value in zip(vector.tokens, vector.values)}
-                    for vector in result.vectors]
-        return [Encoding().render(vector) for vector in result.vectors]
+        answer = ANSWERS.get(result.operation)
+        if answer is None:
+            raise BadRequest(f"OpenSearch's connectors read no answer of this model's {result.operation} embeddings; "
+                             f"they read {', '.join(ANSWERS)}", code="UNSUPPORTED_OPERATION")
+        return answer(result, sparse_format)
 
     return render
 
