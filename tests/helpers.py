@@ -104,3 +104,27 @@ def in_process(model_dir, env: dict[str, str] | None = None):
     runtime = ModelRuntime(settings).start()
     assert runtime.wait_ready(START_TIMEOUT_S), runtime.load_error
     return InProcess(create_app(settings, runtime).test_client()), runtime
+
+
+def worker_status(server_pid: int) -> dict[int, dict[str, str]]:
+    """The gunicorn workers of the `serve` whose pid is given (the master's children that are not nginx): pid -> the
+    fields of /proc/<pid>/status (VmRSS, VmHWM, Cpus_allowed_list, ...)."""
+    import subprocess
+    from pathlib import Path
+
+    children = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout.split()
+    found = {}
+    for pid in map(int, children):
+        try:
+            if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        found[pid] = {key: value.strip() for key, _, value in (line.partition(":") for line in status.splitlines())}
+    return found
+
+
+def kib(field: str) -> int:
+    """A /proc status size ("123456 kB") in KiB."""
+    return int(field.split()[0])

@@ -4,7 +4,6 @@ a slice at a time; real-time limits unchanged when it is off."""
 from __future__ import annotations
 
 import io
-import subprocess
 import threading
 import time
 
@@ -15,7 +14,7 @@ import requests
 
 from container import spooled
 from container.settings import ASYNC_MAX_PAYLOAD_MB, ASYNC_TIMEOUT_S, Settings
-from helpers import InProcess, assert_error, cosine, in_process
+from helpers import InProcess, assert_error, cosine, in_process, kib, worker_status
 
 JSONLINES = {"Content-Type": "application/jsonlines"}
 _MIB = 1024 * 1024
@@ -145,15 +144,9 @@ def test_async_lines_cap_counts_the_whole_body(monkeypatch):
 
 
 def worker_memory_kib(server) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of the gunicorn worker (the master's child that is not nginx)."""
-    children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
-    for pid in children:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            if b"nginx" in cmdline.read():
-                continue
-        with open(f"/proc/{pid}/status") as status:
-            return {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS", "VmHWM"))}
-    raise AssertionError("no worker process")
+    """VmRSS and VmHWM (peak) of the gunicorn worker."""
+    (status,) = worker_status(server.process.pid).values()
+    return {key: kib(status[key]) for key in ("VmRSS", "VmHWM")}
 
 
 # Each line's text is far longer than the model reads (it truncates to 256 tokens), so 200 MB is a few thousand

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import pytest
 import requests
 
 from conftest import stop_server
+from helpers import kib, worker_status
 
 pytestmark = pytest.mark.server
 
@@ -71,15 +71,9 @@ def assert_json_error(status: int, headers: dict, body: bytes, expected: int) ->
 
 
 def worker_rss_mib(server) -> float:
-    """Resident memory of the gunicorn worker (the master's child that is not nginx)."""
-    children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
-    for pid in children:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            if b"nginx" in cmdline.read():
-                continue
-        with open(f"/proc/{pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
-    raise AssertionError("no worker process")
+    """Resident memory of the gunicorn worker."""
+    (status,) = worker_status(server.process.pid).values()
+    return kib(status["VmRSS"]) / 1024
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
 from container.settings import Settings, SettingsError
 from container.workers import Slot, slots, visible_gpus
+from helpers import worker_status
 
 
 def settings(**env: str) -> Settings:
@@ -92,18 +91,8 @@ def test_ping_needs_every_workers_ready_file(tmp_path):
 
 
 def workers_of(server) -> dict[int, str]:
-    """The gunicorn workers (the master's children that are not nginx): pid -> the cores it may run on."""
-    children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()
-    found = {}
-    for pid in map(int, children):
-        try:
-            if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                continue
-            status = Path(f"/proc/{pid}/status").read_text()
-        except FileNotFoundError:
-            continue
-        found[pid] = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
-    return found
+    """The gunicorn workers: pid -> the cores it may run on."""
+    return {pid: status["Cpus_allowed_list"] for pid, status in worker_status(server.process.pid).items()}
 
 
 def wait_for(condition, timeout: float = 120, every: float = 0.05):
