@@ -89,12 +89,16 @@ class ModelRuntime:
                     time.monotonic() - started)
 
     def drain(self) -> None:
-        """SIGTERM: stop being ready, answer queued work 503 now, give running work the grace period."""
+        """SIGTERM: stop being ready; admitted work that fits in the grace period finishes, the rest is answered 503
+        (Retry-After) at once."""
         self._draining.set()
         if self._ready_file is not None:
             self._ready_file.unlink(missing_ok=True)
         if self._handler is not None:
-            self._handler.drain(self._settings.graceful_timeout_s)
+            grace = self._settings.graceful_timeout_s
+            kept, refused = self._handler.drain(grace)
+            logger.info("draining: %d queued request(s) kept to finish within the %.0f s grace (with those running), "
+                        "%d refused with 503 and Retry-After", kept, grace, refused)
 
     def close(self) -> None:
         if self._handler is not None:

@@ -10,9 +10,9 @@ the master once its socket listens and stopped after the worker; if nginx dies, 
 endpoint that no longer listens must not look alive).
 
 Shutdown (SIGTERM from SageMaker, Kubernetes, `docker stop`): nginx quits gracefully (its port closes at
-once, requests in flight go on); the worker drains (the ready file goes, so `/ping` says 503; work still
-queued is answered 503 with Retry-After at once; running work gets `graceful_timeout_s`); then everything
-exits, within SageMaker's and Kubernetes' 30 s.
+once, requests in flight go on); the worker drains (the ready file goes, so `/ping` says 503; admitted work
+that fits in `graceful_timeout_s` by its measured cost finishes, the rest is answered 503 with Retry-After at
+once); then everything exits, within SageMaker's and Kubernetes' 30 s.
 """
 
 from __future__ import annotations

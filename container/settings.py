@@ -272,8 +272,9 @@ SETTINGS = (
             "the least recently used one that is neither pinned nor in use is unloaded, and loaded again from its src "
             "when a request names it (adapters built into the artifact are not counted)", "8", "max_adapters",
             _number(int), handler="max_adapters"),
-    Setting(ENV_GRACE, "seconds the requests running at SIGTERM get to finish (queued ones are answered 503 at "
-            "once); SageMaker and Kubernetes kill at 30", "20", "graceful_timeout_s", _number(float), 20.0),
+    Setting(ENV_GRACE, "seconds the work admitted before SIGTERM gets to finish: queued requests whose measured cost "
+            "does not fit are answered 503 (Retry-After) at once, what still runs at its end is cut; SageMaker and "
+            "Kubernetes kill at 30", "20", "graceful_timeout_s", _number(float), 20.0),
     Setting(ENV_NGINX, "the nginx binary in front of gunicorn", "nginx on PATH, or /usr/sbin/nginx", "nginx",
             default=None),
     Setting(ENV_REQUEST_LOG, "one JSON log line per request at INFO (request id, route, status, inputs, tokens, "

@@ -251,20 +251,39 @@ class Batcher(Generic[ItemT, OutT]):
                 raise Overloaded(f"the server is busy: the work queued ahead needs about {ahead:.0f} s, more than "
                                  "this request may wait; retry later", retry_after_s=self._retry_after_locked())
 
-    def drain(self, grace_s: float) -> None:
-        """Stop taking work: queued callers get Overloaded now, running ones have `grace_s` left to finish."""
+    def drain(self, grace_s: float) -> tuple[int, int]:
+        """Stop taking work; finish what was admitted where it fits in `grace_s`.
+
+        Running callers keep `grace_s` at most. Queued ones are kept, in arrival order, while the measured cost of
+        the work ahead of them and their own fits in `grace_s`; the rest are answered Overloaded (with Retry-After)
+        at once, rather than at the end of the grace. Returns (kept, refused): the queued callers kept to finish and
+        those refused.
+        """
         with self._cond:
             self._draining = True
-            queued = list(self._queue)
-            self._queue.clear()
             cut = time.monotonic() + grace_s
+            ahead = 0.0
             for entry in self._running:
                 entry.deadline = entry.deadline.sooner(cut)
-            for entry in queued:
-                self._forget(entry)
+                ahead += self.cost.seconds(entry.backlog)
+            kept: list[_Entry] = []
+            refused: list[_Entry] = []
+            for entry in self._queue:
+                need = self.cost.seconds(entry.backlog)
+                if not refused and ahead + need <= grace_s:
+                    entry.deadline = entry.deadline.sooner(cut)
+                    ahead += need
+                    kept.append(entry)
+                else:  # first come, first kept: nothing overtakes a caller that was refused
+                    refused.append(entry)
+                    self._pending_items -= len(entry.items)
+                    self._forget(entry)
+            self._queue = deque(kept)
             self._cond.notify()
-        for entry in queued:
-            self._fail(entry, Overloaded("the server is shutting down; retry on another instance", retry_after_s=1))
+        for entry in refused:
+            self._fail(entry, Overloaded("the server is shutting down and cannot finish this in its remaining "
+                                         "grace; retry on another instance", retry_after_s=1))
+        return len(kept), len(refused)
 
     def close(self) -> None:
         with self._cond:

@@ -125,8 +125,9 @@ class Pipeline:
         self.run(first.warm_up())
         self._batcher.calibrate(self.model.calibration_item, self.max_length)
 
-    def drain(self, grace_s: float) -> None:
-        self._batcher.drain(grace_s)
+    def drain(self, grace_s: float) -> tuple[int, int]:
+        """Stop taking work; finish the admitted work that fits in `grace_s`: (queued requests kept, refused)."""
+        return self._batcher.drain(grace_s)
 
     def close(self) -> None:
         self._batcher.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -211,20 +212,41 @@ def test_a_backlog_that_would_outlast_the_deadline_is_refused_at_once_with_retry
     batcher.close()
 
 
-def test_drain_answers_queued_callers_at_once_lets_running_ones_finish_and_refuses_new_ones():
+def test_drain_finishes_admitted_work_that_fits_the_grace_and_refuses_the_rest_at_once():
     forward = ControlledForward(hold_first=True)
     batcher = Batcher(forward)
     running = batcher.submit([Item(0)], Deadline.after(60))
     assert forward.started.wait(5)
-    queued = batcher.submit([Item(1)], Deadline.after(60))
-    batcher.drain(grace_s=10)
-    with pytest.raises(Overloaded, match="shutting down"):
-        queued.result(0.5)
+    batcher.cost.observe(longest=10, count=1, seconds=0.1)  # 0.01 s a token: each queued caller below needs ~1 s
+    queued = [batcher.submit([Item(100 * n + i) for i in range(10)], Deadline.after(60)) for n in range(1, 6)]
+    # 0.1 s running + 3 x 1 s fit a 3.5 s grace; the 4th and 5th do not, and nothing overtakes them
+    assert batcher.drain(grace_s=3.5) == (3, 2)
+    for refused in queued[3:]:
+        with pytest.raises(Overloaded, match="shutting down") as answer:
+            refused.result(0.5)  # at once, not at the end of the grace
+        assert answer.value.retry_after_s >= 1
     with pytest.raises(Overloaded, match="shutting down"):
         batcher.submit([Item(2)])
     forward.release.set()
     assert running.result(5) == [0]
-    assert forward.passes == [[0]]
+    for n, kept in enumerate(queued[:3], start=1):
+        assert kept.result(5) == [(100 * n + i) * 10 for i in range(10)]
+    batcher.close()
+
+
+def test_drain_cuts_admitted_work_at_the_end_of_the_grace():
+    forward = ControlledForward(hold_first=True)
+    batcher = Batcher(forward)
+    running = batcher.submit([Item(0)], Deadline.after(60))
+    assert forward.started.wait(5)
+    queued = batcher.submit([Item(1)], Deadline.after(60))  # nothing measured yet: kept, but only for the grace
+    assert batcher.drain(grace_s=0.2) == (1, 0)
+    time.sleep(0.4)
+    forward.release.set()
+    assert running.result(5) == [0]  # already in its pass when the grace ended
+    with pytest.raises(Overloaded):
+        queued.result(5)
+    assert forward.passes == [[0]], "work past the grace never reaches the model"
     batcher.close()
 
 

@@ -130,3 +130,53 @@ def test_pickled_weights_are_refused_at_start(server_factory, tmp_path, minilm_d
     server = server_factory({"SEARCHBOX_MODEL_DIR": str(model_dir)}, wait=False)
     assert server.process.wait(60) == 1
     assert "pickled weights" in server.log() and "SEARCHBOX_ALLOW_PICKLE" in server.log()
+
+
+def _sigterm_with_requests_in_flight(server, inputs_each: int, count: int = 16):
+    """`count` concurrent requests of `inputs_each` long inputs, SIGTERM once they are all in; (answers, exit s)."""
+    answers: list = [None] * count
+
+    def call(i: int) -> None:
+        answers[i] = requests.post(server.url + "/v1/embeddings",
+                                   json={"input": [LONG + f"{i} {j}" for j in range(inputs_each)]}, timeout=120)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # all admitted: nginx hands them to the worker's threads, which queue them in the batcher
+    took = stop_server(server, timeout=60)
+    for thread in threads:
+        thread.join(120)
+    return answers, took
+
+
+def _seconds_per_input(server) -> float:
+    started = time.monotonic()
+    assert server.post("/v1/embeddings", {"input": [LONG + str(j) for j in range(32)]}).status_code == 200
+    return (time.monotonic() - started) / 32
+
+
+def test_sigterm_finishes_every_admitted_request_that_fits_the_grace(server_factory):
+    server = server_factory({"SEARCHBOX_GRACEFUL_TIMEOUT_S": "20"})
+    per_input = _seconds_per_input(server)
+    # 16 heavy requests adding up to about 6 s of work on this machine: well within the 20 s grace
+    inputs_each = max(2, int(6 / per_input / 16))
+    answers, took = _sigterm_with_requests_in_flight(server, inputs_each)
+    assert [answer.status_code for answer in answers] == [200] * 16
+    assert all(len(answer.json()["data"]) == inputs_each for answer in answers)
+    assert server.process.returncode == 0 and took < 20 + 5
+    assert "draining: " in server.log() and "0 refused" in server.log()
+
+
+def test_sigterm_refuses_at_once_what_cannot_finish_in_the_grace(server_factory):
+    grace = 3
+    server = server_factory({"SEARCHBOX_GRACEFUL_TIMEOUT_S": str(grace)})
+    per_input = _seconds_per_input(server)
+    inputs_each = max(2, int(24 / per_input / 16))  # about 24 s of work: most of it cannot fit 3 s
+    answers, took = _sigterm_with_requests_in_flight(server, inputs_each)
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses  # every one answered: nothing dropped
+    for answer in answers:
+        if answer.status_code == 503:
+            assert answer.headers.get("Retry-After") and answer.json()["code"]
+    assert server.process.returncode == 0 and took < grace + 5
