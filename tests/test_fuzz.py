@@ -77,6 +77,7 @@ def test_every_answer_is_the_routes_format_or_the_contracts_error(client, route,
         assert set(error) == ERROR_KEYS and error["request_id"] == response.headers["X-Request-Id"]
         assert len(error["detail"]) < 2000  # an error never echoes a whole input back
     elif response.mimetype == "application/jsonlines":
-        assert all(orjson.loads(line) for line in response.data.splitlines())
+        for line in response.data.splitlines():
+            orjson.loads(line)  # each line JSON (a line of no texts answers `[]`)
     else:
         orjson.loads(response.data)
