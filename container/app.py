@@ -157,8 +157,7 @@ def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
     settings = served().settings
     dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
     decode = dialects.chosen(decode, request.headers.get(dialects.CUSTOM_ATTRIBUTES_HEADER))
-    if request.content_length is not None and request.content_length > settings.max_payload_bytes:
-        raise payload_too_large(settings.max_payload_bytes)
+    refuse_declared_length(settings.max_payload_bytes)
     asked = {"accept": request.headers.get("Accept"), "abandoned": client_gone(request.environ.get("gunicorn.socket")),
              "adapter": request.headers.get(ADAPTER_HEADER) or None}
     if settings.async_mode and records and request.mimetype in JSONLINES_TYPES:
@@ -221,8 +220,7 @@ def read_body(limit: int) -> bytes:
         PayloadTooLarge: the body is longer than `limit`.
         BadRequest: the body's framing is malformed (chunk sizes, terminators).
     """
-    if request.content_length is not None and request.content_length > limit:
-        raise payload_too_large(limit)
+    refuse_declared_length(limit)
     stream = request.environ["wsgi.input"]
     try:
         body = stream.read(limit + 1)
@@ -232,6 +230,13 @@ def read_body(limit: int) -> bytes:
     if len(body) > limit:
         raise payload_too_large(limit)
     return body
+
+
+def refuse_declared_length(limit: int) -> None:
+    """413 before a byte is read when Content-Length already says the body is over `limit` (a chunked body is
+    counted as it is read)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise payload_too_large(limit)
 
 
 def client_gone(sock: socket.socket | None) -> Callable[[], bool] | None:

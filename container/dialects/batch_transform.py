@@ -86,7 +86,7 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: in
         if not line.strip():
             continue
         if len(decoded) >= max_rows:
-            raise _too_many_rows(max_rows, "lines")
+            raise too_many_rows(max_rows, "lines")
         where = f"line {number}"
         try:
             decoded.append(fields.decode_body(lambda value: decode(_line_body(value)), line))
@@ -104,10 +104,6 @@ def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: in
 def answer_types(lines: int) -> tuple[str, ...]:
     """What the answer to a JSON Lines body of `lines` lines may be labelled: one line out is also a JSON document."""
     return (*JSONLINES_TYPES, JSON) if lines == 1 else JSONLINES_TYPES
-
-
-def too_many_rows(max_rows: int, what: str = "lines") -> PayloadTooLarge:
-    return _too_many_rows(max_rows, what)
 
 
 def csv_layouts() -> str:
@@ -150,7 +146,7 @@ def _utf8(body: bytes) -> str:
                          code="INVALID_CSV") from None
 
 
-def _too_many_rows(max_rows: int, what: str) -> PayloadTooLarge:
+def too_many_rows(max_rows: int, what: str = "lines") -> PayloadTooLarge:
     return PayloadTooLarge(f"the body holds more than {max_rows} {what}, the cap on one batch body "
                            f"({ENV_MAX_BATCH_ROWS}); send fewer per request (a smaller MaxPayloadInMB)",
                            code="TOO_MANY_ROWS")
@@ -170,7 +166,7 @@ def _csv_rows(text: str, max_rows: int) -> list[_Row]:
             raise BadRequest(f"line {start}: not valid CSV ({exc}); {_QUOTING_HINT}", code="INVALID_CSV") from None
         if fields_ and not (len(fields_) == 1 and not fields_[0].strip()):
             if len(rows) >= max_rows:
-                raise _too_many_rows(max_rows, "rows")
+                raise too_many_rows(max_rows, "rows")
             rows.append(_Row(start, fields_))
         start = reader.line_num + 1
 

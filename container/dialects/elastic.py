@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Callable
 
-from container.dialects import Decoded, Shape, fields
+from container.dialects import Decoded, Shape, fields, sparse
 from container.encodings import Encoding
 from container.errors import BadRequest, ValidationFailed
 from model_handlers.operations.embed import EMBED
@@ -42,8 +42,7 @@ def _sparse_embedding(result: EmbedResult) -> dict[str, Any]:
     """ElasticSparseEmbeddingPayload's answer: each input's weights keyed by vocabulary string. `is_truncated` is
     false: searchbox cuts over-long inputs to the model's length without tracking which were (`"truncate": false` in
     task_settings makes an over-long input a 400 instead)."""
-    return {"sparse_embedding": [{"is_truncated": False,
-                                  "embedding": {token: float(value) for token, value in zip(vector.tokens, vector.values)}}
+    return {"sparse_embedding": [{"is_truncated": False, "embedding": sparse.token_weights(vector)}
                                  for vector in result.vectors]}
 
 

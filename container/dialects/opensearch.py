@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from container.dialects import Decoded, Shape, fields
+from container.dialects import Decoded, Shape, fields, sparse
 from container.encodings import Encoding
 from container.errors import BadRequest, ValidationFailed
 from model_handlers.operations.embed import EMBED
@@ -46,7 +46,7 @@ def _token_weights(result: EmbedResult, sparse_format: str) -> list[dict[str, fl
     if sparse_format == "token_id":
         return [{str(index): float(value) for index, value in zip(vector.indices, vector.values)}
                 for vector in result.vectors]
-    return [{token: float(value) for token, value in zip(vector.tokens, vector.values)} for vector in result.vectors]
+    return [sparse.token_weights(vector) for vector in result.vectors]
 
 
 # The list post_process reads, by the form of the served model's embeddings: a vector per text, or a

@@ -30,6 +30,12 @@ def value(vector: SparseVector, encoding: Encoding) -> dict[str, Any]:
     return answer
 
 
+def token_weights(vector: SparseVector) -> dict[str, float]:
+    """One input's weights keyed by vocabulary string (the vector must carry `tokens`: `return_tokens`), as
+    Elasticsearch's and OpenSearch's sparse fields index them."""
+    return {token: float(weight) for token, weight in zip(vector.tokens, vector.values)}
+
+
 def schema() -> dict[str, Any]:
     return {"type": "object", "required": ["indices", "values"], "properties": {
         "indices": {"type": "array", "items": {"type": "integer"}, "description": "token ids, ascending"},
