@@ -186,8 +186,10 @@ def test_health_answers_while_the_model_loads_and_ping_only_once_it_is_ready(ser
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            health = requests.get(server.url + "/health", timeout=2)
+            # /ping first: a worker still loading when /health is asked was loading when /ping was asked too (the
+            # other order races the end of the load: not ready, then ready, read as "ping 200 while loading")
             ping = requests.get(server.url + "/ping", timeout=2)
+            health = requests.get(server.url + "/health", timeout=2)
         except requests.ConnectionError:
             time.sleep(0.05)
             continue
