@@ -12,8 +12,12 @@
   every hop's host is resolved here and refused when any of its addresses is loopback, private, link-local,
   reserved or a cloud metadata address (names listed in `fetch_allow_hosts` may be loopback or private);
   the connection goes to the address that was checked, so a DNS answer cannot change between the check
-  and the connection. Redirects are followed by hand, each hop checked the same way; one deadline covers
-  every URL of a request; the body is capped in bytes and must be an image (or octet-stream).
+  and the connection. Redirects are followed by hand, each hop checked the same way; the body is capped in bytes
+  and must be an image (or octet-stream).
+- **One deadline per request** (`Fetches`): DNS, connects, redirects and bodies of all a request's URLs end by
+  it. URLs are fetched concurrently, at most `FETCH_AHEAD` ahead of the input being read, so a request of many
+  URLs neither waits for them one after another nor holds all their bodies at once. Name resolution runs on a
+  small bounded pool and is waited for only until the deadline (`getaddrinfo` itself cannot be interrupted).
 
 Every refusal is a `InvalidInput` naming the input (`at`): INVALID_IMAGE, IMAGE_TOO_LARGE or
 IMAGE_URL_NOT_ALLOWED. Pillow and urllib3 are imported when an image is read, never at import.
@@ -29,7 +33,10 @@ import re
 import socket
 import time
 import urllib.parse
-from typing import TYPE_CHECKING
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TYPE_CHECKING, Sequence
 
 from model_handlers.errors import InvalidInput
 from model_handlers.options import ImageOptions
@@ -45,6 +52,10 @@ _WHITESPACE = re.compile(r"\s+")
 _MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
+# URLs of one request fetched at once; also how many fetched bodies (each at most fetch_max_bytes) wait to be read.
+FETCH_AHEAD = 8
+# Name resolutions in flight per model: a hung resolver holds at most these threads, later lookups time out queued.
+_RESOLVERS = 8
 # Addresses that answer a cloud instance's own secrets or host agent; refused even for allowed names.
 # AWS/GCP/Azure/OpenStack 169.254.169.254 and AWS's DNS are link-local (refused as such); these are not.
 _METADATA = {ipaddress.ip_address(a) for a in (
@@ -71,18 +82,11 @@ class ImageReader:
     def __init__(self, options: ImageOptions):
         self._options = options
         self._allowed = frozenset(options.fetch_allow_hosts)
+        self._resolvers = ThreadPoolExecutor(_RESOLVERS, thread_name_prefix="resolve") if options.fetch else None
 
-    def deadline(self) -> float:
-        """The monotonic time by which one request's URLs must be fetched (call once per request)."""
-        return time.monotonic() + self._options.fetch_timeout_s
-
-    def read(self, source: str, at: str, fetch_deadline: float) -> "Image.Image":
-        """The image `source` names, decoded, upright, in RGB.
-
-        Raises:
-            InvalidInput: INVALID_IMAGE, IMAGE_TOO_LARGE or IMAGE_URL_NOT_ALLOWED, naming `at` and why.
-        """
-        return self.decode(self.data(source, at, fetch_deadline), at)
+    def fetches(self, sources: Sequence[tuple[str, str]]) -> "Fetches":
+        """One request's image sources, `(source, at)` in the order they will be read, under one fetch deadline."""
+        return Fetches(self, sources, time.monotonic() + self._options.fetch_timeout_s)
 
     def data(self, source: str, at: str, fetch_deadline: float) -> bytes:
         """The encoded bytes of `source`: decoded base64 or data URI, or fetched from its URL."""
@@ -168,7 +172,7 @@ class ImageReader:
         host_header = named if port == default_port else f"{named}:{port}"
         headers = {"Host": host_header, "User-Agent": "searchbox", "Accept": "image/*"}
         last_error: Exception | None = None
-        for address in self._addresses(host, port, at):
+        for address in self._addresses(host, port, at, deadline):
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -192,15 +196,19 @@ class ImageReader:
             raise self._too_slow(at)
         raise image_error(at, f"the image URL's host {host} cannot be reached")
 
-    def _addresses(self, host: str, port: int, at: str) -> list[str]:
+    def _addresses(self, host: str, port: int, at: str, deadline: float) -> list[str]:
         """Every address `host` resolves to, checked; refused when any of them may not be reached."""
         try:
             literal = ipaddress.ip_address(host.strip("[]"))
             found = [literal]
         except ValueError:
+            lookup = self._resolvers.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
             try:
-                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except (socket.gaierror, UnicodeError):
+                infos = lookup.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                lookup.cancel()
+                raise self._too_slow(at) from None
+            except (socket.gaierror, UnicodeError, OSError):
                 raise image_error(at, f"the image URL's host {host} cannot be resolved") from None
             found = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
         allowed = host.lower() in self._allowed
@@ -227,7 +235,8 @@ class ImageReader:
             while True:
                 if time.monotonic() > deadline:
                     raise self._too_slow(at)
-                chunk = response.read(_CHUNK)
+                # read1: one receive per call, so the deadline is checked between a trickling server's bytes
+                chunk = response.read1(_CHUNK)
                 if not chunk:
                     return b"".join(chunks)
                 size += len(chunk)
@@ -245,6 +254,66 @@ class ImageReader:
     def _too_slow(self, at: str) -> InvalidInput:
         return image_error(at, f"fetching the request's image URLs took longer than "
                                f"{self._options.fetch_timeout_s:g} s (the limit); {SEND_INLINE}")
+
+
+class Fetches:
+    """One request's image inputs under one deadline; its URLs fetched concurrently, a bounded window ahead.
+
+    `sources` are `(source, at)`, `at` naming the input uniquely ("input 3", "the query"), in the order they will
+    be read; the fetches of the next `FETCH_AHEAD` URLs run while the caller decodes earlier images. Waiting ends at the deadline whatever a fetch thread is stuck in. Use as a
+    context manager: leaving it cancels what was not started and stops waiting for the rest.
+    """
+
+    def __init__(self, reader: ImageReader, sources: Sequence[tuple[str, str]], deadline: float):
+        self._reader = reader
+        self._sources = sources
+        self._positions = {at: index for index, (_, at) in enumerate(sources)}
+        self.deadline = deadline
+        fetching = reader._options.fetch
+        self._ahead = deque(i for i, (source, _) in enumerate(sources) if fetching and _is_url(source))
+        self._started: dict[int, Future] = {}
+        workers = min(FETCH_AHEAD, len(self._ahead))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch") if workers else None
+        self._fill()
+
+    def __enter__(self) -> "Fetches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ahead.clear()
+        for future in self._started.values():
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def data(self, at: str) -> bytes:
+        """The encoded bytes of the input named `at`: decoded base64 or data URI, or its URL's body.
+
+        Raises:
+            InvalidInput: INVALID_IMAGE, IMAGE_TOO_LARGE or IMAGE_URL_NOT_ALLOWED, naming `at` and why.
+        """
+        index = self._positions[at]
+        source = self._sources[index][0]
+        future = self._started.pop(index, None)
+        if future is None:
+            return self._reader.data(source, at, self.deadline)
+        try:
+            return future.result(timeout=max(0.0, self.deadline - time.monotonic()))
+        except FutureTimeout:
+            raise self._reader._too_slow(at) from None
+        finally:
+            self._fill()
+
+    def _fill(self) -> None:
+        while self._ahead and len(self._started) < FETCH_AHEAD:
+            index = self._ahead.popleft()
+            source, at = self._sources[index]
+            self._started[index] = self._pool.submit(self._reader.data, source, at, self.deadline)
+
+
+def _is_url(source: str) -> bool:
+    text = source.strip()
+    return bool(_SCHEME.match(text)) and text[:5].lower() != "data:"
 
 
 def _refusal(address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed: bool) -> str | None:

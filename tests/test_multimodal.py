@@ -14,6 +14,7 @@ import http.server
 import io
 import json
 import shutil
+import socket
 import struct
 import sys
 import threading
@@ -175,6 +176,18 @@ def images_server():
                 return
             if self.path == "/slow.png":
                 time.sleep(3)
+            if self.path == "/late.png":
+                time.sleep(0.6)
+            if self.path == "/trickle.png":  # the headers at once, then a byte every 0.1 s: never done in time
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                for byte in png[:100]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                return
             body, kind = (b"<html>not an image</html>", "text/html") if self.path == "/page" else (png, "image/png")
             self.send_response(200 if self.path != "/missing.png" else 404)
             self.send_header("Content-Type", kind)
@@ -201,7 +214,7 @@ def images_server():
 def clip_fetching(clip_dir):
     """The in-process server with URL fetching on, and one host name allowed although it is loopback."""
     app, runtime = in_process(clip_dir, {"SEARCHBOX_IMAGE_FETCH": "1", "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS": "localhost",
-                                         "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S": "1"})
+                                         "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S": "2"})
     yield app
     runtime.close()
 
@@ -480,7 +493,7 @@ def test_fetching_on_takes_allowed_hosts_and_refuses_internal_addresses(clip_fet
         (f"http://user:pw@localhost:{port}/cat.png", "IMAGE_URL_NOT_ALLOWED", "credentials"),
         (f"http://localhost:{port}/page", "INVALID_IMAGE", "text/html"),
         (f"http://localhost:{port}/missing.png", "INVALID_IMAGE", "HTTP 404"),
-        (f"http://localhost:{port}/slow.png", "INVALID_IMAGE", "longer than 1 s"),
+        (f"http://localhost:{port}/slow.png", "INVALID_IMAGE", "longer than 2 s"),
     ]
     for url, code, mention in refused:
         assert_error(clip_fetching.post("/invocations", {"data": [{"text": "t"}, {"image": url}]}), 400, code,
@@ -499,6 +512,93 @@ def test_a_name_that_resolves_to_loopback_is_refused_unless_allowed(images_serve
         ImageReader(ImageOptions(fetch=True, fetch_allow_hosts=("localhost",), fetch_max_bytes=100)).data(
             url, "input 0", time.monotonic() + 5)
     assert too_large.value.code == "IMAGE_TOO_LARGE"
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """The system resolver with test names on top: `answers[name]` lists the addresses each lookup of it gets
+    (the last one repeated), a name in `stalled` never answers, and `asked` counts the lookups of every name."""
+    real = socket.getaddrinfo
+    answers: dict[str, list[str]] = {}
+    asked: dict[str, int] = {}
+    stalled, release = set(), threading.Event()
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        asked[host] = asked.get(host, 0) + 1
+        if host in stalled:
+            release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "the test resolver gave up")
+        if host in answers:
+            address = answers[host][min(asked[host], len(answers[host])) - 1]
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    yield answers, stalled, asked
+    release.set()
+
+
+def test_a_resolver_that_hangs_ends_at_the_request_deadline(clip_fetching, resolver):
+    _, stalled, _ = resolver
+    stalled.add("stalled.test")
+    started = time.monotonic()
+    answer = clip_fetching.post("/invocations", {"data": [{"image": "http://stalled.test/cat.png"}]})
+    took = time.monotonic() - started
+    assert_error(answer, 400, "INVALID_IMAGE", "input 0", "longer than 2 s")
+    assert took < 3.5, f"the answer came {took:.1f} s after a 2 s fetch deadline"
+
+
+def test_a_trickling_body_ends_at_the_request_deadline(clip_fetching, images_server):
+    port, _ = images_server
+    started = time.monotonic()
+    answer = clip_fetching.post("/invocations", {"data": [{"image": f"http://localhost:{port}/trickle.png"}]})
+    took = time.monotonic() - started
+    assert_error(answer, 400, "INVALID_IMAGE", "input 0", "longer than 2 s")
+    assert took < 3.5, f"the answer came {took:.1f} s after a 2 s fetch deadline"
+
+
+def test_a_rerank_query_and_documents_share_one_fetch_deadline(clip_fetching, images_server):
+    port, _ = images_server
+    trickle = f"http://localhost:{port}/trickle.png"
+    started = time.monotonic()
+    answer = clip_fetching.post("/v1/rerank", {"query": {"image": trickle}, "documents": [{"image": trickle}]})
+    took = time.monotonic() - started
+    assert_error(answer, 400, "INVALID_IMAGE", "the query", "longer than 2 s")
+    # one deadline for the query's URL and the documents': not 2 s for each
+    assert took < 3.5, f"the answer came {took:.1f} s after a 2 s fetch deadline"
+
+
+def test_the_urls_of_a_request_are_fetched_at_once_within_its_deadline(images_server):
+    port, png = images_server
+    reader = ImageReader(ImageOptions(fetch=True, fetch_allow_hosts=("localhost",), fetch_timeout_s=3))
+    # six answers 0.6 s late each: 3.6 s one after another, over the deadline; about 0.6 s at once
+    sources = [(f"http://localhost:{port}/late.png", f"input {i}") for i in range(6)]
+    sources.append((b64(png), "input 6"))
+    started = time.monotonic()
+    with reader.fetches(sources) as fetches:
+        assert [fetches.data(at) for _, at in sources] == [png] * 7
+    assert time.monotonic() - started < 3
+
+
+def test_ssrf_through_dns_an_allowed_name_resolving_to_metadata_is_refused(images_server, resolver):
+    port, _ = images_server
+    answers, _, _ = resolver
+    answers["images.test"] = ["169.254.169.254"]
+    reader = ImageReader(ImageOptions(fetch=True, fetch_allow_hosts=("images.test",)))
+    with pytest.raises(InvalidInput, match="images.test is a link-local or cloud metadata address") as refused:
+        reader.data(f"http://images.test:{port}/cat.png", "input 0", time.monotonic() + 5)
+    assert refused.value.code == "IMAGE_URL_NOT_ALLOWED"
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(images_server, resolver):
+    """DNS rebinding: the first answer passes the check, every later one is the metadata address. One lookup,
+    and the connection to its (checked) address, fetch the image; a second lookup would have been refused."""
+    port, png = images_server
+    answers, _, asked = resolver
+    answers["rebinding.test"] = ["127.0.0.1", "169.254.169.254"]
+    reader = ImageReader(ImageOptions(fetch=True, fetch_allow_hosts=("rebinding.test",)))
+    assert reader.data(f"http://rebinding.test:{port}/cat.png", "input 0", time.monotonic() + 5) == png
+    assert asked["rebinding.test"] == 1
 
 
 def test_image_settings_are_read_once(monkeypatch):

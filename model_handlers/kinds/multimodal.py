@@ -29,13 +29,13 @@ import threading
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
 from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
-from model_handlers.images import ImageReader, tiles
+from model_handlers.images import Fetches, ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
@@ -181,7 +181,9 @@ class MultimodalModel:
             raise InvalidOption(f"model {self.model_name} embeds each input alone (texts and images): late_chunking "
                                 "is not available; leave it out or set it to false", code="UNSUPPORTED_OPTION")
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
-        items, tokens = self._prepare(list(request.inputs), spec, request.truncate, "input")
+        self._check_inputs(request.inputs, "input")
+        with self._fetches(("input", request.inputs)) as fetches:
+            items, tokens = self._prepare(list(request.inputs), spec, request.truncate, "input", fetches)
         return Prepared(items, tokens, adapters=adapters.held(self.adapters, items, request.adapter))
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
@@ -189,12 +191,16 @@ class MultimodalModel:
 
         Scores are cosines in the shared space; texts take the `retrieval.*` tasks' prompts when the model has them.
         """
+        self._check_inputs([request.query], "the query")
+        self._check_inputs(request.documents, "document")
+        with self._fetches(("the query", [request.query]), ("document", request.documents)) as fetches:
+            return self._prepare_rerank(request, max_windows, fetches)
+
+    def _prepare_rerank(self, request: RerankRequest, max_windows: int, fetches: Fetches) -> RerankWork:
         query, query_tokens = self._prepare([request.query], self.config.resolve_task("retrieval.query",
                                                                                       adapter=request.adapter),
-                                            True, "the query")
+                                            True, "the query", fetches)
         spec = self.config.resolve_task("retrieval.passage", adapter=request.adapter)
-        self._check_inputs(request.documents, "document")
-        deadline = self._reader.deadline()
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
         texts = [(i, d.text) for i, d in enumerate(request.documents) if isinstance(d, TextInput)]
@@ -207,7 +213,7 @@ class MultimodalModel:
                 windows = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group, spec.adapter)
                            for window in windowing.split(contents[index])]
                 return windows, sum(window.length for window in windows)
-            image, tokens = self._image(document, where("document", index), deadline, held, spec.adapter)
+            image, tokens = self._image(where("document", index), fetches, held, spec.adapter)
             held += image.nbytes
             return [image], tokens
 
@@ -219,15 +225,18 @@ class MultimodalModel:
         return _Text(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
                      self._text_group)
 
-    def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool,
-                 what: str) -> tuple[list[Any], list[int]]:
-        """Work items and billed tokens of `inputs`, in input order."""
-        self._check_inputs(inputs, what)
+    def _fetches(self, *groups: tuple[str, Sequence[EmbedInput]]) -> Fetches:
+        """The image inputs of one request, `(what, inputs)` in the order they are read, under one fetch deadline."""
+        return self._reader.fetches([(item.source, where(what, index)) for what, inputs in groups
+                                     for index, item in enumerate(inputs) if isinstance(item, ImageInput)])
+
+    def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool, what: str,
+                 fetches: Fetches) -> tuple[list[Any], list[int]]:
+        """Work items and billed tokens of `inputs` (checked by `_check_inputs`), in input order."""
         texts = [(i, spec.prompt + item.text) for i, item in enumerate(inputs) if isinstance(item, TextInput)]
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
         items: list[Any] = []
         tokens: list[int] = []
-        deadline = self._reader.deadline()
         held = 0
         for index, item in enumerate(inputs):
             if isinstance(item, TextInput):
@@ -236,7 +245,7 @@ class MultimodalModel:
                 items.append(text)
                 tokens.append(text.length)
             else:
-                image, count = self._image(item, where(what, index), deadline, held, spec.adapter)
+                image, count = self._image(where(what, index), fetches, held, spec.adapter)
                 held += image.nbytes
                 items.append(image)
                 tokens.append(count)
@@ -248,11 +257,11 @@ class MultimodalModel:
             if not isinstance(item, (TextInput, ImageInput)):
                 raise unsupported(item, where(what, index), self.model_name, _TAKES)
 
-    def _image(self, item: ImageInput, at: str, deadline: float, held: int,
-               adapter: str | None = None) -> tuple[_Image, int]:
-        """The preprocessed image and the tokens it is billed (Jina's tile rule)."""
+    def _image(self, at: str, fetches: Fetches, held: int, adapter: str | None = None) -> tuple[_Image, int]:
+        """The preprocessed image of the input named `at` and the tokens it is billed (Jina's tile rule)."""
+        data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
         with self._decoding:
-            image = self._reader.read(item.source, at, deadline)
+            image = self._reader.decode(data, at)
             width, height = image.size
             try:
                 arrays = self._image_processor(images=[image], return_tensors="np")
