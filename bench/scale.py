@@ -11,7 +11,7 @@ The model (a fluid model driven by the measured curve, not a fitted M/M/c):
   queue shared by the instances (SageMaker spreads requests; the container queues what it cannot start);
 - at a per-instance rate r below that, in-flight requests and p95 latency are interpolated between the measured
   levels (closed-loop runs: concurrency c gives rate X(c) at latency p95(c)); p95 = p95(r) + the queue's wait
-  (queued / service rate); a request that would wait past the container's 60 s deadline is refused (its 503), as
+  (queued / service rate); a request that would wait past the container's 50 s budget is refused (its 503), as
   the server's admission by deadline does;
 - the policy's metric: ConcurrentRequestsPerModel = in flight + queued per instance, averaged over each 10 s period
   (high-resolution), or InvocationsPerInstance = requests served per instance per minute (60 s periods);
@@ -46,7 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "packaging"))
 import _capacity  # noqa: E402
 
-REQUEST_TIMEOUT_S = 60.0  # SEARCHBOX_REQUEST_TIMEOUT_S: the container refuses what cannot finish within it
+from model_handlers.options import HandlerOptions  # noqa: E402
+
+REQUEST_TIMEOUT_S = HandlerOptions.request_timeout_s  # the container refuses what cannot finish within it
 START_S = 180.0
 OUT_PERIODS = 3
 IN_WINDOW_S = 900

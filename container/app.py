@@ -155,11 +155,12 @@ _VIEWS: dict[str, Callable[..., Response]] = {
 def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
     dispatcher = served().dispatcher
     settings = served().settings
-    dispatcher.admit(request.mimetype, records=records)  # 503 at once: loading, draining or overloaded
+    # the time budget runs from the request's arrival: reading a slow client's body spends it too
+    dispatcher.admit(request.mimetype, records=records, received=g.received)  # 503 at once: loading, draining, busy
     decode = dialects.chosen(decode, request.headers.get(dialects.CUSTOM_ATTRIBUTES_HEADER))
     refuse_declared_length(settings.max_payload_bytes)
     asked = {"accept": request.headers.get("Accept"), "abandoned": client_gone(request.environ.get("gunicorn.socket")),
-             "adapter": request.headers.get(ADAPTER_HEADER) or None}
+             "adapter": request.headers.get(ADAPTER_HEADER) or None, "received": g.received}
     if settings.async_mode and records and request.mimetype in JSONLINES_TYPES:
         with spooled.spool(request.environ["wsgi.input"], settings.max_payload_bytes) as body:
             reply = dispatcher.answer_spooled(decode, body, **asked)

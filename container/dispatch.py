@@ -70,8 +70,8 @@ class Dispatcher:
         self._runtime = runtime
 
     def answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, *,
-               records: bool = False, accept: str | None = None,
-               abandoned: Callable[[], bool] | None = None, adapter: str | None = None) -> Reply:
+               records: bool = False, accept: str | None = None, abandoned: Callable[[], bool] | None = None,
+               adapter: str | None = None, received: float | None = None) -> Reply:
         """The 200 reply to `body`.
 
         Args:
@@ -82,25 +82,29 @@ class Dispatcher:
             accept: the request's Accept header (None: any answer).
             abandoned: true once the caller is gone (its connection closed): its work is then dropped.
             adapter: the LoRA adapter SageMaker's adapter header names, for every request of the body.
+            received: when the request arrived (time.monotonic()), before its body was read: its time budget
+                runs from then (None: now).
 
         Raises:
             SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either.
         """
         try:
-            return self._answer(decode, body, media_type, records, accept, abandoned, adapter)
+            return self._answer(decode, body, media_type, records, accept, abandoned, adapter,
+                                time.monotonic() if received is None else received)
         finally:
             if len(body) > _LARGE_BODY:
                 release_free_memory()
 
     def answer_spooled(self, decode: Callable[[Any], Decoded], body: IO[bytes], *, accept: str | None = None,
-                       abandoned: Callable[[], bool] | None = None, adapter: str | None = None) -> Reply:
+                       abandoned: Callable[[], bool] | None = None, adapter: str | None = None,
+                       received: float | None = None) -> Reply:
         """The 200 reply to a JSON Lines body spooled to disk (container/spooled.py): every line checked first, then
         run a slice at a time, the answer written to disk and streamed out.
 
         Raises:
             SearchboxError, HandlerError: as `answer`; nothing has been sent when they are raised.
         """
-        received = time.monotonic()
+        received = time.monotonic() if received is None else received
         settings = self._settings
         handler = self._runtime.handler
         lines = estimate = 0
@@ -136,7 +140,7 @@ class Dispatcher:
         headers = {**figure_headers(totals, metering), "Content-Length": str(answer.tell())}
         return Reply(200, spooled.stream_file(answer), content_type, headers, totals)
 
-    def admit(self, media_type: str | None, *, records: bool = False) -> None:
+    def admit(self, media_type: str | None, *, records: bool = False, received: float | None = None) -> None:
         """Refuse at once, before the body is even read, when the work queued ahead would outlast this request.
 
         A flood of requests that cannot be served then costs no parsing or tokenizing either.
@@ -145,7 +149,8 @@ class Dispatcher:
             SearchboxError, HandlerError: loading, draining (503), or overloaded (503 with Retry-After).
         """
         batch_body = records and (media_type or "").lower() in _RECORD_DECODERS
-        self._runtime.handler.admit(Deadline.after(self._settings.timeout_s(batch_body)))
+        start = time.monotonic() if received is None else received
+        self._runtime.handler.admit(Deadline(start + self._settings.timeout_s(batch_body)))
 
     def reply(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, request_id: str, *,
               records: bool = False, accept: str | None = None) -> Reply:
@@ -156,8 +161,8 @@ class Dispatcher:
             return error_reply(exc, request_id)
 
     def _answer(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str | None, records: bool,
-                accept: str | None, abandoned: Callable[[], bool] | None, adapter: str | None = None) -> Reply:
-        received = time.monotonic()
+                accept: str | None, abandoned: Callable[[], bool] | None, adapter: str | None,
+                received: float) -> Reply:
         settings = self._settings
         handler = self._runtime.handler
         if len(body) > settings.max_payload_bytes:

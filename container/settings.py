@@ -246,9 +246,10 @@ SETTINGS = (
     Setting(ENV_BACKEND, "torch or onnx: the compute path, whatever the artifact's searchbox.json says (onnx needs "
             "the artifact's exported onnx/ files)", "searchbox.json's, else torch", "backend",
             _choice(BACKENDS, str.lower), handler="backend"),
-    Setting(ENV_REQUEST_TIMEOUT, "seconds a request may take (SageMaker's real-time limit): work that cannot finish "
-            "within it is refused at once (503 with Retry-After, or 413 when it alone is too much)",
-            f"60; {ASYNC_TIMEOUT_S:.0f} when {ENV_ASYNC}", "request_timeout_s", _number(float),
+    Setting(ENV_REQUEST_TIMEOUT, "seconds a request may take from its arrival, its budget: work that cannot finish "
+            "within it is refused at once (503 with Retry-After, or 413 when it alone is too much). Below SageMaker's "
+            "60 s real-time invocation limit, so that an answer or a refusal arrives before the client gives up",
+            f"50; {ASYNC_TIMEOUT_S:.0f} when {ENV_ASYNC}", "request_timeout_s", _number(float),
             lambda values: ASYNC_TIMEOUT_S if values["async_mode"] else _handler_default("request_timeout_s"),
             handler="request_timeout_s"),
     Setting(ENV_BATCH_TIMEOUT, f"the same for CSV and JSON Lines bodies, and for every request when "

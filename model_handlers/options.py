@@ -41,8 +41,10 @@ class HandlerOptions:
     # Padded tokens (longest x count) one forward pass may hold; None: the device's default (below).
     max_batch_tokens: int | None = None
     max_batch_items: int = 256
-    # How long a caller waits for its rows before getting an Overloaded error, when the server gives no deadline.
-    request_timeout_s: float = 60.0
+    # How long a caller waits for its rows before getting an Overloaded error, when the server gives no deadline:
+    # below SageMaker's 60 s real-time invocation limit, so that the caller gets the answer or the 503 + Retry-After
+    # it can act on before its own client gives up (the margin covers transfer and a busy machine's variance).
+    request_timeout_s: float = 50.0
     # Model inputs one rerank request may make (a long document makes one per window).
     max_rerank_windows: int = 4096
     # intra-op threads of torch or ONNX Runtime; None: their own choice (one per core)

@@ -30,7 +30,7 @@ def settings(**env: str) -> Settings:
 @pytest.mark.unit
 def test_async_mode_raises_the_limits_and_real_time_keeps_them():
     real_time, asynchronous = settings(), settings(SEARCHBOX_ASYNC="1")
-    assert (real_time.max_payload_bytes, real_time.request_timeout_s, real_time.batch_timeout_s) == (6 * _MIB, 60, 600)
+    assert (real_time.max_payload_bytes, real_time.request_timeout_s, real_time.batch_timeout_s) == (6 * _MIB, 50, 600)
     assert asynchronous.max_payload_bytes == ASYNC_MAX_PAYLOAD_MB * _MIB == 1024 * _MIB
     assert asynchronous.request_timeout_s == asynchronous.batch_timeout_s == ASYNC_TIMEOUT_S == 3600
     assert asynchronous.max_batch_rows > real_time.max_batch_rows

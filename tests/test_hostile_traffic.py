@@ -178,6 +178,43 @@ def test_overload_is_refused_early_and_ping_stays_fast(small_server):
     assert pings[int(len(pings) * 0.99)] < 1.0, pings[-5:]  # SageMaker allows 2 s; make soak measures p99
 
 
+def test_under_overload_no_answer_comes_after_the_budget(server_factory):
+    """48 clients of up to 64 long inputs each against an 8 s budget (the real-time default is 50 s, below SageMaker's
+    60): admitted work answers within the budget, what cannot fit is refused at once with Retry-After."""
+    budget = 8.0
+    server = server_factory({"SEARCHBOX_REQUEST_TIMEOUT_S": str(budget)})
+    # sized from this machine's speed: a request takes about a sixth of the budget alone, so that a few fit at once
+    sent = time.monotonic()
+    assert server.post("/v1/embeddings", {"input": [LONG + str(i) for i in range(8)]}).status_code == 200
+    per_input = (time.monotonic() - sent) / 8
+    body = {"input": [LONG + str(i) for i in range(max(1, min(64, int(budget / 6 / per_input))))]}
+    answers: list[tuple[int, float, str | None]] = []  # status, seconds from send, Retry-After
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            response = requests.post(server.url + "/v1/embeddings", json=body, timeout=60)
+            answers.append((response.status_code, time.monotonic() - sent, response.headers.get("Retry-After")))
+            if response.status_code == 503:
+                assert set(response.json()) == ERROR_KEYS
+
+    with ThreadPoolExecutor(48) as pool:
+        futures = [pool.submit(client) for _ in range(48)]
+        time.sleep(20)
+        stop.set()
+        for future in futures:
+            future.result(timeout=120)
+    statuses = {status for status, _, _ in answers}
+    assert statuses <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    slowest = max(took for _, took, _ in answers)
+    assert slowest < budget + 2, f"an answer came {slowest:.1f} s after it was sent, past the {budget} s budget"
+    refusals = sorted(took for status, took, _ in answers if status == 503)
+    assert all(int(retry) >= 1 for status, _, retry in answers if status == 503)
+    # refused at admission, not after waiting: the median refusal is immediate (make soak prints the figures)
+    assert refusals[len(refusals) // 2] < 1.0, refusals[len(refusals) // 2]
+
+
 @pytest.mark.soak  # asserts how soon the work behind it is answered
 def test_a_client_that_leaves_has_its_work_dropped(small_server):
     port = port_of(small_server)

@@ -32,7 +32,7 @@ def test_an_instance_interpolates_between_measured_levels():
 
 def quiet(**overrides) -> scale.Policy:
     values = dict(metric="concurrency", target=100.0, min_instances=1, max_instances=1, start_s=60,
-                  scale_out_cooldown_s=60, scale_in_cooldown_s=300)
+                  scale_out_cooldown_s=60, scale_in_cooldown_s=300, timeout_s=60.0)
     values.update(overrides)
     return scale.Policy(**values)
 
