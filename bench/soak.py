@@ -1,19 +1,25 @@
-"""`make soak`: hostile and heavy traffic against a real `serve`, as a table (under 15 minutes).
+"""`make soak`: hostile, heavy and generated traffic against real `serve`s, as a table (about 20 minutes).
 
-Phases, each against the same server (the embedded model), with `/ping` probed every 100 ms throughout:
+Phases, each against a real server (nginx + gunicorn), with `/ping` probed every 100 ms throughout:
 - stalled: 500 connections that send part of a request and stall, beside 8 clients of valid traffic;
-- overload: 200 clients x 64 long inputs (far more than the CPU can do in 60 s), backing off 0.5 s on 503;
+- overload: 200 clients x 64 long inputs (far more than the CPU can do in the 50 s budget), backing off 0.5 s on
+  503: the slowest answer must come within the budget, refusals at once;
 - hostile: malformed framing, bodies over the limit (plain and chunked), long URLs and headers, bad values;
 - large: two 2048-input requests (with a 600 s timeout), then idle: does memory come back?
-- fuzz: the hypothesis fuzz test of every route and content type, a long run (in-process);
+- generated: the fuzz's generated requests (tests/fuzz_strategies.py: every route of the route table, every
+  content type, every integration shape's keys) against a server of each model kind (text, cross-encoder, CLIP,
+  ColBERT, SPLADE), 16 clients; every answer must be the route's format or the contract's JSON error;
+- fuzz: the hypothesis fuzz test itself (in-process, every kind), a long run;
+- kill: SIGKILL of the worker mid-request under load, as the OOM killer does: every request answered, and how soon
+  the worker serves again;
 - sigterm: 16 heavy requests in flight, then SIGTERM: is every one answered, and how fast does it exit?
 
 Columns: requests sent, statuses seen, 5xx other than 503 (refused with Retry-After) and 501 (HTTP's answer
 to a transfer coding it does not know), dropped (no HTTP answer at all), `/ping` p99
 and how many probes failed, worker RSS before / peak / after. Targets: 0 5xx, 0 dropped, ping p99 under
-100 ms, memory back within 20% of its baseline.
+100 ms, memory back within 20% of its baseline, every generated answer keeping the rule.
 
-    .venv/bin/python -m bench.soak [--overload-s 60] [--fuzz-examples 20000]
+    .venv/bin/python -m bench.soak [--overload-s 60] [--generated 100000] [--fuzz-examples 4000]
 """
 
 from __future__ import annotations
@@ -21,12 +27,15 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import tempfile
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +45,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = Path(sys.executable).with_name("serve")
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "examples")]  # the fuzz's bodies and the tests' small models
+
+from helpers import worker_status  # noqa: E402
 LONG = "The quick brown fox jumps over the lazy dog near the quiet river bank at dawn. " * 20
 
 
@@ -49,6 +61,7 @@ class Phase:
     rss: list[float] = field(default_factory=list)
     rss_after: float = 0.0
     note: str = ""
+    failed: bool = False  # a phase's own target missed (beyond 5xx and drops)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, status: int | None) -> None:
@@ -80,8 +93,8 @@ class Server:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(self.port), **env}
-        full_env.pop("SEARCHBOX_MODEL_DIR", None)
+        full_env = {name: value for name, value in os.environ.items() if name != "SEARCHBOX_MODEL_DIR"}
+        full_env.update({"SAGEMAKER_BIND_TO_PORT": str(self.port), **env})
         self.log = open(ROOT / "bench" / "soak-server.log", "wb")
         self.process = subprocess.Popen([str(SERVE)], env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -96,16 +109,11 @@ class Server:
         raise RuntimeError("the server did not become ready")
 
     def worker_rss(self) -> float:
-        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        for pid in children.split():
-            try:
-                if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    continue
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")) / 1024
-        return 0.0
+        workers = worker_status(self.process.pid)
+        return next((int(status["VmRSS"].split()[0]) / 1024 for status in workers.values()), 0.0)
+
+    def worker_pid(self) -> int | None:
+        return next(iter(worker_status(self.process.pid)), None)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -200,10 +208,10 @@ def run_stalled(server: Server) -> Phase:
     return phase
 
 
-def run_overload(server: Server, seconds: float) -> Phase:
+def run_overload(server: Server, seconds: float, budget_s: float) -> Phase:
     phase = Phase("overload: 200 clients x 64 long inputs")
     body = orjson.dumps({"input": [LONG + str(i) for i in range(64)]})
-    first_refusal: list[float] = []
+    took: dict[int | None, list[float]] = collections.defaultdict(list)
     started = time.monotonic()
     with Probe(server, phase):
         stop = started + seconds
@@ -211,18 +219,26 @@ def run_overload(server: Server, seconds: float) -> Phase:
         def client(i: int) -> None:
             session = requests.Session()
             while time.monotonic() < stop:
+                sent = time.monotonic()
                 status = post(session, server.url + "/v1/embeddings", phase, data=body,
                               headers={"Content-Type": "application/json"})
+                took[status].append(time.monotonic() - sent)
                 if status == 503:
-                    if not first_refusal:
-                        first_refusal.append(time.monotonic() - started)
                     time.sleep(0.5)
 
         with ThreadPoolExecutor(200) as pool:
             list(pool.map(client, range(200)))
     settle(server, phase)
-    phase.note = f"first 503 after {first_refusal[0]:.1f} s" if first_refusal else "no 503"
+    slowest = max((t for times in took.values() for t in times), default=0.0)
+    refusals = sorted(took.get(503, []))
+    phase.note = (f"slowest answer {slowest:.1f} s (budget {budget_s:g} s); 503 p50 {percentile(refusals, 0.5):.2f} s, "
+                  f"p99 {percentile(refusals, 0.99):.2f} s")
+    phase.failed = slowest > budget_s + 1  # an answer after its budget reaches a client that gave up
     return phase
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else 0.0
 
 
 def run_hostile(server: Server, rounds: int) -> Phase:
@@ -267,12 +283,135 @@ def run_large(server: Server) -> Phase:
     return phase
 
 
+def model_dirs(workdir: Path) -> dict[str, dict[str, str]]:
+    """A model of each kind, as the tests build them (examples/ and tests/): kind -> the server's environment."""
+    from colbert_models import make_reference
+    from conftest import make_reranker
+    from reference_env import ReferenceUnavailable
+    from sparse_models import make_splade
+    from tiny_clip import build as build_clip
+
+    from model_handlers.embedded import embedded_model_dir
+
+    minilm = embedded_model_dir()
+    dirs = {"text": minilm, "cross-encoder": make_reranker(workdir / "reranker", minilm),
+            "clip": build_clip(workdir / "clip"), "sparse": make_splade(workdir / "splade", minilm)}
+    try:
+        (workdir / "colbert").mkdir()
+        dirs["colbert"] = make_reference(workdir / "colbert", minilm).model_dir("pylate")
+    except ReferenceUnavailable as exc:  # PyLate's venv cannot be made offline: the other kinds still run
+        print(f"soak: no ColBERT ({exc})", file=sys.stderr)
+    return {kind: {"SEARCHBOX_MODEL_DIR": str(path)} for kind, path in dirs.items()}
+
+
+def generated_requests(count: int) -> list:
+    """`count` requests the fuzz's strategies generate (tests/fuzz_strategies.py)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import Phase as Stage
+
+    import fuzz_strategies
+
+    drawn: list = []
+
+    @settings(max_examples=count, database=None, deadline=None, suppress_health_check=list(HealthCheck),
+              phases=[Stage.generate])
+    @given(fuzz_strategies.requests)
+    def draw(sent) -> None:
+        drawn.append(sent)
+
+    draw()
+    return drawn
+
+
+def run_generated(kind: str, env: dict[str, str], total: int, distinct: int) -> Phase:
+    import fuzz_strategies
+
+    pool = generated_requests(distinct)
+    phase = Phase(f"generated: {kind}")
+    broken: collections.Counter = collections.Counter()
+    server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING", "SEARCHBOX_REQUEST_LOG": "off", **env})
+    try:
+        with Probe(server, phase):
+            def client(offset: int) -> None:
+                session = requests.Session()
+                for i in range(offset, total, 16):
+                    sent = pool[i % len(pool)]
+                    url = server.url + urllib.parse.quote(sent.path, safe="/")
+                    headers = {name: value.encode().decode("latin-1") for name, value in sent.headers.items()}
+                    if sent.content_type:
+                        headers["Content-Type"] = sent.content_type
+                    try:
+                        response = session.request(sent.method, url, data=sent.body, headers=headers, timeout=120)
+                    except requests.RequestException:
+                        phase.count(None)
+                        continue
+                    phase.count(response.status_code)
+                    problem = fuzz_strategies.broken_rule(response.status_code, response.headers.get("X-Request-Id"),
+                                                          response.headers.get("Content-Type", "").split(";")[0],
+                                                          response.content)
+                    if problem:
+                        with phase.lock:
+                            broken[problem[:80]] += 1
+
+            with ThreadPoolExecutor(16) as pool_of_clients:
+                list(pool_of_clients.map(client, range(16)))
+        settle(server, phase)
+    finally:
+        server.stop()
+    phase.failed = bool(broken)
+    phase.note = f"{len(pool)} distinct bodies; rule broken: {sum(broken.values())}" + (
+        f" ({broken.most_common(3)})" if broken else "")
+    return phase
+
+
+def run_kill(server: Server) -> Phase:
+    """SIGKILL of the worker while 8 clients keep requests in flight: every request answered (in-flight ones 503),
+    and the seconds until a new worker serves."""
+    phase = Phase("kill: SIGKILL the worker mid-request (8 clients)")
+    body = orjson.dumps({"input": [LONG + str(i) for i in range(16)]})
+    stop = threading.Event()
+    with Probe(server, phase):
+        def client(i: int) -> None:
+            session = requests.Session()
+            while not stop.is_set():
+                if post(session, server.url + "/v1/embeddings", phase, data=body,
+                        headers={"Content-Type": "application/json"}) == 503:
+                    time.sleep(0.2)  # as a client honouring Retry-After would, roughly
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(client, i) for i in range(8)]
+            time.sleep(5)
+            victim = server.worker_pid()
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            back = None
+            while time.monotonic() - killed < 120:
+                try:
+                    if requests.get(server.url + "/ping", timeout=2).status_code == 200 and \
+                            server.worker_pid() not in (None, victim):
+                        back = time.monotonic() - killed
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.1)
+            time.sleep(5)  # served again: the clients' requests answer 200
+            stop.set()
+            for future in futures:
+                future.result()
+    settle(server, phase)
+    phase.note = f"worker serving again after {back:.1f} s" if back is not None else "the worker never came back"
+    phase.failed = back is None
+    return phase
+
+
 def run_fuzz(examples: int) -> Phase:
-    phase = Phase(f"fuzz: {examples} hypothesis examples", note="in-process, every route and content type")
+    phase = Phase(f"fuzz: {examples} hypothesis examples per model kind",
+                  note="in-process, every route, content type and kind")
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py"],
                             cwd=ROOT, env={**os.environ, "SEARCHBOX_FUZZ_EXAMPLES": str(examples)},
                             capture_output=True, text=True)
-    phase.statuses["passed" if result.returncode == 0 else "FAILED"] = examples
+    kinds = re.search(r"(\d+) passed", result.stdout)
+    phase.statuses["passed" if result.returncode == 0 else "FAILED"] = examples * (int(kinds[1]) if kinds else 1)
     if result.returncode != 0:
         phase.note = result.stdout[-500:]
     return phase
@@ -299,33 +438,58 @@ def run_sigterm(server: Server) -> Phase:
 
 
 def main() -> int:
+    from model_handlers.options import HandlerOptions
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--overload-s", type=float, default=60)
     parser.add_argument("--hostile-rounds", type=int, default=20)
-    parser.add_argument("--fuzz-examples", type=int, default=20000)
+    parser.add_argument("--generated", type=int, default=100_000, help="generated requests, over all model kinds")
+    parser.add_argument("--distinct", type=int, default=4000, help="distinct generated bodies per model kind")
+    parser.add_argument("--fuzz-examples", type=int, default=4000, help="hypothesis examples per model kind")
+    parser.add_argument("--only", nargs="*", help="run only these phases (stalled overload hostile large generated "
+                                                  "fuzz kill sigterm)")
     args = parser.parse_args()
+    wanted = set(args.only or ["stalled", "overload", "hostile", "large", "generated", "fuzz", "kill", "sigterm"])
     started = time.monotonic()
     phases = []
-    server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING"})
-    try:
-        phases += [run_stalled(server), run_overload(server, args.overload_s), run_hostile(server, args.hostile_rounds)]
-    finally:
-        server.stop()
-    server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING", "SEARCHBOX_REQUEST_TIMEOUT_S": "600"})
-    try:
-        phases.append(run_large(server))
-    finally:
-        server.stop()
-    phases.append(run_fuzz(args.fuzz_examples))
-    server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING"})
-    phases.append(run_sigterm(server))
+    if wanted & {"stalled", "overload", "hostile"}:
+        server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING"})
+        try:
+            phases += [run_stalled(server)] if "stalled" in wanted else []
+            phases += [run_overload(server, args.overload_s, HandlerOptions.request_timeout_s)] \
+                if "overload" in wanted else []
+            phases += [run_hostile(server, args.hostile_rounds)] if "hostile" in wanted else []
+        finally:
+            server.stop()
+    if "large" in wanted:
+        server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING", "SEARCHBOX_REQUEST_TIMEOUT_S": "600"})
+        try:
+            phases.append(run_large(server))
+        finally:
+            server.stop()
+    if "generated" in wanted:
+        with tempfile.TemporaryDirectory(prefix="soak-models-") as workdir:
+            kinds = model_dirs(Path(workdir))
+            for kind, env in kinds.items():
+                phases.append(run_generated(kind, env, -(-args.generated // len(kinds)), args.distinct))
+    if "fuzz" in wanted:
+        phases.append(run_fuzz(args.fuzz_examples))
+    if "kill" in wanted:
+        server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING"})
+        try:
+            phases.append(run_kill(server))
+        finally:
+            server.stop()
+    if "sigterm" in wanted:
+        server = Server({"SEARCHBOX_LOG_LEVEL": "WARNING"})
+        phases.append(run_sigterm(server))
     print(f"\nmake soak: {time.monotonic() - started:.0f} s on {os.cpu_count()} CPUs, load before "
           f"{os.getloadavg()[0]:.1f}\n")
     print("| phase | requests | statuses | 5xx | dropped | /ping p99 | worker RSS MiB before / peak / after | notes |")
     print("|---|---|---|---|---|---|---|---|")
     for phase in phases:
         print(phase.row())
-    failed = any(p.server_errors() or p.dropped or "FAILED" in p.statuses for p in phases)
+    failed = any(p.server_errors() or p.dropped or p.failed or "FAILED" in p.statuses for p in phases)
     return 1 if failed else 0
 
 

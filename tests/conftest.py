@@ -145,12 +145,15 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def reranker_dir(tmp_path_factory, minilm_dir) -> Path:
+    return make_reranker(tmp_path_factory.mktemp("models") / "tiny-reranker", minilm_dir)
+
+
+def make_reranker(target: Path, minilm_dir: Path) -> Path:
     """A one-label BERT cross-encoder over the MiniLM weights (random head, seeded), as a plain HF directory: no
     trained reranker's weights can be downloaded here, and the code path is a real cross-encoder's."""
     import torch
     from transformers import BertForSequenceClassification
 
-    target = tmp_path_factory.mktemp("models") / "tiny-reranker"
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
     # The seeded head has tiny weights (scores all near 0.5): widen it so scores spread out and ties are rare.
