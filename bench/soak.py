@@ -110,10 +110,11 @@ class Server:
 
     def worker_rss(self) -> float:
         workers = worker_status(self.process.pid)
-        return next((int(status["VmRSS"].split()[0]) / 1024 for status in workers.values()), 0.0)
+        # a worker just killed has no memory left to report (a zombie until the master reaps it)
+        return next((int(status["VmRSS"].split()[0]) / 1024 for status in workers.values() if "VmRSS" in status), 0.0)
 
     def worker_pid(self) -> int | None:
-        return next(iter(worker_status(self.process.pid)), None)
+        return next((pid for pid, status in worker_status(self.process.pid).items() if "VmRSS" in status), None)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -323,6 +324,19 @@ def generated_requests(count: int) -> list:
     return drawn
 
 
+FAILURES = ROOT / "bench" / "soak-failures.jsonl"
+
+
+def record_failure(kind: str, sent, problem: str) -> None:
+    """A generated request whose answer broke the rule, as a JSON line that replays it (bench/soak-failures.jsonl)."""
+    import base64
+
+    line = {"kind": kind, "method": sent.method, "path": sent.path, "content_type": sent.content_type,
+            "headers": sent.headers, "body_base64": base64.b64encode(sent.body).decode(), "problem": problem}
+    with FAILURES.open("ab") as out:
+        out.write(orjson.dumps(line) + b"\n")
+
+
 def run_generated(kind: str, env: dict[str, str], total: int, distinct: int) -> Phase:
     import fuzz_strategies
 
@@ -352,6 +366,7 @@ def run_generated(kind: str, env: dict[str, str], total: int, distinct: int) -> 
                     if problem:
                         with phase.lock:
                             broken[problem[:80]] += 1
+                            record_failure(kind, sent, problem)
 
             with ThreadPoolExecutor(16) as pool_of_clients:
                 list(pool_of_clients.map(client, range(16)))
@@ -360,7 +375,7 @@ def run_generated(kind: str, env: dict[str, str], total: int, distinct: int) -> 
         server.stop()
     phase.failed = bool(broken)
     phase.note = f"{len(pool)} distinct bodies; rule broken: {sum(broken.values())}" + (
-        f" ({broken.most_common(3)})" if broken else "")
+        f" (replay them from {FAILURES.relative_to(ROOT)})" if broken else "")
     return phase
 
 
@@ -385,15 +400,16 @@ def run_kill(server: Server) -> Phase:
             killed = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             back = None
-            while time.monotonic() - killed < 120:
-                try:
-                    if requests.get(server.url + "/ping", timeout=2).status_code == 200 and \
-                            server.worker_pid() not in (None, victim):
+            time.sleep(0.5)  # the master reaps the victim and forks its successor
+            while time.monotonic() - killed < 180:
+                try:  # served again: a new worker answers a request (its ready file alone may be a moment stale)
+                    if server.worker_pid() not in (None, victim) and requests.post(
+                            server.url + "/v1/embeddings", json={"input": ["back?"]}, timeout=10).status_code == 200:
                         back = time.monotonic() - killed
                         break
                 except requests.RequestException:
                     pass
-                time.sleep(0.1)
+                time.sleep(0.2)
             time.sleep(5)  # served again: the clients' requests answer 200
             stop.set()
             for future in futures:
@@ -410,10 +426,14 @@ def run_fuzz(examples: int) -> Phase:
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz.py"],
                             cwd=ROOT, env={**os.environ, "SEARCHBOX_FUZZ_EXAMPLES": str(examples)},
                             capture_output=True, text=True)
+    log = ROOT / "bench" / "soak-fuzz.log"
+    log.write_text(result.stdout + result.stderr)
     kinds = re.search(r"(\d+) passed", result.stdout)
-    phase.statuses["passed" if result.returncode == 0 else "FAILED"] = examples * (int(kinds[1]) if kinds else 1)
+    failed = re.search(r"(\d+) failed", result.stdout)
+    phase.statuses["passed"] = examples * (int(kinds[1]) if kinds else 0)
     if result.returncode != 0:
-        phase.note = result.stdout[-500:]
+        phase.statuses["FAILED"] = examples * (int(failed[1]) if failed else 1)
+        phase.note = f"falsifying examples in {log.relative_to(ROOT)}"
     return phase
 
 

@@ -139,57 +139,27 @@ def test_errors_the_http_layer_makes_are_the_contracts_json(small_server, name, 
 
 
 @pytest.mark.soak  # 20 s of overload; asserts how fast refusals and /ping are
-def test_overload_is_refused_early_and_ping_stays_fast(small_server):
-    """Far more work than fits in a request's 60 s: refused at once with Retry-After, /ping untouched."""
-    # ~32k tokens, seconds of CPU each: 24 of them overload the server, one alone fits its 60 s even on a machine
-    # busy with other work (256 inputs were once judged too large for 60 s there: a 413, not the 503 tested here)
-    body = {"input": [LONG + str(i) for i in range(128)]}
-    statuses: list[int] = []
-    refused_after: list[float] = []
-    pings: list[float] = []
-    stop = threading.Event()
-    started = time.monotonic()
-
-    def client() -> None:
-        while not stop.is_set():
-            response = requests.post(small_server.url + "/v1/embeddings", json=body, timeout=120)
-            statuses.append(response.status_code)
-            if response.status_code == 503:
-                refused_after.append(time.monotonic() - started)
-                assert int(response.headers["Retry-After"]) >= 1
-                assert set(response.json()) == ERROR_KEYS
-
-    def pinger() -> None:
-        while not stop.is_set():
-            sent = time.monotonic()
-            assert requests.get(small_server.url + "/ping", timeout=5).status_code == 200
-            pings.append(time.monotonic() - sent)
-            time.sleep(0.05)
-
-    with ThreadPoolExecutor(25) as pool:
-        futures = [pool.submit(client) for _ in range(24)] + [pool.submit(pinger)]
-        time.sleep(20)
-        stop.set()
-        for future in futures:
-            future.result(timeout=180)
-    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
-    assert min(refused_after) < 5  # refused when sent, not after a minute in the queue
-    pings.sort()
-    assert pings[int(len(pings) * 0.99)] < 1.0, pings[-5:]  # SageMaker allows 2 s; make soak measures p99
-
-
 def test_under_overload_no_answer_comes_after_the_budget(server_factory):
-    """48 clients of up to 64 long inputs each against an 8 s budget (the real-time default is 50 s, below SageMaker's
-    60): admitted work answers within the budget, what cannot fit is refused at once with Retry-After."""
+    """48 clients of long inputs against an 8 s budget (the real-time default is 50 s, below SageMaker's 60), each
+    request sized to a sixth of the budget on this machine, so that it is overload on a laptop or a GPU alike: admitted
+    work answers within the budget, what cannot fit is refused at once with Retry-After, `/ping` stays fast."""
     budget = 8.0
     server = server_factory({"SEARCHBOX_REQUEST_TIMEOUT_S": str(budget)})
     # sized from this machine's speed: a request takes about a sixth of the budget alone, so that a few fit at once
     sent = time.monotonic()
     assert server.post("/v1/embeddings", {"input": [LONG + str(i) for i in range(8)]}).status_code == 200
     per_input = (time.monotonic() - sent) / 8
-    body = {"input": [LONG + str(i) for i in range(max(1, min(64, int(budget / 6 / per_input))))]}
+    body = {"input": [LONG + str(i) for i in range(max(1, min(2048, int(budget / 6 / per_input))))]}
     answers: list[tuple[int, float, str | None]] = []  # status, seconds from send, Retry-After
+    pings: list[float] = []
     stop = threading.Event()
+
+    def pinger() -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            assert requests.get(server.url + "/ping", timeout=5).status_code == 200
+            pings.append(time.monotonic() - sent)
+            time.sleep(0.05)
 
     def client() -> None:
         while not stop.is_set():
@@ -199,8 +169,8 @@ def test_under_overload_no_answer_comes_after_the_budget(server_factory):
             if response.status_code == 503:
                 assert set(response.json()) == ERROR_KEYS
 
-    with ThreadPoolExecutor(48) as pool:
-        futures = [pool.submit(client) for _ in range(48)]
+    with ThreadPoolExecutor(49) as pool:
+        futures = [pool.submit(client) for _ in range(48)] + [pool.submit(pinger)]
         time.sleep(20)
         stop.set()
         for future in futures:
@@ -213,6 +183,8 @@ def test_under_overload_no_answer_comes_after_the_budget(server_factory):
     assert all(int(retry) >= 1 for status, _, retry in answers if status == 503)
     # refused at admission, not after waiting: the median refusal is immediate (make soak prints the figures)
     assert refusals[len(refusals) // 2] < 1.0, refusals[len(refusals) // 2]
+    pings.sort()
+    assert pings[int(len(pings) * 0.99)] < 1.0, pings[-5:]  # SageMaker allows 2 s; make soak measures p99
 
 
 @pytest.mark.soak  # asserts how soon the work behind it is answered

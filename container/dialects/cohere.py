@@ -35,14 +35,10 @@ def decode(body: dict[str, Any]) -> Decoded:
     texts = body["texts"]
     if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
         raise ValidationFailed("`texts` must be a list of strings")
-    input_type = body.get("input_type")
-    if input_type is not None and input_type not in _INPUT_TYPES:
-        raise ValidationFailed(f"`input_type` must be one of {', '.join(_INPUT_TYPES)}, got {input_type!r}")
+    input_type = fields.choice(body.get("input_type"), "input_type", _INPUT_TYPES)
     side, task = _INPUT_TYPES.get(input_type, (None, None))
-    truncate = body.get("truncate", "END")
-    if truncate not in _TRUNCATE:
-        raise ValidationFailed(f"`truncate` must be NONE or END (searchbox cuts the end of a long input), "
-                               f"got {truncate!r}")
+    truncate = fields.choice(body.get("truncate"), "truncate", _TRUNCATE,
+                             "END")
     types = body.get("embedding_types") or ["float"]
     supported = [t.value for t in EmbeddingType]
     if not isinstance(types, list) or any(t not in supported for t in types):

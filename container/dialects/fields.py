@@ -6,7 +6,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import orjson
 
@@ -148,6 +148,17 @@ def optional_str(value: Any, field: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise ValidationFailed(f"`{field}` must be a string, got {_json_type(value)}")
+    return value
+
+
+def choice(value: Any, field: str, choices: Iterable[str], default: str | None = None) -> str | None:
+    """One of `choices` (`default` when left out); any other value, of any JSON type, is a ValidationFailed naming
+    them (a membership test on a list or an object would raise instead)."""
+    if value is None:
+        return default
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValidationFailed(f"`{field}` must be one of {', '.join(choices)}, got {_shown(value)}")
     return value
 
 

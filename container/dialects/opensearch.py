@@ -75,13 +75,9 @@ def decode_list(body: list[Any]) -> Decoded:
 
 
 def decode_texts(body: dict[str, Any]) -> Decoded:
-    content_type = body.get("content_type")
-    if content_type is not None and content_type not in _CONTENT_TYPES:
-        raise ValidationFailed(f"`content_type` must be one of {', '.join(_CONTENT_TYPES)}, got {content_type!r}")
-    sparse_format = body.get("sparse_embedding_format", "word")
-    if sparse_format not in _SPARSE_FORMATS:
-        raise ValidationFailed(f"`sparse_embedding_format` must be one of {', '.join(_SPARSE_FORMATS)}, "
-                               f"got {sparse_format!r}")
+    content_type = fields.choice(body.get("content_type"), "content_type", _CONTENT_TYPES)
+    sparse_format = fields.choice(body.get("sparse_embedding_format"), "sparse_embedding_format", _SPARSE_FORMATS,
+                                  "word")
     request = _request(_texts(body["texts"], "texts"), _CONTENT_TYPES.get(content_type))
     return Decoded(request, _answer(sparse_format), Encoding())
 

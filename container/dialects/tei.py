@@ -45,9 +45,7 @@ def _truncation(body: dict[str, Any]) -> None:
 
 def decode_embed(body: dict[str, Any]) -> Decoded:
     _truncation(body)
-    answer = body.get("answer")
-    if answer is not None and answer not in _ANSWERS:
-        raise ValidationFailed(f"`answer` must be one of {', '.join(_ANSWERS)} (or left out), got {answer!r}")
+    answer = fields.choice(body.get("answer"), "answer", _ANSWERS)
     request = EmbedRequest(
         inputs=_texts(body["inputs"], "inputs"),
         task=fields.optional_str(body.get("prompt_name"), "prompt_name"),
