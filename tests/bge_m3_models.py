@@ -1,0 +1,95 @@
+"""A tiny BGE-M3 built offline, and FlagEmbedding's answers on it (tests/flagembedding_reference.py).
+
+No BGE-M3 weights are on the registries: the embedded MiniLM's BERT encoder stands in for XLM-R (FlagEmbedding loads
+any encoder with AutoModel), and seeded random `colbert_linear` / `sparse_linear` heads are saved beside it with
+`torch.save`, as FlagEmbedding's `EncoderOnlyEmbedderM3Model.save` does. FlagEmbedding 1.4.2, in its own venv
+(tests/reference_env.py), encodes the texts below with `BGEM3FlagModel` and scores the rerank pairs with
+`compute_score`; the tests compare the server with those arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reference_env import ReferenceUnavailable, flagembedding_python
+
+SCRIPT = Path(__file__).with_name("flagembedding_reference.py")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+_TIMEOUT_S = 900
+
+TEXTS = [
+    "what do cats like to eat",
+    "Dogs, cats & birds: popular pets!!! (mostly...) cats cats",  # repeated tokens: the max per token id
+    "",
+    "BGE-M3 gives a dense vector, sparse weights and ColBERT vectors from one forward pass.",
+    "the river runs past an old mill where farmers bring grain every autumn . " * 40,  # over 512 tokens: cut
+]
+RERANK_QUERY = "where does the baker sell bread"
+RERANK_DOCUMENTS = ["the baker sells warm bread at the market on sunday", "a short note about rain",
+                    "farmers bring grain to the mill", "bread bread bakery baker sell"]
+RERANK_WEIGHTS = (0.4, 0.2, 0.4)
+
+
+@dataclass(frozen=True)
+class M3Reference:
+    workdir: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.workdir / "tiny-bge-m3"
+
+    def arrays(self) -> dict:
+        with np.load(self.workdir / "reference.npz", allow_pickle=False) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+        arrays["lexical"] = json.loads((self.workdir / "lexical.json").read_text())
+        return arrays
+
+
+def make_model(target: Path, minilm_dir: Path, seed: int = 0) -> Path:
+    """The MiniLM encoder with seeded BGE-M3 heads saved as FlagEmbedding saves them (.pt state dicts)."""
+    import torch
+    from transformers import BertModel
+
+    encoder = BertModel.from_pretrained(str(minilm_dir))
+    hidden = encoder.config.hidden_size
+    torch.manual_seed(seed)
+    colbert_linear = torch.nn.Linear(hidden, hidden)
+    sparse_linear = torch.nn.Linear(hidden, 1)
+    with torch.no_grad():  # spread the seeded head so that weights differ and about half the tokens stay above 0
+        sparse_linear.weight.mul_(4)
+    target.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(str(target), safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm_dir / name, target / name)
+    torch.save(colbert_linear.state_dict(), target / "colbert_linear.pt")
+    torch.save(sparse_linear.state_dict(), target / "sparse_linear.pt")
+    return target
+
+
+def make_reference(workdir: Path, minilm_dir: Path) -> M3Reference:
+    """Build the model and FlagEmbedding's answers into `workdir`.
+
+    Raises:
+        ReferenceUnavailable: the venv cannot be made, or the script failed; the message says why.
+    """
+    python = flagembedding_python()
+    reference = M3Reference(workdir)
+    make_model(reference.model_dir, minilm_dir)
+    spec = workdir / "spec.json"
+    spec.write_text(json.dumps({"model": str(reference.model_dir), "workdir": str(workdir), "texts": TEXTS,
+                                "rerank": {"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS,
+                                           "weights": list(RERANK_WEIGHTS)}}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": "", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([str(python), str(SCRIPT), str(spec)], capture_output=True, text=True, env=env,
+                          timeout=_TIMEOUT_S)
+    if done.returncode != 0:
+        raise ReferenceUnavailable(f"{SCRIPT.name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return reference
