@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 from reference_env import ReferenceUnavailable, flagembedding_python
 
 SCRIPT = Path(__file__).with_name("flagembedding_reference.py")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 _TIMEOUT_S = 900
 
 TEXTS = [
@@ -55,7 +53,7 @@ class M3Reference:
 def make_model(target: Path, minilm_dir: Path, seed: int = 0) -> Path:
     """The MiniLM encoder with seeded BGE-M3 heads saved as FlagEmbedding saves them (.pt state dicts)."""
     import torch
-    from transformers import BertModel
+    from transformers import AutoTokenizer, BertModel
 
     encoder = BertModel.from_pretrained(str(minilm_dir))
     hidden = encoder.config.hidden_size
@@ -66,8 +64,11 @@ def make_model(target: Path, minilm_dir: Path, seed: int = 0) -> Path:
         sparse_linear.weight.mul_(4)
     target.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(str(target), safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm_dir / name, target / name)
+    # XLM-R's tokenizer has an end token (</s>), which FlagEmbedding drops from the sparse weights and which its
+    # compute_score needs (it indexes by eos_token_id); BERT's ends with [SEP] but does not call it that
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    tokenizer.add_special_tokens({"eos_token": "[SEP]"})
+    tokenizer.save_pretrained(str(target))
     torch.save(colbert_linear.state_dict(), target / "colbert_linear.pt")
     torch.save(sparse_linear.state_dict(), target / "sparse_linear.pt")
     return target
