@@ -275,3 +275,48 @@ def test_a_bge_m3_directory_is_recognised_without_torch(tmp_path, minilm_dir):
     assert detect(ModelFiles.read(directory)).name == "bge-m3"
     (directory / "sparse_linear.pt").unlink()
     assert detect(ModelFiles.read(directory)).name == "embedding"
+
+
+def readme_bodies() -> list[tuple[str, dict]]:
+    """The (path, body) of each curl in README's "BGE-M3" section."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## BGE-M3", 1)[1].split("\n## ", 1)[0]
+    calls = re.findall(r"curl -s localhost:8080(\S+) .*?\n\s*-d '(.*?)'", section, flags=re.S)
+    return [(path, json.loads(body)) for path, body in calls]
+
+
+def test_readme_curls_answer_on_a_real_server(server_factory, bge_m3_reference, tmp_path):
+    calls = readme_bodies()
+    assert [path for path, _ in calls] == ["/v1/embeddings", "/invocations", "/v1/sparse-embeddings", "/v1/rerank"]
+    converted = tmp_path / "bge-m3"
+    shutil.copytree(bge_m3_reference.model_dir, converted)
+    for head in ("colbert_linear", "sparse_linear"):
+        to_safetensors(converted / f"{head}.pt")
+    server = server_factory({"SEARCHBOX_MODEL_DIR": str(converted)})  # safetensors heads: no pickle opt-in
+    answers = []
+    for path, body in calls:
+        response = server.post(path, body)
+        assert response.status_code == 200, response.text[:500]
+        answers.append(response.json())
+    everything, envelope, sparse, ranked = answers
+    item = everything["data"][0]
+    assert len(item["embedding"]) == 384 and item["sparse_embedding"]["indices"] and len(item["multi_vector"]) > 1
+    assert 1 <= len(envelope["data"][0]["sparse_embedding"]["indices"]) <= 4 and envelope["data"][0]["id"] == "q1"
+    assert len(sparse["data"][0]["sparse_embedding"]["tokens"]) == len(sparse["data"][0]["sparse_embedding"]["indices"])
+    assert sorted(hit["index"] for hit in ranked["results"]) == [0, 1]
+
+
+def test_answers_with_every_output_are_the_openapi_documents(served):
+    from helpers import assert_documented
+
+    app, _ = served
+    document = answer_get(app, "/openapi.json")
+    public = app.post("/v1/embeddings", {"input": TEXTS[:2], "return_sparse": True, "return_multivector": True})
+    assert_documented(document, "post", "/v1/embeddings", public)
+    envelope = app.post("/invocations", {"data": [{"text": TEXTS[0]}],
+                                         "parameters": {"return_sparse": True, "return_multivector": True}})
+    assert_documented(document, "post", "/invocations", envelope)
+    request = document["components"]["schemas"]["EmbeddingsRequest"]["properties"]
+    assert {"return_sparse", "return_multivector"} <= set(request)

@@ -65,7 +65,8 @@ def request_schema() -> dict[str, Any]:
 
 
 def response_schema() -> dict[str, Any]:
-    """What `render_items` answers (in the envelope), as a JSON Schema: an item of any form of embeddings."""
+    """What `render_items` answers (in the envelope), as a JSON Schema: an item of any form of embeddings (anyOf: a
+    BGE-M3 item asked `return_sparse` holds the keys of two forms)."""
     items = [{"type": "object", "required": ["id", wire.form.key, "usage"],
               "properties": {"id": _ID, wire.form.key: wire.form.schema(), **dialects.beside_schemas(),
                              "usage": _USAGE}}
@@ -73,6 +74,6 @@ def response_schema() -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["data", "parameters"],
-        "properties": {"data": {"type": "array", "items": {"oneOf": items}},
+        "properties": {"data": {"type": "array", "items": {"anyOf": items}},
                        "parameters": {"type": "object"}},
     }
