@@ -31,7 +31,8 @@ def main() -> None:
     for mode, values in scores.items():
         arrays[f"score_{mode}"] = np.asarray(values, dtype=np.float64)
     np.savez(workdir / "reference.npz", **arrays)
-    lexical = [{str(token): float(weight) for token, weight in weights.items()} for weights in encoded["lexical_weights"]]
+    lexical = [{str(token): float(weight) for token, weight in weights.items()}
+               for weights in encoded["lexical_weights"]]
     (workdir / "lexical.json").write_text(json.dumps(lexical))
 
 
