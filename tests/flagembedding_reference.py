@@ -1,7 +1,8 @@
 """Run in the FlagEmbedding 1.4.2 venv (tests/reference_env.py), never in the project's: BGEM3FlagModel's answers
 on the tiny BGE-M3 of tests/bge_m3_models.py, written for the tests to compare with.
 
-Usage: python flagembedding_reference.py spec.json (keys: model, workdir, texts, rerank {query, documents, weights}).
+Usage: python flagembedding_reference.py spec.json (keys: models, workdir, texts, rerank {query, documents,
+weights}).
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from FlagEmbedding import BGEM3FlagModel
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
-    workdir = Path(spec["workdir"])
-    model = BGEM3FlagModel(spec["model"], use_fp16=False, devices="cpu", normalize_embeddings=True)
-    texts = spec["texts"]
-    encoded = model.encode(texts, batch_size=4, max_length=512, return_dense=True, return_sparse=True,
+    for model_dir in spec["models"]:
+        answer(Path(model_dir), spec, Path(spec["workdir"]))
+
+
+def answer(model_dir: Path, spec: dict, workdir: Path) -> None:
+    """`<model name>.npz` (dense, colbert_<i>, score_<mode>) and `<model name>.lexical.json` in `workdir`."""
+    model = BGEM3FlagModel(str(model_dir), use_fp16=False, devices="cpu", normalize_embeddings=True)
+    encoded = model.encode(spec["texts"], batch_size=4, max_length=512, return_dense=True, return_sparse=True,
                            return_colbert_vecs=True)
     rerank = spec["rerank"]
     pairs = [(rerank["query"], document) for document in rerank["documents"]]
@@ -30,10 +35,10 @@ def main() -> None:
         arrays[f"colbert_{index}"] = np.asarray(vectors, dtype=np.float32)
     for mode, values in scores.items():
         arrays[f"score_{mode}"] = np.asarray(values, dtype=np.float64)
-    np.savez(workdir / "reference.npz", **arrays)
+    np.savez(workdir / f"{model_dir.name}.npz", **arrays)
     lexical = [{str(token): float(weight) for token, weight in weights.items()}
                for weights in encoded["lexical_weights"]]
-    (workdir / "lexical.json").write_text(json.dumps(lexical))
+    (workdir / f"{model_dir.name}.lexical.json").write_text(json.dumps(lexical))
 
 
 if __name__ == "__main__":

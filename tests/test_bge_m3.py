@@ -123,6 +123,26 @@ def test_each_route_alone_matches_flagembedding(served, expected):
     assert tokens and not {"[CLS]", "[SEP]", "[PAD]"} & set(tokens)
 
 
+def test_an_xlm_roberta_encoder_matches_flagembedding(bge_m3_reference):
+    """BGE-M3's own architecture (XLM-R: positions counted after the padding id) through every output and rerank."""
+    expected = bge_m3_reference.arrays(bge_m3_reference.xlmr_dir.name)
+    app, runtime = in_process(bge_m3_reference.xlmr_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"})
+    try:
+        body = answer(app, "/v1/embeddings", {"input": TEXTS, "return_sparse": True, "return_multivector": True})
+        ranked = answer(app, "/v1/rerank", {"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS})
+        kind = answer_get(app, "/v1/models")["data"][0]["kind"]
+    finally:
+        runtime.close()
+    assert kind == "bge-m3"
+    for index, item in enumerate(body["data"]):
+        dense_matches(item["embedding"], expected["dense"][index])
+        sparse_matches(item["sparse_embedding"], expected["lexical"][index])
+        rows_match(item["multi_vector"], expected[f"colbert_{index}"])
+    scores = {hit["index"]: hit["relevance_score"] for hit in ranked["results"]}
+    np.testing.assert_allclose([scores[i] for i in range(len(RERANK_DOCUMENTS))],
+                               expected["score_colbert+sparse+dense"], atol=SCORE_TOLERANCE, rtol=0)
+
+
 def test_sagemaker_envelope_gets_dense_and_asks_the_others_in_parameters(served, expected):
     app, _ = served
     plain = answer(app, "/invocations", {"data": [{"text": TEXTS[0], "id": "a"}]})
