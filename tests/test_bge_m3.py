@@ -155,6 +155,13 @@ def test_sagemaker_envelope_gets_dense_and_asks_the_others_in_parameters(served,
     lexical = expected["lexical"][0]
     largest = sorted(sorted(lexical, key=lambda token: -lexical[token])[:2], key=int)
     assert item["sparse_embedding"]["indices"] == [int(token) for token in largest]
+    # batch transform: `id,text` rows answer the dense vector, BGE-M3's own form
+    rows = app.post("/invocations", data=f'a,"{TEXTS[0]}"\nb,"{TEXTS[3]}"\n', headers={"Content-Type": "text/csv"})
+    assert rows.status_code == 200, rows.text[:500]
+    items = json.loads(rows.text.splitlines()[0])["data"]
+    assert [item["id"] for item in items] == ["a", "b"]
+    assert all(set(item) == {"id", "embedding", "usage"} for item in items)
+    dense_matches(items[1]["embedding"], expected["dense"][3])
 
 
 def test_rerank_is_compute_scores_weighted_mean(served, expected):

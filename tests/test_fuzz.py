@@ -3,8 +3,8 @@ the route's format or the contract's JSON error, never a 500, never a stack trac
 
 Through `create_app` and Flask's test client on real models: the embedded MiniLM (text embeddings), a
 cross-encoder, a tiny CLIP (images), a tiny ColBERT (multi-vector), a tiny SPLADE (sparse) and a tiny BGE-M3 (all
-three forms), so every operation meets a model that serves it and models that do not. `make test` runs a quick slice per kind; `make soak` a long
-one (SEARCHBOX_FUZZ_EXAMPLES) and the same bodies against real servers.
+three forms), so every operation meets a model that serves it and models that do not. `make test` runs a quick slice
+per kind; `make soak` a long one (SEARCHBOX_FUZZ_EXAMPLES) and the same bodies against real servers.
 """
 
 from __future__ import annotations
