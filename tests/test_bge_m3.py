@@ -284,6 +284,8 @@ def test_sparse_route_refuses_the_combined_options(served):
     app, _ = served
     assert_error(app.post("/v1/sparse-embeddings", {"input": ["a"], "return_multivector": True}), 422,
                  "UNSUPPORTED_OPTION", "return_multivector")
+    assert_error(app.post("/v1/embeddings", {"input": ["a"], "return_sparse": True, "top_k": 0}), 422,
+                 "INVALID_OPTION", "top_k")
 
 
 def test_other_kinds_refuse_the_combined_options(app):

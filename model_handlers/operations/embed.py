@@ -13,10 +13,10 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from model_handlers import operations
 from model_handlers.batching import Timing, WorkItem
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
-from model_handlers import operations
 from model_handlers.operations import OperationSpec, Runner
 from model_handlers.types import ALSO_OPTIONS, EmbedRequest, EmbedResult, TextInput, counted
 
@@ -87,6 +87,9 @@ def check_also(request: EmbedRequest, model: object, model_name: str) -> None:
         raise InvalidOption(f"{options} needs a model whose one forward pass also makes those outputs (BGE-M3); model "
                             f"{model_name} does not: leave {options} out, and ask /v1/sparse-embeddings or "
                             "/v1/multi-vector of a model that makes them", code="UNSUPPORTED_OPTION")
+    # the sparse form's own option, checked here as /v1/sparse-embeddings checks it (operations/sparse.py)
+    if request.top_k is not None and request.top_k < 1:
+        raise InvalidOption(f"top_k must be at least 1, got {request.top_k}")
 
 
 def check_dimensions(dimensions: int | None, width: int | None, model_name: str) -> None:
