@@ -98,3 +98,10 @@ def run_load(url: str, path: str, bodies: Sequence[bytes], clients: int, seconds
     """
     requests = [build_request(url, path, body) for body in bodies]
     return asyncio.run(_run(url, requests, clients, seconds, warmup, on_start))
+
+
+def run_load_mixed(url: str, calls: Sequence[tuple[str, bytes]], clients: int, seconds: float,
+                   warmup: float = 1.0) -> LoadResult:
+    """As `run_load`, each client POSTing (path, body) `calls` in turn (several routes: e.g. one per output)."""
+    requests = [build_request(url, path, body) for path, body in calls]
+    return asyncio.run(_run(url, requests, clients, seconds, warmup, None))

@@ -7,7 +7,8 @@
 - Scores: a cross-encoder's own (`Scoring.PAIR`: one score per (query, window) input), the cosine of
   query and window embeddings (`Scoring.COSINE`), or late interaction over token vectors (`Scoring.MAXSIM`:
   for each query token its best cosine over the window's token vectors, summed, as ColBERT scores), or the dot
-  product of query and window outputs (`Scoring.DOT`: sparse vectors, as SPLADE scores).
+  product of query and window outputs (`Scoring.DOT`: sparse vectors, as SPLADE scores), or BGE-M3's weighted mean
+  of the three (`Scoring.HYBRID`).
 - Hits are sorted by score, highest first, ties in input order, cut to `top_n` (`rank`).
 """
 
@@ -43,6 +44,28 @@ class Scoring(str, enum.Enum):
     # the first input is the query; each other input a window; score = dot product with the query's output (sparse
     # models: their weights are the scores, unnormalised)
     DOT = "dot"
+    # the query's and each window's outputs are `Hybrid`s (BGE-M3's three outputs of one pass); score = the weighted
+    # mean (`RerankWork.weights`) of their dense cosine, sparse dot product and mean late interaction
+    HYBRID = "hybrid"
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """One input's outputs of a model that makes three forms in one pass (BGE-M3), as its `compute_score` reads them."""
+
+    dense: np.ndarray  # a unit vector
+    sparse_ids: np.ndarray  # the token ids it weighs, ascending
+    sparse_weights: np.ndarray
+    tokens: np.ndarray  # unit token vectors, one row each
+
+    def scores(self, window: "Hybrid") -> tuple[float, float, float]:
+        """(dense, sparse, late interaction) against a window: the cosine; the dot product of the weights of the token
+        ids both hold; each query token's best cosine over the window's, averaged over the query's tokens."""
+        dense = float(np.dot(self.dense.astype(np.float64), window.dense))
+        _, mine, theirs = np.intersect1d(self.sparse_ids, window.sparse_ids, assume_unique=True, return_indices=True)
+        sparse = float(np.dot(self.sparse_weights[mine].astype(np.float64), window.sparse_weights[theirs]))
+        late = maxsim(self.tokens, window.tokens) / max(len(self.tokens), 1)
+        return dense, sparse, late
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,7 @@ class RerankWork:
     query_tokens: int
     document_tokens: Sequence[int]
     adapters: tuple[str, ...] = ()
+    weights: tuple[float, float, float] | None = None  # HYBRID: of the dense, sparse and late-interaction scores
 
 
 def windowed(scoring: Scoring, query: Sequence[Hashable], query_tokens: int, documents: Sequence[Document],
@@ -136,6 +160,10 @@ def window_scores(work: RerankWork, outputs: Sequence[np.ndarray]) -> list[float
     """One score per window input (query inputs excluded), in input order."""
     if work.scoring is Scoring.PAIR:
         return [float(np.asarray(output).reshape(-1)[0]) for output in outputs]
+    if work.scoring is Scoring.HYBRID:
+        query, weights = outputs[work.owners.index(None)], np.asarray(work.weights, dtype=np.float64)
+        return [float(np.dot(weights, query.scores(outputs[i])) / weights.sum())
+                for i, owner in enumerate(work.owners) if owner is not None]
     if work.scoring is Scoring.MAXSIM:
         query = _unit_rows(outputs[work.owners.index(None)])
         return [maxsim(query, _unit_rows(outputs[i])) for i, owner in enumerate(work.owners) if owner is not None]

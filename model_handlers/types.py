@@ -8,8 +8,8 @@ model_handlers/operations), so that whatever handles it reads that operation's s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import ClassVar, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -98,6 +98,10 @@ INPUT_TYPE_TASKS = {"query": "retrieval.query", "document": "retrieval.passage"}
 TASK_INPUT_TYPES = {task: input_type for input_type, task in INPUT_TYPE_TASKS.items()}
 
 
+# The forms of embeddings a request may ask beside its own (operation name -> the request's field, the wire's option).
+ALSO_OPTIONS = {"sparse": "return_sparse", "multi-vector": "return_multivector"}
+
+
 @dataclass(frozen=True)
 class EmbedRequest:
     inputs: tuple[EmbedInput, ...]
@@ -121,6 +125,15 @@ class EmbedRequest:
     top_k: int | None = None
     min_weight: float | None = None
     return_tokens: bool = False
+    # BGE-M3 (one pass, three forms): the sparse vector and/or the token vectors of each input beside the form asked,
+    # from the same forward pass (`also`); a model that makes one form refuses them.
+    return_sparse: bool = False
+    return_multivector: bool = False
+
+    @property
+    def also(self) -> tuple[str, ...]:
+        """The other forms of embeddings (operation names) asked beside `operation`, from the same forward pass."""
+        return tuple(name for name, option in ALSO_OPTIONS.items() if getattr(self, option))
 
     # `task` and `input_type` say the same thing in two vocabularies; these three are the one place they are read.
 
@@ -152,6 +165,8 @@ class EmbedResult:
     token_counts: list[int]
     model: str
     operation: str  # the form of embeddings the vectors are (the request's, resolved)
+    # the other forms asked beside it (`EmbedRequest.also`): operation name -> one answer per input, in input order
+    also: Mapping[str, list] = field(default_factory=dict)
 
     @property
     def total_tokens(self) -> int:

@@ -54,8 +54,11 @@ _CHUNK = 1024 * 1024
 
 # Weight formats the image never reads (TensorFlow, Flax, ONNX, GGUF): left out of the artifact.
 _UNUSED_SUFFIXES = {".h5", ".msgpack", ".ot", ".onnx", ".gguf"}
-# Pickled torch weights: left out where safetensors sit beside them, refused where they are all there is.
+# Pickled torch weights: left out where safetensors of the same weights sit beside them (a transformers checkpoint's
+# pytorch_model*.bin beside its model*.safetensors, or a file beside its own .safetensors twin), refused otherwise: a
+# pickle of other tensors (BGE-M3's colbert_linear.pt and sparse_linear.pt beside the encoder) would be lost.
 _PICKLED_SUFFIXES = model_code.PICKLED_SUFFIXES
+_TRANSFORMERS_PICKLE = "pytorch_model"
 _NOT_WEIGHTS = model_code.NOT_WEIGHTS
 _UNUSED_DIRS = {"onnx", "openvino", "__pycache__", ".cache"}
 _RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w[\w.]*)\s+import|import\s+\.(\w[\w.]*))", re.MULTILINE)
@@ -220,14 +223,22 @@ def _stage(model_dir: Path, staged: Path) -> list[str]:
     everything = sorted(p for p in model_dir.rglob("*") if p.is_file())
     relative = [p.relative_to(model_dir) for p in everything]
     with_safetensors = {p.parent for p in relative if p.suffix == ".safetensors"}
+    safetensors = {p for p in relative if p.suffix == ".safetensors"}
     skipped = []
     for source, rel in zip(everything, relative):
         pickled = rel.suffix in _PICKLED_SUFFIXES
+        duplicate = pickled and (rel.with_suffix(".safetensors") in safetensors
+                                 or (rel.name.startswith(_TRANSFORMERS_PICKLE) and rel.parent in with_safetensors))
         if (any(part.startswith(".") or part in _UNUSED_DIRS for part in rel.parts)
-                or rel.suffix in _UNUSED_SUFFIXES or rel.name in _NOT_WEIGHTS or rel.name == MANIFEST
-                or (pickled and rel.parent in with_safetensors)):
+                or rel.suffix in _UNUSED_SUFFIXES or rel.name in _NOT_WEIGHTS or rel.name == MANIFEST or duplicate):
             skipped.append(str(rel))
             continue
+        if pickled and rel.parent in with_safetensors:
+            raise BuildRefused(
+                f"{rel} holds pickled tensors that no safetensors file beside it holds (BGE-M3's colbert_linear.pt "
+                "and sparse_linear.pt are such); the artifact ships safetensors only (unpickling runs code). Convert "
+                f"it: safetensors.torch.save_file(torch.load('{rel}', weights_only=True), "
+                f"'{rel.with_suffix('.safetensors')}'), and build again.")
         if pickled:
             raise BuildRefused(
                 f"{rel} holds pickled weights and no safetensors file sits beside it; the artifact ships "

@@ -35,6 +35,7 @@ START_TIMEOUT_S = 120
 TIERS = ("unit", "app", "server", "soak")
 # The tier a fixture implies: it starts real processes, or loads a model into this process.
 FIXTURE_TIERS = {"server": "server", "server_factory": "server", "reranker_server": "server", "colbert": "server",
+                 "bge_m3_reference": "server",
                  "app": "app", "client": "app", "runtime": "app", "reference_model": "app", "reranker_dir": "app"}
 
 

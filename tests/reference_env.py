@@ -1,4 +1,5 @@
-"""Reference implementations that pin other library versions than the project, each in its own venv.
+"""Reference implementations that pin other library versions than the project, each in its own venv (PyLate,
+FlagEmbedding, the integration clients).
 
 PyLate 1.6.0 pins sentence-transformers 5.3.0 and transformers <= 5.3.0 (and, through fast-plaid, a CUDA
 torch): it can never be a project dependency. The test session makes its venv once, in the git-ignored
@@ -32,6 +33,12 @@ CLIENTS_SPEC = (
     ("openai==3.51.0", "cohere==7.3.1", "langchain-community==0.4.2",
      "llama-index-embeddings-sagemaker-endpoint==0.6.0", "boto3"),
 )
+# BGE-M3's own code (tests/bge_m3_models.py): FlagEmbedding 1.4.2 and what pip resolved for it on the CPU torch kept
+# on this machine kind, pinned so that the reference cannot drift under the tests.
+FLAGEMBEDDING_SPEC = (
+    ("torch==2.13.0", "transformers==5.25.0", "sentence-transformers==6.3.0", "peft==0.21.2", "accelerate==1.16.0",
+     "datasets==5.2.0", "ir-datasets==0.6.3", "sentencepiece==0.2.3", "FlagEmbedding==1.4.2"),
+)
 _INSTALL_TIMEOUT_S = 1800
 
 
@@ -42,6 +49,11 @@ class ReferenceUnavailable(RuntimeError):
 def pylate_python() -> Path:
     """The python of a venv holding PyLate 1.6.0, made on first use (minutes) and reused after."""
     return _venv("pylate-1.6.0", PYLATE_SPEC)
+
+
+def flagembedding_python() -> Path:
+    """The python of a venv holding FlagEmbedding 1.4.2 (BGE-M3's `BGEM3FlagModel`), made on first use."""
+    return _venv("flagembedding-1.4.2", FLAGEMBEDDING_SPEC)
 
 
 def clients_python() -> Path:

@@ -2,9 +2,9 @@
 the route's format or the contract's JSON error, never a 500, never a stack trace (tests/fuzz_strategies.py).
 
 Through `create_app` and Flask's test client on real models: the embedded MiniLM (text embeddings), a
-cross-encoder, a tiny CLIP (images), a tiny ColBERT (multi-vector) and a tiny SPLADE (sparse), so every operation
-meets a model that serves it and models that do not. `make test` runs a quick slice per kind; `make soak` a long
-one (SEARCHBOX_FUZZ_EXAMPLES) and the same bodies against real servers.
+cross-encoder, a tiny CLIP (images), a tiny ColBERT (multi-vector), a tiny SPLADE (sparse) and a tiny BGE-M3 (all
+three forms), so every operation meets a model that serves it and models that do not. `make test` runs a quick slice
+per kind; `make soak` a long one (SEARCHBOX_FUZZ_EXAMPLES) and the same bodies against real servers.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import fuzz_strategies
 from helpers import in_process
 
 EXAMPLES = int(os.environ.get("SEARCHBOX_FUZZ_EXAMPLES", "150"))
-KINDS = ["text", "reranker", "clip", "colbert", "sparse"]
+KINDS = ["text", "reranker", "clip", "colbert", "sparse", "bge-m3"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -38,11 +38,15 @@ def served(request, client, tmp_path_factory, minilm_dir):
         import tiny_clip
 
         model_dir = tiny_clip.build(tmp_path_factory.mktemp("fuzz") / "tiny-clip")
+    elif request.param == "bge-m3":
+        from bge_m3_models import make_model
+
+        model_dir = make_model(tmp_path_factory.mktemp("fuzz") / "tiny-bge-m3", minilm_dir)
     else:
         from sparse_models import make_splade
 
         model_dir = make_splade(tmp_path_factory.mktemp("fuzz") / "tiny-splade", minilm_dir)
-    app, runtime = in_process(model_dir)
+    app, runtime = in_process(model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"})  # BGE-M3's heads as FlagEmbedding saves them
     yield app._client
     runtime.close()
 

@@ -112,12 +112,20 @@ class EmbeddingForm:
         usage: the usage keys of a list answer.
         schema: one encoded embedding, as a JSON Schema (for every encoding).
         value: one result vector, encoded as the request asked.
+        beside: its key in an item of another form that asks it too from the same pass (`return_sparse`,
+            `return_multivector`: BGE-M3).
     """
 
     key: str
     usage: tuple[str, ...]
     schema: Callable[[], dict[str, Any]] = field(repr=False)
     value: Callable[[Any, Encoding], Any] = field(default=lambda vector, encoding: encoding.render(vector), repr=False)
+    beside: str | None = None
+
+    def render_also(self, also: Mapping[str, list], index: int, encoding: Encoding) -> dict[str, Any]:
+        """The other forms an item answers beside this one (`EmbedResult.also`), each under its `beside` key."""
+        return {named(name).form.beside: named(name).form.value(values[index], encoding)
+                for name, values in also.items()}
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,13 @@ def named(name: str) -> WireOperation:
         if wire.name == name:
             return wire
     raise KeyError(f"no dialect declares operation {name!r}")
+
+
+def beside_schemas() -> dict[str, dict[str, Any]]:
+    """The keys an embeddings item may have beside its own form's (`EmbeddingForm.beside`), as JSON Schemas."""
+    return {wire.form.beside: {**wire.form.schema(), "description": f"the input's {wire.name} embedding from the same "
+                               "forward pass, when asked (return_sparse, return_multivector: BGE-M3)"}
+            for wire in registered() if wire.form is not None and wire.form.beside is not None}
 
 
 def decode_invocation(body: Any) -> Decoded:

@@ -7,14 +7,16 @@ this dialect, the first form, claims them for every form (a multi-vector model a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
+from container import dialects
 from container.dialects import (
     ITEM_OVERHEAD_BYTES, Decoded, EmbeddingForm, Listing, Route, WireOperation, public, sagemaker,
 )
 from container.encodings import Encoding, schema as embedding_schema, vector_bytes
 from model_handlers.operations.embed import EMBED
-from model_handlers.types import EmbedRequest
+from model_handlers.types import ALSO_OPTIONS, EmbedRequest
 
 
 def invocation(body: Mapping[str, Any]) -> Decoded | None:
@@ -31,7 +33,11 @@ def estimate(request: EmbedRequest, encoding: Encoding | None, pipeline: Any) ->
     """An upper bound of an embeddings answer's bytes: its vectors (one per input, or per kept token) in the encodings
     asked, and what each answered input adds."""
     dims = request.dimensions or pipeline.dimensions or 0
-    return pipeline.answer_rows(request) * vector_bytes(dims, encoding) + len(request.inputs) * ITEM_OVERHEAD_BYTES
+    own = pipeline.answer_rows(request) * vector_bytes(dims, encoding) + len(request.inputs) * ITEM_OVERHEAD_BYTES
+    # the forms asked beside it (BGE-M3's return_sparse, return_multivector), as their own answers would be
+    alone = replace(request, **dict.fromkeys(ALSO_OPTIONS.values(), False))
+    return own + sum(dialects.named(name).estimate(replace(alone, operation=name), encoding, pipeline)
+                     for name in request.also)
 
 
 FORM = EmbeddingForm("embedding", ("total_tokens", "prompt_tokens"), embedding_schema)

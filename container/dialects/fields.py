@@ -299,6 +299,12 @@ EMBED_OPTIONS = (
     Option("min_weight", optional_float, {"type": "number"}, "sparse embeddings: keep weights above this only"),
     Option("return_tokens", flag(False), boolean_schema(False),
            "sparse embeddings: answer the vocabulary string of each kept token id under `tokens`"),
+    Option("return_sparse", flag(False), boolean_schema(False),
+           "BGE-M3: add each input's sparse vector (`sparse_embedding`: indices, values; `top_k`, `min_weight` and "
+           "`return_tokens` apply) from the same forward pass; other models refuse it"),
+    Option("return_multivector", flag(False), boolean_schema(False),
+           "BGE-M3: add each input's ColBERT token vectors (`multi_vector`) from the same forward pass; other "
+           "models refuse it"),
 )
 ENCODING_OPTION = Option(
     "embedding_type", encoding,

@@ -14,7 +14,7 @@ from container.dialects import EmbeddingForm, Route, WireOperation, embed, publi
 from container.encodings import schema as embedding_schema
 from model_handlers.operations.multi_vector import MULTI_VECTOR
 
-FORM = EmbeddingForm("embeddings", ("total_tokens",), lambda: embedding_schema(matrix=True))
+FORM = EmbeddingForm("embeddings", ("total_tokens",), lambda: embedding_schema(matrix=True), beside="multi_vector")
 
 WIRE = WireOperation(
     name=MULTI_VECTOR,

@@ -37,7 +37,8 @@ def decode_embeddings(body: Any, operation: str | None) -> Decoded:
             "object": "list",
             "usage": dict.fromkeys(form.usage, result.total_tokens),
             # each item's value goes out as numpy (orjson writes it whole: no Python work per float)
-            "data": [{"object": form.key, "index": index, form.key: form.value(vector, encoding)}
+            "data": [{"object": form.key, "index": index, form.key: form.value(vector, encoding),
+                      **form.render_also(result.also, index, encoding)}
                      for index, vector in enumerate(result.vectors)],
         }
 
@@ -70,6 +71,7 @@ def response_schema(form: dialects.EmbeddingForm) -> dict[str, Any]:
                       "properties": {key: {"type": "integer"} for key in form.usage}},
             "data": {"type": "array", "items": {
                 "type": "object", "required": ["object", "index", form.key],
-                "properties": {"object": {"const": form.key}, "index": {"type": "integer"}, form.key: form.schema()}}},
+                "properties": {"object": {"const": form.key}, "index": {"type": "integer"}, form.key: form.schema(),
+                               **dialects.beside_schemas()}}},
         },
     }

@@ -41,8 +41,9 @@ def decode(body: dict[str, Any]) -> Decoded:
 def render_items(ids, result: EmbedResult, encoding: Encoding) -> list[dict[str, Any]]:
     """The answered inputs: each under its form's key, with its id and usage."""
     form = dialects.named(result.operation).form
-    return [{"id": item_id, form.key: form.value(vector, encoding), "usage": {"total_tokens": tokens}}
-            for item_id, vector, tokens in zip(ids, result.vectors, result.token_counts)]
+    return [{"id": item_id, form.key: form.value(vector, encoding), **form.render_also(result.also, index, encoding),
+             "usage": {"total_tokens": tokens}}
+            for index, (item_id, vector, tokens) in enumerate(zip(ids, result.vectors, result.token_counts))]
 
 
 _ID = {"type": ["string", "number"], "description": "echoed back as sent; a random hex id when none is given"}
@@ -64,13 +65,15 @@ def request_schema() -> dict[str, Any]:
 
 
 def response_schema() -> dict[str, Any]:
-    """What `render_items` answers (in the envelope), as a JSON Schema: an item of any form of embeddings."""
+    """What `render_items` answers (in the envelope), as a JSON Schema: an item of any form of embeddings (anyOf: a
+    BGE-M3 item asked `return_sparse` holds the keys of two forms)."""
     items = [{"type": "object", "required": ["id", wire.form.key, "usage"],
-              "properties": {"id": _ID, wire.form.key: wire.form.schema(), "usage": _USAGE}}
+              "properties": {"id": _ID, wire.form.key: wire.form.schema(), **dialects.beside_schemas(),
+                             "usage": _USAGE}}
              for wire in dialects.registered() if wire.form is not None]
     return {
         "type": "object",
         "required": ["data", "parameters"],
-        "properties": {"data": {"type": "array", "items": {"oneOf": items}},
+        "properties": {"data": {"type": "array", "items": {"anyOf": items}},
                        "parameters": {"type": "object"}},
     }

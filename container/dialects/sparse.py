@@ -50,7 +50,7 @@ def estimate(request, encoding: Encoding | None, pipeline: Any) -> int:
     return len(request.inputs) * (entries * ENTRY_BYTES + ITEM_OVERHEAD_BYTES)
 
 
-FORM = EmbeddingForm("sparse_embedding", ("total_tokens",), schema, value)
+FORM = EmbeddingForm("sparse_embedding", ("total_tokens",), schema, value, beside="sparse_embedding")
 
 WIRE = WireOperation(
     name=SPARSE,

@@ -29,6 +29,7 @@ KIND_MODULES = (
     "model_handlers.kinds.cross_encoder",
     "model_handlers.kinds.multimodal",
     "model_handlers.kinds.sparse",
+    "model_handlers.kinds.bge_m3",
     "model_handlers.kinds.text_embedding",
 )
 
@@ -126,9 +127,8 @@ class Kind:
 
     @property
     def embedding_operation(self) -> str | None:
-        """The form of embeddings this kind makes (one vector per input, or per token); None when it makes none.
-
-        It is what a body that does not say which form it wants (the SageMaker envelope) asks of it.
+        """The form of embeddings a body that names none gets (the SageMaker envelope): the kind's own, the first form
+        it makes in operations registration order (a BGE-M3 makes three: its own is `embed`); None when it makes none.
         """
         return next((spec.name for spec in operations.registered() if spec.embeddings and self.answers(spec.name)),
                     None)
@@ -157,8 +157,6 @@ def registered() -> tuple[Kind, ...]:
     for kind in every:
         for name in (*kind.operations, kind.csv.operation):
             operations.named(name)
-        if sum(operations.named(name).embeddings for name in kind.operations) > 1:
-            raise AssertionError(f"kind {kind.name} makes more than one form of embeddings; this is a bug")
     return every
 
 

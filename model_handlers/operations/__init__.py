@@ -4,8 +4,9 @@ An operation says once: its name (the word a kind lists in `operations`, /v1/mod
 is keyed by), the typed request it runs, the protocol a kind's model implements to answer it, how the shared
 pipeline runs it, how many inputs a request carries (the input limit, usage figures, metering), a small
 request that warms a model up, and how the artifact check sums up an answer. A form of embeddings (one vector
-per input, one per token, ...) also says what it makes: a kind makes at most one form, and a body that does
-not say which form it wants (the SageMaker envelope, batch transform) asks for the served kind's own.
+per input, one per token, ...) also says what it makes: a kind may make several (BGE-M3 makes three from one
+pass), and a body that does not say which form it wants (the SageMaker envelope, batch transform) asks for the
+served kind's own, the first it makes in registration order.
 
 The wire side of each operation (routes, bodies, answers, CSV rows, OpenAPI) is registered in
 container/dialects/; `kinds` lists which operations each kind answers. Importing this costs no torch.
@@ -66,6 +67,9 @@ class OperationSpec:
         summary: `summary(request, result)`: the artifact check's line ("embedded 2 texts into 384 dimensions").
         form: a form of embeddings says what it makes ("one vector per input"); None for other operations.
         answer_rows: `answer_rows(pipeline, request)`: the rows (vectors) the answer holds, when not one per input.
+        answer: a form of embeddings: `answer(model, request, output)`, one input's model output as this form answers
+            it (cut and normalised, or kept as sparse entries); also what a request answers of it beside another form
+            from the same pass (`EmbedRequest.also`).
     """
 
     name: str
@@ -79,6 +83,7 @@ class OperationSpec:
     summary: Callable[[Any, Any], str] = field(repr=False)
     form: str | None = None
     answer_rows: Callable[[Runner, Any], int] | None = field(default=None, repr=False)
+    answer: Callable[[Any, Any, Any], Any] | None = field(default=None, repr=False)
 
     @property
     def embeddings(self) -> bool:

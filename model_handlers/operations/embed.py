@@ -13,11 +13,12 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from model_handlers import operations
 from model_handlers.batching import Timing, WorkItem
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
 from model_handlers.operations import OperationSpec, Runner
-from model_handlers.types import EmbedRequest, EmbedResult, TextInput, counted
+from model_handlers.types import ALSO_OPTIONS, EmbedRequest, EmbedResult, TextInput, counted
 
 EMBED = "embed"
 
@@ -43,18 +44,52 @@ class Embedder(Protocol):
     def prepare_embed(self, request: EmbedRequest) -> Prepared: ...
 
 
+@runtime_checkable
+class OnePassForms(Protocol):
+    """A model whose one forward pass makes several forms of embeddings (BGE-M3: dense, sparse, token vectors).
+
+    When a request asks for others beside its own (`EmbedRequest.also`), `prepare_embed` makes items that answer
+    all of them, and each input's output is then a mapping of operation name to that form's output.
+    """
+
+    def forms_of_one_pass(self) -> frozenset[str]:
+        """The forms (operation names) one pass makes."""
+
+
 def run(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Timing | None) -> EmbedResult:
-    """Each input's vector (or, multi-vector, matrix of token vectors), cut to `dimensions` and normalised as asked."""
+    """Each input's vector (or, multi-vector, matrix of token vectors), cut to `dimensions` and normalised as asked;
+    and what the request asks beside it from the same pass (`also`)."""
     check_dimensions(request.dimensions, pipeline.dimensions, pipeline.model_name)
+    check_also(request, pipeline.model, pipeline.model_name)
     request = request.with_default_input_type(pipeline.default_input_type)
     pipeline.admit(deadline)
     prepared = pipeline.model.prepare_embed(request)
-    outputs = pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
-    vectors = [finish(vector, request) for output in outputs for vector in output]
-    if len(vectors) != len(request.inputs):
-        raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs; this is a bug")
-    return EmbedResult(vectors=vectors, token_counts=prepared.token_counts, model=pipeline.model_name,
-                       operation=request.operation)
+    outputs = [value for output in pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
+               for value in output]
+    if len(outputs) != len(request.inputs):
+        raise AssertionError(f"{len(outputs)} vectors for {len(request.inputs)} inputs; this is a bug")
+    if not request.also:
+        return EmbedResult(vectors=[finish(vector, request) for vector in outputs],
+                           token_counts=prepared.token_counts, model=pipeline.model_name, operation=request.operation)
+    answers = {name: [operations.named(name).answer(pipeline.model, request, output[name]) for output in outputs]
+               for name in (request.operation, *request.also)}
+    return EmbedResult(vectors=answers.pop(request.operation), token_counts=prepared.token_counts,
+                       model=pipeline.model_name, operation=request.operation, also=answers)
+
+
+def check_also(request: EmbedRequest, model: object, model_name: str) -> None:
+    """Other forms beside the asked one come only from a model whose one pass makes them all (BGE-M3)."""
+    if not request.also:
+        return
+    options = " and ".join(ALSO_OPTIONS[name] for name in request.also)
+    makes = model.forms_of_one_pass() if isinstance(model, OnePassForms) else frozenset()
+    if request.operation not in makes or not set(request.also) <= makes:
+        raise InvalidOption(f"{options} needs a model whose one forward pass also makes those outputs (BGE-M3); model "
+                            f"{model_name} does not: leave {options} out, and ask /v1/sparse-embeddings or "
+                            "/v1/multi-vector of a model that makes them", code="UNSUPPORTED_OPTION")
+    # the sparse form's own option, checked here as /v1/sparse-embeddings checks it (operations/sparse.py)
+    if request.top_k is not None and request.top_k < 1:
+        raise InvalidOption(f"top_k must be at least 1, got {request.top_k}")
 
 
 def check_dimensions(dimensions: int | None, width: int | None, model_name: str) -> None:
@@ -93,4 +128,5 @@ SPEC = OperationSpec(
     warm_up=lambda: EmbedRequest(inputs=(TextInput("warm up the model"),)),
     summary=_summary,
     form="one vector per input",
+    answer=lambda model, request, output: finish(output, request),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from model_handlers.operations import OperationSpec, Runner
-from model_handlers.operations.embed import Embedder, run
+from model_handlers.operations.embed import Embedder, finish, run
 from model_handlers.types import EmbedRequest, EmbedResult, TextInput, counted
 
 MULTI_VECTOR = "multi-vector"
@@ -46,4 +46,5 @@ SPEC = OperationSpec(
     summary=_summary,
     form="one vector per token of each input",
     answer_rows=_answer_rows,
+    answer=lambda model, request, output: finish(output, request),
 )

@@ -46,16 +46,28 @@ class SparseEmbedder(Embedder, Protocol):
         """The vocabulary strings of token ids."""
 
 
-def sparsify(weights: np.ndarray, top_k: int | None = None, min_weight: float | None = None) -> tuple[np.ndarray,
-                                                                                                      np.ndarray]:
-    """The entries of a dense weight vector worth keeping: above zero (and `min_weight`), the `top_k` largest
-    (ties: the lower token id first, as a stable sort keeps them), as (indices ascending, values)."""
-    weights = np.asarray(weights, dtype=np.float32).reshape(-1)
-    keep = np.flatnonzero(weights > (0.0 if min_weight is None else max(min_weight, 0.0)))
+def sparsify(weights, top_k: int | None = None, min_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The entries worth keeping of one input's weights (a dense vector of one weight per vocabulary entry, or a
+    `SparseVector` of the entries a model kept itself): above zero (and `min_weight`), the `top_k` largest (ties: the
+    lower token id first, as a stable sort keeps them), as (indices ascending, values)."""
+    floor = 0.0 if min_weight is None else max(min_weight, 0.0)
+    if isinstance(weights, SparseVector):
+        above = weights.values > floor
+        keep, values = weights.indices[above], np.asarray(weights.values[above], dtype=np.float32)
+    else:
+        weights = np.asarray(weights, dtype=np.float32).reshape(-1)
+        keep = np.flatnonzero(weights > floor)
+        values = weights[keep]
     if top_k is not None and len(keep) > top_k:
-        order = np.argsort(-weights[keep], kind="stable")[:top_k]
-        keep = np.sort(keep[order])
-    return keep.astype(np.int64), weights[keep]
+        order = np.sort(np.argsort(-values, kind="stable")[:top_k])
+        keep, values = keep[order], values[order]
+    return keep.astype(np.int64), values
+
+
+def answer(model: SparseEmbedder, request: EmbedRequest, output) -> SparseVector:
+    """One input's weights kept as the request asks, with the vocabulary strings when `return_tokens` is set."""
+    indices, values = sparsify(output, request.top_k, request.min_weight)
+    return SparseVector(indices, values, model.token_strings(indices) if request.return_tokens else None)
 
 
 def run(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Timing | None) -> EmbedResult:
@@ -65,12 +77,7 @@ def run(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Tim
     pipeline.admit(deadline)
     prepared = pipeline.model.prepare_embed(request)
     outputs = pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
-    vectors = []
-    for output in outputs:
-        for weights in output:
-            indices, values = sparsify(weights, request.top_k, request.min_weight)
-            tokens = pipeline.model.token_strings(indices) if request.return_tokens else None
-            vectors.append(SparseVector(indices, values, tokens))
+    vectors = [answer(pipeline.model, request, weights) for output in outputs for weights in output]
     if len(vectors) != len(request.inputs):
         raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs; this is a bug")
     return EmbedResult(vectors=vectors, token_counts=prepared.token_counts, model=pipeline.model_name,
@@ -82,6 +89,9 @@ def check_options(request: EmbedRequest) -> None:
         raise InvalidOption(f"top_k must be at least 1, got {request.top_k}")
     if request.late_chunking:
         raise InvalidOption("late_chunking does not apply to sparse embeddings; leave it out")
+    if request.also:
+        raise InvalidOption("return_sparse and return_multivector add outputs to /v1/embeddings answers (BGE-M3); "
+                            "leave them out of sparse embedding requests", code="UNSUPPORTED_OPTION")
 
 
 def _summary(request: EmbedRequest, result: EmbedResult) -> str:
@@ -99,4 +109,5 @@ SPEC = OperationSpec(
     warm_up=lambda: EmbedRequest(inputs=(TextInput("warm up the model"),), operation=SPARSE),
     summary=_summary,
     form="one sparse vector (token ids and weights) per input",
+    answer=answer,
 )
