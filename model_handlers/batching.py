@@ -455,8 +455,13 @@ class Batcher(Generic[ItemT, OutT]):
         return chunks
 
     def _run_chunk(self, chunk: list[_Slot]) -> None:
+        # A pass that would end after a caller's deadline (at what passes cost now) computes an answer nobody
+        # receives: that caller is answered now instead. On SIGTERM the grace's end is every caller's deadline, so
+        # no pass starts that would hold the exit past it.
+        longest = max(slot.item.length for slot in chunk)
+        ends = time.monotonic() + self.cost.seconds({_bucket(longest): longest * len(chunk)})
         for entry in {id(slot.entry): slot.entry for slot in chunk}.values():
-            if not entry.failed and entry.deadline.expired():
+            if not entry.failed and (entry.deadline.expired() or entry.deadline.at < ends):
                 self._drop(entry)
         chunk = [slot for slot in chunk if not slot.entry.failed]
         if not chunk:

@@ -250,6 +250,27 @@ def test_drain_cuts_admitted_work_at_the_end_of_the_grace():
     batcher.close()
 
 
+def test_a_pass_that_would_end_after_the_deadline_is_not_started():
+    """On SIGTERM the grace's end is the deadline: a pass that cannot end by it would hold the exit past it (make soak
+    measured 25.6 s from SIGTERM to exit with a 20 s grace, passes started late running on)."""
+    forward = ControlledForward(hold_first=True)
+    batcher = Batcher(forward)
+    running = batcher.submit([Item(0)], Deadline.after(60))
+    assert forward.started.wait(5)
+    batcher.cost.observe(longest=10, count=1, seconds=1.0)  # 0.1 s a token: a pass of one item takes ~1 s
+    late = batcher.submit([Item(1)], Deadline.after(60))
+    fits = batcher.submit([Item(2, group="other")], Deadline.after(60))
+    assert batcher.drain(grace_s=2.5) == (1, 1)  # ~1 s running + 1 s for one more fit; a third second does not
+    time.sleep(1.8)  # the running pass ends 1.8 s into the 2.5 s grace, later than measured: 1 s no longer fits
+    forward.release.set()
+    assert running.result(5) == [0]
+    for refused in (late, fits):
+        with pytest.raises(Overloaded):
+            refused.result(5)
+    assert forward.passes == [[0]], "no pass started that would end after the grace"
+    batcher.close()
+
+
 def test_on_idle_runs_when_the_queue_runs_dry_after_enough_work():
     idle = threading.Event()
     batcher = Batcher(ControlledForward(), on_idle=idle.set, idle_after_tokens=50)
