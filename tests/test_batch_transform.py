@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,21 @@ def test_csv_more_rows_than_one_request_may_carry(server):
 ])
 def test_bad_csv_rows_name_the_line(server, body, fragments):
     assert_error(post_raw(server, "/invocations", body, "text/csv"), 400, "INVALID_CSV", *fragments)
+
+
+def test_readme_bad_row_example_is_the_servers_answer(server):
+    """README's bad-row example, run as written (its shell line, against this server), answers its comment exactly."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- example: batch-bad-csv-row -->\n```sh\n(.*?)```", readme, re.S)
+    assert block, "README lost its bad-row example"
+    command, answer = block.group(1).splitlines()
+    host = server.url.removeprefix("http://")
+    done = subprocess.run(["bash", "-c", command.replace("localhost:8080", host)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    got, want = json.loads(done.stdout), json.loads(answer.removeprefix("# "))
+    assert got.pop("request_id") and want.pop("request_id") == "..."
+    assert got == want
 
 
 @pytest.mark.parametrize("body", [
