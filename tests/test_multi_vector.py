@@ -458,7 +458,7 @@ def test_readme_examples_answer_as_written(tmp_path, server_factory):
     command = "\n".join(build[start:start + 2]).replace("/tmp/pylate/bin/python", str(python))
     model_dir = tmp_path / "tiny-colbert"
     done = subprocess.run(["bash", "-c", command.replace("/tmp/tiny-colbert", str(model_dir))], capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
+                          text=True, timeout=600, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     running = server_factory({"SEARCHBOX_MODEL_DIR": str(model_dir)})
     ran = run_readme_examples(readme_example("colbert"), running.url, REPO)
