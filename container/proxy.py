@@ -11,7 +11,9 @@ What nginx answers itself, never waiting on Python:
 - `GET /ping`: 200 while every worker's ready file exists (written after its warm-up, removed when it drains or
   dies), 503 otherwise;
 - the errors it makes (a body over the limit, a malformed request, too long a URL or headers, the server at
-  its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`.
+  its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`, each logged on
+  stderr as the app logs the requests it answers (container/telemetry.py): the same JSON line, so that shedding
+  and refusals are seen where every other answer is.
 
 Every request gets `X-Request-Id` from nginx's `$request_id`; the app answers with the same id.
 """
@@ -19,16 +21,19 @@ Every request gets `X-Request-Id` from nginx's `$request_id`; the app answers wi
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from container import routes
 from container.settings import Settings
+from container.telemetry import REQUEST_LOG_KEYS, request_logger
 
 # The unix socket gunicorn listens on, the ready file and nginx's own files, inside the private run directory.
 SOCKET_NAME = "gunicorn.sock"
@@ -57,6 +62,16 @@ _ERRORS = {
     501: ("NOT_IMPLEMENTED", "this transfer encoding or method is not supported; send the body plainly or chunked"),
     503: ("OVERLOADED", "the server is at its concurrency limit or restarting; retry shortly"),
 }
+
+
+# What nginx knows of a request it answers itself, as the request log's values (the model saw nothing: the rest are 0).
+_LOG_VALUES = {"request_id": '"$request_id"', "route": '"$searchbox_route"', "status": "$status",
+               "total_ms": "$searchbox_total_ms"}
+# The app's own log lines start "<time> [<pid>] [INFO] searchbox.requests: " (container/serve.py's format).
+_LOG_FORMAT = ("'$time_iso8601 [$pid] [INFO] " + request_logger.name + ": {"
+               + ",".join(f'"{key}":{_LOG_VALUES.get(key, "0")}' for key in REQUEST_LOG_KEYS) + "}'")
+# nginx's stderr, reopened by path: see _append_when_a_file
+_ANSWER_LOG = "/dev/stderr"
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,10 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     # not parse (400, 414) to a named location
     error_pages = "\n".join(f"        error_page {status} {_ERROR_PREFIX}{status};" for status in _ERRORS if status != 503)
     not_ready = "\n".join(_not_ready(ready) for ready in paths.ready_files)
+    logs = settings.request_log and settings.log_level in ("DEBUG", "INFO")
+    answer_log = f"access_log {_ANSWER_LOG} searchbox_answer;" if logs else "access_log off;"
+    error_locations = error_locations.replace("            internal;\n",
+                                              f"            internal;\n            {answer_log}\n")
     return f"""\
 # written by container/proxy.py at start; edit that, not this
 worker_processes 1;
@@ -128,6 +147,18 @@ events {{
 
 http {{
     access_log off;
+    # the answers nginx makes itself, logged in the request log's shape (only its error locations log)
+    log_format searchbox_answer escape=json {_LOG_FORMAT};
+    map $request_uri $searchbox_route {{
+        default "unmatched";
+{_route_map()}
+    }}
+    # $request_time is seconds with milliseconds ("0.012"): the log says milliseconds
+    map $request_time $searchbox_total_ms {{
+        "~^0\\.0*(?<searchbox_ms>\\d+)$" $searchbox_ms;
+        "~^(?<searchbox_s>[1-9]\\d*)\\.(?<searchbox_s_ms>\\d+)$" $searchbox_s$searchbox_s_ms;
+        default 0;
+    }}
     server_tokens off;
     client_body_temp_path {run}/client_body;
     proxy_temp_path {run}/proxy;
@@ -203,6 +234,22 @@ http {{
 """
 
 
+def _route_map() -> str:
+    """nginx map entries from a request's path to its route, as the app labels it (a Flask rule; else "unmatched")."""
+    patterns = {route.path: route.pattern for route in routes.routes()}
+    return "\n".join(f'        "~^{pattern}(\\?|$)" "{rule}";' for rule, pattern in patterns.items())
+
+
+def _append_when_a_file(fd: int) -> None:
+    """nginx opens its access log by path, a description of its own: when stderr is a regular file, ours must append
+    too, or our next line overwrites its lines."""
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    except OSError:
+        pass  # closed or not ours to change: nothing of ours to overwrite
+
+
 def _not_ready(ready_file: Path) -> str:
     """A /ping clause: 503 while `ready_file` is missing (a worker loading, restarting or stopping)."""
     return (f"            if (!-f {ready_file}) {{\n"
@@ -254,6 +301,8 @@ class Proxy:
         # Its own session: a signal to the terminal's or the test's process group (Ctrl-C, killpg) reaches the
         # master, which stops nginx in order, instead of nginx dropping the requests in flight. Should the
         # master die without that (SIGKILL), the kernel sends nginx SIGTERM (PR_SET_PDEATHSIG).
+        for fd in (1, 2):
+            _append_when_a_file(fd)
         self._process = subprocess.Popen(self._command(), start_new_session=True, preexec_fn=_die_with_parent)
 
     @property

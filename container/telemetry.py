@@ -16,6 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 request_logger = logging.getLogger("searchbox.requests")
+# The keys of a request's log line, in order: the app's lines and nginx's (container/proxy.py, for the answers it
+# makes itself) have the same shape.
+REQUEST_LOG_KEYS = ("request_id", "route", "status", "inputs", "tokens", "units", "queue_ms", "forward_ms", "total_ms")
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -96,11 +99,9 @@ class Telemetry:
             self.tokens.labels(route).inc(figures.tokens)
             self.units.inc(figures.units)
         if self._request_log and request_logger.isEnabledFor(logging.INFO):
-            request_logger.info("%s", orjson.dumps({
-                "request_id": request_id, "route": route, "status": status, "inputs": figures.inputs,
-                "tokens": figures.tokens, "units": figures.units, "queue_ms": round(figures.queue_s * 1000, 1),
-                "forward_ms": round(figures.forward_s * 1000, 1), "total_ms": round(seconds * 1000, 1),
-            }).decode())
+            values = (request_id, route, status, figures.inputs, figures.tokens, figures.units,
+                      round(figures.queue_s * 1000, 1), round(figures.forward_s * 1000, 1), round(seconds * 1000, 1))
+            request_logger.info("%s", orjson.dumps(dict(zip(REQUEST_LOG_KEYS, values, strict=True))).decode())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -174,6 +174,9 @@ def test_one_json_line_per_request_and_never_any_input(server_factory):
 def test_the_request_log_can_be_turned_off(server_factory):
     server = server_factory({"SEARCHBOX_REQUEST_LOG": "off"})
     server.post("/v1/embeddings", {"input": ["quiet"]})
+    # nginx's own answers follow the same switch
+    refused = requests.post(server.url + "/invocations", data=b"x", headers={"Transfer-Encoding": "gzip"}, timeout=30)
+    assert refused.status_code == 501
     time.sleep(0.5)
     assert "searchbox.requests:" not in server.log()
 
