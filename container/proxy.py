@@ -121,17 +121,15 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     read_timeout = int(max(settings.request_timeout_s, settings.batch_timeout_s)) + 30
     send_timeout = read_timeout if settings.async_mode else 60
     user = "user root root;" if os.geteuid() == 0 else ""
+    logs = settings.request_log and settings.log_level in ("DEBUG", "INFO")
+    answer_log = f"access_log {_ANSWER_LOG} searchbox_answer;" if logs else "access_log off;"
     error_locations = "\n".join(_error_location(status, code, detail.format(limit=f"{limit_mb:g} MiB",
-                                                                           routes=routes.listed()))
+                                                                           routes=routes.listed()), answer_log)
                                 for status, (code, detail) in _ERRORS.items())
     # URI error pages, not named locations: nginx cannot redirect a request whose request line it could
     # not parse (400, 414) to a named location
     error_pages = "\n".join(f"        error_page {status} {_ERROR_PREFIX}{status};" for status in _ERRORS if status != 503)
     not_ready = "\n".join(_not_ready(ready) for ready in paths.ready_files)
-    logs = settings.request_log and settings.log_level in ("DEBUG", "INFO")
-    answer_log = f"access_log {_ANSWER_LOG} searchbox_answer;" if logs else "access_log off;"
-    error_locations = error_locations.replace("            internal;\n",
-                                              f"            internal;\n            {answer_log}\n")
     return f"""\
 # written by container/proxy.py at start; edit that, not this
 worker_processes 1;
@@ -269,13 +267,15 @@ def _die_with_parent() -> None:
         pass  # not Linux: nginx then outlives a killed master, as any child would
 
 
-def _error_location(status: int, code: str, detail: str) -> str:
+def _error_location(status: int, code: str, detail: str, log: str) -> str:
+    """The internal location answering `status` with the contract's JSON error; `log`: its access_log directive."""
     if "'" in detail or '"' in detail or "\\" in detail:
         raise ValueError(f"the {status} detail must hold no quotes or backslashes; this is a bug")
     retry = "            add_header Retry-After 1 always;\n" if status == 503 else ""
     body = f'{{"detail":"{detail}","code":"{code}","request_id":"$request_id"}}'
     return (f"        location = {_ERROR_PREFIX}{status} {{\n"
             f"            internal;\n"
+            f"            {log}\n"
             f"            default_type application/json;\n"
             f"            add_header X-Request-Id $request_id always;\n{retry}"
             f"            return {status} '{body}';\n"

@@ -171,6 +171,27 @@ def test_one_json_line_per_request_and_never_any_input(server_factory):
     assert first["inputs"] == 2 and first["tokens"] > 0 and first["total_ms"] >= first["forward_ms"] >= 0
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(("env", "logged"), [({}, True), ({"SEARCHBOX_REQUEST_LOG": "off"}, False),
+                                             ({"SEARCHBOX_LOG_LEVEL": "WARNING"}, False)])
+def test_nginx_logs_its_own_answers_in_the_request_logs_shape(tmp_path, env, logged):
+    """Every error location of nginx.conf logs (when the request log is on and INFO shows), in a format whose JSON
+    has the request log's keys, in order."""
+    import re
+
+    from container.proxy import ProxyPaths, render_conf
+    from container.settings import Settings
+    from container.telemetry import REQUEST_LOG_KEYS
+
+    conf = render_conf(Settings.from_env({"SEARCHBOX_MODEL_DIR": "/nonexistent", **env}), ProxyPaths(tmp_path))
+    locations = re.findall(r"location = /_searchbox/error/\d+ \{(.*?)\}", conf, re.DOTALL)
+    assert locations and all(("access_log /dev/stderr searchbox_answer;" in body) == logged for body in locations)
+    (line,) = re.findall(r"log_format searchbox_answer escape=json '(.*)';", conf)
+    prefix, json_part = line.split(" searchbox.requests: ")
+    assert prefix == "$time_iso8601 [$pid] [INFO]"
+    assert tuple(re.findall(r'"(\w+)":', json_part)) == REQUEST_LOG_KEYS
+
+
 def test_the_request_log_can_be_turned_off(server_factory):
     server = server_factory({"SEARCHBOX_REQUEST_LOG": "off"})
     server.post("/v1/embeddings", {"input": ["quiet"]})
