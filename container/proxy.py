@@ -13,7 +13,9 @@ What nginx answers itself, never waiting on Python:
 - the errors it makes (a body over the limit, a malformed request, too long a URL or headers, the server at
   its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`, each logged on
   stderr as the app logs the requests it answers (container/telemetry.py): the same JSON line, so that shedding
-  and refusals are seen where every other answer is.
+  and refusals are seen where every other answer is. Each is also a line of the answer log in the run directory,
+  which every worker reads into its `searchbox_requests_total` when scraped (`AnswerLog`); the master starts the
+  log over past `ANSWER_LOG_CAP` bytes.
 
 Every request gets `X-Request-Id` from nginx's `$request_id`; the app answers with the same id.
 """
@@ -28,6 +30,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,9 @@ from container.telemetry import REQUEST_LOG_KEYS, request_logger
 SOCKET_NAME = "gunicorn.sock"
 READY_NAME = "ready"
 CONF_NAME = "nginx.conf"
+ANSWERS_NAME = "answers.log"
+# Past this size the answer log starts over (about 200,000 answers of ~20 bytes): the run directory may be in memory.
+ANSWER_LOG_CAP = 4 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 # nginx's idle connections to gunicorn close after this; gunicorn's own keep-alive (server.py) is longer.
 UPSTREAM_KEEPALIVE_S = 20
@@ -95,6 +101,11 @@ class ProxyPaths:
     def conf(self) -> Path:
         return self.run_dir / CONF_NAME
 
+    @property
+    def answers(self) -> Path:
+        """nginx's log of the answers it makes itself: "<status> <route>" a line (AnswerLog reads it)."""
+        return self.run_dir / ANSWERS_NAME
+
 
 def find_nginx(configured: str | None) -> str | None:
     """The nginx binary: the configured path, else nginx on PATH, else Debian's /usr/sbin/nginx."""
@@ -122,7 +133,8 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     send_timeout = read_timeout if settings.async_mode else 60
     user = "user root root;" if os.geteuid() == 0 else ""
     logs = settings.request_log and settings.log_level in ("DEBUG", "INFO")
-    answer_log = f"access_log {_ANSWER_LOG} searchbox_answer;" if logs else "access_log off;"
+    answer_log = f"access_log {paths.answers} searchbox_count;" + (
+        f"\n            access_log {_ANSWER_LOG} searchbox_answer;" if logs else "")
     error_locations = "\n".join(_error_location(status, code, detail.format(limit=f"{limit_mb:g} MiB",
                                                                            routes=routes.listed()), answer_log)
                                 for status, (code, detail) in _ERRORS.items())
@@ -147,6 +159,7 @@ http {{
     access_log off;
     # the answers nginx makes itself, logged in the request log's shape (only its error locations log)
     log_format searchbox_answer escape=json {_LOG_FORMAT};
+    log_format searchbox_count '$status $searchbox_route';
     map $request_uri $searchbox_route {{
         default "unmatched";
 {_route_map()}
@@ -248,6 +261,42 @@ def _append_when_a_file(fd: int) -> None:
         pass  # closed or not ours to change: nothing of ours to overwrite
 
 
+class AnswerLog:
+    """The answers nginx made itself, from its answer log (`ProxyPaths.answers`): each read returns those logged since
+    the last, following the log when it starts over (what the old file still held is read first)."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._file = None
+        self._partial = b""
+        self._lock = threading.Lock()
+
+    def new_answers(self) -> list[tuple[str, str]]:
+        """(status, route) of each answer logged since the last call."""
+        with self._lock:
+            data = self._read()
+            data, _, self._partial = (self._partial + data).rpartition(b"\n")
+        return [(status, route) for status, _, route in (line.decode().partition(" ") for line in data.splitlines())]
+
+    def _read(self) -> bytes:
+        if self._file is None:
+            try:
+                self._file = open(self._path, "rb")  # noqa: SIM115 (kept open across reads, to follow a rotation)
+            except FileNotFoundError:
+                return b""  # nginx has not started yet
+        data = self._file.read()
+        try:
+            current = os.stat(self._path).st_ino
+        except FileNotFoundError:
+            return data  # between the rename and nginx's reopen
+        if current != os.fstat(self._file.fileno()).st_ino:
+            data += self._file.read()
+            self._file.close()
+            self._file = None
+            data += self._read()
+        return data
+
+
 def _not_ready(ready_file: Path) -> str:
     """A /ping clause: 503 while `ready_file` is missing (a worker loading, restarting or stopping)."""
     return (f"            if (!-f {ready_file}) {{\n"
@@ -308,6 +357,19 @@ class Proxy:
     @property
     def process(self) -> subprocess.Popen | None:
         return self._process
+
+    def rotate_answers(self, cap: int = ANSWER_LOG_CAP) -> bool:
+        """Start the answer log over once it holds `cap` bytes (the old file kept as `.1` until the next time, for the
+        workers to finish reading); whether it did."""
+        path = self._paths.answers
+        try:
+            if path.stat().st_size < cap or self._process is None or self._process.poll() is not None:
+                return False
+        except FileNotFoundError:
+            return False
+        os.replace(path, path.with_name(path.name + ".1"))
+        self._process.send_signal(signal.SIGUSR1)  # nginx reopens its logs
+        return True
 
     def stop_accepting(self) -> None:
         """nginx's graceful quit: close the port now, finish the requests in flight, then exit."""

@@ -1,7 +1,8 @@
 """Seeing into the endpoint: Prometheus metrics, one JSON log line per request, and the per-request figures.
 
 The worker holds every counter (one process, one registry: gunicorn's master answers nothing); nginx
-routes `/metrics` to the worker's reserved threads. The log line says what a request cost and how long
+routes `/metrics` to the worker's reserved threads. The answers nginx makes itself are logged by nginx (the same line)
+and counted into `searchbox_requests_total` from its answer log (container/proxy.py). The log line says what a request cost and how long
 it took, never what it held: no input text, no image bytes (buyers are promised their data is not kept).
 """
 
@@ -44,9 +45,13 @@ class RequestFigures:
 class Telemetry:
     """The worker's metrics registry and request log; also the batcher's observer (model_handlers.batching)."""
 
-    def __init__(self, request_log: bool = True):
+    def __init__(self, request_log: bool = True,
+                 proxy_answers: Callable[[], list[tuple[str, str]]] | None = None):
+        """`proxy_answers`: the (status, route) of answers made in front of the worker (nginx's) since the last call,
+        counted into `searchbox_requests_total` when scraped."""
         self.registry = CollectorRegistry()
         self._request_log = request_log
+        self._proxy_answers = proxy_answers
         registry = self.registry
         self.requests = Counter("searchbox_requests", "Requests answered, by route and status",
                                 ["route", "status"], registry=registry)
@@ -104,4 +109,7 @@ class Telemetry:
             request_logger.info("%s", orjson.dumps(dict(zip(REQUEST_LOG_KEYS, values, strict=True))).decode())
 
     def exposition(self) -> bytes:
+        if self._proxy_answers is not None:
+            for status, route in self._proxy_answers():
+                self.requests.labels(route, status).inc()
         return generate_latest(self.registry)

@@ -85,6 +85,19 @@ def logged_answer(server, request_id: str, timeout: float = 10) -> dict:
         time.sleep(0.1)
 
 
+def requests_counted(server, route: str, status: int) -> float:
+    """searchbox_requests_total{route, status} as /metrics says now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = requests.get(server.url + "/metrics", timeout=30)
+    assert metrics.status_code == 200
+    for family in text_string_to_metric_families(metrics.text):
+        for sample in family.samples:
+            if sample.name == "searchbox_requests_total" and sample.labels == {"route": route, "status": str(status)}:
+                return sample.value
+    return 0.0
+
+
 def worker_rss_mib(server) -> float:
     """Resident memory of the gunicorn worker."""
     (status,) = worker_status(server.process.pid).values()
@@ -127,6 +140,7 @@ def test_stalled_connections_do_not_starve_the_server(small_server):
 def test_bodies_over_the_limit_are_413_however_framed_and_never_reach_the_model(small_server):
     port = port_of(small_server)
     reached = reached_gunicorn(small_server)
+    counted = requests_counted(small_server, "/invocations", 413)
     rows = b"".join(b"id%d,%s\n" % (i, b"x" * 60_000) for i in range(20))  # ~1.2 MiB of CSV
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(row), row) for row in rows.splitlines(keepends=True)) + b"0\r\n\r\n"
     chunked = b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -134,10 +148,11 @@ def test_bodies_over_the_limit_are_413_however_framed_and_never_reach_the_model(
     assert error["code"] == "PAYLOAD_TOO_LARGE" and "1 MiB" in error["detail"]
     plain = b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Type: text/csv\r\nContent-Length: %d\r\n\r\n" % len(rows)
     second = assert_json_error(*raw_request(port, plain + rows), 413)
-    # nginx's refusals are in the request log all the same
+    # nginx's refusals are in the request log and in searchbox_requests_total all the same
     for refused in (error, second):
         line = logged_answer(small_server, refused["request_id"])
         assert (line["route"], line["status"], line["inputs"], line["tokens"]) == ("/invocations", 413, 0, 0)
+    assert requests_counted(small_server, "/invocations", 413) == counted + 2
     # nginx refused both: nothing reached gunicorn, so the model computed nothing
     assert reached_gunicorn(small_server) == reached
     assert small_server.post("/invocations", {"data": [{"text": "x"}]}).status_code == 200
@@ -158,28 +173,37 @@ def test_bodies_over_the_limit_are_413_however_framed_and_never_reach_the_model(
 def test_errors_the_http_layer_makes_are_the_contracts_json_and_logged(small_server, name, request_bytes, status,
                                                                       route):
     """nginx answers these itself (the 404 excepted, the app's): each is also one request-log line, in the app's shape,
-    so an operator sees them where every other answer is. (A request line nginx could not finish reading may leave
-    the path unknown.)"""
+    and one more in searchbox_requests_total, so an operator sees them where every other answer is. (A request line
+    nginx could not finish reading may leave the path unknown.)"""
     error = assert_json_error(*raw_request(port_of(small_server), request_bytes), status)
     line = logged_answer(small_server, error["request_id"])
     assert line["status"] == status and (route is None or line["route"] == route), line
     assert (line["inputs"], line["tokens"], line["units"]) == (0, 0, 0) and line["total_ms"] >= 0
+    counted = requests_counted(small_server, line["route"], status)
+    assert_json_error(*raw_request(port_of(small_server), request_bytes), status)
+    assert requests_counted(small_server, line["route"], status) == counted + 1
 
 
-def test_refusals_at_the_concurrency_cap_are_logged(server_factory):
+def test_refusals_at_the_concurrency_cap_are_logged_and_counted(server_factory):
     """nginx's 503 when every inference connection is taken (shedding, what autoscaling should see) is in the request
-    log: one inference connection (5 threads, 4 kept for the control routes), held by a long request."""
+    log and in searchbox_requests_total: one inference connection (5 threads, 4 kept for the control routes), held by a long request."""
     server = server_factory({"SEARCHBOX_THREADS": "5"})
+    assert requests_counted(server, "/v1/embeddings", 503) == 0
     heavy = {"input": [LONG + str(i) for i in range(32)]}
     refused = None
+
+    def at_the_cap(answer) -> bool:
+        return answer.status_code == 503 and "concurrency limit" in answer.json()["detail"]
+
     with ThreadPoolExecutor(1) as pool:
-        for _ in range(5):  # until a small request meets the long one in gunicorn, however fast this machine is
+        for _ in range(5):  # until two requests meet in gunicorn, however fast this machine is
             running = pool.submit(requests.post, server.url + "/v1/embeddings", json=heavy, timeout=300)
             while refused is None and not running.done():
                 answer = server.post("/v1/embeddings", {"input": ["small"]})
-                if answer.status_code == 503 and "concurrency limit" in answer.json()["detail"]:
-                    refused = answer
-            assert running.result().status_code == 200
+                refused = answer if at_the_cap(answer) else None
+            long_one = running.result()  # refused itself when a small one held the connection as it came
+            assert long_one.status_code == 200 or at_the_cap(long_one), long_one.text
+            refused = refused or (long_one if at_the_cap(long_one) else None)
             if refused is not None:
                 break
             heavy = {"input": heavy["input"] * 2}
@@ -187,6 +211,8 @@ def test_refusals_at_the_concurrency_cap_are_logged(server_factory):
     assert refused.headers["Retry-After"]
     line = logged_answer(server, refused.json()["request_id"])
     assert (line["route"], line["status"], line["inputs"]) == ("/v1/embeddings", 503, 0)
+    shed = len([row for row in server.log().splitlines() if "searchbox.requests: " in row and '"status":503' in row])
+    assert requests_counted(server, "/v1/embeddings", 503) == shed >= 1
 
 
 @pytest.mark.soak  # 20 s of overload; asserts how fast refusals and /ping are

@@ -192,6 +192,32 @@ def test_nginx_logs_its_own_answers_in_the_request_logs_shape(tmp_path, env, log
     assert tuple(re.findall(r'"(\w+)":', json_part)) == REQUEST_LOG_KEYS
 
 
+@pytest.mark.unit
+def test_the_answer_log_is_read_on_from_where_it_stopped_and_across_a_rotation(tmp_path):
+    """What every worker counts from nginx's answer log: each line once, a line cut mid-write when it is whole, and the
+    old file's last lines after the master starts the log over (renamed, nginx reopening the path)."""
+    import os
+
+    from container.proxy import AnswerLog
+
+    path = tmp_path / "answers.log"
+    reader = AnswerLog(path)
+    assert reader.new_answers() == []  # nginx not started yet
+    with open(path, "ab") as nginx:
+        nginx.write(b"413 /invocations\n503 /v1/embeddings\n431 /pi")
+        nginx.flush()
+        assert reader.new_answers() == [("413", "/invocations"), ("503", "/v1/embeddings")]
+        nginx.write(b"ng\n")
+        nginx.flush()
+        assert reader.new_answers() == [("431", "/ping")]
+        os.replace(path, tmp_path / "answers.log.1")
+        nginx.write(b"400 unmatched\n")  # written to the old file before nginx reopened
+        nginx.flush()
+    path.write_bytes(b"501 /invocations\n")
+    assert reader.new_answers() == [("400", "unmatched"), ("501", "/invocations")]
+    assert reader.new_answers() == []
+
+
 def test_the_request_log_can_be_turned_off(server_factory):
     server = server_factory({"SEARCHBOX_REQUEST_LOG": "off"})
     server.post("/v1/embeddings", {"input": ["quiet"]})
