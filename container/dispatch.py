@@ -111,7 +111,7 @@ class Dispatcher:
         for first, piece in spooled.slices(body):
             job = batch_transform.decode_jsonlines(piece, decode, settings.max_batch_rows, first)
             requests = self._checked(job, adapter)
-            lines += len(requests)
+            lines += len(batch_transform.split_lines(piece))
             if lines > settings.max_batch_rows:
                 raise batch_transform.too_many_rows(settings.max_batch_rows)
             estimate += answer_size(requests, job.encodings, handler)

@@ -11,7 +11,11 @@ What nginx answers itself, never waiting on Python:
 - `GET /ping`: 200 while every worker's ready file exists (written after its warm-up, removed when it drains or
   dies), 503 otherwise;
 - the errors it makes (a body over the limit, a malformed request, too long a URL or headers, the server at
-  its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`.
+  its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`, each logged on
+  stderr as the app logs the requests it answers (container/telemetry.py): the same JSON line, so that shedding
+  and refusals are seen where every other answer is. Each is also a line of the answer log in the run directory,
+  which every worker reads into its `searchbox_requests_total` when scraped (`AnswerLog`); the master starts the
+  log over past `ANSWER_LOG_CAP` bytes.
 
 Every request gets `X-Request-Id` from nginx's `$request_id`; the app answers with the same id.
 """
@@ -19,21 +23,28 @@ Every request gets `X-Request-Id` from nginx's `$request_id`; the app answers wi
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from container import routes
 from container.settings import Settings
+from container.telemetry import REQUEST_LOG_KEYS, request_logger
 
 # The unix socket gunicorn listens on, the ready file and nginx's own files, inside the private run directory.
 SOCKET_NAME = "gunicorn.sock"
 READY_NAME = "ready"
 CONF_NAME = "nginx.conf"
+ANSWERS_NAME = "answers.log"
+# Past this size the answer log starts over (about 200,000 answers of ~20 bytes): the run directory may be in memory.
+ANSWER_LOG_CAP = 4 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 # nginx's idle connections to gunicorn close after this; gunicorn's own keep-alive (server.py) is longer.
 UPSTREAM_KEEPALIVE_S = 20
@@ -59,6 +70,16 @@ _ERRORS = {
 }
 
 
+# What nginx knows of a request it answers itself, as the request log's values (the model saw nothing: the rest are 0).
+_LOG_VALUES = {"request_id": '"$request_id"', "route": '"$searchbox_route"', "status": "$status",
+               "total_ms": "$searchbox_total_ms"}
+# The app's own log lines start "<time> [<pid>] [INFO] searchbox.requests: " (container/serve.py's format).
+_LOG_FORMAT = ("'$time_iso8601 [$pid] [INFO] " + request_logger.name + ": {"
+               + ",".join(f'"{key}":{_LOG_VALUES.get(key, "0")}' for key in REQUEST_LOG_KEYS) + "}'")
+# nginx's stderr, reopened by path: see _append_when_a_file
+_ANSWER_LOG = "/dev/stderr"
+
+
 @dataclass(frozen=True)
 class ProxyPaths:
     run_dir: Path
@@ -79,6 +100,11 @@ class ProxyPaths:
     @property
     def conf(self) -> Path:
         return self.run_dir / CONF_NAME
+
+    @property
+    def answers(self) -> Path:
+        """nginx's log of the answers it makes itself: "<status> <route>" a line (AnswerLog reads it)."""
+        return self.run_dir / ANSWERS_NAME
 
 
 def find_nginx(configured: str | None) -> str | None:
@@ -106,8 +132,11 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     read_timeout = int(max(settings.request_timeout_s, settings.batch_timeout_s)) + 30
     send_timeout = read_timeout if settings.async_mode else 60
     user = "user root root;" if os.geteuid() == 0 else ""
+    logs = settings.request_log and settings.log_level in ("DEBUG", "INFO")
+    answer_log = f"access_log {paths.answers} searchbox_count;" + (
+        f"\n            access_log {_ANSWER_LOG} searchbox_answer;" if logs else "")
     error_locations = "\n".join(_error_location(status, code, detail.format(limit=f"{limit_mb:g} MiB",
-                                                                           routes=routes.listed()))
+                                                                           routes=routes.listed()), answer_log)
                                 for status, (code, detail) in _ERRORS.items())
     # URI error pages, not named locations: nginx cannot redirect a request whose request line it could
     # not parse (400, 414) to a named location
@@ -128,6 +157,19 @@ events {{
 
 http {{
     access_log off;
+    # the answers nginx makes itself, logged in the request log's shape (only its error locations log)
+    log_format searchbox_answer escape=json {_LOG_FORMAT};
+    log_format searchbox_count '$status $searchbox_route';
+    map $request_uri $searchbox_route {{
+        default "unmatched";
+{_route_map()}
+    }}
+    # $request_time is seconds with milliseconds ("0.012"): the log says milliseconds
+    map $request_time $searchbox_total_ms {{
+        "~^0\\.0*(?<searchbox_ms>\\d+)$" $searchbox_ms;
+        "~^(?<searchbox_s>[1-9]\\d*)\\.(?<searchbox_s_ms>\\d+)$" $searchbox_s$searchbox_s_ms;
+        default 0;
+    }}
     server_tokens off;
     client_body_temp_path {run}/client_body;
     proxy_temp_path {run}/proxy;
@@ -203,6 +245,58 @@ http {{
 """
 
 
+def _route_map() -> str:
+    """nginx map entries from a request's path to its route, as the app labels it (a Flask rule; else "unmatched")."""
+    patterns = {route.path: route.pattern for route in routes.routes()}
+    return "\n".join(f'        "~^{pattern}(\\?|$)" "{rule}";' for rule, pattern in patterns.items())
+
+
+def _append_when_a_file(fd: int) -> None:
+    """nginx opens its access log by path, a description of its own: when stderr is a regular file, ours must append
+    too, or our next line overwrites its lines."""
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    except OSError:
+        pass  # closed or not ours to change: nothing of ours to overwrite
+
+
+class AnswerLog:
+    """The answers nginx made itself, from its answer log (`ProxyPaths.answers`): each read returns those logged since
+    the last, following the log when it starts over (what the old file still held is read first)."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._file = None
+        self._partial = b""
+        self._lock = threading.Lock()
+
+    def new_answers(self) -> list[tuple[str, str]]:
+        """(status, route) of each answer logged since the last call."""
+        with self._lock:
+            data = self._read()
+            data, _, self._partial = (self._partial + data).rpartition(b"\n")
+        return [(status, route) for status, _, route in (line.decode().partition(" ") for line in data.splitlines())]
+
+    def _read(self) -> bytes:
+        if self._file is None:
+            try:
+                self._file = open(self._path, "rb")  # noqa: SIM115 (kept open across reads, to follow a rotation)
+            except FileNotFoundError:
+                return b""  # nginx has not started yet
+        data = self._file.read()
+        try:
+            current = os.stat(self._path).st_ino
+        except FileNotFoundError:
+            return data  # between the rename and nginx's reopen
+        if current != os.fstat(self._file.fileno()).st_ino:
+            data += self._file.read()
+            self._file.close()
+            self._file = None
+            data += self._read()
+        return data
+
+
 def _not_ready(ready_file: Path) -> str:
     """A /ping clause: 503 while `ready_file` is missing (a worker loading, restarting or stopping)."""
     return (f"            if (!-f {ready_file}) {{\n"
@@ -222,13 +316,15 @@ def _die_with_parent() -> None:
         pass  # not Linux: nginx then outlives a killed master, as any child would
 
 
-def _error_location(status: int, code: str, detail: str) -> str:
+def _error_location(status: int, code: str, detail: str, log: str) -> str:
+    """The internal location answering `status` with the contract's JSON error; `log`: its access_log directive."""
     if "'" in detail or '"' in detail or "\\" in detail:
         raise ValueError(f"the {status} detail must hold no quotes or backslashes; this is a bug")
     retry = "            add_header Retry-After 1 always;\n" if status == 503 else ""
     body = f'{{"detail":"{detail}","code":"{code}","request_id":"$request_id"}}'
     return (f"        location = {_ERROR_PREFIX}{status} {{\n"
             f"            internal;\n"
+            f"            {log}\n"
             f"            default_type application/json;\n"
             f"            add_header X-Request-Id $request_id always;\n{retry}"
             f"            return {status} '{body}';\n"
@@ -254,11 +350,26 @@ class Proxy:
         # Its own session: a signal to the terminal's or the test's process group (Ctrl-C, killpg) reaches the
         # master, which stops nginx in order, instead of nginx dropping the requests in flight. Should the
         # master die without that (SIGKILL), the kernel sends nginx SIGTERM (PR_SET_PDEATHSIG).
+        for fd in (1, 2):
+            _append_when_a_file(fd)
         self._process = subprocess.Popen(self._command(), start_new_session=True, preexec_fn=_die_with_parent)
 
     @property
     def process(self) -> subprocess.Popen | None:
         return self._process
+
+    def rotate_answers(self, cap: int = ANSWER_LOG_CAP) -> bool:
+        """Start the answer log over once it holds `cap` bytes (the old file kept as `.1` until the next time, for the
+        workers to finish reading); whether it did."""
+        path = self._paths.answers
+        try:
+            if path.stat().st_size < cap or self._process is None or self._process.poll() is not None:
+                return False
+        except FileNotFoundError:
+            return False
+        os.replace(path, path.with_name(path.name + ".1"))
+        self._process.send_signal(signal.SIGUSR1)  # nginx reopens its logs
+        return True
 
     def stop_accepting(self) -> None:
         """nginx's graceful quit: close the port now, finish the requests in flight, then exit."""

@@ -20,7 +20,7 @@ from container.telemetry import METRICS_CONTENT_TYPE
 # Flask's rule variables ("<name>", "<int:id>"), as OpenAPI and nginx write them.
 _VARIABLE = re.compile(r"<(?:[a-z_]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 _JSONLINES_NOTE = ("one JSON body or one record (`\"text\"`, `{\"text\", \"id\"}`, an image) per line; answered "
-                   "one JSON line per line, in order")
+                   "one JSON line per line, in order (a blank line: null)")
 
 
 @dataclass(frozen=True)

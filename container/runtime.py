@@ -23,11 +23,12 @@ logger = logging.getLogger(__name__)
 
 class ModelRuntime:
     def __init__(self, settings: Settings, on_load_failure: Callable[[BaseException], None] | None = None,
-                 ready_file: Path | None = None):
+                 ready_file: Path | None = None,
+                 proxy_answers: Callable[[], list[tuple[str, str]]] | None = None):
         self._settings = settings
         self._on_load_failure = on_load_failure
         self._ready_file = ready_file
-        self.telemetry = Telemetry(request_log=settings.request_log)
+        self.telemetry = Telemetry(request_log=settings.request_log, proxy_answers=proxy_answers)
         self.telemetry.watch(lambda: self._handler.queue_depth if self._handler is not None else 0,
                              lambda: self.ready)
         self._handler = None

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import uuid
 
 from gunicorn import util
@@ -29,7 +30,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 
 from container.errors import refused_by_worker
-from container.proxy import UPSTREAM_KEEPALIVE_S, Proxy, ProxyPaths
+from container.proxy import UPSTREAM_KEEPALIVE_S, AnswerLog, Proxy, ProxyPaths
 from container.settings import Settings
 from container.workers import Slot
 from model_handlers.memory import limit_arenas
@@ -40,6 +41,8 @@ logger = logging.getLogger("searchbox")
 WORKER_BOOT_ERROR = 3
 # after the worker is gone, how long nginx gets to hand the last answers on before it is killed
 _PROXY_EXIT_S = 5.0
+# How often the master looks at the size of nginx's answer log (container/proxy.py).
+_ANSWER_LOG_CHECK_S = 10.0
 
 
 class SearchboxServer(BaseApplication):
@@ -105,7 +108,8 @@ class SearchboxServer(BaseApplication):
 
         settings = self.slot.settings(self.settings)
         self.runtime = ModelRuntime(settings, on_load_failure=lambda exc: os._exit(WORKER_BOOT_ERROR),
-                                    ready_file=self.paths.ready_file(self.slot.index))
+                                    ready_file=self.paths.ready_file(self.slot.index),
+                                    proxy_answers=AnswerLog(self.paths.answers).new_answers)
         return create_app(settings, self.runtime.start())
 
     def run(self) -> None:
@@ -119,12 +123,18 @@ class SearchboxArbiter(Arbiter):
         super().start()
         self.app.proxy.start()
         threading.Thread(target=self._watch_proxy, name="proxy-watch", daemon=True).start()
+        threading.Thread(target=self._rotate_answers, name="answer-log", daemon=True).start()
         logger.info("nginx listens on port %d in front of gunicorn", self.app.settings.port)
 
     def stop(self, graceful: bool = True) -> None:
         self.app.proxy.stop_accepting()
         super().stop(graceful)
         self.app.proxy.wait(_PROXY_EXIT_S)
+
+    def _rotate_answers(self) -> None:
+        while self.app.proxy.process is not None and self.app.proxy.process.poll() is None:
+            time.sleep(_ANSWER_LOG_CHECK_S)
+            self.app.proxy.rotate_answers()
 
     def _watch_proxy(self) -> None:
         process = self.app.proxy.process

@@ -1,7 +1,8 @@
 """Seeing into the endpoint: Prometheus metrics, one JSON log line per request, and the per-request figures.
 
 The worker holds every counter (one process, one registry: gunicorn's master answers nothing); nginx
-routes `/metrics` to the worker's reserved threads. The log line says what a request cost and how long
+routes `/metrics` to the worker's reserved threads. The answers nginx makes itself are logged by nginx (the same line)
+and counted into `searchbox_requests_total` from its answer log (container/proxy.py). The log line says what a request cost and how long
 it took, never what it held: no input text, no image bytes (buyers are promised their data is not kept).
 """
 
@@ -16,6 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 request_logger = logging.getLogger("searchbox.requests")
+# The keys of a request's log line, in order: the app's lines and nginx's (container/proxy.py, for the answers it
+# makes itself) have the same shape.
+REQUEST_LOG_KEYS = ("request_id", "route", "status", "inputs", "tokens", "units", "queue_ms", "forward_ms", "total_ms")
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -41,9 +45,13 @@ class RequestFigures:
 class Telemetry:
     """The worker's metrics registry and request log; also the batcher's observer (model_handlers.batching)."""
 
-    def __init__(self, request_log: bool = True):
+    def __init__(self, request_log: bool = True,
+                 proxy_answers: Callable[[], list[tuple[str, str]]] | None = None):
+        """`proxy_answers`: the (status, route) of answers made in front of the worker (nginx's) since the last call,
+        counted into `searchbox_requests_total` when scraped."""
         self.registry = CollectorRegistry()
         self._request_log = request_log
+        self._proxy_answers = proxy_answers
         registry = self.registry
         self.requests = Counter("searchbox_requests", "Requests answered, by route and status",
                                 ["route", "status"], registry=registry)
@@ -96,11 +104,12 @@ class Telemetry:
             self.tokens.labels(route).inc(figures.tokens)
             self.units.inc(figures.units)
         if self._request_log and request_logger.isEnabledFor(logging.INFO):
-            request_logger.info("%s", orjson.dumps({
-                "request_id": request_id, "route": route, "status": status, "inputs": figures.inputs,
-                "tokens": figures.tokens, "units": figures.units, "queue_ms": round(figures.queue_s * 1000, 1),
-                "forward_ms": round(figures.forward_s * 1000, 1), "total_ms": round(seconds * 1000, 1),
-            }).decode())
+            values = (request_id, route, status, figures.inputs, figures.tokens, figures.units,
+                      round(figures.queue_s * 1000, 1), round(figures.forward_s * 1000, 1), round(seconds * 1000, 1))
+            request_logger.info("%s", orjson.dumps(dict(zip(REQUEST_LOG_KEYS, values, strict=True))).decode())
 
     def exposition(self) -> bytes:
+        if self._proxy_answers is not None:
+            for status, route in self._proxy_answers():
+                self.requests.labels(route, status).inc()
         return generate_latest(self.registry)

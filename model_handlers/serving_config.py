@@ -5,7 +5,8 @@ would not serve before any worker starts.
 
 `searchbox.json` (every key optional):
 
-    {"kind": "embedding" | "reranker" | "multimodal" | "multi-vector" (the registered kinds: model_handlers/kinds/__init__.py),
+    {"kind": "embedding" | "reranker" | "multimodal" | "multi-vector" | "sparse" (the registered kinds:
+             model_handlers/kinds/__init__.py),
      "served_model_name": "jina-embeddings-v3",
      "max_length": 8192,
      "default_task": "text-matching",

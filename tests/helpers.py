@@ -128,3 +128,66 @@ def worker_status(server_pid: int) -> dict[int, dict[str, str]]:
 def kib(field: str) -> int:
     """A /proc status size ("123456 kB") in KiB."""
     return int(field.split()[0])
+
+
+# --- README's shell examples, run as written --------------------------------------------------------------------
+
+README = __import__("pathlib").Path(__file__).resolve().parent.parent / "README.md"
+# In an answer comment, "..." stands for text left out, and "...32 rows of 128..." for text described in words.
+_LEFT_OUT = r"\.\.\.[A-Za-z0-9 ]*[A-Za-z][A-Za-z0-9 ]*\.\.\.|\.\.\."
+# Where an answer comment runs onto the next comment line: the answer had a space there, or nothing.
+_WRAP = "\x00"
+
+
+def readme_example(name: str) -> str:
+    """The shell block after `<!-- example: name -->` in README."""
+    import re
+
+    found = re.search(rf"<!-- example: {re.escape(name)} -->\n```sh\n(.*?)```", README.read_text(encoding="utf-8"),
+                      re.DOTALL)
+    assert found, f"README has no example {name}"
+    return found.group(1)
+
+
+def shell_examples(block: str) -> list[tuple[str, str]]:
+    """Each command of a README block (a line, with the indented lines that continue it) and the answer comment right
+    below it ("" when it has none); a comment after a blank line introduces the next command."""
+    examples: list[tuple[list[str], list[str]]] = []
+    state = None
+    for line in block.splitlines():
+        if line and not line.startswith("#") and not (state == "command" and line[0].isspace()):
+            examples.append(([line], []))
+            state = "command"
+        elif state == "command" and line and line[0].isspace():
+            examples[-1][0].append(line)
+        elif state in ("command", "answer") and line.startswith("# "):
+            examples[-1][1].append(line[2:].lstrip())
+            state = "answer"
+        else:
+            state = None
+    return [("\n".join(command), _WRAP.join(answer)) for command, answer in examples]
+
+
+def matches_answer(comment: str, answer: str) -> bool:
+    """Whether a README answer comment says what the server answered: everything but the left-out parts literally."""
+    import re
+
+    parts = re.split(_LEFT_OUT, comment)
+    pattern = ".*?".join(re.escape(part).replace(_WRAP, " ?") for part in parts)
+    return re.fullmatch(pattern, answer.strip(), re.DOTALL) is not None
+
+
+def run_readme_examples(block: str, url: str, cwd) -> list[tuple[str, str]]:
+    """Runs each curl example of `block` against `url` instead of localhost:8080, as written (bash, curl); asserts its
+    answer comment holds. Returns (command, answer) of each."""
+    import subprocess
+
+    host = url.removeprefix("http://")
+    ran = []
+    for command, comment in shell_examples(block):
+        done = subprocess.run(["bash", "-c", command.replace("localhost:8080", host)], capture_output=True, text=True,
+                              timeout=120, cwd=cwd, check=False)
+        assert done.returncode == 0, (command, done.stderr)
+        assert not comment or matches_answer(comment, done.stdout), (command, comment, done.stdout[:3000])
+        ran.append((command, done.stdout))
+    return ran

@@ -117,6 +117,25 @@ def test_spooled_answer_is_the_real_time_answer(async_app, client, monkeypatch):
 
 
 @pytest.mark.app
+def test_spooled_blank_lines_answer_null_in_place(async_app, reference_model, monkeypatch):
+    """Line N out answers line N in across slices too: blank lines (one ending a slice, one starting the next, the
+    body's last) answer null, the others their own text's vector."""
+    monkeypatch.setattr(spooled, "SLICE_LINES", 3)
+    sent = [b'"one"', b"", b'"two"', b"", b"   ", b'"three"', b""]
+    app, _ = async_app
+    answer = app.post("/invocations", data=b"\n".join(sent) + b"\n", headers=JSONLINES)
+    assert answer.status_code == 200, answer.text
+    out = [orjson.loads(line) for line in answer.content.split(b"\n")[:-1]]
+    assert len(out) == len(sent)
+    for line, got in zip(sent, out):
+        if not line.strip():
+            assert got is None
+        else:
+            want = reference_model.encode(orjson.loads(line), normalize_embeddings=True)
+            np.testing.assert_allclose(got["data"][0]["embedding"], want, atol=1e-5)
+
+
+@pytest.mark.app
 def test_a_bad_line_anywhere_is_refused_before_any_work(async_app, monkeypatch):
     monkeypatch.setattr(spooled, "SLICE_LINES", 4)
     app, runtime = async_app

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import assert_error, cosine
+from helpers import assert_error, cosine, readme_example, run_readme_examples
 
 from container.execution_parameters import execution_parameters
 from container.settings import Settings, SettingsError
 
 EXAMPLE_CSV = "examples/batch/texts.csv"
-EXAMPLE_RERANK_CSV = Path(__file__).resolve().parent.parent / "examples" / "batch" / "rerank.csv"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_RERANK_CSV = REPO / "examples" / "batch" / "rerank.csv"
 
 
 def post_raw(server, path: str, body: bytes | str, content_type: str) -> requests.Response:
@@ -94,8 +95,11 @@ def test_csv_crlf_bom_blank_lines_and_the_example_file(server):
 def test_bodies_without_rows_answer_empty(server, reranker_server):
     for running in (server, reranker_server):
         assert one_json_line(post_raw(running, "/invocations", "\n\n", "text/csv")) == {"data": [], "parameters": {}}
-    response = post_raw(server, "/invocations", b"\n", "application/jsonlines")
+    response = post_raw(server, "/invocations", b"", "application/jsonlines")
     assert response.status_code == 200 and response.content == b""
+    # one blank line is one line in: its line out is null
+    response = post_raw(server, "/invocations", b"\n", "application/jsonlines")
+    assert response.status_code == 200 and response.content == b"null\n"
 
 
 def test_csv_more_rows_than_one_request_may_carry(server):
@@ -116,6 +120,12 @@ def test_csv_more_rows_than_one_request_may_carry(server):
 ])
 def test_bad_csv_rows_name_the_line(server, body, fragments):
     assert_error(post_raw(server, "/invocations", body, "text/csv"), 400, "INVALID_CSV", *fragments)
+
+
+def test_readme_bad_row_example_is_the_servers_answer(server):
+    """README's bad-row example, run as written (its shell line, against this server), answers its comment."""
+    [(_, answer)] = run_readme_examples(readme_example("batch-bad-csv-row"), server.url, REPO)
+    assert json.loads(answer)["code"] == "INVALID_CSV"
 
 
 @pytest.mark.parametrize("body", [
@@ -153,13 +163,18 @@ LINES = [
 
 @pytest.mark.parametrize("media", ["application/jsonlines", "application/jsonl", "application/x-jsonlines"])
 def test_jsonlines_one_line_out_per_line_in(server, media):
-    body = "\n".join(json.dumps(line) for line in LINES) + "\n\n"
+    """Batch transform joins output line N to input line N: a blank line (empty, spaces, a bare CR) is a line too,
+    answered null; the newline that ends the body's last line starts no other."""
+    sent = [LINES[0], "", LINES[1], "  \r", LINES[2], ""]
+    body = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in sent) + "\n"
     response = post_raw(server, "/invocations", body, media)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "application/jsonlines"
     assert response.content.endswith(b"\n")
-    answers = [json.loads(line) for line in response.content.decode().splitlines()]
-    assert len(answers) == len(LINES)
+    answers = [json.loads(line) for line in response.content.decode().split("\n")[:-1]]
+    assert len(answers) == len(sent)
+    assert [answer is None for answer in answers] == [isinstance(line, str) for line in sent]
+    answers = [answer for answer in answers if answer is not None]
     for line, answer in zip(LINES, answers):
         alone = server.post("/invocations", line).json()
         assert answer.keys() == alone.keys()

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from conftest import stop_server
+from container.telemetry import REQUEST_LOG_KEYS
 from helpers import kib, worker_status
 
 pytestmark = pytest.mark.server
@@ -70,6 +71,33 @@ def assert_json_error(status: int, headers: dict, body: bytes, expected: int) ->
     return error
 
 
+def logged_answer(server, request_id: str, timeout: float = 10) -> dict:
+    """The one request-log line (`searchbox.requests`) of `request_id`, whoever answered it: the app or nginx."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [orjson.loads(line.split(": ", 1)[1]) for line in server.log().splitlines()
+                 if "searchbox.requests: " in line and request_id in line]
+        if lines or time.monotonic() > deadline:
+            assert len(lines) == 1, (request_id, lines)
+            (line,) = lines
+            assert set(line) == set(REQUEST_LOG_KEYS) and line["request_id"] == request_id
+            return line
+        time.sleep(0.1)
+
+
+def requests_counted(server, route: str, status: int) -> float:
+    """searchbox_requests_total{route, status} as /metrics says now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = requests.get(server.url + "/metrics", timeout=30)
+    assert metrics.status_code == 200
+    for family in text_string_to_metric_families(metrics.text):
+        for sample in family.samples:
+            if sample.name == "searchbox_requests_total" and sample.labels == {"route": route, "status": str(status)}:
+                return sample.value
+    return 0.0
+
+
 def worker_rss_mib(server) -> float:
     """Resident memory of the gunicorn worker."""
     (status,) = worker_status(server.process.pid).values()
@@ -112,13 +140,19 @@ def test_stalled_connections_do_not_starve_the_server(small_server):
 def test_bodies_over_the_limit_are_413_however_framed_and_never_reach_the_model(small_server):
     port = port_of(small_server)
     reached = reached_gunicorn(small_server)
+    counted = requests_counted(small_server, "/invocations", 413)
     rows = b"".join(b"id%d,%s\n" % (i, b"x" * 60_000) for i in range(20))  # ~1.2 MiB of CSV
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(row), row) for row in rows.splitlines(keepends=True)) + b"0\r\n\r\n"
     chunked = b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n"
     error = assert_json_error(*raw_request(port, chunked + chunks), 413)
     assert error["code"] == "PAYLOAD_TOO_LARGE" and "1 MiB" in error["detail"]
     plain = b"POST /invocations HTTP/1.1\r\nHost: a\r\nContent-Type: text/csv\r\nContent-Length: %d\r\n\r\n" % len(rows)
-    assert_json_error(*raw_request(port, plain + rows), 413)
+    second = assert_json_error(*raw_request(port, plain + rows), 413)
+    # nginx's refusals are in the request log and in searchbox_requests_total all the same
+    for refused in (error, second):
+        line = logged_answer(small_server, refused["request_id"])
+        assert (line["route"], line["status"], line["inputs"], line["tokens"]) == ("/invocations", 413, 0, 0)
+    assert requests_counted(small_server, "/invocations", 413) == counted + 2
     # nginx refused both: nothing reached gunicorn, so the model computed nothing
     assert reached_gunicorn(small_server) == reached
     assert small_server.post("/invocations", {"data": [{"text": "x"}]}).status_code == 200
@@ -126,16 +160,59 @@ def test_bodies_over_the_limit_are_413_however_framed_and_never_reach_the_model(
     assert reached_gunicorn(small_server) == reached + 1  # the access log does show requests
 
 
-@pytest.mark.parametrize("name, request_bytes, status", [
-    ("bad chunk size", b"POST /invocations HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", 400),
-    ("garbage request line", b"GARBAGE\r\n\r\n", 400),
-    ("long URL", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
-    ("large headers", b"GET /ping HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n", 431),
-    ("unknown transfer coding", b"POST /invocations HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-    ("no route", b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+@pytest.mark.parametrize("name, request_bytes, status, route", [
+    ("bad chunk size", b"POST /invocations HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", 400,
+     "/invocations"),
+    ("garbage request line", b"GARBAGE\r\n\r\n", 400, "unmatched"),
+    ("long URL", b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414, "unmatched"),
+    ("large headers", b"GET /ping HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n", 431, None),
+    ("unknown transfer coding", b"POST /invocations HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+     "/invocations"),
+    ("no route", b"GET /nowhere HTTP/1.1\r\nHost: a\r\n\r\n", 404, "unmatched"),
 ])
-def test_errors_the_http_layer_makes_are_the_contracts_json(small_server, name, request_bytes, status):
+def test_errors_the_http_layer_makes_are_the_contracts_json_and_logged(small_server, name, request_bytes, status,
+                                                                      route):
+    """nginx answers these itself (the 404 excepted, the app's): each is also one request-log line, in the app's shape,
+    and one more in searchbox_requests_total, so an operator sees them where every other answer is. (A request line
+    nginx could not finish reading may leave the path unknown.)"""
+    error = assert_json_error(*raw_request(port_of(small_server), request_bytes), status)
+    line = logged_answer(small_server, error["request_id"])
+    assert line["status"] == status and (route is None or line["route"] == route), line
+    assert (line["inputs"], line["tokens"], line["units"]) == (0, 0, 0) and line["total_ms"] >= 0
+    counted = requests_counted(small_server, line["route"], status)
     assert_json_error(*raw_request(port_of(small_server), request_bytes), status)
+    assert requests_counted(small_server, line["route"], status) == counted + 1
+
+
+def test_refusals_at_the_concurrency_cap_are_logged_and_counted(server_factory):
+    """nginx's 503 when every inference connection is taken (shedding, what autoscaling should see) is in the request
+    log and in searchbox_requests_total: one inference connection (5 threads, 4 kept for the control routes), held by a long request."""
+    server = server_factory({"SEARCHBOX_THREADS": "5"})
+    assert requests_counted(server, "/v1/embeddings", 503) == 0
+    heavy = {"input": [LONG + str(i) for i in range(32)]}
+    refused = None
+
+    def at_the_cap(answer) -> bool:
+        return answer.status_code == 503 and "concurrency limit" in answer.json()["detail"]
+
+    with ThreadPoolExecutor(1) as pool:
+        for _ in range(5):  # until two requests meet in gunicorn, however fast this machine is
+            running = pool.submit(requests.post, server.url + "/v1/embeddings", json=heavy, timeout=300)
+            while refused is None and not running.done():
+                answer = server.post("/v1/embeddings", {"input": ["small"]})
+                refused = answer if at_the_cap(answer) else None
+            long_one = running.result()  # refused itself when a small one held the connection as it came
+            assert long_one.status_code == 200 or at_the_cap(long_one), long_one.text
+            refused = refused or (long_one if at_the_cap(long_one) else None)
+            if refused is not None:
+                break
+            heavy = {"input": heavy["input"] * 2}
+    assert refused is not None, "no request met the cap"
+    assert refused.headers["Retry-After"]
+    line = logged_answer(server, refused.json()["request_id"])
+    assert (line["route"], line["status"], line["inputs"]) == ("/v1/embeddings", 503, 0)
+    shed = len([row for row in server.log().splitlines() if "searchbox.requests: " in row and '"status":503' in row])
+    assert requests_counted(server, "/v1/embeddings", 503) == shed >= 1
 
 
 @pytest.mark.soak  # 20 s of overload; asserts how fast refusals and /ping are

@@ -159,19 +159,75 @@ def test_entrypoint_runs_any_other_command_as_given(tmp_path):
     assert run_entrypoint(tmp_path, "sh", "-c", "exit 7").returncode == 7
 
 
-def test_buildspec_tests_builds_both_images_and_gates_the_push_on_the_scan():
+def _buildspec_commands() -> list[tuple[str, str]]:
+    """(phase, command) of buildspec.yml, in the order CodeBuild runs them."""
     spec = yaml.safe_load((ROOT / "buildspec.yml").read_text())
     assert spec["version"] == 0.2
     phases = spec["phases"]
     assert list(phases) == ["install", "pre_build", "build", "post_build"]
-    commands = {name: "\n".join(phase["commands"]) for name, phase in phases.items()}
-    assert "pytest" in commands["pre_build"] and "hadolint" in commands["pre_build"]
-    assert "aws ecr get-login-password" in commands["pre_build"] and "docker login" in commands["pre_build"]
-    assert "CODEBUILD_RESOLVED_SOURCE_VERSION" in commands["pre_build"]
-    assert commands["build"].count("docker build") == 2
-    assert "$CPU_BASE_IMAGE" in commands["build"] and "$GPU_BASE_IMAGE" in commands["build"]
-    post = phases["post_build"]["commands"]
+    return [(name, command) for name, phase in phases.items() for command in phase["commands"]]
+
+
+def _make_recipe(target: str) -> list[str]:
+    """The commands of a Makefile target (its tab-indented lines)."""
+    lines = (ROOT / "Makefile").read_text().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    recipe = []
+    for line in lines[start + 1:]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return recipe
+
+
+def test_buildspec_tests_builds_both_images_and_gates_the_push_on_the_scan():
+    commands = _buildspec_commands()
+    by_phase = {phase: "\n".join(c for p, c in commands if p == phase) for phase, _ in commands}
+    assert "pytest" in by_phase["pre_build"] and "hadolint" in by_phase["pre_build"]
+    assert "aws ecr get-login-password" in by_phase["pre_build"] and "docker login" in by_phase["pre_build"]
+    assert "CODEBUILD_RESOLVED_SOURCE_VERSION" in by_phase["pre_build"]
+    assert "$CPU_BASE_IMAGE" in by_phase["build"] and "$GPU_BASE_IMAGE" in by_phase["build"]
+    post = [c for p, c in commands if p == "post_build"]
     gates = [i for i, c in enumerate(post) if c.startswith("docker/ecr_scan_gate.sh")]
-    release_pushes = [i for i, c in enumerate(post) if c.endswith(':cpu"') or c.endswith(':gpu"')]
-    assert len(gates) == 2 and release_pushes and max(gates) < min(release_pushes)
+    release_pushes = [i for i, c in enumerate(post) if re.search(r':(cpu|gpu|slim)"$', c)]
+    assert len(gates) == 3 and len(release_pushes) == 3 and max(gates) < min(release_pushes)
     assert os.access(ROOT / "docker" / "ecr_scan_gate.sh", os.X_OK)
+
+
+def test_buildspec_runs_make_tests_tiers_with_nginx_installed_as_the_makefile_does():
+    """Every real-server test needs nginx: CodeBuild installs it with `make nginx` (the Makefile's one recipe) before
+    the tests, and runs the tiers `make test` runs."""
+    commands = [command for _, command in _buildspec_commands()]
+    tests = next(i for i, command in enumerate(commands) if "pytest" in command)
+    assert "make nginx" in commands[:tests]
+    (make_test,) = [line for line in _make_recipe("test") if "pytest" in line]
+    markers = re.search(r'-m "([^"]+)"', make_test).group(1)
+    assert re.search(rf'-m "{re.escape(markers)}"', commands[tests]), (commands[tests], markers)
+
+
+def test_buildspec_builds_smoke_tests_and_pushes_the_slim_image():
+    """The slim image (Dockerfile's `slim` target) is built beside CPU and GPU, served an ONNX artifact with no network
+    and checked as the CPU image is, then pushed, scanned and released like them."""
+    commands = _buildspec_commands()
+    build = [c for p, c in commands if p == "build"]
+    builds = [c for c in build if c.startswith("docker build")]
+    assert len(builds) == 3
+    (slim_build,) = [c for c in builds if "--target slim" in c]
+    assert '-t "$IMAGE_REPO_NAME:slim"' in slim_build and "slim" in re.findall(r"^FROM \S+ AS (\S+)",
+                                                                              (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    run = next(i for i, c in enumerate(build) if c.startswith("docker run") and '"$IMAGE_REPO_NAME:slim"' in c)
+    assert "--network none" in build[run] and ":/opt/ml/model:ro" in build[run]
+    assert any("build_artifact.py" in c and "--backend onnx" in c for c in build[:run])
+    name = re.search(r"--name (\S+)", build[run]).group(1)
+    after = build[run + 1:]
+    for check in ("ping", "sagemaker"):
+        assert f"docker exec -i {name} python - {check} < docker/container_checks.py" in after
+    assert any(c.startswith("!") and "import torch" in c and name in c for c in after)
+    assert any(c.startswith(f"docker stop -t 30 {name}") and "ExitCode" in c for c in after)
+    post = [c for p, c in commands if p == "post_build"]
+    slim_tag = '"$REPOSITORY_URI:$COMMIT-slim"'
+    assert any(c == f'docker tag "$IMAGE_REPO_NAME:slim" {slim_tag}' for c in build)
+    push = post.index(f"docker push {slim_tag}")
+    gate = post.index('docker/ecr_scan_gate.sh "$IMAGE_REPO_NAME" "$COMMIT-slim"')
+    release = next(i for i, c in enumerate(post) if c.endswith('docker push "$REPOSITORY_URI:slim"'))
+    assert push < gate < release

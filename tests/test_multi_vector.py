@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import shutil
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -35,7 +36,8 @@ from model_handlers.types import EmbedRequest, RerankRequest, TextInput
 
 pytestmark = pytest.mark.server
 
-PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+REPO = Path(__file__).resolve().parent.parent
+PACKAGING = REPO / "packaging"
 MIN_COSINE = 0.9999
 SCORE_TOLERANCE = 1e-4
 QUERY_LENGTH = 32
@@ -439,3 +441,30 @@ def test_build_artifact_checks_and_packs_a_colbert(tmp_path, pylate_dir, colbert
     assert "Worked example: the real-time sample request above embeds 1 text;" in usage
     assert "from jina_sagemaker import Client, InputType" in usage and "/v1/multi-vector" in usage
     shutil.rmtree(unpacked)
+
+
+def test_readme_examples_answer_as_written(tmp_path, server_factory):
+    """README's ColBERT: its build command (seeded) made in PyLate's venv, then each curl example run as written
+    against that model, answering what its comment shows (numbers to the digits it prints)."""
+    from helpers import readme_example, run_readme_examples
+    from reference_env import ReferenceUnavailable, pylate_python
+
+    try:
+        python = pylate_python()
+    except ReferenceUnavailable as exc:
+        pytest.fail(f"PyLate 1.6.0's venv cannot be made: {exc}", pytrace=False)
+    build = readme_example("colbert-build").splitlines()
+    start = next(i for i, line in enumerate(build) if line.startswith("HF_HUB_OFFLINE=1 "))
+    command = "\n".join(build[start:start + 2]).replace("/tmp/pylate/bin/python", str(python))
+    model_dir = tmp_path / "tiny-colbert"
+    done = subprocess.run(["bash", "-c", command.replace("/tmp/tiny-colbert", str(model_dir))], capture_output=True,
+                          text=True, timeout=600, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    running = server_factory({"SEARCHBOX_MODEL_DIR": str(model_dir)})
+    ran = run_readme_examples(readme_example("colbert"), running.url, REPO)
+    query, documents, public, _, batch, _ = (json.loads(answer) for _, answer in ran)
+    # the counts the comments give in words
+    assert np.shape(query["data"][0]["embeddings"]) == (32, 128)
+    assert [len(item["embeddings"]) for item in documents["data"]] == [9, 6]
+    assert len(public["data"][0]["embeddings"]) == 9
+    assert len(batch["data"][0]["embeddings"]) == 8

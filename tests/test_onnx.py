@@ -7,7 +7,6 @@ own packaging script; served by the real `serve`; compared with sentence-transfo
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import torch
 import yaml
 from sentence_transformers import CrossEncoder
-from transformers import BertForSequenceClassification
 
 from helpers import cosine
 
@@ -149,16 +146,8 @@ def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch
         torch_handler.close()
 
 
-def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, minilm_dir):
-    source = tmp_path / "tiny-reranker"
-    torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
-    with torch.no_grad():
-        model.classifier.weight.mul_(50)  # spread the seeded head's scores
-    model.save_pretrained(str(source), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / name, source / name)
-    report = build_artifact.build_artifact(source, tmp_path / "model.tar.gz", backend="onnx")
+def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, reranker_dir):
+    report = build_artifact.build_artifact(reranker_dir, tmp_path / "model.tar.gz", backend="onnx")
     assert report.kind == "reranker" and report.quality.fp32_max_score_diff <= 1e-4
     model_dir = unpack(tmp_path / "model.tar.gz", tmp_path / "model")
     from model_handlers import load_handler
@@ -168,7 +157,7 @@ def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, minilm_di
     try:
         query, documents = "what do cats like to eat", ["cats like fish", "the stock market fell", "a kitten drinks milk"]
         result = handler.run(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
-        expected = CrossEncoder(str(source), device="cpu", local_files_only=True).predict(
+        expected = CrossEncoder(str(reranker_dir), device="cpu", local_files_only=True).predict(
             [(query, d) for d in documents])
         for hit in result.hits:
             assert abs(hit.relevance_score - float(expected[hit.index])) < 1e-4

@@ -185,10 +185,60 @@ def test_one_json_line_per_request_and_never_any_input(server_factory):
     assert first["inputs"] == 2 and first["tokens"] > 0 and first["total_ms"] >= first["forward_ms"] >= 0
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(("env", "logged"), [({}, True), ({"SEARCHBOX_REQUEST_LOG": "off"}, False),
+                                             ({"SEARCHBOX_LOG_LEVEL": "WARNING"}, False)])
+def test_nginx_logs_its_own_answers_in_the_request_logs_shape(tmp_path, env, logged):
+    """Every error location of nginx.conf logs (when the request log is on and INFO shows), in a format whose JSON
+    has the request log's keys, in order."""
+    import re
+
+    from container.proxy import ProxyPaths, render_conf
+    from container.settings import Settings
+    from container.telemetry import REQUEST_LOG_KEYS
+
+    conf = render_conf(Settings.from_env({"SEARCHBOX_MODEL_DIR": "/nonexistent", **env}), ProxyPaths(tmp_path))
+    locations = re.findall(r"location = /_searchbox/error/\d+ \{(.*?)\}", conf, re.DOTALL)
+    assert locations and all(("access_log /dev/stderr searchbox_answer;" in body) == logged for body in locations)
+    (line,) = re.findall(r"log_format searchbox_answer escape=json '(.*)';", conf)
+    prefix, json_part = line.split(" searchbox.requests: ")
+    assert prefix == "$time_iso8601 [$pid] [INFO]"
+    assert tuple(re.findall(r'"(\w+)":', json_part)) == REQUEST_LOG_KEYS
+
+
+@pytest.mark.unit
+def test_the_answer_log_is_read_on_from_where_it_stopped_and_across_a_rotation(tmp_path):
+    """What every worker counts from nginx's answer log: each line once, a line cut mid-write when it is whole, and the
+    old file's last lines after the master starts the log over (renamed, nginx reopening the path)."""
+    import os
+
+    from container.proxy import AnswerLog
+
+    path = tmp_path / "answers.log"
+    reader = AnswerLog(path)
+    assert reader.new_answers() == []  # nginx not started yet
+    with open(path, "ab") as nginx:
+        nginx.write(b"413 /invocations\n503 /v1/embeddings\n431 /pi")
+        nginx.flush()
+        assert reader.new_answers() == [("413", "/invocations"), ("503", "/v1/embeddings")]
+        nginx.write(b"ng\n")
+        nginx.flush()
+        assert reader.new_answers() == [("431", "/ping")]
+        os.replace(path, tmp_path / "answers.log.1")
+        nginx.write(b"400 unmatched\n")  # written to the old file before nginx reopened
+        nginx.flush()
+    path.write_bytes(b"501 /invocations\n")
+    assert reader.new_answers() == [("400", "unmatched"), ("501", "/invocations")]
+    assert reader.new_answers() == []
+
+
 def test_the_request_log_can_be_turned_off(server_factory):
     server = server_factory({"SEARCHBOX_REQUEST_LOG": "off"})
     server.post("/v1/embeddings", {"input": ["quiet"]})
     server.post("/v1/embeddings", {"input": 7})  # an error leaves no request line either
+    # nginx's own answers follow the same switch
+    refused = requests.post(server.url + "/invocations", data=b"x", headers={"Transfer-Encoding": "gzip"}, timeout=30)
+    assert refused.status_code == 501
     assert request_log_lines(server, 0, settle_s=1.0) == []
 
 

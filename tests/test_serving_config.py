@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,15 @@ def test_not_a_model_directory(tmp_path):
         read_serving_config(tmp_path / "missing")
     with pytest.raises(ModelDirectoryError, match="not a model directory"):
         read_serving_config(tmp_path)
+
+
+
+@pytest.mark.unit
+def test_readme_names_every_registered_kind():
+    """README's list of `kind` values is the registry's: a kind added (or renamed) there is one a user can name."""
+    from model_handlers import kinds
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    sentence = re.search(r"^`kind` is (.*?) \(else it is told from the files\)", readme, re.MULTILINE)
+    assert sentence, "README lost its sentence naming the kinds"
+    assert sorted(re.findall(r"`([^`]+)`", sentence.group(1))) == sorted(kind.name for kind in kinds.registered())

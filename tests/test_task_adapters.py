@@ -433,15 +433,9 @@ def test_sagemaker_adapter_api_round_trip(server_factory, peft_adapters, minilm_
                  "The adapter p1 was not found")
 
 
-def test_adapters_are_refused_by_a_reranker(tmp_path, minilm_dir):
+def test_adapters_are_refused_by_a_reranker(tmp_path, reranker_dir):
     """A cross-encoder holds no adapters: registering one says so, by model."""
-    from transformers import BertForSequenceClassification
-
-    target = tmp_path / "reranker"
-    BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1).save_pretrained(str(target))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        shutil.copy(minilm_dir / name, target / name)
-    app, runtime = in_process(target)
+    app, runtime = in_process(reranker_dir)
     try:
         response = app.post("/adapters", {"name": "a", "src": str(tmp_path)})
         assert_error(response, 400, "ADAPTERS_UNSUPPORTED", "reranker")

@@ -14,7 +14,7 @@ concatenates the answers of a job), in the SageMaker envelope with each row's id
 JSON Lines (`application/jsonlines`, `application/jsonl`, `application/x-jsonlines`): each line
 is any JSON body `/invocations` accepts, or a single record (`"text"`, `{"text", "id"}`, an image
 `{"image"}`, `{"url"}`, `{"bytes"}`, or `{"audio"}`, `{"video"}`, `{"pdf"}`), answered as the one-input
-envelope `{"data": [record]}`; the answer has one JSON line per line in, same order.
+envelope `{"data": [record]}`; the answer has one JSON line per line in, same order (a blank line answers `null`).
 
 A row that does not parse is a 400 naming its line; an error while running a row keeps its own
 status and code, its detail prefixed with the line(s).
@@ -51,6 +51,8 @@ _QUOTING_HINT = 'quote fields that hold commas ("1","a, b") or escape them (1,a\
 _RECORD_KEYS = ("text", *fields.IMAGE_KEYS, *fields.OTHER_KEYS)
 # A CSV answer is one JSON object on one line: also a JSON Lines file of one line.
 _CSV_ANSWER_TYPES = (JSON, *JSONLINES_TYPES)
+# A blank line of a JSON Lines body has no request: its line out is JSON's null.
+_BLANK_ANSWER = b"null\n"
 
 
 def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Records:
@@ -73,32 +75,49 @@ def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Recor
 
 
 def decode_jsonlines(body: bytes, decode: Callable[[Any], Decoded], max_rows: int, first_line: int = 1) -> Records:
-    """One JSON body a line, each decoded by the route's own `decode`; blank lines are skipped. `first_line`: the
+    """One JSON body a line, each decoded by the route's own `decode`; a blank line is answered `null`, so that the
+    answer keeps one line per line in (batch transform joins its output to its input by line). `first_line`: the
     number of the body's first line, where it is a slice of a larger one (container/spooled.py).
 
     Raises:
         BadRequest: a line does not parse (naming it).
         PayloadTooLarge: more than `max_rows` lines.
     """
-    decoded: list[Decoded] = []
+    lines = split_lines(body)
+    if len(lines) > max_rows:
+        raise too_many_rows(max_rows, "lines")
+    decoded: list[Decoded | None] = []
     origins: list[str] = []
-    for number, line in enumerate(body.split(b"\n"), start=first_line):
+    for number, line in enumerate(lines, start=first_line):
         if not line.strip():
+            decoded.append(None)
             continue
-        if len(decoded) >= max_rows:
-            raise too_many_rows(max_rows, "lines")
         where = f"line {number}"
         try:
             decoded.append(fields.decode_body(lambda value: decode(_line_body(value)), line))
         except SearchboxError as exc:
             raise BadRequest(f"{where}: {exc.detail}", code="INVALID_JSON_LINE") from None
         origins.append(where)
+    answered = [d for d in decoded if d is not None]
 
     def render(results: list[TypedResult]) -> bytes:
-        return b"".join(orjson.dumps(d.render(r), option=_JSON_OPTIONS) + b"\n" for d, r in zip(decoded, results))
+        by_line = iter(zip(answered, results))
+        return b"".join((_BLANK_ANSWER if d is None else _json_line(*next(by_line))) for d in decoded)
 
-    return Records([d.request for d in decoded], origins, render, encodings=[d.encoding for d in decoded],
-                   answer_types=answer_types(len(decoded)))
+    return Records([d.request for d in answered], origins, render, encodings=[d.encoding for d in answered],
+                   answer_types=answer_types(len(lines)))
+
+
+def split_lines(body: bytes) -> list[bytes]:
+    """A JSON Lines body's lines: the newline that ends the last line does not start another."""
+    lines = body.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _json_line(decoded: Decoded, result: TypedResult) -> bytes:
+    return orjson.dumps(decoded.render(result), option=_JSON_OPTIONS) + b"\n"
 
 
 def answer_types(lines: int) -> tuple[str, ...]:
