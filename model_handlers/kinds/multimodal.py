@@ -39,6 +39,8 @@ from model_handlers.images import ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.segment import SEGMENT
+from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
@@ -214,6 +216,10 @@ class MultimodalModel:
         work = windowed(Scoring.COSINE, query, query_tokens[0], request.documents, pieces, max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
+    def text_tokenizer(self) -> TokenizerView:
+        """The tokenizer it reads texts with (tokenize and segment requests)."""
+        return self._tokenizer
+
     def calibration_item(self, length: int) -> _Text:
         filler = self._tokenizer.encode(["a"])[0][:1]
         return _Text(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
@@ -372,7 +378,7 @@ KIND = Kind(
     name="multimodal",
     summary="multimodal embeddings (texts and images in one space)",
     recognizes=_is_multimodal,
-    operations=frozenset({EMBED, RERANK}),
+    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT}),
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
     samples=Samples(

@@ -29,6 +29,8 @@ OPERATION_MODULES = (
     "model_handlers.operations.multi_vector",
     "model_handlers.operations.rerank",
     "model_handlers.operations.sparse",
+    "model_handlers.operations.tokenize",
+    "model_handlers.operations.segment",
 )
 
 
@@ -66,6 +68,8 @@ class OperationSpec:
         summary: `summary(request, result)`: the artifact check's line ("embedded 2 texts into 384 dimensions").
         form: a form of embeddings says what it makes ("one vector per input"); None for other operations.
         answer_rows: `answer_rows(pipeline, request)`: the rows (vectors) the answer holds, when not one per input.
+        metered: whether its answers are billed by their inputs and usage; False: they report usage 0 and bill no
+            inputs (counting and cutting text runs no model), so a per-inference product bills them AWS's minimum.
     """
 
     name: str
@@ -79,6 +83,7 @@ class OperationSpec:
     summary: Callable[[Any, Any], str] = field(repr=False)
     form: str | None = None
     answer_rows: Callable[[Runner, Any], int] | None = field(default=None, repr=False)
+    metered: bool = True
 
     @property
     def embeddings(self) -> bool:
