@@ -16,8 +16,8 @@ from container.errors import ValidationFailed
 from model_handlers.operations.segment import DEFAULT_CHUNK_CHARACTERS, SEGMENT, SegmentRequest, SegmentResult
 
 _SHAPE = '{"content": "...", "return_chunks": true, "max_chunk_length": 1000}'
-_POSITIVE = {"oneOf": [{"type": "integer", "minimum": 1, "maximum": fields.INTEGER_BOUND},
-                       {"type": "string", "pattern": "^\\s*[+]?[0-9]{1,18}\\s*$"}]}
+# integers, refused below 1 by the operation (model_handlers/operations/segment.py), as `top_k` is
+_POSITIVE = fields.INTEGER_SCHEMA
 OPTIONS = (
     fields.Option("tokenizer", fields.optional_str, {"type": "string"},
                   "the served model's name, or left out: the endpoint tokenizes with the model's own tokenizer "
