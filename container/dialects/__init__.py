@@ -41,6 +41,7 @@ DIALECT_MODULES = (
     "container.dialects.sparse",
     "container.dialects.tokenize",
     "container.dialects.segment",
+    "container.dialects.classify",
 )
 
 

@@ -37,6 +37,7 @@ from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
 from model_handlers.operations.segment import SEGMENT
@@ -216,6 +217,12 @@ class MultimodalModel:
         work = windowed(Scoring.COSINE, query, query_tokens[0], request.documents, pieces, max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
+    def classification_scale(self) -> float | None:
+        """The model's own softmax scale, exp(logit_scale), as its `logits_per_image` applies it; None for a model
+        that has none."""
+        scale = getattr(self._model, "logit_scale", None)
+        return None if scale is None else float(scale.detach().float().exp().item())
+
     def text_tokenizer(self) -> TokenizerView:
         """The tokenizer it reads texts with (tokenize and segment requests)."""
         return self._tokenizer
@@ -378,7 +385,7 @@ KIND = Kind(
     name="multimodal",
     summary="multimodal embeddings (texts and images in one space)",
     recognizes=_is_multimodal,
-    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT}),
+    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
     samples=Samples(

@@ -33,6 +33,7 @@ from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
+from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
 from model_handlers.operations.segment import SEGMENT
@@ -113,6 +114,10 @@ class TextEmbeddingModel:
         work = windowed(Scoring.COSINE, query.items, query.token_counts[0], self._tokenizer.encode(documents), windows,
                         max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
+
+    def classification_scale(self) -> float | None:
+        """None: its cosines are softmaxed at the default scale (operations/classify.py)."""
+        return None
 
     def text_tokenizer(self) -> TokenizerView:
         """The tokenizer it reads texts with (tokenize and segment requests)."""
@@ -505,7 +510,7 @@ KIND = Kind(
     name="embedding",
     summary="text embeddings",
     recognizes=lambda files: True,  # the catch-all: registered last
-    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT}),
+    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
     samples=Samples(
         # the load check sends this to every model of the kind: no option a small model could refuse

@@ -31,6 +31,7 @@ OPERATION_MODULES = (
     "model_handlers.operations.sparse",
     "model_handlers.operations.tokenize",
     "model_handlers.operations.segment",
+    "model_handlers.operations.classify",
 )
 
 
@@ -42,6 +43,7 @@ class Runner(Protocol):
     model_name: str
     dimensions: int | None  # the width of the vectors the model makes; None when it makes none
     default_input_type: str | None  # a whole job's input_type (the operator's, else the model directory's)
+    config: Any  # the model directory's ServingConfig (the tasks it declares)
 
     def admit(self, deadline: Deadline) -> None:
         """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
