@@ -120,7 +120,8 @@ def public_request_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["input"], "properties": {
         "input": {"oneOf": [item, {"type": "array", "items": item}], "description": "one input or a list"},
         "model": {"type": "string", "description": "accepted and ignored: the endpoint serves one model"},
-        **{option.name: option.property_schema() for option in OPTIONS}}}
+        **{option.name: option.property_schema() for option in OPTIONS}},
+        "anyOf": [{"required": [key]} for key in _KEYS]}
 
 
 def public_response_schema() -> dict[str, Any]:
@@ -136,6 +137,7 @@ def sagemaker_request_schema() -> dict[str, Any]:
     return {"type": "object", "required": ["data", "parameters"], "properties": {
         "data": {"oneOf": [{"type": "array", "items": item}, item]},
         "parameters": {"type": "object", "properties": {option.name: option.property_schema() for option in OPTIONS},
+                       "anyOf": [{"required": [key]} for key in _KEYS],
                        "description": "`labels` (or `classifier_id`); echoed back in the answer"}}}
 
 

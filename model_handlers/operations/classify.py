@@ -141,7 +141,8 @@ def check(request: ClassifyRequest, model_name: str) -> None:
         raise InvalidOption('send `labels`, the classes to choose from: {"input": [...], "labels": ["billing", '
                             '"sales"]}', code="NO_LABELS")
     if len(request.labels) < 2:
-        raise InvalidOption(f"send at least 2 labels to choose between, got {len(request.labels)}", code="TOO_FEW_LABELS")
+        raise InvalidOption(f"send at least 2 labels to choose between, got {len(request.labels)}",
+                            code="TOO_FEW_LABELS")
     if len(request.labels) > MAX_LABELS:
         raise InvalidOption(f"at most {MAX_LABELS} labels per request, got {len(request.labels)}: split them into "
                             "several requests or merge classes", code="TOO_MANY_LABELS")
@@ -170,7 +171,8 @@ def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: 
     labels = model.prepare_embed(EmbedRequest(inputs=tuple(TextInput(label) for label, _, _ in missing), task=task,
                                               adapter=request.adapter, operation=EMBED)) if missing else None
     items = [*inputs.items, *(labels.items if labels else ())]
-    outputs = pipeline.run_items(items, deadline, timing, tuple({*inputs.adapters, *(labels.adapters if labels else ())}))
+    held = tuple(dict.fromkeys([*inputs.adapters, *(labels.adapters if labels else ())]))
+    outputs = pipeline.run_items(items, deadline, timing, held)
     vectors = [_unit(vector) for output in outputs for vector in output]
     if len(vectors) != len(request.inputs) + len(missing):
         raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs and {len(missing)} labels; "
