@@ -20,6 +20,7 @@ import torch
 
 from helpers import assert_documented, in_process
 from model_handlers.operations.classify import DEFAULT_SCALE, MAX_LABELS, LabelCache, label_cache
+from model_handlers.types import TextInput
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["My invoice is wrong, I was charged twice", "The app crashes when I open the settings page",
@@ -222,3 +223,111 @@ def test_readme_curls_answer_on_a_real_server(server):
     assert public.status_code == 200 and public.json()["data"][0]["prediction"] == "billing"
     assert envelope.status_code == 200 and envelope.json()["data"][0]["prediction"] == "technical support"
     assert refused.status_code == 422 and refused.json()["code"] == "TOO_FEW_LABELS"
+
+
+# --- few-shot: a classifier fitted into the artifact ------------------------------------------------------------------
+
+TOPICS = {
+    "weather": ["It will rain all afternoon", "Sunny skies and a light breeze today", "A storm is coming tonight",
+                "Snow is expected over the weekend", "The forecast says heavy fog in the morning",
+                "Temperatures drop below freezing tonight", "Strong winds and thunder this evening",
+                "A warm and humid day ahead"],
+    "sport": ["The striker scored twice in the final", "She won the marathon in record time",
+              "The team lost the match on penalties", "He served an ace to win the set",
+              "The coach praised the defence after the game", "A last-minute goal decided the derby",
+              "The cyclist took the yellow jersey", "They won the championship again"],
+    "cooking": ["Simmer the sauce for twenty minutes", "Knead the dough until it is smooth",
+                "Season the steak with salt and pepper", "Bake the cake at 180 degrees",
+                "Chop the onions and fry them in butter", "Whisk the eggs with sugar",
+                "Roast the vegetables with olive oil", "Let the bread rise for an hour"],
+}
+QUERIES = ["Heavy rain and wind are forecast", "The goalkeeper saved a penalty", "Stir the soup and add garlic",
+           "a cold morning"]
+
+
+def packaging_modules():
+    sys.path.insert(0, str(ROOT / "packaging"))
+    import _classifiers
+    import build_artifact
+
+    return build_artifact, _classifiers
+
+
+def write_examples(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n"
+                            for label, texts in TOPICS.items() for text in texts), encoding="utf-8")
+    return path
+
+
+@pytest.mark.server
+def test_a_few_shot_classifier_answers_as_fitted_after_the_artifact_round_trip(tmp_path, minilm_dir):
+    import tarfile
+
+    from model_handlers import HandlerOptions, load_handler
+
+    build_artifact, _classifiers = packaging_modules()
+    examples = write_examples(tmp_path / "topics.jsonl")
+    output = tmp_path / "model.tar.gz"
+    report = build_artifact.build_artifact(minilm_dir, output, served_name="minilm-topics",
+                                           classifiers={"topics": examples}, classifier_min_accuracy=0.5)
+    (shipped,) = report.classifiers
+    assert shipped["name"] == "topics" and shipped["labels"] == sorted(TOPICS) and shipped["examples"] == 24
+    assert shipped["held_out_accuracy"] >= 0.5
+    assert build_artifact.read_manifest(output)["classifiers"] == [shipped]
+
+    # in-process: the same fit on the same embeddings, and scikit-learn's own predict_proba
+    handler = load_handler(minilm_dir, HandlerOptions())
+    try:
+        parsed = _classifiers.read_examples("topics", examples)
+        fitted = _classifiers.estimator(_classifiers.embed(handler, parsed.inputs, None), parsed.labels)
+        queries = _classifiers.embed(handler, tuple(TextInput(text) for text in QUERIES), None)
+        expected = fitted.predict_proba(queries.astype(np.float64))
+    finally:
+        handler.close()
+
+    unpacked = tmp_path / "model"
+    unpacked.mkdir()
+    with tarfile.open(output, "r:gz") as tar:
+        tar.extractall(unpacked, filter="data")
+    app, runtime = in_process(unpacked)
+    try:
+        answer = app.post("/v1/classify", {"classifier_id": "topics", "input": QUERIES})
+        envelope = app.post("/invocations", {"data": [{"text": text} for text in QUERIES],
+                                             "parameters": {"classifier_id": "topics"}})
+        models = app.get("/v1/models").json()["data"][0]
+        unknown = app.post("/v1/classify", {"classifier_id": "nope", "input": QUERIES})
+        both = app.post("/v1/classify", {"classifier_id": "topics", "labels": ["a", "b"], "input": QUERIES})
+        usage = app.post("/v1/embeddings", {"input": QUERIES}).json()["usage"]["total_tokens"]
+    finally:
+        runtime.close()
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert [item["prediction"] for item in data] == list(fitted.classes_[expected.argmax(axis=1)])
+    assert [item["prediction"] for item in data[:3]] == ["weather", "sport", "cooking"]
+    for item, row in zip(data, expected):
+        got = {p["label"]: p["score"] for p in item["predictions"]}
+        for label, score in zip(fitted.classes_, row):
+            assert got[label] == score, (label, got[label], score)  # the same floats, to the last bit
+    assert answer.json()["usage"]["total_tokens"] == usage  # the inputs' tokens only: no labels are embedded
+    assert envelope.status_code == 200 and [item["prediction"] for item in envelope.json()["data"]] == \
+        [item["prediction"] for item in data]
+    assert envelope.json()["usage"] == {"total_tokens": usage, "label_tokens": 0}
+    assert models["classifiers"] == [shipped]
+    assert unknown.status_code == 422 and unknown.json()["code"] == "UNKNOWN_CLASSIFIER"
+    assert "its classifiers are topics" in unknown.json()["detail"]
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+
+
+@pytest.mark.server
+def test_a_classifier_below_the_sellers_floor_or_with_a_bad_line_is_refused(tmp_path, minilm_dir):
+    build_artifact, _ = packaging_modules()
+    examples = write_examples(tmp_path / "topics.jsonl")
+    with pytest.raises(build_artifact.BuildRefused, match="held-out accuracy .* is below the floor 1.010"):
+        build_artifact.build_artifact(minilm_dir, tmp_path / "a.tar.gz", classifiers={"topics": examples},
+                                      classifier_min_accuracy=1.01, check=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "a"}\n{"text": "no label"}\n', encoding="utf-8")
+    with pytest.raises(build_artifact.BuildRefused, match="bad.jsonl line 2 must be"):
+        build_artifact.build_artifact(minilm_dir, tmp_path / "b.tar.gz", classifiers={"topics": bad}, check=False)
+    assert not (tmp_path / "a.tar.gz").exists() and not (tmp_path / "b.tar.gz").exists()
+    assert build_artifact.main([str(minilm_dir), "-o", str(tmp_path / "c.tar.gz"), "--classifier", "bad name=x"]) == 2

@@ -37,7 +37,8 @@ OPTIONS = (
     fields.Option("labels", labels, {"type": "array", "items": {"type": "string"}},
                   f"zero-shot: the classes to choose from, 2 to {MAX_LABELS}, each embedded by the model"),
     fields.Option("classifier_id", fields.optional_str, {"type": "string"},
-                  "a classifier trained into the artifact (none are built yet: refused, 422 UNKNOWN_CLASSIFIER)"),
+                  "few-shot: a classifier trained into the artifact (GET /v1/models lists them and their labels), "
+                  "instead of `labels`"),
 )
 
 

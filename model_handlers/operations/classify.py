@@ -8,8 +8,10 @@ embedding models with (all-MiniLM-L6-v2 among them), so the scores are the model
 
 Label embeddings are kept per model in a least-recently-used cache bounded in bytes (`LabelCache`), so a stream of
 requests with the same labels embeds only its inputs. Usage counts input tokens plus label tokens, cached or not
-(Jina's rule). Few-shot classifiers trained at packaging time (`classifier_id`) are not built yet: a request naming one
-is refused, naming what to send.
+(Jina's rule).
+
+`classifier_id` names a few-shot classifier trained into the artifact (model_handlers/classifiers.py): the inputs are
+embedded with the task its examples were, normalised, and scored by its linear layer; usage counts the inputs' tokens.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from typing import Any, ClassVar, Hashable, Protocol, runtime_checkable
 import numpy as np
 
 from model_handlers.batching import Timing
+from model_handlers.classifiers import TrainedClassifier
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
 from model_handlers.operations import OperationSpec, Runner
-from model_handlers.operations.embed import EMBED, Embedder
+from model_handlers.operations.embed import EMBED, Embedder, finish
 from model_handlers.types import EmbedInput, EmbedRequest, TextInput, counted
 
 CLASSIFY = "classify"
@@ -131,15 +134,31 @@ def label_cache(model: Any) -> LabelCache:
         return cache
 
 
+def trained(request: ClassifyRequest, config: Any) -> TrainedClassifier:
+    """The trained classifier a request names.
+
+    Raises:
+        InvalidOption: it names labels too, or a classifier the artifact does not hold (naming those it holds).
+    """
+    if request.labels:
+        raise InvalidOption("send either `labels` (zero-shot) or `classifier_id` (a classifier trained into the "
+                            "artifact), not both", code="INVALID_OPTION")
+    found = config.classifiers.get(request.classifier_id)
+    if found is None:
+        held = ", ".join(sorted(config.classifiers))
+        raise InvalidOption(f"model {config.served_model_name} holds no classifier {request.classifier_id!r}; "
+                            + (f"its classifiers are {held} (GET /v1/models lists their labels)" if held else
+                               "it holds none (build them in with build_artifact.py --classifier)")
+                            + ", or send `labels` for zero-shot classification", code="UNKNOWN_CLASSIFIER")
+    return found
+
+
 def check(request: ClassifyRequest, model_name: str) -> None:
-    """What a classify request must hold, each refusal naming the fix."""
-    if request.classifier_id is not None:
-        raise InvalidOption(f"model {model_name} holds no trained classifier {request.classifier_id!r} (few-shot "
-                            "classifiers are not built into artifacts yet): send `labels` for zero-shot "
-                            "classification instead", code="UNKNOWN_CLASSIFIER")
+    """What a zero-shot request must hold, each refusal naming the fix."""
     if not request.labels:
         raise InvalidOption('send `labels`, the classes to choose from: {"input": [...], "labels": ["billing", '
-                            '"sales"]}', code="NO_LABELS")
+                            '"sales"]}, or the `classifier_id` of a classifier trained into the artifact',
+                            code="NO_LABELS")
     if len(request.labels) < 2:
         raise InvalidOption(f"send at least 2 labels to choose between, got {len(request.labels)}",
                             code="TOO_FEW_LABELS")
@@ -155,7 +174,10 @@ def check(request: ClassifyRequest, model_name: str) -> None:
 
 
 def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: Timing | None) -> ClassifyResult:
-    """Each input's labels, scored by a softmax of the scaled cosines between its embedding and theirs."""
+    """Each input's labels, scored by a softmax of the scaled cosines between its embedding and theirs; or by the
+    classifier the request names."""
+    if request.classifier_id is not None:
+        return run_trained(pipeline, request, trained(request, pipeline.config), deadline, timing)
     check(request, pipeline.model_name)
     task = CLASSIFICATION_TASK if CLASSIFICATION_TASK in pipeline.config.tasks else None
     if not request.inputs:
@@ -166,14 +188,14 @@ def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: 
     keys = [(label, task, request.adapter) for label in request.labels]
     known = {key: cache.get(key) for key in keys}
     missing = [key for key, entry in known.items() if entry is None]
-    inputs = model.prepare_embed(EmbedRequest(inputs=request.inputs, task=task, adapter=request.adapter,
-                                              operation=EMBED))
+    embedding = EmbedRequest(inputs=request.inputs, task=task, adapter=request.adapter, operation=EMBED)
+    inputs = model.prepare_embed(embedding)
     labels = model.prepare_embed(EmbedRequest(inputs=tuple(TextInput(label) for label, _, _ in missing), task=task,
                                               adapter=request.adapter, operation=EMBED)) if missing else None
     items = [*inputs.items, *(labels.items if labels else ())]
     held = tuple(dict.fromkeys([*inputs.adapters, *(labels.adapters if labels else ())]))
     outputs = pipeline.run_items(items, deadline, timing, held)
-    vectors = [_unit(vector) for output in outputs for vector in output]
+    vectors = [finish(vector, embedding) for output in outputs for vector in output]
     if len(vectors) != len(request.inputs) + len(missing):
         raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs and {len(missing)} labels; "
                              "this is a bug")
@@ -188,6 +210,25 @@ def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: 
                           model=pipeline.model_name)
 
 
+def run_trained(pipeline: Runner, request: ClassifyRequest, classifier: TrainedClassifier, deadline: Deadline,
+                timing: Timing | None) -> ClassifyResult:
+    """Each input's labels, as the trained classifier scores its L2-normalised embedding; usage: the inputs' tokens."""
+    if not request.inputs:
+        return ClassifyResult([], [], 0, pipeline.model_name)
+    if classifier.width != pipeline.dimensions:
+        raise AssertionError(f"classifier {classifier.name} reads {classifier.width} dimensions, the model makes "
+                             f"{pipeline.dimensions}: the artifact check refuses this; this is a bug")
+    pipeline.admit(deadline)
+    embedding = EmbedRequest(inputs=request.inputs, task=classifier.task, adapter=request.adapter, operation=EMBED)
+    prepared = pipeline.model.prepare_embed(embedding)
+    outputs = pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
+    # normalised as an embeddings answer is, so that the classifier reads the vectors it was fitted on
+    vectors = np.stack([finish(vector, embedding) for output in outputs for vector in output])
+    scores = classifier.probabilities(vectors)
+    return ClassifyResult(classifications=[ranked(classifier.labels, row) for row in scores],
+                          token_counts=prepared.token_counts, label_tokens=0, model=pipeline.model_name)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, in float64 so that the scores of a row sum to 1 within rounding."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -198,11 +239,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def ranked(labels: tuple[str, ...], scores: np.ndarray) -> Classification:
     order = np.argsort(-scores, kind="stable")
     return Classification(tuple(labels[i] for i in order), tuple(float(scores[i]) for i in order))
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32)
-    return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
 
 def _summary(request: ClassifyRequest, result: ClassifyResult) -> str:
