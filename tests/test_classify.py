@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import assert_documented, in_process
 from model_handlers.operations.classify import DEFAULT_SCALE, MAX_LABELS, LabelCache, label_cache
@@ -27,6 +29,9 @@ TEXTS = ["My invoice is wrong, I was charged twice", "The app crashes when I ope
          "We would like to buy fifty more licenses", "hello"]
 LABELS = ["billing", "technical support", "sales"]
 TOLERANCE = 1e-5
+scalars = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=30)
+hostile = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -331,3 +336,18 @@ def test_a_classifier_below_the_sellers_floor_or_with_a_bad_line_is_refused(tmp_
         build_artifact.build_artifact(minilm_dir, tmp_path / "b.tar.gz", classifiers={"topics": bad}, check=False)
     assert not (tmp_path / "a.tar.gz").exists() and not (tmp_path / "b.tar.gz").exists()
     assert build_artifact.main([str(minilm_dir), "-o", str(tmp_path / "c.tar.gz"), "--classifier", "bad name=x"]) == 2
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(body=st.fixed_dictionaries({"input": hostile}, optional={"labels": hostile | st.lists(st.text(max_size=8),
+                                                                                             max_size=5),
+                                                                 "classifier_id": hostile, "model": hostile}),
+       envelope=st.booleans())
+def test_any_classify_body_gets_an_answer_or_the_contracts_error(app, body, envelope):
+    if envelope:
+        body = {"data": body.pop("input"), "parameters": body}
+    path = "/invocations" if envelope else "/v1/classify"
+    answer = app.post(path, data=json.dumps(body))  # the standard library writes integers past 64 bits too
+    assert answer.status_code in (200, 400, 413, 422), answer.text
+    if answer.status_code != 200:
+        assert set(answer.json()) == {"detail", "code", "request_id"}
