@@ -27,7 +27,7 @@ import numpy as np
 from model_handlers.batching import Timing
 from model_handlers.classifiers import TrainedClassifier
 from model_handlers.deadline import Deadline
-from model_handlers.errors import InvalidOption
+from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.operations import OperationSpec, Runner
 from model_handlers.operations.embed import EMBED, Embedder, finish
 from model_handlers.types import EmbedInput, EmbedRequest, TextInput, counted
@@ -216,8 +216,9 @@ def run_trained(pipeline: Runner, request: ClassifyRequest, classifier: TrainedC
     if not request.inputs:
         return ClassifyResult([], [], 0, pipeline.model_name)
     if classifier.width != pipeline.dimensions:
-        raise AssertionError(f"classifier {classifier.name} reads {classifier.width} dimensions, the model makes "
-                             f"{pipeline.dimensions}: the artifact check refuses this; this is a bug")
+        raise ModelDirectoryError(f"classifiers/{classifier.name}.json reads {classifier.width} dimensions and model "
+                                  f"{pipeline.model_name} makes {pipeline.dimensions}: it was fitted on another "
+                                  "model; rebuild the artifact with build_artifact.py --classifier")
     pipeline.admit(deadline)
     embedding = EmbedRequest(inputs=request.inputs, task=classifier.task, adapter=request.adapter, operation=EMBED)
     prepared = pipeline.model.prepare_embed(embedding)
@@ -243,8 +244,8 @@ def ranked(labels: tuple[str, ...], scores: np.ndarray) -> Classification:
 
 def _summary(request: ClassifyRequest, result: ClassifyResult) -> str:
     first = result.classifications[0]
-    return (f"classified {counted(request.inputs)} against {len(request.labels)} labels (first: {first.labels[0]!r}, "
-            f"{first.scores[0]:.3f})")
+    against = f"classifier {request.classifier_id}" if request.classifier_id else f"{len(first.labels)} labels"
+    return f"classified {counted(request.inputs)} against {against} (first: {first.labels[0]!r}, {first.scores[0]:.3f})"
 
 
 SPEC = OperationSpec(
