@@ -205,6 +205,7 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
         "adapters": (adapters_api.listing(handler)["data"] if handler is not None
                      else [{"name": name, "built_in": True} for name in config.adapters]),
         "backend": config.backend if handler is not None else settings.backend or config.backend,
+        "classifiers": [classifier.describe() for _, classifier in sorted(config.classifiers.items())],
         "metering": None if config.metering is None else {"unit": config.metering.unit,
                                                            "tokens_per_unit": config.metering.tokens_per_unit},
         "ready": runtime.ready,

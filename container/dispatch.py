@@ -256,8 +256,10 @@ def answer_type(accept: str | None, offered: Sequence[str]) -> str:
 
 def request_figures(requests: Sequence[TypedRequest], results: Sequence[TypedResult], timings: Sequence[Timing],
                     metering: Metering | None) -> RequestFigures:
-    """What an answered body cost, from the exact usage it reports: inputs (or documents), tokens, metered units."""
-    inputs = sum(operations.named(request.operation).inputs(request) for request in requests)
+    """What an answered body cost, from the exact usage it reports: inputs (or documents) of the operations that are
+    metered, tokens, metered units."""
+    inputs = sum(spec.inputs(request) for spec, request in ((operations.named(r.operation), r) for r in requests)
+                 if spec.metered)
     tokens = sum(result.total_tokens for result in results)
     return RequestFigures(inputs=inputs, tokens=tokens,
                           units=metering.units(inputs=inputs, tokens=tokens) if metering else 0,

@@ -61,6 +61,12 @@ _MODELS_SCHEMA = {
                               "description": "the adapter each task selects (tasks absent here select prompts only)"},
             "adapters": {"type": "array", "items": {"type": "object"}},
             "backend": {"type": "string"},
+            "classifiers": {"type": "array", "description": "few-shot classifiers trained into the artifact "
+                                                            "(POST /v1/classify with `classifier_id`)",
+                            "items": {"type": "object", "required": ["name", "labels"], "properties": {
+                                "name": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}},
+                                "examples": {"type": "integer"},
+                                "held_out_accuracy": {"type": ["number", "null"]}}}},
             "metering": {"oneOf": [{"type": "null"}, {"type": "object", "properties": {
                 "unit": {"type": "string"}, "tokens_per_unit": {"type": ["integer", "null"]}}}]},
             "ready": {"type": "boolean"},

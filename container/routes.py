@@ -116,7 +116,9 @@ def _invocation(path: str, endpoint: str, summary: str) -> Route:
         "POST", path, endpoint, summary,
         answers={JSON: {"oneOf": [ref(name) for wire in wires for name in wire.invocation_answers]},
                  batch_transform.JSONLINES: {"type": "string", "description": _JSONLINES_NOTE}},
-        body={JSON: {"oneOf": [ref(name) for wire in wires for name in wire.invocation_bodies]},
+        # anyOf: bodies of two operations may overlap (an embeddings body with `labels` is a classify body); the
+        # dialects tell them apart by their keys (dialects.decode_invocation)
+        body={JSON: {"anyOf": [ref(name) for wire in wires for name in wire.invocation_bodies]},
               **{media: {"type": "string", "description": csv_note} for media in batch_transform.CSV_TYPES},
               **{media: {"type": "string", "description": _JSONLINES_NOTE} for media in batch_transform.JSONLINES_TYPES}},
         decode=dialects.decode_invocation, records=True, parameters=(_ADAPTER_HEADER,))

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from model_handlers import jina_v3, kinds, model_code
+from model_handlers.classifiers import TrainedClassifier, read_classifiers
 from model_handlers.adapters import declared_adapters
 from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
@@ -110,6 +111,8 @@ class ServingConfig:
     adapters: Mapping[str, Path] = field(default_factory=dict)
     # "remote": run the directory's own code even where searchbox knows the architecture; None: native where known
     model_code: str | None = None
+    # few-shot classifiers trained into the artifact (classifiers/<name>.json), by name
+    classifiers: Mapping[str, TrainedClassifier] = field(default_factory=dict)
 
     @property
     def adapter_tasks(self) -> bool:
@@ -201,6 +204,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         kind_settings=kind.read_settings(model_dir, explicit) if kind.read_settings else None,
         adapters=_adapters(model_dir, explicit.get("adapters")),
         model_code=_model_code(explicit.get("model_code")),
+        classifiers=read_classifiers(model_dir),
         **_window_settings(explicit),
         **_image_usage(explicit),
     )

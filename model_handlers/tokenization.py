@@ -115,6 +115,17 @@ class TokenizerView:
         encodings = self._backend.encode_batch_fast(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
+    def spans(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of one text (without special tokens, without truncation) and, for each, the (start, end)
+        character offsets into `text` of what it was read from: Python string indices, whatever the Unicode."""
+        encoding = self._backend.encode(text, add_special_tokens=False)
+        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        return np.asarray(encoding.ids, dtype=np.int64), offsets
+
+    def vocabulary(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary strings of token ids ("[CLS]", "##ing")."""
+        return [self._backend.id_to_token(int(i)) for i in ids]
+
     def wrap(self, content: np.ndarray) -> np.ndarray:
         """One model input: the special tokens around `content`."""
         return np.concatenate([self.prefix, content, self.suffix])

@@ -38,6 +38,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _catalog  # noqa: E402
+import _classifiers  # noqa: E402
 import _files  # noqa: E402
 import _onnx  # noqa: E402
 from model_handlers import kinds, model_code  # noqa: E402
@@ -101,6 +102,7 @@ class BuildReport:
     quality: "_onnx.Quality | None" = None
     metering: Metering | None = None  # searchbox.json's `metering`; None: priced per hour, no header
     sample: SampleFigures | None = None  # None with --no-check
+    classifiers: list[dict] = field(default_factory=list)  # the few-shot classifiers shipped: name, labels, accuracy
 
     @property
     def billing(self) -> str:
@@ -115,11 +117,14 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
                    remote_code: Mapping[str, str | Path] | None = None,
                    metering: Mapping[str, Any] | None | str = KEEP_METERING, check: bool = True,
                    compresslevel: int = 6, device: str = "auto", backend: str = "torch", quantize: str | None = None,
-                   gate: "_onnx.Gate | None" = None) -> BuildReport:
+                   gate: "_onnx.Gate | None" = None, classifiers: Mapping[str, str | Path] | None = None,
+                   classifier_min_accuracy: float = 0.0) -> BuildReport:
     """Stage, check and archive `model_dir` into `output` (written atomically; a refusal leaves no trace).
 
     `backend` "onnx" exports the model (packaging/_onnx.py) and serves it with ONNX Runtime; `quantize` "int8"
-    serves the int8 file instead of fp32, both only if they pass `gate`.
+    serves the int8 file instead of fp32, both only if they pass `gate`. `classifiers` (name -> examples.jsonl) are
+    fitted on the staged model and shipped in it (packaging/_classifiers.py), each refused below
+    `classifier_min_accuracy` held out.
 
     Raises:
         BuildRefused: the directory would not serve, a remote-code file cannot be found locally, or the ONNX export
@@ -142,9 +147,10 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
             quality = _export_onnx(staged, config, quantize, gate or _onnx.Gate(), device)
             config = _write_serving_config(staged, served_name=None, default_name=config.served_model_name, kind=None,
                                            tasks=None, backend={"backend": "onnx", "onnx_file": quality.backend_file})
+        trained = _build_classifiers(staged, classifiers, classifier_min_accuracy, device)
         check_summary, sample = _smoke_test(staged, config, device) if check else ("skipped (--no-check)", None)
         files = _list_files(staged)
-        manifest = _manifest(staged, files, config, vendored, sample, quality)
+        manifest = _manifest(staged, files, config, vendored, sample, quality, trained)
         (staged / MANIFEST).write_bytes(manifest)
         partial = output.with_name(output.name + ".partial")
         _write_tar(staged, sorted(files + [MANIFEST]), partial, compresslevel)
@@ -153,7 +159,18 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
                        files=len(files) + 1, served_name=config.served_model_name, kind=config.kind.name,
                        check=check_summary, vendored=vendored, skipped=skipped, metering=config.metering,
                        pinned=[name for name in files if name.endswith(".py")],
-                       sample=sample, backend=config.backend, quality=quality)
+                       sample=sample, backend=config.backend, quality=quality,
+                       classifiers=[classifier.describe() for classifier in trained])
+
+
+def _build_classifiers(staged: Path, sources: Mapping[str, str | Path] | None, min_accuracy: float, device: str):
+    """The few-shot classifiers, fitted on the staged model and written into it (packaging/_classifiers.py)."""
+    if not sources:
+        return []
+    try:
+        return _classifiers.build(staged, {name: Path(path) for name, path in sources.items()}, min_accuracy, device)
+    except _classifiers.ClassifierRefused as exc:
+        raise BuildRefused(str(exc)) from exc
 
 
 def _export_onnx(staged: Path, config, quantize: str | None, gate: "_onnx.Gate", device: str) -> "_onnx.Quality":
@@ -429,7 +446,7 @@ def _list_files(staged: Path) -> list[str]:
 
 
 def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str],
-              sample: SampleFigures | None, quality=None) -> bytes:
+              sample: SampleFigures | None, quality=None, classifiers=()) -> bytes:
     entries = [{"path": name, "size": (staged / name).stat().st_size, "sha256": _sha256_file(staged / name)}
                for name in files]
     metering = config.metering
@@ -449,6 +466,9 @@ def _manifest(staged: Path, files: list[str], config, vendored: Mapping[str, str
     }
     if quality is not None:
         document["onnx"] = quality.as_dict()
+    if classifiers:
+        # each fitted here: its labels, examples and held-out accuracy (the fit: model_handlers/classifiers.py's file)
+        document["classifiers"] = [classifier.describe() for classifier in classifiers]
     return (json.dumps(document, indent=2) + "\n").encode()
 
 
@@ -575,6 +595,11 @@ def main(argv: list[str] | None = None) -> int:
                              "checked against torch, served by ONNX Runtime)")
     parser.add_argument("--quantize", choices=("int8",),
                         help="with --backend onnx: serve dynamic int8 (faster, smaller) if it passes the quality gate")
+    parser.add_argument("--classifier", action="append", default=[], metavar="NAME=EXAMPLES.jsonl",
+                        help="fit a few-shot classifier on lines {\"text\"|\"image\", \"label\"} and ship it "
+                             "(POST /v1/classify with classifier_id NAME); repeatable")
+    parser.add_argument("--classifier-min-accuracy", type=float, default=0.0, metavar="0-1",
+                        help="refuse a classifier whose held-out accuracy is below this (default 0: report only)")
     args = parser.parse_args(argv)
     model_dir = args.model_dir
     try:
@@ -593,9 +618,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give MODEL_DIR or --catalog")
         kwargs["backend"] = args.backend or kwargs.get("backend") or "torch"
         kwargs["quantize"] = args.quantize or kwargs.get("quantize")
+        kwargs["classifiers"] = dict(_classifiers.parse_option(value) for value in args.classifier)
+        kwargs["classifier_min_accuracy"] = args.classifier_min_accuracy
         report = build_artifact(model_dir, args.output, check=args.check, compresslevel=args.compresslevel,
                                 device=args.device, **kwargs)
-    except (_catalog.CatalogError, BuildRefused, _files.InputError) as exc:
+    except (_catalog.CatalogError, BuildRefused, _files.InputError, _classifiers.ClassifierRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {report.output} ({report.size / 1e6:.1f} MB, {report.files} files)")
@@ -607,6 +634,9 @@ def main(argv: list[str] | None = None) -> int:
     if report.sample is not None and report.metering is not None:
         print(f"  the sample request: {report.sample.tokens} tokens, {report.sample.inputs} inputs -> "
               f"{report.sample.units} unit{'s' * (report.sample.units != 1)}")
+    for classifier in report.classifiers:
+        print(f"  classifier {classifier['name']}: {len(classifier['labels'])} labels, {classifier['examples']} "
+              f"examples, held-out accuracy {classifier['held_out_accuracy']:.3f}")
     for name, repo in report.vendored.items():
         print(f"  vendored {name} from {repo}")
     if report.pinned:

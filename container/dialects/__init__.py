@@ -39,6 +39,9 @@ DIALECT_MODULES = (
     "container.dialects.multi_vector",
     "container.dialects.rerank",
     "container.dialects.sparse",
+    "container.dialects.tokenize",
+    "container.dialects.segment",
+    "container.dialects.classify",
 )
 
 

@@ -27,6 +27,8 @@ from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.segment import SEGMENT
+from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
@@ -85,6 +87,10 @@ class CrossEncoderModel:
         work = windowed(Scoring.PAIR, (), 0, self._tokenizer.encode(documents), pairs, max_windows)
         # every pair reads the query: it is billed once per pair
         return dataclasses.replace(work, query_tokens=len(query) * len(work.items))
+
+    def text_tokenizer(self) -> TokenizerView:
+        """The tokenizer it reads texts with (tokenize and segment requests)."""
+        return self._tokenizer
 
     def calibration_item(self, length: int) -> _Pair:
         filler = self._tokenizer.encode(["a"])[0][:1]
@@ -206,7 +212,7 @@ KIND = Kind(
     name="reranker",
     summary="a reranker (cross-encoder)",
     recognizes=_is_cross_encoder,
-    operations=frozenset({RERANK}),
+    operations=frozenset({RERANK, TOKENIZE, SEGMENT}),
     csv=CsvLayout(RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
                                      CsvColumn("top_n", optional=True))),
     samples=Samples(

@@ -45,6 +45,8 @@ from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
 from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.segment import SEGMENT
+from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
@@ -365,6 +367,10 @@ class MultiVectorModel:
         work = windowed(Scoring.MAXSIM, [query], query.length, self._tokenizer.encode(documents), windows, max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
+    def text_tokenizer(self) -> TokenizerView:
+        """The tokenizer it reads texts with (tokenize and segment requests)."""
+        return self._tokenizer
+
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
         ids = self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count)))
@@ -544,7 +550,7 @@ KIND = Kind(
     name="multi-vector",
     summary="multi-vector embeddings (ColBERT late interaction)",
     recognizes=lambda files: _is_pylate(files) or _is_colbert_ai(files),
-    operations=frozenset({MULTI_VECTOR, RERANK}),
+    operations=frozenset({MULTI_VECTOR, RERANK, TOKENIZE, SEGMENT}),
     csv=CsvLayout(MULTI_VECTOR, (CsvColumn("text"),)),
     samples=Samples(
         # what `client.embed(texts="...", use_colbert=True, input_type=InputType.QUERY)` sends

@@ -37,8 +37,11 @@ from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import Fetches, ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.segment import SEGMENT
+from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
@@ -220,6 +223,16 @@ class MultimodalModel:
         work = windowed(Scoring.COSINE, query, query_tokens[0], request.documents, pieces, max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
+    def classification_scale(self) -> float | None:
+        """The model's own softmax scale, exp(logit_scale), as its `logits_per_image` applies it; None for a model
+        that has none."""
+        scale = getattr(self._model, "logit_scale", None)
+        return None if scale is None else float(scale.detach().float().exp().item())
+
+    def text_tokenizer(self) -> TokenizerView:
+        """The tokenizer it reads texts with (tokenize and segment requests)."""
+        return self._tokenizer
+
     def calibration_item(self, length: int) -> _Text:
         filler = self._tokenizer.encode(["a"])[0][:1]
         return _Text(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))),
@@ -381,7 +394,7 @@ KIND = Kind(
     name="multimodal",
     summary="multimodal embeddings (texts and images in one space)",
     recognizes=_is_multimodal,
-    operations=frozenset({EMBED, RERANK}),
+    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
     samples=Samples(

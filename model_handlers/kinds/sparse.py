@@ -35,6 +35,8 @@ from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryErr
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.segment import SEGMENT
+from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.operations.sparse import SPARSE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
@@ -235,6 +237,10 @@ class SparseModel:
         work = windowed(Scoring.DOT, [query], query.length, self._tokenizer.encode(documents), windows, max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
 
+    def text_tokenizer(self) -> TokenizerView:
+        """The tokenizer it reads texts with (tokenize and segment requests)."""
+        return self._tokenizer
+
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
         return _Sequence(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))))
@@ -307,7 +313,7 @@ KIND = Kind(
     name="sparse",
     summary="learned-sparse embeddings (SPLADE)",
     recognizes=_is_splade,
-    operations=frozenset({SPARSE, RERANK}),
+    operations=frozenset({SPARSE, RERANK, TOKENIZE, SEGMENT}),
     csv=CsvLayout(SPARSE, (CsvColumn("text"),)),
     samples=Samples(
         request={"data": [{"text": "What is learned sparse retrieval?"}], "parameters": {"top_k": 3}},

@@ -33,8 +33,11 @@ from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
+from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.segment import SEGMENT
+from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec, read_serving_config
@@ -111,6 +114,14 @@ class TextEmbeddingModel:
         work = windowed(Scoring.COSINE, query.items, query.token_counts[0], self._tokenizer.encode(documents), windows,
                         max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
+
+    def classification_scale(self) -> float | None:
+        """None: its cosines are softmaxed at the default scale (operations/classify.py)."""
+        return None
+
+    def text_tokenizer(self) -> TokenizerView:
+        """The tokenizer it reads texts with (tokenize and segment requests)."""
+        return self._tokenizer
 
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
@@ -499,7 +510,7 @@ KIND = Kind(
     name="embedding",
     summary="text embeddings",
     recognizes=lambda files: True,  # the catch-all: registered last
-    operations=frozenset({EMBED, RERANK}),
+    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
     samples=Samples(
         # the load check sends this to every model of the kind: no option a small model could refuse

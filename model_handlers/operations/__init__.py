@@ -30,6 +30,9 @@ OPERATION_MODULES = (
     "model_handlers.operations.multi_vector",
     "model_handlers.operations.rerank",
     "model_handlers.operations.sparse",
+    "model_handlers.operations.tokenize",
+    "model_handlers.operations.segment",
+    "model_handlers.operations.classify",
 )
 
 
@@ -41,6 +44,7 @@ class Runner(Protocol):
     model_name: str
     dimensions: int | None  # the width of the vectors the model makes; None when it makes none
     default_input_type: str | None  # a whole job's input_type (the operator's, else the model directory's)
+    config: Any  # the model directory's ServingConfig (the tasks it declares)
 
     def admit(self, deadline: Deadline) -> None:
         """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
@@ -70,6 +74,8 @@ class OperationSpec:
         answer: a form of embeddings: `answer(model, request, output)`, one input's model output as this form answers
             it (cut and normalised, or kept as sparse entries); also what a request answers of it beside another form
             from the same pass (`EmbedRequest.also`).
+        metered: whether its answers are billed by their inputs and usage; False: they report usage 0 and bill no
+            inputs (counting and cutting text runs no model), so a per-inference product bills them AWS's minimum.
     """
 
     name: str
@@ -84,6 +90,7 @@ class OperationSpec:
     form: str | None = None
     answer_rows: Callable[[Runner, Any], int] | None = field(default=None, repr=False)
     answer: Callable[[Any, Any, Any], Any] | None = field(default=None, repr=False)
+    metered: bool = True
 
     @property
     def embeddings(self) -> bool:

@@ -1,0 +1,353 @@
+"""POST /v1/classify (issue 24, contract §2g): zero-shot classification on the served embedding model.
+
+The references compute the same thing in-process with the model's own library: sentence-transformers' `encode` on the
+embedded MiniLM (softmax of 20 x cosine, the scale its MultipleNegativesRankingLoss trains with), and transformers'
+CLIPModel on a tiny CLIP built here (softmax of its `logits_per_image` / `logits_per_text`, the model's own
+logit_scale). Same prediction, every score within 1e-5.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import assert_documented, in_process
+from model_handlers.operations.classify import DEFAULT_SCALE, MAX_LABELS, LabelCache, label_cache
+from model_handlers.types import TextInput
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["My invoice is wrong, I was charged twice", "The app crashes when I open the settings page",
+         "We would like to buy fifty more licenses", "hello"]
+LABELS = ["billing", "technical support", "sales"]
+TOLERANCE = 1e-5
+scalars = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.text(max_size=30)
+hostile = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def assert_matches(data: list[dict], labels: list[str], expected: np.ndarray) -> None:
+    """Each answered item: predictions sorted, summing to 1, the reference's scores within TOLERANCE."""
+    assert len(data) == len(expected)
+    for item, row in zip(data, expected):
+        scores = [p["score"] for p in item["predictions"]]
+        assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-9)
+        assert item["prediction"] == labels[int(np.argmax(row))] and item["score"] == scores[0]
+        got = {p["label"]: p["score"] for p in item["predictions"]}
+        assert sorted(got) == sorted(labels)
+        for label, expected_score in zip(labels, row):
+            assert abs(got[label] - expected_score) <= TOLERANCE, (label, got[label], expected_score)
+
+
+@pytest.fixture(scope="module")
+def document(app):
+    return app.get("/openapi.json").json()
+
+
+@pytest.fixture(scope="module")
+def minilm_reference(reference_model):
+    inputs = reference_model.encode(TEXTS, normalize_embeddings=True)
+    labels = reference_model.encode(LABELS, normalize_embeddings=True)
+    return softmax(DEFAULT_SCALE * inputs @ labels.T)
+
+
+def test_zero_shot_on_minilm_matches_sentence_transformers(app, minilm_reference, document):
+    answer = app.post("/v1/classify", {"model": "any", "input": TEXTS, "labels": LABELS})
+    assert answer.status_code == 200, answer.text
+    assert_documented(document, "post", "/v1/classify", answer)
+    body = answer.json()
+    assert set(body) == {"usage", "data"}
+    assert [item["index"] for item in body["data"]] == list(range(len(TEXTS)))
+    assert all(item["object"] == "classification" for item in body["data"])
+    assert_matches(body["data"], LABELS, minilm_reference)
+    assert body["data"][0]["prediction"] == "billing" and body["data"][1]["prediction"] == "technical support"
+
+
+def test_usage_is_the_inputs_tokens_plus_the_labels(app):
+    answer = app.post("/v1/classify", {"input": TEXTS, "labels": LABELS}).json()
+    inputs = app.post("/v1/embeddings", {"input": TEXTS}).json()["usage"]["total_tokens"]
+    labels = app.post("/v1/embeddings", {"input": LABELS}).json()["usage"]["total_tokens"]
+    assert answer["usage"]["total_tokens"] == inputs + labels
+    # counted every request, whether the labels were embedded now or kept from before
+    assert app.post("/v1/classify", {"input": TEXTS, "labels": LABELS}).json()["usage"] == answer["usage"]
+
+
+def test_the_same_body_on_invocations_and_in_the_sagemaker_envelope(app, minilm_reference, document):
+    public = app.post("/invocations", {"input": TEXTS, "labels": LABELS})
+    assert public.status_code == 200 and public.json() == app.post("/v1/classify",
+                                                                   {"input": TEXTS, "labels": LABELS}).json()
+    envelope = app.post("/invocations", {"data": [{"text": text, "id": f"t{i}"} for i, text in enumerate(TEXTS)],
+                                         "parameters": {"labels": LABELS}})
+    assert envelope.status_code == 200, envelope.text
+    for answer in (public, envelope):
+        assert_documented(document, "post", "/invocations", answer)
+    body = envelope.json()
+    assert [item["id"] for item in body["data"]] == [f"t{i}" for i in range(len(TEXTS))]
+    assert body["parameters"] == {"labels": LABELS}
+    assert_matches(body["data"], LABELS, minilm_reference)
+    per_item = [app.post("/v1/embeddings", {"input": [text]}).json()["usage"]["total_tokens"] for text in TEXTS]
+    assert [item["usage"]["total_tokens"] for item in body["data"]] == per_item
+    assert body["usage"]["total_tokens"] == sum(per_item) + body["usage"]["label_tokens"]
+    # without labels the envelope is still an embeddings body
+    assert "embedding" in app.post("/invocations", {"data": [{"text": "hi"}]}).json()["data"][0]
+
+
+def inputs_run(app) -> float:
+    """Inputs the model has run in forward passes so far (/metrics' searchbox_batch_inputs_sum)."""
+    metrics = app.get("/metrics").text
+    return float(next(line.split()[-1] for line in metrics.splitlines()
+                      if line.startswith("searchbox_batch_inputs_sum")))
+
+
+def test_labels_are_embedded_once_and_kept_per_model(runtime, app):
+    labels = ["a fresh label nobody asked for", "another fresh one"]
+    cache = label_cache(runtime.handler.model)
+    before, ran = len(cache), inputs_run(app)
+    first = app.post("/v1/classify", {"input": ["x"], "labels": labels}).json()
+    assert len(cache) == before + 2 and inputs_run(app) == ran + 3  # the input and both labels
+    again = app.post("/v1/classify", {"input": ["x"], "labels": list(reversed(labels))}).json()
+    assert inputs_run(app) == ran + 4  # the input only: the labels come from the cache
+    assert {p["label"]: p["score"] for p in again["data"][0]["predictions"]} == pytest.approx(
+        {p["label"]: p["score"] for p in first["data"][0]["predictions"]}, abs=1e-6)
+
+
+def test_the_label_cache_is_bounded_and_least_recently_used_first_out():
+    vector = np.zeros(4, dtype=np.float32)  # 16 bytes
+    cache = LabelCache(capacity_bytes=48)
+    for key in ("a", "b", "c"):
+        cache.put(key, vector, 1)
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("d", vector, 1)
+    assert cache.get("b") is None and all(cache.get(key) is not None for key in ("a", "c", "d"))
+    assert cache.nbytes == 48 and len(cache) == 3
+
+
+@pytest.mark.parametrize(("body", "status", "code", "named"), [
+    ({"input": TEXTS}, 422, "NO_LABELS", "`labels`"),
+    ({"input": TEXTS, "labels": []}, 422, "NO_LABELS", "`labels`"),
+    ({"input": TEXTS, "labels": ["only"]}, 422, "TOO_FEW_LABELS", "at least 2"),
+    ({"input": TEXTS, "labels": [f"l{i}" for i in range(MAX_LABELS + 1)]}, 422, "TOO_MANY_LABELS", str(MAX_LABELS)),
+    ({"input": TEXTS, "labels": ["a", "a"]}, 422, "DUPLICATE_LABEL", "twice"),
+    ({"input": TEXTS, "labels": ["a", " "]}, 422, "EMPTY_LABEL", "label 1"),
+    ({"input": TEXTS, "labels": "billing, sales"}, 422, "VALIDATION_ERROR", "list of strings"),
+    ({"input": TEXTS, "classifier_id": "support-v1"}, 422, "UNKNOWN_CLASSIFIER", "send `labels`"),
+    ({"input": [{"image": "aGVsbG8="}], "labels": LABELS}, 400, "UNSUPPORTED_INPUT", "text only"),
+    ({"labels": LABELS}, 422, "VALIDATION_ERROR", "`input`"),
+])
+def test_refusals_name_the_fix(app, document, body, status, code, named):
+    answer = app.post("/v1/classify", body)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["code"] == code and named in answer.json()["detail"], answer.json()
+    assert_documented(document, "post", "/v1/classify", answer)
+
+
+def test_a_classify_body_to_a_model_that_does_not_classify_says_what_it_answers(reranker_dir):
+    app, runtime = in_process(reranker_dir)
+    try:
+        answer = app.post("/invocations", {"input": ["x"], "labels": LABELS})
+    finally:
+        runtime.close()
+    assert answer.status_code == 400 and answer.json()["code"] == "UNSUPPORTED_OPERATION"
+    assert "does not answer classify requests" in answer.json()["detail"]
+
+
+# --- CLIP: images and texts against text labels, at the model's own logit scale --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(ROOT / "examples"))
+    import tiny_clip
+
+    return tiny_clip.build(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+def pictures() -> list:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(2)]
+
+
+def data_uri(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_zero_shot_on_clip_matches_transformers(clip_dir):
+    from transformers import AutoProcessor, CLIPModel
+
+    model, processor = CLIPModel.from_pretrained(str(clip_dir)).eval(), AutoProcessor.from_pretrained(str(clip_dir))
+    labels = ["a photo of a dog", "a photo of a cat", "a diagram"]
+    texts = ["a small dog on a lawn", "the weather today"]
+    images = pictures()
+    with torch.no_grad():
+        by_image = model(**processor(text=labels, images=images, return_tensors="pt", padding=True)).logits_per_image
+        text_features = model.get_text_features(**processor(text=texts + labels, padding=True,
+                                                            return_tensors="pt")).pooler_output
+        text_features = torch.nn.functional.normalize(text_features, dim=-1)
+        by_text = model.logit_scale.exp() * text_features[: len(texts)] @ text_features[len(texts):].T
+    expected = softmax(np.concatenate([by_image.numpy(), by_text.numpy()]))
+
+    app, runtime = in_process(clip_dir)
+    try:
+        answer = app.post("/v1/classify", {"input": [{"image": data_uri(image)} for image in images] + texts,
+                                           "labels": labels})
+    finally:
+        runtime.close()
+    assert answer.status_code == 200, answer.text
+    assert_matches(answer.json()["data"], labels, expected)
+
+
+def test_readme_curls_answer_on_a_real_server(server):
+    import re
+
+    import requests
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Classify (zero-shot)", 1)[1].split("\n## ", 1)[0]
+    calls = [(path, json.loads(body)) for path, body in
+             re.findall(r"curl -s localhost:8080(\S+) .*?\n\s*-d '(.*?)'", section, flags=re.S)]
+    assert [path for path, _ in calls] == ["/v1/classify", "/invocations", "/v1/classify"]
+    public, envelope, refused = (requests.post(server.url + path, json=body, timeout=30) for path, body in calls)
+    assert public.status_code == 200 and public.json()["data"][0]["prediction"] == "billing"
+    assert envelope.status_code == 200 and envelope.json()["data"][0]["prediction"] == "technical support"
+    assert refused.status_code == 422 and refused.json()["code"] == "TOO_FEW_LABELS"
+
+
+# --- few-shot: a classifier fitted into the artifact ------------------------------------------------------------------
+
+TOPICS = {
+    "weather": ["It will rain all afternoon", "Sunny skies and a light breeze today", "A storm is coming tonight",
+                "Snow is expected over the weekend", "The forecast says heavy fog in the morning",
+                "Temperatures drop below freezing tonight", "Strong winds and thunder this evening",
+                "A warm and humid day ahead"],
+    "sport": ["The striker scored twice in the final", "She won the marathon in record time",
+              "The team lost the match on penalties", "He served an ace to win the set",
+              "The coach praised the defence after the game", "A last-minute goal decided the derby",
+              "The cyclist took the yellow jersey", "They won the championship again"],
+    "cooking": ["Simmer the sauce for twenty minutes", "Knead the dough until it is smooth",
+                "Season the steak with salt and pepper", "Bake the cake at 180 degrees",
+                "Chop the onions and fry them in butter", "Whisk the eggs with sugar",
+                "Roast the vegetables with olive oil", "Let the bread rise for an hour"],
+}
+QUERIES = ["Heavy rain and wind are forecast", "The goalkeeper saved a penalty", "Stir the soup and add garlic",
+           "a cold morning"]
+
+
+def packaging_modules():
+    sys.path.insert(0, str(ROOT / "packaging"))
+    import _classifiers
+    import build_artifact
+
+    return build_artifact, _classifiers
+
+
+def write_examples(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"text": text, "label": label}) + "\n"
+                            for label, texts in TOPICS.items() for text in texts), encoding="utf-8")
+    return path
+
+
+@pytest.mark.server
+def test_a_few_shot_classifier_answers_as_fitted_after_the_artifact_round_trip(tmp_path, minilm_dir):
+    import tarfile
+
+    from model_handlers import HandlerOptions, load_handler
+
+    build_artifact, _classifiers = packaging_modules()
+    examples = write_examples(tmp_path / "topics.jsonl")
+    output = tmp_path / "model.tar.gz"
+    report = build_artifact.build_artifact(minilm_dir, output, served_name="minilm-topics",
+                                           classifiers={"topics": examples}, classifier_min_accuracy=0.5)
+    (shipped,) = report.classifiers
+    assert shipped["name"] == "topics" and shipped["labels"] == sorted(TOPICS) and shipped["examples"] == 24
+    assert shipped["held_out_accuracy"] >= 0.5
+    assert build_artifact.read_manifest(output)["classifiers"] == [shipped]
+
+    # in-process: the same fit on the same embeddings, and scikit-learn's own predict_proba
+    handler = load_handler(minilm_dir, HandlerOptions())
+    try:
+        parsed = _classifiers.read_examples("topics", examples)
+        fitted = _classifiers.estimator(_classifiers.embed(handler, parsed.inputs, None), parsed.labels)
+        queries = _classifiers.embed(handler, tuple(TextInput(text) for text in QUERIES), None)
+        expected = fitted.predict_proba(queries.astype(np.float64))
+    finally:
+        handler.close()
+
+    unpacked = tmp_path / "model"
+    unpacked.mkdir()
+    with tarfile.open(output, "r:gz") as tar:
+        tar.extractall(unpacked, filter="data")
+    app, runtime = in_process(unpacked)
+    try:
+        answer = app.post("/v1/classify", {"classifier_id": "topics", "input": QUERIES})
+        envelope = app.post("/invocations", {"data": [{"text": text} for text in QUERIES],
+                                             "parameters": {"classifier_id": "topics"}})
+        models = app.get("/v1/models").json()["data"][0]
+        unknown = app.post("/v1/classify", {"classifier_id": "nope", "input": QUERIES})
+        both = app.post("/v1/classify", {"classifier_id": "topics", "labels": ["a", "b"], "input": QUERIES})
+        usage = app.post("/v1/embeddings", {"input": QUERIES}).json()["usage"]["total_tokens"]
+    finally:
+        runtime.close()
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert [item["prediction"] for item in data] == list(fitted.classes_[expected.argmax(axis=1)])
+    assert [item["prediction"] for item in data[:3]] == ["weather", "sport", "cooking"]
+    for item, row in zip(data, expected):
+        got = {p["label"]: p["score"] for p in item["predictions"]}
+        for label, score in zip(fitted.classes_, row):
+            assert got[label] == score, (label, got[label], score)  # the same floats, to the last bit
+    assert answer.json()["usage"]["total_tokens"] == usage  # the inputs' tokens only: no labels are embedded
+    assert envelope.status_code == 200 and [item["prediction"] for item in envelope.json()["data"]] == \
+        [item["prediction"] for item in data]
+    assert envelope.json()["usage"] == {"total_tokens": usage, "label_tokens": 0}
+    assert models["classifiers"] == [shipped]
+    assert unknown.status_code == 422 and unknown.json()["code"] == "UNKNOWN_CLASSIFIER"
+    assert "its classifiers are topics" in unknown.json()["detail"]
+    assert both.status_code == 422 and "not both" in both.json()["detail"]
+
+
+@pytest.mark.server
+def test_a_classifier_below_the_sellers_floor_or_with_a_bad_line_is_refused(tmp_path, minilm_dir):
+    build_artifact, _ = packaging_modules()
+    examples = write_examples(tmp_path / "topics.jsonl")
+    with pytest.raises(build_artifact.BuildRefused, match="held-out accuracy .* is below the floor 1.010"):
+        build_artifact.build_artifact(minilm_dir, tmp_path / "a.tar.gz", classifiers={"topics": examples},
+                                      classifier_min_accuracy=1.01, check=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine", "label": "a"}\n{"text": "no label"}\n', encoding="utf-8")
+    with pytest.raises(build_artifact.BuildRefused, match="bad.jsonl line 2 must be"):
+        build_artifact.build_artifact(minilm_dir, tmp_path / "b.tar.gz", classifiers={"topics": bad}, check=False)
+    assert not (tmp_path / "a.tar.gz").exists() and not (tmp_path / "b.tar.gz").exists()
+    assert build_artifact.main([str(minilm_dir), "-o", str(tmp_path / "c.tar.gz"), "--classifier", "bad name=x"]) == 2
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(body=st.fixed_dictionaries({"input": hostile}, optional={"labels": hostile | st.lists(st.text(max_size=8),
+                                                                                             max_size=5),
+                                                                 "classifier_id": hostile, "model": hostile}),
+       envelope=st.booleans())
+def test_any_classify_body_gets_an_answer_or_the_contracts_error(app, body, envelope):
+    if envelope:
+        body = {"data": body.pop("input"), "parameters": body}
+    path = "/invocations" if envelope else "/v1/classify"
+    answer = app.post(path, data=json.dumps(body))  # the standard library writes integers past 64 bits too
+    assert answer.status_code in (200, 400, 413, 422), answer.text
+    if answer.status_code != 200:
+        assert set(answer.json()) == {"detail", "code", "request_id"}
