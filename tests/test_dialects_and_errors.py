@@ -78,7 +78,7 @@ def test_charset_and_custom_attributes_are_accepted(app):
     ({"model": "anything", "input": ["a"], "task": "retrieval.passage", "dimensions": 256, "normalized": True,
       "embedding_type": "float", "late_chunking": False, "truncate": False}, 1),
 ])
-def test_public_api_variants(app, payload, count):
+def test_public_api_variants(app, reference_model, payload, count):
     for path in ("/v1/embeddings", "/invocations"):
         body = app.post(path, payload).json()
         assert set(body) == {"model", "object", "usage", "data"}
@@ -86,6 +86,9 @@ def test_public_api_variants(app, payload, count):
         assert [item["index"] for item in body["data"]] == list(range(count))
         assert all(item["object"] == "embedding" for item in body["data"])
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] > 0
+        # `dimensions` (when given) is the length of every vector; else the model's own
+        width = int(payload.get("dimensions", reference_model.get_sentence_embedding_dimension()))
+        assert [len(item["embedding"]) for item in body["data"]] == [width] * count
 
 
 def test_openai_encoding_format_is_embedding_type(app):
