@@ -143,15 +143,18 @@ def test_wrong_types_name_the_field(app, path, payload, field):
     assert_error(app.post(path, payload), 422, "VALIDATION_ERROR", f"`{field}`" if field != "input" else field)
 
 
-def test_dimensions_wider_than_the_model(app):
+def test_dimensions_wider_than_the_model(app, reference_model):
+    width = reference_model.get_sentence_embedding_dimension()
     assert_error(app.post("/v1/embeddings", {"input": ["x"], "dimensions": 4096}), 422, "INVALID_DIMENSIONS",
-                 "384", "4096")
+                 str(width), "4096")
 
 
-def test_too_long_without_truncate_names_the_input_and_its_tokens(app):
+def test_too_long_without_truncate_names_the_input_and_its_tokens(app, reference_model):
     long_text = "token " * 600
+    tokens = len(reference_model.tokenizer(long_text)["input_ids"])  # [CLS] and [SEP] included, as the model reads
     response = app.post("/v1/embeddings", {"input": ["short", long_text], "truncate": False})
-    assert_error(response, 400, "INPUT_TOKEN_LIMIT_EXCEEDED", "input 1", "602 tokens", "256", "truncate")
+    assert_error(response, 400, "INPUT_TOKEN_LIMIT_EXCEEDED", "input 1", f"{tokens} tokens",
+                 str(reference_model.max_seq_length), "truncate")
 
 
 def test_image_input_on_a_text_model(app):
