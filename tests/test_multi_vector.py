@@ -463,3 +463,47 @@ def test_build_artifact_checks_and_packs_a_colbert(tmp_path, pylate_dir, colbert
     assert "Worked example: the real-time sample request above embeds 1 text;" in usage
     assert "from jina_sagemaker import Client, InputType" in usage and "/v1/multi-vector" in usage
     shutil.rmtree(unpacked)
+
+
+def test_searchbox_json_colbert_settings_change_what_is_answered(tmp_path, pylate_dir, reference, tokenizer,
+                                                                 pylate_settings, document_specials):
+    """README's searchbox.json settings, each against PyLate's own vectors: a query not expanded is the expanded
+    query's first rows (expansion tokens are not attended to), a skiplist word drops exactly its token's row, a
+    query marker that is the document's makes the query read as the document, and a document_length beyond the
+    encoder's positions is cut at those positions."""
+    import string
+
+    def run(settings: dict, text: str, input_type: str):
+        handler = load_handler(linked_copy(pylate_dir, tmp_path / f"s{len(list(tmp_path.iterdir()))}", settings),
+                               HandlerOptions(device="cpu"))
+        try:
+            result = handler.run(EmbedRequest(inputs=(TextInput(text),), input_type=input_type))
+            return np.asarray(result.vectors[0]), result.token_counts[0]
+        finally:
+            handler.close()
+
+    query_read = len(tokenizer(pylate_settings["query_prefix"] + QUERIES[0])["input_ids"])
+    vectors, tokens = run({"do_query_expansion": False}, QUERIES[0], "query")
+    rows_match(vectors, reference["q0"][:query_read])
+    assert tokens == query_read
+
+    ids = tokenizer(pylate_settings["document_prefix"] + DOCUMENTS[0])["input_ids"]
+    skipped = tokenizer.convert_tokens_to_ids("cats")
+    assert ids.count(skipped) == 1
+    vectors, tokens = run({"skiplist_words": ["cats"]}, DOCUMENTS[0], "document")
+    rows_match(vectors, np.delete(reference["d0"], ids.index(skipped), axis=0))
+    assert tokens == len(ids)  # the skipped word is read (and billed), it only answers no vector
+
+    vectors, _ = run({"query_prefix": pylate_settings["document_prefix"]}, DOCUMENTS[0], "query")
+    rows_match(vectors[:len(reference["d0"])], reference["d0"])
+
+    # the encoder's position table, and no more than its tokenizer declares (MiniLM: 512 positions, 256 declared)
+    positions = min(json.loads((pylate_dir / "config.json").read_text())["max_position_embeddings"],
+                    tokenizer.model_max_length)
+    long_document = DOCUMENTS[4] * 4
+    content = tokenizer(long_document, add_special_tokens=False)["input_ids"][:positions - document_specials]
+    assert len(tokenizer(long_document, add_special_tokens=False)["input_ids"]) > positions
+    punctuation = {tokenizer.convert_tokens_to_ids(mark) for mark in string.punctuation}
+    vectors, tokens = run({"document_length": 8 * positions}, long_document, "document")
+    assert tokens == positions
+    assert len(vectors) == positions - sum(token in punctuation for token in content)
