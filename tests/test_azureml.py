@@ -26,9 +26,16 @@ SCORE_PY = str(Path(__file__).resolve().parents[1] / "container" / "azureml" / "
 
 @pytest.fixture(scope="module")
 def azml(tmp_path_factory):
+    running = start_azml(tmp_path_factory.mktemp("azml"))
+    yield running
+    stop_server(running)
+
+
+def start_azml(workdir: Path, *arguments: str):
+    """azmlinfsrv on score.py and a free port, with `arguments` added; returned once it answers `GET /`."""
     port = free_port()
-    running = start_server(tmp_path_factory.mktemp("azml"), {}, port=port, wait=False,
-                           command=[AZMLINFSRV, "--entry_script", SCORE_PY, "--port", str(port)])
+    running = start_server(workdir, {}, port=port, wait=False,
+                           command=[AZMLINFSRV, "--entry_script", SCORE_PY, "--port", str(port), *arguments])
     # init() holds the port open but unanswered until the model is warm: poll with any error as "not yet".
     deadline = time.monotonic() + 180
     while True:
@@ -40,8 +47,7 @@ def azml(tmp_path_factory):
         except requests.RequestException:
             pass
         time.sleep(0.2)
-    yield running
-    stop_server(running)
+    return running
 
 
 def post(url: str, body: bytes | str, content_type: str, headers: dict | None = None) -> requests.Response:
@@ -173,3 +179,23 @@ def test_custom_container_serves_azureml_model_dir(server_factory, azure_model_r
     got = np.asarray(answer["data"][0]["embedding"])
     assert float(got @ expected / np.linalg.norm(got)) >= 0.9999
     assert post(running.url + "/invocations", body, "application/json").content == scored.content
+
+
+def test_model_dir_serves_another_model(tmp_path, minilm_dir, reference_model):
+    """README: `azmlinfsrv ... --model_dir DIR` serves the model in DIR (here a copy with its own served name)."""
+    model_dir = tmp_path / "models" / "another"
+    shutil.copytree(minilm_dir, model_dir)
+    (model_dir / "searchbox.json").write_text(json.dumps({"served_model_name": "another-model"}))
+    (tmp_path / "azml").mkdir()
+    running = start_azml(tmp_path / "azml", "--model_dir", str(model_dir))
+    try:
+        texts = ["hello", "served from --model_dir"]
+        answer = post(running.url + "/score", json.dumps({"input": texts}), "application/json")
+        assert answer.status_code == 200, answer.text[:500]
+        body = answer.json()
+        assert body["model"] == "another-model"
+        for item, reference in zip(body["data"], reference_model.encode(texts)):
+            np.testing.assert_allclose(item["embedding"], reference, atol=1e-5)
+        assert "another" in running.log()  # score.py's start-up line names the directory it serves
+    finally:
+        stop_server(running)

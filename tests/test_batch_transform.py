@@ -67,7 +67,8 @@ def test_csv_both_quotings_echo_ids_and_keep_the_text_intact(server, reference_m
     expected = reference_model.encode(list(TEXTS.values()), normalize_embeddings=True)
     for item, reference in zip(answer["data"], expected):
         assert cosine(item["embedding"], reference) >= 0.9999, item["id"]
-        assert item["usage"]["total_tokens"] > 2
+        # the tokens the model read: the tokenizer's own count, [CLS] and [SEP] included
+        assert item["usage"]["total_tokens"] == len(reference_model.tokenizer(TEXTS[item["id"]])["input_ids"])
     assert answer["parameters"] == {}
 
 
@@ -264,7 +265,13 @@ def test_reranker_csv_rows_match_cross_encoder(reranker_server, reranker_dir):
         for hit in item["results"]:
             assert hit["document"]["text"] == docs[hit["index"]]
             assert abs(hit["relevance_score"] - float(expected[hit["index"]])) < 1e-4
-        assert item["query_usage"]["total_tokens"] > 0 and item["docs_usage"]["total_tokens"] > 0
+        # README: a pair is read as specials + query + document; the query counts once per document scored,
+        # each document with the pair's special tokens ([CLS] and two [SEP])
+        tokenizer = reference.tokenizer
+        query_tokens = len(tokenizer(query, add_special_tokens=False)["input_ids"])
+        pair_tokens = [len(tokenizer(query, doc)["input_ids"]) for doc in docs]
+        assert item["query_usage"]["total_tokens"] == query_tokens * len(docs)
+        assert item["docs_usage"]["total_tokens"] == sum(pair_tokens) - query_tokens * len(docs)
 
 
 @pytest.mark.parametrize(("body", "fragments"), [

@@ -78,7 +78,7 @@ def test_charset_and_custom_attributes_are_accepted(app):
     ({"model": "anything", "input": ["a"], "task": "retrieval.passage", "dimensions": 256, "normalized": True,
       "embedding_type": "float", "late_chunking": False, "truncate": False}, 1),
 ])
-def test_public_api_variants(app, payload, count):
+def test_public_api_variants(app, reference_model, payload, count):
     for path in ("/v1/embeddings", "/invocations"):
         body = app.post(path, payload).json()
         assert set(body) == {"model", "object", "usage", "data"}
@@ -86,6 +86,9 @@ def test_public_api_variants(app, payload, count):
         assert [item["index"] for item in body["data"]] == list(range(count))
         assert all(item["object"] == "embedding" for item in body["data"])
         assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] > 0
+        # `dimensions` (when given) is the length of every vector; else the model's own
+        width = int(payload.get("dimensions", reference_model.get_sentence_embedding_dimension()))
+        assert [len(item["embedding"]) for item in body["data"]] == [width] * count
 
 
 def test_openai_encoding_format_is_embedding_type(app):
@@ -140,15 +143,18 @@ def test_wrong_types_name_the_field(app, path, payload, field):
     assert_error(app.post(path, payload), 422, "VALIDATION_ERROR", f"`{field}`" if field != "input" else field)
 
 
-def test_dimensions_wider_than_the_model(app):
+def test_dimensions_wider_than_the_model(app, reference_model):
+    width = reference_model.get_sentence_embedding_dimension()
     assert_error(app.post("/v1/embeddings", {"input": ["x"], "dimensions": 4096}), 422, "INVALID_DIMENSIONS",
-                 "384", "4096")
+                 str(width), "4096")
 
 
-def test_too_long_without_truncate_names_the_input_and_its_tokens(app):
+def test_too_long_without_truncate_names_the_input_and_its_tokens(app, reference_model):
     long_text = "token " * 600
+    tokens = len(reference_model.tokenizer(long_text)["input_ids"])  # [CLS] and [SEP] included, as the model reads
     response = app.post("/v1/embeddings", {"input": ["short", long_text], "truncate": False})
-    assert_error(response, 400, "INPUT_TOKEN_LIMIT_EXCEEDED", "input 1", "602 tokens", "256", "truncate")
+    assert_error(response, 400, "INPUT_TOKEN_LIMIT_EXCEEDED", "input 1", f"{tokens} tokens",
+                 str(reference_model.max_seq_length), "truncate")
 
 
 def test_image_input_on_a_text_model(app):

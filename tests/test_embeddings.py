@@ -30,7 +30,7 @@ def test_parity_short_long_and_truncated(app, reference_model):
     expected = reference_model.encode(texts)
     assert len(served) == len(texts)
     for item, reference in zip(served, expected):
-        assert len(item["embedding"]) == 384
+        assert len(item["embedding"]) == len(reference)
         assert cosine(item["embedding"], reference) >= 0.9999
         assert abs(np.linalg.norm(item["embedding"]) - 1) < 1e-5
 
@@ -65,7 +65,7 @@ def test_every_embedding_type_decodes_back(app):
     decoded = np.frombuffer(base64.b64decode(encoded["base64"]), dtype="<f4")
     np.testing.assert_array_equal(decoded, as_float)
     ubinary = np.asarray(encoded["ubinary"])
-    assert len(ubinary) == 384 // 8 and ubinary.min() >= 0 and ubinary.max() <= 255
+    assert len(ubinary) == len(as_float) // 8 and ubinary.min() >= 0 and ubinary.max() <= 255
     np.testing.assert_array_equal(ubinary, np.packbits(as_float > 0))
     np.testing.assert_array_equal(np.asarray(encoded["binary"]), ubinary.astype(int) - 128)
     # a single type answers the value itself, not a dict
@@ -100,10 +100,41 @@ def _unnormalised_reference(reference_model, texts):
     return features["sentence_embedding"].numpy()
 
 
-def test_unknown_task_falls_back_to_the_default(app):
+def test_a_model_without_tasks_ignores_a_task(app):
+    """README: "a model without tasks ignores it" (on a model whose tasks are prompts, an unknown task falls back to
+    the default: test_tasks_select_the_configured_prompt)."""
     plain = embed(app, ["tasks select prompts"])[0]["embedding"]
     tasked = embed(app, ["tasks select prompts"], task="nl2code.query")[0]["embedding"]
     np.testing.assert_allclose(plain, tasked, atol=1e-6)
+
+
+def late_chunking_reference(minilm_dir, texts: list[str]) -> tuple[list[np.ndarray], int]:
+    """README's rule computed with transformers alone: consecutive inputs packed into as few [CLS] ... [SEP]
+    sequences as fit the model's max length (an input never straddles two), each input the mean of its own token
+    span in its sequence. Answers the vectors and the tokens read."""
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
+    # the max length sentence-transformers reads the model with, less [CLS] and [SEP]
+    room = json.loads((minilm_dir / "sentence_bert_config.json").read_text())["max_seq_length"] - 2
+    pieces = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    packs, current = [], []
+    for piece in pieces:
+        if current and sum(map(len, current)) + len(piece) > room:
+            packs.append(current)
+            current = []
+        current.append(piece)
+    packs.append(current)
+    vectors, read = [], 0
+    for pack in packs:
+        ids = [tokenizer.cls_token_id] + sum(pack, []) + [tokenizer.sep_token_id]
+        read += len(ids)
+        with torch.no_grad():
+            tokens = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0][0]
+        start = 1
+        for piece in pack:
+            vectors.append(tokens[start:start + len(piece)].mean(0).numpy())
+            start += len(piece)
+    return vectors, read
 
 
 def test_late_chunking_pools_each_span_in_context(app, minilm_dir):
@@ -112,31 +143,26 @@ def test_late_chunking_pools_each_span_in_context(app, minilm_dir):
     response = app.post("/v1/embeddings", {"input": texts, "late_chunking": True})
     assert response.status_code == 200, response.text
     body = response.json()
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
-    model = AutoModel.from_pretrained(str(minilm_dir)).eval()
-    pieces = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    ids = [tokenizer.cls_token_id] + sum(pieces, []) + [tokenizer.sep_token_id]
-    with torch.no_grad():
-        tokens = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))[0][0]
-    start = 1
-    for item, piece in zip(body["data"], pieces):
-        expected = tokens[start:start + len(piece)].mean(0).numpy()
-        assert cosine(item["embedding"], expected) >= 0.9999
-        start += len(piece)
-    assert body["usage"]["total_tokens"] == len(ids)
+    expected, read = late_chunking_reference(minilm_dir, texts)
+    for item, reference in zip(body["data"], expected):
+        assert cosine(item["embedding"], reference) >= 0.9999
+    assert body["usage"]["total_tokens"] == read
     independent = app.post("/v1/embeddings", {"input": texts}).json()["data"]
     assert cosine(body["data"][1]["embedding"], independent[1]["embedding"]) < 0.999
 
 
-def test_late_chunking_spreads_over_sequences_when_inputs_exceed_the_max_length(app):
+def test_late_chunking_spreads_over_sequences_when_inputs_exceed_the_max_length(app, minilm_dir, reference_model):
     texts = [LONG, LONG, "short tail"]
     body = app.post("/v1/embeddings", {"input": texts, "late_chunking": True}).json()
-    assert len(body["data"]) == 3
-    assert all(len(item["embedding"]) == 384 for item in body["data"])
-    # two sequences: each carries its own [CLS] and [SEP]
-    single = app.post("/v1/embeddings", {"input": [LONG]}).json()["usage"]["total_tokens"]
-    tail = app.post("/v1/embeddings", {"input": ["short tail"]}).json()["usage"]["total_tokens"]
-    assert body["usage"]["total_tokens"] == 2 * single + tail - 2
+    expected, read = late_chunking_reference(minilm_dir, texts)
+    # the inputs do need two sequences (LONG twice is over the room), else this would test one
+    assert 2 * len(reference_model.tokenizer(LONG, add_special_tokens=False)["input_ids"]) > (
+        reference_model.max_seq_length - 2)
+    assert len(body["data"]) == len(expected) == 3
+    for item, reference in zip(body["data"], expected):
+        assert cosine(item["embedding"], reference) >= 0.9999
+    # each sequence carries its own [CLS] and [SEP]
+    assert body["usage"]["total_tokens"] == read
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +191,10 @@ def test_tasks_select_the_configured_prompt(prompted_server, reference_model):
     assert cosine(default["data"][0]["embedding"], reference_model.encode([text], prompt="passage: ")[0]) >= 0.9999
     # the prompt's tokens are processed, so they are billed
     plain_tokens = len(reference_model.tokenizer(text)["input_ids"])
-    assert query["usage"]["total_tokens"] == plain_tokens + 2
+    prompt_tokens = {prompt: len(reference_model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+                     for prompt in ("query: ", "passage: ")}
+    assert query["usage"]["total_tokens"] == plain_tokens + prompt_tokens["query: "]
+    assert default["usage"]["total_tokens"] == plain_tokens + prompt_tokens["passage: "]
 
 
 @pytest.mark.server

@@ -40,9 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
 MIN_COSINE = 0.9999
 SCORE_TOLERANCE = 1e-4
-QUERY_LENGTH = 32
-# the PyLate model's documents: 180 tokens, of which [CLS], [D] and [SEP] are not text
-DOCUMENT_ROOM = 177
 
 
 def rows_match(answer, reference) -> None:
@@ -81,6 +78,28 @@ def tokenizer(pylate_dir):
 @pytest.fixture(scope="module")
 def reference(colbert) -> dict[str, np.ndarray]:
     return colbert.arrays("pylate")
+
+
+@pytest.fixture(scope="module")
+def pylate_settings(colbert) -> dict:
+    """The lengths and prefixes PyLate itself read the model with (tests/pylate_reference.py)."""
+    return colbert.settings("pylate")
+
+
+@pytest.fixture(scope="module")
+def query_length(pylate_settings) -> int:
+    return pylate_settings["query_length"]
+
+
+@pytest.fixture(scope="module")
+def document_specials(pylate_settings, tokenizer) -> int:
+    """Tokens of a document that are not its text: [CLS], the document marker and [SEP], as the tokenizer counts."""
+    return len(tokenizer(pylate_settings["document_prefix"])["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def document_room(pylate_settings, document_specials) -> int:
+    return pylate_settings["document_length"] - document_specials
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +222,8 @@ def test_the_directory_default_input_type_makes_a_job_of_queries(tmp_path, pylat
 # --- the client's bodies over HTTP --------------------------------------------------------------------------
 
 
-def test_client_query_and_document_envelopes(colbert_server, reference, tokenizer):
+def test_client_query_and_document_envelopes(colbert_server, reference, tokenizer, query_length, document_room,
+                                              document_specials):
     # client.embed(texts="...", use_colbert=True, input_type=InputType.QUERY): `data` is one object
     query = answer(colbert_server, "/invocations",
                    {"data": {"text": QUERIES[0]}, "parameters": {"input_type": "query"}})
@@ -211,7 +231,7 @@ def test_client_query_and_document_envelopes(colbert_server, reference, tokenize
     (item,) = query["data"]
     assert set(item) == {"id", "embeddings", "usage"} and len(item["id"]) == 32
     rows_match(item["embeddings"], reference["q0"])
-    assert item["usage"] == {"total_tokens": QUERY_LENGTH}  # the [MASK] expansion is read too
+    assert item["usage"] == {"total_tokens": query_length}  # the [MASK] expansion is read too
     # documents: the client's default input_type, and no parameters at all
     bodies = [{"data": [{"text": text, "id": f"doc-{j}"} for j, text in enumerate(DOCUMENTS)],
                "parameters": {"input_type": "document"}},
@@ -221,18 +241,18 @@ def test_client_query_and_document_envelopes(colbert_server, reference, tokenize
         assert [d["id"] for d in documents] == [f"doc-{j}" for j in range(len(DOCUMENTS))]
         for j, document in enumerate(documents):
             rows_match(document["embeddings"], reference[f"d{j}"])
-            read = min(content_tokens(tokenizer, DOCUMENTS[j]), DOCUMENT_ROOM) + 3  # [CLS] [D] ... [SEP]
+            read = min(content_tokens(tokenizer, DOCUMENTS[j]), document_room) + document_specials
             assert document["usage"] == {"total_tokens": read}
     # punctuation is read (usage) but answers no vector
     assert len(documents[1]["embeddings"]) < documents[1]["usage"]["total_tokens"]
 
 
-def test_public_multi_vector_api(colbert_server, reference):
+def test_public_multi_vector_api(colbert_server, reference, query_length):
     body = {"model": "tiny-colbert", "input": QUERIES[:2], "input_type": "query"}
     public = answer(colbert_server, "/v1/multi-vector", body)
     assert set(public) == {"model", "object", "usage", "data"}
     assert public["model"] == "pylate" and public["object"] == "list"
-    assert public["usage"] == {"total_tokens": 2 * QUERY_LENGTH}
+    assert public["usage"] == {"total_tokens": 2 * query_length}
     assert [set(d) for d in public["data"]] == [{"object", "index", "embeddings"}] * 2
     assert [(d["object"], d["index"]) for d in public["data"]] == [("embeddings", 0), ("embeddings", 1)]
     for i, item in enumerate(public["data"]):
@@ -303,12 +323,12 @@ def test_single_and_multi_vector_mismatches_name_the_route(colbert_server, app):
     assert missing["code"] == "NOT_FOUND"
 
 
-def test_bad_requests_name_what_to_fix(colbert_server):
+def test_bad_requests_name_what_to_fix(colbert_server, query_length):
     post = colbert_server.post
     assert_error(post("/v1/multi-vector", {"input": ["x"], "input_type": "passage"}), 422, None, "input_type")
     assert_error(post("/v1/multi-vector", {"input": ["x"], "late_chunking": True}), 422, None, "late_chunking")
     assert_error(post("/v1/multi-vector", {"input": [QUERIES[2]], "input_type": "query", "truncate": False}), 400,
-                 "INPUT_TOKEN_LIMIT_EXCEEDED", "input 0", "limit of 32")
+                 "INPUT_TOKEN_LIMIT_EXCEEDED", "input 0", f"limit of {query_length}")
     assert_error(post("/v1/multi-vector", {"input": [{"image": "https://example.com/x.png"}]}), 400,
                  "UNSUPPORTED_INPUT", "input 0")
     assert_error(post("/invocations", {"data": [{"text": "x"}], "parameters": {"input_type": 3}}), 422, None,
@@ -329,16 +349,18 @@ def test_batch_transform_csv_rows_are_documents(colbert_server, reference):
     assert body["parameters"] == {} and [d["id"] for d in body["data"]] == ["d0", "d1", "d3"]
     for item, key in zip(body["data"], ("d0", "d1", "d3")):
         rows_match(item["embeddings"], reference[key])
-    lines = (json.dumps({"text": QUERIES[0], "id": "7"}) + "\n"
+    lines = (json.dumps({"text": DOCUMENTS[0], "id": "7"}) + "\n"
              + json.dumps({"input": [QUERIES[0]], "input_type": "query"}) + "\n")
     jsonl = colbert_server.post("/invocations", data=lines.encode(), headers={"Content-Type": "application/jsonlines"})
     assert jsonl.status_code == 200, jsonl.text[:500]
     record, public = (json.loads(line) for line in jsonl.text.splitlines())
-    assert record["data"][0]["id"] == "7" and len(record["data"][0]["embeddings"]) < QUERY_LENGTH  # a document
+    # a record without input_type is a document: PyLate's document vectors, not the query's expanded rows
+    assert record["data"][0]["id"] == "7"
+    rows_match(record["data"][0]["embeddings"], reference["d0"])
     rows_match(public["data"][0]["embeddings"], reference["q0"])
 
 
-def test_an_operator_setting_makes_a_batch_job_of_queries(server_factory, pylate_dir, reference):
+def test_an_operator_setting_makes_a_batch_job_of_queries(server_factory, pylate_dir, reference, query_length):
     server = server_factory({"SEARCHBOX_MODEL_DIR": str(pylate_dir), "SEARCHBOX_DEFAULT_INPUT_TYPE": "query"})
     csv = f'q0,{QUERIES[0]}\n"q1",""\n'.encode()
     response = server.post("/invocations", data=csv, headers={"Content-Type": "text/csv"})
@@ -346,7 +368,7 @@ def test_an_operator_setting_makes_a_batch_job_of_queries(server_factory, pylate
     items = response.json()["data"]
     rows_match(items[0]["embeddings"], reference["q0"])
     rows_match(items[1]["embeddings"], reference["q1"])
-    assert [item["usage"] for item in items] == [{"total_tokens": QUERY_LENGTH}] * 2
+    assert [item["usage"] for item in items] == [{"total_tokens": query_length}] * 2
     # a request that says what it is still is that
     said = answer(server, "/v1/multi-vector", {"input": [DOCUMENTS[0]], "input_type": "document"})
     rows_match(said["data"][0]["embeddings"], reference["d0"])
@@ -380,7 +402,9 @@ def expected_windows(length: int, size: int, overlap: int) -> list[tuple[int, in
     return [(start, start + size) for start in starts]
 
 
-def test_maxsim_rerank_finds_the_passage_at_the_end_of_a_long_document(colbert_server, reference, tokenizer):
+def test_maxsim_rerank_finds_the_passage_at_the_end_of_a_long_document(colbert_server, reference, tokenizer,
+                                                                       query_length, document_room,
+                                                                       document_specials):
     body = {"data": {"query": RERANK_QUERY, "documents": [{"text": d} for d in RERANK_DOCUMENTS]}}
     (item,) = answer(colbert_server, "/invocations", body)["data"]
     results = item["results"]
@@ -393,17 +417,17 @@ def test_maxsim_rerank_finds_the_passage_at_the_end_of_a_long_document(colbert_s
     windows = reference["rerank_windows0"]
     assert len(windows) > 2 and int(np.argmax(windows)) == len(windows) - 1
     assert windows[0] < reference["rerank_best"][1:].max()
-    # usage: the query once (expanded to 32), each window with its [CLS] [D] [SEP]
-    assert item["query_usage"] == {"total_tokens": QUERY_LENGTH}
+    # usage: the query once (expanded to the query length), each window with its [CLS] [D] [SEP]
+    assert item["query_usage"] == {"total_tokens": query_length}
     for result in results:
         length = content_tokens(tokenizer, RERANK_DOCUMENTS[result["index"]])
-        spans = expected_windows(length, DOCUMENT_ROOM, DOCUMENT_ROOM // 4)
-        assert result["usage"] == {"total_tokens": sum(b - a + 3 for a, b in spans)}
+        spans = expected_windows(length, document_room, document_room // 4)
+        assert result["usage"] == {"total_tokens": sum(b - a + document_specials for a, b in spans)}
     assert item["docs_usage"]["total_tokens"] == sum(r["usage"]["total_tokens"] for r in results)
     public = answer(colbert_server, "/v1/rerank", {"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS, "top_n": 1,
                                                    "return_documents": False})
     assert public["results"] == [{"index": 0, "relevance_score": results[0]["relevance_score"]}]
-    assert public["usage"] == {"total_tokens": QUERY_LENGTH + item["docs_usage"]["total_tokens"]}
+    assert public["usage"] == {"total_tokens": query_length + item["docs_usage"]["total_tokens"]}
 
 
 # --- packaging -----------------------------------------------------------------------------------------------
@@ -468,3 +492,47 @@ def test_readme_examples_answer_as_written(tmp_path, server_factory):
     assert [len(item["embeddings"]) for item in documents["data"]] == [9, 6]
     assert len(public["data"][0]["embeddings"]) == 9
     assert len(batch["data"][0]["embeddings"]) == 8
+
+
+def test_searchbox_json_colbert_settings_change_what_is_answered(tmp_path, pylate_dir, reference, tokenizer,
+                                                                 pylate_settings, document_specials):
+    """README's searchbox.json settings, each against PyLate's own vectors: a query not expanded is the expanded
+    query's first rows (expansion tokens are not attended to), a skiplist word drops exactly its token's row, a
+    query marker that is the document's makes the query read as the document, and a document_length beyond the
+    encoder's positions is cut at those positions."""
+    import string
+
+    def run(settings: dict, text: str, input_type: str):
+        handler = load_handler(linked_copy(pylate_dir, tmp_path / f"s{len(list(tmp_path.iterdir()))}", settings),
+                               HandlerOptions(device="cpu"))
+        try:
+            result = handler.run(EmbedRequest(inputs=(TextInput(text),), input_type=input_type))
+            return np.asarray(result.vectors[0]), result.token_counts[0]
+        finally:
+            handler.close()
+
+    query_read = len(tokenizer(pylate_settings["query_prefix"] + QUERIES[0])["input_ids"])
+    vectors, tokens = run({"do_query_expansion": False}, QUERIES[0], "query")
+    rows_match(vectors, reference["q0"][:query_read])
+    assert tokens == query_read
+
+    ids = tokenizer(pylate_settings["document_prefix"] + DOCUMENTS[0])["input_ids"]
+    skipped = tokenizer.convert_tokens_to_ids("cats")
+    assert ids.count(skipped) == 1
+    vectors, tokens = run({"skiplist_words": ["cats"]}, DOCUMENTS[0], "document")
+    rows_match(vectors, np.delete(reference["d0"], ids.index(skipped), axis=0))
+    assert tokens == len(ids)  # the skipped word is read (and billed), it only answers no vector
+
+    vectors, _ = run({"query_prefix": pylate_settings["document_prefix"]}, DOCUMENTS[0], "query")
+    rows_match(vectors[:len(reference["d0"])], reference["d0"])
+
+    # the encoder's position table, and no more than its tokenizer declares (MiniLM: 512 positions, 256 declared)
+    positions = min(json.loads((pylate_dir / "config.json").read_text())["max_position_embeddings"],
+                    tokenizer.model_max_length)
+    long_document = DOCUMENTS[4] * 4
+    content = tokenizer(long_document, add_special_tokens=False)["input_ids"][:positions - document_specials]
+    assert len(tokenizer(long_document, add_special_tokens=False)["input_ids"]) > positions
+    punctuation = {tokenizer.convert_tokens_to_ids(mark) for mark in string.punctuation}
+    vectors, tokens = run({"document_length": 8 * positions}, long_document, "document")
+    assert tokens == positions
+    assert len(vectors) == positions - sum(token in punctuation for token in content)

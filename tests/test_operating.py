@@ -76,6 +76,25 @@ def test_every_2xx_reports_the_units_of_its_exact_usage(metered):
     assert int(public.headers["X-Inference-Time"]) >= 0 and int(public.headers["X-Queue-Time"]) >= 0
 
 
+def test_the_log_line_and_the_metered_units_counter_carry_the_units_billed(metered, reference_model, caplog):
+    """Units from the tokenizer's own counts (not from the answer): in the header, the request's log line and
+    searchbox_metered_units_total alike."""
+    app, metering = metered
+    texts = ["a first sentence to embed", "two", "and a third, a little longer than the others"]
+    tokens = sum(len(reference_model.tokenizer(t)["input_ids"]) for t in texts)
+    units = expected_units(metering, len(texts), tokens)
+    before = scrape(app)
+    with caplog.at_level("INFO", logger="searchbox.requests"):
+        response = app.post("/v1/embeddings", {"input": texts})
+        assert_error(app.post("/v1/embeddings", {"input": ["x"], "dimensions": 4096}), 422)
+    after = scrape(app)
+    assert units_of(response) == units
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "searchbox.requests"]
+    assert [(line["status"], line["inputs"], line["tokens"], line["units"]) for line in lines] == [
+        (200, 3, tokens, units), (422, 0, 0, 0)]
+    assert delta(before, after, "searchbox_metered_units_total") == units  # the 422 adds none
+
+
 def test_no_error_is_ever_metered(metered):
     app, _ = metered
     for response, status in [(app.post("/v1/embeddings", {"input": ["x"], "dimensions": 4096}), 422),
