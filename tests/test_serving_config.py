@@ -92,6 +92,6 @@ def test_readme_names_every_registered_kind():
     from model_handlers import kinds
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    sentence = re.search(r"^`kind` is (.*?) \(else it is told from the files\)", readme, re.MULTILINE)
+    sentence = re.search(r"^`kind` is (.*?) \(else it is told from the files[;)]", readme, re.MULTILINE)
     assert sentence, "README lost its sentence naming the kinds"
     assert sorted(re.findall(r"`([^`]+)`", sentence.group(1))) == sorted(kind.name for kind in kinds.registered())
