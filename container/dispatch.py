@@ -50,7 +50,8 @@ _ANY = "*/*"
 
 
 def _csv(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:
-    return batch_transform.decode_csv(body, kind, settings.max_inputs, settings.max_batch_rows)
+    return batch_transform.decode_csv(body, kind, settings.max_inputs, settings.max_batch_rows,
+                                      settings.csv_parameters())
 
 
 def _jsonlines(body: bytes, decode: Callable[[Any], Decoded], kind: Kind, settings: Settings) -> Records:

@@ -11,6 +11,7 @@ are constants here and nowhere else reads `os.environ`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import textwrap
@@ -62,6 +63,8 @@ ENV_IMAGE_FETCH_TIMEOUT = "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S"
 ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
 ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
+ENV_CLASSIFY_LABELS = "SEARCHBOX_CLASSIFY_LABELS"
+ENV_CLASSIFIER = "SEARCHBOX_CLASSIFIER"
 ENV_MAX_ADAPTERS = "SEARCHBOX_MAX_ADAPTERS"
 ENV_ASYNC = "SEARCHBOX_ASYNC"
 ENV_WORKERS = "SEARCHBOX_WORKERS"
@@ -156,6 +159,20 @@ def _host_names(raw: str, name: str) -> tuple[str, ...]:
             raise SettingsError(f"{name}: {host!r} is not a host name; list names only, comma-separated "
                                 "(images.internal,localhost)")
     return tuple(host for host in names if host)
+
+
+def _labels(raw: str, name: str) -> tuple[str, ...]:
+    """Labels: a JSON array of strings (labels may hold commas), or comma-separated."""
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, list) or not all(isinstance(label, str) for label in value):
+            raise SettingsError(f'{name}: not a JSON array of strings (["billing", "sales"], or billing,sales)')
+        return tuple(value)
+    return tuple(label.strip() for label in text.split(",") if label.strip())
 
 
 # --- the table ----------------------------------------------------------------------------------------------
@@ -269,6 +286,11 @@ SETTINGS = (
             "queries or documents (unset: searchbox.json's default_input_type, else documents); an embedding model "
             "takes the retrieval task of that side", "unset", "default_input_type", _choice(INPUT_TYPES, str.lower),
             handler="default_input_type"),
+    Setting(ENV_CLASSIFY_LABELS, "a batch transform job that classifies: each CSV row (id,text) is classified "
+            "zero-shot against these labels (a JSON array, or comma-separated), answered as /invocations answers a "
+            "classify envelope", "unset", "classify_labels", _labels, ()),
+    Setting(ENV_CLASSIFIER, f"the same with a classifier trained into the artifact (GET /v1/models lists them); not "
+            f"with {ENV_CLASSIFY_LABELS}", "unset", "classifier", default=None),
     Setting(ENV_MAX_ADAPTERS, "LoRA adapters registered at run time (POST /adapters) held in memory at once; past it "
             "the least recently used one that is neither pinned nor in use is unloaded, and loaded again from its src "
             "when a request names it (adapters built into the artifact are not counted)", "8", "max_adapters",
@@ -341,6 +363,8 @@ class Settings:
     max_response_bytes: int
     max_rerank_windows: int
     default_input_type: str | None
+    classify_labels: tuple[str, ...]
+    classifier: str | None
     max_adapters: int
     graceful_timeout_s: float
     nginx: str | None
@@ -371,7 +395,19 @@ class Settings:
                 values[setting.attribute] = setting.read(env, values)
         if values["model_name"] is None and (embedded or model_dir == _embedded_or_none()):
             values["model_name"] = DEFAULT_MODEL_NAME  # its directory is called `model`
+        if values["classify_labels"] and values["classifier"]:
+            raise SettingsError(f"{ENV_CLASSIFY_LABELS} and {ENV_CLASSIFIER} both set: a job classifies against "
+                                "labels or with a trained classifier, set one")
         return cls(model_dir=model_dir, model_source=source, **values)
+
+    def csv_parameters(self) -> dict[str, Any] | None:
+        """What every CSV row of a batch transform job asks beside its input: the classify job's labels or
+        classifier (None: rows are the served kind's own)."""
+        if self.classify_labels:
+            return {"labels": list(self.classify_labels)}
+        if self.classifier:
+            return {"classifier_id": self.classifier}
+        return None
 
     def handler_options(self, **extra: Any) -> HandlerOptions:
         """The model handler's options from the rows that say they go there (`extra`: what no setting says, such

@@ -106,6 +106,36 @@ def test_the_same_body_on_invocations_and_in_the_sagemaker_envelope(app, minilm_
     assert "embedding" in app.post("/invocations", {"data": [{"text": "hi"}]}).json()["data"][0]
 
 
+def test_a_batch_transform_job_classifies_its_csv_rows_against_the_jobs_labels(minilm_dir, minilm_reference):
+    """SEARCHBOX_CLASSIFY_LABELS: each `id,text` row classified zero-shot, as the envelope with those labels is."""
+    rows = "".join(f'r{i},"{text}"\n' for i, text in enumerate(TEXTS)).encode()
+    app, runtime = in_process(minilm_dir, {"SEARCHBOX_CLASSIFY_LABELS": json.dumps(LABELS)})
+    try:
+        answer = app.post("/invocations", data=rows, headers={"Content-Type": "text/csv"})
+        embeddings = app.post("/invocations", {"data": [{"text": "still an embeddings body"}]})
+    finally:
+        runtime.close()
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert [item["id"] for item in data] == [f"r{i}" for i in range(len(TEXTS))]
+    assert_matches(data, LABELS, minilm_reference)
+    assert "embedding" in embeddings.json()["data"][0]  # JSON bodies carry their own operation
+
+
+def test_the_classify_job_settings(tmp_path):
+    from container.settings import Settings, SettingsError
+
+    assert Settings.from_env({"SEARCHBOX_CLASSIFY_LABELS": "billing, sales ,"}).csv_parameters() == \
+        {"labels": ["billing", "sales"]}
+    assert Settings.from_env({"SEARCHBOX_CLASSIFY_LABELS": '["a, b", "c"]'}).csv_parameters() == {"labels": ["a, b", "c"]}
+    assert Settings.from_env({"SEARCHBOX_CLASSIFIER": "topics"}).csv_parameters() == {"classifier_id": "topics"}
+    assert Settings.from_env({}).csv_parameters() is None
+    with pytest.raises(SettingsError, match="both set"):
+        Settings.from_env({"SEARCHBOX_CLASSIFY_LABELS": "a,b", "SEARCHBOX_CLASSIFIER": "topics"})
+    with pytest.raises(SettingsError, match="JSON array of strings"):
+        Settings.from_env({"SEARCHBOX_CLASSIFY_LABELS": '["a", 1]'})
+
+
 def inputs_run(app) -> float:
     """Inputs the model has run in forward passes so far (/metrics' searchbox_batch_inputs_sum)."""
     metrics = app.get("/metrics").text
@@ -294,6 +324,12 @@ def test_a_few_shot_classifier_answers_as_fitted_after_the_artifact_round_trip(t
     unpacked.mkdir()
     with tarfile.open(output, "r:gz") as tar:
         tar.extractall(unpacked, filter="data")
+    job, job_runtime = in_process(unpacked, {"SEARCHBOX_CLASSIFIER": "topics"})
+    try:
+        csv_answer = job.post("/invocations", data="".join(f'q{i},"{text}"\n' for i, text in enumerate(QUERIES)),
+                              headers={"Content-Type": "text/csv"})
+    finally:
+        job_runtime.close()
     app, runtime = in_process(unpacked)
     try:
         answer = app.post("/v1/classify", {"classifier_id": "topics", "input": QUERIES})
@@ -317,6 +353,9 @@ def test_a_few_shot_classifier_answers_as_fitted_after_the_artifact_round_trip(t
     assert envelope.status_code == 200 and [item["prediction"] for item in envelope.json()["data"]] == \
         [item["prediction"] for item in data]
     assert envelope.json()["usage"] == {"total_tokens": usage, "label_tokens": 0}
+    assert csv_answer.status_code == 200, csv_answer.text  # SEARCHBOX_CLASSIFIER: a batch job's rows, the same
+    assert [(item["id"], item["predictions"]) for item in csv_answer.json()["data"]] == \
+        [(f"q{i}", item["predictions"]) for i, item in enumerate(envelope.json()["data"])]
     assert models["classifiers"] == [shipped]
     assert unknown.status_code == 422 and unknown.json()["code"] == "UNKNOWN_CLASSIFIER"
     assert "its classifiers are topics" in unknown.json()["detail"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import orjson
 
@@ -55,8 +55,12 @@ _CSV_ANSWER_TYPES = (JSON, *JSONLINES_TYPES)
 _BLANK_ANSWER = b"null\n"
 
 
-def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Records:
+def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int,
+               parameters: Mapping[str, Any] | None = None) -> Records:
     """CSV rows of the served `kind`; input rows go to the model in requests of at most `max_inputs`.
+
+    `parameters`: what the job asks of every row's input beside it (a classify job's labels, `Settings.csv_parameters`):
+    each row is then one input of an envelope with these `parameters`, read as /invocations reads that envelope.
 
     Raises:
         BadRequest: a row does not parse (naming its line).
@@ -69,6 +73,8 @@ def decode_csv(body: bytes, kind: Kind, max_inputs: int, max_rows: int) -> Recor
         csv.field_size_limit(len(text))
     rows = _csv_rows(text, max_rows)
     records = [_record(row, kind) for row in rows]
+    if parameters:
+        return _input_rows(rows, records, max_inputs, parameters)
     if kind.csv.per_input:
         return _input_rows(rows, records, max_inputs)
     return _request_rows(rows, records, dialects.named(kind.csv.operation).rows)
@@ -247,15 +253,19 @@ def _other_layout_hint(row: _Row, kind: Kind) -> str:
 
 # --- rows to requests ------------------------------------------------------------------------------
 
-def _input_rows(rows: list[_Row], records: list[dict[str, Any]], max_inputs: int) -> Records:
+def _input_rows(rows: list[_Row], records: list[dict[str, Any]], max_inputs: int,
+                parameters: Mapping[str, Any] | None = None) -> Records:
     """Each row one input; consecutive rows go to the model in requests of up to `max_inputs` (one chunk after
-    the other: each already fills the batcher and gets the whole timeout's share it needs)."""
+    the other: each already fills the batcher and gets the whole timeout's share it needs). With `parameters`, each
+    request is the envelope with them, as /invocations reads it (a classify job's labels)."""
     decoded, origins = [], []
     for chunk in _chunks(rows, max_inputs):
-        body = {"data": [{**record, "id": row.id} for row, record in zip(rows[chunk], records[chunk])]}
+        body: dict[str, Any] = {"data": [{**record, "id": row.id} for row, record in zip(rows[chunk], records[chunk])]}
+        if parameters:
+            body["parameters"] = dict(parameters)
         first, last = rows[chunk.start].line, rows[chunk.stop - 1].line
         where = f"line {first}" if first == last else f"lines {first}-{last}"
-        decoded.append(_decode_row(sagemaker.decode, body, where))
+        decoded.append(_decode_row(dialects.decode_invocation if parameters else sagemaker.decode, body, where))
         origins.append(where)
 
     def render(results: list[TypedResult]) -> bytes:
