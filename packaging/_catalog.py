@@ -24,6 +24,8 @@ DEVELOPERS.md. Every check names the field to fix, as `products[0].prices_per_ho
         description: docs/description.md
         eula: docs/eula.md
         remote_code: {other-org/repo: path/to/checkout}   # optional: where trust_remote_code files live
+        classifiers: {support: support-examples.jsonl}   # optional: few-shot classifiers fitted into the artifact
+        classifier_min_accuracy: 0.8       # optional: a classifier below this held-out accuracy refuses the build
         azure:
           instance_type: Standard_NC4as_T4_v3
           gpus_per_instance: 1             # cores_per_instance too, when the plan is priced per core-hour
@@ -175,6 +177,9 @@ class Product:
     # the compute path the artifact serves on, and int8 (onnx only): build_artifact exports and checks them
     backend: str = "torch"
     quantize: str | None = None
+    # few-shot classifiers build_artifact fits and ships (name -> examples.jsonl), and the accuracy each must reach
+    classifiers: Mapping[str, Path] = field(default_factory=dict)
+    classifier_min_accuracy: float = 0.0
 
     @property
     def model_kind(self) -> kinds.Kind:
@@ -262,7 +267,7 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
         raise CatalogError(f"{where}: each product must be a mapping")
     known = {"name", "title", "model_dir", "served_name", "kind", "tasks", "instance_types", "pricing",
              "prices_per_hour", "free_trial_days", "regions", "description", "eula", "remote_code", "azure",
-             "backend", "quantize"}
+             "backend", "quantize", "classifiers", "classifier_min_accuracy"}
     unknown = sorted(set(entry) - known)
     if unknown:
         raise CatalogError(f"{where}.{unknown[0]}: unknown field; known fields are {', '.join(sorted(known))}")
@@ -300,6 +305,12 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
     remote_code = entry.get("remote_code") or {}
     if not isinstance(remote_code, dict):
         raise CatalogError(f"{where}.remote_code: must map repository ids to local directories")
+    classifiers = entry.get("classifiers") or {}
+    if not isinstance(classifiers, dict):
+        raise CatalogError(f"{where}.classifiers: must map classifier names to examples.jsonl files")
+    floor = entry.get("classifier_min_accuracy", 0.0)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor <= 1.0:
+        raise CatalogError(f"{where}.classifier_min_accuracy: {floor!r} must be a number from 0 to 1")
     model_dir = _required(entry, "model_dir", where)
     return Product(
         name=name,
@@ -321,6 +332,9 @@ def _product(entry: Any, where: str, base_dir: Path) -> Product:
         pricing=pricing,
         backend=backend,
         quantize=quantize,
+        classifiers={str(name): _existing_file(path, base_dir, f"{where}.classifiers.{name}")
+                     for name, path in classifiers.items()},
+        classifier_min_accuracy=float(floor),
     )
 
 

@@ -141,7 +141,11 @@ def build(staged: Path, sources: dict[str, Path], min_accuracy: float, device: s
     from model_handlers.operations.classify import ClassifyRequest
 
     every = [read_examples(name, path) for name, path in sources.items()]
-    handler = load_handler(staged, HandlerOptions(device=device, max_batch_items=32))
+    try:
+        handler = load_handler(staged, HandlerOptions(device=device, max_batch_items=32))
+    except Exception as exc:  # noqa: BLE001 - any load failure: the model would not serve, whatever the cause
+        raise ClassifierRefused(f"--classifier: the model would not serve, so nothing can be fitted on it "
+                                f"({type(exc).__name__}: {str(exc)[:300]})") from None
     try:
         try:  # the server's own refusal of a kind that does not classify
             check_operation(ClassifyRequest(inputs=(), classifier_id=every[0].name), handler.kind, handler.model_name)

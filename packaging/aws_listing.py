@@ -27,6 +27,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -353,9 +354,11 @@ def performance_markdown(bench: Path | None) -> tuple[str, bool]:
 
 
 def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH,
-                   sample: build_artifact.SampleFigures | None = None, quality: _onnx.Quality | None = None) -> str:
+                   sample: build_artifact.SampleFigures | None = None, quality: _onnx.Quality | None = None,
+                   classifiers: Sequence[Mapping[str, Any]] = ()) -> str:
     """usage-information.md; `sample` (what the kind's sample request consumed) is needed for per-inference pricing,
-    `quality` (the ONNX build's figures) for an ONNX product."""
+    `quality` (the ONNX build's figures) for an ONNX product, `classifiers` (the build's few-shot classifiers, as its
+    manifest lists them) for a product that ships some."""
     performance, _ = performance_markdown(bench)
     kind = product.model_kind
     samples = kind.samples
@@ -412,7 +415,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
 
         `application/jsonlines` input (any real-time body per line) gives one JSON line out per line in.
 
-        ## boto3
+        {classification}## boto3
 
         ```python
         import json, boto3
@@ -461,7 +464,33 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         batch_type=product.recommended["batch"],
         performance=performance, billing=billing_markdown(product, sample),
         compute="" if quality is None else "\n" + quality.listing_markdown() + "\n",
+        classification=classification_markdown(product, classifiers),
     )
+
+
+def classification_markdown(product: _catalog.Product, classifiers: Sequence[Mapping[str, Any]]) -> str:
+    """The listing's words on classification: zero-shot against any labels where the kind classifies, and each
+    few-shot classifier the artifact ships (its labels, examples and held-out accuracy); empty when neither."""
+    if not product.model_kind.answers("classify"):
+        return ""
+    lines = ["## Classification", "",
+             "Any labels, zero-shot: each input is scored against labels the same model embeds (softmax of the "
+             "cosines), in the envelope as `{\"data\": [{\"text\": \"...\"}], \"parameters\": {\"labels\": [\"billing\", "
+             "\"sales\"]}}`; usage counts the inputs' and the labels' tokens."]
+    if classifiers:
+        lines += ["", "Classifiers trained into this model (`\"parameters\": {\"classifier_id\": NAME}` instead of "
+                      "`labels`; usage counts the inputs' tokens):", "",
+                  "| classifier | labels | examples | held-out accuracy |", "|---|---|---|---|"]
+        lines += [f"| `{c['name']}` | {', '.join(c['labels'])} | {c['examples']} | {c['held_out_accuracy']:.1%} |"
+                  for c in classifiers]
+    lines += ["", "A batch transform job classifies its CSV rows when the model's environment sets "
+                  "`SEARCHBOX_CLASSIFY_LABELS` (a JSON array) or `SEARCHBOX_CLASSIFIER` (a classifier's name).", "", ""]
+    return "\n".join(lines)
+
+
+def artifact_classifiers(artifact: Path | None) -> list[Mapping[str, Any]]:
+    """The few-shot classifiers a built artifact ships, as its manifest lists them (none without an artifact)."""
+    return list(build_artifact.read_manifest(artifact).get("classifiers") or []) if artifact is not None else []
 
 
 def _client_imports(call: str) -> str:
@@ -566,7 +595,8 @@ def notebook(product: _catalog.Product, model_package_arn: str) -> dict:
 def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn: str, product_id: str,
                   offer_id: str, bench: Path | None = DEFAULT_BENCH,
                   sample: build_artifact.SampleFigures | None = None,
-                  quality: _onnx.Quality | None = None) -> list[Path]:
+                  quality: _onnx.Quality | None = None,
+                  classifiers: Sequence[Mapping[str, Any]] = ()) -> list[Path]:
     """Write the listing's files, every one computed (and the change set validated) before the first is written.
 
     With placeholders left, TODO.md lists them; without, a TODO.md of an earlier run is removed. `sample`, what
@@ -589,7 +619,7 @@ def write_listing(product: _catalog.Product, out_dir: Path, *, model_package_arn
     for i, cell in enumerate(nb["cells"]):
         cell["id"] = f"cell-{i}"
     files = {
-        "usage-information.md": usage_markdown(product, bench, sample, quality),
+        "usage-information.md": usage_markdown(product, bench, sample, quality, classifiers),
         "pricing.md": pricing_markdown(product, sample),
         "start-change-set.json": json.dumps(request, indent=2) + "\n",
         "sample-notebook.ipynb": json.dumps(nb, indent=1) + "\n",
@@ -664,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         arn = model_package_arn(product, args.model_package_arn)
         written = write_listing(product, Path(args.out_dir), model_package_arn=arn,
                                 product_id=args.product_id, offer_id=args.offer_id, bench=bench,
-                                quality=artifact_quality(product, args.artifact))
+                                quality=artifact_quality(product, args.artifact),
+                                classifiers=artifact_classifiers(args.artifact))
     except (_catalog.CatalogError, _aws.RequestInvalid, _files.InputError, build_artifact.BuildRefused) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2

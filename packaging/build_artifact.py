@@ -613,13 +613,17 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = {"served_name": args.served_name or product.served_name, "kind": args.kind or product.kind,
                       "tasks": product.tasks, "remote_code": {**product.remote_code, **kwargs["remote_code"]},
                       "metering": product.pricing.serving_config(),
-                      "backend": product.backend, "quantize": product.quantize}
+                      "backend": product.backend, "quantize": product.quantize,
+                      "classifiers": dict(product.classifiers),
+                      "classifier_min_accuracy": product.classifier_min_accuracy}
         if model_dir is None:
             parser.error("give MODEL_DIR or --catalog")
         kwargs["backend"] = args.backend or kwargs.get("backend") or "torch"
         kwargs["quantize"] = args.quantize or kwargs.get("quantize")
-        kwargs["classifiers"] = dict(_classifiers.parse_option(value) for value in args.classifier)
-        kwargs["classifier_min_accuracy"] = args.classifier_min_accuracy
+        # the command line's classifiers beside the catalog's (the same name: the command line's)
+        kwargs["classifiers"] = {**kwargs.get("classifiers", {}),
+                                 **dict(_classifiers.parse_option(value) for value in args.classifier)}
+        kwargs["classifier_min_accuracy"] = max(args.classifier_min_accuracy, kwargs.get("classifier_min_accuracy", 0.0))
         report = build_artifact(model_dir, args.output, check=args.check, compresslevel=args.compresslevel,
                                 device=args.device, **kwargs)
     except (_catalog.CatalogError, BuildRefused, _files.InputError, _classifiers.ClassifierRefused) as exc:

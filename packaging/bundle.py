@@ -76,7 +76,9 @@ def write_bundle(product: _catalog.Product, args: argparse.Namespace, *, layout:
                                                served_name=product.served_name, kind=product.kind,
                                                tasks=product.tasks, remote_code=product.remote_code,
                                                metering=product.pricing.serving_config(),
-                                               backend=product.backend, quantize=product.quantize)
+                                               backend=product.backend, quantize=product.quantize,
+                                               classifiers=product.classifiers,
+                                               classifier_min_accuracy=product.classifier_min_accuracy)
         done = [(f"artifact  {out / model_package.ARTIFACT_FILE} ({report.size / 1e6:.1f} MB, "
                  f"sha256 {report.sha256[:16]}...): {report.check}; billing {report.billing}")]
         if report.quality is not None:
@@ -87,7 +89,8 @@ def write_bundle(product: _catalog.Product, args: argparse.Namespace, *, layout:
         # the listing's worked example takes what the sample consumed in this very build: one model load, not two
         written = aws_listing.write_listing(product, staged / "aws", model_package_arn=model_package_arn,
                                             product_id=args.product_id, offer_id=args.offer_id, bench=bench,
-                                            sample=report.sample, quality=report.quality)
+                                            sample=report.sample, quality=report.quality,
+                                            classifiers=report.classifiers)
         done.append(f"listing   {out / 'aws'}/ ({', '.join(path.name for path in written)})")
         if product.azure is not None:
             azure_assets.write_azure(product, staged / "azure", image=args.azure_image or args.image,

@@ -309,6 +309,9 @@ def test_a_few_shot_classifier_answers_as_fitted_after_the_artifact_round_trip(t
     assert shipped["name"] == "topics" and shipped["labels"] == sorted(TOPICS) and shipped["examples"] == 24
     assert shipped["held_out_accuracy"] >= 0.5
     assert build_artifact.read_manifest(output)["classifiers"] == [shipped]
+    import aws_listing  # the listing names what the artifact ships (packaging/ is on the path now)
+
+    assert aws_listing.artifact_classifiers(output) == [shipped]
 
     # in-process: the same fit on the same embeddings, and scikit-learn's own predict_proba
     handler = load_handler(minilm_dir, HandlerOptions())

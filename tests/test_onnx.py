@@ -201,7 +201,8 @@ def test_the_listing_of_an_onnx_product_quotes_what_its_build_measured(tmp_path,
     raw = yaml.safe_load(catalog_file.read_text())
     product = raw["products"][0]
     product.update(backend="onnx", quantize="int8", description=str(ROOT / "packaging" / product["description"]),
-                   eula=str(ROOT / "packaging" / product["eula"]))
+                   eula=str(ROOT / "packaging" / product["eula"]),
+                   classifiers={name: str(ROOT / "packaging" / path) for name, path in product["classifiers"].items()})
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump(raw))
 

@@ -185,6 +185,9 @@ def test_per_inference_units_become_the_servers_metering(raw_catalog, pricing, e
      "products[0].azure.cores_per_instance", "missing"),
     (lambda p: p.update(tasks={"retrieval.query": {"prefix": "q: "}}), "products[0].tasks.retrieval.query",
      "prompt string"),
+    (lambda p: p.update(classifiers={"topics": "no-such-examples.jsonl"}), "products[0].classifiers.topics",
+     "does not exist"),
+    (lambda p: p.update(classifier_min_accuracy=1.5), "products[0].classifier_min_accuracy", "from 0 to 1"),
 ])
 def test_broken_catalog_names_the_field(raw_catalog, edit, field, reason):
     edit(raw_catalog["products"][0])
@@ -379,6 +382,19 @@ def test_listing_files(hourly_product, tmp_path):
     joined = "\n".join(code)
     for call in ("create_model(", "create_endpoint(", "invoke_endpoint(", "create_transform_job(", "delete_endpoint("):
         assert call in joined
+
+
+def test_the_listing_describes_zero_shot_classification_and_the_artifacts_classifiers(hourly_product, raw_catalog,
+                                                                                       tmp_path):
+    shipped = [{"name": "topics", "labels": ["cooking", "sport", "weather"], "examples": 24,
+                "held_out_accuracy": 0.875}]
+    usage = aws_listing.usage_markdown(hourly_product, tmp_path / "missing.md", classifiers=shipped)
+    section = usage.split("## Classification", 1)[1].split("## boto3", 1)[0]
+    assert "zero-shot" in section and "SEARCHBOX_CLASSIFY_LABELS" in section
+    assert "| `topics` | cooking, sport, weather | 24 | 87.5% |" in section
+    assert "| `topics`" not in aws_listing.usage_markdown(hourly_product, tmp_path / "missing.md")
+    raw_catalog["products"][0]["kind"] = "reranker"  # a kind that does not classify says nothing of it
+    assert "## Classification" not in aws_listing.usage_markdown(_parse(raw_catalog)[0], tmp_path / "missing.md")
 
 
 def test_usage_information_without_benchmark_says_so(hourly_product, tmp_path):

@@ -64,6 +64,7 @@ def _catalog(tmp_path: Path, **changes) -> Path:
     product = raw["products"][0]
     for key in ("description", "eula"):
         product[key] = str(PACKAGING / product[key])
+    product["classifiers"] = {name: str(PACKAGING / path) for name, path in product.get("classifiers", {}).items()}
     for key, value in changes.items():
         if value is None:
             product.pop(key)
@@ -418,5 +419,10 @@ def test_bundle_passes_the_ids_through(tmp_path, bench):
     assert f"add up to {sample['tokens']} tokens" in usage and f'"ConsumedUnits": {sample["units"]}}}`' in usage
     assert json.loads((out / "azure" / "marketplace-plan.json").read_text())["plan_id"] == "minilm-embeddings-gpu"
     assert "billing per inference, 1 unit = 1,000 tokens" in second.stdout
+    # the catalog's few-shot classifier: fitted into the artifact, listed with its labels in the usage information
+    with tarfile.open(out / "model.tar.gz", "r:gz") as tar:
+        (classifier,) = json.loads(tar.extractfile("searchbox-manifest.json").read())["classifiers"]
+    assert classifier["name"] == "support" and classifier["labels"] == ["billing", "sales", "technical support"]
+    assert f"| `support` | billing, sales, technical support | 24 | {classifier['held_out_accuracy']:.1%} |" in usage
     assert str(out / "model.tar.gz") in second.stdout and ".staging-" not in second.stdout
     assert sorted(p.name for p in out.parent.iterdir()) == [NAME]
