@@ -48,6 +48,11 @@ def pytest_collection_modifyitems(config, items):
         tier = max([*declared, *implied, "unit"], key=TIERS.index)
         if tier not in declared:
             item.add_marker(tier)
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        # make mutation (mutmut runs with -x): the tests that load no model first, so a mutant a unit test kills
+        # costs no model load; sorted() is stable, so each tier keeps its order.
+        items[:] = sorted(items, key=lambda item: TIERS.index(next(
+            marker.name for marker in item.iter_markers() if marker.name in TIERS)))
 
 
 def free_port() -> int:
