@@ -59,7 +59,7 @@ def main() -> int:
     for module in ([] if args.report_only else modules):
         print(f"mutation: {module}", file=sys.stderr, flush=True)
         subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children), mutant_glob(module)],
-                       cwd=ROOT, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL)
+                       cwd=ROOT, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=sys.stderr)
     statuses = results()
     print("| module | mutants | killed | survived | kill rate |")
     print("|---|---:|---:|---:|---:|")
