@@ -328,3 +328,68 @@ def test_rank_sorts_highest_first_ties_in_input_order_cut_to_top_n():
 @pytest.mark.unit
 def test_text_inputs_types_used_here_exist():
     assert EmbedRequest(inputs=(TextInput("x"),)).normalized is True
+
+
+# --- model_handlers/pipeline.py ----------------------------------------------------------------------------------
+
+class _Passes:
+    """A BatchObserver that keeps what it is told (the server's is telemetry's metrics)."""
+
+    def __init__(self):
+        self.passes, self.waits = [], []
+
+    def pass_ran(self, items, padded_tokens, seconds):
+        self.passes.append(items)
+
+    def waited(self, seconds):
+        self.waits.append(seconds)
+
+
+@pytest.fixture(scope="module")
+def small_passes(minilm_dir):
+    """The embedded model behind a pipeline of at most 2 inputs per pass, an observer, and a default input type."""
+    import threading
+
+    from model_handlers import load_handler
+    from model_handlers.options import HandlerOptions
+
+    before = {thread.ident for thread in threading.enumerate()}
+    observer = _Passes()
+    pipeline = load_handler(minilm_dir, HandlerOptions(max_batch_items=2, observer=observer,
+                                                       default_input_type="query"))
+    threads = [thread for thread in threading.enumerate() if thread.ident not in before]
+    yield pipeline, observer, threads
+    pipeline.close()
+
+
+@pytest.mark.app
+def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_model):
+    pipeline, observer, threads = small_passes
+    assert pipeline.dimensions == reference_model.get_embedding_dimension()
+    assert pipeline.max_length == reference_model.max_seq_length
+    assert pipeline.default_input_type == "query"
+    assert f"{pipeline.kind.name}-batcher" in [thread.name for thread in threads]
+    texts = tuple(TextInput(f"text number {i}") for i in range(5))
+    before, seen = pipeline.forward_passes, len(observer.passes)
+    result = pipeline.run(EmbedRequest(inputs=texts))
+    assert pipeline.forward_passes - before == 3  # 5 inputs, 2 per pass
+    assert observer.passes[seen:] == [2, 2, 1] and observer.waits
+    assert pipeline.queue_depth == 0
+    assert pipeline.answer_rows(EmbedRequest(inputs=texts)) == 5
+    assert_allclose(np.stack(result.vectors), reference_model.encode([t.text for t in texts]), atol=1e-5)
+
+
+@pytest.mark.app
+def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_does_not_answer(runtime):
+    from model_handlers.deadline import Deadline
+
+    pipeline = runtime.handler
+    if pipeline.adapters is None:
+        with pytest.raises(InvalidOption) as raised:
+            pipeline.run_items([], Deadline.after(10), adapters=("a", "b"))
+        assert raised.value.code == "UNKNOWN_ADAPTER"
+        assert str(raised.value) == f"model {pipeline.model_name} holds no LoRA adapters (adapters: a, b)"
+    assert pipeline.run_items([], Deadline.after(10)) == []
+    with pytest.raises(AssertionError) as raised:
+        pipeline.run(EmbedRequest(inputs=(TextInput("q"),), operation="multi-vector"))
+    assert str(raised.value).startswith(f"kind {pipeline.kind.name} does not answer multi-vector: the server refuses")
