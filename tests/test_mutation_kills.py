@@ -393,3 +393,15 @@ def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_do
     with pytest.raises(AssertionError) as raised:
         pipeline.run(EmbedRequest(inputs=(TextInput("q"),), operation="multi-vector"))
     assert str(raised.value).startswith(f"kind {pipeline.kind.name} does not answer multi-vector: the server refuses")
+
+
+@pytest.mark.unit
+def test_the_embed_summary_the_artifact_check_prints():
+    from model_handlers.operations import embed
+    from model_handlers.types import EmbedResult
+
+    request = EmbedRequest(inputs=(TextInput("a"), TextInput("b")))
+    result = EmbedResult(vectors=[np.zeros(384), np.zeros(384)], token_counts=[3, 3], model="m", operation="embed")
+    assert embed.SPEC.summary(request, result) == "embedded 2 texts into 384 dimensions"
+    tokens = EmbedResult(vectors=[np.zeros((5, 128))], token_counts=[5], model="m", operation="embed")
+    assert embed.SPEC.summary(EmbedRequest(inputs=(TextInput("a"),)), tokens) == "embedded 1 text into 128 dimensions"
