@@ -332,6 +332,9 @@ def test_text_inputs_types_used_here_exist():
 
 # --- model_handlers/pipeline.py ----------------------------------------------------------------------------------
 
+PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
 class _Passes:
     """A BatchObserver that keeps what it is told (the server's is telemetry's metrics)."""
 
@@ -346,17 +349,24 @@ class _Passes:
 
 
 @pytest.fixture(scope="module")
-def small_passes(minilm_dir):
-    """The embedded model behind a pipeline of at most 2 inputs per pass, an observer, and a default input type."""
+def small_passes(minilm_dir, tmp_path_factory):
+    """The embedded model with retrieval prompts behind a pipeline of at most 2 inputs per pass, an observer, and the
+    operator's default input type `query`."""
+    import json
+    import shutil
     import threading
 
     from model_handlers import load_handler
     from model_handlers.options import HandlerOptions
 
+    model_dir = tmp_path_factory.mktemp("prompted") / "minilm"
+    shutil.copytree(minilm_dir, model_dir)
+    (model_dir / "searchbox.json").write_text(json.dumps({"tasks": {"retrieval.query": PROMPTS["query"],
+                                                                    "retrieval.passage": PROMPTS["document"]}}))
     before = {thread.ident for thread in threading.enumerate()}
     observer = _Passes()
-    pipeline = load_handler(minilm_dir, HandlerOptions(max_batch_items=2, observer=observer,
-                                                       default_input_type="query"))
+    pipeline = load_handler(model_dir, HandlerOptions(max_batch_items=2, observer=observer,
+                                                      default_input_type="query"))
     threads = [thread for thread in threading.enumerate() if thread.ident not in before]
     yield pipeline, observer, threads
     pipeline.close()
@@ -369,14 +379,25 @@ def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_
     assert pipeline.max_length == reference_model.max_seq_length
     assert pipeline.default_input_type == "query"
     assert f"{pipeline.kind.name}-batcher" in [thread.name for thread in threads]
+    from model_handlers.batching import Timing
+
     texts = tuple(TextInput(f"text number {i}") for i in range(5))
-    before, seen = pipeline.forward_passes, len(observer.passes)
-    result = pipeline.run(EmbedRequest(inputs=texts))
+    before, seen, timing = pipeline.forward_passes, len(observer.passes), Timing()
+    result = pipeline.run(EmbedRequest(inputs=texts), timing=timing)
     assert pipeline.forward_passes - before == 3  # 5 inputs, 2 per pass
     assert observer.passes[seen:] == [2, 2, 1] and observer.waits
+    assert timing.forward_s > 0  # the caller's timing is the one the batcher fills
     assert pipeline.queue_depth == 0
     assert pipeline.answer_rows(EmbedRequest(inputs=texts)) == 5
-    assert_allclose(np.stack(result.vectors), reference_model.encode([t.text for t in texts]), atol=1e-5)
+    # no input_type given: the operator's default (query) selects the query prompt, as sentence-transformers adds it
+    queries = reference_model.encode([PROMPTS["query"] + t.text for t in texts])
+    assert_allclose(np.stack(result.vectors), queries, atol=1e-5)
+    documents = pipeline.run(EmbedRequest(inputs=texts[:1], input_type="document")).vectors[0]
+    assert_allclose(documents, reference_model.encode(PROMPTS["document"] + texts[0].text), atol=1e-5)
+    with pytest.raises(InvalidOption) as raised:
+        pipeline.run(EmbedRequest(inputs=texts[:1], dimensions=pipeline.dimensions + 1))
+    assert str(raised.value) == (f"dimensions must be between 1 and {pipeline.dimensions} for model "
+                                 f"{pipeline.model_name}, got {pipeline.dimensions + 1}")
 
 
 @pytest.mark.app
