@@ -211,6 +211,7 @@ def test_schema_validates_every_encoding_and_refuses_the_rest():
     assert not single.is_valid([300]) or not single.is_valid(["x"])
     assert not single.is_valid({"binary": [200]}) and not single.is_valid({"ubinary": [-1]})
     assert not single.is_valid({"binary": [-129]}) and not single.is_valid({"ubinary": [256]})
+    assert not single.is_valid({"binary": [128]}) and not single.is_valid({"ubinary": [-1]})  # int8 and uint8 bounds
     assert single.is_valid({"binary": [-128, 127]}) and single.is_valid({"ubinary": [0, 255]})
     assert not Draft202012Validator(schema(matrix=True)).is_valid([1.0, 2.0])
     base64_row = schema()["anyOf"][1]
