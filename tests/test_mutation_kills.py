@@ -214,8 +214,10 @@ def test_schema_validates_every_encoding_and_refuses_the_rest():
     assert not single.is_valid({"binary": [128]}) and not single.is_valid({"ubinary": [-1]})  # int8 and uint8 bounds
     assert single.is_valid({"binary": [-128, 127]}) and single.is_valid({"ubinary": [0, 255]})
     assert not Draft202012Validator(schema(matrix=True)).is_valid([1.0, 2.0])
-    base64_row = schema()["anyOf"][1]
-    assert base64_row["contentEncoding"] == "base64" and base64_row["description"] == "little-endian float32 bytes"
+    # what /openapi.json tells a client of each encoding (contract §2c)
+    assert [row.get("description") for row in schema()["anyOf"][:4]] == [
+        None, "little-endian float32 bytes", "sign bits packed MSB-first, minus 128", "sign bits packed MSB-first"]
+    assert schema()["anyOf"][1]["contentEncoding"] == "base64"
 
 
 # --- model_handlers/ranking.py -----------------------------------------------------------------------------------
