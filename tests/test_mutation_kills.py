@@ -292,7 +292,8 @@ def test_window_scores_for_each_scoring_by_hand():
     assert_allclose(window_scores(dot, [w1, q, w2]), [float(w1 @ q), float(w2 @ q)], rtol=1e-9)
     pair = RerankWork(items=[0, 1], owners=[0, 1], scoring=Scoring.PAIR, query_tokens=0, document_tokens=[0, 0])
     assert window_scores(pair, [np.array([[0.25]]), np.array([-1.5])]) == [0.25, -1.5]
-    qm, d1, d2 = RNG.normal(size=(3, 4)), RNG.normal(size=(5, 4)) * 2, RNG.normal(size=(2, 4))
+    # token vectors shorter than 1 (as a model's often are) are scaled up to unit length, not only longer ones cut
+    qm, d1, d2 = RNG.normal(size=(3, 4)) * 0.05, RNG.normal(size=(5, 4)) * 2, RNG.normal(size=(2, 4)) * 0.01
     late = RerankWork(items=[0, 1, 2], owners=[0, None, 1], scoring=Scoring.MAXSIM, query_tokens=0,
                       document_tokens=[0, 0])
     expected = [sum(max(_cos(row, token) for token in doc) for row in qm) for doc in (d1, d2)]
