@@ -287,7 +287,9 @@ def test_window_scores_for_each_scoring_by_hand():
     q, w1, w2 = RNG.normal(size=6), RNG.normal(size=6) * 3, RNG.normal(size=6) * 0.1
     cosine = RerankWork(items=[0, 1, 2, 3], owners=[0, None, 1, 0], scoring=Scoring.COSINE, query_tokens=0,
                         document_tokens=[0, 0])
-    assert_allclose(window_scores(cosine, [w1, q, w2, w2 * 4]), [_cos(q, w1), _cos(q, w2), _cos(q, w2)], rtol=1e-9)
+    # an output of shape (1, d) is the same vector as one of shape (d,)
+    assert_allclose(window_scores(cosine, [w1[None, :], q, w2, w2 * 4]), [_cos(q, w1), _cos(q, w2), _cos(q, w2)],
+                    rtol=1e-9)
     dot = RerankWork(items=[0, 1, 2], owners=[0, None, 1], scoring=Scoring.DOT, query_tokens=0, document_tokens=[0, 0])
     assert_allclose(window_scores(dot, [w1, q, w2]), [float(w1 @ q), float(w2 @ q)], rtol=1e-9)
     pair = RerankWork(items=[0, 1], owners=[0, 1], scoring=Scoring.PAIR, query_tokens=0, document_tokens=[0, 0])
