@@ -339,6 +339,7 @@ def test_text_inputs_types_used_here_exist():
 # --- model_handlers/pipeline.py ----------------------------------------------------------------------------------
 
 PROMPTS = {"query": "query: ", "document": "passage: "}
+SERVED_NAME = "minilm-with-prompts"
 
 
 class _Passes:
@@ -368,7 +369,8 @@ def small_passes(minilm_dir, tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("prompted") / "minilm"
     shutil.copytree(minilm_dir, model_dir)
     (model_dir / "searchbox.json").write_text(json.dumps({"tasks": {"retrieval.query": PROMPTS["query"],
-                                                                    "retrieval.passage": PROMPTS["document"]}}))
+                                                                    "retrieval.passage": PROMPTS["document"]},
+                                                          "served_model_name": SERVED_NAME}))
     before = {thread.ident for thread in threading.enumerate()}
     observer = _Passes()
     pipeline = load_handler(model_dir, HandlerOptions(max_batch_items=2, observer=observer,
@@ -384,6 +386,7 @@ def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_
     assert pipeline.dimensions == reference_model.get_embedding_dimension()
     assert pipeline.max_length == reference_model.max_seq_length
     assert pipeline.default_input_type == "query"
+    assert pipeline.model_name == SERVED_NAME
     assert f"{pipeline.kind.name}-batcher" in [thread.name for thread in threads]
     from model_handlers.batching import Timing
 
@@ -395,6 +398,7 @@ def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_
     assert timing.forward_s > 0  # the caller's timing is the one the batcher fills
     assert pipeline.queue_depth == 0
     assert pipeline.answer_rows(EmbedRequest(inputs=texts)) == 5
+    assert result.model == SERVED_NAME
     # no input_type given: the operator's default (query) selects the query prompt, as sentence-transformers adds it
     queries = reference_model.encode([PROMPTS["query"] + t.text for t in texts])
     assert_allclose(np.stack(result.vectors), queries, atol=1e-5)
