@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MUTMUT = Path(sys.executable).with_name("mutmut")
 CAUGHT = {"killed", "timeout", "caught by type check"}
+NOT_RUN = "not checked"  # a run stopped before it reached the mutant
 
 
 def core_modules() -> list[str]:
@@ -61,16 +62,17 @@ def main() -> int:
         subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children), mutant_glob(module)],
                        cwd=ROOT, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=sys.stderr)
     statuses = results()
-    print("| module | mutants | killed | survived | kill rate |")
-    print("|---|---:|---:|---:|---:|")
+    print("| module | mutants | run | killed | alive | kill rate (of those run) |")
+    print("|---|---:|---:|---:|---:|---:|")
     alive = []
     for module in modules:
         prefix = mutant_glob(module)[:-1]
         mine = {name: status for name, status in statuses.items() if name.startswith(prefix)}
-        caught = sum(status in CAUGHT for status in mine.values())
-        rate = f"{100 * caught / len(mine):.1f} %" if mine else "not run"
-        print(f"| `{module}` | {len(mine)} | {caught} | {len(mine) - caught} | {rate} |")
-        alive += sorted(f"{name}: {status}" for name, status in mine.items() if status not in CAUGHT)
+        ran = {name: status for name, status in mine.items() if status != NOT_RUN}
+        caught = sum(status in CAUGHT for status in ran.values())
+        rate = f"{100 * caught / len(ran):.1f} %" if ran else "not run"
+        print(f"| `{module}` | {len(mine)} | {len(ran)} | {caught} | {len(ran) - caught} | {rate} |")
+        alive += sorted(f"{name}: {status}" for name, status in ran.items() if status not in CAUGHT)
     if alive:
         print("\nalive (`.venv/bin/mutmut show NAME`):\n" + "\n".join(alive))
     return 0
