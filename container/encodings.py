@@ -53,9 +53,10 @@ def encode(vector: np.ndarray, type_: EmbeddingType) -> Any:
     raise AssertionError(f"unknown embedding type {type_}; this is a bug")
 
 
-# Upper bounds of one rendered value: a float32 in JSON ("-0.012345678," or "1.2345678e-05,"), a packed bit byte
-# ("-128,"); and a vector's own brackets and separators ("[...]," or "\"...\",") in every encoding.
-_FLOAT_BYTES = 15
+# Upper bounds of one rendered value: a float32 in JSON (orjson writes 1e-6 <= |x| < 1e-5 in decimals:
+# "-0.0000012345678,"), a packed bit byte ("-128,"); and a vector's own brackets and separators ("[...]," or
+# "\"...\",") in every encoding.
+_FLOAT_BYTES = 17
 _PACKED_BYTE_BYTES = 5
 _VECTOR_OVERHEAD_BYTES = 4
 

@@ -49,6 +49,11 @@ def pytest_collection_modifyitems(config, items):
         tier = max([*declared, *implied, "unit"], key=TIERS.index)
         if tier not in declared:
             item.add_marker(tier)
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        # make mutation (mutmut runs with -x): the tests that load no model first, so a mutant a unit test kills
+        # costs no model load; sorted() is stable, so each tier keeps its order.
+        items[:] = sorted(items, key=lambda item: TIERS.index(next(
+            marker.name for marker in item.iter_markers() if marker.name in TIERS)))
 
 
 def free_port() -> int:
@@ -197,6 +202,18 @@ def reference_model(minilm_dir):
     return SentenceTransformer(str(minilm_dir), device="cpu", local_files_only=True)
 
 
+def wait_loaded(runtime, timeout: float = START_TIMEOUT_S) -> bool:
+    """Whether `runtime` became ready; False as soon as its load fails (not after the whole timeout: a load that
+    failed never becomes ready, and make mutation's mutants fail loads by the hundred)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if runtime.wait_ready(0.1):
+            return True
+        if runtime.load_error:
+            return False
+    return runtime.wait_ready(0)
+
+
 @pytest.fixture(scope="session")
 def runtime():
     """The embedded model loaded once, in this process, as the worker loads it (warm-up included)."""
@@ -204,7 +221,7 @@ def runtime():
     from container.settings import Settings
 
     loaded = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(embedded_model_dir())})).start()
-    assert loaded.wait_ready(START_TIMEOUT_S), loaded.load_error
+    assert wait_loaded(loaded), loaded.load_error
     yield loaded
     loaded.close()
 

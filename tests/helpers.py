@@ -95,14 +95,14 @@ def assert_documented(document: dict, method: str, path: str, response) -> None:
 def in_process(model_dir, env: dict[str, str] | None = None):
     """`create_app` + Flask's test client on the model in `model_dir` (loaded and warmed up here): (InProcess, runtime);
     close the runtime when done."""
-    from conftest import START_TIMEOUT_S
+    from conftest import wait_loaded
     from container.app import create_app
     from container.runtime import ModelRuntime
     from container.settings import Settings
 
     settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})})
     runtime = ModelRuntime(settings).start()
-    assert runtime.wait_ready(START_TIMEOUT_S), runtime.load_error
+    assert wait_loaded(runtime), runtime.load_error
     return InProcess(create_app(settings, runtime).test_client()), runtime
 
 

@@ -11,6 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import wait_loaded
 from helpers import InProcess, assert_error
 
 pytestmark = pytest.mark.app
@@ -30,7 +31,7 @@ def metered_app(tmp_path_factory, minilm_dir, metering: dict | None):
         (model_dir / "searchbox.json").write_text(json.dumps({"metering": metering}))
     settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir)})
     runtime = ModelRuntime(settings).start()
-    assert runtime.wait_ready(120), runtime.load_error
+    assert wait_loaded(runtime), runtime.load_error
     return InProcess(create_app(settings, runtime).test_client()), runtime
 
 

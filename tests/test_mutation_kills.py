@@ -1,0 +1,438 @@
+"""Tests written against the mutants `make mutation` left alive in the core modules (README: Mutation testing).
+
+Each asserts values from an independent reference: sentence-transformers' own modules on the same weights, numpy's
+arithmetic written out here, Python's struct and base64, or the arithmetic of the rule stated in the module's
+docstring.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from container.encodings import EmbeddingType, Encoding, encode, schema, vector_bytes
+from model_handlers.errors import InvalidOption, ModelDirectoryError, TooLarge
+from model_handlers.metering import Metering, parse_metering
+from model_handlers.operations.embed import check_dimensions, finish
+from model_handlers.ranking import (RerankWork, Scoring, Windowing, best_per_document, check_window_count, maxsim,
+                                    rank, window_scores, windowed)
+from model_handlers.types import EmbedRequest, TextInput
+
+RNG = np.random.default_rng(22)
+
+
+# --- model_handlers/metering.py ---------------------------------------------------------------------------------
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("inputs", "tokens", "per", "expected"), [
+    (3, 0, 1000, 1), (3, 1, 1000, 1), (3, 1000, 1000, 1), (3, 1001, 1000, 2), (3, 2999, 1000, 3), (0, 7, 1, 7)])
+def test_token_units_are_usage_over_the_unit_rounded_up_per_request_at_least_one(inputs, tokens, per, expected):
+    assert Metering("tokens", per).units(inputs=inputs, tokens=tokens) == expected
+
+
+@pytest.mark.unit
+def test_request_and_input_units():
+    assert Metering("request").units(inputs=5, tokens=900) == 1
+    assert Metering("input").units(inputs=5, tokens=900) == 5
+    assert Metering("input").units(inputs=1, tokens=900) == 1
+    assert Metering("input").units(inputs=0, tokens=0) == 1  # AWS counts every 2xx at least once
+
+
+@pytest.mark.unit
+def test_a_unit_described_in_a_buyers_words():
+    assert Metering("request").describe() == "one request"
+    assert Metering("input").describe() == "one input (a text or image to embed, or a document to rerank)"
+    assert Metering("tokens", 1000).describe() == "1,000 tokens of usage, rounded up per request"
+
+
+@pytest.mark.unit
+def test_parse_metering_reads_each_valid_form():
+    assert parse_metering(None, "x") is None
+    assert parse_metering({"unit": "request"}, "x") == Metering("request", 1)
+    assert parse_metering({"unit": "input"}, "x") == Metering("input", 1)
+    assert parse_metering({"unit": "tokens"}, "x") == Metering("tokens", 1)
+    assert parse_metering({"unit": "tokens", "tokens_per_unit": 1000}, "x") == Metering("tokens", 1000)
+    assert parse_metering({"unit": "input", "tokens_per_unit": 1}, "x") == Metering("input", 1)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("value", "says"), [
+    ({"unit": "hour"}, "metering must be"), ("tokens", "metering must be"), ({}, "metering must be"),
+    ({"unit": "tokens", "per": 2}, "metering must be"),
+    ({"unit": "tokens", "tokens_per_unit": 0}, "tokens_per_unit must be a positive integer"),
+    ({"unit": "tokens", "tokens_per_unit": True}, "tokens_per_unit must be a positive integer"),
+    ({"unit": "tokens", "tokens_per_unit": 2.0}, "tokens_per_unit must be a positive integer"),
+    ({"unit": "input", "tokens_per_unit": 1000}, "only with unit tokens"),
+])
+def test_parse_metering_refuses_naming_the_file_and_the_value(value, says):
+    with pytest.raises(ModelDirectoryError) as raised:
+        parse_metering(value, "m/searchbox.json")
+    message = str(raised.value)
+    assert message.startswith("m/searchbox.json: metering") and says in message
+    if says == "metering must be":
+        assert message.endswith('{"unit": one of request, input, tokens[, "tokens_per_unit": N]}, not ' + repr(value))
+    else:
+        assert message.endswith(f"and only with unit tokens, not {value['tokens_per_unit']!r}")
+
+
+# --- model_handlers/operations/embed.py --------------------------------------------------------------------------
+
+@pytest.mark.unit
+def test_finish_cuts_then_normalises_each_row_as_numpy_says():
+    vector = RNG.normal(size=(3, 8)).astype(np.float32) * 5
+    whole = finish(vector, EmbedRequest(inputs=(), normalized=False))
+    assert whole.dtype == np.float32 and whole.flags.c_contiguous
+    assert_allclose(whole, vector)
+    cut = finish(vector, EmbedRequest(inputs=(), dimensions=3, normalized=False))
+    assert_allclose(cut, vector[:, :3])
+    unit = finish(vector, EmbedRequest(inputs=(), dimensions=3))
+    by_hand = vector[:, :3] / np.sqrt((vector[:, :3] ** 2).sum(axis=1))[:, None]
+    assert_allclose(unit, by_hand, rtol=1e-6)
+    # a zero vector stays zero (no division by zero), and a tiny one is still scaled to unit length
+    assert_allclose(finish(np.zeros(4), EmbedRequest(inputs=())), np.zeros(4))
+    assert_allclose(finish(np.full(4, 1e-8), EmbedRequest(inputs=())), np.full(4, 0.5), rtol=1e-6)
+    # below a norm of 1e-12 the divisor is held at 1e-12 (a vector of zeros and rounding noise is not blown up)
+    assert_allclose(finish(np.full(4, 1e-13), EmbedRequest(inputs=())), np.full(4, 0.1), rtol=1e-5)
+    assert_allclose(finish(np.full(4, 1e-3), EmbedRequest(inputs=())), np.full(4, 0.5), rtol=1e-6)
+
+
+@pytest.mark.unit
+def test_check_dimensions_admits_one_to_the_width_only():
+    check_dimensions(1, 384, "m")
+    check_dimensions(384, 384, "m")
+    check_dimensions(None, 384, "m")
+    check_dimensions(999, None, "m")
+    for bad in (0, 385, -1):
+        with pytest.raises(InvalidOption) as raised:
+            check_dimensions(bad, 384, "m")
+        assert raised.value.code == "INVALID_DIMENSIONS"
+        assert str(raised.value) == f"dimensions must be between 1 and 384 for model m, got {bad}"
+
+
+@pytest.mark.app
+@pytest.mark.parametrize("dimensions", [None, 64])
+def test_unnormalised_vectors_are_sentence_transformers_pooled_values(app, reference_model, dimensions):
+    """`normalized: false` answers the pooled vector itself (values, not only its direction): sentence-transformers'
+    Transformer and Pooling modules on the same weights, without its Normalize module."""
+    from sentence_transformers import SentenceTransformer
+
+    pooled = SentenceTransformer(modules=[reference_model[0], reference_model[1]], device="cpu")
+    texts = ["a short one", "mutation testing measures whether a test suite notices a change in the code"]
+    body = {"input": texts, "normalized": False, **({"dimensions": dimensions} if dimensions else {})}
+    said = app.post("/v1/embeddings", body)
+    assert said.status_code == 200, said.text
+    got = np.asarray([row["embedding"] for row in said.json()["data"]])
+    expected = pooled.encode(texts, convert_to_numpy=True)[:, :dimensions]
+    assert got.shape == expected.shape
+    assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# --- container/encodings.py --------------------------------------------------------------------------------------
+
+def _sign_bytes(row) -> list[int]:
+    """Sign bits packed MSB-first, written out with Python ints (contract §2c), independent of np.packbits."""
+    bits = [1 if value > 0 else 0 for value in row] + [0] * (-len(row) % 8)
+    return [sum(bit << (7 - j) for j, bit in enumerate(bits[i:i + 8])) for i in range(0, len(bits), 8)]
+
+
+@pytest.mark.unit
+def test_each_encoding_against_struct_and_hand_packed_bits():
+    vector = np.array([0.5, -1.0, 0.0, 2.0, -0.25, 3.0, 1e-9, -2.0, 7.0, -7.0], dtype=np.float64)
+    assert_allclose(encode(vector, EmbeddingType.FLOAT), vector.astype(np.float32))
+    assert encode(vector, EmbeddingType.FLOAT).dtype == np.float32
+    assert base64.b64decode(encode(vector, EmbeddingType.BASE64)) == struct.pack("<10f", *vector)
+    packed = _sign_bytes(vector)
+    assert packed == [0b10010110, 0b10000000]
+    assert encode(vector, EmbeddingType.UBINARY).tolist() == packed
+    assert encode(vector, EmbeddingType.BINARY).tolist() == [byte - 128 for byte in packed]
+    assert encode(vector, EmbeddingType.BINARY).dtype == np.int8
+
+
+@pytest.mark.unit
+def test_a_matrix_is_encoded_row_by_row():
+    matrix = RNG.normal(size=(3, 9)).astype(np.float32)
+    assert encode(matrix, EmbeddingType.BASE64) == [base64.b64encode(struct.pack("<9f", *row)).decode()
+                                                    for row in matrix]
+    assert encode(matrix, EmbeddingType.UBINARY).tolist() == [_sign_bytes(row) for row in matrix]
+    assert encode(matrix, EmbeddingType.BINARY).tolist() == [[b - 128 for b in _sign_bytes(row)] for row in matrix]
+
+
+@pytest.mark.unit
+def test_render_answers_one_value_or_a_dict_keyed_by_type():
+    vector = np.array([1.0, -1.0], dtype=np.float32)
+    assert_allclose(Encoding().render(vector), vector)
+    assert Encoding((EmbeddingType.UBINARY,)).render(vector).tolist() == [128]
+    keyed = Encoding((EmbeddingType.BINARY, EmbeddingType.BASE64), keyed=True).render(vector)
+    assert list(keyed) == ["binary", "base64"]
+    assert keyed["binary"].tolist() == [0] and keyed["base64"] == base64.b64encode(struct.pack("<2f", 1, -1)).decode()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dims", [1, 7, 8, 9, 384, 1024])
+def test_vector_bytes_bounds_what_orjson_writes(dims):
+    import orjson
+
+    worst = np.full(dims, -1.2345678e-06, dtype=np.float32)  # orjson: "-0.0000012345678", the longest float32
+    for types in [(EmbeddingType.FLOAT,), (EmbeddingType.BASE64,), (EmbeddingType.BINARY,), (EmbeddingType.UBINARY,),
+                  tuple(EmbeddingType)]:
+        encoding = Encoding(types, keyed=len(types) > 1)
+        rendered = len(orjson.dumps([encoding.render(worst)], option=orjson.OPT_SERIALIZE_NUMPY))
+        assert rendered <= vector_bytes(dims, encoding) + 2 + 12 * len(types)
+    assert vector_bytes(dims, None) == 4 + 17 * dims
+    assert vector_bytes(dims, Encoding((EmbeddingType.BASE64,))) == 4 + 4 * math.ceil(4 * dims / 3) + 2
+    assert vector_bytes(dims, Encoding((EmbeddingType.BINARY,))) == 4 + 5 * math.ceil(dims / 8)
+    assert vector_bytes(dims, Encoding((EmbeddingType.UBINARY,))) == 4 + 5 * math.ceil(dims / 8)
+    assert vector_bytes(dims, Encoding(tuple(EmbeddingType), keyed=True)) == (
+        4 + 17 * dims + 4 * math.ceil(4 * dims / 3) + 2 + 2 * 5 * math.ceil(dims / 8))
+
+
+@pytest.mark.unit
+def test_schema_validates_every_encoding_and_refuses_the_rest():
+    from jsonschema import Draft202012Validator
+
+    vector = RNG.normal(size=10).astype(np.float32)
+    matrix = RNG.normal(size=(2, 10)).astype(np.float32)
+    keyed = Encoding(tuple(EmbeddingType), keyed=True)
+    for matrix_form, value in ((False, vector), (True, matrix)):
+        validator = Draft202012Validator(schema(matrix=matrix_form))
+        for type_ in EmbeddingType:
+            assert validator.is_valid(np.asarray(encode(value, type_)).tolist() if type_ is not EmbeddingType.BASE64
+                                      else encode(value, type_))
+        rendered = keyed.render(value)
+        assert validator.is_valid({k: v if isinstance(v, (str, list)) else v.tolist() for k, v in rendered.items()})
+        assert not validator.is_valid({})
+        assert not validator.is_valid({"float": [1.0], "other": [1]})
+    single = Draft202012Validator(schema())
+    assert not single.is_valid([300]) or not single.is_valid(["x"])
+    assert not single.is_valid({"binary": [200]}) and not single.is_valid({"ubinary": [-1]})
+    assert not single.is_valid({"binary": [-129]}) and not single.is_valid({"ubinary": [256]})
+    assert not single.is_valid({"binary": [128]}) and not single.is_valid({"ubinary": [-1]})  # int8 and uint8 bounds
+    assert single.is_valid({"binary": [-128, 127]}) and single.is_valid({"ubinary": [0, 255]})
+    assert not Draft202012Validator(schema(matrix=True)).is_valid([1.0, 2.0])
+    # what /openapi.json tells a client of each encoding (contract §2c)
+    assert [row.get("description") for row in schema()["anyOf"][:4]] == [
+        None, "little-endian float32 bytes", "sign bits packed MSB-first, minus 128", "sign bits packed MSB-first"]
+    assert schema()["anyOf"][1]["contentEncoding"] == "base64"
+
+
+# --- model_handlers/ranking.py -----------------------------------------------------------------------------------
+
+class _Windows:
+    def __init__(self, tokens, overlap):
+        self.rerank_window_tokens = tokens
+        self.rerank_window_overlap = overlap
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("room", "tokens", "overlap", "expected"), [
+    (100, None, None, (100, 25)), (100, 40, None, (40, 10)), (100, 400, None, (100, 25)), (100, 40, 30, (40, 20)),
+    (100, 40, 5, (40, 5)), (100, 40, 0, (40, 0)), (0, None, None, (1, 0)), (3, None, None, (3, 0)),
+    (8, None, None, (8, 2)), (7, 7, 3, (7, 3)), (7, 7, 4, (7, 3))])
+def test_windowing_within_the_room(room, tokens, overlap, expected):
+    windows = Windowing.within(room, _Windows(tokens, overlap))
+    assert (windows.size, windows.overlap) == expected
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("length", "size", "overlap"), [(5, 5, 1), (4, 5, 1), (6, 5, 1), (23, 5, 2), (20, 5, 0),
+                                                          (11, 4, 2)])
+def test_windows_cover_the_document_with_the_overlap_and_end_at_its_end(length, size, overlap):
+    content = np.arange(length)
+    windows = Windowing(size, overlap).split(content)
+    if length <= size:
+        assert [w.tolist() for w in windows] == [content.tolist()]
+        return
+    stride = size - overlap
+    expected_starts = list(range(0, length - size, stride)) + [length - size]
+    assert [w.tolist() for w in windows] == [list(range(s, s + size)) for s in expected_starts]
+    assert windows[-1][-1] == length - 1 and windows[0][0] == 0
+
+
+@pytest.mark.unit
+def test_windowed_work_keeps_the_query_then_each_documents_pieces_in_order():
+    documents = ["ab", "cde", "f"]
+    work = windowed(Scoring.COSINE, ["q"], 7, documents, lambda i, d: (list(d), 10 * (i + 1) + len(d)), 6)
+    assert list(work.items) == ["q", "a", "b", "c", "d", "e", "f"]
+    assert list(work.owners) == [None, 0, 0, 1, 1, 1, 2]
+    assert work.scoring is Scoring.COSINE and work.query_tokens == 7 and list(work.document_tokens) == [12, 23, 31]
+    with pytest.raises(TooLarge):
+        windowed(Scoring.COSINE, ["q"], 7, documents, lambda i, d: (list(d), 1), 5)
+    seen = []
+    with pytest.raises(TooLarge):  # refused at once: the documents after the cap is passed are not prepared
+        windowed(Scoring.PAIR, [], 0, documents, lambda i, d: (seen.append(i) or list(d), 1), 4)
+    assert seen == [0, 1]
+
+
+@pytest.mark.unit
+def test_window_count_cap_and_its_message():
+    check_window_count(5, 5)
+    with pytest.raises(TooLarge) as raised:
+        check_window_count(6, 5)
+    assert str(raised.value) == ("the documents make more than 5 windows of model input (a long document is read in "
+                                 "windows); send fewer or shorter documents per request, at most 5 windows")
+
+
+def _cos(a, b):
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    return float(a @ b / math.sqrt((a @ a) * (b @ b)))
+
+
+@pytest.mark.unit
+def test_window_scores_for_each_scoring_by_hand():
+    q, w1, w2 = RNG.normal(size=6), RNG.normal(size=6) * 3, RNG.normal(size=6) * 0.1
+    cosine = RerankWork(items=[0, 1, 2, 3], owners=[0, None, 1, 0], scoring=Scoring.COSINE, query_tokens=0,
+                        document_tokens=[0, 0])
+    # an output of shape (1, d) is the same vector as one of shape (d,)
+    assert_allclose(window_scores(cosine, [w1[None, :], q, w2, w2 * 4]), [_cos(q, w1), _cos(q, w2), _cos(q, w2)],
+                    rtol=1e-9)
+    dot = RerankWork(items=[0, 1, 2], owners=[0, None, 1], scoring=Scoring.DOT, query_tokens=0, document_tokens=[0, 0])
+    assert_allclose(window_scores(dot, [w1, q, w2]), [float(w1 @ q), float(w2 @ q)], rtol=1e-9)
+    pair = RerankWork(items=[0, 1], owners=[0, 1], scoring=Scoring.PAIR, query_tokens=0, document_tokens=[0, 0])
+    assert window_scores(pair, [np.array([[0.25]]), np.array([-1.5])]) == [0.25, -1.5]
+    # token vectors shorter than 1 (as a model's often are) are scaled up to unit length, not only longer ones cut
+    qm, d1, d2 = RNG.normal(size=(3, 4)) * 0.05, RNG.normal(size=(5, 4)) * 2, RNG.normal(size=(2, 4)) * 0.01
+    late = RerankWork(items=[0, 1, 2], owners=[0, None, 1], scoring=Scoring.MAXSIM, query_tokens=0,
+                      document_tokens=[0, 0])
+    expected = [sum(max(_cos(row, token) for token in doc) for row in qm) for doc in (d1, d2)]
+    assert_allclose(window_scores(late, [d1, qm, d2]), expected, rtol=1e-5)
+
+
+@pytest.mark.unit
+def test_maxsim_of_empty_sides_is_zero_and_otherwise_the_sum_of_best_dots():
+    assert maxsim(np.zeros((0, 4)), np.ones((2, 4))) == 0.0
+    assert maxsim(np.ones((2, 4)), np.zeros((0, 4))) == 0.0
+    query, window = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.6, 0.8], [1.0, 0.0], [-1.0, 0.0]])
+    assert maxsim(query, window) == pytest.approx(1.0 + 0.8)
+
+
+@pytest.mark.unit
+def test_a_document_keeps_its_best_window():
+    work = RerankWork(items=list(range(6)), owners=[0, 0, 1, 2, 2, 2], scoring=Scoring.PAIR, query_tokens=0,
+                      document_tokens=[0, 0, 0, 0])
+    outputs = [np.array([s]) for s in (-3.0, -2.0, 0.5, -1.0, 4.0, 2.0)]
+    assert best_per_document(work, outputs, 4) == [-2.0, 0.5, 4.0, float("-inf")]
+
+
+@pytest.mark.unit
+def test_rank_sorts_highest_first_ties_in_input_order_cut_to_top_n():
+    scores, tokens = [0.1, 0.9, 0.5, 0.9, -1.0], [1, 2, 3, 4, 5]
+    full = rank(scores, tokens, None)
+    assert [(h.index, h.relevance_score, h.tokens) for h in full] == [
+        (1, 0.9, 2), (3, 0.9, 4), (2, 0.5, 3), (0, 0.1, 1), (4, -1.0, 5)]
+    assert [h.index for h in rank(scores, tokens, 2)] == [1, 3]
+    assert [h.index for h in rank(scores, tokens, 9)] == [1, 3, 2, 0, 4]
+    assert rank(scores, tokens, 0) == [] and rank(scores, tokens, -1) == []
+    assert all(type(h.relevance_score) is float and type(h.tokens) is int
+               for h in rank(np.array(scores, dtype=np.float32), np.array(tokens), None))
+
+
+@pytest.mark.unit
+def test_text_inputs_types_used_here_exist():
+    assert EmbedRequest(inputs=(TextInput("x"),)).normalized is True
+
+
+# --- model_handlers/pipeline.py ----------------------------------------------------------------------------------
+
+PROMPTS = {"query": "query: ", "document": "passage: "}
+SERVED_NAME = "minilm-with-prompts"
+
+
+class _Passes:
+    """A BatchObserver that keeps what it is told (the server's is telemetry's metrics)."""
+
+    def __init__(self):
+        self.passes, self.waits = [], []
+
+    def pass_ran(self, items, padded_tokens, seconds):
+        self.passes.append(items)
+
+    def waited(self, seconds):
+        self.waits.append(seconds)
+
+
+@pytest.fixture(scope="module")
+def small_passes(minilm_dir, tmp_path_factory):
+    """The embedded model with retrieval prompts behind a pipeline of at most 2 inputs per pass, an observer, and the
+    operator's default input type `query`."""
+    import json
+    import shutil
+    import threading
+
+    from model_handlers import load_handler
+    from model_handlers.options import HandlerOptions
+
+    model_dir = tmp_path_factory.mktemp("prompted") / "minilm"
+    shutil.copytree(minilm_dir, model_dir)
+    (model_dir / "searchbox.json").write_text(json.dumps({"tasks": {"retrieval.query": PROMPTS["query"],
+                                                                    "retrieval.passage": PROMPTS["document"]},
+                                                          "served_model_name": SERVED_NAME}))
+    before = {thread.ident for thread in threading.enumerate()}
+    observer = _Passes()
+    pipeline = load_handler(model_dir, HandlerOptions(max_batch_items=2, observer=observer,
+                                                      default_input_type="query"))
+    threads = [thread for thread in threading.enumerate() if thread.ident not in before]
+    yield pipeline, observer, threads
+    pipeline.close()
+
+
+@pytest.mark.app
+def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_model):
+    pipeline, observer, threads = small_passes
+    assert pipeline.dimensions == reference_model.get_embedding_dimension()
+    assert pipeline.max_length == reference_model.max_seq_length
+    assert pipeline.default_input_type == "query"
+    assert pipeline.model_name == SERVED_NAME
+    assert f"{pipeline.kind.name}-batcher" in [thread.name for thread in threads]
+    from model_handlers.batching import Timing
+
+    texts = tuple(TextInput(f"text number {i}") for i in range(5))
+    before, seen, timing = pipeline.forward_passes, len(observer.passes), Timing()
+    result = pipeline.run(EmbedRequest(inputs=texts), timing=timing)
+    assert pipeline.forward_passes - before == 3  # 5 inputs, 2 per pass
+    assert observer.passes[seen:] == [2, 2, 1] and observer.waits
+    assert timing.forward_s > 0  # the caller's timing is the one the batcher fills
+    assert pipeline.queue_depth == 0
+    assert pipeline.answer_rows(EmbedRequest(inputs=texts)) == 5
+    assert result.model == SERVED_NAME
+    # no input_type given: the operator's default (query) selects the query prompt, as sentence-transformers adds it
+    queries = reference_model.encode([PROMPTS["query"] + t.text for t in texts])
+    assert_allclose(np.stack(result.vectors), queries, atol=1e-5)
+    documents = pipeline.run(EmbedRequest(inputs=texts[:1], input_type="document")).vectors[0]
+    assert_allclose(documents, reference_model.encode(PROMPTS["document"] + texts[0].text), atol=1e-5)
+    with pytest.raises(InvalidOption) as raised:
+        pipeline.run(EmbedRequest(inputs=texts[:1], dimensions=pipeline.dimensions + 1))
+    assert str(raised.value) == (f"dimensions must be between 1 and {pipeline.dimensions} for model "
+                                 f"{pipeline.model_name}, got {pipeline.dimensions + 1}")
+
+
+@pytest.mark.app
+def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_does_not_answer(runtime):
+    from model_handlers.deadline import Deadline
+
+    pipeline = runtime.handler
+    if pipeline.adapters is None:
+        with pytest.raises(InvalidOption) as raised:
+            pipeline.run_items([], Deadline.after(10), adapters=("a", "b"))
+        assert raised.value.code == "UNKNOWN_ADAPTER"
+        assert str(raised.value) == f"model {pipeline.model_name} holds no LoRA adapters (adapters: a, b)"
+    assert pipeline.run_items([], Deadline.after(10)) == []
+    with pytest.raises(AssertionError) as raised:
+        pipeline.run(EmbedRequest(inputs=(TextInput("q"),), operation="multi-vector"))
+    assert str(raised.value).startswith(f"kind {pipeline.kind.name} does not answer multi-vector: the server refuses")
+
+
+@pytest.mark.unit
+def test_the_embed_summary_the_artifact_check_prints():
+    from model_handlers.operations import embed
+    from model_handlers.types import EmbedResult
+
+    request = EmbedRequest(inputs=(TextInput("a"), TextInput("b")))
+    result = EmbedResult(vectors=[np.zeros(384), np.zeros(384)], token_counts=[3, 3], model="m", operation="embed")
+    assert embed.SPEC.summary(request, result) == "embedded 2 texts into 384 dimensions"
+    tokens = EmbedResult(vectors=[np.zeros((5, 128))], token_counts=[5], model="m", operation="embed")
+    assert embed.SPEC.summary(EmbedRequest(inputs=(TextInput("a"),)), tokens) == "embedded 1 text into 128 dimensions"
