@@ -1,8 +1,9 @@
 """Runs one client library against searchbox, in the clients' own venv (tests/reference_env.py `clients_python`).
 
 `python integration_clients_driver.py <client> <json args>` prints a JSON object of what the library returned.
-The boto3-based clients reach the server through the SageMaker-runtime emulator of test_integration_clients.py,
-named by AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME (boto3's own setting); Cohere's SDK builds the AWS URL itself, so its
+The boto3-based clients reach the server through the SageMaker emulator (tests/sagemaker_runtime.py), named by
+AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME and, for jina-sagemaker's DescribeEndpoint, AWS_ENDPOINT_URL_SAGEMAKER (boto3's own
+settings); Cohere's SDK builds the AWS URL itself, so its
 HTTP transport is pointed at the emulator (the SDK still builds, signs and parses every request). Each client is
 configured as its documentation shows; nothing here shapes a body or reads an answer for it.
 """
@@ -78,6 +79,25 @@ def cohere(args: Dict[str, Any]) -> Dict[str, Any]:
             "ranked": [(hit.index, hit.relevance_score) for hit in ranked.results]}
 
 
+def jina_sagemaker(args: Dict[str, Any]) -> Dict[str, Any]:
+    """Jina's client connected as its README shows (an endpoint name and the model package's ARN, which picks the
+    request shape), then each call of `args["calls"]`: `[method, keyword arguments]`, enums by their values."""
+    from jina_sagemaker import Client, InputType, Task
+
+    client = Client(region_name=REGION)
+    client.connect_to_endpoint(args["endpoint"], args["arn"])
+    answers = []
+    for method, kwargs in args["calls"]:
+        if "input_type" in kwargs:
+            kwargs["input_type"] = InputType(kwargs["input_type"])
+        if "task_type" in kwargs:
+            kwargs["task_type"] = Task(kwargs["task_type"])
+        answers.append(getattr(client, method)(**kwargs))
+    client.close()
+    return {"answers": answers}
+
+
 if __name__ == "__main__":
-    run = {"openai": openai_client, "langchain": langchain, "llamaindex": llamaindex, "cohere": cohere}[sys.argv[1]]
+    run = {"openai": openai_client, "langchain": langchain, "llamaindex": llamaindex, "cohere": cohere,
+           "jina-sagemaker": jina_sagemaker}[sys.argv[1]]
     print(json.dumps(run(json.loads(sys.argv[2]))))

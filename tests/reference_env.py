@@ -1,5 +1,5 @@
 """Reference implementations that pin other library versions than the project, each in its own venv (PyLate,
-FlagEmbedding, the integration clients).
+FlagEmbedding, the integration clients, jina-sagemaker).
 
 PyLate 1.6.0 pins sentence-transformers 5.3.0 and transformers <= 5.3.0 (and, through fast-plaid, a CUDA
 torch): it can never be a project dependency. The test session makes its venv once, in the git-ignored
@@ -39,6 +39,9 @@ FLAGEMBEDDING_SPEC = (
     ("torch==2.13.0", "transformers==5.25.0", "sentence-transformers==6.3.0", "peft==0.21.2", "accelerate==1.16.0",
      "datasets==5.2.0", "ir-datasets==0.6.3", "sentencepiece==0.2.3", "FlagEmbedding==1.4.2"),
 )
+# Jina's SageMaker client as buyers install it: 0.0.48 (contract.md §2a, §2d) and the SageMaker SDK its Client
+# imports (< 3 by its own requirement), pinned to what pip resolved for it.
+JINA_SAGEMAKER_SPEC = (("jina-sagemaker==0.0.48", "sagemaker==2.257.7"),)
 _INSTALL_TIMEOUT_S = 1800
 
 
@@ -59,6 +62,11 @@ def flagembedding_python() -> Path:
 def clients_python() -> Path:
     """The python of a venv holding the OpenAI, Cohere, LangChain and LlamaIndex clients, made on first use."""
     return _venv("integration-clients", CLIENTS_SPEC)
+
+
+def jina_sagemaker_python() -> Path:
+    """The python of a venv holding jina-sagemaker 0.0.48 and the SageMaker SDK it needs, made on first use."""
+    return _venv("jina-sagemaker-0.0.48", JINA_SAGEMAKER_SPEC)
 
 
 def _venv(name: str, installs: tuple[tuple[str, ...], ...], cache: Path = CACHE) -> Path:

@@ -1,0 +1,181 @@
+"""Jina's own SageMaker client, `jina-sagemaker` 0.0.48, driven for real against searchbox as its buyers call it.
+
+The client runs in its own venv (tests/reference_env.py: it needs the SageMaker SDK < 3, never a project dependency)
+through tests/integration_clients_driver.py. It connects as its README shows — an endpoint name and the model
+package's ARN, from which it picks the request shape — so `connect_to_endpoint` first describes the endpoint on
+SageMaker's control plane, then every call goes through InvokeEndpoint: the emulator (tests/sagemaker_runtime.py)
+answers both. The bodies it sent are checked against contract.md §2a/§2d, its answers against each model's own
+library on the same weights (sentence-transformers, CrossEncoder, transformers' CLIPModel, PyLate).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import cosine
+from reference_env import ReferenceUnavailable, jina_sagemaker_python
+from sagemaker_runtime import SageMakerRuntime
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+import tiny_clip  # noqa: E402
+
+pytestmark = pytest.mark.server
+
+DRIVER = Path(__file__).with_name("integration_clients_driver.py")  # the one driver of the client libraries
+ENDPOINT = "jina-endpoint"
+# Model package ARNs as AWS Marketplace names them: the client picks its request shape from the slug in the ARN.
+PACKAGE = "arn:aws:sagemaker:us-east-1:865070037744:model-package/{}-a1b2c3d4"
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "A fast auburn fox leaps above a sleepy hound."]
+QUERY = "Which animal jumps?"
+DOCUMENTS = ["Paris is the capital of France.", "The fox jumps over the dog.", "Bread is baked in ovens."]
+PARITY = 0.9999
+
+
+@pytest.fixture(scope="module")
+def python():
+    try:
+        return jina_sagemaker_python()
+    except ReferenceUnavailable as exc:
+        pytest.fail(f"jina-sagemaker's venv cannot be made: {exc}", pytrace=False)
+
+
+def call(python, server, slug: str, *calls) -> tuple[list, list[dict]]:
+    """Connect jina-sagemaker to `server` as the package named by `slug`, make `calls`; its answers and the bodies
+    it sent."""
+    emulator = SageMakerRuntime(server.url)
+    try:
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+               "AWS_DEFAULT_REGION": "us-east-1", "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+               # boto3's own per-service endpoint settings: the runtime and the control plane
+               "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": emulator.url, "AWS_ENDPOINT_URL_SAGEMAKER": emulator.url}
+        args = {"endpoint": ENDPOINT, "arn": PACKAGE.format(slug), "calls": [list(c) for c in calls]}
+        done = subprocess.run([str(python), str(DRIVER), "jina-sagemaker", json.dumps(args)], capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert {endpoint for endpoint, _, _ in emulator.seen} == {ENDPOINT}
+        assert {content_type for _, content_type, _ in emulator.seen} == {"application/json"}
+        return json.loads(done.stdout.strip().splitlines()[-1])["answers"], [json.loads(b) for _, _, b in emulator.seen]
+    finally:
+        emulator.close()
+
+
+def embeddings(answer: list[dict]) -> np.ndarray:
+    """The envelope's items, in input order, each with a fresh 32-hex id (contract.md §2a)."""
+    assert all(len(item["id"]) == 32 and int(item["id"], 16) >= 0 for item in answer)
+    return np.array([item["embedding"] for item in answer])
+
+
+def test_text_packages_v3_and_default(python, server, reference_model):
+    answers, sent = call(python, server, "jina-embeddings-v3",
+                         ("embed", {"texts": TEXTS}),
+                         ("embed", {"texts": TEXTS, "task_type": "retrieval.query", "dimensions": 64}))
+    assert sent == [
+        {"data": [{"text": t} for t in TEXTS],
+         "parameters": {"task": "text-matching", "dimensions": None, "late_chunking": False}},
+        {"data": [{"text": t} for t in TEXTS],
+         "parameters": {"task": "retrieval.query", "dimensions": 64, "late_chunking": False}}]
+    expected = reference_model.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(embeddings(answers[0]), expected, atol=1e-5)
+    cut = embeddings(answers[1])
+    assert cut.shape == (2, 64)  # Matryoshka: the first 64 dimensions, normalised again
+    np.testing.assert_allclose(cut, expected[:, :64] / np.linalg.norm(expected[:, :64], axis=1, keepdims=True),
+                               atol=1e-5)
+
+    answers, sent = call(python, server, "jina-embeddings-v2-base-en", ("embed", {"texts": QUERY}))
+    assert sent == [{"data": [{"text": QUERY}]}]  # the default family: no parameters
+    np.testing.assert_allclose(embeddings(answers[0]), reference_model.encode([QUERY], normalize_embeddings=True),
+                               atol=1e-5)
+
+
+def test_rerank_packages(python, reranker_server, reranker_dir):
+    from sentence_transformers import CrossEncoder
+
+    scores = CrossEncoder(str(reranker_dir), device="cpu", local_files_only=True).predict(
+        [(QUERY, d) for d in DOCUMENTS])
+    order = [int(i) for i in np.argsort(-scores)]
+    answers, sent = call(python, reranker_server, "jina-reranker-v2-base-multilingual",
+                         ("rerank", {"documents": DOCUMENTS, "query": QUERY, "top_n": 2}),
+                         ("rerank", {"documents": [{"text": d} for d in DOCUMENTS], "query": QUERY}))
+    body = {"documents": [{"text": d} for d in DOCUMENTS], "query": QUERY}
+    assert sent == [{"data": {**body, "top_n": 2}}, {"data": body}]
+    # the m0 family wraps the same body in a one-element list (contract.md §3)
+    m0_answers, m0_sent = call(python, reranker_server, "jina-reranker-m0",
+                               ("rerank", {"documents": DOCUMENTS, "query": QUERY, "top_n": 5}))
+    assert m0_sent == [{"data": [{**body, "top_n": 3}]}]  # the client clamps top_n to the documents itself
+    for answer, top in zip([*answers, *m0_answers], (2, 3, 3)):
+        (ranked,) = answer
+        results = ranked["results"]
+        assert [hit["index"] for hit in results] == order[:top]
+        np.testing.assert_allclose([hit["relevance_score"] for hit in results], scores[order[:top]], atol=1e-5)
+        assert [hit["document"]["text"] for hit in results] == [DOCUMENTS[i] for i in order[:top]]
+
+
+@pytest.fixture(scope="module")
+def clip_server(tmp_path_factory):
+    from conftest import start_server, stop_server
+
+    model_dir = tiny_clip.build(tmp_path_factory.mktemp("models") / "tiny-clip")
+    running = start_server(tmp_path_factory.mktemp("clip-server"), {"SEARCHBOX_MODEL_DIR": str(model_dir)})
+    yield running, model_dir
+    stop_server(running)
+
+
+def png(seed: int) -> tuple[bytes, Image.Image]:
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue(), image
+
+
+@pytest.mark.parametrize("slug, keys", [("jina-clip-v1", ("image", "image")), ("jina-clip-v2", ("url", "bytes"))])
+def test_clip_packages_send_their_image_keys(python, clip_server, slug, keys):
+    from transformers import AutoProcessor, CLIPModel
+
+    server, model_dir = clip_server
+    (first, first_image), (second, second_image) = png(1), png(2)
+    data_uri = "data:image/png;base64," + base64.b64encode(first).decode()
+    answers, sent = call(python, server, slug, ("embed", {"texts": TEXTS, "image_urls": [data_uri],
+                                                          "image_bytes": [base64.b64encode(second).decode()]}))
+    url_key, bytes_key = keys
+    assert sent[0]["data"] == [{"text": t} for t in TEXTS] + [{url_key: data_uri},
+                                                              {bytes_key: base64.b64encode(second).decode()}]
+    model, processor = CLIPModel.from_pretrained(str(model_dir)).eval(), AutoProcessor.from_pretrained(str(model_dir))
+    with torch.no_grad():
+        texts = model.get_text_features(**processor(text=TEXTS, padding=True, return_tensors="pt")).pooler_output
+        images = model.get_image_features(**processor(images=[first_image, second_image],
+                                                      return_tensors="pt")).pooler_output
+    got = embeddings(answers[0])
+    for row, expected in zip(got, [*texts.numpy(), *images.numpy()]):
+        assert cosine(row, expected) >= PARITY
+
+
+def test_colbert_package_queries_and_documents(python, colbert, server_factory):
+    from colbert_models import DOCUMENTS as COLBERT_DOCUMENTS
+    from colbert_models import QUERIES
+
+    server = server_factory({"SEARCHBOX_MODEL_DIR": str(colbert.model_dir("pylate"))})
+    answers, sent = call(python, server, "jina-colbert-v2",
+                         ("embed", {"texts": QUERIES[0], "use_colbert": True, "input_type": "query"}),
+                         ("embed", {"texts": COLBERT_DOCUMENTS[:2], "use_colbert": True}))
+    assert sent == [{"data": {"text": QUERIES[0]}, "parameters": {"input_type": "query"}},
+                    {"data": [{"text": d} for d in COLBERT_DOCUMENTS[:2]], "parameters": {"input_type": "document"}}]
+    reference = colbert.arrays("pylate")
+    expected = [reference["q0"], reference["d0"], reference["d1"]]
+    got = [answers[0][0]["embeddings"], *[item["embeddings"] for item in answers[1]]]
+    for vectors, wanted in zip(got, expected):
+        vectors = np.asarray(vectors, dtype=np.float64)
+        assert vectors.shape == wanted.shape
+        assert min(cosine(a, b) for a, b in zip(vectors, wanted)) >= PARITY
