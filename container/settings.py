@@ -252,7 +252,9 @@ SETTINGS = (
             "GET /execution-parameters", "chosen", "transform_max_concurrent", _number(int), None),
     Setting(ENV_SAGEMAKER_BATCH, "true when SageMaker runs a batch transform job: every request gets the batch "
             f"timeout ({ENV_BATCH_TIMEOUT})", "unset", "batch_job", _flag, False),
-    Setting(ENV_MAX_INPUTS, "inputs (or documents) per request", "2048", "max_inputs", _number(int), 2048),
+    Setting(ENV_MAX_INPUTS, "inputs (or documents) per request; a batch-transform CSV body is a batch, not one "
+            f"request: its rows (at most {ENV_MAX_BATCH_ROWS}) go to the model in requests of this many",
+            "2048", "max_inputs", _number(int), 2048),
     Setting(ENV_THREADS, "gunicorn threads of the single worker; nginx lets at most this many minus 4 requests in at "
             "once and answers the rest 503 at once", "128", "threads", _number(int), 128),
     Setting(ENV_MAX_BATCH_TOKENS, "padded tokens per forward pass",

@@ -92,6 +92,17 @@ def test_max_inputs_caps_inputs_and_documents(started, minilm_dir):
     assert app.post("/v1/rerank", {"query": "q", "documents": ["a", "b", "c"]}).status_code == 200
 
 
+def test_a_csv_body_is_a_batch_sent_to_the_model_in_requests_of_max_inputs(started, minilm_dir, monkeypatch):
+    app, runtime = started(minilm_dir, {"SEARCHBOX_MAX_INPUTS": "3"})
+    sizes = []
+    run = runtime.handler.run
+    monkeypatch.setattr(runtime.handler, "run", lambda request, *args: sizes.append(len(request.inputs)) or
+                        run(request, *args))  # observed, not replaced: the real handler answers
+    answer = app.post("/invocations", data=b"1,a\n2,b\n3,c\n4,d\n", headers={"Content-Type": "text/csv"})
+    assert answer.status_code == 200, answer.text
+    assert [item["id"] for item in answer.json()["data"]] == ["1", "2", "3", "4"] and sizes == [3, 1]
+
+
 def test_max_rerank_windows_caps_the_model_inputs_of_one_rerank(started, minilm_dir, reference_model):
     app, runtime = started(minilm_dir, {"SEARCHBOX_MAX_RERANK_WINDOWS": "3"})
     room = reference_model.max_seq_length - 2  # [CLS] and [SEP]
