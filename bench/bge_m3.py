@@ -16,10 +16,7 @@ the two; each keeps its best round. Prints a Markdown section (also part of `mak
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -104,22 +101,10 @@ def run(threads: int, log_dir: Path, seconds: float, warmup: float, rounds: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.servers import omp_policy, start_searchbox
+    from bench.servers import bench_main, start_searchbox
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads of the server (0: torch's default)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", omp_policy())
-    import torch
-
-    threads = args.threads or torch.get_num_threads()
-    with tempfile.TemporaryDirectory(prefix="searchbox-bench-bge-m3-") as tmp:
-        text, check = run(threads, Path(tmp), args.seconds, args.warmup, args.rounds, start_searchbox)
-        print(text + "\n" + check)
-    return 0
+    return bench_main(__doc__, "bge-m3", argv, lambda args, threads, tmp: "\n".join(
+        run(threads, tmp, args.seconds, args.warmup, args.rounds, start_searchbox)))
 
 
 if __name__ == "__main__":

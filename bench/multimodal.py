@@ -15,12 +15,9 @@ Rounds alternate the systems; each keeps its best round. Prints a Markdown secti
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -164,22 +161,11 @@ def run(threads: int, log_dir: Path, seconds: float, warmup: float, rounds: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.servers import omp_policy, start_searchbox
+    from bench.servers import bench_main, start_searchbox
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("tiny", "small"), default="small")
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads of both systems (0: torch's default)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", omp_policy())  # as `serve` sets it, before torch loads here
-    import torch
-
-    threads = args.threads or torch.get_num_threads()
-    with tempfile.TemporaryDirectory(prefix="searchbox-bench-mm-") as tmp:
-        print(run(threads, Path(tmp), args.seconds, args.warmup, args.rounds, start_searchbox, args.size))
-    return 0
+    return bench_main(__doc__, "mm", argv, lambda args, threads, tmp: run(
+        threads, tmp, args.seconds, args.warmup, args.rounds, start_searchbox, args.size),
+        lambda parser: parser.add_argument("--size", choices=("tiny", "small"), default="small"))
 
 
 if __name__ == "__main__":

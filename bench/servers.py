@@ -3,13 +3,16 @@ memory and CPU from /proc. Shared by bench/run.py, bench/multimodal.py and bench
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +149,25 @@ def start_searchbox(model_dir: Path, threads: int, log_dir: Path, extra_env: dic
 
 def omp_policy() -> str:
     return os.environ.get("OMP_WAIT_POLICY", LIBRARY_ENVIRONMENT_DEFAULTS["OMP_WAIT_POLICY"])
+
+
+def bench_main(description: str, name: str, argv: list[str] | None,
+               measure: Callable[[argparse.Namespace, int, Path], str],
+               add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """The command line every side-by-side benchmark shares: timing arguments, OMP's wait policy set as `serve` sets
+    it (before torch loads here), a temporary directory for the servers' logs; prints what `measure` reports."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads of both systems (0: torch's default)")
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", omp_policy())
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix=f"searchbox-bench-{name}-") as tmp:
+        print(measure(args, threads, Path(tmp)))
+    return 0
