@@ -103,6 +103,16 @@ class Samples:
     client_call: str
 
 
+# Batch-transform rows of every kind whose CSV layout is `id,text`, in both quotings the clients write.
+TEXT_ROWS_CSV = ("1,When are you open\\, really?\n"
+                 '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
+                 "3,Semantic search finds documents by meaning rather than by keywords.\n"
+                 '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n')
+# What a dense embedding kind answers those rows (abridged).
+DENSE_BATCH_OUTPUT = ('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
+                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}')
+
+
 @dataclass(frozen=True)
 class Kind:
     name: str

@@ -31,7 +31,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.model_code import ENV_ALLOW_PICKLE
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
@@ -312,12 +312,8 @@ KIND = Kind(
                   "parameters": {"return_sparse": True}},
         public_path="/v1/embeddings",
         public_request={"input": ["hello", "world"], "return_sparse": True, "return_multivector": True},
-        csv=("1,When are you open\\, really?\n"
-             '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
-             "3,Semantic search finds documents by meaning rather than by keywords.\n"
-             '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'),
-        batch_output=('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
-                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}'),
+        csv=TEXT_ROWS_CSV,
+        batch_output=DENSE_BATCH_OUTPUT,
         client_call='client.embed(texts=["hello", "world"])',
     ),
     backends={"torch": BgeM3Model},

@@ -41,7 +41,7 @@ import numpy as np
 
 from model_handlers import adapters, jina_layout, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
 from model_handlers.operations.rerank import RERANK
@@ -561,10 +561,7 @@ KIND = Kind(
                   "parameters": {"input_type": "query"}},
         public_path="/v1/multi-vector",
         public_request={"input": ["What is late interaction?"], "input_type": "query", "embedding_type": "float"},
-        csv=("1,When are you open\\, really?\n"
-             '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
-             "3,Semantic search finds documents by meaning rather than by keywords.\n"
-             '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'),
+        csv=TEXT_ROWS_CSV,
         batch_output=('{"data":[{"id":"1","embeddings":[[0.0123,-0.0456,0.0789],[0.0321,0.0654,-0.0987]],'
                       '"usage":{"total_tokens":10}},{"id":"2","embeddings":[[0.0111,0.0222,-0.0333]],'
                       '"usage":{"total_tokens":20}}],"parameters":{}}'),

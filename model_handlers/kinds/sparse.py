@@ -32,7 +32,7 @@ import numpy as np
 
 from model_handlers import adapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.rerank import RERANK
 from model_handlers.operations.segment import SEGMENT
@@ -323,10 +323,7 @@ KIND = Kind(
                   "parameters": {"top_k": 3}},
         public_path="/v1/sparse-embeddings",
         public_request={"input": ["What is learned sparse retrieval?"], "top_k": 3, "return_tokens": True},
-        csv=("1,When are you open\\, really?\n"
-             '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
-             "3,Semantic search finds documents by meaning rather than by keywords.\n"
-             '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'),
+        csv=TEXT_ROWS_CSV,
         batch_output=('{"data":[{"id":"1","sparse_embedding":{"indices":[2330,2024,2017],"values":[1.4,0.9,0.3]},'
                       '"usage":{"total_tokens":9}}],"parameters":{}}'),
         client_call='client.embed(texts=["What is learned sparse retrieval?"])  # answers sparse_embedding items',

@@ -31,7 +31,7 @@ import numpy as np
 from model_handlers import adapters, jina_v3, model_code
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, ModelDirectoryError
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, Samples
+from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
@@ -521,12 +521,8 @@ KIND = Kind(
                   "parameters": {"task": "retrieval.query"}},
         public_path="/v1/embeddings",
         public_request={"input": ["hello", "world"], "embedding_type": "float", "dimensions": 128},
-        csv=("1,When are you open\\, really?\n"
-             '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
-             "3,Semantic search finds documents by meaning rather than by keywords.\n"
-             '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n'),
-        batch_output=('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
-                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}'),
+        csv=TEXT_ROWS_CSV,
+        batch_output=DENSE_BATCH_OUTPUT,
         client_call='client.embed(texts=["hello", "world"])',
     ),
     backends={"torch": lambda model_dir, config, options: TextEmbeddingModel(_torch_encoder(model_dir, config, options),
