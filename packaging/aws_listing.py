@@ -436,9 +436,10 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         {jina_imports}
 
         client = Client(region_name="{region}")
+        # deploys the package and connects; an endpoint made before:
+        # client.connect_to_endpoint(endpoint_name="{name}", arn=MODEL_PACKAGE_ARN)
         client.create_endpoint(arn=MODEL_PACKAGE_ARN, role=ROLE_ARN, endpoint_name="{name}",
                                instance_type="{realtime_type}")
-        client.connect_to_endpoint(endpoint_name="{name}")
         result = {jina_call}
         client.create_transform_job(arn=MODEL_PACKAGE_ARN, role=ROLE_ARN, n_instances=1,
                                     instance_type="{batch_type}", input_path="input.csv", output_path="output/")
@@ -458,7 +459,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         title=product.title, served=product.served_name, summary=kind.summary, dimensions=dimensions,
         request=json.dumps(samples.request, indent=2), response=json.dumps(samples.response, indent=2),
         public=public, columns=batch_columns, sample_csv=sample_csv, batch_output=samples.batch_output,
-        region=product.regions[0], name=product.name, compact_request=json.dumps(samples.request),
+        region=product.regions[0], name=product.name, compact_request=repr(json.loads(json.dumps(samples.request))),  # Python: True, not JSON's true
         jina_call=samples.client_call, jina_imports=_client_imports(samples.client_call),
         realtime_type=product.recommended["realtime"],
         batch_type=product.recommended["batch"],

@@ -97,7 +97,20 @@ def jina_sagemaker(args: Dict[str, Any]) -> Dict[str, Any]:
     return {"answers": answers}
 
 
+def listing(args: Dict[str, Any]) -> Dict[str, Any]:
+    """A listing's Python example run as its buyer would, the ARN and role filled in; what it printed and its
+    `result`."""
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    namespace = {"MODEL_PACKAGE_ARN": args["arn"], "ROLE_ARN": "arn:aws:iam::000000000000:role/buyer"}
+    with contextlib.redirect_stdout(printed):
+        exec(compile(args["code"], "listing", "exec"), namespace)  # noqa: S102 (the listing's code is the test)
+    return {"printed": printed.getvalue(), "result": namespace.get("result")}
+
+
 if __name__ == "__main__":
     run = {"openai": openai_client, "langchain": langchain, "llamaindex": llamaindex, "cohere": cohere,
-           "jina-sagemaker": jina_sagemaker}[sys.argv[1]]
+           "jina-sagemaker": jina_sagemaker, "listing": listing}[sys.argv[1]]
     print(json.dumps(run(json.loads(sys.argv[2]))))

@@ -6,11 +6,17 @@ package's ARN, from which it picks the request shape — so `connect_to_endpoint
 SageMaker's control plane, then every call goes through InvokeEndpoint: the emulator (tests/sagemaker_runtime.py)
 answers both. The bodies it sent are checked against contract.md §2a/§2d, its answers against each model's own
 library on the same weights (sentence-transformers, CrossEncoder, transformers' CLIPModel, PyLate).
+
+The listing's own Python (boto3 and jina-sagemaker, per kind) runs as written too, bar what only the control plane
+does (deploying, transform jobs): it found the listing connecting without the ARN 0.0.48 requires, and JSON's `true`
+pasted into Python.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -27,8 +33,13 @@ from helpers import cosine
 from reference_env import ReferenceUnavailable, jina_sagemaker_python
 from sagemaker_runtime import SageMakerRuntime
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGING = ROOT / "packaging"
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(PACKAGING))  # the scripts' own modules, as they import each other
 
+import _catalog  # noqa: E402
+import aws_listing  # noqa: E402
 import tiny_clip  # noqa: E402
 
 pytestmark = pytest.mark.server
@@ -51,24 +62,31 @@ def python():
         pytest.fail(f"jina-sagemaker's venv cannot be made: {exc}", pytrace=False)
 
 
-def call(python, server, slug: str, *calls) -> tuple[list, list[dict]]:
-    """Connect jina-sagemaker to `server` as the package named by `slug`, make `calls`; its answers and the bodies
-    it sent."""
+def drive(python, server, client: str, args: dict, cwd: Path | None = None) -> tuple[dict, list[dict]]:
+    """Run `client` of the driver against `server` through the SageMaker emulator: what it returned and the bodies it
+    sent (all to ENDPOINT, as JSON)."""
     emulator = SageMakerRuntime(server.url)
     try:
         env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                "AWS_DEFAULT_REGION": "us-east-1", "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
                # boto3's own per-service endpoint settings: the runtime and the control plane
                "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": emulator.url, "AWS_ENDPOINT_URL_SAGEMAKER": emulator.url}
-        args = {"endpoint": ENDPOINT, "arn": PACKAGE.format(slug), "calls": [list(c) for c in calls]}
-        done = subprocess.run([str(python), str(DRIVER), "jina-sagemaker", json.dumps(args)], capture_output=True,
-                              text=True, timeout=300, env=env)
+        done = subprocess.run([str(python), str(DRIVER), client, json.dumps(args)], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=cwd)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert {endpoint for endpoint, _, _ in emulator.seen} == {ENDPOINT}
+        assert {endpoint for endpoint, _, _ in emulator.seen} == {args["endpoint"]}
         assert {content_type for _, content_type, _ in emulator.seen} == {"application/json"}
-        return json.loads(done.stdout.strip().splitlines()[-1])["answers"], [json.loads(b) for _, _, b in emulator.seen]
+        return json.loads(done.stdout.strip().splitlines()[-1]), [json.loads(b) for _, _, b in emulator.seen]
     finally:
         emulator.close()
+
+
+def call(python, server, slug: str, *calls) -> tuple[list, list[dict]]:
+    """Connect jina-sagemaker to `server` as the package named by `slug`, make `calls`; its answers and the bodies
+    it sent."""
+    answer, sent = drive(python, server, "jina-sagemaker",
+                         {"endpoint": ENDPOINT, "arn": PACKAGE.format(slug), "calls": [list(c) for c in calls]})
+    return answer["answers"], sent
 
 
 def embeddings(answer: list[dict]) -> np.ndarray:
@@ -179,3 +197,112 @@ def test_colbert_package_queries_and_documents(python, colbert, server_factory):
         vectors = np.asarray(vectors, dtype=np.float64)
         assert vectors.shape == wanted.shape
         assert min(cosine(a, b) for a, b in zip(vectors, wanted)) >= PARITY
+
+
+# --- the listing's Python, run as written ------------------------------------------------------------------------
+
+def listing_code(usage: str, heading: str) -> str:
+    """The ```python block under `heading` of a listing's usage information."""
+    section = usage.split(f"\n## {heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def without_the_control_plane(code: str) -> str:
+    """The listing's code with what only SageMaker's control plane can do taken out: the deploy becomes the connect
+    that `create_endpoint` ends with (same ARN and endpoint name), the transform job and the deletion go."""
+    tree = ast.parse(code)
+    kept = []
+    for statement in tree.body:
+        call_ = statement.value if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Call) else None
+        method = getattr(call_.func, "attr", None) if call_ else None
+        if method == "create_endpoint":
+            kwargs = {k.arg: k.value for k in call_.keywords}
+            call_.func.attr = "connect_to_endpoint"
+            call_.keywords = [ast.keyword("endpoint_name", kwargs["endpoint_name"]), ast.keyword("arn", kwargs["arn"])]
+        elif method in ("create_transform_job", "delete_endpoint"):
+            continue
+        kept.append(statement)
+    tree.body = kept
+    return ast.unparse(tree)
+
+
+def fresh_ids_out(value, approx: bool = False):
+    """An answer without the 32-hex ids minted per request (a caller's own ids stay), its numbers `approx` where
+    asked: two calls compare equal."""
+    if isinstance(value, dict):
+        return {k: fresh_ids_out(v, approx) for k, v in value.items()
+                if not (k == "id" and isinstance(v, str) and len(v) == 32 and all(c in "0123456789abcdef" for c in v))}
+    if isinstance(value, list):
+        return [fresh_ids_out(v, approx) for v in value]
+    return pytest.approx(value, abs=1e-6) if approx and isinstance(value, float) else value
+
+
+@pytest.fixture
+def listed():
+    """The example catalog's product sold per instance-hour (no sample measurement needed), as any kind."""
+    import yaml
+
+    raw = yaml.safe_load((PACKAGING / "catalog.example.yaml").read_text())
+    entry = raw["products"][0]
+    del entry["pricing"]
+    entry["prices_per_hour"]["realtime"] = {"ml.c6i.xlarge": 0.08, "ml.m5.xlarge": 0.08, "ml.g5.xlarge": 0.40}
+
+    def product(kind: str, model_dir: Path):
+        return dataclasses.replace(_catalog.parse_catalog(raw, base_dir=PACKAGING)[0], kind=kind, model_dir=model_dir,
+                                   served_name=f"tiny-{kind}")
+
+    return product
+
+
+# Each kind's server (made from the model the other tests use) and the model package name its listing would sell.
+def _served(kind: str, request, tmp_path: Path):
+    if kind == "embedding":
+        return request.getfixturevalue("server"), request.getfixturevalue("minilm_dir"), "jina-embeddings-v3"
+    if kind == "reranker":
+        return (request.getfixturevalue("reranker_server"), request.getfixturevalue("reranker_dir"),
+                "jina-reranker-v2-base-multilingual")
+    if kind == "multimodal":
+        return (*request.getfixturevalue("clip_server"), "jina-clip-v2")
+    if kind == "multi-vector":
+        model_dir, slug = request.getfixturevalue("colbert").model_dir("pylate"), "jina-colbert-v2"
+    elif kind == "sparse":
+        from sparse_models import make_splade
+
+        model_dir, slug = make_splade(tmp_path / "splade", request.getfixturevalue("minilm_dir")), "splade-v3"
+    else:
+        from bge_m3_models import make_model
+
+        model_dir, slug = make_model(tmp_path / "bge-m3", request.getfixturevalue("minilm_dir")), "bge-m3"
+    env = {"SEARCHBOX_MODEL_DIR": str(model_dir)}
+    if kind == "bge-m3":
+        env["SEARCHBOX_ALLOW_PICKLE"] = "1"  # BGE-M3's heads ship as .pt, as the real checkpoint's do
+    return request.getfixturevalue("server_factory")(env), model_dir, slug
+
+
+@pytest.mark.parametrize("kind", ["embedding", "reranker", "multimodal", "multi-vector", "sparse", "bge-m3"])
+def test_the_listings_python_runs_as_written(python, kind, listed, request, tmp_path):
+    """Each kind's listing shows boto3 and jina-sagemaker code: both run against a server of that kind and get what
+    the same body gets from the server itself."""
+    server, model_dir, slug = _served(kind, request, tmp_path)
+    product = listed(kind, model_dir)
+    assert product.model_kind.name == kind
+    usage = aws_listing.usage_markdown(product, tmp_path / "no-bench.md")
+    (tmp_path / "cat.png").write_bytes(png(3)[0])  # the file the CLIP example reads
+    arn, endpoint = PACKAGE.format(slug), product.name
+    samples = product.model_kind.samples
+    on_its_own = server.post("/invocations", samples.request)
+    assert on_its_own.status_code == 200, on_its_own.text
+
+    ran, sent = drive(python, server, "listing", {"endpoint": endpoint, "arn": arn,
+                                                  "code": listing_code(usage, "boto3")}, cwd=tmp_path)
+    assert sent == [samples.request]
+    assert fresh_ids_out(ast.literal_eval(ran["printed"].strip())) == fresh_ids_out(on_its_own.json()["data"], True)
+
+    ran, sent = drive(python, server, "listing", {"endpoint": endpoint, "arn": arn,
+                                                  "code": without_the_control_plane(listing_code(usage,
+                                                                                                 "jina-sagemaker"))},
+                      cwd=tmp_path)
+    (body,) = sent
+    direct = server.post("/invocations", body)
+    assert direct.status_code == 200, direct.text
+    assert fresh_ids_out(ran["result"]) == fresh_ids_out(direct.json()["data"], True)
