@@ -459,7 +459,8 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         title=product.title, served=product.served_name, summary=kind.summary, dimensions=dimensions,
         request=json.dumps(samples.request, indent=2), response=json.dumps(samples.response, indent=2),
         public=public, columns=batch_columns, sample_csv=sample_csv, batch_output=samples.batch_output,
-        region=product.regions[0], name=product.name, compact_request=repr(json.loads(json.dumps(samples.request))),  # Python: True, not JSON's true
+        region=product.regions[0], name=product.name,
+        compact_request=repr(json.loads(json.dumps(samples.request))),  # a Python literal: True, not JSON's true
         jina_call=samples.client_call, jina_imports=_client_imports(samples.client_call),
         realtime_type=product.recommended["realtime"],
         batch_type=product.recommended["batch"],
