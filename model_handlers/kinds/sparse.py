@@ -267,13 +267,12 @@ class _TorchWeights:
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
-        from transformers import AutoTokenizer
 
         settings: SpladeSettings = config.kind_settings
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
         self._settings = settings
-        self._hf_tokenizer, self._mlm = _masked_lm(model_dir / settings.encoder_folder, options, AutoTokenizer)
+        self._hf_tokenizer, self._mlm = _masked_lm(model_dir / settings.encoder_folder, options)
         self._mlm.to(self._device).eval()
         self.adapters = adapters.attach(self._mlm, options, config.adapters, model_dir)
         self.positions = int(getattr(self._mlm.config, "max_position_embeddings", 512) or 512)
@@ -312,7 +311,9 @@ class _OnnxWeights:
         self._encoder_dir = model_dir / settings.encoder_folder
         hf_config = _json(self._encoder_dir / "config.json")
         self.positions = int(hf_config.get("max_position_embeddings") or 512)
-        self.width = int(hf_config["vocab_size"])
+        self.width = int(hf_config.get("vocab_size") or 0)
+        if self.width <= 0:
+            raise ModelDirectoryError(f"{self._encoder_dir}/config.json states no vocab_size")
 
     def tokenizer(self, max_length: int) -> TokenizerView:
         return TokenizerView.from_directory(self._encoder_dir, max_length,
@@ -322,11 +323,12 @@ class _OnnxWeights:
         return self._session.run(padded).astype(np.float32, copy=False)
 
 
-def _masked_lm(encoder_dir: Path, options: HandlerOptions, auto_tokenizer):
-    from transformers import AutoModelForMaskedLM
+def _masked_lm(encoder_dir: Path, options: HandlerOptions):
+    """The tokenizer and the *ForMaskedLM model of `encoder_dir`, with transformers (torch and packaging only)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     try:
-        tokenizer = auto_tokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
         model = AutoModelForMaskedLM.from_pretrained(
             str(encoder_dir), local_files_only=True, use_safetensors=not options.allow_pickle or None)
     except (OSError, ValueError) as exc:
@@ -350,16 +352,17 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     """The MLM and its pooling as one ONNX graph: the inputs its tokenizer makes -> `sparse_weights` [batch, vocab].
 
     The pooling is in the graph (traced from `splade_pool`, the torch backend's own), not left to post-processing
-    as sentence-transformers' ONNX backend does (its fill-mask graph answers [batch, seq, vocab] logits, pooled by
-    SpladePooling in torch): the serve path has no torch, and a [batch, vocab] answer is sequence-length times
-    smaller than the logits.
+    as sentence-transformers' ONNX backend does (6.2.0, sentence_transformers/backend/load.py: the fill-mask module
+    becomes optimum's ORTModelForMaskedLM, whose [batch, seq, vocab] logits SpladePooling pools in torch): the serve
+    path has no torch, and a [batch, vocab] answer is sequence-length times smaller than the logits. Its export and
+    quantization helpers need optimum, which this project does not carry; torch's exporter (`export_graph`) and
+    `quantize_int8` are what dense models already use.
 
     Raises:
         ModelDirectoryError: the model has adapters, or does not export; the message says to serve it with torch.
     """
     import onnx
     import torch
-    from transformers import AutoTokenizer
 
     from model_handlers.onnx_runtime import export_graph
     from model_handlers.serving_config import read_serving_config
@@ -370,7 +373,7 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     if with_adapters or config.adapters:
         raise ModelDirectoryError(f"adapters ({', '.join(with_adapters or config.adapters)}) are not in the exported "
                                   "graph: build it with --backend torch")
-    tokenizer, mlm = _masked_lm(model_dir / settings.encoder_folder, HandlerOptions(), AutoTokenizer)
+    tokenizer, mlm = _masked_lm(model_dir / settings.encoder_folder, HandlerOptions())
 
     class PooledMLM(torch.nn.Module):
         def __init__(self):
