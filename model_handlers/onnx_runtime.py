@@ -58,6 +58,8 @@ class OnnxSession:
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise ModelDirectoryError(f"cannot load {path} with ONNX Runtime: {exc}") from exc
         self.input_names = tuple(i.name for i in self._session.get_inputs())
+        # what the exporter wrote beside the graph (e.g. the pooling a sparse export traced into it)
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self.device = "cuda" if self._session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         logger.info("ONNX Runtime on %s (%s), %d intra-op threads: %s", self.device,
                     ", ".join(self._session.get_providers()), options.intra_op_num_threads, path)

@@ -8,7 +8,12 @@ on torch on the built-in texts (packaging/_quality_set.py):
 - embedding models: fp32 must keep cosine >= 0.9999 against torch on every validation text; int8 >= 0.99
   against fp32 on every validation text, and the same top-10 neighbours for >= 90% of the retrieval queries;
 - rerankers: fp32 scores within 1e-4 of torch's; int8 within 0.02 of fp32's, the same top-10 for >= 90% of
-  the queries.
+  the queries;
+- sparse (SPLADE) models, each file against the model on torch (sentence-transformers' SparseEncoder computes the
+  same weights: tests/test_sparse.py): fp32 weights within 1e-4 of torch's on every validation text; int8 keeps, on
+  average over the validation texts, >= 95% of each text's top-32 vocabulary entries (k = the text's number of
+  entries above zero on torch when fewer), and the dot products of every retrieval query with every passage keep
+  Spearman and Pearson correlation >= 0.99 with torch's.
 
 A miss refuses the build with the figures; a pass puts them in the manifest and the listing.
 """
@@ -24,10 +29,12 @@ import numpy as np
 import _quality_set
 from model_handlers.operations.embed import EMBED
 from model_handlers.operations.rerank import RERANK
+from model_handlers.operations.sparse import SPARSE
 
 FP32_FILE = "onnx/model.onnx"
 INT8_FILE = "onnx/model_int8.onnx"
 TOP_K = 10
+SPARSE_TOP_K = 32  # the entries of a sparse vector whose overlap the gate measures (a query's usual length)
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class Gate:
     fp32_max_score_diff: float = 1e-4
     int8_max_score_diff: float = 0.02
     int8_min_top_k_agreement: float = 0.9
+    fp32_max_weight_diff: float = 1e-4
+    int8_min_top_k_overlap: float = 0.95
+    int8_min_dot_correlation: float = 0.99
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,11 @@ class Quality:
     int8_mean_cosine: float | None = None
     int8_max_score_diff: float | None = None
     int8_top_k_agreement: float | None = None
+    fp32_max_weight_diff: float | None = None
+    int8_top_k_overlap: float | None = None  # mean over the validation texts
+    int8_min_top_k_overlap: float | None = None
+    int8_dot_spearman: float | None = None
+    int8_dot_pearson: float | None = None
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -82,6 +97,16 @@ class Quality:
         if self.int8_top_k_agreement is not None:
             checks.append(f"{self.int8_top_k_agreement:.0%} of {len(_quality_set.QUERIES)} retrieval queries get the "
                           f"same top-{TOP_K} from int8 as from fp32")
+        if self.fp32_max_weight_diff is not None:
+            checks.append(f"the fp32 export's sparse weights are within {_ceil(self.fp32_max_weight_diff)} of the "
+                          f"model's on PyTorch on each of {len(_quality_set.VALIDATION_TEXTS)} validation texts")
+        if self.int8_top_k_overlap is not None:
+            checks.append(f"int8 keeps {_floor(self.int8_top_k_overlap * 100, 1)}% of each text's top-{SPARSE_TOP_K} "
+                          f"vocabulary entries on average (min {_floor(self.int8_min_top_k_overlap * 100, 1)}%) "
+                          "against PyTorch")
+        if self.int8_dot_spearman is not None:
+            checks.append(f"int8 query-passage dot products correlate with PyTorch's at Spearman "
+                          f"{_floor(self.int8_dot_spearman, 4)}, Pearson {_floor(self.int8_dot_pearson, 4)}")
         return (f"This artifact serves {served} on ONNX Runtime (`{self.backend_file}`). Measured when it was built: "
                 + "; ".join(checks) + ".")
 
@@ -97,6 +122,14 @@ class Quality:
             parts.append(f"int8: scores within {self.int8_max_score_diff:.3f} of fp32")
         if self.int8_top_k_agreement is not None:
             parts.append(f"same top-{TOP_K} for {self.int8_top_k_agreement:.0%} of queries")
+        if self.fp32_max_weight_diff is not None:
+            parts.append(f"fp32: sparse weights within {self.fp32_max_weight_diff:.1e} of torch")
+        if self.int8_top_k_overlap is not None:
+            parts.append(f"int8: top-{SPARSE_TOP_K} overlap {self.int8_top_k_overlap:.3f} (min "
+                         f"{self.int8_min_top_k_overlap:.3f}) vs torch")
+        if self.int8_dot_spearman is not None:
+            parts.append(f"int8: dot-product Spearman {self.int8_dot_spearman:.4f}, "
+                         f"Pearson {self.int8_dot_pearson:.4f}")
         return "; ".join(parts)
 
 
@@ -125,13 +158,11 @@ def build_onnx(staged: Path, kind, quantize: str | None, gate: Gate, device: str
         model_handlers.errors.ModelDirectoryError: the kind or the model does not export (the message says why).
         GateFailed: an exported file does not keep the model's quality.
     """
-    from model_handlers import operations
     from model_handlers.errors import ModelDirectoryError
     from model_handlers.onnx_runtime import quantize_int8
 
-    # the gate of the kind's first operation that has one (registry order: its embeddings before rerank)
-    gate_of = next((_GATES[spec.name] for spec in operations.registered()
-                    if kind.answers(spec.name) and spec.name in _GATES), None)
+    # the gate of the kind's main output: the first in _GATES it answers (its embeddings before rerank)
+    gate_of = next((gate for name, gate in _GATES.items() if kind.answers(name)), None)
     if kind.onnx_export is None or gate_of is None:
         raise ModelDirectoryError(f"kind {kind.name} ({kind.summary}) does not export to ONNX yet: build it with "
                                   "--backend torch")
@@ -170,6 +201,16 @@ class _Runner:
 
         result = self._handler.run(EmbedRequest(inputs=tuple(TextInput(t) for t in texts)))
         return np.stack(result.vectors).astype(np.float64)
+
+    def sparse(self, texts: list[str]) -> np.ndarray:
+        """Each text's weights, one per vocabulary entry (the entries the server answers, zeros elsewhere)."""
+        from model_handlers.types import EmbedRequest, TextInput
+
+        result = self._handler.run(EmbedRequest(inputs=tuple(TextInput(t) for t in texts), operation=SPARSE))
+        dense = np.zeros((len(texts), self._handler.model.width))
+        for row, vector in zip(dense, result.vectors):
+            row[vector.indices] = vector.values
+        return dense
 
     def scores(self, query: str, documents: list[str]) -> np.ndarray:
         from model_handlers.types import RerankRequest, TextInput
@@ -232,9 +273,71 @@ def _rerank_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: 
     return Quality(**figures)
 
 
-# How an export of each operation is checked against the model on torch: the gate of a kind's first operation
-# (in the registry's order) that has one is the one applied.
-_GATES = {EMBED: _embedding_gate, RERANK: _rerank_gate}
+def _sparse_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: Gate, serving: str) -> Quality:
+    texts, queries, passages = _quality_set.VALIDATION_TEXTS, _quality_set.QUERIES, _quality_set.PASSAGES
+    expected = reference.sparse(texts)
+    fp32_diff = float(np.abs(fp32.sparse(texts) - expected).max())
+    figures = {"backend_file": serving, "fp32_max_weight_diff": float(f"{fp32_diff:.2e}")}
+    if fp32_diff > gate.fp32_max_weight_diff:
+        raise GateFailed(f"the fp32 export drifts from the model: sparse weights differ by up to {fp32_diff:.2e} > "
+                         f"{gate.fp32_max_weight_diff}")
+    if int8 is None:
+        return Quality(**figures)
+    overlaps = np.array([sparse_top_k_overlap(a, b) for a, b in zip(int8.sparse(texts), expected)])
+    reference_dots = (reference.sparse(queries) @ reference.sparse(passages).T).ravel()
+    int8_dots = (int8.sparse(queries) @ int8.sparse(passages).T).ravel()
+    spearman = spearman_correlation(int8_dots, reference_dots)
+    pearson = float(np.corrcoef(int8_dots, reference_dots)[0, 1])
+    figures.update(int8_top_k_overlap=_round_down(overlaps.mean(), 4),
+                   int8_min_top_k_overlap=_round_down(overlaps.min(), 4),
+                   int8_dot_spearman=_round_down(spearman, 4), int8_dot_pearson=_round_down(pearson, 4))
+    problems = []
+    if overlaps.mean() < gate.int8_min_top_k_overlap:
+        worst = texts[int(overlaps.argmin())]
+        problems.append(f"top-{SPARSE_TOP_K} overlap {overlaps.mean():.3f} < {gate.int8_min_top_k_overlap} on average "
+                        f"(min {overlaps.min():.3f}, on {worst[:60]!r})")
+    if min(spearman, pearson) < gate.int8_min_dot_correlation:
+        problems.append(f"query-passage dot products correlate at Spearman {spearman:.4f}, Pearson {pearson:.4f} < "
+                        f"{gate.int8_min_dot_correlation}")
+    if problems:
+        raise GateFailed(f"int8 loses too much against the model on torch: {'; '.join(problems)}; build without "
+                         "--quantize to serve fp32")
+    return Quality(**figures)
+
+
+def sparse_top_k_overlap(weights: np.ndarray, reference: np.ndarray, k: int = SPARSE_TOP_K) -> float:
+    """The share of the reference's top-k entries (k: its entries above zero, when fewer) that `weights` also puts in
+    its top-k; 1.0 when the reference has no entry above zero and neither has `weights`."""
+    k = min(k, int((reference > 0).sum()))
+    if k == 0:
+        return float(not (weights > 0).any())
+    top = set(np.argsort(-reference, kind="stable")[:k].tolist())
+    return len(top & set(np.argsort(-weights, kind="stable")[:k].tolist())) / k
+
+
+def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of the ranks (ties: their mean rank)."""
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank, equal values sharing their mean rank (many query-passage pairs share no entry: dot 0)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    starts = np.r_[0, np.flatnonzero(np.diff(values[order])) + 1]
+    for start, end in zip(starts, np.r_[starts[1:], len(values)]):
+        ranks[order[start:end]] = (start + end - 1) / 2
+    return ranks
+
+
+def _round_down(value: float, digits: int) -> float:
+    """A figure the manifest records (and the listing quotes): never more than was measured."""
+    return float(_floor(float(value), digits))
+
+
+# How an export is checked against the model on torch: the first gate (in this order) of an operation the kind
+# answers is the one applied (an embedding model's, not its rerank's).
+_GATES = {EMBED: _embedding_gate, SPARSE: _sparse_gate, RERANK: _rerank_gate}
 
 
 def _query_documents() -> list[list[str]]:

@@ -17,7 +17,9 @@ counts for nothing. The forward pass answers the dense vocabulary-wide vector; o
 entries above zero. Rerank scores a document by the dot product of its sparse vector with the query's, as
 `SparseEncoder.similarity` does (its default similarity is the dot product); long documents are read in windows.
 
-Weights are read with transformers; sentence-transformers itself is never imported.
+Weights are read with transformers; sentence-transformers itself is never imported. On the ONNX backend the MLM and
+its pooling run as one graph exported at packaging time (`export_onnx`; packaging/_onnx.py checks it against torch),
+with neither torch nor transformers on the serve path.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -163,32 +165,18 @@ class _Sequence:
 
 
 class SparseModel:
-    """A SPLADE: a masked-language model and its pooling of log-saturated logits."""
+    """A SPLADE: a masked-language model and its pooling of log-saturated logits, on torch or ONNX Runtime."""
 
-    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-
+    def __init__(self, model_dir: Path, config: ServingConfig, encoder: "_TorchWeights | _OnnxWeights"):
         settings: SpladeSettings = config.kind_settings
         self.config = config
         self.model_name = config.served_model_name
-        self.device = options.resolved_device()
-        self._device = torch.device(self.device)
-        self._settings = settings
-        encoder_dir = model_dir / settings.encoder_folder
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
-            self._mlm = AutoModelForMaskedLM.from_pretrained(
-                str(encoder_dir), local_files_only=True, use_safetensors=not options.allow_pickle or None)
-        except (OSError, ValueError) as exc:
-            raise ModelDirectoryError(f"cannot load {model_dir} as a sparse (SPLADE) model: {exc}") from exc
-        self._mlm.to(self._device).eval()
-        self.adapters = adapters.attach(self._mlm, options, config.adapters, model_dir)
-        positions = int(getattr(self._mlm.config, "max_position_embeddings", 512) or 512)
-        self.max_length = int(config.max_length or settings.max_seq_length or min(positions, 512))
-        self.width = int(self._mlm.config.vocab_size)
-        self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
-        self._vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self._encoder = encoder
+        self.device = encoder.device
+        self.adapters = encoder.adapters
+        self.max_length = int(config.max_length or settings.max_seq_length or min(encoder.positions, 512))
+        self.width = encoder.width
+        self._tokenizer = encoder.tokenizer(self.max_length)
         self._static = None
         if settings.static_query_folder is not None:
             self._static = _StaticQueries(model_dir / settings.static_query_folder, self.width)
@@ -212,7 +200,7 @@ class SparseModel:
                         adapters=adapters.held(self.adapters, sequences, request.adapter))
 
     def token_strings(self, indices: Sequence[int]) -> tuple[str, ...]:
-        return tuple(self._vocabulary[int(i)] if int(i) < len(self._vocabulary) else "" for i in indices)
+        return tuple(token or "" for token in self._tokenizer.vocabulary(indices))  # "": an id past the vocabulary
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query, then every window of every document, each a sparse vector; scored by their dot product."""
@@ -257,22 +245,152 @@ class SparseModel:
     # --- on the batcher's thread ----------------------------------------------------------------------
 
     def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
-        import torch
-
         if sequences[0].group == _STATIC:  # a pass holds one group: inference-free queries only
             return [[self._static.weights_of(s.ids)] for s in sequences]
+        padded = self._tokenizer.pad([s.ids for s in sequences])
+        return [[row] for row in self._encoder.weights(padded, [s.adapter for s in sequences])]
+
+
+def splade_pool(logits, attention_mask, settings: SpladeSettings):
+    """[batch, seq, vocab] MLM logits and their [batch, seq] mask -> [batch, vocab] weights, as SpladePooling computes
+    them: padding's logits zeroed, ReLU, log1p (twice for log1p_relu), max (or sum) over the tokens. The one
+    implementation: the torch backend runs it, and the ONNX export traces it into the graph (export_onnx)."""
+    # in place on the product (a fresh tensor): the [batch, seq, vocab] activations are the largest a pass holds
+    weights = (logits * attention_mask.unsqueeze(-1).to(logits.dtype)).relu_().log1p_()
+    if settings.activation_function == "log1p_relu":
+        weights = weights.log1p_()
+    return weights.amax(dim=1) if settings.pooling_strategy == "max" else weights.sum(dim=1)
+
+
+class _TorchWeights:
+    """The *ForMaskedLM model on torch (with its adapters), pooled by `splade_pool`."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+
+        settings: SpladeSettings = config.kind_settings
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        self._settings = settings
+        self._hf_tokenizer, self._mlm = _masked_lm(model_dir / settings.encoder_folder, options)
+        self._mlm.to(self._device).eval()
+        self.adapters = adapters.attach(self._mlm, options, config.adapters, model_dir)
+        self.positions = int(getattr(self._mlm.config, "max_position_embeddings", 512) or 512)
+        self.width = int(self._mlm.config.vocab_size)
+
+    def tokenizer(self, max_length: int) -> TokenizerView:
+        return TokenizerView.from_hf(self._hf_tokenizer, max_length)
+
+    def weights(self, padded: Mapping[str, np.ndarray], adapter_names: Sequence[str | None]) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
-            padded = self._tokenizer.pad([s.ids for s in sequences])
             features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
-            with adapters.rows(self.adapters, [s.adapter for s in sequences]):
+            with adapters.rows(self.adapters, adapter_names):
                 logits = self._mlm(**features).logits
-            # as SpladePooling: padding's logits zeroed, ReLU, log1p (twice for log1p_relu), pooled over tokens
-            weights = (logits * features["attention_mask"].unsqueeze(-1).to(logits.dtype)).relu_().log1p_()
-            if self._settings.activation_function == "log1p_relu":
-                weights = weights.log1p_()
-            pooled = weights.amax(dim=1) if self._settings.pooling_strategy == "max" else weights.sum(dim=1)
-            vectors = pooled.float().cpu().numpy()
-        return [[row] for row in vectors]
+            return splade_pool(logits, features["attention_mask"], self._settings).float().cpu().numpy()
+
+
+class _OnnxWeights:
+    """The MLM with its pooling exported to ONNX at packaging time (export_onnx): the graph answers [batch, vocab]
+    weights. No torch, no transformers on this path; no adapters (the export refuses models whose tasks select
+    them)."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        from model_handlers.onnx_runtime import OnnxSession
+
+        settings: SpladeSettings = config.kind_settings
+        self._session = OnnxSession(model_dir / config.onnx_file, options.device, options.torch_threads)
+        exported = self._session.metadata.get(_POOLING_METADATA)
+        if exported != _pooling_name(settings):
+            raise ModelDirectoryError(f"{model_dir / config.onnx_file} pools {exported or 'an unknown way'}, the "
+                                      f"directory says {_pooling_name(settings)}: rebuild the artifact with "
+                                      "packaging/build_artifact.py --backend onnx")
+        self.device = self._session.device
+        self.adapters = None
+        self._encoder_dir = model_dir / settings.encoder_folder
+        hf_config = _json(self._encoder_dir / "config.json")
+        self.positions = int(hf_config.get("max_position_embeddings") or 512)
+        self.width = int(hf_config.get("vocab_size") or 0)
+        if self.width <= 0:
+            raise ModelDirectoryError(f"{self._encoder_dir}/config.json states no vocab_size")
+
+    def tokenizer(self, max_length: int) -> TokenizerView:
+        return TokenizerView.from_directory(self._encoder_dir, max_length,
+                                            with_type_ids="token_type_ids" in self._session.input_names)
+
+    def weights(self, padded: Mapping[str, np.ndarray], adapter_names: Sequence[str | None]) -> np.ndarray:
+        return self._session.run(padded).astype(np.float32, copy=False)
+
+
+def _masked_lm(encoder_dir: Path, options: HandlerOptions):
+    """The tokenizer and the *ForMaskedLM model of `encoder_dir`, with transformers (torch and packaging only)."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True)
+        model = AutoModelForMaskedLM.from_pretrained(
+            str(encoder_dir), local_files_only=True, use_safetensors=not options.allow_pickle or None)
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"cannot load {encoder_dir} as a sparse (SPLADE) model: {exc}") from exc
+    return tokenizer, model
+
+
+# the graph's metadata names the pooling traced into it: a directory whose settings say otherwise is refused at load
+_POOLING_METADATA = "searchbox.splade_pooling"
+
+
+def _pooling_name(settings: SpladeSettings) -> str:
+    return f"{settings.pooling_strategy} of {settings.activation_function}"
+
+
+class _PooledWeights(NamedTuple):
+    sparse_weights: Any
+
+
+def export_onnx(model_dir: Path, out_path: Path) -> None:
+    """The MLM and its pooling as one ONNX graph: the inputs its tokenizer makes -> `sparse_weights` [batch, vocab].
+
+    The pooling is in the graph (traced from `splade_pool`, the torch backend's own), not left to post-processing
+    as sentence-transformers' ONNX backend does (6.2.0, sentence_transformers/backend/load.py: the fill-mask module
+    becomes optimum's ORTModelForMaskedLM, whose [batch, seq, vocab] logits SpladePooling pools in torch): the serve
+    path has no torch, and a [batch, vocab] answer is sequence-length times smaller than the logits. Its export and
+    quantization helpers need optimum, which this project does not carry; torch's exporter (`export_graph`) and
+    `quantize_int8` are what dense models already use.
+
+    Raises:
+        ModelDirectoryError: the model has adapters, or does not export; the message says to serve it with torch.
+    """
+    import onnx
+    import torch
+
+    from model_handlers.onnx_runtime import export_graph
+    from model_handlers.serving_config import read_serving_config
+
+    config = read_serving_config(model_dir)
+    settings: SpladeSettings = config.kind_settings
+    with_adapters = [name for name, spec in config.tasks.items() if spec.adapter]
+    if with_adapters or config.adapters:
+        raise ModelDirectoryError(f"adapters ({', '.join(with_adapters or config.adapters)}) are not in the exported "
+                                  "graph: build it with --backend torch")
+    tokenizer, mlm = _masked_lm(model_dir / settings.encoder_folder, HandlerOptions())
+
+    class PooledMLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlm = mlm.eval()
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+            return _PooledWeights(splade_pool(logits, attention_mask, settings))
+
+    example = tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
+                        padding=True, return_tensors="np")
+    export_graph(PooledMLM(), "sparse_weights", {name: example[name].astype(np.int64) for name in example}, out_path)
+    graph = onnx.load(str(out_path))
+    onnx.helper.set_model_props(graph, {_POOLING_METADATA: _pooling_name(settings)})
+    onnx.save(graph, str(out_path))
 
 
 _STATIC = "static"
@@ -328,6 +446,10 @@ KIND = Kind(
                       '"usage":{"total_tokens":9}}],"parameters":{}}'),
         client_call='client.embed(texts=["What is learned sparse retrieval?"])  # answers sparse_embedding items',
     ),
-    backends={"torch": SparseModel},
+    backends={"torch": lambda model_dir, config, options: SparseModel(model_dir, config,
+                                                                      _TorchWeights(model_dir, config, options)),
+              "onnx": lambda model_dir, config, options: SparseModel(model_dir, config,
+                                                                     _OnnxWeights(model_dir, config, options))},
     read_settings=read_settings,
+    onnx_export=export_onnx,
 )
