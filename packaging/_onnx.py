@@ -286,7 +286,9 @@ def _sparse_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: 
     overlaps = np.array([sparse_top_k_overlap(a, b) for a, b in zip(int8.sparse(texts), expected)])
     reference_dots = (reference.sparse(queries) @ reference.sparse(passages).T).ravel()
     int8_dots = (int8.sparse(queries) @ int8.sparse(passages).T).ravel()
-    spearman = spearman_correlation(int8_dots, reference_dots)
+    from scipy.stats import spearmanr  # scikit-learn's dependency, in the packaging extra
+
+    spearman = float(spearmanr(int8_dots, reference_dots).statistic)  # ties (pairs sharing no entry: 0) ranked mean
     pearson = float(np.corrcoef(int8_dots, reference_dots)[0, 1])
     figures.update(int8_top_k_overlap=_round_down(overlaps.mean(), 4),
                    int8_min_top_k_overlap=_round_down(overlaps.min(), 4),
@@ -313,21 +315,6 @@ def sparse_top_k_overlap(weights: np.ndarray, reference: np.ndarray, k: int = SP
         return float(not (weights > 0).any())
     top = set(np.argsort(-reference, kind="stable")[:k].tolist())
     return len(top & set(np.argsort(-weights, kind="stable")[:k].tolist())) / k
-
-
-def spearman_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of the ranks (ties: their mean rank)."""
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Each value's rank, equal values sharing their mean rank (many query-passage pairs share no entry: dot 0)."""
-    order = np.argsort(values, kind="stable")
-    ranks = np.empty(len(values))
-    starts = np.r_[0, np.flatnonzero(np.diff(values[order])) + 1]
-    for start, end in zip(starts, np.r_[starts[1:], len(values)]):
-        ranks[order[start:end]] = (start + end - 1) / 2
-    return ranks
 
 
 def _round_down(value: float, digits: int) -> float:
