@@ -215,7 +215,8 @@ class _Runner:
     def scores(self, query: str, documents: list[str]) -> np.ndarray:
         from model_handlers.types import RerankRequest, TextInput
 
-        result = self._handler.run(RerankRequest(query=TextInput(query), documents=tuple(TextInput(d) for d in documents)))
+        documents_in = tuple(TextInput(d) for d in documents)
+        result = self._handler.run(RerankRequest(query=TextInput(query), documents=documents_in))
         scores = np.zeros(len(documents))
         for hit in result.hits:
             scores[hit.index] = hit.relevance_score
