@@ -436,3 +436,261 @@ def test_the_embed_summary_the_artifact_check_prints():
     assert embed.SPEC.summary(request, result) == "embedded 2 texts into 384 dimensions"
     tokens = EmbedResult(vectors=[np.zeros((5, 128))], token_counts=[5], model="m", operation="embed")
     assert embed.SPEC.summary(EmbedRequest(inputs=(TextInput("a"),)), tokens) == "embedded 1 text into 128 dimensions"
+
+
+# --- container/dialects/fields.py --------------------------------------------------------------------------------
+# Each parser against what the contract (§2a-§2c) says a caller may send, and the exact words of its refusal: a 422
+# that names the field and shows the value (cut short), so a caller can fix the request.
+
+from container.dialects import fields  # noqa: E402
+from container.errors import BadRequest, ValidationFailed  # noqa: E402
+from model_handlers.types import ImageInput, OtherInput  # noqa: E402
+
+
+def _refusal(parse, *args) -> str:
+    with pytest.raises(ValidationFailed) as raised:
+        parse(*args)
+    assert raised.value.code == "VALIDATION_ERROR"
+    return raised.value.detail
+
+
+@pytest.mark.unit
+def test_loads_reads_json_with_or_without_a_byte_order_mark_and_refuses_the_rest():
+    assert fields.loads(b'{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+    assert fields.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    assert fields.loads(b'\xef\xbb\xbf{"a": 1}', exact=True) == {"a": 1}
+    exact = fields.loads(b'{"id": 0.12345678901234567890123}', exact=True)["id"]
+    assert exact.text == "0.12345678901234567890123" and exact == pytest.approx(0.123456789)
+    for exact_mode in (False, True):
+        with pytest.raises(BadRequest) as raised:
+            fields.loads(b'{"a": ', exact=exact_mode)
+        assert raised.value.code == "INVALID_JSON" and raised.value.status_code == 400
+        assert raised.value.detail.startswith("the body is not valid JSON: ")
+    with pytest.raises(BadRequest) as raised:  # int() of more than 4,300 digits: refused (not a 500)
+        fields.loads(b'{"a": ' + b"9" * 5000 + b"}", exact=True)
+    assert raised.value.detail.startswith("the body is not valid JSON: Exceeds the limit (4300 digits)")
+    with pytest.raises(BadRequest) as raised:  # nested past the recursion limit: refused (not a 500)
+        fields.loads(b"[" * 100_000 + b"]" * 100_000, exact=True)
+    assert raised.value.detail.startswith("the body is not valid JSON: ") and len(raised.value.detail) <= 300
+    with pytest.raises(BadRequest) as raised:  # not UTF-8
+        fields.loads(b'{"a": "\xff"}', exact=True)
+    assert raised.value.code == "INVALID_JSON"
+
+
+@pytest.mark.unit
+def test_an_id_is_echoed_exactly_as_sent():
+    assert fields.item_id(None, "id") is None and fields.item_id("x-1", "id") == "x-1"
+    assert fields.item_id(-(2**63), "id") == -(2**63) and fields.item_id(2**64 - 1, "id") == 2**64 - 1
+    for beyond in (2**64, -(2**63) - 1):  # orjson would read these back as floats: rendered from their digits
+        fragment = fields.item_id(beyond, "id")
+        assert isinstance(fragment, orjson_fragment()) and orjson_dumps([fragment]) == f"[{beyond}]".encode()
+    with pytest.raises(fields.InexactNumber):
+        fields.item_id(0.5, "id")
+    # decode_body reads the body again with exact numbers when the fast parser saw a float id
+    decoded = fields.decode_body(lambda body: fields.item_id(body["id"], "id"), b'{"id": 1.10000000000000000001}')
+    assert orjson_dumps([decoded]) == b"[1.10000000000000000001]"
+    assert fields.decode_body(lambda body: body["id"], b'{"id": 7}') == 7
+    for value, said in ((True, "a boolean"), ([1], "an array"), ({"a": 1}, "an object")):
+        assert _refusal(fields.item_id, value, "data.0.id") == f"`data.0.id` must be a string or a number, got {said}"
+
+
+def orjson_fragment():
+    import orjson
+
+    return orjson.Fragment
+
+
+def orjson_dumps(value) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)
+
+
+@pytest.mark.unit
+def test_echoed_and_mapping():
+    flat = {"task": "retrieval.query", "dimensions": 256}
+    assert fields.echoed(flat, "parameters") is flat
+    nested: dict = {}
+    deep = nested
+    for _ in range(300):  # orjson refuses more than 254 levels
+        deep["a"] = {}
+        deep = deep["a"]
+    said = _refusal(fields.echoed, nested, "parameters")
+    assert said.startswith("`parameters` cannot be echoed back: ") and said.endswith("; send a flat object")
+    assert _refusal(fields.echoed, {"n": 2**64}, "parameters").startswith("`parameters` cannot be echoed back: ")
+    assert fields.mapping(None, "parameters") == {} and fields.mapping(flat, "parameters") is flat
+    assert _refusal(fields.mapping, [1], "parameters") == "`parameters` must be a JSON object, got an array"
+    assert _refusal(fields.mapping, "x", "data") == "`data` must be a JSON object, got a string"
+
+
+@pytest.mark.unit
+def test_optional_int_reads_integers_and_numeric_strings_only():
+    """§2a: `dimensions` may be an int or a numeric string ("1024")."""
+    for value, expected in ((None, None), (1024, 1024), ("1024", 1024), (" 64 ", 64), ("+7", 7), ("-7", -7),
+                            (3.0, 3), (-(10**18 - 1), -(10**18 - 1)), (10**18 - 1, 10**18 - 1), ("9" * 18, 10**18 - 1),
+                            (999999999999999872.0, 999999999999999872), (0, 0)):
+        got = fields.optional_int(value, "dimensions")
+        assert got == expected and (got is None or type(got) is int), value
+    assert _refusal(fields.optional_int, True, "dimensions") == "`dimensions` must be an integer, got a boolean"
+    for value in (3.5, 10**18, -(10**18), 1e18, "9" * 19, "²", "1.5", "", "12a", [1], float("nan")):
+        assert _refusal(fields.optional_int, value, "dimensions") == (
+            f"`dimensions` must be an integer, got {value!r}"[:len("`dimensions` must be an integer, got ") + 60]
+            if len(repr(value)) <= 60 else f"`dimensions` must be an integer, got {repr(value)[:57]}...")
+
+
+@pytest.mark.unit
+def test_the_value_shown_in_a_refusal_is_cut_to_60_characters():
+    assert fields._shown("a" * 58) == repr("a" * 58)  # 60 characters with its quotes: whole
+    assert fields._shown("a" * 59) == repr("a" * 59)[:57] + "..."
+    assert len(fields._shown("a" * 1000)) == 60
+    assert [fields._json_type(v) for v in (None, True, 1, 1.5, "s", [], {}, b"x")] == [
+        "null", "a boolean", "a number", "a number", "a string", "an array", "an object", "bytes"]
+
+
+@pytest.mark.unit
+def test_optional_float_bool_and_str():
+    assert fields.optional_float(None, "min_weight") is None
+    assert fields.optional_float(1, "min_weight") == 1.0 and type(fields.optional_float(1, "min_weight")) is float
+    assert fields.optional_float(-0.25, "min_weight") == -0.25
+    for value in (True, "0.5", float("inf"), float("-inf"), float("nan"), [0.5]):
+        assert _refusal(fields.optional_float, value, "min_weight") == (
+            f"`min_weight` must be a finite number, got {value!r}")
+    for default in (True, False):
+        assert fields.optional_bool(None, "normalized", default) is default
+        assert fields.flag(default)(None, "normalized") is default
+    for value, expected in ((True, True), (False, False), ("true", True), ("TRUE", True), ("False", False),
+                            ("false", False)):
+        assert fields.optional_bool(value, "truncate", not expected) is expected
+    for value, said in (("yes", "a string"), (1, "a number"), (0, "a number"), ([], "an array")):
+        assert _refusal(fields.optional_bool, value, "truncate", True) == f"`truncate` must be true or false, got {said}"
+    assert fields.optional_str(None, "task") is None and fields.optional_str("", "task") == ""
+    assert _refusal(fields.optional_str, 5, "task") == "`task` must be a string, got a number"
+
+
+@pytest.mark.unit
+def test_choice_and_input_type():
+    assert fields.choice(None, "f", ("a", "b")) is None and fields.choice(None, "f", ("a", "b"), "b") == "b"
+    assert fields.choice("a", "f", iter(("a", "b"))) == "a"
+    for value in ("c", ["a"], {"a": 1}, 1):  # a list or an object is refused, not tested for membership
+        assert _refusal(fields.choice, value, "f", iter(("a", "b"))) == f"`f` must be one of a, b, got {value!r}"
+    assert fields.input_type("query", "input_type") == "query"
+    assert fields.input_type("document", "input_type") == "document"
+    assert fields.input_type(None, "input_type") is None
+    assert _refusal(fields.input_type, "passage", "input_type") == (
+        "`input_type` must be one of query, document, got 'passage'")
+    assert _refusal(fields.input_type, 1, "input_type") == "`input_type` must be a string, got a number"
+
+
+@pytest.mark.unit
+def test_encoding_reads_one_type_or_a_list_keyed_by_type():
+    """§2b/§2c: `embedding_type` one of float, base64, binary, ubinary; a list answers an object keyed by type."""
+    assert fields.encoding(None, "embedding_type") == Encoding((EmbeddingType.FLOAT,), False)
+    assert fields.encoding("base64", "embedding_type") == Encoding((EmbeddingType.BASE64,), False)
+    assert fields.encoding(["ubinary", "float", "ubinary"], "embedding_type") == Encoding(
+        (EmbeddingType.UBINARY, EmbeddingType.FLOAT), True)
+    assert fields.encoding(["binary"], "embedding_type") == Encoding((EmbeddingType.BINARY,), True)
+    assert _refusal(fields.encoding, [], "embedding_type") == (
+        "`embedding_type` must name at least one of float, base64, binary, ubinary")
+    for item in ("int8", {"a": 1}, ["float"]):
+        assert _refusal(fields.encoding, ["float", item], "embedding_type") == (
+            f"`embedding_type` must be one of float, base64, binary, ubinary (or a list of them), got {item!r}")
+    assert _refusal(fields.encoding, "FLOAT", "encoding_format").startswith("`encoding_format` must be one of float")
+
+
+@pytest.mark.unit
+def test_embed_input_reads_each_form_of_an_input():
+    """§2a: bare strings, {"text"}, {"image"}, {"url"}, {"bytes"}; newer clients' {"audio"}, {"video"}, {"pdf"}."""
+    assert fields.embed_input("a", "input") == TextInput("a")
+    assert fields.embed_input({"text": "a", "image": "i"}, "input") == TextInput("a")
+    assert fields.embed_input({"url": "u", "bytes": "b"}, "input") == ImageInput("u", "url")
+    for key in ("image", "url", "bytes"):
+        assert fields.embed_input({key: "x", "audio": "y"}, "input.0") == ImageInput("x", key)
+        assert fields.render_input(ImageInput("x", key)) == {key: "x"}
+        assert _refusal(fields.embed_input, {key: 1}, "input.0") == (
+            f"`input.0.{key}` must be a string (a URL, base64 or a data URI), got a number")
+    for key in ("audio", "video", "pdf"):
+        assert fields.embed_input({key: "s"}, "input") == OtherInput(key, "s")
+        assert fields.embed_input({key: 5}, "input") == OtherInput(key, "")
+        assert fields.render_input(OtherInput(key, "s")) == {key: "s"}
+    assert fields.render_input(TextInput("t")) == {"text": "t"}
+    assert _refusal(fields.embed_input, {"text": None}, "input.2") == "`input.2.text` must be a string, got null"
+    assert _refusal(fields.embed_input, {"txt": "a"}, "input.1") == (
+        "`input.1` must have a `text` (or `image`, `url`, `bytes`) key")
+    assert _refusal(fields.embed_input, 5, "input.1") == "`input.1` must be a string or an object with `text`, got a number"
+
+
+@pytest.mark.unit
+def test_the_input_schema_admits_what_embed_input_reads_and_nothing_else():
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(fields.input_schema())
+    read = ["a", {"text": "a"}, {"text": "a", "image": "i"}, {"image": "i"}, {"url": "u", "bytes": "b"},
+            {"bytes": "b"}, {"audio": 5}, {"video": "v", "pdf": "p"}, {"pdf": None}]
+    refused = [5, None, [], {}, {"txt": "a"}, {"text": 1}, {"image": 1}, {"url": None}]
+    for value in read:
+        fields.embed_input(value, "input")
+        assert validator.is_valid(value), value
+    for value in refused:
+        with pytest.raises(ValidationFailed):
+            fields.embed_input(value, "input")
+        assert not validator.is_valid(value), value
+
+
+@pytest.mark.unit
+def test_the_option_schemas_admit_what_their_parsers_read():
+    from jsonschema import Draft202012Validator
+
+    integer = Draft202012Validator(fields.INTEGER_SCHEMA)
+    for value in (0, -5, 10**18 - 1, -(10**18 - 1), "1024", " 64 ", "+7", "-7", "9" * 18):
+        assert integer.is_valid(value) and fields.optional_int(value, "f") is not None, value
+    for value in (10**18, -(10**18), "9" * 19, "1.5", "x", "", True, [1]):
+        assert not integer.is_valid(value), value
+        with pytest.raises(ValidationFailed):
+            fields.optional_int(value, "f")
+    for default in (True, False):
+        boolean = Draft202012Validator(fields.boolean_schema(default))
+        assert fields.boolean_schema(default)["default"] is default
+        for value in (True, False, "true", "TRUE", "False", "tRuE"):
+            assert boolean.is_valid(value) and fields.optional_bool(value, "f", default) in (True, False)
+        for value in ("yes", "", 1, None, "truee"):
+            assert not boolean.is_valid(value), value
+    option = fields.Option("dimensions", fields.optional_int, fields.INTEGER_SCHEMA, "cut")
+    assert option.parse({"dimensions": "8"}, "parameters.") == 8 and option.parse({}, "parameters.") is None
+    assert _refusal(option.parse, {"dimensions": "x"}, "parameters.") == (
+        "`parameters.dimensions` must be an integer, got 'x'")
+    assert option.property_schema() == {"anyOf": [fields.INTEGER_SCHEMA, {"type": "null"}], "description": "cut"}
+    nullable = Draft202012Validator(option.property_schema())
+    assert nullable.is_valid(None) and nullable.is_valid(3) and not nullable.is_valid("x")
+
+
+@pytest.mark.unit
+def test_embed_request_reads_every_option_of_the_contract():
+    """§2c, with OpenAI's `encoding_format` read as `embedding_type`'s synonym (§2b)."""
+    request, encoding = fields.embed_request((TextInput("a"),), {})
+    assert encoding == Encoding() and request.inputs == (TextInput("a"),)
+    assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
+            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
+        None, None, True, False, True, None, None, None, None, False)
+    request, encoding = fields.embed_request((), {
+        "task": "retrieval.query", "dimensions": "256", "normalized": "false", "late_chunking": True,
+        "truncate": False, "input_type": "query", "adapter": "a1", "top_k": 5, "min_weight": 0.5,
+        "return_tokens": "TRUE", "encoding_format": "base64"})
+    assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
+            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
+        "retrieval.query", 256, False, True, False, "query", "a1", 5, 0.5, True)
+    assert encoding == Encoding((EmbeddingType.BASE64,))
+    # both given: embedding_type wins; a null embedding_type leaves encoding_format to say
+    assert fields.embed_request((), {"embedding_type": ["binary"], "encoding_format": "base64"})[1] == Encoding(
+        (EmbeddingType.BINARY,), True)
+    assert fields.embed_request((), {"embedding_type": None, "encoding_format": "base64"})[1] == Encoding(
+        (EmbeddingType.BASE64,))
+    assert _refusal(fields.embed_request, (), {"dimensions": "x"}, "parameters.") == (
+        "`parameters.dimensions` must be an integer, got 'x'")
+    assert _refusal(fields.embed_request, (), {"encoding_format": "int8"}, "parameters.").startswith(
+        "`parameters.encoding_format` must be one of float, base64, binary, ubinary")
+    assert _refusal(fields.embed_request, (), {"embedding_type": "int8"}, "parameters.").startswith(
+        "`parameters.embedding_type` must be one of")
+    schema_ = fields.options_schema()
+    assert list(schema_) == [option.name for option in fields.EMBED_OPTIONS] + ["embedding_type", "encoding_format"]
+    assert schema_["encoding_format"]["description"] == "synonym of `embedding_type`"
+    assert schema_["encoding_format"]["anyOf"] == schema_["embedding_type"]["anyOf"]
