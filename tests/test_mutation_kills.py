@@ -562,7 +562,8 @@ def test_optional_float_bool_and_str():
                             ("false", False)):
         assert fields.optional_bool(value, "truncate", not expected) is expected
     for value, said in (("yes", "a string"), (1, "a number"), (0, "a number"), ([], "an array")):
-        assert _refusal(fields.optional_bool, value, "truncate", True) == f"`truncate` must be true or false, got {said}"
+        assert _refusal(fields.optional_bool, value, "truncate", True) == (
+            f"`truncate` must be true or false, got {said}")
     assert fields.optional_str(None, "task") is None and fields.optional_str("", "task") == ""
     assert _refusal(fields.optional_str, 5, "task") == "`task` must be a string, got a number"
 
@@ -616,7 +617,8 @@ def test_embed_input_reads_each_form_of_an_input():
     assert _refusal(fields.embed_input, {"text": None}, "input.2") == "`input.2.text` must be a string, got null"
     assert _refusal(fields.embed_input, {"txt": "a"}, "input.1") == (
         "`input.1` must have a `text` (or `image`, `url`, `bytes`) key")
-    assert _refusal(fields.embed_input, 5, "input.1") == "`input.1` must be a string or an object with `text`, got a number"
+    assert _refusal(fields.embed_input, 5, "input.1") == (
+        "`input.1` must be a string or an object with `text`, got a number")
 
 
 @pytest.mark.unit
@@ -694,3 +696,193 @@ def test_embed_request_reads_every_option_of_the_contract():
     assert list(schema_) == [option.name for option in fields.EMBED_OPTIONS] + ["embedding_type", "encoding_format"]
     assert schema_["encoding_format"]["description"] == "synonym of `embedding_type`"
     assert schema_["encoding_format"]["anyOf"] == schema_["embedding_type"]["anyOf"]
+
+
+# --- container/dialects/rerank.py --------------------------------------------------------------------------------
+# The two rerank bodies of contract §3, decoded and answered; each JSON Schema the OpenAPI document publishes checked
+# against the bodies the decoders read and the answers the renderers write (jsonschema, an independent validator).
+
+from container.dialects import ITEM_OVERHEAD_BYTES, rerank as rerank_dialect  # noqa: E402
+from model_handlers.types import RerankHit, RerankRequest, RerankResult  # noqa: E402
+
+SAGEMAKER_SHAPE = '{"data": {"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3}}'
+PUBLIC_SHAPE = '{"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3, "return_documents": true}'
+RESULT = RerankResult(hits=[RerankHit(2, 0.75, 4), RerankHit(0, -1.5, 3)], query_tokens=5, document_tokens=11,
+                      model="rr")
+
+
+def _validator(schema_):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema_)
+
+
+@pytest.mark.unit
+def test_top_n_is_a_positive_integer_or_left_out():
+    """§3: `top_n` missing means all; 0 or less is refused (a caller who wants all leaves it out)."""
+    assert rerank_dialect._top_n(None, "top_n") is None
+    assert rerank_dialect._top_n(1, "top_n") == 1 and rerank_dialect._top_n(" 3 ", "data.top_n") == 3
+    for bad in (0, -2, "0"):
+        assert _refusal(rerank_dialect._top_n, bad, "data.top_n") == (
+            f"`data.top_n` must be at least 1 (leave it out to get every document), got {int(bad)}")
+    top_n = _validator(rerank_dialect.OPTIONS[0].schema)
+    for value in (1, 3, "3", " 010 ", "+7", "9" * 18):
+        assert top_n.is_valid(value) and rerank_dialect._top_n(value, "top_n") >= 1, value
+    for value in (0, -1, "0", "000", "-3", "9" * 19, "x", 1.5):
+        assert not top_n.is_valid(value), value
+        with pytest.raises(ValidationFailed):
+            rerank_dialect._top_n(value, "top_n")
+
+
+@pytest.mark.unit
+def test_which_bodies_are_rerank_bodies():
+    """§1/§3: /invocations routes by shape: `query` or `documents` (in `data`, or at the top without `input`)."""
+    sagemaker = rerank_dialect.is_sagemaker_rerank
+    assert sagemaker({"query": "q"}) and sagemaker({"documents": []}) and sagemaker([{"query": "q"}])
+    assert not sagemaker([]) and not sagemaker([{"text": "a"}]) and not sagemaker(["q"]) and not sagemaker("query")
+    assert not sagemaker({"text": "a"}) and not sagemaker(None)
+    public = rerank_dialect.is_public_rerank
+    assert public({"query": "q"}) and public({"documents": ["d"]}) and public({"query": "q", "model": "m"})
+    assert not public({"input": "a", "query": "q"}) and not public({"model": "m"}) and not public(["query"])
+    assert rerank_dialect.invocation({"input": ["a"]}) is None
+    assert rerank_dialect.invocation({"data": [{"text": "a"}]}) is None
+    assert rerank_dialect.invocation({"data": {"text": "a"}}) is None
+    assert rerank_dialect.invocation({"data": {"query": "q", "documents": ["d"]}}).request == RerankRequest(
+        query=TextInput("q"), documents=(TextInput("d"),))
+    assert rerank_dialect.invocation({"query": "q", "documents": ["d"], "top_n": 1}).request == RerankRequest(
+        query=TextInput("q"), documents=(TextInput("d"),), top_n=1)
+    # the SageMaker body is answered in its envelope, the public one in the public form
+    three = ["a", "b", "c"]
+    assert list(rerank_dialect.invocation({"data": {"query": "q", "documents": three}}).render(RESULT)) == [
+        "data", "parameters"]
+    assert list(rerank_dialect.invocation({"query": "q", "documents": three}).render(RESULT)) == [
+        "model", "object", "usage", "results"]
+
+
+@pytest.mark.unit
+def test_the_sagemaker_rerank_envelope_decoded_and_answered():
+    body = {"data": [{"query": {"text": "q"}, "documents": ["a", {"text": "b"}, {"image": "i"}], "top_n": "2",
+                      "return_documents": "true"}], "parameters": {"k": 1}}
+    assert _validator(rerank_dialect.sagemaker_request_schema()).is_valid(body)
+    decoded = rerank_dialect.decode_sagemaker(body)
+    assert decoded.request == RerankRequest(query=TextInput("q"), documents=(
+        TextInput("a"), TextInput("b"), ImageInput("i", "image")), top_n=2, return_documents=True)
+    answer = decoded.render(RESULT)
+    assert answer == {"data": [{"query_usage": {"total_tokens": 5}, "docs_usage": {"total_tokens": 11},
+                                "results": [{"index": 2, "relevance_score": 0.75, "document": {"image": "i"},
+                                             "usage": {"total_tokens": 4}},
+                                            {"index": 0, "relevance_score": -1.5, "document": {"text": "a"},
+                                             "usage": {"total_tokens": 3}}]}],
+                      "parameters": {"k": 1}}
+    response = _validator(rerank_dialect.sagemaker_response_schema())
+    assert response.is_valid(answer)
+    assert not response.is_valid({**answer, "data": []}) and not response.is_valid({"data": answer["data"]})
+    assert not response.is_valid({**answer, "data": answer["data"] * 2})
+    for key in ("query_usage", "docs_usage", "results"):
+        assert not response.is_valid({**answer, "data": [{k: v for k, v in answer["data"][0].items() if k != key}]})
+    hit = answer["data"][0]["results"][0]
+    for key in ("index", "relevance_score", "usage"):
+        broken = {k: v for k, v in hit.items() if k != key}
+        assert not response.is_valid({**answer, "data": [{**answer["data"][0], "results": [broken]}]}), key
+    assert not response.is_valid({**answer, "data": [{**answer["data"][0], "results": [{**hit, "index": "2"}]}]})
+    assert not response.is_valid({**answer, "data": [{**answer["data"][0], "query_usage": {"total_tokens": "5"}}]})
+    # one object in `data` reads the same; parameters left out echo as {}; documents not echoed when asked so
+    decoded = rerank_dialect.decode_sagemaker({"data": {"query": "q", "documents": ["a", "b", "c"],
+                                                        "return_documents": False}})
+    assert decoded.request.return_documents is False and decoded.request.top_n is None
+    answer = decoded.render(RESULT)
+    assert answer["parameters"] == {} and [set(hit) for hit in answer["data"][0]["results"]] == [
+        {"index", "relevance_score", "usage"}] * 2
+    assert response.is_valid(answer)
+    # a CSV row (batch transform) is `data` itself: its errors name the field alone
+    row = rerank_dialect.WIRE.rows.decode({"query": "q", "documents": ["a"]})
+    assert row.request == RerankRequest(query=TextInput("q"), documents=(TextInput("a"),))
+    assert _refusal(rerank_dialect.WIRE.rows.decode, {"query": "q"}) == (
+        f"`documents` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+
+
+@pytest.mark.unit
+def test_the_sagemaker_rerank_envelope_refused_naming_the_field():
+    def refusal(body):
+        assert not _validator(rerank_dialect.sagemaker_request_schema()).is_valid(body), body
+        return _refusal(rerank_dialect.decode_sagemaker, body)
+
+    two = {"query": "q", "documents": ["a"]}
+    assert refusal({"data": [two, two]}) == f"`data` holds 2 rerank requests; send one per body: {SAGEMAKER_SHAPE}"
+    assert refusal({"data": []}) == f"`data` holds 0 rerank requests; send one per body: {SAGEMAKER_SHAPE}"
+    assert refusal({"data": {"documents": ["a"]}}) == (
+        f"`data.query` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+    assert refusal({"data": {"query": None, "documents": ["a"]}}) == (
+        f"`data.query` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+    assert refusal({"data": {"query": "q", "documents": None}}) == (
+        f"`data.documents` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+    assert refusal({"data": {"query": "q", "documents": "a"}}) == (
+        '`data.documents` must be a list of strings or {"text"} objects')
+    assert refusal({"data": {"query": "q", "documents": ["a", 5]}}) == (
+        "`data.documents[1]` must be a string or an object with `text`, got a number")
+    assert refusal({"data": {"query": 5, "documents": ["a"]}}) == (
+        "`data.query` must be a string or an object with `text`, got a number")
+    assert refusal({"data": {"query": "q", "documents": ["a"], "top_n": 0}}) == (
+        "`data.top_n` must be at least 1 (leave it out to get every document), got 0")
+    assert refusal({"data": {"query": "q", "documents": ["a"], "return_documents": "no"}}) == (
+        "`data.return_documents` must be true or false, got a string")
+    assert refusal({"data": {"query": "q", "documents": ["a"]}, "parameters": [1]}) == (
+        "`parameters` must be a JSON object, got an array")
+    assert refusal({"data": "q"}) == "`data` must be a JSON object, got a string"
+    assert _refusal(rerank_dialect.decode_sagemaker, {"data": two, "parameters": {"n": 2**64}}).startswith(
+        "`parameters` cannot be echoed back: ")
+
+
+@pytest.mark.unit
+def test_the_public_rerank_body_decoded_and_answered():
+    body = {"model": "any", "query": "q", "documents": ["a", {"url": "u"}, "c"], "top_n": 2}
+    request_schema = _validator(rerank_dialect.public_request_schema())
+    assert request_schema.is_valid(body)
+    decoded = rerank_dialect.decode_public(body)
+    assert decoded.request == RerankRequest(query=TextInput("q"), documents=(
+        TextInput("a"), ImageInput("u", "url"), TextInput("c")), top_n=2)
+    answer = decoded.render(RESULT)
+    assert answer == {"model": "rr", "object": "list", "usage": {"total_tokens": 16},
+                      "results": [{"index": 2, "relevance_score": 0.75, "document": {"text": "c"}},
+                                  {"index": 0, "relevance_score": -1.5, "document": {"text": "a"}}]}
+    response = _validator(rerank_dialect.public_response_schema())
+    assert response.is_valid(answer)
+    for key in ("model", "object", "usage", "results"):
+        assert not response.is_valid({k: v for k, v in answer.items() if k != key}), key
+    assert not response.is_valid({**answer, "object": "dict"}) and not response.is_valid({**answer, "model": 1})
+    assert not response.is_valid({**answer, "usage": {}}) and not response.is_valid({**answer, "results": {}})
+    assert not response.is_valid({**answer, "results": [{"index": 0}]})
+    assert not response.is_valid({**answer, "results": [{"index": 0, "relevance_score": "high"}]})
+    assert not response.is_valid({**answer, "results": [{"index": 0, "relevance_score": 1, "document": 5}]})
+    hidden = rerank_dialect.decode_public({**body, "return_documents": False}).render(RESULT)
+    assert [set(hit) for hit in hidden["results"]] == [{"index", "relevance_score"}] * 2 and response.is_valid(hidden)
+    for bad in ([body], "q", None):
+        assert _refusal(rerank_dialect.decode_public, bad) == f"the body must be a JSON object: {PUBLIC_SHAPE}"
+    assert _refusal(rerank_dialect.decode_public, {"query": "q"}) == (
+        f"`documents` is missing; a rerank body looks like {PUBLIC_SHAPE}")
+    assert _refusal(rerank_dialect.decode_public, {"query": "q", "documents": [{"text": 1}]}) == (
+        "`documents[0].text` must be a string, got a number")
+    for bad in ({"query": "q"}, {"documents": ["a"]}, {"query": "q", "documents": "a"},
+                {"query": "q", "documents": [5]}, {"query": "q", "documents": ["a"], "top_n": 0}, {"query": "q", "documents": ["a"], "model": 5}):
+        assert not request_schema.is_valid(bad), bad
+    assert request_schema.is_valid({"query": "q", "documents": [], "top_n": None, "return_documents": "FALSE"})
+    assert not request_schema.is_valid({"query": "q", "documents": [], "return_documents": "no"})
+
+
+@pytest.mark.unit
+def test_a_rerank_answer_is_estimated_from_the_documents_it_echoes():
+    """The bound `estimate` states: each echoed document's text counted twice (JSON may escape every character), and
+    ITEM_OVERHEAD_BYTES per document; an answer that echoes none is the overhead alone."""
+    import json
+
+    documents = (TextInput('"' * 50), ImageInput("u" * 7, "url"), TextInput("é"))
+    request = RerankRequest(query=TextInput("q"), documents=documents)
+    assert rerank_dialect.estimate(request, None, None) == 2 * (50 + 7 + 1) + 3 * ITEM_OVERHEAD_BYTES
+    hidden = RerankRequest(query=TextInput("q"), documents=documents, return_documents=False)
+    assert rerank_dialect.estimate(hidden, None, None) == 3 * ITEM_OVERHEAD_BYTES
+    result = RerankResult(hits=[RerankHit(i, -1.2345678e-06, 10**6) for i in range(3)], query_tokens=10**6,
+                          document_tokens=10**6, model="m")
+    for each in (request, hidden):
+        answer = rerank_dialect.render_item(each, result)
+        echoed = sum(len(json.dumps(hit.get("document", ""))) for hit in answer["results"])
+        assert echoed <= rerank_dialect.estimate(each, None, None)
