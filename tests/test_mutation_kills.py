@@ -863,7 +863,8 @@ def test_the_public_rerank_body_decoded_and_answered():
     assert _refusal(rerank_dialect.decode_public, {"query": "q", "documents": [{"text": 1}]}) == (
         "`documents[0].text` must be a string, got a number")
     for bad in ({"query": "q"}, {"documents": ["a"]}, {"query": "q", "documents": "a"},
-                {"query": "q", "documents": [5]}, {"query": "q", "documents": ["a"], "top_n": 0}, {"query": "q", "documents": ["a"], "model": 5}):
+                {"query": "q", "documents": [5]}, {"query": "q", "documents": ["a"], "top_n": 0},
+                {"query": "q", "documents": ["a"], "model": 5}):
         assert not request_schema.is_valid(bad), bad
     assert request_schema.is_valid({"query": "q", "documents": [], "top_n": None, "return_documents": "FALSE"})
     assert not request_schema.is_valid({"query": "q", "documents": [], "return_documents": "no"})
