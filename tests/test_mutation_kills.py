@@ -887,3 +887,87 @@ def test_a_rerank_answer_is_estimated_from_the_documents_it_echoes():
         answer = rerank_dialect.render_item(each, result)
         echoed = sum(len(json.dumps(hit.get("document", ""))) for hit in answer["results"])
         assert echoed <= rerank_dialect.estimate(each, None, None)
+
+
+# --- container/dialects/embed.py ---------------------------------------------------------------------------------
+
+from container.dialects import embed as embed_dialect  # noqa: E402
+
+
+@pytest.mark.unit
+def test_an_embeddings_body_on_invocations_asks_for_the_served_models_own_form():
+    """§1/§2: on /invocations the SageMaker envelope (`data`) and the public body (`input`) are embeddings of the
+    model's own form (operation None); `data` is the envelope even beside `input`; anything else is not this one's."""
+    envelope = embed_dialect.invocation({"data": [{"text": "a", "id": 7}], "parameters": {"dimensions": "8"},
+                                         "input": "ignored"})
+    assert envelope.request.inputs == (TextInput("a"),) and envelope.request.dimensions == 8
+    assert envelope.request.operation is None
+    public = embed_dialect.invocation({"input": "b", "embedding_type": "base64"})
+    assert public.request.inputs == (TextInput("b"),) and public.request.operation is None
+    assert public.encoding == Encoding((EmbeddingType.BASE64,))
+    assert embed_dialect.invocation({"query": "q", "documents": []}) is None and embed_dialect.invocation({}) is None
+    # /v1/embeddings asks for `embed` by name
+    assert embed_dialect.WIRE.routes[0].decode({"input": ["c"]}).request.operation == "embed"
+
+
+class _Rows:
+    """What `estimate` reads of a pipeline: its width and the rows an answer holds (here 3 per input, as a model of
+    token vectors answers)."""
+
+    dimensions = 384
+    default_input_type = None
+
+    def answer_rows(self, request) -> int:
+        return 3 * len(request.inputs)
+
+
+@pytest.mark.unit
+def test_an_embeddings_answer_is_estimated_from_its_rows_and_encodings():
+    """The bound `estimate` states: each answered row's vector in the encodings asked (`vector_bytes`, whose own test
+    checks it against orjson), at the dimensions asked (else the model's width), and ITEM_OVERHEAD_BYTES per input;
+    then each form asked beside it, as that form's own answer would be estimated."""
+    from container import dialects
+
+    inputs = (TextInput("a"), TextInput("b"))
+    keyed = Encoding((EmbeddingType.FLOAT, EmbeddingType.BINARY), keyed=True)
+    for dims, encoding in ((None, None), (64, None), (None, keyed), (8, Encoding((EmbeddingType.BASE64,)))):
+        request = EmbedRequest(inputs=inputs, dimensions=dims)
+        assert embed_dialect.estimate(request, encoding, _Rows()) == (
+            6 * vector_bytes(dims or 384, encoding) + 2 * ITEM_OVERHEAD_BYTES)
+    widthless = _Rows()
+    widthless.dimensions = None
+    assert embed_dialect.estimate(EmbedRequest(inputs=inputs), None, widthless) == (
+        6 * vector_bytes(0, None) + 2 * ITEM_OVERHEAD_BYTES)
+    both = EmbedRequest(inputs=inputs, return_sparse=True, return_multivector=True, top_k=5)
+    own = 6 * vector_bytes(384, None) + 2 * ITEM_OVERHEAD_BYTES
+    sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", top_k=5), None,
+                                               _Rows())
+    tokens = dialects.named("multi-vector").estimate(EmbedRequest(inputs=inputs, operation="multi-vector", top_k=5),
+                                                     None, _Rows())
+    assert sparse > 2 * ITEM_OVERHEAD_BYTES and tokens > sparse
+    assert embed_dialect.estimate(both, None, _Rows()) == own + sparse + tokens
+    assert embed_dialect.estimate(replace_request(both, return_multivector=False), None, _Rows()) == own + sparse
+
+
+def replace_request(request, **changes):
+    from dataclasses import replace
+
+    return replace(request, **changes)
+
+
+@pytest.mark.app
+@pytest.mark.parametrize("body", [
+    {"input": ["a", "b" * 300]}, {"input": ["a"], "dimensions": 32, "embedding_type": "base64"},
+    {"input": ["x y z"] * 3, "embedding_type": ["float", "binary", "ubinary", "base64"]},
+    {"data": [{"text": "a", "id": "i" * 32}, "b"], "parameters": {"dimensions": 17}}])
+def test_the_estimate_bounds_the_answer_the_server_writes(app, runtime, body):
+    """The estimate is what the answer cap compares (before the model runs): the answered items the server writes
+    (the answer's `data`, without the envelope's few fixed keys) must fit in it."""
+    decoded = embed_dialect.invocation(body)
+    said = app.post("/invocations", body)
+    assert said.status_code == 200, said.text
+    start = said.content.index(b'"data":[')
+    end = said.content.rfind(b',"parameters":') if "parameters" in body else len(said.content) - 1
+    items = said.content[start + len(b'"data":'):end]
+    assert items.startswith(b"[{") and items.endswith(b"}]")
+    assert len(items) <= embed_dialect.estimate(decoded.request, decoded.encoding, runtime.handler)
