@@ -411,16 +411,27 @@ def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_
 
 
 @pytest.mark.app
-def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_does_not_answer(runtime):
+def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_does_not_answer(runtime, small_passes,
+                                                                                               monkeypatch):
     from model_handlers.deadline import Deadline
 
     pipeline = runtime.handler
-    if pipeline.adapters is None:
-        with pytest.raises(InvalidOption) as raised:
-            pipeline.run_items([], Deadline.after(10), adapters=("a", "b"))
-        assert raised.value.code == "UNKNOWN_ADAPTER"
-        assert str(raised.value) == f"model {pipeline.model_name} holds no LoRA adapters (adapters: a, b)"
-    assert pipeline.run_items([], Deadline.after(10)) == []
+    # the embedded model is a transformers model: it holds an adapter set (model_handlers/adapters.py), empty here,
+    # which refuses a name it does not hold, naming those there are
+    assert pipeline.adapters is not None and pipeline.adapters.names == ()
+    with pytest.raises(InvalidOption) as raised:
+        pipeline.run_items([], Deadline.after(10), adapters=("nope",))
+    assert raised.value.code == "UNKNOWN_ADAPTER"
+    assert str(raised.value) == "no adapter 'nope' is loaded on this endpoint; adapters: none"
+    # a model that can hold none (ONNX, a directory's own code without peft: adapters.attach answers None)
+    prompted, _, _ = small_passes
+    monkeypatch.setattr(prompted.model, "adapters", None)
+    assert prompted.adapters is None
+    with pytest.raises(InvalidOption) as raised:
+        prompted.run_items([], Deadline.after(10), adapters=("a", "b"))
+    assert raised.value.code == "UNKNOWN_ADAPTER"
+    assert str(raised.value) == f"model {SERVED_NAME} holds no LoRA adapters (adapters: a, b)"
+    assert prompted.run_items([], Deadline.after(10)) == [] and pipeline.run_items([], Deadline.after(10)) == []
     with pytest.raises(AssertionError) as raised:
         pipeline.run(EmbedRequest(inputs=(TextInput("q"),), operation="multi-vector"))
     assert str(raised.value).startswith(f"kind {pipeline.kind.name} does not answer multi-vector: the server refuses")
@@ -971,3 +982,49 @@ def test_the_estimate_bounds_the_answer_the_server_writes(app, runtime, body):
     items = said.content[start + len(b'"data":'):end]
     assert items.startswith(b"[{") and items.endswith(b"}]")
     assert len(items) <= embed_dialect.estimate(decoded.request, decoded.encoding, runtime.handler)
+
+
+def _another_pipeline(small_passes, **options):
+    """A second pipeline (its own batcher) on the small_passes model."""
+    from model_handlers.options import HandlerOptions
+    from model_handlers.pipeline import Pipeline
+
+    pipeline, _, _ = small_passes
+    return Pipeline(pipeline.kind, pipeline.model, pipeline.config, HandlerOptions(**options))
+
+
+@pytest.mark.app
+def test_a_model_on_a_gpu_gets_the_gpu_budget_of_padded_tokens_per_pass(small_passes, monkeypatch):
+    """README (SEARCHBOX_MAX_BATCH_TOKENS): 1024 padded tokens per pass on CPU, 16384 on a GPU. Eight inputs of about
+    200 tokens (1,600 padded) take two passes or more on CPU and one where the model says it is on a GPU (the forward
+    pass itself still runs where the weights are)."""
+    texts = tuple(TextInput(" ".join(f"word{i}x{j}" for j in range(60))) for i in range(8))
+    for device, passes in (("cpu", range(2, 9)), ("cuda:0", range(1, 2))):
+        monkeypatch.setattr(small_passes[0].model, "device", device)
+        observer = _Passes()
+        pipeline = _another_pipeline(small_passes, observer=observer)
+        try:
+            pipeline.run(EmbedRequest(inputs=texts))
+        finally:
+            pipeline.close()
+        assert len(observer.passes) in passes and sum(observer.passes) == 8, (device, observer.passes)
+
+
+@pytest.mark.app
+def test_closing_a_pipeline_closes_its_model_and_draining_an_idle_one_keeps_and_refuses_nothing(small_passes,
+                                                                                               monkeypatch):
+    """A model that holds something to close (an ONNX session, a remote-code process) is closed with its pipeline;
+    a drained pipeline takes no more work."""
+    from model_handlers.errors import Overloaded
+
+    closed = []
+    monkeypatch.setattr(small_passes[0].model, "close", lambda: closed.append(True), raising=False)
+    pipeline = _another_pipeline(small_passes)
+    try:
+        assert pipeline.run(EmbedRequest(inputs=(TextInput("before"),))).vectors[0].shape == (pipeline.dimensions,)
+        assert pipeline.drain(5.0) == (0, 0)
+        with pytest.raises(Overloaded):
+            pipeline.run(EmbedRequest(inputs=(TextInput("after"),)))
+    finally:
+        pipeline.close()
+    assert closed == [True]
