@@ -1029,3 +1029,59 @@ def test_closing_a_pipeline_closes_its_model_and_draining_an_idle_one_keeps_and_
     finally:
         pipeline.close()
     assert closed == [True]
+
+
+# --- model_handlers/operations/embed.py: the forms asked beside a request's own -----------------------------------
+
+class _OnePass:
+    """What check_also reads of a model: the forms its one forward pass makes (BGE-M3's FORMS, or fewer)."""
+
+    def __init__(self, *forms):
+        self.forms = frozenset(forms)
+
+    def forms_of_one_pass(self):
+        return self.forms
+
+
+@pytest.mark.unit
+def test_forms_beside_the_asked_one_come_only_from_a_model_whose_one_pass_makes_them():
+    from model_handlers.operations.embed import check_also
+
+    def refusal(request, model):
+        with pytest.raises(InvalidOption) as raised:
+            check_also(request, model, "m")
+        return raised.value.code, str(raised.value)
+
+    def unsupported(options):
+        return ("UNSUPPORTED_OPTION", f"{options} needs a model whose one forward pass also makes those outputs "
+                f"(BGE-M3); model m does not: leave {options} out, and ask /v1/sparse-embeddings or /v1/multi-vector "
+                "of a model that makes them")
+
+    bge_m3 = _OnePass("embed", "sparse", "multi-vector")
+    both = EmbedRequest(inputs=(), operation="embed", return_sparse=True, return_multivector=True)
+    assert check_also(both, bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True), bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="sparse", return_multivector=True), bge_m3, "m") is None
+    # nothing asked beside: nothing to check, whatever the model (top_k is then the sparse operation's own to check)
+    assert check_also(EmbedRequest(inputs=(), operation="embed", top_k=0), object(), "m") is None
+    assert refusal(both, object()) == unsupported("return_sparse and return_multivector")
+    assert refusal(EmbedRequest(inputs=(), operation="embed", return_multivector=True), object()) == (
+        unsupported("return_multivector"))
+    # a model that makes some of them: what it does not make is refused, as is an operation it does not make
+    assert refusal(both, _OnePass("embed", "sparse")) == unsupported("return_sparse and return_multivector")
+    assert refusal(EmbedRequest(inputs=(), operation="embed", return_sparse=True), _OnePass("sparse", "multi-vector")
+                   ) == unsupported("return_sparse")
+    # the sparse form's own option, as /v1/sparse-embeddings checks it
+    for top_k in (0, -3):
+        request = EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k)
+        assert refusal(request, bge_m3) == ("INVALID_OPTION", f"top_k must be at least 1, got {top_k}")
+    for top_k in (1, 2, None):
+        assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k), bge_m3,
+                          "m") is None
+
+
+@pytest.mark.app
+def test_the_embedded_model_refuses_forms_its_pass_does_not_make(app):
+    said = app.post("/v1/embeddings", {"input": ["a"], "return_sparse": True, "return_multivector": "true"})
+    assert said.status_code == 422 and said.json()["code"] == "UNSUPPORTED_OPTION"
+    assert said.json()["detail"].startswith("return_sparse and return_multivector needs a model whose one forward pass")
