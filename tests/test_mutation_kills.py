@@ -1085,3 +1085,14 @@ def test_the_embedded_model_refuses_forms_its_pass_does_not_make(app):
     said = app.post("/v1/embeddings", {"input": ["a"], "return_sparse": True, "return_multivector": "true"})
     assert said.status_code == 422 and said.json()["code"] == "UNSUPPORTED_OPTION"
     assert said.json()["detail"].startswith("return_sparse and return_multivector needs a model whose one forward pass")
+
+
+@pytest.mark.app
+def test_an_adapter_the_endpoint_does_not_hold_is_refused_by_name(app):
+    """The request's adapter (its `adapter` option, or SageMaker's adapter header) is held while it runs: one the
+    endpoint does not hold is a 422 naming it and those there are (none on the embedded model)."""
+    for body in ({"input": ["a"], "adapter": "nope"}, {"data": [{"text": "a"}], "parameters": {"adapter": "nope"}}):
+        said = app.post("/v1/embeddings" if "input" in body else "/invocations", body)
+        assert said.status_code == 422, said.text
+        assert said.json()["code"] == "UNKNOWN_ADAPTER"
+        assert said.json()["detail"] == "no adapter 'nope' is loaded on this endpoint; adapters: none"
