@@ -1084,7 +1084,10 @@ def test_forms_beside_the_asked_one_come_only_from_a_model_whose_one_pass_makes_
 def test_the_embedded_model_refuses_forms_its_pass_does_not_make(app):
     said = app.post("/v1/embeddings", {"input": ["a"], "return_sparse": True, "return_multivector": "true"})
     assert said.status_code == 422 and said.json()["code"] == "UNSUPPORTED_OPTION"
-    assert said.json()["detail"].startswith("return_sparse and return_multivector needs a model whose one forward pass")
+    assert said.json()["detail"] == (
+        "return_sparse and return_multivector needs a model whose one forward pass also makes those outputs (BGE-M3); "
+        "model all-MiniLM-L6-v2 does not: leave return_sparse and return_multivector out, and ask "
+        "/v1/sparse-embeddings or /v1/multi-vector of a model that makes them")
 
 
 @pytest.mark.app
