@@ -1099,3 +1099,44 @@ def test_an_adapter_the_endpoint_does_not_hold_is_refused_by_name(app):
         assert said.status_code == 422, said.text
         assert said.json()["code"] == "UNKNOWN_ADAPTER"
         assert said.json()["detail"] == "no adapter 'nope' is loaded on this endpoint; adapters: none"
+
+
+@pytest.fixture(scope="module")
+def tiny_bge_m3(tmp_path_factory, minilm_dir):
+    """A tiny BGE-M3 built offline (tests/bge_m3_models.py: the embedded encoder with seeded heads), served in
+    process: a model whose one forward pass makes dense, sparse and token vectors."""
+    from bge_m3_models import make_model
+    from helpers import in_process
+
+    app, runtime = in_process(make_model(tmp_path_factory.mktemp("m3") / "m3", minilm_dir),
+                              {"SEARCHBOX_ALLOW_PICKLE": "1"})
+    yield app
+    runtime.close()
+
+
+@pytest.mark.app
+def test_forms_asked_beside_are_each_forms_own_answer(tiny_bge_m3):
+    """return_sparse and return_multivector from the same pass answer what /v1/sparse-embeddings and
+    /v1/multi-vector answer on their own (test_bge_m3.py checks those against FlagEmbedding)."""
+    app = tiny_bge_m3
+    texts = ["what do cats like to eat", "one forward pass gives three forms"]
+
+    def data(path, body):
+        said = app.post(path, body)
+        assert said.status_code == 200, said.text
+        return said.json()["data"]
+
+    both = data("/v1/embeddings", {"input": texts, "return_sparse": True, "return_multivector": True, "top_k": 3,
+                                   "dimensions": 64})
+    dense = data("/v1/embeddings", {"input": texts, "dimensions": 64})
+    sparse = data("/v1/sparse-embeddings", {"input": texts, "top_k": 3})
+    tokens = data("/v1/multi-vector", {"input": texts, "dimensions": 64})
+    assert len(both) == len(texts)
+    for i in range(len(texts)):
+        assert_allclose(both[i]["embedding"], dense[i]["embedding"], atol=1e-5)
+        assert len(both[i]["embedding"]) == 64
+        assert both[i]["sparse_embedding"]["indices"] == sparse[i]["sparse_embedding"]["indices"]
+        assert len(both[i]["sparse_embedding"]["indices"]) <= 3
+        assert_allclose(both[i]["sparse_embedding"]["values"], sparse[i]["sparse_embedding"]["values"], atol=1e-5)
+        assert_allclose(both[i]["multi_vector"], tokens[i]["embeddings"], atol=1e-5)
+        assert np.asarray(both[i]["multi_vector"]).shape[-1] == 64
