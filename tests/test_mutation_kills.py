@@ -1124,12 +1124,13 @@ def test_forms_asked_beside_are_each_forms_own_answer(tiny_bge_m3):
     def data(path, body):
         said = app.post(path, body)
         assert said.status_code == 200, said.text
+        assert said.json()["model"] == "m3"  # the served model's name: its directory's
         return said.json()["data"]
 
     both = data("/v1/embeddings", {"input": texts, "return_sparse": True, "return_multivector": True, "top_k": 3,
-                                   "dimensions": 64})
+                                   "return_tokens": True, "dimensions": 64})
     dense = data("/v1/embeddings", {"input": texts, "dimensions": 64})
-    sparse = data("/v1/sparse-embeddings", {"input": texts, "top_k": 3})
+    sparse = data("/v1/sparse-embeddings", {"input": texts, "top_k": 3, "return_tokens": True})
     tokens = data("/v1/multi-vector", {"input": texts, "dimensions": 64})
     assert len(both) == len(texts)
     for i in range(len(texts)):
@@ -1137,6 +1138,7 @@ def test_forms_asked_beside_are_each_forms_own_answer(tiny_bge_m3):
         assert len(both[i]["embedding"]) == 64
         assert both[i]["sparse_embedding"]["indices"] == sparse[i]["sparse_embedding"]["indices"]
         assert len(both[i]["sparse_embedding"]["indices"]) <= 3
+        assert both[i]["sparse_embedding"]["tokens"] == sparse[i]["sparse_embedding"]["tokens"]
         assert_allclose(both[i]["sparse_embedding"]["values"], sparse[i]["sparse_embedding"]["values"], atol=1e-5)
         assert_allclose(both[i]["multi_vector"], tokens[i]["embeddings"], atol=1e-5)
         assert np.asarray(both[i]["multi_vector"]).shape[-1] == 64
