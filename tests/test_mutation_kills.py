@@ -1110,7 +1110,7 @@ def tiny_bge_m3(tmp_path_factory, minilm_dir):
 
     app, runtime = in_process(make_model(tmp_path_factory.mktemp("m3") / "m3", minilm_dir),
                               {"SEARCHBOX_ALLOW_PICKLE": "1"})
-    yield app
+    yield app, runtime.handler
     runtime.close()
 
 
@@ -1118,7 +1118,7 @@ def tiny_bge_m3(tmp_path_factory, minilm_dir):
 def test_forms_asked_beside_are_each_forms_own_answer(tiny_bge_m3):
     """return_sparse and return_multivector from the same pass answer what /v1/sparse-embeddings and
     /v1/multi-vector answer on their own (test_bge_m3.py checks those against FlagEmbedding)."""
-    app = tiny_bge_m3
+    app, pipeline = tiny_bge_m3
     texts = ["what do cats like to eat", "one forward pass gives three forms"]
 
     def data(path, body):
@@ -1142,3 +1142,8 @@ def test_forms_asked_beside_are_each_forms_own_answer(tiny_bge_m3):
         assert_allclose(both[i]["sparse_embedding"]["values"], sparse[i]["sparse_embedding"]["values"], atol=1e-5)
         assert_allclose(both[i]["multi_vector"], tokens[i]["embeddings"], atol=1e-5)
         assert np.asarray(both[i]["multi_vector"]).shape[-1] == 64
+    # the rows an answer holds (what the answer cap is checked against before any work): one per input, or for token
+    # vectors one per kept token, as many as the answer then holds
+    multi = EmbedRequest(inputs=tuple(TextInput(text) for text in texts), operation="multi-vector")
+    assert pipeline.answer_rows(multi) == sum(len(item["embeddings"]) for item in tokens) > len(texts)
+    assert pipeline.answer_rows(EmbedRequest(inputs=multi.inputs, operation="embed")) == len(texts)
