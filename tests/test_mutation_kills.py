@@ -570,6 +570,9 @@ def test_optional_float_bool_and_str():
     for default in (True, False):
         assert fields.optional_bool(None, "normalized", default) is default
         assert fields.flag(default)(None, "normalized") is default
+        assert fields.flag(default)("TRUE", "normalized") is True and fields.flag(default)(False, "x") is False
+        assert _refusal(fields.flag(default), "yes", "late_chunking") == (
+            "`late_chunking` must be true or false, got a string")
     for value, expected in ((True, True), (False, False), ("true", True), ("TRUE", True), ("False", False),
                             ("false", False)):
         assert fields.optional_bool(value, "truncate", not expected) is expected
@@ -923,14 +926,14 @@ def test_an_embeddings_body_on_invocations_asks_for_the_served_models_own_form()
 
 
 class _Rows:
-    """What `estimate` reads of a pipeline: its width and the rows an answer holds (here 3 per input, as a model of
-    token vectors answers)."""
+    """What `estimate` reads of a pipeline: its width and the rows an answer holds (one per input; for token vectors
+    3 per input here, as a model of token vectors counts them)."""
 
     dimensions = 384
     default_input_type = None
 
     def answer_rows(self, request) -> int:
-        return 3 * len(request.inputs)
+        return (3 if request.operation == "multi-vector" else 1) * len(request.inputs)
 
 
 @pytest.mark.unit
@@ -942,23 +945,27 @@ def test_an_embeddings_answer_is_estimated_from_its_rows_and_encodings():
 
     inputs = (TextInput("a"), TextInput("b"))
     keyed = Encoding((EmbeddingType.FLOAT, EmbeddingType.BINARY), keyed=True)
-    for dims, encoding in ((None, None), (64, None), (None, keyed), (8, Encoding((EmbeddingType.BASE64,)))):
-        request = EmbedRequest(inputs=inputs, dimensions=dims)
-        assert embed_dialect.estimate(request, encoding, _Rows()) == (
-            6 * vector_bytes(dims or 384, encoding) + 2 * ITEM_OVERHEAD_BYTES)
+    for operation, rows in (("embed", 2), ("multi-vector", 6)):
+        for dims, encoding in ((None, None), (64, None), (None, keyed), (8, Encoding((EmbeddingType.BASE64,)))):
+            request = EmbedRequest(inputs=inputs, dimensions=dims, operation=operation)
+            assert embed_dialect.estimate(request, encoding, _Rows()) == (
+                rows * vector_bytes(dims or 384, encoding) + 2 * ITEM_OVERHEAD_BYTES)
     widthless = _Rows()
     widthless.dimensions = None
     assert embed_dialect.estimate(EmbedRequest(inputs=inputs), None, widthless) == (
-        6 * vector_bytes(0, None) + 2 * ITEM_OVERHEAD_BYTES)
-    both = EmbedRequest(inputs=inputs, return_sparse=True, return_multivector=True, top_k=5)
-    own = 6 * vector_bytes(384, None) + 2 * ITEM_OVERHEAD_BYTES
-    sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", top_k=5), None,
-                                               _Rows())
-    tokens = dialects.named("multi-vector").estimate(EmbedRequest(inputs=inputs, operation="multi-vector", top_k=5),
-                                                     None, _Rows())
-    assert sparse > 2 * ITEM_OVERHEAD_BYTES and tokens > sparse
-    assert embed_dialect.estimate(both, None, _Rows()) == own + sparse + tokens
-    assert embed_dialect.estimate(replace_request(both, return_multivector=False), None, _Rows()) == own + sparse
+        2 * vector_bytes(0, None) + 2 * ITEM_OVERHEAD_BYTES)
+    for encoding in (None, Encoding((EmbeddingType.BINARY,))):
+        both = EmbedRequest(inputs=inputs, operation="embed", return_sparse=True, return_multivector=True, top_k=5)
+        own = 2 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES
+        sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", top_k=5), encoding,
+                                                   _Rows())
+        tokens = dialects.named("multi-vector").estimate(
+            EmbedRequest(inputs=inputs, operation="multi-vector", top_k=5), encoding, _Rows())
+        assert tokens == 6 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES  # a vector per token, encoded
+        assert sparse > 2 * ITEM_OVERHEAD_BYTES
+        assert embed_dialect.estimate(both, encoding, _Rows()) == own + sparse + tokens
+        assert embed_dialect.estimate(replace_request(both, return_multivector=False), encoding, _Rows()) == (
+            own + sparse)
 
 
 def replace_request(request, **changes):
