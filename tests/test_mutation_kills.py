@@ -801,6 +801,15 @@ def test_the_sagemaker_rerank_envelope_decoded_and_answered():
         assert not response.is_valid({**answer, "data": [{**answer["data"][0], "results": [broken]}]}), key
     assert not response.is_valid({**answer, "data": [{**answer["data"][0], "results": [{**hit, "index": "2"}]}]})
     assert not response.is_valid({**answer, "data": [{**answer["data"][0], "query_usage": {"total_tokens": "5"}}]})
+    # each level's type: an answer of the wrong shape anywhere is refused
+    item = answer["data"][0]
+    for wrong in (["x"], [[item]], {"0": item}, "x"):
+        assert not response.is_valid({**answer, "data": wrong}), wrong
+    for key, wrong in (("docs_usage", {"total_tokens": "5"}), ("docs_usage", {}), ("docs_usage", 5),
+                       ("query_usage", [5]), ("results", {"0": hit}), ("results", "x"), ("results", [5]),
+                       ("results", [{**hit, "usage": {"total_tokens": 1.5}}]), ("results", [{**hit, "usage": 4}])):
+        assert not response.is_valid({**answer, "data": [{**item, key: wrong}]}), (key, wrong)
+    assert not response.is_valid({**answer, "parameters": [1]}) and not response.is_valid([answer])
     # one object in `data` reads the same; parameters left out echo as {}; documents not echoed when asked so
     decoded = rerank_dialect.decode_sagemaker({"data": {"query": "q", "documents": ["a", "b", "c"],
                                                         "return_documents": False}})
@@ -869,6 +878,10 @@ def test_the_public_rerank_body_decoded_and_answered():
     assert not response.is_valid({**answer, "results": [{"index": 0}]})
     assert not response.is_valid({**answer, "results": [{"index": 0, "relevance_score": "high"}]})
     assert not response.is_valid({**answer, "results": [{"index": 0, "relevance_score": 1, "document": 5}]})
+    for key, wrong in (("usage", {"total_tokens": "16"}), ("usage", 16), ("results", {"0": answer["results"][0]}),
+                       ("results", [5]), ("results", [{"index": 0.5, "relevance_score": 1}]), ("object", None)):
+        assert not response.is_valid({**answer, key: wrong}), (key, wrong)
+    assert not response.is_valid([answer])
     hidden = rerank_dialect.decode_public({**body, "return_documents": False}).render(RESULT)
     assert [set(hit) for hit in hidden["results"]] == [{"index", "relevance_score"}] * 2 and response.is_valid(hidden)
     for bad in ([body], "q", None):
@@ -882,6 +895,8 @@ def test_the_public_rerank_body_decoded_and_answered():
                 {"query": "q", "documents": ["a"], "model": 5}):
         assert not request_schema.is_valid(bad), bad
     assert request_schema.is_valid({"query": "q", "documents": [], "top_n": None, "return_documents": "FALSE"})
+    for bad in ([body], "q", None, {"query": "q", "documents": {"0": "a"}}):
+        assert not request_schema.is_valid(bad), bad
     assert not request_schema.is_valid({"query": "q", "documents": [], "return_documents": "no"})
 
 
