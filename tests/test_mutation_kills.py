@@ -832,6 +832,10 @@ def test_the_sagemaker_rerank_envelope_refused_naming_the_field():
         return _refusal(rerank_dialect.decode_sagemaker, body)
 
     two = {"query": "q", "documents": ["a"]}
+    envelope = _validator(rerank_dialect.sagemaker_request_schema())
+    for bad in ([{"data": two}], "x", {}, {"parameters": {}}, {"data": [{"documents": ["a"]}]}, {"data": [5]}):
+        assert not envelope.is_valid(bad), bad
+    assert envelope.is_valid({"data": [two]}) and envelope.is_valid({"data": two, "parameters": {"a": 1}})
     assert refusal({"data": [two, two]}) == f"`data` holds 2 rerank requests; send one per body: {SAGEMAKER_SHAPE}"
     assert refusal({"data": []}) == f"`data` holds 0 rerank requests; send one per body: {SAGEMAKER_SHAPE}"
     assert refusal({"data": {"documents": ["a"]}}) == (
