@@ -740,6 +740,7 @@ def test_top_n_is_a_positive_integer_or_left_out():
     for bad in (0, -2, "0"):
         assert _refusal(rerank_dialect._top_n, bad, "data.top_n") == (
             f"`data.top_n` must be at least 1 (leave it out to get every document), got {int(bad)}")
+    assert _refusal(rerank_dialect._top_n, "x", "data.top_n") == "`data.top_n` must be an integer, got 'x'"
     top_n = _validator(rerank_dialect.OPTIONS[0].schema)
     for value in (1, 3, "3", " 010 ", "+7", "9" * 18):
         assert top_n.is_valid(value) and rerank_dialect._top_n(value, "top_n") >= 1, value
