@@ -471,6 +471,8 @@ def test_loads_reads_json_with_or_without_a_byte_order_mark_and_refuses_the_rest
     assert fields.loads(b'{"a": [1, 2.5]}') == {"a": [1, 2.5]}
     assert fields.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
     assert fields.loads(b'\xef\xbb\xbf{"a": 1}', exact=True) == {"a": 1}
+    # the fast parser answers plain floats; only the exact one (decode_body's second reading) keeps each number's text
+    assert type(fields.loads(b'{"a": 1.5}')["a"]) is float and not hasattr(fields.loads(b"[2.5]")[0], "text")
     exact = fields.loads(b'{"id": 0.12345678901234567890123}', exact=True)["id"]
     assert exact.text == "0.12345678901234567890123" and exact == pytest.approx(0.123456789)
     for exact_mode in (False, True):
@@ -673,6 +675,7 @@ def test_the_option_schemas_admit_what_their_parsers_read():
             assert not boolean.is_valid(value), value
     option = fields.Option("dimensions", fields.optional_int, fields.INTEGER_SCHEMA, "cut")
     assert option.parse({"dimensions": "8"}, "parameters.") == 8 and option.parse({}, "parameters.") is None
+    assert _refusal(option.parse, {"dimensions": "x"}) == "`dimensions` must be an integer, got 'x'"
     assert _refusal(option.parse, {"dimensions": "x"}, "parameters.") == (
         "`parameters.dimensions` must be an integer, got 'x'")
     assert option.property_schema() == {"anyOf": [fields.INTEGER_SCHEMA, {"type": "null"}], "description": "cut"}
