@@ -79,8 +79,8 @@ scale: venv
 	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # Mutation testing of the core modules against the fast-tier tests that reach them (docker/mutation.py, mutmut 3
-# configured in pyproject.toml): one module at a time, a Markdown table of kill rates and the mutants left alive.
-# One module: `make mutation MUTATION_ARGS="--module model_handlers/metering.py"`.
+# configured in pyproject.toml): a Markdown table of kill rates and the mutants left alive.
+# One module: `make mutation MUTATION_ARGS="--module model_handlers/metering.py"`; only those left alive: add --alive.
 .PHONY: mutation
 mutation: venv
 	$(BIN)/python docker/mutation.py $(MUTATION_ARGS)

@@ -2,9 +2,11 @@
 
 mutmut 3 (configured in pyproject.toml's [tool.mutmut]) copies the packages into mutants/, learns once which of the
 selected fast-tier tests reach each function, then runs only those tests against each mutant of the module asked.
-One module runs at a time, so a run stays bounded and a result can be redone alone (`make mutation
-MUTATION_ARGS="--module model_handlers/metering.py"`). Prints a Markdown table (README: Mutation testing) and the
-mutants left alive; `.venv/bin/mutmut show NAME` prints one's diff.
+The modules asked run in one mutmut run (one clean run of the tests, one stats pass), one mutant at a time unless
+--max-children says otherwise; a module can be redone alone (`make mutation MUTATION_ARGS="--module
+model_handlers/metering.py"`), and `--alive` reruns only the mutants the last results left alive (after tests were
+added: a mutant a run already killed stays killed, as tests are only added). Prints a Markdown table (README: Mutation
+testing) and the mutants left alive; `.venv/bin/mutmut show NAME` prints one's diff.
 
 A mutant counts as killed when a test failed (or the run timed out: an endless loop is caught too); one that no
 selected test reaches ("no tests") counts as surviving.
@@ -51,15 +53,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", help="a path from [tool.mutmut] only_mutate (repeatable)")
     parser.add_argument("--report-only", action="store_true", help="print the last results, run nothing")
+    parser.add_argument("--alive", action="store_true",
+                        help="rerun only the mutants of these modules the last results left alive or never reached")
     parser.add_argument("--max-children", type=int, default=1, help="mutants run at once (default 1)")
     args = parser.parse_args()
     modules = args.module or core_modules()
     unknown = sorted(set(modules) - set(core_modules()))
     if unknown:
         parser.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
-    for module in ([] if args.report_only else modules):
-        print(f"mutation: {module}", file=sys.stderr, flush=True)
-        subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children), mutant_glob(module)],
+    names = [mutant_glob(module) for module in modules]
+    if args.alive:
+        prefixes = tuple(name[:-1] for name in names)
+        names = sorted(name for name, status in results().items() if name.startswith(prefixes) and status not in CAUGHT)
+    if not args.report_only and names:
+        print(f"mutation: {', '.join(modules)}", file=sys.stderr, flush=True)
+        subprocess.run([str(MUTMUT), "run", "--max-children", str(args.max_children), *names],
                        cwd=ROOT, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=sys.stderr)
     statuses = results()
     print("| module | mutants | run | killed | alive | kill rate (of those run) |")

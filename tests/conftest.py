@@ -51,9 +51,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(tier)
     if os.environ.get("MUTANT_UNDER_TEST"):
         # make mutation (mutmut runs with -x): the tests that load no model first, so a mutant a unit test kills
-        # costs no model load; sorted() is stable, so each tier keeps its order.
-        items[:] = sorted(items, key=lambda item: TIERS.index(next(
-            marker.name for marker in item.iter_markers() if marker.name in TIERS)))
+        # costs no model load, and in each tier the tests written to kill mutants (test_mutation_kills.py) first;
+        # sorted() is stable, so the rest keeps its order.
+        items[:] = sorted(items, key=lambda item: (TIERS.index(next(
+            marker.name for marker in item.iter_markers() if marker.name in TIERS)),
+            item.path.name != "test_mutation_kills.py"))
 
 
 def free_port() -> int:

@@ -411,19 +411,31 @@ def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_
 
 
 @pytest.mark.app
-def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_does_not_answer(runtime):
+def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_does_not_answer(runtime, small_passes,
+                                                                                               monkeypatch):
     from model_handlers.deadline import Deadline
 
     pipeline = runtime.handler
-    if pipeline.adapters is None:
-        with pytest.raises(InvalidOption) as raised:
-            pipeline.run_items([], Deadline.after(10), adapters=("a", "b"))
-        assert raised.value.code == "UNKNOWN_ADAPTER"
-        assert str(raised.value) == f"model {pipeline.model_name} holds no LoRA adapters (adapters: a, b)"
-    assert pipeline.run_items([], Deadline.after(10)) == []
+    # the embedded model is a transformers model: it holds an adapter set (model_handlers/adapters.py), empty here,
+    # which refuses a name it does not hold, naming those there are
+    assert pipeline.adapters is not None and pipeline.adapters.names == ()
+    with pytest.raises(InvalidOption) as raised:
+        pipeline.run_items([], Deadline.after(10), adapters=("nope",))
+    assert raised.value.code == "UNKNOWN_ADAPTER"
+    assert str(raised.value) == "no adapter 'nope' is loaded on this endpoint; adapters: none"
+    # a model that can hold none (ONNX, a directory's own code without peft: adapters.attach answers None)
+    prompted, _, _ = small_passes
+    monkeypatch.setattr(prompted.model, "adapters", None)
+    assert prompted.adapters is None
+    with pytest.raises(InvalidOption) as raised:
+        prompted.run_items([], Deadline.after(10), adapters=("a", "b"))
+    assert raised.value.code == "UNKNOWN_ADAPTER"
+    assert str(raised.value) == f"model {SERVED_NAME} holds no LoRA adapters (adapters: a, b)"
+    assert prompted.run_items([], Deadline.after(10)) == [] and pipeline.run_items([], Deadline.after(10)) == []
     with pytest.raises(AssertionError) as raised:
         pipeline.run(EmbedRequest(inputs=(TextInput("q"),), operation="multi-vector"))
-    assert str(raised.value).startswith(f"kind {pipeline.kind.name} does not answer multi-vector: the server refuses")
+    assert str(raised.value) == (f"kind {pipeline.kind.name} does not answer multi-vector: the server refuses such "
+                                 "requests before they run (container/dispatch.py); this is a bug")
 
 
 @pytest.mark.unit
@@ -436,3 +448,732 @@ def test_the_embed_summary_the_artifact_check_prints():
     assert embed.SPEC.summary(request, result) == "embedded 2 texts into 384 dimensions"
     tokens = EmbedResult(vectors=[np.zeros((5, 128))], token_counts=[5], model="m", operation="embed")
     assert embed.SPEC.summary(EmbedRequest(inputs=(TextInput("a"),)), tokens) == "embedded 1 text into 128 dimensions"
+
+
+# --- container/dialects/fields.py --------------------------------------------------------------------------------
+# Each parser against what the contract (§2a-§2c) says a caller may send, and the exact words of its refusal: a 422
+# that names the field and shows the value (cut short), so a caller can fix the request.
+
+from container.dialects import fields  # noqa: E402
+from container.errors import BadRequest, ValidationFailed  # noqa: E402
+from model_handlers.types import ImageInput, OtherInput  # noqa: E402
+
+
+def _refusal(parse, *args) -> str:
+    with pytest.raises(ValidationFailed) as raised:
+        parse(*args)
+    assert raised.value.code == "VALIDATION_ERROR"
+    return raised.value.detail
+
+
+@pytest.mark.unit
+def test_loads_reads_json_with_or_without_a_byte_order_mark_and_refuses_the_rest():
+    assert fields.loads(b'{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+    assert fields.loads(b'\xef\xbb\xbf{"a": 1}') == {"a": 1}
+    assert fields.loads(b'\xef\xbb\xbf{"a": 1}', exact=True) == {"a": 1}
+    # the fast parser answers plain floats; only the exact one (decode_body's second reading) keeps each number's text
+    assert type(fields.loads(b'{"a": 1.5}')["a"]) is float and not hasattr(fields.loads(b"[2.5]")[0], "text")
+    exact = fields.loads(b'{"id": 0.12345678901234567890123}', exact=True)["id"]
+    assert exact.text == "0.12345678901234567890123" and exact == pytest.approx(0.123456789)
+    for exact_mode in (False, True):
+        with pytest.raises(BadRequest) as raised:
+            fields.loads(b'{"a": ', exact=exact_mode)
+        assert raised.value.code == "INVALID_JSON" and raised.value.status_code == 400
+        assert raised.value.detail.startswith("the body is not valid JSON: ")
+    with pytest.raises(BadRequest) as raised:  # int() of more than 4,300 digits: refused (not a 500)
+        fields.loads(b'{"a": ' + b"9" * 5000 + b"}", exact=True)
+    assert raised.value.detail.startswith("the body is not valid JSON: Exceeds the limit (4300 digits)")
+    with pytest.raises(BadRequest) as raised:  # nested past the recursion limit: refused (not a 500)
+        fields.loads(b"[" * 100_000 + b"]" * 100_000, exact=True)
+    assert raised.value.detail.startswith("the body is not valid JSON: ") and len(raised.value.detail) <= 300
+    with pytest.raises(BadRequest) as raised:  # not UTF-8
+        fields.loads(b'{"a": "\xff"}', exact=True)
+    assert raised.value.code == "INVALID_JSON"
+
+
+@pytest.mark.unit
+def test_an_id_is_echoed_exactly_as_sent():
+    assert fields.item_id(None, "id") is None and fields.item_id("x-1", "id") == "x-1"
+    assert fields.item_id(-(2**63), "id") == -(2**63) and fields.item_id(2**64 - 1, "id") == 2**64 - 1
+    for beyond in (2**64, -(2**63) - 1):  # orjson would read these back as floats: rendered from their digits
+        fragment = fields.item_id(beyond, "id")
+        assert isinstance(fragment, orjson_fragment()) and orjson_dumps([fragment]) == f"[{beyond}]".encode()
+    with pytest.raises(fields.InexactNumber):
+        fields.item_id(0.5, "id")
+    # decode_body reads the body again with exact numbers when the fast parser saw a float id
+    decoded = fields.decode_body(lambda body: fields.item_id(body["id"], "id"), b'{"id": 1.10000000000000000001}')
+    assert orjson_dumps([decoded]) == b"[1.10000000000000000001]"
+    assert fields.decode_body(lambda body: body["id"], b'{"id": 7}') == 7
+    for value, said in ((True, "a boolean"), ([1], "an array"), ({"a": 1}, "an object")):
+        assert _refusal(fields.item_id, value, "data.0.id") == f"`data.0.id` must be a string or a number, got {said}"
+
+
+def orjson_fragment():
+    import orjson
+
+    return orjson.Fragment
+
+
+def orjson_dumps(value) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)
+
+
+@pytest.mark.unit
+def test_echoed_and_mapping():
+    flat = {"task": "retrieval.query", "dimensions": 256}
+    assert fields.echoed(flat, "parameters") is flat
+    nested: dict = {}
+    deep = nested
+    for _ in range(300):  # orjson refuses more than 254 levels
+        deep["a"] = {}
+        deep = deep["a"]
+    said = _refusal(fields.echoed, nested, "parameters")
+    assert said.startswith("`parameters` cannot be echoed back: ") and said.endswith("; send a flat object")
+    assert _refusal(fields.echoed, {"n": 2**64}, "parameters").startswith("`parameters` cannot be echoed back: ")
+    assert fields.mapping(None, "parameters") == {} and fields.mapping(flat, "parameters") is flat
+    assert _refusal(fields.mapping, [1], "parameters") == "`parameters` must be a JSON object, got an array"
+    assert _refusal(fields.mapping, "x", "data") == "`data` must be a JSON object, got a string"
+
+
+@pytest.mark.unit
+def test_optional_int_reads_integers_and_numeric_strings_only():
+    """§2a: `dimensions` may be an int or a numeric string ("1024")."""
+    for value, expected in ((None, None), (1024, 1024), ("1024", 1024), (" 64 ", 64), ("+7", 7), ("-7", -7),
+                            (3.0, 3), (-(10**18 - 1), -(10**18 - 1)), (10**18 - 1, 10**18 - 1), ("9" * 18, 10**18 - 1),
+                            (999999999999999872.0, 999999999999999872), (0, 0)):
+        got = fields.optional_int(value, "dimensions")
+        assert got == expected and (got is None or type(got) is int), value
+    assert _refusal(fields.optional_int, True, "dimensions") == "`dimensions` must be an integer, got a boolean"
+    for value in (3.5, 10**18, -(10**18), 1e18, "9" * 19, "²", "1.5", "", "12a", [1], float("nan")):
+        assert _refusal(fields.optional_int, value, "dimensions") == (
+            f"`dimensions` must be an integer, got {value!r}"[:len("`dimensions` must be an integer, got ") + 60]
+            if len(repr(value)) <= 60 else f"`dimensions` must be an integer, got {repr(value)[:57]}...")
+
+
+@pytest.mark.unit
+def test_the_value_shown_in_a_refusal_is_cut_to_60_characters():
+    assert fields._shown("a" * 58) == repr("a" * 58)  # 60 characters with its quotes: whole
+    assert fields._shown("a" * 59) == repr("a" * 59)[:57] + "..."
+    assert len(fields._shown("a" * 1000)) == 60
+    assert [fields._json_type(v) for v in (None, True, 1, 1.5, "s", [], {}, b"x")] == [
+        "null", "a boolean", "a number", "a number", "a string", "an array", "an object", "bytes"]
+
+
+@pytest.mark.unit
+def test_optional_float_bool_and_str():
+    assert fields.optional_float(None, "min_weight") is None
+    assert fields.optional_float(1, "min_weight") == 1.0 and type(fields.optional_float(1, "min_weight")) is float
+    assert fields.optional_float(-0.25, "min_weight") == -0.25
+    for value in (True, "0.5", float("inf"), float("-inf"), float("nan"), [0.5]):
+        assert _refusal(fields.optional_float, value, "min_weight") == (
+            f"`min_weight` must be a finite number, got {value!r}")
+    for default in (True, False):
+        assert fields.optional_bool(None, "normalized", default) is default
+        assert fields.flag(default)(None, "normalized") is default
+        assert fields.flag(default)("TRUE", "normalized") is True and fields.flag(default)(False, "x") is False
+        assert _refusal(fields.flag(default), "yes", "late_chunking") == (
+            "`late_chunking` must be true or false, got a string")
+    for value, expected in ((True, True), (False, False), ("true", True), ("TRUE", True), ("False", False),
+                            ("false", False)):
+        assert fields.optional_bool(value, "truncate", not expected) is expected
+    for value, said in (("yes", "a string"), (1, "a number"), (0, "a number"), ([], "an array")):
+        assert _refusal(fields.optional_bool, value, "truncate", True) == (
+            f"`truncate` must be true or false, got {said}")
+    assert fields.optional_str(None, "task") is None and fields.optional_str("", "task") == ""
+    assert _refusal(fields.optional_str, 5, "task") == "`task` must be a string, got a number"
+
+
+@pytest.mark.unit
+def test_choice_and_input_type():
+    assert fields.choice(None, "f", ("a", "b")) is None and fields.choice(None, "f", ("a", "b"), "b") == "b"
+    assert fields.choice("a", "f", iter(("a", "b"))) == "a"
+    for value in ("c", ["a"], {"a": 1}, 1):  # a list or an object is refused, not tested for membership
+        assert _refusal(fields.choice, value, "f", iter(("a", "b"))) == f"`f` must be one of a, b, got {value!r}"
+    assert fields.input_type("query", "input_type") == "query"
+    assert fields.input_type("document", "input_type") == "document"
+    assert fields.input_type(None, "input_type") is None
+    assert _refusal(fields.input_type, "passage", "input_type") == (
+        "`input_type` must be one of query, document, got 'passage'")
+    assert _refusal(fields.input_type, 1, "input_type") == "`input_type` must be a string, got a number"
+
+
+@pytest.mark.unit
+def test_encoding_reads_one_type_or_a_list_keyed_by_type():
+    """§2b/§2c: `embedding_type` one of float, base64, binary, ubinary; a list answers an object keyed by type."""
+    assert fields.encoding(None, "embedding_type") == Encoding((EmbeddingType.FLOAT,), False)
+    assert fields.encoding("base64", "embedding_type") == Encoding((EmbeddingType.BASE64,), False)
+    assert fields.encoding(["ubinary", "float", "ubinary"], "embedding_type") == Encoding(
+        (EmbeddingType.UBINARY, EmbeddingType.FLOAT), True)
+    assert fields.encoding(["binary"], "embedding_type") == Encoding((EmbeddingType.BINARY,), True)
+    assert _refusal(fields.encoding, [], "embedding_type") == (
+        "`embedding_type` must name at least one of float, base64, binary, ubinary")
+    for item in ("int8", {"a": 1}, ["float"]):
+        assert _refusal(fields.encoding, ["float", item], "embedding_type") == (
+            f"`embedding_type` must be one of float, base64, binary, ubinary (or a list of them), got {item!r}")
+    assert _refusal(fields.encoding, "FLOAT", "encoding_format").startswith("`encoding_format` must be one of float")
+
+
+@pytest.mark.unit
+def test_embed_input_reads_each_form_of_an_input():
+    """§2a: bare strings, {"text"}, {"image"}, {"url"}, {"bytes"}; newer clients' {"audio"}, {"video"}, {"pdf"}."""
+    assert fields.embed_input("a", "input") == TextInput("a")
+    assert fields.embed_input({"text": "a", "image": "i"}, "input") == TextInput("a")
+    assert fields.embed_input({"url": "u", "bytes": "b"}, "input") == ImageInput("u", "url")
+    for key in ("image", "url", "bytes"):
+        assert fields.embed_input({key: "x", "audio": "y"}, "input.0") == ImageInput("x", key)
+        assert fields.render_input(ImageInput("x", key)) == {key: "x"}
+        assert _refusal(fields.embed_input, {key: 1}, "input.0") == (
+            f"`input.0.{key}` must be a string (a URL, base64 or a data URI), got a number")
+    for key in ("audio", "video", "pdf"):
+        assert fields.embed_input({key: "s"}, "input") == OtherInput(key, "s")
+        assert fields.embed_input({key: 5}, "input") == OtherInput(key, "")
+        assert fields.render_input(OtherInput(key, "s")) == {key: "s"}
+    assert fields.render_input(TextInput("t")) == {"text": "t"}
+    assert _refusal(fields.embed_input, {"text": None}, "input.2") == "`input.2.text` must be a string, got null"
+    assert _refusal(fields.embed_input, {"txt": "a"}, "input.1") == (
+        "`input.1` must have a `text` (or `image`, `url`, `bytes`) key")
+    assert _refusal(fields.embed_input, 5, "input.1") == (
+        "`input.1` must be a string or an object with `text`, got a number")
+
+
+@pytest.mark.unit
+def test_the_input_schema_admits_what_embed_input_reads_and_nothing_else():
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(fields.input_schema())
+    read = ["a", {"text": "a"}, {"text": "a", "image": "i"}, {"image": "i"}, {"url": "u", "bytes": "b"},
+            {"bytes": "b"}, {"audio": 5}, {"video": "v", "pdf": "p"}, {"pdf": None}]
+    refused = [5, None, [], {}, {"txt": "a"}, {"text": 1}, {"image": 1}, {"url": None}]
+    for value in read:
+        fields.embed_input(value, "input")
+        assert validator.is_valid(value), value
+    for value in refused:
+        with pytest.raises(ValidationFailed):
+            fields.embed_input(value, "input")
+        assert not validator.is_valid(value), value
+
+
+@pytest.mark.unit
+def test_the_option_schemas_admit_what_their_parsers_read():
+    from jsonschema import Draft202012Validator
+
+    integer = Draft202012Validator(fields.INTEGER_SCHEMA)
+    for value in (0, -5, 10**18 - 1, -(10**18 - 1), "1024", " 64 ", "+7", "-7", "9" * 18):
+        assert integer.is_valid(value) and fields.optional_int(value, "f") is not None, value
+    for value in (10**18, -(10**18), "9" * 19, "1.5", "x", "", True, [1]):
+        assert not integer.is_valid(value), value
+        with pytest.raises(ValidationFailed):
+            fields.optional_int(value, "f")
+    for default in (True, False):
+        boolean = Draft202012Validator(fields.boolean_schema(default))
+        assert fields.boolean_schema(default)["default"] is default
+        for value in (True, False, "true", "TRUE", "False", "tRuE"):
+            assert boolean.is_valid(value) and fields.optional_bool(value, "f", default) in (True, False)
+        for value in ("yes", "", 1, None, "truee"):
+            assert not boolean.is_valid(value), value
+    option = fields.Option("dimensions", fields.optional_int, fields.INTEGER_SCHEMA, "cut")
+    assert option.parse({"dimensions": "8"}, "parameters.") == 8 and option.parse({}, "parameters.") is None
+    assert _refusal(option.parse, {"dimensions": "x"}) == "`dimensions` must be an integer, got 'x'"
+    assert _refusal(option.parse, {"dimensions": "x"}, "parameters.") == (
+        "`parameters.dimensions` must be an integer, got 'x'")
+    assert option.property_schema() == {"anyOf": [fields.INTEGER_SCHEMA, {"type": "null"}], "description": "cut"}
+    nullable = Draft202012Validator(option.property_schema())
+    assert nullable.is_valid(None) and nullable.is_valid(3) and not nullable.is_valid("x")
+
+
+@pytest.mark.unit
+def test_embed_request_reads_every_option_of_the_contract():
+    """§2c, with OpenAI's `encoding_format` read as `embedding_type`'s synonym (§2b)."""
+    request, encoding = fields.embed_request((TextInput("a"),), {})
+    assert encoding == Encoding() and request.inputs == (TextInput("a"),)
+    assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
+            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
+        None, None, True, False, True, None, None, None, None, False)
+    request, encoding = fields.embed_request((), {
+        "task": "retrieval.query", "dimensions": "256", "normalized": "false", "late_chunking": True,
+        "truncate": False, "input_type": "query", "adapter": "a1", "top_k": 5, "min_weight": 0.5,
+        "return_tokens": "TRUE", "encoding_format": "base64"})
+    assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
+            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
+        "retrieval.query", 256, False, True, False, "query", "a1", 5, 0.5, True)
+    assert encoding == Encoding((EmbeddingType.BASE64,))
+    # both given: embedding_type wins; a null embedding_type leaves encoding_format to say
+    assert fields.embed_request((), {"embedding_type": ["binary"], "encoding_format": "base64"})[1] == Encoding(
+        (EmbeddingType.BINARY,), True)
+    assert fields.embed_request((), {"embedding_type": None, "encoding_format": "base64"})[1] == Encoding(
+        (EmbeddingType.BASE64,))
+    assert _refusal(fields.embed_request, (), {"dimensions": "x"}, "parameters.") == (
+        "`parameters.dimensions` must be an integer, got 'x'")
+    assert _refusal(fields.embed_request, (), {"encoding_format": "int8"}, "parameters.").startswith(
+        "`parameters.encoding_format` must be one of float, base64, binary, ubinary")
+    assert _refusal(fields.embed_request, (), {"embedding_type": "int8"}, "parameters.").startswith(
+        "`parameters.embedding_type` must be one of")
+    schema_ = fields.options_schema()
+    assert list(schema_) == [option.name for option in fields.EMBED_OPTIONS] + ["embedding_type", "encoding_format"]
+    assert schema_["encoding_format"]["description"] == "synonym of `embedding_type`"
+    assert schema_["encoding_format"]["anyOf"] == schema_["embedding_type"]["anyOf"]
+
+
+# --- container/dialects/rerank.py --------------------------------------------------------------------------------
+# The two rerank bodies of contract §3, decoded and answered; each JSON Schema the OpenAPI document publishes checked
+# against the bodies the decoders read and the answers the renderers write (jsonschema, an independent validator).
+
+from container.dialects import ITEM_OVERHEAD_BYTES, rerank as rerank_dialect  # noqa: E402
+from model_handlers.types import RerankHit, RerankRequest, RerankResult  # noqa: E402
+
+SAGEMAKER_SHAPE = '{"data": {"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3}}'
+PUBLIC_SHAPE = '{"query": "...", "documents": ["...", {"text": "..."}], "top_n": 3, "return_documents": true}'
+RESULT = RerankResult(hits=[RerankHit(2, 0.75, 4), RerankHit(0, -1.5, 3)], query_tokens=5, document_tokens=11,
+                      model="rr")
+
+
+def _validator(schema_):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(schema_)
+
+
+@pytest.mark.unit
+def test_top_n_is_a_positive_integer_or_left_out():
+    """§3: `top_n` missing means all; 0 or less is refused (a caller who wants all leaves it out)."""
+    assert rerank_dialect._top_n(None, "top_n") is None
+    assert rerank_dialect._top_n(1, "top_n") == 1 and rerank_dialect._top_n(" 3 ", "data.top_n") == 3
+    for bad in (0, -2, "0"):
+        assert _refusal(rerank_dialect._top_n, bad, "data.top_n") == (
+            f"`data.top_n` must be at least 1 (leave it out to get every document), got {int(bad)}")
+    assert _refusal(rerank_dialect._top_n, "x", "data.top_n") == "`data.top_n` must be an integer, got 'x'"
+    top_n = _validator(rerank_dialect.OPTIONS[0].schema)
+    for value in (1, 3, "3", " 010 ", "+7", "9" * 18):
+        assert top_n.is_valid(value) and rerank_dialect._top_n(value, "top_n") >= 1, value
+    for value in (0, -1, "0", "000", "-3", "9" * 19, "x", 1.5):
+        assert not top_n.is_valid(value), value
+        with pytest.raises(ValidationFailed):
+            rerank_dialect._top_n(value, "top_n")
+
+
+@pytest.mark.unit
+def test_which_bodies_are_rerank_bodies():
+    """§1/§3: /invocations routes by shape: `query` or `documents` (in `data`, or at the top without `input`)."""
+    sagemaker = rerank_dialect.is_sagemaker_rerank
+    assert sagemaker({"query": "q"}) and sagemaker({"documents": []}) and sagemaker([{"query": "q"}])
+    assert not sagemaker([]) and not sagemaker([{"text": "a"}]) and not sagemaker(["q"]) and not sagemaker("query")
+    assert not sagemaker({"text": "a"}) and not sagemaker(None)
+    public = rerank_dialect.is_public_rerank
+    assert public({"query": "q"}) and public({"documents": ["d"]}) and public({"query": "q", "model": "m"})
+    assert not public({"input": "a", "query": "q"}) and not public({"model": "m"}) and not public(["query"])
+    assert rerank_dialect.invocation({"input": ["a"]}) is None
+    assert rerank_dialect.invocation({"data": [{"text": "a"}]}) is None
+    assert rerank_dialect.invocation({"data": {"text": "a"}}) is None
+    assert rerank_dialect.invocation({"data": {"query": "q", "documents": ["d"]}}).request == RerankRequest(
+        query=TextInput("q"), documents=(TextInput("d"),))
+    assert rerank_dialect.invocation({"query": "q", "documents": ["d"], "top_n": 1}).request == RerankRequest(
+        query=TextInput("q"), documents=(TextInput("d"),), top_n=1)
+    # the SageMaker body is answered in its envelope, the public one in the public form
+    three = ["a", "b", "c"]
+    assert list(rerank_dialect.invocation({"data": {"query": "q", "documents": three}}).render(RESULT)) == [
+        "data", "parameters"]
+    assert list(rerank_dialect.invocation({"query": "q", "documents": three}).render(RESULT)) == [
+        "model", "object", "usage", "results"]
+
+
+@pytest.mark.unit
+def test_the_sagemaker_rerank_envelope_decoded_and_answered():
+    body = {"data": [{"query": {"text": "q"}, "documents": ["a", {"text": "b"}, {"image": "i"}], "top_n": "2",
+                      "return_documents": "true"}], "parameters": {"k": 1}}
+    assert _validator(rerank_dialect.sagemaker_request_schema()).is_valid(body)
+    decoded = rerank_dialect.decode_sagemaker(body)
+    assert decoded.request == RerankRequest(query=TextInput("q"), documents=(
+        TextInput("a"), TextInput("b"), ImageInput("i", "image")), top_n=2, return_documents=True)
+    answer = decoded.render(RESULT)
+    assert answer == {"data": [{"query_usage": {"total_tokens": 5}, "docs_usage": {"total_tokens": 11},
+                                "results": [{"index": 2, "relevance_score": 0.75, "document": {"image": "i"},
+                                             "usage": {"total_tokens": 4}},
+                                            {"index": 0, "relevance_score": -1.5, "document": {"text": "a"},
+                                             "usage": {"total_tokens": 3}}]}],
+                      "parameters": {"k": 1}}
+    response = _validator(rerank_dialect.sagemaker_response_schema())
+    assert response.is_valid(answer)
+    assert not response.is_valid({**answer, "data": []}) and not response.is_valid({"data": answer["data"]})
+    assert not response.is_valid({**answer, "data": answer["data"] * 2})
+    for key in ("query_usage", "docs_usage", "results"):
+        assert not response.is_valid({**answer, "data": [{k: v for k, v in answer["data"][0].items() if k != key}]})
+    hit = answer["data"][0]["results"][0]
+    for key in ("index", "relevance_score", "usage"):
+        broken = {k: v for k, v in hit.items() if k != key}
+        assert not response.is_valid({**answer, "data": [{**answer["data"][0], "results": [broken]}]}), key
+    assert not response.is_valid({**answer, "data": [{**answer["data"][0], "results": [{**hit, "index": "2"}]}]})
+    assert not response.is_valid({**answer, "data": [{**answer["data"][0], "query_usage": {"total_tokens": "5"}}]})
+    # each level's type: an answer of the wrong shape anywhere is refused
+    item = answer["data"][0]
+    for wrong in (["x"], [[item]], {"0": item}, "x"):
+        assert not response.is_valid({**answer, "data": wrong}), wrong
+    for key, wrong in (("docs_usage", {"total_tokens": "5"}), ("docs_usage", {}), ("docs_usage", 5),
+                       ("query_usage", [5]), ("results", {"0": hit}), ("results", "x"), ("results", [5]),
+                       ("results", [{**hit, "usage": {"total_tokens": 1.5}}]), ("results", [{**hit, "usage": 4}])):
+        assert not response.is_valid({**answer, "data": [{**item, key: wrong}]}), (key, wrong)
+    assert not response.is_valid({**answer, "parameters": [1]}) and not response.is_valid([answer])
+    # one object in `data` reads the same; parameters left out echo as {}; documents not echoed when asked so
+    decoded = rerank_dialect.decode_sagemaker({"data": {"query": "q", "documents": ["a", "b", "c"],
+                                                        "return_documents": False}})
+    assert decoded.request.return_documents is False and decoded.request.top_n is None
+    answer = decoded.render(RESULT)
+    assert answer["parameters"] == {} and [set(hit) for hit in answer["data"][0]["results"]] == [
+        {"index", "relevance_score", "usage"}] * 2
+    assert response.is_valid(answer)
+    # a CSV row (batch transform) is `data` itself: its errors name the field alone
+    row = rerank_dialect.WIRE.rows.decode({"query": "q", "documents": ["a"]})
+    assert row.request == RerankRequest(query=TextInput("q"), documents=(TextInput("a"),))
+    assert _refusal(rerank_dialect.WIRE.rows.decode, {"query": "q"}) == (
+        f"`documents` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+
+
+@pytest.mark.unit
+def test_the_sagemaker_rerank_envelope_refused_naming_the_field():
+    def refusal(body):
+        assert not _validator(rerank_dialect.sagemaker_request_schema()).is_valid(body), body
+        return _refusal(rerank_dialect.decode_sagemaker, body)
+
+    two = {"query": "q", "documents": ["a"]}
+    envelope = _validator(rerank_dialect.sagemaker_request_schema())
+    for bad in ([{"data": two}], "x", {}, {"parameters": {}}, {"data": [{"documents": ["a"]}]}, {"data": [5]}):
+        assert not envelope.is_valid(bad), bad
+    assert envelope.is_valid({"data": [two]}) and envelope.is_valid({"data": two, "parameters": {"a": 1}})
+    assert refusal({"data": [two, two]}) == f"`data` holds 2 rerank requests; send one per body: {SAGEMAKER_SHAPE}"
+    assert refusal({"data": []}) == f"`data` holds 0 rerank requests; send one per body: {SAGEMAKER_SHAPE}"
+    assert refusal({"data": {"documents": ["a"]}}) == (
+        f"`data.query` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+    assert refusal({"data": {"query": None, "documents": ["a"]}}) == (
+        f"`data.query` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+    assert refusal({"data": {"query": "q", "documents": None}}) == (
+        f"`data.documents` is missing; a rerank body looks like {SAGEMAKER_SHAPE}")
+    assert refusal({"data": {"query": "q", "documents": "a"}}) == (
+        '`data.documents` must be a list of strings or {"text"} objects')
+    assert refusal({"data": {"query": "q", "documents": ["a", 5]}}) == (
+        "`data.documents[1]` must be a string or an object with `text`, got a number")
+    assert refusal({"data": {"query": 5, "documents": ["a"]}}) == (
+        "`data.query` must be a string or an object with `text`, got a number")
+    assert refusal({"data": {"query": "q", "documents": ["a"], "top_n": 0}}) == (
+        "`data.top_n` must be at least 1 (leave it out to get every document), got 0")
+    assert refusal({"data": {"query": "q", "documents": ["a"], "return_documents": "no"}}) == (
+        "`data.return_documents` must be true or false, got a string")
+    assert refusal({"data": {"query": "q", "documents": ["a"]}, "parameters": [1]}) == (
+        "`parameters` must be a JSON object, got an array")
+    assert refusal({"data": "q"}) == "`data` must be a JSON object, got a string"
+    assert _refusal(rerank_dialect.decode_sagemaker, {"data": two, "parameters": {"n": 2**64}}).startswith(
+        "`parameters` cannot be echoed back: ")
+
+
+@pytest.mark.unit
+def test_the_public_rerank_body_decoded_and_answered():
+    body = {"model": "any", "query": "q", "documents": ["a", {"url": "u"}, "c"], "top_n": 2}
+    request_schema = _validator(rerank_dialect.public_request_schema())
+    assert request_schema.is_valid(body)
+    decoded = rerank_dialect.decode_public(body)
+    assert decoded.request == RerankRequest(query=TextInput("q"), documents=(
+        TextInput("a"), ImageInput("u", "url"), TextInput("c")), top_n=2)
+    answer = decoded.render(RESULT)
+    assert answer == {"model": "rr", "object": "list", "usage": {"total_tokens": 16},
+                      "results": [{"index": 2, "relevance_score": 0.75, "document": {"text": "c"}},
+                                  {"index": 0, "relevance_score": -1.5, "document": {"text": "a"}}]}
+    response = _validator(rerank_dialect.public_response_schema())
+    assert response.is_valid(answer)
+    for key in ("model", "object", "usage", "results"):
+        assert not response.is_valid({k: v for k, v in answer.items() if k != key}), key
+    assert not response.is_valid({**answer, "object": "dict"}) and not response.is_valid({**answer, "model": 1})
+    assert not response.is_valid({**answer, "usage": {}}) and not response.is_valid({**answer, "results": {}})
+    assert not response.is_valid({**answer, "results": [{"index": 0}]})
+    assert not response.is_valid({**answer, "results": [{"index": 0, "relevance_score": "high"}]})
+    assert not response.is_valid({**answer, "results": [{"index": 0, "relevance_score": 1, "document": 5}]})
+    for key, wrong in (("usage", {"total_tokens": "16"}), ("usage", 16), ("results", {"0": answer["results"][0]}),
+                       ("results", [5]), ("results", [{"index": 0.5, "relevance_score": 1}]), ("object", None)):
+        assert not response.is_valid({**answer, key: wrong}), (key, wrong)
+    assert not response.is_valid([answer])
+    hidden = rerank_dialect.decode_public({**body, "return_documents": False}).render(RESULT)
+    assert [set(hit) for hit in hidden["results"]] == [{"index", "relevance_score"}] * 2 and response.is_valid(hidden)
+    for bad in ([body], "q", None):
+        assert _refusal(rerank_dialect.decode_public, bad) == f"the body must be a JSON object: {PUBLIC_SHAPE}"
+    assert _refusal(rerank_dialect.decode_public, {"query": "q"}) == (
+        f"`documents` is missing; a rerank body looks like {PUBLIC_SHAPE}")
+    assert _refusal(rerank_dialect.decode_public, {"query": "q", "documents": [{"text": 1}]}) == (
+        "`documents[0].text` must be a string, got a number")
+    for bad in ({"query": "q"}, {"documents": ["a"]}, {"query": "q", "documents": "a"},
+                {"query": "q", "documents": [5]}, {"query": "q", "documents": ["a"], "top_n": 0},
+                {"query": "q", "documents": ["a"], "model": 5}):
+        assert not request_schema.is_valid(bad), bad
+    assert request_schema.is_valid({"query": "q", "documents": [], "top_n": None, "return_documents": "FALSE"})
+    for bad in ([body], "q", None, {"query": "q", "documents": {"0": "a"}}):
+        assert not request_schema.is_valid(bad), bad
+    assert not request_schema.is_valid({"query": "q", "documents": [], "return_documents": "no"})
+
+
+@pytest.mark.unit
+def test_a_rerank_answer_is_estimated_from_the_documents_it_echoes():
+    """The bound `estimate` states: each echoed document's text counted twice (JSON may escape every character), and
+    ITEM_OVERHEAD_BYTES per document; an answer that echoes none is the overhead alone."""
+    import json
+
+    documents = (TextInput('"' * 50), ImageInput("u" * 7, "url"), TextInput("é"))
+    request = RerankRequest(query=TextInput("q"), documents=documents)
+    assert rerank_dialect.estimate(request, None, None) == 2 * (50 + 7 + 1) + 3 * ITEM_OVERHEAD_BYTES
+    hidden = RerankRequest(query=TextInput("q"), documents=documents, return_documents=False)
+    assert rerank_dialect.estimate(hidden, None, None) == 3 * ITEM_OVERHEAD_BYTES
+    result = RerankResult(hits=[RerankHit(i, -1.2345678e-06, 10**6) for i in range(3)], query_tokens=10**6,
+                          document_tokens=10**6, model="m")
+    for each in (request, hidden):
+        answer = rerank_dialect.render_item(each, result)
+        echoed = sum(len(json.dumps(hit.get("document", ""))) for hit in answer["results"])
+        assert echoed <= rerank_dialect.estimate(each, None, None)
+
+
+# --- container/dialects/embed.py ---------------------------------------------------------------------------------
+
+from container.dialects import embed as embed_dialect  # noqa: E402
+
+
+@pytest.mark.unit
+def test_an_embeddings_body_on_invocations_asks_for_the_served_models_own_form():
+    """§1/§2: on /invocations the SageMaker envelope (`data`) and the public body (`input`) are embeddings of the
+    model's own form (operation None); `data` is the envelope even beside `input`; anything else is not this one's."""
+    envelope = embed_dialect.invocation({"data": [{"text": "a", "id": 7}], "parameters": {"dimensions": "8"},
+                                         "input": "ignored"})
+    assert envelope.request.inputs == (TextInput("a"),) and envelope.request.dimensions == 8
+    assert envelope.request.operation is None
+    public = embed_dialect.invocation({"input": "b", "embedding_type": "base64"})
+    assert public.request.inputs == (TextInput("b"),) and public.request.operation is None
+    assert public.encoding == Encoding((EmbeddingType.BASE64,))
+    assert embed_dialect.invocation({"query": "q", "documents": []}) is None and embed_dialect.invocation({}) is None
+    # /v1/embeddings asks for `embed` by name
+    assert embed_dialect.WIRE.routes[0].decode({"input": ["c"]}).request.operation == "embed"
+
+
+class _Rows:
+    """What `estimate` reads of a pipeline: its width and the rows an answer holds (one per input; for token vectors
+    3 per input here, as a model of token vectors counts them)."""
+
+    dimensions = 384
+    default_input_type = None
+
+    def answer_rows(self, request) -> int:
+        return (3 if request.operation == "multi-vector" else 1) * len(request.inputs)
+
+
+@pytest.mark.unit
+def test_an_embeddings_answer_is_estimated_from_its_rows_and_encodings():
+    """The bound `estimate` states: each answered row's vector in the encodings asked (`vector_bytes`, whose own test
+    checks it against orjson), at the dimensions asked (else the model's width), and ITEM_OVERHEAD_BYTES per input;
+    then each form asked beside it, as that form's own answer would be estimated."""
+    from container import dialects
+
+    inputs = (TextInput("a"), TextInput("b"))
+    keyed = Encoding((EmbeddingType.FLOAT, EmbeddingType.BINARY), keyed=True)
+    for operation, rows in (("embed", 2), ("multi-vector", 6)):
+        for dims, encoding in ((None, None), (64, None), (None, keyed), (8, Encoding((EmbeddingType.BASE64,)))):
+            request = EmbedRequest(inputs=inputs, dimensions=dims, operation=operation)
+            assert embed_dialect.estimate(request, encoding, _Rows()) == (
+                rows * vector_bytes(dims or 384, encoding) + 2 * ITEM_OVERHEAD_BYTES)
+    widthless = _Rows()
+    widthless.dimensions = None
+    assert embed_dialect.estimate(EmbedRequest(inputs=inputs), None, widthless) == (
+        2 * vector_bytes(0, None) + 2 * ITEM_OVERHEAD_BYTES)
+    for encoding in (None, Encoding((EmbeddingType.BINARY,))):
+        both = EmbedRequest(inputs=inputs, operation="embed", return_sparse=True, return_multivector=True, top_k=5)
+        own = 2 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES
+        sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", top_k=5), encoding,
+                                                   _Rows())
+        tokens = dialects.named("multi-vector").estimate(
+            EmbedRequest(inputs=inputs, operation="multi-vector", top_k=5), encoding, _Rows())
+        assert tokens == 6 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES  # a vector per token, encoded
+        assert sparse > 2 * ITEM_OVERHEAD_BYTES
+        assert embed_dialect.estimate(both, encoding, _Rows()) == own + sparse + tokens
+        assert embed_dialect.estimate(replace_request(both, return_multivector=False), encoding, _Rows()) == (
+            own + sparse)
+
+
+def replace_request(request, **changes):
+    from dataclasses import replace
+
+    return replace(request, **changes)
+
+
+@pytest.mark.app
+@pytest.mark.parametrize("body", [
+    {"input": ["a", "b" * 300]}, {"input": ["a"], "dimensions": 32, "embedding_type": "base64"},
+    {"input": ["x y z"] * 3, "embedding_type": ["float", "binary", "ubinary", "base64"]},
+    {"data": [{"text": "a", "id": "i" * 32}, "b"], "parameters": {"dimensions": 17}}])
+def test_the_estimate_bounds_the_answer_the_server_writes(app, runtime, body):
+    """The estimate is what the answer cap compares (before the model runs): the answered items the server writes
+    (the answer's `data`, without the envelope's few fixed keys) must fit in it."""
+    decoded = embed_dialect.invocation(body)
+    said = app.post("/invocations", body)
+    assert said.status_code == 200, said.text
+    start = said.content.index(b'"data":[')
+    end = said.content.rfind(b',"parameters":') if "parameters" in body else len(said.content) - 1
+    items = said.content[start + len(b'"data":'):end]
+    assert items.startswith(b"[{") and items.endswith(b"}]")
+    assert len(items) <= embed_dialect.estimate(decoded.request, decoded.encoding, runtime.handler)
+
+
+def _another_pipeline(small_passes, **options):
+    """A second pipeline (its own batcher) on the small_passes model."""
+    from model_handlers.options import HandlerOptions
+    from model_handlers.pipeline import Pipeline
+
+    pipeline, _, _ = small_passes
+    return Pipeline(pipeline.kind, pipeline.model, pipeline.config, HandlerOptions(**options))
+
+
+@pytest.mark.app
+def test_a_model_on_a_gpu_gets_the_gpu_budget_of_padded_tokens_per_pass(small_passes, monkeypatch):
+    """README (SEARCHBOX_MAX_BATCH_TOKENS): 1024 padded tokens per pass on CPU, 16384 on a GPU. Eight inputs of about
+    200 tokens (1,600 padded) take two passes or more on CPU and one where the model says it is on a GPU (the forward
+    pass itself still runs where the weights are)."""
+    texts = tuple(TextInput(" ".join(f"word{i}x{j}" for j in range(60))) for i in range(8))
+    for device, passes in (("cpu", range(2, 9)), ("cuda:0", range(1, 2))):
+        monkeypatch.setattr(small_passes[0].model, "device", device)
+        observer = _Passes()
+        pipeline = _another_pipeline(small_passes, observer=observer)
+        try:
+            pipeline.run(EmbedRequest(inputs=texts))
+        finally:
+            pipeline.close()
+        assert len(observer.passes) in passes and sum(observer.passes) == 8, (device, observer.passes)
+
+
+@pytest.mark.app
+def test_closing_a_pipeline_closes_its_model_and_draining_an_idle_one_keeps_and_refuses_nothing(small_passes,
+                                                                                               monkeypatch):
+    """A model that holds something to close (an ONNX session, a remote-code process) is closed with its pipeline;
+    a drained pipeline takes no more work."""
+    from model_handlers.errors import Overloaded
+
+    closed = []
+    monkeypatch.setattr(small_passes[0].model, "close", lambda: closed.append(True), raising=False)
+    pipeline = _another_pipeline(small_passes)
+    try:
+        assert pipeline.run(EmbedRequest(inputs=(TextInput("before"),))).vectors[0].shape == (pipeline.dimensions,)
+        assert pipeline.drain(5.0) == (0, 0)
+        with pytest.raises(Overloaded):
+            pipeline.run(EmbedRequest(inputs=(TextInput("after"),)))
+    finally:
+        pipeline.close()
+    assert closed == [True]
+
+
+# --- model_handlers/operations/embed.py: the forms asked beside a request's own -----------------------------------
+
+class _OnePass:
+    """What check_also reads of a model: the forms its one forward pass makes (BGE-M3's FORMS, or fewer)."""
+
+    def __init__(self, *forms):
+        self.forms = frozenset(forms)
+
+    def forms_of_one_pass(self):
+        return self.forms
+
+
+@pytest.mark.unit
+def test_forms_beside_the_asked_one_come_only_from_a_model_whose_one_pass_makes_them():
+    from model_handlers.operations.embed import check_also
+
+    def refusal(request, model):
+        with pytest.raises(InvalidOption) as raised:
+            check_also(request, model, "m")
+        return raised.value.code, str(raised.value)
+
+    def unsupported(options):
+        return ("UNSUPPORTED_OPTION", f"{options} needs a model whose one forward pass also makes those outputs "
+                f"(BGE-M3); model m does not: leave {options} out, and ask /v1/sparse-embeddings or /v1/multi-vector "
+                "of a model that makes them")
+
+    bge_m3 = _OnePass("embed", "sparse", "multi-vector")
+    both = EmbedRequest(inputs=(), operation="embed", return_sparse=True, return_multivector=True)
+    assert check_also(both, bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True), bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="sparse", return_multivector=True), bge_m3, "m") is None
+    # nothing asked beside: nothing to check, whatever the model (top_k is then the sparse operation's own to check)
+    assert check_also(EmbedRequest(inputs=(), operation="embed", top_k=0), object(), "m") is None
+    assert refusal(both, object()) == unsupported("return_sparse and return_multivector")
+    assert refusal(EmbedRequest(inputs=(), operation="embed", return_multivector=True), object()) == (
+        unsupported("return_multivector"))
+    # a model that makes some of them: what it does not make is refused, as is an operation it does not make
+    assert refusal(both, _OnePass("embed", "sparse")) == unsupported("return_sparse and return_multivector")
+    assert refusal(EmbedRequest(inputs=(), operation="embed", return_sparse=True), _OnePass("sparse", "multi-vector")
+                   ) == unsupported("return_sparse")
+    # the sparse form's own option, as /v1/sparse-embeddings checks it
+    for top_k in (0, -3):
+        request = EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k)
+        assert refusal(request, bge_m3) == ("INVALID_OPTION", f"top_k must be at least 1, got {top_k}")
+    for top_k in (1, 2, None):
+        assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k), bge_m3,
+                          "m") is None
+
+
+@pytest.mark.app
+def test_the_embedded_model_refuses_forms_its_pass_does_not_make(app):
+    said = app.post("/v1/embeddings", {"input": ["a"], "return_sparse": True, "return_multivector": "true"})
+    assert said.status_code == 422 and said.json()["code"] == "UNSUPPORTED_OPTION"
+    assert said.json()["detail"] == (
+        "return_sparse and return_multivector needs a model whose one forward pass also makes those outputs (BGE-M3); "
+        "model all-MiniLM-L6-v2 does not: leave return_sparse and return_multivector out, and ask "
+        "/v1/sparse-embeddings or /v1/multi-vector of a model that makes them")
+
+
+@pytest.mark.app
+def test_an_adapter_the_endpoint_does_not_hold_is_refused_by_name(app):
+    """The request's adapter (its `adapter` option, or SageMaker's adapter header) is held while it runs: one the
+    endpoint does not hold is a 422 naming it and those there are (none on the embedded model)."""
+    for body in ({"input": ["a"], "adapter": "nope"}, {"data": [{"text": "a"}], "parameters": {"adapter": "nope"}}):
+        said = app.post("/v1/embeddings" if "input" in body else "/invocations", body)
+        assert said.status_code == 422, said.text
+        assert said.json()["code"] == "UNKNOWN_ADAPTER"
+        assert said.json()["detail"] == "no adapter 'nope' is loaded on this endpoint; adapters: none"
+
+
+@pytest.fixture(scope="module")
+def tiny_bge_m3(tmp_path_factory, minilm_dir):
+    """A tiny BGE-M3 built offline (tests/bge_m3_models.py: the embedded encoder with seeded heads), served in
+    process: a model whose one forward pass makes dense, sparse and token vectors."""
+    from bge_m3_models import make_model
+    from helpers import in_process
+
+    app, runtime = in_process(make_model(tmp_path_factory.mktemp("m3") / "m3", minilm_dir),
+                              {"SEARCHBOX_ALLOW_PICKLE": "1"})
+    yield app, runtime.handler
+    runtime.close()
+
+
+@pytest.mark.app
+def test_forms_asked_beside_are_each_forms_own_answer(tiny_bge_m3):
+    """return_sparse and return_multivector from the same pass answer what /v1/sparse-embeddings and
+    /v1/multi-vector answer on their own (test_bge_m3.py checks those against FlagEmbedding)."""
+    app, pipeline = tiny_bge_m3
+    texts = ["what do cats like to eat", "one forward pass gives three forms"]
+
+    def data(path, body):
+        said = app.post(path, body)
+        assert said.status_code == 200, said.text
+        assert said.json()["model"] == "m3"  # the served model's name: its directory's
+        return said.json()["data"]
+
+    both = data("/v1/embeddings", {"input": texts, "return_sparse": True, "return_multivector": True, "top_k": 3,
+                                   "return_tokens": True, "dimensions": 64})
+    dense = data("/v1/embeddings", {"input": texts, "dimensions": 64})
+    sparse = data("/v1/sparse-embeddings", {"input": texts, "top_k": 3, "return_tokens": True})
+    tokens = data("/v1/multi-vector", {"input": texts, "dimensions": 64})
+    assert len(both) == len(texts)
+    for i in range(len(texts)):
+        assert_allclose(both[i]["embedding"], dense[i]["embedding"], atol=1e-5)
+        assert len(both[i]["embedding"]) == 64
+        assert both[i]["sparse_embedding"]["indices"] == sparse[i]["sparse_embedding"]["indices"]
+        assert len(both[i]["sparse_embedding"]["indices"]) <= 3
+        assert both[i]["sparse_embedding"]["tokens"] == sparse[i]["sparse_embedding"]["tokens"]
+        assert_allclose(both[i]["sparse_embedding"]["values"], sparse[i]["sparse_embedding"]["values"], atol=1e-5)
+        assert_allclose(both[i]["multi_vector"], tokens[i]["embeddings"], atol=1e-5)
+        assert np.asarray(both[i]["multi_vector"]).shape[-1] == 64
+    # the rows an answer holds (what the answer cap is checked against before any work): one per input, or for token
+    # vectors one per kept token, as many as the answer then holds
+    multi = EmbedRequest(inputs=tuple(TextInput(text) for text in texts), operation="multi-vector")
+    assert pipeline.answer_rows(multi) == sum(len(item["embeddings"]) for item in tokens) > len(texts)
+    assert pipeline.answer_rows(EmbedRequest(inputs=multi.inputs, operation="embed")) == len(texts)
