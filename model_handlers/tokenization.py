@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from model_handlers.errors import ModelDirectoryError
+from model_handlers.errors import InvalidInput, ModelDirectoryError
 
 
 class TokenizerView:
@@ -125,6 +125,17 @@ class TokenizerView:
     def vocabulary(self, ids: Sequence[int]) -> list[str]:
         """The vocabulary strings of token ids ("[CLS]", "##ing")."""
         return [self._backend.id_to_token(int(i)) for i in ids]
+
+    def fit(self, content: np.ndarray, truncate: bool, label: str, room: int | None = None) -> np.ndarray:
+        """`content` as one sequence holds it: whole when it fits `room` (the sequence's room unless told), cut when
+        `truncate`, else refused naming `label` ("input 3") and the model's limit."""
+        room = self.room if room is None else room
+        if len(content) <= room:
+            return content
+        if truncate:
+            return content[:room]
+        raise InvalidInput(f"{label} has {len(content) + self.special_count} tokens, over the model's limit of "
+                           f"{self.max_length}; shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
 
     def wrap(self, content: np.ndarray) -> np.ndarray:
         """One model input: the special tokens around `content`."""

@@ -30,7 +30,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
+from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.model_code import ENV_ALLOW_PICKLE
 from model_handlers.operations.embed import EMBED, Prepared
@@ -203,16 +203,8 @@ class BgeM3Model:
             raise InvalidOption(f"model {self.model_name} holds no LoRA adapters (adapter {spec.adapter!r})",
                                 code="UNKNOWN_ADAPTER")
         contents = self._tokenizer.encode([spec.prompt + text for text in texts])
-        return [self._tokenizer.wrap(self._fit(content, index, truncate)) for index, content in enumerate(contents)]
-
-    def _fit(self, content: np.ndarray, index: int, truncate: bool) -> np.ndarray:
-        if len(content) <= self._tokenizer.room:
-            return content
-        if truncate:
-            return content[: self._tokenizer.room]
-        total = len(content) + self._tokenizer.special_count
-        raise InvalidInput(f"input {index} has {total} tokens, over the model's limit of {self.max_length}; "
-                           "shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
+        return [self._tokenizer.wrap(self._tokenizer.fit(content, truncate, f"input {index}"))
+                for index, content in enumerate(contents)]
 
     # --- on the batcher's thread ----------------------------------------------------------------------
 

@@ -253,8 +253,8 @@ class MultimodalModel:
         held = 0
         for index, item in enumerate(inputs):
             if isinstance(item, TextInput):
-                text = _Text(self._tokenizer.wrap(self._fit(contents[index], index, what, truncate)), self._text_group,
-                             spec.adapter)
+                content = self._tokenizer.fit(contents[index], truncate, where(what, index))
+                text = _Text(self._tokenizer.wrap(content), self._text_group, spec.adapter)
                 items.append(text)
                 tokens.append(text.length)
             else:
@@ -287,15 +287,6 @@ class MultimodalModel:
                            self._image_length, adapter)
         self._held.hold(processed, held)
         return processed, tiles(width, height, self.config.image_tile_size) * self.config.image_tile_tokens
-
-    def _fit(self, content: np.ndarray, index: int, what: str, truncate: bool) -> np.ndarray:
-        if len(content) <= self._tokenizer.room:
-            return content
-        if truncate:
-            return content[: self._tokenizer.room]
-        total = len(content) + self._tokenizer.special_count
-        raise InvalidInput(f"{where(what, index)} has {total} tokens, over the model's limit of {self.max_length}; "
-                           "shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
 
     # --- on the batcher's thread ----------------------------------------------------------------------
 

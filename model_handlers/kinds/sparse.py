@@ -194,7 +194,8 @@ class SparseModel:
             return Prepared(sequences, [s.length for s in sequences])
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
         contents = self._tokenizer.encode([spec.prompt + text for text in texts])
-        sequences = [_Sequence(self._tokenizer.wrap(self._fit(content, index, request.truncate)), adapter=spec.adapter)
+        sequences = [_Sequence(self._tokenizer.wrap(self._tokenizer.fit(content, request.truncate, f"input {index}")),
+                               adapter=spec.adapter)
                      for index, content in enumerate(contents)]
         return Prepared(sequences, [s.length for s in sequences],
                         adapters=adapters.held(self.adapters, sequences, request.adapter))
@@ -232,15 +233,6 @@ class SparseModel:
     def calibration_item(self, length: int) -> _Sequence:
         filler = self._tokenizer.encode(["a"])[0][:1]
         return _Sequence(self._tokenizer.wrap(np.repeat(filler, max(0, length - self._tokenizer.special_count))))
-
-    def _fit(self, content: np.ndarray, index: int, truncate: bool) -> np.ndarray:
-        if len(content) <= self._tokenizer.room:
-            return content
-        if truncate:
-            return content[: self._tokenizer.room]
-        total = len(content) + self._tokenizer.special_count
-        raise InvalidInput(f"input {index} has {total} tokens, over the model's limit of {self.max_length}; "
-                           "shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
 
     # --- on the batcher's thread ----------------------------------------------------------------------
 

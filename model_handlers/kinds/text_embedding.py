@@ -30,7 +30,7 @@ import numpy as np
 
 from model_handlers import adapters, jina_v3, model_code
 from model_handlers.adapters import RowAdapters
-from model_handlers.errors import InvalidInput, ModelDirectoryError
+from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.operations.classify import CLASSIFY
@@ -140,7 +140,7 @@ class TextEmbeddingModel:
         group = self._group("each", spec, prompt_length)
         sequences = []
         for index, content in enumerate(contents):
-            content = self._fit(content, self._tokenizer.room, index, truncate)
+            content = self._tokenizer.fit(content, truncate, f"input {index}")
             sequences.append(_Sequence(self._tokenizer.wrap(content), group,
                                        prompt_length=prompt_length, adapter=spec.adapter))
         return Prepared(sequences, [s.length for s in sequences])
@@ -153,7 +153,8 @@ class TextEmbeddingModel:
         """
         prompt = self._tokenizer.encode([spec.prompt])[0] if spec.prompt else np.zeros(0, dtype=np.int64)
         room = self._tokenizer.room - len(prompt)
-        contents = [self._fit(c, room, i, truncate) for i, c in enumerate(self._tokenizer.encode(texts))]
+        contents = [self._tokenizer.fit(c, truncate, f"input {i}", room)
+                    for i, c in enumerate(self._tokenizer.encode(texts))]
         group = self._group("late", spec)
         overhead = self._tokenizer.special_count + len(prompt)
         sequences, token_counts = [], []
@@ -174,16 +175,6 @@ class TextEmbeddingModel:
             token_counts.extend(len(c) + (overhead if i == 0 else 0) for i, c in enumerate(contents[start:end]))
             start = end
         return Prepared(sequences, token_counts)
-
-    def _fit(self, content: np.ndarray, room: int, index: int, truncate: bool) -> np.ndarray:
-        if len(content) <= room:
-            return content
-        if truncate:
-            return content[:room]
-        total = len(content) + self._tokenizer.special_count
-        raise InvalidInput(
-            f"input {index} has {total} tokens, over the model's limit of {self.max_length}; "
-            "shorten it or set truncate to true", code="INPUT_TOKEN_LIMIT_EXCEEDED")
 
     def _prompt_length(self, spec: TaskSpec) -> int:
         """Prompt tokens the pooling must skip; 0 when the model pools over its prompt (the usual case)."""
