@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 
 from bench.loadgen import run_load
+from bench.servers import keep_best
 from bench.texts import SHORT
 
 BATCH = 32
@@ -46,10 +47,7 @@ def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup
                     raise RuntimeError(f"{path} answered {result.errors} errors: {result.first_error}")
                 figures[name] = result.requests * BATCH / result.seconds
                 time.sleep(0.3)
-            print(f"  classify round {number + 1}/{rounds}: " + ", ".join(
-                f"{key} {value:.1f} inputs/s" for key, value in figures.items()), flush=True)
-            for key, value in figures.items():
-                best[key] = max(best.get(key, 0.0), value)
+            keep_best(best, figures, "classify", number, rounds)
     finally:
         server.stop()
     return best

@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 
 from bench.loadgen import run_load
+from bench.servers import keep_best
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = 16
@@ -109,10 +110,7 @@ def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup
                 if result.errors:
                     raise RuntimeError(f"searchbox answered {result.errors} errors: {result.first_error}")
                 figures[key] = result.requests * (IMAGES if key == "1x16" else 1) / result.seconds
-            print(f"  multimodal round {number + 1}/{rounds}: " + ", ".join(
-                f"{key} {value:.1f} images/s" for key, value in figures.items()), flush=True)
-            for key, value in figures.items():
-                best[key] = max(best.get(key, 0.0), value)
+            keep_best(best, figures, "multimodal", number, rounds, "images/s")
     finally:
         server.stop()
     return best

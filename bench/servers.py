@@ -171,3 +171,12 @@ def bench_main(description: str, name: str, argv: list[str] | None,
     with tempfile.TemporaryDirectory(prefix=f"searchbox-bench-{name}-") as tmp:
         print(measure(args, threads, Path(tmp)))
     return 0
+
+
+def keep_best(best: dict[str, float], figures: dict[str, float], name: str, number: int, rounds: int,
+              unit: str = "inputs/s") -> None:
+    """Print one round's figures and keep each one's best over the rounds (a busy moment only lowers a round)."""
+    print(f"  {name} round {number + 1}/{rounds}: " + ", ".join(
+        f"{key} {value:.1f} {unit}" for key, value in figures.items()), flush=True)
+    for key, value in figures.items():
+        best[key] = max(best.get(key, 0.0), value)

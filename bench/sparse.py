@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from bench.loadgen import run_load
+from bench.servers import keep_best
 from bench.texts import SHORT
 
 BATCH = 32
@@ -76,10 +77,7 @@ def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup
             if result.errors:
                 raise RuntimeError(f"searchbox answered {result.errors} errors: {result.first_error}")
             figures["searchbox"] = result.requests * BATCH / result.seconds
-            print(f"  sparse round {number + 1}/{rounds}: " + ", ".join(
-                f"{key} {value:.1f} inputs/s" for key, value in figures.items()), flush=True)
-            for key, value in figures.items():
-                best[key] = max(best.get(key, 0.0), value)
+            keep_best(best, figures, "sparse", number, rounds)
     finally:
         server.stop()
     return best
