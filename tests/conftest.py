@@ -197,6 +197,22 @@ def colbert(tmp_path_factory, minilm_dir):
 
 
 @pytest.fixture(scope="session")
+def splade_dir(tmp_path_factory, minilm_dir) -> Path:
+    """The tiny SPLADE (random MLM head over MiniLM, saved as a SparseEncoder: tests/sparse_models.py), read-only."""
+    from sparse_models import make_splade
+
+    return make_splade(tmp_path_factory.mktemp("sparse") / "tiny-splade", minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def splade_encoder(splade_dir):
+    """sentence-transformers' SparseEncoder on it: the sparse kinds' reference."""
+    from sentence_transformers import SparseEncoder
+
+    return SparseEncoder(str(splade_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def reference_model(minilm_dir):
     """sentence-transformers on the same directory: the correctness reference."""
     from sentence_transformers import SentenceTransformer

@@ -266,9 +266,7 @@ def _served(kind: str, request, tmp_path: Path):
     if kind == "multi-vector":
         model_dir, slug = request.getfixturevalue("colbert").model_dir("pylate"), "jina-colbert-v2"
     elif kind == "sparse":
-        from sparse_models import make_splade
-
-        model_dir, slug = make_splade(tmp_path / "splade", request.getfixturevalue("minilm_dir")), "splade-v3"
+        model_dir, slug = request.getfixturevalue("splade_dir"), "splade-v3"
     else:
         from bge_m3_models import make_model
 

@@ -23,20 +23,8 @@ DOCUMENTS = ["the baker sells warm bread at the market", "a short note about rai
 
 
 @pytest.fixture(scope="module")
-def splade_dir(tmp_path_factory, minilm_dir):
-    return make_splade(tmp_path_factory.mktemp("sparse") / "tiny-splade", minilm_dir)
-
-
-@pytest.fixture(scope="module")
-def encoder(splade_dir):
-    from sentence_transformers import SparseEncoder
-
-    return SparseEncoder(str(splade_dir), device="cpu")
-
-
-@pytest.fixture(scope="module")
-def reference(encoder) -> np.ndarray:
-    return encoder.encode(TEXTS, convert_to_tensor=True).to_dense().numpy()
+def reference(splade_encoder) -> np.ndarray:
+    return splade_encoder.encode(TEXTS, convert_to_tensor=True).to_dense().numpy()
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +70,11 @@ def test_invocations_envelope_and_public_body_answer_the_models_form(splade, ref
         sparse_matches(item["sparse_embedding"], weights)
 
 
-def test_top_k_min_weight_and_tokens(splade, reference, encoder):
+def test_top_k_min_weight_and_tokens(splade, reference, splade_encoder):
     body = answer(splade, "/v1/sparse-embeddings", {"input": TEXTS[:2], "top_k": 5, "return_tokens": True})
     for item, weights in zip(body["data"], reference):
         sparse_matches(item["sparse_embedding"], weights, top_k=5)
-        assert item["sparse_embedding"]["tokens"] == encoder.tokenizer.convert_ids_to_tokens(
+        assert item["sparse_embedding"]["tokens"] == splade_encoder.tokenizer.convert_ids_to_tokens(
             item["sparse_embedding"]["indices"])
     floor = float(np.quantile(reference[0][reference[0] > 0], 0.9))
     kept = answer(splade, "/v1/sparse-embeddings", {"input": TEXTS[0], "min_weight": floor})["data"][0]
@@ -125,10 +113,10 @@ def test_batch_transform_csv_and_json_lines(splade, reference):
     sparse_matches(public["data"][0]["sparse_embedding"], reference[1], top_k=4)
 
 
-def test_rerank_is_sparse_encoders_dot_product(splade, encoder):
-    query = encoder.encode([QUERY], convert_to_tensor=True)
-    documents = encoder.encode(DOCUMENTS, convert_to_tensor=True)
-    expected = encoder.similarity(query, documents)[0].numpy()
+def test_rerank_is_sparse_encoders_dot_product(splade, splade_encoder):
+    query = splade_encoder.encode([QUERY], convert_to_tensor=True)
+    documents = splade_encoder.encode(DOCUMENTS, convert_to_tensor=True)
+    expected = splade_encoder.similarity(query, documents)[0].numpy()
     body = answer(splade, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
     assert [hit["index"] for hit in body["results"]] == np.argsort(-expected, kind="stable").tolist()
     for hit in body["results"]:
@@ -258,8 +246,9 @@ def test_build_artifact_checks_and_packs_a_splade_and_the_listing_shows_its_rout
 # bool, "embedding": {token: float}}]}, one per input, unknown keys refused; the request is ElasticPayload's
 # {"input", "input_type"?, "task_settings"?} (as for text_embedding, tests/test_integrations.py).
 @pytest.mark.parametrize("route", ["/invocations", "/score"])
-def test_elasticsearch_sparse_embedding_answer_is_sparse_encoders_weights_by_token(splade, encoder, reference, route):
-    tokenizer = encoder.tokenizer
+def test_elasticsearch_sparse_embedding_answer_is_sparse_encoders_weights_by_token(splade, splade_encoder, reference,
+                                                                                   route):
+    tokenizer = splade_encoder.tokenizer
     answered = answer(splade, route, {"input": TEXTS, "input_type": "ingest"})
     assert set(answered) == {"sparse_embedding"}
     assert len(answered["sparse_embedding"]) == len(TEXTS)
@@ -279,14 +268,14 @@ def test_elasticsearch_sparse_embedding_answer_is_sparse_encoders_weights_by_tok
 # "sparse_embedding_format": "word" | "token_id"} (or, in its legacy schema, the bare list) and reads one
 # {token: weight} object per text (`SparseEncoder.decode` as dicts; token ids as strings for token_id).
 @pytest.mark.parametrize("fmt", ["word", "token_id", None])
-def test_opensearch_neural_sparse_answers_one_token_weight_object_per_text(splade, encoder, reference, fmt):
+def test_opensearch_neural_sparse_answers_one_token_weight_object_per_text(splade, splade_encoder, reference, fmt):
     body = TEXTS if fmt is None else {"texts": TEXTS, "sparse_embedding_format": fmt}
     answered = answer(splade, "/invocations", body)
     assert isinstance(answered, list) and len(answered) == len(TEXTS)
     for item, weights in zip(answered, reference):
         kept = np.flatnonzero(weights > 0)
         keys = ([str(i) for i in kept.tolist()] if fmt == "token_id"
-                else encoder.tokenizer.convert_ids_to_tokens(kept.tolist()))
+                else splade_encoder.tokenizer.convert_ids_to_tokens(kept.tolist()))
         expected = dict(zip(keys, weights[kept].tolist()))
         assert set(item) == set(expected)
         for key, weight in item.items():

@@ -57,18 +57,6 @@ def dense(items: list[dict], width: int) -> np.ndarray:
     return rows
 
 
-@pytest.fixture(scope="module")
-def splade_dir(tmp_path_factory, minilm_dir):
-    return make_splade(tmp_path_factory.mktemp("sparse-onnx") / "tiny-splade", minilm_dir)
-
-
-@pytest.fixture(scope="module")
-def encoder(splade_dir):
-    from sentence_transformers import SparseEncoder
-
-    return SparseEncoder(str(splade_dir), device="cpu")
-
-
 def encode(encoder, texts) -> np.ndarray:
     return encoder.encode(list(texts), convert_to_tensor=True).to_dense().numpy().astype(np.float64)
 
@@ -109,8 +97,8 @@ def test_the_build_exports_both_files_passes_the_sparse_gate_and_records_its_fig
     assert f"Spearman {_onnx._floor(quality.int8_dot_spearman, 4)}" in listing
 
 
-def test_fp32_onnx_answers_sparse_encoders_weights_through_every_route(fp32_dir, encoder):
-    expected = encode(encoder, TEXTS)
+def test_fp32_onnx_answers_sparse_encoders_weights_through_every_route(fp32_dir, splade_encoder):
+    expected = encode(splade_encoder, TEXTS)
     served, runtime = in_process(fp32_dir)
     try:
         public = answer(served, "/v1/sparse-embeddings", {"input": TEXTS})
@@ -126,13 +114,14 @@ def test_fp32_onnx_answers_sparse_encoders_weights_through_every_route(fp32_dir,
             np.testing.assert_allclose(item["sparse_embedding"]["values"], weights[kept], atol=FP32_TOLERANCE, rtol=0)
     top5 = np.sort(np.argsort(-expected[0], kind="stable")[:5])
     assert tokens["data"][0]["sparse_embedding"]["indices"] == top5.tolist()
-    assert tokens["data"][0]["sparse_embedding"]["tokens"] == encoder.tokenizer.convert_ids_to_tokens(top5.tolist())
+    vocabulary = splade_encoder.tokenizer.convert_ids_to_tokens(top5.tolist())
+    assert tokens["data"][0]["sparse_embedding"]["tokens"] == vocabulary
     # usage: the tokens read, as on torch (the same tokenizer and special tokens; the long text cut at 128)
     assert [item["usage"]["total_tokens"] for item in envelope["data"]] == [
-        min(len(encoder.tokenizer(t)["input_ids"]), 128) for t in TEXTS]
+        min(len(splade_encoder.tokenizer(t)["input_ids"]), 128) for t in TEXTS]
     # rerank by sparse dot product: SparseEncoder.similarity's scores and order
-    scores = encoder.similarity(encoder.encode([QUERY], convert_to_tensor=True),
-                                encoder.encode(DOCUMENTS, convert_to_tensor=True))[0].numpy()
+    scores = splade_encoder.similarity(splade_encoder.encode([QUERY], convert_to_tensor=True),
+                                       splade_encoder.encode(DOCUMENTS, convert_to_tensor=True))[0].numpy()
     assert [hit["index"] for hit in ranked["results"]] == np.argsort(-scores, kind="stable").tolist()
     for hit in ranked["results"]:
         assert hit["relevance_score"] == pytest.approx(float(scores[hit["index"]]), rel=1e-4, abs=1e-4)
@@ -147,12 +136,12 @@ def _overlap(weights: np.ndarray, reference: np.ndarray, k: int = 32) -> float:
     return len(set(np.argsort(-reference)[:k]) & set(np.argsort(-weights)[:k])) / k
 
 
-def test_served_int8_holds_the_gate_against_sparse_encoder_recomputed_here(int8_artifact, encoder):
+def test_served_int8_holds_the_gate_against_sparse_encoder_recomputed_here(int8_artifact, splade_encoder):
     """The gate measured here, through the server's routes, against SparseEncoder on torch: top-32 overlap >= 0.95
     on average over the validation texts, query-passage dot products at Spearman and Pearson >= 0.99."""
     report, model_dir = int8_artifact
     texts, queries, passages = _quality_set.VALIDATION_TEXTS, _quality_set.QUERIES, _quality_set.PASSAGES
-    expected = encode(encoder, texts)
+    expected = encode(splade_encoder, texts)
     width = expected.shape[1]
     served, runtime = in_process(model_dir)
     try:
@@ -165,7 +154,7 @@ def test_served_int8_holds_the_gate_against_sparse_encoder_recomputed_here(int8_
     overlaps = [_overlap(a, b) for a, b in zip(on_texts, expected)]
     assert np.mean(overlaps) >= 0.95, overlaps
     served_dots = (on_queries @ on_passages.T).ravel()
-    reference_dots = (encode(encoder, queries) @ encode(encoder, passages).T).ravel()
+    reference_dots = (encode(splade_encoder, queries) @ encode(splade_encoder, passages).T).ravel()
     spearman = stats.spearmanr(served_dots, reference_dots).statistic
     pearson = stats.pearsonr(served_dots, reference_dots).statistic
     assert spearman >= 0.99 and pearson >= 0.99
@@ -176,7 +165,7 @@ def test_served_int8_holds_the_gate_against_sparse_encoder_recomputed_here(int8_
     assert quality.int8_dot_spearman == pytest.approx(spearman, abs=2e-3)
     assert quality.int8_dot_pearson == pytest.approx(pearson, abs=2e-3)
     # int8 still ranks by sparse dot product: the top document is torch's
-    scores = encode(encoder, [QUERY]) @ encode(encoder, DOCUMENTS).T
+    scores = encode(splade_encoder, [QUERY]) @ encode(splade_encoder, DOCUMENTS).T
     assert ranked["results"][0]["index"] == int(np.argmax(scores[0]))
 
 
