@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from container.gpus import on_gpu, visible_gpus
 from model_handlers.embedded import DEFAULT_MODEL_NAME, EmbeddedModelMissing, embedded_model_dir
 from model_handlers.loading import force_offline
 # the two switches of the one policy on the code a model directory may run, named where the policy is stated
@@ -422,11 +423,10 @@ class Settings:
                 (images if owner == "images" else options)[name] = getattr(self, setting.attribute)
         return HandlerOptions(**options, images=ImageOptions(**images), **extra)
 
-    def expects_gpu(self) -> bool:
-        """Whether the model will run on a GPU, judged without importing torch (the server knows no tensors)."""
-        if self.device == "auto":
-            return Path("/dev/nvidiactl").exists()
-        return self.device.startswith("cuda")
+    def expects_gpu(self, gpus: int | None = None) -> bool:
+        """Whether the model will run on a GPU (`gpus`: how many are visible; None: count them), by the rule that
+        also places `serve`'s workers."""
+        return on_gpu(self.device, visible_gpus() if gpus is None else gpus)
 
     def timeout_s(self, batch_body: bool) -> float:
         """How long a request may take: a batch body's, or any request's in a batch transform job, is longer."""

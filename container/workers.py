@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping
 
+from container.gpus import on_gpu, visible_gpus
 from container.settings import ENV_DEVICE, ENV_WORKERS, Settings, SettingsError
-
-_NVIDIA_DEVICE = re.compile(r"nvidia(\d+)")
 
 
 @dataclass(frozen=True)
@@ -45,26 +41,6 @@ class Slot:
             os.sched_setaffinity(0, self.cores)
 
 
-def visible_gpus(environ: Mapping[str, str] | None = None, dev: Path = Path("/dev")) -> int:
-    """GPUs this process may use, counted without importing torch: CUDA_VISIBLE_DEVICES when set, else the NVIDIA
-    device files."""
-    env = os.environ if environ is None else environ
-    listed = env.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        entries = [entry.strip() for entry in listed.split(",") if entry.strip()]
-        # CUDA stops at the first invalid entry; "-1" is the usual way of hiding every GPU
-        count = 0
-        for entry in entries:
-            if entry.startswith("-"):
-                break
-            count += 1
-        return count
-    try:
-        return sum(1 for path in dev.iterdir() if _NVIDIA_DEVICE.fullmatch(path.name))
-    except OSError:
-        return 0
-
-
 def slots(settings: Settings, gpus: int | None = None, cores: tuple[int, ...] | None = None) -> list[Slot]:
     """The workers to run and their devices.
 
@@ -74,14 +50,14 @@ def slots(settings: Settings, gpus: int | None = None, cores: tuple[int, ...] | 
     gpus = visible_gpus() if gpus is None else gpus
     cores = tuple(sorted(os.sched_getaffinity(0))) if cores is None else cores
     device = settings.device
-    on_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
-    if on_gpu and ":" in device:
+    gpu = on_gpu(device, gpus)
+    if gpu and ":" in device:
         # one named GPU: the operator chose it; more workers on it would only hold more copies of the weights
         if settings.workers not in (None, 1):
             raise SettingsError(f"{ENV_WORKERS}={settings.workers} with {ENV_DEVICE}={device}: one GPU takes one "
                                 f"worker; set {ENV_DEVICE}=cuda (or auto) to run one worker on each GPU")
         return [Slot(0, device)]
-    if on_gpu:
+    if gpu:
         count = gpus if settings.workers is None else settings.workers
         if count > gpus:
             raise SettingsError(f"{ENV_WORKERS}={count}, but {gpus} GPU(s) are visible: one worker per GPU at most")

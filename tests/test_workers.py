@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from container.settings import Settings, SettingsError
-from container.workers import Slot, slots, visible_gpus
+from container.gpus import visible_gpus
+from container.workers import Slot, slots
 from helpers import worker_status
 
 
@@ -72,6 +73,26 @@ def test_visible_gpus_without_torch(tmp_path):
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}, dev=tmp_path) == 2
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, dev=tmp_path) == 0
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}, dev=tmp_path) == 1  # CUDA stops at an invalid entry
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("device, gpus, expected", [
+    ("auto", 0, False), ("auto", 2, True), ("cpu", 2, False), ("cuda", 1, True), ("cuda:1", 2, True)])
+def test_one_gpu_rule_for_the_workers_and_the_job_settings(device, gpus, expected):
+    """`serve` places its workers and `GET /execution-parameters` sizes a batch job by the same judgement."""
+    current = settings(SEARCHBOX_DEVICE=device)
+    assert current.expects_gpu(gpus) is expected
+    assert any(slot.device.startswith("cuda") for slot in slots(current, gpus=gpus, cores=(0,))) is expected
+
+
+@pytest.mark.unit
+def test_the_gpus_counted_are_the_ones_cuda_would_show(monkeypatch):
+    """GPUs that CUDA_VISIBLE_DEVICES hides are none for the job settings either, as for the workers."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert settings().expects_gpu() is False
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert settings().expects_gpu() is True
+    assert settings(SEARCHBOX_DEVICE="cpu").expects_gpu() is False
 
 
 @pytest.mark.unit
