@@ -2,10 +2,11 @@
 
 Each setting is defined once, in its row: the environment variable, its default, how its value is parsed and
 checked, what it means, and where it goes (a `Settings` attribute, and the model handler's option it also sets).
-`serve --help`, the README's Configuration table (`python -m container.settings --readme` rewrites it; a test
-keeps it in step) and the handler's options (`Settings.handler_options`) are made from it. A setting the model
-handler also takes has no default here: it is the handler's own (model_handlers/options.py). Environment names
-are constants here and nowhere else reads `os.environ`.
+`Settings`' fields, `serve --help`, the README's Configuration table (`python -m container.settings --readme`
+rewrites it; a test keeps it in step) and the handler's options (`Settings.handler_options`) are made from it. A
+setting the model handler also takes has no default here: it is the handler's own (model_handlers/options.py, the
+model layer's view, which never imports the server). Environment names are constants here, and nothing else reads
+`os.environ` but container/gpus.py (CUDA's own CUDA_VISIBLE_DEVICES).
 """
 
 from __future__ import annotations
@@ -341,47 +342,23 @@ SETTINGS = (
 )
 
 
-@dataclass(frozen=True)
+def _fields_from_the_table(cls: type) -> type:
+    """`cls` as a frozen dataclass with, after the fields it declares, one field per SETTINGS row that fills an
+    attribute: a setting is written once, in its row (the row's parse and default say what the value is)."""
+    attributes = [setting.attribute for setting in SETTINGS if setting.attribute is not None]
+    if len(set(attributes)) != len(attributes):
+        raise RuntimeError("two SETTINGS rows fill the same attribute: this is a bug")
+    cls.__annotations__ = {**cls.__dict__.get("__annotations__", {}), **dict.fromkeys(attributes, Any)}
+    return dataclass(frozen=True)(cls)
+
+
+@_fields_from_the_table
 class Settings:
-    """What the server was told, read once (`from_env`); each attribute's row in SETTINGS says what it is."""
+    """What the server was told, read once (`from_env`): the model directory, why it was chosen, then one attribute
+    per row of SETTINGS (its `attribute`), which says what it is."""
 
     model_dir: Path
     model_source: str  # why this model directory was chosen, for the start-up log
-    model_name: str | None
-    port: int
-    async_mode: bool
-    transform_max_payload_mb: int | None
-    max_payload_bytes: int
-    transform_batch_strategy: str | None
-    transform_max_concurrent: int | None
-    batch_job: bool
-    max_inputs: int
-    threads: int
-    max_batch_tokens: int | None
-    torch_threads: int | None
-    backend: str | None
-    request_timeout_s: float
-    batch_timeout_s: float
-    max_batch_rows: int
-    max_response_bytes: int
-    max_rerank_windows: int
-    default_input_type: str | None
-    classify_labels: tuple[str, ...]
-    classifier: str | None
-    max_adapters: int
-    graceful_timeout_s: float
-    nginx: str | None
-    request_log: bool
-    image_max_pixels: int
-    image_fetch: bool
-    image_fetch_timeout_s: float
-    image_fetch_max_bytes: int
-    image_fetch_allow_hosts: tuple[str, ...]
-    allow_pickle: bool
-    trust_remote_code: bool
-    device: str
-    workers: int | None
-    log_level: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

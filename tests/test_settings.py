@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,61 @@ def test_the_handlers_options_are_the_tables():
     attributes = {field.name for field in dataclasses.fields(Settings)}
     assert {setting.attribute for setting in settings_module.SETTINGS if setting.attribute} == attributes - {
         "model_dir", "model_source"}
+
+
+# The words `shown` uses for a default: nothing is set here (the model directory, nginx's PATH, the libraries or
+# SageMaker's job chooses), or a switch's state; anything else is a number (MiB for a variable in _MB) or a value.
+NOTHING = {"none", "unset", "chosen", "dir name", "one per core", "searchbox.json's, else torch",
+           "nginx on PATH, or /usr/sbin/nginx"}
+SWITCH = {"off": False, "on": True}
+PER_DEVICE = re.compile(r"(\d+) on CPU, (\d+) on a GPU")
+
+
+def agrees(name: str, text: str, actual) -> bool:
+    """Whether the default `text` says is the value read from an environment that does not set `name`."""
+    if text in NOTHING:
+        return actual is None or actual == () or actual is False
+    if text in SWITCH:
+        return actual is SWITCH[text]
+    if text == "auto":  # passed on as auto, or left to `serve` to choose (None)
+        return actual in ("auto", None)
+    try:
+        number = float(text)
+    except ValueError:
+        return actual == text
+    return actual == number * (1024 * 1024 if name.endswith("_MB") else 1)
+
+
+def test_every_shown_default_is_the_real_one():
+    """`serve --help` and the README write each default as text: it must be what an empty environment gives."""
+    base = {"SEARCHBOX_MODEL_DIR": "/models/x"}
+    plain, asynchronous = Settings.from_env(base), Settings.from_env({**base, "SEARCHBOX_ASYNC": "1"})
+    wrong = []
+    for setting in settings_module.SETTINGS:
+        if setting.attribute is None:  # the model directory's variables: test_model_dir_precedence
+            continue
+        name, actual, when_async = setting.name, getattr(plain, setting.attribute), None
+        text = setting.shown
+        if text not in NOTHING:
+            text, _, when_async = text.partition("; ")
+        per_device = PER_DEVICE.fullmatch(text)
+        if per_device:
+            options = plain.handler_options()
+            found = (options.resolved_max_batch_tokens("cpu"), options.resolved_max_batch_tokens("cuda"))
+            if found != tuple(int(number) for number in per_device.groups()):
+                wrong.append(f"{name}: shown {text!r}, real {found}")
+        else:
+            text, _, instead = text.partition(", or ") if text not in NOTHING else (text, "", "")
+            if not agrees(name, text, actual):
+                wrong.append(f"{name}: shown {text!r}, real {actual!r}")
+            # "or VARIABLE": that variable's value when it is set
+            if instead and getattr(Settings.from_env({**base, instead: "20"}), setting.attribute) != 20 * 1024 * 1024:
+                wrong.append(f"{name}: does not follow {instead}")
+        in_async = getattr(asynchronous, setting.attribute)
+        if when_async:
+            expected, _, switch = when_async.partition(" when ")
+            if switch != "SEARCHBOX_ASYNC" or not agrees(name, expected, in_async):
+                wrong.append(f"{name}: shown {when_async!r}, real {in_async!r} when SEARCHBOX_ASYNC")
+        elif in_async != actual and name != "SEARCHBOX_ASYNC":
+            wrong.append(f"{name}: SEARCHBOX_ASYNC changes it to {in_async!r}, shown does not say so")
+    assert wrong == []
