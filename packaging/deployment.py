@@ -45,8 +45,8 @@ VARIANTS = ("realtime", "async", "serverless", "inference-component", "batch", "
 REQUESTS_FILE = "requests.json"
 PLAN_FILE = "plan.md"
 VARIANT_NAME = "AllTraffic"
-# Read by the container (issue 27's container part): raise the body limit and request deadline toward asynchronous
-# inference's 1 GB and 1 hour. The builder sets it on every async endpoint's model, and nowhere else.
+# Read by the container (SEARCHBOX_ASYNC in container/settings.py): raise the body limit and request deadline toward
+# asynchronous inference's 1 GB and 1 hour. The builder sets it on every async endpoint's model, and nowhere else.
 ASYNC_ENV = {"SEARCHBOX_ASYNC": "1"}
 # The longest suffix a variant adds to --name ("-serverless"), within SageMaker's 63 characters.
 LONGEST_SUFFIX = len("-serverless")
@@ -344,8 +344,9 @@ def asynchronous(options: Options) -> Variant:
             "AlarmActions": [policy_arn_placeholder(step_name)]}),
     ]
     plan = scaling_lines(found, targets, options.p95_ms) + [
-        f"- the model's container gets {', '.join(f'{k}={v}' for k, v in ASYNC_ENV.items())} (body limit toward 1 GB, "
-        "deadline toward 1 hour; read by the container from issue 27's container part)",
+        f"- the model's container gets {', '.join(f'{k}={v}' for k, v in ASYNC_ENV.items())}: it takes bodies of up to "
+        "1 GB and gives each request up to 1 hour, as asynchronous inference allows, and runs a JSON Lines body from "
+        "disk a slice of lines at a time",
         f"- MaxConcurrentInvocationsPerInstance {targets.max_concurrent_per_instance}: the measured concurrency",
         f"- target tracking: {backlog:g} queued requests per instance = {targets.level.requests_per_s:.1f} "
         f"requests/s x {options.async_backlog_s:g} s of work; 0..{options.max_instances} instances",

@@ -309,6 +309,7 @@ def test_build_from_the_command_line_writes_every_variant_and_the_plan(tmp_path,
     assert {p.name for p in (out / "azure").iterdir()} == {"deployment.yml", "autoscale.json"}
     plan = (out / "plan.md").read_text()
     assert "SEARCHBOX_ASYNC=1" in plan and "measured: all-MiniLM-L6-v2 (torch)" in plan
+    assert "issue" not in plan.lower()  # the plan speaks to whoever deploys, not of the project's history
 
 
 def test_build_refusals_name_the_flag_and_write_nothing(tmp_path, capacity_file):
