@@ -142,6 +142,18 @@ def test_the_handlers_options_are_the_tables():
         "model_dir", "model_source"}
 
 
+
+def test_every_handler_option_is_a_setting_or_its_callers_own():
+    """The model layer's options (model_handlers/options.py) and the table's rows name each other: an option added
+    there without a row would never reach a server."""
+    from model_handlers.options import ImageOptions
+
+    set_by_rows = {setting.handler for setting in settings_module.SETTINGS if setting.handler}
+    options = {field.name for field in dataclasses.fields(HandlerOptions)} - {"images"}
+    options |= {f"images.{field.name}" for field in dataclasses.fields(ImageOptions)}
+    # what no operator sets: the batcher's item bound (scripts choose it) and the metrics observer (the server's)
+    assert set_by_rows == options - {"max_batch_items", "observer"}
+
 # The words `shown` uses for a default: nothing is set here (the model directory, nginx's PATH, the libraries or
 # SageMaker's job chooses), or a switch's state; anything else is a number (MiB for a variable in _MB) or a value.
 NOTHING = {"none", "unset", "chosen", "dir name", "one per core", "searchbox.json's, else torch",
