@@ -314,9 +314,9 @@ SETTINGS = (
             "packages run without network). Never towards loopback, private, link-local or metadata addresses, "
             "also not through redirects or DNS names that resolve there", "off", "image_fetch", _flag,
             handler="images.fetch"),
-    Setting(ENV_IMAGE_FETCH_TIMEOUT, "seconds the fetching of all of one request's image URLs may take (name resolution, connects, redirects "
-            "and bodies; up to 8 URLs at once)", "10",
-            "image_fetch_timeout_s", _number(float), handler="images.fetch_timeout_s"),
+    Setting(ENV_IMAGE_FETCH_TIMEOUT, "seconds the fetching of all of one request's image URLs may take (name "
+            "resolution, connects, redirects and bodies; up to 8 URLs at once)", "10", "image_fetch_timeout_s",
+            _number(float), handler="images.fetch_timeout_s"),
     Setting(ENV_IMAGE_FETCH_MAX_MB, "MiB one fetched image may have", "10", "image_fetch_max_bytes",
             _number(float, scale=_MIB), handler="images.fetch_max_bytes"),
     Setting(ENV_IMAGE_FETCH_ALLOW_HOSTS, "comma-separated host names fetched although they resolve to loopback or "
