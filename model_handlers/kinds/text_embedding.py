@@ -12,9 +12,9 @@ chunking's packing) and runs on the batcher's thread (`forward`) one of three en
 - the ONNX graph exported at packaging time, pooled likewise.
 
 Task adapters apply per input row (model_handlers/adapters.py): a pass mixes rows of different tasks and adapters,
-each row computed as its own adapter (or the base model) would. A directory that runs its own code for adapters
-(searchbox.json `"model_code": "remote"`, a model whose forward takes `adapter_mask`, as v3's remote code does)
-gets the same per-row ids through that argument.
+each row computed as its own adapter (or the base model) would. A directory that runs its own code for the tasks its
+config.json declares (v3 with searchbox.json `"model_code": "remote"`, or a class of any other name) gets the same
+per-row ids as `adapter_mask`; code whose forward takes none is refused at load.
 """
 
 from __future__ import annotations
