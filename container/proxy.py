@@ -14,8 +14,8 @@ What nginx answers itself, never waiting on Python:
   its concurrency limit or restarting): the contract's JSON `{"detail", "code", "request_id"}`, each logged on
   stderr as the app logs the requests it answers (container/telemetry.py): the same JSON line, so that shedding
   and refusals are seen where every other answer is. Each is also a line of the answer log in the run directory,
-  which every worker reads into its `searchbox_requests_total` when scraped (`AnswerLog`); the master starts the
-  log over past `ANSWER_LOG_CAP` bytes.
+  which the workers read into `searchbox_requests_total` when scraped, each line by one of them (`AnswerLog`); the
+  master starts the log over past `ANSWER_LOG_CAP` bytes.
 
 Every request gets `X-Request-Id` from nginx's `$request_id`; the app answers with the same id.
 """
@@ -30,7 +30,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +104,11 @@ class ProxyPaths:
     def answers(self) -> Path:
         """nginx's log of the answers it makes itself: "<status> <route>" a line (AnswerLog reads it)."""
         return self.run_dir / ANSWERS_NAME
+
+    @property
+    def metrics(self) -> Path:
+        """The workers' metric values, a file each (container/telemetry.py `share`)."""
+        return self.run_dir / "metrics"
 
 
 def find_nginx(configured: str | None) -> str | None:
@@ -263,38 +267,61 @@ def _append_when_a_file(fd: int) -> None:
 
 class AnswerLog:
     """The answers nginx made itself, from its answer log (`ProxyPaths.answers`): each read returns those logged since
-    the last, following the log when it starts over (what the old file still held is read first)."""
+    the last read by any reader of the same log (every worker has one: each answer is counted by one of them, and the
+    workers' counts add up), following the log when it starts over (what the old file still held is read first).
+
+    Where reading goes on from (the file's inode and the offset past its last whole line) is kept beside the log, in a
+    file that is also the readers' lock."""
 
     def __init__(self, path: Path):
         self._path = path
-        self._file = None
-        self._partial = b""
-        self._lock = threading.Lock()
+        self._cursor = path.with_name(path.name + ".read")
 
     def new_answers(self) -> list[tuple[str, str]]:
-        """(status, route) of each answer logged since the last call."""
-        with self._lock:
-            data = self._read()
-            data, _, self._partial = (self._partial + data).rpartition(b"\n")
+        """(status, route) of each answer logged since the last read."""
+        with open(self._cursor, "a+b") as cursor:
+            fcntl.flock(cursor, fcntl.LOCK_EX)  # released when closed; a worker killed holding it releases it too
+            cursor.seek(0)
+            inode, _, offset = cursor.read().decode().partition(" ")
+            data, inode, offset = self._read(int(inode) if inode else None, int(offset or 0))
+            cursor.seek(0)
+            cursor.truncate()
+            cursor.write(f"{inode or ''} {offset}".encode())
         return [(status, route) for status, _, route in (line.decode().partition(" ") for line in data.splitlines())]
 
-    def _read(self) -> bytes:
-        if self._file is None:
-            try:
-                self._file = open(self._path, "rb")  # noqa: SIM115 (kept open across reads, to follow a rotation)
-            except FileNotFoundError:
-                return b""  # nginx has not started yet
-        data = self._file.read()
+    def _read(self, inode: int | None, offset: int) -> tuple[bytes, int | None, int]:
+        """The whole lines after `offset` in the log file `inode` (and, once the log started over, in the new one),
+        and where the next read goes on from."""
+        data = b""
         try:
             current = os.stat(self._path).st_ino
         except FileNotFoundError:
-            return data  # between the rename and nginx's reopen
-        if current != os.fstat(self._file.fileno()).st_ino:
-            data += self._file.read()
-            self._file.close()
-            self._file = None
-            data += self._read()
-        return data
+            current = None  # nginx has not started yet, or is between the rename and its reopen
+        if inode is not None and inode != current:
+            old = self._path.with_name(self._path.name + ".1")
+            try:
+                with open(old, "rb") as file:
+                    if os.fstat(file.fileno()).st_ino == inode:
+                        file.seek(offset)
+                        data = _whole_lines(file.read())
+            except FileNotFoundError:
+                pass
+            if current is None:
+                return data, inode, offset + len(data)
+            inode, offset = None, 0
+        if current is None:
+            return data, inode, offset
+        with open(self._path, "rb") as file:
+            if os.fstat(file.fileno()).st_ino != current:
+                return data, inode, offset  # started over right now: read on next time
+            file.seek(offset)
+            more = _whole_lines(file.read())
+        return data + more, current, offset + len(more)
+
+
+def _whole_lines(data: bytes) -> bytes:
+    """`data` up to its last newline: a line nginx is still writing is read when whole."""
+    return data[:data.rfind(b"\n") + 1]
 
 
 def _not_ready(ready_file: Path) -> str:

@@ -24,16 +24,18 @@ logger = logging.getLogger(__name__)
 class ModelRuntime:
     def __init__(self, settings: Settings, on_load_failure: Callable[[BaseException], None] | None = None,
                  ready_file: Path | None = None,
-                 proxy_answers: Callable[[], list[tuple[str, str]]] | None = None):
+                 proxy_answers: Callable[[], list[tuple[str, str]]] | None = None, shared_metrics: Path | None = None):
+        """`shared_metrics`: where the server's workers keep their metrics for one another (container/telemetry.py)."""
         self._settings = settings
         self._on_load_failure = on_load_failure
         self._ready_file = ready_file
-        self.telemetry = Telemetry(request_log=settings.request_log, proxy_answers=proxy_answers)
-        self.telemetry.watch(lambda: self._handler.queue_depth if self._handler is not None else 0,
-                             lambda: self.ready)
+        self.telemetry = Telemetry(request_log=settings.request_log, proxy_answers=proxy_answers,
+                                   shared=shared_metrics)
         self._handler = None
         self._ready = threading.Event()
         self._draining = threading.Event()
+        self.telemetry.watch(lambda: self._handler.queue_depth if self._handler is not None else 0,
+                             lambda: self.ready)
         self.load_error: str | None = None
         self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
 

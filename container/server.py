@@ -32,6 +32,7 @@ from gunicorn.workers.gthread import ThreadWorker
 from container.errors import refused_by_worker
 from container.proxy import UPSTREAM_KEEPALIVE_S, AnswerLog, Proxy, ProxyPaths
 from container.settings import Settings
+from container.telemetry import share, worker_gone
 from container.workers import Slot
 from model_handlers.memory import limit_arenas
 
@@ -53,6 +54,7 @@ class SearchboxServer(BaseApplication):
         self.slots = slots or [Slot(0, settings.device)]
         self.slot = self.slots[0]  # in a worker: its own, set after the fork (post_fork)
         self.runtime = None  # set in the worker by load()
+        share(paths.metrics)  # before any worker forks: /metrics then reads every worker's figures
         super().__init__()
 
     def _take_slot(self, arbiter: Arbiter, worker) -> None:
@@ -71,6 +73,7 @@ class SearchboxServer(BaseApplication):
         # a worker that died (killed, crashed) is not ready, whatever its file said
         slot = getattr(worker, "searchbox_slot", None)
         self.paths.ready_file(slot.index if slot else 0).unlink(missing_ok=True)
+        worker_gone(worker.pid, self.paths.metrics)
 
     def load_config(self) -> None:
         s = self.settings
@@ -109,7 +112,8 @@ class SearchboxServer(BaseApplication):
         settings = self.slot.settings(self.settings)
         self.runtime = ModelRuntime(settings, on_load_failure=lambda exc: os._exit(WORKER_BOOT_ERROR),
                                     ready_file=self.paths.ready_file(self.slot.index),
-                                    proxy_answers=AnswerLog(self.paths.answers).new_answers)
+                                    proxy_answers=AnswerLog(self.paths.answers).new_answers,
+                                    shared_metrics=self.paths.metrics)
         return create_app(settings, self.runtime.start())
 
     def run(self) -> None:

@@ -82,10 +82,18 @@ Tensor = TypeVar("Tensor")
 def layout(config: Mapping[str, Any]) -> str | None:
     """ABSOLUTE or ROTARY when config.json describes a flash checkpoint transformers' classes compute; else None."""
     auto_map = config.get("auto_map")
+    if isinstance(auto_map, dict) and (config.get("lora_adaptations")
+                                       or any("lora" in str(ref).lower() for ref in auto_map.values())):
+        return None  # task adapters on top: model_handlers/jina_v3.py reads v3's, nothing here does
+    return base_layout(config)
+
+
+def base_layout(config: Mapping[str, Any]) -> str | None:
+    """ABSOLUTE or ROTARY when config.json describes a flash encoder transformers' classes compute, whatever adapters
+    sit on top of it; else None."""
+    auto_map = config.get("auto_map")
     if not isinstance(auto_map, dict) or not str(auto_map.get("AutoConfig") or "").endswith(FLASH_CONFIG):
         return None
-    if config.get("lora_adaptations") or any("lora" in str(ref).lower() for ref in auto_map.values()):
-        return None  # jina-embeddings-v3's task adapters: its own issue
     if any(config.get(key) is None for key in _STATED) or config.get("hidden_act", "gelu") not in _ACTIVATIONS:
         return None
     positions = config.get("position_embedding_type")

@@ -25,6 +25,8 @@ from typing import Any, Mapping
 from model_handlers import jina_layout
 from model_handlers.errors import ModelDirectoryError
 
+# v3's published class: the computation read natively here. Any other class that declares tasks runs its own code,
+# which must take one adapter id per row (model_handlers/kinds/text_embedding.py).
 ARCHITECTURE = "XLMRobertaLoRA"
 _LORA = re.compile(r"^(?P<module>.+)\.parametrizations\.weight\.0\.lora_(?P<part>[AB])$")
 _BASE = re.compile(r"^(?P<module>.+)\.parametrizations\.weight\.original$")
@@ -40,12 +42,19 @@ class V3Tasks:
     instructions: Mapping[str, str]
 
 
+def declares_tasks(config: Mapping[str, Any]) -> bool:
+    """Whether config.json declares tasks as LoRA adaptations (`lora_adaptations`), whatever its architecture."""
+    return isinstance(config.get("lora_adaptations"), list) and bool(config["lora_adaptations"])
+
+
 def is_v3(config: Mapping[str, Any]) -> bool:
-    """Whether config.json describes a v3-style checkpoint: tasks as LoRA adaptations on Jina's XLM-RoBERTa."""
+    """Whether config.json describes a checkpoint read natively here: v3's own class, its tasks as LoRA adaptations
+    on a Jina XLM-RoBERTa flash encoder that transformers' JinaEmbeddingsV3Model computes."""
     architectures = config.get("architectures") or ()
-    auto_model = str((config.get("auto_map") or {}).get("AutoModel", ""))
-    return (isinstance(config.get("lora_adaptations"), list) and bool(config["lora_adaptations"])
-            and (ARCHITECTURE in architectures or auto_model.endswith(f".{ARCHITECTURE}")))
+    auto_map = config.get("auto_map")
+    auto_model = str(auto_map.get("AutoModel", "")) if isinstance(auto_map, dict) else ""
+    return (declares_tasks(config) and (ARCHITECTURE in architectures or auto_model.endswith(f".{ARCHITECTURE}"))
+            and jina_layout.base_layout(config) == jina_layout.ROTARY)
 
 
 def adapter_name(task: str) -> str:

@@ -31,9 +31,10 @@ model_handlers/kinds/multi_vector.py).
 `default_input_type` is the `input_type` of requests that give none (batch transform CSV rows give none), for
 a whole job; the operator's SEARCHBOX_DEFAULT_INPUT_TYPE wins over it.
 
-Tasks (README "Task adapters"): `tasks` maps a task name to a prompt and/or an adapter; without it, a
-jina-embeddings-v3 checkpoint's own tasks (config.json `lora_adaptations`, each with its `task_instructions`
-prompt and its LoRA adapter), else the prompts a sentence-transformers model declares. `adapters` names PEFT LoRA
+Tasks (README "Task adapters"): `tasks` maps a task name to a prompt and/or an adapter; without it, the tasks
+config.json declares (`lora_adaptations`, each with its `task_instructions` prompt and its LoRA adapter:
+jina-embeddings-v3, read natively, or any model whose own code takes `adapter_mask`; a directory declaring tasks
+neither way applies is refused), else the prompts a sentence-transformers model declares. `adapters` names PEFT LoRA
 directories inside the model directory, held from the start; a task or a request's `adapter` selects them.
 A request naming a task the model does not have is refused when the model's tasks select adapters (the model's
 own code refuses it: a typo must not answer other vectors); on a model whose tasks are prompts only, it falls back
@@ -166,8 +167,10 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
     kind = _kind(model_dir, explicit)
     tasks = {name: _task_spec(name, value) for name, value in (explicit.get("tasks") or {}).items()}
     hf_config = _read_json(model_dir / "config.json") or {}
-    v3 = isinstance(hf_config, dict) and jina_v3.is_v3(hf_config)
-    if not tasks and v3:
+    lora_tasks = isinstance(hf_config, dict) and jina_v3.declares_tasks(hf_config)
+    if lora_tasks:
+        _check_tasks_apply(model_dir, hf_config, explicit.get("model_code"))
+    if not tasks and lora_tasks:
         declared = jina_v3.read_tasks(hf_config)
         tasks = {name: TaskSpec(prompt=declared.instructions[name], adapter=jina_v3.adapter_name(name))
                  for name in declared.names}
@@ -195,7 +198,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         default_task=default_task,
         tasks=tasks,
         matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions")
-                                    or (hf_config.get("matryoshka_dimensions") if v3 else None) or ()),
+                                    or (hf_config.get("matryoshka_dimensions") if lora_tasks else None) or ()),
         score_activation=activation,
         metering=parse_metering(explicit.get("metering"), CONFIG_FILE),
         backend=_backend(explicit.get("backend")),
@@ -208,6 +211,25 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         **_window_settings(explicit),
         **_image_usage(explicit),
     )
+
+
+def _check_tasks_apply(model_dir: Path, hf_config: Mapping[str, Any], code: Any) -> None:
+    """Refuse a directory whose declared tasks (config.json `lora_adaptations`) nothing here could apply: neither read
+    natively as jina-embeddings-v3 nor shipping code of its own (whose forward must then take `adapter_mask`, checked
+    when the model loads). Served anyway, every task would answer the base model's vectors.
+
+    Raises:
+        ModelDirectoryError: naming the tasks and why they cannot apply.
+    """
+    if (jina_v3.is_v3(hf_config) and code != "remote") or model_code.needed(model_dir):
+        return
+    tasks = ", ".join(str(name) for name in hf_config["lora_adaptations"])
+    architectures = ", ".join(str(name) for name in hf_config.get("architectures") or ()) or "none named"
+    raise ModelDirectoryError(
+        f"{model_dir}: config.json declares tasks (lora_adaptations: {tasks}) that searchbox cannot apply: its "
+        f"architecture ({architectures}) is not jina-embeddings-v3's {jina_v3.ARCHITECTURE} on a rotary XLM-RoBERTa "
+        "flash layout, read natively, and the directory ships no code of its own whose forward takes adapter_mask; "
+        "served, every task would answer the base model's vectors")
 
 
 def _adapters(model_dir: Path, value: Any) -> Mapping[str, Path]:

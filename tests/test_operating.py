@@ -252,6 +252,27 @@ def test_the_answer_log_is_read_on_from_where_it_stopped_and_across_a_rotation(t
     assert reader.new_answers() == []
 
 
+@pytest.mark.unit
+def test_workers_reading_one_answer_log_count_each_line_once(tmp_path):
+    """Every worker reads nginx's answer log when scraped, and their counts add up: a line read by one is not read
+    by another."""
+    from container.proxy import AnswerLog
+
+    path = tmp_path / "answers.log"
+    first, second = AnswerLog(path), AnswerLog(path)
+    path.write_bytes(b"413 /invocations\n")
+    assert first.new_answers() == [("413", "/invocations")]
+    assert second.new_answers() == []
+    with open(path, "ab") as nginx:
+        nginx.write(b"503 /v1/embeddings\n429 /v1/re")
+    assert second.new_answers() == [("503", "/v1/embeddings")]
+    assert first.new_answers() == []
+    with open(path, "ab") as nginx:
+        nginx.write(b"rank\n")
+    assert first.new_answers() == [("429", "/v1/rerank")]
+    assert second.new_answers() == []
+
+
 def test_the_request_log_can_be_turned_off(server_factory):
     server = server_factory({"SEARCHBOX_REQUEST_LOG": "off"})
     server.post("/v1/embeddings", {"input": ["quiet"]})

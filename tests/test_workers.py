@@ -7,6 +7,7 @@ takes (a slot is a device; CPU slots are core sets)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +117,26 @@ def workers_of(server) -> dict[int, str]:
     return {pid: status["Cpus_allowed_list"] for pid, status in worker_status(server.process.pid).items()}
 
 
+def scraped(server) -> dict[tuple[str, tuple], float]:
+    """/metrics as one worker answers it: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = requests.get(server.url + "/metrics", timeout=30)
+    assert answer.status_code == 200
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(answer.text) for sample in family.samples}
+
+
+def answered(route: str, status: int) -> tuple[str, tuple]:
+    return "searchbox_requests_total", (("route", route), ("status", str(status)))
+
+
+def embeddings_answered_by(server) -> list[str]:
+    """The pid of the worker that logged each /v1/embeddings answer (the request log, in the order written)."""
+    return re.findall(r'\[(\d+)\] \[INFO\] searchbox\.requests: \{"request_id":"\w+","route":"/v1/embeddings"',
+                      server.log())
+
+
 def wait_for(condition, timeout: float = 120, every: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -149,6 +170,21 @@ def test_two_pinned_workers_answer_and_restart_one_at_a_time(server_factory, ref
     log = server.log()
     assert "slot 0 on cpu" in log and "slot 1 on cpu" in log
 
+    # /metrics counts what every worker answered, and each answer nginx made once, whichever worker is asked
+    refused = requests.post(server.url + "/invocations", data=b"x", headers={"Transfer-Encoding": "gzip"}, timeout=30)
+    assert refused.status_code == 501
+    pids = wait_for(lambda: len(found := embeddings_answered_by(server)) >= len(texts) and found, timeout=30)
+    assert len(pids) == len(texts) and set(pids) == set(map(str, workers)), "both workers answered some"
+    for _ in range(8):
+        figures = scraped(server)
+        assert figures[answered("/v1/embeddings", 200)] == len(texts)
+        assert figures[answered("/invocations", 501)] == 1
+        assert figures[("searchbox_request_duration_seconds_count", (("route", "/v1/embeddings"),))] == len(texts)
+        assert figures[("searchbox_inputs_total", (("route", "/v1/embeddings"),))] == len(texts)
+    # gauges: each worker writes its own every second; the sum of queues, ready only when both are
+    wait_for(lambda: (figures := scraped(server))[("searchbox_ready", ())] == 1
+             and figures[("searchbox_queue_depth", ())] == 0, timeout=10)
+
     # SIGKILL one (as the OOM killer does): /ping says 503 until it is back; the other serves throughout
     victim, survivor = sorted(workers)
     os.kill(victim, signal.SIGKILL)
@@ -162,3 +198,8 @@ def test_two_pinned_workers_answer_and_restart_one_at_a_time(server_factory, ref
     assert replacement != victim and after[replacement] == workers[victim], "the new worker took the freed cores"
     with ThreadPoolExecutor(4) as pool:
         assert all(status == 200 for status, _ in pool.map(embed, texts[:8]))
+    # the killed worker's answers stay counted; readiness is the new worker's too
+    expected = len(texts) + (served_meanwhile.status_code == 200) + 8
+    for _ in range(4):
+        assert scraped(server)[answered("/v1/embeddings", 200)] == expected
+    wait_for(lambda: scraped(server)[("searchbox_ready", ())] == 1, timeout=10)

@@ -12,9 +12,9 @@ chunking's packing) and runs on the batcher's thread (`forward`) one of three en
 - the ONNX graph exported at packaging time, pooled likewise.
 
 Task adapters apply per input row (model_handlers/adapters.py): a pass mixes rows of different tasks and adapters,
-each row computed as its own adapter (or the base model) would. A directory that runs its own code for adapters
-(searchbox.json `"model_code": "remote"`, a model whose forward takes `adapter_mask`, as v3's remote code does)
-gets the same per-row ids through that argument.
+each row computed as its own adapter (or the base model) would. A directory that runs its own code for the tasks its
+config.json declares (v3 with searchbox.json `"model_code": "remote"`, or a class of any other name) gets the same
+per-row ids as `adapter_mask`; code whose forward takes none is refused at load.
 """
 
 from __future__ import annotations
@@ -228,13 +228,9 @@ class _TorchEncoder:
         self.tokenizer = TokenizerView.from_hf(self._model.tokenizer, self.max_length)
         self._device = self._model.device
         self.device = str(self._device)
-        transformer = getattr(self._encoder_modules[0], "model", None) if self._encoder_modules else None
+        transformer = _inner_model(self._encoder_modules[0]) if self._encoder_modules else None
         # the directory's own code takes one adapter id per row (jina-embeddings-v3's `adapter_mask`)
         self._adapter_ids = _adapter_ids(transformer, model_dir)
-        hf_config = _json(model_dir / "config.json")
-        # a module that reads the task by name (v3's sentence-transformers module) gets v3's own task names
-        self._task_names = ({jina_v3.adapter_name(t): t for t in jina_v3.read_tasks(hf_config).names}
-                            if jina_v3.is_v3(hf_config) else {})
         self.adapters = adapters.attach(transformer, options, config.adapters, model_dir)
 
     def pass_key(self, adapter: str | None) -> Hashable:
@@ -257,7 +253,7 @@ class _TorchEncoder:
                     features["adapter_mask"] = torch.tensor([self._adapter_ids[a] for a in rows], dtype=torch.int32,
                                                             device=self._device)
             elif first.adapter is not None and (self.adapters is None or first.adapter not in self.adapters.names):
-                features["task"] = self._task_names.get(first.adapter, first.adapter)
+                features["task"] = first.adapter
             if first.prompt_length:
                 features["prompt_length"] = first.prompt_length
             with adapters.rows(self.adapters, rows):
@@ -368,15 +364,32 @@ def _torch_encoder(model_dir: Path, config: ServingConfig, options: HandlerOptio
     return _TorchEncoder(model_dir, config, options)
 
 
+def _inner_model(module):
+    """The transformers model inside a sentence-transformers module: sentence-transformers' own Transformer holds it
+    as `model`, a directory's own module (jina-embeddings-v3's custom_st.py) as `auto_model`."""
+    inner = getattr(module, "model", None)
+    return inner if inner is not None else getattr(module, "auto_model", None)
+
+
 def _adapter_ids(transformer, model_dir: Path) -> dict[str, int] | None:
-    """{adapter name: id} for a directory whose own code takes one adapter id per row (`adapter_mask`, as
-    jina-embeddings-v3's remote code does); None for any other model."""
-    if transformer is None or "adapter_mask" not in inspect.signature(transformer.forward).parameters:
-        return None
+    """{adapter name: id} for a directory whose config.json declares tasks (`lora_adaptations`, id = list index) and
+    whose own code takes one adapter id per row (`adapter_mask`, as jina-embeddings-v3's remote code does), whatever
+    its class is called; None for a model that declares no tasks.
+
+    Raises:
+        ModelDirectoryError: tasks are declared, but the model's forward takes no `adapter_mask` to apply them.
+    """
     config = _json(model_dir / "config.json")
-    if not jina_v3.is_v3(config):
+    if not jina_v3.declares_tasks(config):
         return None
-    return {jina_v3.adapter_name(task): index for index, task in enumerate(jina_v3.read_tasks(config).names)}
+    tasks = jina_v3.read_tasks(config).names
+    forward = getattr(transformer, "forward", None)
+    if forward is None or "adapter_mask" not in inspect.signature(forward).parameters:
+        raise ModelDirectoryError(
+            f"{model_dir}: config.json declares tasks (lora_adaptations: {', '.join(tasks)}), but the model's code "
+            f"({type(transformer).__name__}.forward) takes no adapter_mask, so searchbox cannot apply them per row; "
+            "served, every task would answer the base model's vectors")
+    return {jina_v3.adapter_name(task): index for index, task in enumerate(tasks)}
 
 
 @dataclass(frozen=True)
