@@ -21,6 +21,7 @@ from model_handlers.metering import Metering, parse_metering
 from model_handlers.operations.embed import check_dimensions, finish
 from model_handlers.ranking import (RerankWork, Scoring, Windowing, best_per_document, check_window_count, maxsim,
                                     rank, window_scores, windowed)
+from model_handlers.operations.sparse import SparseOptions
 from model_handlers.types import EmbedRequest, TextInput
 
 RNG = np.random.default_rng(22)
@@ -689,15 +690,25 @@ def test_embed_request_reads_every_option_of_the_contract():
     request, encoding = fields.embed_request((TextInput("a"),), {})
     assert encoding == Encoding() and request.inputs == (TextInput("a"),)
     assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
-            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
-        None, None, True, False, True, None, None, None, None, False)
+            request.input_type, request.adapter, request.also, request.form_options) == (
+        None, None, True, False, True, None, None, (), ())
     request, encoding = fields.embed_request((), {
         "task": "retrieval.query", "dimensions": "256", "normalized": "false", "late_chunking": True,
         "truncate": False, "input_type": "query", "adapter": "a1", "top_k": 5, "min_weight": 0.5,
-        "return_tokens": "TRUE", "encoding_format": "base64"})
+        "return_tokens": "TRUE", "encoding_format": "base64", "return_multivector": True, "return_sparse": "true"})
     assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
-            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
-        "retrieval.query", 256, False, True, False, "query", "a1", 5, 0.5, True)
+            request.input_type, request.adapter) == ("retrieval.query", 256, False, True, False, "query", "a1")
+    # the sparse form's own options, whether it is asked or asked beside; the forms asked beside in their order
+    assert request.form_options == (SparseOptions(top_k=5, min_weight=0.5, return_tokens=True),)
+    assert request.also == ("sparse", "multi-vector")
+    for option, value in (("top_k", 1), ("min_weight", 0.0), ("return_tokens", True)):
+        assert fields.embed_request((), {option: value})[0].form_options == (SparseOptions(**{option: value}),)
+    assert fields.embed_request((), {"return_multivector": "TRUE"})[0].also == ("multi-vector",)
+    assert fields.embed_request((), {"return_sparse": True, "return_multivector": False})[0].also == ("sparse",)
+    assert _refusal(fields.embed_request, (), {"top_k": "x"}, "parameters.") == (
+        "`parameters.top_k` must be an integer, got 'x'")
+    assert _refusal(fields.embed_request, (), {"return_sparse": 1}, "parameters.") == (
+        "`parameters.return_sparse` must be true or false, got a number")
     assert encoding == Encoding((EmbeddingType.BASE64,))
     # both given: embedding_type wins; a null embedding_type leaves encoding_format to say
     assert fields.embed_request((), {"embedding_type": ["binary"], "encoding_format": "base64"})[1] == Encoding(
@@ -711,7 +722,9 @@ def test_embed_request_reads_every_option_of_the_contract():
     assert _refusal(fields.embed_request, (), {"embedding_type": "int8"}, "parameters.").startswith(
         "`parameters.embedding_type` must be one of")
     schema_ = fields.options_schema()
-    assert list(schema_) == [option.name for option in fields.EMBED_OPTIONS] + ["embedding_type", "encoding_format"]
+    assert list(schema_) == ["task", "dimensions", "normalized", "late_chunking", "truncate", "input_type", "adapter",
+                             "top_k", "min_weight", "return_tokens", "return_sparse", "return_multivector",
+                             "embedding_type", "encoding_format"]
     assert schema_["encoding_format"]["description"] == "synonym of `embedding_type`"
     assert schema_["encoding_format"]["anyOf"] == schema_["embedding_type"]["anyOf"]
 
@@ -978,16 +991,17 @@ def test_an_embeddings_answer_is_estimated_from_its_rows_and_encodings():
     assert embed_dialect.estimate(EmbedRequest(inputs=inputs), None, widthless) == (
         2 * vector_bytes(0, None) + 2 * ITEM_OVERHEAD_BYTES)
     for encoding in (None, Encoding((EmbeddingType.BINARY,))):
-        both = EmbedRequest(inputs=inputs, operation="embed", return_sparse=True, return_multivector=True, top_k=5)
+        top_k = (SparseOptions(top_k=5),)
+        both = EmbedRequest(inputs=inputs, operation="embed", also=("sparse", "multi-vector"), form_options=top_k)
         own = 2 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES
-        sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", top_k=5), encoding,
-                                                   _Rows())
+        sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", form_options=top_k),
+                                                   encoding, _Rows())
         tokens = dialects.named("multi-vector").estimate(
-            EmbedRequest(inputs=inputs, operation="multi-vector", top_k=5), encoding, _Rows())
+            EmbedRequest(inputs=inputs, operation="multi-vector", form_options=top_k), encoding, _Rows())
         assert tokens == 6 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES  # a vector per token, encoded
         assert sparse > 2 * ITEM_OVERHEAD_BYTES
         assert embed_dialect.estimate(both, encoding, _Rows()) == own + sparse + tokens
-        assert embed_dialect.estimate(replace_request(both, return_multivector=False), encoding, _Rows()) == (
+        assert embed_dialect.estimate(replace_request(both, also=("sparse",)), encoding, _Rows()) == (
             own + sparse)
 
 
@@ -1088,26 +1102,30 @@ def test_forms_beside_the_asked_one_come_only_from_a_model_whose_one_pass_makes_
                 "of a model that makes them")
 
     bge_m3 = _OnePass("embed", "sparse", "multi-vector")
-    both = EmbedRequest(inputs=(), operation="embed", return_sparse=True, return_multivector=True)
+    both = EmbedRequest(inputs=(), operation="embed", also=("sparse", "multi-vector"))
     assert check_also(both, bge_m3, "m") is None
-    assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True), bge_m3, "m") is None
-    assert check_also(EmbedRequest(inputs=(), operation="sparse", return_multivector=True), bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="embed", also=("sparse",)), bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="sparse", also=("multi-vector",)), bge_m3, "m") is None
     # nothing asked beside: nothing to check, whatever the model (top_k is then the sparse operation's own to check)
-    assert check_also(EmbedRequest(inputs=(), operation="embed", top_k=0), object(), "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="embed", form_options=(SparseOptions(top_k=0),)), object(),
+                      "m") is None
     assert refusal(both, object()) == unsupported("return_sparse and return_multivector")
-    assert refusal(EmbedRequest(inputs=(), operation="embed", return_multivector=True), object()) == (
+    assert refusal(EmbedRequest(inputs=(), operation="embed", also=("multi-vector",)), object()) == (
         unsupported("return_multivector"))
     # a model that makes some of them: what it does not make is refused, as is an operation it does not make
     assert refusal(both, _OnePass("embed", "sparse")) == unsupported("return_sparse and return_multivector")
-    assert refusal(EmbedRequest(inputs=(), operation="embed", return_sparse=True), _OnePass("sparse", "multi-vector")
+    assert refusal(EmbedRequest(inputs=(), operation="embed", also=("sparse",)), _OnePass("sparse", "multi-vector")
                    ) == unsupported("return_sparse")
     # the sparse form's own option, as /v1/sparse-embeddings checks it
     for top_k in (0, -3):
-        request = EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k)
+        request = EmbedRequest(inputs=(), operation="embed", also=("sparse",), form_options=(SparseOptions(top_k),))
         assert refusal(request, bge_m3) == ("INVALID_OPTION", f"top_k must be at least 1, got {top_k}")
     for top_k in (1, 2, None):
-        assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k), bge_m3,
-                          "m") is None
+        assert check_also(EmbedRequest(inputs=(), operation="embed", also=("sparse",),
+                                       form_options=(SparseOptions(top_k),)), bge_m3, "m") is None
+    # the multi-vector form has no options of its own to check
+    assert check_also(EmbedRequest(inputs=(), operation="embed", also=("multi-vector",),
+                                   form_options=(SparseOptions(top_k=0),)), bge_m3, "m") is None
 
 
 @pytest.mark.app

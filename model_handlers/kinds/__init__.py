@@ -118,7 +118,8 @@ class Kind:
     name: str
     summary: str  # what the model does, in a buyer's words: "text embeddings"
     recognizes: Callable[[ModelFiles], bool]
-    operations: frozenset[str]  # the names of model_handlers/operations it answers
+    # the class of the models it loads: it answers the operations whose protocols the class implements (`operations`)
+    model: type
     csv: CsvLayout
     samples: Samples
     # How to load a model on each backend it runs on ("torch", "onnx"): `load(model_dir, config, options)` (a
@@ -131,6 +132,11 @@ class Kind:
     # without torch when the serving config is read, so `serve` refuses a bad value before any worker starts.
     # The model finds what it returns in `ServingConfig.kind_settings`. Raises ModelDirectoryError.
     read_settings: Callable[[Path, Mapping[str, Any]], Any] | None = field(default=None, repr=False)
+
+    @property
+    def operations(self) -> frozenset[str]:
+        """The names of model_handlers/operations it answers: derived from its model class, never listed by hand."""
+        return operations.answered_by(self.model)
 
     def answers(self, operation: str | None) -> bool:
         return operation in self.operations
