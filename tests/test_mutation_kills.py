@@ -439,6 +439,100 @@ def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_do
                                  "requests before they run (container/dispatch.py); this is a bug")
 
 
+class _Work:
+    """What `Pipeline.execute` runs: work items and the adapters they hold."""
+
+    def __init__(self, items, adapters=()):
+        self.items, self.adapters = items, adapters
+
+
+@pytest.mark.app
+def test_execute_admits_then_prepares_then_runs_and_counts_the_outputs(small_passes, monkeypatch):
+    """The one run template: admission before any preparing, the prepared items run (a packed late-chunking item
+    answers several inputs, flattened in input order), the adapters they name held, and the output count checked
+    against what the operation expects (one per item when it says nothing)."""
+    from model_handlers.deadline import Deadline
+    from model_handlers.errors import Overloaded
+
+    pipeline, _, _ = small_passes
+    texts = (TextInput("one"), TextInput("two words"), TextInput("three words here"))
+    plain = EmbedRequest(inputs=texts, operation="embed")
+    prepared = pipeline.model.prepare_embed(plain)
+    work, outputs = pipeline.execute(lambda: prepared, Deadline.after(30), None, 3)
+    assert work is prepared and len(outputs) == 3
+    for output, text in zip(outputs, texts):
+        alone = pipeline.run_items(pipeline.model.prepare_embed(EmbedRequest(inputs=(text,), operation="embed")).items,
+                                   Deadline.after(30))
+        assert_allclose(output, alone[0][0], atol=1e-5)
+    packed = pipeline.model.prepare_embed(EmbedRequest(inputs=texts, late_chunking=True, operation="embed"))
+    assert len(packed.items) == 1
+    _, outputs = pipeline.execute(lambda: packed, Deadline.after(30), None, 3)
+    assert len(outputs) == 3 and all(output.shape == (pipeline.dimensions,) for output in outputs)
+    # one output per item when the operation expects nothing else
+    assert len(pipeline.execute(lambda: prepared, Deadline.after(30), None)[1]) == 3
+    with pytest.raises(AssertionError) as raised:
+        pipeline.execute(lambda: packed, Deadline.after(30), None)
+    assert str(raised.value) == "the model answered 3 outputs for 1; this is a bug"
+    with pytest.raises(AssertionError):
+        pipeline.execute(lambda: prepared, Deadline.after(30), None, 2)
+    # the adapters the work names are held while it runs: a model that holds none refuses them
+    monkeypatch.setattr(pipeline.model, "adapters", None)
+    with pytest.raises(InvalidOption) as raised:
+        pipeline.execute(lambda: _Work(prepared.items, ("a1",)), Deadline.after(30), None, 3)
+    assert raised.value.code == "UNKNOWN_ADAPTER"
+    # admission first: work that could not finish in time is refused before anything is prepared
+    prepares = []
+    monkeypatch.setattr(pipeline._batcher, "admit", lambda deadline: (_ for _ in ()).throw(Overloaded("busy")))
+    with pytest.raises(Overloaded):
+        pipeline.execute(lambda: prepares.append(1) or prepared, Deadline.after(30), None, 3)
+    assert prepares == []
+
+
+@pytest.mark.unit
+def test_a_kind_answers_the_operations_whose_protocols_its_model_class_implements():
+    """`answered_by`: each protocol's members, its bases' included, all on the class; single vectors from an embedder
+    that no other form of embeddings describes, or whose one pass makes several forms."""
+    from model_handlers import operations
+    from model_handlers.operations.embed import makes_single_vectors
+
+    class Embeds:
+        def prepare_embed(self, request): ...
+
+    class Tokens(Embeds):
+        def vector_count(self, request): ...
+
+    class Sparse(Embeds):
+        def token_strings(self, indices): ...
+
+    class OnePass(Tokens, Sparse):
+        def forms_of_one_pass(self): ...
+
+    class Classifies(Embeds):
+        def classification_scale(self): ...
+
+        def text_tokenizer(self): ...
+
+    class Ranks:
+        def prepare_rerank(self, request, max_windows): ...
+
+    assert operations.answered_by(Embeds) == {"embed"}
+    assert operations.answered_by(Tokens) == {"multi-vector"}
+    assert operations.answered_by(Sparse) == {"sparse"}
+    assert operations.answered_by(OnePass) == {"embed", "multi-vector", "sparse"}
+    assert operations.answered_by(Classifies) == {"embed", "classify", "tokenize", "segment"}
+    assert operations.answered_by(Ranks) == {"rerank"}
+    assert operations.answered_by(object) == frozenset()
+    assert not makes_single_vectors(Ranks) and makes_single_vectors(OnePass) and not makes_single_vectors(Sparse)
+    # a protocol's members are its own and its bases' (TokenEmbedder extends Embedder)
+    from model_handlers.operations.multi_vector import TokenEmbedder
+
+    class CountsOnly:
+        def vector_count(self, request): ...
+
+    assert not operations.implements(CountsOnly, TokenEmbedder) and operations.implements(Tokens, TokenEmbedder)
+    assert [spec.name for spec in operations.beside()] == ["sparse", "multi-vector"]
+
+
 @pytest.mark.unit
 def test_the_embed_summary_the_artifact_check_prints():
     from model_handlers.operations import embed
@@ -682,6 +776,57 @@ def test_the_option_schemas_admit_what_their_parsers_read():
     assert option.property_schema() == {"anyOf": [fields.INTEGER_SCHEMA, {"type": "null"}], "description": "cut"}
     nullable = Draft202012Validator(option.property_schema())
     assert nullable.is_valid(None) and nullable.is_valid(3) and not nullable.is_valid("x")
+
+
+@pytest.mark.unit
+def test_an_input_list_is_one_input_or_a_list_and_each_refusal_says_what_to_send():
+    shape = '{"input": ["text", ...]}'
+    assert fields.input_list({"input": "a"}, shape) == (TextInput("a"),)
+    assert fields.input_list({"input": {"text": "a"}}, shape) == (TextInput("a"),)
+    assert fields.input_list({"input": ["a", {"url": "u"}]}, shape) == (TextInput("a"), ImageInput("u", "url"))
+    assert fields.input_list({"input": []}, shape) == ()
+    for body in ([], "a", {"text": "a"}, None):
+        with pytest.raises(ValidationFailed) as raised:
+            fields.input_list(body, shape)
+        assert raised.value.detail == 'the body must be a JSON object with `input`: {"input": ["text", ...]}'
+    with pytest.raises(ValidationFailed) as raised:
+        fields.input_list({}, "S", "`input` and `labels`")
+    assert raised.value.detail == "the body must be a JSON object with `input` and `labels`: S"
+    for value in (3, None, True):
+        with pytest.raises(ValidationFailed) as raised:
+            fields.input_list({"input": value}, shape)
+        assert raised.value.detail == '`input` must be a string or a list of strings or {"text"} objects'
+    with pytest.raises(ValidationFailed) as raised:
+        fields.input_list({"input": 3}, shape, listed="texts")
+    assert raised.value.detail == "`input` must be a string or a list of texts"
+    with pytest.raises(ValidationFailed) as raised:
+        fields.input_list({"input": ["a", 3]}, shape)
+    assert raised.value.detail == "`input[1]` must be a string or an object with `text`, got a number"
+
+
+@pytest.mark.unit
+def test_an_envelope_reads_its_parameters_inputs_and_ids():
+    params, inputs, ids = fields.envelope({"data": [{"text": "a", "id": 7}, "b", {"text": "c", "id": "x"}],
+                                           "parameters": {"task": "t"}})
+    assert params == {"task": "t"} and inputs == (TextInput("a"), TextInput("b"), TextInput("c"))
+    assert ids[0] == 7 and ids[2] == "x" and len(ids[1]) == 32 and int(ids[1], 16) >= 0
+    params, inputs, ids = fields.envelope({"data": {"text": "only"}})
+    assert params == {} and inputs == (TextInput("only"),) and len(ids) == 1 and len(ids[0]) == 32
+    assert fields.envelope({"data": [{"text": "a"}, {"text": "b"}]})[2][0] != fields.envelope({"data": ["a"]})[2][0]
+    for data, shape, detail in ((3, "", "`data` must be a list of inputs or one input object"),
+                                ("a", "S", "`data` must be a list of inputs or one input object: S")):
+        with pytest.raises(ValidationFailed) as raised:
+            fields.envelope({"data": data}, shape)
+        assert raised.value.detail == detail
+    with pytest.raises(ValidationFailed) as raised:
+        fields.envelope({"data": [], "parameters": [1]})
+    assert raised.value.detail == "`parameters` must be a JSON object, got an array"
+    with pytest.raises(ValidationFailed) as raised:
+        fields.envelope({"data": ["a", {"text": "b", "id": [1]}]})
+    assert raised.value.detail == "`data[1].id` must be a string or a number, got an array"
+    with pytest.raises(ValidationFailed) as raised:
+        fields.envelope({"data": ["a", 5]})
+    assert raised.value.detail == "`data[1]` must be a string or an object with `text`, got a number"
 
 
 @pytest.mark.unit
