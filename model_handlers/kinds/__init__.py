@@ -1,7 +1,7 @@
 """The registry of model kinds: each kind is one module that declares a `KIND`; this is the one list of them.
 
-A kind says once what it is: its name, how to recognise a model directory of its own, which operations
-it answers, its batch-transform CSV row, the samples packaging uses for the load check and the listing,
+A kind says once what it is: its name, how to recognise a model directory of its own, the class of its models
+(the operations it answers follow from the protocols that class implements), its batch-transform CSV row, the samples packaging uses for the load check and the listing,
 how to load a model on each backend it runs on, (optionally) how to read settings of its own from the directory, and (if it can) how to
 export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
 listing and the artifact builder all read this registry instead of branching on kind names.
@@ -167,12 +167,11 @@ def registered() -> tuple[Kind, ...]:
     """Every kind, in detection order.
 
     Raises:
-        KeyError: a kind names an operation the operations registry does not have.
+        KeyError: a kind's CSV rows name an operation the operations registry does not have.
     """
     every = tuple(importlib.import_module(name).KIND for name in KIND_MODULES)
     for kind in every:
-        for name in (*kind.operations, kind.csv.operation):
-            operations.named(name)
+        operations.named(kind.csv.operation)
     return every
 
 
