@@ -451,6 +451,7 @@ def test_execute_admits_then_prepares_then_runs_and_counts_the_outputs(small_pas
     """The one run template: admission before any preparing, the prepared items run (a packed late-chunking item
     answers several inputs, flattened in input order), the adapters they name held, and the output count checked
     against what the operation expects (one per item when it says nothing)."""
+    from model_handlers.batching import Timing
     from model_handlers.deadline import Deadline
     from model_handlers.errors import Overloaded
 
@@ -458,8 +459,10 @@ def test_execute_admits_then_prepares_then_runs_and_counts_the_outputs(small_pas
     texts = (TextInput("one"), TextInput("two words"), TextInput("three words here"))
     plain = EmbedRequest(inputs=texts, operation="embed")
     prepared = pipeline.model.prepare_embed(plain)
-    work, outputs = pipeline.execute(lambda: prepared, Deadline.after(30), None, 3)
+    timing = Timing()
+    work, outputs = pipeline.execute(lambda: prepared, Deadline.after(30), timing, 3)
     assert work is prepared and len(outputs) == 3
+    assert timing.forward_s > 0  # the caller's timing is the one the batcher fills in
     for output, text in zip(outputs, texts):
         alone = pipeline.run_items(pipeline.model.prepare_embed(EmbedRequest(inputs=(text,), operation="embed")).items,
                                    Deadline.after(30))
