@@ -142,8 +142,8 @@ def listing_section(classifiers: Sequence[Mapping[str, Any]]) -> str:
     ships (its labels, examples and held-out accuracy)."""
     lines = ["## Classification", "",
              "Any labels, zero-shot: each input is scored against labels the same model embeds (softmax of the "
-             "cosines), in the envelope as `{\"data\": [{\"text\": \"...\"}], \"parameters\": {\"labels\": [\"billing\", "
-             "\"sales\"]}}`; usage counts the inputs' and the labels' tokens."]
+             "cosines), in the envelope as `{\"data\": [{\"text\": \"...\"}], \"parameters\": {\"labels\": "
+             "[\"billing\", \"sales\"]}}`; usage counts the inputs' and the labels' tokens."]
     if classifiers:
         lines += ["", "Classifiers trained into this model (`\"parameters\": {\"classifier_id\": NAME}` instead of "
                       "`labels`; usage counts the inputs' tokens):", "",

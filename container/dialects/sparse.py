@@ -35,7 +35,8 @@ OPTIONS = (
 )
 ASKED_BESIDE = fields.Option(SPEC.beside.option, fields.flag(False), fields.boolean_schema(False),
                              "BGE-M3: add each input's sparse vector (`sparse_embedding`: indices, values; `top_k`, "
-                             "`min_weight` and `return_tokens` apply) from the same forward pass; other models refuse it")
+                             "`min_weight` and `return_tokens` apply) from the same forward pass; other models "
+                             "refuse it")
 
 
 def value(vector: SparseVector, encoding: Encoding) -> dict[str, Any]:

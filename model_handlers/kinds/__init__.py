@@ -1,9 +1,9 @@
 """The registry of model kinds: each kind is one module that declares a `KIND`; this is the one list of them.
 
 A kind says once what it is: its name, how to recognise a model directory of its own, the class of its models
-(the operations it answers follow from the protocols that class implements), its batch-transform CSV row, the samples packaging uses for the load check and the listing,
-how to load a model on each backend it runs on, (optionally) how to read settings of its own from the directory, and (if it can) how to
-export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
+(the operations it answers follow from the protocols that class implements), its batch-transform CSV row, the
+samples packaging uses for the load check and the listing, how to load a model on each backend it runs on,
+(optionally) how to read settings of its own from the directory, and (if it can) how to export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
 listing and the artifact builder all read this registry instead of branching on kind names.
 
 Importing this module (and the kind modules) costs no torch: `serve` detects kinds in the gunicorn
