@@ -380,14 +380,14 @@ class Settings:
                                 "labels or with a trained classifier, set one")
         return cls(model_dir=model_dir, model_source=source, **values)
 
-    def csv_parameters(self) -> dict[str, Any] | None:
-        """What every CSV row of a batch transform job asks beside its input: the classify job's labels or
-        classifier (None: rows are the served kind's own)."""
-        if self.classify_labels:
-            return {"labels": list(self.classify_labels)}
-        if self.classifier:
-            return {"classifier_id": self.classifier}
-        return None
+    def csv_parameters(self) -> Mapping[str, Any] | None:
+        """What every CSV row of a batch transform job asks beside its input, as the operation these settings make the
+        job one of says (`WireOperation.csv_parameters`: a classify job's labels or classifier); None: rows are the
+        served kind's own."""
+        from container import dialects  # imported on use: reading settings (the `serve` CLI) needs no wire registry
+
+        asked = (wire.csv_parameters(self) for wire in dialects.registered() if wire.csv_parameters is not None)
+        return next((parameters for parameters in asked if parameters), None)
 
     def handler_options(self, **extra: Any) -> HandlerOptions:
         """The model handler's options from the rows that say they go there (`extra`: what no setting says, such

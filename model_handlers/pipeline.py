@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 import numpy as np
 
@@ -26,10 +26,11 @@ from model_handlers.options import HandlerOptions
 if TYPE_CHECKING:
     from model_handlers.adapters import RowAdapters
     from model_handlers.kinds import Kind
-    from model_handlers.operations import OperationSpec
+    from model_handlers.operations import OperationSpec, Work
     from model_handlers.serving_config import ServingConfig
 
 logger = logging.getLogger(__name__)
+W = TypeVar("W", bound="Work")
 
 
 class Model(Protocol):
@@ -98,6 +99,24 @@ class Pipeline:
     def admit(self, deadline: Deadline) -> None:
         """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
         self._batcher.admit(deadline)
+
+    def execute(self, prepare: Callable[[], W], deadline: Deadline, timing: Timing | None,
+                expected: int | None = None) -> tuple[W, list[np.ndarray]]:
+        """The one run template of every operation that runs the model: admission first (a refusal costs no
+        tokenizing), then `prepare()` on the caller's thread, then the work's items in forward passes shared with
+        other callers. Returns the work and its outputs, flattened in item order (a packed late-chunking item answers
+        several): `expected` of them, or one per item when None.
+
+        Raises:
+            AssertionError: the model answered another number of outputs: a bug in a kind, never a caller's error.
+        """
+        self.admit(deadline)
+        work = prepare()
+        outputs = [value for output in self.run_items(work.items, deadline, timing, work.adapters) for value in output]
+        expected = len(work.items) if expected is None else expected
+        if len(outputs) != expected:
+            raise AssertionError(f"the model answered {len(outputs)} outputs for {expected}; this is a bug")
+        return work, outputs
 
     def run_items(self, items, deadline: Deadline, timing: Timing | None = None,
                   adapters: tuple[str, ...] = ()) -> list[list[np.ndarray]]:

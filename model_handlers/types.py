@@ -9,7 +9,7 @@ model_handlers/operations), so that whatever handles it reads that operation's s
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Mapping, Sequence, Union
+from typing import Any, ClassVar, Mapping, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -97,9 +97,7 @@ def texts_of(inputs: Sequence[EmbedInput], model_name: str, what: str = "input")
 INPUT_TYPE_TASKS = {"query": "retrieval.query", "document": "retrieval.passage"}
 TASK_INPUT_TYPES = {task: input_type for input_type, task in INPUT_TYPE_TASKS.items()}
 
-
-# The forms of embeddings a request may ask beside its own (operation name -> the request's field, the wire's option).
-ALSO_OPTIONS = {"sparse": "return_sparse", "multi-vector": "return_multivector"}
+O = TypeVar("O")
 
 
 @dataclass(frozen=True)
@@ -120,20 +118,20 @@ class EmbedRequest:
     # A LoRA adapter the endpoint holds, for every input (the body's `adapter`, or SageMaker's adapter header);
     # it takes the place of the adapter the task selects. None: the task's (or none).
     adapter: str | None = None
-    # Sparse embeddings (operations/sparse.py): keep the `top_k` largest weights, those above `min_weight`, and
-    # answer the vocabulary strings of the kept token ids; other forms of embeddings ignore them.
-    top_k: int | None = None
-    min_weight: float | None = None
-    return_tokens: bool = False
-    # BGE-M3 (one pass, three forms): the sparse vector and/or the token vectors of each input beside the form asked,
-    # from the same forward pass (`also`); a model that makes one form refuses them.
-    return_sparse: bool = False
-    return_multivector: bool = False
+    # The other forms of embeddings (operation names) asked beside `operation`, from the same forward pass (BGE-M3:
+    # one pass, three forms), in their `Beside.rank` order (model_handlers/operations); a model that makes one form
+    # refuses them.
+    also: tuple[str, ...] = ()
+    # The option sets of forms that have their own (`OperationSpec.options`: sparse's `top_k`), each read by its own
+    # form only, whether asked or asked beside; other forms ignore them. Left out: that form's defaults.
+    form_options: tuple[Any, ...] = ()
 
-    @property
-    def also(self) -> tuple[str, ...]:
-        """The other forms of embeddings (operation names) asked beside `operation`, from the same forward pass."""
-        return tuple(name for name, option in ALSO_OPTIONS.items() if getattr(self, option))
+    def options_of(self, kind: type[O]) -> O:
+        """The option set of type `kind` the request carries, else its defaults."""
+        for options in self.form_options:
+            if type(options) is kind:
+                return options
+        return kind()
 
     # `task` and `input_type` say the same thing in two vocabularies; these three are the one place they are read.
 

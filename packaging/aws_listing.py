@@ -415,7 +415,7 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
 
         `application/jsonlines` input (any real-time body per line) gives one JSON line out per line in.
 
-        {classification}## boto3
+        {sections}## boto3
 
         ```python
         import json, boto3
@@ -466,28 +466,15 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
         batch_type=product.recommended["batch"],
         performance=performance, billing=billing_markdown(product, sample),
         compute="" if quality is None else "\n" + quality.listing_markdown() + "\n",
-        classification=classification_markdown(product, classifiers),
+        sections=operation_sections(product, classifiers),
     )
 
 
-def classification_markdown(product: _catalog.Product, classifiers: Sequence[Mapping[str, Any]]) -> str:
-    """The listing's words on classification: zero-shot against any labels where the kind classifies, and each
-    few-shot classifier the artifact ships (its labels, examples and held-out accuracy); empty when neither."""
-    if not product.model_kind.answers("classify"):
-        return ""
-    lines = ["## Classification", "",
-             "Any labels, zero-shot: each input is scored against labels the same model embeds (softmax of the "
-             "cosines), in the envelope as `{\"data\": [{\"text\": \"...\"}], \"parameters\": {\"labels\": [\"billing\", "
-             "\"sales\"]}}`; usage counts the inputs' and the labels' tokens."]
-    if classifiers:
-        lines += ["", "Classifiers trained into this model (`\"parameters\": {\"classifier_id\": NAME}` instead of "
-                      "`labels`; usage counts the inputs' tokens):", "",
-                  "| classifier | labels | examples | held-out accuracy |", "|---|---|---|---|"]
-        lines += [f"| `{c['name']}` | {', '.join(c['labels'])} | {c['examples']} | {c['held_out_accuracy']:.1%} |"
-                  for c in classifiers]
-    lines += ["", "A batch transform job classifies its CSV rows when the model's environment sets "
-                  "`SEARCHBOX_CLASSIFY_LABELS` (a JSON array) or `SEARCHBOX_CLASSIFIER` (a classifier's name).", "", ""]
-    return "\n".join(lines)
+def operation_sections(product: _catalog.Product, classifiers: Sequence[Mapping[str, Any]]) -> str:
+    """The sections of their own that the operations the product's kind answers add to its listing (classify's: any
+    labels, and the few-shot `classifiers` the artifact ships); empty when none has one."""
+    return "".join(wire.listing.section(classifiers) for wire in dialects.registered()
+                   if wire.listing.section is not None and product.model_kind.answers(wire.name))
 
 
 def artifact_classifiers(artifact: Path | None) -> list[Mapping[str, Any]]:

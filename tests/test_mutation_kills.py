@@ -21,6 +21,7 @@ from model_handlers.metering import Metering, parse_metering
 from model_handlers.operations.embed import check_dimensions, finish
 from model_handlers.ranking import (RerankWork, Scoring, Windowing, best_per_document, check_window_count, maxsim,
                                     rank, window_scores, windowed)
+from model_handlers.operations.sparse import SparseOptions
 from model_handlers.types import EmbedRequest, TextInput
 
 RNG = np.random.default_rng(22)
@@ -438,6 +439,103 @@ def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_do
                                  "requests before they run (container/dispatch.py); this is a bug")
 
 
+class _Work:
+    """What `Pipeline.execute` runs: work items and the adapters they hold."""
+
+    def __init__(self, items, adapters=()):
+        self.items, self.adapters = items, adapters
+
+
+@pytest.mark.app
+def test_execute_admits_then_prepares_then_runs_and_counts_the_outputs(small_passes, monkeypatch):
+    """The one run template: admission before any preparing, the prepared items run (a packed late-chunking item
+    answers several inputs, flattened in input order), the adapters they name held, and the output count checked
+    against what the operation expects (one per item when it says nothing)."""
+    from model_handlers.batching import Timing
+    from model_handlers.deadline import Deadline
+    from model_handlers.errors import Overloaded
+
+    pipeline, _, _ = small_passes
+    texts = (TextInput("one"), TextInput("two words"), TextInput("three words here"))
+    plain = EmbedRequest(inputs=texts, operation="embed")
+    prepared = pipeline.model.prepare_embed(plain)
+    timing = Timing()
+    work, outputs = pipeline.execute(lambda: prepared, Deadline.after(30), timing, 3)
+    assert work is prepared and len(outputs) == 3
+    assert timing.forward_s > 0  # the caller's timing is the one the batcher fills in
+    for output, text in zip(outputs, texts):
+        alone = pipeline.run_items(pipeline.model.prepare_embed(EmbedRequest(inputs=(text,), operation="embed")).items,
+                                   Deadline.after(30))
+        assert_allclose(output, alone[0][0], atol=1e-5)
+    packed = pipeline.model.prepare_embed(EmbedRequest(inputs=texts, late_chunking=True, operation="embed"))
+    assert len(packed.items) == 1
+    _, outputs = pipeline.execute(lambda: packed, Deadline.after(30), None, 3)
+    assert len(outputs) == 3 and all(output.shape == (pipeline.dimensions,) for output in outputs)
+    # one output per item when the operation expects nothing else
+    assert len(pipeline.execute(lambda: prepared, Deadline.after(30), None)[1]) == 3
+    with pytest.raises(AssertionError) as raised:
+        pipeline.execute(lambda: packed, Deadline.after(30), None)
+    assert str(raised.value) == "the model answered 3 outputs for 1; this is a bug"
+    with pytest.raises(AssertionError):
+        pipeline.execute(lambda: prepared, Deadline.after(30), None, 2)
+    # the adapters the work names are held while it runs: a model that holds none refuses them
+    monkeypatch.setattr(pipeline.model, "adapters", None)
+    with pytest.raises(InvalidOption) as raised:
+        pipeline.execute(lambda: _Work(prepared.items, ("a1",)), Deadline.after(30), None, 3)
+    assert raised.value.code == "UNKNOWN_ADAPTER"
+    # admission first: work that could not finish in time is refused before anything is prepared
+    prepares = []
+    monkeypatch.setattr(pipeline._batcher, "admit", lambda deadline: (_ for _ in ()).throw(Overloaded("busy")))
+    with pytest.raises(Overloaded):
+        pipeline.execute(lambda: prepares.append(1) or prepared, Deadline.after(30), None, 3)
+    assert prepares == []
+
+
+@pytest.mark.unit
+def test_a_kind_answers_the_operations_whose_protocols_its_model_class_implements():
+    """`answered_by`: each protocol's members, its bases' included, all on the class; single vectors from an embedder
+    that no other form of embeddings describes, or whose one pass makes several forms."""
+    from model_handlers import operations
+    from model_handlers.operations.embed import makes_single_vectors
+
+    class Embeds:
+        def prepare_embed(self, request): ...
+
+    class Tokens(Embeds):
+        def vector_count(self, request): ...
+
+    class Sparse(Embeds):
+        def token_strings(self, indices): ...
+
+    class OnePass(Tokens, Sparse):
+        def forms_of_one_pass(self): ...
+
+    class Classifies(Embeds):
+        def classification_scale(self): ...
+
+        def text_tokenizer(self): ...
+
+    class Ranks:
+        def prepare_rerank(self, request, max_windows): ...
+
+    assert operations.answered_by(Embeds) == {"embed"}
+    assert operations.answered_by(Tokens) == {"multi-vector"}
+    assert operations.answered_by(Sparse) == {"sparse"}
+    assert operations.answered_by(OnePass) == {"embed", "multi-vector", "sparse"}
+    assert operations.answered_by(Classifies) == {"embed", "classify", "tokenize", "segment"}
+    assert operations.answered_by(Ranks) == {"rerank"}
+    assert operations.answered_by(object) == frozenset()
+    assert not makes_single_vectors(Ranks) and makes_single_vectors(OnePass) and not makes_single_vectors(Sparse)
+    # a protocol's members are its own and its bases' (TokenEmbedder extends Embedder)
+    from model_handlers.operations.multi_vector import TokenEmbedder
+
+    class CountsOnly:
+        def vector_count(self, request): ...
+
+    assert not operations.implements(CountsOnly, TokenEmbedder) and operations.implements(Tokens, TokenEmbedder)
+    assert [spec.name for spec in operations.beside()] == ["sparse", "multi-vector"]
+
+
 @pytest.mark.unit
 def test_the_embed_summary_the_artifact_check_prints():
     from model_handlers.operations import embed
@@ -684,20 +782,81 @@ def test_the_option_schemas_admit_what_their_parsers_read():
 
 
 @pytest.mark.unit
+def test_an_input_list_is_one_input_or_a_list_and_each_refusal_says_what_to_send():
+    shape = '{"input": ["text", ...]}'
+    assert fields.input_list({"input": "a"}, shape) == (TextInput("a"),)
+    assert fields.input_list({"input": {"text": "a"}}, shape) == (TextInput("a"),)
+    assert fields.input_list({"input": ["a", {"url": "u"}]}, shape) == (TextInput("a"), ImageInput("u", "url"))
+    assert fields.input_list({"input": []}, shape) == ()
+    for body in ([], "a", {"text": "a"}, None):
+        with pytest.raises(ValidationFailed) as raised:
+            fields.input_list(body, shape)
+        assert raised.value.detail == 'the body must be a JSON object with `input`: {"input": ["text", ...]}'
+    with pytest.raises(ValidationFailed) as raised:
+        fields.input_list({}, "S", "`input` and `labels`")
+    assert raised.value.detail == "the body must be a JSON object with `input` and `labels`: S"
+    for value in (3, None, True):
+        with pytest.raises(ValidationFailed) as raised:
+            fields.input_list({"input": value}, shape)
+        assert raised.value.detail == '`input` must be a string or a list of strings or {"text"} objects'
+    with pytest.raises(ValidationFailed) as raised:
+        fields.input_list({"input": 3}, shape, listed="texts")
+    assert raised.value.detail == "`input` must be a string or a list of texts"
+    with pytest.raises(ValidationFailed) as raised:
+        fields.input_list({"input": ["a", 3]}, shape)
+    assert raised.value.detail == "`input[1]` must be a string or an object with `text`, got a number"
+
+
+@pytest.mark.unit
+def test_an_envelope_reads_its_parameters_inputs_and_ids():
+    params, inputs, ids = fields.envelope({"data": [{"text": "a", "id": 7}, "b", {"text": "c", "id": "x"}],
+                                           "parameters": {"task": "t"}})
+    assert params == {"task": "t"} and inputs == (TextInput("a"), TextInput("b"), TextInput("c"))
+    assert ids[0] == 7 and ids[2] == "x" and len(ids[1]) == 32 and int(ids[1], 16) >= 0
+    params, inputs, ids = fields.envelope({"data": {"text": "only"}})
+    assert params == {} and inputs == (TextInput("only"),) and len(ids) == 1 and len(ids[0]) == 32
+    assert fields.envelope({"data": [{"text": "a"}, {"text": "b"}]})[2][0] != fields.envelope({"data": ["a"]})[2][0]
+    for data, shape, detail in ((3, "", "`data` must be a list of inputs or one input object"),
+                                ("a", "S", "`data` must be a list of inputs or one input object: S")):
+        with pytest.raises(ValidationFailed) as raised:
+            fields.envelope({"data": data}, shape)
+        assert raised.value.detail == detail
+    with pytest.raises(ValidationFailed) as raised:
+        fields.envelope({"data": [], "parameters": [1]})
+    assert raised.value.detail == "`parameters` must be a JSON object, got an array"
+    with pytest.raises(ValidationFailed) as raised:
+        fields.envelope({"data": ["a", {"text": "b", "id": [1]}]})
+    assert raised.value.detail == "`data[1].id` must be a string or a number, got an array"
+    with pytest.raises(ValidationFailed) as raised:
+        fields.envelope({"data": ["a", 5]})
+    assert raised.value.detail == "`data[1]` must be a string or an object with `text`, got a number"
+
+
+@pytest.mark.unit
 def test_embed_request_reads_every_option_of_the_contract():
     """§2c, with OpenAI's `encoding_format` read as `embedding_type`'s synonym (§2b)."""
     request, encoding = fields.embed_request((TextInput("a"),), {})
     assert encoding == Encoding() and request.inputs == (TextInput("a"),)
     assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
-            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
-        None, None, True, False, True, None, None, None, None, False)
+            request.input_type, request.adapter, request.also, request.form_options) == (
+        None, None, True, False, True, None, None, (), ())
     request, encoding = fields.embed_request((), {
         "task": "retrieval.query", "dimensions": "256", "normalized": "false", "late_chunking": True,
         "truncate": False, "input_type": "query", "adapter": "a1", "top_k": 5, "min_weight": 0.5,
-        "return_tokens": "TRUE", "encoding_format": "base64"})
+        "return_tokens": "TRUE", "encoding_format": "base64", "return_multivector": True, "return_sparse": "true"})
     assert (request.task, request.dimensions, request.normalized, request.late_chunking, request.truncate,
-            request.input_type, request.adapter, request.top_k, request.min_weight, request.return_tokens) == (
-        "retrieval.query", 256, False, True, False, "query", "a1", 5, 0.5, True)
+            request.input_type, request.adapter) == ("retrieval.query", 256, False, True, False, "query", "a1")
+    # the sparse form's own options, whether it is asked or asked beside; the forms asked beside in their order
+    assert request.form_options == (SparseOptions(top_k=5, min_weight=0.5, return_tokens=True),)
+    assert request.also == ("sparse", "multi-vector")
+    for option, value in (("top_k", 1), ("min_weight", 0.0), ("return_tokens", True)):
+        assert fields.embed_request((), {option: value})[0].form_options == (SparseOptions(**{option: value}),)
+    assert fields.embed_request((), {"return_multivector": "TRUE"})[0].also == ("multi-vector",)
+    assert fields.embed_request((), {"return_sparse": True, "return_multivector": False})[0].also == ("sparse",)
+    assert _refusal(fields.embed_request, (), {"top_k": "x"}, "parameters.") == (
+        "`parameters.top_k` must be an integer, got 'x'")
+    assert _refusal(fields.embed_request, (), {"return_sparse": 1}, "parameters.") == (
+        "`parameters.return_sparse` must be true or false, got a number")
     assert encoding == Encoding((EmbeddingType.BASE64,))
     # both given: embedding_type wins; a null embedding_type leaves encoding_format to say
     assert fields.embed_request((), {"embedding_type": ["binary"], "encoding_format": "base64"})[1] == Encoding(
@@ -711,7 +870,9 @@ def test_embed_request_reads_every_option_of_the_contract():
     assert _refusal(fields.embed_request, (), {"embedding_type": "int8"}, "parameters.").startswith(
         "`parameters.embedding_type` must be one of")
     schema_ = fields.options_schema()
-    assert list(schema_) == [option.name for option in fields.EMBED_OPTIONS] + ["embedding_type", "encoding_format"]
+    assert list(schema_) == ["task", "dimensions", "normalized", "late_chunking", "truncate", "input_type", "adapter",
+                             "top_k", "min_weight", "return_tokens", "return_sparse", "return_multivector",
+                             "embedding_type", "encoding_format"]
     assert schema_["encoding_format"]["description"] == "synonym of `embedding_type`"
     assert schema_["encoding_format"]["anyOf"] == schema_["embedding_type"]["anyOf"]
 
@@ -978,16 +1139,17 @@ def test_an_embeddings_answer_is_estimated_from_its_rows_and_encodings():
     assert embed_dialect.estimate(EmbedRequest(inputs=inputs), None, widthless) == (
         2 * vector_bytes(0, None) + 2 * ITEM_OVERHEAD_BYTES)
     for encoding in (None, Encoding((EmbeddingType.BINARY,))):
-        both = EmbedRequest(inputs=inputs, operation="embed", return_sparse=True, return_multivector=True, top_k=5)
+        top_k = (SparseOptions(top_k=5),)
+        both = EmbedRequest(inputs=inputs, operation="embed", also=("sparse", "multi-vector"), form_options=top_k)
         own = 2 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES
-        sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", top_k=5), encoding,
-                                                   _Rows())
+        sparse = dialects.named("sparse").estimate(EmbedRequest(inputs=inputs, operation="sparse", form_options=top_k),
+                                                   encoding, _Rows())
         tokens = dialects.named("multi-vector").estimate(
-            EmbedRequest(inputs=inputs, operation="multi-vector", top_k=5), encoding, _Rows())
+            EmbedRequest(inputs=inputs, operation="multi-vector", form_options=top_k), encoding, _Rows())
         assert tokens == 6 * vector_bytes(384, encoding) + 2 * ITEM_OVERHEAD_BYTES  # a vector per token, encoded
         assert sparse > 2 * ITEM_OVERHEAD_BYTES
         assert embed_dialect.estimate(both, encoding, _Rows()) == own + sparse + tokens
-        assert embed_dialect.estimate(replace_request(both, return_multivector=False), encoding, _Rows()) == (
+        assert embed_dialect.estimate(replace_request(both, also=("sparse",)), encoding, _Rows()) == (
             own + sparse)
 
 
@@ -1088,26 +1250,30 @@ def test_forms_beside_the_asked_one_come_only_from_a_model_whose_one_pass_makes_
                 "of a model that makes them")
 
     bge_m3 = _OnePass("embed", "sparse", "multi-vector")
-    both = EmbedRequest(inputs=(), operation="embed", return_sparse=True, return_multivector=True)
+    both = EmbedRequest(inputs=(), operation="embed", also=("sparse", "multi-vector"))
     assert check_also(both, bge_m3, "m") is None
-    assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True), bge_m3, "m") is None
-    assert check_also(EmbedRequest(inputs=(), operation="sparse", return_multivector=True), bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="embed", also=("sparse",)), bge_m3, "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="sparse", also=("multi-vector",)), bge_m3, "m") is None
     # nothing asked beside: nothing to check, whatever the model (top_k is then the sparse operation's own to check)
-    assert check_also(EmbedRequest(inputs=(), operation="embed", top_k=0), object(), "m") is None
+    assert check_also(EmbedRequest(inputs=(), operation="embed", form_options=(SparseOptions(top_k=0),)), object(),
+                      "m") is None
     assert refusal(both, object()) == unsupported("return_sparse and return_multivector")
-    assert refusal(EmbedRequest(inputs=(), operation="embed", return_multivector=True), object()) == (
+    assert refusal(EmbedRequest(inputs=(), operation="embed", also=("multi-vector",)), object()) == (
         unsupported("return_multivector"))
     # a model that makes some of them: what it does not make is refused, as is an operation it does not make
     assert refusal(both, _OnePass("embed", "sparse")) == unsupported("return_sparse and return_multivector")
-    assert refusal(EmbedRequest(inputs=(), operation="embed", return_sparse=True), _OnePass("sparse", "multi-vector")
+    assert refusal(EmbedRequest(inputs=(), operation="embed", also=("sparse",)), _OnePass("sparse", "multi-vector")
                    ) == unsupported("return_sparse")
     # the sparse form's own option, as /v1/sparse-embeddings checks it
     for top_k in (0, -3):
-        request = EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k)
+        request = EmbedRequest(inputs=(), operation="embed", also=("sparse",), form_options=(SparseOptions(top_k),))
         assert refusal(request, bge_m3) == ("INVALID_OPTION", f"top_k must be at least 1, got {top_k}")
     for top_k in (1, 2, None):
-        assert check_also(EmbedRequest(inputs=(), operation="embed", return_sparse=True, top_k=top_k), bge_m3,
-                          "m") is None
+        assert check_also(EmbedRequest(inputs=(), operation="embed", also=("sparse",),
+                                       form_options=(SparseOptions(top_k),)), bge_m3, "m") is None
+    # the multi-vector form has no options of its own to check
+    assert check_also(EmbedRequest(inputs=(), operation="embed", also=("multi-vector",),
+                                   form_options=(SparseOptions(top_k=0),)), bge_m3, "m") is None
 
 
 @pytest.mark.app

@@ -101,7 +101,7 @@ SAMPLES = [None, True, False, "true", "False", "TRUE", "yes", "", 0, 1, -3, 12, 
            "binary", "ubinary", "int8", ["float"], ["base64", "ubinary"], [], ["float", "nope"], {"a": 1}, [1]]
 
 
-@pytest.mark.parametrize("option", [*fields.EMBED_OPTIONS, fields.ENCODING_OPTION, *rerank.OPTIONS],
+@pytest.mark.parametrize("option", [*fields.embed_options(), fields.ENCODING_OPTION, *rerank.OPTIONS],
                          ids=lambda option: option.name)
 def test_each_options_schema_accepts_what_its_parser_reads(option):
     validator = Draft202012Validator(option.property_schema())

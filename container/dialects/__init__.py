@@ -117,6 +117,10 @@ class EmbeddingForm:
         value: one result vector, encoded as the request asked.
         beside: its key in an item of another form that asks it too from the same pass (`return_sparse`,
             `return_multivector`: BGE-M3).
+        options: its own options (fields.Option), read into its operation's option set (`OperationSpec.options`)
+            from every embeddings body.
+        asked_beside: the flag (a fields.Option named as its operation's `Beside.option`) that asks it beside another
+            form; None: it cannot be.
     """
 
     key: str
@@ -124,6 +128,8 @@ class EmbeddingForm:
     schema: Callable[[], dict[str, Any]] = field(repr=False)
     value: Callable[[Any, Encoding], Any] = field(default=lambda vector, encoding: encoding.render(vector), repr=False)
     beside: str | None = None
+    options: tuple[Any, ...] = ()
+    asked_beside: Any = None
 
     def render_also(self, also: Mapping[str, list], index: int, encoding: Encoding) -> dict[str, Any]:
         """The other forms an item answers beside this one (`EmbedResult.also`), each under its `beside` key."""
@@ -145,6 +151,9 @@ class Listing:
 
     action: str  # "embeds {count} text{s}": what the sample request does
     usage: str  # where the answer says what it consumed
+    # `section(classifiers)`: a section of its own in the listing of a product whose kind answers it, given the
+    # few-shot classifiers the artifact ships (as its manifest lists them); None: it has none
+    section: Callable[[Sequence[Mapping[str, Any]]], str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,9 @@ class WireOperation:
         form: a form of embeddings: how its answers go in the shared embeddings bodies.
         rows: CSV rows of a kind answering it are whole requests (None: each row is one input of the embeddings
             envelope).
+        csv_parameters: `csv_parameters(settings)`: what every CSV row of a batch transform job asks beside its input
+            when the operator's settings (container/settings.py) make the job one of this operation's (a classify job's
+            labels): the row becomes one input of the envelope with these `parameters`; None when they do not.
     """
 
     name: str
@@ -182,6 +194,7 @@ class WireOperation:
     invocation_fallback: bool = False
     form: EmbeddingForm | None = None
     rows: RowRequests | None = None
+    csv_parameters: Callable[[Any], Mapping[str, Any] | None] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ body, told from an embeddings body by `labels` / `classifier_id`, or the SageMak
 
 from __future__ import annotations
 
-import uuid
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from container.dialects import ITEM_OVERHEAD_BYTES, Decoded, Listing, Route, WireOperation, fields
 from container.errors import ValidationFailed
@@ -47,14 +46,8 @@ def _request(inputs: tuple, source: Mapping[str, Any], prefix: str) -> ClassifyR
 
 
 def decode_public(body: Any) -> Decoded:
-    if not isinstance(body, dict) or "input" not in body:
-        raise ValidationFailed(f"the body must be a JSON object with `input` and `labels`: {_PUBLIC_SHAPE}")
-    raw = body["input"]
-    if isinstance(raw, (str, dict)):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise ValidationFailed("`input` must be a string or a list of strings, {\"text\"} or {\"image\"} objects")
-    request = _request(tuple(fields.embed_input(item, f"input[{i}]") for i, item in enumerate(raw)), body, "")
+    inputs = fields.input_list(body, _PUBLIC_SHAPE, "`input` and `labels`", 'strings, {"text"} or {"image"} objects')
+    request = _request(inputs, body, "")
 
     def render(result: ClassifyResult) -> dict[str, Any]:
         return {"usage": {"total_tokens": result.total_tokens},
@@ -65,17 +58,8 @@ def decode_public(body: Any) -> Decoded:
 
 
 def decode_sagemaker(body: Mapping[str, Any]) -> Decoded:
-    params = fields.echoed(fields.mapping(body.get("parameters"), "parameters"), "parameters")
-    data = body["data"]
-    if not isinstance(data, (list, dict)):
-        raise ValidationFailed(f"`data` must be a list of inputs or one input object: {_SAGEMAKER_SHAPE}")
-    items = data if isinstance(data, list) else [data]
-    inputs, ids = [], []
-    for index, item in enumerate(items):
-        inputs.append(fields.embed_input(item, f"data[{index}]"))
-        given = fields.item_id(item.get("id"), f"data[{index}].id") if isinstance(item, dict) else None
-        ids.append(given if given is not None else uuid.uuid4().hex)
-    request = _request(tuple(inputs), params, "parameters.")
+    params, inputs, ids = fields.envelope(body, _SAGEMAKER_SHAPE)
+    request = _request(inputs, params, "parameters.")
 
     def render(result: ClassifyResult) -> dict[str, Any]:
         return {"data": [{"id": item_id, "object": "classification", **_classified(item),
@@ -153,6 +137,34 @@ def sagemaker_response_schema() -> dict[str, Any]:
                                  "label_tokens": {"type": "integer"}}}}}
 
 
+def listing_section(classifiers: Sequence[Mapping[str, Any]]) -> str:
+    """A listing's words on classification: zero-shot against any labels, and each few-shot classifier the artifact
+    ships (its labels, examples and held-out accuracy)."""
+    lines = ["## Classification", "",
+             "Any labels, zero-shot: each input is scored against labels the same model embeds (softmax of the "
+             "cosines), in the envelope as `{\"data\": [{\"text\": \"...\"}], \"parameters\": {\"labels\": "
+             "[\"billing\", \"sales\"]}}`; usage counts the inputs' and the labels' tokens."]
+    if classifiers:
+        lines += ["", "Classifiers trained into this model (`\"parameters\": {\"classifier_id\": NAME}` instead of "
+                      "`labels`; usage counts the inputs' tokens):", "",
+                  "| classifier | labels | examples | held-out accuracy |", "|---|---|---|---|"]
+        lines += [f"| `{c['name']}` | {', '.join(c['labels'])} | {c['examples']} | {c['held_out_accuracy']:.1%} |"
+                  for c in classifiers]
+    lines += ["", "A batch transform job classifies its CSV rows when the model's environment sets "
+                  "`SEARCHBOX_CLASSIFY_LABELS` (a JSON array) or `SEARCHBOX_CLASSIFIER` (a classifier's name).", "", ""]
+    return "\n".join(lines)
+
+
+def csv_parameters(settings: Any) -> dict[str, Any] | None:
+    """What every CSV row of a batch transform job asks beside its input when the operator's settings make it a
+    classify job: the labels, or a trained classifier (None: rows are the served kind's own)."""
+    if settings.classify_labels:
+        return {"labels": list(settings.classify_labels)}
+    if settings.classifier:
+        return {"classifier_id": settings.classifier}
+    return None
+
+
 WIRE = WireOperation(
     name=CLASSIFY,
     hint='classify: {"input": ["..."], "labels": ["...", "..."]} to /v1/classify or /invocations',
@@ -166,6 +178,8 @@ WIRE = WireOperation(
     invocation_answers=("SageMakerClassifyResponse", "ClassifyResponse"),
     body_keys=_KEYS,
     estimate=estimate,
-    listing=Listing("classifies {count} text{s}", "`usage.total_tokens` in its answer (inputs and labels)"),
+    listing=Listing("classifies {count} text{s}", "`usage.total_tokens` in its answer (inputs and labels)",
+                    listing_section),
     invocation=invocation,
+    csv_parameters=csv_parameters,
 )

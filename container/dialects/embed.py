@@ -16,7 +16,7 @@ from container.dialects import (
 )
 from container.encodings import Encoding, schema as embedding_schema, vector_bytes
 from model_handlers.operations.embed import EMBED
-from model_handlers.types import ALSO_OPTIONS, EmbedRequest
+from model_handlers.types import EmbedRequest
 
 
 def invocation(body: Mapping[str, Any]) -> Decoded | None:
@@ -35,7 +35,7 @@ def estimate(request: EmbedRequest, encoding: Encoding | None, pipeline: Any) ->
     dims = request.dimensions or pipeline.dimensions or 0
     own = pipeline.answer_rows(request) * vector_bytes(dims, encoding) + len(request.inputs) * ITEM_OVERHEAD_BYTES
     # the forms asked beside it (BGE-M3's return_sparse, return_multivector), as their own answers would be
-    alone = replace(request, **dict.fromkeys(ALSO_OPTIONS.values(), False))
+    alone = replace(request, also=())
     return own + sum(dialects.named(name).estimate(replace(alone, operation=name), encoding, pipeline)
                      for name in request.also)
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import orjson
 
 from container.encodings import EmbeddingType, Encoding
 from container.errors import BadRequest, ValidationFailed
+from model_handlers import operations
 from model_handlers.types import INPUT_TYPE_TASKS, EmbedInput, EmbedRequest, ImageInput, OtherInput, TextInput
 
 IMAGE_KEYS = ("image", "url", "bytes")
@@ -209,6 +212,44 @@ def embed_input(value: Any, field: str) -> EmbedInput:
     raise ValidationFailed(f"`{field}` must be a string or an object with `text`, got {_json_type(value)}")
 
 
+def input_list(body: Any, shape: str, required: str = "`input`",
+               listed: str = 'strings or {"text"} objects') -> tuple[EmbedInput, ...]:
+    """The inputs of a public body (`{"input": "..." | [...], ...}`): one input or a list of them.
+
+    Raises:
+        ValidationFailed: the body is not an object with `input` (naming the keys it needs, `required`, and a `shape`
+            to send), or `input` is neither an input nor a list (naming what a list holds, `listed`).
+    """
+    if not isinstance(body, dict) or "input" not in body:
+        raise ValidationFailed(f"the body must be a JSON object with {required}: {shape}")
+    raw = body["input"]
+    if isinstance(raw, (str, dict)):
+        raw = [raw]
+    if not isinstance(raw, list):
+        raise ValidationFailed(f"`input` must be a string or a list of {listed}")
+    return tuple(embed_input(item, f"input[{i}]") for i, item in enumerate(raw))
+
+
+def envelope(body: Mapping[str, Any], shape: str = "") -> tuple[Mapping[str, Any], tuple[EmbedInput, ...], list[Any]]:
+    """The SageMaker envelope (`{"data": [items] | item, "parameters"?}`): its parameters (echoed back in the answer),
+    its inputs, and each input's id (as sent, else a random hex id).
+
+    Raises:
+        ValidationFailed: `parameters` is not an object that can be echoed, `data` is neither a list nor one input
+            (naming a `shape` to send, when given), or an input or its id does not parse.
+    """
+    params = echoed(mapping(body.get("parameters"), "parameters"), "parameters")
+    data = body["data"]
+    if not isinstance(data, (list, dict)):
+        raise ValidationFailed("`data` must be a list of inputs or one input object" + (f": {shape}" if shape else ""))
+    inputs, ids = [], []
+    for index, item in enumerate(data if isinstance(data, list) else [data]):
+        inputs.append(embed_input(item, f"data[{index}]"))
+        given = item_id(item.get("id"), f"data[{index}].id") if isinstance(item, dict) else None
+        ids.append(given if given is not None else uuid.uuid4().hex)
+    return params, tuple(inputs), ids
+
+
 def input_schema() -> dict[str, Any]:
     """What `embed_input` reads, as a JSON Schema (the OpenAPI document, container/openapi.py): a string, or an
     object read by the first of its keys in `embed_input`'s order."""
@@ -277,7 +318,9 @@ INTEGER_SCHEMA = {"oneOf": [{"type": "integer", "minimum": -INTEGER_BOUND, "maxi
                             {"type": "string", "pattern": f"^\\s*{_INTEGER.pattern}\\s*$"}]}
 _EMBEDDING_TYPE = {"type": "string", "enum": [t.value for t in EmbeddingType]}
 
-# Contract §2c: the options of every embedding request (the public API's body, SageMaker's `parameters`).
+# Contract §2c: the options every embedding request reads (the public API's body, SageMaker's `parameters`). A form's
+# own options (sparse's `top_k`) and the flag that asks it beside another form (`return_sparse`) are its dialect's
+# (`EmbeddingForm.options`, `EmbeddingForm.asked_beside`); `embed_options()` lists them all.
 EMBED_OPTIONS = (
     Option("task", optional_str, {"type": "string"},
            "a task the model declares (GET /v1/models lists them): it selects the task's LoRA adapter and/or "
@@ -295,16 +338,6 @@ EMBED_OPTIONS = (
     Option("adapter", optional_str, {"type": "string"},
            "a LoRA adapter the endpoint holds (GET /adapters lists them), for every input, in place of the one the "
            "task selects; SageMaker's X-Amzn-SageMaker-Adapter-Identifier header says the same"),
-    Option("top_k", optional_int, INTEGER_SCHEMA, "sparse embeddings: keep the k largest weights of each input"),
-    Option("min_weight", optional_float, {"type": "number"}, "sparse embeddings: keep weights above this only"),
-    Option("return_tokens", flag(False), boolean_schema(False),
-           "sparse embeddings: answer the vocabulary string of each kept token id under `tokens`"),
-    Option("return_sparse", flag(False), boolean_schema(False),
-           "BGE-M3: add each input's sparse vector (`sparse_embedding`: indices, values; `top_k`, `min_weight` and "
-           "`return_tokens` apply) from the same forward pass; other models refuse it"),
-    Option("return_multivector", flag(False), boolean_schema(False),
-           "BGE-M3: add each input's ColBERT token vectors (`multi_vector`) from the same forward pass; other "
-           "models refuse it"),
 )
 ENCODING_OPTION = Option(
     "embedding_type", encoding,
@@ -314,21 +347,48 @@ ENCODING_OPTION = Option(
 ENCODING_SYNONYM = "encoding_format"
 
 
+@lru_cache(maxsize=1)
+def _forms() -> tuple[tuple[tuple[type, tuple[Option, ...]], ...], tuple[tuple[str, Option], ...]]:
+    """The forms' own option sets (their type, and their options on the wire), in registration order; and the flags
+    that ask a form beside another (its name, its flag), in their rank order."""
+    from container import dialects
+
+    own = tuple((operations.named(wire.name).options, wire.form.options) for wire in dialects.registered()
+                if wire.form is not None and wire.form.options)
+    beside = tuple((spec.name, dialects.named(spec.name).form.asked_beside) for spec in operations.beside())
+    return own, beside
+
+
+def embed_options() -> tuple[Option, ...]:
+    """Every option an embeddings body may carry, in the order they are read: the shared ones (EMBED_OPTIONS), each
+    form's own, then the flags that ask a form beside another."""
+    own, beside = _forms()
+    return (*EMBED_OPTIONS, *(option for _, options in own for option in options), *(flag for _, flag in beside))
+
+
 def embed_request(inputs: tuple[EmbedInput, ...], options: Mapping[str, Any],
                   prefix: str = "") -> tuple[EmbedRequest, Encoding]:
-    """The options of contract §2c (EMBED_OPTIONS), read from `options` (field names in errors get `prefix`).
+    """The options of contract §2c (`embed_options()`), read from `options` (field names in errors get `prefix`).
 
     Returns the request and how its vectors go on the wire. OpenAI's `encoding_format` is read as a
     synonym of `embedding_type`.
     """
-    request = EmbedRequest(inputs=inputs, **{option.name: option.parse(options, prefix) for option in EMBED_OPTIONS})
+    shared = {option.name: option.parse(options, prefix) for option in EMBED_OPTIONS}
+    own, beside = _forms()
+    form_options = []
+    for kind, parsed in own:
+        value = kind(**{option.name: option.parse(options, prefix) for option in parsed})
+        if value != kind():  # left out when it asks nothing: what the form reads then
+            form_options.append(value)
+    also = tuple(name for name, flag in beside if flag.parse(options, prefix))
+    request = EmbedRequest(inputs=inputs, **shared, also=also, form_options=tuple(form_options))
     type_key = ENCODING_OPTION.name if options.get(ENCODING_OPTION.name) is not None else ENCODING_SYNONYM
     return request, ENCODING_OPTION.read(options.get(type_key), prefix + type_key)
 
 
 def options_schema() -> dict[str, Any]:
-    """The properties EMBED_OPTIONS and the encoding add to a request body (or SageMaker's `parameters`)."""
-    properties = {option.name: option.property_schema() for option in (*EMBED_OPTIONS, ENCODING_OPTION)}
+    """The properties `embed_options()` and the encoding add to a request body (or SageMaker's `parameters`)."""
+    properties = {option.name: option.property_schema() for option in (*embed_options(), ENCODING_OPTION)}
     properties[ENCODING_SYNONYM] = {**ENCODING_OPTION.property_schema(), "description": "synonym of `embedding_type`"}
     return properties
 

@@ -10,11 +10,15 @@ of single vectors refuses it, naming the route it answers (container/dispatch.py
 
 from __future__ import annotations
 
-from container.dialects import EmbeddingForm, Route, WireOperation, embed, public
+from container.dialects import EmbeddingForm, Route, WireOperation, embed, fields, public
 from container.encodings import schema as embedding_schema
-from model_handlers.operations.multi_vector import MULTI_VECTOR
+from model_handlers.operations.multi_vector import MULTI_VECTOR, SPEC
 
-FORM = EmbeddingForm("embeddings", ("total_tokens",), lambda: embedding_schema(matrix=True), beside="multi_vector")
+ASKED_BESIDE = fields.Option(SPEC.beside.option, fields.flag(False), fields.boolean_schema(False),
+                             "BGE-M3: add each input's ColBERT token vectors (`multi_vector`) from the same forward "
+                             "pass; other models refuse it")
+FORM = EmbeddingForm("embeddings", ("total_tokens",), lambda: embedding_schema(matrix=True), beside="multi_vector",
+                     asked_beside=ASKED_BESIDE)
 
 WIRE = WireOperation(
     name=MULTI_VECTOR,

@@ -24,7 +24,7 @@ from container.dialects import Decoded, Shape, fields, sparse
 from container.encodings import Encoding
 from container.errors import BadRequest, ValidationFailed
 from model_handlers.operations.embed import EMBED
-from model_handlers.operations.sparse import SPARSE
+from model_handlers.operations.sparse import SPARSE, SparseOptions
 from model_handlers.types import EmbedRequest, EmbedResult
 
 _CONTENT_TYPES = {"query": "query", "passage": "document", "document": "document"}
@@ -67,7 +67,8 @@ def _answer(sparse_format: str) -> Callable[[EmbedResult], list[Any]]:
 
 def _request(inputs: tuple, input_type: str | None = None) -> EmbedRequest:
     # the served model's own form (EMBED or SPARSE); forms without tokens ignore return_tokens
-    return EmbedRequest(inputs=inputs, input_type=input_type, return_tokens=True, operation=None)
+    return EmbedRequest(inputs=inputs, input_type=input_type, form_options=(SparseOptions(return_tokens=True),),
+                        operation=None)
 
 
 def decode_list(body: list[Any]) -> Decoded:

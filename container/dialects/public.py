@@ -13,20 +13,12 @@ from typing import Any
 
 from container import dialects
 from container.dialects import Decoded, fields
-from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult
 
 
 def decode_embeddings(body: Any, operation: str | None) -> Decoded:
     """`{"input", ...}` asking for `operation` (None: the served model's own form of embeddings)."""
-    if not isinstance(body, dict) or "input" not in body:
-        raise ValidationFailed('the body must be a JSON object with `input`: {"input": ["text", ...]}')
-    raw = body["input"]
-    if isinstance(raw, (str, dict)):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise ValidationFailed("`input` must be a string or a list of strings or {\"text\"} objects")
-    inputs = tuple(fields.embed_input(item, f"input[{i}]") for i, item in enumerate(raw))
+    inputs = fields.input_list(body, '{"input": ["text", ...]}')
     request, encoding = fields.embed_request(inputs, body)
     request = replace(request, operation=operation)
 

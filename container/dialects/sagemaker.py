@@ -9,28 +9,17 @@ so every SageMaker embedding answer is rendered by `render_item`.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from container import dialects
 from container.dialects import Decoded, fields
 from container.encodings import Encoding
-from container.errors import ValidationFailed
 from model_handlers.types import EmbedResult
 
 
 def decode(body: dict[str, Any]) -> Decoded:
-    params = fields.echoed(fields.mapping(body.get("parameters"), "parameters"), "parameters")
-    data = body["data"]
-    items = data if isinstance(data, list) else [data]
-    if not isinstance(data, (list, dict)):
-        raise ValidationFailed("`data` must be a list of inputs or one input object")
-    inputs, ids = [], []
-    for index, item in enumerate(items):
-        inputs.append(fields.embed_input(item, f"data[{index}]"))
-        given = fields.item_id(item.get("id"), f"data[{index}].id") if isinstance(item, dict) else None
-        ids.append(given if given is not None else uuid.uuid4().hex)
-    request, encoding = fields.embed_request(tuple(inputs), params, prefix="parameters.")
+    params, inputs, ids = fields.envelope(body)
+    request, encoding = fields.embed_request(inputs, params, prefix="parameters.")
 
     def render(result: EmbedResult) -> dict[str, Any]:
         return {"data": render_items(ids, result, encoding), "parameters": params}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from container.dialects import ITEM_OVERHEAD_BYTES, EmbeddingForm, Listing, Route, WireOperation, public
+from container.dialects import ITEM_OVERHEAD_BYTES, EmbeddingForm, Listing, Route, WireOperation, fields, public
 from container.encodings import Encoding
-from model_handlers.operations.sparse import SPARSE, SparseVector
+from model_handlers.operations.sparse import SPARSE, SPEC, SparseOptions, SparseVector
 
 # What one kept entry takes in an answer: an id (up to 6 digits), a float32 weight as JSON (up to 14 characters),
 # commas, and a token string when asked.
@@ -21,6 +21,22 @@ ENTRY_BYTES = 48
 # Entries a sparse vector keeps when `top_k` does not bound it, for the estimate of a batch answer: SPLADE
 # documents keep a few hundred (its FLOPS regularisation); a body whose answer runs past the cap is refused then.
 EXPECTED_ENTRIES = 512
+
+
+# The sparse form's own options (`SparseOptions`), read from every embeddings body: applied where it answers, asked
+# or asked beside a dense vector (`return_sparse`), ignored elsewhere.
+OPTIONS = (
+    fields.Option("top_k", fields.optional_int, fields.INTEGER_SCHEMA,
+                  "sparse embeddings: keep the k largest weights of each input"),
+    fields.Option("min_weight", fields.optional_float, {"type": "number"},
+                  "sparse embeddings: keep weights above this only"),
+    fields.Option("return_tokens", fields.flag(False), fields.boolean_schema(False),
+                  "sparse embeddings: answer the vocabulary string of each kept token id under `tokens`"),
+)
+ASKED_BESIDE = fields.Option(SPEC.beside.option, fields.flag(False), fields.boolean_schema(False),
+                             "BGE-M3: add each input's sparse vector (`sparse_embedding`: indices, values; `top_k`, "
+                             "`min_weight` and `return_tokens` apply) from the same forward pass; other models "
+                             "refuse it")
 
 
 def value(vector: SparseVector, encoding: Encoding) -> dict[str, Any]:
@@ -46,11 +62,12 @@ def schema() -> dict[str, Any]:
 
 def estimate(request, encoding: Encoding | None, pipeline: Any) -> int:
     """About the bytes of a sparse answer: its kept entries (`top_k`, else the expected count) and each input's own."""
-    entries = min(request.top_k or EXPECTED_ENTRIES, pipeline.dimensions or EXPECTED_ENTRIES)
+    entries = min(request.options_of(SparseOptions).top_k or EXPECTED_ENTRIES, pipeline.dimensions or EXPECTED_ENTRIES)
     return len(request.inputs) * (entries * ENTRY_BYTES + ITEM_OVERHEAD_BYTES)
 
 
-FORM = EmbeddingForm("sparse_embedding", ("total_tokens",), schema, value, beside="sparse_embedding")
+FORM = EmbeddingForm("sparse_embedding", ("total_tokens",), schema, value, beside="sparse_embedding", options=OPTIONS,
+                     asked_beside=ASKED_BESIDE)
 
 WIRE = WireOperation(
     name=SPARSE,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from container.dialects import ITEM_OVERHEAD_BYTES, Decoded, Listing, Route, WireOperation, fields
-from container.errors import ValidationFailed
 from model_handlers.operations.tokenize import TOKENIZE, TokenizeRequest, TokenizeResult
 
 _SHAPE = '{"input": ["text", ...], "return_tokens": true}'
@@ -23,15 +22,7 @@ RETURN_TOKENS = fields.Option("return_tokens", fields.flag(False), fields.boolea
 
 
 def decode(body: Any) -> Decoded:
-    if not isinstance(body, dict) or "input" not in body:
-        raise ValidationFailed(f"the body must be a JSON object with `input`: {_SHAPE}")
-    raw = body["input"]
-    if isinstance(raw, (str, dict)):
-        raw = [raw]
-    if not isinstance(raw, list):
-        raise ValidationFailed("`input` must be a string or a list of strings or {\"text\"} objects")
-    request = TokenizeRequest(inputs=tuple(fields.embed_input(item, f"input[{i}]") for i, item in enumerate(raw)),
-                              return_tokens=RETURN_TOKENS.parse(body))
+    request = TokenizeRequest(inputs=fields.input_list(body, _SHAPE), return_tokens=RETURN_TOKENS.parse(body))
     return Decoded(request, render)
 
 

@@ -1,9 +1,9 @@
 """The registry of model kinds: each kind is one module that declares a `KIND`; this is the one list of them.
 
-A kind says once what it is: its name, how to recognise a model directory of its own, which operations
-it answers, its batch-transform CSV row, the samples packaging uses for the load check and the listing,
-how to load a model on each backend it runs on, (optionally) how to read settings of its own from the directory, and (if it can) how to
-export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
+A kind says once what it is: its name, how to recognise a model directory of its own, the class of its models
+(the operations it answers follow from the protocols that class implements), its batch-transform CSV row, the
+samples packaging uses for the load check and the listing, how to load a model on each backend it runs on,
+(optionally) how to read settings of its own from the directory, and (if it can) how to export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
 listing and the artifact builder all read this registry instead of branching on kind names.
 
 Importing this module (and the kind modules) costs no torch: `serve` detects kinds in the gunicorn
@@ -118,7 +118,8 @@ class Kind:
     name: str
     summary: str  # what the model does, in a buyer's words: "text embeddings"
     recognizes: Callable[[ModelFiles], bool]
-    operations: frozenset[str]  # the names of model_handlers/operations it answers
+    # the class of the models it loads: it answers the operations whose protocols the class implements (`operations`)
+    model: type
     csv: CsvLayout
     samples: Samples
     # How to load a model on each backend it runs on ("torch", "onnx"): `load(model_dir, config, options)` (a
@@ -131,6 +132,11 @@ class Kind:
     # without torch when the serving config is read, so `serve` refuses a bad value before any worker starts.
     # The model finds what it returns in `ServingConfig.kind_settings`. Raises ModelDirectoryError.
     read_settings: Callable[[Path, Mapping[str, Any]], Any] | None = field(default=None, repr=False)
+
+    @property
+    def operations(self) -> frozenset[str]:
+        """The names of model_handlers/operations it answers: derived from its model class, never listed by hand."""
+        return operations.answered_by(self.model)
 
     def answers(self, operation: str | None) -> bool:
         return operation in self.operations
@@ -161,12 +167,11 @@ def registered() -> tuple[Kind, ...]:
     """Every kind, in detection order.
 
     Raises:
-        KeyError: a kind names an operation the operations registry does not have.
+        KeyError: a kind's CSV rows name an operation the operations registry does not have.
     """
     every = tuple(importlib.import_module(name).KIND for name in KIND_MODULES)
     for kind in every:
-        for name in (*kind.operations, kind.csv.operation):
-            operations.named(name)
+        operations.named(kind.csv.operation)
     return every
 
 

@@ -35,7 +35,6 @@ from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, C
 from model_handlers.model_code import ENV_ALLOW_PICKLE
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
-from model_handlers.operations.rerank import RERANK
 from model_handlers.operations.sparse import SPARSE, SparseVector
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import Hybrid, RerankWork, Scoring, Windowing, windowed
@@ -292,7 +291,7 @@ KIND = Kind(
     name="bge-m3",
     summary="dense, sparse and multi-vector embeddings from one pass (BGE-M3)",
     recognizes=_is_m3,
-    operations=frozenset({EMBED, SPARSE, MULTI_VECTOR, RERANK}),
+    model=BgeM3Model,
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
     samples=Samples(
         request={"data": [{"text": "hello"}, {"text": "world", "id": "w1"}], "parameters": {"return_sparse": True}},

@@ -27,8 +27,6 @@ from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.operations.rerank import RERANK
-from model_handlers.operations.segment import SEGMENT
-from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
@@ -212,7 +210,7 @@ KIND = Kind(
     name="reranker",
     summary="a reranker (cross-encoder)",
     recognizes=_is_cross_encoder,
-    operations=frozenset({RERANK, TOKENIZE, SEGMENT}),
+    model=CrossEncoderModel,
     csv=CsvLayout(RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
                                      CsvColumn("top_n", optional=True))),
     samples=Samples(

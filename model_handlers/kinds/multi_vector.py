@@ -44,9 +44,6 @@ from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryErr
 from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
-from model_handlers.operations.rerank import RERANK
-from model_handlers.operations.segment import SEGMENT
-from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
@@ -550,7 +547,7 @@ KIND = Kind(
     name="multi-vector",
     summary="multi-vector embeddings (ColBERT late interaction)",
     recognizes=lambda files: _is_pylate(files) or _is_colbert_ai(files),
-    operations=frozenset({MULTI_VECTOR, RERANK, TOKENIZE, SEGMENT}),
+    model=MultiVectorModel,
     csv=CsvLayout(MULTI_VECTOR, (CsvColumn("text"),)),
     samples=Samples(
         # what `client.embed(texts="...", use_colbert=True, input_type=InputType.QUERY)` sends

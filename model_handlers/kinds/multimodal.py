@@ -37,11 +37,7 @@ from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import Fetches, ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
-from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
-from model_handlers.operations.rerank import RERANK
-from model_handlers.operations.segment import SEGMENT
-from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
@@ -385,7 +381,7 @@ KIND = Kind(
     name="multimodal",
     summary="multimodal embeddings (texts and images in one space)",
     recognizes=_is_multimodal,
-    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
+    model=MultimodalModel,
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
     samples=Samples(

@@ -36,9 +36,6 @@ from model_handlers import adapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
 from model_handlers.operations.embed import Prepared
-from model_handlers.operations.rerank import RERANK
-from model_handlers.operations.segment import SEGMENT
-from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.operations.sparse import SPARSE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
@@ -423,7 +420,7 @@ KIND = Kind(
     name="sparse",
     summary="learned-sparse embeddings (SPLADE)",
     recognizes=_is_splade,
-    operations=frozenset({SPARSE, RERANK, TOKENIZE, SEGMENT}),
+    model=SparseModel,
     csv=CsvLayout(SPARSE, (CsvColumn("text"),)),
     samples=Samples(
         request={"data": [{"text": "What is learned sparse retrieval?"}], "parameters": {"top_k": 3}},

@@ -33,11 +33,7 @@ from model_handlers.adapters import RowAdapters
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, Samples
 from model_handlers.onnx_runtime import export_graph
-from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
-from model_handlers.operations.rerank import RERANK
-from model_handlers.operations.segment import SEGMENT
-from model_handlers.operations.tokenize import TOKENIZE
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec, read_serving_config
@@ -514,7 +510,7 @@ KIND = Kind(
     name="embedding",
     summary="text embeddings",
     recognizes=lambda files: True,  # the catch-all: registered last
-    operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
+    model=TextEmbeddingModel,
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
     samples=Samples(
         # the load check sends this to every model of the kind: no option a small model could refuse

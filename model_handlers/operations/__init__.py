@@ -8,8 +8,13 @@ per input, one per token, ...) also says what it makes: a kind may make several 
 pass), and a body that does not say which form it wants (the SageMaker envelope, batch transform) asks for the
 served kind's own, the first it makes in registration order.
 
+An operation also owns its options beyond the shared ones (`options`: sparse's `top_k`, read by that form only) and,
+for a form a one-pass model makes beside another (BGE-M3), the option that asks it there (`beside`). A kind answers
+the operations whose protocols its model class implements (`answered_by`); the pipeline runs the work an operation
+prepares (`Runner.execute`).
+
 The wire side of each operation (routes, bodies, answers, CSV rows, OpenAPI) is registered in
-container/dialects/; `kinds` lists which operations each kind answers. Importing this costs no torch.
+container/dialects/. Importing this costs no torch.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from model_handlers.batching import Timing
 from model_handlers.deadline import Deadline
@@ -46,13 +51,42 @@ class Runner(Protocol):
     default_input_type: str | None  # a whole job's input_type (the operator's, else the model directory's)
     config: Any  # the model directory's ServingConfig (the tasks it declares)
 
-    def admit(self, deadline: Deadline) -> None:
-        """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
+    def execute(self, prepare: "Callable[[], W]", deadline: Deadline, timing: Timing | None,
+                expected: int | None = None) -> "tuple[W, list[Any]]":
+        """The one run template: admit, `prepare()` the work (on the caller's thread), run its items in forward passes
+        shared with other callers (holding the LoRA adapters it names); the work and its outputs, flattened in item
+        order, `expected` of them (None: one per item)."""
 
-    def run_items(self, items: Sequence[Any], deadline: Deadline, timing: Timing | None = None,
-                  adapters: tuple[str, ...] = ()) -> list[list[Any]]:
-        """The model's outputs for `items`, run in forward passes shared with other callers, holding the LoRA
-        `adapters` they name."""
+
+class Work(Protocol):
+    """What an operation prepares for the pipeline to run: work items, and the LoRA adapters they name (held, loaded
+    and never unloaded, until they have run)."""
+
+    items: Sequence[Any]
+    adapters: tuple[str, ...]
+
+
+W = TypeVar("W", bound=Work)
+
+
+class Options(Protocol):
+    """An operation's own option set (`OperationSpec.options`): a frozen dataclass whose defaults ask nothing."""
+
+    def check(self) -> None:
+        """Refuse (InvalidOption) values the operation cannot honour, naming the fix."""
+
+
+@dataclass(frozen=True)
+class Beside:
+    """How a request asks a form of embeddings beside another form's answer, from the same forward pass (BGE-M3).
+
+    Attributes:
+        option: the request's option that asks it ("return_sparse"), as refusals name it.
+        rank: its place among the forms asked beside (refusals name them, answers key them, in this order).
+    """
+
+    option: str
+    rank: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +110,11 @@ class OperationSpec:
             from the same pass (`EmbedRequest.also`).
         metered: whether its answers are billed by their inputs and usage; False: they report usage 0 and bill no
             inputs (counting and cutting text runs no model), so a per-inference product bills them AWS's minimum.
+        options: its own option set (an `Options` dataclass), carried by requests it shares with other operations
+            (`EmbedRequest.form_options`); None: its request type holds all it reads.
+        beside: a form another form's request may ask beside its own, from the same pass; None: it cannot be.
+        answered_by: `answered_by(model_class)`: whether a kind whose model is of that class answers it; None: when
+            the class implements `model` (every member of the protocol).
     """
 
     name: str
@@ -91,6 +130,9 @@ class OperationSpec:
     answer_rows: Callable[[Runner, Any], int] | None = field(default=None, repr=False)
     answer: Callable[[Any, Any, Any], Any] | None = field(default=None, repr=False)
     metered: bool = True
+    options: type | None = None
+    beside: Beside | None = None
+    answered_by: Callable[[type], bool] | None = field(default=None, repr=False)
 
     @property
     def embeddings(self) -> bool:
@@ -118,3 +160,29 @@ def named(name: str) -> OperationSpec:
         if spec.name == name:
             return spec
     raise KeyError(f"unknown operation {name!r}; the operations are {', '.join(names())}")
+
+
+def beside() -> tuple[OperationSpec, ...]:
+    """The forms a request may ask beside its own, in their `Beside.rank` order."""
+    return tuple(sorted((spec for spec in registered() if spec.beside is not None), key=lambda spec: spec.beside.rank))
+
+
+def implements(model_class: type, protocol: type) -> bool:
+    """Whether `model_class` has every member of `protocol` (and of the protocols it extends), as
+    `isinstance(model, protocol)` checks a loaded model; checked on the class, before any model loads."""
+    members = {name for base in protocol.__mro__ if base is not Protocol and _is_protocol(base)
+               for name in (*vars(base), *getattr(base, "__annotations__", {}))
+               if not name.startswith("_")}
+    return all(hasattr(model_class, name) for name in members)
+
+
+@lru_cache(maxsize=None)
+def answered_by(model_class: type) -> frozenset[str]:
+    """The operations a kind whose model is of `model_class` answers: each operation's rule (`answered_by`), else
+    the protocols the class implements."""
+    return frozenset(spec.name for spec in registered()
+                     if (spec.answered_by or (lambda cls, spec=spec: implements(cls, spec.model)))(model_class))
+
+
+def _is_protocol(base: type) -> bool:
+    return bool(getattr(base, "_is_protocol", False))

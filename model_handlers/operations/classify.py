@@ -29,7 +29,7 @@ from model_handlers.classifiers import TrainedClassifier
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.operations import OperationSpec, Runner
-from model_handlers.operations.embed import EMBED, Embedder, finish
+from model_handlers.operations.embed import EMBED, Embedder, Prepared, finish
 from model_handlers.types import EmbedInput, EmbedRequest, TextInput, counted
 
 CLASSIFY = "classify"
@@ -173,6 +173,26 @@ def check(request: ClassifyRequest, model_name: str) -> None:
         raise InvalidOption(f"label {twice!r} is given twice; send each label once", code="DUPLICATE_LABEL")
 
 
+@dataclass(frozen=True)
+class _InputsAndLabels:
+    """The work of a zero-shot request: its inputs, then the labels not in the cache, in one run."""
+
+    inputs: Prepared
+    labels: Prepared | None
+
+    @property
+    def items(self) -> list:
+        return [*self.inputs.items, *(self.labels.items if self.labels else ())]
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.inputs.adapters, *(self.labels.adapters if self.labels else ())]))
+
+    @property
+    def label_tokens(self) -> list[int]:
+        return self.labels.token_counts if self.labels else []
+
+
 def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: Timing | None) -> ClassifyResult:
     """Each input's labels, scored by a softmax of the scaled cosines between its embedding and theirs; or by the
     classifier the request names."""
@@ -182,31 +202,28 @@ def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: 
     task = CLASSIFICATION_TASK if CLASSIFICATION_TASK in pipeline.config.tasks else None
     if not request.inputs:
         return ClassifyResult([], [], 0, pipeline.model_name)
-    pipeline.admit(deadline)
     model = pipeline.model
     cache = label_cache(model)
     keys = [(label, task, request.adapter) for label in request.labels]
     known = {key: cache.get(key) for key in keys}
     missing = [key for key, entry in known.items() if entry is None]
     embedding = EmbedRequest(inputs=request.inputs, task=task, adapter=request.adapter, operation=EMBED)
-    inputs = model.prepare_embed(embedding)
-    labels = model.prepare_embed(EmbedRequest(inputs=tuple(TextInput(label) for label, _, _ in missing), task=task,
-                                              adapter=request.adapter, operation=EMBED)) if missing else None
-    items = [*inputs.items, *(labels.items if labels else ())]
-    held = tuple(dict.fromkeys([*inputs.adapters, *(labels.adapters if labels else ())]))
-    outputs = pipeline.run_items(items, deadline, timing, held)
-    vectors = [finish(vector, embedding) for output in outputs for vector in output]
-    if len(vectors) != len(request.inputs) + len(missing):
-        raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs and {len(missing)} labels; "
-                             "this is a bug")
-    for key, vector, tokens in zip(missing, vectors[len(request.inputs):], labels.token_counts if labels else ()):
+    labels = EmbedRequest(inputs=tuple(TextInput(label) for label, _, _ in missing), task=task, adapter=request.adapter,
+                          operation=EMBED)
+
+    def prepare() -> _InputsAndLabels:
+        return _InputsAndLabels(model.prepare_embed(embedding), model.prepare_embed(labels) if missing else None)
+
+    work, outputs = pipeline.execute(prepare, deadline, timing, len(request.inputs) + len(missing))
+    vectors = [finish(vector, embedding) for vector in outputs]
+    for key, vector, tokens in zip(missing, vectors[len(request.inputs):], work.label_tokens):
         known[key] = (vector, tokens)
         cache.put(key, vector, tokens)
     label_vectors = np.stack([known[key][0] for key in keys])
     scale = model.classification_scale() or DEFAULT_SCALE
     scores = softmax(scale * (np.stack(vectors[:len(request.inputs)]) @ label_vectors.T))
     return ClassifyResult(classifications=[ranked(request.labels, row) for row in scores],
-                          token_counts=inputs.token_counts, label_tokens=sum(known[key][1] for key in keys),
+                          token_counts=work.inputs.token_counts, label_tokens=sum(known[key][1] for key in keys),
                           model=pipeline.model_name)
 
 
@@ -219,12 +236,11 @@ def run_trained(pipeline: Runner, request: ClassifyRequest, classifier: TrainedC
         raise ModelDirectoryError(f"classifiers/{classifier.name}.json reads {classifier.width} dimensions and model "
                                   f"{pipeline.model_name} makes {pipeline.dimensions}: it was fitted on another "
                                   "model; rebuild the artifact with build_artifact.py --classifier")
-    pipeline.admit(deadline)
     embedding = EmbedRequest(inputs=request.inputs, task=classifier.task, adapter=request.adapter, operation=EMBED)
-    prepared = pipeline.model.prepare_embed(embedding)
-    outputs = pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
+    prepared, outputs = pipeline.execute(lambda: pipeline.model.prepare_embed(embedding), deadline, timing,
+                                         len(request.inputs))
     # normalised as an embeddings answer is, so that the classifier reads the vectors it was fitted on
-    vectors = np.stack([finish(vector, embedding) for output in outputs for vector in output])
+    vectors = np.stack([finish(vector, embedding) for vector in outputs])
     scores = classifier.probabilities(vectors)
     return ClassifyResult(classifications=[ranked(classifier.labels, row) for row in scores],
                           token_counts=prepared.token_counts, label_tokens=0, model=pipeline.model_name)

@@ -18,7 +18,7 @@ from model_handlers.batching import Timing, WorkItem
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
 from model_handlers.operations import OperationSpec, Runner
-from model_handlers.types import ALSO_OPTIONS, EmbedRequest, EmbedResult, TextInput, counted
+from model_handlers.types import EmbedRequest, EmbedResult, TextInput, counted
 
 EMBED = "embed"
 
@@ -61,35 +61,37 @@ def run(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Tim
     and what the request asks beside it from the same pass (`also`)."""
     check_dimensions(request.dimensions, pipeline.dimensions, pipeline.model_name)
     check_also(request, pipeline.model, pipeline.model_name)
+    return run_forms(pipeline, request, deadline, timing)
+
+
+def run_forms(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Timing | None) -> EmbedResult:
+    """Any form of embeddings, checked: each input's output as its form answers it (`OperationSpec.answer`), and as
+    each form asked beside it answers its part of the same pass."""
     request = request.with_default_input_type(pipeline.default_input_type)
-    pipeline.admit(deadline)
-    prepared = pipeline.model.prepare_embed(request)
-    outputs = [value for output in pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
-               for value in output]
-    if len(outputs) != len(request.inputs):
-        raise AssertionError(f"{len(outputs)} vectors for {len(request.inputs)} inputs; this is a bug")
-    if not request.also:
-        return EmbedResult(vectors=[finish(vector, request) for vector in outputs],
-                           token_counts=prepared.token_counts, model=pipeline.model_name, operation=request.operation)
-    answers = {name: [operations.named(name).answer(pipeline.model, request, output[name]) for output in outputs]
+    prepared, outputs = pipeline.execute(lambda: pipeline.model.prepare_embed(request), deadline, timing,
+                                         len(request.inputs))
+    answers = {name: [operations.named(name).answer(pipeline.model, request, output[name] if request.also else output)
+                      for output in outputs]
                for name in (request.operation, *request.also)}
     return EmbedResult(vectors=answers.pop(request.operation), token_counts=prepared.token_counts,
                        model=pipeline.model_name, operation=request.operation, also=answers)
 
 
 def check_also(request: EmbedRequest, model: object, model_name: str) -> None:
-    """Other forms beside the asked one come only from a model whose one pass makes them all (BGE-M3)."""
+    """Other forms beside the asked one come only from a model whose one pass makes them all (BGE-M3); each is
+    checked as its own requests are (its option set's `check`: sparse's `top_k`)."""
     if not request.also:
         return
-    options = " and ".join(ALSO_OPTIONS[name] for name in request.also)
+    options = " and ".join(operations.named(name).beside.option for name in request.also)
     makes = model.forms_of_one_pass() if isinstance(model, OnePassForms) else frozenset()
     if request.operation not in makes or not set(request.also) <= makes:
         raise InvalidOption(f"{options} needs a model whose one forward pass also makes those outputs (BGE-M3); model "
                             f"{model_name} does not: leave {options} out, and ask /v1/sparse-embeddings or "
                             "/v1/multi-vector of a model that makes them", code="UNSUPPORTED_OPTION")
-    # the sparse form's own option, checked here as /v1/sparse-embeddings checks it (operations/sparse.py)
-    if request.top_k is not None and request.top_k < 1:
-        raise InvalidOption(f"top_k must be at least 1, got {request.top_k}")
+    for name in request.also:
+        own = operations.named(name).options
+        if own is not None:
+            request.options_of(own).check()
 
 
 def check_dimensions(dimensions: int | None, width: int | None, model_name: str) -> None:
@@ -112,6 +114,16 @@ def finish(vector: np.ndarray, request: EmbedRequest) -> np.ndarray:
     return np.ascontiguousarray(vector, dtype=np.float32)
 
 
+def makes_single_vectors(model_class: type) -> bool:
+    """Single vectors are what an embedder makes unless another form of embeddings describes its model (token vectors,
+    sparse weights: their protocols extend `Embedder`); a model whose one pass makes several forms makes them too."""
+    if not operations.implements(model_class, Embedder):
+        return False
+    return operations.implements(model_class, OnePassForms) or not any(
+        spec.embeddings and spec.name != EMBED and operations.implements(model_class, spec.model)
+        for spec in operations.registered())
+
+
 def _summary(request: EmbedRequest, result: EmbedResult) -> str:
     return f"embedded {counted(request.inputs)} into {result.vectors[0].shape[-1]} dimensions"
 
@@ -129,4 +141,5 @@ SPEC = OperationSpec(
     summary=_summary,
     form="one vector per input",
     answer=lambda model, request, output: finish(output, request),
+    answered_by=makes_single_vectors,
 )

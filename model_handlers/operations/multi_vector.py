@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from model_handlers.operations import OperationSpec, Runner
+from model_handlers.operations import Beside, OperationSpec, Runner
 from model_handlers.operations.embed import Embedder, finish, run
 from model_handlers.types import EmbedRequest, EmbedResult, TextInput, counted
 
@@ -47,4 +47,5 @@ SPEC = OperationSpec(
     form="one vector per token of each input",
     answer_rows=_answer_rows,
     answer=lambda model, request, output: finish(output, request),
+    beside=Beside("return_multivector", rank=1),
 )

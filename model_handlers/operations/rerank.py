@@ -30,9 +30,8 @@ def run(pipeline: Runner, request: RerankRequest, deadline: Deadline, timing: Ti
     """Score each document against the query (its best window) and rank them."""
     if not request.documents:
         return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=pipeline.model_name)
-    pipeline.admit(deadline)
-    work = pipeline.model.prepare_rerank(request, pipeline.options.max_rerank_windows)
-    outputs = [output[0] for output in pipeline.run_items(work.items, deadline, timing, work.adapters)]
+    windows = pipeline.options.max_rerank_windows
+    work, outputs = pipeline.execute(lambda: pipeline.model.prepare_rerank(request, windows), deadline, timing)
     scores = ranking.best_per_document(work, outputs, len(request.documents))
     return RerankResult(hits=ranking.rank(scores, work.document_tokens, request.top_n),
                         query_tokens=work.query_tokens, document_tokens=sum(work.document_tokens),

@@ -4,7 +4,9 @@ A kind's model prepares the request as for embeddings (`Embedder.prepare_embed`)
 weight per vocabulary entry for each input; here, for every sparse kind alike, those weights become `SparseVector`s:
 the entries above zero (above `min_weight` when asked), the `top_k` largest when asked, sorted by token id, and the
 vocabulary strings when `return_tokens` is set (`SparseEmbedder.token_strings`). `dimensions` and normalisation do
-not apply: a sparse vector's weights are its scores.
+not apply: a sparse vector's weights are its scores. Those three options are the operation's own (`SparseOptions`):
+an embeddings request carries them for its sparse form, asked (/v1/sparse-embeddings, a sparse model's envelope) or
+asked beside a dense vector (`return_sparse`, BGE-M3).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import numpy as np
 from model_handlers.batching import Timing
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
-from model_handlers.operations import OperationSpec, Runner
-from model_handlers.operations.embed import Embedder
+from model_handlers.operations import Beside, OperationSpec, Runner
+from model_handlers.operations.embed import Embedder, run_forms
 from model_handlers.types import EmbedRequest, EmbedResult, TextInput, counted
 
 SPARSE = "sparse"
@@ -35,6 +37,20 @@ class SparseVector:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+@dataclass(frozen=True)
+class SparseOptions:
+    """What a request asks of its sparse vectors: the `top_k` largest weights, those above `min_weight`, and the
+    vocabulary strings of the kept token ids."""
+
+    top_k: int | None = None
+    min_weight: float | None = None
+    return_tokens: bool = False
+
+    def check(self) -> None:
+        if self.top_k is not None and self.top_k < 1:
+            raise InvalidOption(f"top_k must be at least 1, got {self.top_k}")
 
 
 @runtime_checkable
@@ -66,27 +82,19 @@ def sparsify(weights, top_k: int | None = None, min_weight: float | None = None)
 
 def answer(model: SparseEmbedder, request: EmbedRequest, output) -> SparseVector:
     """One input's weights kept as the request asks, with the vocabulary strings when `return_tokens` is set."""
-    indices, values = sparsify(output, request.top_k, request.min_weight)
-    return SparseVector(indices, values, model.token_strings(indices) if request.return_tokens else None)
+    options = request.options_of(SparseOptions)
+    indices, values = sparsify(output, options.top_k, options.min_weight)
+    return SparseVector(indices, values, model.token_strings(indices) if options.return_tokens else None)
 
 
 def run(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timing: Timing | None) -> EmbedResult:
     """Each input's sparse vector, kept as the request asks."""
     check_options(request)
-    request = request.with_default_input_type(pipeline.default_input_type)
-    pipeline.admit(deadline)
-    prepared = pipeline.model.prepare_embed(request)
-    outputs = pipeline.run_items(prepared.items, deadline, timing, prepared.adapters)
-    vectors = [answer(pipeline.model, request, weights) for output in outputs for weights in output]
-    if len(vectors) != len(request.inputs):
-        raise AssertionError(f"{len(vectors)} vectors for {len(request.inputs)} inputs; this is a bug")
-    return EmbedResult(vectors=vectors, token_counts=prepared.token_counts, model=pipeline.model_name,
-                       operation=request.operation)
+    return run_forms(pipeline, request, deadline, timing)
 
 
 def check_options(request: EmbedRequest) -> None:
-    if request.top_k is not None and request.top_k < 1:
-        raise InvalidOption(f"top_k must be at least 1, got {request.top_k}")
+    request.options_of(SparseOptions).check()
     if request.late_chunking:
         raise InvalidOption("late_chunking does not apply to sparse embeddings; leave it out")
     if request.also:
@@ -110,4 +118,6 @@ SPEC = OperationSpec(
     summary=_summary,
     form="one sparse vector (token ids and weights) per input",
     answer=answer,
+    options=SparseOptions,
+    beside=Beside("return_sparse", rank=0),
 )
