@@ -1,7 +1,7 @@
 """Jina's XLM-RoBERTa "flash" architectures load natively: none of their remote code runs, and they answer what it
 answers.
 
-Small checkpoints in the original tensor layouts of jina-reranker-v2 and jina-colbert-v2 (tests/jina_checkpoints.py,
+Small checkpoints in the original tensor layouts of jina-reranker-v2 and jina-colbert-v2 (tests/models/jina.py,
 saved by the test stand-in of Jina's remote code in tests/jina_flash/, which travels with them as their remote code)
 are served through searchbox's native path (model_handlers/jina_layout.py) and compared with that remote code on the
 same inputs: reranker scores within 1e-5 of its `compute_score`, ColBERT token vectors at cosine >= 0.9999 with its
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-import jina_checkpoints
+from models import jina as jina_checkpoints
 from model_handlers import HandlerOptions, load_handler, model_code
 from model_handlers.ranking import maxsim
 from model_handlers.serving_config import read_serving_config
@@ -42,13 +42,13 @@ PASSAGES = ["Cats eat fish, chicken & mice!", "Bananas are yellow.", DOCUMENTS[3
 
 
 @pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory, minilm_dir) -> Path:
-    return jina_checkpoints.reranker(tmp_path_factory.mktemp("jina") / "jina-reranker-v2", minilm_dir)
+def reranker_dir(jina_reranker_dir) -> Path:
+    return jina_reranker_dir
 
 
 @pytest.fixture(scope="module")
-def colbert_dir(tmp_path_factory, minilm_dir) -> Path:
-    return jina_checkpoints.colbert(tmp_path_factory.mktemp("jina") / "jina-colbert-v2", minilm_dir)
+def colbert_dir(jina_colbert_dir) -> Path:
+    return jina_colbert_dir
 
 
 def remote(model_dir: Path, auto_class: str):

@@ -32,15 +32,14 @@ from PIL import Image
 from helpers import cosine
 from reference_env import ReferenceUnavailable, jina_sagemaker_python
 from sagemaker_runtime import SageMakerRuntime
+from tiers import implies
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
-sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(PACKAGING))  # the scripts' own modules, as they import each other
 
 import _catalog  # noqa: E402
 import aws_listing  # noqa: E402
-import tiny_clip  # noqa: E402
 
 pytestmark = pytest.mark.server
 
@@ -141,12 +140,12 @@ def test_rerank_packages(python, reranker_server, reranker_dir):
 
 
 @pytest.fixture(scope="module")
-def clip_server(tmp_path_factory):
+@implies("server")
+def clip_server(tmp_path_factory, clip_dir):
     from conftest import start_server, stop_server
 
-    model_dir = tiny_clip.build(tmp_path_factory.mktemp("models") / "tiny-clip")
-    running = start_server(tmp_path_factory.mktemp("clip-server"), {"SEARCHBOX_MODEL_DIR": str(model_dir)})
-    yield running, model_dir
+    running = start_server(tmp_path_factory.mktemp("clip-server"), {"SEARCHBOX_MODEL_DIR": str(clip_dir)})
+    yield running, clip_dir
     stop_server(running)
 
 
@@ -181,8 +180,8 @@ def test_clip_packages_send_their_image_keys(python, clip_server, slug, keys):
 
 
 def test_colbert_package_queries_and_documents(python, colbert, server_factory):
-    from colbert_models import DOCUMENTS as COLBERT_DOCUMENTS
-    from colbert_models import QUERIES
+    from models.colbert import DOCUMENTS as COLBERT_DOCUMENTS
+    from models.colbert import QUERIES
 
     server = server_factory({"SEARCHBOX_MODEL_DIR": str(colbert.model_dir("pylate"))})
     answers, sent = call(python, server, "jina-colbert-v2",
@@ -268,9 +267,7 @@ def _served(kind: str, request, tmp_path: Path):
     elif kind == "sparse":
         model_dir, slug = request.getfixturevalue("splade_dir"), "splade-v3"
     else:
-        from bge_m3_models import make_model
-
-        model_dir, slug = make_model(tmp_path / "bge-m3", request.getfixturevalue("minilm_dir")), "bge-m3"
+        model_dir, slug = request.getfixturevalue("bge_m3_dir"), "bge-m3"
     env = {"SEARCHBOX_MODEL_DIR": str(model_dir)}
     if kind == "bge-m3":
         env["SEARCHBOX_ALLOW_PICKLE"] = "1"  # BGE-M3's heads ship as .pt, as the real checkpoint's do

@@ -1,6 +1,6 @@
 """Multi-vector (ColBERT) models: token vectors and MaxSim against PyLate 1.6.0, the client's bodies over HTTP.
 
-The models and the reference come from tests/colbert_models.py (PyLate in its own venv): a ColBERT PyLate made
+The models and the reference come from tests/models/colbert.py (PyLate in its own venv): a ColBERT PyLate made
 from the embedded MiniLM, the same weights in colbert-ai's layout, and a remote-code XLM-R ColBERT in
 jina-colbert-v2's layout. Token vectors must match in count and direction (cosine >= 0.9999 each), MaxSim
 scores within 1e-4 of `colbert_scores`.
@@ -22,7 +22,7 @@ import pytest
 import requests
 from transformers import AutoTokenizer
 
-from colbert_models import DOCUMENTS, LAYOUTS, QUERIES, RERANK_DOCUMENTS, RERANK_QUERY
+from models.colbert import DOCUMENTS, LAYOUTS, QUERIES, RERANK_DOCUMENTS, RERANK_QUERY
 from conftest import START_TIMEOUT_S, start_server, stop_server
 from container.app import create_app
 from container.runtime import ModelRuntime

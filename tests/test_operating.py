@@ -6,41 +6,33 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_loaded
-from helpers import InProcess, assert_error
+from helpers import assert_error, serving
 
 pytestmark = pytest.mark.app
 
 METERING = "X-Amzn-Inference-Metering"
 
 
-def metered_app(tmp_path_factory, minilm_dir, metering: dict | None):
-    """The embedded model with `metering` in its searchbox.json, in-process."""
-    from container.app import create_app
-    from container.runtime import ModelRuntime
-    from container.settings import Settings
-
+def metered_dir(tmp_path_factory, minilm_dir, metering: dict | None) -> Path:
+    """A copy of the embedded model with `metering` in its searchbox.json."""
     model_dir = tmp_path_factory.mktemp("metered") / "metered-minilm"
     shutil.copytree(minilm_dir, model_dir)
     if metering is not None:
         (model_dir / "searchbox.json").write_text(json.dumps({"metering": metering}))
-    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir)})
-    runtime = ModelRuntime(settings).start()
-    assert wait_loaded(runtime), runtime.load_error
-    return InProcess(create_app(settings, runtime).test_client()), runtime
+    return model_dir
 
 
 @pytest.fixture(scope="module", params=[
     {"unit": "request"}, {"unit": "input"}, {"unit": "tokens", "tokens_per_unit": 4}], ids=lambda m: m["unit"])
 def metered(request, tmp_path_factory, minilm_dir):
-    app, runtime = metered_app(tmp_path_factory, minilm_dir, request.param)
-    yield app, request.param
-    runtime.close()
+    with serving(metered_dir(tmp_path_factory, minilm_dir, request.param)) as app:
+        yield app, request.param
 
 
 def expected_units(metering: dict, inputs: int, tokens: int) -> int:

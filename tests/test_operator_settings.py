@@ -10,10 +10,11 @@ import json
 import math
 import shutil
 import time
+from contextlib import ExitStack
 
 import pytest
 
-from helpers import assert_error, in_process
+from helpers import assert_error, serving
 
 from container.settings import Settings
 
@@ -29,17 +30,14 @@ def csv_of(texts: list[str]) -> str:
 
 @pytest.fixture
 def started():
-    """in_process(...) runtimes, all closed after the test."""
-    runtimes = []
+    """Models served in this process (`serving`), all closed after the test."""
+    with ExitStack() as stack:
 
-    def start(model_dir, env):
-        app, runtime = in_process(model_dir, env)
-        runtimes.append(runtime)
-        return app, runtime
+        def start(model_dir, env):
+            app = stack.enter_context(serving(model_dir, env))
+            return app, app.runtime
 
-    yield start
-    for runtime in runtimes:
-        runtime.close()
+        yield start
 
 
 def test_batch_transform_settings_choose_each_requests_budget():
