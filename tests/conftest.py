@@ -30,8 +30,8 @@ import requests
 
 from container.settings import apply_library_environment
 from model_handlers.embedded import embedded_model_dir
-from models.fixtures import (bge_m3_dir, clip_dir, colbert, jina_colbert_dir, jina_reranker_dir,  # noqa: F401
-                             jina_v3_dir, reranker_dir, splade_dir, splade_encoder)
+from models.fixtures import (bge_m3_dir, bge_m3_safetensors_dir, clip_dir, colbert, jina_colbert_dir,  # noqa: F401
+                             jina_reranker_dir, jina_v3_dir, reranker_dir, splade_dir, splade_encoder)
 from tiers import TIERS, declared_tiers, implies, tier_of
 
 # The models loaded in this process run as in the server's worker: offline, and torch's OpenMP threads sleeping
@@ -42,7 +42,7 @@ SERVE = str(Path(sys.executable).with_name("serve"))
 START_TIMEOUT_S = 120
 # Each `serve` started this session: (the test running when it started, the settings it was given).
 SERVE_LAUNCHES: list[tuple[str, str]] = []
-_running: list[str] = [""]
+_running: list = [None]  # the test item running now
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -63,11 +63,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    _running[0] = item.nodeid
+    _running[0] = item
     try:
         return (yield)
     finally:
-        _running[0] = ""
+        _running[0] = None
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -106,8 +106,14 @@ def start_server(tmp_path: Path, env: dict[str, str] | None = None, *, command: 
                  ping_path: str = "/ping", port: int | None = None, wait: bool = True) -> RunningServer:
     """Start `serve` (or `command`) with `env` on a free port and wait until `ping_path` answers 200."""
     port = port or free_port()
+    item = _running[0]
+    if item is not None and tier_of(item) not in ("server", "soak"):
+        # a process started from a test of a faster tier: what it (or its fixture) does must say so
+        raise RuntimeError(f"{item.nodeid} starts a process but is of the {tier_of(item)} tier: mark the fixture "
+                           "that starts it @implies('server'), or the test @pytest.mark.server")
     if command is None or command[0] == SERVE:
-        SERVE_LAUNCHES.append((_running[0], " ".join(f"{key}={value}" for key, value in sorted((env or {}).items()))))
+        settings = " ".join(f"{key}={value}" for key, value in sorted((env or {}).items()))
+        SERVE_LAUNCHES.append((item.nodeid if item is not None else "(no test)", settings))
     full_env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), **(env or {})}
     full_env.pop("SEARCHBOX_MODEL_DIR", None) if "SEARCHBOX_MODEL_DIR" not in (env or {}) else None
     log_path = tmp_path / f"server-{port}.log"
@@ -179,6 +185,49 @@ def minilm_dir() -> Path:
     return embedded_model_dir()
 
 
+@dataclass
+class WatchedStart:
+    """A `serve` of the embedded model watched from its first moment: what /ping and /health answered, in order,
+    until /ping said 200 (0: not listening yet)."""
+    server: RunningServer
+    answers: list[tuple[int, dict | int]]
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def watched_start(tmp_path_factory):
+    """One `serve` of the embedded model with the default settings, watched while it starts; the tests of what a
+    starting server answers read `answers`, and the request log tests send it their requests (it gets no others)."""
+    running = start_server(tmp_path_factory.mktemp("watched"), wait=False)
+    answers = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and running.process.poll() is None:
+        try:
+            # /ping first: a worker still loading when /health is asked was loading when /ping was asked too (the
+            # other order races the end of the load: not ready, then ready, read as "ping 200 while loading")
+            ping = requests.get(running.url + "/ping", timeout=2).status_code
+            health = requests.get(running.url + "/health", timeout=2)
+        except requests.ConnectionError:
+            answers.append((0, 0))
+            time.sleep(0.05)
+            continue
+        answers.append((ping, health.json() if health.status_code == 200 else health.status_code))
+        if ping == 200:
+            break
+        time.sleep(0.05)
+    running.ping_history.extend(ping for ping, _ in answers)
+    yield WatchedStart(running, answers)
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def one_connection_server(tmp_path_factory):
+    """The embedded model behind one inference connection (5 threads, 4 of them kept for the control routes): where
+    nginx sheds load. Shared by the tests of that shedding; each counts from what it found."""
+    yield from shared_server(tmp_path_factory, "one-connection", embedded_model_dir(), {"SEARCHBOX_THREADS": "5"})
+
+
 @pytest.fixture(scope="session")
 @implies("server")
 def reranker_server(tmp_path_factory, reranker_dir):
@@ -186,6 +235,41 @@ def reranker_server(tmp_path_factory, reranker_dir):
     running = start_server(tmp_path_factory.mktemp("reranker"), {"SEARCHBOX_MODEL_DIR": str(reranker_dir)})
     yield running
     stop_server(running)
+
+
+def shared_server(tmp_path_factory, name: str, model_dir: Path, env: dict[str, str] | None = None):
+    running = start_server(tmp_path_factory.mktemp(name), {"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})})
+    yield running
+    stop_server(running)
+
+
+# One `serve` per tiny model, shared by every file that only reads from it (the listings' clients, README's curls,
+# the end-to-end checks); a test that needs other settings or stops the server starts its own.
+
+@pytest.fixture(scope="session")
+@implies("server")
+def clip_server(tmp_path_factory, clip_dir):
+    yield from shared_server(tmp_path_factory, "clip-server", clip_dir)
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def colbert_server(tmp_path_factory, colbert):
+    """The PyLate-layout ColBERT (`colbert.model_dir("pylate")`)."""
+    yield from shared_server(tmp_path_factory, "colbert-server", colbert.model_dir("pylate"))
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def splade_server(tmp_path_factory, splade_dir):
+    yield from shared_server(tmp_path_factory, "splade-server", splade_dir)
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def bge_m3_server(tmp_path_factory, bge_m3_safetensors_dir):
+    """The tiny BGE-M3 with safetensors heads: served without the pickle opt-in."""
+    yield from shared_server(tmp_path_factory, "bge-m3-server", bge_m3_safetensors_dir)
 
 
 @pytest.fixture(scope="session")

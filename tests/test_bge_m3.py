@@ -308,14 +308,10 @@ def readme_bodies() -> list[tuple[str, dict]]:
     return [(path, json.loads(body)) for path, body in calls]
 
 
-def test_readme_curls_answer_on_a_real_server(server_factory, bge_m3_reference, tmp_path):
+def test_readme_curls_answer_on_a_real_server(bge_m3_server):
     calls = readme_bodies()
     assert [path for path, _ in calls] == ["/v1/embeddings", "/invocations", "/v1/sparse-embeddings", "/v1/rerank"]
-    converted = tmp_path / "bge-m3"
-    shutil.copytree(bge_m3_reference.model_dir, converted)
-    for head in ("colbert_linear", "sparse_linear"):
-        to_safetensors(converted / f"{head}.pt")
-    server = server_factory({"SEARCHBOX_MODEL_DIR": str(converted)})  # safetensors heads: no pickle opt-in
+    server = bge_m3_server  # safetensors heads: no pickle opt-in
     answers = []
     for path, body in calls:
         response = server.post(path, body)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import jina as jina_checkpoints
+from models import jina
 from model_handlers import HandlerOptions, load_handler, model_code
 from model_handlers.ranking import maxsim
 from model_handlers.serving_config import read_serving_config
@@ -172,7 +172,7 @@ def test_the_remote_code_route_still_serves_when_the_policy_allows(colbert_dir, 
     """A flash variant transformers' classes do not compute (here: rotary positions on half of each head, as the
     remote code's `rotary_emb_dim` allows) stays remote code: refused by default, served with the operator's
     SEARCHBOX_TRUST_REMOTE_CODE, through the directory's own modules."""
-    model_dir = jina_checkpoints.remote_code_only(shutil.copytree(colbert_dir, tmp_path / "variant"))
+    model_dir = jina.remote_code_only(shutil.copytree(colbert_dir, tmp_path / "variant"))
     assert model_code.needed(model_dir) == ["config.json: auto_map.AutoConfig -> configuration_xlm_roberta.py",
                                             "config.json: auto_map.AutoModel -> modeling_xlm_roberta.py"]
     with pytest.raises(Exception, match="remote code configuration_xlm_roberta.py .*SEARCHBOX_TRUST_REMOTE_CODE"):

@@ -24,7 +24,7 @@ from model_handlers import HandlerOptions, load_handler, model_code
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.serving_config import read_serving_config
 from model_handlers.types import EmbedRequest, TextInput
-from models import jina as jina_checkpoints
+from models import jina
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 sys.path.insert(0, str(PACKAGING))
@@ -36,7 +36,7 @@ import build_artifact  # noqa: E402
 def remote_dir(tmp_path_factory, jina_colbert_dir) -> Path:
     """A model that needs its remote code: no manifest, nothing pinned."""
     root = tmp_path_factory.mktemp("remote-code")
-    return jina_checkpoints.remote_code_only(shutil.copytree(jina_colbert_dir, root / "flash-variant"))
+    return jina.remote_code_only(shutil.copytree(jina_colbert_dir, root / "flash-variant"))
 
 
 @pytest.fixture(scope="module")

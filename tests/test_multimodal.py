@@ -705,10 +705,10 @@ def test_artifact_keeps_the_processor_and_answers_an_image(clip_dir, tmp_path):
     assert {"processor_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= names
 
 
-def test_served_clip_answers_a_text_and_a_png(clip_dir, server_factory, reference):
+def test_served_clip_answers_a_text_and_a_png(clip_server, reference):
     """Done when: `SEARCHBOX_MODEL_DIR=<a CLIP dir> serve`, one text and one base64 PNG -> two projection-wide
     vectors with the token usage of the contract."""
-    served = server_factory({"SEARCHBOX_MODEL_DIR": str(clip_dir)})
+    served = clip_server
     image = picture((500, 500))
     png = b64(encoded(image, "PNG"))
     answer = served.post("/invocations", {"data": [{"text": "a photo of a dog"}, {"image": png}]})

@@ -178,9 +178,9 @@ def request_log_lines(server, count: int, settle_s: float = 0.0) -> list[dict]:
     return lines
 
 
-def test_one_json_line_per_request_and_never_any_input(server_factory):
+def test_one_json_line_per_request_and_never_any_input(watched_start):
     marker = "zebra-quokka-7781-secret"
-    server = server_factory()
+    server = watched_start.server  # no other test sends it requests: its request log is this test's
     server.post("/v1/embeddings", {"input": [f"{marker} first", f"second {marker}"]})
     server.post("/invocations", {"data": [{"text": marker, "id": marker}], "parameters": {"task": marker}})
     server.post("/v1/rerank", {"query": marker, "documents": [marker, "other"]})
@@ -256,28 +256,14 @@ def test_the_request_log_can_be_turned_off(server_factory):
 
 # --- /health and /v1/models -----------------------------------------------------------------------
 
-def test_health_answers_while_the_model_loads_and_ping_only_once_it_is_ready(server_factory):
-    server = server_factory(wait=False)
-    seen_loading = False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            # /ping first: a worker still loading when /health is asked was loading when /ping was asked too (the
-            # other order races the end of the load: not ready, then ready, read as "ping 200 while loading")
-            ping = requests.get(server.url + "/ping", timeout=2)
-            health = requests.get(server.url + "/health", timeout=2)
-        except requests.ConnectionError:
-            time.sleep(0.05)
-            continue
-        if health.status_code == 200 and not health.json()["ready"]:
-            seen_loading = True
-            assert ping.status_code == 503
-        if ping.status_code == 200:
-            break
-        time.sleep(0.05)
-    assert seen_loading, "the worker did not answer /health while the model loaded"
-    assert requests.get(server.url + "/health", timeout=2).json() == {"status": "alive", "ready": True,
-                                                                      "model_load_error": None}
+def test_health_answers_while_the_model_loads_and_ping_only_once_it_is_ready(watched_start):
+    loading = [(ping, health) for ping, health in watched_start.answers
+               if isinstance(health, dict) and not health["ready"]]
+    assert loading, f"the worker did not answer /health while the model loaded: {watched_start.answers}"
+    assert all(ping == 503 for ping, _ in loading), loading
+    assert watched_start.answers[-1][0] == 200, watched_start.answers[-5:]
+    assert requests.get(watched_start.server.url + "/health", timeout=2).json() == {
+        "status": "alive", "ready": True, "model_load_error": None}
 
 
 def test_models_lists_the_served_model(app):

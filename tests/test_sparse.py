@@ -186,10 +186,10 @@ def readme_bodies() -> list[tuple[str, dict]]:
     return [(path, json.loads(body)) for path, body in calls]
 
 
-def test_readme_curls_answer_on_a_real_server(server_factory, splade_dir):
+def test_readme_curls_answer_on_a_real_server(splade_server):
     calls = readme_bodies()
     assert [path for path, _ in calls] == ["/v1/sparse-embeddings", "/invocations", "/v1/rerank"]
-    server = server_factory({"SEARCHBOX_MODEL_DIR": str(splade_dir)})
+    server = splade_server
     public, envelope, ranked = (answer(server, path, body) for path, body in calls)
     item = public["data"][0]["sparse_embedding"]
     assert len(item["indices"]) == 3 and len(item["tokens"]) == 3 and min(item["values"]) > 0

@@ -243,16 +243,10 @@ def test_an_inference_free_splade_exports_its_document_route_and_queries_stay_a_
             np.testing.assert_allclose(item["sparse_embedding"]["values"], weights[kept], atol=FP32_TOLERANCE, rtol=0)
 
 
-def test_bge_m3_is_refused_by_name_on_onnx(tmp_path, bge_m3_dir):
+def test_bge_m3_is_refused_by_name_on_onnx(tmp_path, bge_m3_safetensors_dir):
     """BGE-M3 stays on torch: one pass answers three outputs (dense, sparse, ColBERT) that one exported output and one
     gate do not cover yet."""
-    import torch
-    from safetensors.torch import save_file
-
-    model = shutil.copytree(bge_m3_dir, tmp_path / "tiny-m3")
-    for head in ("colbert_linear", "sparse_linear"):  # the artifact ships safetensors only (test_bge_m3.py)
-        save_file(torch.load(str(model / f"{head}.pt"), weights_only=True), str(model / f"{head}.safetensors"))
-        (model / f"{head}.pt").unlink()
+    model = bge_m3_safetensors_dir  # the artifact ships safetensors only (test_bge_m3.py)
     with pytest.raises(build_artifact.BuildRefused, match="kind bge-m3 .* does not export to ONNX yet: build it with "
                                                           "--backend torch"):
         build_artifact.build_artifact(model, tmp_path / "dist" / "model.tar.gz", backend="onnx")

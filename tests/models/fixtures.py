@@ -61,6 +61,22 @@ def bge_m3_dir(tmp_path_factory, minilm_dir) -> Path:
 
 @pytest.fixture(scope="session")
 @implies("app")
+def bge_m3_safetensors_dir(tmp_path_factory, bge_m3_dir) -> Path:
+    """The same BGE-M3 with its heads as safetensors (what an artifact ships): no pickle to opt into."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    target = shutil.copytree(bge_m3_dir, tmp_path_factory.mktemp("models") / "tiny-bge-m3-safetensors")
+    for head in ("colbert_linear", "sparse_linear"):
+        save_file(torch.load(str(target / f"{head}.pt"), weights_only=True), str(target / f"{head}.safetensors"))
+        (target / f"{head}.pt").unlink()
+    return target
+
+
+@pytest.fixture(scope="session")
+@implies("app")
 def jina_reranker_dir(tmp_path_factory, minilm_dir) -> Path:
     """jina-reranker-v2's layout, remote code and all (tests/models/jina.py)."""
     from models import jina
