@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +172,16 @@ def server_factory(tmp_path):
         stop_server(server)
 
 
+@pytest.fixture
+@implies("app")
+def serving_factory():
+    """Serve models in this process (`helpers.serving`) with custom settings; all of them are closed after the test."""
+    from helpers import serving
+
+    with ExitStack() as stack:
+        yield lambda model_dir, env=None: stack.enter_context(serving(model_dir, env))
+
+
 @pytest.fixture(scope="session")
 @implies("server")
 def server(tmp_path_factory):
@@ -197,7 +208,7 @@ class WatchedStart:
 @implies("server")
 def watched_start(tmp_path_factory):
     """One `serve` of the embedded model with the default settings, watched while it starts; the tests of what a
-    starting server answers read `answers`, and the request log tests send it their requests (it gets no others)."""
+    starting server answers read `answers`."""
     running = start_server(tmp_path_factory.mktemp("watched"), wait=False)
     answers = []
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -225,7 +236,7 @@ def watched_start(tmp_path_factory):
 def one_connection_server(tmp_path_factory):
     """The embedded model behind one inference connection (5 threads, 4 of them kept for the control routes): where
     nginx sheds load. Shared by the tests of that shedding; each counts from what it found."""
-    yield from shared_server(tmp_path_factory, "one-connection", embedded_model_dir(), {"SEARCHBOX_THREADS": "5"})
+    yield from shared_server(tmp_path_factory, "one-connection", None, {"SEARCHBOX_THREADS": "5"})
 
 
 @pytest.fixture(scope="session")
@@ -237,8 +248,10 @@ def reranker_server(tmp_path_factory, reranker_dir):
     stop_server(running)
 
 
-def shared_server(tmp_path_factory, name: str, model_dir: Path, env: dict[str, str] | None = None):
-    running = start_server(tmp_path_factory.mktemp(name), {"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})})
+def shared_server(tmp_path_factory, name: str, model_dir: Path | None, env: dict[str, str] | None = None):
+    """A `serve` of `model_dir` (None: the embedded model, as `serve` alone), stopped when its fixture ends."""
+    model = {"SEARCHBOX_MODEL_DIR": str(model_dir)} if model_dir is not None else {}
+    running = start_server(tmp_path_factory.mktemp(name), {**model, **(env or {})})
     yield running
     stop_server(running)
 

@@ -178,9 +178,9 @@ def request_log_lines(server, count: int, settle_s: float = 0.0) -> list[dict]:
     return lines
 
 
-def test_one_json_line_per_request_and_never_any_input(watched_start):
+def test_one_json_line_per_request_and_never_any_input(server_factory):
     marker = "zebra-quokka-7781-secret"
-    server = watched_start.server  # no other test sends it requests: its request log is this test's
+    server = server_factory()
     server.post("/v1/embeddings", {"input": [f"{marker} first", f"second {marker}"]})
     server.post("/invocations", {"data": [{"text": marker, "id": marker}], "parameters": {"task": marker}})
     server.post("/v1/rerank", {"query": marker, "documents": [marker, "other"]})

@@ -10,11 +10,10 @@ import json
 import math
 import shutil
 import time
-from contextlib import ExitStack
 
 import pytest
 
-from helpers import assert_error, serving
+from helpers import assert_error
 
 from container.settings import Settings
 
@@ -29,15 +28,14 @@ def csv_of(texts: list[str]) -> str:
 
 
 @pytest.fixture
-def started():
-    """Models served in this process (`serving`), all closed after the test."""
-    with ExitStack() as stack:
+def started(serving_factory):
+    """Models served in this process, all closed after the test: (app, its runtime)."""
 
-        def start(model_dir, env):
-            app = stack.enter_context(serving(model_dir, env))
-            return app, app.runtime
+    def start(model_dir, env):
+        app = serving_factory(model_dir, env)
+        return app, app.runtime
 
-        yield start
+    return start
 
 
 def test_batch_transform_settings_choose_each_requests_budget():

@@ -105,12 +105,12 @@ def test_per_inference_artifact_carries_the_catalogs_metering(metered_artifact, 
     assert list(build_artifact.iter_manifest_problems(unpacked)) == []
 
 
-def test_served_per_inference_artifact_reports_its_units(metered_artifact, tmp_path, server_factory):
+def test_served_per_inference_artifact_reports_its_units(metered_artifact, tmp_path, serving_factory):
     """The packaged model answers each 2xx with X-Amzn-Inference-Metering, units computed from the usage it reports."""
     import math
 
     unpacked = _unpack(metered_artifact[0], tmp_path / "model")
-    packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
+    packaged = serving_factory(unpacked)
     long_text = " ".join(["semantic search finds documents by meaning"] * 30)
     for body in ({"data": [{"text": "hello"}, {"text": "world"}]}, {"input": [long_text] * 8}):
         answer = packaged.post("/invocations", body)
