@@ -218,7 +218,7 @@ def watched_start(tmp_path_factory):
             # other order races the end of the load: not ready, then ready, read as "ping 200 while loading")
             ping = requests.get(running.url + "/ping", timeout=2).status_code
             health = requests.get(running.url + "/health", timeout=2)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy loading to answer
             answers.append((0, 0))
             time.sleep(0.05)
             continue
