@@ -16,7 +16,7 @@ import pytest
 from scipy import stats
 
 from helpers import assert_error, serving
-from models.sparse import make_bare, make_inference_free, make_splade
+from models.sparse import make_bare, make_inference_free
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packaging"))
@@ -196,9 +196,7 @@ def test_onnx_without_its_files_or_with_another_pooling_is_refused_at_load(splad
     assert "pools max of relu, the directory says sum of relu" in mismatch and "rebuild the artifact" in mismatch
 
 
-def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, minilm_dir):
-    from sentence_transformers import SparseEncoder
-
+def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, minilm_dir, splade_encoder):
     bare = make_bare(tmp_path / "bare", minilm_dir)
     report = build_artifact.build_artifact(bare, tmp_path / "model.tar.gz", backend="onnx")
     assert report.kind == "sparse" and report.quality.backend_file == _onnx.FP32_FILE
@@ -216,7 +214,7 @@ def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, 
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["loaded"] == []
     # the bare directory is SPLADE v2's max pooling: the SparseEncoder of the same weights is the reference
-    expected = encode(SparseEncoder(str(make_splade(tmp_path / "max", minilm_dir)), device="cpu"), TEXTS[:2])
+    expected = encode(splade_encoder, TEXTS[:2])
     for (indices, values), weights in zip(printed["vectors"], expected):
         kept = np.flatnonzero(weights > 0)
         assert indices == kept.tolist()
