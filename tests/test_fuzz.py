@@ -18,7 +18,8 @@ import fuzz_strategies
 from helpers import serving
 
 EXAMPLES = int(os.environ.get("SEARCHBOX_FUZZ_EXAMPLES", "150"))
-KINDS = ["text", "reranker", "clip", "colbert", "sparse", "bge-m3"]
+# The ColBERT is the one PyLate makes in its own venv (conftest's colbert): a process, so the server tier.
+KINDS = ["text", "reranker", "clip", pytest.param("colbert", marks=pytest.mark.server), "sparse", "bge-m3"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
