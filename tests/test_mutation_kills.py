@@ -1132,12 +1132,15 @@ def test_an_adapter_the_endpoint_does_not_hold_is_refused_by_name(app):
 
 
 @pytest.fixture(scope="module")
-def tiny_bge_m3(bge_m3_dir):
+def tiny_bge_m3(bge_m3_dir, tmp_path_factory):
     """A tiny BGE-M3 built offline (tests/models/bge_m3.py: the embedded encoder with seeded heads), served in
     process: a model whose one forward pass makes dense, sparse and token vectors."""
+    import shutil
+
     from helpers import serving
 
-    with serving(bge_m3_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:
+    model_dir = shutil.copytree(bge_m3_dir, tmp_path_factory.mktemp("m3") / "m3")  # served as "m3", its name
+    with serving(model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:
         yield app, app.runtime.handler
 
 
