@@ -2,7 +2,7 @@
 
 The model is a jina-embeddings-v3-layout checkpoint of MiniLM's size (6 layers, 384 wide, 12 heads, rank-4 LoRA on
 every Linear and Embedding for five tasks, random weights), built as the tests build theirs
-(tests/jina_v3_models.py), served natively (model_handlers/jina_v3.py + peft) through the shared pipeline,
+(tests/models/jina_v3.py), served natively (model_handlers/jina_v3.py + peft) through the shared pipeline,
 in-process: the ratios are about the adapters, not HTTP.
 
 - one task alone: 5 callers x 32 texts, all `retrieval.query`;
@@ -32,7 +32,7 @@ SIZE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "
 
 def build(target: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
-    from jina_v3_models import build_v3
+    from models.jina_v3 import build_v3
 
     from model_handlers.embedded import embedded_model_dir
 

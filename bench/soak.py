@@ -286,10 +286,10 @@ def run_large(server: Server) -> Phase:
 
 def model_dirs(workdir: Path) -> dict[str, dict[str, str]]:
     """A model of each kind, as the tests build them (examples/ and tests/): kind -> the server's environment."""
-    from colbert_models import make_reference
-    from conftest import make_reranker
+    from models.colbert import make_reference
+    from models.reranker import make_reranker
     from reference_env import ReferenceUnavailable
-    from sparse_models import make_splade
+    from models.sparse import make_splade
     from tiny_clip import build as build_clip
 
     from model_handlers.embedded import embedded_model_dir

@@ -1,22 +1,28 @@
-"""Shared fixtures (real `serve` processes on free ports, the models, the reference model) and the test tiers.
+"""Shared fixtures (real `serve` processes on free ports, the in-process model, the reference model) and the test tiers.
 
-Every test is of one tier, a pytest marker (pyproject.toml): `unit` (no model loaded, no server started), `app`
-(`create_app` and Flask's test client, or a handler, on a real model in this process), `server` (real processes:
-servers, packaging scripts, reference venvs, and the end-to-end builds of artifacts and exports), `soak` (timing,
-resident memory and load: `make soak`, not `make test`). A test declares its tier (`pytestmark`, or a marker on
-the test), or gets the one its fixtures imply: a test is at least of the tier of every fixture it uses.
-`make test-fast` runs `unit` and `app`, `make test` every tier but `soak`.
+Every test is of one tier, a pytest marker (pyproject.toml, tests/tiers.py): `unit` (no model loaded, no server
+started), `app` (`create_app` and Flask's test client, or a handler, on a real model in this process), `server`
+(real processes: servers, packaging scripts, reference venvs, and the end-to-end builds of artifacts and exports),
+`soak` (timing, resident memory and load: `make soak`, not `make test`). A test declares its tier (`pytestmark`, or
+a marker on the test), or gets the one its fixtures imply: each fixture that loads a model or starts a process says
+so where it is defined (`@implies(...)`), and a test is at least of the tier of every fixture in its closure.
+`make test-fast` runs `unit` and `app`, `make test` every tier but `soak`. The tiny models are built once per
+session by tests/models/.
+
+Each `serve` started is counted (with the test or fixture that started it and the settings it started with) and the
+count is printed at the session's end: the suite starts few servers, and this is where a new one shows.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +31,9 @@ import requests
 
 from container.settings import apply_library_environment
 from model_handlers.embedded import embedded_model_dir
+from models.fixtures import (bge_m3_dir, bge_m3_safetensors_dir, clip_dir, colbert, jina_colbert_dir,  # noqa: F401
+                             jina_reranker_dir, jina_v3_dir, reranker_dir, splade_dir, splade_encoder)
+from tiers import TIERS, declared_tiers, implies, tier_of
 
 # The models loaded in this process run as in the server's worker: offline, and torch's OpenMP threads sleeping
 # instead of spinning (set before torch is imported; spinning threads slow every pass on a busy machine).
@@ -32,30 +41,46 @@ apply_library_environment()
 
 SERVE = str(Path(sys.executable).with_name("serve"))
 START_TIMEOUT_S = 120
-TIERS = ("unit", "app", "server", "soak")
-# The tier a fixture implies: it starts real processes, or loads a model into this process.
-FIXTURE_TIERS = {"server": "server", "server_factory": "server", "reranker_server": "server", "colbert": "server",
-                 "bge_m3_reference": "server",
-                 "app": "app", "client": "app", "runtime": "app", "reference_model": "app", "reranker_dir": "app"}
+# Each `serve` started this session: (the test running when it started, the settings it was given).
+SERVE_LAUNCHES: list[tuple[str, str]] = []
+_running: list = [None]  # the test item running now
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Give each test its tier: the highest of the tiers it declares and the tiers of its fixtures (before `-m`
+    """Give each test its tier: the highest of the tiers it declares and the tiers its fixtures imply (before `-m`
     selects: `make test-fast` is `-m "not server and not soak"`)."""
     for item in items:
-        implied = [FIXTURE_TIERS[name] for name in getattr(item, "fixturenames", ()) if name in FIXTURE_TIERS]
-        declared = [marker.name for marker in item.iter_markers() if marker.name in TIERS]
-        tier = max([*declared, *implied, "unit"], key=TIERS.index)
-        if tier not in declared:
+        tier = tier_of(item)
+        if tier not in declared_tiers(item):
             item.add_marker(tier)
     if os.environ.get("MUTANT_UNDER_TEST"):
         # make mutation (mutmut runs with -x): the tests that load no model first, so a mutant a unit test kills
         # costs no model load, and in each tier the tests written to kill mutants (test_mutation_kills.py) first;
         # sorted() is stable, so the rest keeps its order.
-        items[:] = sorted(items, key=lambda item: (TIERS.index(next(
-            marker.name for marker in item.iter_markers() if marker.name in TIERS)),
-            item.path.name != "test_mutation_kills.py"))
+        items[:] = sorted(items, key=lambda item: (TIERS.index(tier_of(item)),
+                                                   item.path.name != "test_mutation_kills.py"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running[0] = item
+    try:
+        return (yield)
+    finally:
+        _running[0] = None
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not SERVE_LAUNCHES:
+        return
+    per_file = Counter(test.split("::")[0] for test, _ in SERVE_LAUNCHES)
+    terminalreporter.write_sep("-", f"{len(SERVE_LAUNCHES)} serve processes started")
+    for path, count in sorted(per_file.items()):
+        terminalreporter.write_line(f"{count:3d}  {path}")
+    if os.environ.get("SEARCHBOX_TEST_LIST_SERVES"):
+        for test, settings in SERVE_LAUNCHES:
+            terminalreporter.write_line(f"     {test}  {settings}")
 
 
 def free_port() -> int:
@@ -82,6 +107,14 @@ def start_server(tmp_path: Path, env: dict[str, str] | None = None, *, command: 
                  ping_path: str = "/ping", port: int | None = None, wait: bool = True) -> RunningServer:
     """Start `serve` (or `command`) with `env` on a free port and wait until `ping_path` answers 200."""
     port = port or free_port()
+    item = _running[0]
+    if item is not None and tier_of(item) not in ("server", "soak"):
+        # a process started from a test of a faster tier: what it (or its fixture) does must say so
+        raise RuntimeError(f"{item.nodeid} starts a process but is of the {tier_of(item)} tier: mark the fixture "
+                           "that starts it @implies('server'), or the test @pytest.mark.server")
+    if command is None or command[0] == SERVE:
+        settings = " ".join(f"{key}={value}" for key, value in sorted((env or {}).items()))
+        SERVE_LAUNCHES.append((item.nodeid if item is not None else "(no test)", settings))
     full_env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), **(env or {})}
     full_env.pop("SEARCHBOX_MODEL_DIR", None) if "SEARCHBOX_MODEL_DIR" not in (env or {}) else None
     log_path = tmp_path / f"server-{port}.log"
@@ -124,6 +157,7 @@ def stop_server(server: RunningServer, timeout: float = 30) -> float:
 
 
 @pytest.fixture
+@implies("server")
 def server_factory(tmp_path):
     """Start servers with custom env; all of them are stopped after the test."""
     started: list[RunningServer] = []
@@ -138,7 +172,18 @@ def server_factory(tmp_path):
         stop_server(server)
 
 
+@pytest.fixture
+@implies("app")
+def serving_factory():
+    """Serve models in this process (`helpers.serving`) with custom settings; all of them are closed after the test."""
+    from helpers import serving
+
+    with ExitStack() as stack:
+        yield lambda model_dir, env=None: stack.enter_context(serving(model_dir, env))
+
+
 @pytest.fixture(scope="session")
+@implies("server")
 def server(tmp_path_factory):
     """One `serve` of the embedded default model, shared by the tests that only read from it."""
     running = start_server(tmp_path_factory.mktemp("server"))
@@ -151,29 +196,51 @@ def minilm_dir() -> Path:
     return embedded_model_dir()
 
 
-@pytest.fixture(scope="session")
-def reranker_dir(tmp_path_factory, minilm_dir) -> Path:
-    return make_reranker(tmp_path_factory.mktemp("models") / "tiny-reranker", minilm_dir)
-
-
-def make_reranker(target: Path, minilm_dir: Path) -> Path:
-    """A one-label BERT cross-encoder over the MiniLM weights (random head, seeded), as a plain HF directory: no
-    trained reranker's weights can be downloaded here, and the code path is a real cross-encoder's."""
-    import torch
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(str(minilm_dir), num_labels=1)
-    # The seeded head has tiny weights (scores all near 0.5): widen it so scores spread out and ties are rare.
-    with torch.no_grad():
-        model.classifier.weight.mul_(50)
-    model.save_pretrained(str(target), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(minilm_dir / name, target / name)
-    return target
+@dataclass
+class WatchedStart:
+    """A `serve` of the embedded model watched from its first moment: what /ping and /health answered, in order,
+    until /ping said 200 (0: not listening yet)."""
+    server: RunningServer
+    answers: list[tuple[int, dict | int]]
 
 
 @pytest.fixture(scope="session")
+@implies("server")
+def watched_start(tmp_path_factory):
+    """One `serve` of the embedded model with the default settings, watched while it starts; the tests of what a
+    starting server answers read `answers`."""
+    running = start_server(tmp_path_factory.mktemp("watched"), wait=False)
+    answers = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and running.process.poll() is None:
+        try:
+            # /ping first: a worker still loading when /health is asked was loading when /ping was asked too (the
+            # other order races the end of the load: not ready, then ready, read as "ping 200 while loading")
+            ping = requests.get(running.url + "/ping", timeout=2).status_code
+            health = requests.get(running.url + "/health", timeout=2)
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy loading to answer
+            answers.append((0, 0))
+            time.sleep(0.05)
+            continue
+        answers.append((ping, health.json() if health.status_code == 200 else health.status_code))
+        if ping == 200:
+            break
+        time.sleep(0.05)
+    running.ping_history.extend(ping for ping, _ in answers)
+    yield WatchedStart(running, answers)
+    stop_server(running)
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def one_connection_server(tmp_path_factory):
+    """The embedded model behind one inference connection (5 threads, 4 of them kept for the control routes): where
+    nginx sheds load. Shared by the tests of that shedding; each counts from what it found."""
+    yield from shared_server(tmp_path_factory, "one-connection", None, {"SEARCHBOX_THREADS": "5"})
+
+
+@pytest.fixture(scope="session")
+@implies("server")
 def reranker_server(tmp_path_factory, reranker_dir):
     """One `serve` of the cross-encoder, shared by the tests that only read from it."""
     running = start_server(tmp_path_factory.mktemp("reranker"), {"SEARCHBOX_MODEL_DIR": str(reranker_dir)})
@@ -181,38 +248,45 @@ def reranker_server(tmp_path_factory, reranker_dir):
     stop_server(running)
 
 
-@pytest.fixture(scope="session")
-def colbert(tmp_path_factory, minilm_dir):
-    """Small ColBERTs in three layouts and PyLate 1.6.0's token vectors and scores on them (tests/colbert_models.py).
+def shared_server(tmp_path_factory, name: str, model_dir: Path | None, env: dict[str, str] | None = None):
+    """A `serve` of `model_dir` (None: the embedded model, as `serve` alone), stopped when its fixture ends."""
+    model = {"SEARCHBOX_MODEL_DIR": str(model_dir)} if model_dir is not None else {}
+    running = start_server(tmp_path_factory.mktemp(name), {**model, **(env or {})})
+    yield running
+    stop_server(running)
 
-    Without PyPI the reference venv cannot be made: the tests that need it fail, saying so (never a silent skip).
-    """
-    from colbert_models import make_reference
-    from reference_env import ReferenceUnavailable
 
-    try:
-        return make_reference(tmp_path_factory.mktemp("colbert"), minilm_dir)
-    except ReferenceUnavailable as exc:
-        pytest.fail(f"the ColBERT reference (PyLate 1.6.0 in its own venv) cannot be made: {exc}", pytrace=False)
-
+# One `serve` per tiny model, shared by every file that only reads from it (the listings' clients, README's curls,
+# the end-to-end checks); a test that needs other settings or stops the server starts its own.
 
 @pytest.fixture(scope="session")
-def splade_dir(tmp_path_factory, minilm_dir) -> Path:
-    """The tiny SPLADE (random MLM head over MiniLM, saved as a SparseEncoder: tests/sparse_models.py), read-only."""
-    from sparse_models import make_splade
-
-    return make_splade(tmp_path_factory.mktemp("sparse") / "tiny-splade", minilm_dir)
+@implies("server")
+def clip_server(tmp_path_factory, clip_dir):
+    yield from shared_server(tmp_path_factory, "clip-server", clip_dir)
 
 
 @pytest.fixture(scope="session")
-def splade_encoder(splade_dir):
-    """sentence-transformers' SparseEncoder on it: the sparse kinds' reference."""
-    from sentence_transformers import SparseEncoder
-
-    return SparseEncoder(str(splade_dir), device="cpu")
+@implies("server")
+def colbert_server(tmp_path_factory, colbert):
+    """The PyLate-layout ColBERT (`colbert.model_dir("pylate")`)."""
+    yield from shared_server(tmp_path_factory, "colbert-server", colbert.model_dir("pylate"))
 
 
 @pytest.fixture(scope="session")
+@implies("server")
+def splade_server(tmp_path_factory, splade_dir):
+    yield from shared_server(tmp_path_factory, "splade-server", splade_dir)
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def bge_m3_server(tmp_path_factory, bge_m3_safetensors_dir):
+    """The tiny BGE-M3 with safetensors heads: served without the pickle opt-in."""
+    yield from shared_server(tmp_path_factory, "bge-m3-server", bge_m3_safetensors_dir)
+
+
+@pytest.fixture(scope="session")
+@implies("app")
 def reference_model(minilm_dir):
     """sentence-transformers on the same directory: the correctness reference."""
     from sentence_transformers import SentenceTransformer
@@ -233,6 +307,7 @@ def wait_loaded(runtime, timeout: float = START_TIMEOUT_S) -> bool:
 
 
 @pytest.fixture(scope="session")
+@implies("app")
 def runtime():
     """The embedded model loaded once, in this process, as the worker loads it (warm-up included)."""
     from container.runtime import ModelRuntime

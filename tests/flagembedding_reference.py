@@ -1,5 +1,5 @@
 """Run in the FlagEmbedding 1.4.2 venv (tests/reference_env.py), never in the project's: BGEM3FlagModel's answers
-on the tiny BGE-M3 of tests/bge_m3_models.py, written for the tests to compare with.
+on the tiny BGE-M3 of tests/models/bge_m3.py, written for the tests to compare with.
 
 Usage: python flagembedding_reference.py spec.json (keys: models, workdir, texts, rerank {query, documents,
 weights}).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -54,8 +56,9 @@ class InProcess:
     concurrency, nginx's own answers) keeps a real server.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, runtime=None):
         self._client = client
+        self.runtime = runtime
 
     def post(self, path: str, body=None, *, data: bytes | str | None = None, headers: dict | None = None) -> Answer:
         if data is None:
@@ -92,9 +95,10 @@ def assert_documented(document: dict, method: str, path: str, response) -> None:
         openapi_validator(document, content[media]["schema"]).validate(response.json())
 
 
-def in_process(model_dir, env: dict[str, str] | None = None):
-    """`create_app` + Flask's test client on the model in `model_dir` (loaded and warmed up here): (InProcess, runtime);
-    close the runtime when done."""
+@contextmanager
+def serving(model_dir, env: dict[str, str] | None = None) -> Iterator[InProcess]:
+    """The model in `model_dir` loaded and warmed up in this process, as the worker loads it, behind `create_app` and
+    Flask's test client; closed when the block ends. `.runtime` is the loaded `ModelRuntime` (its `.handler`, ...)."""
     from conftest import wait_loaded
     from container.app import create_app
     from container.runtime import ModelRuntime
@@ -102,8 +106,11 @@ def in_process(model_dir, env: dict[str, str] | None = None):
 
     settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})})
     runtime = ModelRuntime(settings).start()
-    assert wait_loaded(runtime), runtime.load_error
-    return InProcess(create_app(settings, runtime).test_client()), runtime
+    try:
+        assert wait_loaded(runtime), runtime.load_error
+        yield InProcess(create_app(settings, runtime).test_client(), runtime)
+    finally:
+        runtime.close()
 
 
 def worker_status(server_pid: int) -> dict[int, dict[str, str]]:

@@ -1,4 +1,4 @@
-"""A small model with jina-embeddings-v3's published interface, written for these tests (tests/jina_v3_models.py
+"""A small model with jina-embeddings-v3's published interface, written for these tests (tests/models/jina_v3.py
 copies this file into the model directory as its remote code, `modeling_lora.py`).
 
 What it reproduces of v3 (its config keys, tensor names and behaviour, as the model card and its public remote code

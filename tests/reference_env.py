@@ -33,7 +33,7 @@ CLIENTS_SPEC = (
     ("openai==3.51.0", "cohere==7.3.1", "langchain-community==0.4.2",
      "llama-index-embeddings-sagemaker-endpoint==0.6.0", "boto3"),
 )
-# BGE-M3's own code (tests/bge_m3_models.py): FlagEmbedding 1.4.2 and what pip resolved for it on the CPU torch kept
+# BGE-M3's own code (tests/models/bge_m3.py): FlagEmbedding 1.4.2 and what pip resolved for it on the CPU torch kept
 # on this machine kind, pinned so that the reference cannot drift under the tests.
 FLAGEMBEDDING_SPEC = (
     ("torch==2.13.0", "transformers==5.25.0", "sentence-transformers==6.3.0", "peft==0.21.2", "accelerate==1.16.0",

@@ -14,7 +14,7 @@ import requests
 
 from container import spooled
 from container.settings import ASYNC_MAX_PAYLOAD_MB, ASYNC_TIMEOUT_S, Settings
-from helpers import InProcess, assert_error, cosine, in_process, kib, worker_status
+from helpers import InProcess, assert_error, cosine, serving, kib, worker_status
 
 JSONLINES = {"Content-Type": "application/jsonlines"}
 _MIB = 1024 * 1024
@@ -86,9 +86,8 @@ def test_spooling_holds_the_limit_whatever_the_framing():
 def async_app():
     from model_handlers.embedded import embedded_model_dir
 
-    app, runtime = in_process(embedded_model_dir(), {"SEARCHBOX_ASYNC": "1"})
-    yield app, runtime
-    runtime.close()
+    with serving(embedded_model_dir(), {"SEARCHBOX_ASYNC": "1"}) as app:
+        yield app, app.runtime
 
 
 @pytest.mark.app
@@ -151,12 +150,9 @@ def test_async_lines_cap_counts_the_whole_body(monkeypatch):
     from model_handlers.embedded import embedded_model_dir
 
     monkeypatch.setattr(spooled, "SLICE_LINES", 2)
-    app, runtime = in_process(embedded_model_dir(), {"SEARCHBOX_ASYNC": "1", "SEARCHBOX_MAX_BATCH_ROWS": "5"})
-    try:
+    with serving(embedded_model_dir(), {"SEARCHBOX_ASYNC": "1", "SEARCHBOX_MAX_BATCH_ROWS": "5"}) as app:
         assert app.post("/invocations", data=b'"a"\n' * 5, headers=JSONLINES).status_code == 200
         assert_error(app.post("/invocations", data=b'"a"\n' * 6, headers=JSONLINES), 413, "TOO_MANY_ROWS", "5")
-    finally:
-        runtime.close()
 
 
 # --- real servers --------------------------------------------------------------------------------------------------

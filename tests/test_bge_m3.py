@@ -1,4 +1,4 @@
-"""BGE-M3: a tiny BGE-M3-layout model (tests/bge_m3_models.py) answers what FlagEmbedding 1.4.2's `BGEM3FlagModel`
+"""BGE-M3: a tiny BGE-M3-layout model (tests/models/bge_m3.py) answers what FlagEmbedding 1.4.2's `BGEM3FlagModel`
 computes on the same weights, in its own venv: dense cosine >= 0.9999, sparse weights within 1e-5 on the same token
 ids, ColBERT vectors cosine >= 0.9999 each, and rerank scores `compute_score`'s weighted "colbert+sparse+dense" —
 through the server's routes (create_app + the test client). One request asking all three outputs costs one pass.
@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bge_m3_models import RERANK_DOCUMENTS, RERANK_QUERY, RERANK_WEIGHTS, TEXTS, make_model
-from helpers import assert_error, in_process
+from models.bge_m3 import RERANK_DOCUMENTS, RERANK_QUERY, RERANK_WEIGHTS, TEXTS
+from helpers import assert_error, serving
+from tiers import implies
 
 MIN_COSINE = 0.9999
 SPARSE_TOLERANCE = 1e-5
@@ -25,9 +26,10 @@ PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 
 
 @pytest.fixture(scope="module")
+@implies("server")
 def bge_m3_reference(tmp_path_factory, minilm_dir):
     """The tiny BGE-M3 and FlagEmbedding's answers on it; without PyPI the venv cannot be made and the tests fail."""
-    from bge_m3_models import make_reference
+    from models.bge_m3 import make_reference
     from reference_env import ReferenceUnavailable
 
     try:
@@ -44,9 +46,8 @@ def expected(bge_m3_reference):
 @pytest.fixture(scope="module")
 def served(bge_m3_reference):
     """The model as FlagEmbedding saves it (.pt heads): served with the pickle opt-in."""
-    app, runtime = in_process(bge_m3_reference.model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"})
-    yield app, runtime
-    runtime.close()
+    with serving(bge_m3_reference.model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:
+        yield app, app.runtime
 
 
 def answer(app, path, body):
@@ -126,13 +127,10 @@ def test_each_route_alone_matches_flagembedding(served, expected):
 def test_an_xlm_roberta_encoder_matches_flagembedding(bge_m3_reference):
     """BGE-M3's own architecture (XLM-R: positions counted after the padding id) through every output and rerank."""
     expected = bge_m3_reference.arrays(bge_m3_reference.xlmr_dir.name)
-    app, runtime = in_process(bge_m3_reference.xlmr_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"})
-    try:
+    with serving(bge_m3_reference.xlmr_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:
         body = answer(app, "/v1/embeddings", {"input": TEXTS, "return_sparse": True, "return_multivector": True})
         ranked = answer(app, "/v1/rerank", {"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS})
         kind = answer_get(app, "/v1/models")["data"][0]["kind"]
-    finally:
-        runtime.close()
     assert kind == "bge-m3"
     for index, item in enumerate(body["data"]):
         dense_matches(item["embedding"], expected["dense"][index])
@@ -223,11 +221,8 @@ def test_safetensors_heads_serve_the_same(bge_m3_reference, expected, tmp_path):
     shutil.copytree(bge_m3_reference.model_dir, converted)
     for head in ("colbert_linear", "sparse_linear"):
         to_safetensors(converted / f"{head}.pt")
-    app, runtime = in_process(converted)
-    try:
+    with serving(converted) as app:
         body = answer(app, "/v1/embeddings", {"input": TEXTS[:2], "return_sparse": True, "return_multivector": True})
-    finally:
-        runtime.close()
     for index, item in enumerate(body["data"]):
         dense_matches(item["embedding"], expected["dense"][index])
         sparse_matches(item["sparse_embedding"], expected["lexical"][index])
@@ -270,11 +265,8 @@ def test_dense_only_rerank_weights_give_flagembeddings_dense_score(bge_m3_refere
     directory = tmp_path / "dense-only"
     shutil.copytree(bge_m3_reference.model_dir, directory)
     (directory / "searchbox.json").write_text(json.dumps({"rerank_weights": {"dense": 1, "sparse": 0, "colbert": 0}}))
-    app, runtime = in_process(directory, {"SEARCHBOX_ALLOW_PICKLE": "1"})
-    try:
+    with serving(directory, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:
         body = answer(app, "/v1/rerank", {"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS})
-    finally:
-        runtime.close()
     scores = {hit["index"]: hit["relevance_score"] for hit in body["results"]}
     np.testing.assert_allclose([scores[i] for i in range(len(RERANK_DOCUMENTS))], expected["score_dense"],
                                atol=SCORE_TOLERANCE, rtol=0)
@@ -297,10 +289,10 @@ def test_other_kinds_refuse_the_combined_options(app):
                      "UNSUPPORTED_OPTION", option)
 
 
-def test_a_bge_m3_directory_is_recognised_without_torch(tmp_path, minilm_dir):
+def test_a_bge_m3_directory_is_recognised_without_torch(tmp_path, bge_m3_dir):
     from model_handlers.kinds import ModelFiles, detect
 
-    directory = make_model(tmp_path / "m3", minilm_dir)
+    directory = shutil.copytree(bge_m3_dir, tmp_path / "m3")
     assert detect(ModelFiles.read(directory)).name == "bge-m3"
     (directory / "sparse_linear.pt").unlink()
     assert detect(ModelFiles.read(directory)).name == "embedding"
@@ -316,14 +308,10 @@ def readme_bodies() -> list[tuple[str, dict]]:
     return [(path, json.loads(body)) for path, body in calls]
 
 
-def test_readme_curls_answer_on_a_real_server(server_factory, bge_m3_reference, tmp_path):
+def test_readme_curls_answer_on_a_real_server(bge_m3_server):
     calls = readme_bodies()
     assert [path for path, _ in calls] == ["/v1/embeddings", "/invocations", "/v1/sparse-embeddings", "/v1/rerank"]
-    converted = tmp_path / "bge-m3"
-    shutil.copytree(bge_m3_reference.model_dir, converted)
-    for head in ("colbert_linear", "sparse_linear"):
-        to_safetensors(converted / f"{head}.pt")
-    server = server_factory({"SEARCHBOX_MODEL_DIR": str(converted)})  # safetensors heads: no pickle opt-in
+    server = bge_m3_server  # safetensors heads: no pickle opt-in
     answers = []
     for path, body in calls:
         response = server.post(path, body)

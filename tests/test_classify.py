@@ -20,7 +20,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import assert_documented, in_process
+from helpers import assert_documented, serving
 from model_handlers.operations.classify import DEFAULT_SCALE, MAX_LABELS, LabelCache, label_cache
 from model_handlers.types import TextInput
 
@@ -109,12 +109,9 @@ def test_the_same_body_on_invocations_and_in_the_sagemaker_envelope(app, minilm_
 def test_a_batch_transform_job_classifies_its_csv_rows_against_the_jobs_labels(minilm_dir, minilm_reference):
     """SEARCHBOX_CLASSIFY_LABELS: each `id,text` row classified zero-shot, as the envelope with those labels is."""
     rows = "".join(f'r{i},"{text}"\n' for i, text in enumerate(TEXTS)).encode()
-    app, runtime = in_process(minilm_dir, {"SEARCHBOX_CLASSIFY_LABELS": json.dumps(LABELS)})
-    try:
+    with serving(minilm_dir, {"SEARCHBOX_CLASSIFY_LABELS": json.dumps(LABELS)}) as app:
         answer = app.post("/invocations", data=rows, headers={"Content-Type": "text/csv"})
         embeddings = app.post("/invocations", {"data": [{"text": "still an embeddings body"}]})
-    finally:
-        runtime.close()
     assert answer.status_code == 200, answer.text
     data = answer.json()["data"]
     assert [item["id"] for item in data] == [f"r{i}" for i in range(len(TEXTS))]
@@ -186,24 +183,13 @@ def test_refusals_name_the_fix(app, document, body, status, code, named):
 
 
 def test_a_classify_body_to_a_model_that_does_not_classify_says_what_it_answers(reranker_dir):
-    app, runtime = in_process(reranker_dir)
-    try:
+    with serving(reranker_dir) as app:
         answer = app.post("/invocations", {"input": ["x"], "labels": LABELS})
-    finally:
-        runtime.close()
     assert answer.status_code == 400 and answer.json()["code"] == "UNSUPPORTED_OPERATION"
     assert "does not answer classify requests" in answer.json()["detail"]
 
 
 # --- CLIP: images and texts against text labels, at the model's own logit scale --------------------------------------
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(ROOT / "examples"))
-    import tiny_clip
-
-    return tiny_clip.build(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
 def pictures() -> list:
@@ -234,12 +220,9 @@ def test_zero_shot_on_clip_matches_transformers(clip_dir):
         by_text = model.logit_scale.exp() * text_features[: len(texts)] @ text_features[len(texts):].T
     expected = softmax(np.concatenate([by_image.numpy(), by_text.numpy()]))
 
-    app, runtime = in_process(clip_dir)
-    try:
+    with serving(clip_dir) as app:
         answer = app.post("/v1/classify", {"input": [{"image": data_uri(image)} for image in images] + texts,
                                            "labels": labels})
-    finally:
-        runtime.close()
     assert answer.status_code == 200, answer.text
     assert_matches(answer.json()["data"], labels, expected)
 
@@ -327,14 +310,10 @@ def test_a_few_shot_classifier_answers_as_fitted_after_the_artifact_round_trip(t
     unpacked.mkdir()
     with tarfile.open(output, "r:gz") as tar:
         tar.extractall(unpacked, filter="data")
-    job, job_runtime = in_process(unpacked, {"SEARCHBOX_CLASSIFIER": "topics"})
-    try:
+    with serving(unpacked, {"SEARCHBOX_CLASSIFIER": "topics"}) as job:
         csv_answer = job.post("/invocations", data="".join(f'q{i},"{text}"\n' for i, text in enumerate(QUERIES)),
                               headers={"Content-Type": "text/csv"})
-    finally:
-        job_runtime.close()
-    app, runtime = in_process(unpacked)
-    try:
+    with serving(unpacked) as app:
         answer = app.post("/v1/classify", {"classifier_id": "topics", "input": QUERIES})
         envelope = app.post("/invocations", {"data": [{"text": text} for text in QUERIES],
                                              "parameters": {"classifier_id": "topics"}})
@@ -342,8 +321,6 @@ def test_a_few_shot_classifier_answers_as_fitted_after_the_artifact_round_trip(t
         unknown = app.post("/v1/classify", {"classifier_id": "nope", "input": QUERIES})
         both = app.post("/v1/classify", {"classifier_id": "topics", "labels": ["a", "b"], "input": QUERIES})
         usage = app.post("/v1/embeddings", {"input": QUERIES}).json()["usage"]["total_tokens"]
-    finally:
-        runtime.close()
     assert answer.status_code == 200, answer.text
     data = answer.json()["data"]
     assert [item["prediction"] for item in data] == list(fitted.classes_[expected.argmax(axis=1)])

@@ -11,15 +11,15 @@ from helpers import assert_error
 
 pytestmark = pytest.mark.server
 
-THREADS = 5  # one inference request in gunicorn at a time
+THREADS = 5  # one inference request in gunicorn at a time (conftest's one_connection_server)
 LONG = "The quick brown fox jumps over the lazy dog near the river bank. " * 16
 
 
-def test_nginx_answers_503_past_the_concurrency_cap_and_serves_again_after(server_factory):
+def test_nginx_answers_503_past_the_concurrency_cap_and_serves_again_after(one_connection_server):
     from container.proxy import RESERVED_THREADS
 
     assert THREADS - RESERVED_THREADS == 1
-    server = server_factory({"SEARCHBOX_THREADS": str(THREADS)})
+    server = one_connection_server
     in_flight: dict[str, requests.Response] = {}
 
     def slow_request():

@@ -166,9 +166,9 @@ def test_late_chunking_spreads_over_sequences_when_inputs_exceed_the_max_length(
 
 
 @pytest.fixture(scope="module")
-def prompted_server(tmp_path_factory, minilm_dir):
-    """The same weights served with a searchbox.json that maps tasks to prompts."""
-    from conftest import start_server, stop_server
+def prompted(tmp_path_factory, minilm_dir):
+    """The same weights served (in this process) with a searchbox.json that maps tasks to prompts."""
+    from helpers import serving
 
     model_dir = tmp_path_factory.mktemp("prompted") / "prompted-minilm"
     shutil.copytree(minilm_dir, model_dir)
@@ -176,18 +176,16 @@ def prompted_server(tmp_path_factory, minilm_dir):
         "served_model_name": "prompted-minilm", "default_task": "retrieval.passage",
         "tasks": {"retrieval.query": "query: ", "retrieval.passage": {"prompt": "passage: "}},
     }))
-    running = start_server(model_dir.parent, {"SEARCHBOX_MODEL_DIR": str(model_dir)})
-    yield running
-    stop_server(running)
+    with serving(model_dir) as app:
+        yield app
 
 
-@pytest.mark.server
-def test_tasks_select_the_configured_prompt(prompted_server, reference_model):
+def test_tasks_select_the_configured_prompt(prompted, reference_model):
     text = "how do rerankers work"
-    query = prompted_server.post("/v1/embeddings", {"input": [text], "task": "retrieval.query"}).json()
+    query = prompted.post("/v1/embeddings", {"input": [text], "task": "retrieval.query"}).json()
     assert query["model"] == "prompted-minilm"
     assert cosine(query["data"][0]["embedding"], reference_model.encode([text], prompt="query: ")[0]) >= 0.9999
-    default = prompted_server.post("/v1/embeddings", {"input": [text], "task": "unknown.task"}).json()
+    default = prompted.post("/v1/embeddings", {"input": [text], "task": "unknown.task"}).json()
     assert cosine(default["data"][0]["embedding"], reference_model.encode([text], prompt="passage: ")[0]) >= 0.9999
     # the prompt's tokens are processed, so they are billed
     plain_tokens = len(reference_model.tokenizer(text)["input_ids"])
@@ -197,16 +195,15 @@ def test_tasks_select_the_configured_prompt(prompted_server, reference_model):
     assert default["usage"]["total_tokens"] == plain_tokens + prompt_tokens["passage: "]
 
 
-@pytest.mark.server
-def test_input_type_selects_the_retrieval_task_when_no_task_is_given(prompted_server, reference_model):
+def test_input_type_selects_the_retrieval_task_when_no_task_is_given(prompted, reference_model):
     text = "how do rerankers work"
-    query = prompted_server.post("/invocations", {"data": [text], "parameters": {"input_type": "query"}}).json()
+    query = prompted.post("/invocations", {"data": [text], "parameters": {"input_type": "query"}}).json()
     assert cosine(query["data"][0]["embedding"], reference_model.encode([text], prompt="query: ")[0]) >= 0.9999
-    document = prompted_server.post("/v1/embeddings", {"input": [text], "input_type": "document"}).json()
+    document = prompted.post("/v1/embeddings", {"input": [text], "input_type": "document"}).json()
     assert cosine(document["data"][0]["embedding"], reference_model.encode([text], prompt="passage: ")[0]) >= 0.9999
     # an explicit task wins over input_type
-    both = prompted_server.post("/v1/embeddings", {"input": [text], "input_type": "document",
+    both = prompted.post("/v1/embeddings", {"input": [text], "input_type": "document",
                                                    "task": "retrieval.query"}).json()
     assert cosine(both["data"][0]["embedding"], reference_model.encode([text], prompt="query: ")[0]) >= 0.9999
-    refused = prompted_server.post("/v1/embeddings", {"input": [text], "input_type": "passage"})
+    refused = prompted.post("/v1/embeddings", {"input": [text], "input_type": "passage"})
     assert refused.status_code == 422 and "`input_type` must be one of query, document" in refused.json()["detail"]

@@ -10,17 +10,16 @@ per kind; `make soak` a long one (SEARCHBOX_FUZZ_EXAMPLES) and the same bodies a
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 import fuzz_strategies
-from helpers import in_process
+from helpers import serving
 
 EXAMPLES = int(os.environ.get("SEARCHBOX_FUZZ_EXAMPLES", "150"))
-KINDS = ["text", "reranker", "clip", "colbert", "sparse", "bge-m3"]
+# The ColBERT is the one PyLate makes in its own venv (conftest's colbert): a process, so the server tier.
+KINDS = ["text", "reranker", "clip", pytest.param("colbert", marks=pytest.mark.server), "sparse", "bge-m3"]
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -34,21 +33,13 @@ def served(request, client, tmp_path_factory, minilm_dir):
     elif request.param == "colbert":
         model_dir = request.getfixturevalue("colbert").model_dir("pylate")
     elif request.param == "clip":
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-        import tiny_clip
-
-        model_dir = tiny_clip.build(tmp_path_factory.mktemp("fuzz") / "tiny-clip")
+        model_dir = request.getfixturevalue("clip_dir")
     elif request.param == "bge-m3":
-        from bge_m3_models import make_model
-
-        model_dir = make_model(tmp_path_factory.mktemp("fuzz") / "tiny-bge-m3", minilm_dir)
+        model_dir = request.getfixturevalue("bge_m3_dir")
     else:
-        from sparse_models import make_splade
-
-        model_dir = make_splade(tmp_path_factory.mktemp("fuzz") / "tiny-splade", minilm_dir)
-    app, runtime = in_process(model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"})  # BGE-M3's heads as FlagEmbedding saves them
-    yield app._client
-    runtime.close()
+        model_dir = request.getfixturevalue("splade_dir")
+    with serving(model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:  # BGE-M3's heads as FlagEmbedding saves them
+        yield app._client
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -9,7 +9,7 @@ import time
 import orjson
 import pytest
 
-from helpers import Answer, assert_error, in_process
+from helpers import Answer, assert_error, serving
 
 
 def post(client, path, body, content_type="application/json", **headers):
@@ -106,15 +106,12 @@ def test_a_request_that_alone_cannot_finish_in_time_is_refused_at_once_saying_ho
         assert post(client, "/v1/embeddings", {"input": [long_text] * 64}).status_code == 200
         took.append(time.monotonic() - sent)
     budget = min(took) / 64 * 2048 / 4
-    tight, runtime = in_process(minilm_dir, {"SEARCHBOX_REQUEST_TIMEOUT_S": f"{budget:.3f}"})
-    try:
-        passes = runtime.handler.forward_passes
+    with serving(minilm_dir, {"SEARCHBOX_REQUEST_TIMEOUT_S": f"{budget:.3f}"}) as tight:
+        passes = tight.runtime.handler.forward_passes
         response = tight.post("/v1/embeddings", {"input": [long_text] * 2048})
         body = assert_error(response, 413, "REQUEST_TOO_LARGE")
         assert "split it into at least" in body["detail"]
-        assert runtime.handler.forward_passes == passes
-    finally:
-        runtime.close()
+        assert tight.runtime.handler.forward_passes == passes
 
 
 def test_a_rerank_that_would_make_too_many_windows_is_refused(client, runtime):

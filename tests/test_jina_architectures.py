@@ -1,7 +1,7 @@
 """Jina's XLM-RoBERTa "flash" architectures load natively: none of their remote code runs, and they answer what it
 answers.
 
-Small checkpoints in the original tensor layouts of jina-reranker-v2 and jina-colbert-v2 (tests/jina_checkpoints.py,
+Small checkpoints in the original tensor layouts of jina-reranker-v2 and jina-colbert-v2 (tests/models/jina.py,
 saved by the test stand-in of Jina's remote code in tests/jina_flash/, which travels with them as their remote code)
 are served through searchbox's native path (model_handlers/jina_layout.py) and compared with that remote code on the
 same inputs: reranker scores within 1e-5 of its `compute_score`, ColBERT token vectors at cosine >= 0.9999 with its
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-import jina_checkpoints
+from models import jina
 from model_handlers import HandlerOptions, load_handler, model_code
 from model_handlers.ranking import maxsim
 from model_handlers.serving_config import read_serving_config
@@ -42,13 +42,13 @@ PASSAGES = ["Cats eat fish, chicken & mice!", "Bananas are yellow.", DOCUMENTS[3
 
 
 @pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory, minilm_dir) -> Path:
-    return jina_checkpoints.reranker(tmp_path_factory.mktemp("jina") / "jina-reranker-v2", minilm_dir)
+def reranker_dir(jina_reranker_dir) -> Path:
+    return jina_reranker_dir
 
 
 @pytest.fixture(scope="module")
-def colbert_dir(tmp_path_factory, minilm_dir) -> Path:
-    return jina_checkpoints.colbert(tmp_path_factory.mktemp("jina") / "jina-colbert-v2", minilm_dir)
+def colbert_dir(jina_colbert_dir) -> Path:
+    return jina_colbert_dir
 
 
 def remote(model_dir: Path, auto_class: str):
@@ -172,7 +172,7 @@ def test_the_remote_code_route_still_serves_when_the_policy_allows(colbert_dir, 
     """A flash variant transformers' classes do not compute (here: rotary positions on half of each head, as the
     remote code's `rotary_emb_dim` allows) stays remote code: refused by default, served with the operator's
     SEARCHBOX_TRUST_REMOTE_CODE, through the directory's own modules."""
-    model_dir = jina_checkpoints.remote_code_only(shutil.copytree(colbert_dir, tmp_path / "variant"))
+    model_dir = jina.remote_code_only(shutil.copytree(colbert_dir, tmp_path / "variant"))
     assert model_code.needed(model_dir) == ["config.json: auto_map.AutoConfig -> configuration_xlm_roberta.py",
                                             "config.json: auto_map.AutoModel -> modeling_xlm_roberta.py"]
     with pytest.raises(Exception, match="remote code configuration_xlm_roberta.py .*SEARCHBOX_TRUST_REMOTE_CODE"):

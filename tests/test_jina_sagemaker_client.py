@@ -35,12 +35,10 @@ from sagemaker_runtime import SageMakerRuntime
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
-sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(PACKAGING))  # the scripts' own modules, as they import each other
 
 import _catalog  # noqa: E402
 import aws_listing  # noqa: E402
-import tiny_clip  # noqa: E402
 
 pytestmark = pytest.mark.server
 
@@ -140,16 +138,6 @@ def test_rerank_packages(python, reranker_server, reranker_dir):
         assert [hit["document"]["text"] for hit in results] == [DOCUMENTS[i] for i in order[:top]]
 
 
-@pytest.fixture(scope="module")
-def clip_server(tmp_path_factory):
-    from conftest import start_server, stop_server
-
-    model_dir = tiny_clip.build(tmp_path_factory.mktemp("models") / "tiny-clip")
-    running = start_server(tmp_path_factory.mktemp("clip-server"), {"SEARCHBOX_MODEL_DIR": str(model_dir)})
-    yield running, model_dir
-    stop_server(running)
-
-
 def png(seed: int) -> tuple[bytes, Image.Image]:
     pixels = np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
@@ -159,10 +147,10 @@ def png(seed: int) -> tuple[bytes, Image.Image]:
 
 
 @pytest.mark.parametrize("slug, keys", [("jina-clip-v1", ("image", "image")), ("jina-clip-v2", ("url", "bytes"))])
-def test_clip_packages_send_their_image_keys(python, clip_server, slug, keys):
+def test_clip_packages_send_their_image_keys(python, clip_server, clip_dir, slug, keys):
     from transformers import AutoProcessor, CLIPModel
 
-    server, model_dir = clip_server
+    server, model_dir = clip_server, clip_dir
     (first, first_image), (second, second_image) = png(1), png(2)
     data_uri = "data:image/png;base64," + base64.b64encode(first).decode()
     answers, sent = call(python, server, slug, ("embed", {"texts": TEXTS, "image_urls": [data_uri],
@@ -180,11 +168,11 @@ def test_clip_packages_send_their_image_keys(python, clip_server, slug, keys):
         assert cosine(row, expected) >= PARITY
 
 
-def test_colbert_package_queries_and_documents(python, colbert, server_factory):
-    from colbert_models import DOCUMENTS as COLBERT_DOCUMENTS
-    from colbert_models import QUERIES
+def test_colbert_package_queries_and_documents(python, colbert, colbert_server):
+    from models.colbert import DOCUMENTS as COLBERT_DOCUMENTS
+    from models.colbert import QUERIES
 
-    server = server_factory({"SEARCHBOX_MODEL_DIR": str(colbert.model_dir("pylate"))})
+    server = colbert_server
     answers, sent = call(python, server, "jina-colbert-v2",
                          ("embed", {"texts": QUERIES[0], "use_colbert": True, "input_type": "query"}),
                          ("embed", {"texts": COLBERT_DOCUMENTS[:2], "use_colbert": True}))
@@ -254,27 +242,22 @@ def listed():
     return product
 
 
-# Each kind's server (made from the model the other tests use) and the model package name its listing would sell.
-def _served(kind: str, request, tmp_path: Path):
-    if kind == "embedding":
-        return request.getfixturevalue("server"), request.getfixturevalue("minilm_dir"), "jina-embeddings-v3"
-    if kind == "reranker":
-        return (request.getfixturevalue("reranker_server"), request.getfixturevalue("reranker_dir"),
-                "jina-reranker-v2-base-multilingual")
-    if kind == "multimodal":
-        return (*request.getfixturevalue("clip_server"), "jina-clip-v2")
-    if kind == "multi-vector":
-        model_dir, slug = request.getfixturevalue("colbert").model_dir("pylate"), "jina-colbert-v2"
-    elif kind == "sparse":
-        model_dir, slug = request.getfixturevalue("splade_dir"), "splade-v3"
-    else:
-        from bge_m3_models import make_model
+# Each kind's shared server (conftest: the model the other tests use), its model directory and the model package name
+# its listing would sell.
+SERVED = {"embedding": ("server", "minilm_dir", "jina-embeddings-v3"),
+          "reranker": ("reranker_server", "reranker_dir", "jina-reranker-v2-base-multilingual"),
+          "multimodal": ("clip_server", "clip_dir", "jina-clip-v2"),
+          "multi-vector": ("colbert_server", "colbert", "jina-colbert-v2"),
+          "sparse": ("splade_server", "splade_dir", "splade-v3"),
+          "bge-m3": ("bge_m3_server", "bge_m3_safetensors_dir", "bge-m3")}
 
-        model_dir, slug = make_model(tmp_path / "bge-m3", request.getfixturevalue("minilm_dir")), "bge-m3"
-    env = {"SEARCHBOX_MODEL_DIR": str(model_dir)}
-    if kind == "bge-m3":
-        env["SEARCHBOX_ALLOW_PICKLE"] = "1"  # BGE-M3's heads ship as .pt, as the real checkpoint's do
-    return request.getfixturevalue("server_factory")(env), model_dir, slug
+
+def _served(kind: str, request, tmp_path: Path):
+    server, model, slug = SERVED[kind]
+    model_dir = request.getfixturevalue(model)
+    if kind == "multi-vector":
+        model_dir = model_dir.model_dir("pylate")
+    return request.getfixturevalue(server), model_dir, slug
 
 
 @pytest.mark.parametrize("kind", ["embedding", "reranker", "multimodal", "multi-vector", "sparse", "bge-m3"])

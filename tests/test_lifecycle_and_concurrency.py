@@ -12,16 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 
-from conftest import stop_server, wait_until_ready
+from conftest import stop_server
 
 pytestmark = pytest.mark.server
 
 LONG = "Searching through long documents takes the model a while. " * 30
 
 
-def test_ping_is_503_until_the_model_is_warm_then_200(server_factory):
-    server = server_factory(wait=False)
-    wait_until_ready(server)
+def test_ping_is_503_until_the_model_is_warm_then_200(watched_start):
+    server = watched_start.server
     seen = [status for status in server.ping_history if status != 0]
     assert 503 in seen, server.ping_history
     first_ok = seen.index(200)

@@ -4,7 +4,7 @@ Remote code runs only where the artifact's manifest declares and pins every .py 
 writes it), or where the operator sets SEARCHBOX_TRUST_REMOTE_CODE=1; anything else is refused when the serving
 config is read (a real `serve` refuses at start, naming the file). A directory read natively, or needing no code,
 is never loaded with trust_remote_code=True. The remote-code model is a small jina-colbert-v2 variant that
-searchbox does not read natively (tests/jina_checkpoints.py), so its own modules must run.
+searchbox does not read natively (tests/models/jina.py), so its own modules must run.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import requests
 
-import jina_checkpoints
 from model_handlers import HandlerOptions, load_handler, model_code
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.serving_config import read_serving_config
 from model_handlers.types import EmbedRequest, TextInput
+from models import jina
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 sys.path.insert(0, str(PACKAGING))
@@ -33,10 +33,10 @@ import build_artifact  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def remote_dir(tmp_path_factory, minilm_dir) -> Path:
+def remote_dir(tmp_path_factory, jina_colbert_dir) -> Path:
     """A model that needs its remote code: no manifest, nothing pinned."""
     root = tmp_path_factory.mktemp("remote-code")
-    return jina_checkpoints.remote_code_only(jina_checkpoints.colbert(root / "flash-variant", minilm_dir))
+    return jina.remote_code_only(shutil.copytree(jina_colbert_dir, root / "flash-variant"))
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_serve_refuses_unpinned_remote_code_at_start(server_factory, remote_dir)
     assert "Booting worker" not in log  # refused in the master, before any worker
 
 
-def test_serve_runs_a_pinned_artifact_and_a_raw_jina_reranker(server_factory, artifact, tmp_path, minilm_dir):
+def test_serve_runs_a_pinned_artifact_and_a_raw_jina_reranker(server_factory, artifact, jina_reranker_dir):
     """The pinned artifact serves with no operator flag; so does a raw jina-reranker-v2 directory (read natively: its
     remote code never runs, so nothing needs pinning)."""
     pinned = server_factory({"SEARCHBOX_MODEL_DIR": str(artifact)})
@@ -160,8 +160,7 @@ def test_serve_runs_a_pinned_artifact_and_a_raw_jina_reranker(server_factory, ar
     answer = requests.post(pinned.url + "/v1/multi-vector", json=body, timeout=60)
     assert answer.status_code == 200, answer.text
     assert "runs remote code (pinned in searchbox-manifest.json)" in pinned.log()
-    reranker = jina_checkpoints.reranker(tmp_path / "jina-reranker-v2", minilm_dir)
-    native = server_factory({"SEARCHBOX_MODEL_DIR": str(reranker)})
+    native = server_factory({"SEARCHBOX_MODEL_DIR": str(jina_reranker_dir)})
     answer = requests.post(native.url + "/v1/rerank", timeout=60,
                            json={"query": "cats", "documents": ["cats eat fish", "stocks fell"]})
     assert answer.status_code == 200, answer.text

@@ -1,6 +1,6 @@
 """Multi-vector (ColBERT) models: token vectors and MaxSim against PyLate 1.6.0, the client's bodies over HTTP.
 
-The models and the reference come from tests/colbert_models.py (PyLate in its own venv): a ColBERT PyLate made
+The models and the reference come from tests/models/colbert.py (PyLate in its own venv): a ColBERT PyLate made
 from the embedded MiniLM, the same weights in colbert-ai's layout, and a remote-code XLM-R ColBERT in
 jina-colbert-v2's layout. Token vectors must match in count and direction (cosine >= 0.9999 each), MaxSim
 scores within 1e-4 of `colbert_scores`.
@@ -22,8 +22,8 @@ import pytest
 import requests
 from transformers import AutoTokenizer
 
-from colbert_models import DOCUMENTS, LAYOUTS, QUERIES, RERANK_DOCUMENTS, RERANK_QUERY
-from conftest import START_TIMEOUT_S, start_server, stop_server
+from models.colbert import DOCUMENTS, LAYOUTS, QUERIES, RERANK_DOCUMENTS, RERANK_QUERY
+from conftest import START_TIMEOUT_S
 from container.app import create_app
 from container.runtime import ModelRuntime
 from container.settings import Settings
@@ -100,13 +100,6 @@ def document_specials(pylate_settings, tokenizer) -> int:
 @pytest.fixture(scope="module")
 def document_room(pylate_settings, document_specials) -> int:
     return pylate_settings["document_length"] - document_specials
-
-
-@pytest.fixture(scope="module")
-def colbert_server(tmp_path_factory, pylate_dir):
-    running = start_server(tmp_path_factory.mktemp("colbert-server"), {"SEARCHBOX_MODEL_DIR": str(pylate_dir)})
-    yield running
-    stop_server(running)
 
 
 def answer(server, path, body, **kwargs):
@@ -360,8 +353,17 @@ def test_batch_transform_csv_rows_are_documents(colbert_server, reference):
     rows_match(public["data"][0]["embeddings"], reference["q0"])
 
 
-def test_an_operator_setting_makes_a_batch_job_of_queries(server_factory, pylate_dir, reference, query_length):
-    server = server_factory({"SEARCHBOX_MODEL_DIR": str(pylate_dir), "SEARCHBOX_DEFAULT_INPUT_TYPE": "query"})
+@pytest.fixture(scope="module")
+def colbert_of_queries(pylate_dir):
+    """The ColBERT in this process with the batch job's setting: an input that does not say is a query."""
+    from helpers import serving
+
+    with serving(pylate_dir, {"SEARCHBOX_DEFAULT_INPUT_TYPE": "query"}) as app:
+        yield app
+
+
+def test_an_operator_setting_makes_a_batch_job_of_queries(colbert_of_queries, reference, query_length):
+    server = colbert_of_queries
     csv = f'q0,{QUERIES[0]}\n"q1",""\n'.encode()
     response = server.post("/invocations", data=csv, headers={"Content-Type": "text/csv"})
     assert response.status_code == 200, response.text[:500]

@@ -27,23 +27,20 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from helpers import assert_error, cosine, in_process
+from helpers import assert_error, cosine, serving
 from model_handlers import HandlerOptions, load_handler
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.images import ImageReader
 from model_handlers.kinds import ModelFiles, detect
 from model_handlers.options import ImageOptions
 from model_handlers.types import EmbedRequest, ImageInput, TextInput
+from models.clip import SIZES, clip_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
-
-import tiny_clip  # noqa: E402
-
 pytestmark = pytest.mark.app
 
 PARITY = 0.9999
-WIDTH = tiny_clip.SIZES["tiny"]["projection"]
+WIDTH = SIZES["tiny"]["projection"]
 TEXTS = ["a photo of a dog", "How is the weather today?", "an orange square below a blue square"]
 
 
@@ -115,11 +112,6 @@ def sample_images() -> dict[str, tuple[bytes, Image.Image]]:
 # --- fixtures ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def clip_dir(tmp_path_factory) -> Path:
-    return tiny_clip.build(tmp_path_factory.mktemp("models") / "tiny-clip")
-
-
 @pytest.fixture(scope="module")
 def reference(clip_dir):
     """transformers' CLIPModel and the processor saved with it."""
@@ -150,9 +142,8 @@ def reference_images(reference, images: list[Image.Image]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def clip(clip_dir):
     """The in-process server on the tiny CLIP, URL fetching off (the default)."""
-    app, runtime = in_process(clip_dir)
-    yield app
-    runtime.close()
+    with serving(clip_dir) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +204,9 @@ def images_server():
 @pytest.fixture(scope="module")
 def clip_fetching(clip_dir):
     """The in-process server with URL fetching on, and one host name allowed although it is loopback."""
-    app, runtime = in_process(clip_dir, {"SEARCHBOX_IMAGE_FETCH": "1", "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS": "localhost",
-                                         "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S": "2"})
-    yield app
-    runtime.close()
+    with serving(clip_dir, {"SEARCHBOX_IMAGE_FETCH": "1", "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS": "localhost",
+                            "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S": "2"}) as app:
+        yield app
 
 
 def vectors_rows(answer) -> list[dict]:
@@ -373,7 +363,7 @@ def test_siglip_texts_are_padded_to_the_max_length(tmp_path):
     instead, its vectors differ (cosine ~0.96 here), so the kind pads SigLIP texts as its processor documents."""
     from transformers import AutoProcessor, SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipProcessor
 
-    tokenizer = tiny_clip.clip_tokenizer()
+    tokenizer = clip_tokenizer()
     tokenizer.model_max_length = 16
     tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     config = SiglipConfig(text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=16,
@@ -715,10 +705,10 @@ def test_artifact_keeps_the_processor_and_answers_an_image(clip_dir, tmp_path):
     assert {"processor_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"} <= names
 
 
-def test_served_clip_answers_a_text_and_a_png(clip_dir, server_factory, reference):
+def test_served_clip_answers_a_text_and_a_png(clip_server, reference):
     """Done when: `SEARCHBOX_MODEL_DIR=<a CLIP dir> serve`, one text and one base64 PNG -> two projection-wide
     vectors with the token usage of the contract."""
-    served = server_factory({"SEARCHBOX_MODEL_DIR": str(clip_dir)})
+    served = clip_server
     image = picture((500, 500))
     png = b64(encoded(image, "PNG"))
     answer = served.post("/invocations", {"data": [{"text": "a photo of a dog"}, {"image": png}]})

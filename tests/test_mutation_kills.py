@@ -1298,16 +1298,16 @@ def test_an_adapter_the_endpoint_does_not_hold_is_refused_by_name(app):
 
 
 @pytest.fixture(scope="module")
-def tiny_bge_m3(tmp_path_factory, minilm_dir):
-    """A tiny BGE-M3 built offline (tests/bge_m3_models.py: the embedded encoder with seeded heads), served in
+def tiny_bge_m3(bge_m3_dir, tmp_path_factory):
+    """A tiny BGE-M3 built offline (tests/models/bge_m3.py: the embedded encoder with seeded heads), served in
     process: a model whose one forward pass makes dense, sparse and token vectors."""
-    from bge_m3_models import make_model
-    from helpers import in_process
+    import shutil
 
-    app, runtime = in_process(make_model(tmp_path_factory.mktemp("m3") / "m3", minilm_dir),
-                              {"SEARCHBOX_ALLOW_PICKLE": "1"})
-    yield app, runtime.handler
-    runtime.close()
+    from helpers import serving
+
+    model_dir = shutil.copytree(bge_m3_dir, tmp_path_factory.mktemp("m3") / "m3")  # served as "m3", its name
+    with serving(model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:
+        yield app, app.runtime.handler
 
 
 @pytest.mark.app

@@ -232,18 +232,15 @@ def test_searchbox_backend_overrides_the_artifacts_choice_and_onnx_without_its_f
     """README: SEARCHBOX_BACKEND=torch|onnx overrides searchbox.json's backend; onnx needs the artifact's onnx/ files."""
     from container.runtime import ModelRuntime
     from container.settings import Settings
-    from helpers import in_process
+    from helpers import serving
 
     _, model_dir = int8_artifact
     texts = _quality_set.VALIDATION_TEXTS
     # torch on the int8 artifact: sentence-transformers' own figures (int8 alone stays near 0.99, not 0.9999)
-    app, runtime = in_process(model_dir, {"SEARCHBOX_BACKEND": "torch"})
-    try:
+    with serving(model_dir, {"SEARCHBOX_BACKEND": "torch"}) as app:
         served = app.post("/v1/embeddings", {"input": texts}).json()["data"]
         for item, reference in zip(served, reference_model.encode(texts)):
             assert cosine(item["embedding"], reference) >= 0.9999
-    finally:
-        runtime.close()
     # onnx on a directory without onnx/: the server does not start, and says why
     runtime = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(minilm_dir), "SEARCHBOX_BACKEND": "onnx"}))
     try:

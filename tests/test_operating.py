@@ -6,41 +6,33 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_loaded
-from helpers import InProcess, assert_error
+from helpers import assert_error, serving
 
 pytestmark = pytest.mark.app
 
 METERING = "X-Amzn-Inference-Metering"
 
 
-def metered_app(tmp_path_factory, minilm_dir, metering: dict | None):
-    """The embedded model with `metering` in its searchbox.json, in-process."""
-    from container.app import create_app
-    from container.runtime import ModelRuntime
-    from container.settings import Settings
-
+def metered_dir(tmp_path_factory, minilm_dir, metering: dict | None) -> Path:
+    """A copy of the embedded model with `metering` in its searchbox.json."""
     model_dir = tmp_path_factory.mktemp("metered") / "metered-minilm"
     shutil.copytree(minilm_dir, model_dir)
     if metering is not None:
         (model_dir / "searchbox.json").write_text(json.dumps({"metering": metering}))
-    settings = Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir)})
-    runtime = ModelRuntime(settings).start()
-    assert wait_loaded(runtime), runtime.load_error
-    return InProcess(create_app(settings, runtime).test_client()), runtime
+    return model_dir
 
 
 @pytest.fixture(scope="module", params=[
     {"unit": "request"}, {"unit": "input"}, {"unit": "tokens", "tokens_per_unit": 4}], ids=lambda m: m["unit"])
 def metered(request, tmp_path_factory, minilm_dir):
-    app, runtime = metered_app(tmp_path_factory, minilm_dir, request.param)
-    yield app, request.param
-    runtime.close()
+    with serving(metered_dir(tmp_path_factory, minilm_dir, request.param)) as app:
+        yield app, request.param
 
 
 def expected_units(metering: dict, inputs: int, tokens: int) -> int:
@@ -285,28 +277,14 @@ def test_the_request_log_can_be_turned_off(server_factory):
 
 # --- /health and /v1/models -----------------------------------------------------------------------
 
-def test_health_answers_while_the_model_loads_and_ping_only_once_it_is_ready(server_factory):
-    server = server_factory(wait=False)
-    seen_loading = False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            # /ping first: a worker still loading when /health is asked was loading when /ping was asked too (the
-            # other order races the end of the load: not ready, then ready, read as "ping 200 while loading")
-            ping = requests.get(server.url + "/ping", timeout=2)
-            health = requests.get(server.url + "/health", timeout=2)
-        except requests.ConnectionError:
-            time.sleep(0.05)
-            continue
-        if health.status_code == 200 and not health.json()["ready"]:
-            seen_loading = True
-            assert ping.status_code == 503
-        if ping.status_code == 200:
-            break
-        time.sleep(0.05)
-    assert seen_loading, "the worker did not answer /health while the model loaded"
-    assert requests.get(server.url + "/health", timeout=2).json() == {"status": "alive", "ready": True,
-                                                                      "model_load_error": None}
+def test_health_answers_while_the_model_loads_and_ping_only_once_it_is_ready(watched_start):
+    loading = [(ping, health) for ping, health in watched_start.answers
+               if isinstance(health, dict) and not health["ready"]]
+    assert loading, f"the worker did not answer /health while the model loaded: {watched_start.answers}"
+    assert all(ping == 503 for ping, _ in loading), loading
+    assert watched_start.answers[-1][0] == 200, watched_start.answers[-5:]
+    assert requests.get(watched_start.server.url + "/health", timeout=2).json() == {
+        "status": "alive", "ready": True, "model_load_error": None}
 
 
 def test_models_lists_the_served_model(app):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers import assert_error, in_process
+from helpers import assert_error
 
 from container.settings import Settings
 
@@ -28,18 +28,14 @@ def csv_of(texts: list[str]) -> str:
 
 
 @pytest.fixture
-def started():
-    """in_process(...) runtimes, all closed after the test."""
-    runtimes = []
+def started(serving_factory):
+    """Models served in this process, all closed after the test: (app, its runtime)."""
 
     def start(model_dir, env):
-        app, runtime = in_process(model_dir, env)
-        runtimes.append(runtime)
-        return app, runtime
+        app = serving_factory(model_dir, env)
+        return app, app.runtime
 
-    yield start
-    for runtime in runtimes:
-        runtime.close()
+    return start
 
 
 def test_batch_transform_settings_choose_each_requests_budget():

@@ -43,6 +43,15 @@ def minilm_artifact(tmp_path_factory, minilm_dir) -> Path:
     return output
 
 
+@pytest.fixture(scope="module")
+def packaged_minilm(minilm_artifact, tmp_path_factory):
+    """One `serve` of the MiniLM artifact unpacked where SageMaker puts it, for the tests that only read from it."""
+    from conftest import shared_server
+
+    unpacked = _unpack(minilm_artifact, tmp_path_factory.mktemp("packaged") / "opt" / "ml" / "model")
+    yield from shared_server(tmp_path_factory, "packaged-minilm", unpacked)
+
+
 def test_artifact_layout_and_manifest(minilm_artifact, tmp_path):
     with tarfile.open(minilm_artifact, "r:gz") as tar:
         members = tar.getmembers()
@@ -96,12 +105,12 @@ def test_per_inference_artifact_carries_the_catalogs_metering(metered_artifact, 
     assert list(build_artifact.iter_manifest_problems(unpacked)) == []
 
 
-def test_served_per_inference_artifact_reports_its_units(metered_artifact, tmp_path, server_factory):
+def test_served_per_inference_artifact_reports_its_units(metered_artifact, tmp_path, serving_factory):
     """The packaged model answers each 2xx with X-Amzn-Inference-Metering, units computed from the usage it reports."""
     import math
 
     unpacked = _unpack(metered_artifact[0], tmp_path / "model")
-    packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
+    packaged = serving_factory(unpacked)
     long_text = " ".join(["semantic search finds documents by meaning"] * 30)
     for body in ({"data": [{"text": "hello"}, {"text": "world"}]}, {"input": [long_text] * 8}):
         answer = packaged.post("/invocations", body)
@@ -135,9 +144,8 @@ def test_hourly_catalog_build_drops_a_directorys_metering(remote_code_model, tmp
     assert hourly.billing.startswith("hourly") and kept.billing.startswith("per inference, 1 unit = one request")
 
 
-def test_served_artifact_embeds_like_the_original(minilm_artifact, tmp_path, server, server_factory):
-    unpacked = _unpack(minilm_artifact, tmp_path / "opt" / "ml" / "model")
-    packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
+def test_served_artifact_embeds_like_the_original(packaged_minilm, server):
+    packaged = packaged_minilm
     body = {"input": TEXTS}
     original = server.post("/v1/embeddings", body)
     answer = packaged.post("/v1/embeddings", body)
@@ -152,14 +160,12 @@ def test_served_artifact_embeds_like_the_original(minilm_artifact, tmp_path, ser
     np.testing.assert_allclose(np.array([d["embedding"] for d in envelope.json()["data"]]), want, atol=1e-6)
 
 
-def test_validation_sample_is_answered_by_the_packaged_model(minilm_artifact, tmp_path, server_factory,
-                                                             reference_model):
+def test_validation_sample_is_answered_by_the_packaged_model(packaged_minilm, reference_model):
     """The CSV that SageMaker's validation profile transforms must go through the image: any answer but a 200 (a 415
     included) fails the listing's validation, so it fails here too."""
     import model_package
 
-    unpacked = _unpack(minilm_artifact, tmp_path / "model")
-    packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
+    packaged = packaged_minilm
     sample = model_package.sample_input("embedding")
     response = requests.post(packaged.url + "/invocations", data=sample.encode(),
                              headers={"Content-Type": "text/csv"}, timeout=120)

@@ -271,12 +271,13 @@ def test_tokenize_refuses_what_it_cannot_read(app, document):
         assert_documented(document, "post", "/v1/tokenize", answer)
 
 
+@pytest.mark.app
 def test_neither_is_billed_more_than_awss_minimum(tmp_path_factory, minilm_dir):
-    from test_operating import METERING, metered_app
+    from helpers import serving
+    from test_operating import METERING, metered_dir
 
     for metering in ({"unit": "input"}, {"unit": "tokens", "tokens_per_unit": 1}):
-        app, runtime = metered_app(tmp_path_factory, minilm_dir, metering)
-        try:
+        with serving(metered_dir(tmp_path_factory, minilm_dir, metering)) as app:
             for path, body in (("/v1/tokenize", {"input": ["one text", "two texts", "three"]}),
                                ("/v1/segment", {"content": "word " * 500, "return_chunks": True}),
                                ("/invocations", {"content": "word " * 500})):
@@ -285,8 +286,6 @@ def test_neither_is_billed_more_than_awss_minimum(tmp_path_factory, minilm_dir):
                 # AWS counts every 2xx once; nothing in these answers is billed beyond that
                 assert json.loads(answer.headers[METERING])["ConsumedUnits"] == 1
                 assert answer.headers["X-Compute-Tokens"] == "0"
-        finally:
-            runtime.close()
 
 
 @pytest.fixture(scope="module")

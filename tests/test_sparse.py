@@ -1,4 +1,4 @@
-"""Sparse (SPLADE) embeddings: a tiny SPLADE built offline (tests/sparse_models.py) answers exactly what
+"""Sparse (SPLADE) embeddings: a tiny SPLADE built offline (tests/models/sparse.py) answers exactly what
 sentence-transformers' `SparseEncoder.encode` computes on the same weights, through every route; rerank scores are
 `SparseEncoder.similarity`'s dot products."""
 
@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from helpers import assert_documented, assert_error, in_process
-from sparse_models import make_bare, make_inference_free, make_splade
+from helpers import assert_documented, assert_error, serving
+from models.sparse import make_bare, make_inference_free, make_splade
 
 # models loaded in this process (create_app + the test client); the README test starts a real server
 pytestmark = pytest.mark.app
@@ -29,9 +29,8 @@ def reference(splade_encoder) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def splade(splade_dir):
-    served, runtime = in_process(splade_dir)
-    yield served
-    runtime.close()
+    with serving(splade_dir) as served:
+        yield served
 
 
 def answer(served, path, body, **kwargs):
@@ -125,19 +124,16 @@ def test_rerank_is_sparse_encoders_dot_product(splade, splade_encoder):
     assert [hit["index"] for hit in envelope["data"][0]["results"]] == [hit["index"] for hit in body["results"][:2]]
 
 
-def test_sum_pooling_and_a_bare_masked_lm_directory(tmp_path, minilm_dir):
+def test_sum_pooling_and_a_bare_masked_lm_directory(tmp_path, minilm_dir, splade_encoder):
     from sentence_transformers import SparseEncoder
 
     summed = make_splade(tmp_path / "sum-splade", minilm_dir, pooling="sum")
     bare = make_bare(tmp_path / "bare", minilm_dir)
     for directory, reference_dir in ((summed, summed), (bare, summed.with_name("sum-splade-mlm"))):
-        served, runtime = in_process(directory)
-        try:
+        with serving(directory) as served:
             body = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2]})
-        finally:
-            runtime.close()
         if directory == bare:  # the bare directory is max pooling, as SPLADE v2
-            expected = SparseEncoder(str(make_splade(tmp_path / "max", minilm_dir)), device="cpu")
+            expected = splade_encoder  # the same weights, max pooling
         else:
             expected = SparseEncoder(str(reference_dir), device="cpu")
         weights = expected.encode(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
@@ -163,14 +159,11 @@ def test_inference_free_queries_are_a_static_lookup_and_documents_run_the_model(
     documents = encoder.encode_document(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
     expected = encoder.similarity(encoder.encode_query([QUERY], convert_to_tensor=True),
                                   encoder.encode_document(DOCUMENTS, convert_to_tensor=True))[0].numpy()
-    served, runtime = in_process(directory)
-    try:
+    with serving(directory) as served:
         as_queries = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2], "input_type": "query"})
         as_documents = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2]})
         ranked = answer(served, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
         too_long = served.post("/v1/sparse-embeddings", {"input": TEXTS[3], "input_type": "query", "truncate": False})
-    finally:
-        runtime.close()
     assert_error(too_long, 400, "INPUT_TOKEN_LIMIT_EXCEEDED", "128")
     for item, weights in zip(as_queries["data"], queries):
         sparse_matches(item["sparse_embedding"], weights)
@@ -193,10 +186,10 @@ def readme_bodies() -> list[tuple[str, dict]]:
     return [(path, json.loads(body)) for path, body in calls]
 
 
-def test_readme_curls_answer_on_a_real_server(server_factory, splade_dir):
+def test_readme_curls_answer_on_a_real_server(splade_server):
     calls = readme_bodies()
     assert [path for path, _ in calls] == ["/v1/sparse-embeddings", "/invocations", "/v1/rerank"]
-    server = server_factory({"SEARCHBOX_MODEL_DIR": str(splade_dir)})
+    server = splade_server
     public, envelope, ranked = (answer(server, path, body) for path, body in calls)
     item = public["data"][0]["sparse_embedding"]
     assert len(item["indices"]) == 3 and len(item["tokens"]) == 3 and min(item["values"]) > 0

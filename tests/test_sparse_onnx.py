@@ -1,4 +1,4 @@
-"""SPLADE on the ONNX backend: the tiny SPLADE of the sparse tests (tests/sparse_models.py) exported by the
+"""SPLADE on the ONNX backend: the tiny SPLADE of the sparse tests (tests/models/sparse.py) exported by the
 project's own packaging script, checked by its gate, and served; compared with sentence-transformers'
 `SparseEncoder.encode` on the same weights, the int8 figures recomputed here (not read from the manifest)."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from helpers import assert_error, in_process
-from sparse_models import make_bare, make_inference_free, make_splade
+from helpers import assert_error, serving
+from models.sparse import make_bare, make_inference_free
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packaging"))
@@ -99,14 +99,11 @@ def test_the_build_exports_both_files_passes_the_sparse_gate_and_records_its_fig
 
 def test_fp32_onnx_answers_sparse_encoders_weights_through_every_route(fp32_dir, splade_encoder):
     expected = encode(splade_encoder, TEXTS)
-    served, runtime = in_process(fp32_dir)
-    try:
+    with serving(fp32_dir) as served:
         public = answer(served, "/v1/sparse-embeddings", {"input": TEXTS})
         envelope = answer(served, "/invocations", {"data": [{"text": t, "id": str(i)} for i, t in enumerate(TEXTS)]})
         tokens = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:1], "top_k": 5, "return_tokens": True})
         ranked = answer(served, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
-    finally:
-        runtime.close()
     for items in (public["data"], envelope["data"]):
         for item, weights in zip(items, expected):
             kept = np.flatnonzero(weights > 0)
@@ -143,14 +140,11 @@ def test_served_int8_holds_the_gate_against_sparse_encoder_recomputed_here(int8_
     texts, queries, passages = _quality_set.VALIDATION_TEXTS, _quality_set.QUERIES, _quality_set.PASSAGES
     expected = encode(splade_encoder, texts)
     width = expected.shape[1]
-    served, runtime = in_process(model_dir)
-    try:
+    with serving(model_dir) as served:
         on_texts = dense(answer(served, "/v1/sparse-embeddings", {"input": texts})["data"], width)
         on_queries = dense(answer(served, "/v1/sparse-embeddings", {"input": queries})["data"], width)
         on_passages = dense(answer(served, "/v1/sparse-embeddings", {"input": passages})["data"], width)
         ranked = answer(served, "/v1/rerank", {"query": QUERY, "documents": DOCUMENTS})
-    finally:
-        runtime.close()
     overlaps = [_overlap(a, b) for a, b in zip(on_texts, expected)]
     assert np.mean(overlaps) >= 0.95, overlaps
     served_dots = (on_queries @ on_passages.T).ravel()
@@ -202,9 +196,7 @@ def test_onnx_without_its_files_or_with_another_pooling_is_refused_at_load(splad
     assert "pools max of relu, the directory says sum of relu" in mismatch and "rebuild the artifact" in mismatch
 
 
-def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, minilm_dir):
-    from sentence_transformers import SparseEncoder
-
+def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, minilm_dir, splade_encoder):
     bare = make_bare(tmp_path / "bare", minilm_dir)
     report = build_artifact.build_artifact(bare, tmp_path / "model.tar.gz", backend="onnx")
     assert report.kind == "sparse" and report.quality.backend_file == _onnx.FP32_FILE
@@ -222,7 +214,7 @@ def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, 
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["loaded"] == []
     # the bare directory is SPLADE v2's max pooling: the SparseEncoder of the same weights is the reference
-    expected = encode(SparseEncoder(str(make_splade(tmp_path / "max", minilm_dir)), device="cpu"), TEXTS[:2])
+    expected = encode(splade_encoder, TEXTS[:2])
     for (indices, values), weights in zip(printed["vectors"], expected):
         kept = np.flatnonzero(weights > 0)
         assert indices == kept.tolist()
@@ -238,13 +230,10 @@ def test_an_inference_free_splade_exports_its_document_route_and_queries_stay_a_
     encoder = SparseEncoder(str(directory), device="cpu")
     queries = encoder.encode_query(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
     documents = encoder.encode_document(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
-    served, runtime = in_process(model_dir)
-    try:
+    with serving(model_dir) as served:
         assert served.get("/v1/models").json()["data"][0]["backend"] == "onnx"
         as_queries = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2], "input_type": "query"})
         as_documents = answer(served, "/v1/sparse-embeddings", {"input": TEXTS[:2]})
-    finally:
-        runtime.close()
     for items, expected in ((as_queries, queries), (as_documents, documents)):
         for item, weights in zip(items["data"], expected):
             kept = np.flatnonzero(weights > 0)
@@ -252,18 +241,10 @@ def test_an_inference_free_splade_exports_its_document_route_and_queries_stay_a_
             np.testing.assert_allclose(item["sparse_embedding"]["values"], weights[kept], atol=FP32_TOLERANCE, rtol=0)
 
 
-def test_bge_m3_is_refused_by_name_on_onnx(tmp_path, minilm_dir):
+def test_bge_m3_is_refused_by_name_on_onnx(tmp_path, bge_m3_safetensors_dir):
     """BGE-M3 stays on torch: one pass answers three outputs (dense, sparse, ColBERT) that one exported output and one
     gate do not cover yet."""
-    import torch
-    from safetensors.torch import save_file
-
-    from bge_m3_models import make_model
-
-    model = make_model(tmp_path / "tiny-m3", minilm_dir)
-    for head in ("colbert_linear", "sparse_linear"):  # the artifact ships safetensors only (test_bge_m3.py)
-        save_file(torch.load(str(model / f"{head}.pt"), weights_only=True), str(model / f"{head}.safetensors"))
-        (model / f"{head}.pt").unlink()
+    model = bge_m3_safetensors_dir  # the artifact ships safetensors only (test_bge_m3.py)
     with pytest.raises(build_artifact.BuildRefused, match="kind bge-m3 .* does not export to ONNX yet: build it with "
                                                           "--backend torch"):
         build_artifact.build_artifact(model, tmp_path / "dist" / "model.tar.gz", backend="onnx")

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_error, cosine, in_process
-from jina_v3_models import INSTRUCTIONS, TASKS, build_v3, reference
+from helpers import assert_error, cosine, serving
+from models.jina_v3 import INSTRUCTIONS, TASKS, build_v3, reference
 
 pytestmark = pytest.mark.app
 
@@ -29,8 +29,8 @@ TEXTS = ["Berlin is the capital of Germany.", "how do rotary position embeddings
 
 
 @pytest.fixture(scope="session")
-def v3_dir(tmp_path_factory, minilm_dir) -> Path:
-    return build_v3(tmp_path_factory.mktemp("models") / "tiny-v3", minilm_dir)
+def v3_dir(jina_v3_dir) -> Path:
+    return jina_v3_dir
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +42,8 @@ def v3_reference(v3_dir):
 
 @pytest.fixture(scope="module")
 def v3(v3_dir):
-    app, runtime = in_process(v3_dir)
-    yield app
-    runtime.close()
+    with serving(v3_dir) as app:
+        yield app
 
 
 def embeddings(app, body: dict, *, headers: dict | None = None) -> list[list[float]]:
@@ -134,9 +133,8 @@ def test_one_forward_pass_mixes_every_task(v3_dir, v3_reference):
 
 def test_concurrent_requests_of_every_task_share_passes_and_match(v3_dir, v3_reference):
     """Six callers at once, one per task (and one without): each gets its own task's vectors."""
-    app, runtime = in_process(v3_dir)
-    try:
-        handler = runtime.handler
+    with serving(v3_dir) as app:
+        handler = app.runtime.handler
         before = handler.forward_passes
         results, errors = {}, []
         start = threading.Barrier(len(TASKS) + 1)
@@ -159,13 +157,10 @@ def test_concurrent_requests_of_every_task_share_passes_and_match(v3_dir, v3_ref
             assert_matches(results[task], v3_reference[task].tolist() * 4)
         # 6 requests of 12 inputs: packed together, far fewer passes than one per request would take
         assert handler.forward_passes - before < len(TASKS) + 1
-    finally:
-        runtime.close()
 
 
 def test_batch_transform_takes_the_jobs_input_type(v3_dir, v3_reference):
-    app, runtime = in_process(v3_dir, {"SEARCHBOX_DEFAULT_INPUT_TYPE": "query"})
-    try:
+    with serving(v3_dir, {"SEARCHBOX_DEFAULT_INPUT_TYPE": "query"}) as app:
         rows = "".join(f'"{i}","{text}"\n' for i, text in enumerate(TEXTS))
         response = app.post("/invocations", data=rows, headers={"Content-Type": "text/csv"})
         assert response.status_code == 200, response.text
@@ -177,8 +172,6 @@ def test_batch_transform_takes_the_jobs_input_type(v3_dir, v3_reference):
         assert response.status_code == 200, response.text
         served = [json.loads(line)["data"][0]["embedding"] for line in response.text.splitlines()]
         assert_matches(served, v3_reference["separation"])
-    finally:
-        runtime.close()
 
 
 @pytest.mark.server  # a fresh Python process
@@ -213,9 +206,8 @@ def test_remote_code_path_gives_the_same_answers(v3_dir, v3_reference, tmp_path)
 
     with pytest.raises(ModelDirectoryError, match="modeling_lora.py"):
         read_serving_config(remote_dir)
-    app, runtime = in_process(remote_dir, {"SEARCHBOX_TRUST_REMOTE_CODE": "1"})
-    try:
-        model = runtime.handler.model
+    with serving(remote_dir, {"SEARCHBOX_TRUST_REMOTE_CODE": "1"}) as app:
+        model = app.runtime.handler.model
         assert type(model._encoder).__name__ == "_TorchEncoder"
         for task in TASKS:
             assert_matches(embeddings(app, {"input": TEXTS, "task": task}), v3_reference[task])
@@ -229,8 +221,6 @@ def test_remote_code_path_gives_the_same_answers(v3_dir, v3_reference, tmp_path)
         outputs = model.forward(items)
         for index, task in enumerate(TASKS):
             assert_matches([o[0] for o in outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]], v3_reference[task])
-    finally:
-        runtime.close()
 
 
 def test_onnx_build_refuses_a_model_whose_tasks_select_adapters(v3_dir):
@@ -299,8 +289,7 @@ def peft_model_dir(tmp_path_factory, minilm_dir, peft_adapters) -> Path:
 
 
 def test_peft_adapters_match_peftmodel(peft_model_dir, peft_adapters, minilm_dir):
-    app, runtime = in_process(peft_model_dir)
-    try:
+    with serving(peft_model_dir) as app:
         for name, directory in peft_adapters.items():
             expected = peft_reference(minilm_dir, directory, TEXTS)
             assert_matches(embeddings(app, {"input": TEXTS, "adapter": name}), expected)
@@ -321,7 +310,7 @@ def test_peft_adapters_match_peftmodel(peft_model_dir, peft_adapters, minilm_dir
         # one pass, rows of both adapters and of none
         from model_handlers.types import EmbedRequest, TextInput
 
-        model = runtime.handler.model
+        model = app.runtime.handler.model
         items = []
         for adapter in (None, "legal", "medical"):
             items.extend(model.prepare_embed(EmbedRequest(inputs=tuple(TextInput(t) for t in TEXTS),
@@ -331,8 +320,6 @@ def test_peft_adapters_match_peftmodel(peft_model_dir, peft_adapters, minilm_dir
         for index, adapter in enumerate((None, "legal", "medical")):
             expected = peft_reference(minilm_dir, peft_adapters.get(adapter), TEXTS)
             assert_matches(outputs[index * len(TEXTS):(index + 1) * len(TEXTS)], expected)
-    finally:
-        runtime.close()
 
 
 def test_models_without_adapters_say_so(app):
@@ -435,13 +422,10 @@ def test_sagemaker_adapter_api_round_trip(server_factory, peft_adapters, minilm_
 
 def test_adapters_are_refused_by_a_reranker(tmp_path, reranker_dir):
     """A cross-encoder holds no adapters: registering one says so, by model."""
-    app, runtime = in_process(reranker_dir)
-    try:
+    with serving(reranker_dir) as app:
         response = app.post("/adapters", {"name": "a", "src": str(tmp_path)})
         assert_error(response, 400, "ADAPTERS_UNSUPPORTED", "reranker")
         assert app.get("/adapters").json() == {"object": "list", "data": []}
-    finally:
-        runtime.close()
 
 
 def test_adapter_answers_are_documented(app):
@@ -475,20 +459,17 @@ def test_v3_sentence_transformers_layout_serves_natively(tmp_path, minilm_dir, v
     """v3 also ships modules.json (transformer, mean pooling, normalisation): served natively all the same, with
     the same answers (the same seed makes the same checkpoint)."""
     model_dir = build_v3(tmp_path / "v3-st", minilm_dir, sentence_transformers=True)
-    app, runtime = in_process(model_dir)
-    try:
-        assert type(runtime.handler.model._encoder).__name__ == "_JinaV3Encoder"
+    with serving(model_dir) as app:
+        assert type(app.runtime.handler.model._encoder).__name__ == "_JinaV3Encoder"
         for task in (None, "retrieval.passage", "text-matching"):
             body = {"input": TEXTS} if task is None else {"input": TEXTS, "task": task}
             assert_matches(embeddings(app, body), v3_reference[task])
-    finally:
-        runtime.close()
 
 
 # --- adapters on the other kinds that embed ------------------------------------------------------------------------
 
 
-def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
+def test_peft_adapter_on_clip_matches_peftmodel(tmp_path, clip_dir):
     """A LoRA adapter on both towers of a CLIP, per row: texts and images answer as `PeftModel(CLIPModel)` does."""
     import base64
     import io
@@ -497,10 +478,7 @@ def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
     from PIL import Image
     from transformers import AutoProcessor, CLIPModel
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-    import tiny_clip
-
-    clip_dir = tiny_clip.build(tmp_path / "clip")
+    clip_dir = shutil.copytree(clip_dir, tmp_path / "clip")  # the adapter is written into it
     peft_model(CLIPModel.from_pretrained(str(clip_dir)), 5, ("q_proj", "v_proj"), spread=0.5).save_pretrained(
         str(clip_dir / "adapters" / "style"))
     (clip_dir / "searchbox.json").write_text(json.dumps({"adapters": {"style": "adapters/style"}}))
@@ -517,15 +495,12 @@ def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
                         .pooler_output.numpy())
         expected += list(reference.get_image_features(**processor(images=[image], return_tensors="pt"))
                          .pooler_output.numpy())
-    app, runtime = in_process(clip_dir)
-    try:
+    with serving(clip_dir) as app:
         inputs = [{"text": t} for t in texts] + [{"image": base64.b64encode(buffer.getvalue()).decode()}]
         served = embeddings(app, {"input": inputs, "adapter": "style"})
         assert_matches(served, expected)
         plain = embeddings(app, {"input": inputs})
         assert max(cosine(a, b) for a, b in zip(plain, expected)) < 0.999  # the adapter changes every vector
-    finally:
-        runtime.close()
 
 
 def test_peft_adapter_on_a_colbert_equals_its_merged_weights(colbert, tmp_path, minilm_dir):
@@ -546,19 +521,13 @@ def test_peft_adapter_on_a_colbert_equals_its_merged_weights(colbert, tmp_path, 
     peft.merge_and_unload().save_pretrained(str(merged / encoder), safe_serialization=True)
 
     body = {"input": TEXTS, "input_type": "document"}
-    app, runtime = in_process(merged)
-    try:
+    with serving(merged) as app:
         expected = [item["embeddings"] for item in app.post("/v1/multi-vector", body).json()["data"]]
-    finally:
-        runtime.close()
-    app, runtime = in_process(adapted)
-    try:
+    with serving(adapted) as app:
         response = app.post("/v1/multi-vector", {**body, "adapter": "domain"})
         assert response.status_code == 200, response.text
         served = [item["embeddings"] for item in response.json()["data"]]
         plain = [item["embeddings"] for item in app.post("/v1/multi-vector", body).json()["data"]]
-    finally:
-        runtime.close()
     for rows, expected_rows, plain_rows in zip(served, expected, plain):
         assert len(rows) == len(expected_rows)
         assert min(cosine(a, b) for a, b in zip(rows, expected_rows)) >= 0.9999

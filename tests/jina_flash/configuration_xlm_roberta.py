@@ -1,7 +1,7 @@
 """Test stand-in for the configuration class Jina's XLM-RoBERTa "flash" checkpoints name in their `auto_map`.
 
 Written for searchbox's tests from the published interface (the class name, the config keys the checkpoints carry);
-it is not Jina's code. tests/jina_checkpoints.py copies it into the small checkpoints it builds, as remote code.
+it is not Jina's code. tests/models/jina.py copies it into the small checkpoints it builds, as remote code.
 """
 
 from transformers import PretrainedConfig

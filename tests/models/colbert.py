@@ -18,7 +18,7 @@ import numpy as np
 
 from reference_env import ReferenceUnavailable, pylate_python
 
-SCRIPT = Path(__file__).with_name("pylate_reference.py")
+SCRIPT = Path(__file__).parent.parent / "pylate_reference.py"
 LAYOUTS = ("pylate", "colbert-ai", "xlmr-remote-code")
 _TIMEOUT_S = 900
 

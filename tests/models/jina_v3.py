@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-REMOTE_CODE = Path(__file__).with_name("jina_v3_remote_code.py")
+REMOTE_CODE = Path(__file__).parent.parent / "jina_v3_remote_code.py"
 TASKS = ("retrieval.query", "retrieval.passage", "separation", "classification", "text-matching")
 # v3's own instructions (its config.json)
 INSTRUCTIONS = {

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-REMOTE_CODE = Path(__file__).with_name("jina_flash")
+REMOTE_CODE = Path(__file__).parent.parent / "jina_flash"
 CODE_FILES = ("configuration_xlm_roberta.py", "modeling_xlm_roberta.py")
 AUTO_CONFIG = "configuration_xlm_roberta.XLMRobertaFlashConfig"
 _SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")

@@ -20,7 +20,7 @@ import numpy as np
 
 from reference_env import ReferenceUnavailable, flagembedding_python
 
-SCRIPT = Path(__file__).with_name("flagembedding_reference.py")
+SCRIPT = Path(__file__).parent.parent / "flagembedding_reference.py"
 _TIMEOUT_S = 900
 
 TEXTS = [
