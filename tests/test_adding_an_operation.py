@@ -33,11 +33,10 @@ SERVE_THE_NEW_OPERATION = textwrap.dedent("""
     operations.OPERATION_MODULES += ("count_operation",)
     dialects.DIALECT_MODULES += ("count_operation",)
 
-    from helpers import in_process
+    from helpers import serving
     from model_handlers.embedded import embedded_model_dir
 
-    app, runtime = in_process(embedded_model_dir())
-    try:
+    with serving(embedded_model_dir()) as app:
         said = {}
         for name, path, body in [("count", "/v1/count", {"input": json.loads(sys.argv[1])}),
                                  ("one", "/v1/count", {"input": "abc"}),
@@ -49,8 +48,6 @@ SERVE_THE_NEW_OPERATION = textwrap.dedent("""
         said["models"] = app.get("/v1/models").json()
         said["openapi"] = app.get("/openapi.json").json()
         print("ANSWERS " + json.dumps(said))
-    finally:
-        runtime.close()
 """)
 
 

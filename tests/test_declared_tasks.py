@@ -1,7 +1,7 @@
 """Tasks a model's config.json declares (`lora_adaptations`) are applied per row whatever its class is called, when its
 own code takes `adapter_mask`; a directory declaring tasks that searchbox cannot apply is refused, naming why.
 
-The model: the tiny v3-shaped checkpoint of tests/jina_v3_models.py with its class and architecture renamed (the
+The model: the tiny v3-shaped checkpoint of tests/models/jina_v3.py with its class and architecture renamed (the
 tensors, the config keys and the code are otherwise v3's interface). Reference: its own `encode(texts, task=…)`,
 imported from the model directory.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_error, cosine, in_process
-from jina_v3_models import TASKS, build_v3
+from helpers import assert_error, cosine, serving
+from models.jina_v3 import TASKS, build_v3
 
 pytestmark = pytest.mark.app
 
@@ -70,8 +70,8 @@ def test_a_renamed_class_gets_every_task_applied_per_row(renamed_dir):
     expected = own_encode(renamed_dir)
     for task in TASKS:  # the adapters are no no-ops: a served base vector would fail below
         assert max(cosine(a, b) for a, b in zip(expected[task], expected[None])) < 0.99
-    app, runtime = in_process(renamed_dir, TRUSTED)
-    try:
+    with serving(renamed_dir, TRUSTED) as app:
+        runtime = app.runtime
         for task in TASKS:
             response = app.post("/v1/embeddings", {"input": TEXTS, "task": task})
             assert response.status_code == 200, response.text
@@ -96,8 +96,6 @@ def test_a_renamed_class_gets_every_task_applied_per_row(renamed_dir):
         assert_error(response, 422, "UNKNOWN_TASK", "retreival.query", *TASKS)
         response = app.post("/invocations", {"data": [{"text": "x"}], "parameters": {"task": "nonsense"}})
         assert_error(response, 422, "UNKNOWN_TASK", "nonsense")
-    finally:
-        runtime.close()
 
 
 def test_code_that_takes_no_adapter_mask_is_refused_at_load(tmp_path, minilm_dir):
