@@ -24,7 +24,7 @@ import numpy as np
 
 from model_handlers import jina_layout, model_code
 from model_handlers.errors import ModelDirectoryError
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.operations.rerank import RERANK
 from model_handlers.operations.segment import SEGMENT
@@ -215,28 +215,6 @@ KIND = Kind(
     operations=frozenset({RERANK, TOKENIZE, SEGMENT}),
     csv=CsvLayout(RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
                                      CsvColumn("top_n", optional=True))),
-    samples=Samples(
-        request={"data": {"query": "What is the capital of Germany?",
-                          "documents": [{"text": "Berlin is the capital of Germany."}, {"text": "Bananas are yellow."}],
-                          "top_n": 2}},
-        response={"data": [{"query_usage": {"total_tokens": 9}, "docs_usage": {"total_tokens": 14},
-                            "results": [{"index": 0, "relevance_score": 0.97,
-                                         "document": {"text": "Berlin is the capital of Germany."},
-                                         "usage": {"total_tokens": 9}},
-                                        {"index": 1, "relevance_score": 0.01,
-                                         "document": {"text": "Bananas are yellow."}, "usage": {"total_tokens": 5}}]}],
-                  "parameters": {}},
-        public_path="/v1/rerank",
-        public_request={"query": "capital of Germany?", "documents": ["Berlin ...", "Bananas ..."], "top_n": 1},
-        csv=('"q1","What is the capital of Germany?","[""Berlin is the capital of Germany."", '
-             '""Bananas are yellow."", ""Germany borders France.""]","2"\n'
-             '"q2","How do embeddings work?","[""Embeddings map text to vectors."", ""Paris is in France.""]","1"\n'),
-        batch_output=('{"data":[{"id":"q1","query_usage":{"total_tokens":9},"docs_usage":{"total_tokens":21},'
-                      '"results":[{"index":0,"relevance_score":0.97,"document":{"text":"Berlin is the capital of '
-                      'Germany."},"usage":{"total_tokens":9}}]}],"parameters":{}}'),
-        client_call=('client.rerank(query="What is the capital of Germany?",\n'
-                     '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
-    ),
     backends={"torch": lambda model_dir, config, options: CrossEncoderModel(
                   model_dir, _TorchScorer(model_dir, config, options), config),
               "onnx": lambda model_dir, config, options: CrossEncoderModel(

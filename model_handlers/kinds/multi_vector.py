@@ -41,7 +41,7 @@ import numpy as np
 
 from model_handlers import adapters, jina_layout, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
 from model_handlers.operations.rerank import RERANK
@@ -552,22 +552,6 @@ KIND = Kind(
     recognizes=lambda files: _is_pylate(files) or _is_colbert_ai(files),
     operations=frozenset({MULTI_VECTOR, RERANK, TOKENIZE, SEGMENT}),
     csv=CsvLayout(MULTI_VECTOR, (CsvColumn("text"),)),
-    samples=Samples(
-        # what `client.embed(texts="...", use_colbert=True, input_type=InputType.QUERY)` sends
-        request={"data": {"text": "What is late interaction?"}, "parameters": {"input_type": "query"}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b",
-                            "embeddings": [[0.0123, -0.0456, 0.0789], [0.0321, 0.0654, -0.0987], [-0.011, 0.042, 0.09]],
-                            "usage": {"total_tokens": 32}}],
-                  "parameters": {"input_type": "query"}},
-        public_path="/v1/multi-vector",
-        public_request={"input": ["What is late interaction?"], "input_type": "query", "embedding_type": "float"},
-        csv=TEXT_ROWS_CSV,
-        batch_output=('{"data":[{"id":"1","embeddings":[[0.0123,-0.0456,0.0789],[0.0321,0.0654,-0.0987]],'
-                      '"usage":{"total_tokens":10}},{"id":"2","embeddings":[[0.0111,0.0222,-0.0333]],'
-                      '"usage":{"total_tokens":20}}],"parameters":{}}'),
-        client_call=('client.embed(texts=["What is late interaction?"], use_colbert=True,\n'
-                     '                     input_type=InputType.QUERY)  # documents: InputType.DOCUMENT'),
-    ),
     backends={"torch": MultiVectorModel},
     read_settings=read_settings,
 )

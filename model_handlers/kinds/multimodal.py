@@ -36,7 +36,7 @@ import numpy as np
 from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import Fetches, ImageReader, tiles
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
@@ -66,10 +66,6 @@ _DEFAULT_IMAGE_LENGTH = 256
 # Preprocessed pixels that may wait for the model at once (float32): ~3,500 images of 224 px, ~1,500 of 336.
 _MAX_HELD_PIXEL_BYTES = 2 << 30
 _TAKES = "text and images"
-
-# An 8x8 PNG (orange below blue), the image the samples send: small enough for a listing, real enough to decode.
-SAMPLE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAG0lEQVR42mPUiDrBgA0wMeAApEswPqvQoLUdAJtZAt9S/OPOAAAAAE"
-              "lFTkSuQmCC")
 
 
 @dataclass(frozen=True)
@@ -388,22 +384,5 @@ KIND = Kind(
     operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
-    samples=Samples(
-        # the load check sends this through the server's own parser: one text and one base64 PNG
-        request={"data": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG, "id": "img-1"}], "parameters": {}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
-                            "usage": {"total_tokens": 7}},
-                           {"id": "img-1", "embedding": [0.0321, 0.0654, -0.0987], "usage": {"total_tokens": 1000}}],
-                  "parameters": {}},
-        public_path="/v1/embeddings",
-        public_request={"input": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG}], "dimensions": 128},
-        csv=("1,A photo of a cat\\, sleeping,,\n"
-             f'"2","","","{SAMPLE_PNG}"\n'
-             f'"3","","data:image/png;base64,{SAMPLE_PNG}",""\n'),
-        batch_output=('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
-                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":1000}}],"parameters":{}}'),
-        client_call=('client.embed(texts=["A photo of a cat"],\n'
-                     '                      image_bytes=[base64.b64encode(open("cat.png", "rb").read()).decode()])'),
-    ),
     backends={"torch": MultimodalModel},
 )

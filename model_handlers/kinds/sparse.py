@@ -34,7 +34,7 @@ import numpy as np
 
 from model_handlers import adapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.rerank import RERANK
 from model_handlers.operations.segment import SEGMENT
@@ -425,19 +425,6 @@ KIND = Kind(
     recognizes=_is_splade,
     operations=frozenset({SPARSE, RERANK, TOKENIZE, SEGMENT}),
     csv=CsvLayout(SPARSE, (CsvColumn("text"),)),
-    samples=Samples(
-        request={"data": [{"text": "What is learned sparse retrieval?"}], "parameters": {"top_k": 3}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b",
-                            "sparse_embedding": {"indices": [2047, 9413, 12850], "values": [1.21, 2.03, 0.87]},
-                            "usage": {"total_tokens": 9}}],
-                  "parameters": {"top_k": 3}},
-        public_path="/v1/sparse-embeddings",
-        public_request={"input": ["What is learned sparse retrieval?"], "top_k": 3, "return_tokens": True},
-        csv=TEXT_ROWS_CSV,
-        batch_output=('{"data":[{"id":"1","sparse_embedding":{"indices":[2330,2024,2017],"values":[1.4,0.9,0.3]},'
-                      '"usage":{"total_tokens":9}}],"parameters":{}}'),
-        client_call='client.embed(texts=["What is learned sparse retrieval?"])  # answers sparse_embedding items',
-    ),
     backends={"torch": lambda model_dir, config, options: SparseModel(model_dir, config,
                                                                       _TorchWeights(model_dir, config, options)),
               "onnx": lambda model_dir, config, options: SparseModel(model_dir, config,

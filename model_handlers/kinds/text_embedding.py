@@ -31,7 +31,7 @@ import numpy as np
 from model_handlers import adapters, jina_v3, model_code
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import ModelDirectoryError
-from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind
 from model_handlers.onnx_runtime import export_graph
 from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
@@ -503,19 +503,6 @@ KIND = Kind(
     recognizes=lambda files: True,  # the catch-all: registered last
     operations=frozenset({EMBED, RERANK, TOKENIZE, SEGMENT, CLASSIFY}),
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
-    samples=Samples(
-        # the load check sends this to every model of the kind: no option a small model could refuse
-        request={"data": [{"text": "hello"}, {"text": "world", "id": "w1"}], "parameters": {"task": "retrieval.query"}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
-                            "usage": {"total_tokens": 3}},
-                           {"id": "w1", "embedding": [0.0321, 0.0654, -0.0987], "usage": {"total_tokens": 3}}],
-                  "parameters": {"task": "retrieval.query"}},
-        public_path="/v1/embeddings",
-        public_request={"input": ["hello", "world"], "embedding_type": "float", "dimensions": 128},
-        csv=TEXT_ROWS_CSV,
-        batch_output=DENSE_BATCH_OUTPUT,
-        client_call='client.embed(texts=["hello", "world"])',
-    ),
     backends={"torch": lambda model_dir, config, options: TextEmbeddingModel(_torch_encoder(model_dir, config, options),
                                                                               config),
               "onnx": lambda model_dir, config, options: TextEmbeddingModel(_OnnxEncoder(model_dir, config, options),
