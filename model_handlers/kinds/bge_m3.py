@@ -32,6 +32,7 @@ import numpy as np
 
 from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
+from model_handlers.lengths import Lengths
 from model_handlers.model_code import ENV_ALLOW_PICKLE
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
@@ -142,10 +143,10 @@ class BgeM3Model:
         self._colbert = _linear(settings.heads["colbert_linear"], hidden, None, options.allow_pickle, self._device,
                                 dtype)
         self._sparse = _linear(settings.heads["sparse_linear"], hidden, 1, options.allow_pickle, self._device, dtype)
-        declared = getattr(tokenizer, "model_max_length", None)
-        positions = int(getattr(self._encoder.config, "max_position_embeddings", 512) or 512)
-        self.max_length = int(config.max_length or (declared if isinstance(declared, int) and declared < 1_000_000
-                                                    else min(positions, 512)))
+        # FlagEmbedding cuts where the tokenizer says (it reads no sentence-transformers settings)
+        lengths = Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
+                             positions=getattr(self._encoder.config, "max_position_embeddings", None))
+        self.max_length = lengths.served(config.max_length)
         self.width = hidden
         self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
         self._vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))

@@ -37,6 +37,7 @@ from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import Fetches, ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
+from model_handlers.lengths import Lengths
 from model_handlers.operations.classify import CLASSIFY
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.rerank import RERANK
@@ -58,9 +59,8 @@ _DUAL_ENCODER_TYPES = frozenset({"clip", "siglip", "siglip2", "chinese_clip", "a
 _DUAL_ENCODER_ARCHITECTURES = ("CLIPModel", "SiglipModel", "Siglip2Model", "AltCLIPModel", "DualEncoderModel")
 # Text towers that pool a fixed position and were trained on inputs padded to the max length (SigLIP: the last).
 _FIXED_LENGTH_TEXT = frozenset({"siglip", "siglip2"})
-# Text length when neither the config nor the tokenizer tells (CLIP's), and a tokenizer's "no limit" placeholder.
+# Text length when neither the config nor the tokenizer tells (CLIP's).
 _DEFAULT_TEXT_LENGTH = 77
-_NO_LIMIT = 1_000_000
 # Vision sequence length when the config does not tell (a ViT-B/16 at 224 px has 197).
 _DEFAULT_IMAGE_LENGTH = 256
 # Preprocessed pixels that may wait for the model at once (float32): ~3,500 images of 224 px, ~1,500 of 336.
@@ -155,12 +155,11 @@ class MultimodalModel:
                 raise ModelDirectoryError(f"{model_dir}: {type(self._model).__name__} has no {method}; searchbox "
                                           "serves dual encoders that embed texts and images into one space")
         model_config = self._model.config
-        # The text tower's positions, else the tokenizer's length (remote-code towers may not say theirs);
-        # a tokenizer's "no limit" placeholder is not a length.
-        positions = getattr(getattr(model_config, "text_config", None), "max_position_embeddings", None)
-        declared = getattr(tokenizer, "model_max_length", None)
-        lengths = [int(n) for n in (positions, declared) if isinstance(n, (int, float)) and 8 <= n < _NO_LIMIT]
-        self.max_length = int(config.max_length or min(lengths, default=_DEFAULT_TEXT_LENGTH))
+        # The text tower's positions and the tokenizer's length (remote-code towers may not say theirs)
+        lengths = Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
+                             positions=getattr(getattr(model_config, "text_config", None), "max_position_embeddings",
+                                               None))
+        self.max_length = lengths.served(config.max_length, default=_DEFAULT_TEXT_LENGTH)
         self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
         self._fixed_length = self.max_length if getattr(model_config, "model_type", "") in _FIXED_LENGTH_TEXT else None
         self._text_group = ("text", self._fixed_length)
