@@ -403,6 +403,21 @@ def test_usage_information_without_benchmark_says_so(hourly_product, tmp_path):
     assert "was not found" in usage
 
 
+def test_every_kind_has_samples_and_the_public_route_of_what_they_ask():
+    """A registered kind can be listed: its samples are in packaging/_samples.py, and the listing's curl goes to the
+    route of the operation its sample asks (the model layer names no route)."""
+    from model_handlers import kinds
+
+    routes = {"embedding": "/v1/embeddings", "reranker": "/v1/rerank", "multimodal": "/v1/embeddings",
+              "multi-vector": "/v1/multi-vector", "sparse": "/v1/sparse-embeddings", "bge-m3": "/v1/embeddings"}
+    assert sorted(kinds.names()) == sorted(routes)
+    for name, route in routes.items():
+        assert _samples.public_path(name) == route
+        assert _samples.of(name).csv.endswith("\n")
+    with pytest.raises(KeyError, match="unknown kind"):
+        _samples.of("colbert-ish")
+
+
 def test_per_inference_worked_example_is_the_samples_real_usage(product, app, tmp_path):
     """The listing's worked example is what the real model answers to the sample request the listing shows.
 
