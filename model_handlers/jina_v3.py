@@ -16,7 +16,6 @@ directory is imported.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Mapping
 
 from model_handlers import jina_layout
 from model_handlers.errors import ModelDirectoryError
+from model_handlers.model_files import read_object
 
 ARCHITECTURE = "XLMRobertaLoRA"
 _LORA = re.compile(r"^(?P<module>.+)\.parametrizations\.weight\.0\.lora_(?P<part>[AB])$")
@@ -82,7 +82,7 @@ def load(model_dir: Path, device: str):
     from safetensors.torch import load_file
     from transformers import JinaEmbeddingsV3Model
 
-    config = _json(model_dir / "config.json")
+    config = read_object(model_dir / "config.json")
     tasks = read_tasks(config)
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
@@ -171,11 +171,3 @@ def _installer(task: str, index: int, lora: Mapping[str, Mapping[str, Any]], ran
                     layer.lora_B[adapter].weight.copy_(b)
 
     return install
-
-
-def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{path}: {exc}") from None
-    return value if isinstance(value, dict) else {}
