@@ -33,13 +33,13 @@ model_handlers/model_code.py allows. `renamed` is the table above, for any calle
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 from model_handlers.errors import ModelDirectoryError
+from model_handlers.model_files import read_object
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def load(model_dir: Path, head: str, *, device: str, allow_pickle: bool) -> tupl
     import transformers
     from transformers.utils import logging as transformers_logging
 
-    config = _json(model_dir / "config.json")
+    config = read_object(model_dir / "config.json")
     kind = layout(config)
     if kind is None:
         raise ModelDirectoryError(f"{model_dir}: config.json is no Jina XLM-RoBERTa flash checkpoint read natively")
@@ -236,11 +236,3 @@ def _state(model_dir: Path, allow_pickle: bool) -> dict:
     raise ModelDirectoryError(f"{model_dir}: no safetensors weights"
                               + (" (pytorch_model.bin is there: SEARCHBOX_ALLOW_PICKLE=1 loads it)"
                                  if pickled.is_file() else ""))
-
-
-def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{path} is not valid JSON: {exc}") from exc
-    return value if isinstance(value, dict) else {}

@@ -16,7 +16,6 @@ directory is imported.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Mapping
 
 from model_handlers import jina_layout
 from model_handlers.errors import ModelDirectoryError
+from model_handlers.model_files import read_object
 
 # v3's published class: the computation read natively here. Any other class that declares tasks runs its own code,
 # which must take one adapter id per row (model_handlers/kinds/text_embedding.py).
@@ -91,7 +91,7 @@ def load(model_dir: Path, device: str):
     from safetensors.torch import load_file
     from transformers import JinaEmbeddingsV3Model
 
-    config = _json(model_dir / "config.json")
+    config = read_object(model_dir / "config.json")
     tasks = read_tasks(config)
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
@@ -180,11 +180,3 @@ def _installer(task: str, index: int, lora: Mapping[str, Mapping[str, Any]], ran
                     layer.lora_B[adapter].weight.copy_(b)
 
     return install
-
-
-def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{path}: {exc}") from None
-    return value if isinstance(value, dict) else {}

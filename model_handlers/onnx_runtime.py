@@ -64,6 +64,23 @@ class OnnxSession:
         logger.info("ONNX Runtime on %s (%s), %d intra-op threads: %s", self.device,
                     ", ".join(self._session.get_providers()), options.intra_op_num_threads, path)
 
+    @classmethod
+    def of(cls, model_dir: Path, config, options) -> "OnnxSession":
+        """The graph a model directory serves (`config.onnx_file`, a ServingConfig's) on the operator's device and
+        threads (HandlerOptions): how every kind's ONNX backend opens its session.
+
+        Raises:
+            ModelDirectoryError: no such graph, one ONNX Runtime cannot load, or a GPU asked for that it cannot use.
+        """
+        return cls(Path(model_dir) / config.onnx_file, options.device, options.torch_threads)
+
+    def tokenizer(self, directory: Path, max_length: int):
+        """The TokenizerView of `directory` (its tokenizer.json), making the features this graph takes: token_type_ids
+        only where the exported model reads them."""
+        from model_handlers.tokenization import TokenizerView
+
+        return TokenizerView.from_directory(directory, max_length, with_type_ids="token_type_ids" in self.input_names)
+
     def run(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """The graph's first output for the inputs it takes (extra features, e.g. token_type_ids, are left out)."""
         feed = {name: features[name] for name in self.input_names}

@@ -1,7 +1,8 @@
 """The serving config of a model directory: `searchbox.json`, or what the directory itself says.
 
 Pure file inspection, no torch: `serve` calls it in the gunicorn master to refuse a directory that
-would not serve before any worker starts.
+would not serve before any worker starts. Every JSON file is read through model_handlers/model_files.py (absent:
+empty; not valid JSON, or not the object it must be: refused, naming the file).
 
 `searchbox.json` (every key optional):
 
@@ -55,7 +56,6 @@ The defaults are clip-v1's (224 px x 1000 tokens); clip-v2-style models set 512 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -66,6 +66,7 @@ from model_handlers.adapters import declared_adapters
 from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import Kind, ModelFiles
 from model_handlers.metering import Metering, parse_metering
+from model_handlers.model_files import read_object
 from model_handlers.onnx_runtime import BACKENDS, DEFAULT_ONNX_FILE
 from model_handlers.types import INPUT_TYPE_TASKS
 
@@ -159,15 +160,14 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
             "(`serve` also takes a .tar.gz, .tgz or .tar archive of it and unpacks it)")
     if not model_dir.is_dir():
         raise ModelDirectoryError(f"model directory {model_dir} does not exist")
-    explicit = _read_json(model_dir / CONFIG_FILE) or {}
-    if not isinstance(explicit, dict):
-        raise ModelDirectoryError(f"{model_dir / CONFIG_FILE} must hold a JSON object")
+    explicit = read_object(model_dir / CONFIG_FILE)
     _check_model_files(model_dir)
     model_code.check(model_dir, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    kind = _kind(model_dir, explicit)
+    files = ModelFiles.read(model_dir)
+    kind = _kind(files, explicit)
     tasks = {name: _task_spec(name, value) for name, value in (explicit.get("tasks") or {}).items()}
-    hf_config = _read_json(model_dir / "config.json") or {}
-    lora_tasks = isinstance(hf_config, dict) and jina_v3.declares_tasks(hf_config)
+    hf_config = files.config
+    lora_tasks = jina_v3.declares_tasks(hf_config)
     if lora_tasks:
         _check_tasks_apply(model_dir, hf_config, explicit.get("model_code"))
     if not tasks and lora_tasks:
@@ -175,12 +175,11 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         tasks = {name: TaskSpec(prompt=declared.instructions[name], adapter=jina_v3.adapter_name(name))
                  for name in declared.names}
     if not tasks:
-        tasks = _tasks_from_sentence_transformers(model_dir)
+        tasks = _tasks_from_sentence_transformers(files.sentence_transformers)
     default_task = explicit.get("default_task")
     if default_task is None:
-        st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
-        default_task = st_config.get("default_prompt_name")
-    activation = explicit.get("score_activation") or _saved_activation(model_dir)
+        default_task = files.sentence_transformers.get("default_prompt_name")
+    activation = explicit.get("score_activation") or _saved_activation(hf_config)
     if activation not in SCORE_ACTIVATIONS.values():
         raise ModelDirectoryError(f"{CONFIG_FILE}: score_activation must be one of "
                                   f"{', '.join(sorted(SCORE_ACTIVATIONS.values()))}, not {activation!r}")
@@ -264,10 +263,9 @@ def _relative_file(value: Any, key: str) -> str:
 SCORE_ACTIVATIONS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Identity": "none"}
 
 
-def _saved_activation(model_dir: Path) -> str:
+def _saved_activation(hf_config: Mapping[str, Any]) -> str:
     """The activation a CrossEncoder saved in config.json (`sentence_transformers.activation_fn`), as a name."""
-    hf_config = _read_json(model_dir / "config.json") or {}
-    saved = (hf_config.get("sentence_transformers") or {}).get("activation_fn") if isinstance(hf_config, dict) else None
+    saved = (hf_config.get("sentence_transformers") or {}).get("activation_fn")
     if not isinstance(saved, str):
         return "sigmoid"  # CrossEncoder's own default for a single-label head
     name = SCORE_ACTIVATIONS.get(saved.rpartition(".")[2])
@@ -302,15 +300,6 @@ def _image_usage(explicit: Mapping[str, Any]) -> dict[str, int]:
     return settings
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{path} is not valid JSON: {exc}") from exc
-
-
 def _check_model_files(model_dir: Path) -> None:
     files = [p for p in model_dir.rglob("*") if p.is_file()]
     weights = [p for p in files if p.suffix in (".safetensors", *model_code.PICKLED_SUFFIXES)
@@ -321,14 +310,14 @@ def _check_model_files(model_dir: Path) -> None:
         )
 
 
-def _kind(model_dir: Path, explicit: Mapping[str, Any]) -> Kind:
+def _kind(files: ModelFiles, explicit: Mapping[str, Any]) -> Kind:
     """The kind `searchbox.json` names, else the first registered kind that recognises the directory."""
     if "kind" in explicit:
         try:
             return kinds.named(str(explicit["kind"]))
         except KeyError as exc:
             raise ModelDirectoryError(f"{CONFIG_FILE}: {exc.args[0]}") from None
-    return kinds.detect(ModelFiles.read(model_dir))
+    return kinds.detect(files)
 
 
 def _task_spec(name: str, value: Any) -> TaskSpec:
@@ -341,9 +330,9 @@ def _task_spec(name: str, value: Any) -> TaskSpec:
     )
 
 
-def _tasks_from_sentence_transformers(model_dir: Path) -> dict[str, TaskSpec]:
-    """Tasks from the prompts a sentence-transformers model declares, with the usual aliases."""
-    st_config = _read_json(model_dir / "config_sentence_transformers.json") or {}
+def _tasks_from_sentence_transformers(st_config: Mapping[str, Any]) -> dict[str, TaskSpec]:
+    """Tasks from the prompts a sentence-transformers model declares (config_sentence_transformers.json), with the
+    usual aliases."""
     prompts = st_config.get("prompts") or {}
     tasks = {name: TaskSpec(prompt=prompt) for name, prompt in prompts.items() if isinstance(prompt, str)}
     for task, candidates in _TASK_ALIASES.items():

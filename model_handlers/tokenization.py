@@ -8,7 +8,6 @@ so every caller can count, cut and pack tokens exactly as it needs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from model_handlers.errors import InvalidInput, ModelDirectoryError
+from model_handlers.model_files import read_object
 
 
 class TokenizerView:
@@ -176,10 +176,7 @@ def _pad_id(model_dir: Path, tokenizer: Tokenizer) -> int:
     """The padding token's id: as tokenizer_config.json or special_tokens_map.json name it, else the tokenizer's
     own padding, else 0 (what transformers falls back to as well)."""
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        path = Path(model_dir) / name
-        if not path.is_file():
-            continue
-        token = json.loads(path.read_text(encoding="utf-8")).get("pad_token")
+        token = read_object(Path(model_dir) / name).get("pad_token")
         if isinstance(token, dict):
             token = token.get("content")
         if isinstance(token, str) and tokenizer.token_to_id(token) is not None:

@@ -35,6 +35,7 @@ import _aws  # noqa: E402
 import _catalog  # noqa: E402
 import _files  # noqa: E402
 import _onnx  # noqa: E402
+import _samples  # noqa: E402
 import build_artifact  # noqa: E402
 import model_package  # noqa: E402
 
@@ -273,7 +274,7 @@ def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigur
 
 def _sample_operation(product: _catalog.Product) -> str:
     """What the kind's sample request asks of it (an envelope of embeddings: the kind's own form)."""
-    return product.model_kind.asked(dialects.decode_invocation(product.model_kind.samples.request).request.operation)
+    return _samples.sample_operation(product.kind)
 
 
 def billing_markdown(product: _catalog.Product, sample: build_artifact.SampleFigures | None, *,
@@ -361,8 +362,8 @@ def usage_markdown(product: _catalog.Product, bench: Path | None = DEFAULT_BENCH
     manifest lists them) for a product that ships some."""
     performance, _ = performance_markdown(bench)
     kind = product.model_kind
-    samples = kind.samples
-    public = (f'curl https://HOST{samples.public_path} -H "Content-Type: application/json" '
+    samples = _samples.of(product.kind)
+    public = (f'curl https://HOST{_samples.public_path(product.kind)} -H "Content-Type: application/json" '
               f"-d '{json.dumps({'model': product.served_name, **samples.public_request})}'")
     json_columns = [f"`{column.field}` a JSON array" for column in kind.csv.columns if column.json]
     optional = [f"`{column.field}` may be empty" for column in kind.csv.columns if column.optional]
@@ -524,7 +525,7 @@ def _task_effect(spec) -> str:
 def notebook(product: _catalog.Product, model_package_arn: str) -> dict:
     """A notebook (nbformat 4) that subscribes nothing and needs no buyer data: endpoint, one call, batch, cleanup."""
     sample_csv = model_package.sample_input(product.kind)
-    body = product.model_kind.samples.request
+    body = _samples.of(product.kind).request
     cells = [
         ("markdown", f"# {product.title}\n\nDeploy the model package to a real-time endpoint, call it, run a batch "
                      "transform on the sample below, and delete what was created. Subscribe to the listing first; "

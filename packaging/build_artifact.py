@@ -397,6 +397,7 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
 
     import orjson
 
+    import _samples
     from container.dialects import decode_invocation
     from container.dispatch import check_operation, request_figures
     from model_handlers import HandlerOptions, load_handler, operations
@@ -406,7 +407,7 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
     handler = None
     try:
         handler = load_handler(staged, HandlerOptions(device=device, max_batch_items=8))
-        decoded = decode_invocation(config.kind.samples.request)
+        decoded = decode_invocation(_samples.of(config.kind.name).request)
         request = config.kind.resolve(decoded.request)
         check_operation(request, config.kind, config.served_model_name)
         result = handler.run(request)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
-from model_handlers import kinds  # noqa: E402
+import _samples  # noqa: E402
 
 REQUEST_FILE = "create-model-package.json"
 SAMPLE_FILE = "validation/input.csv"
@@ -60,8 +60,8 @@ class S3Layout:
 
 
 def sample_input(kind: str) -> str:
-    """The batch-transform sample of a model kind (its registry entry): CSV rows in both quotings clients send."""
-    return kinds.named(kind).samples.csv
+    """The batch-transform sample of a model kind (packaging/_samples.py): CSV rows in both quotings clients send."""
+    return _samples.of(kind).csv
 
 
 def model_package_request(product: _catalog.Product, *, image: str, layout: S3Layout, role_arn: str,

@@ -38,6 +38,7 @@ PACKAGING = ROOT / "packaging"
 sys.path.insert(0, str(PACKAGING))  # the scripts' own modules, as they import each other
 
 import _catalog  # noqa: E402
+import _samples  # noqa: E402
 import aws_listing  # noqa: E402
 
 pytestmark = pytest.mark.server
@@ -270,7 +271,7 @@ def test_the_listings_python_runs_as_written(python, kind, listed, request, tmp_
     usage = aws_listing.usage_markdown(product, tmp_path / "no-bench.md")
     (tmp_path / "cat.png").write_bytes(png(3)[0])  # the file the CLIP example reads
     arn, endpoint = PACKAGE.format(slug), product.name
-    samples = product.model_kind.samples
+    samples = _samples.of(kind)
     on_its_own = server.post("/invocations", samples.request)
     assert on_its_own.status_code == 200, on_its_own.text
 

@@ -193,3 +193,34 @@ def test_the_literal_guard_catches_a_named_operation():
         (1, "classify"), (2, "sparse"), (3, "embed")]
     assert operation_literals('KIND = Kind(name="sparse", summary="sparse embeddings")\ns = "embed it"\n',
                               names) == []
+
+
+# The scaffold under every kind: where each of these is written, and the one place it may be.
+SCAFFOLD = {
+    "a JSON file read by hand (model_handlers/model_files.py reads a model directory's)": (
+        re.compile(r"\bjson\.loads?\("),
+        # model_code scans every *.json for code references; adapters (run-time API) and classifiers (artifact
+        # files) check their own formats with their own errors
+        ("model_handlers/model_files.py", "model_handlers/model_code.py", "model_handlers/adapters.py",
+         "model_handlers/classifiers.py")),
+    "a 'no limit' sentinel (model_handlers/lengths.py's NO_LIMIT)": (
+        re.compile(r"\b1_?000_?000\b|VERY_LARGE_INTEGER"), ("model_handlers/lengths.py",)),
+    "an ONNX session opened by hand (OnnxSession.of)": (
+        re.compile(r"\bOnnxSession\(|InferenceSession\("), ("model_handlers/onnx_runtime.py",)),
+}
+
+
+def test_kinds_stand_on_one_scaffold_and_know_no_wire():
+    """Every kind reads its files, its length and its ONNX session through the shared modules, and the model layer
+    holds no HTTP path (a kind's samples are wire text: packaging/_samples.py)."""
+    found = []
+    for path in sorted((ROOT / "model_handlers").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        text = path.read_text(encoding="utf-8")
+        for number, line in enumerate(text.splitlines(), start=1):
+            found += [f"{relative}:{number}: {what}: {line.strip()}" for what, (pattern, allowed) in SCAFFOLD.items()
+                      if pattern.search(line) and not line.lstrip().startswith("#") and relative not in allowed]
+        found += [f"{relative}:{node.lineno}: an HTTP path: {node.value!r}" for node in ast.walk(ast.parse(text))
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                  and re.match(r"/(v1/|invocations\b|score\b|ping\b)", node.value)]
+    assert found == []

@@ -650,9 +650,10 @@ def test_csv_rows_of_text_url_and_bytes(clip):
     assert cosine(rows[1]["embedding"], rows[2]["embedding"]) >= 0.99999
     both = clip.post("/invocations", data=f'"5","text","","{png}"\n', headers={"Content-Type": "text/csv"})
     assert_error(both, 400, "INVALID_CSV", "line 1", "exactly one of text, url, bytes")
-    from model_handlers.kinds.multimodal import KIND
+    sys.path.insert(0, str(ROOT / "packaging"))
+    import _samples
 
-    sample = clip.post("/invocations", data=KIND.samples.csv, headers={"Content-Type": "text/csv"})  # the listing's
+    sample = clip.post("/invocations", data=_samples.of("multimodal").csv, headers={"Content-Type": "text/csv"})  # the listing's
     assert [row["usage"]["total_tokens"] for row in vectors_rows(sample)][1:] == [1000, 1000]
     # a rerank line whose documents hold another modality is estimated, then refused by the model (never a 500)
     rerank_line = json.dumps({"query": "q", "documents": ["a", {"audio": "data:audio/wav;base64,UklGRg=="}]})

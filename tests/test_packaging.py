@@ -20,6 +20,7 @@ sys.path.insert(0, str(PACKAGING))
 
 import _aws  # noqa: E402
 import _catalog  # noqa: E402
+import _samples  # noqa: E402
 import aws_listing  # noqa: E402
 import azure_assets  # noqa: E402
 import build_artifact  # noqa: E402
@@ -402,13 +403,28 @@ def test_usage_information_without_benchmark_says_so(hourly_product, tmp_path):
     assert "was not found" in usage
 
 
+def test_every_kind_has_samples_and_the_public_route_of_what_they_ask():
+    """A registered kind can be listed: its samples are in packaging/_samples.py, and the listing's curl goes to the
+    route of the operation its sample asks (the model layer names no route)."""
+    from model_handlers import kinds
+
+    routes = {"embedding": "/v1/embeddings", "reranker": "/v1/rerank", "multimodal": "/v1/embeddings",
+              "multi-vector": "/v1/multi-vector", "sparse": "/v1/sparse-embeddings", "bge-m3": "/v1/embeddings"}
+    assert sorted(kinds.names()) == sorted(routes)
+    for name, route in routes.items():
+        assert _samples.public_path(name) == route
+        assert _samples.of(name).csv.endswith("\n")
+    with pytest.raises(KeyError, match="unknown kind"):
+        _samples.of("colbert-ish")
+
+
 def test_per_inference_worked_example_is_the_samples_real_usage(product, app, tmp_path):
     """The listing's worked example is what the real model answers to the sample request the listing shows.
 
     The sample goes to the in-process server (the embedded model, as the example catalog packages it: no tasks);
     its answer's `usage` is summed as a buyer would, and the units and price recomputed from the catalog's terms.
     """
-    answer = app.post("/invocations", product.model_kind.samples.request)
+    answer = app.post("/invocations", _samples.of(product.kind).request)
     assert answer.status_code == 200, answer.text
     tokens = sum(item["usage"]["total_tokens"] for item in answer.json()["data"])
     units = math.ceil(tokens / 1000)  # 1 unit = 1,000 tokens, rounded up per request
@@ -422,7 +438,7 @@ def test_per_inference_worked_example_is_the_samples_real_usage(product, app, tm
     usage = (tmp_path / "aws" / "usage-information.md").read_text()
     pricing = (tmp_path / "aws" / "pricing.md").read_text()
     sent = json.loads(_code_blocks(usage, "json")[0])
-    assert sent == product.model_kind.samples.request  # the example is about the request the buyer sees
+    assert sent == _samples.of(product.kind).request  # the example is about the request the buyer sees
     billing = usage.split("## Pricing and billing", 1)[1].split("## Performance", 1)[0]
     example = (f"the items' `usage.total_tokens` in its answer add up to {tokens} tokens; at 1 unit = 1,000 tokens, "
                f"rounded up per request, that is {units} unit")

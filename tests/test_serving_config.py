@@ -86,6 +86,46 @@ def test_not_a_model_directory(tmp_path):
 
 
 
+@pytest.mark.parametrize("name,content,message", [
+    ("config.json", "{\"architectures\": [", r"config\.json is not valid JSON"),
+    ("config_sentence_transformers.json", "{prompts", r"config_sentence_transformers\.json is not valid JSON"),
+    ("modules.json", "{\"idx\": 0}", r"modules\.json must hold a JSON list of objects"),
+    ("searchbox.json", "[1, 2]", r"searchbox\.json must hold a JSON object"),
+])
+def test_a_broken_file_is_refused_naming_it_not_read_as_absent(model_copy, name, content, message):
+    """One policy for every JSON file of a model directory: a file that is there but broken is a load error naming
+    it (an absent one reads as empty: the plain copy above serves)."""
+    (model_copy / name).write_text(content)
+    with pytest.raises(ModelDirectoryError, match=message):
+        read_serving_config(model_copy)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("files,served", [
+    # sentence-transformers' max_seq_length wins over the tokenizer and the positions
+    ({"sentence_bert_config.json": {"max_seq_length": 256}, "tokenizer_config.json": {"model_max_length": 512},
+      "config.json": {"max_position_embeddings": 512}}, 256),
+    # else the smaller of the tokenizer's and the positions
+    ({"tokenizer_config.json": {"model_max_length": 8192}, "config.json": {"max_position_embeddings": 8194}}, 8192),
+    ({"tokenizer_config.json": {"model_max_length": 128}, "config.json": {"max_position_embeddings": 130}}, 128),
+    # transformers' "no limit" placeholder is no length: a 514-entry RoBERTa table alone holds 512
+    ({"tokenizer_config.json": {"model_max_length": 1e30}, "config.json": {"max_position_embeddings": 514}}, 512),
+    ({"tokenizer_config.json": {"model_max_length": 1000000000000000019884624838656},
+      "config.json": {"max_position_embeddings": 512}}, 512),
+    # a tokenizer alone, and nothing at all
+    ({"tokenizer_config.json": {"model_max_length": 77}}, 77),
+    ({}, 512),
+])
+def test_the_served_length_is_what_the_checkpoint_declares(tmp_path, files, served):
+    from model_handlers.lengths import Lengths
+
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    assert Lengths.read(tmp_path).served() == served
+    assert Lengths.read(tmp_path).served(96) == 96  # searchbox.json's max_length wins over all of them
+
+
+
 @pytest.mark.unit
 def test_readme_names_every_registered_kind():
     """README's list of `kind` values is the registry's: a kind added (or renamed) there is one a user can name."""

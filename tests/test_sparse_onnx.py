@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from helpers import assert_error, serving
+from helpers import serving
 from models.sparse import make_bare, make_inference_free
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -244,7 +244,8 @@ def _other_layout_hint(row: _Row, kind: Kind) -> str:
         if other.csv == kind.csv or not any(column.json for column in other.csv.columns):
             continue  # a layout of plain text columns fits any row: it tells nothing
         if _layout_problem(row, other.csv) is None:
-            also = (f", or send them as JSON bodies ({other.samples.public_path}), which this model answers too"
+            route = dialects.named(other.csv.operation).routes[0].path
+            also = (f", or send them as JSON bodies ({route}), which this model answers too"
                     if kind.answers(other.csv.operation) else "")
             return (f". This looks like a row for {other.summary} (`{other.csv.header}`): such rows need a "
                     f"{other.name} model (SEARCHBOX_MODEL_DIR=<its directory> serve){also}")

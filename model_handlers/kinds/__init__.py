@@ -1,10 +1,12 @@
 """The registry of model kinds: each kind is one module that declares a `KIND`; this is the one list of them.
 
 A kind says once what it is: its name, how to recognise a model directory of its own, the class of its models
-(the operations it answers follow from the protocols that class implements), its batch-transform CSV row, the
-samples packaging uses for the load check and the listing, how to load a model on each backend it runs on,
-(optionally) how to read settings of its own from the directory, and (if it can) how to export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package, the
-listing and the artifact builder all read this registry instead of branching on kind names.
+(the operations it answers follow from the protocols that class implements), its batch-transform CSV row, how to
+load a model on each backend it runs on, (optionally) how to read settings of its own from the directory, and (if it
+can) how to export it to ONNX. Loading, serving-config detection, batch transform, the catalog, the model package,
+the listing and the artifact builder all read this registry instead of branching on kind names. What a buyer sends a
+kind and gets (the listing's samples) is wire text, kept with the listing (packaging/_samples.py); the files a kind
+reads go through model_handlers/model_files.py and its length through model_handlers/lengths.py.
 
 Importing this module (and the kind modules) costs no torch: `serve` detects kinds in the gunicorn
 master. A kind's `load` imports its heavy libraries when it is called.
@@ -14,13 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from model_handlers import operations
+from model_handlers.model_files import read_list, read_object
 
 # Registration order is detection order: the first kind whose `recognizes` says yes serves the directory,
 # so a catch-all kind comes last.
@@ -45,8 +47,13 @@ class ModelFiles:
 
     @classmethod
     def read(cls, directory: Path) -> "ModelFiles":
-        return cls(directory, _json_object(directory / "config.json"), tuple(_json_list(directory / "modules.json")),
-                   _json_object(directory / "config_sentence_transformers.json"))
+        """The detection files of `directory` (those absent read as empty).
+
+        Raises:
+            ModelDirectoryError: one of them is not valid JSON (model_handlers/model_files.py's policy).
+        """
+        return cls(directory, read_object(directory / "config.json"), tuple(read_list(directory / "modules.json")),
+                   read_object(directory / "config_sentence_transformers.json"))
 
     @property
     def architectures(self) -> tuple[str, ...]:
@@ -85,35 +92,6 @@ class CsvLayout:
 
 
 @dataclass(frozen=True)
-class Samples:
-    """What a buyer of this kind sends and gets, for the artifact's load check and the listing.
-
-    `request` is the SageMaker envelope the `jina-sagemaker` client sends (the load check sends it through
-    the server's own dispatcher); `response` an abridged answer to show; `public_path`/`public_request`
-    the public API equivalent; `csv` batch-transform rows in both quotings; `client_call` the
-    jina-sagemaker call; `batch_output` an abridged CSV answer.
-    """
-
-    request: Mapping[str, Any]
-    response: Mapping[str, Any]
-    public_path: str
-    public_request: Mapping[str, Any]
-    csv: str
-    batch_output: str
-    client_call: str
-
-
-# Batch-transform rows of every kind whose CSV layout is `id,text`, in both quotings the clients write.
-TEXT_ROWS_CSV = ("1,When are you open\\, really?\n"
-                 '"2","Berlin is the capital and largest city of Germany, by both area and population."\n'
-                 "3,Semantic search finds documents by meaning rather than by keywords.\n"
-                 '"4","The jina-sagemaker client rewrites every CSV row fully quoted, ""like this""."\n')
-# What a dense embedding kind answers those rows (abridged).
-DENSE_BATCH_OUTPUT = ('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
-                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":19}}],"parameters":{}}')
-
-
-@dataclass(frozen=True)
 class Kind:
     name: str
     summary: str  # what the model does, in a buyer's words: "text embeddings"
@@ -121,7 +99,6 @@ class Kind:
     # the class of the models it loads: it answers the operations whose protocols the class implements (`operations`)
     model: type
     csv: CsvLayout
-    samples: Samples
     # How to load a model on each backend it runs on ("torch", "onnx"): `load(model_dir, config, options)` (a
     # ServingConfig and HandlerOptions) returns a `pipeline.Model` that also implements the protocol of each operation
     # it answers. The backend is chosen once, by model_handlers/loading.py; the model never asks which one it runs on.
@@ -197,20 +174,3 @@ def detect(files: ModelFiles) -> Kind:
         if kind.recognizes(files):
             return kind
     return registered()[-1]
-
-
-def _json_object(path: Path) -> Mapping[str, Any]:
-    value = _read_json(path)
-    return value if isinstance(value, dict) else {}
-
-
-def _json_list(path: Path) -> list:
-    value = _read_json(path)
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError):
-        return None  # serving_config reports unreadable files itself

@@ -31,7 +31,8 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from model_handlers.errors import InvalidOption, ModelDirectoryError
-from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
+from model_handlers.lengths import Lengths
 from model_handlers.model_code import ENV_ALLOW_PICKLE
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
@@ -141,10 +142,10 @@ class BgeM3Model:
         self._colbert = _linear(settings.heads["colbert_linear"], hidden, None, options.allow_pickle, self._device,
                                 dtype)
         self._sparse = _linear(settings.heads["sparse_linear"], hidden, 1, options.allow_pickle, self._device, dtype)
-        declared = getattr(tokenizer, "model_max_length", None)
-        positions = int(getattr(self._encoder.config, "max_position_embeddings", 512) or 512)
-        self.max_length = int(config.max_length or (declared if isinstance(declared, int) and declared < 1_000_000
-                                                    else min(positions, 512)))
+        # FlagEmbedding cuts where the tokenizer says (it reads no sentence-transformers settings)
+        lengths = Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
+                             positions=getattr(self._encoder.config, "max_position_embeddings", None))
+        self.max_length = lengths.served(config.max_length)
         self.width = hidden
         self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
         self._vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -293,20 +294,6 @@ KIND = Kind(
     recognizes=_is_m3,
     model=BgeM3Model,
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
-    samples=Samples(
-        request={"data": [{"text": "hello"}, {"text": "world", "id": "w1"}], "parameters": {"return_sparse": True}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
-                            "sparse_embedding": {"indices": [33600], "values": [0.187]},
-                            "usage": {"total_tokens": 3}},
-                           {"id": "w1", "embedding": [0.0321, 0.0654, -0.0987],
-                            "sparse_embedding": {"indices": [8999], "values": [0.241]}, "usage": {"total_tokens": 3}}],
-                  "parameters": {"return_sparse": True}},
-        public_path="/v1/embeddings",
-        public_request={"input": ["hello", "world"], "return_sparse": True, "return_multivector": True},
-        csv=TEXT_ROWS_CSV,
-        batch_output=DENSE_BATCH_OUTPUT,
-        client_call='client.embed(texts=["hello", "world"])',
-    ),
     backends={"torch": BgeM3Model},
     read_settings=read_settings,
 )

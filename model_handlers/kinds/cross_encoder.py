@@ -15,7 +15,6 @@ processed, and `document_tokens` is the sum of every document's count.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable
@@ -24,17 +23,16 @@ import numpy as np
 
 from model_handlers import jina_layout, model_code
 from model_handlers.errors import ModelDirectoryError
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
-from model_handlers.onnx_runtime import export_graph
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
+from model_handlers.lengths import Lengths
+from model_handlers.model_files import read_object
+from model_handlers.onnx_runtime import OnnxSession, export_graph
 from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import RerankRequest, texts_of
-
-# Beyond this a tokenizer's model_max_length is a placeholder ("no limit"), not the model's length.
-_NO_LIMIT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -126,8 +124,10 @@ class _TorchScorer:
         if labels != 1:
             raise ModelDirectoryError(
                 f"{model_dir}: the classifier has {labels} labels; searchbox serves rerankers with one relevance label")
-        positions = getattr(self._model.config, "max_position_embeddings", None) or 512
-        self.max_length = int(config.max_length or _max_length(getattr(tokenizer, "model_max_length", None), positions))
+        # transformers' classes cut where the tokenizer and the positions say (no sentence-transformers settings)
+        lengths = Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
+                             positions=getattr(self._model.config, "max_position_embeddings", None))
+        self.max_length = lengths.served(config.max_length)
         self.tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
 
     def logits(self, padded: dict[str, np.ndarray]) -> np.ndarray:
@@ -142,26 +142,16 @@ class _OnnxScorer:
     """The classifier exported to ONNX at packaging time (no torch, no transformers on this path)."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        from model_handlers.onnx_runtime import OnnxSession
-
-        self._session = OnnxSession(model_dir / config.onnx_file, options.device, options.torch_threads)
+        self._session = OnnxSession.of(model_dir, config, options)
         self.device = self._session.device
-        hf_config = _json(model_dir / "config.json")
+        hf_config = read_object(model_dir / "config.json")
         if int(hf_config.get("num_labels") or len(hf_config.get("id2label") or {0: 0})) != 1:
             raise ModelDirectoryError(f"{model_dir}: searchbox serves rerankers with one relevance label")
-        declared = _json(model_dir / "tokenizer_config.json").get("model_max_length")
-        self.max_length = int(config.max_length or _max_length(declared, hf_config.get("max_position_embeddings") or 512))
-        self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length,
-                                                      with_type_ids="token_type_ids" in self._session.input_names)
+        self.max_length = Lengths.read(model_dir, sentence_transformers=False).served(config.max_length)
+        self.tokenizer = self._session.tokenizer(model_dir, self.max_length)
 
     def logits(self, padded: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(padded)[:, 0].astype(np.float32)
-
-
-def _max_length(declared, positions: int) -> int:
-    """The tokenizer's declared length, unless it is transformers' "no limit" placeholder; never past the positions."""
-    declared = declared or _NO_LIMIT
-    return int(min(declared, positions)) if declared < _NO_LIMIT else int(positions)
 
 
 def _classifier(model_dir: Path, options: HandlerOptions, device: str):
@@ -173,7 +163,7 @@ def _classifier(model_dir: Path, options: HandlerOptions, device: str):
     trust = model_code.trusts(model_dir, options)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
-        if jina_layout.layout(_json(model_dir / "config.json")):
+        if jina_layout.layout(read_object(model_dir / "config.json")):
             return tokenizer, jina_layout.load(model_dir, jina_layout.CLASSIFIER, device=device,
                                                allow_pickle=options.allow_pickle)[0]
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -182,11 +172,6 @@ def _classifier(model_dir: Path, options: HandlerOptions, device: str):
     except (OSError, ValueError) as exc:
         raise ModelDirectoryError(f"cannot load {model_dir} as a cross-encoder reranker: {exc}") from exc
     return tokenizer, model.to(device).eval()
-
-
-def _json(path: Path) -> dict:
-    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return value if isinstance(value, dict) else {}
 
 
 def export_onnx(model_dir: Path, out_path: Path) -> None:
@@ -213,28 +198,6 @@ KIND = Kind(
     model=CrossEncoderModel,
     csv=CsvLayout(RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
                                      CsvColumn("top_n", optional=True))),
-    samples=Samples(
-        request={"data": {"query": "What is the capital of Germany?",
-                          "documents": [{"text": "Berlin is the capital of Germany."}, {"text": "Bananas are yellow."}],
-                          "top_n": 2}},
-        response={"data": [{"query_usage": {"total_tokens": 9}, "docs_usage": {"total_tokens": 14},
-                            "results": [{"index": 0, "relevance_score": 0.97,
-                                         "document": {"text": "Berlin is the capital of Germany."},
-                                         "usage": {"total_tokens": 9}},
-                                        {"index": 1, "relevance_score": 0.01,
-                                         "document": {"text": "Bananas are yellow."}, "usage": {"total_tokens": 5}}]}],
-                  "parameters": {}},
-        public_path="/v1/rerank",
-        public_request={"query": "capital of Germany?", "documents": ["Berlin ...", "Bananas ..."], "top_n": 1},
-        csv=('"q1","What is the capital of Germany?","[""Berlin is the capital of Germany."", '
-             '""Bananas are yellow."", ""Germany borders France.""]","2"\n'
-             '"q2","How do embeddings work?","[""Embeddings map text to vectors."", ""Paris is in France.""]","1"\n'),
-        batch_output=('{"data":[{"id":"q1","query_usage":{"total_tokens":9},"docs_usage":{"total_tokens":21},'
-                      '"results":[{"index":0,"relevance_score":0.97,"document":{"text":"Berlin is the capital of '
-                      'Germany."},"usage":{"total_tokens":9}}]}],"parameters":{}}'),
-        client_call=('client.rerank(query="What is the capital of Germany?",\n'
-                     '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
-    ),
     backends={"torch": lambda model_dir, config, options: CrossEncoderModel(
                   model_dir, _TorchScorer(model_dir, config, options), config),
               "onnx": lambda model_dir, config, options: CrossEncoderModel(

@@ -30,7 +30,6 @@ Weights are read with transformers and safetensors; PyLate itself is never impor
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import string
 from dataclasses import dataclass, replace
@@ -41,7 +40,9 @@ import numpy as np
 
 from model_handlers import adapters, jina_layout, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
+from model_handlers.lengths import Lengths
+from model_handlers.model_files import read_object
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
 from model_handlers.options import HandlerOptions
@@ -55,8 +56,6 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "searchbox.json"
 COLBERT_METADATA = "artifact.metadata"
 ST_CONFIG = "config_sentence_transformers.json"
-# Beyond this a tokenizer's model_max_length is a placeholder ("no limit"), not the model's length.
-_NO_LIMIT = 1_000_000
 # What a query or document is when the request says neither.
 DEFAULT_INPUT_TYPE = "document"
 
@@ -172,10 +171,9 @@ def _pylate_parts(model_dir: Path, files: ModelFiles) -> tuple[str, tuple[Projec
 
 def _dense(model_dir: Path, folder: str) -> Projection:
     path = model_dir / folder / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{folder}/config.json: cannot read the Dense projection's config: {exc}") from exc
+    if not path.is_file():
+        raise ModelDirectoryError(f"{folder}/config.json: cannot read the Dense projection's config: no such file")
+    config = read_object(path)
     activation = str(config.get("activation_function") or "torch.nn.modules.linear.Identity")
     if not activation.startswith("torch.nn."):
         raise ModelDirectoryError(f"{folder}/config.json: activation_function {activation!r} is not a torch.nn "
@@ -186,15 +184,9 @@ def _dense(model_dir: Path, folder: str) -> Projection:
 
 def _colbert_ai_settings(model_dir: Path) -> dict[str, Any]:
     """colbert-ai's `artifact.metadata` (its ColBERTConfig) in PyLate's names."""
-    path = model_dir / COLBERT_METADATA
-    if not path.is_file():
+    metadata = read_object(model_dir / COLBERT_METADATA)
+    if not metadata:
         return {}
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{COLBERT_METADATA} is not valid JSON: {exc}") from exc
-    if not isinstance(metadata, dict):
-        raise ModelDirectoryError(f"{COLBERT_METADATA} must hold a JSON object")
     renamed = {"query_prefix": metadata.get("query_token_id"), "document_prefix": metadata.get("doc_token_id"),
                "query_length": metadata.get("query_maxlen"), "document_length": metadata.get("doc_maxlen"),
                "attend_to_expansion_tokens": metadata.get("attend_to_mask_tokens")}
@@ -264,7 +256,7 @@ class MultiVectorModel:
                              for p in settings.projections]
         hidden = int(getattr(self._encoder.config, "hidden_size", 0) or 0)
         self.width = int(self._projections[-1].out_features) if self._projections else hidden
-        documents = min(settings.document_length, self._positions(tokenizer))
+        documents = min(settings.document_length, self._capacity(tokenizer, settings.document_length))
         if config.max_length:
             documents = min(documents, config.max_length)
         queries = min(settings.query_length, documents)
@@ -279,15 +271,16 @@ class MultiVectorModel:
                     settings.layout, queries, "expanded" if settings.do_query_expansion else "not expanded",
                     documents, self.width)
 
-    def _positions(self, tokenizer) -> int:
-        """Tokens the encoder can read: its position table, less RoBERTa's offset (positions start after the
-        padding index), and no more than the tokenizer declares."""
-        positions = getattr(self._encoder.config, "max_position_embeddings", None) or _NO_LIMIT
+    def _capacity(self, tokenizer, default: int) -> int:
+        """Tokens the encoder can read (model_handlers/lengths.py's capacity; PyLate's lengths are the sides'):
+        its position table, less RoBERTa's offset (positions start after the padding index), and no more than the
+        tokenizer declares."""
+        positions = getattr(self._encoder.config, "max_position_embeddings", None)
         padding_index = getattr(getattr(self._encoder, "embeddings", None), "padding_idx", None)
-        if isinstance(padding_index, int):
+        if isinstance(positions, int) and isinstance(padding_index, int):
             positions -= padding_index + 1
-        declared = getattr(tokenizer, "model_max_length", None) or _NO_LIMIT
-        return int(min(positions, declared))
+        return Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
+                          positions=positions).capacity(default)
 
     def _side(self, name: str, prefix: str, length: int, tokenizer, model_dir: Path, *,
               expansion_id: int | None = None, attend_expansion: bool = False,
@@ -549,22 +542,6 @@ KIND = Kind(
     recognizes=lambda files: _is_pylate(files) or _is_colbert_ai(files),
     model=MultiVectorModel,
     csv=CsvLayout(MULTI_VECTOR, (CsvColumn("text"),)),
-    samples=Samples(
-        # what `client.embed(texts="...", use_colbert=True, input_type=InputType.QUERY)` sends
-        request={"data": {"text": "What is late interaction?"}, "parameters": {"input_type": "query"}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b",
-                            "embeddings": [[0.0123, -0.0456, 0.0789], [0.0321, 0.0654, -0.0987], [-0.011, 0.042, 0.09]],
-                            "usage": {"total_tokens": 32}}],
-                  "parameters": {"input_type": "query"}},
-        public_path="/v1/multi-vector",
-        public_request={"input": ["What is late interaction?"], "input_type": "query", "embedding_type": "float"},
-        csv=TEXT_ROWS_CSV,
-        batch_output=('{"data":[{"id":"1","embeddings":[[0.0123,-0.0456,0.0789],[0.0321,0.0654,-0.0987]],'
-                      '"usage":{"total_tokens":10}},{"id":"2","embeddings":[[0.0111,0.0222,-0.0333]],'
-                      '"usage":{"total_tokens":20}}],"parameters":{}}'),
-        client_call=('client.embed(texts=["What is late interaction?"], use_colbert=True,\n'
-                     '                     input_type=InputType.QUERY)  # documents: InputType.DOCUMENT'),
-    ),
     backends={"torch": MultiVectorModel},
     read_settings=read_settings,
 )

@@ -36,7 +36,8 @@ import numpy as np
 from model_handlers import adapters, model_code
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
 from model_handlers.images import Fetches, ImageReader, tiles
-from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
+from model_handlers.lengths import Lengths
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
@@ -54,18 +55,13 @@ _DUAL_ENCODER_TYPES = frozenset({"clip", "siglip", "siglip2", "chinese_clip", "a
 _DUAL_ENCODER_ARCHITECTURES = ("CLIPModel", "SiglipModel", "Siglip2Model", "AltCLIPModel", "DualEncoderModel")
 # Text towers that pool a fixed position and were trained on inputs padded to the max length (SigLIP: the last).
 _FIXED_LENGTH_TEXT = frozenset({"siglip", "siglip2"})
-# Text length when neither the config nor the tokenizer tells (CLIP's), and a tokenizer's "no limit" placeholder.
+# Text length when neither the config nor the tokenizer tells (CLIP's).
 _DEFAULT_TEXT_LENGTH = 77
-_NO_LIMIT = 1_000_000
 # Vision sequence length when the config does not tell (a ViT-B/16 at 224 px has 197).
 _DEFAULT_IMAGE_LENGTH = 256
 # Preprocessed pixels that may wait for the model at once (float32): ~3,500 images of 224 px, ~1,500 of 336.
 _MAX_HELD_PIXEL_BYTES = 2 << 30
 _TAKES = "text and images"
-
-# An 8x8 PNG (orange below blue), the image the samples send: small enough for a listing, real enough to decode.
-SAMPLE_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAG0lEQVR42mPUiDrBgA0wMeAApEswPqvQoLUdAJtZAt9S/OPOAAAAAE"
-              "lFTkSuQmCC")
 
 
 @dataclass(frozen=True)
@@ -155,12 +151,11 @@ class MultimodalModel:
                 raise ModelDirectoryError(f"{model_dir}: {type(self._model).__name__} has no {method}; searchbox "
                                           "serves dual encoders that embed texts and images into one space")
         model_config = self._model.config
-        # The text tower's positions, else the tokenizer's length (remote-code towers may not say theirs);
-        # a tokenizer's "no limit" placeholder is not a length.
-        positions = getattr(getattr(model_config, "text_config", None), "max_position_embeddings", None)
-        declared = getattr(tokenizer, "model_max_length", None)
-        lengths = [int(n) for n in (positions, declared) if isinstance(n, (int, float)) and 8 <= n < _NO_LIMIT]
-        self.max_length = int(config.max_length or min(lengths, default=_DEFAULT_TEXT_LENGTH))
+        # The text tower's positions and the tokenizer's length (remote-code towers may not say theirs)
+        lengths = Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
+                             positions=getattr(getattr(model_config, "text_config", None), "max_position_embeddings",
+                                               None))
+        self.max_length = lengths.served(config.max_length, default=_DEFAULT_TEXT_LENGTH)
         self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
         self._fixed_length = self.max_length if getattr(model_config, "model_type", "") in _FIXED_LENGTH_TEXT else None
         self._text_group = ("text", self._fixed_length)
@@ -384,22 +379,5 @@ KIND = Kind(
     model=MultimodalModel,
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
-    samples=Samples(
-        # the load check sends this through the server's own parser: one text and one base64 PNG
-        request={"data": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG, "id": "img-1"}], "parameters": {}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
-                            "usage": {"total_tokens": 7}},
-                           {"id": "img-1", "embedding": [0.0321, 0.0654, -0.0987], "usage": {"total_tokens": 1000}}],
-                  "parameters": {}},
-        public_path="/v1/embeddings",
-        public_request={"input": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG}], "dimensions": 128},
-        csv=("1,A photo of a cat\\, sleeping,,\n"
-             f'"2","","","{SAMPLE_PNG}"\n'
-             f'"3","","data:image/png;base64,{SAMPLE_PNG}",""\n'),
-        batch_output=('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
-                      '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":1000}}],"parameters":{}}'),
-        client_call=('client.embed(texts=["A photo of a cat"],\n'
-                     '                      image_bytes=[base64.b64encode(open("cat.png", "rb").read()).decode()])'),
-    ),
     backends={"torch": MultimodalModel},
 )

@@ -24,7 +24,6 @@ with neither torch nor transformers on the serve path.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,7 +33,9 @@ import numpy as np
 
 from model_handlers import adapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.kinds import TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, ModelFiles, Samples
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
+from model_handlers.lengths import Lengths
+from model_handlers.model_files import read_object
 from model_handlers.operations.embed import Prepared
 from model_handlers.operations.sparse import SPARSE
 from model_handlers.options import HandlerOptions
@@ -61,7 +62,7 @@ class SpladeSettings:
     encoder_folder: str  # the *ForMaskedLM model's folder inside the directory ("" for the directory itself)
     pooling_strategy: str
     activation_function: str
-    max_seq_length: int | None  # sentence_bert_config.json's, when it says
+    lengths: Lengths  # what the encoder's folder declares (sentence_bert_config.json, tokenizer, positions)
     # inference-free queries: the folder of the Router's query-side SparseStaticEmbedding (its `weight`: one weight
     # per vocabulary entry, e.g. IDF); None: queries go through the model as documents do
     static_query_folder: str | None = None
@@ -83,20 +84,20 @@ def read_settings(model_dir: Path, explicit: Mapping[str, Any]) -> SpladeSetting
         if position == 0:
             encoder = folder
         elif kind.endswith(_SPLADE_MODULE):
-            pooling = _json(model_dir / folder / "config.json")
+            pooling = read_object(model_dir / folder / "config.json")
     chosen = {"pooling_strategy": "max", "activation_function": "relu", **pooling,
               **{key: explicit[key] for key in ("pooling_strategy", "activation_function") if key in explicit}}
     for key, allowed in (("pooling_strategy", POOLING_STRATEGIES), ("activation_function", ACTIVATIONS)):
         if chosen[key] not in allowed:
             raise ModelDirectoryError(f"{model_dir}: {key} must be one of {', '.join(allowed)}, not {chosen[key]!r}")
     return SpladeSettings(encoder, chosen["pooling_strategy"], chosen["activation_function"],
-                          _declared_length(model_dir / encoder), static)
+                          Lengths.read(model_dir / encoder), static)
 
 
 def _router(model_dir: Path, files: ModelFiles) -> dict | None:
     """router_config.json of a SparseEncoder whose one module is a Router (query and document routes)."""
     if len(files.modules) == 1 and str(files.modules[0].get("type", "")).endswith(_ROUTER_MODULE):
-        return _json(model_dir / str(files.modules[0].get("path", "")) / "router_config.json")
+        return read_object(model_dir / str(files.modules[0].get("path", "")) / "router_config.json")
     return None
 
 
@@ -118,16 +119,6 @@ def _routes(model_dir: Path, router: Mapping[str, Any]) -> tuple[list[tuple[str,
                               "a SparseStaticEmbedding nor the document route; searchbox serves only those")
 
 
-def _declared_length(encoder_dir: Path) -> int | None:
-    """What sentence-transformers cuts at: sentence_bert_config.json's max_seq_length, else (6.2 keeps it there) the
-    tokenizer's model_max_length; None when neither says."""
-    for value in (_json(encoder_dir / "sentence_bert_config.json").get("max_seq_length"),
-                  _json(encoder_dir / "tokenizer_config.json").get("model_max_length")):
-        if isinstance(value, int) and 0 < value < 1_000_000:
-            return value
-    return None
-
-
 def _is_splade(files: ModelFiles) -> bool:
     """A SparseEncoder whose pooling is SpladePooling (its first module an MLMTransformer, or 6.2's fill-mask
     Transformer), or a Router whose document route is one."""
@@ -135,14 +126,6 @@ def _is_splade(files: ModelFiles) -> bool:
         return True
     router = _router(files.directory, files) if files.modules else None
     return router is not None and any(str(t).endswith(_SPLADE_MODULE) for t in (router.get("types") or {}).values())
-
-
-def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"{path}: not valid JSON: {exc}") from exc
-    return value if isinstance(value, dict) else {}
 
 
 # --- the model ------------------------------------------------------------------------------------------------
@@ -171,7 +154,7 @@ class SparseModel:
         self._encoder = encoder
         self.device = encoder.device
         self.adapters = encoder.adapters
-        self.max_length = int(config.max_length or settings.max_seq_length or min(encoder.positions, 512))
+        self.max_length = settings.lengths.served(config.max_length)
         self.width = encoder.width
         self._tokenizer = encoder.tokenizer(self.max_length)
         self._static = None
@@ -264,7 +247,6 @@ class _TorchWeights:
         self._hf_tokenizer, self._mlm = _masked_lm(model_dir / settings.encoder_folder, options)
         self._mlm.to(self._device).eval()
         self.adapters = adapters.attach(self._mlm, options, config.adapters, model_dir)
-        self.positions = int(getattr(self._mlm.config, "max_position_embeddings", 512) or 512)
         self.width = int(self._mlm.config.vocab_size)
 
     def tokenizer(self, max_length: int) -> TokenizerView:
@@ -289,7 +271,7 @@ class _OnnxWeights:
         from model_handlers.onnx_runtime import OnnxSession
 
         settings: SpladeSettings = config.kind_settings
-        self._session = OnnxSession(model_dir / config.onnx_file, options.device, options.torch_threads)
+        self._session = OnnxSession.of(model_dir, config, options)
         exported = self._session.metadata.get(_POOLING_METADATA)
         if exported != _pooling_name(settings):
             raise ModelDirectoryError(f"{model_dir / config.onnx_file} pools {exported or 'an unknown way'}, the "
@@ -298,15 +280,12 @@ class _OnnxWeights:
         self.device = self._session.device
         self.adapters = None
         self._encoder_dir = model_dir / settings.encoder_folder
-        hf_config = _json(self._encoder_dir / "config.json")
-        self.positions = int(hf_config.get("max_position_embeddings") or 512)
-        self.width = int(hf_config.get("vocab_size") or 0)
+        self.width = int(read_object(self._encoder_dir / "config.json").get("vocab_size") or 0)
         if self.width <= 0:
             raise ModelDirectoryError(f"{self._encoder_dir}/config.json states no vocab_size")
 
     def tokenizer(self, max_length: int) -> TokenizerView:
-        return TokenizerView.from_directory(self._encoder_dir, max_length,
-                                            with_type_ids="token_type_ids" in self._session.input_names)
+        return self._session.tokenizer(self._encoder_dir, max_length)
 
     def weights(self, padded: Mapping[str, np.ndarray], adapter_names: Sequence[str | None]) -> np.ndarray:
         return self._session.run(padded).astype(np.float32, copy=False)
@@ -399,8 +378,7 @@ class _StaticQueries:
         if self._weight.shape != (width,):
             raise ModelDirectoryError(f"{folder}: the SparseStaticEmbedding weight has shape {self._weight.shape}, "
                                       f"not one weight per vocabulary entry ({width})")
-        length = _declared_length(folder) or 512
-        self._tokenizer = TokenizerView.from_directory(folder, length, with_type_ids=False)
+        self._tokenizer = TokenizerView.from_directory(folder, Lengths.read(folder).served(), with_type_ids=False)
 
     def sequence(self, text: str, index: int, truncate: bool) -> _Sequence:
         ids = self._tokenizer.encode([text])[0]
@@ -422,19 +400,6 @@ KIND = Kind(
     recognizes=_is_splade,
     model=SparseModel,
     csv=CsvLayout(SPARSE, (CsvColumn("text"),)),
-    samples=Samples(
-        request={"data": [{"text": "What is learned sparse retrieval?"}], "parameters": {"top_k": 3}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b",
-                            "sparse_embedding": {"indices": [2047, 9413, 12850], "values": [1.21, 2.03, 0.87]},
-                            "usage": {"total_tokens": 9}}],
-                  "parameters": {"top_k": 3}},
-        public_path="/v1/sparse-embeddings",
-        public_request={"input": ["What is learned sparse retrieval?"], "top_k": 3, "return_tokens": True},
-        csv=TEXT_ROWS_CSV,
-        batch_output=('{"data":[{"id":"1","sparse_embedding":{"indices":[2330,2024,2017],"values":[1.4,0.9,0.3]},'
-                      '"usage":{"total_tokens":9}}],"parameters":{}}'),
-        client_call='client.embed(texts=["What is learned sparse retrieval?"])  # answers sparse_embedding items',
-    ),
     backends={"torch": lambda model_dir, config, options: SparseModel(model_dir, config,
                                                                       _TorchWeights(model_dir, config, options)),
               "onnx": lambda model_dir, config, options: SparseModel(model_dir, config,

@@ -20,7 +20,6 @@ per-row ids as `adapter_mask`; code whose forward takes none is refused at load.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,8 +30,10 @@ import numpy as np
 from model_handlers import adapters, jina_v3, model_code
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import ModelDirectoryError
-from model_handlers.kinds import DENSE_BATCH_OUTPUT, TEXT_ROWS_CSV, CsvColumn, CsvLayout, Kind, Samples
-from model_handlers.onnx_runtime import export_graph
+from model_handlers.kinds import CsvColumn, CsvLayout, Kind
+from model_handlers.lengths import Lengths
+from model_handlers.model_files import read_list, read_object
+from model_handlers.onnx_runtime import OnnxSession, export_graph
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
@@ -220,7 +221,8 @@ class _TorchEncoder:
         self._post_pooling_modules = modules[pooling_at + 1:]
         self.include_prompt = bool(getattr(self._pooling, "include_prompt", True))
         self.width = int(self._model.get_embedding_dimension())
-        self.max_length = int(config.max_length or self._model.max_seq_length or 512)
+        # sentence-transformers' own max_seq_length: what its library cuts at for this directory
+        self.max_length = Lengths.of(sentence_transformers=self._model.max_seq_length).served(config.max_length)
         self.tokenizer = TokenizerView.from_hf(self._model.tokenizer, self.max_length)
         self._device = self._model.device
         self.device = str(self._device)
@@ -305,17 +307,13 @@ class _OnnxEncoder(_PooledTokens):
     by name, and models whose tasks select adapters)."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        from model_handlers.onnx_runtime import OnnxSession
-
-        self._session = OnnxSession(model_dir / config.onnx_file, options.device, options.torch_threads)
+        self._session = OnnxSession.of(model_dir, config, options)
         self.device = self._session.device
         self._pooling = PoolingSpec.read(model_dir)
         self.include_prompt = self._pooling.include_prompt
-        hf_config = _json(model_dir / "config.json")
-        self.width = self._pooling.width or int(hf_config.get("hidden_size") or 0)
-        self.max_length = int(config.max_length or _max_seq_length(model_dir, hf_config))
-        self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length,
-                                                      with_type_ids="token_type_ids" in self._session.input_names)
+        self.width = self._pooling.width or int(read_object(model_dir / "config.json").get("hidden_size") or 0)
+        self.max_length = Lengths.read(model_dir).served(config.max_length)
+        self.tokenizer = self._session.tokenizer(model_dir, self.max_length)
 
     def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
         return self._session.run(padded)
@@ -339,9 +337,8 @@ class _JinaV3Encoder(_PooledTokens):
             self.adapters.add_directory(name, directory, builtin=True)
         self._pooling = PoolingSpec.read(model_dir)
         self.include_prompt = self._pooling.include_prompt
-        hf_config = _json(model_dir / "config.json")
-        self.width = self._pooling.width or int(hf_config["hidden_size"])
-        self.max_length = int(config.max_length or _declared_length(model_dir, hf_config))
+        self.width = self._pooling.width or int(read_object(model_dir / "config.json")["hidden_size"])
+        self.max_length = Lengths.read(model_dir).served(config.max_length)
         self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length, with_type_ids=False)
 
     def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
@@ -355,7 +352,7 @@ class _JinaV3Encoder(_PooledTokens):
 def _torch_encoder(model_dir: Path, config: ServingConfig, options: HandlerOptions):
     """A jina-embeddings-v3 checkpoint on transformers' native architecture (unless searchbox.json asks for its own
     code), else sentence-transformers' modules."""
-    if jina_v3.is_v3(_json(model_dir / "config.json")) and config.model_code != "remote":
+    if jina_v3.is_v3(read_object(model_dir / "config.json")) and config.model_code != "remote":
         return _JinaV3Encoder(model_dir, config, options)
     return _TorchEncoder(model_dir, config, options)
 
@@ -375,7 +372,7 @@ def _adapter_ids(transformer, model_dir: Path) -> dict[str, int] | None:
     Raises:
         ModelDirectoryError: tasks are declared, but the model's forward takes no `adapter_mask` to apply them.
     """
-    config = _json(model_dir / "config.json")
+    config = read_object(model_dir / "config.json")
     if not jina_v3.declares_tasks(config):
         return None
     tasks = jina_v3.read_tasks(config).names
@@ -402,11 +399,11 @@ class PoolingSpec:
     def read(cls, model_dir: Path) -> "PoolingSpec":
         """The directory's pooling; a plain Hugging Face encoder (no modules.json) pools by mean, as
         sentence-transformers does for it."""
-        module = next((m for m in _json_list(model_dir / "modules.json") if str(m.get("type", "")).endswith("Pooling")),
+        module = next((m for m in read_list(model_dir / "modules.json") if str(m.get("type", "")).endswith("Pooling")),
                       None)
         if module is None:
             return cls(("mean_tokens",))
-        settings = _json(model_dir / module.get("path", "") / "config.json")
+        settings = read_object(model_dir / module.get("path", "") / "config.json")
         modes = tuple(mode for mode in cls._MODES if settings.get(f"pooling_mode_{mode}"))
         if not modes:
             raise ModelDirectoryError(f"{model_dir}: the pooling config names no pooling mode")
@@ -441,36 +438,6 @@ def _split_spans(sequences: list[_Sequence], pooled: np.ndarray) -> list[list[np
     return [list(part) for part in np.split(pooled, np.cumsum(counts)[:-1])]
 
 
-def _declared_length(model_dir: Path, hf_config: dict) -> int:
-    """A long-context model's length: sentence_bert_config.json's max_seq_length, else its tokenizer's, else its
-    positions (no cap at 512: jina-embeddings-v3 reads 8192 tokens)."""
-    declared = _json(model_dir / "sentence_bert_config.json").get("max_seq_length")
-    if declared:
-        return int(declared)
-    tokenizer = _json(model_dir / "tokenizer_config.json").get("model_max_length")
-    if isinstance(tokenizer, int) and 0 < tokenizer < 1_000_000:
-        return tokenizer
-    return int(hf_config.get("max_position_embeddings") or 512)
-
-
-def _max_seq_length(model_dir: Path, hf_config: dict) -> int:
-    """What sentence-transformers would cut at: sentence_bert_config.json's max_seq_length, else the positions."""
-    declared = _json(model_dir / "sentence_bert_config.json").get("max_seq_length")
-    if declared:
-        return int(declared)
-    return int(min(hf_config.get("max_position_embeddings") or 512, 512))
-
-
-def _json(path: Path) -> dict:
-    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return value if isinstance(value, dict) else {}
-
-
-def _json_list(path: Path) -> list:
-    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
 # sentence-transformers modules the ONNX backend reproduces: the transformer (exported), pooling and
 # normalisation (done in numpy); anything else (a Dense projection, a router) keeps the model on torch.
 _ONNX_MODULES = ("Transformer", "Pooling", "Normalize")
@@ -485,7 +452,7 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     """
     from transformers import AutoModel, AutoTokenizer
 
-    modules = _json_list(model_dir / "modules.json")
+    modules = read_list(model_dir / "modules.json")
     other = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules
              if not str(m.get("type", "")).endswith(_ONNX_MODULES)]
     if other:
@@ -512,19 +479,6 @@ KIND = Kind(
     recognizes=lambda files: True,  # the catch-all: registered last
     model=TextEmbeddingModel,
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
-    samples=Samples(
-        # the load check sends this to every model of the kind: no option a small model could refuse
-        request={"data": [{"text": "hello"}, {"text": "world", "id": "w1"}], "parameters": {"task": "retrieval.query"}},
-        response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
-                            "usage": {"total_tokens": 3}},
-                           {"id": "w1", "embedding": [0.0321, 0.0654, -0.0987], "usage": {"total_tokens": 3}}],
-                  "parameters": {"task": "retrieval.query"}},
-        public_path="/v1/embeddings",
-        public_request={"input": ["hello", "world"], "embedding_type": "float", "dimensions": 128},
-        csv=TEXT_ROWS_CSV,
-        batch_output=DENSE_BATCH_OUTPUT,
-        client_call='client.embed(texts=["hello", "world"])',
-    ),
     backends={"torch": lambda model_dir, config, options: TextEmbeddingModel(_torch_encoder(model_dir, config, options),
                                                                               config),
               "onnx": lambda model_dir, config, options: TextEmbeddingModel(_OnnxEncoder(model_dir, config, options),
