@@ -24,6 +24,8 @@ ALLOWED_LITERALS = {
                                            "embeddings; operations/rerank.py reads its name from it",
     ("model_handlers/kinds/bge_m3.py", "sparse"): "FlagEmbedding's name of BGE-M3's lexical-weight score",
     ("container/dialects/elastic.py", "rerank"): "the key of Elasticsearch's rerank answer",
+    ("packaging/_samples.py", "sparse"): "the sparse kind's name, a key of the listing's samples per kind",
+    ("packaging/_samples.py", "multi-vector"): "the multi-vector kind's name, a key of the listing's samples per kind",
 }
 ALLOWED = {"the rank of a result's arrays": ("container/encodings.py",)}
 
