@@ -70,6 +70,23 @@ def test_slices_keep_every_line_and_number_them(monkeypatch):
 
 
 @pytest.mark.unit
+def test_a_slice_ends_once_its_bytes_reach_the_bound_whatever_its_line_count():
+    """The rule written out (module docstring: at most SLICE_LINES lines *or* SLICE_BYTES bytes, a longer line a
+    slice of its own), with the shipped bounds, 1,024 lines and 8 MiB: lines of 3 MiB close a slice at the third
+    (9 MiB), far below 1,024 lines; a 9 MiB line alone is a slice."""
+    three = b"a" * (3 * _MIB - 1) + b"\n"
+    nine = b"b" * (9 * _MIB - 1) + b"\n"
+    small = b'{"text": "x"}\n'
+    body = three * 4 + nine + small * 2
+    got = [(first, len(piece)) for first, piece in spooled.slices(io.BytesIO(body))]
+    assert got == [(1, 9 * _MIB), (4, 3 * _MIB + 9 * _MIB), (6, 2 * len(small))]
+    # below the byte bound only the line count closes a slice: 1,024 lines, then the rest
+    short = [b"%05d\n" % n for n in range(1030)]
+    assert [(first, piece.count(b"\n")) for first, piece in spooled.slices(io.BytesIO(b"".join(short)))] == \
+        [(1, 1024), (1025, 6)]
+
+
+@pytest.mark.unit
 def test_spooling_holds_the_limit_whatever_the_framing():
     from container.errors import PayloadTooLarge
 
@@ -200,12 +217,19 @@ def test_async_server_answers_a_large_json_lines_body_in_bounded_memory(server_f
     size = sum(map(len, lines))
     assert size >= megabytes * 1000 * 1000
     peak = {"VmRSS": 0}
+    samples: list[int] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def watch() -> None:
-        while not stop.is_set():
-            peak["VmRSS"] = max(peak["VmRSS"], worker_memory_kib(server)["VmRSS"])
-            time.sleep(0.2)
+        # a watcher that dies would leave the peak at 0 and the bound passed: its failure is the test's
+        try:
+            while not stop.is_set():
+                samples.append(worker_memory_kib(server)["VmRSS"])
+                peak["VmRSS"] = max(peak["VmRSS"], samples[-1])
+                time.sleep(0.2)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, which raises it
+            failures.append(exc)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -219,6 +243,12 @@ def test_async_server_answers_a_large_json_lines_body_in_bounded_memory(server_f
         stop.set()
         watcher.join()
     took = time.monotonic() - started
+    after = worker_memory_kib(server)
+    assert not failures, f"the memory watcher failed: {failures[0]!r}"
+    assert len(samples) >= 2 and min(samples) > 0, samples
+    if after["VmHWM"] > before["VmHWM"]:
+        # the kernel's own high-water mark rose during the request: it is the peak, even between two samples
+        peak["VmRSS"] = max(peak["VmRSS"], after["VmHWM"])
     assert answer.status_code == 200, out[:500]
     answered = out.splitlines()
     assert len(answered) == len(lines)
