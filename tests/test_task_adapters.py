@@ -53,10 +53,19 @@ def embeddings(app, body: dict, *, headers: dict | None = None) -> list[list[flo
     return [item["embedding"] for item in response.json()["data"]]
 
 
-def assert_matches(served, expected, bound: float = 0.9999):
+def unit(rows) -> list[np.ndarray]:
+    """Rows L2-normalised, written out: what `normalized` (true by default, README) makes of a model's pooled
+    vectors, for comparing a model's raw forward rows or a reference that does not normalise."""
+    return [np.asarray(row, dtype=np.float64) / np.linalg.norm(np.asarray(row, dtype=np.float64)) for row in rows]
+
+
+def assert_matches(served, expected, bound: float = 0.9999, norm_tolerance: float = 1e-4):
+    """Each vector the reference's: in direction (cosine) and in length (a dot-product index ranks by both)."""
     assert len(served) == len(expected)
     for vector, reference_vector in zip(served, expected):
         assert cosine(vector, reference_vector) >= bound
+        served_norm, reference_norm = np.linalg.norm(vector), np.linalg.norm(reference_vector)
+        assert abs(served_norm - reference_norm) <= norm_tolerance * reference_norm, (served_norm, reference_norm)
 
 
 # --- jina-embeddings-v3, native -----------------------------------------------------------------------------------
@@ -128,7 +137,7 @@ def test_one_forward_pass_mixes_every_task(v3_dir, v3_reference):
     outputs = model.forward(items)
     for index, task in enumerate((None, *TASKS)):
         rows = [output[0] for output in outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]]
-        assert_matches(rows, v3_reference[task])
+        assert_matches(unit(rows), v3_reference[task])  # forward answers pooled rows; the operation normalises
     handler.close()
 
 
@@ -228,7 +237,8 @@ def test_remote_code_path_gives_the_same_answers(v3_dir, v3_reference, tmp_path)
         assert len({item.group for item in items}) == 1
         outputs = model.forward(items)
         for index, task in enumerate(TASKS):
-            assert_matches([o[0] for o in outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]], v3_reference[task])
+            assert_matches(unit([o[0] for o in outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]]),
+                           v3_reference[task])
     finally:
         runtime.close()
 
@@ -330,7 +340,7 @@ def test_peft_adapters_match_peftmodel(peft_model_dir, peft_adapters, minilm_dir
         outputs = [o[0] for o in model.forward(items)]
         for index, adapter in enumerate((None, "legal", "medical")):
             expected = peft_reference(minilm_dir, peft_adapters.get(adapter), TEXTS)
-            assert_matches(outputs[index * len(TEXTS):(index + 1) * len(TEXTS)], expected)
+            assert_matches(unit(outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]), expected)
     finally:
         runtime.close()
 
@@ -521,7 +531,7 @@ def test_peft_adapter_on_clip_matches_peftmodel(tmp_path):
     try:
         inputs = [{"text": t} for t in texts] + [{"image": base64.b64encode(buffer.getvalue()).decode()}]
         served = embeddings(app, {"input": inputs, "adapter": "style"})
-        assert_matches(served, expected)
+        assert_matches(served, unit(expected))  # CLIP's features are not unit length; `normalized` makes them so
         plain = embeddings(app, {"input": inputs})
         assert max(cosine(a, b) for a, b in zip(plain, expected)) < 0.999  # the adapter changes every vector
     finally:
