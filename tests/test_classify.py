@@ -72,7 +72,7 @@ def minilm_reference(reference_model):
 def test_the_scale_written_here_is_the_one_sentence_transformers_trains_with():
     import inspect
 
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     assert inspect.signature(MultipleNegativesRankingLoss).parameters["scale"].default == MNRL_SCALE
 
