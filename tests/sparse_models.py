@@ -46,7 +46,8 @@ def make_splade(target: Path, minilm_dir: Path, pooling: str = "max", activation
     plain = make_masked_lm(target.with_name(target.name + "-mlm"), minilm_dir)
     # sentence-transformers 6.2's way (its MLMTransformer is deprecated for this): a fill-mask Transformer
     mlm = Transformer(str(plain), transformer_task="fill-mask", max_seq_length=128)
-    encoder = SparseEncoder(modules=[mlm, SpladePooling(pooling_strategy=pooling, activation_function=activation)], device="cpu")
+    pooled = SpladePooling(pooling_strategy=pooling, activation_function=activation)
+    encoder = SparseEncoder(modules=[mlm, pooled], device="cpu")
     encoder.save(str(target))
     return target
 

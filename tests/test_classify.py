@@ -22,7 +22,6 @@ from hypothesis import strategies as st
 
 from helpers import assert_documented, in_process
 from model_handlers.operations.classify import MAX_LABELS, LabelCache, label_cache
-from model_handlers.types import TextInput
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["My invoice is wrong, I was charged twice", "The app crashes when I open the settings page",
