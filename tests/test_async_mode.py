@@ -96,6 +96,63 @@ def test_spooling_holds_the_limit_whatever_the_framing():
         spooled.spool(io.BytesIO(b"a" * 5001), limit=5000)
 
 
+@pytest.mark.unit
+def test_a_slice_closes_at_exactly_its_byte_bound_counted_from_zero_in_each_slice(monkeypatch):
+    """Lines of 20, 19 and 1 bytes against a 40-byte bound: the third line brings the slice to exactly 40, which
+    closes it (at most SLICE_BYTES: reaching the bound is enough), and the next slice counts from 0 again."""
+    monkeypatch.setattr(spooled, "SLICE_LINES", 1000)
+    monkeypatch.setattr(spooled, "SLICE_BYTES", 40)
+    pattern = [b"a" * 19 + b"\n", b"b" * 18 + b"\n", b"\n"]
+    got = [(first, piece) for first, piece in spooled.slices(io.BytesIO(b"".join(pattern * 2 + pattern[:1])))]
+    assert got == [(1, b"".join(pattern)), (4, b"".join(pattern)), (7, pattern[0])]
+
+
+class _Reads(io.BytesIO):
+    """A body that records the size of every read asked of it."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.asked: list = []
+
+    def read(self, size=-1):
+        self.asked.append(size)
+        return super().read(size)
+
+
+@pytest.mark.unit
+def test_bodies_and_answers_move_in_pieces_of_one_mebibyte():
+    """The module's promise that a worker holds a piece, never the whole: reads of 1 MiB (1,048,576 bytes) each."""
+    body = _Reads(b"x" * (3 * _MIB + 5))
+    spooled.spool(body, limit=4 * _MIB).close()
+    assert body.asked and set(body.asked) == {_MIB}
+    answer = _Reads(b"y" * (2 * _MIB + 7))
+    assert [len(block) for block in spooled.stream_file(answer)] == [_MIB, _MIB, 7]
+    assert answer.closed
+
+
+@pytest.mark.unit
+def test_the_limit_counts_the_whole_body_not_each_piece():
+    from container.errors import PayloadTooLarge
+
+    with pytest.raises(PayloadTooLarge):  # three pieces of 1 MiB, each under a 2 MiB + 1 limit, the body over it
+        spooled.spool(io.BytesIO(b"a" * (3 * _MIB)), limit=2 * _MIB + 1)
+
+
+@pytest.mark.unit
+def test_a_body_whose_framing_breaks_is_a_400_naming_the_fix():
+    from container.errors import BadRequest
+
+    class Broken(io.RawIOBase):
+        def read(self, size=-1):
+            raise ValueError("invalid chunk size")
+
+    with pytest.raises(BadRequest) as refused:
+        spooled.spool(Broken(), limit=_MIB)
+    assert refused.value.code == "MALFORMED_BODY"
+    assert refused.value.detail == ("the body's framing is malformed (ValueError); send Content-Length or valid "
+                                    "chunked encoding")
+
+
 # --- the app (in-process, the embedded model) -------------------------------------------------------------------
 
 
