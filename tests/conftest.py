@@ -39,6 +39,12 @@ from tiers import TIERS, declared_tiers, implies, tier_of
 # instead of spinning (set before torch is imported; spinning threads slow every pass on a busy machine).
 apply_library_environment()
 
+if Path(__file__).resolve().parents[1].name == "mutants":
+    # make mutation runs mutmut's copy of the tree: packaging/'s scripts under the names of their mutants
+    import mutation_names
+
+    mutation_names.install()
+
 SERVE = str(Path(sys.executable).with_name("serve"))
 START_TIMEOUT_S = 120
 # Each `serve` started this session: (the test running when it started, the settings it was given).

@@ -1,6 +1,7 @@
 """The ColBERT reference, run by the test session with the python of PyLate 1.6.0's own venv (tests/reference_env.py).
 
     .cache/pylate-1.6.0/bin/python tests/pylate_reference.py SPEC.json
+    .cache/pylate-1.6.0/bin/python tests/pylate_reference.py --encode SPEC.json   (one directory's token vectors)
 
 SPEC: {"minilm": dir, "workdir": dir, "queries": [...], "documents": [...], "rerank": {"query", "documents"}}.
 It makes three small ColBERTs in `workdir` and writes, for each, PyLate's token vectors and scores:
@@ -185,7 +186,19 @@ def rerank_reference(model, rerank: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
+def encode(spec: dict) -> None:
+    """`--encode SPEC`: PyLate's token vectors of `texts` on the ColBERT in `model_dir`, as `v{i}` in `out`."""
+    from pylate import models
+
+    model = models.ColBERT(model_name_or_path=spec["model_dir"], device="cpu")
+    vectors = model.encode(spec["texts"], is_query=spec["is_query"])
+    np.savez(spec["out"], **{f"v{i}": np.asarray(v) for i, v in enumerate(vectors)})
+
+
 def main() -> None:
+    if sys.argv[1] == "--encode":
+        encode(json.loads(Path(sys.argv[2]).read_text()))
+        return
     spec = json.loads(Path(sys.argv[1]).read_text())
     minilm, workdir = Path(spec["minilm"]), Path(spec["workdir"])
     build_pylate(minilm, workdir / "pylate")

@@ -70,6 +70,23 @@ def test_slices_keep_every_line_and_number_them(monkeypatch):
 
 
 @pytest.mark.unit
+def test_a_slice_ends_once_its_bytes_reach_the_bound_whatever_its_line_count():
+    """The rule written out (module docstring: at most SLICE_LINES lines *or* SLICE_BYTES bytes, a longer line a
+    slice of its own), with the shipped bounds, 1,024 lines and 8 MiB: lines of 3 MiB close a slice at the third
+    (9 MiB), far below 1,024 lines; a 9 MiB line alone is a slice."""
+    three = b"a" * (3 * _MIB - 1) + b"\n"
+    nine = b"b" * (9 * _MIB - 1) + b"\n"
+    small = b'{"text": "x"}\n'
+    body = three * 4 + nine + small * 2
+    got = [(first, len(piece)) for first, piece in spooled.slices(io.BytesIO(body))]
+    assert got == [(1, 9 * _MIB), (4, 3 * _MIB + 9 * _MIB), (6, 2 * len(small))]
+    # below the byte bound only the line count closes a slice: 1,024 lines, then the rest
+    short = [b"%05d\n" % n for n in range(1030)]
+    assert [(first, piece.count(b"\n")) for first, piece in spooled.slices(io.BytesIO(b"".join(short)))] == \
+        [(1, 1024), (1025, 6)]
+
+
+@pytest.mark.unit
 def test_spooling_holds_the_limit_whatever_the_framing():
     from container.errors import PayloadTooLarge
 
@@ -77,6 +94,63 @@ def test_spooling_holds_the_limit_whatever_the_framing():
     assert body.read() == b"a" * 5000
     with pytest.raises(PayloadTooLarge):
         spooled.spool(io.BytesIO(b"a" * 5001), limit=5000)
+
+
+@pytest.mark.unit
+def test_a_slice_closes_at_exactly_its_byte_bound_counted_from_zero_in_each_slice(monkeypatch):
+    """Lines of 20, 19 and 1 bytes against a 40-byte bound: the third line brings the slice to exactly 40, which
+    closes it (at most SLICE_BYTES: reaching the bound is enough), and the next slice counts from 0 again."""
+    monkeypatch.setattr(spooled, "SLICE_LINES", 1000)
+    monkeypatch.setattr(spooled, "SLICE_BYTES", 40)
+    pattern = [b"a" * 19 + b"\n", b"b" * 18 + b"\n", b"\n"]
+    got = [(first, piece) for first, piece in spooled.slices(io.BytesIO(b"".join(pattern * 2 + pattern[:1])))]
+    assert got == [(1, b"".join(pattern)), (4, b"".join(pattern)), (7, pattern[0])]
+
+
+class _Reads(io.BytesIO):
+    """A body that records the size of every read asked of it."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.asked: list = []
+
+    def read(self, size=-1):
+        self.asked.append(size)
+        return super().read(size)
+
+
+@pytest.mark.unit
+def test_bodies_and_answers_move_in_pieces_of_one_mebibyte():
+    """The module's promise that a worker holds a piece, never the whole: reads of 1 MiB (1,048,576 bytes) each."""
+    body = _Reads(b"x" * (3 * _MIB + 5))
+    spooled.spool(body, limit=4 * _MIB).close()
+    assert body.asked and set(body.asked) == {_MIB}
+    answer = _Reads(b"y" * (2 * _MIB + 7))
+    assert [len(block) for block in spooled.stream_file(answer)] == [_MIB, _MIB, 7]
+    assert answer.closed
+
+
+@pytest.mark.unit
+def test_the_limit_counts_the_whole_body_not_each_piece():
+    from container.errors import PayloadTooLarge
+
+    with pytest.raises(PayloadTooLarge):  # three pieces of 1 MiB, each under a 2 MiB + 1 limit, the body over it
+        spooled.spool(io.BytesIO(b"a" * (3 * _MIB)), limit=2 * _MIB + 1)
+
+
+@pytest.mark.unit
+def test_a_body_whose_framing_breaks_is_a_400_naming_the_fix():
+    from container.errors import BadRequest
+
+    class Broken(io.RawIOBase):
+        def read(self, size=-1):
+            raise ValueError("invalid chunk size")
+
+    with pytest.raises(BadRequest) as refused:
+        spooled.spool(Broken(), limit=_MIB)
+    assert refused.value.code == "MALFORMED_BODY"
+    assert refused.value.detail == ("the body's framing is malformed (ValueError); send Content-Length or valid "
+                                    "chunked encoding")
 
 
 # --- the app (in-process, the embedded model) -------------------------------------------------------------------
@@ -196,12 +270,19 @@ def test_async_server_answers_a_large_json_lines_body_in_bounded_memory(server_f
     size = sum(map(len, lines))
     assert size >= megabytes * 1000 * 1000
     peak = {"VmRSS": 0}
+    samples: list[int] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def watch() -> None:
-        while not stop.is_set():
-            peak["VmRSS"] = max(peak["VmRSS"], worker_memory_kib(server)["VmRSS"])
-            time.sleep(0.2)
+        # a watcher that dies would leave the peak at 0 and the bound passed: its failure is the test's
+        try:
+            while not stop.is_set():
+                samples.append(worker_memory_kib(server)["VmRSS"])
+                peak["VmRSS"] = max(peak["VmRSS"], samples[-1])
+                time.sleep(0.2)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread, which raises it
+            failures.append(exc)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -215,6 +296,12 @@ def test_async_server_answers_a_large_json_lines_body_in_bounded_memory(server_f
         stop.set()
         watcher.join()
     took = time.monotonic() - started
+    after = worker_memory_kib(server)
+    assert not failures, f"the memory watcher failed: {failures[0]!r}"
+    assert len(samples) >= 2 and min(samples) > 0, samples
+    if after["VmHWM"] > before["VmHWM"]:
+        # the kernel's own high-water mark rose during the request: it is the peak, even between two samples
+        peak["VmRSS"] = max(peak["VmRSS"], after["VmHWM"])
     assert answer.status_code == 200, out[:500]
     answered = out.splitlines()
     assert len(answered) == len(lines)

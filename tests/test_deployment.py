@@ -284,6 +284,28 @@ def test_an_unmeasured_instance_type_is_refused_unless_an_assumption_is_stated()
         deployment.realtime(options(instance_type="ml.c6i.xlarge", assume_from="ml.p4d.24xlarge"))
 
 
+@pytest.mark.parametrize(("variant", "mode", "listed"), [
+    ("realtime", "realtime", "ml.c6i.xlarge, ml.m5.xlarge, ml.g5.xlarge"),
+    ("asynchronous", "realtime", "ml.c6i.xlarge, ml.m5.xlarge, ml.g5.xlarge"),
+    ("inference_component", "realtime", "ml.c6i.xlarge, ml.m5.xlarge, ml.g5.xlarge"),
+    ("batch", "batch", "ml.m5.xlarge, ml.g5.xlarge")])
+def test_an_instance_type_the_product_does_not_list_is_refused_even_when_measured(variant, mode, listed):
+    """catalog.example.yaml's product lists its instance types per mode (the `listed` strings are copied from its
+    `instance_types`): a measured type outside that list is not the product's to deploy on."""
+    measured = fixture_measurements() + [measurement("ml.c5.xlarge", shape) for shape in ("query", "batch")]
+    with pytest.raises(deployment.Refused) as caught:
+        getattr(deployment, variant)(options(instance_type="ml.c5.xlarge", measurements=measured))
+    assert str(caught.value) == (f"--instance-type: ml.c5.xlarge is not a {mode} instance type of the product "
+                                 f"(searchbox-minilm-embeddings: instance_types.{mode} lists {listed})")
+
+
+def test_a_realtime_only_instance_type_is_refused_for_a_batch_job():
+    measured = fixture_measurements() + [measurement("ml.c6i.xlarge", shape) for shape in ("query", "batch")]
+    assert deployment.realtime(options(instance_type="ml.c6i.xlarge", measurements=measured)).calls
+    with pytest.raises(deployment.Refused, match=r"^--instance-type: ml.c6i.xlarge is not a batch instance type"):
+        deployment.batch(options(instance_type="ml.c6i.xlarge", measurements=measured))
+
+
 def test_a_request_botocore_would_refuse_is_caught():
     variant = deployment.realtime(options(max_instances=4))
     params(variant, "CreateEndpointConfig")["ProductionVariants"][0]["InstanceType"] = "ml.m5.huge"

@@ -23,7 +23,6 @@ import torch
 
 from models import jina
 from model_handlers import HandlerOptions, load_handler, model_code
-from model_handlers.ranking import maxsim
 from model_handlers.serving_config import read_serving_config
 from model_handlers.types import EmbedRequest, RerankRequest, TextInput
 
@@ -101,33 +100,67 @@ def test_reranker_scores_equal_its_remote_code(reranker_dir):
     assert len({round(score, 3) for score in expected}) > 1, "random weights must still tell documents apart"
 
 
+def colbert_ai_inputs(tokenizer, text: str, input_type: str, metadata: dict) -> tuple[list[int], list[int]]:
+    """colbert-ai's QueryTokenizer / DocTokenizer rules (the ones jina-colbert-v2 was trained with), from the
+    checkpoint's artifact.metadata: the text tokenized to maxlen - 1 with its start and end tokens, the marker put
+    after the start token; a query padded to its maxlen with the mask token, which it attends to
+    (`attend_to_mask_tokens`); a document answered without its punctuation (`mask_punctuation`: the first token of each
+    of Python's string.punctuation). Returns (ids, positions answered)."""
+    import string
+
+    query = input_type == "query"
+    maxlen = metadata["query_maxlen" if query else "doc_maxlen"]
+    ids = tokenizer(text, truncation=True, max_length=maxlen - 1)["input_ids"]
+    marker = tokenizer.convert_tokens_to_ids(metadata["query_token_id" if query else "doc_token_id"])
+    ids = [ids[0], marker, *ids[1:]]
+    if query:
+        assert metadata["attend_to_mask_tokens"]
+        return ids + [tokenizer.mask_token_id] * (maxlen - len(ids)), list(range(maxlen))
+    skiplist = {tokenizer(symbol, add_special_tokens=False)["input_ids"][0] for symbol in string.punctuation}
+    assert metadata["mask_punctuation"]
+    return ids, [position for position, token in enumerate(ids) if token not in skiplist]
+
+
 def test_colbert_token_vectors_equal_its_remote_code(colbert_dir):
+    import json
+
     from safetensors.torch import load_file
+    from transformers import AutoTokenizer
 
     handler = load_handler(colbert_dir, HandlerOptions(device="cpu"))
-    model = handler.model  # the kind's model: the very sequences it encodes, fed to the remote code below
     encoder = remote(colbert_dir, "AutoModel")
     projection = load_file(str(colbert_dir / "model.safetensors"))["linear.weight"]
+    tokenizer = AutoTokenizer.from_pretrained(str(colbert_dir))
+    metadata = json.loads((colbert_dir / "artifact.metadata").read_text())
+
+    def reference(text: str, input_type: str) -> np.ndarray:
+        ids, answered = colbert_ai_inputs(tokenizer, text, input_type, metadata)
+        with torch.no_grad():
+            tokens = encoder(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)
+                             ).last_hidden_state[0] @ projection.T
+        return tokens.numpy()[answered]
+
     try:
         for input_type, texts in (("query", QUERIES), ("document", PASSAGES)):
             request = EmbedRequest(inputs=tuple(map(TextInput, texts)), input_type=input_type)
-            answered = handler.run(request).vectors
-            for sequence, vectors in zip(model._sequences(request, truncate=True), answered):
-                ids = torch.from_numpy(sequence.ids)[None]
-                mask = torch.zeros_like(ids)
-                mask[:, :sequence.attended] = 1
-                with torch.no_grad():
-                    tokens = (encoder(input_ids=ids, attention_mask=mask).last_hidden_state[0] @ projection.T).numpy()
-                want = tokens if sequence.keep is None else tokens[sequence.keep]
+            for text, vectors in zip(texts, handler.run(request).vectors):
+                want = reference(text, input_type)
                 assert vectors.shape == want.shape, (input_type, vectors.shape, want.shape)
                 cosines = (vectors * want).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(want, axis=1)
                 assert cosines.min() >= MIN_COSINE, (input_type, cosines.min())
-        # MaxSim from the remote code's vectors is the score the native path ranks by
+        # the native path ranks by MaxSim (colbert-ai's: unit token vectors, each query token's best dot product,
+        # summed), written out here in numpy on the remote code's vectors
         hits = handler.run(RerankRequest(query=TextInput(QUERIES[0]), documents=tuple(map(TextInput, PASSAGES))))
-        query = handler.run(EmbedRequest(inputs=(TextInput(QUERIES[0]),), input_type="query")).vectors[0]
+        query = reference(QUERIES[0], "query")
+        query /= np.linalg.norm(query, axis=1, keepdims=True)
+        expected = []
+        for passage in PASSAGES:
+            document = reference(passage, "document")
+            document /= np.linalg.norm(document, axis=1, keepdims=True)
+            expected.append(float((query.astype(np.float64) @ document.T.astype(np.float64)).max(axis=1).sum()))
+        assert sorted(hit.index for hit in hits.hits) == list(range(len(PASSAGES)))
         for hit in hits.hits:
-            document = handler.run(EmbedRequest(inputs=(TextInput(PASSAGES[hit.index]),))).vectors[0]
-            assert abs(hit.relevance_score - maxsim(query, document)) < 1e-4
+            assert abs(hit.relevance_score - expected[hit.index]) < 1e-4, (hit, expected)
     finally:
         handler.close()
 

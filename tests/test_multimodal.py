@@ -179,6 +179,24 @@ def images_server():
                     self.wfile.flush()
                     time.sleep(0.1)
                 return
+            if self.path == "/chunked.png":  # no Content-Length: the body's size is known only as it arrives
+                self.protocol_version = "HTTP/1.1"
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for start in range(0, len(png), 50):
+                    piece = png[start:start + 50]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            if self.path == "/unsized.png":  # HTTP/1.0 without Content-Length: the body ends when the server closes
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.end_headers()
+                self.wfile.write(png)
+                return
             body, kind = (b"<html>not an image</html>", "text/html") if self.path == "/page" else (png, "image/png")
             self.send_response(200 if self.path != "/missing.png" else 404)
             self.send_header("Content-Type", kind)
@@ -499,6 +517,22 @@ def test_a_name_that_resolves_to_loopback_is_refused_unless_allowed(images_serve
         ImageReader(ImageOptions(fetch=True, fetch_allow_hosts=("localhost",), fetch_max_bytes=100)).data(
             url, "input 0", time.monotonic() + 5)
     assert too_large.value.code == "IMAGE_TOO_LARGE"
+
+
+@pytest.mark.parametrize("path", ["/chunked.png", "/unsized.png"])
+def test_an_image_streamed_without_a_declared_length_is_capped_as_it_arrives(images_server, path):
+    """No Content-Length to check first: the bytes are counted as they arrive. The cap one byte short of the
+    image refuses it; a cap of exactly its size (the PNG built here) takes it, byte for byte."""
+    port, png = images_server
+    url = f"http://localhost:{port}{path}"
+
+    def reader(cap: int) -> ImageReader:
+        return ImageReader(ImageOptions(fetch=True, fetch_allow_hosts=("localhost",), fetch_max_bytes=cap))
+
+    with pytest.raises(InvalidInput, match=f"more than {len(png) - 1:,} bytes, the limit") as too_large:
+        reader(len(png) - 1).data(url, "input 0", time.monotonic() + 5)
+    assert too_large.value.code == "IMAGE_TOO_LARGE"
+    assert reader(len(png)).data(url, "input 0", time.monotonic() + 5) == png
 
 
 @pytest.fixture

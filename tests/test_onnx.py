@@ -142,14 +142,21 @@ def test_the_served_int8_model_holds_readmes_gate_against_sentence_transformers(
     assert min(cosines) >= 0.99, dict(zip(texts, cosines))
     queries, passages = _quality_set.QUERIES, _quality_set.PASSAGES
     served_sets = _top_k_sets(_served(int8_server, queries) @ _served(int8_server, passages).T)
-    reference_sets = _top_k_sets(reference_model.encode(queries) @ reference_model.encode(passages).T)
+    reference_scores = reference_model.encode(queries) @ reference_model.encode(passages).T
+    reference_sets = _top_k_sets(reference_scores)
     agreement = np.mean([a == b for a, b in zip(served_sets, reference_sets)])
     assert agreement >= 0.9
-    # and what the build wrote into the manifest (and quotes in the listing) is what a buyer gets, to rounding
+    # and what the build wrote into the manifest (and quotes in the listing) is what a buyer gets. The build measured
+    # int8 against its fp32 ONNX export, this test against torch; the two references differ by about 1e-6 in a
+    # score (cosine >= 0.99999, the fp32 gate). The cosines are written to 4 decimals (rounding: 5e-5): within 1e-4.
     quality = int8_artifact[0].quality
-    assert abs(quality.int8_min_cosine - min(cosines)) < 2e-3
-    assert abs(quality.int8_mean_cosine - float(np.mean(cosines))) < 2e-3
-    assert quality.int8_top_k_agreement == pytest.approx(agreement, abs=0.1)
+    assert abs(quality.int8_min_cosine - min(cosines)) < 1e-4
+    assert abs(quality.int8_mean_cosine - float(np.mean(cosines))) < 1e-4
+    # The agreement is a count over 10 queries (steps of 0.1): the same figure exactly, as long as no reference
+    # top-10 is decided by less than the two references' difference (measured: the closest 10th/11th is 4.8e-3 apart)
+    ranked = -np.sort(-reference_scores, axis=1)
+    assert float((ranked[:, 9] - ranked[:, 10]).min()) > 1e-4  # the 10th and the 11th best
+    assert quality.int8_top_k_agreement == round(float(agreement), 3)
 
 
 def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch(tmp_path, minilm_dir,

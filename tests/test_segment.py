@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -25,7 +26,6 @@ from container.dialects import tokenize as tokenize_dialect
 from container.errors import ValidationFailed
 from helpers import assert_documented
 from model_handlers import segmenting
-from model_handlers.operations.segment import runs
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PIECES = ["Hello", "world", "the", "searchbox", "Zürich", "naïve", "e\u0301", "a\u0308\u0304", "你好", "世界",
@@ -63,15 +63,53 @@ def byte_bpe():
 
 
 def reference_runs(tokenizer, text: str) -> list[list]:
-    """[text, [ids]] runs of `text` from the tokenizer's own offsets (transformers' or tokenizers')."""
+    """[text, [ids]] runs of `text` from the tokenizer's own offsets (transformers' or tokenizers'), grouped here by
+    the characters the tokens cover: tokens that share a character are one run (a character several tokens spell),
+    a token that covers none belongs with the token before it (the first such, with the token after it)."""
     if hasattr(tokenizer, "backend_tokenizer"):
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     else:
         encoded = tokenizer.encode(text, add_special_tokens=False)
         ids, offsets = encoded.ids, encoded.offsets
-    grouped = runs(np.asarray(ids, dtype=np.int64), np.asarray(offsets, dtype=np.int64).reshape(-1, 2), 0)
-    return [[text[run.start:run.end], list(run.ids)] for run in grouped]
+    run_of = list(range(len(ids)))  # union-find over token indices
+
+    def root(index: int) -> int:
+        while run_of[index] != index:
+            index = run_of[index]
+        return index
+
+    covering: dict[int, int] = {}
+    for index, (start, end) in enumerate(offsets):
+        for character in range(start, end):
+            if character in covering:
+                run_of[root(index)] = root(covering[character])
+            covering[character] = index
+    empty = [index for index, (start, end) in enumerate(offsets) if end <= start]
+    for index in empty:
+        covered = [other for other in range(len(ids)) if offsets[other][1] > offsets[other][0]]
+        before = [other for other in covered if other < index]
+        after = [other for other in covered if other > index]
+        if before or after:
+            run_of[root(index)] = root(before[-1] if before else after[0])
+    runs: dict[int, list[int]] = {}
+    for index in range(len(ids)):
+        runs.setdefault(root(index), []).append(index)
+    grouped = []
+    for members in sorted(runs.values()):
+        spans = [offsets[i] for i in members if offsets[i][1] > offsets[i][0]] or [offsets[members[0]]]
+        start, end = min(a for a, _ in spans), max(b for _, b in spans)
+        grouped.append([text[start:end], [ids[i] for i in members]])
+    return grouped
+
+
+def grapheme_ends(text: str) -> set[int]:
+    """Where each user-perceived character of `text` ends: the `regex` library's UAX #29 clusters (`\\X`)."""
+    ends, at = set(), 0
+    for cluster in regex.findall(r"\X", text):
+        at += len(cluster)
+        ends.add(at)
+    return ends
 
 
 def check_chunks(content: str, answer: dict, *, max_chars: int | None, max_tokens: int | None, tokenizer) -> None:
@@ -142,12 +180,32 @@ def test_chunks_end_at_paragraphs_then_sentences_where_they_can():
                       "A third paragraph that is somewhat longer. ", "It goes on for a while. And then it ends."]
 
 
-def test_a_cluster_is_never_cut_when_a_limit_leaves_room_for_it():
-    content = "ab👨\u200d👩\u200d👧cd🇩🇪🇫🇷e\u0301\u0302f"
-    chunks = [content[a:b] for a, b in segmenting.chunk(content, 0, len(content), segmenting.Limits(characters=8))]
+@pytest.mark.parametrize("limit", range(5, 12))  # the family emoji is 5 code points
+def test_a_cluster_is_never_cut_when_a_limit_leaves_room_for_it(limit):
+    content = "ab👨\u200d👩\u200d👧cd🇩🇪🇫🇷e\u0301\u0302f🇮🇹🇪🇸x🇦"
+    chunks = [content[a:b] for a, b in segmenting.chunk(content, 0, len(content), segmenting.Limits(characters=limit))]
     assert "".join(chunks) == content
+    ends = grapheme_ends(content)
     for cut in np.cumsum([len(chunk) for chunk in chunks])[:-1]:
-        assert not segmenting.joined(content, int(cut)), (chunks, cut)
+        assert int(cut) in ends, (chunks, cut)
+
+
+def test_flags_are_cut_between_their_pairs_of_regional_indicators():
+    """Six regional indicators are three flags (DE, FR, IT): a window of three code points holds one flag, never a
+    flag and half the next; a lone indicator after a letter is a character of its own."""
+    flags = "\U0001F1E9\U0001F1EA\U0001F1EB\U0001F1F7\U0001F1EE\U0001F1F9"
+    chunks = [flags[a:b] for a, b in segmenting.chunk(flags, 0, len(flags), segmenting.Limits(characters=3))]
+    assert chunks == ["\U0001F1E9\U0001F1EA", "\U0001F1EB\U0001F1F7", "\U0001F1EE\U0001F1F9"]
+    odd = "x\U0001F1E9\U0001F1EA\U0001F1EB"  # DE then a lone F: the pairing counts from the run's start
+    assert [odd[a:b] for a, b in segmenting.chunk(odd, 0, len(odd), segmenting.Limits(characters=3))] == \
+        ["x\U0001F1E9\U0001F1EA", "\U0001F1EB"]
+
+
+def test_joined_agrees_with_uax29_on_every_piece_the_properties_draw():
+    content = "".join(piece + separator for piece in PIECES for separator in SEPARATORS[:3])
+    content += "\U0001F1E9\U0001F1EA\U0001F1EB\U0001F1F7\U0001F1EE x\U0001F1E9\r\n"
+    ends = grapheme_ends(content)
+    assert [at for at in range(1, len(content)) if segmenting.joined(content, at) == (at in ends)] == []
 
 
 # --- over the wire, on the embedded model ---------------------------------------------------------------------------

@@ -141,6 +141,22 @@ def test_sum_pooling_and_a_bare_masked_lm_directory(tmp_path, minilm_dir, splade
             sparse_matches(item["sparse_embedding"], row)
 
 
+@pytest.mark.parametrize("pooling", ["max", "sum"])
+def test_log1p_relu_activation_matches_sparse_encoders_splade_pooling(tmp_path, minilm_dir, pooling):
+    """SpladePooling(activation_function="log1p_relu"): log1p applied twice. sentence-transformers' own module on
+    the same weights is the reference; with one log1p fewer the weights would be the plain relu model's."""
+    from sentence_transformers import SparseEncoder
+
+    directory = make_splade(tmp_path / f"log1p-{pooling}", minilm_dir, pooling=pooling, activation="log1p_relu")
+    with serving(directory) as served:
+        body = answer(served, "/v1/sparse-embeddings", {"input": TEXTS})
+    reference = SparseEncoder(str(directory), device="cpu")
+    assert reference[1].activation_function == "log1p_relu"
+    weights = reference.encode(TEXTS, convert_to_tensor=True).to_dense().numpy()
+    for item, row in zip(body["data"], weights):
+        sparse_matches(item["sparse_embedding"], row)
+
+
 def test_models_listing_and_openapi_name_the_sparse_route(splade):
     models = splade.get("/v1/models").json()
     assert "sparse" in json.dumps(models)

@@ -39,7 +39,8 @@ def test_32_one_sentence_callers_cost_a_handful_of_forward_passes(handler, refer
     assert passes <= 8, f"32 callers took {passes} forward passes"
     expected = reference_model.encode(texts)
     for i, result in enumerate(results):
-        assert float(result.vectors[0] @ expected[i]) >= 0.9999
+        # the whole vector, length included: a dot product alone passes a scaled or partly wrong vector
+        np.testing.assert_allclose(result.vectors[0], expected[i], atol=1e-4, rtol=0)
 
 
 def test_pickled_weights_load_when_the_operator_opts_in(tmp_path, minilm_dir, reference_model):

@@ -61,6 +61,25 @@ class ColbertReference:
         return json.loads(str(self.arrays(layout)["settings"]))
 
 
+def pylate_encode(model_dir: Path, texts: list[str], is_query: bool, workdir: Path) -> list[np.ndarray]:
+    """PyLate's `ColBERT.encode` of `texts` on the ColBERT in `model_dir`, in its own venv.
+
+    Raises:
+        ReferenceUnavailable: the venv cannot be made, or the script failed; the message says why.
+    """
+    python = pylate_python()
+    spec, out = workdir / "encode.json", workdir / "encoded.npz"
+    spec.write_text(json.dumps({"model_dir": str(model_dir), "texts": texts, "is_query": is_query, "out": str(out)}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": ""}
+    done = subprocess.run([str(python), str(SCRIPT), "--encode", str(spec)], capture_output=True, text=True, env=env,
+                          timeout=_TIMEOUT_S)
+    if done.returncode != 0:
+        raise ReferenceUnavailable(f"{SCRIPT.name} --encode failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with np.load(out) as saved:
+        return [saved[f"v{i}"] for i in range(len(texts))]
+
+
 def make_reference(workdir: Path, minilm_dir: Path) -> ColbertReference:
     """Build the models and PyLate's answers into `workdir` (about 20 s once the venv exists).
 

@@ -36,8 +36,9 @@ def make_masked_lm(target: Path, minilm_dir: Path, seed: int = 0) -> Path:
     return target
 
 
-def make_splade(target: Path, minilm_dir: Path, pooling: str = "max") -> Path:
-    """The tiny MLM saved as sentence-transformers' SparseEncoder (a fill-mask Transformer + SpladePooling)."""
+def make_splade(target: Path, minilm_dir: Path, pooling: str = "max", activation: str = "relu") -> Path:
+    """The tiny MLM saved as sentence-transformers' SparseEncoder (a fill-mask Transformer + SpladePooling with its
+    `pooling_strategy` and `activation_function`)."""
     from sentence_transformers import SparseEncoder
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sparse_encoder.modules import SpladePooling
@@ -45,7 +46,8 @@ def make_splade(target: Path, minilm_dir: Path, pooling: str = "max") -> Path:
     plain = make_masked_lm(target.with_name(target.name + "-mlm"), minilm_dir)
     # sentence-transformers 6.2's way (its MLMTransformer is deprecated for this): a fill-mask Transformer
     mlm = Transformer(str(plain), transformer_task="fill-mask", max_seq_length=128)
-    encoder = SparseEncoder(modules=[mlm, SpladePooling(pooling_strategy=pooling)], device="cpu")
+    pooled = SpladePooling(pooling_strategy=pooling, activation_function=activation)
+    encoder = SparseEncoder(modules=[mlm, pooled], device="cpu")
     encoder.save(str(target))
     return target
 
