@@ -20,7 +20,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 import orjson
 
@@ -30,7 +30,7 @@ from container.errors import (
     BadRequest, NotAcceptable, PayloadTooLarge, Reply, SearchboxError, UnsupportedMediaType, error_reply,
     from_handler_error, payload_too_large,
 )
-from container.settings import ENV_MAX_RESPONSE_MB, Settings
+from container.settings import ENV_MAX_RESPONSE_MB, ENV_MODEL_DIR, Settings
 from container.telemetry import RequestFigures
 from model_handlers import operations
 from model_handlers.batching import Timing
@@ -51,6 +51,8 @@ ADAPTER_HEADER = "X-Amzn-SageMaker-Adapter-Identifier"
 _LARGE_BODY = 1024 * 1024
 # Records of one batch body run concurrently so that the model's batcher can pack them together.
 _RECORD_THREADS = 8
+# The model directory of an engine over a pipeline loaded by its caller (`Engine.loaded`): never read.
+_LOADED = "(loaded by the caller)"
 # What an Accept header may name to take any answer (the SageMaker toolkit's `content_types.ANY`).
 _ANY = "*/*"
 
@@ -159,10 +161,11 @@ class Engine:
         return cls(settings, lambda: runtime.handler)
 
     @classmethod
-    def loaded(cls, pipeline: Any, settings: Settings | None = None) -> "Engine":
+    def loaded(cls, pipeline: Any, environ: Mapping[str, str] | None = None) -> "Engine":
         """The engine of a pipeline loaded outside a server (the artifact's smoke test, few-shot training), with the
-        server's default limits unless `settings` are given."""
-        return cls(settings or Settings.from_env({}), lambda: pipeline)
+        server's default limits, or those `environ` sets."""
+        # the model is loaded already: only the limits are read, and no model directory is looked for
+        return cls(Settings.from_env({ENV_MODEL_DIR: _LOADED, **(environ or {})}), lambda: pipeline)
 
     def answer(self, incoming: Incoming, observe: Observer | None = None) -> Reply:
         """The 200 reply to `incoming`.
@@ -220,6 +223,7 @@ class Engine:
                 # requests are checked
                 content_type = answer_type(incoming.accept, source.answer_types)
             bound = self._bind(job, pipeline, incoming.adapter)
+            source.count(job)
             if source.batch:
                 estimate += sum(b.wire.estimate(b.request, b.encoding, pipeline) for b in bound)
                 if estimate > settings.max_response_bytes:
@@ -325,6 +329,9 @@ class _Whole:
     def jobs(self) -> Iterator[Records]:
         yield self._job
 
+    def count(self, job: Records) -> None:
+        pass  # its decoder bounded its rows
+
     def answer(self) -> "_InMemory":
         return _InMemory()
 
@@ -344,16 +351,20 @@ class _Spooled:
         self._decode = decode
         self._max_rows = max_rows
         self.answer_types: Sequence[str] = ()  # known once every line is counted
+        self._lines = self._slice_lines = 0
 
     def jobs(self) -> Iterator[Records]:
-        lines = 0
+        self._lines = 0
         for first, piece in spooled.slices(self._body):
-            job = batch_transform.decode_jsonlines(piece, self._decode, self._max_rows, first)
-            lines += len(batch_transform.split_lines(piece))
-            if lines > self._max_rows:
-                raise batch_transform.too_many_rows(self._max_rows)
-            yield job
-        self.answer_types = batch_transform.answer_types(lines)
+            self._slice_lines = len(batch_transform.split_lines(piece))
+            yield batch_transform.decode_jsonlines(piece, self._decode, self._max_rows, first)
+        self.answer_types = batch_transform.answer_types(self._lines)
+
+    def count(self, job: Records) -> None:
+        """The body's lines so far, the slice just checked included (a slice's decoder bounds only its own)."""
+        self._lines += self._slice_lines
+        if self._lines > self._max_rows:
+            raise batch_transform.too_many_rows(self._max_rows)
 
     def answer(self) -> "_OnDisk":
         return _OnDisk()

@@ -89,9 +89,9 @@ def embed(handler, inputs: tuple[EmbedInput, ...], task: str | None) -> np.ndarr
     from container import routes
     from container.dialects import fields
     from container.engine import Engine, Incoming
-    from container.settings import ENV_MAX_PAYLOAD_MB, Settings
+    from container.settings import ENV_MAX_PAYLOAD_MB
 
-    engine = Engine.loaded(handler, Settings.from_env({ENV_MAX_PAYLOAD_MB: str(_BODY_MB)}))
+    engine = Engine.loaded(handler, {ENV_MAX_PAYLOAD_MB: str(_BODY_MB)})
     decode = next(route.decode for route in routes.routes() if route.path == _EMBEDDINGS_PATH)
     vectors = []
     for start in range(0, len(inputs), _BATCH):
