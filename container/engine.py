@@ -129,13 +129,17 @@ def client_gone(sock: socket.socket | None) -> Callable[[], bool] | None:
 @dataclass(frozen=True)
 class Bound:
     """One typed request bound to the served kind, once: resolved (the operation it asks filled in), its operation's
-    spec and dialect looked up, checked; where it came from (errors are prefixed with it) and its encoding."""
+    spec looked up, checked; where it came from (errors are prefixed with it) and its encoding."""
 
     request: TypedRequest
     spec: OperationSpec
-    wire: WireOperation
     origin: str
     encoding: Any = None
+
+    @property
+    def wire(self) -> WireOperation:
+        """Its operation's dialect: looked up only where a batch answer's size is bounded before the model runs."""
+        return dialects.named(self.spec.name)
 
 
 # What a caller may watch of each answered part: its bound requests and their typed results (the smoke test sums up
@@ -265,8 +269,7 @@ class Engine:
                 check_limits(request, spec, self._settings)
             except SearchboxError as exc:
                 raise _at(exc, origin) from None
-            bound.append(Bound(request, spec, dialects.named(request.operation), origin,
-                               encodings[index] if index < len(encodings) else None))
+            bound.append(Bound(request, spec, origin, encodings[index] if index < len(encodings) else None))
         return bound
 
     def _decode(self, decode: Callable[[Any], Decoded], body: bytes, media_type: str, records: bool,
