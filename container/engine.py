@@ -184,9 +184,9 @@ class Engine:
         batch_body = incoming.records and media_type in _RECORD_DECODERS
         received = time.monotonic() if incoming.received is None else incoming.received
         # the time budget runs from the request's arrival: reading a slow client's body spends it too
-        deadline = Deadline(received + settings.timeout_s(batch_body), incoming.abandoned or _never)
-        pipeline.admit(deadline)  # 503 (Retry-After) at once when the work queued ahead would outlast it
-        deadline = dataclasses.replace(deadline, admitted=True)
+        at, abandoned = received + settings.timeout_s(batch_body), incoming.abandoned or _never
+        pipeline.admit(Deadline(at, abandoned))  # 503 (Retry-After) at once when the work queued ahead outlasts it
+        deadline = Deadline(at, abandoned, admitted=True)
         decode = dialects.chosen(incoming.decode, incoming.custom_attributes)
         limit = settings.max_payload_bytes
         spooled.refuse_declared(incoming.content_length, limit)
