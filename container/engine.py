@@ -172,7 +172,8 @@ class Engine:
         return cls(Settings.from_env({ENV_MODEL_DIR: _LOADED, **(environ or {})}), lambda: pipeline)
 
     def answer(self, incoming: Incoming, observe: Observer | None = None) -> Reply:
-        """The 200 reply to `incoming`.
+        """The 200 reply to `incoming`; `observe`, when given, sees each answered part's bound requests and typed
+        results before they are rendered.
 
         Raises:
             SearchboxError, HandlerError: what to tell the caller; `error_reply` renders either. Nothing has been sent
