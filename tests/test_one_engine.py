@@ -144,13 +144,14 @@ def test_v1_embeddings_answers_its_bodies_as_invocations_does(client, name):
 
 
 def test_the_artifact_smoke_test_answers_its_sample_as_every_host(client, score):
+    import _samples
     import build_artifact
 
     from model_handlers import read_serving_config
 
     config = read_serving_config(embedded_model_dir())
     _, figures, body = build_artifact._smoke_test(embedded_model_dir(), config, "cpu")
-    sample = orjson.dumps(config.kind.samples.request)
+    sample = orjson.dumps(_samples.of(config.kind.name).request)
     invocations = comparable(posted(client, "/invocations", sample, "application/json", {}))
     assert invocations[0] == 200
     assert comparable((200, invocations[1], body))[2] == invocations[2]
