@@ -1,15 +1,15 @@
 """The Flask app: one Blueprint binds the route table (container/routes.py) to views that read the app's state.
 
-HTTP request -> media type and size checks -> dialect decode -> Accept check -> typed request -> handler ->
-typed result -> dialect render -> JSON bytes. The views hold nothing themselves: the settings, the model runtime
-and the dispatcher are the app's (`current_app.extensions`), made once by `create_app`.
+An inference view only hands Flask's request to the engine (container/engine.py: admission, size checks, dialect
+decode, Accept, typed requests, the model, rendering) and the engine's reply back to Flask. The views hold nothing
+themselves: the settings, the model runtime and the engine are the app's (`current_app.extensions`), made once by
+`create_app`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,15 +17,13 @@ from typing import Any, Callable
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
-from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from container import adapters as adapters_api, dialects, routes, spooled
+from container import adapters as adapters_api, routes, spooled
 from container.dialects import JSON, Decoded
-from container.dialects.batch_transform import JSONLINES_TYPES
-from container.dispatch import ADAPTER_HEADER, Dispatcher
+from container.engine import Engine, Incoming
 from container.errors import (
-    BadRequest, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
+    MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
     payload_too_large,
 )
 from container.execution_parameters import execution_parameters
@@ -48,7 +46,7 @@ class Served:
 
     settings: Settings
     runtime: ModelRuntime
-    dispatcher: Dispatcher
+    engine: Engine
     openapi: bytes  # the same for every request: built once
 
 
@@ -57,7 +55,7 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     app = Flask("searchbox")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_payload_bytes
     runtime = runtime or ModelRuntime(settings).start()
-    app.extensions[EXTENSION] = Served(settings, runtime, Dispatcher(settings, runtime),
+    app.extensions[EXTENSION] = Served(settings, runtime, Engine.of(runtime, settings),
                                        orjson.dumps(openapi_document()))
     app.register_blueprint(api)
     return app
@@ -153,20 +151,9 @@ _VIEWS: dict[str, Callable[..., Response]] = {
 
 
 def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
-    dispatcher = served().dispatcher
-    settings = served().settings
-    # the time budget runs from the request's arrival: reading a slow client's body spends it too
-    dispatcher.admit(request.mimetype, records=records, received=g.received)  # 503 at once: loading, draining, busy
-    decode = dialects.chosen(decode, request.headers.get(dialects.CUSTOM_ATTRIBUTES_HEADER))
-    refuse_declared_length(settings.max_payload_bytes)
-    asked = {"accept": request.headers.get("Accept"), "abandoned": client_gone(request.environ.get("gunicorn.socket")),
-             "adapter": request.headers.get(ADAPTER_HEADER) or None, "received": g.received}
-    if settings.async_mode and records and request.mimetype in JSONLINES_TYPES:
-        with spooled.spool(request.environ["wsgi.input"], settings.max_payload_bytes) as body:
-            reply = dispatcher.answer_spooled(decode, body, **asked)
-    else:
-        reply = dispatcher.answer(decode, read_body(settings.max_payload_bytes), request.mimetype, records=records,
-                                  **asked)
+    # the raw WSGI stream, read only once the engine admitted the request (see spooled.read_body)
+    incoming = Incoming.of(request, decode, records, request.environ["wsgi.input"], g.received)
+    reply = served().engine.answer(incoming)
     g.figures = reply.figures
     return reply_response(reply)
 
@@ -213,48 +200,9 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
 
 
 def read_body(limit: int) -> bytes:
-    """The whole body, however it is framed; over `limit` it is a 413 and nothing is computed.
-
-    Read from the WSGI stream itself: werkzeug's limited stream cuts a chunked body at the limit
-    without a word, which answered the first rows of a 7 MiB CSV with 200 and dropped the rest.
-
-    Raises:
-        PayloadTooLarge: the body is longer than `limit`.
-        BadRequest: the body's framing is malformed (chunk sizes, terminators).
-    """
-    refuse_declared_length(limit)
-    stream = request.environ["wsgi.input"]
-    try:
-        body = stream.read(limit + 1)
-    except (ParseException, ValueError) as exc:
-        raise BadRequest(f"the body's framing is malformed ({type(exc).__name__}); send Content-Length or valid "
-                         "chunked encoding", code="MALFORMED_BODY") from None
-    if len(body) > limit:
-        raise payload_too_large(limit)
-    return body
-
-
-def refuse_declared_length(limit: int) -> None:
-    """413 before a byte is read when Content-Length already says the body is over `limit` (a chunked body is
-    counted as it is read)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise payload_too_large(limit)
-
-
-def client_gone(sock: socket.socket | None) -> Callable[[], bool] | None:
-    """A check that the connection the request came on was closed (nginx closes it when its client leaves)."""
-    if sock is None:
-        return None
-
-    def gone() -> bool:
-        try:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-
-    return gone
+    """The whole body of a control request (adapter registration); over `limit` it is a 413."""
+    spooled.refuse_declared(request.content_length, limit)
+    return spooled.read_body(request.environ["wsgi.input"], limit)
 
 
 def reply_response(reply: Reply) -> Response:

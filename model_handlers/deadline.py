@@ -20,6 +20,8 @@ def _never() -> bool:
 class Deadline:
     at: float  # time.monotonic() after which nobody waits for the answer
     abandoned: Callable[[], bool] = _never  # true once the caller is gone (e.g. its connection closed)
+    # the server admitted its request already (before reading the body): the operations do not ask the batcher again
+    admitted: bool = False
 
     @classmethod
     def after(cls, seconds: float, abandoned: Callable[[], bool] = _never) -> "Deadline":

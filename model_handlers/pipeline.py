@@ -5,7 +5,7 @@ A kind's model only prepares and runs: it turns a request into work items on the
 thread, returning raw float32 arrays. The rest is here, once: the deadline and admission, the batcher,
 and running each operation as its spec says (model_handlers/operations/: `dimensions` and normalisation
 for embeddings, the long-document windows and order of ranking). What a kind does not offer is refused by
-the server (container/dispatch.py), not here.
+the server (container/engine.py), not here.
 """
 
 from __future__ import annotations
@@ -84,10 +84,14 @@ class Pipeline:
         """Inputs (work items) queued or running."""
         return self._batcher.pending_items
 
-    def run(self, request: Any, deadline: Deadline | None = None, timing: Timing | None = None) -> Any:
-        """The answer to a typed request, as its operation's spec runs it."""
-        request = self.kind.resolve(request)
-        return self._spec(request).run(self, request, deadline or self.options.deadline(), timing)
+    def run(self, request: Any, deadline: Deadline | None = None, timing: Timing | None = None,
+            spec: "OperationSpec | None" = None) -> Any:
+        """The answer to a typed request, as its operation's spec runs it. `spec`: the request is already resolved and
+        checked, and this is its operation's (the server's engine binds each request once, container/engine.py)."""
+        if spec is None:
+            request = self.kind.resolve(request)
+            spec = self._spec(request)
+        return spec.run(self, request, deadline or self.options.deadline(), timing)
 
     def answer_rows(self, request: Any) -> int:
         """The rows (vectors) the answer to `request` holds: one per input, or what the operation counts (a model of
@@ -97,8 +101,10 @@ class Pipeline:
         return spec.inputs(request) if spec.answer_rows is None else spec.answer_rows(self, request)
 
     def admit(self, deadline: Deadline) -> None:
-        """Refuse at once (Overloaded) when the queued work alone would outlast `deadline`."""
-        self._batcher.admit(deadline)
+        """Refuse at once (Overloaded) when the queued work alone would outlast `deadline` (once per request: not
+        again for one the server admitted before reading its body)."""
+        if not deadline.admitted:
+            self._batcher.admit(deadline)
 
     def execute(self, prepare: Callable[[], W], deadline: Deadline, timing: Timing | None,
                 expected: int | None = None) -> tuple[W, list[np.ndarray]]:
@@ -157,6 +163,6 @@ class Pipeline:
     def _spec(self, request: Any) -> "OperationSpec":
         if not self.kind.answers(request.operation):
             raise AssertionError(f"kind {self.kind.name} does not answer {request.operation}: the server refuses such "
-                                 "requests before they run (container/dispatch.py); this is a bug")
+                                 "requests before they run (container/engine.py); this is a bug")
         return operations.named(request.operation)
 

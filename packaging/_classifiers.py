@@ -2,30 +2,35 @@
 
 Jina's cloud trains classifiers through a stateful `/v1/train`; a marketplace endpoint has many instances and no shared
 state, so a seller fits them here, on the model being packaged: each example (a JSON Lines line `{"text"|"image",
-"label"}`) is embedded by the staged model exactly as the server embeds a classify request's inputs (its
-`classification` task where it declares one, L2-normalised), scikit-learn's LogisticRegression is fitted on a
-stratified 80% and scored on the other 20% (the held-out accuracy the manifest reports, refused below the seller's
-floor), then fitted again on every example: that is the classifier the artifact ships
-(model_handlers/classifiers.py), and the server applies it as its `predict_proba` does.
+"label"}`) is embedded by the staged model through the server's own engine (container/engine.py), as a
+`/v1/embeddings` body with its `classification` task where it declares one, L2-normalised; scikit-learn's
+LogisticRegression is fitted on a stratified 80% and scored on the other 20% (the held-out accuracy the manifest
+reports, refused below the seller's floor), then fitted again on every example: that is the classifier the artifact
+ships (model_handlers/classifiers.py), and the server applies it as its `predict_proba` does.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from model_handlers.classifiers import NAME, TrainedClassifier
 from model_handlers.operations.classify import CLASSIFICATION_TASK
-from model_handlers.operations.embed import EMBED
-from model_handlers.types import EmbedInput, EmbedRequest, ImageInput, TextInput
+from model_handlers.types import EmbedInput, ImageInput, TextInput
 
 HELD_OUT = 0.2
 SEED = 0
 # Embedded per request while fitting (the server's own input limit is larger).
 _BATCH = 256
+# The body limit of those requests, in MiB: 256 images in base64 are far over a served request's 6.
+_BODY_MB = 1024
+# Where the server takes embeddings bodies: its route's dialect decodes them.
+_EMBEDDINGS_PATH = "/v1/embeddings"
 FIT = ("scikit-learn LogisticRegression(C=1.0, solver='lbfgs', max_iter=1000) on the model's L2-normalised "
        "embeddings; held-out accuracy from a stratified 80/20 split (random_state=0), shipped refitted on all examples")
 
@@ -79,11 +84,21 @@ def read_examples(name: str, path: Path) -> Examples:
 
 
 def embed(handler, inputs: tuple[EmbedInput, ...], task: str | None) -> np.ndarray:
-    """The inputs' L2-normalised embeddings, as the server embeds a classify request's inputs."""
+    """The inputs' L2-normalised embeddings, as the server answers `/v1/embeddings` bodies of them: through its own
+    engine, the vectors read back from base64 (their float32 bytes, exact)."""
+    from container import routes
+    from container.dialects import fields
+    from container.engine import Engine, Incoming
+    from container.settings import ENV_MAX_PAYLOAD_MB
+
+    engine = Engine.loaded(handler, {ENV_MAX_PAYLOAD_MB: str(_BODY_MB)})
+    decode = next(route.decode for route in routes.routes() if route.path == _EMBEDDINGS_PATH)
     vectors = []
     for start in range(0, len(inputs), _BATCH):
-        request = EmbedRequest(inputs=inputs[start:start + _BATCH], task=task, operation=EMBED)
-        vectors.extend(handler.run(request).vectors)
+        body = {"input": [fields.render_input(item) for item in inputs[start:start + _BATCH]],
+                "embedding_type": "base64", **({"task": task} if task is not None else {})}
+        answer = orjson.loads(engine.answer(Incoming(decode, False, orjson.dumps(body))).body)
+        vectors.extend(np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4") for item in answer["data"])
     return np.stack(vectors)
 
 
@@ -135,7 +150,7 @@ def fit(handler, examples: Examples, min_accuracy: float = 0.0) -> TrainedClassi
 
 def build(staged: Path, sources: dict[str, Path], min_accuracy: float, device: str) -> list[TrainedClassifier]:
     """Fit each classifier on the staged model and write it into the staged directory."""
-    from container.dispatch import check_operation
+    from container.engine import check_operation
     from container.errors import SearchboxError
     from model_handlers import HandlerOptions, load_handler
     from model_handlers.operations.classify import ClassifyRequest

@@ -248,7 +248,7 @@ def worked_example(product: _catalog.Product, sample: build_artifact.SampleFigur
     """
     metering, price = product.pricing.metering, product.pricing.price_per_unit
     units = metering.units(inputs=sample.inputs, tokens=sample.tokens)
-    if units != sample.units:  # the server counted the sample itself (container.dispatch.request_figures)
+    if units != sample.units:  # the server counted the sample itself (container.engine.request_figures)
         raise AssertionError(f"the sample reported {sample.units} units, its usage makes {units}: this is a bug")
     listing = dialects.named(_sample_operation(product)).listing
     what = listing.action.format(count=sample.inputs, s="s" * (sample.inputs != 1))

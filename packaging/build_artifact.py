@@ -148,7 +148,7 @@ def build_artifact(model_dir: str | Path, output: str | Path, *, served_name: st
             config = _write_serving_config(staged, served_name=None, default_name=config.served_model_name, kind=None,
                                            tasks=None, backend={"backend": "onnx", "onnx_file": quality.backend_file})
         trained = _build_classifiers(staged, classifiers, classifier_min_accuracy, device)
-        check_summary, sample = _smoke_test(staged, config, device) if check else ("skipped (--no-check)", None)
+        check_summary, sample, _ = _smoke_test(staged, config, device) if check else ("skipped (--no-check)", None, b"")
         files = _list_files(staged)
         manifest = _manifest(staged, files, config, vendored, sample, quality, trained)
         (staged / MANIFEST).write_bytes(manifest)
@@ -386,12 +386,14 @@ def _write_serving_config(staged: Path, *, served_name: str | None, default_name
     return read_serving_config(staged)
 
 
-def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
-    """Load the staged directory exactly as the container will and answer its kind's sample request.
+def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures, bytes]:
+    """Load the staged directory exactly as the container will and answer its kind's sample request: (a line saying
+    what it answered, what that consumed, the answer's body).
 
-    The sample (the kind's registry entry) goes through the server's own dialect parser, operation check
-    and renderer; the answer must hold numbers, all finite, not all zero. What it consumed (inputs, tokens,
-    metered units) is counted by the server's own `request_figures`, as its X-Amzn-Inference-Metering says.
+    The sample (the kind's, packaging/_samples.py) goes through the server's own engine, as `/invocations` answers it
+    (container/engine.py: dialect parser, operation check, model, renderer); the answer must hold numbers, all finite,
+    not all zero. What it consumed (inputs, tokens, metered units) is the engine's own count, as its
+    X-Amzn-Inference-Metering says.
     """
     import math
 
@@ -399,23 +401,21 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
 
     import _samples
     from container.dialects import decode_invocation
-    from container.dispatch import check_operation, request_figures
-    from model_handlers import HandlerOptions, load_handler, operations
-    from model_handlers.batching import Timing
+    from container.engine import Engine, Incoming
+    from model_handlers import HandlerOptions, load_handler
 
     started = time.monotonic()
     handler = None
+    answered = []
     try:
         handler = load_handler(staged, HandlerOptions(device=device, max_batch_items=8))
-        decoded = decode_invocation(_samples.of(config.kind.name).request)
-        request = config.kind.resolve(decoded.request)
-        check_operation(request, config.kind, config.served_model_name)
-        result = handler.run(request)
-        summary = operations.named(request.operation).summary(request, result)
-        numbers = _numbers(orjson.loads(orjson.dumps(decoded.render(result), option=orjson.OPT_SERIALIZE_NUMPY)))
+        sample = Incoming(decode_invocation, True, orjson.dumps(_samples.of(config.kind.name).request))
+        reply = Engine.loaded(handler).answer(sample, lambda bound, results: answered.extend(zip(bound, results)))
+        (bound, result), = answered
+        summary = bound.spec.summary(bound.request, result)
+        numbers = _numbers(orjson.loads(reply.body))
         if not numbers or not all(math.isfinite(n) for n in numbers) or not any(numbers):
             raise BuildRefused(f"the model's answer to its sample request is empty, zero or not finite: {summary}")
-        figures = request_figures([request], [result], [Timing()], config.metering)
     except BuildRefused:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure here means the directory would not serve
@@ -424,8 +424,9 @@ def _smoke_test(staged: Path, config, device: str) -> tuple[str, SampleFigures]:
     finally:
         if handler is not None:
             handler.close()
-    sample = SampleFigures(inputs=figures.inputs, tokens=figures.tokens, units=figures.units)
-    return f"{summary} in {time.monotonic() - started:.1f} s", sample
+    figures = reply.figures
+    sample_figures = SampleFigures(inputs=figures.inputs, tokens=figures.tokens, units=figures.units)
+    return f"{summary} in {time.monotonic() - started:.1f} s", sample_figures, reply.body
 
 
 def _numbers(value) -> list[float]:

@@ -17,7 +17,7 @@ import orjson
 from hypothesis import strategies as st
 
 from container import dialects, routes
-from container.dispatch import ADAPTER_HEADER
+from container.engine import ADAPTER_HEADER
 
 ERROR_KEYS = {"detail", "code", "request_id"}
 # the contract's keys (§1-§2i), the integration shapes' (TEI, Cohere, OpenSearch, Elasticsearch, Azure AI Search)

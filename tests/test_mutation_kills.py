@@ -436,7 +436,7 @@ def test_a_pipeline_refuses_adapters_it_does_not_hold_and_operations_its_kind_do
     with pytest.raises(AssertionError) as raised:
         pipeline.run(EmbedRequest(inputs=(TextInput("q"),), operation="multi-vector"))
     assert str(raised.value) == (f"kind {pipeline.kind.name} does not answer multi-vector: the server refuses such "
-                                 "requests before they run (container/dispatch.py); this is a bug")
+                                 "requests before they run (container/engine.py); this is a bug")
 
 
 class _Work:

@@ -3,9 +3,10 @@
 `init()` runs once per azmlinfsrv worker and blocks its port until it returns: it loads the model
 through the same `Settings.from_env()` and `ModelRuntime` as `serve` (model from
 $AZUREML_MODEL_DIR, or `--model_dir`), and returns only once the warm-up inference ran. `run()`
-takes the raw request (`@rawhttp`) and answers through the same `Dispatcher` as `/invocations`,
-so both deployments give byte-identical bodies: every JSON dialect, CSV and JSON Lines, and the
-contract's JSON errors with their statuses (never azmlinfsrv's generic 500).
+takes the raw request (`@rawhttp`) and hands it to the same engine as `/invocations` (container/engine.py),
+with the same headers read (Accept, SageMaker's adapter header and CustomAttributes), so both deployments give
+byte-identical bodies: every JSON dialect and shape, CSV and JSON Lines, and the contract's JSON errors with their
+statuses (never azmlinfsrv's generic 500).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from azureml_inference_server_http.api.aml_request import AMLRequest, rawhttp
 from azureml_inference_server_http.api.aml_response import AMLResponse
 
 from container import dialects
-from container.dispatch import Dispatcher
+from container.engine import Engine, Incoming
 from container.errors import MethodNotAllowed, Reply, error_reply, internal_error
 from container.runtime import ModelRuntime
 from container.settings import Settings, apply_library_environment
@@ -31,13 +32,13 @@ logger = logging.getLogger("searchbox.azureml")
 
 # azmlinfsrv's init()/run() protocol leaves module globals as the only place for the loaded
 # model; they are written once, by init(), before the worker serves anything.
-_dispatcher: Dispatcher | None = None
+_engine: Engine | None = None
 _runtime: ModelRuntime | None = None
 
 
 def init() -> None:
     """Load the model once for this worker, warm it up, and return only when it can answer."""
-    global _dispatcher, _runtime
+    global _engine, _runtime
     apply_library_environment()  # before the model loads torch: the same process defaults as `serve`
     limit_arenas()
     settings = Settings.from_env()
@@ -48,7 +49,7 @@ def init() -> None:
     while not runtime.wait_ready(0.2):
         if failed.is_set():
             raise RuntimeError(f"cannot serve {settings.model_dir}: {runtime.load_error}")
-    _dispatcher, _runtime = Dispatcher(settings, runtime), runtime
+    _engine, _runtime = Engine.of(runtime, settings), runtime
 
 
 @rawhttp
@@ -57,14 +58,14 @@ def run(request: AMLRequest) -> AMLResponse:
     # azmlinfsrv has already chosen the id it sends back in x-request-id; the body quotes the same.
     request_id = flask.g.get("request_id") or uuid.uuid4().hex
     received = time.monotonic()
-    if _dispatcher is None or _runtime is None:
+    if _engine is None or _runtime is None:
         raise RuntimeError("run() before init(); this is a bug in the server setup")
     if request.method != "POST":
         reply = error_reply(MethodNotAllowed(f"{request.method} is not allowed on /score; POST a body"), request_id)
     else:
         try:
-            reply = _dispatcher.reply(dialects.decode_invocation, request.get_data(cache=False), request.mimetype,
-                                      request_id, records=True, accept=request.headers.get("Accept"))
+            reply = _engine.reply(Incoming.of(request, dialects.decode_invocation, True, request.stream, received),
+                                  request_id)
         except TimeoutError:
             raise  # azmlinfsrv's SCORING_TIMEOUT_MS alarm: its own timeout answer is the right one
         except Exception:

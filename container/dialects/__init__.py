@@ -6,7 +6,7 @@ of its answers (a batch body's cap is checked before any work), its OpenAPI comp
 The embeddings forms share their bodies: `{"input"}` (public.py) and the SageMaker envelope (sagemaker.py), which
 answer in the form the request asked for, or the served kind's own form when it named none.
 
-`Decoded` is one JSON body's request; `Records` what the dispatcher runs for any body (one JSON request, or the
+`Decoded` is one JSON body's request; `Records` what the engine runs for any body (one JSON request, or the
 many of a batch-transform CSV or JSON Lines body).
 """
 

@@ -5,7 +5,7 @@
 "embeddings": [[...], ...]}]}`: one row per kept token of each input, each row cut to `dimensions`, normalised
 and encoded on its own (base64 per row, bits packed per row). The body's fields are the embeddings API's
 (dialects/public.py); in the SageMaker envelope a multi-vector model answers each item under `embeddings`. A model
-of single vectors refuses it, naming the route it answers (container/dispatch.py).
+of single vectors refuses it, naming the route it answers (container/engine.py).
 """
 
 from __future__ import annotations
