@@ -41,7 +41,7 @@ class SegmentRequest:
     max_chunk_tokens: int | None = None
     head: int | None = None
     tail: int | None = None
-    # SageMaker's adapter header may name one (dispatch.with_adapter); adapters change no token
+    # SageMaker's adapter header may name one (engine.with_adapter); adapters change no token
     adapter: str | None = None
 
     operation: ClassVar[str] = SEGMENT

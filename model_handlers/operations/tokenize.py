@@ -36,7 +36,7 @@ class Tokenizes(Protocol):
 class TokenizeRequest:
     inputs: tuple[EmbedInput, ...]
     return_tokens: bool = False
-    # SageMaker's adapter header may name one (dispatch.with_adapter); adapters change no token
+    # SageMaker's adapter header may name one (engine.with_adapter); adapters change no token
     adapter: str | None = None
 
     operation: ClassVar[str] = TOKENIZE
