@@ -92,8 +92,8 @@ def test_a_csv_body_is_a_batch_sent_to_the_model_in_requests_of_max_inputs(start
     app, runtime = started(minilm_dir, {"SEARCHBOX_MAX_INPUTS": "3"})
     sizes = []
     run = runtime.handler.run
-    monkeypatch.setattr(runtime.handler, "run", lambda request, *args: sizes.append(len(request.inputs)) or
-                        run(request, *args))  # observed, not replaced: the real handler answers
+    monkeypatch.setattr(runtime.handler, "run", lambda request, *args, **kwargs: sizes.append(len(request.inputs))
+                        or run(request, *args, **kwargs))  # observed, not replaced: the real handler answers
     answer = app.post("/invocations", data=b"1,a\n2,b\n3,c\n4,d\n", headers={"Content-Type": "text/csv"})
     assert answer.status_code == 200, answer.text
     assert [item["id"] for item in answer.json()["data"]] == ["1", "2", "3", "4"] and sizes == [3, 1]
