@@ -10,8 +10,10 @@ sources fill the set:
   memory up to a cap, past which the least recently used one that is neither pinned nor in use is unloaded (it stays
   registered and is loaded again, from where it was registered, when a request names it).
 
-A pass and a change of the set exclude each other (one lock): an adapter is added or removed between passes, never
-during one, and one that fails to load leaves nothing behind.
+Two locks: the set's (its bookkeeping, held for moments) and the model's (a pass, or a change of the model's layers).
+An adapter is added or removed between passes, never during one, and one that fails to load leaves nothing behind;
+a request that only reads the set (which adapters there are, which it holds) never waits for a pass to end (it
+would queue its texts only once the running pass ended, and the next pass would start without them).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class RowAdapters:
         self._max_loaded = max_loaded
         self._allow_pickle = allow_pickle
         self._entries: dict[str, _Entry] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the set: self._entries and each entry's fields
+        self._model_lock = threading.RLock()  # the model's layers: a pass, or an adapter put in or taken out
         self._rows: list[str] | None = None  # what the LoRA layers read during a pass
         self._hooked: set[int] = set()
         self._unpacked: dict[str, Path] = {}
@@ -105,7 +108,7 @@ class RowAdapters:
         with self._lock:
             self._check_new(name)
             try:
-                with _quiet():
+                with _quiet(), self._model_lock:
                     install(self._model)
             except Exception:
                 self._discard(name)
@@ -194,7 +197,7 @@ class RowAdapters:
     @contextmanager
     def rows(self, names: Sequence[str | None]) -> Iterator[None]:
         """Run the enclosed pass with one adapter per input row (None: the base model for that row)."""
-        with self._lock:
+        with self._model_lock:
             if not self._entries:
                 yield  # nothing to apply: the plain model
                 return
@@ -248,6 +251,10 @@ class RowAdapters:
 
     def _load(self, name: str, source: str) -> None:
         directory = self._readable(name, source)
+        with self._model_lock:
+            self._load_layers(name, source, directory)
+
+    def _load_layers(self, name: str, source: str, directory: Path) -> None:
         try:
             # offline all the same: the server forces HF_HUB_OFFLINE (model_handlers/loading.py); transformers'
             # own local_files_only argument breaks load_adapter in the lock's release
@@ -331,8 +338,9 @@ class RowAdapters:
 
     def _discard(self, name: str) -> None:
         """Remove whatever layers or config `name` put into the model (if any)."""
-        if name in (getattr(self._model, "peft_config", None) or {}):
-            self._model.delete_adapter(name)
+        with self._model_lock:
+            if name in (getattr(self._model, "peft_config", None) or {}):
+                self._model.delete_adapter(name)
 
     def close(self) -> None:
         with self._lock:

@@ -332,6 +332,47 @@ def test_peft_adapters_match_peftmodel(peft_model_dir, peft_adapters, minilm_dir
             assert_matches(unit(outputs[index * len(TEXTS):(index + 1) * len(TEXTS)]), expected)
 
 
+def test_a_request_is_prepared_during_a_pass_and_a_new_adapter_waits_for_its_end(peft_model_dir, peft_adapters,
+                                                                                  tmp_path):
+    """A request reads the adapter set while another request's pass runs (it queues its texts for the next pass
+    instead of waiting for this one to end); putting an adapter into the model waits until the pass ended."""
+    from model_handlers.types import EmbedRequest, TextInput
+
+    with serving(peft_model_dir) as app:
+        model = app.runtime.handler.model
+        inside, release = threading.Event(), threading.Event()
+
+        def a_pass():
+            with model.adapters.rows([None, "legal"]):
+                inside.set()
+                release.wait(30)
+
+        def in_thread(call) -> tuple[threading.Thread, list]:
+            done: list = []
+            thread = threading.Thread(target=lambda: done.append(call()), daemon=True)
+            thread.start()
+            return thread, done
+
+        running = threading.Thread(target=a_pass, daemon=True)
+        running.start()
+        assert inside.wait(10)
+        try:
+            preparing, prepared = in_thread(lambda: model.prepare_embed(
+                EmbedRequest(inputs=(TextInput(TEXTS[0]),), adapter="legal")))
+            preparing.join(5)
+            assert prepared, "preparing a request waited for the running pass to end"
+            assert prepared[0].adapters == ("legal",)
+            shutil.copytree(peft_adapters["medical"], tmp_path / "late")
+            registering, registered = in_thread(lambda: model.adapters.register("late", str(tmp_path / "late")))
+            registering.join(1)
+            assert not registered, "an adapter was put into the model during a pass"
+        finally:
+            release.set()
+        running.join(10)
+        registering.join(30)
+        assert registered and "late" in model.adapters.names
+
+
 def test_models_without_adapters_say_so(app):
     """The embedded MiniLM holds none until one is registered: /v1/models lists none, `adapter` is refused."""
     card = app.get("/v1/models").json()["data"][0]
