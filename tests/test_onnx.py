@@ -237,6 +237,7 @@ def test_searchbox_backend_overrides_the_artifacts_choice_and_onnx_without_its_f
                                                                                                    minilm_dir,
                                                                                                    reference_model):
     """README: SEARCHBOX_BACKEND=torch|onnx overrides searchbox.json's backend; onnx needs the artifact's onnx/ files."""
+    from conftest import wait_loaded
     from container.runtime import ModelRuntime
     from container.settings import Settings
     from helpers import serving
@@ -251,7 +252,7 @@ def test_searchbox_backend_overrides_the_artifacts_choice_and_onnx_without_its_f
     # onnx on a directory without onnx/: the server does not start, and says why
     runtime = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(minilm_dir), "SEARCHBOX_BACKEND": "onnx"}))
     try:
-        assert not runtime.start().wait_ready(120)
+        assert not wait_loaded(runtime.start())  # False as soon as the load fails, not after the timeout
         assert "onnx/model.onnx does not exist" in runtime.load_error and "--backend onnx" in runtime.load_error
     finally:
         runtime.close()

@@ -174,13 +174,15 @@ def test_an_int8_export_that_misses_the_sparse_gate_is_refused_with_its_figures_
 
 
 def test_onnx_without_its_files_or_with_another_pooling_is_refused_at_load(splade_dir, int8_artifact, tmp_path):
+    from conftest import wait_loaded
     from container.runtime import ModelRuntime
     from container.settings import Settings
 
     def load_error(model_dir: Path) -> str:
         runtime = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), "SEARCHBOX_BACKEND": "onnx"}))
         try:
-            assert not runtime.start().wait_ready(120)
+            # wait_loaded returns as soon as the load fails: wait_ready alone waited out its whole timeout
+            assert not wait_loaded(runtime.start())
             return runtime.load_error
         finally:
             runtime.close()
