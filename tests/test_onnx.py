@@ -29,6 +29,11 @@ import build_artifact  # noqa: E402
 
 pytestmark = pytest.mark.server
 
+# The archives these tests build are stored, not deflated: gzip at the default level 6 spent 6-8 s of each build of
+# MiniLM's weights (fp32 and int8 files next to model.safetensors), and what is compressed is not what this file
+# tests (the default level is the other packaging tests' build). A level-0 model.tar.gz is still gzip, read as any.
+ARCHIVE_LEVEL = 0
+
 TEXTS = ["hello", "The cat sits on the mat.", "Berlin is the capital and largest city of Germany.",
          "Vector databases index embeddings so that nearest neighbours are found in milliseconds. " * 8, ""]
 
@@ -42,7 +47,8 @@ def unpack(artifact: Path, target: Path) -> Path:
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory, minilm_dir):
     out = tmp_path_factory.mktemp("onnx") / "model.tar.gz"
-    report = build_artifact.build_artifact(minilm_dir, out, backend="onnx", quantize="int8")
+    report = build_artifact.build_artifact(minilm_dir, out, backend="onnx", quantize="int8",
+                                           compresslevel=ARCHIVE_LEVEL)
     return report, unpack(out, out.parent / "model")
 
 
@@ -165,7 +171,7 @@ def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch
     from model_handlers.types import EmbedRequest, TextInput
 
     out = tmp_path / "model.tar.gz"
-    build_artifact.build_artifact(minilm_dir, out, backend="onnx")
+    build_artifact.build_artifact(minilm_dir, out, backend="onnx", compresslevel=ARCHIVE_LEVEL)
     model_dir = unpack(out, tmp_path / "model")
     onnx = load_handler(model_dir)
     torch_handler = load_handler(model_dir, HandlerOptions(backend="torch"))
@@ -184,7 +190,8 @@ def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch
 
 
 def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, reranker_dir):
-    report = build_artifact.build_artifact(reranker_dir, tmp_path / "model.tar.gz", backend="onnx")
+    report = build_artifact.build_artifact(reranker_dir, tmp_path / "model.tar.gz", backend="onnx",
+                                           compresslevel=ARCHIVE_LEVEL)
     assert report.kind == "reranker" and report.quality.fp32_max_score_diff <= 1e-4
     model_dir = unpack(tmp_path / "model.tar.gz", tmp_path / "model")
     from model_handlers import load_handler
@@ -237,6 +244,7 @@ def test_searchbox_backend_overrides_the_artifacts_choice_and_onnx_without_its_f
                                                                                                    minilm_dir,
                                                                                                    reference_model):
     """README: SEARCHBOX_BACKEND=torch|onnx overrides searchbox.json's backend; onnx needs the artifact's onnx/ files."""
+    from conftest import wait_loaded
     from container.runtime import ModelRuntime
     from container.settings import Settings
     from helpers import serving
@@ -251,7 +259,7 @@ def test_searchbox_backend_overrides_the_artifacts_choice_and_onnx_without_its_f
     # onnx on a directory without onnx/: the server does not start, and says why
     runtime = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(minilm_dir), "SEARCHBOX_BACKEND": "onnx"}))
     try:
-        assert not runtime.start().wait_ready(120)
+        assert not wait_loaded(runtime.start())  # False as soon as the load fails, not after the timeout
         assert "onnx/model.onnx does not exist" in runtime.load_error and "--backend onnx" in runtime.load_error
     finally:
         runtime.close()

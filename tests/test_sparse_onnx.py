@@ -28,6 +28,10 @@ import build_artifact  # noqa: E402
 # each module builds an artifact (export, quantize, gate: about 20 s on this project's CPUs)
 pytestmark = pytest.mark.server
 
+# The archives these tests build are stored, not deflated (as in test_onnx.py): what is compressed is not what this
+# file tests (the default level is the other packaging tests' build), and a level-0 model.tar.gz is still gzip.
+ARCHIVE_LEVEL = 0
+
 TEXTS = ["what do cats like to eat", "Dogs, cats & birds: popular pets!!! (mostly...)", "",
          "Learned sparse retrieval weighs every vocabulary entry. " * 40]  # the last one longer than 128 tokens
 QUERY = "where does the baker sell bread"
@@ -64,7 +68,8 @@ def encode(encoder, texts) -> np.ndarray:
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory, splade_dir):
     out = tmp_path_factory.mktemp("sparse-onnx-build") / "model.tar.gz"
-    report = build_artifact.build_artifact(splade_dir, out, backend="onnx", quantize="int8")
+    report = build_artifact.build_artifact(splade_dir, out, backend="onnx", quantize="int8",
+                                           compresslevel=ARCHIVE_LEVEL)
     return report, unpack(out, out.parent / "model")
 
 
@@ -174,13 +179,15 @@ def test_an_int8_export_that_misses_the_sparse_gate_is_refused_with_its_figures_
 
 
 def test_onnx_without_its_files_or_with_another_pooling_is_refused_at_load(splade_dir, int8_artifact, tmp_path):
+    from conftest import wait_loaded
     from container.runtime import ModelRuntime
     from container.settings import Settings
 
     def load_error(model_dir: Path) -> str:
         runtime = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), "SEARCHBOX_BACKEND": "onnx"}))
         try:
-            assert not runtime.start().wait_ready(120)
+            # wait_loaded returns as soon as the load fails: wait_ready alone waited out its whole timeout
+            assert not wait_loaded(runtime.start())
             return runtime.load_error
         finally:
             runtime.close()
@@ -198,7 +205,7 @@ def test_onnx_without_its_files_or_with_another_pooling_is_refused_at_load(splad
 
 def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, minilm_dir, splade_encoder):
     bare = make_bare(tmp_path / "bare", minilm_dir)
-    report = build_artifact.build_artifact(bare, tmp_path / "model.tar.gz", backend="onnx")
+    report = build_artifact.build_artifact(bare, tmp_path / "model.tar.gz", backend="onnx", compresslevel=ARCHIVE_LEVEL)
     assert report.kind == "sparse" and report.quality.backend_file == _onnx.FP32_FILE
     assert report.quality.fp32_max_weight_diff <= 1e-4 and report.quality.int8_top_k_overlap is None
     model_dir = unpack(tmp_path / "model.tar.gz", tmp_path / "model")
@@ -225,7 +232,7 @@ def test_an_inference_free_splade_exports_its_document_route_and_queries_stay_a_
     from sentence_transformers import SparseEncoder
 
     directory = make_inference_free(tmp_path / "inference-free", minilm_dir)
-    build_artifact.build_artifact(directory, tmp_path / "model.tar.gz", backend="onnx")
+    build_artifact.build_artifact(directory, tmp_path / "model.tar.gz", backend="onnx", compresslevel=ARCHIVE_LEVEL)
     model_dir = unpack(tmp_path / "model.tar.gz", tmp_path / "model")
     encoder = SparseEncoder(str(directory), device="cpu")
     queries = encoder.encode_query(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
