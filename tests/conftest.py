@@ -188,13 +188,25 @@ def serving_factory():
         yield lambda model_dir, env=None: stack.enter_context(serving(model_dir, env))
 
 
+@pytest.fixture
+@implies("server")
+def http_serving_factory():
+    """Serve models over HTTP from this process (`helpers.serving_over_http`) with custom settings, for a test whose
+    client needs a URL; all of them are closed after the test. Of the `server` tier: a socket, and clients over it."""
+    from helpers import serving_over_http
+
+    with ExitStack() as stack:
+        yield lambda model_dir, env=None: stack.enter_context(serving_over_http(model_dir, env))
+
+
 @pytest.fixture(scope="session")
 @implies("server")
-def server(tmp_path_factory):
-    """One `serve` of the embedded default model, shared by the tests that only read from it."""
-    running = start_server(tmp_path_factory.mktemp("server"))
-    yield running
-    stop_server(running)
+def server(watched_start):
+    """One `serve` of the embedded default model, shared by the tests that only read from it: the one `watched_start`
+    watched start (both are `serve` alone), so the suite starts it once."""
+    if not watched_start.answers or watched_start.answers[-1][0] != 200:
+        wait_until_ready(watched_start.server)  # the watch ended before ready: its readers need it ready all the same
+    return watched_start.server
 
 
 @pytest.fixture(scope="session")
@@ -214,7 +226,7 @@ class WatchedStart:
 @implies("server")
 def watched_start(tmp_path_factory):
     """One `serve` of the embedded model with the default settings, watched while it starts; the tests of what a
-    starting server answers read `answers`."""
+    starting server answers read `answers`, and once ready it is the shared `server`."""
     running = start_server(tmp_path_factory.mktemp("watched"), wait=False)
     answers = []
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -247,11 +259,9 @@ def one_connection_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 @implies("server")
-def reranker_server(tmp_path_factory, reranker_dir):
-    """One `serve` of the cross-encoder, shared by the tests that only read from it."""
-    running = start_server(tmp_path_factory.mktemp("reranker"), {"SEARCHBOX_MODEL_DIR": str(reranker_dir)})
-    yield running
-    stop_server(running)
+def reranker_server(reranker_dir):
+    """The cross-encoder over HTTP (`helpers.serving_over_http`), shared by the tests that only read from it."""
+    yield from served_over_http(reranker_dir)
 
 
 def shared_server(tmp_path_factory, name: str, model_dir: Path | None, env: dict[str, str] | None = None):
@@ -262,33 +272,43 @@ def shared_server(tmp_path_factory, name: str, model_dir: Path | None, env: dict
     stop_server(running)
 
 
-# One `serve` per tiny model, shared by every file that only reads from it (the listings' clients, README's curls,
-# the end-to-end checks); a test that needs other settings or stops the server starts its own.
+def served_over_http(model_dir: Path, env: dict[str, str] | None = None):
+    """`model_dir` served over HTTP from this process (`helpers.serving_over_http`), closed when its fixture ends."""
+    from helpers import serving_over_http
+
+    with serving_over_http(model_dir, env) as served:
+        yield served
+
+
+# One HTTP server per tiny model, in this process, shared by every file that only reads the model's answers over a
+# URL (the listings' clients, README's curls, the end-to-end checks): what they test is the answers, not the process
+# (`helpers.serving_over_http` says why). They keep the `server` tier: each opens a socket, and its tests are the
+# end-to-end ones (clients, curl, reference venvs) that `make test-fast` leaves out.
 
 @pytest.fixture(scope="session")
 @implies("server")
-def clip_server(tmp_path_factory, clip_dir):
-    yield from shared_server(tmp_path_factory, "clip-server", clip_dir)
+def clip_server(clip_dir):
+    yield from served_over_http(clip_dir)
 
 
 @pytest.fixture(scope="session")
 @implies("server")
-def colbert_server(tmp_path_factory, colbert):
+def colbert_server(colbert):
     """The PyLate-layout ColBERT (`colbert.model_dir("pylate")`)."""
-    yield from shared_server(tmp_path_factory, "colbert-server", colbert.model_dir("pylate"))
+    yield from served_over_http(colbert.model_dir("pylate"))
 
 
 @pytest.fixture(scope="session")
 @implies("server")
-def splade_server(tmp_path_factory, splade_dir):
-    yield from shared_server(tmp_path_factory, "splade-server", splade_dir)
+def splade_server(splade_dir):
+    yield from served_over_http(splade_dir)
 
 
 @pytest.fixture(scope="session")
 @implies("server")
-def bge_m3_server(tmp_path_factory, bge_m3_safetensors_dir):
+def bge_m3_server(bge_m3_safetensors_dir):
     """The tiny BGE-M3 with safetensors heads: served without the pickle opt-in."""
-    yield from shared_server(tmp_path_factory, "bge-m3-server", bge_m3_safetensors_dir)
+    yield from served_over_http(bge_m3_safetensors_dir)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -111,6 +113,55 @@ def serving(model_dir, env: dict[str, str] | None = None) -> Iterator[InProcess]
         yield InProcess(create_app(settings, runtime).test_client(), runtime)
     finally:
         runtime.close()
+
+
+@dataclass
+class ServedOverHttp:
+    """`serving_over_http`'s server: `.url` and `.post` as `RunningServer`'s, `.runtime` the model loaded here."""
+    url: str
+    runtime: Any
+
+    def post(self, path: str, body=None, **kwargs):
+        import requests
+
+        return requests.post(self.url + path, json=body, timeout=120, **kwargs)
+
+
+def _body_ends_at_its_length(app):
+    """`app` handed a body that ends where the request's does, as gunicorn hands it: the app reads `wsgi.input` to its
+    end, and werkzeug's server hands over the socket itself unless the body came chunked."""
+    from werkzeug.wsgi import LimitedStream
+
+    def bounded(environ, start_response):
+        if not environ.get("wsgi.input_terminated"):
+            environ["wsgi.input"] = LimitedStream(environ["wsgi.input"], int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input_terminated"] = True
+        return app(environ, start_response)
+
+    return bounded
+
+
+@contextmanager
+def serving_over_http(model_dir, env: dict[str, str] | None = None) -> Iterator[ServedOverHttp]:
+    """`serving(model_dir, env)`'s app behind a real HTTP server in this process (werkzeug's, a thread per request) on
+    a free port of 127.0.0.1, stopped when the block ends.
+
+    For the tests whose client needs a URL (an SDK, a listing's Python, README's curls run as written) but that test
+    the model's answers, not the process: a `serve` (gunicorn and nginx) costs a start of seconds and a second copy
+    of the model, and what only the process does (start-up, SIGTERM, workers, nginx's limits, shedding and logs) is
+    tested on the few real `serve`s of tests/conftest.py and the files that start their own."""
+    from werkzeug.serving import make_server
+
+    with serving(model_dir, env) as in_process:
+        http = make_server("127.0.0.1", 0, _body_ends_at_its_length(in_process._client.application), threaded=True)
+        thread = threading.Thread(target=http.serve_forever, name=f"http-{http.server_port}", daemon=True)
+        thread.start()
+        try:
+            yield ServedOverHttp(f"http://127.0.0.1:{http.server_port}", in_process.runtime)
+        finally:
+            http.shutdown()
+            thread.join(10)
+            http.server_close()
 
 
 def worker_status(server_pid: int) -> dict[int, dict[str, str]]:

@@ -1,7 +1,7 @@
 """SageMaker batch transform (contract §4): CSV and JSON Lines bodies, GET /execution-parameters.
 
-Against real `serve` processes: the session's default embedding model, and a cross-encoder built
-from the same weights for reranker rows.
+Against the session's real `serve` of the default embedding model, and a cross-encoder built from the same weights
+(served over HTTP from this process) for reranker rows.
 """
 
 from __future__ import annotations
@@ -297,16 +297,25 @@ def test_execution_parameters_default(server):
     assert 1 <= params["MaxPayloadInMB"] <= 6
 
 
-def test_execution_parameters_honour_the_job(server_factory):
-    running = server_factory({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20", "SAGEMAKER_BATCH_STRATEGY": "single_record",
-                              "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3", "SAGEMAKER_BATCH": "true"})
-    params = requests.get(running.url + "/execution-parameters", timeout=10).json()
+def test_execution_parameters_honour_the_job(serving_factory, minilm_dir, tmp_path):
+    """The job's settings, answered and honoured: in this process (the settings are read there), and in the nginx
+    conf that `serve` would start with (that nginx keeps to its client_max_body_size is tested on a real `serve` in
+    test_hostile_traffic.py)."""
+    from container.proxy import ProxyPaths, render_conf
+
+    env = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "20", "SAGEMAKER_BATCH_STRATEGY": "single_record",
+           "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3", "SAGEMAKER_BATCH": "true"}
+    running = serving_factory(minilm_dir, env)
+    params = running.get("/execution-parameters").json()
     assert params == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 20}
-    # and the server takes the bodies it announced: a 7 MiB CSV (over the 6 MiB real-time limit) is read
-    # to its last line, whose error proves it was not refused as too large
+    # nginx lets through the bodies announced
+    conf = render_conf(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(minilm_dir), **env}), ProxyPaths(tmp_path))
+    assert f"client_max_body_size {20 * 1024 * 1024};" in conf
+    # and the app takes them: a 7 MiB CSV (over the 6 MiB real-time limit) is read to its last line, whose error
+    # proves it was not refused as too large
     row = "x," + "word " * 200 + "\n"
     body = row * (7 * 1024 * 1024 // len(row))
-    response = post_raw(running, "/invocations", body + "bad\n", "text/csv")
+    response = running.post("/invocations", data=(body + "bad\n").encode(), headers={"Content-Type": "text/csv"})
     assert_error(response, 400, "INVALID_CSV", f"line {body.count(chr(10)) + 1}")
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from model_handlers import HandlerOptions, load_handler, model_code
 from model_handlers.errors import ModelDirectoryError
@@ -152,17 +151,19 @@ def test_serve_refuses_unpinned_remote_code_at_start(server_factory, remote_dir)
     assert "Booting worker" not in log  # refused in the master, before any worker
 
 
-def test_serve_runs_a_pinned_artifact_and_a_raw_jina_reranker(server_factory, artifact, jina_reranker_dir):
+def test_serve_runs_a_pinned_artifact_and_a_raw_jina_reranker(serving_factory, artifact, jina_reranker_dir, caplog):
     """The pinned artifact serves with no operator flag; so does a raw jina-reranker-v2 directory (read natively: its
-    remote code never runs, so nothing needs pinning)."""
-    pinned = server_factory({"SEARCHBOX_MODEL_DIR": str(artifact)})
+    remote code never runs, so nothing needs pinning). Loaded as the worker loads them, in this process: the policy
+    is the loader's (`serve` refusing in its master is test_serve_refuses_unpinned_remote_code_at_start)."""
+    caplog.set_level("WARNING", logger="model_handlers")
+    pinned = serving_factory(artifact)
     body = {"input": ["late interaction"], "input_type": "query"}
-    answer = requests.post(pinned.url + "/v1/multi-vector", json=body, timeout=60)
+    answer = pinned.post("/v1/multi-vector", body)
     assert answer.status_code == 200, answer.text
-    assert "runs remote code (pinned in searchbox-manifest.json)" in pinned.log()
-    native = server_factory({"SEARCHBOX_MODEL_DIR": str(jina_reranker_dir)})
-    answer = requests.post(native.url + "/v1/rerank", timeout=60,
-                           json={"query": "cats", "documents": ["cats eat fish", "stocks fell"]})
+    assert "runs remote code (pinned in searchbox-manifest.json)" in caplog.text
+    caplog.clear()
+    native = serving_factory(jina_reranker_dir)
+    answer = native.post("/v1/rerank", {"query": "cats", "documents": ["cats eat fish", "stocks fell"]})
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["results"]) == 2
-    assert "runs remote code" not in native.log()
+    assert "runs remote code" not in caplog.text

@@ -469,10 +469,11 @@ def test_build_artifact_checks_and_packs_a_colbert(tmp_path, pylate_dir, colbert
     shutil.rmtree(unpacked)
 
 
-def test_readme_examples_answer_as_written(tmp_path, server_factory):
+@pytest.mark.server  # PyLate's venv builds the model
+def test_readme_examples_answer_as_written(tmp_path):
     """README's ColBERT: its build command (seeded) made in PyLate's venv, then each curl example run as written
     against that model, answering what its comment shows (numbers to the digits it prints)."""
-    from helpers import readme_example, run_readme_examples
+    from helpers import readme_example, run_readme_examples, serving_over_http
     from reference_env import ReferenceUnavailable, pylate_python
 
     try:
@@ -486,8 +487,8 @@ def test_readme_examples_answer_as_written(tmp_path, server_factory):
     done = subprocess.run(["bash", "-c", command.replace("/tmp/tiny-colbert", str(model_dir))], capture_output=True,
                           text=True, timeout=600, cwd=REPO, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    running = server_factory({"SEARCHBOX_MODEL_DIR": str(model_dir)})
-    ran = run_readme_examples(readme_example("colbert"), running.url, REPO)
+    with serving_over_http(model_dir) as running:
+        ran = run_readme_examples(readme_example("colbert"), running.url, REPO)
     query, documents, public, _, batch, _ = (json.loads(answer) for _, answer in ran)
     # the counts the comments give in words
     assert np.shape(query["data"][0]["embeddings"]) == (32, 128)

@@ -100,12 +100,11 @@ def test_the_onnx_serve_path_imports_no_torch(int8_artifact):
 
 
 @pytest.fixture(scope="module")
-def int8_server(tmp_path_factory, int8_artifact):
-    from conftest import start_server, stop_server
+def int8_server(int8_artifact):
+    """The int8 artifact's answers over HTTP from this process (`helpers.serving_over_http`)."""
+    from conftest import served_over_http
 
-    running = start_server(tmp_path_factory.mktemp("onnx-server"), {"SEARCHBOX_MODEL_DIR": str(int8_artifact[1])})
-    yield running
-    stop_server(running)
+    yield from served_over_http(int8_artifact[1])
 
 
 def test_the_server_on_an_int8_artifact_answers_every_dialect(int8_server, reference_model):

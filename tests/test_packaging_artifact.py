@@ -45,11 +45,12 @@ def minilm_artifact(tmp_path_factory, minilm_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def packaged_minilm(minilm_artifact, tmp_path_factory):
-    """One `serve` of the MiniLM artifact unpacked where SageMaker puts it, for the tests that only read from it."""
-    from conftest import shared_server
+    """The MiniLM artifact unpacked where SageMaker puts it, served over HTTP from this process
+    (`helpers.serving_over_http`), for the tests that only read its answers."""
+    from conftest import served_over_http
 
     unpacked = _unpack(minilm_artifact, tmp_path_factory.mktemp("packaged") / "opt" / "ml" / "model")
-    yield from shared_server(tmp_path_factory, "packaged-minilm", unpacked)
+    yield from served_over_http(unpacked)
 
 
 def test_artifact_layout_and_manifest(minilm_artifact, tmp_path):
@@ -383,9 +384,11 @@ def test_missing_remote_code_is_refused_with_the_fix(remote_code_model, tmp_path
 
 # --- rerankers ---------------------------------------------------------------------------------
 
-def test_reranker_artifact_serves_cross_encoder_scores(reranker_dir, tmp_path, server_factory):
+def test_reranker_artifact_serves_cross_encoder_scores(reranker_dir, tmp_path):
     import model_package
     from sentence_transformers import CrossEncoder
+
+    from helpers import serving_over_http
 
     output = tmp_path / "model.tar.gz"
     report = build_artifact.build_artifact(reranker_dir, output, served_name="tiny-reranker",
@@ -395,22 +398,22 @@ def test_reranker_artifact_serves_cross_encoder_scores(reranker_dir, tmp_path, s
     unpacked = _unpack(output, tmp_path / "opt" / "ml" / "model")
     assert json.loads((unpacked / "searchbox.json").read_text())["kind"] == "reranker"
 
-    packaged = server_factory({"SEARCHBOX_MODEL_DIR": str(unpacked)})
-    query, documents = "What is the capital of Germany?", ["Bananas are yellow.", "Berlin is the capital.", "Hi."]
-    answer = packaged.post("/v1/rerank", {"query": query, "documents": documents})
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["model"] == "tiny-reranker"
-    assert json.loads(answer.headers["X-Amzn-Inference-Metering"]) == {"Dimension": "inference.count",
-                                                                       "ConsumedUnits": 3}
-    got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
-    reference = CrossEncoder(str(reranker_dir), device="cpu").predict([(query, d) for d in documents])
-    np.testing.assert_allclose([got[i] for i in range(3)], reference, atol=1e-5)
+    with serving_over_http(unpacked) as packaged:
+        query, documents = "What is the capital of Germany?", ["Bananas are yellow.", "Berlin is the capital.", "Hi."]
+        answer = packaged.post("/v1/rerank", {"query": query, "documents": documents})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == "tiny-reranker"
+        assert json.loads(answer.headers["X-Amzn-Inference-Metering"]) == {"Dimension": "inference.count",
+                                                                           "ConsumedUnits": 3}
+        got = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+        reference = CrossEncoder(str(reranker_dir), device="cpu").predict([(query, d) for d in documents])
+        np.testing.assert_allclose([got[i] for i in range(3)], reference, atol=1e-5)
 
-    sample = model_package.sample_input("reranker")
-    batch = requests.post(packaged.url + "/invocations", data=sample.encode(), headers={"Content-Type": "text/csv"},
-                          timeout=120)
-    assert batch.status_code == 200, batch.text
-    rows = batch.json()["data"]
+        sample = model_package.sample_input("reranker")
+        batch = requests.post(packaged.url + "/invocations", data=sample.encode(),
+                              headers={"Content-Type": "text/csv"}, timeout=120)
+        assert batch.status_code == 200, batch.text
+        rows = batch.json()["data"]
     assert [r["id"] for r in rows] == ["q1", "q2"] and [len(r["results"]) for r in rows] == [2, 1]
 
 

@@ -392,12 +392,12 @@ def _tar(directory: Path, target: Path) -> Path:
     return target
 
 
-def test_sagemaker_adapter_api_round_trip(server_factory, peft_adapters, minilm_dir, tmp_path):
+def test_sagemaker_adapter_api_round_trip(http_serving_factory, peft_adapters, minilm_dir, tmp_path):
     """Register (directory, archive, lazily), list, invoke by header, refuse bad adapters with nothing half-loaded,
     unload past the cap, pin, and unregister: as SageMaker's inference components drive it."""
     import requests
 
-    server = server_factory({"SEARCHBOX_MAX_ADAPTERS": "2"})
+    server = http_serving_factory(minilm_dir, {"SEARCHBOX_MAX_ADAPTERS": "2"})
     header = "X-Amzn-SageMaker-Adapter-Identifier"
 
     def register(name, src, **flags):
