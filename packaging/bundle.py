@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out-dir", required=True, type=Path)
     model_package.add_location_arguments(parser)
     parser.add_argument("--azure-image", help="the image in your Azure registry (default: --image)")
+    parser.add_argument("--compresslevel", type=int, default=6, choices=range(0, 10), metavar="0-9",
+                        help="gzip level of model.tar.gz, as build_artifact.py's (0 stores: quick drafts)")
     aws_listing.add_listing_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -78,7 +80,8 @@ def write_bundle(product: _catalog.Product, args: argparse.Namespace, *, layout:
                                                metering=product.pricing.serving_config(),
                                                backend=product.backend, quantize=product.quantize,
                                                classifiers=product.classifiers,
-                                               classifier_min_accuracy=product.classifier_min_accuracy)
+                                               classifier_min_accuracy=product.classifier_min_accuracy,
+                                               compresslevel=args.compresslevel)
         done = [(f"artifact  {out / model_package.ARTIFACT_FILE} ({report.size / 1e6:.1f} MB, "
                  f"sha256 {report.sha256[:16]}...): {report.check}; billing {report.billing}")]
         if report.quality is not None:

@@ -11,6 +11,7 @@ naming what to do, since parity that was never checked must not read as passed.
 from __future__ import annotations
 
 import fcntl
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -43,6 +44,11 @@ FLAGEMBEDDING_SPEC = (
 # imports (< 3 by its own requirement), pinned to what pip resolved for it.
 JINA_SAGEMAKER_SPEC = (("jina-sagemaker==0.0.48", "sagemaker==2.257.7"),)
 _INSTALL_TIMEOUT_S = 1800
+# Pins that the project's own venv may already hold at exactly that version: its files are hard-linked into the
+# reference venv before pip runs, which then finds the pin satisfied. Unpacking and byte-compiling torch's ~750 MB
+# took most of a torch reference venv's minutes; links are the same bytes pip would have written, and stay the
+# reference's own when the project's torch is later replaced (pip unlinks files, it never rewrites them in place).
+_SHARED_PINS = ("torch",)
 
 
 class ReferenceUnavailable(RuntimeError):
@@ -87,7 +93,10 @@ def _venv(name: str, installs: tuple[tuple[str, ...], ...], cache: Path = CACHE)
         with log_path.open("w") as log:
             steps = [[sys.executable, "-m", "venv", str(target)]]
             steps += [[str(python), "-m", "pip", "install", "--disable-pip-version-check", *args] for args in installs]
-            for step in steps:
+            for number, step in enumerate(steps):
+                if number == 1:
+                    for line in _link_shared_pins(target, installs):
+                        log.write(f"{line}\n")
                 log.write(f"$ {' '.join(step)}\n")
                 log.flush()
                 try:
@@ -104,3 +113,37 @@ def _venv(name: str, installs: tuple[tuple[str, ...], ...], cache: Path = CACHE)
         marker.write_text(wanted)
         print(f"made {target} in {time.monotonic() - started:.0f} s", file=sys.stderr)
         return python
+
+
+def _link_shared_pins(target: Path, installs: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Hard-link into `target` each `_SHARED_PINS` package pinned in `installs` that this interpreter holds at that
+    exact version (a local label such as +cpu aside, as pip's `==` reads it). Returns what it did, for the log;
+    anything it cannot link (another file system) is left for pip to install."""
+    pins = {arg.split("==")[0].lower(): arg.split("==")[1] for args in installs for arg in args if "==" in arg}
+    site = target / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    done = []
+    for name in _SHARED_PINS:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if name not in pins or dist.version.split("+")[0] != pins[name]:
+            continue
+        tops = sorted({Path(str(f)).parts[0] for f in dist.files or () if not str(f).startswith("..")})
+        try:
+            for top in tops:
+                source = Path(dist.locate_file(top))
+                if source.is_dir():
+                    shutil.copytree(source, site / top, copy_function=os.link, symlinks=True)
+                else:
+                    os.link(source, site / top)
+        except OSError as exc:
+            for top in tops:  # half a package would read as installed: take all of it back
+                if (site / top).is_dir():
+                    shutil.rmtree(site / top, ignore_errors=True)
+                else:
+                    (site / top).unlink(missing_ok=True)
+            done.append(f"# not linked {name} {dist.version} ({exc}): pip installs it")
+            continue
+        done.append(f"# linked {name} {dist.version} from {dist.locate_file('')}: {', '.join(tops)}")
+    return done
