@@ -86,6 +86,8 @@ def modules() -> dict[str, Path]:
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
+            if any(part.startswith(".") for part in parts):
+                continue  # a venv made beside the code (make bench's bench/.peer-venv) holds other projects' modules
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
 
