@@ -39,7 +39,7 @@ test: venv nginx
 	$(BIN)/python -m pytest -m "not soak"
 	$(MAKE) --no-print-directory container-test
 
-# The inner loop: the unit and app tiers, no process started (well under a minute).
+# The inner loop: the unit and app tiers, no process started (about 2 minutes on 2 cores).
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not server and not soak"
 
