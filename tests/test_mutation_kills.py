@@ -1343,3 +1343,20 @@ def test_forms_asked_beside_are_each_forms_own_answer(tiny_bge_m3):
     multi = EmbedRequest(inputs=tuple(TextInput(text) for text in texts), operation="multi-vector")
     assert pipeline.answer_rows(multi) == sum(len(item["embeddings"]) for item in tokens) > len(texts)
     assert pipeline.answer_rows(EmbedRequest(inputs=multi.inputs, operation="embed")) == len(texts)
+
+
+# --- model_handlers/operations/classify.py ------------------------------------------------------------------------
+
+
+def test_softmax_is_per_row_and_holds_for_logits_of_any_size():
+    """scipy's softmax, row by row: rows of very different sizes (a CLIP's logit scale reaches 100, a caller's scale
+    anything) each sum to 1, and a row of large logits neither overflows nor is shifted by another row's maximum."""
+    from scipy.special import softmax as scipy_softmax
+
+    from model_handlers.operations.classify import softmax
+
+    logits = np.array([[0.0, 1.0, 2.0], [1000.0, 1001.0, 999.0], [-1000.0, -1002.0, -1001.0]])
+    scores = softmax(logits)
+    assert np.isfinite(scores).all()
+    assert_allclose(scores, scipy_softmax(logits, axis=1), rtol=1e-12)
+    assert_allclose(softmax(logits[1]), scipy_softmax(logits[1]), rtol=1e-12)  # one row alone
