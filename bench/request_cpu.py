@@ -69,8 +69,9 @@ def main() -> None:
         try:
             run_load(server.url, "/invocations", bodies, args.clients, 3.0)  # warm: passes measured, pools full
             pids = process_tree(server.process.pid)
+            commands = {pid: _command(pid) for pid in pids}  # read while they run
             before = {pid: _cpu_s(f"/proc/{pid}/stat") for pid in pids}
-            worker = next(pid for pid in pids if _command(pid).startswith("gunicorn: worker"))
+            worker = next(pid for pid in pids if commands[pid].startswith("gunicorn: worker"))
             threads_before = _threads(worker)
             figures = ("searchbox_forward_seconds_sum", "searchbox_batch_inputs_sum", "searchbox_batch_inputs_count")
             figures_before = [_metric(server.url, name) for name in figures]
@@ -87,7 +88,7 @@ def main() -> None:
           f"({result.requests / result.seconds:.1f}/s), {result.errors} errors")
     print("CPU ms per request:")
     for pid in pids:
-        print(f"  {_command(pid)[:50]:50s} {1000 * (after[pid][1] - before[pid][1]) / count:6.2f}")
+        print(f"  {commands[pid][:50]:50s} {1000 * (after[pid][1] - before[pid][1]) / count:6.2f}")
     print(f"  {'load generator':50s} {1000 * loadgen_s / count:6.2f}")
     used = sorted(((seconds - threads_before.get(tid, ("", 0.0))[1], tid) for tid, (_, seconds) in
                    threads_after.items()), reverse=True)
