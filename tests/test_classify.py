@@ -183,6 +183,9 @@ def test_the_label_cache_is_bounded_and_least_recently_used_first_out():
     ({"input": TEXTS, "labels": ["a", " "]}, 422, "EMPTY_LABEL", "label 1"),
     ({"input": TEXTS, "labels": "billing, sales"}, 422, "VALIDATION_ERROR", "list of strings"),
     ({"input": TEXTS, "classifier_id": "support-v1"}, 422, "UNKNOWN_CLASSIFIER", "send `labels`"),
+    ({"input": TEXTS, "classifier_id": "support-v1"}, 422, "UNKNOWN_CLASSIFIER", "no classifier 'support-v1'"),
+    ({"input": TEXTS, "classifier_id": "support-v1", "labels": LABELS}, 422, "INVALID_OPTION",
+     "send either `labels` (zero-shot) or `classifier_id` (a classifier trained into the artifact), not both"),
     ({"input": [{"image": "aGVsbG8="}], "labels": LABELS}, 400, "UNSUPPORTED_INPUT", "text only"),
     ({"labels": LABELS}, 422, "VALIDATION_ERROR", "`input`"),
 ])
