@@ -21,27 +21,16 @@ from pathlib import Path
 import orjson
 
 from bench.loadgen import run_load
-from bench.servers import process_tree, start_searchbox
+from bench.servers import cpu_s, process_tree, start_searchbox
 from bench.texts import SHORT
 from model_handlers.embedded import embedded_model_dir
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(stat_path: str) -> tuple[str, float]:
-    """(name, user + system CPU seconds) of a /proc/.../stat file."""
-    with open(stat_path) as stat:
-        text = stat.read()
-    name, _, rest = text.partition("(")[2].rpartition(")")
-    fields = rest.split()
-    return name, (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def _threads(pid: int) -> dict[str, tuple[str, float]]:
+def _threads(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each thread of `pid`, by thread id."""
     found = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            found[tid] = _cpu_s(f"/proc/{pid}/task/{tid}/stat")
+            found[tid] = cpu_s(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             pass  # a thread that ended between the listing and the read
     return found
@@ -70,7 +59,7 @@ def main() -> None:
             run_load(server.url, "/invocations", bodies, args.clients, 3.0)  # warm: passes measured, pools full
             pids = process_tree(server.process.pid)
             commands = {pid: _command(pid) for pid in pids}  # read while they run
-            before = {pid: _cpu_s(f"/proc/{pid}/stat") for pid in pids}
+            before = {pid: cpu_s(f"/proc/{pid}/stat") for pid in pids}
             worker = next(pid for pid in pids if commands[pid].startswith("gunicorn: worker"))
             threads_before = _threads(worker)
             figures = ("searchbox_forward_seconds_sum", "searchbox_batch_inputs_sum", "searchbox_batch_inputs_count")
@@ -78,7 +67,7 @@ def main() -> None:
             started = time.process_time()
             result = run_load(server.url, "/invocations", bodies, args.clients, args.seconds, warmup=0.0)
             loadgen_s = time.process_time() - started
-            after = {pid: _cpu_s(f"/proc/{pid}/stat") for pid in pids}
+            after = {pid: cpu_s(f"/proc/{pid}/stat") for pid in pids}
             threads_after = _threads(worker)
             forward_s, texts, passes = (_metric(server.url, name) - was for name, was in zip(figures, figures_before))
         finally:
@@ -88,10 +77,10 @@ def main() -> None:
           f"({result.requests / result.seconds:.1f}/s), {result.errors} errors")
     print("CPU ms per request:")
     for pid in pids:
-        print(f"  {commands[pid][:50]:50s} {1000 * (after[pid][1] - before[pid][1]) / count:6.2f}")
+        print(f"  {commands[pid][:50]:50s} {1000 * (after[pid] - before[pid]) / count:6.2f}")
     print(f"  {'load generator':50s} {1000 * loadgen_s / count:6.2f}")
-    used = sorted(((seconds - threads_before.get(tid, ("", 0.0))[1], tid) for tid, (_, seconds) in
-                   threads_after.items()), reverse=True)
+    used = sorted(((seconds - threads_before.get(tid, 0.0), tid) for tid, seconds in threads_after.items()),
+                  reverse=True)
     print("the worker's threads, busiest first (CPU ms per request):")
     for seconds, tid in used[:4]:
         print(f"  thread {tid:>8s} {1000 * seconds / count:6.2f}")

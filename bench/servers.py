@@ -66,17 +66,22 @@ def tree_rss_mb(root_pid: int) -> float:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def cpu_s(stat_path: str) -> float:
+    """User + system CPU seconds of a process or thread so far, from its /proc/.../stat."""
+    with open(stat_path) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def tree_cpu_s(root_pid: int) -> float:
     """User + system CPU seconds the process tree has used so far."""
-    total = 0
+    total = 0.0
     for pid in process_tree(root_pid):
         try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            total += cpu_s(f"/proc/{pid}/stat")
         except (OSError, IndexError, ValueError):
             pass
-    return total / _TICK
+    return total
 
 
 @dataclass
