@@ -39,9 +39,10 @@ test: venv nginx
 	$(BIN)/python -m pytest -m "not soak"
 	$(MAKE) --no-print-directory container-test
 
-# The inner loop: the unit and app tiers, no process started (about 2 minutes on 2 cores).
+# The inner loop: the unit and app tiers, no server started, on every core (pytest-xdist; a test file stays on one
+# worker, so the models its module-scoped fixtures load are loaded once).
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not server and not soak"
+	$(BIN)/python -m pytest -q -m "not server and not soak" -n auto --dist loadfile
 
 # Builds the real image with podman and runs it with no network, as SageMaker and Azure ML do
 # (docker/container_test.sh; installs podman, runc and debootstrap when missing, which needs root).
