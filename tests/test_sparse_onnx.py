@@ -112,10 +112,12 @@ def load_error(model_dir: Path) -> str:
 
 def test_the_export_takes_the_tokenizers_inputs_and_answers_sparse_encoders_weights(exported, splade_encoder):
     """The graph read with onnxruntime alone: the inputs the model's own tokenizer makes (BERT's, token_type_ids
-    included), one [batch, vocab] output named `sparse_weights` (the exporter's contract), the pooling it holds in its
-    metadata, and batch and length dynamic: three texts of other lengths than the export's example answer
-    SparseEncoder's weights."""
+    included, and honoured), one [batch, vocab] output named `sparse_weights` (the exporter's contract), the pooling
+    it holds in its metadata, and batch and length dynamic: three texts of other lengths than the export's example
+    answer SparseEncoder's weights."""
     import onnxruntime
+    import torch
+    from transformers import AutoModelForMaskedLM
 
     session = onnxruntime.InferenceSession(str(exported / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     features = splade_encoder.tokenizer(TEXTS[:3], padding=True, return_tensors="np")
@@ -126,6 +128,17 @@ def test_the_export_takes_the_tokenizers_inputs_and_answers_sparse_encoders_weig
     (weights,) = session.run(None, {name: features[name].astype(np.int64) for name in features})
     assert weights.shape == (3, splade_encoder.tokenizer.vocab_size)
     np.testing.assert_allclose(weights, encode(splade_encoder, TEXTS[:3]), atol=FP32_TOLERANCE, rtol=0)
+    # token_type_ids is an input, so the graph honours it (the serve path sends zeros, as for every single text): with
+    # segment 1 throughout, transformers' own MLM pooled by hand, SPLADE's max over the tokens of log(1 + ReLU(logits))
+    segment_one = {**features, "token_type_ids": np.ones_like(features["token_type_ids"])}
+    (on_segment_one,) = session.run(None, {name: segment_one[name].astype(np.int64) for name in segment_one})
+    mlm = AutoModelForMaskedLM.from_pretrained(str(exported), local_files_only=True).eval()
+    with torch.no_grad():
+        logits = mlm(**{name: torch.from_numpy(segment_one[name].astype(np.int64)) for name in segment_one}).logits
+    masked = logits.numpy() * segment_one["attention_mask"][..., None]
+    np.testing.assert_allclose(on_segment_one, np.log1p(np.maximum(masked, 0)).max(axis=1), atol=FP32_TOLERANCE,
+                               rtol=0)
+    assert not np.allclose(on_segment_one, weights, atol=1e-3)  # the segment changes the weights: the check bites
 
 
 def test_a_sparse_model_with_adapters_is_refused_at_export_naming_them(tmp_path, splade_dir):
