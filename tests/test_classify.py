@@ -540,6 +540,7 @@ def test_a_classifier_fitted_on_another_model_is_the_artifacts_fault(few_shot):
 
 def test_the_typed_answer_of_a_trained_classifier(few_shot, reference_model):
     """The handler's own result (what the engine renders and the artifact check summarises): no inputs, no work."""
+    from model_handlers.batching import Timing
     from model_handlers.operations.classify import ClassifyRequest
     from model_handlers.types import TextInput
 
@@ -548,8 +549,10 @@ def test_the_typed_answer_of_a_trained_classifier(few_shot, reference_model):
     empty = handler.run(ClassifyRequest(inputs=(), classifier_id="topics"))
     assert (empty.classifications, empty.token_counts, empty.label_tokens, empty.total_tokens) == ([], [], 0, 0)
     assert empty.model == "minilm-few-shot"  # the directory's name, as /v1/models says
-    result = handler.run(ClassifyRequest(inputs=(TextInput(QUERIES[0]), TextInput(QUERIES[1])), classifier_id="topics"))
-    assert result.model == "minilm-few-shot" and result.label_tokens == 0
+    timing = Timing()  # where the engine's X-Queue-Time / X-Inference-Time come from
+    result = handler.run(ClassifyRequest(inputs=(TextInput(QUERIES[0]), TextInput(QUERIES[1])), classifier_id="topics"),
+                         timing=timing)
+    assert result.model == "minilm-few-shot" and result.label_tokens == 0 and timing.forward_s > 0
     assert [c.labels[0] for c in result.classifications] == ["weather", "sport"]
     assert app.get("/v1/models").json()["data"][0]["id"] == "minilm-few-shot"
 
