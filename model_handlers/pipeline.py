@@ -159,6 +159,8 @@ class Pipeline:
         close = getattr(self.model, "close", None)
         if close is not None:
             close()
+        if self.adapters is not None:  # the archives registered at run time, unpacked into private temp directories
+            self.adapters.close()
 
     def _spec(self, request: Any) -> "OperationSpec":
         if not self.kind.answers(request.operation):

@@ -395,3 +395,177 @@ def test_any_classify_body_gets_an_answer_or_the_contracts_error(app, body, enve
     assert answer.status_code in (200, 400, 413, 422), answer.text
     if answer.status_code != 200:
         assert set(answer.json()) == {"detail", "code", "request_id"}
+
+
+# --- few-shot in this process: run_trained against scikit-learn's own fit ---------------------------------------------
+# The server-tier round trip above builds the artifact with packaging's scripts; here the classifier files are
+# written as model_handlers/classifiers.py documents them, from a LogisticRegression fitted in this test, and the
+# model is served in this process: what the fast tier (and mutation testing) can afford.
+
+# A prompt for the model's `classification` task: a classifier fitted on prompted embeddings must be applied to
+# prompted ones (the served task is the classifier's, not the request's).
+PROMPT = "Which topic is this about? "
+
+
+def _logistic(vectors: np.ndarray, labels: list[str]):
+    """scikit-learn's LogisticRegression as packaging/_classifiers.py's FIT text names it."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=1.0, solver="lbfgs", max_iter=1000).fit(vectors.astype(np.float64), np.asarray(labels))
+
+
+def _write_classifier(model_dir: Path, name: str, fitted, task: str | None) -> None:
+    """The documented file: {"format": 1, "labels", "weights", "bias", "task", ...}; weights as `coef_` is."""
+    folder = model_dir / "classifiers"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({
+        "format": 1, "labels": fitted.classes_.tolist(), "weights": fitted.coef_.tolist(),
+        "bias": fitted.intercept_.tolist(), "task": task, "examples": 0, "held_out_accuracy": None, "fit": ""}))
+
+
+@pytest.fixture(scope="module")
+def few_shot(tmp_path_factory, minilm_dir, reference_model):
+    """MiniLM with a `classification` prompt, a LoRA adapter (peft's own, random B) and three classifiers: `topics`
+    (3 labels, fitted on prompted embeddings), `weather-or-sport` (2 labels: one row of weights, no task) and
+    `other-model` (fitted on 8 dimensions: another model's); served in this process."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    model_dir = tmp_path_factory.mktemp("models") / "minilm-few-shot"
+    shutil.copytree(minilm_dir, model_dir)
+    torch.manual_seed(3)
+    lora = get_peft_model(AutoModel.from_pretrained(str(minilm_dir)),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.3)
+    lora.save_pretrained(str(model_dir / "adapters" / "tone"))
+    (model_dir / "searchbox.json").write_text(json.dumps({"tasks": {"classification": PROMPT},
+                                                          "adapters": {"tone": "adapters/tone"}}))
+    texts = [text for texts in TOPICS.values() for text in texts]
+    labels = [label for label, texts in TOPICS.items() for _ in texts]
+    topics = _logistic(reference_model.encode(texts, prompt=PROMPT, normalize_embeddings=True), labels)
+    _write_classifier(model_dir, "topics", topics, "classification")
+    two = [i for i, label in enumerate(labels) if label != "cooking"]
+    binary = _logistic(reference_model.encode([texts[i] for i in two], normalize_embeddings=True),
+                       [labels[i] for i in two])
+    _write_classifier(model_dir, "weather-or-sport", binary, None)
+    rng = np.random.default_rng(0)
+    _write_classifier(model_dir, "other-model", _logistic(rng.normal(size=(len(texts), 8)), labels), None)
+    with serving(model_dir) as app:
+        yield app, topics, binary
+
+
+def _scores(item: dict) -> dict[str, float]:
+    return {p["label"]: p["score"] for p in item["predictions"]}
+
+
+def _served_vectors(app, body: dict) -> np.ndarray:
+    answer = app.post("/v1/embeddings", body)
+    assert answer.status_code == 200, answer.text
+    return np.asarray([item["embedding"] for item in answer.json()["data"]], dtype=np.float32).astype(np.float64)
+
+
+def test_a_trained_classifier_scores_as_scikit_learn_fitted_it(few_shot, reference_model, minilm_dir):
+    from transformers import AutoTokenizer
+
+    app, topics, _ = few_shot
+    answer = app.post("/v1/classify", {"classifier_id": "topics", "input": QUERIES})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    # the reference: sentence-transformers' prompted, normalised embeddings through the fitted estimator
+    expected = topics.predict_proba(reference_model.encode(QUERIES, prompt=PROMPT,
+                                                           normalize_embeddings=True).astype(np.float64))
+    data = body["data"]
+    assert [item["index"] for item in data] == list(range(len(QUERIES)))
+    assert [item["prediction"] for item in data[:3]] == ["weather", "sport", "cooking"]
+    for item, row in zip(data, expected):
+        scores = [p["score"] for p in item["predictions"]]
+        assert scores == sorted(scores, reverse=True)  # best first
+        assert item["prediction"] == topics.classes_[row.argmax()] and item["score"] == scores[0]
+        got = _scores(item)
+        assert sorted(got) == sorted(TOPICS)
+        for label, score in zip(topics.classes_, row):
+            assert abs(got[label] - score) <= TOLERANCE, (label, got[label], score)
+    # and to rounding: predict_proba on the vectors the server embeds for the classifier's task
+    exact = topics.predict_proba(_served_vectors(app, {"input": QUERIES, "task": "classification"}))
+    for item, row in zip(data, exact):
+        assert _scores(item) == pytest.approx(dict(zip(topics.classes_, row)), abs=1e-12)
+    # usage: the inputs' tokens, their task's prompt included; no label is embedded
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    assert body["usage"]["total_tokens"] == sum(len(tokenizer(PROMPT + text)["input_ids"]) for text in QUERIES)
+
+
+def test_a_two_label_classifier_is_one_logistic(few_shot, reference_model):
+    app, _, binary = few_shot
+    queries = ["Thunderstorms all night", "A hat-trick in the second half"]
+    answer = app.post("/invocations", {"data": [{"text": text} for text in queries],
+                                       "parameters": {"classifier_id": "weather-or-sport"}})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    expected = binary.predict_proba(reference_model.encode(queries, normalize_embeddings=True).astype(np.float64))
+    assert [item["prediction"] for item in body["data"]] == ["weather", "sport"]
+    for item, row in zip(body["data"], expected):
+        assert _scores(item) == pytest.approx(dict(zip(binary.classes_, row)), abs=TOLERANCE)
+    tokens = [app.post("/v1/embeddings", {"input": [text]}).json()["usage"]["total_tokens"] for text in queries]
+    assert [item["usage"]["total_tokens"] for item in body["data"]] == tokens  # no task: no prompt
+    assert body["usage"] == {"total_tokens": sum(tokens), "label_tokens": 0}
+
+
+def test_a_trained_classifier_embeds_with_the_requests_adapter(few_shot):
+    app, topics, _ = few_shot
+    body = {"classifier_id": "topics", "input": QUERIES}
+    # SageMaker's adapter header (classify's body has no `adapter` field, contract §2g)
+    adapted = app.post("/v1/classify", body, headers={"X-Amzn-SageMaker-Adapter-Identifier": "tone"})
+    assert adapted.status_code == 200, adapted.text
+    vectors = _served_vectors(app, {"input": QUERIES, "task": "classification", "adapter": "tone"})
+    plain = app.post("/v1/classify", body).json()["data"]
+    for item, row, before in zip(adapted.json()["data"], topics.predict_proba(vectors), plain):
+        assert _scores(item) == pytest.approx(dict(zip(topics.classes_, row)), abs=1e-12)
+        assert abs(item["score"] - before["score"]) > 1e-4  # the adapter changed what was scored
+
+
+def test_a_classifier_fitted_on_another_model_is_the_artifacts_fault(few_shot):
+    app, _, _ = few_shot
+    answer = app.post("/v1/classify", {"classifier_id": "other-model", "input": QUERIES})
+    assert answer.status_code == 500 and answer.json()["code"] == "MODEL_DIRECTORY", answer.text
+    detail = answer.json()["detail"]
+    assert detail.startswith("classifiers/other-model.json reads 8 dimensions and model ")
+    assert detail.endswith(" makes 384: it was fitted on another model; rebuild the artifact with build_artifact.py "
+                           "--classifier")
+
+
+def test_the_typed_answer_of_a_trained_classifier(few_shot, reference_model):
+    """The handler's own result (what the engine renders and the artifact check summarises): no inputs, no work."""
+    from model_handlers.batching import Timing
+    from model_handlers.operations.classify import ClassifyRequest
+    from model_handlers.types import TextInput
+
+    app, topics, _ = few_shot
+    handler = app.runtime.handler
+    empty = handler.run(ClassifyRequest(inputs=(), classifier_id="topics"))
+    assert (empty.classifications, empty.token_counts, empty.label_tokens, empty.total_tokens) == ([], [], 0, 0)
+    assert empty.model == "minilm-few-shot"  # the directory's name, as /v1/models says
+    timing = Timing()  # where the engine's X-Queue-Time / X-Inference-Time come from
+    result = handler.run(ClassifyRequest(inputs=(TextInput(QUERIES[0]), TextInput(QUERIES[1])), classifier_id="topics"),
+                         timing=timing)
+    assert result.model == "minilm-few-shot" and result.label_tokens == 0 and timing.forward_s > 0
+    assert [c.labels[0] for c in result.classifications] == ["weather", "sport"]
+    assert app.get("/v1/models").json()["data"][0]["id"] == "minilm-few-shot"
+
+
+@pytest.mark.unit
+def test_the_classify_summary_the_artifact_check_prints():
+    from model_handlers.operations.classify import SPEC, Classification, ClassifyRequest, ClassifyResult
+    from model_handlers.types import TextInput
+
+    inputs = (TextInput("a"), TextInput("b"))
+    result = ClassifyResult([Classification(("sales", "billing"), (0.7514, 0.2486)),
+                             Classification(("billing", "sales"), (0.6, 0.4))], [3, 3], 4, "m")
+    assert SPEC.summary(ClassifyRequest(inputs=inputs, labels=("billing", "sales")), result) == \
+        "classified 2 texts against 2 labels (first: 'sales', 0.751)"
+    assert SPEC.summary(ClassifyRequest(inputs=inputs, classifier_id="support-v1"), result) == \
+        "classified 2 texts against classifier support-v1 (first: 'sales', 0.751)"

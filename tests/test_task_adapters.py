@@ -471,6 +471,65 @@ def test_sagemaker_adapter_api_round_trip(http_serving_factory, peft_adapters, m
                  "The adapter p1 was not found")
 
 
+def test_archived_adapters_in_process_unpack_once_and_leave_nothing_behind(peft_adapters, minilm_dir, tmp_path,
+                                                                           monkeypatch):
+    """The adapter API in this process (the round trip above is the server tier's): an archive is unpacked once into
+    a private directory, reloaded from it after the cap unloaded it, and that directory is removed when the adapter
+    is unregistered or the model closed; an archive that would write outside it is refused, leaving nothing; an
+    unloaded or unregistered adapter is out of the model (its name loads again)."""
+    import tarfile
+    import tempfile
+
+    unpacked_root = tmp_path / "tmp"
+    unpacked_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(unpacked_root))  # where mkdtemp puts the unpacked archives
+
+    def unpacked(name: str) -> list[Path]:
+        return sorted(unpacked_root.glob(f"searchbox-adapter-{name}-*"))
+
+    legal = _tar(peft_adapters["legal"], tmp_path / "legal.tar.gz")
+    medical = _tar(peft_adapters["medical"], tmp_path / "medical.tar.gz")
+    # a member that climbs out of the directory it is unpacked into (tarfile's `data` filter refuses it)
+    escaping = tmp_path / "escaping.tar.gz"
+    with tarfile.open(escaping, "w:gz") as tar:
+        for child in peft_adapters["legal"].iterdir():
+            tar.add(child, arcname=child.name)
+        tar.add(peft_adapters["legal"] / "adapter_config.json", arcname="../escaped.json")
+    expected = {name: peft_reference(minilm_dir, directory, TEXTS) for name, directory in peft_adapters.items()}
+    header = "X-Amzn-SageMaker-Adapter-Identifier"
+
+    with serving(minilm_dir, {"SEARCHBOX_MAX_ADAPTERS": "1"}) as app:
+        def embed(adapter: str) -> list:
+            return embeddings(app, {"input": TEXTS}, headers={header: adapter})
+
+        def loaded() -> dict[str, bool]:
+            return {a["name"]: a["loaded"] for a in app.get("/adapters").json()["data"]}
+
+        response = app.post("/adapters", {"name": "sneaky", "src": str(escaping)})
+        assert_error(response, 424, "ADAPTER_INVALID", "adapter 'sneaky': cannot unpack", str(escaping))
+        assert unpacked("sneaky") == [] and not (unpacked_root / "escaped.json").exists() and loaded() == {}
+
+        assert app.post("/adapters", {"name": "legal", "src": str(legal)}).status_code == 200
+        (legal_dir,) = unpacked("legal")
+        assert (legal_dir / "adapter_model.safetensors").is_file()
+        assert_matches(embed("legal"), expected["legal"])
+        # a cap of 1: medical's registration unloads legal, whose next request loads it again from the same
+        # unpacked directory, unloading medical (a layer left behind would refuse the name: "already exists")
+        assert app.post("/adapters", {"name": "medical", "src": str(medical)}).status_code == 200
+        assert loaded() == {"legal": False, "medical": True}
+        assert_matches(embed("legal"), expected["legal"])
+        assert loaded() == {"legal": True, "medical": False} and unpacked("legal") == [legal_dir]
+        assert_matches(embed("medical"), expected["medical"])
+
+        assert app.delete("/adapters/legal").status_code == 200
+        assert unpacked("legal") == [] and unpacked("medical") != []
+        assert app.post("/adapters", {"name": "legal", "src": str(legal)}).status_code == 200  # out of the model
+        assert_matches(embed("legal"), expected["legal"])
+        assert_matches(embed("medical"), expected["medical"])
+        assert len(unpacked("legal")) == 1
+    assert list(unpacked_root.iterdir()) == []  # closing the model removed the adapters still registered
+
+
 def test_adapters_are_refused_by_a_reranker(tmp_path, reranker_dir):
     """A cross-encoder holds no adapters: registering one says so, by model."""
     with serving(reranker_dir) as app:
