@@ -58,7 +58,8 @@ class ClassifyRequest:
     inputs: tuple[EmbedInput, ...]
     labels: tuple[str, ...] = ()
     classifier_id: str | None = None
-    # A LoRA adapter the endpoint holds, for inputs and labels alike (the body's, or SageMaker's adapter header).
+    # A LoRA adapter the endpoint holds, for inputs and labels alike: SageMaker's adapter header only (a classify
+    # body has no `adapter` option, as Jina's classify API has none).
     adapter: str | None = None
 
     operation: ClassVar[str] = CLASSIFY
