@@ -3,11 +3,14 @@ replayed against moto. Every expected number below is worked out by hand from th
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -17,7 +20,8 @@ import yaml
 
 from conftest import free_port
 
-PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGING = ROOT / "packaging"
 sys.path.insert(0, str(PACKAGING))
 
 import _aws  # noqa: E402
@@ -313,25 +317,261 @@ def test_a_request_botocore_would_refuse_is_caught():
         deployment.validate(variant.calls)
 
 
-def _build(tmp_path, capacity, *extra, out=None):
+# --- the command line ------------------------------------------------------------------------------------------------
+# In this process (deployment.main), where mutation testing traces it and no interpreter start costs ~1.5 s; one test
+# runs the script itself, for its entry point and its sys.path.
+
+REQUIRED = {"--catalog": CATALOG, "--instance-type": "ml.m5.xlarge", "--role-arn": ROLE}
+BUILD_FLAGS = {"--image": IMAGE, "--model-data": MODEL_DATA, "--bucket": "s3://my-bucket/minilm",
+               "--input-rows": "1000000", "--input-mb": "120"}
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _main(*argv) -> Ran:
+    """deployment.main in this process; argparse's own refusals (SystemExit) become a return code as in a shell."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = deployment.main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
+def _build_argv(capacity, out, *extra, drop=()) -> list[str]:
+    flags = {**REQUIRED, **BUILD_FLAGS, "--capacity": capacity, "-o": out}
+    return ["build", *(str(x) for flag, value in flags.items() if flag not in drop for x in (flag, value)), *extra]
+
+
+def _build(tmp_path, capacity, *extra, out=None, drop=()):
     out = out or tmp_path / "deploy"
-    command = [sys.executable, str(PACKAGING / "deployment.py"), "build", "--catalog", str(CATALOG),
-               "--instance-type", "ml.m5.xlarge", "--image", IMAGE, "--model-data", MODEL_DATA, "--role-arn", ROLE,
-               "--bucket", "s3://my-bucket/minilm", "--capacity", str(capacity), "--input-rows", "1000000",
-               "--input-mb", "120", "-o", str(out), *extra]
-    return subprocess.run(command, capture_output=True, text=True), out
+    return _main(*_build_argv(capacity, out, *extra, drop=drop)), out
+
+
+def _calls(out: Path, variant: str) -> list[dict]:
+    """requests.json as written, read with json alone: the format `apply` (and anyone else) reads."""
+    return json.loads((out / variant / "requests.json").read_text())
+
+
+def _written(out: Path, variant: str, operation: str, index: int = 0) -> dict:
+    return [c["params"] for c in _calls(out, variant) if c["operation"] == operation][index]
+
+
+def _autoscale(out: Path) -> dict:
+    return json.loads((out / "azure" / "autoscale.json").read_text())
+
+
+def test_the_script_runs_as_a_command(tmp_path, capacity_file):
+    """The one run of the script itself: its `__main__` and the sys.path it sets up to import its neighbours."""
+    out = tmp_path / "deploy"
+    result = subprocess.run([sys.executable, str(PACKAGING / "deployment.py"),
+                             *_build_argv(capacity_file, out, "--variant", "realtime")],
+                            capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"wrote {out / 'realtime' / 'requests.json'}", f"wrote {out / 'plan.md'}"]
+    assert _calls(out, "realtime")[0]["operation"] == "CreateModel"
 
 
 def test_build_from_the_command_line_writes_every_variant_and_the_plan(tmp_path, capacity_file):
     result, out = _build(tmp_path, capacity_file)
     assert result.returncode == 0, result.stderr
-    for variant in ("realtime", "async", "serverless", "inference-component", "batch"):
+    assert result.stderr == ""  # every variant built: nothing skipped, nothing assumed
+    folders = ("realtime", "async", "serverless", "inference-component", "batch")
+    assert result.stdout.splitlines() == [f"wrote {out / v / 'requests.json'}" for v in folders] + [
+        f"wrote {out / 'azure' / 'deployment.yml'}", f"wrote {out / 'azure' / 'autoscale.json'}",
+        f"wrote {out / 'plan.md'}"]
+    for variant in folders:
         calls = deployment.load_calls(out / variant / "requests.json")  # validated again on load
         assert calls
+    first = _calls(out, "realtime")[0]
+    assert first == {"service": "sagemaker", "operation": "CreateModel", "params": {
+        "ModelName": NAME, "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": MODEL_DATA},
+        "ExecutionRoleArn": ROLE, "EnableNetworkIsolation": True}}
     assert {p.name for p in (out / "azure").iterdir()} == {"deployment.yml", "autoscale.json"}
     plan = (out / "plan.md").read_text()
     assert "SEARCHBOX_ASYNC=1" in plan and "measured: all-MiniLM-L6-v2 (torch)" in plan
     assert "issue" not in plan.lower()  # the plan speaks to whoever deploys, not of the project's history
+
+
+def test_build_defaults_are_the_documented_ones(tmp_path, capacity_file):
+    """README's Scaling section: headroom 0.5 (SageMaker's SAFETY_FACTOR), target tracking on concurrent requests,
+    scale-in cooldown 300 s and scale-out 60 s; the plan's 1..4 instances, MaxConcurrency 20, a batch job of an
+    hour on text/csv, and Azure placeholders in eastus. Each number worked by hand from the fixture's levels."""
+    result, out = _build(tmp_path, capacity_file)
+    assert result.returncode == 0, result.stderr
+    policy = _written(out, "realtime", "PutScalingPolicy")
+    assert policy["PolicyName"] == f"{NAME}-concurrency"
+    assert policy["TargetTrackingScalingPolicyConfiguration"] == {
+        "TargetValue": 2.33, "PredefinedMetricSpecification": {
+            "PredefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"},
+        "ScaleInCooldown": 300, "ScaleOutCooldown": 60}
+    register = _written(out, "realtime", "RegisterScalableTarget")
+    assert (register["MinCapacity"], register["MaxCapacity"]) == (1, 4)
+    assert _written(out, "realtime", "CreateEndpointConfig")["ProductionVariants"][0]["InitialInstanceCount"] == 1
+    # 6.25 requests/s (200 inputs/s in requests of 32) x 300 s of queued work
+    assert _written(out, "async", "PutScalingPolicy")["TargetTrackingScalingPolicyConfiguration"][
+        "TargetValue"] == 1875.0
+    assert "NotificationConfig" not in _written(out, "async", "CreateEndpointConfig")["AsyncInferenceConfig"][
+        "OutputConfig"]
+    assert _written(out, "serverless", "CreateEndpointConfig")["ProductionVariants"][0]["ServerlessConfig"] == {
+        "MemorySizeInMB": 1024, "MaxConcurrency": 20}
+    job = _written(out, "batch", "CreateTransformJob")
+    assert (job["MaxConcurrentTransforms"], job["MaxPayloadInMB"], job["TransformResources"]["InstanceCount"]) == (
+        4, 1, 2)
+    assert (job["TransformInput"]["ContentType"], job["TransformOutput"]["Accept"]) == ("text/csv", "application/json")
+    autoscale = _autoscale(out)
+    assert autoscale["location"] == "eastus"
+    assert autoscale["properties"]["targetResourceUri"] == (
+        "/subscriptions/<subscription-id>/resourceGroups/<resource-group>/providers/"
+        "Microsoft.MachineLearningServices/workspaces/<workspace>/onlineEndpoints/searchbox-minilm/deployments/default")
+    # the capacity file README names, bench/capacity.json, read when --capacity is not given
+    default = _build(tmp_path, capacity_file, "--variant", "serverless", out=tmp_path / "default",
+                     drop=("--capacity",))[0]
+    named = _build(tmp_path, ROOT / "bench" / "capacity.json", "--variant", "serverless", out=tmp_path / "named")[0]
+    assert (default.returncode, default.stderr) == (named.returncode, named.stderr)
+    if named.returncode == 0:
+        assert (tmp_path / "default" / "plan.md").read_text() == (tmp_path / "named" / "plan.md").read_text()
+
+
+def _target(out, variant="realtime"):
+    return _written(out, variant, "PutScalingPolicy")["TargetTrackingScalingPolicyConfiguration"]
+
+
+def _range(out, variant):
+    register = _written(out, variant, "RegisterScalableTarget")
+    return register["MinCapacity"], register["MaxCapacity"]
+
+
+def _async_output(out):
+    return _written(out, "async", "CreateEndpointConfig")["AsyncInferenceConfig"]["OutputConfig"]
+
+
+def _job(out):
+    job = _written(out, "batch", "CreateTransformJob")
+    return job["MaxConcurrentTransforms"], job["MaxPayloadInMB"], job["TransformResources"]["InstanceCount"]
+
+
+def _job_formats(out):
+    job = _written(out, "batch", "CreateTransformJob")
+    return job["TransformInput"]["ContentType"], job["TransformOutput"]["Accept"]
+
+
+SNS = "arn:aws:sns:us-east-1:123456789012:"
+PACKAGE = "arn:aws:sagemaker:us-east-1:123456789012:model-package/minilm"
+AZURE_DEPLOYMENT = ("/subscriptions/sub-1/resourceGroups/rg-1/providers/Microsoft.MachineLearningServices"
+                    "/workspaces/ws-1/onlineEndpoints/searchbox-minilm/deployments/default")
+
+
+@pytest.mark.parametrize(("flags", "variant", "read", "expected"), [
+    # p95 <= 100 ms holds up to 4 in flight (150 requests/s); x 0.5 x 60
+    (["--p95-ms", "100", "--metric", "invocations"], "realtime", lambda out: _target(out)["TargetValue"], 4500.0),
+    # 200 requests/s x 0.25: exactly the 50/s measured at 1 in flight
+    (["--headroom", "0.25", "--metric", "concurrency"], "realtime", lambda out: _target(out)["TargetValue"], 1.0),
+    (["--metric", "invocations"], "realtime",
+     lambda out: (_target(out)["PredefinedMetricSpecification"]["PredefinedMetricType"], _target(out)["TargetValue"]),
+     ("SageMakerVariantInvocationsPerInstance", 6000.0)),
+    (["--min-instances", "2", "--max-instances", "6"], "realtime",
+     lambda out: (*_range(out, "realtime"),
+                  _written(out, "realtime", "CreateEndpointConfig")["ProductionVariants"][0]["InitialInstanceCount"]),
+     (2, 6, 2)),
+    (["--min-instances", "0"], "realtime", lambda out: _range(out, "realtime"), (1, 4)),  # real-time keeps one
+    (["--scale-in-cooldown", "600", "--scale-out-cooldown", "120"], "realtime",
+     lambda out: (_target(out)["ScaleInCooldown"], _target(out)["ScaleOutCooldown"]), (600, 120)),
+    (["--name", "my-endpoint"], "realtime",
+     lambda out: (_written(out, "realtime", "CreateEndpoint"), _written(out, "realtime", "PutScalingPolicy")[
+         "PolicyName"]),
+     ({"EndpointName": "my-endpoint", "EndpointConfigName": "my-endpoint"}, "my-endpoint-concurrency")),
+    (["--product", NAME], "realtime", lambda out: _written(out, "realtime", "CreateModel")["ModelName"], NAME),
+    (["--model-package-arn", PACKAGE], "realtime",
+     lambda out: _written(out, "realtime", "CreateModel")["PrimaryContainer"], {"ModelPackageName": PACKAGE}),
+    # 6.25 requests/s x 60 s of queued work per instance
+    (["--async-backlog-s", "60"], "async", lambda out: _target(out, "async")["TargetValue"], 375.0),
+    (["--max-instances", "6"], "async", lambda out: _range(out, "async"), (0, 6)),
+    (["--sns-success-topic", SNS + "done", "--sns-error-topic", SNS + "failed"], "async",
+     lambda out: _async_output(out)["NotificationConfig"],
+     {"SuccessTopic": SNS + "done", "ErrorTopic": SNS + "failed"}),
+    # --bucket and --prefix: the prefix from the URL, else --prefix ('' is the bucket's root), else --name
+    (["--bucket", "my-bucket"], "async", lambda out: _async_output(out)["S3OutputPath"],
+     f"s3://my-bucket/{NAME}/async/output/"),
+    (["--bucket", "my-bucket", "--name", "other"], "async", lambda out: _async_output(out)["S3FailurePath"],
+     "s3://my-bucket/other/async/failures/"),
+    (["--bucket", "my-bucket", "--prefix", "team/embed"], "async", lambda out: _async_output(out)["S3OutputPath"],
+     "s3://my-bucket/team/embed/async/output/"),
+    (["--bucket", "my-bucket", "--prefix", ""], "batch",
+     lambda out: _written(out, "batch", "CreateTransformJob")["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"],
+     "s3://my-bucket/batch/input/"),
+    (["--serverless-max-concurrency", "50"], "serverless",
+     lambda out: _written(out, "serverless", "CreateEndpointConfig")["ProductionVariants"][0]["ServerlessConfig"],
+     {"MemorySizeInMB": 1024, "MaxConcurrency": 50}),
+    # (MaxConcurrentTransforms, MaxPayloadInMB, instances); 1,000,000 rows in 120 MB is (4, 1, 2) by default.
+    # 833 rows/MB: 8 calls of 9 MB (test_batch_job_is_sized_for_its_input); 100,000 rows fit one instance's hour
+    (["--input-rows", "100000"], "batch", _job, (8, 9, 1)),
+    # the same 833 rows/MB from 1,000,000 rows in 1200 MB: 8 x 9 MB at 200 inputs/s is 1.39 h: 2 instances
+    (["--input-mb", "1200"], "batch", _job, (8, 9, 2)),
+    # 1,000,000 rows at 150 inputs/s is 1.85 h: one instance within 2 hours
+    (["--target-hours", "2"], "batch", _job, (4, 1, 1)),
+    (["--content-type", "application/jsonlines"], "batch", _job_formats,
+     ("application/jsonlines", "application/jsonlines")),
+    (["--content-type", "text/csv"], "batch", _job_formats, ("text/csv", "application/json")),
+    (["--azure-subscription", "sub-1", "--azure-resource-group", "rg-1", "--azure-workspace", "ws-1",
+      "--azure-location", "westeurope"], "azure",
+     lambda out: (_autoscale(out)["location"], _autoscale(out)["properties"]["targetResourceUri"]),
+     ("westeurope", AZURE_DEPLOYMENT)),
+    (["--min-instances", "2", "--max-instances", "5"], "azure",
+     lambda out: _autoscale(out)["properties"]["profiles"][0]["capacity"],
+     {"minimum": "2", "maximum": "5", "default": "2"}),
+    # the T4 was measured against 1000 ms: +1 instance past 80% of 400 ms, -1 under half of it
+    (["--p95-ms", "400", "--scale-out-cooldown", "180", "--scale-in-cooldown", "900"], "azure",
+     lambda out: [(r["metricTrigger"]["threshold"], r["scaleAction"]["cooldown"])
+                  for r in _autoscale(out)["properties"]["profiles"][0]["rules"]],
+     [(320.0, "PT3M"), (70.0, "PT3M"), (200.0, "PT15M"), (30.0, "PT15M")]),
+])
+def test_each_build_flag_reaches_the_written_requests(tmp_path, capacity_file, flags, variant, read, expected):
+    result, out = _build(tmp_path, capacity_file, "--variant", variant, *flags,
+                         drop=("--image", "--model-data") if "--model-package-arn" in flags else ())
+    assert result.returncode == 0, result.stderr
+    assert read(out) == expected
+
+
+@pytest.mark.parametrize(("flags", "drop", "stderr"), [
+    ([], ("--catalog",), "the following arguments are required: --catalog"),
+    ([], ("--instance-type",), "the following arguments are required: --instance-type"),
+    ([], ("--role-arn",), "the following arguments are required: --role-arn"),
+    ([], ("-o",), "the following arguments are required: -o/--out-dir"),
+    (["--variant", "spot"], (), "argument --variant: invalid choice: 'spot'"),
+    (["--metric", "latency"], (), "argument --metric: invalid choice: 'latency'"),
+    (["--content-type", "application/json"], (), "argument --content-type: invalid choice: 'application/json'"),
+    (["--headroom", "half"], (), "argument --headroom: invalid float value: 'half'"),
+    (["--min-instances", "1.5"], (), "argument --min-instances: invalid int value: '1.5'"),
+])
+def test_argparse_refuses_a_missing_or_unknown_flag_value_by_name(tmp_path, capacity_file, flags, drop, stderr):
+    result, out = _build(tmp_path, capacity_file, *flags, drop=drop)
+    assert result.returncode == 2 and stderr in result.stderr and not out.exists()
+
+
+def test_help_lists_every_flag_the_readme_documents():
+    """README's Scaling section names these; --help is where someone looks for them."""
+    build_help = _main("build", "--help")
+    assert build_help.returncode == 0
+    for flag in ("--catalog", "--instance-type", "--image", "--model-data", "--role-arn", "--bucket", "--input-rows",
+                 "--input-mb", "--target-hours", "-o", "--assume-capacity-from LABEL", "--metric",
+                 "--serverless-max-concurrency", "--p95-ms", "--headroom", "--min-instances", "--max-instances"):
+        assert f" {flag}" in build_help.stdout, flag
+    apply_help = _main("apply", "--help")
+    assert apply_help.returncode == 0 and "--no-dry-run" in apply_help.stdout
+
+
+def test_a_command_is_required():
+    none = _main()
+    assert none.returncode == 2 and "the following arguments are required: command" in none.stderr
+    missing = _main("apply")
+    assert missing.returncode == 2 and "the following arguments are required: requests" in missing.stderr
 
 
 def test_build_refusals_name_the_flag_and_write_nothing(tmp_path, capacity_file):
@@ -342,10 +582,150 @@ def test_build_refusals_name_the_flag_and_write_nothing(tmp_path, capacity_file)
     assert result.returncode == 2 and result.stderr.startswith("refused: --capacity:") and not out.exists()
     result, out = _build(tmp_path, capacity_file, "--instance-type", "ml.c6i.xlarge", "--variant", "realtime",
                          "--assume-capacity-from", "local")
-    assert result.returncode == 0 and "ASSUMED capacity" in result.stderr
+    assert result.returncode == 0
+    assert result.stderr == ("ASSUMED capacity: ml.c6i.xlarge sized from local (--assume-capacity-from); "
+                             "see plan.md\n")
     assert "**Assumption:**" in (out / "plan.md").read_text()
 
 
+NAME_52 = "a" * 52  # SageMaker's 63 characters less the longest suffix, "-serverless" (11)
+
+
+@pytest.mark.parametrize(("flags", "drop", "refusal"), [
+    (["--name", NAME_52 + "b"], (), (f"--name: '{NAME_52}b' is 53 characters; at most 52, so that every "
+                                     "variant's suffix still fits SageMaker's 63")),
+    (["--name", "bad_name"], (), "--name: 'bad_name' must match"),
+    (["--product", "nope"], (), "--product: no product 'nope'; the catalog holds searchbox-minilm-embeddings"),
+    (["--model-package-arn", "arn:aws:sagemaker:us-east-1:123456789012:model-package/x"], (),
+     ("--model-package-arn: give either --model-package-arn (a subscribed Marketplace package) or --image with "
+      "--model-data (your own image and model.tar.gz), not both or neither")),
+    ([], ("--image", "--model-data"), "--model-package-arn: give either"),
+    ([], ("--model-data",), "--model-package-arn: give either"),
+    ([], ("--image",), "--model-package-arn: give either"),
+    (["--min-instances", "-1"], (), "--max-instances: 4 must be >= 1 and >= --min-instances -1"),
+    (["--max-instances", "0", "--min-instances", "0"], (), "--max-instances: 0 must be >= 1 and >= --min-instances 0"),
+    (["--max-instances", "2", "--min-instances", "3"], (), "--max-instances: 2 must be >= 1 and >= --min-instances 3"),
+    (["--bucket", "s3://my-bucket/minilm", "--prefix", "other"], (),
+     "--prefix: 'other' and the prefix 'minilm' in --bucket s3://my-bucket/minilm both name the key prefix"),
+    ([], ("--bucket",), "--bucket: needed for this variant"),
+    (["--role-arn", "SageMakerExec"], (), "sagemaker CreateModel:"),  # botocore's model refuses a bare role name
+])
+def test_options_are_refused_by_flag(tmp_path, capacity_file, flags, drop, refusal):
+    result, out = _build(tmp_path, capacity_file, "--variant", "async", *flags, drop=drop)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.startswith(f"refused: {refusal}"), result.stderr
+    assert result.stdout == ""
+
+
+def test_limits_of_the_options_are_inclusive(tmp_path, capacity_file):
+    longest, out = _build(tmp_path, capacity_file, "--variant", "serverless", "--name", NAME_52)
+    assert longest.returncode == 0, longest.stderr
+    assert _written(out, "serverless", "CreateEndpoint")["EndpointName"] == NAME_52 + "-serverless"
+    equal, out = _build(tmp_path, capacity_file, "--variant", "realtime", "--min-instances", "3",
+                        "--max-instances", "3", out=tmp_path / "equal")
+    assert equal.returncode == 0, equal.stderr
+    register = _written(out, "realtime", "RegisterScalableTarget")
+    assert (register["MinCapacity"], register["MaxCapacity"]) == (3, 3)
+
+
+def test_variant_is_repeatable_and_builds_only_those(tmp_path, capacity_file):
+    result, out = _build(tmp_path, capacity_file, "--variant", "batch", "--variant", "realtime")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["batch", "plan.md", "realtime"]
+    assert result.stdout.splitlines() == [f"wrote {out / 'batch' / 'requests.json'}",
+                                          f"wrote {out / 'realtime' / 'requests.json'}", f"wrote {out / 'plan.md'}"]
+
+
+def test_a_variant_that_cannot_be_built_is_skipped_unless_asked_for(tmp_path, capacity_file):
+    package = ["--model-package-arn", "arn:aws:sagemaker:us-east-1:123456789012:model-package/x"]
+    serverless_refusal = ("--model-package-arn: serverless inference does not run AWS Marketplace model packages; "
+                          "deploy the image with --image and --model-data, or choose another variant")
+    result, out = _build(tmp_path, capacity_file, *package, drop=("--image", "--model-data"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (f"skipped serverless: {serverless_refusal}\nskipped azure: --azure-image: the image in "
+                             "your Azure registry (or --image) is needed for Azure\n")
+    assert sorted(p.name for p in out.iterdir()) == ["async", "batch", "inference-component", "plan.md", "realtime"]
+    assert f"## Not built\n\n- serverless: {serverless_refusal}\n" in (out / "plan.md").read_text()
+    with_azure, out = _build(tmp_path, capacity_file, *package, "--azure-image", "myacr.azurecr.io/searchbox:1.0",
+                             drop=("--image", "--model-data"), out=tmp_path / "with-azure")
+    assert with_azure.returncode == 0 and (out / "azure" / "autoscale.json").is_file()
+    asked, out = _build(tmp_path, capacity_file, *package, "--variant", "serverless", "--variant", "realtime",
+                        drop=("--image", "--model-data"), out=tmp_path / "asked")
+    assert asked.returncode == 2 and asked.stderr == f"refused: {serverless_refusal}\n" and not out.exists()
+    # an unmeasured instance type: the variants sized from it are skipped, serverless and Azure are not
+    unmeasured, out = _build(tmp_path, capacity_file, "--instance-type", "ml.c6i.xlarge", out=tmp_path / "c6i")
+    assert unmeasured.returncode == 0, unmeasured.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["azure", "plan.md", "serverless"]
+    assert unmeasured.stderr.startswith("skipped realtime: --instance-type: ml.c6i.xlarge was not measured")
+
+
+def test_nothing_buildable_is_refused_naming_every_reason(tmp_path):
+    capacity = tmp_path / "onnx-only.json"  # measurements of another backend than the product's torch
+    capacity.write_text(_capacity.dumps(fixture_measurements(backend="onnx")))
+    result, out = _build(tmp_path, capacity)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.startswith("refused: --variant: nothing could be built: realtime: --capacity: no "
+                                     "measurement of all-MiniLM-L6-v2 (torch, query")
+    for variant in ("async", "serverless", "inference-component", "batch", "azure"):
+        assert f"; {variant}: " in result.stderr
+
+
+# --- apply ------------------------------------------------------------------------------------------------------
+
+
+def test_apply_is_a_dry_run_by_default(tmp_path, capacity_file, moto_url):
+    built, out = _build(tmp_path, capacity_file, "--variant", "realtime")
+    assert built.returncode == 0, built.stderr
+    requests_json = out / "realtime" / "requests.json"
+    dry = _main("apply", requests_json, "--endpoint-url", moto_url)
+    assert dry.returncode == 0 and dry.stderr == ""
+    calls = _calls(out, "realtime")
+    methods = ["create_model", "create_endpoint_config", "create_endpoint", "register_scalable_target",
+               "put_scaling_policy"]
+    assert dry.stdout == "".join(
+        ["# dry run: 5 calls in us-east-1; nothing was sent (--no-dry-run sends them)\n"] +
+        [f"{c['service']}.{method}({json.dumps(c['params'], indent=2)})\n" for c, method in zip(calls, methods)])
+    assert _main("apply", requests_json, "--region", "eu-west-1", "--dry-run").stdout.startswith(
+        "# dry run: 5 calls in eu-west-1;")
+    assert _client("sagemaker", moto_url).list_endpoints()["Endpoints"] == []
+
+
+@pytest.mark.parametrize(("content", "refusal"), [
+    (None, "requests: {path} does not exist; build it with `deployment.py build` (requests.json)"),
+    ('[{"service": "sagemaker"}]', "requests: {path} is not a requests.json written by deployment.py ("),
+    ('[{"service": "sagemaker", "operation": "CreateEndpoint", "params": {"EndpointName": "x"}}]',
+     "sagemaker CreateEndpoint: "),
+])
+def test_apply_refuses_what_build_did_not_write(tmp_path, content, refusal):
+    path = tmp_path / "requests.json"
+    if content is not None:
+        path.write_text(content)
+    result = _main("apply", path, "--no-dry-run")
+    assert result.returncode == 2 and result.stderr.startswith("refused: " + refusal.format(path=path))
+    assert result.stdout == ""
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Credentials for moto and nothing else: no region, profile or endpoint from whoever runs the tests."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+def test_a_placeholder_naming_no_earlier_policy_fails_before_any_call(tmp_path, aws_env):
+    alarm = {"service": "cloudwatch", "operation": "PutMetricAlarm", "params": {
+        "AlarmName": "a", "MetricName": "m", "Namespace": "AWS/SageMaker", "Statistic": "Sum", "Period": 60,
+        "EvaluationPeriods": 1, "Threshold": 1.0, "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "AlarmActions": ["{{PolicyARN:nowhere}}"]}}
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps([alarm]))
+    result = _main("apply", path, "--no-dry-run", "--endpoint-url", "http://127.0.0.1:9")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == ("failed: requests: {{PolicyARN:nowhere}} names no scaling policy put earlier in the "
+                             "file\n")
 # --- moto: the whole sequence, described back --------------------------------------------------------------------
 
 
@@ -367,17 +747,13 @@ def _client(service: str, url: str):
                         aws_secret_access_key="testing")
 
 
-def test_the_whole_sequence_against_moto(tmp_path, capacity_file, moto_url):
+def test_the_whole_sequence_against_moto(tmp_path, capacity_file, moto_url, aws_env):
     """Create model, endpoint config, endpoint, register target, put policies and alarm, then describe them back.
     (moto has no inference components: that variant is checked against botocore's model only.)"""
     result, out = _build(tmp_path, capacity_file)
     assert result.returncode == 0, result.stderr
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     for variant in ("realtime", "async", "serverless", "batch"):
-        applied = subprocess.run([sys.executable, str(PACKAGING / "deployment.py"), "apply",
-                                  str(out / variant / "requests.json"), "--no-dry-run", "--endpoint-url", moto_url],
-                                 capture_output=True, text=True, env=env)
+        applied = _main("apply", out / variant / "requests.json", "--no-dry-run", "--endpoint-url", moto_url)
         assert applied.returncode == 0, applied.stderr
     sagemaker, scaling, cloudwatch = (_client(s, moto_url) for s in ("sagemaker", "application-autoscaling",
                                                                      "cloudwatch"))
@@ -404,13 +780,34 @@ def test_the_whole_sequence_against_moto(tmp_path, capacity_file, moto_url):
     assert alarm["AlarmActions"] == [step["PolicyARN"]]  # the placeholder became the policy's real ARN
     assert (alarm["MetricName"], alarm["Threshold"], alarm["EvaluationPeriods"]) == (
         "HasBacklogWithoutCapacity", 1.0, 2)
+    # a call SageMaker refuses (an endpoint of a config that does not exist) stops apply, and it says why
+    missing = tmp_path / "missing-config.json"
+    missing.write_text(json.dumps([{"service": "sagemaker", "operation": "CreateEndpoint",
+                                    "params": {"EndpointName": "other", "EndpointConfigName": "nowhere"}}]))
+    failed = _main("apply", missing, "--no-dry-run", "--endpoint-url", moto_url)
+    assert failed.returncode == 1 and failed.stderr.startswith("failed: An error occurred ("), failed.stderr
+    assert failed.stdout.startswith("-> sagemaker CreateEndpoint ")  # logged before the call that failed
 
 
-def test_apply_is_a_dry_run_by_default(tmp_path, capacity_file, moto_url):
-    built, out = _build(tmp_path, capacity_file, "--variant", "realtime")
-    assert built.returncode == 0, built.stderr
-    dry = subprocess.run([sys.executable, str(PACKAGING / "deployment.py"), "apply",
-                          str(out / "realtime" / "requests.json"), "--endpoint-url", moto_url],
-                         capture_output=True, text=True)
-    assert dry.returncode == 0 and "dry run: 5 calls" in dry.stdout and "create_endpoint_config(" in dry.stdout
-    assert _client("sagemaker", moto_url).list_endpoints()["Endpoints"] == []
+def test_execute_logs_each_call_and_returns_the_policies_arns(tmp_path, capacity_file, moto_url, aws_env):
+    result, out = _build(tmp_path, capacity_file, "--variant", "async")
+    assert result.returncode == 0, result.stderr
+    logged: list[str] = []
+    policies = deployment.execute(deployment.load_calls(out / "async" / "requests.json"), region="eu-west-1",
+                                  endpoint_url=moto_url, log=logged.append)
+    name = f"{NAME}-async"
+    assert logged == [f"-> sagemaker CreateModel {name}", f"-> sagemaker CreateEndpointConfig {name}",
+                      f"-> sagemaker CreateEndpoint {name}",
+                      f"-> application-autoscaling RegisterScalableTarget endpoint/{name}/variant/AllTraffic",
+                      f"-> application-autoscaling PutScalingPolicy {name}-backlog",
+                      f"-> application-autoscaling PutScalingPolicy {name}-HasBacklogWithoutCapacity",
+                      f"-> cloudwatch PutMetricAlarm {name}-HasBacklogWithoutCapacity"]
+    scaling = boto3.client("application-autoscaling", region_name="eu-west-1", endpoint_url=moto_url)
+    described = {p["PolicyName"]: p["PolicyARN"] for p in scaling.describe_scaling_policies(
+        ServiceNamespace="sagemaker")["ScalingPolicies"]}
+    assert policies == described and set(policies) == {f"{name}-backlog", f"{name}-HasBacklogWithoutCapacity"}
+    assert all(":eu-west-1:" in arn for arn in policies.values())  # the region asked for, not a default
+    alarm = boto3.client("cloudwatch", region_name="eu-west-1", endpoint_url=moto_url).describe_alarms(
+        AlarmNames=[f"{name}-HasBacklogWithoutCapacity"])["MetricAlarms"][0]
+    assert alarm["AlarmActions"] == [policies[f"{name}-HasBacklogWithoutCapacity"]]
+    assert _client("sagemaker", moto_url).list_endpoints()["Endpoints"] == []  # nothing in us-east-1
