@@ -372,7 +372,7 @@ def test_the_script_runs_as_a_command(tmp_path, capacity_file):
     out = tmp_path / "deploy"
     result = subprocess.run([sys.executable, str(PACKAGING / "deployment.py"),
                              *_build_argv(capacity_file, out, "--variant", "realtime")],
-                            capture_output=True, text=True, cwd=tmp_path, check=False)
+                            capture_output=True, text=True, cwd=PACKAGING.parent, check=False)  # README's cwd
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"wrote {out / 'realtime' / 'requests.json'}", f"wrote {out / 'plan.md'}"]
     assert _calls(out, "realtime")[0]["operation"] == "CreateModel"
