@@ -563,9 +563,14 @@ def azure(options: Options) -> Variant:
         deployment_id=deployment_id, minimum=minimum, maximum=options.max_instances,
         default=deployment["instance_count"], p95_ms=p95, utilization_metric=utilization,
         cooldown_out_min=max(1, options.scale_out_cooldown_s // 60), cooldown_in_min=options.scale_in_cooldown_s // 60)
-    files = {"deployment.yml": yaml.safe_dump(deployment, sort_keys=False),
+    # the deployment names its environment (azureml:<product>-env:1): written beside it, so the image given is the
+    # one the deployment runs
+    files = {"environment.yml": yaml.safe_dump(documents["environment.yml"], sort_keys=False),
+             "deployment.yml": yaml.safe_dump(deployment, sort_keys=False),
              "autoscale.json": json.dumps(autoscale, indent=2) + "\n"}
     plan = scaling_lines(found, targets, options.p95_ms) + [
+        f"- environment.yml: the image {image} and searchbox's routes; create it first (az ml environment create "
+        f"-f environment.yml), then the deployment that names it ({deployment['environment']})",
         f"- deployment.yml: request_settings.max_concurrent_requests_per_instance "
         f"{targets.max_concurrent_per_instance} (the measured concurrency), request_timeout_ms "
         f"{azure_assets.REQUEST_TIMEOUT_MS}, instance_count {deployment['instance_count']}",
@@ -732,9 +737,10 @@ def write(out_dir: Path, built: list[Variant], skipped: dict[str, str], options:
 
 
 def load_back_azure(folder: Path) -> None:
-    """deployment.yml with azure-ai-ml's loader, autoscale.json with azure-mgmt-monitor's model."""
-    from azure.ai.ml import load_online_deployment
+    """environment.yml and deployment.yml with azure-ai-ml's loaders, autoscale.json with azure-mgmt-monitor's model."""
+    from azure.ai.ml import load_environment, load_online_deployment
 
+    load_environment(folder / "environment.yml")
     load_online_deployment(folder / "deployment.yml")
     check_autoscale(json.loads((folder / "autoscale.json").read_text(encoding="utf-8")))
 

@@ -243,10 +243,17 @@ def test_every_batch_size_keeps_within_the_payload_budget():
 def test_azure_deployment_and_autoscale_load_with_the_azure_sdks(tmp_path):
     variant = deployment.azure(options())
     deployment.write(tmp_path, [variant], {}, options())  # loads both back before moving them in
-    from azure.ai.ml import load_online_deployment
+    from azure.ai.ml import load_environment, load_online_deployment
 
     loaded = load_online_deployment(tmp_path / "azure" / "deployment.yml")
     assert loaded.request_settings.max_concurrent_requests_per_instance == 8  # measured on Standard_NC4as_T4_v3
+    # the environment the deployment names is written beside it, with the image asked for
+    environment = load_environment(tmp_path / "azure" / "environment.yml")
+    assert (environment.image, f"azureml:{environment.name}:{environment.version}") == (
+        "myacr.azurecr.io/searchbox:1.0", yaml.safe_load((tmp_path / "azure" / "deployment.yml").read_text())[
+            "environment"])
+    assert environment.inference_config.scoring_route.path == "/score"  # azureml-inference-server-http's route
+    assert "az ml environment create -f environment.yml" in "\n".join(variant.plan)  # the plan says it comes first
     assert loaded.liveness_probe.timeout == 2
     autoscale = json.loads((tmp_path / "azure" / "autoscale.json").read_text())
     profile = autoscale["properties"]["profiles"][0]
@@ -384,7 +391,7 @@ def test_build_from_the_command_line_writes_every_variant_and_the_plan(tmp_path,
     assert result.stderr == ""  # every variant built: nothing skipped, nothing assumed
     folders = ("realtime", "async", "serverless", "inference-component", "batch")
     assert result.stdout.splitlines() == [f"wrote {out / v / 'requests.json'}" for v in folders] + [
-        f"wrote {out / 'azure' / 'deployment.yml'}", f"wrote {out / 'azure' / 'autoscale.json'}",
+        f"wrote {out / 'azure' / name}" for name in ("environment.yml", "deployment.yml", "autoscale.json")] + [
         f"wrote {out / 'plan.md'}"]
     for variant in folders:
         calls = deployment.load_calls(out / variant / "requests.json")  # validated again on load
@@ -393,7 +400,7 @@ def test_build_from_the_command_line_writes_every_variant_and_the_plan(tmp_path,
     assert first == {"service": "sagemaker", "operation": "CreateModel", "params": {
         "ModelName": NAME, "PrimaryContainer": {"Image": IMAGE, "ModelDataUrl": MODEL_DATA},
         "ExecutionRoleArn": ROLE, "EnableNetworkIsolation": True}}
-    assert {p.name for p in (out / "azure").iterdir()} == {"deployment.yml", "autoscale.json"}
+    assert {p.name for p in (out / "azure").iterdir()} == {"environment.yml", "deployment.yml", "autoscale.json"}
     plan = (out / "plan.md").read_text()
     assert "SEARCHBOX_ASYNC=1" in plan and "measured: all-MiniLM-L6-v2 (torch)" in plan
     assert "issue" not in plan.lower()  # the plan speaks to whoever deploys, not of the project's history
