@@ -19,6 +19,7 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 import zlib
 from pathlib import Path
 
@@ -767,3 +768,29 @@ def test_the_onnx_backend_asked_of_a_kind_without_one_is_refused_by_name(clip_di
 
     with pytest.raises(ModelDirectoryError, match="kind multimodal has no ONNX backend"):
         load_handler(clip_dir, HandlerOptions(backend="onnx"))
+
+
+def test_a_data_uri_is_split_at_its_first_comma_and_a_bad_one_is_named():
+    """RFC 2397: the data follow the first comma, percent-encoded unless the header ends in `;base64`."""
+    reader, deadline = ImageReader(ImageOptions()), time.monotonic() + 5
+    raw = b"\x89PNG,\x00 a,b%"
+    uri = "data:image/png," + urllib.parse.quote(raw, safe=",")  # commas left raw in the data, as RFC 2397 allows
+    assert reader.data(uri, "input[0]", deadline) == raw
+    with pytest.raises(InvalidInput) as refused:
+        reader.data("data:image/png;base64", "input[1]", deadline)
+    assert str(refused.value) == "input[1]: the data URI has no `,` before its data (data:image/png;base64,...)"
+    with pytest.raises(InvalidInput) as refused:
+        reader.data("data:image/png;base64,not*base64", "input[2]", deadline)
+    assert str(refused.value) == "input[2]: the data URI's data is neither base64, a data URI nor an http(s) URL"
+
+
+def test_an_image_that_cannot_be_decoded_is_refused_with_pils_own_reason():
+    pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, "PNG")
+    truncated = encoded.getvalue()[:len(encoded.getvalue()) // 2]
+    with pytest.raises(OSError) as pil:  # what PIL itself says of the same bytes
+        Image.open(io.BytesIO(truncated)).load()
+    with pytest.raises(InvalidInput) as refused:
+        ImageReader(ImageOptions()).decode(truncated, "input[0]")
+    assert str(refused.value) == f"input[0]: the PNG image cannot be decoded ({pil.value}); send the whole file"
