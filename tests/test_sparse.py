@@ -166,10 +166,15 @@ def test_models_listing_and_openapi_name_the_sparse_route(splade):
     assert_documented(document, "post", "/v1/sparse-embeddings", response)
 
 
-def test_inference_free_queries_are_a_static_lookup_and_documents_run_the_model(tmp_path, minilm_dir):
+@pytest.fixture(scope="module")
+def inference_free_dir(tmp_path_factory, minilm_dir):
+    return make_inference_free(tmp_path_factory.mktemp("sparse") / "inference-free", minilm_dir)
+
+
+def test_inference_free_queries_are_a_static_lookup_and_documents_run_the_model(inference_free_dir):
     from sentence_transformers import SparseEncoder
 
-    directory = make_inference_free(tmp_path / "inference-free", minilm_dir)
+    directory = inference_free_dir
     encoder = SparseEncoder(str(directory), device="cpu")
     queries = encoder.encode_query(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
     documents = encoder.encode_document(TEXTS[:2], convert_to_tensor=True).to_dense().numpy()
@@ -291,3 +296,45 @@ def test_opensearch_neural_sparse_answers_one_token_weight_object_per_text(splad
             assert weight == pytest.approx(expected[key], abs=1e-5)
     assert_error(splade.post("/invocations", {"texts": TEXTS, "sparse_embedding_format": "bits"}), 422, None,
                  "sparse_embedding_format")
+
+
+@pytest.mark.parametrize("query_pooled", [True, False], ids=["mlm-and-pooling", "mlm-alone"])
+def test_a_router_whose_query_route_is_a_second_model_is_refused_at_load_naming_its_modules(tmp_path, minilm_dir,
+                                                                                            query_pooled):
+    """Queries either take the document route or look up a SparseStaticEmbedding: a Router that gives them a model of
+    their own is refused by name, with the modules router_config.json (sentence-transformers' own file) lists."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router, Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    from model_handlers import HandlerOptions, load_handler
+    from model_handlers.errors import ModelDirectoryError
+    from models.sparse import make_masked_lm
+
+    plain = make_masked_lm(tmp_path / "mlm", minilm_dir)
+    routes = {side: [Transformer(str(plain), transformer_task="fill-mask", max_seq_length=128), SpladePooling("max")]
+              for side in ("query", "document")}
+    if not query_pooled:  # one module, like a static route's, but not a SparseStaticEmbedding
+        routes["query"] = routes["query"][:1]
+    router = Router.for_query_document(query_modules=routes["query"], document_modules=routes["document"])
+    directory = tmp_path / "two-models"
+    SparseEncoder(modules=[router], device="cpu").save(str(directory))
+    saved = json.loads((directory / "router_config.json").read_text())
+    query_types = ", ".join(saved["types"][folder] for folder in saved["structure"]["query"])
+    with pytest.raises(ModelDirectoryError) as refused:
+        load_handler(directory, HandlerOptions(device="cpu"))
+    assert str(refused.value) == (f"{directory}: the Router's query route ({query_types}) is neither a "
+                                  "SparseStaticEmbedding nor the document route; searchbox serves only those")
+
+
+def test_a_static_query_of_exactly_the_max_length_is_answered_whole(inference_free_dir, minilm_dir):
+    from transformers import AutoTokenizer
+
+    directory = inference_free_dir
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    longest, over = "a " * 128, "a " * 129
+    assert (len(tokenizer.tokenize(longest)), len(tokenizer.tokenize(over))) == (128, 129)  # no special tokens
+    with serving(directory) as served:
+        for text, status in ((longest, 200), (over, 400), ("bread", 200)):
+            response = served.post("/v1/sparse-embeddings", {"input": text, "input_type": "query", "truncate": False})
+            assert response.status_code == status, (len(text), response.text)
