@@ -240,6 +240,109 @@ def test_every_batch_size_keeps_within_the_payload_budget():
         deployment.batch_size(10_000_000, 1.0, levels, target_hours=1, max_instances=4, max_rows_per_body=50_000)
 
 
+def _level(concurrency: int, inputs_per_s: float, errors: int = 0) -> _capacity.Level:
+    return _capacity.Level(concurrency, inputs_per_s, inputs_per_s, 100.0, 200.0, errors)
+
+
+def _size(levels, rows=1_000, mb=1.0, *, target_hours=1.0, max_instances=4, max_rows_per_body=1_000_000):
+    return deployment.batch_size(rows, mb, tuple(levels), target_hours=target_hours, max_instances=max_instances,
+                                 max_rows_per_body=max_rows_per_body)
+
+
+def test_a_batch_size_ignores_levels_that_had_errors():
+    # the 4-call level is the fastest but failed calls: of 1 and 2 calls, 2 (180/s) is the best and its own knee;
+    # 1,000 rows/MB at 90/s per call: 27 MB answers in 300 s (half the 600 s limit), 28 MB would not
+    size = _size([_level(1, 100.0), _level(2, 180.0), _level(4, 400.0, errors=3)])
+    assert (size.max_concurrent_transforms, size.max_payload_mb, size.rows_per_payload) == (2, 27, 27_000)
+    assert size.seconds_per_payload == pytest.approx(300.0)
+    assert size.inputs_per_s == 180.0
+
+
+def test_a_batch_size_from_levels_that_all_had_errors_still_goes_by_concurrency():
+    # nothing clean: every level counts, in concurrency order whatever order the file gave them in; 4 calls
+    # (400/s, the best) at 100/s each: 30 MB answers in 300 s, and 4 x 25 MB is the 100 MB budget
+    size = _size([_level(4, 400.0, errors=1), _level(2, 180.0, errors=1), _level(1, 100.0, errors=1)])
+    assert (size.max_concurrent_transforms, size.max_payload_mb) == (4, 25)
+
+
+def test_a_level_at_exactly_ninety_percent_of_the_best_is_the_knee():
+    # 90 inputs/s is 0.9 x 100: one call is enough; 90/s per call -> 27 MB of 1,000 rows in 300 s
+    size = _size([_level(1, 90.0), _level(2, 100.0)])
+    assert (size.max_concurrent_transforms, size.max_payload_mb) == (1, 27)
+
+
+def test_a_payload_of_exactly_the_rows_per_body_is_allowed():
+    # 1,000 rows/MB and 5,000 rows per body: 5 MB holds exactly 5,000 rows (5 s at 1,000/s), 6 MB would not fit
+    size = _size([_level(1, 1_000.0)], max_rows_per_body=5_000)
+    assert (size.max_payload_mb, size.rows_per_payload) == (5, 5_000)
+    assert size.seconds_per_payload == pytest.approx(5.0)
+
+
+def test_batch_instances_and_hours_follow_the_target_hours():
+    # one instance does 100/s x 2 h x 3,600 s = 720,000 rows in the 2 h target: one row more than three
+    # instances' worth needs a fourth; four then take 2,160,001 / 400 / 3,600 = 1.5000007 h
+    size = _size([_level(1, 100.0)], rows=2_160_001, mb=21_600.01, target_hours=2.0, max_instances=10)
+    assert size.instances == 4
+    assert size.hours == pytest.approx(2_160_001 / 400 / 3_600, rel=1e-9)
+    capped = _size([_level(1, 100.0)], rows=2_160_001, mb=21_600.01, target_hours=2.0, max_instances=3)
+    assert capped.instances == 3
+    assert capped.hours == pytest.approx(2_160_001 / 300 / 3_600, rel=1e-9)
+
+
+def test_a_batch_too_slow_even_for_one_megabyte_names_the_slowest_clean_level():
+    # 100,000 rows/MB; the slowest clean level is 2 calls at 10/s (5/s each): 1 MB takes 20,000 s
+    with pytest.raises(deployment.Refused) as caught:
+        _size([_level(4, 16.0), _level(2, 10.0), _level(1, 50.0, errors=2)], rows=100_000)
+    assert str(caught.value) == (
+        "--input-mb: a 1 MB payload holds ~100000 rows: 20000 s with one call in flight at the measured 10.0 "
+        "inputs/s (half the 600 s per call is allowed), or more than the container's 1000000 rows per body")
+
+
+@pytest.mark.parametrize("missing", ["input_rows", "input_mb"])
+def test_a_batch_job_needs_both_its_rows_and_its_size(missing):
+    with pytest.raises(deployment.Refused) as caught:
+        deployment.batch(options(**{missing: None}))
+    assert str(caught.value) == ("--input-rows: the batch job is sized for an input: give --input-rows (lines) and "
+                                 "--input-mb (total size)")
+
+
+@pytest.mark.parametrize(("rows", "mb"), [(0, 120.0), (1_000_000, 0.0), (1_000_000, -1.0)])
+def test_a_batch_input_of_no_rows_or_no_size_is_refused(rows, mb):
+    with pytest.raises(deployment.Refused) as caught:
+        deployment.batch(options(input_rows=rows, input_mb=mb))
+    assert str(caught.value) == "--input-rows: --input-rows and --input-mb must be > 0"
+
+
+def test_the_smallest_batch_input_is_sized():
+    # one row in half a megabyte is a real input (the limits are > 0): one instance, one call in flight would do
+    job = params(deployment.batch(options(input_rows=1, input_mb=0.5)), "CreateTransformJob")
+    assert job["TransformResources"]["InstanceCount"] == 1
+
+
+def test_the_batch_job_writes_where_the_plan_says_and_retries_once():
+    variant = deployment.batch(options())
+    job = params(variant, "CreateTransformJob")
+    # --bucket s3://my-bucket/minilm: the URL's prefix is the key prefix
+    assert job["TransformOutput"]["S3OutputPath"] == "s3://my-bucket/minilm/batch/output/"
+    assert job["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 600, "InvocationsMaxRetries": 1}
+    # 1,000,000 rows of 120 MB: 8,333 rows/MB; 4 calls (150/s, 37.5/s each) of 1 MB: 8,333 rows in 222 s;
+    # two instances at 150/s: 1,000,000 / 300 / 3,600 = 0.93 h
+    assert variant.plan[1] == ("- throughput: 150.0 inputs/s per instance with 4 calls in flight (the fewest measured "
+                               "to reach 90% of the best throughput; fewer where a 1 MB payload would not answer in "
+                               "time)")
+    assert variant.plan[2] == "- input: 1000000 rows, 120 MB: 2 instance(s) (target 1 h, at most 4): about 0.93 h"
+    assert variant.plan[3] == ("- MaxConcurrentTransforms 4 x MaxPayloadInMB 1 = 4 <= 100; a payload of ~8333 rows "
+                               "answers in ~222 s (per-call limit 600 s)")
+    assert variant.plan[4] == ("- text/csv, SplitType Line, BatchStrategy MultiRecord, AssembleWith Line; a template: "
+                               "TransformJobName must be new for every job")
+
+
+def test_a_batch_job_on_an_unmeasured_type_uses_the_stated_assumption():
+    measured = [measurement("local", "batch")]
+    variant = deployment.batch(options(measurements=measured, assume_from="local"))
+    assert variant.plan[0].startswith("- capacity: ASSUMED (--assume-capacity-from local)")
+
+
 def test_azure_deployment_and_autoscale_load_with_the_azure_sdks(tmp_path):
     variant = deployment.azure(options())
     deployment.write(tmp_path, [variant], {}, options())  # loads both back before moving them in
