@@ -343,6 +343,96 @@ def test_a_batch_job_on_an_unmeasured_type_uses_the_stated_assumption():
     assert variant.plan[0].startswith("- capacity: ASSUMED (--assume-capacity-from local)")
 
 
+def test_realtime_plan_states_the_target_it_tracks_and_how_it_was_derived():
+    # the fixture's query curve at headroom 0.5 (test_sustained_level_and_targets_follow_the_p95_target):
+    # 100 requests/s, 2.33 in flight, 6,000 invocations a minute; --min-instances 1..--max-instances 4
+    concurrency = deployment.realtime(options())
+    assert concurrency.plan[3] == (
+        "- target tracking: 2.33 concurrent requests per instance (high-resolution, every 10 s): in flight at 100 "
+        "requests/s on the measured curve (sustained rate x headroom 0.5); 1..4 instances of ml.m5.xlarge; "
+        "scale-out cooldown 60 s, scale-in cooldown 300 s")
+    invocations = deployment.realtime(options(metric="invocations"))
+    assert invocations.plan[3] == (
+        "- target tracking: 6000 invocations per instance per minute: 100 requests/s x 60 (sustained rate x headroom "
+        "0.5); 1..4 instances of ml.m5.xlarge; scale-out cooldown 60 s, scale-in cooldown 300 s")
+    # --p95-ms replaces the measurement's own 1,000 ms target in what the plan says it sustains
+    assert concurrency.plan[1].startswith("- sustained at p95 <= 1000 ms: ")
+    assert deployment.realtime(options(p95_ms=100.0)).plan[1].startswith("- sustained at p95 <= 100 ms: ")
+
+
+def test_serverless_memory_of_exactly_a_step_takes_that_step():
+    # 4,096 MB resident + 25% is 5,120 MB exactly: serverless' 5 GB step, not the 6 GB one
+    variant = deployment.serverless(options(measurements=fixture_measurements(rss_mb=4096.0)))
+    assert params(variant, "CreateEndpointConfig")["ProductionVariants"][0]["ServerlessConfig"]["MemorySizeInMB"] == 5120
+    assert variant.plan[0].startswith("- memory 5120 MB: resident memory 4096 MB measured (")
+    assert variant.plan[0].endswith(") + 25%, rounded up to serverless' 1 GB steps")
+    assert variant.plan[1:] == [
+        "- MaxConcurrency 20 (--serverless-max-concurrency): serverless scales itself, from zero, within it; "
+        "requests and answers of at most 4 MB, 60 s per request, no GPU",
+        "- throughput per concurrent invocation is not measured here (serverless gives vCPUs in proportion to "
+        "memory): load-test before relying on it"]
+    # the fixture's 600 MB + 25% = 750 MB: the smallest step
+    assert deployment.serverless(options()).plan[0].startswith("- memory 1024 MB: resident memory 600 MB measured (")
+
+
+def test_serverless_refusals_state_the_numbers():
+    # 5,000 MB + 25% = 6,250 MB, rounded up to 64 MB: 6,272 MB; the largest serverless size is 6,144 MB
+    with pytest.raises(deployment.Refused) as caught:
+        deployment.serverless(options(measurements=fixture_measurements(rss_mb=5000.0)))
+    assert str(caught.value) == ("ServerlessConfig.MemorySizeInMB: the model needs 6272 MB (resident memory measured "
+                                 "5000 MB + 25%); serverless allows at most 6144 MB")
+    with pytest.raises(deployment.Refused) as caught:
+        deployment.serverless(options(serverless_max_concurrency=201))
+    assert str(caught.value) == ("--serverless-max-concurrency: 201 is outside 1..200 "
+                                 "(ServerlessConfig.MaxConcurrency)")
+    with pytest.raises(deployment.Refused, match=r"^--serverless-max-concurrency: 0 is outside 1\.\.200"):
+        deployment.serverless(options(serverless_max_concurrency=0))
+    for limit in (1, 200):  # both ends of ServerlessConfig.MaxConcurrency's range are allowed
+        variant = deployment.serverless(options(serverless_max_concurrency=limit))
+        assert params(variant, "CreateEndpointConfig")["ProductionVariants"][0]["ServerlessConfig"][
+            "MaxConcurrency"] == limit
+
+
+def test_serverless_refusal_for_gpus_lists_every_realtime_type():
+    raw = yaml.safe_load(CATALOG.read_text())
+    raw["products"][0]["instance_types"] = {"realtime": ["ml.g5.xlarge", "ml.g4dn.xlarge"], "batch": ["ml.g5.xlarge"]}
+    raw["products"][0]["prices_per_hour"]["batch"] = {"ml.g5.xlarge": 0.4}
+    product = _catalog.parse_catalog(raw, base_dir=PACKAGING)[0]
+    with pytest.raises(deployment.Refused) as caught:
+        deployment.serverless(options(product=product))
+    assert str(caught.value) == ("instance_types.realtime: every real-time type of searchbox-minilm-embeddings has an "
+                                 "accelerator (ml.g5.xlarge, ml.g4dn.xlarge); serverless inference has no GPU")
+
+
+def test_inference_component_wakes_from_zero_on_the_first_failed_call():
+    variant = deployment.inference_component(options())
+    step = f"{NAME}-ic-NoCapacityInvocationFailures"
+    # Sum >= 1 over one minute: the first call that finds no copy adds one (SageMaker's example waits for a second)
+    assert params(variant, "PutMetricAlarm") == {
+        "AlarmName": step, "AlarmDescription": "A call reached the endpoint with no copy: add one",
+        "MetricName": "NoCapacityInvocationFailures", "Namespace": "AWS/SageMaker",
+        "Dimensions": [{"Name": "InferenceComponentName", "Value": f"{NAME}-ic"}],
+        "Statistic": "Sum", "Period": 60, "EvaluationPeriods": 1, "DatapointsToAlarm": 1, "Threshold": 1.0,
+        "ComparisonOperator": "GreaterThanOrEqualToThreshold", "TreatMissingData": "notBreaching",
+        "AlarmActions": ["{{PolicyARN:" + step + "}}"]}
+    assert params(variant, "CreateEndpointConfig")["ProductionVariants"][0]["InitialInstanceCount"] == 1
+    assert variant.plan[3] == ("- one copy needs 4 CPU cores (the torch threads measured) and 768 MB (resident "
+                               "600 MB + 25%)")
+    assert variant.plan[5] == (f"- from zero: step policy {step} (+1 copy) on alarm NoCapacityInvocationFailures >= 1 "
+                               "in a minute; calls fail until a copy is in service (minutes): a client must retry them")
+    assert variant.plan[1].startswith("- sustained at p95 <= 1000 ms: ")
+    assert deployment.inference_component(options(p95_ms=100.0)).plan[1].startswith("- sustained at p95 <= 100 ms: ")
+
+
+def test_an_inference_component_measured_on_a_gpu_asks_for_one():
+    measured = fixture_measurements() + [measurement("ml.g5.xlarge", "query", gpu="NVIDIA A10G")]
+    variant = deployment.inference_component(options(instance_type="ml.g5.xlarge", measurements=measured))
+    assert params(variant, "CreateInferenceComponent")["Specification"]["ComputeResourceRequirements"] == {
+        "NumberOfCpuCoresRequired": 4.0, "MinMemoryRequiredInMb": 768, "NumberOfAcceleratorDevicesRequired": 1.0}
+    assert variant.plan[3] == ("- one copy needs 4 CPU cores (the torch threads measured) and 768 MB (resident "
+                               "600 MB + 25%), 1 GPU")
+
+
 def test_azure_deployment_and_autoscale_load_with_the_azure_sdks(tmp_path):
     variant = deployment.azure(options())
     deployment.write(tmp_path, [variant], {}, options())  # loads both back before moving them in
@@ -823,6 +913,31 @@ def aws_env(monkeypatch):
             monkeypatch.delenv(key)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+def test_a_dry_run_prints_every_call_it_would_make(tmp_path, capacity_file):
+    # the fast tier's own dry run (the moto test checks the same against a server): nothing is sent, so no server
+    built, out = _build(tmp_path, capacity_file, "--variant", "batch")
+    assert built.returncode == 0, built.stderr
+    calls = _calls(out, "batch")
+    dry = _main("apply", out / "batch" / "requests.json", "--region", "eu-west-1")
+    assert (dry.returncode, dry.stderr) == (0, "")
+    assert dry.stdout == "".join(
+        ["# dry run: 2 calls in eu-west-1; nothing was sent (--no-dry-run sends them)\n"] +
+        [f"{c['service']}.{method}({json.dumps(c['params'], indent=2)})\n"
+         for c, method in zip(calls, ["create_model", "create_transform_job"])])
+
+
+def test_a_call_that_cannot_connect_fails_naming_the_endpoint(tmp_path, aws_env, monkeypatch):
+    # one attempt: botocore would otherwise retry a refused connection with backoff
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps([{"service": "sagemaker", "operation": "CreateEndpoint",
+                                 "params": {"EndpointName": "x", "EndpointConfigName": "x"}}]))
+    result = _main("apply", path, "--no-dry-run", "--region", "eu-west-1", "--endpoint-url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert result.stdout == "-> sagemaker CreateEndpoint x\n"
+    assert result.stderr == 'failed: Could not connect to the endpoint URL: "http://127.0.0.1:9/"\n'
 
 
 def test_a_placeholder_naming_no_earlier_policy_fails_before_any_call(tmp_path, aws_env):
