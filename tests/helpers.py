@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,40 @@ def serving(model_dir, env: dict[str, str] | None = None) -> Iterator[InProcess]
         yield InProcess(create_app(settings, runtime).test_client(), runtime)
     finally:
         runtime.close()
+
+
+def refused_at_load(model_dir, env: dict[str, str] | None = None) -> str:
+    """What loading `model_dir` in this process, as the worker loads it, was refused with (the load must fail)."""
+    from conftest import wait_loaded
+    from container.runtime import ModelRuntime
+    from container.settings import Settings
+
+    runtime = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(model_dir), **(env or {})}))
+    try:
+        assert not wait_loaded(runtime.start())  # False as soon as the load fails, not after the whole timeout
+        return runtime.load_error
+    finally:
+        runtime.close()
+
+
+def onnx_artifact(model_dir: Path, folder: Path, quantize: str | None = None) -> tuple[Any, Path]:
+    """packaging/build_artifact.py's ONNX build of `model_dir` into `folder`/model.tar.gz, unpacked into
+    `folder`/model: (the build's report, the unpacked directory). Stored, not deflated: gzip at the default level
+    spent 6-8 s of each build of MiniLM's weights, what is compressed is not what an ONNX test tests (the packaging
+    tests build at the default level), and a level-0 model.tar.gz is still gzip."""
+    import sys
+    import tarfile
+
+    packaging = str(Path(__file__).resolve().parent.parent / "packaging")
+    if packaging not in sys.path:
+        sys.path.insert(0, packaging)
+    import build_artifact
+
+    report = build_artifact.build_artifact(model_dir, folder / "model.tar.gz", backend="onnx", quantize=quantize,
+                                           compresslevel=0)
+    with tarfile.open(folder / "model.tar.gz") as tar:
+        tar.extractall(folder / "model", filter="data")
+    return report, folder / "model"
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import requests
 import yaml
 from sentence_transformers import CrossEncoder
 
-from helpers import cosine
+from helpers import cosine, onnx_artifact, refused_at_load
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packaging"))
@@ -29,27 +28,13 @@ import build_artifact  # noqa: E402
 
 pytestmark = pytest.mark.server
 
-# The archives these tests build are stored, not deflated: gzip at the default level 6 spent 6-8 s of each build of
-# MiniLM's weights (fp32 and int8 files next to model.safetensors), and what is compressed is not what this file
-# tests (the default level is the other packaging tests' build). A level-0 model.tar.gz is still gzip, read as any.
-ARCHIVE_LEVEL = 0
-
 TEXTS = ["hello", "The cat sits on the mat.", "Berlin is the capital and largest city of Germany.",
          "Vector databases index embeddings so that nearest neighbours are found in milliseconds. " * 8, ""]
 
 
-def unpack(artifact: Path, target: Path) -> Path:
-    with tarfile.open(artifact) as tar:
-        tar.extractall(target, filter="data")
-    return target
-
-
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory, minilm_dir):
-    out = tmp_path_factory.mktemp("onnx") / "model.tar.gz"
-    report = build_artifact.build_artifact(minilm_dir, out, backend="onnx", quantize="int8",
-                                           compresslevel=ARCHIVE_LEVEL)
-    return report, unpack(out, out.parent / "model")
+    return onnx_artifact(minilm_dir, tmp_path_factory.mktemp("onnx"), quantize="int8")
 
 
 def test_export_passes_its_gate_and_the_artifact_says_what_it_serves(int8_artifact):
@@ -169,9 +154,7 @@ def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch
     from model_handlers import HandlerOptions, load_handler
     from model_handlers.types import EmbedRequest, TextInput
 
-    out = tmp_path / "model.tar.gz"
-    build_artifact.build_artifact(minilm_dir, out, backend="onnx", compresslevel=ARCHIVE_LEVEL)
-    model_dir = unpack(out, tmp_path / "model")
+    _, model_dir = onnx_artifact(minilm_dir, tmp_path)
     onnx = load_handler(model_dir)
     torch_handler = load_handler(model_dir, HandlerOptions(backend="torch"))
     try:
@@ -189,10 +172,8 @@ def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch
 
 
 def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, reranker_dir):
-    report = build_artifact.build_artifact(reranker_dir, tmp_path / "model.tar.gz", backend="onnx",
-                                           compresslevel=ARCHIVE_LEVEL)
+    report, model_dir = onnx_artifact(reranker_dir, tmp_path)
     assert report.kind == "reranker" and report.quality.fp32_max_score_diff <= 1e-4
-    model_dir = unpack(tmp_path / "model.tar.gz", tmp_path / "model")
     from model_handlers import load_handler
     from model_handlers.types import RerankRequest, TextInput
 
@@ -243,9 +224,6 @@ def test_searchbox_backend_overrides_the_artifacts_choice_and_onnx_without_its_f
                                                                                                    minilm_dir,
                                                                                                    reference_model):
     """README: SEARCHBOX_BACKEND=torch|onnx overrides searchbox.json's backend; onnx needs the artifact's onnx/ files."""
-    from conftest import wait_loaded
-    from container.runtime import ModelRuntime
-    from container.settings import Settings
     from helpers import serving
 
     _, model_dir = int8_artifact
@@ -256,9 +234,5 @@ def test_searchbox_backend_overrides_the_artifacts_choice_and_onnx_without_its_f
         for item, reference in zip(served, reference_model.encode(texts)):
             assert cosine(item["embedding"], reference) >= 0.9999
     # onnx on a directory without onnx/: the server does not start, and says why
-    runtime = ModelRuntime(Settings.from_env({"SEARCHBOX_MODEL_DIR": str(minilm_dir), "SEARCHBOX_BACKEND": "onnx"}))
-    try:
-        assert not wait_loaded(runtime.start())  # False as soon as the load fails, not after the timeout
-        assert "onnx/model.onnx does not exist" in runtime.load_error and "--backend onnx" in runtime.load_error
-    finally:
-        runtime.close()
+    refusal = refused_at_load(minilm_dir, {"SEARCHBOX_BACKEND": "onnx"})
+    assert "onnx/model.onnx does not exist" in refusal and "--backend onnx" in refusal
