@@ -363,7 +363,8 @@ def test_realtime_plan_states_the_target_it_tracks_and_how_it_was_derived():
 def test_serverless_memory_of_exactly_a_step_takes_that_step():
     # 4,096 MB resident + 25% is 5,120 MB exactly: serverless' 5 GB step, not the 6 GB one
     variant = deployment.serverless(options(measurements=fixture_measurements(rss_mb=4096.0)))
-    assert params(variant, "CreateEndpointConfig")["ProductionVariants"][0]["ServerlessConfig"]["MemorySizeInMB"] == 5120
+    serverless = params(variant, "CreateEndpointConfig")["ProductionVariants"][0]["ServerlessConfig"]
+    assert serverless["MemorySizeInMB"] == 5120
     assert variant.plan[0].startswith("- memory 5120 MB: resident memory 4096 MB measured (")
     assert variant.plan[0].endswith(") + 25%, rounded up to serverless' 1 GB steps")
     assert variant.plan[1:] == [
@@ -605,26 +606,20 @@ def test_build_defaults_are_the_documented_ones(tmp_path, capacity_file):
     hour on text/csv, and Azure placeholders in eastus. Each number worked by hand from the fixture's levels."""
     result, out = _build(tmp_path, capacity_file)
     assert result.returncode == 0, result.stderr
-    policy = _written(out, "realtime", "PutScalingPolicy")
-    assert policy["PolicyName"] == f"{NAME}-concurrency"
-    assert policy["TargetTrackingScalingPolicyConfiguration"] == {
+    assert _written(out, "realtime", "PutScalingPolicy")["PolicyName"] == f"{NAME}-concurrency"
+    assert _target(out) == {
         "TargetValue": 2.33, "PredefinedMetricSpecification": {
             "PredefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"},
         "ScaleInCooldown": 300, "ScaleOutCooldown": 60}
-    register = _written(out, "realtime", "RegisterScalableTarget")
-    assert (register["MinCapacity"], register["MaxCapacity"]) == (1, 4)
+    assert _range(out, "realtime") == (1, 4)
     assert _written(out, "realtime", "CreateEndpointConfig")["ProductionVariants"][0]["InitialInstanceCount"] == 1
     # 6.25 requests/s (200 inputs/s in requests of 32) x 300 s of queued work
-    assert _written(out, "async", "PutScalingPolicy")["TargetTrackingScalingPolicyConfiguration"][
-        "TargetValue"] == 1875.0
-    assert "NotificationConfig" not in _written(out, "async", "CreateEndpointConfig")["AsyncInferenceConfig"][
-        "OutputConfig"]
+    assert _target(out, "async")["TargetValue"] == 1875.0
+    assert "NotificationConfig" not in _async_output(out)
     assert _written(out, "serverless", "CreateEndpointConfig")["ProductionVariants"][0]["ServerlessConfig"] == {
         "MemorySizeInMB": 1024, "MaxConcurrency": 20}
-    job = _written(out, "batch", "CreateTransformJob")
-    assert (job["MaxConcurrentTransforms"], job["MaxPayloadInMB"], job["TransformResources"]["InstanceCount"]) == (
-        4, 1, 2)
-    assert (job["TransformInput"]["ContentType"], job["TransformOutput"]["Accept"]) == ("text/csv", "application/json")
+    assert _job(out) == (4, 1, 2)
+    assert _job_formats(out) == ("text/csv", "application/json")
     autoscale = _autoscale(out)
     assert autoscale["location"] == "eastus"
     assert autoscale["properties"]["targetResourceUri"] == (
@@ -824,8 +819,7 @@ def test_limits_of_the_options_are_inclusive(tmp_path, capacity_file):
     equal, out = _build(tmp_path, capacity_file, "--variant", "realtime", "--min-instances", "3",
                         "--max-instances", "3", out=tmp_path / "equal")
     assert equal.returncode == 0, equal.stderr
-    register = _written(out, "realtime", "RegisterScalableTarget")
-    assert (register["MinCapacity"], register["MaxCapacity"]) == (3, 3)
+    assert _range(out, "realtime") == (3, 3)
 
 
 def test_variant_is_repeatable_and_builds_only_those(tmp_path, capacity_file):
@@ -873,18 +867,22 @@ def test_nothing_buildable_is_refused_naming_every_reason(tmp_path):
 # --- apply ------------------------------------------------------------------------------------------------------
 
 
+def _dry_run(calls: list[dict], region: str, methods: list[str]) -> str:
+    """What a dry run prints: a header counting the calls expected (one per method named), then each call as boto3's
+    method with its parameters as JSON."""
+    header = f"# dry run: {len(methods)} calls in {region}; nothing was sent (--no-dry-run sends them)\n"
+    return header + "".join(f"{call['service']}.{method}({json.dumps(call['params'], indent=2)})\n"
+                            for call, method in zip(calls, methods))
+
+
 def test_apply_is_a_dry_run_by_default(tmp_path, capacity_file, moto_url):
     built, out = _build(tmp_path, capacity_file, "--variant", "realtime")
     assert built.returncode == 0, built.stderr
     requests_json = out / "realtime" / "requests.json"
     dry = _main("apply", requests_json, "--endpoint-url", moto_url)
     assert dry.returncode == 0 and dry.stderr == ""
-    calls = _calls(out, "realtime")
-    methods = ["create_model", "create_endpoint_config", "create_endpoint", "register_scalable_target",
-               "put_scaling_policy"]
-    assert dry.stdout == "".join(
-        ["# dry run: 5 calls in us-east-1; nothing was sent (--no-dry-run sends them)\n"] +
-        [f"{c['service']}.{method}({json.dumps(c['params'], indent=2)})\n" for c, method in zip(calls, methods)])
+    assert dry.stdout == _dry_run(_calls(out, "realtime"), "us-east-1", [
+        "create_model", "create_endpoint_config", "create_endpoint", "register_scalable_target", "put_scaling_policy"])
     assert _main("apply", requests_json, "--region", "eu-west-1", "--dry-run").stdout.startswith(
         "# dry run: 5 calls in eu-west-1;")
     assert _client("sagemaker", moto_url).list_endpoints()["Endpoints"] == []
@@ -919,13 +917,9 @@ def test_a_dry_run_prints_every_call_it_would_make(tmp_path, capacity_file):
     # the fast tier's own dry run (the moto test checks the same against a server): nothing is sent, so no server
     built, out = _build(tmp_path, capacity_file, "--variant", "batch")
     assert built.returncode == 0, built.stderr
-    calls = _calls(out, "batch")
     dry = _main("apply", out / "batch" / "requests.json", "--region", "eu-west-1")
     assert (dry.returncode, dry.stderr) == (0, "")
-    assert dry.stdout == "".join(
-        ["# dry run: 2 calls in eu-west-1; nothing was sent (--no-dry-run sends them)\n"] +
-        [f"{c['service']}.{method}({json.dumps(c['params'], indent=2)})\n"
-         for c, method in zip(calls, ["create_model", "create_transform_job"])])
+    assert dry.stdout == _dry_run(_calls(out, "batch"), "eu-west-1", ["create_model", "create_transform_job"])
 
 
 def test_a_call_that_cannot_connect_fails_naming_the_endpoint(tmp_path, aws_env, monkeypatch):
@@ -951,6 +945,8 @@ def test_a_placeholder_naming_no_earlier_policy_fails_before_any_call(tmp_path, 
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr == ("failed: requests: {{PolicyARN:nowhere}} names no scaling policy put earlier in the "
                              "file\n")
+
+
 # --- moto: the whole sequence, described back --------------------------------------------------------------------
 
 
