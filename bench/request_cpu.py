@@ -25,6 +25,7 @@ from bench.servers import cpu_s, process_tree, start_searchbox
 from bench.texts import SHORT
 from model_handlers.embedded import embedded_model_dir
 
+
 def _threads(pid: int) -> dict[str, float]:
     """CPU seconds so far of each thread of `pid`, by thread id."""
     found = {}
