@@ -83,6 +83,15 @@ class PassCost:
             self._recent[bucket] = rate if before is None else before + self._SMOOTHING * (rate - before)
             self._best[bucket] = min(rate, self._best.get(bucket, rate))
 
+    def snapshot(self) -> tuple[dict[int, float], dict[int, float]]:
+        with self._lock:
+            return dict(self._recent), dict(self._best)
+
+    def restore(self, figures: tuple[dict[int, float], dict[int, float]]) -> None:
+        recent, best = figures
+        with self._lock:
+            self._recent, self._best = dict(recent), dict(best)
+
     def seconds(self, tokens_by_bucket: dict[int, int], *, best: bool = False) -> float:
         """Estimated seconds to run these tokens (0 when nothing was measured yet)."""
         table = self._best if best else self._recent
@@ -96,6 +105,13 @@ class PassCost:
         if bucket in table:
             return table[bucket]
         return table[min(table, key=lambda known: (abs(known - bucket), -known))]
+
+
+# The calibrations this process measured, by what they measured (see Batcher.calibrate): the model layer's one
+# process-wide mutable state. A server loads its model once per worker, so it never reads this back; a process that
+# loads the same files again (a test suite, a script comparing settings) takes the figures instead of measuring again.
+_CALIBRATIONS: dict[Hashable, tuple[dict[int, float], dict[int, float]]] = {}
+_CALIBRATIONS_LOCK = threading.Lock()
 
 
 def _tokens_by_bucket(lengths: Iterable[int]) -> dict[int, int]:
@@ -291,15 +307,28 @@ class Batcher(Generic[ItemT, OutT]):
             self._cond.notify()
         self._thread.join(timeout=5)
 
-    def calibrate(self, make_item: Callable[[int], ItemT], max_length: int) -> None:
+    def calibrate(self, make_item: Callable[[int], ItemT], max_length: int, measured_as: Hashable = None) -> None:
         """Measure full passes at each length bucket up to `max_length`, so that admission judges the first
         requests by what passes cost here, not by the warm-up's one short text (whose per-token cost is
-        mostly fixed overhead). `make_item(length)` builds one item of that many tokens."""
+        mostly fixed overhead). `make_item(length)` builds one item of that many tokens.
+
+        `measured_as`: what the passes' cost depends on (the model's files, device, threads, pass budget); a
+        calibration this process already made of the same takes its figures back instead (None: always measure).
+        """
         self.cost.reset()  # the warm-up's first pass also paid for lazy initialisation
+        if measured_as is not None:
+            with _CALIBRATIONS_LOCK:
+                figures = _CALIBRATIONS.get(measured_as)
+            if figures is not None:
+                self.cost.restore(figures)
+                return
         lengths = [length for length in (8, 32, 128, 512) if length < max_length] + [max_length]
         for length in lengths:
             count = max(1, self._max_batch_tokens // length)
             self.run([make_item(length) for _ in range(count)], Deadline.after(600))
+        if measured_as is not None:
+            with _CALIBRATIONS_LOCK:
+                _CALIBRATIONS[measured_as] = self.cost.snapshot()
 
     def backlog_seconds(self) -> float:
         """Estimated seconds of model time queued or running."""

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import MutableMapping, Union
+from typing import Hashable, MutableMapping, Union
 
 from model_handlers import operations
 from model_handlers.errors import ModelDirectoryError
@@ -63,4 +63,14 @@ def load_pipeline(model_dir: Path, config: ServingConfig, options: HandlerOption
         if not isinstance(model, protocol):
             raise AssertionError(f"kind {config.kind.name} answers {name}, but its {type(model).__name__} is no "
                                  f"{protocol.__name__}; this is a bug")
-    return Pipeline(config.kind, model, config, options)
+    return Pipeline(config.kind, model, config, options, measured_as=_pass_cost_key(model_dir, config, model, options))
+
+
+def _pass_cost_key(model_dir: Path, config: ServingConfig, model, options: HandlerOptions) -> Hashable:
+    """What the cost of this model's forward passes depends on: its files (by name, size and modification time, so a
+    copy made with its times kept is the same model), its code, its device and threads, and the passes' shape."""
+    files = tuple(sorted((str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns)
+                         for path in model_dir.rglob("*") if path.is_file() and (stat := path.stat())))
+    return (files, config.kind.name, config.backend, type(model).__module__, type(model).__qualname__,
+            str(model.device), model.max_length, options.resolved_max_batch_tokens(model.device),
+            options.max_batch_items, options.torch_threads)

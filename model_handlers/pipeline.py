@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol, TypeVar
 
 import numpy as np
 
@@ -54,13 +54,17 @@ class Pipeline:
         model: the loaded model.
         config: the directory's serving config.
         options: the runtime options the server read once.
+        measured_as: what the cost of the model's passes depends on, for calibrating once per process
+            (Batcher.calibrate); None: calibrate at every warm-up.
     """
 
-    def __init__(self, kind: "Kind", model: Model, config: "ServingConfig", options: HandlerOptions):
+    def __init__(self, kind: "Kind", model: Model, config: "ServingConfig", options: HandlerOptions,
+                 measured_as: Hashable = None):
         self.kind = kind
         self.config = config
         self.model = model
         self.options = options
+        self._measured_as = measured_as
         self.model_name = config.served_model_name
         self.max_length = model.max_length
         self.dimensions = model.width
@@ -148,7 +152,7 @@ class Pipeline:
         """One request through the whole pipeline, then full passes at each length to measure what they cost."""
         first = next(spec for spec in operations.registered() if self.kind.answers(spec.name))
         self.run(first.warm_up())
-        self._batcher.calibrate(self.model.calibration_item, self.max_length)
+        self._batcher.calibrate(self.model.calibration_item, self.max_length, self._measured_as)
 
     def drain(self, grace_s: float) -> tuple[int, int]:
         """Stop taking work; finish the admitted work that fits in `grace_s`: (queued requests kept, refused)."""

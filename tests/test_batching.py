@@ -279,3 +279,34 @@ def test_on_idle_runs_when_the_queue_runs_dry_after_enough_work():
     batcher.submit([Item(i) for i in range(5)]).result(5)
     assert idle.wait(5)
     batcher.close()
+
+
+def test_a_calibration_is_measured_once_per_process_for_what_it_measured():
+    """Calibration runs a full pass at each length up to the longest; a second batcher calibrating the same thing (the
+    same model files loaded again) takes the first one's figures instead of running passes, and anything else
+    measures its own."""
+    first_forward, second_forward, other_forward = ControlledForward(), ControlledForward(), ControlledForward()
+    key = ("model files", object())  # an object of this test alone: no other test's calibration can match
+    first = Batcher(first_forward, max_batch_tokens=64)
+    first.calibrate(lambda length: Item(length, length=length), 64, key)
+    # lengths 8, 32 and 64: 64 // length items each
+    assert [len(p) for p in first_forward.passes] == [8, 2, 1]
+    tokens = {3: 800}  # 800 tokens of the 8-token bucket (5..8 tokens)
+    measured, measured_best = first.cost.seconds(tokens), first.cost.seconds(tokens, best=True)
+    assert measured > 0
+    second = Batcher(second_forward, max_batch_tokens=64)
+    second.calibrate(lambda length: Item(length, length=length), 64, key)
+    assert second_forward.passes == []
+    assert second.cost.seconds(tokens) == measured and second.cost.seconds(tokens, best=True) == measured_best
+    # what the second batcher observes later is its own: the first's figures are not moved by it
+    second.cost.observe(longest=8, count=1, seconds=100.0)
+    assert first.cost.seconds(tokens) == measured
+    other = Batcher(other_forward, max_batch_tokens=64)
+    other.calibrate(lambda length: Item(length, length=length), 64, ("other model files", object()))
+    assert [len(p) for p in other_forward.passes] == [8, 2, 1]
+    unkeyed_forward = ControlledForward()
+    unkeyed = Batcher(unkeyed_forward, max_batch_tokens=64)
+    unkeyed.calibrate(lambda length: Item(length, length=length), 64)
+    assert [len(p) for p in unkeyed_forward.passes] == [8, 2, 1]
+    for batcher in (first, second, other, unkeyed):
+        batcher.close()
