@@ -181,6 +181,9 @@ class RerankRequest:
     return_documents: bool = True
     # A LoRA adapter for the query's and the documents' embeddings (SageMaker's adapter header), as for EmbedRequest.
     adapter: str | None = None
+    # What the judge is told to look for, for rerankers whose prompt takes one (a generative reranker's system
+    # message, Qwen3-Reranker's `<Instruct>`); None: the model's own default. Refused by the others.
+    instruction: str | None = None
 
     operation: ClassVar[str] = "rerank"
 

@@ -37,6 +37,9 @@ OPTIONS = (
         "answer the best N documents only; all when left out"),
     fields.Option("return_documents", fields.flag(True), fields.boolean_schema(True),
                   "echo each returned document (as sent) beside its score"),
+    fields.Option("instruction", fields.optional_str, {"type": "string"},
+                  "what the judge looks for, for rerankers whose prompt takes an instruction (generative and "
+                  "listwise ones); the model's own default when left out; refused by the others"),
 )
 
 

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 from model_handlers import ranking
 from model_handlers.batching import Timing
 from model_handlers.deadline import Deadline
+from model_handlers.errors import InvalidOption
 from model_handlers.operations import OperationSpec, Runner
 from model_handlers.types import RerankRequest, RerankResult, TextInput
 
@@ -28,6 +29,9 @@ class Reranker(Protocol):
 
 def run(pipeline: Runner, request: RerankRequest, deadline: Deadline, timing: Timing | None) -> RerankResult:
     """Score each document against the query (its best window) and rank them."""
+    if request.instruction is not None and not getattr(pipeline.model, "takes_instruction", False):
+        raise InvalidOption(f"model {pipeline.model_name} takes no `instruction`: its scores come from the query and "
+                            "the documents alone; leave `instruction` out")
     if not request.documents:
         return RerankResult(hits=[], query_tokens=0, document_tokens=0, model=pipeline.model_name)
     windows = pipeline.options.max_rerank_windows
