@@ -116,3 +116,12 @@ def colbert(tmp_path_factory, minilm_dir):
         return make_reference(tmp_path_factory.mktemp("colbert"), minilm_dir)
     except ReferenceUnavailable as exc:
         pytest.fail(f"the ColBERT reference (PyLate 1.6.0 in its own venv) cannot be made: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+@implies("app")
+def generative_reranker_dir(tmp_path_factory) -> Path:
+    """The tiny Qwen3-Reranker-shaped generative reranker (tests/models/generative_reranker.py)."""
+    from models.generative_reranker import make_generative_reranker
+
+    return make_generative_reranker(tmp_path_factory.mktemp("models") / "tiny-generative-reranker")
