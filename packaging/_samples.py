@@ -77,6 +77,29 @@ SAMPLES: Mapping[str, Samples] = {
         client_call=('client.rerank(query="What is the capital of Germany?",\n'
                      '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
     ),
+    "generative-reranker": Samples(
+        # a judge prompt per document: the template's tokens are billed to the document each prompt reads
+        request={"data": {"query": "What is the capital of Germany?",
+                          "documents": [{"text": "Berlin is the capital of Germany."}, {"text": "Bananas are yellow."}],
+                          "top_n": 2, "instruction": "Given a web search query, retrieve relevant passages"}},
+        response={"data": [{"query_usage": {"total_tokens": 16}, "docs_usage": {"total_tokens": 188},
+                            "results": [{"index": 0, "relevance_score": 0.9981,
+                                         "document": {"text": "Berlin is the capital of Germany."},
+                                         "usage": {"total_tokens": 96}},
+                                        {"index": 1, "relevance_score": 0.0004,
+                                         "document": {"text": "Bananas are yellow."}, "usage": {"total_tokens": 92}}]}],
+                  "parameters": {}},
+        public_request={"query": "capital of Germany?", "documents": ["Berlin ...", "Bananas ..."], "top_n": 1,
+                        "instruction": "Given a web search query, retrieve relevant passages"},
+        csv=('"q1","What is the capital of Germany?","[""Berlin is the capital of Germany."", '
+             '""Bananas are yellow."", ""Germany borders France.""]","2"\n'
+             '"q2","How do embeddings work?","[""Embeddings map text to vectors."", ""Paris is in France.""]","1"\n'),
+        batch_output=('{"data":[{"id":"q1","query_usage":{"total_tokens":24},"docs_usage":{"total_tokens":285},'
+                      '"results":[{"index":0,"relevance_score":0.9981,"document":{"text":"Berlin is the capital of '
+                      'Germany."},"usage":{"total_tokens":96}}]}],"parameters":{}}'),
+        client_call=('client.rerank(query="What is the capital of Germany?",\n'
+                     '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
+    ),
     "multimodal": Samples(
         # the load check sends this through the server's own parser: one text and one base64 PNG
         request={"data": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG, "id": "img-1"}], "parameters": {}},
