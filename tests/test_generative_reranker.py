@@ -179,3 +179,15 @@ def test_a_chat_template_without_query_and_document_roles_is_refused_at_load(tmp
     (model_dir / "chat_template.jinja").unlink()
     reason = refused_at_load(model_dir)
     assert "query" in reason and "document" in reason and "chat template" in reason
+
+
+def test_v1_models_says_how_each_reranker_scores_and_what_it_takes(app, reranker_dir):
+    reranking = app.get("/v1/models").json()["data"][0]["reranking"]
+    assert reranking["scoring"].startswith("generative, pointwise") and reranking["takes_instruction"] is True
+    # the tiny model's instruction default is its chat template's own (no sentence-transformers default prompt)
+    assert reranking["default_instruction"] is None
+    assert reranking["max_tokens_per_model_input"] == 384  # the tokenizer's model_max_length
+    assert reranking["max_documents"] == 2048 and reranking["max_windows"] == 4096  # README's defaults
+    with serving(reranker_dir) as cross_encoder:
+        pointwise = cross_encoder.get("/v1/models").json()["data"][0]["reranking"]
+    assert pointwise["scoring"].startswith("pointwise: a cross-encoder") and pointwise["takes_instruction"] is False

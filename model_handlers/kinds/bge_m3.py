@@ -115,6 +115,8 @@ class _Sequence:
 class BgeM3Model:
     """An encoder and BGE-M3's two heads."""
 
+    rerank_scoring = "BGE-M3's weighted mean of its dense, sparse and late-interaction scores"
+
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
         from transformers import AutoModel, AutoTokenizer

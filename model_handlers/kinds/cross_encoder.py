@@ -52,6 +52,7 @@ class CrossEncoderModel:
     """Serves a `*ForSequenceClassification` directory with one label as a reranker (torch or ONNX backend)."""
 
     width = None  # a cross-encoder makes scores, no vectors
+    rerank_scoring = "pointwise: a cross-encoder reads each (query, document) pair"
 
     def __init__(self, model_dir: Path, scorer: "_TorchScorer | _OnnxScorer", config: ServingConfig):
         self.config = config

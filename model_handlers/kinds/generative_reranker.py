@@ -63,6 +63,7 @@ class GenerativeRerankerModel:
 
     width = None  # it makes scores, no vectors
     takes_instruction = True
+    rerank_scoring = "generative, pointwise: a language model's yes/no judgement of each (query, document) pair"
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch

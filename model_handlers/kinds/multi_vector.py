@@ -232,6 +232,8 @@ class _Side:
 class MultiVectorModel:
     """A ColBERT: an encoder, its projection(s), and the query and document sides."""
 
+    rerank_scoring = "late interaction (MaxSim) of query and document token vectors"
+
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
         from transformers import AutoTokenizer

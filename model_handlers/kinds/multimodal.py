@@ -126,6 +126,8 @@ class _HeldPixels:
 class MultimodalModel:
     """A dual encoder serving text and image embeddings in one space."""
 
+    rerank_scoring = "the cosine of query and document embeddings in the shared text-image space"
+
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
         from transformers import AutoModel

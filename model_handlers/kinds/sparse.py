@@ -147,6 +147,8 @@ class _Sequence:
 class SparseModel:
     """A SPLADE: a masked-language model and its pooling of log-saturated logits, on torch or ONNX Runtime."""
 
+    rerank_scoring = "the dot product of query and document sparse vectors"
+
     def __init__(self, model_dir: Path, config: ServingConfig, encoder: "_TorchWeights | _OnnxWeights"):
         settings: SpladeSettings = config.kind_settings
         self.config = config

@@ -63,6 +63,8 @@ class _Sequence:
 class TextEmbeddingModel:
     """One sentence-transformers (or plain encoder, or jina-embeddings-v3) model directory, on torch or ONNX."""
 
+    rerank_scoring = "the cosine of query and document embeddings"
+
     def __init__(self, encoder: "_TorchEncoder | _OnnxEncoder | _JinaV3Encoder", config: ServingConfig):
         self.config = config
         self.model_name = config.served_model_name

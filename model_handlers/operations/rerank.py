@@ -24,6 +24,9 @@ RERANK = RerankRequest.operation
 class Reranker(Protocol):
     """What a kind's model has to answer rerank requests."""
 
+    # how it scores, in a buyer's words (/v1/models says it)
+    rerank_scoring: str
+
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> ranking.RerankWork: ...
 
 
