@@ -191,3 +191,23 @@ def test_v1_models_says_how_each_reranker_scores_and_what_it_takes(app, reranker
     with serving(reranker_dir) as cross_encoder:
         pointwise = cross_encoder.get("/v1/models").json()["data"][0]["reranking"]
     assert pointwise["scoring"].startswith("pointwise: a cross-encoder") and pointwise["takes_instruction"] is False
+
+
+def test_a_too_long_query_keeps_its_first_half_room_tokens(app, reference, tokenizer):
+    """README: the query keeps at most half the room a pair leaves beside the judge prompt (384 tokens here)."""
+    room = 384 - prompt_tokens(tokenizer, "", "")
+    query = " ".join(["which city is the capital of Germany"] * 40)
+    content = tokenizer(query, add_special_tokens=False)["input_ids"]
+    assert len(content) > room // 2
+    kept = tokenizer.decode(content[:room // 2])
+    expected = reference.predict([(kept, document) for document in DOCUMENTS[:3]])
+    answer = ranking(app, {"query": query, "documents": DOCUMENTS[:3]})
+    assert [hit["index"] for hit in answer["results"]] == expected_ranking(expected)
+    assert np.allclose([hit["relevance_score"] for hit in answer["results"]], sorted(expected, reverse=True),
+                       atol=TOLERANCE)
+
+
+def test_an_instruction_that_leaves_no_room_is_refused_by_name(app):
+    response = app.post("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS[:2],
+                                       "instruction": "judge strictly " * 400})
+    assert_error(response, 422, "INVALID_OPTION", "shorter `instruction`")

@@ -99,12 +99,12 @@ class GenerativeRerankerModel:
         self.default_instruction = self._encoder.prompts.get(self._encoder.default_prompt_name) \
             if self._encoder.default_prompt_name else None
         try:
-            bare = self._render([("", "")], self.default_instruction)
+            self._bare = self._render([("", "")], self.default_instruction)[0]
         except ValueError as exc:  # sentence-transformers' own check: a template without query/document roles
             raise ModelDirectoryError(f"{model_dir}: {exc}") from exc
-        if len(bare[0]) >= self.max_length:
-            raise ModelDirectoryError(f"{model_dir}: its judge prompt alone takes {len(bare[0])} tokens, as many as a "
-                                      f"pair may hold ({self.max_length}); set a larger max_length in searchbox.json")
+        if len(self._bare) >= self.max_length:
+            raise ModelDirectoryError(f"{model_dir}: its judge prompt alone takes {len(self._bare)} tokens, as many as "
+                                      f"a pair may hold ({self.max_length}); set a larger max_length in searchbox.json")
 
     # --- on the caller's thread -----------------------------------------------------------------------
 
@@ -113,7 +113,8 @@ class GenerativeRerankerModel:
         query_text = texts_of([request.query], self.config.served_model_name, "the query")[0]
         documents = texts_of(request.documents, self.config.served_model_name, "document")
         instruction = request.instruction if request.instruction is not None else self.default_instruction
-        overhead = len(self._render([("", "")], instruction)[0])
+        overhead = len(self._bare if instruction == self.default_instruction else
+                       self._render([("", "")], instruction)[0])
         room = self.max_length - overhead
         if room < 2:
             raise InvalidOption(f"the judge prompt with this instruction takes {overhead} tokens of the "
@@ -145,8 +146,7 @@ class GenerativeRerankerModel:
         return self._tokenizer
 
     def calibration_item(self, length: int) -> _Prompt:
-        bare = self._render([("", "")], self.default_instruction)[0]
-        return _Prompt(np.resize(bare, length))
+        return _Prompt(np.resize(self._bare, length))
 
     def _content_ids(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(ids, dtype=np.int64)
