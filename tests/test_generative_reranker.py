@@ -211,3 +211,29 @@ def test_an_instruction_that_leaves_no_room_is_refused_by_name(app):
     response = app.post("/v1/rerank", {"query": QUERY, "documents": DOCUMENTS[:2],
                                        "instruction": "judge strictly " * 400})
     assert_error(response, 422, "INVALID_OPTION", "shorter `instruction`")
+
+
+def test_a_bare_causal_lm_directory_named_a_generative_reranker_in_searchbox_json(tmp_path, generative_reranker_dir,
+                                                                                   reference):
+    """A directory as a model card publishes it (a `*ForCausalLM`, its tokenizer and a judge-prompt chat template; no
+    sentence-transformers files): `"kind": "generative-reranker"` serves it as `CrossEncoder` reads it, with the
+    tokenizer's "yes" and "no" tokens."""
+    model_dir = tmp_path / "bare"
+    shutil.copytree(generative_reranker_dir, model_dir)
+    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
+        (model_dir / name).unlink()
+    shutil.rmtree(model_dir / "1_LogitScore")
+    assert "embedding" in detected_kind(model_dir)  # without the word, a causal LM is an embedding model
+    (model_dir / "searchbox.json").write_text(json.dumps({"kind": "generative-reranker"}))
+    expected = reference.predict([(QUERY, document) for document in DOCUMENTS])
+    with serving(model_dir) as served:
+        answer = ranking(served, {"query": QUERY, "documents": DOCUMENTS})
+    assert [hit["index"] for hit in answer["results"]] == expected_ranking(expected)
+    assert np.allclose([hit["relevance_score"] for hit in answer["results"]], sorted(expected, reverse=True),
+                       atol=TOLERANCE)
+
+
+def detected_kind(model_dir) -> str:
+    from model_handlers.serving_config import read_serving_config
+
+    return read_serving_config(model_dir).kind.name
