@@ -31,6 +31,7 @@ from container.openapi import document as openapi_document
 from container.runtime import ModelRuntime
 from container.settings import Settings
 from container.telemetry import METRICS_CONTENT_TYPE
+from model_handlers import operations
 from model_handlers.errors import HandlerError
 
 logger = logging.getLogger(__name__)
@@ -195,24 +196,13 @@ def model_card(runtime: ModelRuntime, settings: Settings) -> dict[str, Any]:
         "classifiers": [classifier.describe() for _, classifier in sorted(config.classifiers.items())],
         "metering": None if config.metering is None else {"unit": config.metering.unit,
                                                            "tokens_per_unit": config.metering.tokens_per_unit},
-        "reranking": _reranking(handler, settings) if config.kind.answers("rerank") else None,
+        # inputs (texts, images, documents) one request may carry
+        "max_inputs": settings.max_inputs,
+        # how the loaded model answers each operation, where its spec says more than its name (known once loaded)
+        "details": {} if handler is None else {spec.name: spec.describe(handler) for spec in operations.registered()
+                                               if spec.describe is not None and config.kind.answers(spec.name)},
         "ready": runtime.ready,
     }
-
-
-def _reranking(handler: Any, settings: Settings) -> dict[str, Any] | None:
-    """How the model reranks (known once loaded): how it scores, whether a request's `instruction` reaches it and what
-    it is told when none is sent, and the limits of a request's documents."""
-    if handler is None:
-        return None
-    model = handler.model
-    takes_instruction = bool(getattr(model, "takes_instruction", False))
-    return {"scoring": model.rerank_scoring,
-            "takes_instruction": takes_instruction,
-            # None: the template's own default (a generative reranker), or no instruction at all
-            "default_instruction": getattr(model, "default_instruction", None) if takes_instruction else None,
-            "max_documents": settings.max_inputs, "max_windows": handler.options.max_rerank_windows,
-            "max_tokens_per_model_input": handler.max_length}
 
 
 def read_body(limit: int) -> bytes:

@@ -182,14 +182,15 @@ def test_a_chat_template_without_query_and_document_roles_is_refused_at_load(tmp
 
 
 def test_v1_models_says_how_each_reranker_scores_and_what_it_takes(app, reranker_dir):
-    reranking = app.get("/v1/models").json()["data"][0]["reranking"]
+    card = app.get("/v1/models").json()["data"][0]
+    reranking = card["details"]["rerank"]
     assert reranking["scoring"].startswith("generative, pointwise") and reranking["takes_instruction"] is True
     # the tiny model's instruction default is its chat template's own (no sentence-transformers default prompt)
     assert reranking["default_instruction"] is None
     assert reranking["max_tokens_per_model_input"] == 384  # the tokenizer's model_max_length
-    assert reranking["max_documents"] == 2048 and reranking["max_windows"] == 4096  # README's defaults
+    assert card["max_inputs"] == 2048 and reranking["max_windows"] == 4096  # README's defaults
     with serving(reranker_dir) as cross_encoder:
-        pointwise = cross_encoder.get("/v1/models").json()["data"][0]["reranking"]
+        pointwise = cross_encoder.get("/v1/models").json()["data"][0]["details"]["rerank"]
     assert pointwise["scoring"].startswith("pointwise: a cross-encoder") and pointwise["takes_instruction"] is False
 
 

@@ -516,6 +516,8 @@ def test_a_kind_answers_the_operations_whose_protocols_its_model_class_implement
         def text_tokenizer(self): ...
 
     class Ranks:
+        rerank_scoring = "how it scores"
+
         def prepare_rerank(self, request, max_windows): ...
 
     assert operations.answered_by(Embeds) == {"embed"}

@@ -48,6 +48,7 @@ class Runner(Protocol):
     options: HandlerOptions
     model_name: str
     dimensions: int | None  # the width of the vectors the model makes; None when it makes none
+    max_length: int  # the most tokens one model input holds
     default_input_type: str | None  # a whole job's input_type (the operator's, else the model directory's)
     config: Any  # the model directory's ServingConfig (the tasks it declares)
 
@@ -115,6 +116,8 @@ class OperationSpec:
         beside: a form another form's request may ask beside its own, from the same pass; None: it cannot be.
         answered_by: `answered_by(model_class)`: whether a kind whose model is of that class answers it; None: when
             the class implements `model` (every member of the protocol).
+        describe: `describe(pipeline)`: what a client should know of how the loaded model answers it (GET /v1/models
+            lists it under the operation's name); None: nothing beyond the operation's name.
     """
 
     name: str
@@ -133,6 +136,7 @@ class OperationSpec:
     options: type | None = None
     beside: Beside | None = None
     answered_by: Callable[[type], bool] | None = field(default=None, repr=False)
+    describe: Callable[[Runner], dict[str, Any]] | None = field(default=None, repr=False)
 
     @property
     def embeddings(self) -> bool:

@@ -8,7 +8,7 @@ score, hits sorted by score with ties in input order, cut to `top_n`.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from model_handlers import ranking
 from model_handlers.batching import Timing
@@ -45,6 +45,17 @@ def run(pipeline: Runner, request: RerankRequest, deadline: Deadline, timing: Ti
                         model=pipeline.model_name)
 
 
+def describe(pipeline: Runner) -> dict[str, Any]:
+    """How the model reranks: how it scores, whether a request's `instruction` reaches it and what it is told when none
+    is sent (None: the model's prompt template's own default, or no instruction at all), the model inputs a request's
+    documents may make and the tokens each holds."""
+    model = pipeline.model
+    takes_instruction = bool(getattr(model, "takes_instruction", False))
+    return {"scoring": model.rerank_scoring, "takes_instruction": takes_instruction,
+            "default_instruction": getattr(model, "default_instruction", None) if takes_instruction else None,
+            "max_windows": pipeline.options.max_rerank_windows, "max_tokens_per_model_input": pipeline.max_length}
+
+
 def _summary(request: RerankRequest, result: RerankResult) -> str:
     scores = ", ".join(f"{hit.relevance_score:.3f}" for hit in result.hits)
     return f"reranked {len(request.documents)} documents (scores {scores})"
@@ -61,4 +72,5 @@ SPEC = OperationSpec(
     warm_up=lambda: RerankRequest(query=TextInput("warm up the model"),
                                   documents=(TextInput("a first document"), TextInput("a second one"))),
     summary=_summary,
+    describe=describe,
 )
