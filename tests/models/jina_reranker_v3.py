@@ -75,7 +75,7 @@ def build(target: Path, *, seed: int = 11, max_length: int = MODEL_MAX_LENGTH) -
         settings = json.loads((target / "tokenizer_config.json").read_text())
         (target / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": max_length}))
     config = Qwen3Config(vocab_size=QUERY_TOKEN_ID + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=40960,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
                          tie_word_embeddings=False, architectures=["JinaForRanking"],
                          auto_map={"AutoModel": "modeling.JinaForRanking"}, pad_token_id=0)
     torch.manual_seed(seed)
