@@ -166,8 +166,8 @@ def _references(model_dir: Path) -> list[tuple[str, str, str, bool]]:
 
 def _read_natively(model_dir: Path, config: Mapping[str, Any]) -> bool:
     """Whether searchbox reads this config.json's architecture itself: a Jina flash checkpoint, jina-reranker-v3
-    (model_handlers/jina_ranking.py), or a jina-embeddings-v3 one (model_handlers/jina_v3.py) unless searchbox.json asks for its own code
-    (`"model_code": "remote"`)."""
+    (model_handlers/jina_ranking.py), or a jina-embeddings-v3 one (model_handlers/jina_v3.py) unless searchbox.json
+    asks for its own code (`"model_code": "remote"`)."""
     if jina_layout.layout(config) is not None or jina_ranking.is_listwise(config):
         return True
     if not jina_v3.is_v3(config):

@@ -6,7 +6,8 @@ It follows the `modeling.py` that jinaai/jina-reranker-v3 publishes (class `Jina
 - the prompt: a fixed system turn, the user turn "I will provide you with {n} passages, each indicated by a numerical
   identifier. Rank the passages based on their relevance to query: {query}\\n", an optional
   `<instruct>\\n{instruction}\\n</instruct>\\n`, the documents as
-  `<passage id="{i}">\\n{doc}<|embed_token|>\\n</passage>` joined by newlines and followed by one, the query again as `<query>\\n{query}<|rerank_token|>\\n</query>`, then the
+  `<passage id="{i}">\\n{doc}<|embed_token|>\\n</passage>` joined by newlines and followed by one,
+  the query again as `<query>\\n{query}<|rerank_token|>\\n</query>`, then the
   assistant turn with an empty think part; the two special token strings are first removed from the query and the
   documents;
 - the model: `lm_head` is an identity, the last hidden states at the token ids 151670 (`<|embed_token|>`, one per

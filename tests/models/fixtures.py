@@ -105,7 +105,7 @@ def jina_v3_dir(tmp_path_factory, minilm_dir) -> Path:
 @pytest.fixture(scope="session")
 @implies("app")
 def jina_reranker_v3_dir(tmp_path_factory) -> Path:
-    """A jina-reranker-v3-style listwise checkpoint with its code as `modeling.py` (tests/models/jina_reranker_v3.py)."""
+    """A jina-reranker-v3-style listwise checkpoint, its code as `modeling.py` (tests/models/jina_reranker_v3.py)."""
     from models.jina_reranker_v3 import build
 
     return build(tmp_path_factory.mktemp("models") / "tiny-jina-reranker-v3")
