@@ -250,3 +250,9 @@ def test_a_cut_document_counts_2048_tokens_in_the_budget(jina_reranker_v3_dir, t
     with serving(roomy) as app:
         body = rerank(app, {"query": QUERY, "documents": documents, "return_documents": False})
     assert_same(body["results"], expected(reference, QUERY, documents))
+
+
+def test_models_listing_says_it_is_listwise_and_takes_an_instruction(app):
+    reranking = app.get("/v1/models").json()["data"][0]["reranking"]
+    assert reranking["scoring"].startswith("listwise") and reranking["takes_instruction"] is True
+    assert reranking["default_instruction"] is None  # the model's own prompt has no <instruct> part

@@ -50,6 +50,11 @@ class ListwiseRerankerModel:
     """Serves a `JinaForRanking` directory natively: transformers' Qwen3Model and the checkpoint's projector."""
 
     width = None  # it answers scores, no vectors
+    rerank_scoring = ("listwise: the query and up to 125 documents read in one context per block; each document's "
+                      "cosine with the blocks' merged query vector")
+    # the prompt's optional `<instruct>` part; without one the model's own prompt has none
+    takes_instruction = True
+    default_instruction = None
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
