@@ -192,9 +192,26 @@ def test_sagemaker_envelope(app, reference, module, wrap):
     assert all(hit["usage"]["total_tokens"] > 0 for hit in item["results"])
 
 
-def test_tei_body(app, reference):
-    answer = rerank(app, {"query": QUERY, "texts": DOCUMENTS}, "/invocations")
-    assert_same(answer, expected(reference, QUERY, DOCUMENTS), score="score")
+def test_other_callers_bodies(app, reference):
+    """The public body on /invocations, Cohere's SDK body, TEI's and Elasticsearch's amazon_sagemaker rerank."""
+    wanted = expected(reference, QUERY, DOCUMENTS)
+    assert_same(rerank(app, {"query": QUERY, "documents": DOCUMENTS}, "/invocations")["results"], wanted)
+    assert_same(rerank(app, {"query": QUERY, "documents": DOCUMENTS, "api_version": 2}, "/invocations")["results"],
+                wanted)
+    assert_same(rerank(app, {"query": QUERY, "texts": DOCUMENTS}, "/invocations"), wanted, score="score")
+    assert_same(rerank(app, {"query": QUERY, "input": DOCUMENTS}, "/invocations")["rerank"], wanted)
+
+
+def test_batch_transform_rows_are_rerank_requests(app, reference):
+    rows = [("q-1", QUERY, DOCUMENTS[:3]), ("q-2", "where is the mill", DOCUMENTS[1:5])]
+    body = "".join(f'{row_id},{query},"{json.dumps(documents).replace(chr(34), chr(34) * 2)}"\n'
+                   for row_id, query, documents in rows)
+    answer = app.post("/invocations", data=body, headers={"Content-Type": "text/csv"})
+    assert answer.status_code == 200, answer.text
+    answers = answer.json()["data"]
+    assert [item["id"] for item in answers] == ["q-1", "q-2"]
+    for item, (_, query, documents) in zip(answers, rows):
+        assert_same(item["results"], expected(reference, query, documents))
 
 
 def test_embeddings_are_refused_by_name(app):
