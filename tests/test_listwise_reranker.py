@@ -273,3 +273,45 @@ def test_models_listing_says_it_is_listwise_and_takes_an_instruction(app):
     reranking = app.get("/v1/models").json()["data"][0]["reranking"]
     assert reranking["scoring"].startswith("listwise") and reranking["takes_instruction"] is True
     assert reranking["default_instruction"] is None  # the model's own prompt has no <instruct> part
+
+
+def test_a_tokenizer_that_adds_special_tokens_is_cut_and_read_as_the_model_reads_it(jina_reranker_v3_dir, tmp_path):
+    """A fine-tune whose tokenizer puts a token before every text (as BOS-adding tokenizers do): the model's own code
+    counts it in each text's length, keeps it in a cut text's decoded ids, and reads it at the prompt's start."""
+    opened = shutil.copytree(jina_reranker_v3_dir, tmp_path / "bos")
+    document = json.loads((opened / "tokenizer.json").read_text())
+    document["post_processor"] = {"type": "TemplateProcessing",
+                                  "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                                             {"Sequence": {"id": "A", "type_id": 0}}],
+                                  "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                                           {"Sequence": {"id": "B", "type_id": 1}}],
+                                  "special_tokens": {"<|im_start|>": {"id": "<|im_start|>", "ids": [
+                                      document["model"]["vocab"]["<|im_start|>"]], "tokens": ["<|im_start|>"]}}}
+    (opened / "tokenizer.json").write_text(json.dumps(document))
+    reference = load_reference(opened)
+    tokenizer = reference._tokenizer()
+    assert tokenizer("a")["input_ids"][0] == tokenizer.convert_tokens_to_ids("<|im_start|>")
+    query = "what do cats like to eat " * 120
+    documents = ["the river runs past an old mill " * 400, "a kitten drinks milk", "cats like fish"]
+    with serving(opened) as app:
+        body = rerank(app, {"query": query, "documents": documents, "return_documents": False})
+    assert_same(body["results"], expected(reference, query, documents))
+
+
+def test_a_checkpoint_without_the_marker_tokens_or_the_projector_is_refused_by_name(jina_reranker_v3_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from helpers import refused_at_load
+
+    unmarked = shutil.copytree(jina_reranker_v3_dir, tmp_path / "unmarked")
+    document = json.loads((unmarked / "tokenizer.json").read_text())
+    document["added_tokens"] = [token for token in document["added_tokens"] if token["content"] != "<|rerank_token|>"]
+    del document["model"]["vocab"]["<|rerank_token|>"]
+    (unmarked / "tokenizer.json").write_text(json.dumps(document))
+    assert "no <|rerank_token|> token" in refused_at_load(unmarked)
+
+    headless = shutil.copytree(jina_reranker_v3_dir, tmp_path / "headless")
+    tensors = load_file(str(headless / "model.safetensors"))
+    del tensors["projector.2.weight"]
+    save_file(tensors, str(headless / "model.safetensors"), metadata={"format": "pt"})
+    assert "do not fit jina-reranker-v3's projector (missing ['2.weight'], unexpected [])" in refused_at_load(headless)
