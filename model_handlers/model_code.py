@@ -7,7 +7,8 @@ A model directory is data. Two things in one execute code when it is loaded:
 
 The policy:
 1. An architecture searchbox reads natively runs none of the directory's modules, whatever it holds (Jina's
-   XLM-RoBERTa flash checkpoints: model_handlers/jina_layout.py; jina-embeddings-v3 with its task adapters:
+   XLM-RoBERTa flash checkpoints: model_handlers/jina_layout.py; jina-reranker-v3: model_handlers/jina_ranking.py;
+   jina-embeddings-v3 with its task adapters:
    model_handlers/jina_v3.py, unless searchbox.json says `"model_code": "remote"`). A directory that needs no remote code is never
    loaded with `trust_remote_code=True`.
 2. Remote code runs only where the artifact declares and pins it: `searchbox-manifest.json` (written by
@@ -29,7 +30,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from model_handlers import jina_layout, jina_v3
+from model_handlers import jina_layout, jina_ranking, jina_v3
 from model_handlers.errors import ModelDirectoryError
 
 logger = logging.getLogger(__name__)
@@ -164,10 +165,10 @@ def _references(model_dir: Path) -> list[tuple[str, str, str, bool]]:
 
 
 def _read_natively(model_dir: Path, config: Mapping[str, Any]) -> bool:
-    """Whether searchbox reads this config.json's architecture itself: a Jina flash checkpoint, or a
-    jina-embeddings-v3 one (model_handlers/jina_v3.py) unless searchbox.json asks for its own code
-    (`"model_code": "remote"`)."""
-    if jina_layout.layout(config) is not None:
+    """Whether searchbox reads this config.json's architecture itself: a Jina flash checkpoint, jina-reranker-v3
+    (model_handlers/jina_ranking.py), or a jina-embeddings-v3 one (model_handlers/jina_v3.py) unless searchbox.json
+    asks for its own code (`"model_code": "remote"`)."""
+    if jina_layout.layout(config) is not None or jina_ranking.is_listwise(config):
         return True
     if not jina_v3.is_v3(config):
         return False

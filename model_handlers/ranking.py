@@ -8,7 +8,8 @@
   query and window embeddings (`Scoring.COSINE`), or late interaction over token vectors (`Scoring.MAXSIM`:
   for each query token its best cosine over the window's token vectors, summed, as ColBERT scores), or the dot
   product of query and window outputs (`Scoring.DOT`: sparse vectors, as SPLADE scores), or BGE-M3's weighted mean
-  of the three (`Scoring.HYBRID`).
+  of the three (`Scoring.HYBRID`), or a listwise model's blocks (`Scoring.LISTWISE`: each input holds several
+  documents, and the blocks' query vectors merge into one before any document is scored).
 - Hits are sorted by score, highest first, ties in input order, cut to `top_n` (`rank`).
 """
 
@@ -47,6 +48,11 @@ class Scoring(str, enum.Enum):
     # the query's and each window's outputs are `Hybrid`s (BGE-M3's three outputs of one pass); score = the weighted
     # mean (`RerankWork.weights`) of their dense cosine, sparse dot product and mean late interaction
     HYBRID = "hybrid"
+    # each input is a block of documents read with the query in one context (jina-reranker-v3); its output is a
+    # matrix: the block's query vector, then one row per document of the block, blocks in document order. The
+    # query vectors are averaged with weights (1 + the block's best cosine) / 2, and every document scores by
+    # cosine with that average (`listwise_scores`)
+    LISTWISE = "listwise"
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,8 @@ class RerankWork:
 
     Attributes:
         items: the model inputs (batcher work items), the query's first when `scoring` is COSINE.
-        owners: for each input, the index of the document it is a window of (None for the query).
+        owners: for each input, the index of the document it is a window of (None for the query); LISTWISE: of the
+            first document of its block.
         scoring: how outputs become scores.
         query_tokens: tokens billed to the query (`query_usage`).
         document_tokens: tokens billed to each document (its windows, with their special tokens).
@@ -191,8 +198,29 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=-1, keepdims=True), 1e-12)
 
 
+def listwise_scores(outputs: Sequence[np.ndarray]) -> list[float]:
+    """Every document's cosine with the merged query vector of its request's blocks (`Scoring.LISTWISE`): the blocks'
+    query vectors averaged, each weighted by (1 + its block's best cosine) / 2."""
+    queries, documents, weights = [], [], []
+    for block in outputs:
+        block = np.asarray(block, dtype=np.float64)
+        query, rows = block[0], _unit_rows64(block[1:])
+        weights.append((1.0 + float((rows @ (query / max(np.linalg.norm(query), 1e-12))).max())) / 2.0)
+        queries.append(query)
+        documents.append(rows)
+    merged = np.average(np.stack(queries), axis=0, weights=weights)
+    merged /= max(np.linalg.norm(merged), 1e-12)
+    return [float(score) for score in np.concatenate(documents) @ merged]
+
+
+def _unit_rows64(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=-1, keepdims=True), 1e-12)
+
+
 def best_per_document(work: RerankWork, outputs: Sequence[np.ndarray], documents: int) -> list[float]:
-    """Each document's best window score."""
+    """Each document's best window score (a listwise model's: its one score, `listwise_scores`)."""
+    if work.scoring is Scoring.LISTWISE:
+        return listwise_scores(outputs)
     best = [float("-inf")] * documents
     owners = [owner for owner in work.owners if owner is not None]
     for owner, score in zip(owners, window_scores(work, outputs)):

@@ -157,6 +157,8 @@ SAMPLES: Mapping[str, Samples] = {
         client_call='client.embed(texts=["hello", "world"])',
     ),
 }
+# A listwise reranker (jina-reranker-v3) takes the same rerank bodies and answers them the same way.
+SAMPLES = {**SAMPLES, "listwise-reranker": SAMPLES["reranker"]}
 
 
 def of(kind: str) -> Samples:

@@ -132,7 +132,7 @@ def test_per_inference_units_become_the_servers_metering(raw_catalog, pricing, e
     (lambda p: p.update(free_trial_days=32), "products[0].free_trial_days", "5..31"),
     (lambda p: p.update(regions=["us-east-1", "Frankfurt"]), "products[0].regions[1]", "not an AWS region"),
     (lambda p: p.update(kind="classifier"), "products[0].kind",
-     "not one of bge-m3, embedding, generative-reranker, multi-vector, multimodal, reranker"),
+     "not one of bge-m3, embedding, generative-reranker, listwise-reranker, multi-vector, multimodal, reranker"),
     (lambda p: p.update(eula="missing.md"), "products[0].eula", "does not exist"),
     (lambda p: p.update(prices={}), "products[0].prices", "unknown field"),
     (lambda p: p["instance_types"]["recommended"].update(batch="ml.c6i.xlarge"),
@@ -409,6 +409,7 @@ def test_every_kind_has_samples_and_the_public_route_of_what_they_ask():
     from model_handlers import kinds
 
     routes = {"embedding": "/v1/embeddings", "reranker": "/v1/rerank", "generative-reranker": "/v1/rerank",
+              "listwise-reranker": "/v1/rerank",
               "multimodal": "/v1/embeddings",
               "multi-vector": "/v1/multi-vector", "sparse": "/v1/sparse-embeddings", "bge-m3": "/v1/embeddings"}
     assert sorted(kinds.names()) == sorted(routes)

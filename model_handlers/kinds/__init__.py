@@ -29,6 +29,7 @@ from model_handlers.model_files import read_list, read_object
 KIND_MODULES = (
     "model_handlers.kinds.multi_vector",
     "model_handlers.kinds.cross_encoder",
+    "model_handlers.kinds.listwise_reranker",
     "model_handlers.kinds.generative_reranker",
     "model_handlers.kinds.multimodal",
     "model_handlers.kinds.sparse",

@@ -103,6 +103,15 @@ def jina_v3_dir(tmp_path_factory, minilm_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+@implies("app")
+def jina_reranker_v3_dir(tmp_path_factory) -> Path:
+    """A jina-reranker-v3-style listwise checkpoint, its code as `modeling.py` (tests/models/jina_reranker_v3.py)."""
+    from models.jina_reranker_v3 import build
+
+    return build(tmp_path_factory.mktemp("models") / "tiny-jina-reranker-v3")
+
+
+@pytest.fixture(scope="session")
 @implies("server")
 def colbert(tmp_path_factory, minilm_dir):
     """Small ColBERTs in three layouts and PyLate 1.6.0's token vectors and scores on them (tests/models/colbert.py).
