@@ -23,6 +23,10 @@ NO_LIMIT = 1_000_000
 # The most tokens a position table alone (no declared length beside it) stands for.
 POSITIONS_ALONE = 512
 DEFAULT_LENGTH = 512
+# A language model's pass is served (and calibrated) at most this long unless searchbox.json's `max_length` says
+# otherwise: their positions go to 32k-128k, and one CPU calibration pass at that length alone takes minutes
+# (Qwen3-Reranker's card scores at 8192). Rerankers read longer documents in windows or blocks.
+LANGUAGE_MODEL_LENGTH = 8192
 
 
 def declared(value: Any) -> int | None:

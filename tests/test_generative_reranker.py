@@ -238,3 +238,19 @@ def detected_kind(model_dir) -> str:
     from model_handlers.serving_config import read_serving_config
 
     return read_serving_config(model_dir).kind.name
+
+
+def test_a_pair_is_served_at_most_8192_tokens_unless_searchbox_json_says(tmp_path, generative_reranker_dir):
+    """README: positions of 40960 and a tokenizer of 131072 serve pairs of 8192 tokens; `max_length` says otherwise."""
+    model_dir = tmp_path / "long"
+    shutil.copytree(generative_reranker_dir, model_dir)
+    for name, key, value in (("tokenizer_config.json", "model_max_length", 131072),
+                             ("config.json", "max_position_embeddings", 40960)):
+        config = json.loads((model_dir / name).read_text())
+        config[key] = value
+        (model_dir / name).write_text(json.dumps(config))
+    with serving(model_dir) as served:
+        assert served.get("/v1/models").json()["data"][0]["details"]["rerank"]["max_tokens_per_model_input"] == 8192
+    (model_dir / "searchbox.json").write_text(json.dumps({"max_length": 300}))
+    with serving(model_dir) as served:
+        assert served.get("/v1/models").json()["data"][0]["details"]["rerank"]["max_tokens_per_model_input"] == 300

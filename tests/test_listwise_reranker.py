@@ -270,7 +270,7 @@ def test_a_cut_document_counts_2048_tokens_in_the_budget(jina_reranker_v3_dir, t
 
 
 def test_models_listing_says_it_is_listwise_and_takes_an_instruction(app):
-    reranking = app.get("/v1/models").json()["data"][0]["reranking"]
+    reranking = app.get("/v1/models").json()["data"][0]["details"]["rerank"]
     assert reranking["scoring"].startswith("listwise") and reranking["takes_instruction"] is True
     assert reranking["default_instruction"] is None  # the model's own prompt has no <instruct> part
 

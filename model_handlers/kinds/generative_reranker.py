@@ -31,7 +31,7 @@ import numpy as np
 from model_handlers import model_code
 from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
-from model_handlers.lengths import Lengths
+from model_handlers.lengths import LANGUAGE_MODEL_LENGTH, Lengths
 from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
@@ -39,10 +39,6 @@ from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import RerankRequest, texts_of
 
-# A judge prompt per pair makes these models dear per document: a pair is served at most this long unless
-# searchbox.json's `max_length` says otherwise (Qwen3-Reranker's card scores at 8192; its positions go to 40960,
-# and a CPU calibration pass at that length alone takes minutes). Longer documents are read in windows.
-DEFAULT_MAX_LENGTH = 8192
 _LOGIT_SCORE = "LogitScore"
 
 
@@ -92,7 +88,7 @@ class GenerativeRerankerModel:
         model_config = self._transformer.model.config
         declared = Lengths.of(tokenizer=getattr(hf_tokenizer, "model_max_length", None),
                               positions=getattr(model_config, "max_position_embeddings", None))
-        self.max_length = config.max_length or min(declared.capacity(DEFAULT_MAX_LENGTH), DEFAULT_MAX_LENGTH)
+        self.max_length = config.max_length or min(declared.capacity(LANGUAGE_MODEL_LENGTH), LANGUAGE_MODEL_LENGTH)
         # its own truncation (which keeps the template's suffix) cuts where searchbox serves
         self._transformer.max_seq_length = self.max_length
         self._tokenizer = TokenizerView.from_hf(hf_tokenizer, self.max_length)

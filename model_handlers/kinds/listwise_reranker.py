@@ -24,7 +24,7 @@ import numpy as np
 from model_handlers import jina_ranking
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
-from model_handlers.lengths import Lengths
+from model_handlers.lengths import LANGUAGE_MODEL_LENGTH, Lengths
 from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, check_window_count
@@ -85,9 +85,11 @@ class ListwiseRerankerModel:
         # the blocks' token budget is the tokenizer's, as the model's own code reads it
         self._model_max_length = int(tokenizer.model_max_length)
         self._backbone, self._projector = jina_ranking.load(model_dir, self.device)
-        # the longest pass calibrated: a block holds about the tokenizer's length, bounded by the positions
-        self.max_length = Lengths.of(tokenizer=tokenizer.model_max_length,
-                                     positions=self._backbone.config.max_position_embeddings).served(config.max_length)
+        # the longest pass calibrated: a block holds about the tokenizer's length, bounded by the positions, and by
+        # what a language model is calibrated at (longer blocks borrow the longest measured pass's cost per token)
+        capacity = Lengths.of(tokenizer=tokenizer.model_max_length,
+                              positions=self._backbone.config.max_position_embeddings).capacity(LANGUAGE_MODEL_LENGTH)
+        self.max_length = config.max_length or min(capacity, LANGUAGE_MODEL_LENGTH)
 
     @staticmethod
     def _marker(tokenizer, token: str, model_dir: Path) -> int:
