@@ -254,3 +254,19 @@ def test_a_pair_is_served_at_most_8192_tokens_unless_searchbox_json_says(tmp_pat
     (model_dir / "searchbox.json").write_text(json.dumps({"max_length": 300}))
     with serving(model_dir) as served:
         assert served.get("/v1/models").json()["data"][0]["details"]["rerank"]["max_tokens_per_model_input"] == 300
+
+
+def test_onnx_is_refused_by_name_at_build_and_at_load(tmp_path, generative_reranker_dir):
+    """README: not exported, served on torch; an operator's SEARCHBOX_BACKEND=onnx never silently serves torch."""
+    import sys
+    from pathlib import Path
+
+    from model_handlers import kinds
+    from model_handlers.errors import ModelDirectoryError
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "packaging"))
+    import _onnx
+
+    assert "has no ONNX backend" in refused_at_load(generative_reranker_dir, {"SEARCHBOX_BACKEND": "onnx"})
+    with pytest.raises(ModelDirectoryError, match=r"kind generative-reranker \(.*\) does not export to ONNX"):
+        _onnx.build_onnx(tmp_path, kinds.named("generative-reranker"), None, _onnx.Gate())
