@@ -45,24 +45,31 @@ _CORPUS = ["yes", "no"] * 50 + [
 ] * 20
 
 
+def bpe_tokenizer(corpus: list[str], max_length: int, vocab_size: int = 1000):
+    """A byte-level BPE tokenizer trained on `corpus`, with Qwen's end-of-text (its pad token) and chat tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   model_max_length=max_length)
+
+
 def build(directory: str | Path, size: str = "tiny", seed: int = 11) -> Path:
     """Write a generative reranker of `size` into `directory` (safetensors, tokenizer, sentence-transformers' modules)
     and return it."""
     import torch
     from sentence_transformers import CrossEncoder
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     shape, target = SIZES[size], Path(directory)
     target.mkdir(parents=True, exist_ok=True)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(_CORPUS, trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        model_max_length=shape["max_length"])
+    tokenizer = bpe_tokenizer(_CORPUS, shape["max_length"])
     tokenizer.chat_template = _TEMPLATE
     tokenizer.save_pretrained(str(target))
     config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=shape["width"], intermediate_size=2 * shape["width"],

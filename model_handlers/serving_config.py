@@ -57,6 +57,7 @@ The defaults are clip-v1's (224 px x 1000 tokens); clip-v2-style models set 512 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -68,9 +69,16 @@ from model_handlers.kinds import Kind, ModelFiles
 from model_handlers.metering import Metering, parse_metering
 from model_handlers.model_files import read_object
 from model_handlers.onnx_runtime import BACKENDS, DEFAULT_ONNX_FILE
-from model_handlers.types import INPUT_TYPE_TASKS
+from model_handlers.types import INPUT_TYPE_TASKS, TASK_INPUT_TYPES
 
 CONFIG_FILE = "searchbox.json"
+
+# A task matrix's prompt names end in the side they embed (jina-code-embeddings: `nl2code_query`, `nl2code_document`):
+# the `input_type` each suffix answers.
+_SIDE_SUFFIXES = {"query": "query", "document": "document", "passage": "document"}
+# The tasks clients send whatever the model (the jina-sagemaker client's defaults, searchbox's own rerank path): on a
+# model with a task matrix they fall back to the default task, as an unknown task does on a model of prompts.
+_GENERIC_TASKS = frozenset({"retrieval.query", "retrieval.passage"})
 
 # Common prompt names in sentence-transformers configs, mapped to the task names clients send.
 _TASK_ALIASES = {
@@ -129,18 +137,56 @@ class ServingConfig:
             return self.tasks[self.default_task]
         return TaskSpec()
 
+    @cached_property
+    def task_matrix(self) -> dict[str, dict[str, str]]:
+        """{task: {input_type: prompt name}} of a model whose prompts are named `<task>_<side>` (jina-code-embeddings'
+        `nl2code_query` and `nl2code_document`): a task embeds queries and documents with prompts of their own."""
+        matrix: dict[str, dict[str, str]] = {}
+        for name in self.tasks:
+            base, _, suffix = name.rpartition("_")
+            if base and suffix in _SIDE_SUFFIXES:
+                matrix.setdefault(base, {})[_SIDE_SUFFIXES[suffix]] = name
+        return matrix
+
     def resolve_task(self, task: str | None, input_type: str | None = None, adapter: str | None = None) -> TaskSpec:
         """What a request selects: its `task`, else the retrieval task of its `input_type`, else the default; a
-        request's `adapter` takes the place of the adapter the task selects.
+        request's `adapter` takes the place of the adapter the task selects. On a model with a task matrix, `task`
+        names a row (`nl2code`, or with its side: `nl2code.query`, `nl2code.passage`) and `input_type` the side.
 
         Raises:
-            InvalidOption: a `task` this model does not have, on a model whose tasks select adapters.
+            InvalidOption: a `task` this model does not have, on a model whose tasks select adapters or form a matrix;
+                a task of a matrix without its side.
         """
+        if self.task_matrix and task not in self.tasks:
+            spec = self._matrix_task(task, input_type)
+            return spec if adapter is None else TaskSpec(prompt=spec.prompt, adapter=adapter)
         if task is not None and task not in self.tasks and self.adapter_tasks:
             raise InvalidOption(f"model {self.served_model_name} has no task {task!r}; its tasks are "
                                 f"{', '.join(sorted(self.tasks))} (or no task: the base model)", code="UNKNOWN_TASK")
         spec = self.task_spec(task if task is not None else INPUT_TYPE_TASKS.get(input_type or ""))
         return spec if adapter is None else TaskSpec(prompt=spec.prompt, adapter=adapter)
+
+    def _matrix_task(self, task: str | None, input_type: str | None) -> TaskSpec:
+        """The prompt of a task matrix's row and side (`resolve_task`); no task, or a generic retrieval task, is the
+        default task's row, and no default task is no prompt."""
+        if task is None or task in _GENERIC_TASKS:
+            if self.default_task not in self.task_matrix:
+                return self.task_spec(None)
+            base, side = self.default_task, input_type or TASK_INPUT_TYPES.get(task or "")
+        else:
+            base, side = _split_side(task)
+            side = side or input_type
+        table = ", ".join(sorted(self.task_matrix))
+        if base not in self.task_matrix:
+            raise InvalidOption(f"model {self.served_model_name} has no task {task!r}; its tasks are {table}, each "
+                                "for queries and documents (`input_type` query or document, or the task as "
+                                f"{next(iter(sorted(self.task_matrix)))}.query)", code="UNKNOWN_TASK")
+        sides = self.task_matrix[base]
+        if side not in sides:
+            raise InvalidOption(f"task {base} of model {self.served_model_name} embeds queries and documents with "
+                                f"prompts of their own: send `input_type` {' or '.join(sorted(sides, reverse=True))} "
+                                f"(or the task as {base}.query)", code="UNKNOWN_TASK")
+        return self.tasks[sides[side]]
 
 
 def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_remote_code: bool = False,
@@ -328,6 +374,14 @@ def _task_spec(name: str, value: Any) -> TaskSpec:
     raise ModelDirectoryError(
         f"{CONFIG_FILE}: task {name!r} must be a prompt string or an object with 'prompt' and/or 'adapter'"
     )
+
+
+def _split_side(task: str) -> tuple[str, str | None]:
+    """`nl2code.query` -> ("nl2code", "query"); `nl2code.passage` -> ("nl2code", "document"); `nl2code` -> (.., None)."""
+    base, dot, suffix = task.rpartition(".")
+    if dot and suffix in _SIDE_SUFFIXES:
+        return base, _SIDE_SUFFIXES[suffix]
+    return task, None
 
 
 def _tasks_from_sentence_transformers(st_config: Mapping[str, Any]) -> dict[str, TaskSpec]:

@@ -134,3 +134,12 @@ def generative_reranker_dir(tmp_path_factory) -> Path:
     from models.generative_reranker import make_generative_reranker
 
     return make_generative_reranker(tmp_path_factory.mktemp("models") / "tiny-generative-reranker")
+
+
+@pytest.fixture(scope="session")
+@implies("app")
+def code_embeddings_dir(tmp_path_factory) -> Path:
+    """The tiny jina-code-embeddings-shaped decoder embedder (tests/models/code_embeddings.py)."""
+    from models.code_embeddings import make_code_embeddings
+
+    return make_code_embeddings(tmp_path_factory.mktemp("models") / "tiny-code-embeddings")

@@ -1,0 +1,55 @@
+"""A tiny jina-code-embeddings-shaped model: a decoder (transformers' `Qwen2Model`, as the 0.5B's Qwen2.5-Coder
+backbone, seeded random weights), last-token pooling and normalisation, saved by sentence-transformers with the
+model card's instruction table as its prompts (`<task>_query`, `<task>_document`), and the byte-level BPE tokenizer
+of examples/tiny_generative_reranker.py."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+if str(EXAMPLES) not in sys.path:
+    sys.path.insert(0, str(EXAMPLES))
+
+from tiny_generative_reranker import bpe_tokenizer  # noqa: E402
+
+# jina-code-embeddings' model card: an instruction per task for each side
+PROMPTS = {
+    "nl2code_query": "Find the most relevant code snippet given the following query:\n",
+    "nl2code_document": "Candidate code snippet:\n",
+    "qa_query": "Find the most relevant answer given the following question:\n",
+    "qa_document": "Candidate answer:\n",
+    "code2code_query": "Find an equivalent code snippet given the following code snippet:\n",
+    "code2code_document": "Candidate code snippet:\n",
+    "code2nl_query": "Find the most relevant comment given the following code snippet:\n",
+    "code2nl_document": "Candidate comment:\n",
+    "code2completion_query": "Find the most relevant completion given the following start of code snippet:\n",
+    "code2completion_document": "Candidate completion:\n",
+}
+_CORPUS = list(PROMPTS.values()) * 10 + [
+    "def read_csv(path): return pandas.read_csv(path)", "How do I read a CSV file in Python?",
+    "for i in range(10): print(i)", "# sort a list in place\nitems.sort()",
+] * 20
+
+
+def make_code_embeddings(target: Path, seed: int = 5) -> Path:
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+    from transformers import Qwen2Config, Qwen2Model
+
+    plain = target.with_name(target.name + "-backbone")
+    plain.mkdir(parents=True, exist_ok=True)
+    tokenizer = bpe_tokenizer(_CORPUS, 512)
+    tokenizer.save_pretrained(str(plain))
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    Qwen2Model(config).save_pretrained(str(plain))
+    transformer = Transformer(str(plain), max_seq_length=512)
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=PROMPTS, device="cpu").save(str(target))
+    return target

@@ -1,0 +1,93 @@
+"""A task matrix (jina-code-embeddings): a prompt per task and side, `<task>_query` and `<task>_document`, selected by
+`task` and `input_type` together (or the task with its side: `nl2code.query`, `nl2code.passage`), on the tiny
+decoder embedder of tests/models/code_embeddings.py, against sentence-transformers' own
+`SentenceTransformer.encode(texts, prompt_name=...)`. An unknown task or a missing side is refused naming the table.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from helpers import assert_error, cosine, serving
+
+pytestmark = pytest.mark.app
+
+TEXTS = ["How do I read a CSV file in Python?", "def read_csv(path): return pandas.read_csv(path)",
+         "# sort a list in place\nitems.sort()"]
+TASKS = ("nl2code", "qa", "code2code", "code2nl", "code2completion")
+
+
+@pytest.fixture(scope="module")
+def reference(code_embeddings_dir):
+    return SentenceTransformer(str(code_embeddings_dir), device="cpu", local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def app(code_embeddings_dir):
+    with serving(code_embeddings_dir) as served:
+        yield served
+
+
+def vectors(app, body: dict, path: str = "/v1/embeddings") -> list[list[float]]:
+    response = app.post(path, body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    return [item["embedding"] for item in answer["data"]]
+
+
+def assert_same(served, expected):
+    assert len(served) == len(expected)
+    for vector, reference_vector in zip(served, expected):
+        assert cosine(vector, reference_vector) >= 0.9999
+        assert abs(np.linalg.norm(vector) - np.linalg.norm(reference_vector)) < 1e-4
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_and_side_is_its_prompt(app, reference, task):
+    query = reference.encode(TEXTS, prompt_name=f"{task}_query")
+    document = reference.encode(TEXTS, prompt_name=f"{task}_document")
+    assert min(cosine(a, b) for a, b in zip(query, document)) < 0.999, "the sides' prompts must differ in effect"
+    assert_same(vectors(app, {"input": TEXTS, "task": task, "input_type": "query"}), query)
+    assert_same(vectors(app, {"input": TEXTS, "task": task, "input_type": "document"}), document)
+    assert_same(vectors(app, {"input": TEXTS, "task": f"{task}.query"}), query)
+    assert_same(vectors(app, {"input": TEXTS, "task": f"{task}.passage"}), document)
+    # the prompt's own name, as sentence-transformers calls it
+    assert_same(vectors(app, {"input": TEXTS, "task": f"{task}_document"}), document)
+
+
+def test_the_sagemaker_envelope_takes_the_task_and_side(app, reference):
+    expected = reference.encode(TEXTS, prompt_name="qa_document")
+    answer = app.post("/invocations", {"data": [{"text": text} for text in TEXTS],
+                                       "parameters": {"task": "qa", "input_type": "document"}})
+    assert answer.status_code == 200, answer.text
+    assert_same([item["embedding"] for item in answer.json()["data"]], expected)
+
+
+def test_mixed_tasks_and_sides_in_concurrent_requests(app, reference):
+    asks = [(task, side) for task in TASKS for side in ("query", "document")] * 2
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda ask: vectors(app, {"input": TEXTS, "task": ask[0], "input_type": ask[1]}), asks))
+    for (task, side), answer in zip(asks, answers):
+        assert_same(answer, reference.encode(TEXTS, prompt_name=f"{task}_{side}"))
+
+
+def test_no_task_and_the_generic_retrieval_tasks_embed_without_a_prompt(app, reference):
+    """The jina-sagemaker client's default tasks fall back as on any model of prompts (contract §2a): no default task
+    here, so no prompt."""
+    plain = reference.encode(TEXTS)
+    assert_same(vectors(app, {"input": TEXTS}), plain)
+    assert_same(vectors(app, {"input": TEXTS, "task": "retrieval.query"}), plain)
+
+
+@pytest.mark.parametrize("body, mentions", [
+    ({"task": "sql2code", "input_type": "query"},
+     ["no task 'sql2code'", "code2code, code2completion, code2nl, nl2code, qa", "input_type"]),
+    ({"task": "nl2code"}, ["task nl2code", "queries and documents", "`input_type` query or document",
+                           "nl2code.query"]),
+])
+def test_an_unknown_task_or_a_missing_side_is_refused_naming_the_table(app, body, mentions):
+    assert_error(app.post("/v1/embeddings", {"input": TEXTS, **body}), 422, "UNKNOWN_TASK", *mentions)
