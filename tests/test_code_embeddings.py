@@ -91,3 +91,27 @@ def test_no_task_and_the_generic_retrieval_tasks_embed_without_a_prompt(app, ref
 ])
 def test_an_unknown_task_or_a_missing_side_is_refused_naming_the_table(app, body, mentions):
     assert_error(app.post("/v1/embeddings", {"input": TEXTS, **body}), 422, "UNKNOWN_TASK", *mentions)
+
+
+def test_late_chunking_on_a_decoder_means_each_inputs_span_of_one_causal_pass(app, code_embeddings_dir):
+    """README's late chunking: the inputs packed into one sequence, one pass, each input's span of token vectors
+    averaged; done here by hand with transformers' own Qwen2Model on the packed ids (a decoder's span reads only what
+    came before it)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(code_embeddings_dir))
+    model = AutoModel.from_pretrained(str(code_embeddings_dir)).eval()
+    contents = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in TEXTS]
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([sum(contents, [])])).last_hidden_state[0].numpy()
+    expected, start = [], 0
+    for content in contents:
+        span = hidden[start:start + len(content)].mean(axis=0)
+        expected.append(span / np.linalg.norm(span))
+        start += len(content)
+    served = vectors(app, {"input": TEXTS, "late_chunking": True})
+    assert_same(served, expected)
+    # not what each input alone gives: the later inputs read the earlier ones
+    alone = vectors(app, {"input": TEXTS})
+    assert cosine(served[-1], alone[-1]) < 0.999
