@@ -143,3 +143,12 @@ def code_embeddings_dir(tmp_path_factory) -> Path:
     from models.code_embeddings import make_code_embeddings
 
     return make_code_embeddings(tmp_path_factory.mktemp("models") / "tiny-code-embeddings")
+
+
+@pytest.fixture(scope="session")
+@implies("app")
+def embedding_gemma_dir(tmp_path_factory) -> Path:
+    """The tiny EmbeddingGemma-shaped bidirectional decoder with Dense projections (tests/models/embedding_gemma.py)."""
+    from models.embedding_gemma import make_embedding_gemma
+
+    return make_embedding_gemma(tmp_path_factory.mktemp("models") / "tiny-embedding-gemma")

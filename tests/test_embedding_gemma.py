@@ -1,0 +1,55 @@
+"""A bidirectional decoder embedder with dense projections (EmbeddingGemma's layout: Gemma3TextModel with
+`use_bidirectional_attention`, mean pooling, two bias-free Dense layers, normalisation, `query`/`document` prompts),
+the tiny one of tests/models/embedding_gemma.py, against sentence-transformers' own `SentenceTransformer.encode`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from helpers import cosine, serving
+
+pytestmark = pytest.mark.app
+
+TEXTS = ["Berlin is the capital of Germany.", "How do embeddings work? The quick brown fox jumps over the lazy dog."]
+
+
+@pytest.fixture(scope="module")
+def reference(embedding_gemma_dir):
+    return SentenceTransformer(str(embedding_gemma_dir), device="cpu", local_files_only=True)
+
+
+def test_every_side_and_dimensions_equal_sentence_transformers(embedding_gemma_dir, reference):
+    with serving(embedding_gemma_dir) as app:
+        for side in ("query", "document"):
+            expected = reference.encode(TEXTS, prompt_name=side)
+            for body, path, rows in (({"input": TEXTS, "input_type": side}, "/v1/embeddings", "data"),
+                                     ({"data": [{"text": t} for t in TEXTS], "parameters": {"input_type": side}},
+                                      "/invocations", "data")):
+                answer = app.post(path, body)
+                assert answer.status_code == 200, answer.text
+                served = [item["embedding"] for item in answer.json()[rows]]
+                for vector, reference_vector in zip(served, expected):
+                    assert cosine(vector, reference_vector) >= 0.9999
+                    assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+        # Matryoshka: the first 16 of the projected dimensions, renormalised
+        answer = app.post("/v1/embeddings", {"input": TEXTS, "input_type": "query", "dimensions": 16})
+        full = reference.encode(TEXTS, prompt_name="query")
+        for item, reference_vector in zip(answer.json()["data"], full):
+            cut = reference_vector[:16] / np.linalg.norm(reference_vector[:16])
+            assert cosine(item["embedding"], cut) >= 0.9999 and len(item["embedding"]) == 16
+
+
+def test_attention_is_bidirectional_as_the_config_says(embedding_gemma_dir):
+    """The first token's vector reads the tokens after it (a causal mask would leave it unchanged)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedding_gemma_dir))
+    model = AutoModel.from_pretrained(str(embedding_gemma_dir)).eval()
+    short, longer = (tokenizer(text, return_tensors="pt")["input_ids"] for text in ("Berlin", "Berlin is big"))
+    with torch.no_grad():
+        first_alone = model(input_ids=short).last_hidden_state[0, 0]
+        first_in_context = model(input_ids=longer).last_hidden_state[0, 0]
+    assert not torch.allclose(first_alone, first_in_context, atol=1e-4)
