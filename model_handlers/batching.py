@@ -56,7 +56,9 @@ class PassCost:
     Attention makes long sequences dearer per token, so each bucket keeps its own figures: a moving
     average (what a pass costs now, for the backlog) and the best ever seen (what it costs at least,
     so that a request is only called too large when it could never fit). A bucket not yet measured
-    borrows its nearest measured neighbour's figures.
+    borrows its nearest measured neighbour's figures, except one longer than every measured bucket: the cost per
+    token grows with the length (attention), so it goes on growing as it grows between the two longest measured
+    buckets (calibration stops at CALIBRATION_LENGTH, and a 32k-token input must not be judged as an 8k one).
     """
 
     _SMOOTHING = 0.2
@@ -104,8 +106,18 @@ class PassCost:
     def _rate(table: dict[int, float], bucket: int) -> float:
         if bucket in table:
             return table[bucket]
+        longest = sorted(table)[-2:]
+        if bucket > longest[-1] and len(longest) == 2:
+            (shorter, longer), (low, high) = longest, (table[known] for known in longest)
+            # per-token cost linear in the length between the two longest buckets (lengths 2**bucket), never falling
+            slope = max(0.0, (high - low) / (2 ** longer - 2 ** shorter))
+            return high + slope * (2 ** bucket - 2 ** longer)
         return table[min(table, key=lambda known: (abs(known - bucket), -known))]
 
+
+# Calibration's longest pass: one pass of a 32k-token input on a 0.6B decoder takes minutes on a CPU, and the server
+# is not ready until calibration ends; longer buckets are extrapolated from the two longest measured (PassCost).
+CALIBRATION_LENGTH = 8192
 
 # The calibrations this process measured, by what they measured (see Batcher.calibrate): the model layer's one
 # process-wide mutable state. A server loads its model once per worker, so it never reads this back; a process that
@@ -308,9 +320,9 @@ class Batcher(Generic[ItemT, OutT]):
         self._thread.join(timeout=5)
 
     def calibrate(self, make_item: Callable[[int], ItemT], max_length: int, measured_as: Hashable = None) -> None:
-        """Measure full passes at each length bucket up to `max_length`, so that admission judges the first
-        requests by what passes cost here, not by the warm-up's one short text (whose per-token cost is
-        mostly fixed overhead). `make_item(length)` builds one item of that many tokens.
+        """Measure full passes at each length bucket up to `max_length` (at most CALIBRATION_LENGTH), so that
+        admission judges the first requests by what passes cost here, not by the warm-up's one short text (whose
+        per-token cost is mostly fixed overhead). `make_item(length)` builds one item of that many tokens.
 
         `measured_as`: what the passes' cost depends on (the model's files, device, threads, pass budget); a
         calibration this process already made of the same takes its figures back instead (None: always measure).
@@ -322,7 +334,8 @@ class Batcher(Generic[ItemT, OutT]):
             if figures is not None:
                 self.cost.restore(figures)
                 return
-        lengths = [length for length in (8, 32, 128, 512) if length < max_length] + [max_length]
+        longest = min(max_length, CALIBRATION_LENGTH)
+        lengths = [length for length in (8, 32, 128, 512) if length < longest] + [longest]
         for length in lengths:
             count = max(1, self._max_batch_tokens // length)
             self.run([make_item(length) for _ in range(count)], Deadline.after(600))

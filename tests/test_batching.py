@@ -310,3 +310,32 @@ def test_a_calibration_is_measured_once_per_process_for_what_it_measured():
     assert [len(p) for p in unkeyed_forward.passes] == [8, 2, 1]
     for batcher in (first, second, other, unkeyed):
         batcher.close()
+
+
+def test_a_bucket_longer_than_every_measured_one_costs_more_per_token_as_lengths_grow():
+    """Between the two longest measured buckets the cost per token rises linearly in the length; past them it goes on
+    rising (a 32k-token input is not judged at an 8k one's rate); below them a bucket borrows its nearest neighbour."""
+    from model_handlers.batching import PassCost
+
+    cost = PassCost()
+    cost.observe(longest=4096, count=1, seconds=4096 * 1e-4)  # bucket 12: 1e-4 s a token
+    cost.observe(longest=8192, count=1, seconds=8192 * 2e-4)  # bucket 13: 2e-4 s a token
+    # 32768 tokens (bucket 15): 2e-4 + (2e-4 - 1e-4) / 4096 * (32768 - 8192) = 8e-4 s a token
+    assert cost.seconds({15: 32768}) == pytest.approx(32768 * 8e-4)
+    assert cost.seconds({15: 32768}, best=True) == pytest.approx(32768 * 8e-4)
+    assert cost.seconds({3: 8}) == pytest.approx(8 * 1e-4)  # bucket 3 borrows bucket 12's
+    # a cost that falls with the length is not extrapolated downwards
+    falling = PassCost()
+    falling.observe(longest=4096, count=1, seconds=4096 * 3e-4)
+    falling.observe(longest=8192, count=1, seconds=8192 * 2e-4)
+    assert falling.seconds({15: 32768}) == pytest.approx(32768 * 2e-4)
+
+
+def test_calibration_stops_at_8192_tokens_a_pass():
+    forward = ControlledForward()
+    batcher = Batcher(forward, max_batch_tokens=1024)
+    batcher.calibrate(lambda length: Item(length, length=length), 32768)
+    # lengths 8, 32, 128, 512 and 8192: 1024 // length items each (at least one)
+    assert [len(p) for p in forward.passes] == [128, 32, 8, 2, 1]
+    assert [forward_pass[0] for forward_pass in forward.passes][-1] == 8192
+    batcher.close()
