@@ -1,7 +1,10 @@
-"""A tiny jina-code-embeddings-shaped model: a decoder (transformers' `Qwen2Model`, as the 0.5B's Qwen2.5-Coder
-backbone, seeded random weights), last-token pooling and normalisation, saved by sentence-transformers with the
-model card's instruction table as its prompts (`<task>_query`, `<task>_document`), and the byte-level BPE tokenizer
-of examples/tiny_generative_reranker.py."""
+"""Tiny last-token decoder embedders, saved by sentence-transformers (seeded random weights, last-token pooling,
+normalisation, the byte-level BPE tokenizer of examples/tiny_generative_reranker.py):
+
+- jina-code-embeddings-shaped: transformers' `Qwen2Model` (the 0.5B's Qwen2.5-Coder backbone) with the model card's
+  instruction table as its prompts (`<task>_query`, `<task>_document`);
+- Qwen3-Embedding-shaped: `Qwen3Model` with its card's `query` prompt (an instruction) and an empty `document` one.
+"""
 
 from __future__ import annotations
 
@@ -27,29 +30,43 @@ PROMPTS = {
     "code2completion_query": "Find the most relevant completion given the following start of code snippet:\n",
     "code2completion_document": "Candidate completion:\n",
 }
-_CORPUS = list(PROMPTS.values()) * 10 + [
+QWEN3_PROMPTS = {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:",
+                 "document": ""}
+_CORPUS = list(PROMPTS.values()) * 10 + [QWEN3_PROMPTS["query"]] * 10 + [
     "def read_csv(path): return pandas.read_csv(path)", "How do I read a CSV file in Python?",
     "for i in range(10): print(i)", "# sort a list in place\nitems.sort()",
 ] * 20
 
 
 def make_code_embeddings(target: Path, seed: int = 5) -> Path:
+    from transformers import Qwen2Config, Qwen2Model
+
+    return _last_token_embedder(target, Qwen2Config, Qwen2Model, PROMPTS, seed)
+
+
+def make_qwen3_embedding(target: Path, seed: int = 6) -> Path:
+    from transformers import Qwen3Config, Qwen3Model
+
+    return _last_token_embedder(target, Qwen3Config, Qwen3Model, QWEN3_PROMPTS, seed, head_dim=8)
+
+
+def _last_token_embedder(target: Path, config_class, model_class, prompts: dict, seed: int, **shape) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-    from transformers import Qwen2Config, Qwen2Model
 
     plain = target.with_name(target.name + "-backbone")
     plain.mkdir(parents=True, exist_ok=True)
     tokenizer = bpe_tokenizer(_CORPUS, 512)
     tokenizer.save_pretrained(str(plain))
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = config_class(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+                          **shape)
     torch.manual_seed(seed)
-    Qwen2Model(config).save_pretrained(str(plain))
+    model_class(config).save_pretrained(str(plain))
     transformer = Transformer(str(plain), max_seq_length=512)
     pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="lasttoken")
-    SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=PROMPTS, device="cpu").save(str(target))
+    SentenceTransformer(modules=[transformer, pooling, Normalize()], prompts=prompts, device="cpu").save(str(target))
     return target

@@ -1,6 +1,9 @@
-"""A bidirectional decoder embedder with dense projections (EmbeddingGemma's layout: Gemma3TextModel with
-`use_bidirectional_attention`, mean pooling, two bias-free Dense layers, normalisation, `query`/`document` prompts),
-the tiny one of tests/models/embedding_gemma.py, against sentence-transformers' own `SentenceTransformer.encode`."""
+"""Decoder embedders against sentence-transformers' own `SentenceTransformer.encode`: a causal one with last-token
+pooling (Qwen3-Embedding's layout: Qwen3Model, an instruction as the `query` prompt, none for documents;
+tests/models/code_embeddings.py) and a bidirectional one with dense projections (EmbeddingGemma's layout:
+Gemma3TextModel with `use_bidirectional_attention`, mean pooling, two bias-free Dense layers, normalisation,
+`query`/`document` prompts; tests/models/embedding_gemma.py). jina-code-embeddings' task table: test_code_embeddings.py.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +21,22 @@ TEXTS = ["Berlin is the capital of Germany.", "How do embeddings work? The quick
 @pytest.fixture(scope="module")
 def reference(embedding_gemma_dir):
     return SentenceTransformer(str(embedding_gemma_dir), device="cpu", local_files_only=True)
+
+
+def test_a_qwen3_embedding_layout_answers_its_prompts_by_input_type_and_task(tmp_path_factory):
+    from models.code_embeddings import make_qwen3_embedding
+
+    model_dir = make_qwen3_embedding(tmp_path_factory.mktemp("models") / "tiny-qwen3-embedding")
+    reference = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    query, document = reference.encode(TEXTS, prompt_name="query"), reference.encode(TEXTS, prompt_name="document")
+    assert min(cosine(a, b) for a, b in zip(query, document)) < 0.999
+    with serving(model_dir) as app:
+        for body, expected in (({"input_type": "query"}, query), ({"task": "retrieval.query"}, query),
+                               ({"input_type": "document"}, document), ({}, document)):
+            answer = app.post("/v1/embeddings", {"input": TEXTS, **body})
+            assert answer.status_code == 200, answer.text
+            for item, reference_vector in zip(answer.json()["data"], expected):
+                assert cosine(item["embedding"], reference_vector) >= 0.9999, body
 
 
 def test_every_side_and_dimensions_equal_sentence_transformers(embedding_gemma_dir, reference):
