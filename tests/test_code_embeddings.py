@@ -115,3 +115,52 @@ def test_late_chunking_on_a_decoder_means_each_inputs_span_of_one_causal_pass(ap
     # not what each input alone gives: the later inputs read the earlier ones
     alone = vectors(app, {"input": TEXTS})
     assert cosine(served[-1], alone[-1]) < 0.999
+
+
+def test_the_decoder_exports_to_onnx_and_answers_as_sentence_transformers(code_embeddings_dir, reference, tmp_path):
+    """README (ONNX): a decoder embedder exports like an encoder (no KV cache; the last-token pooling sentence-
+    transformers 6 saves as `"pooling_mode": "lasttoken"` is done outside the graph); the fp32 graph passes the quality
+    gate and answers each task and side as the model's own encode does."""
+    from helpers import onnx_artifact
+
+    report, model_dir = onnx_artifact(code_embeddings_dir, tmp_path)
+    assert report.backend == "onnx" and report.quality.fp32_min_cosine >= 0.9999
+    with serving(model_dir) as app:
+        assert app.get("/v1/models").json()["data"][0]["backend"] == "onnx"
+        for task, side in (("nl2code", "query"), ("qa", "document")):
+            assert_same(vectors(app, {"input": TEXTS, "task": task, "input_type": side}),
+                        reference.encode(TEXTS, prompt_name=f"{task}_{side}"))
+
+
+@pytest.mark.parametrize("modes", [("lasttoken",), ("mean", "lasttoken"), ("max", "cls", "weightedmean"),
+                                   ("mean_sqrt_len_tokens",)])
+def test_pooling_outside_torch_reads_both_config_formats_as_sentence_transformers_pools(tmp_path, modes):
+    """The ONNX path pools in numpy from 1_Pooling/config.json: sentence-transformers 6's `pooling_mode` (a mode or a
+    list, concatenated in its order) and the older `pooling_mode_<mode>` flags; each pools as its own Pooling module
+    does, right-padded rows included."""
+    import json
+
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from model_handlers.kinds.text_embedding import PoolingSpec
+
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
+                                                        "type": "sentence_transformers.models.Pooling"}]))
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(3, 7, 4, generator=generator)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    expected = Pooling(4, pooling_mode=list(modes))({"token_embeddings": tokens, "attention_mask": mask})
+    legacy = {"cls": "cls_token", "max": "max_tokens", "mean": "mean_tokens", "weightedmean": "weightedmean_tokens"}
+    saved_forms = [{"embedding_dimension": 4, "pooling_mode": list(modes) if len(modes) > 1 else modes[0]}]
+    if list(modes) == sorted(modes, key=["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean",
+                                         "lasttoken"].index):  # the flags concatenate in that fixed order
+        saved_forms.append({"word_embedding_dimension": 4,
+                            **{f"pooling_mode_{legacy.get(mode, mode)}": True for mode in modes}})
+    for saved in saved_forms:
+        (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(saved))
+        spec = PoolingSpec.read(tmp_path)
+        assert spec.width == 4 * len(modes)
+        pooled = spec.pool(tokens.numpy(), mask.numpy().astype(np.float32))
+        np.testing.assert_allclose(pooled, expected["sentence_embedding"].numpy(), atol=1e-5)

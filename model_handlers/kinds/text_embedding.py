@@ -396,6 +396,10 @@ class PoolingSpec:
     width: int = 0
 
     _MODES = ("cls_token", "max_tokens", "mean_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken")
+    # sentence-transformers 6's names of them (its `pooling_mode`)
+    _SAVED_NAMES = {"cls": "cls_token", "max": "max_tokens", "mean": "mean_tokens",
+                    "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean": "weightedmean_tokens",
+                    "lasttoken": "lasttoken"}
 
     @classmethod
     def read(cls, model_dir: Path) -> "PoolingSpec":
@@ -406,10 +410,19 @@ class PoolingSpec:
         if module is None:
             return cls(("mean_tokens",))
         settings = read_object(model_dir / module.get("path", "") / "config.json")
-        modes = tuple(mode for mode in cls._MODES if settings.get(f"pooling_mode_{mode}"))
+        named = settings.get("pooling_mode")  # sentence-transformers 6: a mode or a list, in concatenation order
+        if named is not None:
+            names = [named] if isinstance(named, str) else list(named) if isinstance(named, list) else [None]
+            unknown = [name for name in names if name not in cls._SAVED_NAMES]
+            if unknown or not names:
+                raise ModelDirectoryError(f"{model_dir}: the pooling config's pooling_mode {named!r} is not one of "
+                                          f"{', '.join(cls._SAVED_NAMES)}")
+            modes = tuple(cls._SAVED_NAMES[name] for name in names)
+        else:  # before 6: a `pooling_mode_<mode>` flag per mode, concatenated in _MODES' order
+            modes = tuple(mode for mode in cls._MODES if settings.get(f"pooling_mode_{mode}"))
         if not modes:
             raise ModelDirectoryError(f"{model_dir}: the pooling config names no pooling mode")
-        width = int(settings.get("word_embedding_dimension") or 0) * len(modes)
+        width = int(settings.get("embedding_dimension") or settings.get("word_embedding_dimension") or 0) * len(modes)
         return cls(modes, bool(settings.get("include_prompt", True)), width)
 
     def pool(self, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
