@@ -164,3 +164,17 @@ def test_pooling_outside_torch_reads_both_config_formats_as_sentence_transformer
         assert spec.width == 4 * len(modes)
         pooled = spec.pool(tokens.numpy(), mask.numpy().astype(np.float32))
         np.testing.assert_allclose(pooled, expected["sentence_embedding"].numpy(), atol=1e-5)
+
+
+def test_its_int8_graph_is_refused_with_the_gates_figure(code_embeddings_dir, tmp_path):
+    """README (ONNX): the random 32-wide decoder's int8 graph keeps too few top-10 neighbours; the build says so."""
+    import sys
+    from pathlib import Path
+
+    from helpers import onnx_artifact
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "packaging"))
+    import build_artifact
+
+    with pytest.raises(build_artifact.BuildRefused, match=r"same top-10 neighbours for \d+% of queries < 90%"):
+        onnx_artifact(code_embeddings_dir, tmp_path, quantize="int8")
