@@ -83,3 +83,10 @@ class HandlerOptions:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weights_dtype(device: str) -> str:
+    """The dtype a model's weights are loaded in on `device`, as transformers' `dtype` argument names it: float32 on a
+    CPU, where bf16 (what decoders are stored in) is slower on most CPUs and drifts from the fp32 answers; the
+    checkpoint's own on a GPU ("auto": bf16 for Qwen3 and Gemma 3)."""
+    return "auto" if str(device).startswith("cuda") else "float32"

@@ -72,3 +72,23 @@ def test_attention_is_bidirectional_as_the_config_says(embedding_gemma_dir):
         first_alone = model(input_ids=short).last_hidden_state[0, 0]
         first_in_context = model(input_ids=longer).last_hidden_state[0, 0]
     assert not torch.allclose(first_alone, first_in_context, atol=1e-4)
+
+
+def test_a_bf16_checkpoint_is_served_in_float32_on_a_cpu(tmp_path, code_embeddings_dir):
+    """Decoders are stored in bf16; on a CPU searchbox loads them in float32 (faster on most CPUs, and the answers of
+    the fp32 model): the served vectors equal SentenceTransformer.encode on the float32 model to cosine 0.9999."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    model_dir = tmp_path / "bf16"
+    shutil.copytree(code_embeddings_dir, model_dir)
+    AutoModel.from_pretrained(str(code_embeddings_dir)).to(torch.bfloat16).save_pretrained(str(model_dir))
+    fp32 = SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"dtype": torch.float32})
+    with serving(model_dir) as app:
+        model = app.runtime.handler.model._encoder._model
+        assert next(model.parameters()).dtype == torch.float32
+        answer = app.post("/v1/embeddings", {"input": TEXTS, "task": "nl2code", "input_type": "query"}).json()
+    for item, expected in zip(answer["data"], fp32.encode(TEXTS, prompt_name="nl2code_query")):
+        assert cosine(item["embedding"], expected) >= 0.9999

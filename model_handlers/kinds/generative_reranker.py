@@ -33,7 +33,7 @@ from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.lengths import LANGUAGE_MODEL_LENGTH, Lengths
 from model_handlers.operations.rerank import RERANK
-from model_handlers.options import HandlerOptions
+from model_handlers.options import HandlerOptions, weights_dtype
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
@@ -72,7 +72,8 @@ class GenerativeRerankerModel:
         self.device = options.resolved_device()
         try:
             self._encoder = CrossEncoder(str(model_dir), device=self.device, local_files_only=True,
-                                         trust_remote_code=model_code.trusts(model_dir, options))
+                                         trust_remote_code=model_code.trusts(model_dir, options),
+                                         model_kwargs={"dtype": weights_dtype(self.device)})
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a generative reranker: {exc}") from exc
         self._encoder.eval()

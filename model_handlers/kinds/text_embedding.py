@@ -35,7 +35,7 @@ from model_handlers.lengths import Lengths
 from model_handlers.model_files import read_list, read_object
 from model_handlers.onnx_runtime import OnnxSession, export_graph
 from model_handlers.operations.embed import EMBED, Prepared
-from model_handlers.options import HandlerOptions
+from model_handlers.options import HandlerOptions, weights_dtype
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec, read_serving_config
 from model_handlers.tokenization import TokenizerView
@@ -203,7 +203,8 @@ class _TorchEncoder:
 
         if options.torch_threads:
             torch.set_num_threads(options.torch_threads)
-        model_kwargs = {} if options.allow_pickle else {"use_safetensors": True}
+        model_kwargs = {"dtype": weights_dtype(options.resolved_device()),
+                        **({} if options.allow_pickle else {"use_safetensors": True})}
         try:
             self._model = SentenceTransformer(
                 str(model_dir), device=options.resolved_device(), local_files_only=True,
