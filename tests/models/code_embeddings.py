@@ -44,10 +44,17 @@ def make_code_embeddings(target: Path, seed: int = 5) -> Path:
     return _last_token_embedder(target, Qwen2Config, Qwen2Model, PROMPTS, seed)
 
 
-def make_qwen3_embedding(target: Path, seed: int = 6) -> Path:
+# width, layers, attention heads (half as many key/value heads)
+SIZES = {"tiny": (32, 2, 4), "small": (256, 4, 4)}
+
+
+def make_qwen3_embedding(target: Path, seed: int = 6, size: str = "tiny") -> Path:
     from transformers import Qwen3Config, Qwen3Model
 
-    return _last_token_embedder(target, Qwen3Config, Qwen3Model, QWEN3_PROMPTS, seed, head_dim=8)
+    width, layers, heads = SIZES[size]
+    return _last_token_embedder(target, Qwen3Config, Qwen3Model, QWEN3_PROMPTS, seed, head_dim=width // heads,
+                                hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                                num_attention_heads=heads, num_key_value_heads=heads // 2)
 
 
 def _last_token_embedder(target: Path, config_class, model_class, prompts: dict, seed: int, **shape) -> Path:
@@ -60,10 +67,10 @@ def _last_token_embedder(target: Path, config_class, model_class, prompts: dict,
     plain.mkdir(parents=True, exist_ok=True)
     tokenizer = bpe_tokenizer(_CORPUS, 512)
     tokenizer.save_pretrained(str(plain))
-    config = config_class(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-                          **shape)
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, **shape}
+    config = config_class(vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None, **shape)
     torch.manual_seed(seed)
     model_class(config).save_pretrained(str(plain))
     transformer = Transformer(str(plain), max_seq_length=512)
