@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from bench.loadgen import run_load
-from bench.servers import keep_best
+from bench.servers import calls_per_second, keep_best
 from bench.texts import SHORT
 
 DOCUMENTS = 20
@@ -56,7 +56,7 @@ def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup
     server = start_searchbox(model_dir, threads, log_dir)
     try:
         for number in range(rounds):
-            figures = {"limit": _timed(lambda: reference.predict(pairs, batch_size=DOCUMENTS), seconds, warmup)}
+            figures = {"limit": calls_per_second(lambda: reference.predict(pairs, batch_size=DOCUMENTS), seconds, warmup)}
             time.sleep(0.3)
             result = run_load(server.url, "/v1/rerank", bodies, CLIENTS, seconds, warmup)
             if result.errors:
@@ -66,18 +66,6 @@ def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup
     finally:
         server.stop()
     return best
-
-
-def _timed(call, seconds: float, warmup: float) -> float:
-    """Calls per second of `call` for `seconds` after `warmup`."""
-    stop = time.perf_counter() + warmup
-    while time.perf_counter() < stop:
-        call()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        call()
-        calls += 1
-    return calls / (time.perf_counter() - start)
 
 
 def section(best: dict[str, float], threads: int) -> tuple[str, str]:

@@ -185,3 +185,16 @@ def keep_best(best: dict[str, float], figures: dict[str, float], name: str, numb
         f"{key} {value:.1f} {unit}" for key, value in figures.items()), flush=True)
     for key, value in figures.items():
         best[key] = max(best.get(key, 0.0), value)
+
+
+def calls_per_second(call: Callable[[], object], seconds: float, warmup: float) -> float:
+    """Calls per second of `call` made one after another for `seconds`, after `warmup` seconds of the same (an
+    in-process limit's figure, beside a server's measured with bench/loadgen.py)."""
+    stop = time.perf_counter() + warmup
+    while time.perf_counter() < stop:
+        call()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        calls += 1
+    return calls / (time.perf_counter() - start)
