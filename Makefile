@@ -61,6 +61,7 @@ bench: venv nginx
 	$(BIN)/python -m bench.sparse
 	$(BIN)/python -m bench.bge_m3
 	$(BIN)/python -m bench.generative_rerank
+	$(BIN)/python -m bench.listwise_rerank
 	$(BIN)/python -m bench.decoder_embed
 	$(BIN)/python -m bench.classify
 
