@@ -162,13 +162,14 @@ class ListwiseRerankerModel:
 
         longest = max(block.length for block in blocks)
         ids = np.zeros((len(blocks), longest), dtype=np.int64)
-        mask = np.zeros((len(blocks), longest), dtype=np.int64)
         for row, block in enumerate(blocks):
             ids[row, : block.length] = block.ids
-            mask[row, : block.length] = 1
         with torch.inference_mode():
+            # No attention mask: the padding is on the right, so the causal mask alone already keeps every real token
+            # from it (and positions count from 0 either way). A padding mask would make transformers hand SDPA an
+            # explicit mask in place of its causal kernel: the same vectors, a padded pass of 4 blocks of ~3,300 tokens
+            # 1.6x slower on CPU (bench/listwise_rerank.py's small model).
             hidden = self._backbone(input_ids=torch.from_numpy(ids).to(self._device),
-                                    attention_mask=torch.from_numpy(mask).to(self._device),
                                     use_cache=False).last_hidden_state
             rows = [torch.from_numpy(np.concatenate([[block.query], block.documents])).to(self._device)
                     for block in blocks]
