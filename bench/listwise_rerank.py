@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from bench.loadgen import run_load
-from bench.servers import http_status, keep_best
+from bench.servers import calls_per_second, http_status, keep_best
 from bench.texts import SHORT
 
 SCENARIOS = (20, 130)
@@ -76,7 +76,7 @@ def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup
             _check(server.url, bodies[count], model.rerank(QUERY, documents(count)), count)
         for number in range(rounds):
             for count in SCENARIOS:
-                figures = {"limit": _timed(lambda: model.rerank(QUERY, documents(count)), seconds, warmup)}
+                figures = {"limit": calls_per_second(lambda: model.rerank(QUERY, documents(count)), seconds, warmup)}
                 time.sleep(0.3)
                 result = run_load(server.url, "/v1/rerank", [bodies[count]], CLIENTS, seconds, warmup)
                 if result.errors:
@@ -97,18 +97,6 @@ def _check(url: str, body: bytes, expected: list[dict], count: int) -> None:
     worst = max(abs(served[row["index"]] - row["relevance_score"]) for row in expected)
     if len(served) != len(expected) or worst > TOLERANCE:
         raise RuntimeError(f"1×{count}: searchbox's scores differ from rerank()'s by up to {worst:.2e}")
-
-
-def _timed(call, seconds: float, warmup: float) -> float:
-    """Calls per second of `call` for `seconds` after `warmup`."""
-    stop = time.perf_counter() + warmup
-    while time.perf_counter() < stop:
-        call()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        call()
-        calls += 1
-    return calls / (time.perf_counter() - start)
 
 
 def section(best: dict[int, dict[str, float]], blocks: dict[int, int], threads: int) -> tuple[str, str]:
