@@ -143,3 +143,12 @@ def code_embeddings_dir(tmp_path_factory) -> Path:
     from models.code_embeddings import make_code_embeddings
 
     return make_code_embeddings(tmp_path_factory.mktemp("models") / "tiny-code-embeddings")
+
+
+@pytest.fixture(scope="session")
+@implies("app")
+def jina_v5_text_dir(tmp_path_factory) -> Path:
+    """The tiny jina-embeddings-v5-text-small-shaped decoder with four task adapters (tests/models/jina_v5_text.py)."""
+    from models.jina_v5_text import make_jina_v5_text
+
+    return make_jina_v5_text(tmp_path_factory.mktemp("models") / "tiny-jina-v5-text")
