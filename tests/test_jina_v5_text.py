@@ -9,6 +9,7 @@ pooling (the checkpoint's tokenizer pads on the left) and normalisation (`Senten
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -109,6 +110,19 @@ def test_no_task_is_the_base_model(app, reference):
     assert_same(vectors(app, {"input": TEXTS}), reference[(None, None)])
 
 
+def test_rerank_scores_are_the_retrieval_adapters_cosines(app, reference):
+    """Rerank embeds the query and the documents as retrieval.query and retrieval.passage: the retrieval adapter with
+    each side's prompt."""
+    query = reference[("retrieval", "query")][1]
+    documents = reference[("retrieval", "document")]
+    response = app.post("/v1/rerank", {"query": TEXTS[1], "documents": TEXTS})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert sorted(r["index"] for r in results) == list(range(len(TEXTS)))
+    for result in results:
+        assert abs(result["relevance_score"] - cosine(query, documents[result["index"]])) < 1e-4
+
+
 @pytest.mark.parametrize("task, side", [("clustering", "query"), ("text-matching", "document")])
 def test_the_sagemaker_envelope_takes_the_task_and_side(app, reference, task, side):
     answer = app.post("/invocations", {"data": [{"text": text} for text in TEXTS],
@@ -119,6 +133,24 @@ def test_the_sagemaker_envelope_takes_the_task_and_side(app, reference, task, si
                                        "parameters": {"task": f"{task}.{'passage' if side == 'document' else side}"}})
     assert answer.status_code == 200, answer.text
     assert_same([item["embedding"] for item in answer.json()["data"]], reference[(task, side)])
+
+
+def test_batch_transform_takes_the_jobs_input_type_and_each_lines_task(jina_v5_text_dir, reference):
+    """CSV rows carry no task: the job's input_type picks the retrieval adapter and that side's prompt; JSON Lines
+    name a task and side per line."""
+    with serving(jina_v5_text_dir, {"SEARCHBOX_DEFAULT_INPUT_TYPE": "query"}) as app:
+        rows = "".join(f'"{i}","{text}"\n' for i, text in enumerate(TEXTS))
+        response = app.post("/invocations", data=rows, headers={"Content-Type": "text/csv"})
+        assert response.status_code == 200, response.text
+        assert_same([item["embedding"] for item in json.loads(response.text)["data"]],
+                    reference[("retrieval", "query")])
+        asks = [("clustering", "document"), ("text-matching", "query"), ("classification", "document")]
+        lines = "\n".join(json.dumps({"input": [text], "task": task, "input_type": side})
+                          for text, (task, side) in zip(TEXTS, asks)) + "\n"
+        response = app.post("/invocations", data=lines, headers={"Content-Type": "application/jsonlines"})
+        assert response.status_code == 200, response.text
+        served = [json.loads(line)["data"][0]["embedding"] for line in response.text.splitlines()]
+        assert_same(served, [reference[ask][index] for index, ask in enumerate(asks)])
 
 
 def test_one_forward_pass_mixes_every_task_and_side(jina_v5_text_dir, reference):
