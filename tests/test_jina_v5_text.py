@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -231,12 +233,26 @@ def test_the_listing_says_which_adapter_each_task_and_side_selects(app):
         sorted((task, True, True) for task in TASKS)
 
 
-def test_no_code_from_the_model_directory_runs(app, jina_v5_text_dir):
-    """Served without SEARCHBOX_TRUST_REMOTE_CODE, by transformers' own Qwen3 classes and peft: nothing was imported
-    from the directory or as a remote module."""
-    loaded = [name for name, module in sys.modules.items() if name.startswith("transformers_modules")
-              or str(jina_v5_text_dir) in (getattr(module, "__file__", None) or "")]
-    assert not loaded, loaded
+@pytest.mark.server  # a fresh Python process
+def test_no_code_from_the_model_directory_runs(jina_v5_text_dir):
+    """In a fresh process without SEARCHBOX_TRUST_REMOTE_CODE: loading the checkpoint and embedding with every task
+    imports nothing from its directory and no remote module (transformers' own Qwen3 classes and peft do the work)."""
+    script = textwrap.dedent(f"""
+        import sys
+        from model_handlers import HandlerOptions, load_handler
+        from model_handlers.types import EmbedRequest, TextInput
+        handler = load_handler({str(jina_v5_text_dir)!r}, HandlerOptions(device="cpu"))
+        for task in {TASKS!r}:
+            handler.run(EmbedRequest(inputs=(TextInput("hello"),), task=task, input_type="query"))
+        loaded = [name for name, module in sys.modules.items() if name.startswith("transformers_modules")
+                  or {str(jina_v5_text_dir)!r} in (getattr(module, "__file__", None) or "")]
+        print("LOADED", loaded)
+        assert not loaded, loaded
+    """)
+    env = {name: value for name, value in os.environ.items() if name != "SEARCHBOX_TRUST_REMOTE_CODE"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOADED []" in result.stdout
 
 
 def test_a_task_without_its_adapter_is_refused_at_load(jina_v5_text_dir, tmp_path):
