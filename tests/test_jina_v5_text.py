@@ -29,7 +29,7 @@ TEXTS = ["Berlin is the capital of Germany.", "how do rotary position embeddings
          "A longer passage about search engines, retrieval, ranking and the people who build them."]
 # the published model card's tasks (written out, not imported from the builder)
 TASKS = ("retrieval", "text-matching", "classification", "clustering")
-SIDES = {"query": "query", "document": "document"}
+SIDES = ("query", "document")
 
 
 def model_encode(model_dir: Path, task: str | None, side: str | None, texts=TEXTS) -> np.ndarray:
