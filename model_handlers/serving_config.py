@@ -35,8 +35,11 @@ a whole job; the operator's SEARCHBOX_DEFAULT_INPUT_TYPE wins over it.
 Tasks (README "Task adapters"): `tasks` maps a task name to a prompt and/or an adapter; without it, the tasks
 config.json declares (`lora_adaptations`, each with its `task_instructions` prompt and its LoRA adapter:
 jina-embeddings-v3, read natively, or any model whose own code takes `adapter_mask`; a directory declaring tasks
-neither way applies is refused), else the prompts a sentence-transformers model declares. `adapters` names PEFT LoRA
-directories inside the model directory, held from the start; a task or a request's `adapter` selects them.
+neither way applies is refused), else one PEFT LoRA adapter per task in `adapters/<task>/` for the tasks config.json
+names in `task_names` (jina-embeddings-v5-text: a task matrix, each task's adapter with the side's `query` or
+`document` prompt; some tasks without their adapter is refused, none at all is a pre-merged single-task model, served
+plainly), else the prompts a sentence-transformers model declares. `adapters` names PEFT LoRA directories inside the
+model directory, held from the start (besides those of `task_names`); a task or a request's `adapter` selects them.
 A request naming a task the model does not have is refused when the model's tasks select adapters (the model's
 own code refuses it: a typo must not answer other vectors); on a model whose tasks are prompts only, it falls back
 to the default task (contract §2a). `model_code`: "remote" serves a checkpoint searchbox knows natively (v3) with
@@ -168,8 +171,11 @@ class ServingConfig:
 
     def _matrix_task(self, task: str | None, input_type: str | None) -> TaskSpec:
         """The prompt of a task matrix's row and side (`resolve_task`); no task, or a generic retrieval task, is the
-        default task's row, and no default task is no prompt."""
-        if task is None or task in _GENERIC_TASKS:
+        default task's row, and no default task is no prompt. An `input_type` without a task asks for its retrieval
+        task (`retrieval.query` / `retrieval.passage`), which a matrix with a `retrieval` row answers from that row."""
+        if task is None and input_type in INPUT_TYPE_TASKS:
+            task = INPUT_TYPE_TASKS[input_type]
+        if task is None or (task in _GENERIC_TASKS and _split_side(task)[0] not in self.task_matrix):
             if self.default_task not in self.task_matrix:
                 return self.task_spec(None)
             base, side = self.default_task, input_type or TASK_INPUT_TYPES.get(task or "")
@@ -220,6 +226,9 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         declared = jina_v3.read_tasks(hf_config)
         tasks = {name: TaskSpec(prompt=declared.instructions[name], adapter=jina_v3.adapter_name(name))
                  for name in declared.names}
+    folder_adapters = _task_adapter_folders(model_dir, hf_config)
+    if not tasks and folder_adapters:
+        tasks = _adapter_matrix(folder_adapters, files.sentence_transformers)
     if not tasks:
         tasks = _tasks_from_sentence_transformers(files.sentence_transformers)
     default_task = explicit.get("default_task")
@@ -250,7 +259,7 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         onnx_file=_relative_file(explicit.get("onnx_file", DEFAULT_ONNX_FILE), "onnx_file"),
         default_input_type=default_input_type,
         kind_settings=kind.read_settings(model_dir, explicit) if kind.read_settings else None,
-        adapters=_adapters(model_dir, explicit.get("adapters")),
+        adapters={**folder_adapters, **_adapters(model_dir, explicit.get("adapters"))},
         model_code=_model_code(explicit.get("model_code")),
         classifiers=read_classifiers(model_dir),
         **_window_settings(explicit),
@@ -275,6 +284,39 @@ def _check_tasks_apply(model_dir: Path, hf_config: Mapping[str, Any], code: Any)
         f"architecture ({architectures}) is not jina-embeddings-v3's {jina_v3.ARCHITECTURE} on a rotary XLM-RoBERTa "
         "flash layout, read natively, and the directory ships no code of its own whose forward takes adapter_mask; "
         "served, every task would answer the base model's vectors")
+
+
+def _task_adapter_folders(model_dir: Path, hf_config: Mapping[str, Any]) -> dict[str, Path]:
+    """{task: its PEFT LoRA directory} of a checkpoint that ships one adapter per task beside the base weights
+    (jina-embeddings-v5-text: config.json `task_names`, each task's adapter in `adapters/<task>/`); empty for any other
+    directory, and for one that names tasks but holds no adapters folder (a pre-merged single-task repository, served
+    as the plain model it is).
+
+    Raises:
+        ModelDirectoryError: some tasks have their adapter and others not (served, those would answer the base model).
+    """
+    names = hf_config.get("task_names")
+    if not isinstance(names, list) or not names or not (model_dir / "adapters").is_dir():
+        return {}
+    folders = {str(name): model_dir / "adapters" / str(name) for name in names}
+    missing = [name for name, folder in folders.items() if not (folder / "adapter_config.json").is_file()]
+    if len(missing) == len(folders):
+        return {}
+    if missing:
+        raise ModelDirectoryError(f"{model_dir}: config.json names tasks {', '.join(folders)}, but adapters/ holds no "
+                                  f"adapter (adapter_config.json) for {', '.join(missing)}; served, those tasks would "
+                                  "answer the base model's vectors")
+    return folders
+
+
+def _adapter_matrix(folders: Mapping[str, Path], st_config: Mapping[str, Any]) -> dict[str, TaskSpec]:
+    """A task matrix over per-task adapters: each task embeds queries and documents with its own adapter and the
+    side's prompt (config_sentence_transformers.json `query` / `document`, or `passage`), as the model's own
+    `encode(texts, task=..., prompt_name=...)` does."""
+    prompts = st_config.get("prompts") or {}
+    sides = {"query": prompts.get("query"), "document": prompts.get("document", prompts.get("passage"))}
+    return {f"{task}_{side}": TaskSpec(prompt=prompt if isinstance(prompt, str) else "", adapter=task)
+            for task in folders for side, prompt in sides.items()}
 
 
 def _adapters(model_dir: Path, value: Any) -> Mapping[str, Path]:

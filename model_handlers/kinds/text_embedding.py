@@ -11,7 +11,8 @@ chunking's packing) and runs on the batcher's thread (`forward`) one of three en
   its 1_Pooling (or v3's mean) says;
 - the ONNX graph exported at packaging time, pooled likewise.
 
-Task adapters apply per input row (model_handlers/adapters.py): a pass mixes rows of different tasks and adapters,
+Task adapters apply per input row (model_handlers/adapters.py), on an encoder or a decoder (jina-embeddings-v5-text:
+a Qwen3 base with its adapters/<task>/ folders): a pass mixes rows of different tasks and adapters,
 each row computed as its own adapter (or the base model) would. A directory that runs its own code for the tasks its
 config.json declares (v3 with searchbox.json `"model_code": "remote"`, or a class of any other name) gets the same
 per-row ids as `adapter_mask`; code whose forward takes none is refused at load.

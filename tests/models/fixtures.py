@@ -152,3 +152,12 @@ def embedding_gemma_dir(tmp_path_factory) -> Path:
     from models.embedding_gemma import make_embedding_gemma
 
     return make_embedding_gemma(tmp_path_factory.mktemp("models") / "tiny-embedding-gemma")
+
+
+@pytest.fixture(scope="session")
+@implies("app")
+def jina_v5_text_dir(tmp_path_factory) -> Path:
+    """The tiny jina-embeddings-v5-text-small-shaped decoder with four task adapters (tests/models/jina_v5_text.py)."""
+    from models.jina_v5_text import make_jina_v5_text
+
+    return make_jina_v5_text(tmp_path_factory.mktemp("models") / "tiny-jina-v5-text")
