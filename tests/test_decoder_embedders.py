@@ -92,3 +92,33 @@ def test_a_bf16_checkpoint_is_served_in_float32_on_a_cpu(tmp_path, code_embeddin
         answer = app.post("/v1/embeddings", {"input": TEXTS, "task": "nl2code", "input_type": "query"}).json()
     for item, expected in zip(answer["data"], fp32.encode(TEXTS, prompt_name="nl2code_query")):
         assert cosine(item["embedding"], expected) >= 0.9999
+
+
+def test_a_32k_token_input_is_answered_within_the_deadline_or_refused_by_name(tmp_path_factory):
+    """A decoder with a 32k context (Qwen3-Embedding's 32768): a 32k-token input is one pass of its own; it is answered
+    (200, every token billed) within the request deadline, and refused by name before any pass when the deadline is
+    shorter than the model time it needs, as calibration (up to 8192 tokens) and its extrapolation estimate it."""
+    import json
+    import time
+
+    from helpers import assert_error
+    from models.code_embeddings import make_qwen3_embedding
+
+    model_dir = make_qwen3_embedding(tmp_path_factory.mktemp("models") / "long-context")
+    for name, key, value in (("sentence_bert_config.json", "max_seq_length", 32768),
+                             ("tokenizer_config.json", "model_max_length", 32768),
+                             ("config.json", "max_position_embeddings", 40960)):
+        config = json.loads((model_dir / name).read_text())
+        config[key] = value
+        (model_dir / name).write_text(json.dumps(config))
+    text = " ".join(["Berlin is the capital of Germany."] * 5000)  # about 40k tokens: cut to the 32768 served
+    with serving(model_dir) as app:
+        started = time.monotonic()
+        answer = app.post("/v1/embeddings", {"input": [text]})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["total_tokens"] == 32768
+        assert time.monotonic() - started < 50  # the default request deadline (README: SEARCHBOX_REQUEST_TIMEOUT_S)
+    with serving(model_dir, {"SEARCHBOX_REQUEST_TIMEOUT_S": "1"}) as app:
+        started = time.monotonic()
+        assert_error(app.post("/v1/embeddings", {"input": [text]}), 413, None, "model time", "split it")
+        assert time.monotonic() - started < 1.5
