@@ -12,6 +12,10 @@ in-process: the ratios are about the adapters, not HTTP.
 
 Rounds alternate the three; each keeps its best round. Prints a Markdown section (also part of `make bench`).
 
+Then the same for a jina-embeddings-v5-text-layout decoder (tests/models/jina_v5_text.py `small`: a 256-wide, 4-layer
+Qwen3Model with a rank-16 PEFT LoRA adapter per task on all seven linear layers, last-token pooling): 4 callers x 32
+texts, one task alone (`retrieval.query`) against the four tasks mixed in each pass (target >= 0.85x).
+
     .venv/bin/python -m bench.adapters [--seconds 3] [--rounds 3]
 """
 
@@ -132,6 +136,37 @@ def run(seconds: float, warmup: float, rounds: int, threads: int = 0) -> str:
     ])
 
 
+def run_v5(seconds: float, warmup: float, rounds: int, threads: int = 0) -> str:
+    """One task alone against the four v5 tasks mixed in each pass, in-process."""
+    from model_handlers import HandlerOptions, load_handler
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from models.jina_v5_text import TASKS, make_jina_v5_text
+
+    with tempfile.TemporaryDirectory(prefix="bench-v5-") as workdir:
+        pipeline = load_handler(make_jina_v5_text(Path(workdir) / "v5", size="small"),
+                                HandlerOptions(device="cpu", torch_threads=threads or None))
+        pipeline.warm_up()
+        mixed_tasks = [f"{task}.query" for task in TASKS]
+        best = {"one": 0.0, "mixed": 0.0}
+        for _ in range(rounds):
+            best["one"] = max(best["one"], throughput(pipeline, ["retrieval.query"] * len(TASKS), seconds, warmup))
+            best["mixed"] = max(best["mixed"], throughput(pipeline, mixed_tasks, seconds, warmup))
+        pipeline.close()
+    ratio = best["mixed"] / best["one"]
+    return "\n".join([
+        "## Task adapters (jina-embeddings-v5-text layout, small decoder, in-process)",
+        "",
+        f"| system | {len(TASKS)} callers x {BATCH} texts, inputs/s | ratio |",
+        "|---|---|---|",
+        f"| one task alone (per-row LoRA) | {best['one']:.1f} | 1.00x |",
+        f"| four tasks mixed in each pass | {best['mixed']:.1f} | {ratio:.2f}x of one task (target >= 0.85x) |",
+        "",
+        f"Target four tasks mixed >= 0.85x one task alone: {'met' if ratio >= 0.85 else 'MISSED'} ({ratio:.2f}x).",
+        "",
+    ])
+
+
 class _Prefixed:
     """A pipeline whose requests' texts get `prefix` in front (the instruction a task would prepend)."""
 
@@ -155,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     print(run(args.seconds, args.warmup, args.rounds, args.threads))
+    print(run_v5(args.seconds, args.warmup, args.rounds, args.threads))
     return 0
 
 

@@ -5,7 +5,8 @@ Systems, all on the embedded all-MiniLM-L6-v2 with the same torch threads:
 - searchbox: a real `serve` (gunicorn) on a free port, over HTTP `/invocations`;
 - infinity-emb 0.0.78 (torch engine, mean pooling), installed on first use into bench/.peer-venv.
 Then images (bench/multimodal.py): a random CLIP through `serve` beside its own forward pass in-process; and task
-adapters (bench/adapters.py): five tasks mixed per pass vs one task, and per-row LoRA vs merged weights.
+adapters (bench/adapters.py): five tasks mixed per pass vs one task, and per-row LoRA vs merged weights; four
+jina-embeddings-v5-text tasks mixed per pass vs one task on a small decoder.
 Multi-vector: a small ColBERT PyLate makes from MiniLM, searchbox over HTTP against PyLate 1.6.0's own
 `ColBERT.encode` in-process (bench/colbert_limit.py, in PyLate's venv, made on first use as the tests make it).
 Scenarios run in rounds, the three systems back to back inside each round, and the best round of
@@ -402,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench import adapters
 
         multimodal_section += "\n" + adapters.run(args.seconds, args.warmup, args.rounds, threads)
+        multimodal_section += "\n" + adapters.run_v5(args.seconds, args.warmup, args.rounds, threads)
 
     table, checks = report(scenarios, extra, pending)
     header = (f"# searchbox benchmark\n\n`make bench` ({' '.join(sys.argv[1:]) or 'defaults'}), "

@@ -34,7 +34,11 @@ _CORPUS = list(PROMPTS.values()) * 20 + [
 ] * 20
 
 
-def make_jina_v5_text(target: Path, seed: int = 7) -> Path:
+# width, layers, attention heads (half as many key/value heads), LoRA rank
+SIZES = {"tiny": (32, 2, 4, 4), "small": (256, 4, 4, 16)}
+
+
+def make_jina_v5_text(target: Path, seed: int = 7, size: str = "tiny") -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer
@@ -54,15 +58,17 @@ def make_jina_v5_text(target: Path, seed: int = 7) -> Path:
     tokenizer.padding_side = "left"
     tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes into tokenizer_config.json
     tokenizer.save_pretrained(str(target))
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+    width, layers, heads, rank = SIZES[size]
+    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                         head_dim=width // heads, max_position_embeddings=1024,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
                          task_names=list(TASKS))
     torch.manual_seed(seed)
     Qwen3Model(config).save_pretrained(str(target))
     for index, task in enumerate(TASKS):
         base = Qwen3Model.from_pretrained(str(target))
-        adapted = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=list(TARGETS)))
+        adapted = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(TARGETS)))
         generator = torch.Generator().manual_seed(seed * 100 + index)
         with torch.no_grad():
             for name, parameter in adapted.named_parameters():
