@@ -8,8 +8,8 @@ A model directory is data. Two things in one execute code when it is loaded:
 The policy:
 1. An architecture searchbox reads natively runs none of the directory's modules, whatever it holds (Jina's
    XLM-RoBERTa flash checkpoints: model_handlers/jina_layout.py; jina-reranker-v3: model_handlers/jina_ranking.py;
-   jina-embeddings-v3 with its task adapters:
-   model_handlers/jina_v3.py, unless searchbox.json says `"model_code": "remote"`). A directory that needs no remote code is never
+   jina-embeddings-v3 with its task adapters: model_handlers/jina_v3.py; jina-embeddings-v5-text as published:
+   model_handlers/jina_v5.py; each unless searchbox.json says `"model_code": "remote"`). A directory that needs no remote code is never
    loaded with `trust_remote_code=True`.
 2. Remote code runs only where the artifact declares and pins it: `searchbox-manifest.json` (written by
    packaging/build_artifact.py) lists every `.py` file of the directory under `remote_code` with its SHA-256, and
@@ -30,7 +30,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from model_handlers import jina_layout, jina_ranking, jina_v3
+from model_handlers import jina_layout, jina_ranking, jina_v3, jina_v5
 from model_handlers.errors import ModelDirectoryError
 
 logger = logging.getLogger(__name__)
@@ -141,15 +141,19 @@ def _check_pinned(model_dir: Path, reference: tuple[str, str, str, bool], files:
 
 def _references(model_dir: Path) -> list[tuple[str, str, str, bool]]:
     """(file, entry, module file, whether another repository holds it) for each module the directory's JSON files
-    name: auto_maps (but those of a config.json searchbox reads natively) and modules.json's own modules."""
+    name: auto_maps (but those of a config.json searchbox reads natively) and modules.json's own modules (but those
+    beside a jina-embeddings-v3 or v5-text config.json read natively: that path never reads modules.json)."""
     found = []
+    root_config = _json(model_dir / "config.json")
+    native_root = (isinstance(root_config, dict) and (jina_v3.is_v3(root_config) or jina_v5.is_v5(root_config))
+                   and _read_natively(model_dir, root_config))
     for path in sorted(model_dir.rglob("*.json")):
         rel = path.relative_to(model_dir)
         if (path.name in _NEVER_AUTO_MAP or any(part.startswith(".") for part in rel.parts)
                 or path.stat().st_size > _MAX_CONFIG_BYTES):
             continue
         document = _json(path)
-        if path.name == "modules.json" and isinstance(document, list):
+        if path.name == "modules.json" and isinstance(document, list) and not (native_root and rel == Path(path.name)):
             found += [(str(rel), f"module {module.get('type')}", _module_file(rel.parent, str(module.get("type"))),
                        False) for module in document if isinstance(module, dict) and _own_module(module.get("type"))]
         if not isinstance(document, dict) or not isinstance(document.get("auto_map"), dict):
@@ -166,11 +170,11 @@ def _references(model_dir: Path) -> list[tuple[str, str, str, bool]]:
 
 def _read_natively(model_dir: Path, config: Mapping[str, Any]) -> bool:
     """Whether searchbox reads this config.json's architecture itself: a Jina flash checkpoint, jina-reranker-v3
-    (model_handlers/jina_ranking.py), or a jina-embeddings-v3 one (model_handlers/jina_v3.py) unless searchbox.json
-    asks for its own code (`"model_code": "remote"`)."""
+    (model_handlers/jina_ranking.py), or a jina-embeddings-v3 or published v5-text one (model_handlers/jina_v3.py,
+    jina_v5.py) unless searchbox.json asks for its own code (`"model_code": "remote"`)."""
     if jina_layout.layout(config) is not None or jina_ranking.is_listwise(config):
         return True
-    if not jina_v3.is_v3(config):
+    if not (jina_v3.is_v3(config) or jina_v5.is_v5(config)):
         return False
     explicit = _json(model_dir / "searchbox.json")
     return not (isinstance(explicit, dict) and explicit.get("model_code") == "remote")

@@ -289,3 +289,78 @@ def test_onnx_build_refuses_it_naming_the_adapter_tasks(jina_v5_text_dir, tmp_pa
     with pytest.raises(ModelDirectoryError, match="select adapters") as refused:
         export_onnx(jina_v5_text_dir, tmp_path / "never.onnx")
     assert "retrieval_query" in str(refused.value) and "--backend torch" in str(refused.value)
+
+
+# --- the published layout: Jina's class named in config.json, its own code beside it, read natively -----------------
+
+def published_layout(source: Path, target: Path) -> Path:
+    """`source` (a v5 checkpoint on transformers' own classes) as the published repository lays it out: config.json
+    names Jina's class and model type, with an auto_map into the directory's modeling file, and modules.json's first
+    module is the directory's own; that code is written to raise on import, so serving it natively proves none runs."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config.update(architectures=["JinaEmbeddingsV5Model"], model_type="jina_embeddings_v5",
+                  auto_map={"AutoConfig": "configuration_jina_embeddings_v5.JinaEmbeddingsV5Config",
+                            "AutoModel": "modeling_jina_embeddings_v5.JinaEmbeddingsV5Model"})
+    (target / "config.json").write_text(json.dumps(config))
+    for name in ("configuration_jina_embeddings_v5.py", "modeling_jina_embeddings_v5.py", "custom_st.py"):
+        (target / name).write_text('raise RuntimeError("the directory\'s own code ran")\n')
+    modules = json.loads((target / "modules.json").read_text())
+    modules[0]["type"] = "custom_st.Transformer"
+    (target / "modules.json").write_text(json.dumps(modules))
+    return target
+
+
+def test_the_published_layout_is_read_natively_and_answers_every_task(jina_v5_text_dir, reference, tmp_path):
+    model_dir = published_layout(jina_v5_text_dir, tmp_path / "published")
+    assert "SEARCHBOX_TRUST_REMOTE_CODE" not in os.environ
+    with serving(model_dir) as app:
+        assert app.get("/v1/models").json()["data"][0]["kind"] == "embedding"
+        for task in TASKS:
+            for side in SIDES:
+                assert_same(vectors(app, {"input": TEXTS, "task": task, "input_type": side}), reference[(task, side)])
+        # Matryoshka: the model's own encode cuts before it normalises
+        cut = [row[:8] / np.linalg.norm(row[:8]) for row in reference[("retrieval", "query")]]
+        assert_same(vectors(app, {"input": TEXTS, "task": "retrieval.query", "dimensions": 8}), cut)
+
+
+def test_the_published_layout_with_a_base_it_does_not_know_is_refused_by_name(jina_v5_text_dir, tmp_path):
+    from helpers import refused_at_load
+
+    model_dir = published_layout(jina_v5_text_dir, tmp_path / "unknown-base")
+    config = json.loads((model_dir / "config.json").read_text())
+    for key in ("max_window_layers", "use_sliding_window"):
+        config.pop(key, None)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    reason = refused_at_load(model_dir)
+    assert "JinaEmbeddingsV5Model" in reason and "Qwen3" in reason and "EuroBERT" in reason
+
+
+def test_the_nano_layout_on_eurobert_is_read_natively_as_its_own_encode(tmp_path):
+    """jina-embeddings-v5-text-nano: the same layout on a EuroBERT base (transformers' own EuroBertModel). The
+    reference is its published encode written out: "Query: " / "Document: " before the text, the task's adapter set
+    (peft), the hidden state of the last token, L2-normalised; each text alone, so no padding is involved."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer, EuroBertModel
+
+    from models.jina_v5_text import make_jina_v5_text
+
+    source = make_jina_v5_text(tmp_path / "nano-source", base="eurobert")
+    model_dir = published_layout(source, tmp_path / "nano")
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+
+    def own_encode(task: str, side: str) -> list[np.ndarray]:
+        model = PeftModel.from_pretrained(EuroBertModel.from_pretrained(str(source)),
+                                          str(source / "adapters" / task)).eval()
+        rows = []
+        for text in TEXTS:
+            ids = tokenizer(("Query: " if side == "query" else "Document: ") + text, return_tensors="pt")
+            with torch.no_grad():
+                last = model(**ids).last_hidden_state[0, -1].numpy().astype(np.float64)
+            rows.append(last / np.linalg.norm(last))
+        return rows
+
+    with serving(model_dir) as app:
+        for task, side in (("retrieval", "query"), ("clustering", "document"), ("text-matching", "query")):
+            assert_same(vectors(app, {"input": TEXTS, "task": task, "input_type": side}), own_encode(task, side))

@@ -28,7 +28,7 @@ from typing import Hashable
 
 import numpy as np
 
-from model_handlers import adapters, jina_v3, model_code
+from model_handlers import adapters, jina_v3, jina_v5, model_code
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind
@@ -353,11 +353,42 @@ class _JinaV3Encoder(_PooledTokens):
             return self._model(**features).last_hidden_state.float().cpu().numpy()
 
 
+class _JinaV5Encoder(_PooledTokens):
+    """A published jina-embeddings-v5-text checkpoint on transformers' own base class (model_handlers/jina_v5.py), its
+    task adapters (serving_config's task matrix) applied per row by peft, the last real token pooled; no code from the
+    directory runs."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+
+        if options.torch_threads:
+            torch.set_num_threads(options.torch_threads)
+        self.device = options.resolved_device()
+        self._model = jina_v5.load(model_dir, self.device)
+        self.adapters = adapters.attach(self._model, options, config.adapters, model_dir)
+        self._pooling = PoolingSpec(("lasttoken",))  # its own encode: the hidden state at the last attended position
+        self.include_prompt = True
+        self.width = int(self._model.config.hidden_size)
+        self.max_length = Lengths.read(model_dir).served(config.max_length)
+        self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length, with_type_ids=False)
+
+    def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), adapters.rows(self.adapters, [s.adapter for s in sequences]):
+            features = {name: torch.from_numpy(array).to(self.device) for name, array in padded.items()}
+            return self._model(**features).last_hidden_state.float().cpu().numpy()
+
+
 def _torch_encoder(model_dir: Path, config: ServingConfig, options: HandlerOptions):
-    """A jina-embeddings-v3 checkpoint on transformers' native architecture (unless searchbox.json asks for its own
-    code), else sentence-transformers' modules."""
-    if jina_v3.is_v3(read_object(model_dir / "config.json")) and config.model_code != "remote":
-        return _JinaV3Encoder(model_dir, config, options)
+    """A jina-embeddings-v3 or a published jina-embeddings-v5-text checkpoint on transformers' native architectures
+    (unless searchbox.json asks for its own code), else sentence-transformers' modules."""
+    hf_config = read_object(model_dir / "config.json")
+    if config.model_code != "remote":
+        if jina_v3.is_v3(hf_config):
+            return _JinaV3Encoder(model_dir, config, options)
+        if jina_v5.is_v5(hf_config):
+            return _JinaV5Encoder(model_dir, config, options)
     return _TorchEncoder(model_dir, config, options)
 
 

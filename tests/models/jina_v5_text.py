@@ -38,13 +38,15 @@ _CORPUS = list(PROMPTS.values()) * 20 + [
 SIZES = {"tiny": (32, 2, 4, 4), "small": (256, 4, 4, 16)}
 
 
-def make_jina_v5_text(target: Path, seed: int = 7, size: str = "tiny") -> Path:
+def make_jina_v5_text(target: Path, seed: int = 7, size: str = "tiny", base: str = "qwen3") -> Path:
+    """`base`: "qwen3" (jina-embeddings-v5-text-small's Qwen3-0.6B-Base) or "eurobert" (-nano's EuroBERT, a
+    bidirectional encoder with the same linear layer names)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Transformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import EuroBertConfig, EuroBertModel, Qwen3Config, Qwen3Model
 
     target.mkdir(parents=True, exist_ok=True)
     from tokenizers.processors import TemplateProcessing
@@ -59,16 +61,17 @@ def make_jina_v5_text(target: Path, seed: int = 7, size: str = "tiny") -> Path:
     tokenizer.init_kwargs["padding_side"] = "left"  # what save_pretrained writes into tokenizer_config.json
     tokenizer.save_pretrained(str(target))
     width, layers, heads, rank = SIZES[size]
-    config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
-                         head_dim=width // heads, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-                         task_names=list(TASKS))
+    config_class, model_class = (Qwen3Config, Qwen3Model) if base == "qwen3" else (EuroBertConfig, EuroBertModel)
+    extra = {"head_dim": width // heads} if base == "qwen3" else {"mask_token_id": tokenizer.pad_token_id}
+    config = config_class(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
+                          max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None, task_names=list(TASKS), **extra)
     torch.manual_seed(seed)
-    Qwen3Model(config).save_pretrained(str(target))
+    model_class(config).save_pretrained(str(target))
     for index, task in enumerate(TASKS):
-        base = Qwen3Model.from_pretrained(str(target))
-        adapted = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(TARGETS)))
+        adapted = get_peft_model(model_class.from_pretrained(str(target)),
+                                 LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(TARGETS)))
         generator = torch.Generator().manual_seed(seed * 100 + index)
         with torch.no_grad():
             for name, parameter in adapted.named_parameters():
