@@ -56,7 +56,8 @@ def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup
     server = start_searchbox(model_dir, threads, log_dir)
     try:
         for number in range(rounds):
-            figures = {"limit": calls_per_second(lambda: reference.predict(pairs, batch_size=DOCUMENTS), seconds, warmup)}
+            figures = {"limit": calls_per_second(lambda: reference.predict(pairs, batch_size=DOCUMENTS), seconds,
+                                                 warmup)}
             time.sleep(0.3)
             result = run_load(server.url, "/v1/rerank", bodies, CLIENTS, seconds, warmup)
             if result.errors:

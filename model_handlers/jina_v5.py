@@ -4,8 +4,9 @@ The published repositories (jina-embeddings-v5-text-small on Qwen3-0.6B-Base, -n
 in `model.safetensors`, one PEFT LoRA adapter per task in `adapters/<task>/` and a config.json that names Jina's own
 class (`architectures: ["JinaEmbeddingsV5Model"]`, `model_type: jina_embeddings_v5`, an `auto_map` into its
 `modeling_jina_embeddings_v5.py`) whose config class subclasses the base's config without changing it, plus
-`task_names`. Its own `encode(texts, task, prompt_name)` prefixes "Query: " or "Document: " (config_sentence_transformers
-.json's prompts), sets the task's adapter, pools the last real token and L2-normalises (a Matryoshka cut before).
+`task_names`. Its own `encode(texts, task, prompt_name)` prefixes "Query: " or "Document: " (the prompts of
+config_sentence_transformers.json), sets the task's adapter, pools the last real token and L2-normalises (a Matryoshka
+cut before).
 
 Here the base is transformers' own `Qwen3Model` or `EuroBertModel` built from config.json's fields; the adapters are
 model_handlers/serving_config.py's task matrix of adapter and prompt, applied per row by model_handlers/adapters.py;

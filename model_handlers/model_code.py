@@ -9,8 +9,8 @@ The policy:
 1. An architecture searchbox reads natively runs none of the directory's modules, whatever it holds (Jina's
    XLM-RoBERTa flash checkpoints: model_handlers/jina_layout.py; jina-reranker-v3: model_handlers/jina_ranking.py;
    jina-embeddings-v3 with its task adapters: model_handlers/jina_v3.py; jina-embeddings-v5-text as published:
-   model_handlers/jina_v5.py; each unless searchbox.json says `"model_code": "remote"`). A directory that needs no remote code is never
-   loaded with `trust_remote_code=True`.
+   model_handlers/jina_v5.py; each unless searchbox.json says `"model_code": "remote"`). A directory that needs no
+   remote code is never loaded with `trust_remote_code=True`.
 2. Remote code runs only where the artifact declares and pins it: `searchbox-manifest.json` (written by
    packaging/build_artifact.py) lists every `.py` file of the directory under `remote_code` with its SHA-256, and
    every one still matches; or where the operator sets SEARCHBOX_TRUST_REMOTE_CODE=1 (local use: code read and
