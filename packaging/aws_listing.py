@@ -514,7 +514,19 @@ def _model_lines(product: _catalog.Product) -> str:
         unknown = ("a task it does not have is refused (422 UNKNOWN_TASK)" if any(s.adapter for s in tasks.values())
                    else "a task it does not have gets the default")
         text += f" Its `task` option selects: {', '.join(described)}; {unknown}."
-    return text
+    return text + _reranking_line(config.kind)
+
+
+def _reranking_line(kind) -> str:
+    """How a reranker of `kind` scores and whether a request's `instruction` reaches it, from its model class (known
+    without loading the model); empty for a kind that does not rerank."""
+    scoring = getattr(kind.model, "rerank_scoring", None)
+    if scoring is None:
+        return ""
+    instruction = ("a request's `instruction` is what the judge is told to look for (left out: the model's own "
+                   "default)" if getattr(kind.model, "takes_instruction", False)
+                   else "a request's `instruction` is refused (422 INVALID_OPTION): its scores read none")
+    return f" It reranks (`/v1/rerank`) by {scoring}; {instruction}."
 
 
 def _task_effect(spec) -> str:

@@ -547,3 +547,23 @@ def test_azure_loader_rejects_a_broken_deployment(product, tmp_path):
     with pytest.raises(ValidationError) as caught:
         azure_assets.load_back(tmp_path)
     assert "request_timeout_ms" in str(caught.value) and "Not a valid integer" in str(caught.value)
+
+
+@pytest.mark.parametrize("model, kind", [("generative_reranker_dir", "generative-reranker"),
+                                         ("reranker_dir", "reranker")])
+def test_a_rerankers_listing_says_how_it_scores_and_whether_it_takes_an_instruction(raw_catalog, tmp_path, request,
+                                                                                     model, kind):
+    """README (Generative rerankers): a generative reranker takes an `instruction`, a cross-encoder refuses it; the
+    listing's usage information says which, and how the model scores, beside its summary."""
+    entry = raw_catalog["products"][0]
+    entry.update(model_dir=str(request.getfixturevalue(model)), kind=kind)
+    product = _parse(raw_catalog)[0]
+    aws_listing.write_listing(product, tmp_path / "aws", model_package_arn="arn:aws:sagemaker:us-east-1:"
+                              "123456789012:model-package/x", product_id="prod-1", offer_id="offer-1")
+    usage = (tmp_path / "aws" / "usage-information.md").read_text()
+    if model == "generative_reranker_dir":
+        assert "a generative reranker" in usage and "yes/no judgement" in usage
+        assert "`instruction` is what the judge is told to look for" in usage
+    else:
+        assert "a cross-encoder reads each (query, document) pair" in usage
+        assert "`instruction` is refused (422 INVALID_OPTION)" in usage
