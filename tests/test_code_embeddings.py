@@ -178,3 +178,19 @@ def test_its_int8_graph_is_refused_with_the_gates_figure(code_embeddings_dir, tm
 
     with pytest.raises(build_artifact.BuildRefused, match=r"same top-10 neighbours for \d+% of queries < 90%"):
         onnx_artifact(code_embeddings_dir, tmp_path, quantize="int8")
+
+
+def test_batch_transform_lines_take_each_lines_task_and_side(app, reference):
+    """A JSON Lines batch-transform body, each line a SageMaker envelope with its own task and side."""
+    import json
+
+    asks = [("nl2code", "query"), ("code2code", "document"), ("qa", "query")]
+    body = "".join(json.dumps({"data": [{"text": text} for text in TEXTS],
+                               "parameters": {"task": task, "input_type": side}}) + "\n" for task, side in asks)
+    response = app.post("/invocations", data=body, headers={"Content-Type": "application/jsonlines"})
+    assert response.status_code == 200, response.text
+    lines = response.text.splitlines()
+    assert len(lines) == len(asks)
+    for line, (task, side) in zip(lines, asks):
+        assert_same([item["embedding"] for item in json.loads(line)["data"]],
+                    reference.encode(TEXTS, prompt_name=f"{task}_{side}"))

@@ -122,3 +122,42 @@ def test_a_32k_token_input_is_answered_within_the_deadline_or_refused_by_name(tm
         started = time.monotonic()
         assert_error(app.post("/v1/embeddings", {"input": [text]}), 413, None, "model time", "split it")
         assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("layout", ["qwen3-embedding", "embedding-gemma"])
+def test_every_body_and_mixed_concurrent_sides_equal_sentence_transformers(layout, embedding_gemma_dir,
+                                                                          tmp_path_factory):
+    """Both layouts through the SageMaker envelope, JSON Lines batch transform (a side per line) and concurrent
+    requests of both sides, each answer equal to SentenceTransformer.encode with its prompt."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.code_embeddings import make_qwen3_embedding
+
+    model_dir = (embedding_gemma_dir if layout == "embedding-gemma"
+                 else make_qwen3_embedding(tmp_path_factory.mktemp("models") / "tiny-qwen3-embedding"))
+    own = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    expected = {side: own.encode(TEXTS, prompt_name=side) for side in ("query", "document")}
+
+    def same(served, side):
+        for vector, reference_vector in zip(served, expected[side]):
+            assert cosine(vector, reference_vector) >= 0.9999, side
+
+    with serving(model_dir) as app:
+        for side in ("query", "document"):
+            answer = app.post("/invocations", {"data": [{"text": t} for t in TEXTS], "parameters": {"input_type": side}})
+            assert answer.status_code == 200, answer.text
+            same([item["embedding"] for item in answer.json()["data"]], side)
+        sides = ["document", "query", "document"]
+        lines = "".join(json.dumps({"input": TEXTS, "input_type": side}) + "\n" for side in sides)
+        answer = app.post("/invocations", data=lines, headers={"Content-Type": "application/jsonlines"})
+        assert answer.status_code == 200, answer.text
+        for line, side in zip(answer.text.splitlines(), sides):
+            same([item["embedding"] for item in json.loads(line)["data"]], side)
+        asks = ["query", "document"] * 6
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda side: app.post("/v1/embeddings", {"input": TEXTS, "input_type": side}),
+                                    asks))
+        for answer, side in zip(answers, asks):
+            assert answer.status_code == 200, answer.text
+            same([item["embedding"] for item in answer.json()["data"]], side)
