@@ -145,7 +145,8 @@ def test_every_body_and_mixed_concurrent_sides_equal_sentence_transformers(layou
 
     with serving(model_dir) as app:
         for side in ("query", "document"):
-            answer = app.post("/invocations", {"data": [{"text": t} for t in TEXTS], "parameters": {"input_type": side}})
+            answer = app.post("/invocations", {"data": [{"text": t} for t in TEXTS],
+                                               "parameters": {"input_type": side}})
             assert answer.status_code == 200, answer.text
             same([item["embedding"] for item in answer.json()["data"]], side)
         sides = ["document", "query", "document"]
