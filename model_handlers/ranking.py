@@ -193,8 +193,8 @@ def maxsim(query: np.ndarray, window: np.ndarray) -> float:
     return float((query @ window.T).max(axis=1).sum(dtype=np.float64))
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=np.float32)
+def _unit_rows(matrix: np.ndarray, dtype=np.float32) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=dtype)
     return matrix / np.maximum(np.linalg.norm(matrix, axis=-1, keepdims=True), 1e-12)
 
 
@@ -204,17 +204,13 @@ def listwise_scores(outputs: Sequence[np.ndarray]) -> list[float]:
     queries, documents, weights = [], [], []
     for block in outputs:
         block = np.asarray(block, dtype=np.float64)
-        query, rows = block[0], _unit_rows64(block[1:])
+        query, rows = block[0], _unit_rows(block[1:], np.float64)
         weights.append((1.0 + float((rows @ (query / max(np.linalg.norm(query), 1e-12))).max())) / 2.0)
         queries.append(query)
         documents.append(rows)
     merged = np.average(np.stack(queries), axis=0, weights=weights)
     merged /= max(np.linalg.norm(merged), 1e-12)
     return [float(score) for score in np.concatenate(documents) @ merged]
-
-
-def _unit_rows64(matrix: np.ndarray) -> np.ndarray:
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=-1, keepdims=True), 1e-12)
 
 
 def best_per_document(work: RerankWork, outputs: Sequence[np.ndarray], documents: int) -> list[float]:
