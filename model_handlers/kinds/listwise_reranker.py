@@ -29,6 +29,7 @@ from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
 from model_handlers.ranking import RerankWork, Scoring, check_window_count
 from model_handlers.serving_config import ServingConfig
+from model_handlers.tokenization import TokenizerView
 from model_handlers.types import RerankRequest, texts_of
 
 
@@ -58,7 +59,6 @@ class ListwiseRerankerModel:
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
-        from tokenizers import Tokenizer
         from transformers import AutoTokenizer
 
         if options.torch_threads:
@@ -70,16 +70,7 @@ class ListwiseRerankerModel:
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load the tokenizer of {model_dir}: {exc}") from exc
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise ModelDirectoryError("searchbox needs a fast tokenizer (tokenizer.json) in the model directory")
-        # a private copy without truncation or padding: the wrapper's calls reconfigure the shared one per call
-        self._tokens = Tokenizer.from_str(backend.to_str())
-        self._tokens.no_truncation()
-        self._tokens.no_padding()
         self._decode = tokenizer.decode  # the model's own code decodes a cut text this way
-        self._specials = len(self._tokens.encode("a", add_special_tokens=True).ids) - len(
-            self._tokens.encode("a", add_special_tokens=False).ids)
         self._doc_id = self._marker(tokenizer, jina_ranking.DOC_TOKEN, model_dir)
         self._query_id = self._marker(tokenizer, jina_ranking.QUERY_TOKEN, model_dir)
         # the blocks' token budget is the tokenizer's, as the model's own code reads it
@@ -90,6 +81,8 @@ class ListwiseRerankerModel:
         capacity = Lengths.of(tokenizer=tokenizer.model_max_length,
                               positions=self._backbone.config.max_position_embeddings).capacity(LANGUAGE_MODEL_LENGTH)
         self.max_length = config.max_length or min(capacity, LANGUAGE_MODEL_LENGTH)
+        # its own copy of the tokenizer, without truncation or padding, and the special tokens it puts around a text
+        self._tokens = TokenizerView.from_hf(tokenizer, self.max_length)
 
     @staticmethod
     def _marker(tokenizer, token: str, model_dir: Path) -> int:
@@ -105,23 +98,13 @@ class ListwiseRerankerModel:
         """Each text as the model reads it (its first `limit` tokens, special tokens included, decoded, when it has
         that many), and the tokens counted for it, as the model's own code counts them."""
         cut, counts = [], []
-        for text, encoding in zip(texts, self._tokens.encode_batch_fast(texts, add_special_tokens=True)):
-            ids = encoding.ids
-            if len(ids) >= limit:
-                content = self._tokens.encode(text, add_special_tokens=False).ids[: limit - self._specials]
-                text = self._decode(self._wrapped(content))
+        specials = self._tokens.special_count
+        for text, content in zip(texts, self._tokens.encode(texts)):
+            if len(content) + specials >= limit:
+                text = self._decode(self._tokens.wrap(content[: limit - specials]).tolist())
             cut.append(text)
-            counts.append(min(len(encoding.ids), limit))
+            counts.append(min(len(content) + specials, limit))
         return cut, counts
-
-    def _wrapped(self, content: list[int]) -> list[int]:
-        """Content ids inside the tokenizer's special tokens (none for Qwen's), as its truncation keeps them."""
-        if not self._specials:
-            return list(content)
-        plain = self._tokens.encode("a", add_special_tokens=False).ids
-        wrapped = self._tokens.encode("a", add_special_tokens=True).ids
-        start = next(i for i in range(len(wrapped)) if wrapped[i:i + len(plain)] == plain)
-        return wrapped[:start] + list(content) + wrapped[start + len(plain):]
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The documents in blocks, each block's prompt tokenized whole."""
@@ -135,22 +118,21 @@ class ListwiseRerankerModel:
         prompts = [jina_ranking.prompt(query, documents[start:end], request.instruction)
                    for start, end in zip(starts, ends)]
         blocks = []
-        for (start, end), encoding in zip(zip(starts, ends), self._tokens.encode_batch_fast(prompts)):
-            ids = np.asarray(encoding.ids, dtype=np.int64)
+        for (start, end), content in zip(zip(starts, ends), self._tokens.encode(prompts)):
+            ids = self._tokens.wrap(content)
             marks, asks = np.flatnonzero(ids == self._doc_id), np.flatnonzero(ids == self._query_id)
             if len(marks) != end - start or len(asks) != 1:
                 raise AssertionError(f"a block of {end - start} documents tokenized to {len(marks)} document markers "
                                      f"and {len(asks)} query markers; this is a bug")
             blocks.append(_Block(ids, marks, int(asks[0])))
-        passages = self._tokens.encode_batch_fast(
-            [jina_ranking.passage(index - start, documents[index])
-             for start, end in zip(starts, ends) for index in range(start, end)], add_special_tokens=False)
-        billed = [len(encoding.ids) for encoding in passages]
+        passages = self._tokens.encode([jina_ranking.passage(index - start, documents[index])
+                                        for start, end in zip(starts, ends) for index in range(start, end)])
+        billed = [len(passage) for passage in passages]
         return RerankWork(items=blocks, owners=starts, scoring=Scoring.LISTWISE,
                           query_tokens=sum(block.length for block in blocks) - sum(billed), document_tokens=billed)
 
     def calibration_item(self, length: int) -> _Block:
-        filler = self._tokens.encode("a", add_special_tokens=False).ids[:1] or [0]
+        filler = self._tokens.encode(["a"])[0][:1].tolist() or [0]
         ids = np.asarray(filler * max(0, length - 2) + [self._doc_id, self._query_id], dtype=np.int64)[-length:]
         return _Block(ids, np.asarray([max(0, len(ids) - 2)]), len(ids) - 1)
 
