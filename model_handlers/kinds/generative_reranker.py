@@ -116,13 +116,13 @@ class GenerativeRerankerModel:
         if room < 2:
             raise InvalidOption(f"the judge prompt with this instruction takes {overhead} tokens of the "
                                 f"{self.max_length} a pair may hold; send a shorter `instruction`")
-        query_ids = self._content_ids([query_text])[0]
+        query_ids = self._tokenizer.encode([query_text])[0]
         max_query = max(1, min(self.config.max_query_tokens or room // 2, room - 1))
         if len(query_ids) > max_query:
             query_ids = query_ids[:max_query]
             query_text = self._hf_tokenizer.decode(query_ids)
         windowing = Windowing.within(room - len(query_ids), self.config)
-        contents = self._content_ids(documents)
+        contents = self._tokenizer.encode(documents)
 
         def pieces(index: int, content: np.ndarray) -> tuple[list[str], int]:
             if len(content) <= windowing.size:
@@ -144,10 +144,6 @@ class GenerativeRerankerModel:
 
     def calibration_item(self, length: int) -> _Prompt:
         return _Prompt(np.resize(self._bare, length))
-
-    def _content_ids(self, texts: list[str]) -> list[np.ndarray]:
-        return [np.asarray(ids, dtype=np.int64)
-                for ids in self._hf_tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _render(self, pairs: list[tuple[str, str]], instruction: str | None) -> list[np.ndarray]:
         """Each pair's judge prompt as the model's own preprocessing tokenizes it, padding taken off."""
