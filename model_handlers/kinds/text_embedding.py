@@ -24,7 +24,7 @@ import inspect
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Hashable
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -323,7 +323,22 @@ class _OnnxEncoder(_PooledTokens):
         return self._session.run(padded)
 
 
-class _JinaV3Encoder(_PooledTokens):
+class _NativeEncoder(_PooledTokens):
+    """A transformers model searchbox builds itself from a Jina checkpoint (`_model`), its LoRA adapters applied per
+    row by peft: one pass gives the token vectors, pooled by `_PooledTokens`."""
+
+    _model: Any
+    device: str
+
+    def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), adapters.rows(self.adapters, [s.adapter for s in sequences]):
+            features = {name: torch.from_numpy(array).to(self.device) for name, array in padded.items()}
+            return self._model(**features).last_hidden_state.float().cpu().numpy()
+
+
+class _JinaV3Encoder(_NativeEncoder):
     """A jina-embeddings-v3 checkpoint on transformers' native architecture, its task adapters applied per row by
     peft (model_handlers/jina_v3.py); no code from the directory runs."""
 
@@ -345,15 +360,8 @@ class _JinaV3Encoder(_PooledTokens):
         self.max_length = Lengths.read(model_dir).served(config.max_length)
         self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length, with_type_ids=False)
 
-    def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
-        import torch
 
-        with torch.inference_mode(), self.adapters.rows([s.adapter for s in sequences]):
-            features = {name: torch.from_numpy(array).to(self.device) for name, array in padded.items()}
-            return self._model(**features).last_hidden_state.float().cpu().numpy()
-
-
-class _JinaV5Encoder(_PooledTokens):
+class _JinaV5Encoder(_NativeEncoder):
     """A published jina-embeddings-v5-text checkpoint on transformers' own base class (model_handlers/jina_v5.py), its
     task adapters (serving_config's task matrix) applied per row by peft, the last real token pooled; no code from the
     directory runs."""
@@ -371,13 +379,6 @@ class _JinaV5Encoder(_PooledTokens):
         self.width = int(self._model.config.hidden_size)
         self.max_length = Lengths.read(model_dir).served(config.max_length)
         self.tokenizer = TokenizerView.from_directory(model_dir, self.max_length, with_type_ids=False)
-
-    def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode(), adapters.rows(self.adapters, [s.adapter for s in sequences]):
-            features = {name: torch.from_numpy(array).to(self.device) for name, array in padded.items()}
-            return self._model(**features).last_hidden_state.float().cpu().numpy()
 
 
 def _torch_encoder(model_dir: Path, config: ServingConfig, options: HandlerOptions):
