@@ -182,8 +182,8 @@ class ServingConfig:
         else:
             base, side = _split_side(task)
             side = side or input_type
-        table = ", ".join(sorted(self.task_matrix))
         if base not in self.task_matrix:
+            table = ", ".join(sorted(self.task_matrix))
             raise InvalidOption(f"model {self.served_model_name} has no task {task!r}; its tasks are {table}, each "
                                 "for queries and documents (`input_type` query or document, or the task as "
                                 f"{next(iter(sorted(self.task_matrix)))}.query)", code="UNKNOWN_TASK")
