@@ -520,11 +520,13 @@ def _model_lines(product: _catalog.Product) -> str:
 def _reranking_line(kind) -> str:
     """How a reranker of `kind` scores and whether a request's `instruction` reaches it, from its model class (known
     without loading the model); empty for a kind that does not rerank."""
+    from model_handlers.operations.rerank import takes_instruction
+
     scoring = getattr(kind.model, "rerank_scoring", None)
     if scoring is None:
         return ""
     instruction = ("a request's `instruction` is what the judge is told to look for (left out: the model's own "
-                   "default)" if getattr(kind.model, "takes_instruction", False)
+                   "default)" if takes_instruction(kind.model)
                    else "a request's `instruction` is refused (422 INVALID_OPTION): its scores read none")
     return f" It reranks (`/v1/rerank`) by {scoring}; {instruction}."
 

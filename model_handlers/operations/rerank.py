@@ -30,9 +30,15 @@ class Reranker(Protocol):
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> ranking.RerankWork: ...
 
 
+def takes_instruction(model: Any) -> bool:
+    """Whether a reranker's scores read a request's `instruction` (its model, or its model class, says so:
+    `takes_instruction = True`); the others refuse one."""
+    return bool(getattr(model, "takes_instruction", False))
+
+
 def run(pipeline: Runner, request: RerankRequest, deadline: Deadline, timing: Timing | None) -> RerankResult:
     """Score each document against the query (its best window) and rank them."""
-    if request.instruction is not None and not getattr(pipeline.model, "takes_instruction", False):
+    if request.instruction is not None and not takes_instruction(pipeline.model):
         raise InvalidOption(f"model {pipeline.model_name} takes no `instruction`: its scores come from the query and "
                             "the documents alone; leave `instruction` out")
     if not request.documents:
@@ -50,9 +56,9 @@ def describe(pipeline: Runner) -> dict[str, Any]:
     is sent (None: the model's prompt template's own default, or no instruction at all), the model inputs a request's
     documents may make and the tokens each holds."""
     model = pipeline.model
-    takes_instruction = bool(getattr(model, "takes_instruction", False))
-    return {"scoring": model.rerank_scoring, "takes_instruction": takes_instruction,
-            "default_instruction": getattr(model, "default_instruction", None) if takes_instruction else None,
+    instructed = takes_instruction(model)
+    return {"scoring": model.rerank_scoring, "takes_instruction": instructed,
+            "default_instruction": getattr(model, "default_instruction", None) if instructed else None,
             "max_windows": pipeline.options.max_rerank_windows, "max_tokens_per_model_input": pipeline.max_length}
 
 
