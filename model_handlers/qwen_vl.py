@@ -27,8 +27,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from model_handlers.errors import ModelDirectoryError
+from model_handlers.lengths import NO_LIMIT
 from model_handlers.model_files import read_object
 from model_handlers.options import weights_dtype
+from model_handlers.tokenization import TokenizerView
 
 IMAGE_PAD = "<|image_pad|>"
 VISION_START = "<|vision_start|>"
@@ -119,6 +121,8 @@ class Backbone:
         size = self.image_processor.size  # transformers 5 holds the pixel bounds as size's edges
         self.min_pixels = int(size["shortest_edge"])
         self.max_pixels = int(size["longest_edge"])
+        # tokenizes on request threads: transformers' tokenizer call reconfigures the shared backend each time
+        self.text = TokenizerView.from_hf(self.tokenizer, NO_LIMIT)
         self._torch = torch
 
     # --- on the caller's thread -----------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ class Backbone:
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of `text` as the model's tokenizer reads it (no special tokens added: Qwen's add none)."""
-        return np.asarray(self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        return self.text.encode([text])[0]
 
     def sequence(self, prompt: str | np.ndarray, images: Sequence[Pixels] = ()) -> Row:
         """The row of `prompt` (text or token ids) holding one `<|image_pad|>` per image of `images`, each expanded
