@@ -81,10 +81,15 @@ class RowAdapters:
         allow_pickle: accept an adapter whose weights are pickled (adapter_model.bin).
     """
 
-    def __init__(self, model, *, max_loaded: int = 8, allow_pickle: bool = False):
+    def __init__(self, model, *, max_loaded: int = 8, allow_pickle: bool = False, patches: str | None = None):
         self._model = model
         self._max_loaded = max_loaded
         self._allow_pickle = allow_pickle
+        # layers under this module read image patches, not rows (a vision tower's flat patch sequence): they get one
+        # adapter name per patch (`rows(..., patches=)`)
+        self._patch_prefix = patches
+        self._patch_layers: set[int] = set()
+        self._patches: list[str] | None = None
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.RLock()  # the set: self._entries and each entry's fields
         self._model_lock = threading.RLock()  # the model's layers: a pass, or an adapter put in or taken out
@@ -195,31 +200,35 @@ class RowAdapters:
     # --- a forward pass -----------------------------------------------------------------------------------------
 
     @contextmanager
-    def rows(self, names: Sequence[str | None]) -> Iterator[None]:
-        """Run the enclosed pass with one adapter per input row (None: the base model for that row)."""
+    def rows(self, names: Sequence[str | None], patches: Sequence[str | None] = ()) -> Iterator[None]:
+        """Run the enclosed pass with one adapter per input row (None: the base model for that row), and, for the
+        layers that read image patches, one per patch (`patches`: each image's row's adapter, once per patch)."""
         with self._model_lock:
             if not self._entries:
                 yield  # nothing to apply: the plain model
                 return
             self._rows = [BASE if name is None else name for name in names]
+            self._patches = [BASE if name is None else name for name in patches]
             try:
                 yield
             finally:
-                self._rows = None
+                self._rows = self._patches = None
 
     def _inject(self, module, args, kwargs):
         if self._rows is None:
             return None
-        kwargs["adapter_names"] = self._rows
+        kwargs["adapter_names"] = self._patches if id(module) in self._patch_layers else self._rows
         return args, kwargs
 
     def _hook_new_layers(self) -> None:
         from peft.tuners.lora import LoraLayer
 
-        for module in self._model.modules():
+        for name, module in self._model.named_modules():
             if isinstance(module, LoraLayer) and id(module) not in self._hooked:
                 module.register_forward_pre_hook(self._inject, with_kwargs=True)
                 self._hooked.add(id(module))
+                if self._patch_prefix is not None and name.startswith(self._patch_prefix):
+                    self._patch_layers.add(id(module))
 
     # --- loading ------------------------------------------------------------------------------------------------
 
@@ -359,9 +368,9 @@ def held(adapters: RowAdapters | None, items: Sequence[Any], requested: str | No
     return tuple(sorted(names))
 
 
-def rows(adapters: RowAdapters | None, names: Sequence[str | None]):
-    """`adapters.rows(names)`, or nothing to do for a model that holds no adapters."""
-    return adapters.rows(names) if adapters is not None else contextlib.nullcontext()
+def rows(adapters: RowAdapters | None, names: Sequence[str | None], patches: Sequence[str | None] = ()):
+    """`adapters.rows(names, patches)`, or nothing to do for a model that holds no adapters."""
+    return adapters.rows(names, patches) if adapters is not None else contextlib.nullcontext()
 
 
 def attach(model, options, declared: Mapping[str, Path], where: Path) -> RowAdapters | None:

@@ -9,7 +9,8 @@ The policy:
 1. An architecture searchbox reads natively runs none of the directory's modules, whatever it holds (Jina's
    XLM-RoBERTa flash checkpoints: model_handlers/jina_layout.py; jina-reranker-v3: model_handlers/jina_ranking.py;
    jina-embeddings-v3 with its task adapters: model_handlers/jina_v3.py; jina-embeddings-v5-text as published:
-   model_handlers/jina_v5.py; each unless searchbox.json says `"model_code": "remote"`). A directory that needs no
+   model_handlers/jina_v5.py; each unless searchbox.json says `"model_code": "remote"`; and always jina-reranker-m0 and
+   jina-embeddings-v4 on transformers' Qwen2-VL classes: model_handlers/qwen_vl.py). A directory that needs no
    remote code is never loaded with `trust_remote_code=True`.
 2. Remote code runs only where the artifact declares and pins it: `searchbox-manifest.json` (written by
    packaging/build_artifact.py) lists every `.py` file of the directory under `remote_code` with its SHA-256, and
@@ -30,7 +31,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
-from model_handlers import jina_layout, jina_ranking, jina_v3, jina_v5
+from model_handlers import jina_layout, jina_ranking, jina_v3, jina_v5, qwen_vl
 from model_handlers.errors import ModelDirectoryError
 
 logger = logging.getLogger(__name__)
@@ -170,9 +171,10 @@ def _references(model_dir: Path) -> list[tuple[str, str, str, bool]]:
 
 def _read_natively(model_dir: Path, config: Mapping[str, Any]) -> bool:
     """Whether searchbox reads this config.json's architecture itself: a Jina flash checkpoint, jina-reranker-v3
-    (model_handlers/jina_ranking.py), or a jina-embeddings-v3 or published v5-text one (model_handlers/jina_v3.py,
-    jina_v5.py) unless searchbox.json asks for its own code (`"model_code": "remote"`)."""
-    if jina_layout.layout(config) is not None or jina_ranking.is_listwise(config):
+    (model_handlers/jina_ranking.py), jina-reranker-m0 or jina-embeddings-v4 (model_handlers/qwen_vl.py), or a
+    jina-embeddings-v3 or published v5-text one (model_handlers/jina_v3.py, jina_v5.py) unless searchbox.json asks
+    for its own code (`"model_code": "remote"`)."""
+    if jina_layout.layout(config) is not None or jina_ranking.is_listwise(config) or qwen_vl.read_natively(config):
         return True
     if not (jina_v3.is_v3(config) or jina_v5.is_v5(config)):
         return False

@@ -64,6 +64,16 @@ class Row:
         return len(self.ids)
 
 
+# Jina's classes over these backbones, whose heads and adapters searchbox reads itself (the vision-language kinds)
+JINA_ARCHITECTURES = frozenset({"JinaVLForRanking", "JinaEmbeddingsV4Model"})
+
+
+def read_natively(config: Mapping[str, Any]) -> bool:
+    """Whether config.json is a Jina vision-language checkpoint searchbox reads with its own code (its auto_map is
+    never followed)."""
+    return model_type(config) is not None and bool(JINA_ARCHITECTURES & set(config.get("architectures") or ()))
+
+
 def model_type(config: Mapping[str, Any]) -> str | None:
     """config.json's model_type when it names a backbone read here (qwen2_vl, qwen2_5_vl), else None."""
     kind = config.get("model_type")

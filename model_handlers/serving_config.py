@@ -64,7 +64,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
-from model_handlers import jina_v3, kinds, model_code
+from model_handlers import jina_v3, jina_v4, kinds, model_code
 from model_handlers.classifiers import TrainedClassifier, read_classifiers
 from model_handlers.adapters import declared_adapters
 from model_handlers.errors import InvalidOption, ModelDirectoryError
@@ -181,7 +181,9 @@ class ServingConfig:
             base, side = self.default_task, input_type or TASK_INPUT_TYPES.get(task or "")
         else:
             base, side = _split_side(task)
-            side = side or input_type
+            # a task without its side: the request's, else the directory's default (jina-embeddings-v4: queries, as
+            # its own encode_text does)
+            side = side or input_type or self.default_input_type
         if base not in self.task_matrix:
             table = ", ".join(sorted(self.task_matrix))
             raise InvalidOption(f"model {self.served_model_name} has no task {task!r}; its tasks are {table}, each "
@@ -226,6 +228,8 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         declared = jina_v3.read_tasks(hf_config)
         tasks = {name: TaskSpec(prompt=declared.instructions[name], adapter=jina_v3.adapter_name(name))
                  for name in declared.names}
+    if not tasks and jina_v4.is_v4(hf_config):
+        tasks = {name: TaskSpec(prompt, adapter) for name, (prompt, adapter) in jina_v4.tasks(hf_config).items()}
     folder_adapters = _task_adapter_folders(model_dir, hf_config)
     if not tasks and folder_adapters:
         tasks = _adapter_matrix(folder_adapters, files.sentence_transformers)
@@ -234,6 +238,8 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
     default_task = explicit.get("default_task")
     if default_task is None:
         default_task = files.sentence_transformers.get("default_prompt_name")
+    if default_task is None and jina_v4.is_v4(hf_config):
+        default_task = jina_v4.DEFAULT_TASK
     activation = explicit.get("score_activation") or _saved_activation(hf_config)
     if activation not in SCORE_ACTIVATIONS.values():
         raise ModelDirectoryError(f"{CONFIG_FILE}: score_activation must be one of "
@@ -242,6 +248,8 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
     if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
         raise ModelDirectoryError(f"{CONFIG_FILE}: max_length must be an integer >= 8, not {max_length!r}")
     default_input_type = explicit.get("default_input_type")
+    if default_input_type is None and jina_v4.is_v4(hf_config):
+        default_input_type = jina_v4.DEFAULT_INPUT_TYPE
     if default_input_type is not None and default_input_type not in INPUT_TYPE_TASKS:
         raise ModelDirectoryError(f"{CONFIG_FILE}: default_input_type must be one of {', '.join(INPUT_TYPE_TASKS)}, "
                                   f"not {default_input_type!r}")
@@ -252,7 +260,8 @@ def read_serving_config(model_dir: Path, *, allow_pickle: bool = False, trust_re
         default_task=default_task,
         tasks=tasks,
         matryoshka_dimensions=tuple(int(d) for d in explicit.get("matryoshka_dimensions")
-                                    or (hf_config.get("matryoshka_dimensions") if lora_tasks else None) or ()),
+                                    or (hf_config.get("matryoshka_dimensions") if lora_tasks else None)
+                                    or (hf_config.get("matryoshka_dims") if jina_v4.is_v4(hf_config) else None) or ()),
         score_activation=activation,
         metering=parse_metering(explicit.get("metering"), CONFIG_FILE),
         backend=_backend(explicit.get("backend")),

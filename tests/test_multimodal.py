@@ -417,7 +417,7 @@ def test_preprocessed_pixels_waiting_for_the_model_are_bounded(clip_dir, monkeyp
     from model_handlers.errors import Overloaded, TooLarge
 
     one_image = 3 * 32 * 32 * 4
-    monkeypatch.setattr(multimodal, "_MAX_HELD_PIXEL_BYTES", 3 * one_image)
+    monkeypatch.setattr(multimodal, "MAX_HELD_PIXEL_BYTES", 3 * one_image)
     handler = load_handler(clip_dir)
     model = handler.model  # the kind's model: prepare without running, so that its items stay alive
     image = ImageInput(b64(encoded(picture(), "PNG")))

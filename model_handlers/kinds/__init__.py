@@ -31,6 +31,8 @@ KIND_MODULES = (
     "model_handlers.kinds.cross_encoder",
     "model_handlers.kinds.listwise_reranker",
     "model_handlers.kinds.generative_reranker",
+    # before multimodal, whose test for remote-code dual encoders would claim jina-embeddings-v4's config
+    "model_handlers.kinds.vl_embedding",
     "model_handlers.kinds.multimodal",
     "model_handlers.kinds.sparse",
     "model_handlers.kinds.bge_m3",
@@ -111,6 +113,10 @@ class Kind:
     # without torch when the serving config is read, so `serve` refuses a bad value before any worker starts.
     # The model finds what it returns in `ServingConfig.kind_settings`. Raises ModelDirectoryError.
     read_settings: Callable[[Path, Mapping[str, Any]], Any] | None = field(default=None, repr=False)
+    # Forms of embeddings that a request asking them beside the kind's own single vectors gets instead of those
+    # (jina-embeddings-v4's `return_multivector`: Jina's API answers it with the token vectors alone, under
+    # `embeddings`); any other kind answers them beside (BGE-M3).
+    instead: frozenset[str] = frozenset()
 
     @property
     def operations(self) -> frozenset[str]:
@@ -135,10 +141,16 @@ class Kind:
                 or next(spec.name for spec in operations.registered() if spec.embeddings))
 
     def resolve(self, request: Any) -> Any:
-        """`request` naming what it asks of this kind (`asked`): a typed request's `operation`, filled in."""
-        if request.operation is not None:
-            return request
-        return dataclasses.replace(request, operation=self.asked(None))
+        """`request` naming what it asks of this kind (`asked`): a typed request's `operation`, filled in; its own
+        single vectors replaced by a form asked beside them that this kind answers `instead`."""
+        if request.operation is None:
+            request = dataclasses.replace(request, operation=self.asked(None))
+        also = getattr(request, "also", ())
+        replacing = [name for name in also if name in self.instead]
+        if replacing and request.operation == self.embedding_operation:
+            request = dataclasses.replace(request, operation=replacing[0],
+                                          also=tuple(name for name in also if name != replacing[0]))
+        return request
 
 
 @lru_cache(maxsize=1)

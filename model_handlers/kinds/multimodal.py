@@ -16,7 +16,7 @@ ViT-B/32 at 224 px, 197 for a ViT-B/16), since a pass over that many patch token
 of that many tokens does; the padded-token budget then bounds image passes as it bounds text passes (1024 on
 CPU: 20 ViT-B/32 images a pass). Usage: texts count their tokens, images Jina's tile rule (serving config).
 
-Preprocessed pixels are float32 (600 KB a 224 px image): at most `_MAX_HELD_PIXEL_BYTES` of them wait for the
+Preprocessed pixels are float32 (600 KB a 224 px image): at most `MAX_HELD_PIXEL_BYTES` (model_handlers/pixels.py) of them wait for the
 model at once, beyond which image requests are refused at once (503, or 413 for a request too large alone).
 """
 
@@ -26,7 +26,6 @@ import inspect
 import logging
 import os
 import threading
-import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
@@ -34,12 +33,13 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from model_handlers import adapters, model_code
-from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError, Overloaded, TooLarge
+from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.images import Fetches, ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.lengths import Lengths
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.options import HandlerOptions
+from model_handlers.pixels import MAX_HELD_PIXEL_BYTES, HeldPixels
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
@@ -59,8 +59,6 @@ _FIXED_LENGTH_TEXT = frozenset({"siglip", "siglip2"})
 _DEFAULT_TEXT_LENGTH = 77
 # Vision sequence length when the config does not tell (a ViT-B/16 at 224 px has 197).
 _DEFAULT_IMAGE_LENGTH = 256
-# Preprocessed pixels that may wait for the model at once (float32): ~3,500 images of 224 px, ~1,500 of 336.
-_MAX_HELD_PIXEL_BYTES = 2 << 30
 _TAKES = "text and images"
 
 
@@ -91,36 +89,6 @@ class _Image:
     @property
     def nbytes(self) -> int:
         return sum(array.nbytes for array in self.arrays.values())
-
-
-class _HeldPixels:
-    """Bytes of preprocessed pixels alive in work items, across requests: freed as the items are."""
-
-    def __init__(self, cap: int):
-        self.cap = cap
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def hold(self, item: _Image, request_bytes: int) -> None:
-        """Count `item` until it is garbage; `request_bytes` is what its request already holds.
-
-        Raises:
-            TooLarge: the request's images alone exceed the cap. Overloaded: other requests' images fill it.
-        """
-        size = item.nbytes
-        if request_bytes + size > self.cap:
-            raise TooLarge(f"this request's images take more than {self.cap >> 20} MiB once preprocessed "
-                           f"({size >> 10} KiB each); send at most {max(1, self.cap // size)} images per request")
-        with self._lock:
-            if self._held + size > self.cap:
-                raise Overloaded("the server holds as many images as it may; retry shortly or send fewer images",
-                                 retry_after_s=1)
-            self._held += size
-        weakref.finalize(item, self._release, size)
-
-    def _release(self, size: int) -> None:
-        with self._lock:
-            self._held -= size
 
 
 class MultimodalModel:
@@ -165,7 +133,7 @@ class MultimodalModel:
         self._image_args = _accepted(self._model.get_image_features)
         self._image_length = _image_length(getattr(model_config, "vision_config", None))
         self._reader = ImageReader(options.images)
-        self._held = _HeldPixels(_MAX_HELD_PIXEL_BYTES)
+        self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
         # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
         self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
         self.width = int(self.forward([self.calibration_item(8)])[0][0].shape[-1])

@@ -129,6 +129,15 @@ def colbert(tmp_path_factory, minilm_dir):
 
 @pytest.fixture(scope="session")
 @implies("app")
+def jina_v4_dir(tmp_path_factory) -> Path:
+    """The tiny jina-embeddings-v4-shaped embedder (tests/models/jina_v4.py)."""
+    from models.jina_v4 import make_v4
+
+    return make_v4(tmp_path_factory.mktemp("models") / "tiny-jina-embeddings-v4")
+
+
+@pytest.fixture(scope="session")
+@implies("app")
 def generative_reranker_dir(tmp_path_factory) -> Path:
     """The tiny Qwen3-Reranker-shaped generative reranker (tests/models/generative_reranker.py)."""
     from models.generative_reranker import make_generative_reranker
