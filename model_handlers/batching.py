@@ -22,13 +22,38 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Hashable, Iterable, Protocol, Sequence, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 from model_handlers.deadline import Deadline
 from model_handlers.errors import HandlerError, ModelFailure, Overloaded, TooLarge
 
 logger = logging.getLogger(__name__)
+
+# The batcher and deadline of the request being prepared on this thread (`Batcher.preparing`), so that a kind's
+# prepare can refuse what cannot finish before spending on it (`foresee`); unset outside a pipeline's prepare.
+_PREPARING: ContextVar["tuple[Batcher, Deadline] | None"] = ContextVar("searchbox_preparing", default=None)
+
+
+@contextmanager
+def preparing(batcher: "Batcher", deadline: Deadline) -> Iterator[None]:
+    """Run a request's prepare knowing where its work will go and by when it must be done."""
+    token = _PREPARING.set((batcher, deadline))
+    try:
+        yield
+    finally:
+        _PREPARING.reset(token)
+
+
+def foresee(lengths: Iterable[int]) -> None:
+    """From a kind's prepare: refuse now (TooLarge, Overloaded) a request whose work, items of these lengths, could not
+    finish before its deadline; nothing to do outside a pipeline's prepare (a kind's own tests, calibration)."""
+    current = _PREPARING.get()
+    if current is not None:
+        batcher, deadline = current
+        batcher.foresee(lengths, deadline)
 
 
 class WorkItem(Protocol):
@@ -349,17 +374,37 @@ class Batcher(Generic[ItemT, OutT]):
             backlog = dict(self._backlog)
         return self.cost.seconds(backlog)
 
+    def foresee(self, lengths: Iterable[int], deadline: Deadline) -> None:
+        """Refuse now work of these item lengths (tokens) that could not finish before `deadline`, before it is made:
+        a kind calls it (through `foresee`) with what it knows of a request before its costly preparing (images'
+        visual tokens, from their headers, before any pixel is decoded).
+
+        Raises:
+            TooLarge, Overloaded: as `submit` would for the same work.
+        """
+        backlog = _tokens_by_bucket(lengths)
+        self._check_alone(backlog, deadline)
+        with self._cond:
+            ahead = self.cost.seconds(self._backlog)
+            if ahead + self.cost.seconds(backlog) > deadline.left():
+                raise Overloaded(
+                    f"the server is busy: the work queued ahead needs about {ahead:.0f} s, so this request would "
+                    "not finish in time; retry later", retry_after_s=self._retry_after_locked())
+
+    def _check_alone(self, backlog: dict[int, int], deadline: Deadline) -> None:
+        alone, left = self.cost.seconds(backlog, best=True), deadline.left()
+        if alone > left:
+            # parts filled to 80% of the time, so that each has room for the variance of a busy machine
+            raise TooLarge(f"this request needs about {alone:.0f} s of model time, more than the {max(0.0, left):.0f} s "
+                           f"it may take; split it into at least {math.ceil(alone / max(0.8 * left, 1e-3))} requests")
+
     def _enqueue(self, items: Sequence[ItemT], deadline: Deadline, timing: Timing | None = None) -> _Entry:
         future: Future = Future()
         entry = _Entry(items=items, future=future, deadline=deadline, timing=timing or Timing())
         if not items:
             future.set_result([])
             return entry
-        alone, left = self.cost.seconds(entry.backlog, best=True), deadline.left()
-        if alone > left:
-            # parts filled to 80% of the time, so that each has room for the variance of a busy machine
-            raise TooLarge(f"this request needs about {alone:.0f} s of model time, more than the {max(0.0, left):.0f} s "
-                           f"it may take; split it into at least {math.ceil(alone / max(0.8 * left, 1e-3))} requests")
+        self._check_alone(entry.backlog, deadline)
         with self._cond:
             if self._closed or self._draining:
                 raise Overloaded("the server is shutting down; retry on another instance", retry_after_s=1)

@@ -97,8 +97,30 @@ class ImageReader:
             return self._fetch(text, at, fetch_deadline)
         return _base64(text, at)
 
+    def size(self, data: bytes, at: str) -> tuple[int, int]:
+        """(width, height) of the image in `data`, read from its header alone (no pixel decoded), checked as `decode`
+        checks it."""
+        image = self._open(data, at)
+        try:
+            return image.size
+        finally:
+            image.close()
+
     def decode(self, data: bytes, at: str) -> "Image.Image":
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import ImageOps
+
+        image = self._open(data, at)
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+        except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: any decoder error is the image's fault
+            raise image_error(at, f"the {image.format} image cannot be decoded ({_reason(exc)}); send the whole "
+                                  "file") from None
+
+    def _open(self, data: bytes, at: str) -> "Image.Image":
+        """The image in `data`, its header read and checked (format, pixel count), no pixel decoded yet."""
+        from PIL import Image, UnidentifiedImageError
 
         if not data:
             raise image_error(at, "the image is empty")
@@ -117,13 +139,7 @@ class ImageReader:
                                   f"{self._options.max_pixels:,}; send a smaller image", "IMAGE_TOO_LARGE")
         if width < 1 or height < 1:
             raise image_error(at, f"the image is {width}x{height} pixels")
-        try:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
-        except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: any decoder error is the image's fault
-            raise image_error(at, f"the {image.format} image cannot be decoded ({_reason(exc)}); send the whole "
-                                  "file") from None
+        return image
 
     # --- URLs --------------------------------------------------------------------------------------
 
@@ -272,6 +288,7 @@ class Fetches:
         fetching = reader._options.fetch
         self._ahead = deque(i for i, (source, _) in enumerate(sources) if fetching and _is_url(source))
         self._started: dict[int, Future] = {}
+        self._inline: dict[int, bytes] = {}
         workers = min(FETCH_AHEAD, len(self._ahead))
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="fetch") if workers else None
         self._fill()
@@ -286,6 +303,21 @@ class Fetches:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def inline(self, at: str) -> bytes | None:
+        """The bytes of the input named `at` when it came in the body (base64, a data URI), else None (a URL): what
+        can be read before anything is fetched. Kept for `data`, which hands them over without decoding them again.
+
+        Raises:
+            InvalidInput: as `data`.
+        """
+        index = self._positions[at]
+        source = self._sources[index][0]
+        if _is_url(source):
+            return None
+        if index not in self._inline:
+            self._inline[index] = self._reader.data(source, at, self.deadline)
+        return self._inline[index]
+
     def data(self, at: str) -> bytes:
         """The encoded bytes of the input named `at`: decoded base64 or data URI, or its URL's body.
 
@@ -293,6 +325,8 @@ class Fetches:
             InvalidInput: INVALID_IMAGE, IMAGE_TOO_LARGE or IMAGE_URL_NOT_ALLOWED, naming `at` and why.
         """
         index = self._positions[at]
+        if index in self._inline:
+            return self._inline.pop(index)
         source = self._sources[index][0]
         future = self._started.pop(index, None)
         if future is None:

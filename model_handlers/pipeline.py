@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol, TypeVar
 
 import numpy as np
 
-from model_handlers import operations
+from model_handlers import batching, operations
 from model_handlers.batching import Batcher, Timing, WorkItem
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
@@ -121,7 +121,8 @@ class Pipeline:
             AssertionError: the model answered another number of outputs: a bug in a kind, never a caller's error.
         """
         self.admit(deadline)
-        work = prepare()
+        with batching.preparing(self._batcher, deadline):
+            work = prepare()
         outputs = [value for output in self.run_items(work.items, deadline, timing, work.adapters) for value in output]
         expected = len(work.items) if expected is None else expected
         if len(outputs) != expected:

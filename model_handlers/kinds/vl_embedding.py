@@ -31,7 +31,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
-from model_handlers import adapters, jina_v4
+from model_handlers import adapters, batching, jina_v4
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.images import Fetches, ImageReader
@@ -181,9 +181,11 @@ class VisionLanguageEmbeddingModel:
 
     def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool, what: str, fetches: Fetches,
                  wants: tuple[str, ...]) -> tuple[list[_Item], list[int]]:
-        """Each input's row and billed tokens, in input order."""
+        """Each input's row and billed tokens, in input order; refused at once, before any image is decoded, when the
+        rows it will make cannot finish in time (`_foresee`)."""
         texts = [(i, spec.prompt + item.text) for i, item in enumerate(inputs) if isinstance(item, TextInput)]
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([text for _, text in texts])))
+        self._foresee(inputs, what, fetches, [min(len(ids), self._tokenizer.room) for ids in contents.values()])
         items: list[_Item] = []
         tokens: list[int] = []
         held = 0
@@ -228,6 +230,17 @@ class VisionLanguageEmbeddingModel:
             token_counts.extend(len(c) + (len(prompt) if i == 0 else 0) for i, c in enumerate(contents[start:end]))
             start = end
         return Prepared(items, token_counts)
+
+    def _foresee(self, inputs: Sequence[EmbedInput], what: str, fetches: Fetches, texts: list[int]) -> None:
+        """Ask the batcher whether rows of these lengths can finish before the request's deadline: the texts', and
+        each image's that came in the body, from its header's size (a URL's image counts once fetched)."""
+        lengths = list(texts)
+        for index, item in enumerate(inputs):
+            data = fetches.inline(where(what, index)) if isinstance(item, ImageInput) else None
+            if data is not None:
+                width, height = self._reader.size(data, where(what, index))
+                lengths.append(len(self._image_prompt) - 1 + self._backbone.image_tokens(width, height))
+        batching.foresee(lengths)
 
     def _text_item(self, ids: np.ndarray, adapter: str | None, wants: tuple[str, ...]) -> _Item:
         return _Item(Row(ids), adapter, ((0, len(ids)),), ((0, len(ids)),), wants)
