@@ -103,15 +103,26 @@ class Backbone:
                                       f"searchbox reads vision-language models on {', '.join(_CLASSES)}")
         model_class = getattr(transformers, _CLASSES[kind])
         self.device = device
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # its load report lists Jina's heads, which are read below
         try:
-            self.model = model_class.from_pretrained(str(model_dir), dtype=weights_dtype(device),
-                                                     attn_implementation="sdpa", local_files_only=True,
-                                                     use_safetensors=True).to(device).eval()
+            model, info = model_class.from_pretrained(str(model_dir), dtype=weights_dtype(device),
+                                                      attn_implementation="sdpa", local_files_only=True,
+                                                      use_safetensors=True, output_loading_info=True)
             self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
             self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(model_dir), local_files_only=True,
                                                                             **dict(pixels or {}))
         except (OSError, ValueError, KeyError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a {kind} vision-language model: {exc}") from exc
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        # a tied output head is no missing weight; any other would answer from random weights
+        wrong = sorted(key for key in info.get("missing_keys") or () if key != "lm_head.weight") + sorted(
+            str(key) for key in info.get("mismatched_keys") or ())
+        if wrong:
+            raise ModelDirectoryError(f"{model_dir}: the checkpoint lacks or misshapes tensors the {kind} model needs "
+                                      f"({', '.join(wrong[:5])}); it would answer from random weights")
+        self.model = model.to(device).eval()
         self.model_dir = model_dir
         self.kind = kind
         self.dtype = next(self.model.parameters()).dtype

@@ -157,6 +157,23 @@ SAMPLES: Mapping[str, Samples] = {
         client_call='client.embed(texts=["hello", "world"])',
     ),
 }
+SAMPLES = {**SAMPLES, "vision-language-embedding": Samples(
+    # what `client.embed(texts=[...], image_bytes=[...], task_type=Task.RETRIEVAL_QUERY)` sends a v4 package
+    request={"data": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG, "id": "img-1"}],
+             "parameters": {"task": "retrieval.query", "late_chunking": False, "return_multivector": False}},
+    response={"data": [{"id": "3f2a9c4e0b1d4e7f8a6b5c4d3e2f1a0b", "embedding": [0.0123, -0.0456, 0.0789],
+                        "usage": {"total_tokens": 7}},
+                       {"id": "img-1", "embedding": [0.0321, 0.0654, -0.0987], "usage": {"total_tokens": 4}}],
+              "parameters": {"task": "retrieval.query", "late_chunking": False, "return_multivector": False}},
+    public_request={"input": [{"text": "A photo of a cat"}, {"image": SAMPLE_PNG}], "task": "retrieval.query",
+                    "dimensions": 128},
+    csv=SAMPLES["multimodal"].csv,
+    batch_output=('{"data":[{"id":"1","embedding":[0.0123,-0.0456,0.0789],"usage":{"total_tokens":9}},'
+                  '{"id":"2","embedding":[0.0321,0.0654,-0.0987],"usage":{"total_tokens":4}}],"parameters":{}}'),
+    client_call=('client.embed(texts=["A photo of a cat"], task_type=Task.RETRIEVAL_QUERY,\n'
+                 '                      image_bytes=[base64.b64encode(open("cat.png", "rb").read()).decode()],\n'
+                 '                      return_multivector=False)  # True: one 128-d vector per token'),
+)}
 # A listwise reranker (jina-reranker-v3) takes the same rerank bodies and answers them the same way.
 SAMPLES = {**SAMPLES, "listwise-reranker": SAMPLES["reranker"]}
 

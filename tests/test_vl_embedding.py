@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +201,33 @@ def test_images_that_cannot_finish_in_time_are_refused_before_decoding(app):
     with pytest.raises(InvalidInput, match="cannot be decoded"):
         pipeline.run(request)  # with time to spare, it is decoded, and fails as the broken image it is
     assert pipeline.forward_passes == passes
+
+
+def test_readme_examples_answer_as_written(tmp_path):
+    """README's jina-embeddings-v4: its build command, then each curl example run as written against that model,
+    answering what its comment shows."""
+    import subprocess
+    import sys
+
+    from helpers import readme_example, run_readme_examples, serving_over_http
+
+    block = readme_example("vision-language-embedding")
+    model_dir = tmp_path / "tiny-v4"
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, str(root / "examples" / "tiny_jina_vl.py"), "v4", str(model_dir)], check=True,
+                   capture_output=True, cwd=root)
+    with serving_over_http(model_dir) as served:
+        ran = run_readme_examples(block, served.url, root)
+    assert len(ran) == 4
+
+
+@pytest.mark.parametrize("body, task, side", [
+    ({}, "retrieval", "query"),  # no task: retrieval, read as a query (v4's own encode_text defaults)
+    ({"task": "retrieval"}, "retrieval", "query"),  # a task without its side: a query
+    ({"task": "code", "input_type": "document"}, "code", "passage"),  # or the side input_type names
+    ({"input_type": "document"}, "retrieval", "passage"),
+])
+def test_tasks_without_their_side(app, reference, body, task, side):
+    answer = embed(app, {"input": TEXTS, **body})
+    for item, vector in zip(answer["data"], reference.encode_text(TEXTS, task, side)):
+        assert cosine(item["embedding"], vector) >= PARITY

@@ -145,9 +145,10 @@ class Kind:
         single vectors replaced by a form asked beside them that this kind answers `instead`."""
         if request.operation is None:
             request = dataclasses.replace(request, operation=self.asked(None))
+        # only single-vector requests ask forms beside theirs (`EmbedRequest.also`)
         also = getattr(request, "also", ())
         replacing = [name for name in also if name in self.instead]
-        if replacing and request.operation == self.embedding_operation:
+        if replacing:
             request = dataclasses.replace(request, operation=replacing[0],
                                           also=tuple(name for name in also if name != replacing[0]))
         return request
