@@ -486,7 +486,8 @@ def artifact_classifiers(artifact: Path | None) -> list[Mapping[str, Any]]:
 def _client_imports(call: str) -> str:
     """The imports the listing's jina-sagemaker example needs for the kind's sample call."""
     lines = ["import base64"] if "base64." in call else []
-    lines.append("from jina_sagemaker import Client" + (", InputType" if "InputType." in call else ""))
+    enums = [name for name in ("InputType", "Task") if f"{name}." in call]  # what the kind's call names
+    lines.append(", ".join(["from jina_sagemaker import Client", *enums]))
     return "\n".join(lines)
 
 

@@ -188,6 +188,39 @@ def test_colbert_package_queries_and_documents(python, colbert, colbert_server):
         assert min(cosine(a, b) for a, b in zip(vectors, wanted)) >= PARITY
 
 
+def test_embeddings_v4_package(python, jina_v4_dir):
+    """jina-sagemaker's v4 body (contract.md §2j): texts and image bytes, a task and dimensions, then token vectors;
+    answers against tests/jina_v4_reference.py (v4's own encode_text / encode_image re-implemented)."""
+    from helpers import serving_over_http
+    from jina_v4_reference import JinaV4Reference
+
+    (first, first_image), (_, second_image) = png(1), png(2)
+    images = [base64.b64encode(first).decode(), base64.b64encode(png(2)[0]).decode()]
+    with serving_over_http(jina_v4_dir) as server:
+        answers, sent = call(python, server, "jina-embeddings-v4",
+                             ("embed", {"texts": TEXTS, "image_bytes": images, "task_type": "retrieval.query",
+                                        "dimensions": 16}),
+                             ("embed", {"texts": TEXTS[:1], "return_multivector": True}))
+    assert sent == [
+        {"data": [{"text": t} for t in TEXTS] + [{"image": i} for i in images],
+         "parameters": {"task": "retrieval.query", "dimensions": 16, "late_chunking": False,
+                        "return_multivector": False}},
+        {"data": [{"text": TEXTS[0]}],
+         "parameters": {"task": "text-matching", "dimensions": None, "late_chunking": False,
+                        "return_multivector": True}}]
+    reference = JinaV4Reference(jina_v4_dir)
+    expected = (reference.encode_text(TEXTS, "retrieval", "query", truncate_dim=16)
+                + reference.encode_image([first_image, second_image], "retrieval", truncate_dim=16))
+    got = embeddings(answers[0])
+    assert got.shape == (4, 16)
+    for row, vector in zip(got, expected):
+        assert cosine(row, vector) >= PARITY
+    (item,) = answers[1]
+    np.testing.assert_allclose(np.asarray(item["embeddings"]),
+                               reference.encode_text(TEXTS[:1], "text-matching", return_multivector=True)[0],
+                               atol=1e-4)
+
+
 # --- the listing's Python, run as written ------------------------------------------------------------------------
 
 def listing_code(usage: str, heading: str) -> str:
@@ -250,7 +283,8 @@ SERVED = {"embedding": ("server", "minilm_dir", "jina-embeddings-v3"),
           "multimodal": ("clip_server", "clip_dir", "jina-clip-v2"),
           "multi-vector": ("colbert_server", "colbert", "jina-colbert-v2"),
           "sparse": ("splade_server", "splade_dir", "splade-v3"),
-          "bge-m3": ("bge_m3_server", "bge_m3_safetensors_dir", "bge-m3")}
+          "bge-m3": ("bge_m3_server", "bge_m3_safetensors_dir", "bge-m3"),
+          "vision-language-embedding": ("jina_v4_server", "jina_v4_dir", "jina-embeddings-v4")}
 
 
 def _served(kind: str, request, tmp_path: Path):
@@ -261,7 +295,8 @@ def _served(kind: str, request, tmp_path: Path):
     return request.getfixturevalue(server), model_dir, slug
 
 
-@pytest.mark.parametrize("kind", ["embedding", "reranker", "multimodal", "multi-vector", "sparse", "bge-m3"])
+@pytest.mark.parametrize("kind", ["embedding", "reranker", "multimodal", "multi-vector", "sparse", "bge-m3",
+                                  "vision-language-embedding"])
 def test_the_listings_python_runs_as_written(python, kind, listed, request, tmp_path):
     """Each kind's listing shows boto3 and jina-sagemaker code: both run against a server of that kind and get what
     the same body gets from the server itself."""
