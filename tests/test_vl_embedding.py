@@ -231,3 +231,19 @@ def test_tasks_without_their_side(app, reference, body, task, side):
     answer = embed(app, {"input": TEXTS, **body})
     for item, vector in zip(answer["data"], reference.encode_text(TEXTS, task, side)):
         assert cosine(item["embedding"], vector) >= PARITY
+
+
+def test_batch_transform_csv_rows_of_text_url_and_bytes(app, reference):
+    """Batch transform's CSV for images (`id,text,url,bytes`, as for CLIP): each row one input, its vector v4's."""
+    picture = png(IMAGES[0])
+    body = (f"1,{TEXTS[0]},,\n"
+            f'"2","","","{picture}"\n'
+            f'"3","","data:image/png;base64,{picture}",""\n')
+    answer = app.post("/invocations", data=body, headers={"Content-Type": "text/csv"})
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["data"]
+    assert [row["id"] for row in rows] == ["1", "2", "3"]
+    expected = reference.encode_text(TEXTS[:1], "retrieval", "query") + reference.encode_image(IMAGES[:1], "retrieval")
+    for row, vector in zip(rows, expected + expected[1:]):
+        assert cosine(row["embedding"], vector) >= PARITY
+    assert [row["usage"]["total_tokens"] for row in rows][1:] == [reference.visual_tokens(IMAGES[0])] * 2
