@@ -64,6 +64,7 @@ ENV_IMAGE_FETCH = "SEARCHBOX_IMAGE_FETCH"
 ENV_IMAGE_FETCH_TIMEOUT = "SEARCHBOX_IMAGE_FETCH_TIMEOUT_S"
 ENV_IMAGE_FETCH_MAX_MB = "SEARCHBOX_IMAGE_FETCH_MAX_MB"
 ENV_IMAGE_FETCH_ALLOW_HOSTS = "SEARCHBOX_IMAGE_FETCH_ALLOW_HOSTS"
+ENV_PDF_MAX_PAGES = "SEARCHBOX_PDF_MAX_PAGES"
 ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
 ENV_CLASSIFY_LABELS = "SEARCHBOX_CLASSIFY_LABELS"
 ENV_CLASSIFIER = "SEARCHBOX_CLASSIFIER"
@@ -256,7 +257,7 @@ SETTINGS = (
             f"timeout ({ENV_BATCH_TIMEOUT})", "unset", "batch_job", _flag, False),
     Setting(ENV_MAX_INPUTS, "inputs (or documents) per request; a batch-transform CSV body is a batch, not one "
             f"request: its rows (at most {ENV_MAX_BATCH_ROWS}) go to the model in requests of this many",
-            "2048", "max_inputs", _number(int), 2048),
+            "2048", "max_inputs", _number(int), 2048, handler="max_inputs"),
     Setting(ENV_THREADS, "gunicorn threads of the single worker; nginx lets at most this many minus 4 requests in at "
             "once and answers the rest 503 at once", "128", "threads", _number(int), 128),
     Setting(ENV_MAX_BATCH_TOKENS, "padded tokens per forward pass",
@@ -322,6 +323,9 @@ SETTINGS = (
     Setting(ENV_IMAGE_FETCH_ALLOW_HOSTS, "comma-separated host names fetched although they resolve to loopback or "
             "private addresses (an internal image store); link-local and metadata addresses stay refused", "none",
             "image_fetch_allow_hosts", _host_names, handler="images.fetch_allow_hosts"),
+    Setting(ENV_PDF_MAX_PAGES, "pages one PDF input may have, counted before any page is rendered (400 "
+            "PDF_TOO_MANY_PAGES above); each page is an input, and counts against "
+            f"{ENV_MAX_INPUTS}", "32", "pdf_max_pages", _number(int), handler="images.pdf_max_pages"),
     Setting(ENV_ALLOW_PICKLE, "1/true/yes: load pickled .bin weights (refused by default: unpickling runs code)",
             "off", "allow_pickle", _flag, handler="allow_pickle"),
     Setting(ENV_TRUST_REMOTE_CODE, "1/true/yes: run a model directory's remote code (auto_map modules) that no "

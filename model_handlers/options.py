@@ -29,6 +29,8 @@ class ImageOptions:
     # Host names fetched even though they resolve to loopback or private addresses (an internal image store;
     # tests); metadata and link-local addresses stay refused whatever the name.
     fetch_allow_hosts: tuple[str, ...] = ()
+    # Pages one PDF input may have (model_handlers/pdf.py): each is rendered and read as an image.
+    pdf_max_pages: int = 32
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class HandlerOptions:
     # Padded tokens (longest x count) one forward pass may hold; None: the device's default (below).
     max_batch_tokens: int | None = None
     max_batch_items: int = 256
+    # Inputs one request may make: the server refuses longer lists before they reach a model; a model that reads a
+    # PDF as its pages counts each page as an input (a row of the answer).
+    max_inputs: int = 2048
     # How long a caller waits for its rows before getting an Overloaded error, when the server gives no deadline:
     # below SageMaker's 60 s real-time invocation limit, so that the caller gets the answer or the 503 + Retry-After
     # it can act on before its own client gives up (the margin covers transfer and a busy machine's variance).
