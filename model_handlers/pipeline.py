@@ -111,11 +111,12 @@ class Pipeline:
             self._batcher.admit(deadline)
 
     def execute(self, prepare: Callable[[], W], deadline: Deadline, timing: Timing | None,
-                expected: int | None = None) -> tuple[W, list[np.ndarray]]:
+                expected: int | Callable[[W], int] | None = None) -> tuple[W, list[np.ndarray]]:
         """The one run template of every operation that runs the model: admission first (a refusal costs no
         tokenizing), then `prepare()` on the caller's thread, then the work's items in forward passes shared with
         other callers. Returns the work and its outputs, flattened in item order (a packed late-chunking item answers
-        several): `expected` of them, or one per item when None.
+        several): `expected` of them (`expected(work)` when it is a function: a PDF's pages are known once it is
+        prepared), or one per item when None.
 
         Raises:
             AssertionError: the model answered another number of outputs: a bug in a kind, never a caller's error.
@@ -124,7 +125,7 @@ class Pipeline:
         with batching.preparing(self._batcher, deadline):
             work = prepare()
         outputs = [value for output in self.run_items(work.items, deadline, timing, work.adapters) for value in output]
-        expected = len(work.items) if expected is None else expected
+        expected = len(work.items) if expected is None else expected(work) if callable(expected) else expected
         if len(outputs) != expected:
             raise AssertionError(f"the model answered {len(outputs)} outputs for {expected}; this is a bug")
         return work, outputs

@@ -34,11 +34,13 @@ class ImageInput:
 
 @dataclass(frozen=True)
 class OtherInput:
-    """An input of a modality no served kind reads yet (`audio`, `video`, `pdf`: newer clients send them).
+    """An input of another modality (`audio`, `video`, `pdf`: newer clients send them).
 
-    Parsed rather than refused by the parser, so that the model refuses it with 400 UNSUPPORTED_INPUT naming
-    the input and what the model takes, as for an image sent to a text model. `source` is what was sent (a
-    string; empty when it was none), kept so that anything echoing inputs can render it.
+    Parsed rather than refused by the parser: a model whose class says it reads the modality (`modalities`, see
+    `reads`) reads it (a `pdf` as its pages: model_handlers/pdf.py), any other refuses it with 400
+    UNSUPPORTED_INPUT naming the input and what the model takes, as for an image sent to a text model. `source` is
+    what was sent (a URL, base64 or a data URI; empty when it was not a string), kept so that anything echoing
+    inputs can render it.
     """
 
     kind: str
@@ -58,6 +60,12 @@ def modality(item: EmbedInput) -> str:
     if isinstance(item, ImageInput):
         return "image"
     return item.kind
+
+
+def reads(model: object, kind: str) -> bool:
+    """Whether `model` reads inputs of modality `kind` ("image", "pdf"): its class lists them in `modalities`; a
+    model that lists none reads text only."""
+    return kind in getattr(model, "modalities", ("text",))
 
 
 def counted(inputs: Sequence[EmbedInput]) -> str:
@@ -115,6 +123,9 @@ class EmbedRequest:
     # None, the served model's own (the SageMaker envelope and batch transform: a client sends the same body to every
     # model); the served kind resolves None (`Kind.resolve`).
     operation: str | None = None
+    # The answer has a row per page of a PDF input (the dialect renders each row's `page`); False: a PDF is refused,
+    # as the answer holds one row per input (classification, other projects' bodies).
+    pages: bool = False
     # A LoRA adapter the endpoint holds, for every input (the body's `adapter`, or SageMaker's adapter header);
     # it takes the place of the adapter the task selects. None: the task's (or none).
     adapter: str | None = None
@@ -153,18 +164,34 @@ class EmbedRequest:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a row of an embeddings answer comes from: its input's index and, for a page of a PDF, the page's number
+    (1-based; None for any other input)."""
+
+    index: int
+    page: int | None = None
+
+
+@dataclass(frozen=True)
 class EmbedResult:
     """One float32 vector per input, in input order, already cut to `dimensions` and normalised as asked.
 
-    A multi-vector model answers a matrix per input instead: one row per kept token.
+    A multi-vector model answers a matrix per input instead: one row per kept token. A PDF input answers a row per
+    page, in page order where it stood (`origins`).
     """
 
     vectors: list[np.ndarray]
-    token_counts: list[int]
+    token_counts: list[int]  # each row's
     model: str
     operation: str  # the form of embeddings the vectors are (the request's, resolved)
-    # the other forms asked beside it (`EmbedRequest.also`): operation name -> one answer per input, in input order
+    # the other forms asked beside it (`EmbedRequest.also`): operation name -> one answer per row, in row order
     also: Mapping[str, list] = field(default_factory=dict)
+    # each row's origin; empty: row i is input i's (no input answered several rows)
+    origins: tuple[Origin, ...] = ()
+
+    def origin(self, row: int) -> Origin:
+        """Where row `row` comes from."""
+        return self.origins[row] if self.origins else Origin(row)
 
     @property
     def total_tokens(self) -> int:

@@ -15,7 +15,9 @@ import orjson
 from container.encodings import EmbeddingType, Encoding
 from container.errors import BadRequest, ValidationFailed
 from model_handlers import operations
-from model_handlers.types import INPUT_TYPE_TASKS, EmbedInput, EmbedRequest, ImageInput, OtherInput, TextInput
+from model_handlers.types import (
+    INPUT_TYPE_TASKS, EmbedInput, EmbedRequest, ImageInput, Origin, OtherInput, TextInput,
+)
 
 IMAGE_KEYS = ("image", "url", "bytes")
 # Modalities newer clients send that no kind reads yet: parsed so that the model refuses them by index (400).
@@ -269,7 +271,10 @@ def input_schema() -> dict[str, Any]:
                                                                       "allows fetching), base64 or a data URI; "
                                                                       "multimodal models only"}))
     for key in OTHER_KEYS:
-        branches.append(keyed(key, {"description": "read by no model yet: refused by index"}))
+        branches.append(keyed(key, {"description": "a PDF (base64, a data URI, or an http(s) URL when the operator "
+                                                   "allows fetching), read as its pages by models that read images; "
+                                                   "otherwise refused by index" if key == "pdf" else
+                                                   "read by no model yet: refused by index"}))
     return {"oneOf": branches}
 
 
@@ -281,6 +286,14 @@ def render_input(item: EmbedInput) -> dict[str, str]:
     if isinstance(item, ImageInput):
         return {item.key: item.source}
     return {item.kind: item.source}
+
+
+PAGE_SCHEMA = {"type": "integer", "minimum": 1, "description": "the page (1-based) of the PDF input this row is"}
+
+
+def origin(origin: Origin) -> dict[str, int]:
+    """An embeddings row's `index` (its input's), and `page` for a PDF's page."""
+    return {"index": origin.index} if origin.page is None else {"index": origin.index, "page": origin.page}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 `{"input", ...}` asks for one form of embeddings: single vectors on POST /v1/embeddings (dialects/embed.py), token
 vectors on POST /v1/multi-vector (dialects/multi_vector.py); on /invocations it asks for whichever the served
 model makes, and the answer takes that model's form: `{"model", "object": "list", "usage", "data": [{"object",
-"index", <key>}]}` with the form's key and usage (its `EmbeddingForm`).
+"index", <key>}]}` with the form's key and usage (its `EmbeddingForm`). A PDF input answers an item per page, each
+with its input's `index` and its `page`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def decode_embeddings(body: Any, operation: str | None) -> Decoded:
     """`{"input", ...}` asking for `operation` (None: the served model's own form of embeddings)."""
     inputs = fields.input_list(body, '{"input": ["text", ...]}')
     request, encoding = fields.embed_request(inputs, body)
-    request = replace(request, operation=operation)
+    request = replace(request, operation=operation, pages=True)
 
     def render(result: EmbedResult) -> dict[str, Any]:
         form = dialects.named(result.operation).form
@@ -29,9 +30,9 @@ def decode_embeddings(body: Any, operation: str | None) -> Decoded:
             "object": "list",
             "usage": dict.fromkeys(form.usage, result.total_tokens),
             # each item's value goes out as numpy (orjson writes it whole: no Python work per float)
-            "data": [{"object": form.key, "index": index, form.key: form.value(vector, encoding),
-                      **form.render_also(result.also, index, encoding)}
-                     for index, vector in enumerate(result.vectors)],
+            "data": [{"object": form.key, **fields.origin(result.origin(row)), form.key: form.value(vector, encoding),
+                      **form.render_also(result.also, row, encoding)}
+                     for row, vector in enumerate(result.vectors)],
         }
 
     return Decoded(request, render, encoding)
@@ -63,7 +64,8 @@ def response_schema(form: dialects.EmbeddingForm) -> dict[str, Any]:
                       "properties": {key: {"type": "integer"} for key in form.usage}},
             "data": {"type": "array", "items": {
                 "type": "object", "required": ["object", "index", form.key],
-                "properties": {"object": {"const": form.key}, "index": {"type": "integer"}, form.key: form.schema(),
+                "properties": {"object": {"const": form.key}, "index": {"type": "integer"},
+                               "page": fields.PAGE_SCHEMA, form.key: form.schema(),
                                **dialects.beside_schemas()}}},
         },
     }

@@ -53,10 +53,10 @@ class Runner(Protocol):
     config: Any  # the model directory's ServingConfig (the tasks it declares)
 
     def execute(self, prepare: "Callable[[], W]", deadline: Deadline, timing: Timing | None,
-                expected: int | None = None) -> "tuple[W, list[Any]]":
+                expected: "int | Callable[[W], int] | None" = None) -> "tuple[W, list[Any]]":
         """The one run template: admit, `prepare()` the work (on the caller's thread), run its items in forward passes
         shared with other callers (holding the LoRA adapters it names); the work and its outputs, flattened in item
-        order, `expected` of them (None: one per item)."""
+        order, `expected` of them (a function of the work, when the work says how many; None: one per item)."""
 
 
 class Work(Protocol):

@@ -18,7 +18,7 @@ from model_handlers.batching import Timing, WorkItem
 from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption
 from model_handlers.operations import OperationSpec, Runner
-from model_handlers.types import EmbedRequest, EmbedResult, TextInput, counted
+from model_handlers.types import EmbedRequest, EmbedResult, Origin, TextInput, counted, modality, reads
 
 EMBED = "embed"
 
@@ -32,9 +32,15 @@ class Prepared:
     """
 
     items: Sequence[WorkItem]
-    token_counts: list[int]
+    token_counts: list[int]  # each row's: an input's, or each page's of a PDF input
     # the LoRA adapters the items name: held (loaded, and never unloaded) until the request is answered
     adapters: tuple[str, ...] = ()
+    # each output row's origin, when an input makes several (a PDF: a row per page); empty: one row per input
+    origins: tuple[Origin, ...] = ()
+
+    def rows(self, inputs: int) -> int:
+        """The output rows the model answers for a request of `inputs` inputs."""
+        return len(self.origins) if self.origins else inputs
 
 
 @runtime_checkable
@@ -69,12 +75,13 @@ def run_forms(pipeline: Runner, request: EmbedRequest, deadline: Deadline, timin
     each form asked beside it answers its part of the same pass."""
     request = request.with_default_input_type(pipeline.default_input_type)
     prepared, outputs = pipeline.execute(lambda: pipeline.model.prepare_embed(request), deadline, timing,
-                                         len(request.inputs))
+                                         lambda prepared: prepared.rows(len(request.inputs)))
     answers = {name: [operations.named(name).answer(pipeline.model, request, output[name] if request.also else output)
                       for output in outputs]
                for name in (request.operation, *request.also)}
     return EmbedResult(vectors=answers.pop(request.operation), token_counts=prepared.token_counts,
-                       model=pipeline.model_name, operation=request.operation, also=answers)
+                       model=pipeline.model_name, operation=request.operation, also=answers,
+                       origins=tuple(prepared.origins))
 
 
 def check_also(request: EmbedRequest, model: object, model_name: str) -> None:
@@ -124,6 +131,15 @@ def makes_single_vectors(model_class: type) -> bool:
         for spec in operations.registered())
 
 
+def answer_rows(pipeline: Runner, request: EmbedRequest) -> int:
+    """At most the rows of the answer: one per input, or, where the model reads PDFs, as many as a PDF may have pages
+    (an upper bound, known before any PDF is opened: the answer's size is bounded before the model runs)."""
+    if not request.pages or not reads(pipeline.model, "pdf"):
+        return len(request.inputs)
+    pdfs = sum(modality(item) == "pdf" for item in request.inputs)
+    return len(request.inputs) + pdfs * (pipeline.options.images.pdf_max_pages - 1)
+
+
 def _summary(request: EmbedRequest, result: EmbedResult) -> str:
     return f"embedded {counted(request.inputs)} into {result.vectors[0].shape[-1]} dimensions"
 
@@ -142,4 +158,5 @@ SPEC = OperationSpec(
     form="one vector per input",
     answer=lambda model, request, output: finish(output, request),
     answered_by=makes_single_vectors,
+    answer_rows=answer_rows,
 )
