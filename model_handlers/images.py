@@ -13,7 +13,7 @@
   reserved or a cloud metadata address (names listed in `fetch_allow_hosts` may be loopback or private);
   the connection goes to the address that was checked, so a DNS answer cannot change between the check
   and the connection. Redirects are followed by hand, each hop checked the same way; the body is capped in bytes
-  and must be an image (or octet-stream).
+  and must be an image, a PDF (for a PDF input) or octet-stream.
 - **One deadline per request** (`Fetches`): DNS, connects, redirects and bodies of all a request's URLs end by
   it. URLs are fetched concurrently, at most `FETCH_AHEAD` ahead of the input being read, so a request of many
   URLs neither waits for them one after another nor holds all their bodies at once. Name resolution runs on a
@@ -63,7 +63,8 @@ _METADATA = {ipaddress.ip_address(a) for a in (
     "100.100.100.200",  # Alibaba Cloud metadata
     "fd00:ec2::254",  # AWS metadata over IPv6
 )}
-_CONTENT_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+# application/pdf: a PDF input's URL is fetched by the same machinery (model_handlers/pdf.py reads the bytes)
+_CONTENT_TYPES = ("image/", "application/pdf", "application/octet-stream", "binary/octet-stream")
 SEND_INLINE = "send the image as base64 or a data URI (data:image/png;base64,...) instead"
 
 
@@ -186,7 +187,7 @@ class ImageReader:
         path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
         named = f"[{host}]" if ":" in host else host
         host_header = named if port == default_port else f"{named}:{port}"
-        headers = {"Host": host_header, "User-Agent": "searchbox", "Accept": "image/*"}
+        headers = {"Host": host_header, "User-Agent": "searchbox", "Accept": "image/*, application/pdf"}
         last_error: Exception | None = None
         for address in self._addresses(host, port, at, deadline):
             left = deadline - time.monotonic()

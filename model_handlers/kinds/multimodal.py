@@ -7,8 +7,11 @@ layout: a config with `text_config` and `vision_config`, loaded with the vendore
 
 On the caller's thread (`prepare_embed`, `prepare_rerank`), in input order: texts are tokenized with the
 model's tokenizer (task prompts prepended, cut or refused at the max length like any text); images are read by
-`images.ImageReader` (decoded, checked, upright, RGB) and preprocessed by the model's own image processor. A bad
-image fails its own request, never a batch. On the batcher's thread (`forward`), a pass is all texts (grouped
+`images.ImageReader` (decoded, checked, upright, RGB) and preprocessed by the model's own image processor. A PDF is
+read as its pages (model_handlers/pdf.py: every PDF of the request opened, counted and checked before any page is
+rendered; each page rendered so that its shorter side reaches the processor's size, then read as an image): an
+embeddings answer has a row per page, a rerank document scores as its best page. A bad image or PDF fails its own
+request, never a batch. On the batcher's thread (`forward`), a pass is all texts (grouped
 by fixed-length padding) or all images of one pixel shape: `get_text_features` or `get_image_features`.
 
 Batching: an image counts as the vision tower's sequence length in tokens (patches + class token: 50 for a
@@ -32,7 +35,7 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from model_handlers import adapters, model_code
+from model_handlers import adapters, model_code, pdf
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.images import Fetches, ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
@@ -40,11 +43,11 @@ from model_handlers.lengths import Lengths
 from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.options import HandlerOptions
 from model_handlers.pixels import MAX_HELD_PIXEL_BYTES, HeldPixels
-from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
+from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import (
-    EmbedInput, EmbedRequest, ImageInput, RerankRequest, TextInput, unsupported, where,
+    EmbedInput, EmbedRequest, ImageInput, Origin, RerankRequest, TextInput, modality, unsupported, where,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,7 +62,7 @@ _FIXED_LENGTH_TEXT = frozenset({"siglip", "siglip2"})
 _DEFAULT_TEXT_LENGTH = 77
 # Vision sequence length when the config does not tell (a ViT-B/16 at 224 px has 197).
 _DEFAULT_IMAGE_LENGTH = 256
-_TAKES = "text and images"
+_TAKES = "text, images and PDFs"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class MultimodalModel:
     """A dual encoder serving text and image embeddings in one space."""
 
     rerank_scoring = "the cosine of query and document embeddings in the shared text-image space"
+    # what it reads (types.reads): a PDF as its pages, each page an image
+    modalities = frozenset({"text", "image", "pdf"})
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
@@ -133,6 +138,9 @@ class MultimodalModel:
         self._image_args = _accepted(self._model.get_image_features)
         self._image_length = _image_length(getattr(model_config, "vision_config", None))
         self._reader = ImageReader(options.images)
+        self._image_options = options.images
+        self._max_inputs = options.max_inputs
+        self._page_resolution = _page_resolution(self._image_processor, getattr(model_config, "vision_config", None))
         self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
         # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
         self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
@@ -145,23 +153,29 @@ class MultimodalModel:
             raise InvalidOption(f"model {self.model_name} embeds each input alone (texts and images): late_chunking "
                                 "is not available; leave it out or set it to false", code="UNSUPPORTED_OPTION")
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
-        self._check_inputs(request.inputs, "input")
+        self._check_inputs(request.inputs, "input", pages=request.pages)
         with self._fetches(("input", request.inputs)) as fetches:
-            items, tokens = self._prepare(list(request.inputs), spec, request.truncate, "input", fetches)
-        return Prepared(items, tokens, adapters=adapters.held(self.adapters, items, request.adapter))
+            pdfs = pdf.read_inputs(request.inputs, "input", fetches, self._page_resolution, self._image_options,
+                                   max_rows=self._max_inputs)
+            items, tokens, origins = self._prepare(list(request.inputs), spec, request.truncate, "input", fetches, pdfs)
+        return Prepared(items, tokens, adapters=adapters.held(self.adapters, items, request.adapter),
+                        origins=origins if pdfs else ())
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query, then every document: an image is one input, a long text document one input per window.
 
         Scores are cosines in the shared space; texts take the `retrieval.*` tasks' prompts when the model has them.
         """
-        self._check_inputs([request.query], "the query")
-        self._check_inputs(request.documents, "document")
+        self._check_inputs([request.query], "the query", pages=False)
+        self._check_inputs(request.documents, "document", pages=True)
         with self._fetches(("the query", [request.query]), ("document", request.documents)) as fetches:
             return self._prepare_rerank(request, max_windows, fetches)
 
     def _prepare_rerank(self, request: RerankRequest, max_windows: int, fetches: Fetches) -> RerankWork:
-        query, query_tokens = self._prepare([request.query], self.config.resolve_task("retrieval.query",
+        pdfs = pdf.read_inputs(request.documents, "document", fetches, self._page_resolution, self._image_options)
+        # a PDF's pages are its windows: too many are refused before any is rendered
+        check_window_count(sum(document.pages for document in pdfs.values()), max_windows)
+        query, query_tokens, _ = self._prepare([request.query], self.config.resolve_task("retrieval.query",
                                                                                       adapter=request.adapter),
                                             True, "the query", fetches)
         spec = self.config.resolve_task("retrieval.passage", adapter=request.adapter)
@@ -177,6 +191,10 @@ class MultimodalModel:
                 windows = [_Text(self._tokenizer.wrap(np.concatenate([prompt, window])), self._text_group, spec.adapter)
                            for window in windowing.split(contents[index])]
                 return windows, sum(window.length for window in windows)
+            if index in pdfs:
+                pages, tokens = self._pages(pdfs[index], held, spec.adapter)
+                held += sum(page.nbytes for page in pages)
+                return pages, sum(tokens)
             image, tokens = self._image(where("document", index), fetches, held, spec.adapter)
             held += image.nbytes
             return [image], tokens
@@ -202,15 +220,18 @@ class MultimodalModel:
     def _fetches(self, *groups: tuple[str, Sequence[EmbedInput]]) -> Fetches:
         """The image inputs of one request, `(what, inputs)` in the order they are read, under one fetch deadline."""
         return self._reader.fetches([(item.source, where(what, index)) for what, inputs in groups
-                                     for index, item in enumerate(inputs) if isinstance(item, ImageInput)])
+                                     for index, item in enumerate(inputs)
+                                     if isinstance(item, ImageInput) or modality(item) == "pdf"])
 
-    def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool, what: str,
-                 fetches: Fetches) -> tuple[list[Any], list[int]]:
-        """Work items and billed tokens of `inputs` (checked by `_check_inputs`), in input order."""
+    def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool, what: str, fetches: Fetches,
+                 pdfs: Mapping[int, pdf.Pdf] | None = None) -> tuple[list[Any], list[int], tuple[Origin, ...]]:
+        """Work items, billed tokens and origins of the rows of `inputs` (checked by `_check_inputs`), in input order:
+        a row per input, a row per page of a PDF (`pdfs`: those of `inputs`, opened by `_pdfs`)."""
         texts = [(i, spec.prompt + item.text) for i, item in enumerate(inputs) if isinstance(item, TextInput)]
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
         items: list[Any] = []
         tokens: list[int] = []
+        origins: list[Origin] = []
         held = 0
         for index, item in enumerate(inputs):
             if isinstance(item, TextInput):
@@ -218,32 +239,58 @@ class MultimodalModel:
                 text = _Text(self._tokenizer.wrap(content), self._text_group, spec.adapter)
                 items.append(text)
                 tokens.append(text.length)
+                origins.append(Origin(index))
+            elif pdfs and index in pdfs:
+                pages, counts = self._pages(pdfs[index], held, spec.adapter)
+                held += sum(page.nbytes for page in pages)
+                items.extend(pages)
+                tokens.extend(counts)
+                origins.extend(Origin(index, number) for number in range(1, len(pages) + 1))
             else:
                 image, count = self._image(where(what, index), fetches, held, spec.adapter)
                 held += image.nbytes
                 items.append(image)
                 tokens.append(count)
-        return items, tokens
+                origins.append(Origin(index))
+        return items, tokens, tuple(origins)
 
-    def _check_inputs(self, inputs, what: str) -> None:
-        """Refuse what the model cannot read before any image is decoded, naming the first such input."""
+    def _check_inputs(self, inputs, what: str, pages: bool) -> None:
+        """Refuse what the model cannot read before any image is decoded, naming the first such input; a PDF only
+        where its pages have a place (`pages`: an embeddings answer's rows, a rerank document's windows)."""
         for index, item in enumerate(inputs):
-            if not isinstance(item, (TextInput, ImageInput)):
+            if modality(item) not in self.modalities:
                 raise unsupported(item, where(what, index), self.model_name, _TAKES)
+            if modality(item) == "pdf" and not pages:
+                raise pdf.unplaced(item, where(what, index), self.model_name)
 
     def _image(self, at: str, fetches: Fetches, held: int, adapter: str | None = None) -> tuple[_Image, int]:
         """The preprocessed image of the input named `at` and the tokens it is billed (Jina's tile rule)."""
         data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
         with self._decoding:
             image = self._reader.decode(data, at)
-            width, height = image.size
-            try:
-                arrays = self._image_processor(images=[image], return_tensors="np")
-            except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
-                raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
-                                   f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
-            finally:
-                image.close()
+            return self._processed(image, at, held, adapter)
+
+    def _pages(self, document: pdf.Pdf, held: int, adapter: str | None) -> tuple[list[_Image], list[int]]:
+        """The preprocessed pages of `document` and the tokens each is billed (each page the image it is)."""
+        pages, tokens = [], []
+        with self._decoding:
+            for number, page in enumerate(document.render(), start=1):
+                image, count = self._processed(page, f"{document.at}, page {number}", held, adapter)
+                held += image.nbytes
+                pages.append(image)
+                tokens.append(count)
+        return pages, tokens
+
+    def _processed(self, image, at: str, held: int, adapter: str | None) -> tuple[_Image, int]:
+        """`image` through the model's image processor (closed after), held, and the tokens it is billed."""
+        width, height = image.size
+        try:
+            arrays = self._image_processor(images=[image], return_tensors="np")
+        except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
+            raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
+                               f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
+        finally:
+            image.close()
         processed = _Image({name: value for name, value in arrays.items() if isinstance(value, np.ndarray)},
                            self._image_length, adapter)
         self._held.hold(processed, held)
@@ -310,6 +357,20 @@ def _accepted(method) -> frozenset[str] | None:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
         return None
     return frozenset(p.name for p in parameters)
+
+
+def _page_resolution(image_processor, vision_config) -> pdf.Resolution:
+    """How large a PDF page is rendered for this model: its shorter side at the size the processor resizes the shorter
+    side to (CLIP's `shortest_edge`), or as many pixels as the processor's fixed size (SigLIP's height x width), else
+    the vision tower's `image_size` a side: never smaller than what the processor makes of it."""
+    size = getattr(image_processor, "size", None)
+    size = size if isinstance(size, Mapping) else {}
+    if isinstance(size.get("shortest_edge"), int):
+        return pdf.Resolution(shortest_side=size["shortest_edge"])
+    if isinstance(size.get("height"), int) and isinstance(size.get("width"), int):
+        return pdf.Resolution(pixels=size["height"] * size["width"], shortest_side=min(size["height"], size["width"]))
+    side = getattr(vision_config, "image_size", None)
+    return pdf.Resolution(shortest_side=side if isinstance(side, int) else 224)
 
 
 def _image_length(vision_config) -> int:
