@@ -173,6 +173,8 @@ def read(data: bytes, at: str, resolution: Resolution, options: ImageOptions) ->
         raise pdf_error(at, "the PDF is empty")
     if _MAGIC not in data[:_MAGIC_WITHIN]:
         raise pdf_error(at, "not a PDF (a PDF file begins with %PDF-)")
+    import pypdfium2
+
     with _PDFIUM:
         document = _open(data, at)
         try:
@@ -181,6 +183,8 @@ def read(data: bytes, at: str, resolution: Resolution, options: ImageOptions) ->
                 raise pdf_error(at, f"the PDF has {pages} pages, over the limit of {options.pdf_max_pages} pages per "
                                     "PDF; send fewer pages (split the PDF)", "PDF_TOO_MANY_PAGES")
             points = [document.get_page_size(index) for index in range(pages)]
+        except pypdfium2.PdfiumError as exc:
+            raise pdf_error(at, f"the PDF's pages cannot be read ({str(exc)[:200]}); send the whole file") from None
         finally:
             document.close()
     if not pages:

@@ -279,6 +279,8 @@ def test_a_page_that_would_render_over_the_pixel_limit_is_refused_before_renderi
     (b64(b"\x89PNG\r\n\x1a\n" + b"\0" * 64), ("not a PDF",)),
     (b64(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n trailer garbage"), ("cannot be read",)),
     (b64(encrypted_pdf()), ("encrypted",)),
+    # a page tree that counts three pages and holds one: PDFium opens it, then cannot measure pages 2 and 3
+    (b64(make_pdf(pattern(1)).replace(b"/Count 1", b"/Count 3")), ("pages cannot be read",)),
     ("", ("empty or not a string",)),
     ("not base64 at all!", ("neither base64",)),
 ])
