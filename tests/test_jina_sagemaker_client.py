@@ -194,13 +194,21 @@ def test_embeddings_v4_package(python, jina_v4_dir):
     from helpers import serving_over_http
     from jina_v4_reference import JinaV4Reference
 
+    from test_vl_embedding import two_page_pdf
+
     (first, first_image), (_, second_image) = png(1), png(2)
+    pdf_data, pages = two_page_pdf()
     images = [base64.b64encode(first).decode(), base64.b64encode(png(2)[0]).decode()]
     with serving_over_http(jina_v4_dir) as server:
         answers, sent = call(python, server, "jina-embeddings-v4",
                              ("embed", {"texts": TEXTS, "image_bytes": images, "task_type": "retrieval.query",
                                         "dimensions": 16}),
-                             ("embed", {"texts": TEXTS[:1], "return_multivector": True}))
+                             ("embed", {"texts": TEXTS[:1], "return_multivector": True}),
+                             ("embed", {"pdf_url": f"data:application/pdf;base64,{pdf_data}"}))
+    assert sent[2] == {"data": {"pdf": f"data:application/pdf;base64,{pdf_data}"},
+                       "parameters": {"task": "text-matching", "dimensions": None, "late_chunking": False,
+                                      "return_multivector": False}}
+    sent = sent[:2]
     assert sent == [
         {"data": [{"text": t} for t in TEXTS] + [{"image": i} for i in images],
          "parameters": {"task": "retrieval.query", "dimensions": 16, "late_chunking": False,
@@ -219,6 +227,10 @@ def test_embeddings_v4_package(python, jina_v4_dir):
     np.testing.assert_allclose(np.asarray(item["embeddings"]),
                                reference.encode_text(TEXTS[:1], "text-matching", return_multivector=True)[0],
                                atol=1e-4)
+    # the v4 PDF body: a row per page, each the page's own vector, the pages numbered
+    assert [item["page"] for item in answers[2]] == [1, 2]
+    for item, vector in zip(answers[2], reference.encode_image(pages, "text-matching")):
+        assert cosine(item["embedding"], vector) >= PARITY
 
 
 # --- the listing's Python, run as written ------------------------------------------------------------------------

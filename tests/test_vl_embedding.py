@@ -166,7 +166,7 @@ def test_refusals_name_what_is_wrong(app):
     assert_error(app.post("/v1/embeddings", {"input": TEXTS, "task": "separation"}), 422, "UNKNOWN_TASK",
                  "retrieval", "text-matching", "code")
     assert_error(app.post("/v1/embeddings", {"input": [{"audio": "UklGRg=="}]}), 400, "UNSUPPORTED_INPUT",
-                 "input 0", "text and images")
+                 "input 0", "text, images and PDFs")
     assert_error(app.post("/v1/embeddings", {"input": [TEXTS[0], {"image": png(IMAGES[0])}],
                                              "late_chunking": True}), 422, None, "late_chunking")
     assert_error(app.post("/v1/embeddings", {"input": [{"image": "bm90IGFuIGltYWdl"}]}), 400, "INVALID_IMAGE",
@@ -247,3 +247,49 @@ def test_batch_transform_csv_rows_of_text_url_and_bytes(app, reference):
     for row, vector in zip(rows, expected + expected[1:]):
         assert cosine(row["embedding"], vector) >= PARITY
     assert [row["usage"]["total_tokens"] for row in rows][1:] == [reference.visual_tokens(IMAGES[0])] * 2
+
+
+def two_page_pdf() -> tuple[str, list[Image.Image]]:
+    """A two-page PDF (Pillow's writer, one picture a page) as base64, and its pages as pypdfium2 renders them at v4's
+    pixel budget (README: a page is rendered to about the processor's max_pixels): the reference's inputs."""
+    import math
+
+    import pypdfium2
+
+    pages = [image(4).copy(), image(5, (80, 120)).copy()]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:])
+    document = pypdfium2.PdfDocument(buffer.getvalue())
+    rendered = []
+    for page in document:
+        width, height = page.get_size()
+        rendered.append(page.render(scale=math.sqrt(602112 / (width * height))).to_pil().convert("RGB"))
+    return base64.b64encode(buffer.getvalue()).decode(), rendered
+
+
+def test_a_pdf_is_its_pages_each_v4s_own_vectors(app, reference):
+    data, pages = two_page_pdf()
+    body = {"input": [TEXTS[0], {"pdf": data}], "task": "retrieval.passage"}
+    single = embed(app, body)
+    assert [(row["index"], row.get("page")) for row in single["data"]] == [(0, None), (1, 1), (1, 2)]
+    expected = reference.encode_text(TEXTS[:1], "retrieval", "passage") + reference.encode_image(pages, "retrieval")
+    for row, vector in zip(single["data"], expected):
+        assert cosine(row["embedding"], vector) >= PARITY
+    assert single["usage"]["total_tokens"] == (reference.text_tokens(TEXTS[0], "retrieval", "passage")
+                                               + sum(reference.visual_tokens(page) for page in pages))
+    multi = embed(app, {**body, "return_multivector": True})
+    expected = (reference.encode_text(TEXTS[:1], "retrieval", "passage", return_multivector=True)
+                + reference.encode_image(pages, "retrieval", return_multivector=True))
+    for row, matrix in zip(multi["data"], expected):
+        np.testing.assert_allclose(np.asarray(row["embeddings"]), matrix, atol=1e-4)
+
+
+def test_a_pdf_document_reranks_as_its_best_page(app, reference):
+    data, pages = two_page_pdf()
+    answer = app.post("/v1/rerank", {"query": "a picture", "documents": [TEXTS[0], {"pdf": data}]}).json()
+    query = reference.encode_text(["a picture"], "retrieval", "query", return_multivector=True)[0]
+    page_scores = [float((query @ matrix.T).max(axis=1).sum())
+                   for matrix in reference.encode_image(pages, "retrieval", return_multivector=True)]
+    (hit,) = [hit for hit in answer["results"] if hit["index"] == 1]
+    assert hit["relevance_score"] == pytest.approx(max(page_scores), rel=1e-4)
+    assert hit["document"] == {"pdf": data}

@@ -27,11 +27,11 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from model_handlers import adapters, batching, jina_v4
+from model_handlers import adapters, batching, jina_v4, pdf
 from model_handlers.adapters import RowAdapters
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.images import Fetches, ImageReader
@@ -43,13 +43,15 @@ from model_handlers.operations.embed import EMBED, Prepared
 from model_handlers.operations.multi_vector import MULTI_VECTOR
 from model_handlers.options import HandlerOptions
 from model_handlers.qwen_vl import Backbone, Pixels, Row
-from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
+from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedInput, EmbedRequest, ImageInput, RerankRequest, TextInput, unsupported, where
+from model_handlers.types import (
+    EmbedInput, EmbedRequest, ImageInput, Origin, RerankRequest, TextInput, modality, unsupported, where,
+)
 
 FORMS = frozenset({EMBED, MULTI_VECTOR})
-_TAKES = "text and images"
+_TAKES = "text, images and PDFs"
 _GROUP = "vision-language"
 # the vision tower's layers, whose inputs are image patches rather than rows (transformers' module names)
 _VISION = "model.visual."
@@ -77,6 +79,8 @@ class VisionLanguageEmbeddingModel:
 
     rerank_scoring = ("late interaction: for each token vector of the query its best cosine over the document's token "
                       "vectors, summed (MaxSim); texts and images alike")
+    # what it reads (types.reads): a PDF as its pages, each page an image
+    modalities = frozenset({"text", "image", "pdf"})
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
@@ -108,6 +112,10 @@ class VisionLanguageEmbeddingModel:
         self._tokenizer = TokenizerView.from_hf(backbone.tokenizer, self.max_length)
         self._image_prompt = backbone.encode(jina_v4.IMAGE_PROMPT)
         self._reader = ImageReader(options.images)
+        self._image_options = options.images
+        self._max_inputs = options.max_inputs
+        # a page rendered at the processor's pixel budget: larger only costs time, smaller loses what it would read
+        self._page_resolution = pdf.Resolution(pixels=backbone.max_pixels)
         self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
         # decoding a large photo takes a few hundred MB for a moment: at most one per core at once
         self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
@@ -118,43 +126,55 @@ class VisionLanguageEmbeddingModel:
     # --- on the caller's thread -----------------------------------------------------------------------------------
 
     def prepare_embed(self, request: EmbedRequest) -> Prepared:
-        self._check_inputs(request.inputs, "input")
+        self._check_inputs(request.inputs, "input", pages=request.pages)
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
         wants = (request.operation or EMBED, *request.also)
         if request.late_chunking:
             prepared = self._prepare_late_chunking(request, spec, wants)
         else:
             with self._fetches(("input", request.inputs)) as fetches:
-                items, tokens = self._prepare(list(request.inputs), spec, request.truncate, "input", fetches, wants)
-            prepared = Prepared(items, tokens)
+                pdfs = pdf.read_inputs(request.inputs, "input", fetches, self._page_resolution, self._image_options,
+                                       max_rows=self._max_inputs)
+                items, tokens, origins = self._prepare(list(request.inputs), spec, request.truncate, "input",
+                                                       fetches, wants, pdfs)
+            prepared = Prepared(items, tokens, origins=origins if pdfs else ())
         return replace(prepared, adapters=adapters.held(self.adapters, prepared.items, request.adapter))
 
     def vector_count(self, request: EmbedRequest) -> int:
         """The token vectors an answer holds, at most: a text's tokens; an image's prompt and the most visual tokens
-        an image may become (its size is not read before the request runs)."""
+        an image may become, a PDF's as many times as it may have pages (sizes are not read before the request
+        runs)."""
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
         texts = [spec.prompt + item.text for item in request.inputs if isinstance(item, TextInput)]
         image = len(self._image_prompt) - 1 + self._backbone.max_pixels // (self._backbone.patch
                                                                               * self._backbone.merge) ** 2
-        counted = sum(min(len(ids), self._tokenizer.room) for ids in self._tokenizer.encode(texts))
-        return counted + image * (len(request.inputs) - len(texts))
+        images = sum(self._image_options.pdf_max_pages if modality(item) == "pdf" else 1
+                     for item in request.inputs if not isinstance(item, TextInput))
+        return sum(min(len(ids), self._tokenizer.room) for ids in self._tokenizer.encode(texts)) + image * images
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query (`retrieval.query`), then every document (`retrieval.passage`): an image whole, a text in windows
         that fit the max length, each as token vectors; documents score by MaxSim."""
-        self._check_inputs([request.query], "the query")
-        self._check_inputs(request.documents, "document")
+        self._check_inputs([request.query], "the query", pages=False)
+        self._check_inputs(request.documents, "document", pages=True)
         wants = (MULTI_VECTOR,)
         query_spec = self.config.resolve_task("retrieval.query", adapter=request.adapter)
         spec = self.config.resolve_task("retrieval.passage", adapter=request.adapter)
         prompt = self._backbone.encode(spec.prompt.rstrip())
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
         with self._fetches(("the query", [request.query]), ("document", request.documents)) as fetches:
-            query, query_tokens = self._prepare([request.query], query_spec, True, "the query", fetches, wants)
+            pdfs = pdf.read_inputs(request.documents, "document", fetches, self._page_resolution, self._image_options)
+            # a PDF's pages are its windows: too many are refused before any is rendered
+            check_window_count(sum(document.pages for document in pdfs.values()), max_windows)
+            query, query_tokens, _ = self._prepare([request.query], query_spec, True, "the query", fetches, wants)
             held = sum(image.nbytes for item in query for image in item.row.images)
 
             def pieces(index: int, document: EmbedInput) -> tuple[list[_Item], int]:
                 nonlocal held
+                if index in pdfs:
+                    pages = self._pages(pdfs[index], held, spec.adapter, wants)
+                    held += sum(image.nbytes for item, _ in pages for image in item.row.images)
+                    return [item for item, _ in pages], sum(tokens for _, tokens in pages)
                 if isinstance(document, TextInput):
                     content = self._backbone.encode(spec.prompt + document.text)[len(prompt):]
                     made = [self._text_item(np.concatenate([prompt, window]), spec.adapter, wants)
@@ -180,26 +200,31 @@ class VisionLanguageEmbeddingModel:
         return _Item(Row(ids), None, ((0, len(ids)),), ((0, len(ids)),), (EMBED,))
 
     def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool, what: str, fetches: Fetches,
-                 wants: tuple[str, ...]) -> tuple[list[_Item], list[int]]:
-        """Each input's row and billed tokens, in input order; refused at once, before any image is decoded, when the
-        rows it will make cannot finish in time (`_foresee`)."""
+                 wants: tuple[str, ...], pdfs: Mapping[int, pdf.Pdf] | None = None,
+                 ) -> tuple[list[_Item], list[int], tuple[Origin, ...]]:
+        """The rows, billed tokens and origins of `inputs` in input order: a row per input, a row per page of a PDF
+        (`pdfs`: those of `inputs`, opened by pdf.read_inputs). Refused at once, before any image is decoded or page
+        rendered, when the rows cannot finish in time (`_foresee`)."""
+        pdfs = pdfs or {}
         texts = [(i, spec.prompt + item.text) for i, item in enumerate(inputs) if isinstance(item, TextInput)]
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([text for _, text in texts])))
-        self._foresee(inputs, what, fetches, [min(len(ids), self._tokenizer.room) for ids in contents.values()])
-        items: list[_Item] = []
-        tokens: list[int] = []
+        self._foresee(inputs, what, fetches, pdfs, [min(len(ids), self._tokenizer.room) for ids in contents.values()])
+        rows: list[tuple[_Item, int, Origin]] = []
         held = 0
         for index, item in enumerate(inputs):
             if isinstance(item, TextInput):
                 made = self._text_item(self._tokenizer.fit(contents[index], truncate, where(what, index)),
                                        spec.adapter, wants)
-                count = made.length
+                rows.append((made, made.length, Origin(index)))
+                continue
+            if index in pdfs:
+                pages = self._pages(pdfs[index], held, spec.adapter, wants)
+                rows += [(page, count, Origin(index, number)) for number, (page, count) in enumerate(pages, start=1)]
             else:
-                made, count = self._image_item(where(what, index), fetches, held, spec.adapter, wants)
-                held += sum(image.nbytes for image in made.row.images)
-            items.append(made)
-            tokens.append(count)
-        return items, tokens
+                image, count = self._image_item(where(what, index), fetches, held, spec.adapter, wants)
+                rows.append((image, count, Origin(index)))
+            held = sum(image.nbytes for row, _, _ in rows for image in row.row.images)
+        return [row for row, _, _ in rows], [count for _, count, _ in rows], tuple(origin for _, _, origin in rows)
 
     def _prepare_late_chunking(self, request: EmbedRequest, spec: TaskSpec, wants: tuple[str, ...]) -> Prepared:
         """Consecutive texts packed into as few rows as fit the max length (the prompt once, at the start of each);
@@ -231,15 +256,20 @@ class VisionLanguageEmbeddingModel:
             start = end
         return Prepared(items, token_counts)
 
-    def _foresee(self, inputs: Sequence[EmbedInput], what: str, fetches: Fetches, texts: list[int]) -> None:
-        """Ask the batcher whether rows of these lengths can finish before the request's deadline: the texts', and
-        each image's that came in the body, from its header's size (a URL's image counts once fetched)."""
+    def _foresee(self, inputs: Sequence[EmbedInput], what: str, fetches: Fetches, pdfs: Mapping[int, pdf.Pdf],
+                 texts: list[int]) -> None:
+        """Ask the batcher whether rows of these lengths can finish before the request's deadline: the texts', each
+        image's that came in the body, from its header's size, and each PDF page's, from the size it will be rendered
+        at (a URL's image counts once fetched)."""
+        image = len(self._image_prompt) - 1
         lengths = list(texts)
+        lengths += [image + self._backbone.image_tokens(width, height)
+                    for document in pdfs.values() for width, height in document.sizes]
         for index, item in enumerate(inputs):
             data = fetches.inline(where(what, index)) if isinstance(item, ImageInput) else None
             if data is not None:
                 width, height = self._reader.size(data, where(what, index))
-                lengths.append(len(self._image_prompt) - 1 + self._backbone.image_tokens(width, height))
+                lengths.append(image + self._backbone.image_tokens(width, height))
         batching.foresee(lengths)
 
     def _text_item(self, ids: np.ndarray, adapter: str | None, wants: tuple[str, ...]) -> _Item:
@@ -248,7 +278,24 @@ class VisionLanguageEmbeddingModel:
     def _image_item(self, at: str, fetches: Fetches, held: int, adapter: str | None,
                     wants: tuple[str, ...]) -> tuple[_Item, int]:
         """The row of the image input named `at`, and its billed tokens (its visual tokens)."""
-        pixels = self._pixels(at, fetches)
+        data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
+        with self._decoding:
+            return self._image_row(self._reader.decode(data, at), at, held, adapter, wants)
+
+    def _pages(self, document: pdf.Pdf, held: int, adapter: str | None,
+               wants: tuple[str, ...]) -> list[tuple[_Item, int]]:
+        """The row of each page of `document` (each page the image it is), and its billed tokens."""
+        rows = []
+        with self._decoding:
+            for number, page in enumerate(document.render(), start=1):
+                rows.append(self._image_row(page, f"{document.at}, page {number}", held, adapter, wants))
+                held += sum(image.nbytes for image in rows[-1][0].row.images)
+        return rows
+
+    def _image_row(self, image, at: str, held: int, adapter: str | None,
+                   wants: tuple[str, ...]) -> tuple[_Item, int]:
+        """The row of a decoded image (closed after), held against the pixel cap, and its visual tokens."""
+        pixels = self._pixels(image, at)
         self._held.hold(pixels, held)
         row = self._backbone.sequence(self._image_prompt, [pixels])
         start = int(np.flatnonzero(row.ids == self._backbone.vision_start_id)[0])
@@ -256,28 +303,30 @@ class VisionLanguageEmbeddingModel:
         # v4 pools an image over its vision span; its token vectors are every position of the row
         return _Item(row, adapter, ((start, end + 1),), ((0, row.length),), wants), pixels.tokens
 
-    def _pixels(self, at: str, fetches: Fetches) -> Pixels:
-        data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
-        with self._decoding:
-            image = self._reader.decode(data, at)
-            try:
-                return self._backbone.preprocess(image)
-            except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
-                width, height = image.size
-                raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
-                                   f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
-            finally:
-                image.close()
+    def _pixels(self, image, at: str) -> Pixels:
+        try:
+            return self._backbone.preprocess(image)
+        except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
+            width, height = image.size
+            raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
+                               f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
+        finally:
+            image.close()
 
     def _fetches(self, *groups: tuple[str, Sequence[EmbedInput]]) -> Fetches:
+        """The image and PDF inputs of one request, `(what, inputs)` in the order they are read, under one fetch
+        deadline."""
         return self._reader.fetches([(item.source, where(what, index)) for what, inputs in groups
-                                     for index, item in enumerate(inputs) if isinstance(item, ImageInput)])
+                                     for index, item in enumerate(inputs) if modality(item) in ("image", "pdf")])
 
-    def _check_inputs(self, inputs: Sequence[EmbedInput], what: str) -> None:
-        """Refuse what the model cannot read before any image is decoded, naming the first such input."""
+    def _check_inputs(self, inputs: Sequence[EmbedInput], what: str, pages: bool) -> None:
+        """Refuse what the model cannot read before any image is decoded, naming the first such input; a PDF only
+        where its pages have a place (`pages`: an embeddings answer's rows, a rerank document's windows)."""
         for index, item in enumerate(inputs):
-            if not isinstance(item, (TextInput, ImageInput)):
+            if modality(item) not in self.modalities:
                 raise unsupported(item, where(what, index), self.model_name, _TAKES)
+            if modality(item) == "pdf" and not pages:
+                raise pdf.unplaced(item, where(what, index), self.model_name)
 
     # --- on the batcher's thread ----------------------------------------------------------------------------------
 
