@@ -32,19 +32,21 @@ PREFIXES = {"query": "Query", "passage": "Passage"}
 
 
 class JinaV4Reference:
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, device: str = "cpu", dtype=torch.float32):
         from safetensors.torch import load_file
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
         model_dir = Path(model_dir)
         self.config = json.loads((model_dir / "config.json").read_text())
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.device = torch.device(device)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
         weights = load_file(str(model_dir / "model.safetensors"))
         projector = weights["multi_vector_projector.weight"]
         self.projector = torch.nn.Linear(projector.shape[1], projector.shape[0])
         with torch.no_grad():
             self.projector.weight.copy_(projector)
             self.projector.bias.copy_(weights["multi_vector_projector.bias"])
+        self.projector.to(device, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(model_dir))
         adapter_config = json.loads((model_dir / "adapters" / "adapter_config.json").read_text())
@@ -53,7 +55,7 @@ class JinaV4Reference:
         for key, tensor in load_file(str(model_dir / "adapters" / "adapter_model.safetensors")).items():
             module, _, rest = key.removeprefix("base_model.model.").partition(".lora_")
             part, task, _ = rest.split(".")
-            pairs.setdefault(module, {}).setdefault(task, {})[part] = tensor
+            pairs.setdefault(module, {}).setdefault(task, {})[part] = tensor.to(device, dtype)
         self.task: str | None = None
         for module, tasks in pairs.items():
             layer = self.projector if module == "multi_vector_projector" else self.model.get_submodule(module)
@@ -69,21 +71,22 @@ class JinaV4Reference:
     @torch.no_grad()
     def _outputs(self, batch, task: str, image: bool, truncate_dim: int | None, multivector: bool):
         self.task = task
+        batch = {name: value.to(self.device) for name, value in batch.items()}
         ids, mask = batch["input_ids"], batch["attention_mask"]
         extra = {}
         if image:
             mm = (ids == self.config["image_token_id"]).int()
             position_ids, _ = self.model.model.get_rope_index(ids, mm, image_grid_thw=batch["image_grid_thw"],
                                                               attention_mask=mask)
-            extra = dict(pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+            extra = dict(pixel_values=batch["pixel_values"].to(self.model.dtype), image_grid_thw=batch["image_grid_thw"],
                          position_ids=position_ids, mm_token_type_ids=mm)
         hidden = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False,
                             **extra).hidden_states[-1]
         if multivector:
             tokens = torch.nn.functional.normalize(self.projector(hidden), dim=-1) * mask.unsqueeze(-1)
-            return [row[m.bool()].numpy() for row, m in zip(tokens, mask)]
+            return [row[m.bool()].float().cpu().numpy() for row, m in zip(tokens, mask)]
         if image:
-            positions = torch.arange(ids.shape[1]).expand_as(ids)
+            positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
             start = torch.where(ids == self.config["vision_start_token_id"])[1].unsqueeze(1)
             end = torch.where(ids == self.config["vision_end_token_id"])[1].unsqueeze(1)
             span = ((positions >= start) & (positions <= end)).float()
@@ -93,7 +96,7 @@ class JinaV4Reference:
         vectors = torch.nn.functional.normalize(pooled, dim=-1)
         if truncate_dim is not None:
             vectors = torch.nn.functional.normalize(vectors[:, :truncate_dim], dim=-1)
-        return list(vectors.numpy())
+        return list(vectors.float().cpu().numpy())
 
     def encode_text(self, texts: list[str], task: str, prompt_name: str = "query", truncate_dim: int | None = None,
                     return_multivector: bool = False) -> list[np.ndarray]:
@@ -127,5 +130,5 @@ class JinaV4Reference:
     def hidden_states(self, text: str, task: str) -> np.ndarray:
         """The last hidden states of one raw text (no prefix added): late chunking's expected values pool these."""
         self.task = task
-        batch = self.tokenizer([text], return_tensors="pt")
-        return self.model(**batch, output_hidden_states=True, use_cache=False).hidden_states[-1][0].numpy()
+        batch = {name: value.to(self.device) for name, value in self.tokenizer([text], return_tensors="pt").items()}
+        return self.model(**batch, output_hidden_states=True, use_cache=False).hidden_states[-1][0].float().cpu().numpy()
