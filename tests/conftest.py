@@ -33,9 +33,8 @@ from container.settings import apply_library_environment
 from model_handlers.embedded import embedded_model_dir
 from models.fixtures import (bge_m3_dir, bge_m3_safetensors_dir, clip_dir, code_embeddings_dir,  # noqa: F401
                              colbert, embedding_gemma_dir, generative_reranker_dir, jina_colbert_dir,
-                             jina_reranker_dir, jina_reranker_v3_dir, jina_v3_dir, jina_v4_dir, jina_v5_text_dir,
-                             reranker_dir,
-                             splade_dir, splade_encoder)
+                             jina_m0_dir, jina_reranker_dir, jina_reranker_v3_dir, jina_v3_dir, jina_v4_dir,
+                             jina_v5_text_dir, reranker_dir, splade_dir, splade_encoder)
 from tiers import TIERS, declared_tiers, implies, tier_of
 
 # The models loaded in this process run as in the server's worker: offline, and torch's OpenMP threads sleeping

@@ -33,6 +33,8 @@ KIND_MODULES = (
     "model_handlers.kinds.generative_reranker",
     # before multimodal, whose test for remote-code dual encoders would claim jina-embeddings-v4's config
     "model_handlers.kinds.vl_embedding",
+    # before multimodal, likewise (jina-reranker-m0's config holds text_config and vision_config too)
+    "model_handlers.kinds.vl_reranker",
     "model_handlers.kinds.multimodal",
     "model_handlers.kinds.sparse",
     "model_handlers.kinds.bge_m3",

@@ -147,6 +147,15 @@ def generative_reranker_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 @implies("app")
+def jina_m0_dir(tmp_path_factory) -> Path:
+    """The tiny jina-reranker-m0-shaped vision-language reranker (tests/models/jina_vl.py)."""
+    from models.jina_vl import make_m0
+
+    return make_m0(tmp_path_factory.mktemp("models") / "tiny-jina-m0")
+
+
+@pytest.fixture(scope="session")
+@implies("app")
 def code_embeddings_dir(tmp_path_factory) -> Path:
     """The tiny jina-code-embeddings-shaped decoder embedder (tests/models/code_embeddings.py)."""
     from models.code_embeddings import make_code_embeddings
