@@ -13,7 +13,8 @@ jinaai/jina-embeddings-v4's `modeling_jina_embeddings_v4.py` and `custom_lora_mo
   (14-pixel patches merged 2x2, so one visual token covers 28x28 pixels);
 - **m0**: a `Qwen2VLForConditionalGeneration` saved by transformers (its checkpoint names: `model.layers.*`,
   `visual.*`) plus the scoring head Jina's `JinaVLForRanking` adds, `score.0` (hidden -> hidden) and `score.2`
-  (hidden -> 1), config.json naming `JinaVLForRanking`;
+  (hidden -> 1), config.json naming `JinaVLForRanking` with its auto_map to `modeling.py` (here a file that raises
+  when imported: searchbox reads the model natively);
 - **v4**: a `Qwen2_5_VLForConditionalGeneration` likewise, plus `multi_vector_projector` (hidden -> 128), config.json
   naming `JinaEmbeddingsV4Model` with its `task_names`, `matryoshka_dims` and `multi_vector_projector_dim`, and
   `adapters/`: one PEFT LoRA file whose every adapted layer holds one A/B pair per task (`lora_A.<task>.weight`), as
@@ -124,6 +125,9 @@ def build_m0(directory: str | Path, size: str = "tiny", seed: int = 5) -> Path:
     })
     _edit_config(target, architectures=["JinaVLForRanking"],
                  auto_map={"AutoModel": "modeling.JinaVLForRanking"})
+    # the published repository's code sits beside its auto_map; searchbox never imports it, so this one refuses to be
+    (target / "modeling.py").write_text('raise ImportError("the model\'s own modeling.py was imported: searchbox '
+                                        'reads JinaVLForRanking natively")\n')
     return target
 
 

@@ -6,8 +6,9 @@ empty; not valid JSON, or not the object it must be: refused, naming the file).
 
 `searchbox.json` (every key optional):
 
-    {"kind": "embedding" | "reranker" | "generative-reranker" | "listwise-reranker" | "multimodal" | "multi-vector"
-             | "sparse" | "bge-m3" (the registered kinds: model_handlers/kinds/__init__.py),
+    {"kind": "embedding" | "reranker" | "generative-reranker" | "listwise-reranker" | "vision-language-reranker"
+             | "multimodal" | "vision-language-embedding" | "multi-vector" | "sparse" | "bge-m3"
+             (the registered kinds: model_handlers/kinds/__init__.py),
      "served_model_name": "jina-embeddings-v3",
      "max_length": 8192,
      "default_task": "text-matching",

@@ -176,6 +176,28 @@ SAMPLES = {**SAMPLES, "vision-language-embedding": Samples(
 )}
 # A listwise reranker (jina-reranker-v3) takes the same rerank bodies and answers them the same way.
 SAMPLES = {**SAMPLES, "listwise-reranker": SAMPLES["reranker"]}
+_M0_DOCUMENTS = [{"text": "Berlin is the capital of Germany."}, {"image": SAMPLE_PNG}]
+SAMPLES = {**SAMPLES, "vision-language-reranker": Samples(
+    # the body jina-sagemaker sends an m0-style reranker: `data` a one-element list, text and image documents; each
+    # (query, document) pair is one row of the model, an image billed its visual tokens (one per 28x28 pixels after
+    # the processor's resize: 4 for this 8x8 PNG, enlarged to 56x56)
+    request={"data": [{"documents": _M0_DOCUMENTS, "query": "What is the capital of Germany?", "top_n": 2}]},
+    response={"data": [{"query_usage": {"total_tokens": 16}, "docs_usage": {"total_tokens": 38},
+                        "results": [{"index": 0, "relevance_score": 0.91, "document": _M0_DOCUMENTS[0],
+                                     "usage": {"total_tokens": 23}},
+                                    {"index": 1, "relevance_score": 0.12, "document": _M0_DOCUMENTS[1],
+                                     "usage": {"total_tokens": 15}}]}],
+              "parameters": {}},
+    public_request={"query": "capital of Germany?", "documents": ["Berlin ...", {"image": SAMPLE_PNG}], "top_n": 1},
+    csv=('"q1","What is the capital of Germany?","[""Berlin is the capital of Germany."", '
+         f'{{""image"": ""{SAMPLE_PNG}""}}]","2"\n'
+         '"q2","How do embeddings work?","[""Embeddings map text to vectors."", ""Paris is in France.""]","1"\n'),
+    batch_output=('{"data":[{"id":"q1","query_usage":{"total_tokens":16},"docs_usage":{"total_tokens":38},'
+                  '"results":[{"index":0,"relevance_score":0.91,"document":{"text":"Berlin is the capital of '
+                  'Germany."},"usage":{"total_tokens":23}}]}],"parameters":{}}'),
+    client_call=('client.rerank(query="What is the capital of Germany?",\n'
+                 '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
+)}
 
 
 def of(kind: str) -> Samples:

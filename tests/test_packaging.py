@@ -409,7 +409,7 @@ def test_every_kind_has_samples_and_the_public_route_of_what_they_ask():
     from model_handlers import kinds
 
     routes = {"embedding": "/v1/embeddings", "reranker": "/v1/rerank", "generative-reranker": "/v1/rerank",
-              "listwise-reranker": "/v1/rerank",
+              "listwise-reranker": "/v1/rerank", "vision-language-reranker": "/v1/rerank",
               "multimodal": "/v1/embeddings",
               "multi-vector": "/v1/multi-vector", "sparse": "/v1/sparse-embeddings", "bge-m3": "/v1/embeddings"}
     assert sorted(kinds.names()) == sorted(routes)
@@ -550,7 +550,8 @@ def test_azure_loader_rejects_a_broken_deployment(product, tmp_path):
 
 
 @pytest.mark.parametrize("model, kind", [("generative_reranker_dir", "generative-reranker"),
-                                         ("reranker_dir", "reranker")])
+                                         ("reranker_dir", "reranker"),
+                                         ("jina_m0_dir", "vision-language-reranker")])
 def test_a_rerankers_listing_says_how_it_scores_and_whether_it_takes_an_instruction(raw_catalog, tmp_path, request,
                                                                                      model, kind):
     """README (Generative rerankers): a generative reranker takes an `instruction`, a cross-encoder refuses it; the
@@ -564,6 +565,10 @@ def test_a_rerankers_listing_says_how_it_scores_and_whether_it_takes_an_instruct
     if model == "generative_reranker_dir":
         assert "a generative reranker" in usage and "yes/no judgement" in usage
         assert "`instruction` is what the judge is told to look for" in usage
+    elif model == "jina_m0_dir":
+        # README (Vision-language rerankers): texts and images on either side, no instruction
+        assert "text and image queries and documents" in usage and "either side a text or an image" in usage
+        assert "`instruction` is refused (422 INVALID_OPTION)" in usage
     else:
         assert "a cross-encoder reads each (query, document) pair" in usage
         assert "`instruction` is refused (422 INVALID_OPTION)" in usage

@@ -76,8 +76,8 @@ class VisionLanguageRerankerModel:
     """Serves a `JinaVLForRanking` directory natively: transformers' Qwen2-VL and the checkpoint's score head."""
 
     width = None  # it makes scores, no vectors
-    rerank_scoring = ("pointwise: a vision-language model reads each (query, document) pair, texts or images, and "
-                      "scores it from its last position")
+    rerank_scoring = ("pointwise, multimodal: a vision-language model's score of each (query, document) pair, either "
+                      "side a text or an image")
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
