@@ -191,6 +191,25 @@ def test_the_jina_sagemaker_body_round_trips(app, reference):
         assert result["document"] == documents[result["index"]]
 
 
+def test_batch_transform_rows_with_image_documents(app, reference):
+    """contract §4: `id,query,documents(JSON),top_n` rows, the documents' JSON holding text and image items."""
+    image = {"image": encoded(IMAGES[0])}
+    rows = [("q-1", QUERY, [DOCUMENTS[0], image, DOCUMENTS[1]]), ("q-2", "which animal jumps", DOCUMENTS[1:3])]
+    body = "".join(f'{row_id},{query},"{json.dumps(documents).replace(chr(34), chr(34) * 2)}"\n'
+                   for row_id, query, documents in rows)
+    response = app.post("/invocations", data=body, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 200, response.text
+    answers = response.json()["data"]
+    assert [answer["id"] for answer in answers] == ["q-1", "q-2"]
+    texts = reference.compute_score([(QUERY, DOCUMENTS[0]), (QUERY, DOCUMENTS[1])])
+    first = [texts[0], reference.compute_score([(QUERY, IMAGES[0])], doc_type="image")[0], texts[1]]
+    second = reference.compute_score([("which animal jumps", document) for document in DOCUMENTS[1:3]])
+    for answer, expected in zip(answers, (first, second)):
+        assert [hit["index"] for hit in answer["results"]] == expected_ranking(expected)
+        assert np.allclose([hit["relevance_score"] for hit in answer["results"]], sorted(expected, reverse=True),
+                           atol=TOLERANCE)
+
+
 def test_a_long_text_document_scores_its_best_window(jina_m0_dir, reference, tokenizer, tmp_path):
     model_dir = tmp_path / "windows"
     shutil.copytree(jina_m0_dir, model_dir)
@@ -256,6 +275,16 @@ def test_a_bad_image_fails_its_own_request_naming_it(app, reference):
     answer = ranking(app, {"query": QUERY, "documents": [DOCUMENTS[0]]})
     assert abs(answer["results"][0]["relevance_score"] - reference.compute_score([(QUERY, DOCUMENTS[0])])[0]) \
         < TOLERANCE
+
+
+def test_a_text_holding_the_image_placeholder_is_refused_by_name(app):
+    """The tokenizer reads `<|image_pad|>` in a text as an image's place: a row would hold a pad without its image."""
+    passes = app.runtime.handler.forward_passes
+    assert_error(app.post("/v1/rerank", {"query": QUERY, "documents": [DOCUMENTS[0], "see <|image_pad|> here"]}),
+                 400, "INVALID_INPUT", "document 1", "<|image_pad|>")
+    assert_error(app.post("/v1/rerank", {"query": "<|image_pad|>", "documents": [DOCUMENTS[0]]}),
+                 400, "INVALID_INPUT", "the query")
+    assert app.runtime.handler.forward_passes == passes
 
 
 def test_an_image_over_the_servers_pixel_limit_is_refused_before_any_pass(app):

@@ -39,6 +39,7 @@ from model_handlers.lengths import Lengths
 from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
 from model_handlers.pixels import MAX_HELD_PIXEL_BYTES, HeldPixels
+from model_handlers.qwen_vl import IMAGE_PAD
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
@@ -119,8 +120,13 @@ class VisionLanguageRerankerModel:
             for index, item in enumerate(inputs):
                 if not isinstance(item, (TextInput, ImageInput)):
                     raise unsupported(item, where(what, index), self.model_name, _TAKES)
+                if isinstance(item, TextInput) and IMAGE_PAD in item.text:
+                    # the tokenizer reads it as the placeholder of an image the row does not hold
+                    raise InvalidInput(f"{where(what, index)} holds {IMAGE_PAD}, the model's image placeholder; send "
+                                       "images as image items, and texts without it")
+        # in the order they are read: the query's image first (every pair holds it), then the documents'
         sources = [(item.source, where(what, index)) for what, inputs in
-                   (("document", request.documents), ("the query", [request.query]))
+                   (("the query", [request.query]), ("document", request.documents))
                    for index, item in enumerate(inputs) if isinstance(item, ImageInput)]
         with self._reader.fetches(sources) as fetches:
             return self._prepare(request, max_windows, fetches)
