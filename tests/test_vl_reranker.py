@@ -13,6 +13,8 @@ import base64
 import io
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from helpers import assert_error, serving
 from jina_reranker_m0_reference import M0Reference
 
 pytestmark = pytest.mark.app
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))  # the listing's samples, its load check
 
 QUERY = "what is the capital of Germany"
 DOCUMENTS = [
@@ -323,3 +326,27 @@ def test_a_text_only_reranker_still_refuses_image_documents(reranker_dir):
         assert_error(app.post("/v1/rerank", {"query": QUERY, "documents": [DOCUMENTS[0],
                                                                            {"image": encoded(IMAGES[0])}]}),
                      400, "UNSUPPORTED_INPUT", "document 1 is an image")
+
+
+def test_the_artifacts_load_check_answers_the_listings_sample(jina_m0_dir, reference):
+    """packaging's load check sends the kind's sample (the m0 body jina-sagemaker sends: a text and an 8x8 PNG
+    document) through the server's own engine: it must score them as compute_score does."""
+    import _samples
+    import build_artifact
+
+    from model_handlers import read_serving_config
+
+    config = read_serving_config(jina_m0_dir)
+    _, figures, body = build_artifact._smoke_test(jina_m0_dir, config, "cpu")
+    sample = _samples.of("vision-language-reranker").request["data"][0]
+    query, (text, image) = sample["query"], sample["documents"]
+    png = Image.open(io.BytesIO(base64.b64decode(image["image"]))).convert("RGB")
+    expected = [reference.compute_score([(query, text["text"])])[0],
+                reference.compute_score([(query, png)], doc_type="image")[0]]
+    results = json.loads(body)["data"][0]["results"]
+    assert sorted(r["index"] for r in results) == [0, 1]
+    for result in results:
+        assert abs(result["relevance_score"] - expected[result["index"]]) < TOLERANCE
+    assert figures.inputs == 2
+    assert figures.tokens == reference.row_tokens(query, text["text"]) + reference.row_tokens(query, png,
+                                                                                             doc_type="image")
