@@ -410,7 +410,7 @@ def test_every_kind_has_samples_and_the_public_route_of_what_they_ask():
 
     routes = {"embedding": "/v1/embeddings", "reranker": "/v1/rerank", "generative-reranker": "/v1/rerank",
               "listwise-reranker": "/v1/rerank", "vision-language-reranker": "/v1/rerank",
-              "multimodal": "/v1/embeddings",
+              "multimodal": "/v1/embeddings", "vision-language-embedding": "/v1/embeddings",
               "multi-vector": "/v1/multi-vector", "sparse": "/v1/sparse-embeddings", "bge-m3": "/v1/embeddings"}
     assert sorted(kinds.names()) == sorted(routes)
     for name, route in routes.items():

@@ -350,3 +350,31 @@ def test_the_artifacts_load_check_answers_the_listings_sample(jina_m0_dir, refer
     assert figures.inputs == 2
     assert figures.tokens == reference.row_tokens(query, text["text"]) + reference.row_tokens(query, png,
                                                                                              doc_type="image")
+
+
+def test_a_request_that_cannot_finish_is_refused_from_its_images_headers(app):
+    """An image document's visual tokens are known from its header (600x400: 21 x 14 = 294 tokens, model time): with no
+    time left, the request is refused before any pixel is decoded, even pixels that are no image at all."""
+    import time
+
+    from model_handlers.deadline import Deadline
+    from model_handlers.errors import InvalidInput, TooLarge
+    from model_handlers.types import ImageInput, RerankRequest, TextInput
+
+    header = io.BytesIO()
+    picture(600, 400, 6).save(header, "PNG")
+    corrupt = base64.b64encode(header.getvalue()[:200] + bytes(5000)).decode()  # a PNG's header, then no pixels
+    pipeline = app.runtime.handler
+    for request in (RerankRequest(query=TextInput(QUERY), documents=(ImageInput(corrupt),)),
+                    RerankRequest(query=ImageInput(corrupt), documents=(TextInput(DOCUMENTS[0]),))):
+        passes = pipeline.forward_passes
+        with pytest.raises(TooLarge, match="model time"):
+            pipeline.run(request, Deadline(time.monotonic(), admitted=True))
+        with pytest.raises(InvalidInput, match="cannot be decoded"):
+            pipeline.run(request)  # with time to spare, it is decoded, and fails as the broken image it is
+        assert pipeline.forward_passes == passes
+
+
+def test_a_pdf_document_is_refused_by_name(app):
+    assert_error(app.post("/v1/rerank", {"query": QUERY, "documents": [DOCUMENTS[0], {"pdf": "JVBERi0xLjQK"}]}),
+                 400, "UNSUPPORTED_INPUT", "document 1 is a PDF", "text and images")

@@ -28,10 +28,11 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from model_handlers import batching
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.images import Fetches, ImageReader
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
@@ -43,7 +44,7 @@ from model_handlers.qwen_vl import IMAGE_PAD
 from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedInput, ImageInput, RerankRequest, TextInput, unsupported, where
+from model_handlers.types import EmbedInput, ImageInput, RerankRequest, TextInput, modality, unsupported, where
 
 # compute_score's defaults (modeling.py): a pair's tokens, the query's, the processor's pixel bounds
 ARCHITECTURE = "JinaVLForRanking"  # read natively (model_handlers/qwen_vl.py's JINA_ARCHITECTURES): no auto_map run
@@ -77,6 +78,7 @@ class VisionLanguageRerankerModel:
     """Serves a `JinaVLForRanking` directory natively: transformers' Qwen2-VL and the checkpoint's score head."""
 
     width = None  # it makes scores, no vectors
+    modalities = frozenset({"text", "image"})
     rerank_scoring = ("pointwise, multimodal: a vision-language model's score of each (query, document) pair, either "
                       "side a text or an image")
 
@@ -118,7 +120,7 @@ class VisionLanguageRerankerModel:
         """One row per (query, window of a text document) and per (query, image document)."""
         for what, inputs in (("the query", [request.query]), ("document", request.documents)):
             for index, item in enumerate(inputs):
-                if not isinstance(item, (TextInput, ImageInput)):
+                if modality(item) not in self.modalities:
                     raise unsupported(item, where(what, index), self.model_name, _TAKES)
                 if isinstance(item, TextInput) and IMAGE_PAD in item.text:
                     # the tokenizer reads it as the placeholder of an image the row does not hold
@@ -134,21 +136,29 @@ class VisionLanguageRerankerModel:
     def _prepare(self, request: RerankRequest, max_windows: int, fetches: Fetches) -> RerankWork:
         backbone = self._backbone
         held = 0
+        query_images: tuple = ()
         if isinstance(request.query, TextInput):
             query_ids = backbone.encode(request.query.text)
             query_part = request.query.text
             if len(query_ids) > MAX_QUERY_TOKENS:
                 query_ids = query_ids[:MAX_QUERY_TOKENS]
                 query_part = backbone.tokenizer.decode(query_ids)
-            query_images: tuple = ()
+            query_visual: tuple[int, ...] = ()
             query_tokens = len(query_ids)
         else:
-            query_pixels = self._pixels("the query", fetches, held)
-            held += query_pixels.nbytes
-            query_images = (query_pixels,)
-            query_part, query_tokens = _IMAGE, query_pixels.tokens
+            query_part = _IMAGE
+            # from its header when it came in the body; a URL's image is read now
+            size = self._header_size("the query", fetches)
+            if size is None:
+                query_images = (self._pixels("the query", fetches, held),)
+                held += query_images[0].nbytes
+                query_tokens = query_images[0].tokens
+            else:
+                query_tokens = backbone.image_tokens(*size)
+            query_visual = (query_tokens,)
         # what a pair holds besides its document: the prompt, the query, the score token
-        room = self.max_length - self._pair("", query_part, query_images).length
+        base = self._length("", query_part, query_visual)
+        room = self.max_length - base
         if room < 1:
             raise InvalidInput(f"the query takes {query_tokens} tokens, leaving no room for a document in the "
                                f"{self.max_length} tokens a pair may hold", code="INPUT_TOKEN_LIMIT_EXCEEDED")
@@ -156,6 +166,10 @@ class VisionLanguageRerankerModel:
         windowing = Windowing.within(min(room, max_doc_length), self.config)
         texts = [(i, d.text) for i, d in enumerate(request.documents) if isinstance(d, TextInput)]
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
+        self._foresee(request.documents, fetches, contents, windowing, base, query_part, query_visual)
+        if query_part == _IMAGE and not query_images:
+            query_images = (self._pixels("the query", fetches, held),)
+            held += query_images[0].nbytes
 
         def pieces(index: int, document: EmbedInput) -> tuple[list[_Pair], int]:
             nonlocal held
@@ -179,6 +193,32 @@ class VisionLanguageRerankerModel:
         work = windowed(Scoring.PAIR, (), 0, request.documents, pieces, max_windows)
         return RerankWork(items=work.items, owners=work.owners, scoring=Scoring.PAIR,
                           query_tokens=query_tokens * len(work.items), document_tokens=work.document_tokens)
+
+    def _header_size(self, at: str, fetches: Fetches) -> tuple[int, int] | None:
+        """(width, height) of the image input named `at` from its header, when it came in the body; None for a URL."""
+        data = fetches.inline(at)
+        return None if data is None else self._reader.size(data, at)
+
+    def _length(self, document: str, query: str, visual: Sequence[int]) -> int:
+        """The tokens of a pair's row before its images are read: its prompt's, each image's pad counted as the
+        image's `visual` tokens (in the order the pads stand), and the score token."""
+        return len(self._backbone.encode(_DOCUMENT + document + _QUERY + query)) - len(visual) + sum(visual) + 1
+
+    def _foresee(self, documents: Sequence[EmbedInput], fetches: Fetches, contents: dict[int, np.ndarray],
+                 windowing: Windowing, base: int, query: str, query_visual: tuple[int, ...]) -> None:
+        """Ask the batcher whether the request's rows can finish before its deadline, before any image is decoded:
+        each text window's, and each image document's that came in the body, from its header's size (a URL's image
+        counts once fetched)."""
+        lengths = [base + len(window) for content in contents.values() for window in windowing.split(content)]
+        image_base = None
+        for index, document in enumerate(documents):
+            if isinstance(document, ImageInput):
+                size = self._header_size(where("document", index), fetches)
+                if size is not None:
+                    if image_base is None:
+                        image_base = self._length(_IMAGE, query, (0, *query_visual))
+                    lengths.append(image_base + self._backbone.image_tokens(*size))
+        batching.foresee(lengths)
 
     def _pair(self, document: str, query: str, images: tuple) -> _Pair:
         row = self._backbone.sequence(_DOCUMENT + document + _QUERY + query, images)
