@@ -378,3 +378,20 @@ def test_a_request_that_cannot_finish_is_refused_from_its_images_headers(app):
 def test_a_pdf_document_is_refused_by_name(app):
     assert_error(app.post("/v1/rerank", {"query": QUERY, "documents": [DOCUMENTS[0], {"pdf": "JVBERi0xLjQK"}]}),
                  400, "UNSUPPORTED_INPUT", "document 1 is a PDF", "text and images")
+
+
+def test_readme_examples_answer_as_written(tmp_path):
+    """README's jina-reranker-m0: its build command, then each curl example run as written against that model,
+    answering what its comment shows."""
+    import subprocess
+
+    from helpers import readme_example, run_readme_examples, serving_over_http
+
+    block = readme_example("vision-language-reranker")
+    model_dir = tmp_path / "tiny-m0"
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, str(root / "examples" / "tiny_jina_vl.py"), "m0", str(model_dir)], check=True,
+                   capture_output=True, cwd=root)
+    with serving_over_http(model_dir) as served:
+        ran = run_readme_examples(block, served.url, root)
+    assert len(ran) == 4
