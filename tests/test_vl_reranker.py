@@ -375,9 +375,46 @@ def test_a_request_that_cannot_finish_is_refused_from_its_images_headers(app):
         assert pipeline.forward_passes == passes
 
 
-def test_a_pdf_document_is_refused_by_name(app):
-    assert_error(app.post("/v1/rerank", {"query": QUERY, "documents": [DOCUMENTS[0], {"pdf": "JVBERi0xLjQK"}]}),
-                 400, "UNSUPPORTED_INPUT", "document 1 is a PDF", "text and images")
+def two_page_pdf() -> tuple[str, list[Image.Image]]:
+    """A two-page PDF (Pillow's writer, one picture a page) as base64, and its pages as pypdfium2 renders them at
+    m0's pixel budget (README: a page is rendered to about the processor's max_pixels, 602,112): the reference's
+    inputs."""
+    import math
+
+    import pypdfium2
+
+    pages = [picture(90, 60, 7), picture(60, 100, 8)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "PDF", save_all=True, append_images=pages[1:])
+    document = pypdfium2.PdfDocument(buffer.getvalue())
+    rendered = []
+    for page in document:
+        width, height = page.get_size()
+        rendered.append(page.render(scale=math.sqrt(602112 / (width * height))).to_pil().convert("RGB"))
+    return base64.b64encode(buffer.getvalue()).decode(), rendered
+
+
+def test_a_pdf_document_reranks_as_its_best_page(app, reference):
+    data, pages = two_page_pdf()
+    per_page = reference.compute_score([(QUERY, page) for page in pages], doc_type="image")
+    assert abs(per_page[0] - per_page[1]) > 10 * TOLERANCE, "the pages must score apart for the best to mean anything"
+    text = reference.compute_score([(QUERY, DOCUMENTS[0])])[0]
+    answer = app.post("/invocations", {"data": {"query": QUERY, "documents": [DOCUMENTS[0], {"pdf": data}]}}).json()
+    hits = {hit["index"]: hit for hit in answer["data"][0]["results"]}
+    assert abs(hits[1]["relevance_score"] - max(per_page)) < TOLERANCE
+    assert abs(hits[0]["relevance_score"] - text) < TOLERANCE
+    assert hits[1]["document"] == {"pdf": data}
+    # every page's row is read, and billed to its document
+    query_tokens = len(reference.tokens(QUERY))
+    assert hits[1]["usage"]["total_tokens"] == sum(reference.row_tokens(QUERY, page, doc_type="image") - query_tokens
+                                                   for page in pages)
+    assert answer["data"][0]["query_usage"]["total_tokens"] == query_tokens * 3
+
+
+def test_a_pdf_query_is_refused_by_name(app):
+    data, _ = two_page_pdf()
+    assert_error(app.post("/v1/rerank", {"query": {"pdf": data}, "documents": [DOCUMENTS[0]]}),
+                 400, "UNSUPPORTED_INPUT", "the query is a PDF")
 
 
 def test_readme_examples_answer_as_written(tmp_path):

@@ -15,8 +15,11 @@ room a pair leaves it is read in windows (its best window's score), never cut to
 512 tokens (the model's own `max_query_length`); many callers' pairs, texts and images together, share passes.
 
 On the caller's thread images are read by `images.ImageReader` (decoded, checked, upright, RGB) and preprocessed by
-Qwen2-VL's image processor; a bad image fails its own request, naming it, never a batch. A work item's length is its
-row's tokens, images' visual tokens included, so the batcher's token budget bounds image passes as it bounds text.
+Qwen2-VL's image processor; a bad image fails its own request, naming it, never a batch. A PDF document is read as its
+pages (model_handlers/pdf.py, rendered at the processor's pixel budget), each page a window of its document: the
+document keeps its best page's score. A work item's length is its row's tokens, images' visual tokens included, so
+the batcher's token budget bounds image passes as it bounds text; a request whose rows cannot finish in time is
+refused from its images' headers and its pages' sizes, before any pixel is decoded or page rendered.
 
 Token accounting: every token the model reads is billed. The query's (its text tokens, or its image's visual tokens)
 go to `query_tokens` once per pair; the rest of each pair (the prompt, the window or the document image's visual
@@ -28,11 +31,11 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from model_handlers import batching
+from model_handlers import batching, pdf
 from model_handlers.errors import InvalidInput, ModelDirectoryError
 from model_handlers.images import Fetches, ImageReader
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
@@ -40,8 +43,8 @@ from model_handlers.lengths import Lengths
 from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
 from model_handlers.pixels import MAX_HELD_PIXEL_BYTES, HeldPixels
-from model_handlers.qwen_vl import IMAGE_PAD
-from model_handlers.ranking import RerankWork, Scoring, Windowing, windowed
+from model_handlers.qwen_vl import IMAGE_PAD, Pixels
+from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
 from model_handlers.types import EmbedInput, ImageInput, RerankRequest, TextInput, modality, unsupported, where
@@ -56,7 +59,7 @@ SCORE_TOKEN_ID = 100
 SCORE_OFFSET = 2.65
 _DOCUMENT = "**Document**:\n"
 _QUERY = "\n**Query**:\n"
-_TAKES = "text and images"
+_TAKES = "text, images and PDFs"
 _IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"  # an image side of the prompt, its pad expanded
 
 
@@ -78,7 +81,8 @@ class VisionLanguageRerankerModel:
     """Serves a `JinaVLForRanking` directory natively: transformers' Qwen2-VL and the checkpoint's score head."""
 
     width = None  # it makes scores, no vectors
-    modalities = frozenset({"text", "image"})
+    # what it reads (types.reads): a PDF document as its pages, each page an image
+    modalities = frozenset({"text", "image", "pdf"})
     rerank_scoring = ("pointwise, multimodal: a vision-language model's score of each (query, document) pair, either "
                       "side a text or an image")
 
@@ -110,6 +114,9 @@ class VisionLanguageRerankerModel:
             raise ModelDirectoryError(f"{model_dir}: a pair of {self.max_length} tokens leaves no room for a document;"
                                       " set a larger max_length in searchbox.json")
         self._reader = ImageReader(options.images)
+        self._image_options = options.images
+        # a page rendered at the processor's pixel budget: larger only costs time, smaller loses what it would read
+        self._page_resolution = pdf.Resolution(pixels=PIXELS["max_pixels"])
         self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
         # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
         self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
@@ -122,6 +129,8 @@ class VisionLanguageRerankerModel:
             for index, item in enumerate(inputs):
                 if modality(item) not in self.modalities:
                     raise unsupported(item, where(what, index), self.model_name, _TAKES)
+                if modality(item) == "pdf" and what == "the query":
+                    raise pdf.unplaced(item, where(what, index), self.model_name)
                 if isinstance(item, TextInput) and IMAGE_PAD in item.text:
                     # the tokenizer reads it as the placeholder of an image the row does not hold
                     raise InvalidInput(f"{where(what, index)} holds {IMAGE_PAD}, the model's image placeholder; send "
@@ -129,12 +138,15 @@ class VisionLanguageRerankerModel:
         # in the order they are read: the query's image first (every pair holds it), then the documents'
         sources = [(item.source, where(what, index)) for what, inputs in
                    (("the query", [request.query]), ("document", request.documents))
-                   for index, item in enumerate(inputs) if isinstance(item, ImageInput)]
+                   for index, item in enumerate(inputs) if modality(item) in ("image", "pdf")]
         with self._reader.fetches(sources) as fetches:
             return self._prepare(request, max_windows, fetches)
 
     def _prepare(self, request: RerankRequest, max_windows: int, fetches: Fetches) -> RerankWork:
         backbone = self._backbone
+        pdfs = pdf.read_inputs(request.documents, "document", fetches, self._page_resolution, self._image_options)
+        # a PDF's pages are its windows: too many are refused before any is rendered
+        check_window_count(sum(document.pages for document in pdfs.values()), max_windows)
         held = 0
         query_images: tuple = ()
         if isinstance(request.query, TextInput):
@@ -166,21 +178,34 @@ class VisionLanguageRerankerModel:
         windowing = Windowing.within(min(room, max_doc_length), self.config)
         texts = [(i, d.text) for i, d in enumerate(request.documents) if isinstance(d, TextInput)]
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
-        self._foresee(request.documents, fetches, contents, windowing, base, query_part, query_visual)
+        self._foresee(request.documents, fetches, pdfs, contents, windowing, base, query_part, query_visual)
         if query_part == _IMAGE and not query_images:
             query_images = (self._pixels("the query", fetches, held),)
             held += query_images[0].nbytes
 
+        def image_pair(pixels: Pixels, at: str) -> _Pair:
+            pair = self._pair(_IMAGE, query_part, (pixels, *query_images))
+            if pair.length > self.max_length:
+                raise InvalidInput(f"{at}: the image and the query take {pair.length} tokens, over the "
+                                   f"{self.max_length} a pair may hold; send a smaller image",
+                                   code="INPUT_TOKEN_LIMIT_EXCEEDED")
+            return pair
+
         def pieces(index: int, document: EmbedInput) -> tuple[list[_Pair], int]:
             nonlocal held
+            if index in pdfs:  # each page a window of its document
+                pairs = []
+                with self._decoding:
+                    for number, page in enumerate(pdfs[index].render(), start=1):
+                        at = f"{pdfs[index].at}, page {number}"
+                        pixels = self._preprocess(page, at, held)
+                        held += pixels.nbytes
+                        pairs.append(image_pair(pixels, at))
+                return pairs, sum(pair.length - query_tokens for pair in pairs)
             if isinstance(document, ImageInput):
                 pixels = self._pixels(where("document", index), fetches, held)
                 held += pixels.nbytes
-                pair = self._pair(_IMAGE, query_part, (pixels, *query_images))
-                if pair.length > self.max_length:
-                    raise InvalidInput(f"{where('document', index)}: the image and the query take {pair.length} "
-                                       f"tokens, over the {self.max_length} a pair may hold; send a smaller image",
-                                       code="INPUT_TOKEN_LIMIT_EXCEEDED")
+                pair = image_pair(pixels, where("document", index))
                 return [pair], pair.length - query_tokens
             content = contents[index]
             if len(content) <= windowing.size:
@@ -204,20 +229,22 @@ class VisionLanguageRerankerModel:
         image's `visual` tokens (in the order the pads stand), and the score token."""
         return len(self._backbone.encode(_DOCUMENT + document + _QUERY + query)) - len(visual) + sum(visual) + 1
 
-    def _foresee(self, documents: Sequence[EmbedInput], fetches: Fetches, contents: dict[int, np.ndarray],
-                 windowing: Windowing, base: int, query: str, query_visual: tuple[int, ...]) -> None:
-        """Ask the batcher whether the request's rows can finish before its deadline, before any image is decoded:
-        each text window's, and each image document's that came in the body, from its header's size (a URL's image
-        counts once fetched)."""
+    def _foresee(self, documents: Sequence[EmbedInput], fetches: Fetches, pdfs: Mapping[int, pdf.Pdf],
+                 contents: dict[int, np.ndarray], windowing: Windowing, base: int, query: str,
+                 query_visual: tuple[int, ...]) -> None:
+        """Ask the batcher whether the request's rows can finish before its deadline, before any image is decoded or
+        page rendered: each text window's, each image document's that came in the body, from its header's size, and
+        each PDF page's, from the size it will be rendered at (a URL's image counts once fetched)."""
         lengths = [base + len(window) for content in contents.values() for window in windowing.split(content)]
-        image_base = None
+        sizes = [size for document in pdfs.values() for size in document.sizes]
         for index, document in enumerate(documents):
             if isinstance(document, ImageInput):
                 size = self._header_size(where("document", index), fetches)
                 if size is not None:
-                    if image_base is None:
-                        image_base = self._length(_IMAGE, query, (0, *query_visual))
-                    lengths.append(image_base + self._backbone.image_tokens(*size))
+                    sizes.append(size)
+        if sizes:
+            image_base = self._length(_IMAGE, query, (0, *query_visual))
+            lengths += [image_base + self._backbone.image_tokens(*size) for size in sizes]
         batching.foresee(lengths)
 
     def _pair(self, document: str, query: str, images: tuple) -> _Pair:
@@ -234,19 +261,22 @@ class VisionLanguageRerankerModel:
             pair = self._pair(text, query, images)
         return pair
 
-    def _pixels(self, at: str, fetches: Fetches, held: int):
+    def _pixels(self, at: str, fetches: Fetches, held: int) -> Pixels:
         """The preprocessed image of the input named `at`, counted against the pixels the server may hold."""
         data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
         with self._decoding:
-            image = self._reader.decode(data, at)
+            return self._preprocess(self._reader.decode(data, at), at, held)
+
+    def _preprocess(self, image, at: str, held: int) -> Pixels:
+        """The processor's pixels of a decoded image (closed after), counted against the pixels the server may hold."""
+        try:
+            pixels = self._backbone.preprocess(image)
+        except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
             width, height = image.size
-            try:
-                pixels = self._backbone.preprocess(image)
-            except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
-                raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
-                                   f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
-            finally:
-                image.close()
+            raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
+                               f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
+        finally:
+            image.close()
         self._held.hold(pixels, held)
         return pixels
 
