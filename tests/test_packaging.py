@@ -567,7 +567,8 @@ def test_a_rerankers_listing_says_how_it_scores_and_whether_it_takes_an_instruct
         assert "`instruction` is what the judge is told to look for" in usage
     elif model == "jina_m0_dir":
         # README (Vision-language rerankers): texts and images on either side, no instruction
-        assert "text and image queries and documents" in usage and "either side a text or an image" in usage
+        assert "text and image queries; text, image and PDF documents" in usage
+        assert "either side a text or an image" in usage
         assert "`instruction` is refused (422 INVALID_OPTION)" in usage
     else:
         assert "a cross-encoder reads each (query, document) pair" in usage

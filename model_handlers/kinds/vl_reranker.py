@@ -309,7 +309,7 @@ def _is_vl_reranker(files: ModelFiles) -> bool:
 
 KIND = Kind(
     name="vision-language-reranker",
-    summary="a vision-language reranker (jina-reranker-m0: text and image queries and documents)",
+    summary="a vision-language reranker (jina-reranker-m0: text and image queries; text, image and PDF documents)",
     recognizes=_is_vl_reranker,
     model=VisionLanguageRerankerModel,
     csv=CsvLayout(RERANK, (CsvColumn("query"), CsvColumn("documents", json=True),
