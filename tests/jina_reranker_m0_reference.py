@@ -36,10 +36,14 @@ IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 PAD = "<|image_pad|>"
 
 
-class M0Reference:
-    def __init__(self, model_dir: Path):
+class JinaRerankerM0Reference:
+    """`compute_score` on `device` in `dtype` (float32 for the tests; bench/vision_language.py runs it in bfloat16 on
+    a GPU, as the published model runs)."""
+
+    def __init__(self, model_dir: Path, device: str = "cpu", dtype=torch.float32):
         model_dir = Path(model_dir)
-        self.model = Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        self.device = torch.device(device)
+        self.model = Qwen2VLForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(str(model_dir), **PIXELS)
         width = self.model.config.text_config.hidden_size
@@ -48,7 +52,7 @@ class M0Reference:
             head = {name[len("score."):]: weights.get_tensor(name) for name in weights.keys()
                     if name.startswith("score.")}
         self.score.load_state_dict(head)
-        self.score.eval()
+        self.score.to(device, dtype).eval()
 
     def tokens(self, text: str) -> list[int]:
         return self.tokenizer(text)["input_ids"]
@@ -79,7 +83,7 @@ class M0Reference:
         inputs = {}
         if images:
             processed = self.image_processor(images=images, return_tensors="pt")
-            inputs["pixel_values"] = processed["pixel_values"]
+            inputs["pixel_values"] = processed["pixel_values"].to(self.model.dtype)
             inputs["image_grid_thw"] = processed["image_grid_thw"]
             counts = iter((processed["image_grid_thw"].prod(-1) // self.image_processor.merge_size ** 2).tolist())
             expanded = []
@@ -107,9 +111,10 @@ class M0Reference:
         scores: list[float] = []
         for start in range(0, len(pairs), batch_size):
             inputs = self.inputs(pairs[start:start + batch_size], query_type, doc_type, max_length, max_doc_length)
+            inputs = {name: value.to(self.device) for name, value in inputs.items()}
             outputs = self.model(**inputs, output_hidden_states=True, use_cache=False)
             logits = self.score(outputs.hidden_states[-1][:, -1]).squeeze(-1)
-            scores += (1.0 / (1.0 + np.exp(-(logits.double().numpy() - SCORE_OFFSET)))).tolist()
+            scores += (1.0 / (1.0 + np.exp(-(logits.double().cpu().numpy() - SCORE_OFFSET)))).tolist()
         return scores
 
     def row_tokens(self, query, document, query_type: str = "text", doc_type: str = "text",

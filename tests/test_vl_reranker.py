@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from helpers import assert_error, serving
-from jina_reranker_m0_reference import M0Reference
+from jina_reranker_m0_reference import JinaRerankerM0Reference
 
 pytestmark = pytest.mark.app
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))  # the listing's samples, its load check
@@ -57,7 +57,7 @@ IMAGES = [picture(40, 30, 1), picture(224, 160, 2), picture(1000, 700, 3), pictu
 
 @pytest.fixture(scope="module")
 def reference(jina_m0_dir):
-    return M0Reference(jina_m0_dir)
+    return JinaRerankerM0Reference(jina_m0_dir)
 
 
 @pytest.fixture(scope="module")
