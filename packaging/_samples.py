@@ -195,8 +195,10 @@ SAMPLES = {**SAMPLES, "vision-language-reranker": Samples(
     batch_output=('{"data":[{"id":"q1","query_usage":{"total_tokens":16},"docs_usage":{"total_tokens":38},'
                   '"results":[{"index":0,"relevance_score":0.91,"document":{"text":"Berlin is the capital of '
                   'Germany."},"usage":{"total_tokens":23}}]}],"parameters":{}}'),
+    # the client sends an m0 reranker's body wrapped in a one-element list (its model package's name says m0)
     client_call=('client.rerank(query="What is the capital of Germany?",\n'
-                 '                      documents=["Berlin is the capital of Germany.", "Bananas are yellow."])'),
+                 '                      documents=["Berlin is the capital of Germany.",\n'
+                 '                                 {"image": base64.b64encode(open("cat.png", "rb").read()).decode()}])'),
 )}
 
 

@@ -301,6 +301,12 @@ def jina_v4_server(jina_v4_dir):
 
 @pytest.fixture(scope="session")
 @implies("server")
+def jina_m0_server(jina_m0_dir):
+    yield from served_over_http(jina_m0_dir)
+
+
+@pytest.fixture(scope="session")
+@implies("server")
 def colbert_server(colbert):
     """The PyLate-layout ColBERT (`colbert.model_dir("pylate")`)."""
     yield from served_over_http(colbert.model_dir("pylate"))

@@ -296,7 +296,8 @@ SERVED = {"embedding": ("server", "minilm_dir", "jina-embeddings-v3"),
           "multi-vector": ("colbert_server", "colbert", "jina-colbert-v2"),
           "sparse": ("splade_server", "splade_dir", "splade-v3"),
           "bge-m3": ("bge_m3_server", "bge_m3_safetensors_dir", "bge-m3"),
-          "vision-language-embedding": ("jina_v4_server", "jina_v4_dir", "jina-embeddings-v4")}
+          "vision-language-embedding": ("jina_v4_server", "jina_v4_dir", "jina-embeddings-v4"),
+          "vision-language-reranker": ("jina_m0_server", "jina_m0_dir", "jina-reranker-m0")}
 
 
 def _served(kind: str, request, tmp_path: Path):
@@ -308,7 +309,7 @@ def _served(kind: str, request, tmp_path: Path):
 
 
 @pytest.mark.parametrize("kind", ["embedding", "reranker", "multimodal", "multi-vector", "sparse", "bge-m3",
-                                  "vision-language-embedding"])
+                                  "vision-language-embedding", "vision-language-reranker"])
 def test_the_listings_python_runs_as_written(python, kind, listed, request, tmp_path):
     """Each kind's listing shows boto3 and jina-sagemaker code: both run against a server of that kind and get what
     the same body gets from the server itself."""
