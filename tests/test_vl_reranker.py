@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
-from helpers import assert_error, serving
+from helpers import assert_error, refused_at_load, serving
 from jina_reranker_m0_reference import JinaRerankerM0Reference
 
 pytestmark = pytest.mark.app
@@ -432,3 +432,15 @@ def test_readme_examples_answer_as_written(tmp_path):
     with serving_over_http(model_dir) as served:
         ran = run_readme_examples(block, served.url, root)
     assert len(ran) == 4
+
+
+def test_a_checkpoint_without_its_score_head_is_refused_at_load(jina_m0_dir, tmp_path):
+    """Without `score.*` the scores would come from nowhere: the directory is refused, naming what it lacks."""
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "headless"
+    shutil.copytree(jina_m0_dir, model_dir)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    save_file({name: tensor for name, tensor in weights.items() if not name.startswith("score.")},
+              str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    assert "score." in refused_at_load(model_dir)
