@@ -11,7 +11,8 @@ task (`...q_proj.lora_A.retrieval.weight`): Jina's `MultiAdapterLinear` (custom_
 Its own code (modeling_jina_embeddings_v4.py), which this module and model_handlers/kinds/vl_embedding.py follow:
 - texts: `"Query: "` or `"Passage: "` + text (`prompt_name`, default query; text-matching always `Query`), tokenized
   with no special tokens, up to 32,768 tokens;
-- images: the user turn `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\\n`;
+- images: the user turn
+  `<|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\\n`;
 - single vector: the last hidden state mean-pooled over the attention mask (texts) or over the image's span from
   `<|vision_start|>` to `<|vision_end|>` (images), L2-normalised; Matryoshka cut, then normalised again;
 - multi-vector: `multi_vector_projector` (with the task's LoRA) on every position, L2-normalised, padding zeroed.
@@ -93,7 +94,8 @@ def adapter_installers(model_dir: Path, task_names: list[str]) -> dict[str, Call
     rank = int(settings.get("r", 0))
     alpha = float(settings.get("lora_alpha", rank))
     if rank <= 0:
-        raise ModelDirectoryError(f"{folder / 'adapter_config.json'}: r must be a positive rank, not {settings.get('r')!r}")
+        raise ModelDirectoryError(f"{folder / 'adapter_config.json'}: r must be a positive rank, "
+                                  f"not {settings.get('r')!r}")
     scaling = "rslora" if settings.get("use_rslora") else "plain"
     return {task: _installer(task, modules, rank, alpha, scaling == "rslora", weights)
             for task, modules in pairs.items()}

@@ -10,10 +10,11 @@ PDFium (pypdfium2). Two steps, so that every limit is checked before any page is
 - `Pdf.render()`: the pages, rendered one at a time at those sizes.
 
 A kind that reads images calls `read_inputs` on a request's inputs (inside the `Fetches` of its image inputs, which
-holds the PDFs' sources too), then renders each PDF's pages where the PDF stands, as images of its own; the rows
-it answers say where they came from (`types.Origin`). The size a page is rendered at is the model's to choose (`Resolution`): about a pixel budget (a vision-language
-processor's `max_pixels`), or its shorter side at least a length (CLIP's processor resizes the shorter side to its
-`image_size`, then crops): rendering larger only costs time, rendering smaller loses detail the model would read.
+holds the PDFs' sources too), then renders each PDF's pages where the PDF stands, as images of its own; the rows it
+answers say where they came from (`types.Origin`). The size a page is rendered at is the model's to choose
+(`Resolution`): about a pixel budget (a vision-language processor's `max_pixels`), or its shorter side at least a
+length (CLIP's processor resizes the shorter side to its `image_size`, then crops): rendering larger only costs
+time, rendering smaller loses detail the model would read.
 
 PDFium is not thread-safe: "It is not allowed to call pdfium functions simultaneously across different threads, not
 even with different documents ... you may still use pdfium in a threaded context if it is ensured that only a single
@@ -150,7 +151,8 @@ def read_inputs(inputs: Sequence[EmbedInput], what: str, fetches: "Fetches", res
     rows = len(inputs) + sum(document.pages - 1 for document in found.values())
     if max_rows is not None and rows > max_rows:
         raise InvalidInput(f"the request's inputs make {rows} rows (each page of a PDF is an input); at most "
-                           f"{max_rows} are allowed per request, split it into several requests", code="TOO_MANY_INPUTS")
+                           f"{max_rows} are allowed per request, split it into several requests",
+                           code="TOO_MANY_INPUTS")
     return found
 
 

@@ -19,8 +19,9 @@ ViT-B/32 at 224 px, 197 for a ViT-B/16), since a pass over that many patch token
 of that many tokens does; the padded-token budget then bounds image passes as it bounds text passes (1024 on
 CPU: 20 ViT-B/32 images a pass). Usage: texts count their tokens, images Jina's tile rule (serving config).
 
-Preprocessed pixels are float32 (600 KB a 224 px image): at most `MAX_HELD_PIXEL_BYTES` (model_handlers/pixels.py) of them wait for the
-model at once, beyond which image requests are refused at once (503, or 413 for a request too large alone).
+Preprocessed pixels are float32 (600 KB a 224 px image): at most `MAX_HELD_PIXEL_BYTES` (model_handlers/pixels.py)
+of them wait for the model at once, beyond which image requests are refused at once (503, or 413 for a request too
+large alone).
 """
 
 from __future__ import annotations

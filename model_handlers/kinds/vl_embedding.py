@@ -23,8 +23,6 @@ image as the processor resizes it).
 
 from __future__ import annotations
 
-import os
-import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
@@ -33,10 +31,9 @@ import numpy as np
 
 from model_handlers import adapters, batching, jina_v4, pdf
 from model_handlers.adapters import RowAdapters
-from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.images import Fetches, ImageReader
+from model_handlers.errors import InvalidOption, ModelDirectoryError
+from model_handlers.images import Fetches
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
-from model_handlers.pixels import MAX_HELD_PIXEL_BYTES, HeldPixels
 from model_handlers.lengths import LANGUAGE_MODEL_LENGTH
 from model_handlers.model_files import read_object
 from model_handlers.operations.embed import EMBED, Prepared
@@ -46,9 +43,8 @@ from model_handlers.qwen_vl import Backbone, Pixels, Row
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import (
-    EmbedInput, EmbedRequest, ImageInput, Origin, RerankRequest, TextInput, modality, unsupported, where,
-)
+from model_handlers.types import EmbedInput, EmbedRequest, ImageInput, Origin, RerankRequest, TextInput, modality, where
+from model_handlers.visual_inputs import VisualInputs
 
 FORMS = frozenset({EMBED, MULTI_VECTOR})
 _TAKES = "text, images and PDFs"
@@ -111,14 +107,10 @@ class VisionLanguageEmbeddingModel:
         self.max_length = config.max_length or min(LANGUAGE_MODEL_LENGTH, jina_v4.MAX_LENGTH)
         self._tokenizer = TokenizerView.from_hf(backbone.tokenizer, self.max_length)
         self._image_prompt = backbone.encode(jina_v4.IMAGE_PROMPT)
-        self._reader = ImageReader(options.images)
-        self._image_options = options.images
-        self._max_inputs = options.max_inputs
+        self._pdf_max_pages = options.images.pdf_max_pages
         # a page rendered at the processor's pixel budget: larger only costs time, smaller loses what it would read
-        self._page_resolution = pdf.Resolution(pixels=backbone.max_pixels)
-        self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
-        # decoding a large photo takes a few hundred MB for a moment: at most one per core at once
-        self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        self._visual = VisualInputs(options, pdf.Resolution(pixels=backbone.max_pixels), backbone.preprocess,
+                                    self.model_name, _TAKES, self.modalities)
 
     def forms_of_one_pass(self) -> frozenset[str]:
         return FORMS
@@ -126,15 +118,14 @@ class VisionLanguageEmbeddingModel:
     # --- on the caller's thread -----------------------------------------------------------------------------------
 
     def prepare_embed(self, request: EmbedRequest) -> Prepared:
-        self._check_inputs(request.inputs, "input", pages=request.pages)
+        self._visual.check(request.inputs, "input", pages=request.pages)
         spec = self.config.resolve_task(request.task, request.input_type, request.adapter)
         wants = (request.operation or EMBED, *request.also)
         if request.late_chunking:
             prepared = self._prepare_late_chunking(request, spec, wants)
         else:
-            with self._fetches(("input", request.inputs)) as fetches:
-                pdfs = pdf.read_inputs(request.inputs, "input", fetches, self._page_resolution, self._image_options,
-                                       max_rows=self._max_inputs)
+            with self._visual.fetches(("input", request.inputs)) as fetches:
+                pdfs = self._visual.pdfs(request.inputs, "input", fetches, rows=True)
                 items, tokens, origins = self._prepare(list(request.inputs), spec, request.truncate, "input",
                                                        fetches, wants, pdfs)
             prepared = Prepared(items, tokens, origins=origins if pdfs else ())
@@ -148,22 +139,22 @@ class VisionLanguageEmbeddingModel:
         texts = [spec.prompt + item.text for item in request.inputs if isinstance(item, TextInput)]
         image = len(self._image_prompt) - 1 + self._backbone.max_pixels // (self._backbone.patch
                                                                               * self._backbone.merge) ** 2
-        images = sum(self._image_options.pdf_max_pages if modality(item) == "pdf" else 1
+        images = sum(self._pdf_max_pages if modality(item) == "pdf" else 1
                      for item in request.inputs if not isinstance(item, TextInput))
         return sum(min(len(ids), self._tokenizer.room) for ids in self._tokenizer.encode(texts)) + image * images
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """The query (`retrieval.query`), then every document (`retrieval.passage`): an image whole, a text in windows
         that fit the max length, each as token vectors; documents score by MaxSim."""
-        self._check_inputs([request.query], "the query", pages=False)
-        self._check_inputs(request.documents, "document", pages=True)
+        self._visual.check([request.query], "the query", pages=False)
+        self._visual.check(request.documents, "document", pages=True)
         wants = (MULTI_VECTOR,)
         query_spec = self.config.resolve_task("retrieval.query", adapter=request.adapter)
         spec = self.config.resolve_task("retrieval.passage", adapter=request.adapter)
         prompt = self._backbone.encode(spec.prompt.rstrip())
         windowing = Windowing.within(self._tokenizer.room - len(prompt), self.config)
-        with self._fetches(("the query", [request.query]), ("document", request.documents)) as fetches:
-            pdfs = pdf.read_inputs(request.documents, "document", fetches, self._page_resolution, self._image_options)
+        with self._visual.fetches(("the query", [request.query]), ("document", request.documents)) as fetches:
+            pdfs = self._visual.pdfs(request.documents, "document", fetches, rows=False)
             # a PDF's pages are its windows: too many are refused before any is rendered
             check_window_count(sum(document.pages for document in pdfs.values()), max_windows)
             query, query_tokens, _ = self._prepare([request.query], query_spec, True, "the query", fetches, wants)
@@ -266,10 +257,9 @@ class VisionLanguageEmbeddingModel:
         lengths += [image + self._backbone.image_tokens(width, height)
                     for document in pdfs.values() for width, height in document.sizes]
         for index, item in enumerate(inputs):
-            data = fetches.inline(where(what, index)) if isinstance(item, ImageInput) else None
-            if data is not None:
-                width, height = self._reader.size(data, where(what, index))
-                lengths.append(image + self._backbone.image_tokens(width, height))
+            size = self._visual.header_size(where(what, index), fetches) if isinstance(item, ImageInput) else None
+            if size is not None:
+                lengths.append(image + self._backbone.image_tokens(*size))
         batching.foresee(lengths)
 
     def _text_item(self, ids: np.ndarray, adapter: str | None, wants: tuple[str, ...]) -> _Item:
@@ -278,55 +268,20 @@ class VisionLanguageEmbeddingModel:
     def _image_item(self, at: str, fetches: Fetches, held: int, adapter: str | None,
                     wants: tuple[str, ...]) -> tuple[_Item, int]:
         """The row of the image input named `at`, and its billed tokens (its visual tokens)."""
-        data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
-        with self._decoding:
-            return self._image_row(self._reader.decode(data, at), at, held, adapter, wants)
+        return self._image_row(self._visual.image(at, fetches, held), adapter, wants)
 
     def _pages(self, document: pdf.Pdf, held: int, adapter: str | None,
                wants: tuple[str, ...]) -> list[tuple[_Item, int]]:
         """The row of each page of `document` (each page the image it is), and its billed tokens."""
-        rows = []
-        with self._decoding:
-            for number, page in enumerate(document.render(), start=1):
-                rows.append(self._image_row(page, f"{document.at}, page {number}", held, adapter, wants))
-                held += sum(image.nbytes for image in rows[-1][0].row.images)
-        return rows
+        return [self._image_row(page, adapter, wants) for page in self._visual.pages(document, held)]
 
-    def _image_row(self, image, at: str, held: int, adapter: str | None,
-                   wants: tuple[str, ...]) -> tuple[_Item, int]:
-        """The row of a decoded image (closed after), held against the pixel cap, and its visual tokens."""
-        pixels = self._pixels(image, at)
-        self._held.hold(pixels, held)
+    def _image_row(self, pixels: Pixels, adapter: str | None, wants: tuple[str, ...]) -> tuple[_Item, int]:
+        """The row of a preprocessed image, and its visual tokens."""
         row = self._backbone.sequence(self._image_prompt, [pixels])
         start = int(np.flatnonzero(row.ids == self._backbone.vision_start_id)[0])
         end = int(np.flatnonzero(row.ids == self._backbone.vision_end_id)[0])
         # v4 pools an image over its vision span; its token vectors are every position of the row
         return _Item(row, adapter, ((start, end + 1),), ((0, row.length),), wants), pixels.tokens
-
-    def _pixels(self, image, at: str) -> Pixels:
-        try:
-            return self._backbone.preprocess(image)
-        except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
-            width, height = image.size
-            raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
-                               f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
-        finally:
-            image.close()
-
-    def _fetches(self, *groups: tuple[str, Sequence[EmbedInput]]) -> Fetches:
-        """The image and PDF inputs of one request, `(what, inputs)` in the order they are read, under one fetch
-        deadline."""
-        return self._reader.fetches([(item.source, where(what, index)) for what, inputs in groups
-                                     for index, item in enumerate(inputs) if modality(item) in ("image", "pdf")])
-
-    def _check_inputs(self, inputs: Sequence[EmbedInput], what: str, pages: bool) -> None:
-        """Refuse what the model cannot read before any image is decoded, naming the first such input; a PDF only
-        where its pages have a place (`pages`: an embeddings answer's rows, a rerank document's windows)."""
-        for index, item in enumerate(inputs):
-            if modality(item) not in self.modalities:
-                raise unsupported(item, where(what, index), self.model_name, _TAKES)
-            if modality(item) == "pdf" and not pages:
-                raise pdf.unplaced(item, where(what, index), self.model_name)
 
     # --- on the batcher's thread ----------------------------------------------------------------------------------
 

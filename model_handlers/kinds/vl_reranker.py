@@ -28,8 +28,6 @@ tokens, the vision markers, the score token) to the document it reads.
 
 from __future__ import annotations
 
-import os
-import threading
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
@@ -37,17 +35,17 @@ import numpy as np
 
 from model_handlers import batching, pdf
 from model_handlers.errors import InvalidInput, ModelDirectoryError
-from model_handlers.images import Fetches, ImageReader
+from model_handlers.images import Fetches
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.lengths import Lengths
 from model_handlers.operations.rerank import RERANK
 from model_handlers.options import HandlerOptions
-from model_handlers.pixels import MAX_HELD_PIXEL_BYTES, HeldPixels
 from model_handlers.qwen_vl import IMAGE_PAD, Pixels
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count, windowed
 from model_handlers.serving_config import ServingConfig
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedInput, ImageInput, RerankRequest, TextInput, modality, unsupported, where
+from model_handlers.types import EmbedInput, ImageInput, RerankRequest, TextInput, where
+from model_handlers.visual_inputs import VisualInputs
 
 # compute_score's defaults (modeling.py): a pair's tokens, the query's, the processor's pixel bounds
 ARCHITECTURE = "JinaVLForRanking"  # read natively (model_handlers/qwen_vl.py's JINA_ARCHITECTURES): no auto_map run
@@ -113,38 +111,29 @@ class VisionLanguageRerankerModel:
         if len(self._bare) + 3 > self.max_length:
             raise ModelDirectoryError(f"{model_dir}: a pair of {self.max_length} tokens leaves no room for a document;"
                                       " set a larger max_length in searchbox.json")
-        self._reader = ImageReader(options.images)
-        self._image_options = options.images
         # a page rendered at the processor's pixel budget: larger only costs time, smaller loses what it would read
-        self._page_resolution = pdf.Resolution(pixels=PIXELS["max_pixels"])
-        self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
-        # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
-        self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        self._visual = VisualInputs(options, pdf.Resolution(pixels=PIXELS["max_pixels"]), self._backbone.preprocess,
+                                    self.model_name, _TAKES, self.modalities)
 
     # --- on the caller's thread -----------------------------------------------------------------------
 
     def prepare_rerank(self, request: RerankRequest, max_windows: int) -> RerankWork:
         """One row per (query, window of a text document) and per (query, image document)."""
+        self._visual.check([request.query], "the query", pages=False)
+        self._visual.check(request.documents, "document", pages=True)
         for what, inputs in (("the query", [request.query]), ("document", request.documents)):
             for index, item in enumerate(inputs):
-                if modality(item) not in self.modalities:
-                    raise unsupported(item, where(what, index), self.model_name, _TAKES)
-                if modality(item) == "pdf" and what == "the query":
-                    raise pdf.unplaced(item, where(what, index), self.model_name)
                 if isinstance(item, TextInput) and IMAGE_PAD in item.text:
                     # the tokenizer reads it as the placeholder of an image the row does not hold
                     raise InvalidInput(f"{where(what, index)} holds {IMAGE_PAD}, the model's image placeholder; send "
                                        "images as image items, and texts without it")
         # in the order they are read: the query's image first (every pair holds it), then the documents'
-        sources = [(item.source, where(what, index)) for what, inputs in
-                   (("the query", [request.query]), ("document", request.documents))
-                   for index, item in enumerate(inputs) if modality(item) in ("image", "pdf")]
-        with self._reader.fetches(sources) as fetches:
+        with self._visual.fetches(("the query", [request.query]), ("document", request.documents)) as fetches:
             return self._prepare(request, max_windows, fetches)
 
     def _prepare(self, request: RerankRequest, max_windows: int, fetches: Fetches) -> RerankWork:
         backbone = self._backbone
-        pdfs = pdf.read_inputs(request.documents, "document", fetches, self._page_resolution, self._image_options)
+        pdfs = self._visual.pdfs(request.documents, "document", fetches, rows=False)
         # a PDF's pages are its windows: too many are refused before any is rendered
         check_window_count(sum(document.pages for document in pdfs.values()), max_windows)
         held = 0
@@ -160,9 +149,9 @@ class VisionLanguageRerankerModel:
         else:
             query_part = _IMAGE
             # from its header when it came in the body; a URL's image is read now
-            size = self._header_size("the query", fetches)
+            size = self._visual.header_size("the query", fetches)
             if size is None:
-                query_images = (self._pixels("the query", fetches, held),)
+                query_images = (self._visual.image("the query", fetches, held),)
                 held += query_images[0].nbytes
                 query_tokens = query_images[0].tokens
             else:
@@ -180,7 +169,7 @@ class VisionLanguageRerankerModel:
         contents = dict(zip((i for i, _ in texts), self._tokenizer.encode([t for _, t in texts])))
         self._foresee(request.documents, fetches, pdfs, contents, windowing, base, query_part, query_visual)
         if query_part == _IMAGE and not query_images:
-            query_images = (self._pixels("the query", fetches, held),)
+            query_images = (self._visual.image("the query", fetches, held),)
             held += query_images[0].nbytes
 
         def image_pair(pixels: Pixels, at: str) -> _Pair:
@@ -194,16 +183,13 @@ class VisionLanguageRerankerModel:
         def pieces(index: int, document: EmbedInput) -> tuple[list[_Pair], int]:
             nonlocal held
             if index in pdfs:  # each page a window of its document
-                pairs = []
-                with self._decoding:
-                    for number, page in enumerate(pdfs[index].render(), start=1):
-                        at = f"{pdfs[index].at}, page {number}"
-                        pixels = self._preprocess(page, at, held)
-                        held += pixels.nbytes
-                        pairs.append(image_pair(pixels, at))
+                pages = self._visual.pages(pdfs[index], held)
+                held += sum(page.nbytes for page in pages)
+                pairs = [image_pair(page, f"{pdfs[index].at}, page {number}")
+                         for number, page in enumerate(pages, start=1)]
                 return pairs, sum(pair.length - query_tokens for pair in pairs)
             if isinstance(document, ImageInput):
-                pixels = self._pixels(where("document", index), fetches, held)
+                pixels = self._visual.image(where("document", index), fetches, held)
                 held += pixels.nbytes
                 pair = image_pair(pixels, where("document", index))
                 return [pair], pair.length - query_tokens
@@ -218,11 +204,6 @@ class VisionLanguageRerankerModel:
         work = windowed(Scoring.PAIR, (), 0, request.documents, pieces, max_windows)
         return RerankWork(items=work.items, owners=work.owners, scoring=Scoring.PAIR,
                           query_tokens=query_tokens * len(work.items), document_tokens=work.document_tokens)
-
-    def _header_size(self, at: str, fetches: Fetches) -> tuple[int, int] | None:
-        """(width, height) of the image input named `at` from its header, when it came in the body; None for a URL."""
-        data = fetches.inline(at)
-        return None if data is None else self._reader.size(data, at)
 
     def _length(self, document: str, query: str, visual: Sequence[int]) -> int:
         """The tokens of a pair's row before its images are read: its prompt's, each image's pad counted as the
@@ -239,7 +220,7 @@ class VisionLanguageRerankerModel:
         sizes = [size for document in pdfs.values() for size in document.sizes]
         for index, document in enumerate(documents):
             if isinstance(document, ImageInput):
-                size = self._header_size(where("document", index), fetches)
+                size = self._visual.header_size(where("document", index), fetches)
                 if size is not None:
                     sizes.append(size)
         if sizes:
@@ -260,25 +241,6 @@ class VisionLanguageRerankerModel:
             text = self._backbone.tokenizer.decode(window)
             pair = self._pair(text, query, images)
         return pair
-
-    def _pixels(self, at: str, fetches: Fetches, held: int) -> Pixels:
-        """The preprocessed image of the input named `at`, counted against the pixels the server may hold."""
-        data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
-        with self._decoding:
-            return self._preprocess(self._reader.decode(data, at), at, held)
-
-    def _preprocess(self, image, at: str, held: int) -> Pixels:
-        """The processor's pixels of a decoded image (closed after), counted against the pixels the server may hold."""
-        try:
-            pixels = self._backbone.preprocess(image)
-        except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
-            width, height = image.size
-            raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
-                               f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
-        finally:
-            image.close()
-        self._held.hold(pixels, held)
-        return pixels
 
     def text_tokenizer(self) -> TokenizerView:
         """The tokenizer it reads texts with (tokenize and segment requests)."""
