@@ -203,6 +203,7 @@ def test_images_that_cannot_finish_in_time_are_refused_before_decoding(app):
     assert pipeline.forward_passes == passes
 
 
+@pytest.mark.server  # a build in a subprocess, and curl against an HTTP server
 def test_readme_examples_answer_as_written(tmp_path):
     """README's jina-embeddings-v4: its build command, then each curl example run as written against that model,
     answering what its comment shows."""

@@ -417,6 +417,7 @@ def test_a_pdf_query_is_refused_by_name(app):
                  400, "UNSUPPORTED_INPUT", "the query is a PDF")
 
 
+@pytest.mark.server  # a build in a subprocess, and curl against an HTTP server
 def test_readme_examples_answer_as_written(tmp_path):
     """README's jina-reranker-m0: its build command, then each curl example run as written against that model,
     answering what its comment shows."""

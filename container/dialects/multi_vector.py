@@ -16,7 +16,8 @@ from model_handlers.operations.multi_vector import MULTI_VECTOR, SPEC
 
 ASKED_BESIDE = fields.Option(SPEC.beside.option, fields.flag(False), fields.boolean_schema(False),
                              "BGE-M3: add each input's ColBERT token vectors (`multi_vector`) from the same forward "
-                             "pass; other models refuse it")
+                             "pass; jina-embeddings-v4: answer its token vectors instead, under `embeddings` (as "
+                             "Jina's API does); other models refuse it")
 FORM = EmbeddingForm("embeddings", ("total_tokens",), lambda: embedding_schema(matrix=True), beside="multi_vector",
                      asked_beside=ASKED_BESIDE)
 

@@ -320,7 +320,8 @@ def _is_v4(files: ModelFiles) -> bool:
 
 KIND = Kind(
     name="vision-language-embedding",
-    summary="multimodal embeddings from a vision-language model (texts and images; single vectors and token vectors)",
+    summary=("multimodal embeddings from a vision-language model (texts, images and PDF pages; single vectors and "
+             "token vectors)"),
     recognizes=_is_v4,
     model=VisionLanguageEmbeddingModel,
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True), CsvColumn("bytes", optional=True))),
