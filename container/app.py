@@ -23,7 +23,7 @@ from container import adapters as adapters_api, routes, spooled
 from container.dialects import JSON, Decoded
 from container.engine import Engine, Incoming
 from container.errors import (
-    MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
+    Conflict, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
     payload_too_large,
 )
 from container.execution_parameters import execution_parameters
@@ -31,7 +31,7 @@ from container.openapi import document as openapi_document
 from container.runtime import ModelRuntime
 from container.settings import Settings
 from container.telemetry import METRICS_CONTENT_TYPE
-from model_handlers import operations
+from model_handlers import classifier_store, operations
 from model_handlers.errors import HandlerError
 
 logger = logging.getLogger(__name__)
@@ -141,10 +141,26 @@ def unregister_adapter(name: str) -> Response:
     return text_response(f"Adapter {alias} unregistered")
 
 
+# --- few-shot classifiers trained on the endpoint (model_handlers/classifier_store.py) -------------------
+
+
+def delete_classifier(classifier_id: str) -> Response:
+    handler = served().runtime.handler
+    outcome = classifier_store.remove(handler.options, handler.model_name, handler.config.classifiers, classifier_id)
+    if outcome == classifier_store.SHIPPED:
+        raise Conflict(f"classifier {classifier_id} is shipped in the artifact and cannot be deleted",
+                       code="ARTIFACT_CLASSIFIER")
+    if outcome == classifier_store.ABSENT:
+        raise NotFound(f"model {handler.model_name} holds no trained classifier {classifier_id!r} (GET /v1/models "
+                       "lists them)", code="UNKNOWN_CLASSIFIER")
+    return json_response({"classifier_id": classifier_id, "deleted": True})
+
+
 _VIEWS: dict[str, Callable[..., Response]] = {
     "ping": ping, "health": health, "metrics": metrics, "models": models, "openapi": openapi,
     "executionParameters": batch_execution_parameters,
     "listAdapters": list_adapters, "registerAdapter": register_adapter, "unregisterAdapter": unregister_adapter,
+    "deleteClassifier": delete_classifier,
 }
 
 

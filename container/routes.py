@@ -102,6 +102,15 @@ _ADAPTERS = (
           parameters=({"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}, _ALIAS),
           errors={"404": "no such adapter", "409": "an adapter built into the artifact", "503": "loading"}),
 )
+# few-shot classifiers trained on the endpoint (POST /v1/train): GET /v1/models lists them, this deletes one
+_CLASSIFIERS = (
+    Route("DELETE", "/v1/classifiers/<classifier_id>", "deleteClassifier",
+          "Delete a classifier trained on the endpoint (POST /v1/train), for every instance sharing the store",
+          {JSON: {"type": "object", "required": ["classifier_id", "deleted"],
+                  "properties": {"classifier_id": {"type": "string"}, "deleted": {"const": True}}}},
+          parameters=({"name": "classifier_id", "in": "path", "required": True, "schema": {"type": "string"}},),
+          errors={"404": "no such classifier", "409": "a classifier shipped in the artifact", "503": "loading"}),
+)
 # every inference route takes SageMaker's adapter header
 _ADAPTER_HEADER = {"name": "X-Amzn-SageMaker-Adapter-Identifier", "in": "header", "required": False,
                    "schema": {"type": "string"},
@@ -140,7 +149,7 @@ def routes() -> tuple[Route, ...]:
                              body={JSON: ref(route.request_schema)}, decode=route.decode,
                              parameters=(_ADAPTER_HEADER,))
                        for wire in dialects.registered() for route in wire.routes)
-    return _CONTROL + inference + operations + _ADAPTERS
+    return _CONTROL + inference + operations + _ADAPTERS + _CLASSIFIERS
 
 
 def listed() -> str:

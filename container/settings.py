@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from container.gpus import on_gpu, visible_gpus
+from model_handlers import classifier_store
 from model_handlers.embedded import DEFAULT_MODEL_NAME, EmbeddedModelMissing, embedded_model_dir
 from model_handlers.loading import force_offline
 # the two switches of the one policy on the code a model directory may run, named where the policy is stated
@@ -69,6 +70,12 @@ ENV_DEFAULT_INPUT_TYPE = "SEARCHBOX_DEFAULT_INPUT_TYPE"
 ENV_CLASSIFY_LABELS = "SEARCHBOX_CLASSIFY_LABELS"
 ENV_CLASSIFIER = "SEARCHBOX_CLASSIFIER"
 ENV_MAX_ADAPTERS = "SEARCHBOX_MAX_ADAPTERS"
+ENV_CLASSIFIER_STORE = "SEARCHBOX_CLASSIFIER_STORE"
+ENV_CLASSIFIER_REFRESH = "SEARCHBOX_CLASSIFIER_REFRESH_S"
+ENV_MAX_CLASSES = "SEARCHBOX_MAX_CLASSES"
+ENV_MAX_CLASSIFIERS = "SEARCHBOX_MAX_CLASSIFIERS"
+ENV_MAX_TRAIN_EXAMPLES = "SEARCHBOX_MAX_TRAIN_EXAMPLES"
+ENV_CLASSIFIER_OVERWRITE = "SEARCHBOX_CLASSIFIER_OVERWRITE"
 ENV_ASYNC = "SEARCHBOX_ASYNC"
 ENV_WORKERS = "SEARCHBOX_WORKERS"
 INPUT_TYPES = tuple(INPUT_TYPE_TASKS)
@@ -176,6 +183,15 @@ def _labels(raw: str, name: str) -> tuple[str, ...]:
             raise SettingsError(f'{name}: not a JSON array of strings (["billing", "sales"], or billing,sales)')
         return tuple(value)
     return tuple(label.strip() for label in text.split(",") if label.strip())
+
+
+def _store(raw: str, name: str) -> str:
+    """A classifier store the server can open: refused at start, not at the first training call."""
+    try:
+        classifier_store.opened(raw.strip())
+    except classifier_store.StoreError as exc:
+        raise SettingsError(f"{name}: {exc.detail}") from None
+    return raw.strip()
 
 
 # --- the table ----------------------------------------------------------------------------------------------
@@ -300,6 +316,24 @@ SETTINGS = (
             "the least recently used one that is neither pinned nor in use is unloaded, and loaded again from its src "
             "when a request names it (adapters built into the artifact are not counted)", "8", "max_adapters",
             _number(int), handler="max_adapters"),
+    Setting(ENV_CLASSIFIER_STORE, "where few-shot classifiers trained on the endpoint (POST /v1/train) are kept, "
+            "one JSON document each (weights and labels, never a pickle): a local directory, or a volume every "
+            "instance mounts so that a classifier trained on one is used by all. Updates are conditional writes: two "
+            "instances updating one classifier both land", "searchbox-classifiers in the temp directory",
+            "classifier_store", _store, handler="classifier_store"),
+    Setting(ENV_CLASSIFIER_REFRESH, "seconds a classify call may reuse a trained classifier it read before reading "
+            "the store again: an update made on any instance is answered at most this long after", "2",
+            "classifier_refresh_s", _number(float, allow_zero=True), handler="classifier_refresh_s"),
+    Setting(ENV_MAX_CLASSES, "labels one trained classifier may have (Jina's few-shot limit; 422 TOO_MANY_CLASSES "
+            "above)", "16", "max_classes", _number(int), handler="max_classes"),
+    Setting(ENV_MAX_CLASSIFIERS, "classifiers the endpoint may hold for its model, trained ones (Jina's few-shot "
+            "limit; 422 TOO_MANY_CLASSIFIERS above)", "16", "max_classifiers", _number(int),
+            handler="max_classifiers"),
+    Setting(ENV_MAX_TRAIN_EXAMPLES, "examples one POST /v1/train may carry (Jina's limit; 422 TOO_MANY_EXAMPLES "
+            "above)", "1024", "max_train_examples", _number(int), handler="max_train_examples"),
+    Setting(ENV_CLASSIFIER_OVERWRITE, "1/true/yes: POST /v1/train may update a classifier shipped in the artifact "
+            "(the trained copy, kept in the store, then answers for it); off: refused, 422 ARTIFACT_CLASSIFIER",
+            "off", "overwrite_artifact_classifiers", _flag, handler="overwrite_artifact_classifiers"),
     Setting(ENV_GRACE, "seconds the work admitted before SIGTERM gets to finish: queued requests whose measured cost "
             "does not fit are answered 503 (Retry-After) at once, what still runs at its end is cut; SageMaker and "
             "Kubernetes kill at 30", "20", "graceful_timeout_s", _number(float), 20.0),

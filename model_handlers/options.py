@@ -64,6 +64,17 @@ class HandlerOptions:
     # LoRA adapters registered at run time (SageMaker's adapter API) held in memory at once; past it the least
     # recently used one not pinned is unloaded (and loaded again when asked for).
     max_adapters: int = 8
+    # Few-shot classifiers trained on the endpoint (POST /v1/train, model_handlers/classifier_store.py): where they are
+    # kept (a local directory, or a volume every instance mounts; None: a directory under the system's temp dir), how
+    # long a read classifier is reused before the store is read again (the bound on a stale answer), Jina's published
+    # limits (16 classes and 16 classifiers for few-shot, 1,024 inputs per request), and whether training may
+    # overwrite a classifier shipped in the artifact.
+    classifier_store: str | None = None
+    classifier_refresh_s: float = 2.0
+    max_classes: int = 16
+    max_classifiers: int = 16
+    max_train_examples: int = 1024
+    overwrite_artifact_classifiers: bool = False
     # The `input_type` of requests that give none ("query" or "document"; batch transform CSV rows give none),
     # chosen by the operator for a whole job; None leaves it to searchbox.json, else to the model.
     default_input_type: str | None = None

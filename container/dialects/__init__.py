@@ -41,6 +41,8 @@ DIALECT_MODULES = (
     "container.dialects.sparse",
     "container.dialects.tokenize",
     "container.dialects.segment",
+    # before classify: a train update has a `classifier_id` too, and is told apart by its examples' labels
+    "container.dialects.train",
     "container.dialects.classify",
 )
 

@@ -37,6 +37,7 @@ OPERATION_MODULES = (
     "model_handlers.operations.sparse",
     "model_handlers.operations.tokenize",
     "model_handlers.operations.segment",
+    "model_handlers.operations.train",
     "model_handlers.operations.classify",
 )
 

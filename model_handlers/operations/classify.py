@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Hashable, Protocol, runtime_checkable
 
 import numpy as np
 
+from model_handlers import classifier_store
 from model_handlers.batching import Timing
 from model_handlers.classifiers import TrainedClassifier
 from model_handlers.deadline import Deadline
@@ -135,16 +136,24 @@ def label_cache(model: Any) -> LabelCache:
         return cache
 
 
-def trained(request: ClassifyRequest, config: Any) -> TrainedClassifier:
-    """The trained classifier a request names.
+def trained(request: ClassifyRequest, config: Any, options: Any = None, model_name: str = "") -> TrainedClassifier:
+    """The trained classifier a request names: one trained into the artifact, or one trained on the endpoint
+    (model_handlers/classifier_store.py, read at most `classifier_refresh_s` seconds stale); a stored one wins over
+    the artifact's of the same name only where the operator let training overwrite those.
 
     Raises:
-        InvalidOption: it names labels too, or a classifier the artifact does not hold (naming those it holds).
+        InvalidOption: it names labels too, or a classifier neither holds (naming those the artifact holds).
     """
     if request.labels:
         raise InvalidOption("send either `labels` (zero-shot) or `classifier_id` (a classifier trained into the "
                             "artifact), not both", code="INVALID_OPTION")
     found = config.classifiers.get(request.classifier_id)
+    if options is not None and (found is None or options.overwrite_artifact_classifiers) \
+            and classifier_store.valid_id(request.classifier_id):
+        store = classifier_store.opened(options.classifier_store)
+        stored = classifier_store.READERS.read(store, model_name, request.classifier_id, options.classifier_refresh_s)
+        if stored is not None:
+            return stored.classifier()
     if found is None:
         held = ", ".join(sorted(config.classifiers))
         raise InvalidOption(f"model {config.served_model_name} holds no classifier {request.classifier_id!r}; "
@@ -198,7 +207,8 @@ def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: 
     """Each input's labels, scored by a softmax of the scaled cosines between its embedding and theirs; or by the
     classifier the request names."""
     if request.classifier_id is not None:
-        return run_trained(pipeline, request, trained(request, pipeline.config), deadline, timing)
+        return run_trained(pipeline, request, trained(request, pipeline.config, pipeline.options, pipeline.model_name),
+                           deadline, timing)
     check(request, pipeline.model_name)
     task = CLASSIFICATION_TASK if CLASSIFICATION_TASK in pipeline.config.tasks else None
     if not request.inputs:

@@ -1,0 +1,261 @@
+"""Few-shot classifiers trained on the endpoint (`POST /v1/train`, issue 37), kept where every instance sees them.
+
+A classifier is a linear layer over the served model's L2-normalised embeddings, learnt online by passive-aggressive
+updates (scikit-learn's `SGDClassifier(loss="hinge", penalty=None, learning_rate="pa1", eta0=1.0)`, what its
+deprecated `PassiveAggressiveClassifier` now is; Jina's classifier learns the same way), so a later call updates it
+with its new examples only. What is stored is data only, one JSON document per classifier (never a pickle): its labels,
+weights, intercepts, the update counter scikit-learn keeps (`t`), how many examples it has seen, and `version`, which
+grows by one with every accepted update (the order the store accepted them).
+
+The store is named by one setting: a local directory (the default, for one instance or instances sharing a volume).
+Classifiers live under `<store>/<served model name>/<id>.json`: a classifier is only meaningful on the embeddings it
+was trained on, and the per-endpoint limit counts the classifiers of the served model.
+
+Writes are conditional, so two instances updating one classifier never lose an update: a write names the version it
+read (none: the classifier must not exist yet) and is refused if the stored version is another; the loser re-reads and
+re-applies its examples (model_handlers/operations/train.py). Locally the check and the atomic rename run under an
+exclusive lock file (`fcntl.flock`), and readers never lock: a rename replaces the whole document at once.
+Object-store URLs (s3://, gs://, az://) are refused at start for now, naming what to set instead.
+
+Readers (classify on any instance) keep what they read for at most `refresh_s` seconds: a newer version is answered
+at most that long after the store accepted it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_handlers.classifiers import NAME, TrainedClassifier
+from model_handlers.errors import HandlerError
+
+FORMAT = 1
+# The default store: a directory every worker process of one instance shares.
+DEFAULT_LOCATION = os.path.join(tempfile.gettempdir(), "searchbox-classifiers")
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One trained classifier as stored: its state, and what /v1/models lists of it."""
+
+    id: str
+    labels: tuple[str, ...]  # sorted, as scikit-learn orders its classes_
+    coef: np.ndarray  # float64 (labels, width), or (1, width) for two labels
+    intercept: np.ndarray  # float64, one per row of coef
+    t: float  # scikit-learn's update counter (t_)
+    examples: int  # examples seen, all calls together
+    version: int  # accepted updates: 1 once created
+    updated_at: float  # seconds since the epoch, when the store accepted this version
+    task: str | None  # the task its examples were embedded with
+    model: str  # the served model it was trained on
+    access: str = "private"
+
+    @property
+    def width(self) -> int:
+        return int(self.coef.shape[1])
+
+    def classifier(self) -> TrainedClassifier:
+        """The linear layer classify scores with: a logistic of the one row for two labels, else a softmax of the rows
+        (SGDClassifier predicts the label of the largest score, which is the best-scored label of either)."""
+        return TrainedClassifier(name=self.id, labels=self.labels, weights=self.coef, bias=self.intercept,
+                                 task=self.task, examples=self.examples, fit="passive-aggressive, online")
+
+    def describe(self) -> dict[str, Any]:
+        """What /v1/models lists of it."""
+        return {"classifier_id": self.id, "labels": list(self.labels), "examples": self.examples,
+                "version": self.version, "updated_at": _iso(self.updated_at), "access": self.access}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "id": self.id, "labels": list(self.labels), "coef": self.coef.tolist(),
+                "intercept": self.intercept.tolist(), "t": self.t, "examples": self.examples, "version": self.version,
+                "updated_at": self.updated_at, "task": self.task, "model": self.model, "access": self.access}
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> "Stored":
+        try:
+            if value.get("format") != FORMAT:
+                raise ValueError(f"format must be {FORMAT}, not {value.get('format')!r}")
+            stored = cls(id=str(value["id"]), labels=tuple(value["labels"]),
+                         coef=np.asarray(value["coef"], dtype=np.float64),
+                         intercept=np.asarray(value["intercept"], dtype=np.float64), t=float(value["t"]),
+                         examples=int(value["examples"]), version=int(value["version"]),
+                         updated_at=float(value["updated_at"]), task=value.get("task"), model=str(value["model"]),
+                         access=str(value.get("access") or "private"))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{where} is not a stored classifier: {exc}") from None
+        rows = 1 if len(stored.labels) == 2 else len(stored.labels)
+        if (stored.coef.ndim != 2 or stored.coef.shape[0] != rows or stored.intercept.shape != (rows,)
+                or not np.isfinite(stored.coef).all() or not np.isfinite(stored.intercept).all()):
+            raise StoreError(f"{where}: needs a row of weights per label (one for two labels) and an intercept per row")
+        return stored
+
+
+class StoreError(HandlerError):
+    """The classifier store cannot be read or written (unreadable document, no permission, unknown store)."""
+
+    code = "CLASSIFIER_STORE"
+
+
+class LocalStore:
+    """Classifiers in a local directory (or a shared volume), one JSON document each, written by atomic rename under
+    a lock file."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _folder(self, model: str) -> Path:
+        return self.root / _segment(model)
+
+    def read(self, model: str, classifier_id: str) -> Stored | None:
+        path = self._folder(model) / f"{classifier_id}.json"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read classifier {classifier_id} from {path}: {exc}") from None
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise StoreError(f"{path} is not JSON: {exc}") from None
+        return Stored.from_json(value, str(path))
+
+    def listed(self, model: str) -> list[Stored]:
+        folder = self._folder(model)
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.glob("*.json")):
+            stored = self.read(model, path.stem)
+            if stored is not None:  # deleted between the listing and the read
+                found.append(stored)
+        return found
+
+    def put(self, stored: Stored, expected: int | None) -> bool:
+        """Write `stored` if the stored version is still `expected` (None: if there is none); whether it was."""
+        folder = self._folder(stored.model)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._locked(folder, stored.id):
+            current = self.read(stored.model, stored.id)
+            if (current.version if current is not None else None) != expected:
+                return False
+            handle, temporary = tempfile.mkstemp(prefix=f".{stored.id}.", suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8") as out:
+                    # repr-exact floats: a reader computes with what was trained, to the last bit
+                    json.dump(stored.to_json(), out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, folder / f"{stored.id}.json")
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            return True
+
+    def delete(self, model: str, classifier_id: str) -> bool:
+        folder = self._folder(model)
+        if not folder.is_dir():
+            return False
+        with self._locked(folder, classifier_id):
+            try:
+                (folder / f"{classifier_id}.json").unlink()
+            except FileNotFoundError:
+                return False
+        return True
+
+    class _Lock:
+        def __init__(self, path: Path):
+            self.path = path
+
+        def __enter__(self):
+            self.handle = open(self.path, "a+b")
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+
+        def __exit__(self, *exc):
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
+            self.handle.close()
+
+    def _locked(self, folder: Path, classifier_id: str) -> "LocalStore._Lock":
+        return LocalStore._Lock(folder / f".{classifier_id}.lock")
+
+
+def opened(location: str | None) -> LocalStore:
+    """The store a setting names (None: the default directory).
+
+    Raises:
+        StoreError: an object-store URL (not served yet), naming what to set instead.
+    """
+    location = location or DEFAULT_LOCATION
+    if _URL.match(location) and not location.startswith("file://"):
+        raise StoreError(f"classifier store {location!r}: object stores (s3://, gs://, az://) are not served yet; set "
+                         "a local directory, or a volume every instance mounts")
+    return LocalStore(Path(location.removeprefix("file://")))
+
+
+class Readers:
+    """What classify reads, kept per classifier for at most `refresh_s` seconds (the bound on how stale an answer
+    may be once the store accepted a newer version). Safe across request threads."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, str, str], tuple[float, Stored | None]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, store: LocalStore, model: str, classifier_id: str, refresh_s: float) -> Stored | None:
+        key = (str(store.root), model, classifier_id)
+        now = time.monotonic()
+        with self._lock:
+            kept = self._kept.get(key)
+        if kept is not None and now - kept[0] < refresh_s:
+            return kept[1]
+        stored = store.read(model, classifier_id)
+        with self._lock:
+            self._kept[key] = (now, stored)
+            if len(self._kept) > 4096:  # bounded: drop the oldest reads
+                for old in sorted(self._kept, key=lambda k: self._kept[k][0])[:1024]:
+                    del self._kept[old]
+        return stored
+
+    def forget(self, store: LocalStore, model: str, classifier_id: str) -> None:
+        with self._lock:
+            self._kept.pop((str(store.root), model, classifier_id), None)
+
+
+READERS = Readers()
+# What `remove` did.
+DELETED, ABSENT, SHIPPED = "deleted", "absent", "shipped"
+
+
+def remove(options: Any, model: str, shipped: Any, classifier_id: str) -> str:
+    """Delete a trained classifier from the store (`shipped`: the artifact's classifiers, which stay)."""
+    if classifier_id in shipped and not options.overwrite_artifact_classifiers:
+        return SHIPPED
+    if not valid_id(classifier_id):
+        return ABSENT
+    store = opened(options.classifier_store)
+    deleted = store.delete(model, classifier_id)
+    READERS.forget(store, model, classifier_id)
+    return DELETED if deleted else ABSENT
+
+
+def valid_id(classifier_id: str) -> bool:
+    return bool(NAME.fullmatch(classifier_id))
+
+
+def _segment(model: str) -> str:
+    """A model name as one path segment."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model) or "_"
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
