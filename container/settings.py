@@ -319,7 +319,8 @@ SETTINGS = (
     Setting(ENV_CLASSIFIER_STORE, "where few-shot classifiers trained on the endpoint (POST /v1/train) are kept, "
             "one JSON document each (weights and labels, never a pickle): a local directory, or a volume every "
             "instance mounts so that a classifier trained on one is used by all. Updates are conditional writes: two "
-            "instances updating one classifier both land", "searchbox-classifiers in the temp directory",
+            "instances updating one classifier both land. Unset: searchbox-classifiers in the temp directory (one "
+            "instance's)", "unset",
             "classifier_store", _store, handler="classifier_store"),
     Setting(ENV_CLASSIFIER_REFRESH, "seconds a classify call may reuse a trained classifier it read before reading "
             "the store again: an update made on any instance is answered at most this long after", "2",

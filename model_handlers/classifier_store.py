@@ -95,7 +95,7 @@ class Stored:
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{where} is not a stored classifier: {exc}") from None
         rows = 1 if len(stored.labels) == 2 else len(stored.labels)
-        if (stored.coef.ndim != 2 or stored.coef.shape[0] != rows or stored.intercept.shape != (rows,)
+        if (len(stored.coef.shape) != 2 or stored.coef.shape[0] != rows or stored.intercept.shape != (rows,)
                 or not np.isfinite(stored.coef).all() or not np.isfinite(stored.intercept).all()):
             raise StoreError(f"{where}: needs a row of weights per label (one for two labels) and an intercept per row")
         return stored
