@@ -146,7 +146,8 @@ def unregister_adapter(name: str) -> Response:
 
 def delete_classifier(classifier_id: str) -> Response:
     handler = served().runtime.handler
-    outcome = classifier_store.remove(handler.options, handler.model_name, handler.config.classifiers, classifier_id)
+    outcome = classifier_store.remove(handler.options, handler.model_name, handler.config.classifiers, classifier_id,
+                                     classifier_store.readers(handler.model))
     if outcome == classifier_store.SHIPPED:
         raise Conflict(f"classifier {classifier_id} is shipped in the artifact and cannot be deleted",
                        code="ARTIFACT_CLASSIFIER")

@@ -30,6 +30,7 @@ import re
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,20 +232,32 @@ class Readers:
             self._kept.pop((str(store.root), model, classifier_id), None)
 
 
-READERS = Readers()
+# One reader per loaded model (each worker process, each instance served in one process), gone with it.
+_READERS: "weakref.WeakKeyDictionary[Any, Readers]" = weakref.WeakKeyDictionary()
+_READERS_LOCK = threading.Lock()
+
+
+def readers(model: Any) -> Readers:
+    with _READERS_LOCK:
+        found = _READERS.get(model)
+        if found is None:
+            found = _READERS[model] = Readers()
+        return found
 # What `remove` did.
 DELETED, ABSENT, SHIPPED = "deleted", "absent", "shipped"
 
 
-def remove(options: Any, model: str, shipped: Any, classifier_id: str) -> str:
-    """Delete a trained classifier from the store (`shipped`: the artifact's classifiers, which stay)."""
+def remove(options: Any, model: str, shipped: Any, classifier_id: str, reader: Readers | None = None) -> str:
+    """Delete a trained classifier from the store (`shipped`: the artifact's classifiers, which stay); `reader`: this
+    instance's, which forgets it at once (other instances within their refresh bound)."""
     if classifier_id in shipped and not options.overwrite_artifact_classifiers:
         return SHIPPED
     if not valid_id(classifier_id):
         return ABSENT
     store = opened(options.classifier_store)
     deleted = store.delete(model, classifier_id)
-    READERS.forget(store, model, classifier_id)
+    if reader is not None:
+        reader.forget(store, model, classifier_id)
     return DELETED if deleted else ABSENT
 
 

@@ -136,7 +136,8 @@ def label_cache(model: Any) -> LabelCache:
         return cache
 
 
-def trained(request: ClassifyRequest, config: Any, options: Any = None, model_name: str = "") -> TrainedClassifier:
+def trained(request: ClassifyRequest, config: Any, options: Any = None, model_name: str = "",
+            model: Any = None) -> TrainedClassifier:
     """The trained classifier a request names: one trained into the artifact, or one trained on the endpoint
     (model_handlers/classifier_store.py, read at most `classifier_refresh_s` seconds stale); a stored one wins over
     the artifact's of the same name only where the operator let training overwrite those.
@@ -151,7 +152,8 @@ def trained(request: ClassifyRequest, config: Any, options: Any = None, model_na
     if options is not None and (found is None or options.overwrite_artifact_classifiers) \
             and classifier_store.valid_id(request.classifier_id):
         store = classifier_store.opened(options.classifier_store)
-        stored = classifier_store.READERS.read(store, model_name, request.classifier_id, options.classifier_refresh_s)
+        stored = classifier_store.readers(model).read(store, model_name, request.classifier_id,
+                                                      options.classifier_refresh_s)
         if stored is not None:
             return stored.classifier()
     if found is None:
@@ -207,7 +209,8 @@ def run(pipeline: Runner, request: ClassifyRequest, deadline: Deadline, timing: 
     """Each input's labels, scored by a softmax of the scaled cosines between its embedding and theirs; or by the
     classifier the request names."""
     if request.classifier_id is not None:
-        return run_trained(pipeline, request, trained(request, pipeline.config, pipeline.options, pipeline.model_name),
+        return run_trained(pipeline, request, trained(request, pipeline.config, pipeline.options, pipeline.model_name,
+                                                     pipeline.model),
                            deadline, timing)
     check(request, pipeline.model_name)
     task = CLASSIFICATION_TASK if CLASSIFICATION_TASK in pipeline.config.tasks else None

@@ -1,0 +1,250 @@
+"""Few-shot classifiers trained on the endpoint (issue 37): POST /v1/train creates and updates a classifier online,
+every instance sharing the store answers from it, and concurrent updates from two instances all land.
+
+The expected classifiers come from scikit-learn itself, updated in this test with the same calls: its
+passive-aggressive learner (`SGDClassifier(loss="hinge", penalty=None, learning_rate="pa1", eta0=1.0)`, what its
+deprecated PassiveAggressiveClassifier is; shuffle off, so a call's examples are taken in the order sent), on
+embeddings of the texts made by sentence-transformers (loosely: another implementation's float32 rounding) and by the
+server's own /v1/embeddings for the classify task (to the last bit: the same vectors in, the same weights out).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import serving
+
+# The classify task's prompt: training must embed as classify does (task, prompt, normalisation).
+PROMPT = "Which topic is this about? "
+FIRST = [("It will rain all afternoon", "weather"), ("The striker scored twice in the final", "sport"),
+         ("A storm is coming tonight", "weather"), ("She won the marathon in record time", "sport"),
+         ("Simmer the sauce for twenty minutes", "cooking")]
+SECOND = [("Snow is expected over the weekend", "weather"), ("Knead the dough until it is smooth", "cooking"),
+          ("The team lost the match on penalties", "sport"), ("Bake the cake at 180 degrees", "cooking")]
+QUERIES = ["Heavy fog in the morning", "A last-minute goal decided the derby", "Whisk the eggs with sugar",
+           "a quiet evening"]
+# sentence-transformers and the server embed the same text to float32 rounding apart
+LOOSE = dict(rel=1e-4, abs=1e-5)
+
+
+def _learner():
+    from sklearn.linear_model import SGDClassifier
+
+    return SGDClassifier(loss="hinge", penalty=None, learning_rate="pa1", eta0=1.0, shuffle=False, random_state=0)
+
+
+def _replayed(calls, embed) -> object:
+    """scikit-learn's learner updated with `calls` (examples, num_iters) in order; its classes are the first call's."""
+    learner = _learner()
+    classes = np.unique([label for _, label in calls[0][0]])
+    for examples, iters in calls:
+        vectors = embed([text for text, _ in examples])
+        for _ in range(iters):
+            learner.partial_fit(vectors, np.asarray([label for _, label in examples]), classes=classes)
+    return learner
+
+
+def _probabilities(learner, vectors: np.ndarray) -> list[dict[str, float]]:
+    """The scores the contract asks for (summing to 1) from the learner's decision function: the logistic of its one
+    score for two labels, else the softmax of its scores; labels as scikit-learn orders them."""
+    from scipy.special import expit, softmax
+
+    decision = learner.decision_function(vectors)
+    rows = (np.column_stack([1 - expit(decision), expit(decision)]) if decision.ndim == 1
+            else softmax(decision, axis=1))
+    return [dict(zip(learner.classes_.tolist(), row.tolist())) for row in rows]
+
+
+def _body(examples, **more) -> dict:
+    return {"model": "all-MiniLM-L6-v2", "input": [{"text": text, "label": label} for text, label in examples], **more}
+
+
+def _stored(store: Path, classifier_id: str) -> dict:
+    (path,) = store.glob(f"*/{classifier_id}.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def prompted_dir(tmp_path_factory, minilm_dir):
+    """MiniLM with a `classification` prompt and a classifier shipped in the artifact (`shipped`, two labels)."""
+    model_dir = tmp_path_factory.mktemp("models") / "minilm-train"
+    shutil.copytree(minilm_dir, model_dir)
+    (model_dir / "searchbox.json").write_text(json.dumps({"tasks": {"classification": PROMPT}}))
+    (model_dir / "classifiers").mkdir()
+    rng = np.random.default_rng(0)
+    (model_dir / "classifiers" / "shipped.json").write_text(json.dumps({
+        "format": 1, "labels": ["no", "yes"], "weights": rng.normal(size=(1, 384)).tolist(), "bias": [0.0],
+        "task": "classification", "examples": 4, "held_out_accuracy": None, "fit": ""}))
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def two_instances(tmp_path_factory, prompted_dir, reference_model):
+    """Two instances of one endpoint in this process, sharing one store directory: `b` re-reads a classifier at most
+    half a second after it last read it, and has tighter limits (3 classes, 6 examples a call)."""
+    store = tmp_path_factory.mktemp("store")
+    with serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": str(store)}) as a, \
+            serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": str(store), "SEARCHBOX_CLASSIFIER_REFRESH_S": "0.5",
+                                   "SEARCHBOX_MAX_CLASSES": "3", "SEARCHBOX_MAX_TRAIN_EXAMPLES": "6"}) as b:
+        yield a, b, store
+
+
+def _served(app, texts) -> np.ndarray:
+    """The server's own vectors for the classify task, as float64 (what its classifier reads)."""
+    answer = app.post("/v1/embeddings", {"input": texts, "task": "classification"})
+    assert answer.status_code == 200, answer.text
+    return np.asarray([item["embedding"] for item in answer.json()["data"]], dtype=np.float32).astype(np.float64)
+
+
+def test_trained_on_one_instance_classifies_on_another_as_scikit_learn_updates_it(two_instances, reference_model,
+                                                                                  minilm_dir):
+    from transformers import AutoTokenizer
+
+    a, b, store = two_instances
+    created = a.post("/v1/train", _body(FIRST, num_iters=3))
+    assert created.status_code == 200, created.text
+    made = created.json()
+    classifier_id = made["classifier_id"]
+    assert made["num_samples"] == len(FIRST) and made["labels"] == ["cooking", "sport", "weather"]
+    assert made["version"] == 1 and made["examples"] == len(FIRST)
+    # usage: the examples' tokens (their task's prompt included) times num_iters, in the body and the header
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    tokens = sum(len(tokenizer(PROMPT + text)["input_ids"]) for text, _ in FIRST)
+    assert made["usage"]["total_tokens"] == 3 * tokens
+    assert created.headers["X-Compute-Tokens"] == str(3 * tokens)
+    # an update on the other instance, with new examples only (the default num_iters: Jina's 10)
+    updated = b.post("/invocations", _body(SECOND, classifier_id=classifier_id))
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["version"] == 2 and updated.json()["examples"] == len(FIRST) + len(SECOND)
+    assert updated.json()["usage"]["total_tokens"] == 10 * sum(len(tokenizer(PROMPT + text)["input_ids"])
+                                                               for text, _ in SECOND)
+
+    calls = [(FIRST, 3), (SECOND, 10)]
+    # to the last bit, on the vectors the server makes: the stored weights are scikit-learn's
+    exact = _replayed(calls, lambda texts: _served(a, texts))
+    stored = _stored(store, classifier_id)
+    assert stored["labels"] == exact.classes_.tolist() and stored["version"] == 2
+    np.testing.assert_array_equal(np.asarray(stored["coef"]), exact.coef_)
+    np.testing.assert_array_equal(np.asarray(stored["intercept"]), exact.intercept_)
+
+    # classify with the id, on the instance that did not create it: sentence-transformers' vectors through the
+    # learner scikit-learn updated, to float32 rounding; prediction is the learner's own
+    loose = _replayed(calls, lambda texts: reference_model.encode(texts, prompt=PROMPT, normalize_embeddings=True)
+                      .astype(np.float64))
+    queries = reference_model.encode(QUERIES, prompt=PROMPT, normalize_embeddings=True).astype(np.float64)
+    for instance in (a, b):
+        answer = instance.post("/v1/classify", {"input": QUERIES, "classifier_id": classifier_id})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [item["prediction"] for item in body["data"]] == loose.predict(queries).tolist()
+        for item, expected in zip(body["data"], _probabilities(loose, queries)):
+            assert {p["label"]: p["score"] for p in item["predictions"]} == pytest.approx(expected, **LOOSE)
+        assert body["usage"]["total_tokens"] == sum(len(tokenizer(PROMPT + text)["input_ids"]) for text in QUERIES)
+        # and exactly, from the server's own vectors
+        for item, expected in zip(body["data"], _probabilities(exact, _served(a, QUERIES))):
+            assert {p["label"]: p["score"] for p in item["predictions"]} == pytest.approx(expected, abs=1e-12)
+
+    # both list it, with its labels, examples seen and when it was last updated
+    for instance in (a, b):
+        listed = instance.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"]
+        (entry,) = [item for item in listed if item["classifier_id"] == classifier_id]
+        assert entry["labels"] == ["cooking", "sport", "weather"] and entry["examples"] == len(FIRST) + len(SECOND)
+        assert entry["version"] == 2 and entry["updated_at"].endswith("Z")
+    # the artifact's classifier still answers, and is not listed as a trained one
+    assert a.post("/v1/classify", {"input": QUERIES, "classifier_id": "shipped"}).status_code == 200
+
+
+def test_a_reader_answers_a_newer_version_within_its_refresh_bound(two_instances):
+    a, b, store = two_instances
+    classifier_id = a.post("/v1/train", _body(FIRST[:2], num_iters=1)).json()["classifier_id"]
+
+    def scores(instance) -> list[float]:
+        answer = instance.post("/v1/classify", {"input": QUERIES, "classifier_id": classifier_id})
+        assert answer.status_code == 200, answer.text
+        return [item["score"] for item in answer.json()["data"]]
+
+    before = scores(b)
+    assert a.post("/v1/train", _body([("Sunny skies today", "sport")] * 3, classifier_id=classifier_id,
+                                     num_iters=5)).status_code == 200
+    after_on_a = scores(a)
+    assert after_on_a != before  # a contradicting example: the hinge loss is positive, the update moves it
+    time.sleep(0.6)  # b's SEARCHBOX_CLASSIFIER_REFRESH_S is 0.5
+    assert scores(b) == after_on_a
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (lambda cid: _body([]), 422, "NO_EXAMPLES"),
+    (lambda cid: _body([(text, "weather") for text, _ in FIRST] + [("x", "sport")] * 2), 422, "TOO_MANY_EXAMPLES"),
+    (lambda cid: _body([("a", "w"), ("b", "x"), ("c", "y"), ("d", "z")]), 422, "TOO_MANY_CLASSES"),
+    (lambda cid: _body([("only one class", "weather")]), 422, "TOO_FEW_CLASSES"),
+    (lambda cid: _body([("Stir the soup", "soup")], classifier_id=cid), 422, "UNKNOWN_LABEL"),
+    (lambda cid: _body([("x", "weather")], classifier_id="no-such-classifier"), 422, "UNKNOWN_CLASSIFIER"),
+    (lambda cid: _body([("x", "yes")], classifier_id="shipped"), 422, "ARTIFACT_CLASSIFIER"),
+    (lambda cid: _body(FIRST[:2], num_iters=0), 422, "INVALID_NUM_ITERS"),
+    (lambda cid: {"input": [{"image": "aGk=", "label": "weather"}, {"text": "x", "label": "sport"}]}, 400,
+     "UNSUPPORTED_INPUT"),
+])
+def test_bad_calls_are_refused_by_name_and_change_and_cost_nothing(two_instances, body, status, code):
+    a, b, store = two_instances
+    classifier_id = b.post("/v1/train", _body(FIRST[:2], num_iters=1)).json()["classifier_id"]
+    before = _stored(store, classifier_id)
+    files = sorted(path.name for path in store.rglob("*.json"))
+    answer = b.post("/v1/train", body(classifier_id))
+    assert answer.status_code == status, answer.text
+    assert answer.json()["code"] == code
+    assert "X-Compute-Tokens" not in answer.headers or answer.headers["X-Compute-Tokens"] == "0"
+    assert _stored(store, classifier_id) == before
+    assert sorted(path.name for path in store.rglob("*.json")) == files
+
+
+def test_the_endpoint_holds_at_most_its_classifiers_and_deletes_one(tmp_path, prompted_dir, reference_model):
+    with serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": str(tmp_path), "SEARCHBOX_MAX_CLASSIFIERS": "1"}) as app:
+        first = app.post("/v1/train", _body(FIRST[:2], num_iters=1))
+        assert first.status_code == 200
+        refused = app.post("/v1/train", _body(FIRST[:2], num_iters=1))
+        assert refused.status_code == 422 and refused.json()["code"] == "TOO_MANY_CLASSIFIERS"
+        classifier_id = first.json()["classifier_id"]
+        deleted = app.delete(f"/v1/classifiers/{classifier_id}")
+        assert deleted.status_code == 200 and deleted.json() == {"classifier_id": classifier_id, "deleted": True}
+        assert app.delete(f"/v1/classifiers/{classifier_id}").status_code == 404
+        assert app.delete("/v1/classifiers/shipped").status_code == 409
+        gone = app.post("/v1/classify", {"input": ["x"], "classifier_id": classifier_id})
+        assert gone.status_code == 422 and gone.json()["code"] == "UNKNOWN_CLASSIFIER"
+        assert app.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"] == []
+        assert app.post("/v1/train", _body(FIRST[:2], num_iters=1)).status_code == 200  # room again
+
+
+def test_two_instances_updating_one_classifier_at_once_lose_nothing(two_instances):
+    """50 updates from each instance at once: every one lands, and the stored classifier is scikit-learn's learner
+    updated with all 100 in the order the store accepted them (each answer says its version)."""
+    a, b, store = two_instances
+    created = a.post("/v1/train", _body(FIRST[:2], num_iters=1)).json()
+    classifier_id = created["classifier_id"]
+    texts = [text for text, _ in FIRST + SECOND]
+    labels = ["weather", "sport"]
+    calls = {}  # version -> examples
+
+    def update(instance, index: int) -> None:
+        examples = [(texts[index % len(texts)], labels[index % 2]),
+                    (texts[(index * 7) % len(texts)], labels[index // 2 % 2])]
+        answer = instance.post("/v1/train", _body(examples, classifier_id=classifier_id, num_iters=2))
+        assert answer.status_code == 200, answer.text
+        calls[answer.json()["version"]] = examples
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda job: update(*job), [(a if i % 2 else b, i) for i in range(100)]))
+    assert sorted(calls) == list(range(2, 102))  # every update got its own version: none overwrote another
+    stored = _stored(store, classifier_id)
+    assert stored["version"] == 101 and stored["examples"] == 2 + 100 * 2
+    replay = [(FIRST[:2], 1)] + [(calls[version], 2) for version in range(2, 102)]
+    expected = _replayed(replay, lambda texts: _served(a, texts))
+    # close, not equal: concurrent calls share forward passes, and a text padded beside another's rounds apart
+    np.testing.assert_allclose(np.asarray(stored["coef"]), expected.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(stored["intercept"]), expected.intercept_, rtol=1e-5, atol=1e-6)
