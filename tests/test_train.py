@@ -248,3 +248,46 @@ def test_two_instances_updating_one_classifier_at_once_lose_nothing(two_instance
     # close, not equal: concurrent calls share forward passes, and a text padded beside another's rounds apart
     np.testing.assert_allclose(np.asarray(stored["coef"]), expected.coef_, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(stored["intercept"]), expected.intercept_, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.server
+def test_two_serves_sharing_a_store_train_and_update_one_classifier_at_once(server_factory, tmp_path):
+    """Two real `serve`s (gunicorn, nginx, their own worker processes) over one store directory: a classifier created
+    on one is updated from both, 50 calls each at once; every call lands, the stored classifier is scikit-learn's
+    learner updated with all 100 in the order the store accepted them, and both classify with it alike."""
+    import requests
+
+    store = tmp_path / "store"
+    env = {"SEARCHBOX_CLASSIFIER_STORE": str(store), "SEARCHBOX_CLASSIFIER_REFRESH_S": "0"}
+    one, two = server_factory(env), server_factory(env)
+    created = one.post("/v1/train", _body(FIRST[:2], num_iters=1))
+    assert created.status_code == 200, created.text
+    classifier_id = created.json()["classifier_id"]
+    texts = [text for text, _ in FIRST + SECOND]
+    calls = {}
+
+    def update(index: int) -> None:
+        examples = [(texts[index % len(texts)], ("weather", "sport")[index % 2])]
+        answer = requests.post((one if index % 2 else two).url + "/v1/train", timeout=120,
+                               json=_body(examples, classifier_id=classifier_id, num_iters=2))
+        assert answer.status_code == 200, answer.text
+        calls[answer.json()["version"]] = examples
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(update, range(100)))
+    assert sorted(calls) == list(range(2, 102))
+    stored = _stored(store, classifier_id)
+    assert stored["version"] == 101 and stored["examples"] == 2 + 100
+
+    def served(texts: list[str]) -> np.ndarray:
+        answer = one.post("/v1/embeddings", {"input": texts})
+        assert answer.status_code == 200, answer.text
+        return np.asarray([item["embedding"] for item in answer.json()["data"]], np.float32).astype(np.float64)
+
+    expected = _replayed([(FIRST[:2], 1)] + [(calls[version], 2) for version in range(2, 102)], served)
+    np.testing.assert_allclose(np.asarray(stored["coef"]), expected.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(stored["intercept"]), expected.intercept_, rtol=1e-5, atol=1e-6)
+    answers = [instance.post("/v1/classify", {"input": QUERIES, "classifier_id": classifier_id}).json()
+               for instance in (one, two)]
+    assert answers[0] == answers[1]
+    assert [item["prediction"] for item in answers[0]["data"]] == expected.predict(served(QUERIES)).tolist()
