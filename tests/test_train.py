@@ -291,3 +291,27 @@ def test_two_serves_sharing_a_store_train_and_update_one_classifier_at_once(serv
                for instance in (one, two)]
     assert answers[0] == answers[1]
     assert [item["prediction"] for item in answers[0]["data"]] == expected.predict(served(QUERIES)).tolist()
+
+
+@pytest.mark.server
+def test_readme_curls_run_as_written_in_one_shell(http_serving_factory, minilm_dir, tmp_path):
+    """README's train recipe, pasted into one shell (the id the first call answers is used by the others): each
+    answer is what its comment says."""
+    import re
+    import subprocess
+
+    from helpers import matches_answer, shell_examples
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- recipe: train -->\n```sh\n(.*?)```", readme, re.S).group(1)
+    url = http_serving_factory(minilm_dir, {"SEARCHBOX_CLASSIFIER_STORE": str(tmp_path / "store")}).url
+    examples = shell_examples(block)
+    assert len(examples) == 6
+    script = "set -e\n" + "".join(f"{command.replace('localhost:8080', url.removeprefix('http://'))}\necho\necho '<<>>'\n"
+                                  for command, _ in examples)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    answers = done.stdout.split("<<>>")[:-1]
+    for (command, comment), answer in zip(examples, answers):
+        assert not comment or matches_answer(comment, answer), (command, comment, answer)
+    assert not list((tmp_path / "store").rglob("*.json"))  # the last call deleted it
