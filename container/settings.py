@@ -317,10 +317,11 @@ SETTINGS = (
             "when a request names it (adapters built into the artifact are not counted)", "8", "max_adapters",
             _number(int), handler="max_adapters"),
     Setting(ENV_CLASSIFIER_STORE, "where few-shot classifiers trained on the endpoint (POST /v1/train) are kept, "
-            "one JSON document each (weights and labels, never a pickle): a local directory, or a volume every "
-            "instance mounts so that a classifier trained on one is used by all. Updates are conditional writes: two "
-            "instances updating one classifier both land. Unset: searchbox-classifiers in the temp directory (one "
-            "instance's)", "unset",
+            "one JSON document each (weights and labels, never a pickle): a local directory, a volume every "
+            "instance mounts, or s3://bucket/prefix (the s3 extra; boto3's credentials and AWS_ENDPOINT_URL), so that "
+            "a classifier trained on one instance is used by all. Updates are conditional writes (a lock file and a "
+            "rename; S3's If-Match / If-None-Match): two instances updating one classifier both land. gs:// and az:// "
+            "are refused. Unset: searchbox-classifiers in the temp directory (one instance's)", "unset",
             "classifier_store", _store, handler="classifier_store"),
     Setting(ENV_CLASSIFIER_REFRESH, "seconds a classify call may reuse a trained classifier it read before reading "
             "the store again: an update made on any instance is answered at most this long after", "2",

@@ -15,7 +15,9 @@ Writes are conditional, so two instances updating one classifier never lose an u
 read (none: the classifier must not exist yet) and is refused if the stored version is another; the loser re-reads and
 re-applies its examples (model_handlers/operations/train.py). Locally the check and the atomic rename run under an
 exclusive lock file (`fcntl.flock`), and readers never lock: a rename replaces the whole document at once.
-Object-store URLs (s3://, gs://, az://) are refused at start for now, naming what to set instead.
+On S3 (`s3://bucket/prefix`) the store's own preconditions do it: `If-None-Match: *` creates, `If-Match` on the
+ETag read updates (boto3 directly: fsspec's s3fs does not expose them). Cloud Storage and Azure Blob URLs (gs://,
+az://) are refused at start for now, naming what to set instead.
 
 Readers (classify on any instance) keep what they read for at most `refresh_s` seconds: a newer version is answered
 at most that long after the store accepted it.
@@ -191,16 +193,115 @@ class LocalStore:
         return LocalStore._Lock(folder / f".{classifier_id}.lock")
 
 
-def opened(location: str | None) -> LocalStore:
-    """The store a setting names (None: the default directory).
+class S3Store:
+    """Classifiers under an S3 prefix (`s3://bucket/prefix`), written with S3's own preconditions: a new classifier
+    with `If-None-Match: *`, an update with `If-Match` on the ETag of the version it read, so S3 itself refuses the
+    write of the loser of a race (412, or 409 for writes at the same instant). Credentials, region and endpoint are
+    boto3's own (its environment variables, the instance's role; AWS_ENDPOINT_URL for an emulator)."""
+
+    def __init__(self, url: str):
+        self.root = url.rstrip("/")
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise StoreError(f"classifier store {url!r}: name a bucket, s3://bucket/prefix")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self._etags: dict[tuple[str, str, int], str] = {}
+        self._lock = threading.Lock()
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import boto3
+            except ImportError:
+                raise StoreError("an s3:// classifier store needs boto3: install searchbox[s3]") from None
+            self._client = boto3.client("s3")
+        return self._client
+
+    def _key(self, model: str, classifier_id: str = "") -> str:
+        name = f"{classifier_id}.json" if classifier_id else ""
+        return "/".join(part for part in (self.prefix, _segment(model), name) if part) + ("" if name else "/")
+
+    def read(self, model: str, classifier_id: str) -> Stored | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(model, classifier_id)
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            text = answer["Body"].read().decode("utf-8")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
+        try:
+            stored = Stored.from_json(json.loads(text), f"s3://{self.bucket}/{key}")
+        except ValueError as exc:
+            raise StoreError(f"s3://{self.bucket}/{key} is not JSON: {exc}") from None
+        with self._lock:
+            self._etags[(model, classifier_id, stored.version)] = answer["ETag"]
+            if len(self._etags) > 4096:
+                self._etags.clear()
+        return stored
+
+    def listed(self, model: str) -> list[Stored]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(model))
+        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        ids = [key.rpartition("/")[2].removesuffix(".json") for key in keys if key.endswith(".json")]
+        return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
+                if stored is not None]
+
+    def put(self, stored: Stored, expected: int | None) -> bool:
+        from botocore.exceptions import ClientError
+
+        if expected is None:
+            condition = {"IfNoneMatch": "*"}
+        else:
+            with self._lock:
+                etag = self._etags.get((stored.model, stored.id, expected))
+            if etag is None:  # not read by this process at that version: read it, and let the caller re-apply
+                return False
+            condition = {"IfMatch": etag}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(stored.model, stored.id),
+                                   Body=json.dumps(stored.to_json()).encode("utf-8"),
+                                   ContentType="application/json", **condition)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code")
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                return False
+            raise StoreError(f"cannot write s3://{self.bucket}/{self._key(stored.model, stored.id)}: {exc}") from None
+        return True
+
+    def delete(self, model: str, classifier_id: str) -> bool:
+        if self.read(model, classifier_id) is None:
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(model, classifier_id))
+        return True
+
+
+_OPENED: dict[str, Any] = {}
+_OPENED_LOCK = threading.Lock()
+
+
+def opened(location: str | None) -> LocalStore | S3Store:
+    """The store a setting names (None: the default directory); one per location in a process.
 
     Raises:
-        StoreError: an object-store URL (not served yet), naming what to set instead.
+        StoreError: a URL of a store not served (gs://, az://: not yet), naming what to set instead.
     """
     location = location or DEFAULT_LOCATION
+    if location.startswith("s3://"):
+        with _OPENED_LOCK:
+            if location not in _OPENED:
+                _OPENED[location] = S3Store(location)
+            return _OPENED[location]
     if _URL.match(location) and not location.startswith("file://"):
-        raise StoreError(f"classifier store {location!r}: object stores (s3://, gs://, az://) are not served yet; set "
-                         "a local directory, or a volume every instance mounts")
+        raise StoreError(f"classifier store {location!r}: of the object stores only s3:// is served yet (gs://, "
+                         "az://: not yet); set a local directory, or a volume every instance mounts")
     return LocalStore(Path(location.removeprefix("file://")))
 
 

@@ -307,7 +307,8 @@ def test_readme_curls_run_as_written_in_one_shell(http_serving_factory, minilm_d
     url = http_serving_factory(minilm_dir, {"SEARCHBOX_CLASSIFIER_STORE": str(tmp_path / "store")}).url
     examples = shell_examples(block)
     assert len(examples) == 6
-    script = "set -e\n" + "".join(f"{command.replace('localhost:8080', url.removeprefix('http://'))}\necho\necho '<<>>'\n"
+    host = url.removeprefix("http://")
+    script = "set -e\n" + "".join(f"{command.replace('localhost:8080', host)}\necho\necho '<<>>'\n"
                                   for command, _ in examples)
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -315,3 +316,58 @@ def test_readme_curls_run_as_written_in_one_shell(http_serving_factory, minilm_d
     for (command, comment), answer in zip(examples, answers):
         assert not comment or matches_answer(comment, answer), (command, comment, answer)
     assert not list((tmp_path / "store").rglob("*.json"))  # the last call deleted it
+
+
+@pytest.fixture
+def s3_store(monkeypatch):
+    """An S3 bucket on moto's server (a real HTTP S3 emulator that honours If-Match and If-None-Match on PutObject),
+    reached through boto3's own environment settings, as an instance's role and region would be."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from conftest import free_port
+
+    port = free_port()
+    emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    emulator.start()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3").create_bucket(Bucket="classifiers")
+    yield f"s3://classifiers/endpoint-{port}"
+    emulator.stop()
+
+
+@pytest.mark.server
+def test_an_s3_store_shares_classifiers_and_takes_concurrent_updates(s3_store, prompted_dir, reference_model):
+    import boto3
+
+    with serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": s3_store}) as a, \
+            serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": s3_store, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0"}) as b:
+        created = a.post("/v1/train", _body(FIRST, num_iters=3))
+        assert created.status_code == 200, created.text
+        classifier_id = created.json()["classifier_id"]
+        calls = {}
+
+        def update(index: int) -> None:
+            examples = [SECOND[index % len(SECOND)]]
+            answer = (a if index % 2 else b).post("/v1/train", _body(examples, classifier_id=classifier_id,
+                                                                     num_iters=2))
+            assert answer.status_code == 200, answer.text
+            calls[answer.json()["version"]] = examples
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(update, range(40)))
+        assert sorted(calls) == list(range(2, 42))
+        key = f"{s3_store.removeprefix('s3://classifiers/')}/minilm-train/{classifier_id}.json"
+        stored = json.loads(boto3.client("s3").get_object(Bucket="classifiers", Key=key)["Body"].read())
+        assert stored["version"] == 41 and stored["examples"] == len(FIRST) + 40
+        expected = _replayed([(FIRST, 3)] + [(calls[version], 2) for version in range(2, 42)],
+                             lambda texts: _served(a, texts))
+        np.testing.assert_allclose(np.asarray(stored["coef"]), expected.coef_, rtol=1e-5, atol=1e-6)
+        answer = b.post("/v1/classify", {"input": QUERIES, "classifier_id": classifier_id})
+        assert answer.status_code == 200, answer.text
+        assert [item["prediction"] for item in answer.json()["data"]] == \
+            expected.predict(_served(a, QUERIES)).tolist()
+        assert b.delete(f"/v1/classifiers/{classifier_id}").status_code == 200
+        assert a.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"] == []
