@@ -123,14 +123,14 @@ class LocalStore:
     def read(self, model: str, classifier_id: str) -> Stored | None:
         path = self._folder(model) / f"{classifier_id}.json"
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StoreError(f"cannot read classifier {classifier_id} from {path}: {exc}") from None
         try:
-            value = json.loads(text)
-        except ValueError as exc:
+            value = json.loads(data.decode("utf-8"))
+        except ValueError as exc:  # not UTF-8 JSON (UnicodeDecodeError is a ValueError)
             raise StoreError(f"{path} is not JSON: {exc}") from None
         return Stored.from_json(value, str(path))
 
@@ -229,7 +229,7 @@ class S3Store:
         key = self._key(model, classifier_id)
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=key)
-            text = answer["Body"].read().decode("utf-8")
+            data = answer["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
@@ -237,7 +237,7 @@ class S3Store:
         except BotoCoreError as exc:
             raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
         try:
-            stored = Stored.from_json(json.loads(text), f"s3://{self.bucket}/{key}")
+            stored = Stored.from_json(json.loads(data.decode("utf-8")), f"s3://{self.bucket}/{key}")
         except ValueError as exc:
             raise StoreError(f"s3://{self.bucket}/{key} is not JSON: {exc}") from None
         with self._lock:
@@ -247,14 +247,19 @@ class S3Store:
         return stored
 
     def listed(self, model: str) -> list[Stored]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(model))
-        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(model))
+            keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreError(f"cannot list s3://{self.bucket}/{self._key(model)}: {exc}") from None
         ids = [key.rpartition("/")[2].removesuffix(".json") for key in keys if key.endswith(".json")]
         return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
                 if stored is not None]
 
     def put(self, stored: Stored, expected: int | None) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         if expected is None:
             condition = {"IfNoneMatch": "*"}
@@ -274,12 +279,19 @@ class S3Store:
             if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
                 return False
             raise StoreError(f"cannot write s3://{self.bucket}/{self._key(stored.model, stored.id)}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot write s3://{self.bucket}/{self._key(stored.model, stored.id)}: {exc}") from None
         return True
 
     def delete(self, model: str, classifier_id: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         if self.read(model, classifier_id) is None:
             return False
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(model, classifier_id))
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(model, classifier_id))
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreError(f"cannot delete s3://{self.bucket}/{self._key(model, classifier_id)}: {exc}") from None
         return True
 
 

@@ -371,3 +371,21 @@ def test_an_s3_store_shares_classifiers_and_takes_concurrent_updates(s3_store, p
             expected.predict(_served(a, QUERIES)).tolist()
         assert b.delete(f"/v1/classifiers/{classifier_id}").status_code == 200
         assert a.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"] == []
+
+
+def test_an_unreadable_stored_classifier_is_named_and_never_unpickled(tmp_path, prompted_dir, reference_model):
+    """A stored document that is not a classifier (here: a pickle's bytes) is refused naming it; the model card still
+    answers, saying what is wrong with the store."""
+    import pickle
+
+    folder = tmp_path / "minilm-train"
+    folder.mkdir()
+    (folder / "evil.json").write_bytes(pickle.dumps({"labels": ["a", "b"]}))
+    with serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": str(tmp_path)}) as app:
+        card = app.get("/v1/models")
+        assert card.status_code == 200
+        details = card.json()["data"][0]["details"]["train"]
+        assert details["classifiers"] is None and "evil.json is not JSON" in details["store_error"]
+        answer = app.post("/v1/classify", {"input": ["x"], "classifier_id": "evil"})
+        assert answer.status_code == 500 and answer.json()["code"] == "CLASSIFIER_STORE"
+        assert "evil.json is not JSON" in answer.json()["detail"]

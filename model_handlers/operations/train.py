@@ -210,8 +210,13 @@ def run(pipeline: Runner, request: TrainRequest, deadline: Deadline, timing: Tim
 def describe(pipeline: Runner) -> dict[str, Any]:
     """What /v1/models says of training: the classifiers trained on the endpoint, and the limits."""
     options = pipeline.options
-    store = classifier_store.opened(options.classifier_store)
-    return {"classifiers": [stored.describe() for stored in store.listed(pipeline.model_name)],
+    try:
+        listed: Any = [stored.describe() for stored in
+                       classifier_store.opened(options.classifier_store).listed(pipeline.model_name)]
+        unreadable = None
+    except classifier_store.StoreError as exc:  # the model card still answers; training names the error itself
+        listed, unreadable = None, exc.detail
+    return {"classifiers": listed, **({"store_error": unreadable} if unreadable else {}),
             "max_classes": options.max_classes, "max_classifiers": options.max_classifiers,
             "max_examples": options.max_train_examples, "default_num_iters": DEFAULT_ITERS}
 
