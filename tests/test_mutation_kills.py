@@ -524,7 +524,8 @@ def test_a_kind_answers_the_operations_whose_protocols_its_model_class_implement
     assert operations.answered_by(Tokens) == {"multi-vector"}
     assert operations.answered_by(Sparse) == {"sparse"}
     assert operations.answered_by(OnePass) == {"embed", "multi-vector", "sparse"}
-    assert operations.answered_by(Classifies) == {"embed", "classify", "tokenize", "segment"}
+    # a model that classifies zero-shot also trains few-shot classifiers (the same embeddings)
+    assert operations.answered_by(Classifies) == {"embed", "classify", "tokenize", "segment", "train"}
     assert operations.answered_by(Ranks) == {"rerank"}
     assert operations.answered_by(object) == frozenset()
     assert not makes_single_vectors(Ranks) and makes_single_vectors(OnePass) and not makes_single_vectors(Sparse)

@@ -73,7 +73,8 @@ def _stored(store: Path, classifier_id: str) -> dict:
 
 @pytest.fixture(scope="module")
 def prompted_dir(tmp_path_factory, minilm_dir):
-    """MiniLM with a `classification` prompt and a classifier shipped in the artifact (`shipped`, two labels)."""
+    """MiniLM with a `classification` prompt and two classifiers shipped in the artifact (`shipped`, two labels;
+    `topics3`, three)."""
     model_dir = tmp_path_factory.mktemp("models") / "minilm-train"
     shutil.copytree(minilm_dir, model_dir)
     (model_dir / "searchbox.json").write_text(json.dumps({"tasks": {"classification": PROMPT}}))
@@ -82,6 +83,10 @@ def prompted_dir(tmp_path_factory, minilm_dir):
     (model_dir / "classifiers" / "shipped.json").write_text(json.dumps({
         "format": 1, "labels": ["no", "yes"], "weights": rng.normal(size=(1, 384)).tolist(), "bias": [0.0],
         "task": "classification", "examples": 4, "held_out_accuracy": None, "fit": ""}))
+    # three labels, not in sorted order: an update that may overwrite it starts from these rows
+    (model_dir / "classifiers" / "topics3.json").write_text(json.dumps({
+        "format": 1, "labels": ["weather", "cooking", "sport"], "weights": (0.1 * rng.normal(size=(3, 384))).tolist(),
+        "bias": [0.1, -0.2, 0.05], "task": "classification", "examples": 6, "held_out_accuracy": None, "fit": ""}))
     return model_dir
 
 
@@ -389,3 +394,30 @@ def test_an_unreadable_stored_classifier_is_named_and_never_unpickled(tmp_path, 
         answer = app.post("/v1/classify", {"input": ["x"], "classifier_id": "evil"})
         assert answer.status_code == 500 and answer.json()["code"] == "CLASSIFIER_STORE"
         assert "evil.json is not JSON" in answer.json()["detail"]
+
+
+def test_an_operator_may_let_training_update_a_shipped_classifier(tmp_path, prompted_dir, reference_model):
+    """SEARCHBOX_CLASSIFIER_OVERWRITE=1: an update of a shipped classifier starts from its weights (scikit-learn's
+    learner given them as its state, its classes in its own sorted order) and the trained copy answers for it."""
+    shipped = json.loads((prompted_dir / "classifiers" / "topics3.json").read_text())
+    order = sorted(range(3), key=lambda i: shipped["labels"][i])
+    with serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": str(tmp_path),
+                                "SEARCHBOX_CLASSIFIER_OVERWRITE": "1"}) as app:
+        answer = app.post("/v1/train", _body(SECOND, classifier_id="topics3", num_iters=4))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["labels"] == ["cooking", "sport", "weather"] and answer.json()["version"] == 1
+        assert answer.json()["examples"] == 6 + len(SECOND)
+        learner = _learner()
+        learner.coef_ = np.asarray(shipped["weights"], dtype=np.float64)[order]
+        learner.intercept_ = np.asarray(shipped["bias"], dtype=np.float64)[order]
+        learner.classes_ = np.asarray(sorted(shipped["labels"]))
+        learner.t_ = 1.0
+        vectors = _served(app, [text for text, _ in SECOND])
+        for _ in range(4):
+            learner.partial_fit(vectors, np.asarray([label for _, label in SECOND]), classes=learner.classes_)
+        stored = _stored(tmp_path, "topics3")
+        np.testing.assert_array_equal(np.asarray(stored["coef"]), learner.coef_)
+        np.testing.assert_array_equal(np.asarray(stored["intercept"]), learner.intercept_)
+        classified = app.post("/v1/classify", {"input": QUERIES, "classifier_id": "topics3"}).json()
+        for item, expected in zip(classified["data"], _probabilities(learner, _served(app, QUERIES))):
+            assert {p["label"]: p["score"] for p in item["predictions"]} == pytest.approx(expected, abs=1e-12)
