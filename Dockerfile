@@ -100,7 +100,7 @@ RUN apt-get update \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 LABEL org.opencontainers.image.title="searchbox" \
-      org.opencontainers.image.description="Embedding models and rerankers on SageMaker and Azure ML" \
+      org.opencontainers.image.description="Embedding models and rerankers on SageMaker, Azure ML and Vertex AI" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 # Nothing downloads at start or at request time: Marketplace model packages run with no network.
 ENV PATH=/opt/venv/bin:$PATH \

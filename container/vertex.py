@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path, PurePosixPath
 
 from model_handlers.errors import ModelDirectoryError
@@ -40,9 +41,12 @@ def copy_model(uri: str, target: Path) -> int:
             exist or cannot be read, nothing under the prefix, or an object name that would land outside `target`.
     """
     try:
-        from google.api_core import exceptions as api_exceptions
-        from google.auth import exceptions as auth_exceptions
-        from google.cloud import storage
+        with warnings.catch_warnings():
+            # google.api_core's notice that it will drop this Python some day: not the operator's concern at start
+            warnings.simplefilter("ignore", FutureWarning)
+            from google.api_core import exceptions as api_exceptions
+            from google.auth import exceptions as auth_exceptions
+            from google.cloud import storage
     except ImportError:
         raise ModelDirectoryError(f"AIP_STORAGE_URI={uri} needs google-cloud-storage, which this installation lacks "
                                   "(the slim image, or no `vertex` extra): install searchbox[vertex]") from None
