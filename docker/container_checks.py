@@ -114,8 +114,8 @@ def check_vertex() -> None:
     check(all(len(p["embedding"]) == WIDTH for p in body["predictions"]), f"each prediction is a {WIDTH}-value vector")
     status, _, raw = call("POST", base + os.environ["AIP_PREDICT_ROUTE"], b'{"instances": "not a list"}')
     body = json.loads(raw)
-    check(status == 400 and body.get("error") == body.get("detail") and "request_id" in body,
-          f"a refusal is a 400 with Vertex AI's `error` beside the contract's fields: {body}")
+    check(status == 422 and body.get("error") == body.get("detail") and "request_id" in body,
+          f"a refusal is a 422 with Vertex AI's `error` beside the contract's fields: {body}")
 
 
 def main(argv: list[str]) -> int:
