@@ -169,8 +169,16 @@ def vertex_predict() -> Response:
     contract's error body with Vertex AI's `error` beside it."""
     try:
         return invoke(vertex.decode, False)
-    except (SearchboxError, HandlerError) as exc:
-        error = exc if isinstance(exc, SearchboxError) else from_handler_error(exc)
+    except Exception as exc:  # every refusal, a bug's 500 included, in the one shape Vertex AI's callers read
+        if isinstance(exc, HTTPException):
+            raise  # werkzeug's own (its status kept by http_error)
+        if isinstance(exc, HandlerError):
+            error = from_handler_error(exc)
+        elif isinstance(exc, SearchboxError):
+            error = exc
+        else:
+            logger.exception("unhandled error in request %s", g.get("request_id", ""))
+            error = internal_error()
         reply = error_reply(error, g.get("request_id", ""))
         return json_response(vertex.error_body(orjson.loads(reply.body)), error.status_code, dict(reply.headers))
 
