@@ -191,7 +191,7 @@ if [ "$refused" = 0 ] || [ "$refused" = 124 ] \
     say "FAILED: AIP_STORAGE_URI out of reach is not a clear start-up failure (exit $refused)" >&2; exit 1
 fi
 say "Vertex AI: an unreachable AIP_STORAGE_URI stops the start with exit $refused and one line"
-podman run "${PODMAN_RUNTIME[@]}" --network none --rm "$IMAGE" python -m pip check \
+podman run "${PODMAN_RUNTIME[@]}" "${ULIMITS[@]}" --network none --rm "$IMAGE" python -m pip check \
     || { say "FAILED: pip check (google-cloud-storage beside azmlinfsrv)" >&2; exit 1; }
 
 # ---- 7. the slim image: an ONNX int8 artifact, no torch in the image ---------------------------------

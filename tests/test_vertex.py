@@ -80,6 +80,8 @@ def vertex_env(url: str, uri: str, port: int) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def minilm_vertex(emulator, minilm_dir, tmp_path_factory):
     upload(emulator, minilm_dir, "models/minilm")
+    # a sibling whose name starts with the same letters: gs://.../models/minilm is a directory, not a name prefix
+    client(emulator).bucket(BUCKET).blob("models/minilm-old/decoy.txt").upload_from_string("not the model")
     port = free_port()
     running = start_server(tmp_path_factory.mktemp("vertex"),
                            vertex_env(emulator, f"gs://{BUCKET}/models/minilm", port), port=port, ping_path=HEALTH)
@@ -111,6 +113,7 @@ def predict(running, body) -> dict:
 def test_the_model_was_copied_from_cloud_storage(minilm_vertex, minilm_dir):
     log = minilm_vertex.log()
     assert f"copied gs://{BUCKET}/models/minilm ({sum(1 for p in minilm_dir.rglob('*') if p.is_file())} files" in log
+    assert "decoy" not in log
     models = requests.get(minilm_vertex.url + "/v1/models", timeout=5).json()
     # named after the copied directory (the prefix's last part): the copy was served, not the embedded model
     assert models["data"][0]["id"] == "minilm"
