@@ -193,6 +193,7 @@ fi
 say "Vertex AI: an unreachable AIP_STORAGE_URI stops the start with exit $refused and one line"
 podman run "${PODMAN_RUNTIME[@]}" "${ULIMITS[@]}" --network none --rm "$IMAGE" python -m pip check \
     || { say "FAILED: pip check (google-cloud-storage beside azmlinfsrv)" >&2; exit 1; }
+say "pip check: google-cloud-storage beside azmlinfsrv in one image, no broken requirements"
 
 # ---- 7. the slim image: an ONNX int8 artifact, no torch in the image ---------------------------------
 start=$(now)
