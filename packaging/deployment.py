@@ -1037,7 +1037,11 @@ def kubernetes(options: Options) -> Variant:
         "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
         "name": {"matches": f"^{IN_FLIGHT_METRIC}$", "as": IN_FLIGHT_METRIC},
         "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"}]}
-    files = {KUBERNETES_FILE: yaml.safe_dump_all(documents, sort_keys=False)}
+    class Plain(yaml.SafeDumper):  # the labels repeat as written, not as YAML anchors a reader must follow
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    files = {KUBERNETES_FILE: yaml.dump_all(documents, Dumper=Plain, sort_keys=False)}
     if options.kubernetes_metric != "cpu":
         files[ADAPTER_FILE] = ("# prometheus-adapter's rules (its Helm values' `rules.custom`): the pods metric the "
                                "HorizontalPodAutoscaler reads\n" + yaml.safe_dump(adapter, sort_keys=False))
