@@ -1,5 +1,6 @@
 """Deployments past one instance, sized from measured capacity: SageMaker real-time, async, serverless, inference
-components and batch transform requests, and an Azure managed online deployment with its autoscale settings.
+components and batch transform requests, an Azure managed online deployment with its autoscale settings, a Vertex AI
+Model, endpoint and batch prediction job, and Kubernetes manifests with a HorizontalPodAutoscaler.
 
     python packaging/deployment.py build --catalog packaging/catalog.example.yaml [--product NAME] \\
         --instance-type ml.m5.xlarge --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/searchbox:1.0 \\
@@ -12,6 +13,9 @@ components and batch transform requests, and an Azure managed online deployment 
 order they are made, each checked with botocore's own validator against its service model (sagemaker,
 application-autoscaling, cloudwatch); `azure/` holds `deployment.yml` (loaded back with azure-ai-ml) and
 `autoscale.json` (a Microsoft.Insights/autoscalesettings resource, loaded back with azure-mgmt-monitor's model);
+`vertex/` and `vertex-batch/` hold `requests.json`: Vertex AI v1 request messages in JSON, each read back with
+google-cloud-aiplatform's types; `kubernetes/` holds `searchbox.yaml` (checked with kubernetes-validate) and the
+Prometheus adapter's rule; `--target` picks a platform's variants (sagemaker, azure, vertex, kubernetes);
 `plan.md` says how every number was derived and from which measurement. `apply` makes the calls of one
 requests.json (a dry run unless --no-dry-run), putting each step-scaling policy's ARN into the alarm that
 triggers it.
@@ -870,7 +874,8 @@ def vertex_batch(options: Options) -> Variant:
         "batchPredictionJob": {
             "displayName": f"{options.name}-batch", "model": vertex_model_name(options),
             "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [f"{base}/batch/input/*.jsonl"]}},
-            "outputConfig": {"predictionsFormat": "jsonl", "gcsDestination": {"outputUriPrefix": f"{base}/batch/output/"}},
+            "outputConfig": {"predictionsFormat": "jsonl",
+                             "gcsDestination": {"outputUriPrefix": f"{base}/batch/output/"}},
             "dedicatedResources": {"machineSpec": machine, "startingReplicaCount": replicas,
                                    "maxReplicaCount": replicas},
             "manualBatchTuningParameters": {"batchSize": measurement.inputs_per_request},
@@ -990,7 +995,8 @@ def kubernetes(options: Options) -> Variant:
         metric_line = (f"- HPA metric: {IN_FLIGHT_METRIC} (GET /metrics: inputs queued or running in the pod's "
                        f"batcher) averaging {in_flight:g} per pod: in flight at {targets.rate:g} requests/s (sustained "
                        f"x headroom {targets.headroom:g}) x {measurement.inputs_per_request} input(s) a request, read "
-                       f"off the measured curve; served by the Prometheus adapter's custom metrics API ({ADAPTER_FILE})")
+                       "off the measured curve; served by the Prometheus adapter's custom metrics API "
+                       f"({ADAPTER_FILE})")
     pod_spec: dict[str, Any] = {
         "terminationGracePeriodSeconds": termination,
         "containers": [{
@@ -1181,6 +1187,9 @@ def load_calls(path: Path) -> list[Call]:
     _files.require_file(path, "requests", f"build it with `deployment.py build` ({REQUESTS_FILE})")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(raw, list) and raw and isinstance(raw[0], dict) and raw[0].get("method") in VERTEX_METHODS:
+            raise _files.InputError(f"requests: {path} holds Vertex AI requests: `apply` makes AWS calls; send these "
+                                    "with Google's v1 client (README: Deploying on Vertex AI)")
         calls = [Call(item["service"], item["operation"], item["params"]) for item in raw]
     except (ValueError, KeyError, TypeError) as exc:
         raise _files.InputError(f"requests: {path} is not a {REQUESTS_FILE} written by deployment.py ({exc})") from exc

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -66,7 +65,8 @@ def test_vertex_requests_read_back_with_aiplatform_types_and_carry_the_measured_
     assert (spec.image_uri, spec.predict_route, spec.health_route) == (IMAGE, "/vertex", "/ping")
     assert [p.container_port for p in spec.ports] == [8080]  # AIP_HTTP_PORT's default
     assert upload.model.artifact_uri == "gs://models/minilm"  # what Vertex gives the container as AIP_STORAGE_URI
-    assert upload.parent == "projects/my-project/locations/us-central1" and endpoint.endpoint_id == "searchbox-minilm-embeddings"
+    assert upload.parent == "projects/my-project/locations/us-central1"
+    assert endpoint.endpoint_id == "searchbox-minilm-embeddings"
     resources = deploy.deployed_model.dedicated_resources
     assert deploy.deployed_model.model == "projects/my-project/locations/us-central1/models/searchbox-minilm-embeddings"
     assert resources.machine_spec.machine_type == "n1-standard-4"
@@ -192,6 +192,28 @@ def test_the_command_line_builds_kubernetes_without_sagemaker_flags(tmp_path, ca
                   "--capacity", capacity_file, "-o", tmp_path / "sm")
     assert asked.returncode == 2 and "the following arguments are required: --role-arn" in asked.stderr
     assert ROLE  # the SageMaker flags stay as they were where SageMaker is built (test_deployment.py)
+
+
+def test_the_command_line_builds_vertex_and_apply_does_not_take_its_requests(tmp_path, capacity_file):
+    out = tmp_path / "deploy"
+    result = _main("build", "--catalog", CATALOG, "--target", "vertex", "--image", IMAGE, "--vertex-machine-type",
+                   "n1-standard-4", "--assume-capacity-from", "local", "--vertex-artifact-uri", "gs://models/minilm",
+                   "--vertex-bucket", "gs://jobs/minilm", "--input-rows", "1000000", "--gcp-project", "p1",
+                   "--capacity", capacity_file, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "ASSUMED capacity: n1-standard-4 sized from local" in result.stderr
+    for folder in ("vertex", "vertex-batch"):
+        for item in json.loads((out / folder / "requests.json").read_text()):
+            read_back(item)
+    assert json.loads((out / "vertex" / "requests.json").read_text())[0]["request"]["parent"] == \
+        "projects/p1/locations/us-central1"
+    refused = _main("apply", out / "vertex" / "requests.json")
+    assert refused.returncode == 2 and "holds Vertex AI requests" in refused.stderr
+    unmeasured = _main("build", "--catalog", CATALOG, "--target", "vertex", "--image", IMAGE, "--vertex-machine-type",
+                       "n1-standard-4", "--vertex-artifact-uri", "gs://models/minilm", "--capacity", capacity_file,
+                       "-o", tmp_path / "unmeasured")
+    assert unmeasured.returncode == 2 and "refused: --vertex-machine-type: n1-standard-4 was not measured" in \
+        unmeasured.stderr
 
 
 @pytest.fixture
