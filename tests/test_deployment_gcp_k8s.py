@@ -252,3 +252,25 @@ def test_hpa_replay_limits_scale_up_and_waits_out_the_scale_down_window():
     busy = scale.simulate_hpa(lambda t: 400.0 if t < 600 else 20.0, 1500, curve, policy)
     downs = [t for t, a, b in busy.scaling if b < a and t > 600]
     assert downs and min(downs) >= 600 + 300
+
+
+def test_readme_kubernetes_command_builds_as_written(tmp_path):
+    """README's Hosts > Kubernetes build command, its flags as written, on a capacity file holding its node label."""
+    import shlex
+
+    import _capacity
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("### Kubernetes (private cloud, on-premises)", 1)[1].split("```sh\n", 1)[1].split("```")[0]
+    command = block.split("packaging/deployment.py ", 1)[1].split("\nkubectl", 1)[0].replace("\\\n", " ")
+    argv = shlex.split(command.replace("$IMAGE", IMAGE))
+    out = argv.index("-o")
+    argv[out + 1] = str(tmp_path / "deploy")
+    argv[argv.index("--catalog") + 1] = str(CATALOG)
+    capacity = tmp_path / "capacity.json"
+    capacity.write_text(_capacity.dumps(fixture_measurements() + [measurement("m6i.xlarge", "query")]))
+    result = _main(*argv, "--capacity", capacity)
+    assert result.returncode == 0, result.stderr
+    applied = block.split("kubectl apply -f ", 1)[1].split()[0]
+    assert applied.endswith("deploy/kubernetes/searchbox.yaml")
+    assert (tmp_path / "deploy" / "kubernetes" / "searchbox.yaml").is_file()
