@@ -933,7 +933,7 @@ def model_source(options: Options) -> tuple[list[dict], list[dict], str, str]:
     if scheme == "s3":
         command = ["aws", "s3", "cp", "--recursive", "--no-progress", uri, target]
     elif scheme == "gs":
-        command = ["gcloud", "storage", "cp", "--recursive", uri.rstrip("/") + "/*", target]
+        command = ["sh", "-c", f"mkdir -p {target} && gcloud storage cp --recursive '{uri.rstrip('/')}/*' {target}"]
     elif scheme == "https" and ".blob." in uri:
         # AKS workload identity injects these variables into the pod of a labelled service account
         account = uri.split("://", 1)[1].split(".", 1)[0]
@@ -1069,6 +1069,8 @@ def kubernetes(options: Options) -> Variant:
         f"per {HPA_POLICY_PERIOD_S} s (the larger), no stabilization; scale down after a "
         f"{options.scale_in_cooldown_s} s stabilization window (--scale-in-cooldown); replayed by "
         "`make scale SCALE_ARGS=\"--autoscaler hpa\"`",
+        "- the Deployment leaves spec.replicas out: the HPA owns the count (as kubernetes.io advises), so applying "
+        "the file again does not reset it",
         f"- apply: kubectl apply -f {KUBERNETES_FILE}"]
     return Variant("kubernetes", files=files, plan=plan)
 
@@ -1342,6 +1344,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kubernetes-service-account", help="kubernetes: the pods' service account (cloud identity)")
     b.add_argument("--kubernetes-init-image", help="kubernetes: the image copying the model (default: the cloud's CLI)")
     b.add_argument("-o", "--out-dir", required=True, type=Path)
+    b.set_defaults(build_parser=b)  # refusals of flags only some targets need, in argparse's own words
     a = commands.add_parser("apply", help="make the calls of one requests.json (dry run by default)")
     a.add_argument("requests", type=Path)
     a.add_argument("--region", default="us-east-1")
@@ -1367,8 +1370,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [flag for flag, value in (("--instance-type", args.instance_type), ("--role-arn", args.role_arn))
                if value is None and sagemaker_asked(args)]
     if missing:  # SageMaker's variants need them; Vertex and Kubernetes do not
-        commands = parser._subparsers._group_actions[0].choices  # the build sub-parser, for its usage line
-        commands["build"].error(f"the following arguments are required: {', '.join(missing)}")
+        args.build_parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         options = options_from(args)
         built, skipped = build(options, selected(args), explicit=bool(args.variant or args.target))
