@@ -95,6 +95,10 @@ class RowAdapters:
         self._model_lock = threading.RLock()  # the model's layers: a pass, or an adapter put in or taken out
         self._rows: list[str] | None = None  # what the LoRA layers read during a pass
         self._hooked: set[int] = set()
+        self._layers: list[Any] = []  # the model's LoRA layers
+        # what the layers apply when no pass names rows: an adapter, BASE (disabled), or None (not known: peft
+        # changes its active adapter as adapters come and go)
+        self._selected: str | None = None
         self._unpacked: dict[str, Path] = {}
 
     # --- the set ------------------------------------------------------------------------------------------------
@@ -207,12 +211,31 @@ class RowAdapters:
             if not self._entries:
                 yield  # nothing to apply: the plain model
                 return
-            self._rows = [BASE if name is None else name for name in names]
+            rows = [BASE if name is None else name for name in names]
+            every = set(rows).union(BASE if name is None else name for name in patches)
+            if len(every) == 1:
+                # one adapter (or none) for the whole pass: peft's plain forward, not its mixed-batch one, which
+                # sorts rows (and a vision tower's every patch) into adapters in Python at every layer
+                self._select(every.pop())
+                yield
+                return
+            self._select(None)
+            self._rows = rows
             self._patches = [BASE if name is None else name for name in patches]
             try:
                 yield
             finally:
                 self._rows = self._patches = None
+
+    def _select(self, name: str | None) -> None:
+        """Make the LoRA layers apply `name` to every row (BASE: none), or (None) take each row's from the pass."""
+        if name == self._selected and name is not None:
+            return
+        for layer in self._layers:
+            layer.enable_adapters(name != BASE)  # a mixed batch needs them enabled: peft checks that first
+            if name not in (None, BASE):
+                layer.set_adapter(name, inference_mode=True)
+        self._selected = name
 
     def _inject(self, module, args, kwargs):
         if self._rows is None:
@@ -223,10 +246,13 @@ class RowAdapters:
     def _hook_new_layers(self) -> None:
         from peft.tuners.lora import LoraLayer
 
+        self._selected = None  # an adapter was added: peft made it the active one
+
         for name, module in self._model.named_modules():
             if isinstance(module, LoraLayer) and id(module) not in self._hooked:
                 module.register_forward_pre_hook(self._inject, with_kwargs=True)
                 self._hooked.add(id(module))
+                self._layers.append(module)
                 if self._patch_prefix is not None and name.startswith(self._patch_prefix):
                     self._patch_layers.add(id(module))
 
@@ -350,6 +376,7 @@ class RowAdapters:
         with self._model_lock:
             if name in (getattr(self._model, "peft_config", None) or {}):
                 self._model.delete_adapter(name)
+                self._selected = None
 
     def close(self) -> None:
         with self._lock:
