@@ -27,9 +27,17 @@ Delays documented by AWS: high-resolution metrics every 10 s, standard every 60 
 "Define a scaling policy"); 3 periods out / 15 minutes in are the alarms target tracking creates (assumed, not
 published as API).
 
+Kubernetes (`--autoscaler hpa`): the HorizontalPodAutoscaler deployment.py writes, as kubernetes.io's "Horizontal Pod
+Autoscaling" documents its algorithm: every 15 s (the controller's sync period) desiredReplicas =
+ceil(currentReplicas x currentMetricValue / desiredMetricValue), no change while the ratio is within 0.1 of 1.0; pods
+still starting report no metric and count as 0 of the target when scaling up, as 100% when scaling down; scale-up
+limited by the policies (+100% or +4 pods per 15 s, the larger), scale-down to the highest recommendation of the
+stabilization window (300 s). The metric is the pods' average in-flight count (searchbox_queue_depth).
+
     .venv/bin/python -m bench.scale [--capacity bench/capacity.json] [--machine local] [--backend torch] \\
         [--traffic steady:40] [--traffic ramp:10:300] [--traffic spike:20:300:10:5] [--traffic csv:FILE] \\
-        [--minutes 40] [--metric concurrency|invocations] [--headroom 0.5] [--min 1] [--max 8] [--start-s 180]
+        [--minutes 40] [--metric concurrency|invocations] [--headroom 0.5] [--min 1] [--max 8] [--start-s 180] \\
+        [--autoscaler application-autoscaling|hpa]
 """
 
 from __future__ import annotations
@@ -198,6 +206,113 @@ def simulate(rate_at: Callable[[float], float], seconds: int, instance: Instance
     return Result(minutes, scaling)
 
 
+# --- Kubernetes' HorizontalPodAutoscaler ------------------------------------------------------------------------
+
+HPA_SYNC_S = 15
+HPA_TOLERANCE = 0.1
+HPA_DOWN_WINDOW_S = 300
+
+
+@dataclass(frozen=True)
+class HpaPolicy:
+    target: float  # average in-flight per pod
+    min_replicas: int = 1
+    max_replicas: int = 8
+    start_s: float = START_S
+    tolerance: float = HPA_TOLERANCE
+    sync_s: int = HPA_SYNC_S
+    down_window_s: float = HPA_DOWN_WINDOW_S
+    up_percent: float = 100.0
+    up_pods: int = 4
+    up_period_s: int = 15
+    timeout_s: float = REQUEST_TIMEOUT_S
+
+
+def hpa_recommendation(ready: int, starting: int, metric_sum: float, target: float, tolerance: float) -> int:
+    """One sync's desired replicas from the ready pods' summed metric (kubernetes.io, "Algorithm details").
+
+    currentReplicas counts every pod of the Deployment; pods still starting have no metric: when the ready pods
+    alone would scale up they count as 0 of the target, when they would scale down as 100% of it, and a
+    recomputed ratio that reverses the direction or falls within the tolerance changes nothing.
+    """
+    current = ready + starting
+    if ready == 0:
+        return current
+    ratio = metric_sum / (ready * target)
+    if abs(ratio - 1.0) <= tolerance:
+        return current
+    if starting:
+        filled = metric_sum + (0.0 if ratio > 1.0 else starting * target)
+        new_ratio = filled / (current * target)
+        if abs(new_ratio - 1.0) <= tolerance or (new_ratio > 1.0) != (ratio > 1.0):
+            return current
+        ratio = new_ratio
+    return math.ceil(current * ratio)
+
+
+def simulate_hpa(rate_at: Callable[[float], float], seconds: int, instance: Instance, policy: HpaPolicy,
+                 initial: int | None = None) -> Result:
+    """Play `rate_at(t)` requests/s against pods the HPA scales, one-second steps (the same fluid model)."""
+    ready = max(policy.min_replicas, initial or policy.min_replicas)
+    pending: list[float] = []
+    queue = 0.0
+    minutes: list[Minute] = []
+    scaling: list[tuple[float, int, int]] = []
+    recommendations: list[tuple[float, int]] = []  # (second, desired) for the scale-down window
+    ups: list[tuple[float, int]] = []  # (second, pods added) for the scale-up policies' periods
+    for t in range(seconds):
+        if t % 60 == 0:
+            minutes.append(Minute(t // 60))
+        minute = minutes[-1]
+        came = [when for when in pending if when <= t]
+        if came:
+            ready += len(came)
+            pending = [when for when in pending if when > t]
+        arrivals = max(0.0, rate_at(t))
+        capacity = ready * instance.max_rate
+        waiting = queue + arrivals
+        served = min(waiting, capacity)
+        queue = waiting - served
+        refused = max(0.0, queue - policy.timeout_s * capacity)
+        queue -= refused
+        per_pod = served / ready if ready else 0.0
+        in_flight, p95 = instance.at(min(per_pod, instance.max_rate)) if ready else (0.0, 0.0)
+        minute.offered += arrivals
+        minute.served += served
+        minute.refused += refused
+        if served:
+            minute.latencies.append((p95 + (1000 * queue / capacity if capacity else 0.0), served))
+        now = t + 1
+        if now % policy.sync_s == 0:
+            current = ready + len(pending)
+            metric_sum = ready * in_flight + queue  # what the pods' gauges read: running and queued
+            desired = hpa_recommendation(ready, len(pending), metric_sum, policy.target, policy.tolerance)
+            recommendations = [(when, d) for when, d in recommendations if now - when < policy.down_window_s]
+            recommendations.append((now, desired))
+            if desired < current:
+                desired = max(d for _, d in recommendations)  # the window's highest: no flapping down
+            ups = [(when, n) for when, n in ups if now - when < policy.up_period_s]
+            added = sum(n for _, n in ups)
+            base = current - added  # replicas at the start of the policy period
+            up_limit = max(math.ceil(base * (1 + policy.up_percent / 100)), base + policy.up_pods)
+            desired = min(desired, up_limit)
+            desired = max(policy.min_replicas, min(policy.max_replicas, desired))
+            if desired > current:
+                pending += [now + policy.start_s] * (desired - current)
+                ups.append((now, desired - current))
+                scaling.append((now, current, desired))
+            elif desired < current:
+                drop = current - desired
+                cancelled = min(drop, len(pending))
+                pending = pending[:len(pending) - cancelled]
+                ready -= drop - cancelled
+                scaling.append((now, current, desired))
+        minute.queued = queue
+        minute.instances = ready
+        minute.starting = len(pending)
+    return Result(minutes, scaling)
+
+
 # --- traffic -----------------------------------------------------------------------------------------------------
 
 
@@ -279,7 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max", type=int, default=8)
     parser.add_argument("--start-s", type=float, default=START_S)
     parser.add_argument("--scale-out-cooldown", type=float, default=_capacity.SCALE_OUT_COOLDOWN_S)
-    parser.add_argument("--scale-in-cooldown", type=float, default=_capacity.SCALE_IN_COOLDOWN_S)
+    parser.add_argument("--scale-in-cooldown", type=float, default=_capacity.SCALE_IN_COOLDOWN_S,
+                        help="seconds; with --autoscaler hpa, the scale-down stabilization window")
+    parser.add_argument("--autoscaler", choices=("application-autoscaling", "hpa"), default="application-autoscaling",
+                        help="SageMaker's target tracking, or Kubernetes' HorizontalPodAutoscaler on in-flight per pod")
     args = parser.parse_args(argv)
     try:
         found = _capacity.find(_capacity.load(args.capacity), model=args.model, backend=args.backend,
@@ -303,6 +421,16 @@ def main(argv: list[str] | None = None) -> int:
         seconds = 60 * (minutes or args.minutes)
         if hasattr(rate_at, "length"):
             rate_at.length = seconds  # a ramp without its own length spans the run
+        if args.autoscaler == "hpa":
+            # the target deployment.py's HPA averages: in flight per pod x inputs a request
+            hpa = HpaPolicy(policy.target * found.measurement.inputs_per_request if args.metric == "concurrency"
+                            else _capacity.targets(found.measurement, args.p95_ms, args.headroom).concurrency,
+                            min_replicas=args.min, max_replicas=args.max, start_s=args.start_s,
+                            down_window_s=args.scale_in_cooldown)
+            shown = Policy("concurrency", hpa.target, args.min, args.max, args.start_s)
+            print(report(f"{title} (HorizontalPodAutoscaler)", simulate_hpa(rate_at, seconds, instance, hpa), shown,
+                         instance, p95_target))
+            continue
         print(report(title, simulate(rate_at, seconds, instance, policy), policy, instance, p95_target))
     return 0
 

@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from container import adapters as adapters_api, routes, spooled
-from container.dialects import JSON, Decoded
+from container.dialects import JSON, Decoded, vertex
 from container.engine import Engine, Incoming
 from container.errors import (
     Conflict, MethodNotAllowed, NotFound, Reply, SearchboxError, error_reply, from_handler_error, internal_error,
@@ -59,6 +59,11 @@ def create_app(settings: Settings, runtime: ModelRuntime | None = None) -> Flask
     app.extensions[EXTENSION] = Served(settings, runtime, Engine.of(runtime, settings),
                                        orjson.dumps(openapi_document()))
     app.register_blueprint(api)
+    # Vertex AI's routes come from the Model's containerSpec (AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE), not the table
+    if settings.vertex_predict_route:
+        app.add_url_rule(settings.vertex_predict_route, "vertexPredict", vertex_predict, methods=["POST"])
+    if settings.vertex_health_route and settings.vertex_health_route != "/ping":
+        app.add_url_rule(settings.vertex_health_route, "vertexHealth", ping, methods=["GET"])
     return app
 
 
@@ -174,6 +179,25 @@ def invoke(decode: Callable[[Any], Decoded], records: bool) -> Response:
     reply = served().engine.answer(incoming)
     g.figures = reply.figures
     return reply_response(reply)
+
+
+def vertex_predict() -> Response:
+    """Vertex AI's `{"instances", "parameters"}` -> `{"predictions"}` (container/dialects/vertex.py); a refusal is the
+    contract's error body with Vertex AI's `error` beside it."""
+    try:
+        return invoke(vertex.decode, False)
+    except Exception as exc:  # every refusal, a bug's 500 included, in the one shape Vertex AI's callers read
+        if isinstance(exc, HTTPException):
+            raise  # werkzeug's own (its status kept by http_error)
+        if isinstance(exc, HandlerError):
+            error = from_handler_error(exc)
+        elif isinstance(exc, SearchboxError):
+            error = exc
+        else:
+            logger.exception("unhandled error in request %s", g.get("request_id", ""))
+            error = internal_error()
+        reply = error_reply(error, g.get("request_id", ""))
+        return json_response(vertex.error_body(orjson.loads(reply.body)), error.status_code, dict(reply.headers))
 
 
 def _inference_view(route: routes.Route) -> Callable[[], Response]:

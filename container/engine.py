@@ -278,6 +278,8 @@ class Engine:
         """The body's typed requests, by its media type."""
         if media_type == JSON or media_type.endswith("+json"):
             decoded = fields.decode_body(decode, body)
+            if isinstance(decoded, Records):
+                return decoded  # a dialect whose one body is several requests (Vertex AI's instances)
             return Records([decoded.request], [""],
                            lambda results: orjson.dumps(decoded.render(results[0]), option=_JSON_OPTIONS),
                            encodings=[decoded.encoding])

@@ -146,6 +146,9 @@ def render_conf(settings: Settings, paths: ProxyPaths) -> str:
     # not parse (400, 414) to a named location
     error_pages = "\n".join(f"        error_page {status} {_ERROR_PREFIX}{status};" for status in _ERRORS if status != 503)
     not_ready = "\n".join(_not_ready(ready) for ready in paths.ready_files)
+    # Vertex AI's health route (AIP_HEALTH_ROUTE) is answered as /ping is, from the ready files
+    readiness = "\n".join(_readiness(path, not_ready) for path in dict.fromkeys(
+        ["/ping"] + ([settings.vertex_health_route] if settings.vertex_health_route else [])))
     return f"""\
 # written by container/proxy.py at start; edit that, not this
 worker_processes 1;
@@ -230,12 +233,7 @@ http {{
         error_page 494 =431 {_ERROR_PREFIX}431;
         error_page 502 503 504 =503 {_ERROR_PREFIX}503;
 
-        location = /ping {{
-            default_type application/json;
-            add_header X-Request-Id $request_id always;
-{not_ready}
-            return 200 '{{"status":"healthy"}}';
-        }}
+{readiness}
         # routes that must answer at any load go to the threads kept free of inference (container/routes.py)
         location ~ {routes.control_pattern()} {{
             proxy_pass http://control;
@@ -322,6 +320,17 @@ class AnswerLog:
 def _whole_lines(data: bytes) -> bytes:
     """`data` up to its last newline: a line nginx is still writing is read when whole."""
     return data[:data.rfind(b"\n") + 1]
+
+
+def _readiness(path: str, not_ready: str) -> str:
+    """The location answering readiness on `path`: 200 once every worker's ready file exists, else 503."""
+    return f"""\
+        location = {path} {{
+            default_type application/json;
+            add_header X-Request-Id $request_id always;
+{not_ready}
+            return 200 '{{"status":"healthy"}}';
+        }}"""
 
 
 def _not_ready(ready_file: Path) -> str:

@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from container import vertex
 from container.proxy import Proxy, ProxyPaths, find_nginx
 from container.workers import slots as worker_slots
 from container.settings import (
-    ENV_NGINX, ENV_PORT, Settings, SettingsError, apply_library_environment, describe_environment,
+    ENV_NGINX, ENV_PORT, STORAGE_COPY_PENDING, Settings, SettingsError, apply_library_environment, describe_environment,
 )
 from model_handlers import read_serving_config
 from model_handlers.errors import ModelDirectoryError
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         logger.error("%s", problem)
         return 1
-    given = settings.model_dir
+    given = settings.storage_uri if settings.model_dir == STORAGE_COPY_PENDING else settings.model_dir
     logger.info("model: %s (%s)", given, settings.model_source)
     with contextlib.ExitStack() as cleanup:
         try:
@@ -151,8 +152,17 @@ def served_model(settings: Settings) -> Iterator[Settings]:
 
     Anything but a .tar.gz/.tgz/.tar file is served as it is (read_serving_config says what is wrong
     with it). The archive is unpacked the way SageMaker unpacks model.tar.gz into /opt/ml/model: its
-    root becomes a directory named `model`, so a model without searchbox.json answers to the same name.
+    root becomes a directory named `model`, so a model without searchbox.json answers to the same name. Vertex AI's
+    AIP_STORAGE_URI is copied into one the same way (container/vertex.py).
     """
+    if settings.model_dir == STORAGE_COPY_PENDING:
+        # Vertex AI mounts nothing: the Model's artifactUri is copied before any check or worker
+        with _private_directory("searchbox-model-") as scratch:
+            target = Path(scratch) / vertex.directory_name(settings.storage_uri)
+            vertex.copy_model(settings.storage_uri, target)
+            yield dataclasses.replace(settings, model_dir=target,
+                                      model_source=f"{settings.model_source}, copied from {settings.storage_uri}")
+        return
     archive = settings.model_dir
     if not (archive.is_file() and archive.name.endswith(ARCHIVE_SUFFIXES)):
         yield settings

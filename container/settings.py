@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -36,6 +37,14 @@ ENV_AZUREML_MODEL_DIR = "AZUREML_MODEL_DIR"
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 
 ENV_PORT = "SAGEMAKER_BIND_TO_PORT"
+# Google Cloud Vertex AI sets these in a custom container (Google's "Custom container requirements" page): the port,
+# the routes the Model's containerSpec names, and the Cloud Storage directory of the model's files (artifactUri).
+ENV_VERTEX_PORT = "AIP_HTTP_PORT"
+ENV_VERTEX_PREDICT_ROUTE = "AIP_PREDICT_ROUTE"
+ENV_VERTEX_HEALTH_ROUTE = "AIP_HEALTH_ROUTE"
+ENV_VERTEX_STORAGE_URI = "AIP_STORAGE_URI"
+# The model directory while AIP_STORAGE_URI's copy is pending: `serve` replaces it before anything reads it.
+STORAGE_COPY_PENDING = Path("/nonexistent/searchbox-aip-storage-uri")
 ENV_MAX_PAYLOAD_MB = "SEARCHBOX_MAX_PAYLOAD_MB"
 ENV_SAGEMAKER_MAX_PAYLOAD_MB = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
 ENV_SAGEMAKER_BATCH_STRATEGY = "SAGEMAKER_BATCH_STRATEGY"
@@ -132,6 +141,20 @@ def _flag(raw: str, name: str) -> bool:
 
 def _on_unless_off(raw: str, name: str) -> bool:
     return raw.strip().lower() not in ("off", "0", "false", "no")
+
+
+def _route(raw: str, name: str) -> str:
+    """A URL path Vertex AI sends requests to: it goes into nginx's configuration and Flask's rules as it is."""
+    if not re.fullmatch(r"/[A-Za-z0-9/_.:@~-]*", raw) or "//" in raw or "/../" in raw + "/":
+        raise SettingsError(f"{name}={raw!r} is not a URL path of letters, digits and / _ . : @ ~ -")
+    return raw
+
+
+def _storage_uri(raw: str, name: str) -> str:
+    """A Cloud Storage directory, gs://bucket[/prefix]."""
+    if not re.fullmatch(r"gs://[a-z0-9][a-z0-9._-]{1,220}(/[^\s]*)?", raw):
+        raise SettingsError(f"{name}={raw!r} is not a Cloud Storage directory (gs://bucket/prefix)")
+    return raw.rstrip("/")
 
 
 def _text(raw: str, name: str) -> str | None:
@@ -245,11 +268,24 @@ SETTINGS = (
     Setting(ENV_MODEL_DIR, "model directory, or a model.tar.gz (.tgz, .tar) that serve unpacks once into a private "
             "temporary directory as SageMaker does; wins over everything below", "none"),
     Setting(ENV_AZUREML_MODEL_DIR, "Azure ML's model mount (or its single sub-directory holding the model); "
-            f"without either, {SAGEMAKER_MODEL_DIR} when not empty, else the embedded {DEFAULT_MODEL_NAME}", "none"),
+            f"without either or {ENV_VERTEX_STORAGE_URI}, {SAGEMAKER_MODEL_DIR} when not empty, else the embedded "
+            f"{DEFAULT_MODEL_NAME}", "none"),
     Setting(ENV_MODEL_NAME, "name answered in `model` when searchbox.json gives none", "dir name", "model_name",
             default=None, handler="served_model_name"),
-    Setting(ENV_PORT, "port to listen on", "8080", "port",
-            _number(int, most=65535, hint="not a port; choose one from 1 to 65535"), 8080),
+    Setting(ENV_VERTEX_STORAGE_URI, "Vertex AI: the Cloud Storage directory (gs://bucket/prefix) of the model's "
+            "files, copied by serve at start with Google's client into a private temporary directory, then checked "
+            f"like any model directory; used when {ENV_MODEL_DIR} and {ENV_AZUREML_MODEL_DIR} are unset",
+            "none", "storage_uri", _storage_uri, None),
+    Setting(ENV_VERTEX_PORT, f"Vertex AI's port, used when {ENV_PORT} is unset", "none", "vertex_port",
+            _number(int, most=65535, hint="not a port; choose one from 1 to 65535"), None),
+    Setting(ENV_PORT, f"port to listen on; unset, {ENV_VERTEX_PORT}'s (Vertex AI sets it), else 8080", "8080", "port",
+            _number(int, most=65535, hint="not a port; choose one from 1 to 65535"),
+            lambda values: values["vertex_port"] or 8080),
+    Setting(ENV_VERTEX_PREDICT_ROUTE, "Vertex AI: the route that answers `{\"instances\", \"parameters\"}` with "
+            "`{\"predictions\"}` (container/dialects/vertex.py), beside every other route", "none",
+            "vertex_predict_route", _route, None),
+    Setting(ENV_VERTEX_HEALTH_ROUTE, "Vertex AI: a readiness route answered as /ping is", "none",
+            "vertex_health_route", _route, None),
     Setting(ENV_ASYNC, "1/true/yes on a SageMaker asynchronous endpoint (packaging/deployment.py sets it there): the "
             f"body limit, timeouts, batch rows and answer cap below default to asynchronous inference's "
             f"({ASYNC_MAX_PAYLOAD_MB} MiB, {ASYNC_TIMEOUT_S:.0f} s, {ASYNC_MAX_BATCH_ROWS} lines, "
@@ -480,7 +516,8 @@ def apply_library_environment(environ=None) -> None:
 
 
 def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str, bool]:
-    """Which model to serve: $SEARCHBOX_MODEL_DIR, $AZUREML_MODEL_DIR, /opt/ml/model, else the embedded default.
+    """Which model to serve: $SEARCHBOX_MODEL_DIR, $AZUREML_MODEL_DIR, $AIP_STORAGE_URI (copied by `serve`: the
+    directory is `STORAGE_COPY_PENDING` until then), /opt/ml/model, else the embedded default.
 
     Returns the directory, why it was chosen (for the start-up log), and whether it is the embedded default; the
     embedded model is looked for only when nothing else names a model.
@@ -489,6 +526,8 @@ def resolve_model_dir(env: Mapping[str, str]) -> tuple[Path, str, bool]:
         return Path(env[ENV_MODEL_DIR]), f"${ENV_MODEL_DIR}", False
     if env.get(ENV_AZUREML_MODEL_DIR):
         return _azure_model_dir(Path(env[ENV_AZUREML_MODEL_DIR])), f"${ENV_AZUREML_MODEL_DIR}", False
+    if env.get(ENV_VERTEX_STORAGE_URI, "").strip():
+        return STORAGE_COPY_PENDING, f"${ENV_VERTEX_STORAGE_URI}", False
     if SAGEMAKER_MODEL_DIR.is_dir() and any(SAGEMAKER_MODEL_DIR.iterdir()):
         return SAGEMAKER_MODEL_DIR, "SageMaker model artifact", False
     try:

@@ -4,12 +4,14 @@ no other way in). Standard library only: it runs on the image's own Python.
     podman exec -i CONTAINER python - CHECK < docker/container_checks.py
 
 CHECK is `ping` (wait for /ping 200), `sagemaker` (embedding, rerank and bad requests on
-/invocations) or `azure` (the same embedding on /score). Exit status 0 means every assertion held.
+/invocations), `azure` (the same embedding on /score) or `vertex` (the port and routes of the container's AIP_*
+variables: readiness, a prediction, a refusal). Exit status 0 means every assertion held.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -20,7 +22,7 @@ WIDTH = 384  # all-MiniLM-L6-v2
 
 
 def call(method: str, path: str, body: bytes | None = None, content_type: str = "application/json"):
-    request = urllib.request.Request(BASE + path, data=body, method=method)
+    request = urllib.request.Request((path if path.startswith("http") else BASE + path), data=body, method=method)
     if body is not None:
         request.add_header("Content-Type", content_type)
     try:
@@ -93,6 +95,29 @@ def check_bad_requests() -> None:
           f"too many dimensions is a 4xx naming the field (got {status}: {body.get('detail')!r})")
 
 
+def check_vertex() -> None:
+    """Vertex AI's contract on the port and routes its variables name (Google's "Custom container requirements")."""
+    base = f"http://127.0.0.1:{os.environ['AIP_HTTP_PORT']}"
+    deadline = time.monotonic() + 240
+    status = 0
+    while time.monotonic() < deadline and status != 200:
+        try:
+            status, _, _ = call("GET", base + os.environ["AIP_HEALTH_ROUTE"])
+        except OSError:
+            time.sleep(0.05)  # not listening yet
+    check(status == 200, f"{os.environ['AIP_HEALTH_ROUTE']} (AIP_HEALTH_ROUTE) answers 200 once ready")
+    texts = ["The image answers Vertex AI.", "A second instance."]
+    status, _, raw = call("POST", base + os.environ["AIP_PREDICT_ROUTE"], json.dumps({"instances": texts}).encode())
+    body = json.loads(raw)
+    check(status == 200 and len(body.get("predictions", [])) == len(texts),
+          f"AIP_PREDICT_ROUTE answers one prediction per instance (got {status})")
+    check(all(len(p["embedding"]) == WIDTH for p in body["predictions"]), f"each prediction is a {WIDTH}-value vector")
+    status, _, raw = call("POST", base + os.environ["AIP_PREDICT_ROUTE"], b'{"instances": "not a list"}')
+    body = json.loads(raw)
+    check(status == 422 and body.get("error") == body.get("detail") and "request_id" in body,
+          f"a refusal is a 422 with Vertex AI's `error` beside the contract's fields: {body}")
+
+
 def main(argv: list[str]) -> int:
     what = argv[1] if len(argv) > 1 else "ping"
     if what == "ping":
@@ -104,8 +129,10 @@ def main(argv: list[str]) -> int:
     elif what == "azure":
         wait_for_ping()
         check_embedding("/score")
+    elif what == "vertex":
+        check_vertex()
     else:
-        raise SystemExit(f"unknown check {what!r}: ping, sagemaker or azure")
+        raise SystemExit(f"unknown check {what!r}: ping, sagemaker, azure or vertex")
     return 0
 
 

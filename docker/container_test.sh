@@ -9,7 +9,10 @@
 #   4. SageMaker: `--network none`, the model mounted at /opt/ml/model, `IMAGE serve`; /ping,
 #      an embedding, a rerank and bad requests on /invocations; then `podman stop`, timed
 #   5. Azure ML custom container: the model at $AZUREML_MODEL_DIR, no arguments, /score
-#   6. a self-contained image: the model baked in with --build-arg MODEL_DIR, nothing mounted
+#   6. a self-contained image: the model baked in with --build-arg MODEL_DIR, nothing mounted; then the same image
+#      as Vertex AI runs it (its AIP_* port and routes, the image's own command), and with AIP_STORAGE_URI and no
+#      network: a one-line start-up refusal (the copy itself is tested against an emulator: tests/test_vertex.py);
+#      and `pip check`: one lock serves azmlinfsrv and google-cloud-storage together
 #   7. the slim image (--target slim): an ONNX int8 artifact built here, served with no torch in the image
 # Prints the image size, the build time, the time from `podman run` to the first /ping 200 and
 # the stop time. Everything it starts it removes; the image stays, so a rerun builds from cache.
@@ -168,6 +171,29 @@ logs_say "$baked" "model: /opt/ml/model (SageMaker model artifact)" \
     || { say "FAILED: the server did not serve the baked-in /opt/ml/model" >&2; exit 1; }
 podman stop -t 30 "$baked" >/dev/null
 say "baked-in model: served from /opt/ml/model with nothing mounted"
+
+vx=searchbox-vertex-$$
+containers+=("$vx")
+podman run "${run_flags[@]}" --name "$vx" -e AIP_HTTP_PORT=8081 \
+    -e AIP_PREDICT_ROUTE=/v1/endpoints/1/deployedModels/2:predict -e AIP_HEALTH_ROUTE=/v1/endpoints/1/deployedModels/2 \
+    "$IMAGE-baked" >/dev/null
+if ! checks "$vx" vertex; then podman logs "$vx" 2>&1 | tail -n 30 >&2; exit 1; fi
+podman stop -t 30 "$vx" >/dev/null
+say "Vertex AI: AIP_HTTP_PORT, AIP_HEALTH_ROUTE and AIP_PREDICT_ROUTE answered"
+set +e
+refusal=$(timeout 180 podman run "${PODMAN_RUNTIME[@]}" "${ULIMITS[@]}" --network none --rm \
+    -e AIP_STORAGE_URI=gs://searchbox-container-test/model "$IMAGE" 2>&1)
+refused=$?
+set -e
+if [ "$refused" = 0 ] || [ "$refused" = 124 ] \
+    || ! grep -qF "cannot serve gs://searchbox-container-test/model: cannot copy the model" <<<"$refusal"; then
+    tail -n 20 <<<"$refusal" >&2
+    say "FAILED: AIP_STORAGE_URI out of reach is not a clear start-up failure (exit $refused)" >&2; exit 1
+fi
+say "Vertex AI: an unreachable AIP_STORAGE_URI stops the start with exit $refused and one line"
+podman run "${PODMAN_RUNTIME[@]}" "${ULIMITS[@]}" --network none --rm "$IMAGE" python -m pip check \
+    || { say "FAILED: pip check (google-cloud-storage beside azmlinfsrv)" >&2; exit 1; }
+say "pip check: google-cloud-storage beside azmlinfsrv in one image, no broken requirements"
 
 # ---- 7. the slim image: an ONNX int8 artifact, no torch in the image ---------------------------------
 start=$(now)

@@ -1,5 +1,6 @@
 """Deployments past one instance, sized from measured capacity: SageMaker real-time, async, serverless, inference
-components and batch transform requests, and an Azure managed online deployment with its autoscale settings.
+components and batch transform requests, an Azure managed online deployment with its autoscale settings, a Vertex AI
+Model, endpoint and batch prediction job, and Kubernetes manifests with a HorizontalPodAutoscaler.
 
     python packaging/deployment.py build --catalog packaging/catalog.example.yaml [--product NAME] \\
         --instance-type ml.m5.xlarge --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/searchbox:1.0 \\
@@ -12,6 +13,9 @@ components and batch transform requests, and an Azure managed online deployment 
 order they are made, each checked with botocore's own validator against its service model (sagemaker,
 application-autoscaling, cloudwatch); `azure/` holds `deployment.yml` (loaded back with azure-ai-ml) and
 `autoscale.json` (a Microsoft.Insights/autoscalesettings resource, loaded back with azure-mgmt-monitor's model);
+`vertex/` and `vertex-batch/` hold `requests.json`: Vertex AI v1 request messages in JSON, each read back with
+google-cloud-aiplatform's types; `kubernetes/` holds `searchbox.yaml` (checked with kubernetes-validate) and the
+Prometheus adapter's rule; `--target` picks a platform's variants (sagemaker, azure, vertex, kubernetes);
 `plan.md` says how every number was derived and from which measurement. `apply` makes the calls of one
 requests.json (a dry run unless --no-dry-run), putting each step-scaling policy's ARN into the alarm that
 triggers it.
@@ -41,7 +45,12 @@ import azure_assets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CAPACITY = ROOT / "bench" / "capacity.json"
-VARIANTS = ("realtime", "async", "serverless", "inference-component", "batch", "azure")
+VARIANTS = ("realtime", "async", "serverless", "inference-component", "batch", "azure", "vertex", "vertex-batch",
+            "kubernetes")
+# --target names a group of variants; without --target or --variant, SageMaker's and Azure's are built
+TARGETS = {"sagemaker": ("realtime", "async", "serverless", "inference-component", "batch"), "azure": ("azure",),
+           "vertex": ("vertex", "vertex-batch"), "kubernetes": ("kubernetes",)}
+DEFAULT_VARIANTS = TARGETS["sagemaker"] + TARGETS["azure"]
 REQUESTS_FILE = "requests.json"
 PLAN_FILE = "plan.md"
 VARIANT_NAME = "AllTraffic"
@@ -121,8 +130,8 @@ def validate(calls: list[Call]) -> None:
 class Options:
     product: _catalog.Product
     name: str
-    instance_type: str
-    role_arn: str
+    instance_type: str | None
+    role_arn: str | None
     image: str | None
     model_data: str | None
     model_package_arn: str | None
@@ -150,6 +159,20 @@ class Options:
     azure_resource_group: str = "<resource-group>"
     azure_workspace: str = "<workspace>"
     azure_location: str = "eastus"
+    gcp_project: str = "<project>"
+    gcp_region: str = "us-central1"
+    vertex_image: str | None = None
+    vertex_artifact_uri: str | None = None
+    vertex_machine_type: str | None = None
+    vertex_accelerator: str | None = None
+    vertex_bucket: str | None = None
+    kubernetes_image: str | None = None
+    kubernetes_node: str | None = None
+    kubernetes_model: str | None = None
+    kubernetes_metric: str = "in-flight"
+    kubernetes_namespace: str = "default"
+    kubernetes_service_account: str | None = None
+    kubernetes_init_image: str | None = None
 
     @property
     def backend(self) -> str:
@@ -690,9 +713,395 @@ def _model_problems(model, data: Any, path: str, problems: list[str], models) ->
         problems.append(f"{path + '.' if path else ''}{key}: not a member of the SDK's {model.__name__}")
 
 
+# --- Google Cloud Vertex AI ------------------------------------------------------------------------------------
+# The requests are the v1 API's request messages in their JSON form (what REST takes, and what
+# `aiplatform_v1.<Method>Request.from_json` reads for the Python client), each read back with
+# google-cloud-aiplatform's own types, which refuse an unknown field, a wrong type or an unknown enum value.
+# Vertex's contract ("Custom container requirements for inference"): the container listens on AIP_HTTP_PORT (the
+# first of containerSpec.ports) and is told AIP_PREDICT_ROUTE, AIP_HEALTH_ROUTE and AIP_STORAGE_URI (the Model's
+# artifactUri, copied by the container itself at start) from the Model resource written here.
+VERTEX_PORT = 8080
+VERTEX_PREDICT_ROUTE = "/vertex"  # `serve` answers Vertex's {"instances": [...]} wherever AIP_PREDICT_ROUTE says
+VERTEX_HEALTH_ROUTE = "/ping"  # readiness: 200 once the model is loaded and warm, 503 before and while draining
+VERTEX_REQUESTS_FILE = "requests.json"
+# DedicatedResources.autoscalingMetricSpecs (machine_resources.proto): CPU utilization, and the accelerator's duty
+# cycle where the machine has one; Vertex scales out when either is above its target, in when both are below.
+VERTEX_CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
+VERTEX_GPU_METRIC = "aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle"
+VERTEX_METHODS = {"UploadModel": "UploadModelRequest", "CreateEndpoint": "CreateEndpointRequest",
+                  "DeployModel": "DeployModelRequest", "CreateBatchPredictionJob": "CreateBatchPredictionJobRequest"}
+
+
+def vertex_requests_problems(requests: list[dict[str, Any]]) -> list[str]:
+    """Each request read back with google-cloud-aiplatform's v1 request type; one line per refusal."""
+    from google.cloud import aiplatform_v1
+
+    problems = []
+    for i, item in enumerate(requests):
+        method = item.get("method")
+        if method not in VERTEX_METHODS:
+            problems.append(f"[{i}].method: {method!r} is not one of {', '.join(VERTEX_METHODS)}")
+            continue
+        try:
+            getattr(aiplatform_v1, VERTEX_METHODS[method]).from_json(json.dumps(item.get("request")))
+        except Exception as exc:  # json_format.ParseError, TypeError: the library's own refusal, whatever its class
+            problems.append(f"[{i}] {method}: {str(exc).splitlines()[0]}")
+    return problems
+
+
+def check_vertex(requests: list[dict[str, Any]]) -> None:
+    problems = vertex_requests_problems(requests)
+    if problems:
+        raise Refused("vertex requests.json: " + "; ".join(problems))
+
+
+def vertex_parent(options: Options) -> str:
+    return f"projects/{options.gcp_project}/locations/{options.gcp_region}"
+
+
+def vertex_machine(options: Options) -> dict[str, Any]:
+    """MachineSpec from --vertex-machine-type and --vertex-accelerator TYPE[:COUNT]."""
+    if not options.vertex_machine_type:
+        raise Refused("--vertex-machine-type: the Compute Engine machine type to serve on (e.g. n1-standard-4, "
+                      "g2-standard-4 with --vertex-accelerator NVIDIA_L4), measured with `make capacity "
+                      "INSTANCE_TYPE=<it>` or sized with --assume-capacity-from")
+    spec: dict[str, Any] = {"machineType": options.vertex_machine_type}
+    if options.vertex_accelerator:
+        kind, _, count = options.vertex_accelerator.partition(":")
+        if count and not (count.isdigit() and int(count) > 0):
+            raise Refused(f"--vertex-accelerator: {options.vertex_accelerator!r}: TYPE[:COUNT], COUNT a whole "
+                          "number > 0")
+        spec["acceleratorType"] = kind
+        spec["acceleratorCount"] = int(count or 1)
+    return spec
+
+
+def vertex_model_name(options: Options) -> str:
+    return f"{vertex_parent(options)}/models/{options.name}"
+
+
+def upload_model(options: Options, found: _capacity.Found) -> dict[str, Any]:
+    image = options.vertex_image or options.image
+    if not image:
+        raise Refused("--vertex-image: the image in your Artifact Registry (or --image) is needed for Vertex AI")
+    if not (options.vertex_artifact_uri or "").startswith("gs://"):
+        raise Refused(f"--vertex-artifact-uri: {options.vertex_artifact_uri!r}: the gs:// directory holding the "
+                      "model directory (it becomes AIP_STORAGE_URI, which the container copies at start)")
+    return {"method": "UploadModel", "request": {
+        "parent": vertex_parent(options), "modelId": options.name,
+        "model": {
+            "displayName": options.name, "artifactUri": options.vertex_artifact_uri,
+            "containerSpec": {
+                "imageUri": image, "predictRoute": VERTEX_PREDICT_ROUTE, "healthRoute": VERTEX_HEALTH_ROUTE,
+                "ports": [{"containerPort": VERTEX_PORT}],
+                "env": [{"name": "SEARCHBOX_MODEL_NAME", "value": options.product.served_name}]},
+            "labels": {"searchbox-capacity": gcp_label(capacity_tag(found)["Value"])}}}}
+
+
+def gcp_label(value: str) -> str:
+    """A label value as Google Cloud allows it: lowercase letters, digits, - and _, at most 63 characters."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
+
+
+def vertex(options: Options) -> Variant:
+    """A Vertex AI Model (the image and its routes), an endpoint and the model deployed on it, its replicas scaled
+    on utilization with targets from the measured capacity."""
+    machine = vertex_machine(options)
+    found, targets = sizing(options, "query", options.vertex_machine_type, flag="--vertex-machine-type")
+    gpu = "acceleratorType" in machine
+    if found.measurement.machine.gpu_count and not gpu:
+        raise Refused(f"--vertex-accelerator: the capacity sizing {options.vertex_machine_type} was measured with a "
+                      f"GPU ({found.measurement.machine.gpu}); name the accelerator to deploy with it")
+    minimum = max(1, options.min_instances)  # Vertex keeps at least one replica (scale to zero is a preview)
+    utilization = max(1, min(100, round(100 * targets.headroom)))
+    specs = [{"metricName": VERTEX_CPU_METRIC, "target": utilization}]
+    if gpu:
+        specs.append({"metricName": VERTEX_GPU_METRIC, "target": utilization})
+    endpoint = f"{vertex_parent(options)}/endpoints/{options.name}"
+    requests = [
+        upload_model(options, found),
+        {"method": "CreateEndpoint", "request": {"parent": vertex_parent(options), "endpointId": options.name,
+                                                 "endpoint": {"displayName": options.name}}},
+        {"method": "DeployModel", "request": {
+            "endpoint": endpoint,
+            "deployedModel": {
+                "model": vertex_model_name(options), "displayName": options.name,
+                "dedicatedResources": {"machineSpec": machine, "minReplicaCount": minimum,
+                                       "maxReplicaCount": options.max_instances,
+                                       "autoscalingMetricSpecs": specs}},
+            "trafficSplit": {"0": 100}}},
+    ]
+    check_vertex(requests)
+    plan = scaling_lines(found, targets, options.p95_ms) + [
+        f"- Model {options.name}: image {options.vertex_image or options.image}, predictRoute "
+        f"{VERTEX_PREDICT_ROUTE}, healthRoute {VERTEX_HEALTH_ROUTE}, port {VERTEX_PORT} (AIP_HTTP_PORT); artifactUri "
+        f"{options.vertex_artifact_uri} becomes AIP_STORAGE_URI, which the container copies before it starts",
+        f"- {minimum}..{options.max_instances} replicas of {options.vertex_machine_type}"
+        + (f" with {machine['acceleratorCount']} x {machine['acceleratorType']}" if gpu else ""),
+        f"- autoscaling: CPU utilization{' and accelerator duty cycle' if gpu else ''} target {utilization}% = "
+        f"headroom {targets.headroom:g} x 100%: a replica at the measured sustained rate "
+        f"({targets.level.requests_per_s:.1f} requests/s) is taken as fully used, so the target leaves it serving "
+        f"about {targets.rate:g} requests/s (Vertex's default target is 60%)",
+        "- Vertex also lists aiplatform.googleapis.com/prediction/online/request_count as an autoscaling metric; "
+        "the unit of its target is not documented in the references checked, so it is not written here",
+        f"- apply in order with the v1 client: aiplatform_v1.<Method>Request.from_json(...) for each request "
+        f"(UploadModel, CreateEndpoint, DeployModel) in {options.gcp_region}"]
+    return Variant("vertex", files={VERTEX_REQUESTS_FILE: json.dumps(requests, indent=2) + "\n"}, plan=plan)
+
+
+def vertex_batch(options: Options) -> Variant:
+    """A Vertex AI batch prediction job on the uploaded Model: JSON Lines in and out of Cloud Storage, its replicas
+    sized for the input from the measured batch throughput."""
+    machine = vertex_machine(options)
+    if options.input_rows is None or options.input_rows < 1:
+        raise Refused("--input-rows: the batch prediction job is sized for an input: give --input-rows (lines, > 0)")
+    if not (options.vertex_bucket or "").startswith("gs://"):
+        raise Refused(f"--vertex-bucket: {options.vertex_bucket!r}: a gs://bucket[/prefix] for the job's JSON Lines "
+                      "input and output")
+    found = _capacity.find(options.measurements, model=options.product.served_name, backend=options.backend,
+                           shape="batch", instance_type=options.vertex_machine_type, assume_from=options.assume_from,
+                           flag="--vertex-machine-type")
+    measurement = found.measurement
+    best = max((lv for lv in measurement.levels if lv.errors == 0), key=lambda lv: lv.inputs_per_s,
+               default=measurement.saturation())
+    replicas = max(1, min(options.max_instances,
+                          math.ceil(options.input_rows / (best.inputs_per_s * options.target_hours * 3600))))
+    hours = options.input_rows / (best.inputs_per_s * replicas) / 3600
+    base = options.vertex_bucket.rstrip("/")
+    upload = upload_model(options, found)
+    requests = [upload, {"method": "CreateBatchPredictionJob", "request": {
+        "parent": vertex_parent(options),
+        "batchPredictionJob": {
+            "displayName": f"{options.name}-batch", "model": vertex_model_name(options),
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": [f"{base}/batch/input/*.jsonl"]}},
+            "outputConfig": {"predictionsFormat": "jsonl",
+                             "gcsDestination": {"outputUriPrefix": f"{base}/batch/output/"}},
+            "dedicatedResources": {"machineSpec": machine, "startingReplicaCount": replicas,
+                                   "maxReplicaCount": replicas},
+            "manualBatchTuningParameters": {"batchSize": measurement.inputs_per_request},
+            "labels": {"searchbox-capacity": gcp_label(capacity_tag(found)["Value"])}}}}]
+    check_vertex(requests)
+    plan = [f"- capacity: {found.source}",
+            f"- throughput: {best.inputs_per_s:.1f} inputs/s per replica (the best error-free measured level, "
+            f"{best.concurrency} requests of {measurement.inputs_per_request} in flight)",
+            f"- input: {options.input_rows} lines: {replicas} replica(s) of {options.vertex_machine_type} (target "
+            f"{options.target_hours:g} h, at most {options.max_instances}): about {hours:.2f} h",
+            f"- batchSize {measurement.inputs_per_request}: the instances of one request, the request shape measured",
+            f"- JSON Lines in ({base}/batch/input/*.jsonl), JSON Lines out ({base}/batch/output/), one prediction "
+            "line per instance; UploadModel first where the Model is not uploaded yet (the vertex folder's)"]
+    return Variant("vertex-batch", files={VERTEX_REQUESTS_FILE: json.dumps(requests, indent=2) + "\n"}, plan=plan)
+
+
+# --- Kubernetes ------------------------------------------------------------------------------------------------
+# One builder writes the manifests, from the same capacity arithmetic as every other target (a Helm chart would
+# repeat it in templates). Checked offline with kubernetes-validate against the OpenAPI schemas of
+# KUBERNETES_VERSION, strictly (an unknown field is refused).
+KUBERNETES_VERSION = "1.31.0"
+KUBERNETES_FILE = "searchbox.yaml"
+ADAPTER_FILE = "prometheus-adapter-rules.yaml"
+# The per-pod signal: inputs queued or running in the batcher (container/telemetry.py, summed over the pod's
+# workers). For query-shaped traffic (one input a request) it is the requests the model holds in flight, what
+# SageMaker's ConcurrentRequestsPerModel counts.
+IN_FLIGHT_METRIC = "searchbox_queue_depth"
+MODEL_MOUNT = "/models"
+# HorizontalPodAutoscaler behavior, written out: the documented defaults ("Horizontal Pod Autoscaling",
+# kubernetes.io: scale up by 100% or 4 pods every 15 s, whichever is more, no stabilization; scale down by up to
+# 100% every 15 s after a 300 s stabilization window).
+HPA_SCALE_UP_PERCENT = 100
+HPA_SCALE_UP_PODS = 4
+HPA_POLICY_PERIOD_S = 15
+HPA_TOLERANCE = 0.1
+# where no init image is given: the clouds' own command-line images
+INIT_IMAGES = {"s3": "amazon/aws-cli:2.22.0", "gs": "google/cloud-sdk:502.0.0-slim"}
+
+
+def drain_grace_s() -> float:
+    from container.settings import ENV_GRACE, SETTINGS
+
+    return float(next(s for s in SETTINGS if s.name == ENV_GRACE).default_value({}))
+
+
+def model_source(options: Options) -> tuple[list[dict], list[dict], str, str]:
+    """(init containers, volumes, SEARCHBOX_MODEL_DIR, plan line) for --kubernetes-model."""
+    uri = options.kubernetes_model or ""
+    target = f"{MODEL_MOUNT}/model"
+    if uri.startswith("pvc:") and len(uri) > 4:
+        return [], [{"name": "model", "persistentVolumeClaim": {"claimName": uri[4:], "readOnly": True}}], target, (
+            f"- the model: the PersistentVolumeClaim {uri[4:]} holds the model directory at its root, mounted "
+            f"read-only at {target}")
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme == "s3":
+        command = ["aws", "s3", "cp", "--recursive", "--no-progress", uri, target]
+    elif scheme == "gs":
+        command = ["sh", "-c", f"mkdir -p {target} && gcloud storage cp --recursive '{uri.rstrip('/')}/*' {target}"]
+    elif scheme == "https" and ".blob." in uri:
+        # AKS workload identity injects these variables into the pod of a labelled service account
+        account = uri.split("://", 1)[1].split(".", 1)[0]
+        container, _, prefix = uri.split("://", 1)[1].split("/", 1)[1].partition("/")
+        command = ["sh", "-c", 'az login --service-principal -u "$AZURE_CLIENT_ID" -t "$AZURE_TENANT_ID" '
+                   '--federated-token "$(cat $AZURE_FEDERATED_TOKEN_FILE)" >/dev/null && '
+                   f"az storage blob download-batch --auth-mode login --account-name {account} -s {container} "
+                   f"--pattern '{prefix.rstrip('/')}/*' -d {MODEL_MOUNT}"]
+        target = f"{MODEL_MOUNT}/{prefix.rstrip('/')}" if prefix else MODEL_MOUNT
+    else:
+        raise Refused(f"--kubernetes-model: {uri!r}: s3://bucket/dir, gs://bucket/dir, "
+                      "https://ACCOUNT.blob.core.windows.net/CONTAINER/dir (the model directory) or pvc:CLAIM")
+    image = options.kubernetes_init_image or INIT_IMAGES.get(scheme)
+    if not image:
+        raise Refused("--kubernetes-init-image: an image with the Azure CLI (az) is needed to copy from Azure Blob")
+    init = [{"name": "copy-model", "image": image, "command": command,
+             "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}]}]
+    return init, [{"name": "model", "emptyDir": {}}], target, (
+        f"- the model: init container copy-model ({image}) copies {uri} into an emptyDir before the server starts, "
+        "with the pod's own cloud identity (--kubernetes-service-account: IRSA, GKE Workload Identity, AKS workload "
+        "identity); the server reads it read-only")
+
+
+def kubernetes(options: Options) -> Variant:
+    """Deployment, Service, PodDisruptionBudget and HorizontalPodAutoscaler for a cluster of your own."""
+    import yaml
+
+    image = options.kubernetes_image or options.image
+    if not image:
+        raise Refused("--kubernetes-image: the searchbox image your cluster pulls (or --image) is needed")
+    if not options.kubernetes_node:
+        raise Refused("--kubernetes-node: the measured machine label the pods run on (an instance type, or `local` "
+                      "for the machine `make capacity` ran on); see bench/capacity.json")
+    found, targets = sizing(options, "query", options.kubernetes_node, flag="--kubernetes-node")
+    measurement = found.measurement
+    init, volumes, model_dir, model_line = model_source(options)
+    name, labels = options.name, {"app.kubernetes.io/name": "searchbox", "app.kubernetes.io/instance": options.name}
+    grace = drain_grace_s()
+    termination = int(math.ceil(grace)) + 10
+    memory = memory_mb(measurement)
+    resources: dict[str, Any] = {"requests": {"cpu": str(measurement.torch_threads), "memory": f"{memory}Mi"},
+                                 "limits": {"memory": f"{memory}Mi"}}
+    gpus = 1 if measurement.machine.gpu_count else 0
+    if gpus:
+        resources["limits"]["nvidia.com/gpu"] = str(gpus)
+    minimum = max(1, options.min_instances)
+    in_flight = round(targets.concurrency * measurement.inputs_per_request, 2)
+    if options.kubernetes_metric == "cpu":
+        utilization = max(1, min(100, round(100 * targets.headroom)))
+        metric = {"type": "Resource", "resource": {"name": "cpu", "target": {
+            "type": "Utilization", "averageUtilization": utilization}}}
+        metric_line = (f"- HPA metric: CPU utilization {utilization}% of the requested {measurement.torch_threads} "
+                       f"cores = headroom {targets.headroom:g} x 100% (a pod at the measured sustained rate is taken "
+                       "as fully used; needs only metrics-server)")
+    else:
+        metric = {"type": "Pods", "pods": {"metric": {"name": IN_FLIGHT_METRIC},
+                                           "target": {"type": "AverageValue",
+                                                      "averageValue": f"{round(in_flight * 1000)}m"}}}
+        metric_line = (f"- HPA metric: {IN_FLIGHT_METRIC} (GET /metrics: inputs queued or running in the pod's "
+                       f"batcher) averaging {in_flight:g} per pod: in flight at {targets.rate:g} requests/s (sustained "
+                       f"x headroom {targets.headroom:g}) x {measurement.inputs_per_request} input(s) a request, read "
+                       "off the measured curve; served by the Prometheus adapter's custom metrics API "
+                       f"({ADAPTER_FILE})")
+    pod_spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": termination,
+        "containers": [{
+            "name": "searchbox", "image": image,
+            "ports": [{"name": "http", "containerPort": VERTEX_PORT}],
+            "env": [{"name": "SEARCHBOX_MODEL_DIR", "value": model_dir},
+                    {"name": "SEARCHBOX_TORCH_THREADS", "value": str(measurement.torch_threads)}],
+            "resources": resources,
+            "readinessProbe": {"httpGet": {"path": "/ping", "port": "http"}, "periodSeconds": 5,
+                               "failureThreshold": 2},
+            "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10,
+                              "failureThreshold": 3, "timeoutSeconds": 5},
+            "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}]}],
+        "volumes": volumes}
+    if init:
+        pod_spec["initContainers"] = init
+    if options.kubernetes_service_account:
+        pod_spec["serviceAccountName"] = options.kubernetes_service_account
+    meta = {"name": name, "namespace": options.kubernetes_namespace, "labels": labels}
+    documents = [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
+            **meta, "annotations": {"searchbox/capacity": capacity_tag(found)["Value"]}},
+         "spec": {"selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels, "annotations": {
+                      "prometheus.io/scrape": "true", "prometheus.io/port": str(VERTEX_PORT),
+                      "prometheus.io/path": "/metrics"}}, "spec": pod_spec}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+         "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+        {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
+         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}},
+        {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta,
+         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                  "minReplicas": minimum, "maxReplicas": options.max_instances, "metrics": [metric],
+                  "behavior": {
+                      "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+                          {"type": "Percent", "value": HPA_SCALE_UP_PERCENT, "periodSeconds": HPA_POLICY_PERIOD_S},
+                          {"type": "Pods", "value": HPA_SCALE_UP_PODS, "periodSeconds": HPA_POLICY_PERIOD_S}]},
+                      "scaleDown": {"stabilizationWindowSeconds": options.scale_in_cooldown_s, "policies": [
+                          {"type": "Percent", "value": 100, "periodSeconds": HPA_POLICY_PERIOD_S}]}}}},
+    ]
+    check_kubernetes(documents)
+    adapter = {"rules": [{
+        "seriesQuery": f'{IN_FLIGHT_METRIC}{{namespace!="",pod!=""}}',
+        "resources": {"overrides": {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}},
+        "name": {"matches": f"^{IN_FLIGHT_METRIC}$", "as": IN_FLIGHT_METRIC},
+        "metricsQuery": "sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"}]}
+    class Plain(yaml.SafeDumper):  # the labels repeat as written, not as YAML anchors a reader must follow
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    files = {KUBERNETES_FILE: yaml.dump_all(documents, Dumper=Plain, sort_keys=False)}
+    if options.kubernetes_metric != "cpu":
+        files[ADAPTER_FILE] = ("# prometheus-adapter's rules (its Helm values' `rules.custom`): the pods metric the "
+                               "HorizontalPodAutoscaler reads\n" + yaml.safe_dump(adapter, sort_keys=False))
+    plan = scaling_lines(found, targets, options.p95_ms) + [
+        f"- {KUBERNETES_FILE}: Deployment, Service (port 80 -> 8080), PodDisruptionBudget (maxUnavailable 1: a drain "
+        f"never blocks, one pod at a time goes) and HorizontalPodAutoscaler (autoscaling/v2), checked against "
+        f"Kubernetes {KUBERNETES_VERSION}'s schemas; namespace {options.kubernetes_namespace}",
+        f"- resources: requests {measurement.torch_threads} CPU (the torch threads measured, also set as "
+        f"SEARCHBOX_TORCH_THREADS) and {memory}Mi (resident {measurement.rss_mb:.0f} MB + "
+        f"{MEMORY_HEADROOM - 1:.0%}, rounded up to 64), memory limit the same; no CPU limit (throttling only adds "
+        "latency)" + (f"; nvidia.com/gpu {gpus} (measured on {measurement.machine.gpu})" if gpus else ""),
+        f"- probes: readiness GET /ping (200 once warm, 503 while loading and draining), liveness GET /health; "
+        f"terminationGracePeriodSeconds {termination} = the server's drain grace "
+        f"({grace:g} s, SEARCHBOX_GRACEFUL_TIMEOUT_S) + 10 s",
+        model_line,
+        metric_line,
+        f"- HPA: {minimum}..{options.max_instances} pods; desired = ceil(current x metric / target), no change "
+        f"within a {HPA_TOLERANCE:g} tolerance; scale up at most +{HPA_SCALE_UP_PERCENT}% or +{HPA_SCALE_UP_PODS} pods "
+        f"per {HPA_POLICY_PERIOD_S} s (the larger), no stabilization; scale down after a "
+        f"{options.scale_in_cooldown_s} s stabilization window (--scale-in-cooldown); replayed by "
+        "`make scale SCALE_ARGS=\"--autoscaler hpa\"`",
+        "- the Deployment leaves spec.replicas out: the HPA owns the count (as kubernetes.io advises), so applying "
+        "the file again does not reset it",
+        f"- apply: kubectl apply -f {KUBERNETES_FILE}"]
+    return Variant("kubernetes", files=files, plan=plan)
+
+
+def kubernetes_problems(documents: list[dict]) -> list[str]:
+    """Each manifest checked by kubernetes-validate against KUBERNETES_VERSION's schemas, unknown fields refused."""
+    import kubernetes_validate
+
+    problems = []
+    for document in documents:
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError,
+                kubernetes_validate.InvalidSchemaError) as exc:
+            where = f"{document.get('kind')} {document.get('metadata', {}).get('name')}"
+            message = getattr(exc, "message", None) or str(exc)
+            path = ".".join(str(p) for p in getattr(exc, "path", ()) or ())
+            problems.append(f"{where}: {path + ': ' if path else ''}{message}")
+    return problems
+
+
+def check_kubernetes(documents: list[dict]) -> None:
+    problems = kubernetes_problems(documents)
+    if problems:
+        raise Refused(f"{KUBERNETES_FILE}: " + "; ".join(problems))
+
+
 BUILDERS: dict[str, Callable[[Options], Variant]] = {
     "realtime": realtime, "async": asynchronous, "serverless": serverless,
-    "inference-component": inference_component, "batch": batch, "azure": azure}
+    "inference-component": inference_component, "batch": batch, "azure": azure, "vertex": vertex,
+    "vertex-batch": vertex_batch, "kubernetes": kubernetes}
 
 
 # --- build -----------------------------------------------------------------------------------------------------
@@ -747,10 +1156,19 @@ def load_back_azure(folder: Path) -> None:
 
 def plan_markdown(built: list[Variant], skipped: dict[str, str], options: Options) -> str:
     product = options.product
-    lines = [f"# Deployments of {product.title}", "",
-             f"Model `{product.served_name}` ({options.backend}), instance type `{options.instance_type}`. Every "
-             "request below was checked with botocore's validator against its service model; apply one folder with "
-             f"`python packaging/deployment.py apply <folder>/{REQUESTS_FILE} --no-dry-run`.", ""]
+    if any(v.calls for v in built):
+        lines = [f"# Deployments of {product.title}", "",
+                 f"Model `{product.served_name}` ({options.backend}), instance type `{options.instance_type}`. Every "
+                 "request below was checked with botocore's validator against its service model; apply one folder "
+                 f"with `python packaging/deployment.py apply <folder>/{REQUESTS_FILE} --no-dry-run`.", ""]
+    else:
+        lines = [f"# Deployments of {product.title}", "", f"Model `{product.served_name}` ({options.backend}).", ""]
+    if any(v.name.startswith("vertex") for v in built):
+        lines += ["Vertex AI requests (vertex*/requests.json) are v1 API request messages in JSON, each read back "
+                  "with google-cloud-aiplatform's own types.", ""]
+    if any(v.name == "kubernetes" for v in built):
+        lines += [f"Kubernetes manifests (kubernetes/{KUBERNETES_FILE}) were checked with kubernetes-validate "
+                  f"against Kubernetes {KUBERNETES_VERSION}'s schemas, unknown fields refused.", ""]
     assumed = {options.assume_from} - {None}
     if assumed:
         lines += [f"**Assumption:** capacity not measured on the instance type; sized from the measurement on "
@@ -771,6 +1189,9 @@ def load_calls(path: Path) -> list[Call]:
     _files.require_file(path, "requests", f"build it with `deployment.py build` ({REQUESTS_FILE})")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(raw, list) and raw and isinstance(raw[0], dict) and raw[0].get("method") in VERTEX_METHODS:
+            raise _files.InputError(f"requests: {path} holds Vertex AI requests: `apply` makes AWS calls; send these "
+                                    "with Google's v1 client (README: Deploying on Vertex AI)")
         calls = [Call(item["service"], item["operation"], item["params"]) for item in raw]
     except (ValueError, KeyError, TypeError) as exc:
         raise _files.InputError(f"requests: {path} is not a {REQUESTS_FILE} written by deployment.py ({exc})") from exc
@@ -829,7 +1250,7 @@ def options_from(args: argparse.Namespace) -> Options:
         raise Refused(f"--name: {name!r} is {len(name)} characters; at most {NAME_MAX}, so that every variant's "
                       f"suffix still fits SageMaker's 63")
     _catalog.check_name(name, "--name")
-    if bool(args.model_package_arn) == bool(args.image and args.model_data):
+    if bool(args.model_package_arn) == bool(args.image and args.model_data) and sagemaker_asked(args):
         raise Refused("--model-package-arn: give either --model-package-arn (a subscribed Marketplace package) or "
                       "--image with --model-data (your own image and model.tar.gz), not both or neither")
     if args.min_instances < 0 or args.max_instances < max(1, args.min_instances):
@@ -846,7 +1267,13 @@ def options_from(args: argparse.Namespace) -> Options:
         input_mb=args.input_mb, target_hours=args.target_hours, content_type=args.content_type,
         azure_image=args.azure_image, azure_subscription=args.azure_subscription,
         azure_resource_group=args.azure_resource_group, azure_workspace=args.azure_workspace,
-        azure_location=args.azure_location)
+        azure_location=args.azure_location, gcp_project=args.gcp_project, gcp_region=args.gcp_region,
+        vertex_image=args.vertex_image, vertex_artifact_uri=args.vertex_artifact_uri,
+        vertex_machine_type=args.vertex_machine_type, vertex_accelerator=args.vertex_accelerator,
+        vertex_bucket=args.vertex_bucket, kubernetes_image=args.kubernetes_image,
+        kubernetes_node=args.kubernetes_node, kubernetes_model=args.kubernetes_model,
+        kubernetes_metric=args.kubernetes_metric, kubernetes_namespace=args.kubernetes_namespace,
+        kubernetes_service_account=args.kubernetes_service_account, kubernetes_init_image=args.kubernetes_init_image)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -856,14 +1283,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--catalog", required=True)
     b.add_argument("--product", help="the catalog product (default: the only one)")
     b.add_argument("--name", help="endpoint/model name stem (default: the product name)")
-    b.add_argument("--instance-type", required=True, help="SageMaker instance type to deploy on (must be measured)")
+    b.add_argument("--instance-type", help="SageMaker instance type to deploy on (must be measured); required for "
+                                           "SageMaker's variants")
     b.add_argument("--variant", action="append", choices=VARIANTS,
                    help="build only these (repeatable); default: every variant the product allows, the rest listed "
                         "in plan.md with the reason")
     b.add_argument("--image", help="the searchbox image URI in your ECR")
     b.add_argument("--model-data", help="s3:// URL of model.tar.gz")
     b.add_argument("--model-package-arn", help="a subscribed AWS Marketplace model package, instead of image + data")
-    b.add_argument("--role-arn", required=True, help="IAM role SageMaker assumes (CreateModel ExecutionRoleArn)")
+    b.add_argument("--role-arn", help="IAM role SageMaker assumes (CreateModel ExecutionRoleArn); required for "
+                                      "SageMaker's variants")
     b.add_argument("--bucket", help="bucket or s3://bucket/prefix for async output and batch input/output")
     b.add_argument("--prefix", help="key prefix (default: the s3:// URL's, else --name)")
     b.add_argument("--capacity", default=str(DEFAULT_CAPACITY), help="capacity file (bench/capacity.py)")
@@ -893,7 +1322,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--azure-resource-group", default="<resource-group>")
     b.add_argument("--azure-workspace", default="<workspace>")
     b.add_argument("--azure-location", default="eastus")
+    b.add_argument("--target", action="append", choices=tuple(TARGETS),
+                   help="build this platform's variants (repeatable): sagemaker, azure, vertex (vertex, vertex-batch), "
+                        "kubernetes")
+    b.add_argument("--gcp-project", default="<project>", help="vertex: the Google Cloud project")
+    b.add_argument("--gcp-region", default="us-central1", help="vertex: the region of the Model and endpoint")
+    b.add_argument("--vertex-image", help="vertex: the image in your Artifact Registry (default: --image)")
+    b.add_argument("--vertex-artifact-uri", help="vertex: gs:// directory of the model (becomes AIP_STORAGE_URI)")
+    b.add_argument("--vertex-machine-type", help="vertex: machine type, e.g. n1-standard-4 (must be measured)")
+    b.add_argument("--vertex-accelerator", metavar="TYPE[:COUNT]",
+                   help="vertex: accelerator of each replica, e.g. NVIDIA_L4 or NVIDIA_TESLA_T4:1")
+    b.add_argument("--vertex-bucket", help="vertex-batch: gs://bucket[/prefix] for JSON Lines input and output")
+    b.add_argument("--kubernetes-image", help="kubernetes: the image your cluster pulls (default: --image)")
+    b.add_argument("--kubernetes-node", metavar="LABEL",
+                   help="kubernetes: the measured machine label the pods run on (bench/capacity.json)")
+    b.add_argument("--kubernetes-model", help="kubernetes: s3://, gs://, https://ACCOUNT.blob.core.windows.net/... "
+                                              "model directory (copied by an init container) or pvc:CLAIM")
+    b.add_argument("--kubernetes-metric", choices=("in-flight", "cpu"), default="in-flight",
+                   help="kubernetes: HPA on in-flight inputs per pod (Prometheus adapter) or CPU utilization")
+    b.add_argument("--kubernetes-namespace", default="default")
+    b.add_argument("--kubernetes-service-account", help="kubernetes: the pods' service account (cloud identity)")
+    b.add_argument("--kubernetes-init-image", help="kubernetes: the image copying the model (default: the cloud's CLI)")
     b.add_argument("-o", "--out-dir", required=True, type=Path)
+    b.set_defaults(build_parser=b)  # refusals of flags only some targets need, in argparse's own words
     a = commands.add_parser("apply", help="make the calls of one requests.json (dry run by default)")
     a.add_argument("requests", type=Path)
     a.add_argument("--region", default="us-east-1")
@@ -902,13 +1353,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def selected(args: argparse.Namespace) -> list[str]:
+    asked = list(args.variant or []) + [v for t in args.target or [] for v in TARGETS[t]]
+    return list(dict.fromkeys(asked)) or list(DEFAULT_VARIANTS)
+
+
+def sagemaker_asked(args: argparse.Namespace) -> bool:
+    return any(v in TARGETS["sagemaker"] for v in selected(args))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "apply":
         return apply_command(args)
+    missing = [flag for flag, value in (("--instance-type", args.instance_type), ("--role-arn", args.role_arn))
+               if value is None and sagemaker_asked(args)]
+    if missing:  # SageMaker's variants need them; Vertex and Kubernetes do not
+        args.build_parser.error(f"the following arguments are required: {', '.join(missing)}")
     try:
         options = options_from(args)
-        built, skipped = build(options, args.variant or list(VARIANTS), explicit=bool(args.variant))
+        built, skipped = build(options, selected(args), explicit=bool(args.variant or args.target))
         if not built:
             raise Refused("--variant: nothing could be built: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         written = write(args.out_dir, built, skipped, options)
@@ -920,7 +1385,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"skipped {name}: {why}", file=sys.stderr)
     if options.assume_from:
-        print(f"ASSUMED capacity: {options.instance_type} sized from {options.assume_from} "
+        machine = options.instance_type or options.vertex_machine_type or options.kubernetes_node
+        print(f"ASSUMED capacity: {machine} sized from {options.assume_from} "
               "(--assume-capacity-from); see plan.md", file=sys.stderr)
     return 0
 

@@ -77,6 +77,11 @@ def test_the_lock_pins_every_dependency_pyproject_names_within_its_range():
     assert pins["torch"] == makefile_torch
 
 
+# Top-level modules of a direct dependency that import only with an extra searchbox does not install:
+# google-cloud-aiplatform's Ray on Vertex (its `ray` extra: ray, google-cloud-bigquery-storage).
+NEEDS_AN_EXTRA = {"vertex_ray"}
+
+
 @pytest.mark.server
 def test_the_venv_is_the_lock_and_its_dependencies_import():
     """`make venv` installs with the lock as constraints: every locked distribution present here has its
@@ -105,7 +110,8 @@ def test_the_venv_is_the_lock_and_its_dependencies_import():
     direct = {canonicalize_name(r.name) for r in project_requirements()}
     to_import = sorted({module for module, dists in modules.items()
                         if any(canonicalize_name(d) in direct for d in dists) and module.isidentifier()
-                        and not module.startswith("_") and importlib.util.find_spec(module) is not None})
+                        and not module.startswith("_") and module not in NEEDS_AN_EXTRA
+                        and importlib.util.find_spec(module) is not None})
     result = subprocess.run([sys.executable, "-c", "import importlib, sys\n"
                              "for m in sys.argv[1:]: importlib.import_module(m)", *to_import],
                             capture_output=True, text=True)

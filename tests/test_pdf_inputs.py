@@ -214,6 +214,22 @@ def test_a_json_lines_batch_line_of_a_pdf_answers_its_pages(clip):
     assert "page" not in second["data"][0]
 
 
+def test_a_pdf_instance_on_vertex_ai_predicts_the_list_of_its_pages(clip_dir, reference):
+    """README (Google Cloud Vertex AI): prediction i is the answer's item of index i; a PDF's is the list of its pages'
+    items, however many it has, so that there is still one prediction per instance."""
+    two_pages, one_page = make_pdf(pattern(1), pattern(2)), make_pdf(pattern(3))
+    instances = ["a red square", {"pdf": b64(two_pages)}, {"pdf": b64(one_page)}, "after the PDFs"]
+    with serving(clip_dir, {"AIP_PREDICT_ROUTE": "/predict"}) as app:
+        answer = app.post("/predict", {"instances": instances})
+        data = app.post("/invocations", {"input": instances}).json()["data"]
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    assert predictions == [data[0], [data[1], data[2]], [data[3]], data[4]]
+    assert [item["page"] for item in predictions[1]] == [1, 2]
+    expected = unit_image_vectors(reference, rendered(reference, two_pages))
+    np.testing.assert_allclose([item["embedding"] for item in predictions[1]], expected, atol=1e-4)
+
+
 # --- rerank --------------------------------------------------------------------------------------------
 
 

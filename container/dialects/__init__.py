@@ -320,6 +320,14 @@ def _native_keys(body: Any) -> set[str]:
     return {key for wire in registered() for key in wire.body_keys if key in body}
 
 
+def decode_own(body: Any) -> Decoded:
+    """searchbox's own `/invocations` bodies only, never another project's shape: what the Vertex AI dialect's
+    instances are read as (container/dialects/vertex.py)."""
+    if not _native_keys(body):
+        raise ValidationFailed('the body must have `data`, `input`, or `query` and `documents`')
+    return _decode_native(body)
+
+
 def _decode_native(body: Mapping[str, Any]) -> Decoded:
     """Each operation's `invocation` claims its own bodies (a rerank's `query` and `documents`); the embeddings
     bodies, `data` (SageMaker envelope) or `input`, ask for the form the served model makes and are tried last."""
