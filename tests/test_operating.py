@@ -294,7 +294,7 @@ def test_models_lists_the_served_model(app):
     model = body["data"][0]
     assert model["id"] == "all-MiniLM-L6-v2" and model["object"] == "model"
     assert model["kind"] == "embedding"
-    assert model["operations"] == ["classify", "embed", "rerank", "segment", "tokenize"]
+    assert model["operations"] == ["classify", "embed", "rerank", "segment", "tokenize", "train"]
     assert model["max_length"] == 256 and model["dimensions"] == 384
     assert model["metering"] is None and model["ready"] is True and model["backend"] == "torch"
 
