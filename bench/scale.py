@@ -139,41 +139,61 @@ class Result:
         return sum(m.instances + m.starting for m in self.minutes)
 
 
+@dataclass
+class _Fleet:
+    """The fluid model both replays share: instances in service and starting, one queue, one-second steps."""
+
+    instance: Instance
+    timeout_s: float
+    ready: int
+    pending: list[float] = field(default_factory=list)  # times at which starting instances come into service
+    queue: float = 0.0
+    minutes: list[Minute] = field(default_factory=list)
+
+    def second(self, t: int, arrivals: float) -> tuple[float, float]:
+        """Second `t`: starting instances due come into service, `arrivals` requests join the queue, the instances in
+        service answer what they can, and what could no longer be answered within the deadline is refused.
+        Returns (requests answered per instance in service, requests in flight per instance)."""
+        if t % 60 == 0:
+            self.minutes.append(Minute(t // 60))
+        minute = self.minutes[-1]
+        came = [when for when in self.pending if when <= t]
+        if came:
+            self.ready += len(came)
+            self.pending = [when for when in self.pending if when > t]
+        capacity = self.ready * self.instance.max_rate
+        waiting = self.queue + arrivals
+        served = min(waiting, capacity)
+        self.queue = waiting - served
+        refused = max(0.0, self.queue - self.timeout_s * capacity)  # what can still be answered within the deadline
+        self.queue -= refused
+        per_instance = served / self.ready if self.ready else 0.0
+        in_flight, p95 = self.instance.at(min(per_instance, self.instance.max_rate)) if self.ready else (0.0, 0.0)
+        minute.offered += arrivals
+        minute.served += served
+        minute.refused += refused
+        if served:
+            minute.latencies.append((p95 + (1000 * self.queue / capacity if capacity else 0.0), served))
+        return per_instance, in_flight
+
+    def end_second(self) -> None:
+        minute = self.minutes[-1]
+        minute.queued = self.queue
+        minute.instances = self.ready
+        minute.starting = len(self.pending)
+
+
 def simulate(rate_at: Callable[[float], float], seconds: int, instance: Instance, policy: Policy,
              initial: int | None = None) -> Result:
     """Play `rate_at(t)` requests/s for `seconds` seconds, one-second steps."""
-    ready = max(policy.min_instances, initial or policy.min_instances)
-    pending: list[float] = []  # times at which starting instances come into service
-    queue = 0.0
-    minutes: list[Minute] = []
+    fleet = _Fleet(instance, policy.timeout_s, max(policy.min_instances, initial or policy.min_instances))
     scaling: list[tuple[float, int, int]] = []
     period_sum, period_len = 0.0, 0
     high_streak, low_since = 0, None
     last_out = last_in = -math.inf
     for t in range(seconds):
-        if t % 60 == 0:
-            minutes.append(Minute(t // 60))
-        minute = minutes[-1]
-        came = [when for when in pending if when <= t]
-        if came:
-            ready += len(came)
-            pending = [when for when in pending if when > t]
-        arrivals = max(0.0, rate_at(t))
-        capacity = ready * instance.max_rate
-        waiting = queue + arrivals
-        served = min(waiting, capacity)
-        queue = waiting - served
-        limit = policy.timeout_s * capacity  # what can still be answered within the deadline
-        refused = max(0.0, queue - limit)
-        queue -= refused
-        per_instance = served / ready if ready else 0.0
-        in_flight, p95 = instance.at(min(per_instance, instance.max_rate)) if ready else (0.0, 0.0)
-        wait_ms = 1000 * queue / capacity if capacity else 0.0
-        minute.offered += arrivals
-        minute.served += served
-        minute.refused += refused
-        if served:
-            minute.latencies.append((p95 + wait_ms, served))
+        per_instance, in_flight = fleet.second(t, max(0.0, rate_at(t)))
+        ready, queue = fleet.ready, fleet.queue
         # the metric as SageMaker publishes it, per instance in service
         if policy.metric == "concurrency":
             period_sum += (in_flight + queue / ready) if ready else 0.0
@@ -187,11 +207,11 @@ def simulate(rate_at: Callable[[float], float], seconds: int, instance: Instance
             high_streak = high_streak + 1 if value > policy.target else 0
             low_since = (low_since if low_since is not None else now - policy.period_s) \
                 if value < SCALE_IN_RATIO * policy.target else None
-            updating = bool(pending)
+            updating = bool(fleet.pending)
             if not updating and high_streak >= policy.out_periods and now - last_out >= policy.scale_out_cooldown_s:
                 desired = min(policy.max_instances, math.ceil(ready * value / policy.target))
                 if desired > ready:
-                    pending += [now + policy.start_s] * (desired - ready)
+                    fleet.pending += [now + policy.start_s] * (desired - ready)
                     scaling.append((now, ready, desired))
                     last_out, high_streak = now, 0
             elif (not updating and low_since is not None and now - low_since >= policy.in_window_s
@@ -199,11 +219,9 @@ def simulate(rate_at: Callable[[float], float], seconds: int, instance: Instance
                 desired = max(policy.min_instances, math.ceil(ready * value / policy.target))
                 if desired < ready:
                     scaling.append((now, ready, desired))
-                    ready, last_in, low_since = desired, now, None
-        minute.queued = queue
-        minute.instances = ready
-        minute.starting = len(pending)
-    return Result(minutes, scaling)
+                    fleet.ready, last_in, low_since = desired, now, None
+        fleet.end_second()
+    return Result(fleet.minutes, scaling)
 
 
 # --- Kubernetes' HorizontalPodAutoscaler ------------------------------------------------------------------------
@@ -253,39 +271,17 @@ def hpa_recommendation(ready: int, starting: int, metric_sum: float, target: flo
 def simulate_hpa(rate_at: Callable[[float], float], seconds: int, instance: Instance, policy: HpaPolicy,
                  initial: int | None = None) -> Result:
     """Play `rate_at(t)` requests/s against pods the HPA scales, one-second steps (the same fluid model)."""
-    ready = max(policy.min_replicas, initial or policy.min_replicas)
-    pending: list[float] = []
-    queue = 0.0
-    minutes: list[Minute] = []
+    fleet = _Fleet(instance, policy.timeout_s, max(policy.min_replicas, initial or policy.min_replicas))
     scaling: list[tuple[float, int, int]] = []
     recommendations: list[tuple[float, int]] = []  # (second, desired) for the scale-down window
     ups: list[tuple[float, int]] = []  # (second, pods added) for the scale-up policies' periods
     for t in range(seconds):
-        if t % 60 == 0:
-            minutes.append(Minute(t // 60))
-        minute = minutes[-1]
-        came = [when for when in pending if when <= t]
-        if came:
-            ready += len(came)
-            pending = [when for when in pending if when > t]
-        arrivals = max(0.0, rate_at(t))
-        capacity = ready * instance.max_rate
-        waiting = queue + arrivals
-        served = min(waiting, capacity)
-        queue = waiting - served
-        refused = max(0.0, queue - policy.timeout_s * capacity)
-        queue -= refused
-        per_pod = served / ready if ready else 0.0
-        in_flight, p95 = instance.at(min(per_pod, instance.max_rate)) if ready else (0.0, 0.0)
-        minute.offered += arrivals
-        minute.served += served
-        minute.refused += refused
-        if served:
-            minute.latencies.append((p95 + (1000 * queue / capacity if capacity else 0.0), served))
+        _, in_flight = fleet.second(t, max(0.0, rate_at(t)))
         now = t + 1
         if now % policy.sync_s == 0:
+            ready, pending = fleet.ready, fleet.pending
             current = ready + len(pending)
-            metric_sum = ready * in_flight + queue  # what the pods' gauges read: running and queued
+            metric_sum = ready * in_flight + fleet.queue  # what the pods' gauges read: running and queued
             desired = hpa_recommendation(ready, len(pending), metric_sum, policy.target, policy.tolerance)
             recommendations = [(when, d) for when, d in recommendations if now - when < policy.down_window_s]
             recommendations.append((now, desired))
@@ -298,19 +294,17 @@ def simulate_hpa(rate_at: Callable[[float], float], seconds: int, instance: Inst
             desired = min(desired, up_limit)
             desired = max(policy.min_replicas, min(policy.max_replicas, desired))
             if desired > current:
-                pending += [now + policy.start_s] * (desired - current)
+                fleet.pending += [now + policy.start_s] * (desired - current)
                 ups.append((now, desired - current))
                 scaling.append((now, current, desired))
             elif desired < current:
                 drop = current - desired
                 cancelled = min(drop, len(pending))
-                pending = pending[:len(pending) - cancelled]
-                ready -= drop - cancelled
+                fleet.pending = pending[:len(pending) - cancelled]
+                fleet.ready -= drop - cancelled
                 scaling.append((now, current, desired))
-        minute.queued = queue
-        minute.instances = ready
-        minute.starting = len(pending)
-    return Result(minutes, scaling)
+        fleet.end_second()
+    return Result(fleet.minutes, scaling)
 
 
 # --- traffic -----------------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ import re
 import tempfile
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 
 from model_handlers.classifiers import NAME, TrainedClassifier
 from model_handlers.errors import HandlerError
+from model_handlers.per_model import PerModel
 
 FORMAT = 1
 # The default store: a directory every worker process of one instance shares.
@@ -346,16 +346,8 @@ class Readers:
 
 
 # One reader per loaded model (each worker process, each instance served in one process), gone with it.
-_READERS: "weakref.WeakKeyDictionary[Any, Readers]" = weakref.WeakKeyDictionary()
-_READERS_LOCK = threading.Lock()
+readers = PerModel(Readers)
 
-
-def readers(model: Any) -> Readers:
-    with _READERS_LOCK:
-        found = _READERS.get(model)
-        if found is None:
-            found = _READERS[model] = Readers()
-        return found
 # What `remove` did.
 DELETED, ABSENT, SHIPPED = "deleted", "absent", "shipped"
 

@@ -17,7 +17,6 @@ embedded with the task its examples were, normalised, and scored by its linear l
 from __future__ import annotations
 
 import threading
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar, Hashable, Protocol, runtime_checkable
@@ -31,6 +30,7 @@ from model_handlers.deadline import Deadline
 from model_handlers.errors import InvalidOption, ModelDirectoryError
 from model_handlers.operations import OperationSpec, Runner
 from model_handlers.operations.embed import EMBED, Embedder, Prepared, finish
+from model_handlers.per_model import PerModel
 from model_handlers.types import EmbedInput, EmbedRequest, TextInput, counted
 
 CLASSIFY = "classify"
@@ -124,16 +124,7 @@ class LabelCache:
 
 
 # One cache per loaded model, gone with it.
-_CACHES: "weakref.WeakKeyDictionary[Any, LabelCache]" = weakref.WeakKeyDictionary()
-_CACHES_LOCK = threading.Lock()
-
-
-def label_cache(model: Any) -> LabelCache:
-    with _CACHES_LOCK:
-        cache = _CACHES.get(model)
-        if cache is None:
-            cache = _CACHES[model] = LabelCache()
-        return cache
+label_cache = PerModel(LabelCache)
 
 
 def trained(request: ClassifyRequest, config: Any, options: Any = None, model_name: str = "",
