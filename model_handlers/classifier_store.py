@@ -295,25 +295,145 @@ class S3Store:
         return True
 
 
+class GCSStore:
+    """Classifiers under a Cloud Storage prefix (`gs://bucket/prefix`), written with Cloud Storage's own preconditions:
+    a new classifier with `ifGenerationMatch=0` (only if no object exists), an update with `ifGenerationMatch` on the
+    generation of the version it read, so Cloud Storage refuses the loser's write (412). Credentials and project are
+    the client's own (the instance's service account; STORAGE_EMULATOR_HOST for an emulator)."""
+
+    def __init__(self, url: str):
+        self.root = url.rstrip("/")
+        bucket, _, prefix = url.removeprefix("gs://").partition("/")
+        if not bucket:
+            raise StoreError(f"classifier store {url!r}: name a bucket, gs://bucket/prefix")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self._generations: dict[tuple[str, str, int], int] = {}
+        self._lock = threading.Lock()
+        self._client = None
+
+    def _modules(self):
+        try:
+            import warnings
+
+            with warnings.catch_warnings():
+                # google.api_core's notice that it will drop this Python some day: not the operator's concern
+                warnings.simplefilter("ignore", FutureWarning)
+                from google.api_core import exceptions
+                from google.auth import exceptions as auth_exceptions
+                from google.cloud import storage
+        except ImportError:
+            raise StoreError("a gs:// classifier store needs google-cloud-storage: install searchbox[vertex]") from None
+        return storage, exceptions, auth_exceptions
+
+    @property
+    def client(self):
+        if self._client is None:
+            storage, _, auth_exceptions = self._modules()
+            try:
+                self._client = storage.Client()
+            except auth_exceptions.GoogleAuthError as exc:
+                raise StoreError(f"cannot open {self.root}: {exc}") from None
+        return self._client
+
+    def _key(self, model: str, classifier_id: str = "") -> str:
+        name = f"{classifier_id}.json" if classifier_id else ""
+        return "/".join(part for part in (self.prefix, _segment(model), name) if part) + ("" if name else "/")
+
+    def read(self, model: str, classifier_id: str) -> Stored | None:
+        _, exceptions, auth_exceptions = self._modules()
+        key = self._key(model, classifier_id)
+        where = f"gs://{self.bucket}/{key}"
+        for _ in range(8):
+            try:
+                blob = self.client.bucket(self.bucket).get_blob(key)
+                if blob is None:
+                    return None
+                # the generation the metadata named, so the document and the generation kept are one version's (taken
+                # first: the download resets it from its response headers, which an emulator may not send)
+                generation = int(blob.generation)
+                data = blob.download_as_bytes(if_generation_match=generation)
+            except (exceptions.NotFound, exceptions.PreconditionFailed):
+                continue  # replaced or deleted between the two requests: read again
+            except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
+                raise StoreError(f"cannot read {where}: {exc}") from None
+            break
+        else:
+            raise StoreError(f"cannot read {where}: it kept changing while read")
+        try:
+            stored = Stored.from_json(json.loads(data.decode("utf-8")), where)
+        except ValueError as exc:
+            raise StoreError(f"{where} is not JSON: {exc}") from None
+        with self._lock:
+            self._generations[(model, classifier_id, stored.version)] = generation
+            if len(self._generations) > 4096:
+                self._generations.clear()
+        return stored
+
+    def listed(self, model: str) -> list[Stored]:
+        _, exceptions, auth_exceptions = self._modules()
+        try:
+            names = [blob.name for blob in self.client.list_blobs(self.bucket, prefix=self._key(model))]
+        except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
+            raise StoreError(f"cannot list gs://{self.bucket}/{self._key(model)}: {exc}") from None
+        ids = [name.rpartition("/")[2].removesuffix(".json") for name in names if name.endswith(".json")]
+        return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
+                if stored is not None]
+
+    def put(self, stored: Stored, expected: int | None) -> bool:
+        _, exceptions, auth_exceptions = self._modules()
+        if expected is None:
+            generation = 0
+        else:
+            with self._lock:
+                generation = self._generations.get((stored.model, stored.id, expected))
+            if generation is None:  # not read by this process at that version: read it, and let the caller re-apply
+                return False
+        key = self._key(stored.model, stored.id)
+        try:
+            self.client.bucket(self.bucket).blob(key).upload_from_string(
+                json.dumps(stored.to_json()).encode("utf-8"), content_type="application/json",
+                if_generation_match=generation)
+        except (exceptions.PreconditionFailed, exceptions.NotFound):
+            return False
+        except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
+            raise StoreError(f"cannot write gs://{self.bucket}/{key}: {exc}") from None
+        return True
+
+    def delete(self, model: str, classifier_id: str) -> bool:
+        _, exceptions, auth_exceptions = self._modules()
+        key = self._key(model, classifier_id)
+        try:
+            self.client.bucket(self.bucket).blob(key).delete()
+        except exceptions.NotFound:
+            return False
+        except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
+            raise StoreError(f"cannot delete gs://{self.bucket}/{key}: {exc}") from None
+        return True
+
+
 _OPENED: dict[str, Any] = {}
 _OPENED_LOCK = threading.Lock()
 
 
-def opened(location: str | None) -> LocalStore | S3Store:
+_OBJECT_STORES: dict[str, Any] = {"s3": S3Store, "gs": GCSStore}
+
+
+def opened(location: str | None) -> Any:
     """The store a setting names (None: the default directory); one per location in a process.
 
     Raises:
-        StoreError: a URL of a store not served (gs://, az://: not yet), naming what to set instead.
+        StoreError: a URL of a store not served, naming what to set instead.
     """
     location = location or DEFAULT_LOCATION
-    if location.startswith("s3://"):
+    kind = _OBJECT_STORES.get(location.partition("://")[0] if "://" in location else "")
+    if kind is not None:
         with _OPENED_LOCK:
             if location not in _OPENED:
-                _OPENED[location] = S3Store(location)
+                _OPENED[location] = kind(location)
             return _OPENED[location]
     if _URL.match(location) and not location.startswith("file://"):
-        raise StoreError(f"classifier store {location!r}: of the object stores only s3:// is served yet (gs://, "
-                         "az://: not yet); set a local directory, or a volume every instance mounts")
+        raise StoreError(f"classifier store {location!r}: of the object stores only s3://, gs:// and az:// are "
+                         "served; set one of them, a local directory, or a volume every instance mounts")
     return LocalStore(Path(location.removeprefix("file://")))
 
 

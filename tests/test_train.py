@@ -468,3 +468,88 @@ def test_an_instance_killed_mid_update_loses_nothing_acknowledged(server_factory
     assert max(acknowledged) <= stored["version"]
     assert stored["examples"] == 2 + (stored["version"] - 1)
     assert not [path for path in store.rglob("*.json") if path.name != f"{classifier_id}.json"]
+
+
+@pytest.fixture
+def gcs_store(monkeypatch, tmp_path):
+    """A bucket on gcp-storage-emulator (a real HTTP Cloud Storage emulator, started as its own process as
+    tests/test_vertex.py does), reached through google-cloud-storage's own STORAGE_EMULATOR_HOST; yields the store URL
+    and the emulator's request log (one line per request, its query string included)."""
+    import subprocess
+    import sys
+
+    import requests
+
+    from conftest import free_port
+
+    pytest.importorskip("gcp_storage_emulator")
+    port = free_port()
+    log_path = tmp_path / "emulator.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
+                                "--port", str(port), "--in-memory", "--default-bucket", "classifiers"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, "the storage emulator exited"
+        try:
+            requests.get(f"{url}/storage/v1/b", timeout=1)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "the storage emulator did not start"
+            time.sleep(0.1)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    yield f"gs://classifiers/endpoint-{port}", log_path
+    process.terminate()
+    process.wait(10)
+    log.close()
+
+
+@pytest.mark.server
+def test_a_cloud_storage_store_shares_classifiers_and_writes_on_generations(gcs_store, prompted_dir, reference_model):
+    """gcp-storage-emulator (2026.7.19) accepts every write whatever its ifGenerationMatch says, so two writers racing
+    on it would both land: updates here alternate between the instances one at a time, and the emulator's request log
+    shows what Cloud Storage itself would refuse (a create with ifGenerationMatch=0, each update on the generation of
+    the version it read). The refused-write path is exercised on S3 (moto honours its preconditions)."""
+    import re
+    from urllib.parse import unquote
+
+    from google.cloud import storage
+
+    store, log_path = gcs_store
+    with serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": store}) as a, \
+            serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": store, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0"}) as b:
+        created = a.post("/v1/train", _body(FIRST, num_iters=3))
+        assert created.status_code == 200, created.text
+        classifier_id = created.json()["classifier_id"]
+        calls = {}
+        for index in range(20):
+            examples = [SECOND[index % len(SECOND)]]
+            answer = (a if index % 2 else b).post("/v1/train", _body(examples, classifier_id=classifier_id,
+                                                                     num_iters=2))
+            assert answer.status_code == 200, answer.text
+            calls[answer.json()["version"]] = examples
+        assert sorted(calls) == list(range(2, 22))
+        key = f"{store.removeprefix('gs://classifiers/')}/minilm-train/{classifier_id}.json"
+        stored = json.loads(storage.Client().bucket("classifiers").blob(key).download_as_bytes())
+        assert stored["version"] == 21 and stored["examples"] == len(FIRST) + 20
+        expected = _replayed([(FIRST, 3)] + [(calls[version], 2) for version in range(2, 22)],
+                             lambda texts: _served(a, texts))
+        np.testing.assert_allclose(np.asarray(stored["coef"]), expected.coef_, rtol=1e-5, atol=1e-6)
+        answer = b.post("/v1/classify", {"input": QUERIES, "classifier_id": classifier_id})
+        assert answer.status_code == 200, answer.text
+        assert [item["prediction"] for item in answer.json()["data"]] == \
+            expected.predict(_served(a, QUERIES)).tolist()
+        listed = a.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"]
+        assert [item["classifier_id"] for item in listed] == [classifier_id]
+        assert b.delete(f"/v1/classifiers/{classifier_id}").status_code == 200
+        assert a.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"] == []
+    # every write of the classifier was conditional: the create on "no object yet", each of the 20 updates on the
+    # generation a pinned download (generation=...) had just read, each generation written on once
+    lines = [unquote(line) for line in log_path.read_text().splitlines()]
+    writes = [re.search(r"ifGenerationMatch=(\d+)", line) for line in lines if line.startswith('"POST /upload/')]
+    assert len(writes) == 21 and all(writes), writes
+    conditions = [int(match.group(1)) for match in writes]
+    read = {int(match) for line in lines for match in re.findall(r"[?&]generation=(\d+)", line)}
+    assert conditions[0] == 0 and len(set(conditions[1:])) == 20 and set(conditions[1:]) <= read
