@@ -415,7 +415,126 @@ _OPENED: dict[str, Any] = {}
 _OPENED_LOCK = threading.Lock()
 
 
-_OBJECT_STORES: dict[str, Any] = {"s3": S3Store, "gs": GCSStore}
+class AzureBlobStore:
+    """Classifiers under an Azure Blob Storage prefix (`az://container/prefix`, adlfs's form: the container first, the
+    account from the environment), written with the service's own ETag conditions: a new classifier with
+    `If-None-Match: *` (`overwrite=False`), an update with `If-Match` on the ETag of the version it read
+    (`MatchConditions.IfNotModified`), so Azure refuses the loser's write (409 or 412). The account: the connection
+    string AZURE_STORAGE_CONNECTION_STRING (an emulator's, or a key's), else AZURE_STORAGE_ACCOUNT_NAME with the
+    instance's managed identity (azure-identity's DefaultAzureCredential; the role Storage Blob Data Contributor)."""
+
+    def __init__(self, url: str):
+        self.root = url.rstrip("/")
+        container, _, prefix = url.partition("://")[2].partition("/")
+        if not container:
+            raise StoreError(f"classifier store {url!r}: name a container, az://container/prefix")
+        if not (os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")):
+            raise StoreError(f"classifier store {url!r}: set AZURE_STORAGE_CONNECTION_STRING, or "
+                             "AZURE_STORAGE_ACCOUNT_NAME with a managed identity, to name the storage account")
+        self.container, self.prefix = container, prefix.strip("/")
+        self._etags: dict[tuple[str, str, int], str] = {}
+        self._lock = threading.Lock()
+        self._client = None
+
+    @staticmethod
+    def _modules():
+        try:
+            from azure.core import MatchConditions, exceptions
+            from azure.storage.blob import BlobServiceClient
+        except ImportError:
+            raise StoreError("an az:// classifier store needs azure-storage-blob: install searchbox[azureblob]") \
+                from None
+        return BlobServiceClient, MatchConditions, exceptions
+
+    @property
+    def client(self):
+        if self._client is None:
+            service, _, exceptions = self._modules()
+            connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+            try:
+                if connection:
+                    client = service.from_connection_string(connection)
+                else:
+                    from azure.identity import DefaultAzureCredential
+
+                    account = os.environ["AZURE_STORAGE_ACCOUNT_NAME"]
+                    client = service(f"https://{account}.blob.core.windows.net", credential=DefaultAzureCredential())
+            except (ImportError, ValueError, exceptions.AzureError) as exc:
+                raise StoreError(f"cannot open {self.root}: {exc}") from None
+            self._client = client.get_container_client(self.container)
+        return self._client
+
+    def _key(self, model: str, classifier_id: str = "") -> str:
+        name = f"{classifier_id}.json" if classifier_id else ""
+        return "/".join(part for part in (self.prefix, _segment(model), name) if part) + ("" if name else "/")
+
+    def read(self, model: str, classifier_id: str) -> Stored | None:
+        _, _, exceptions = self._modules()
+        key = self._key(model, classifier_id)
+        where = f"az://{self.container}/{key}"
+        try:
+            # one request: the document and its ETag are one version's
+            downloaded = self.client.download_blob(key)
+            data = downloaded.readall()
+        except exceptions.ResourceNotFoundError:
+            return None
+        except exceptions.AzureError as exc:
+            raise StoreError(f"cannot read {where}: {exc}") from None
+        try:
+            stored = Stored.from_json(json.loads(data.decode("utf-8")), where)
+        except ValueError as exc:
+            raise StoreError(f"{where} is not JSON: {exc}") from None
+        with self._lock:
+            self._etags[(model, classifier_id, stored.version)] = downloaded.properties.etag
+            if len(self._etags) > 4096:
+                self._etags.clear()
+        return stored
+
+    def listed(self, model: str) -> list[Stored]:
+        _, _, exceptions = self._modules()
+        try:
+            names = [blob.name for blob in self.client.list_blobs(name_starts_with=self._key(model))]
+        except exceptions.AzureError as exc:
+            raise StoreError(f"cannot list az://{self.container}/{self._key(model)}: {exc}") from None
+        ids = [name.rpartition("/")[2].removesuffix(".json") for name in names if name.endswith(".json")]
+        return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
+                if stored is not None]
+
+    def put(self, stored: Stored, expected: int | None) -> bool:
+        _, conditions, exceptions = self._modules()
+        if expected is None:
+            condition: dict[str, Any] = {"overwrite": False}
+        else:
+            with self._lock:
+                etag = self._etags.get((stored.model, stored.id, expected))
+            if etag is None:  # not read by this process at that version: read it, and let the caller re-apply
+                return False
+            condition = {"overwrite": True, "etag": etag, "match_condition": conditions.IfNotModified}
+        key = self._key(stored.model, stored.id)
+        try:
+            from azure.storage.blob import ContentSettings
+
+            self.client.upload_blob(key, json.dumps(stored.to_json()).encode("utf-8"),
+                                    content_settings=ContentSettings(content_type="application/json"), **condition)
+        except (exceptions.ResourceExistsError, exceptions.ResourceModifiedError, exceptions.ResourceNotFoundError):
+            return False
+        except exceptions.AzureError as exc:
+            raise StoreError(f"cannot write az://{self.container}/{key}: {exc}") from None
+        return True
+
+    def delete(self, model: str, classifier_id: str) -> bool:
+        _, _, exceptions = self._modules()
+        key = self._key(model, classifier_id)
+        try:
+            self.client.delete_blob(key)
+        except exceptions.ResourceNotFoundError:
+            return False
+        except exceptions.AzureError as exc:
+            raise StoreError(f"cannot delete az://{self.container}/{key}: {exc}") from None
+        return True
+
+
+_OBJECT_STORES: dict[str, Any] = {"s3": S3Store, "gs": GCSStore, "az": AzureBlobStore}
 
 
 def opened(location: str | None) -> Any:

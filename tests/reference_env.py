@@ -75,6 +75,43 @@ def jina_sagemaker_python() -> Path:
     return _venv("jina-sagemaker-0.0.48", JINA_SAGEMAKER_SPEC)
 
 
+# Azurite, Microsoft's Azure Storage emulator (the classifier store's az:// tests), from the npm registry: a Node
+# package, installed with npm into its own folder of the cache.
+AZURITE_SPEC = "azurite@3.37.0"
+
+
+def azurite_blob() -> Path:
+    """The `azurite-blob` command of Azurite, installed with npm into `.cache/` on first use (seconds) and reused."""
+    name = AZURITE_SPEC.replace("@", "-")
+    target = CACHE / name
+    command = target / "node_modules" / ".bin" / "azurite-blob"
+    marker = target / ".complete"
+    if marker.is_file() and marker.read_text() == AZURITE_SPEC and command.exists():
+        return command
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.is_file() and marker.read_text() == AZURITE_SPEC and command.exists():
+            return command
+        npm = shutil.which("npm")
+        if npm is None:
+            raise ReferenceUnavailable(f"cannot install {AZURITE_SPEC}: npm is not on PATH (install Node.js)")
+        log_path = CACHE / f"{name}.log"
+        with log_path.open("w") as log:
+            try:
+                done = subprocess.run([npm, "install", "--prefix", str(target), "--no-audit", "--no-fund",
+                                       AZURITE_SPEC], stdout=log, stderr=subprocess.STDOUT,
+                                      timeout=_INSTALL_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                done = None
+        if done is None or done.returncode != 0 or not command.exists():
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise ReferenceUnavailable(f"cannot install {AZURITE_SPEC} with npm (needs the npm registry); full log: "
+                                       f"{log_path}\n...{tail}")
+        marker.write_text(AZURITE_SPEC)
+        return command
+
+
 def _venv(name: str, installs: tuple[tuple[str, ...], ...], cache: Path = CACHE) -> Path:
     target = cache / name
     python = target / "bin" / "python"

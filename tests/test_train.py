@@ -553,3 +553,91 @@ def test_a_cloud_storage_store_shares_classifiers_and_writes_on_generations(gcs_
     conditions = [int(match.group(1)) for match in writes]
     read = {int(match) for line in lines for match in re.findall(r"[?&]generation=(\d+)", line)}
     assert conditions[0] == 0 and len(set(conditions[1:])) == 20 and set(conditions[1:]) <= read
+
+
+# Azurite's well-known development account (Microsoft's documented key for the emulator, not a secret)
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture
+def azure_store(monkeypatch, tmp_path):
+    """A container on Azurite (Microsoft's Azure Storage emulator, a real process from npm, which honours If-Match and
+    If-None-Match on Put Blob), reached through AZURE_STORAGE_CONNECTION_STRING as an instance would be."""
+    import subprocess
+
+    import requests
+
+    from conftest import free_port
+    from reference_env import azurite_blob
+
+    pytest.importorskip("azure.storage.blob")
+    port = free_port()
+    log = (tmp_path / "azurite.log").open("wb")
+    # --skipApiVersionCheck: the client may speak a newer service version than this Azurite release knows
+    process = subprocess.Popen([str(azurite_blob()), "--silent", "--location", str(tmp_path / "azurite"),
+                                "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck"],
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, "Azurite exited"
+        try:
+            requests.get(f"http://127.0.0.1:{port}/devstoreaccount1?comp=list", timeout=1)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "Azurite did not start"
+            time.sleep(0.1)
+    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+                  f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+    from azure.storage.blob import BlobServiceClient
+
+    BlobServiceClient.from_connection_string(connection).create_container("classifiers")
+    yield f"az://classifiers/endpoint-{port}"
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:  # Azurite waits on its clients' kept-alive connections before it exits
+        process.kill()
+        process.wait(10)
+    log.close()
+
+
+@pytest.mark.server
+def test_an_azure_blob_store_shares_classifiers_and_takes_concurrent_updates(azure_store, prompted_dir,
+                                                                              reference_model):
+    import os
+
+    from azure.storage.blob import BlobServiceClient
+
+    with serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": azure_store}) as a, \
+            serving(prompted_dir, {"SEARCHBOX_CLASSIFIER_STORE": azure_store,
+                                   "SEARCHBOX_CLASSIFIER_REFRESH_S": "0"}) as b:
+        created = a.post("/v1/train", _body(FIRST, num_iters=3))
+        assert created.status_code == 200, created.text
+        classifier_id = created.json()["classifier_id"]
+        calls = {}
+
+        def update(index: int) -> None:
+            examples = [SECOND[index % len(SECOND)]]
+            answer = (a if index % 2 else b).post("/v1/train", _body(examples, classifier_id=classifier_id,
+                                                                     num_iters=2))
+            assert answer.status_code == 200, answer.text
+            calls[answer.json()["version"]] = examples
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(update, range(40)))
+        assert sorted(calls) == list(range(2, 42))
+        key = f"{azure_store.removeprefix('az://classifiers/')}/minilm-train/{classifier_id}.json"
+        container = BlobServiceClient.from_connection_string(
+            os.environ["AZURE_STORAGE_CONNECTION_STRING"]).get_container_client("classifiers")
+        stored = json.loads(container.download_blob(key).readall())
+        assert stored["version"] == 41 and stored["examples"] == len(FIRST) + 40
+        expected = _replayed([(FIRST, 3)] + [(calls[version], 2) for version in range(2, 42)],
+                             lambda texts: _served(a, texts))
+        np.testing.assert_allclose(np.asarray(stored["coef"]), expected.coef_, rtol=1e-5, atol=1e-6)
+        answer = b.post("/v1/classify", {"input": QUERIES, "classifier_id": classifier_id})
+        assert answer.status_code == 200, answer.text
+        assert [item["prediction"] for item in answer.json()["data"]] == \
+            expected.predict(_served(a, QUERIES)).tolist()
+        assert b.delete(f"/v1/classifiers/{classifier_id}").status_code == 200
+        assert a.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"] == []
