@@ -173,6 +173,7 @@ class Options:
     kubernetes_namespace: str = "default"
     kubernetes_service_account: str | None = None
     kubernetes_init_image: str | None = None
+    classifier_store: str | None = None
 
     @property
     def backend(self) -> str:
@@ -245,14 +246,99 @@ def create_model(options: Options, model_name: str, *, environment: dict[str, st
         container: dict[str, Any] = {"ModelPackageName": options.model_package_arn}
     else:
         container = {"Image": options.image, "ModelDataUrl": options.model_data}
+    environment = {**(environment or {}), **store_environment(options)}
     if environment:
         container["Environment"] = dict(environment)
+    if options.classifier_store and "://" in options.classifier_store:
+        if options.model_package_arn:
+            raise Refused(f"--classifier-store: {options.classifier_store} cannot be reached from a Marketplace model "
+                          "package, which SageMaker runs network-isolated; use --image with --model-data")
+        network_isolation = False  # an isolated container reaches no object store: trained classifiers need it
     params: dict[str, Any] = {"ModelName": model_name, "PrimaryContainer": container,
                               "ExecutionRoleArn": options.role_arn}
     if network_isolation:
         # the image needs no network (nothing downloads at start or request time); Marketplace packages require it
         params["EnableNetworkIsolation"] = True
     return Call("sagemaker", "CreateModel", params)
+
+
+# --- the classifier store (POST /v1/train) ---------------------------------------------------------------------
+
+STORE_ENV = "SEARCHBOX_CLASSIFIER_STORE"
+# the narrowest predefined roles that read and write objects (Cloud Storage's, Azure's built-in role)
+GCS_STORE_ROLE = "roles/storage.objectUser"
+AZURE_STORE_ROLE = "Storage Blob Data Contributor"
+STORE_POLICY_NAME = "searchbox-classifier-store"
+
+
+def store_environment(options: Options) -> dict[str, str]:
+    """The setting every target's container gets when a classifier store is named."""
+    return {STORE_ENV: options.classifier_store} if options.classifier_store else {}
+
+
+def store_location(url: str) -> tuple[str, str, str]:
+    """(scheme, bucket or container, prefix) of an object-store URL; the scheme is "" for a local directory."""
+    scheme, found, rest = url.partition("://")
+    if not found:
+        return "", "", url
+    bucket, _, prefix = rest.partition("/")
+    return scheme, bucket, prefix.strip("/")
+
+
+def check_store(url: str | None) -> None:
+    if not url:
+        return
+    scheme, bucket, _ = store_location(url)
+    if scheme not in ("", "s3", "gs", "az") or (scheme and not bucket):
+        raise Refused(f"--classifier-store: {url!r}: s3://bucket/prefix, gs://bucket/prefix, az://container/prefix "
+                      "or a directory (a volume every instance mounts)")
+
+
+def store_policy(options: Options) -> Call | None:
+    """For an s3:// store: the role's inline policy granting exactly the store's prefix (objects read, written and
+    deleted under it; the bucket listed only there)."""
+    scheme, bucket, prefix = store_location(options.classifier_store or "")
+    if scheme != "s3":
+        return None
+    objects = f"arn:aws:s3:::{bucket}/{prefix}/*" if prefix else f"arn:aws:s3:::{bucket}/*"
+    listing = {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{bucket}"}
+    if prefix:
+        listing["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}
+    document = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"], "Resource": objects},
+        listing]}
+    role = (options.role_arn or "").rpartition("/")[2] or "<role-name>"
+    return Call("iam", "PutRolePolicy", {"RoleName": role, "PolicyName": STORE_POLICY_NAME,
+                                         "PolicyDocument": json.dumps(document)})
+
+
+def store_plan(options: Options, target: str) -> list[str]:
+    """What plan.md says of the store for one target: where it is set, and what grants it."""
+    url = options.classifier_store
+    if not url:
+        return []
+    scheme, bucket, prefix = store_location(url)
+    where = {"sagemaker": "the model's Environment", "azure": "deployment.yml's environment_variables",
+             "vertex": "the Model's containerSpec.env", "kubernetes": "the Deployment's container env"}[target]
+    lines = [f"- classifier store: {STORE_ENV}={url} in {where} (classifiers trained on the endpoint, shared by "
+             "every instance)"]
+    grants = {("s3", "sagemaker"): f"the IAM call PutRolePolicy ({STORE_POLICY_NAME}) grants the execution role "
+                                    "s3:GetObject, s3:PutObject, s3:DeleteObject on "
+                                    f"arn:aws:s3:::{bucket}/{prefix + '/' if prefix else ''}* and s3:ListBucket "
+                                    "under that prefix; network isolation is off so the container reaches S3",
+              ("gs", "vertex"): f"grant the endpoint's service account {GCS_STORE_ROLE} on gs://{bucket}: gcloud "
+                                f"storage buckets add-iam-policy-binding gs://{bucket} --member="
+                                f"serviceAccount:<service-account> --role={GCS_STORE_ROLE}",
+              ("az", "azure"): f"grant the deployment's managed identity the role {AZURE_STORE_ROLE} on the container "
+                               f"{bucket}: az role assignment create --assignee <identity> --role "
+                               f"'{AZURE_STORE_ROLE}' --scope <storage-account-id>/blobServices/default/containers/"
+                               f"{bucket}; set AZURE_STORAGE_ACCOUNT_NAME too"}
+    if (scheme, target) in grants:
+        lines.append(f"- permissions: {grants[(scheme, target)]}")
+    elif scheme:
+        lines.append(f"- permissions: a {scheme}:// store from {target}: give the container credentials for it "
+                     "(read, write and delete objects under the prefix)")
+    return lines
 
 
 def variant_target(endpoint: str) -> dict[str, str]:
@@ -576,6 +662,9 @@ def azure(options: Options) -> Variant:
     deployment = documents["deployment.yml"]
     deployment["instance_count"] = max(minimum, offer.instance_count)
     deployment["request_settings"]["max_concurrent_requests_per_instance"] = targets.max_concurrent_per_instance
+    if store_environment(options):
+        deployment["environment_variables"] = {**deployment.get("environment_variables", {}),
+                                               **store_environment(options)}
     deployment_id = (f"/subscriptions/{options.azure_subscription}/resourceGroups/{options.azure_resource_group}"
                      f"/providers/Microsoft.MachineLearningServices/workspaces/{options.azure_workspace}"
                      f"/onlineEndpoints/{offer.endpoint_name}/deployments/{AZURE_DEPLOYMENT_NAME}")
@@ -794,7 +883,8 @@ def upload_model(options: Options, found: _capacity.Found) -> dict[str, Any]:
             "containerSpec": {
                 "imageUri": image, "predictRoute": VERTEX_PREDICT_ROUTE, "healthRoute": VERTEX_HEALTH_ROUTE,
                 "ports": [{"containerPort": VERTEX_PORT}],
-                "env": [{"name": "SEARCHBOX_MODEL_NAME", "value": options.product.served_name}]},
+                "env": [{"name": "SEARCHBOX_MODEL_NAME", "value": options.product.served_name}]
+                + [{"name": key, "value": value} for key, value in store_environment(options).items()]},
             "labels": {"searchbox-capacity": gcp_label(capacity_tag(found)["Value"])}}}}
 
 
@@ -1003,7 +1093,8 @@ def kubernetes(options: Options) -> Variant:
             "name": "searchbox", "image": image,
             "ports": [{"name": "http", "containerPort": VERTEX_PORT}],
             "env": [{"name": "SEARCHBOX_MODEL_DIR", "value": model_dir},
-                    {"name": "SEARCHBOX_TORCH_THREADS", "value": str(measurement.torch_threads)}],
+                    {"name": "SEARCHBOX_TORCH_THREADS", "value": str(measurement.torch_threads)}]
+            + [{"name": key, "value": value} for key, value in store_environment(options).items()],
             "resources": resources,
             "readinessProbe": {"httpGet": {"path": "/ping", "port": "http"}, "periodSeconds": 5,
                                "failureThreshold": 2},
@@ -1119,6 +1210,11 @@ def build(options: Options, variants: list[str], *, explicit: bool) -> tuple[lis
                 raise
             skipped[name] = str(exc)
             continue
+        target = next(t for t, names in TARGETS.items() if name in names)
+        policy = store_policy(options) if target == "sagemaker" else None
+        if policy is not None:
+            variant.calls.insert(0, policy)  # the role may write the store before the model starts
+        variant.plan += store_plan(options, "vertex" if target.startswith("vertex") else target)
         validate(variant.calls)
         built.append(variant)
     return built, skipped
@@ -1253,6 +1349,7 @@ def options_from(args: argparse.Namespace) -> Options:
     if bool(args.model_package_arn) == bool(args.image and args.model_data) and sagemaker_asked(args):
         raise Refused("--model-package-arn: give either --model-package-arn (a subscribed Marketplace package) or "
                       "--image with --model-data (your own image and model.tar.gz), not both or neither")
+    check_store(args.classifier_store)
     if args.min_instances < 0 or args.max_instances < max(1, args.min_instances):
         raise Refused(f"--max-instances: {args.max_instances} must be >= 1 and >= --min-instances {args.min_instances}")
     return Options(
@@ -1273,7 +1370,8 @@ def options_from(args: argparse.Namespace) -> Options:
         vertex_bucket=args.vertex_bucket, kubernetes_image=args.kubernetes_image,
         kubernetes_node=args.kubernetes_node, kubernetes_model=args.kubernetes_model,
         kubernetes_metric=args.kubernetes_metric, kubernetes_namespace=args.kubernetes_namespace,
-        kubernetes_service_account=args.kubernetes_service_account, kubernetes_init_image=args.kubernetes_init_image)
+        kubernetes_service_account=args.kubernetes_service_account, kubernetes_init_image=args.kubernetes_init_image,
+        classifier_store=args.classifier_store)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1343,6 +1441,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kubernetes-namespace", default="default")
     b.add_argument("--kubernetes-service-account", help="kubernetes: the pods' service account (cloud identity)")
     b.add_argument("--kubernetes-init-image", help="kubernetes: the image copying the model (default: the cloud's CLI)")
+    b.add_argument("--classifier-store", metavar="URL",
+                   help="where classifiers trained on the endpoint are kept (SEARCHBOX_CLASSIFIER_STORE): "
+                        "s3://bucket/prefix, gs://bucket/prefix or az://container/prefix; set on every target, and "
+                        "its permissions granted (IAM policy on SageMaker, the roles named for Vertex and Azure)")
     b.add_argument("-o", "--out-dir", required=True, type=Path)
     b.set_defaults(build_parser=b)  # refusals of flags only some targets need, in argparse's own words
     a = commands.add_parser("apply", help="make the calls of one requests.json (dry run by default)")

@@ -274,3 +274,83 @@ def test_readme_kubernetes_command_builds_as_written(tmp_path):
     applied = block.split("kubectl apply -f ", 1)[1].split()[0]
     assert applied.endswith("deploy/kubernetes/searchbox.yaml")
     assert (tmp_path / "deploy" / "kubernetes" / "searchbox.yaml").is_file()
+
+
+# --- the classifier store (POST /v1/train) ---------------------------------------------------------------------------
+
+STORE = "SEARCHBOX_CLASSIFIER_STORE"
+
+
+@pytest.mark.parametrize("url", ["s3://clf-bucket/team/classifiers", "gs://clf-bucket/team/classifiers",
+                                 "az://classifiers/team"])
+def test_the_classifier_store_is_set_on_every_target_it_writes(url):
+    built, skipped = deployment.build(gcp(classifier_store=url), list(deployment.VARIANTS), explicit=True)
+    assert not skipped and sorted(v.name for v in built) == sorted(deployment.VARIANTS)
+    for variant in built:
+        if variant.name in deployment.TARGETS["sagemaker"]:
+            model = [c.params for c in variant.calls if c.action == "CreateModel"][0]
+            assert model["PrimaryContainer"]["Environment"][STORE] == url, variant.name
+            # a network-isolated container reaches no object store
+            assert "EnableNetworkIsolation" not in model, variant.name
+        elif variant.name == "azure":
+            assert yaml.safe_load(variant.files["deployment.yml"])["environment_variables"][STORE] == url
+        elif variant.name.startswith("vertex"):
+            upload = [r for r in requests_of(variant) if r["method"] == "UploadModel"][0]
+            assert {"name": STORE, "value": url} in upload["request"]["model"]["containerSpec"]["env"]
+            read_back(upload)
+        else:
+            container = manifests(variant)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+            assert {"name": STORE, "value": url} in container["env"]
+        assert any(url in line for line in variant.plan), variant.name
+
+
+def test_an_s3_store_grants_the_execution_role_exactly_its_prefix():
+    built, _ = deployment.build(gcp(classifier_store="s3://clf-bucket/team/classifiers"),
+                                list(deployment.TARGETS["sagemaker"]), explicit=True)
+    # written by hand from the URL and ROLE (arn:aws:iam::123456789012:role/SageMakerExec): objects under the prefix,
+    # the bucket listed only under it (IAM's documented form of a per-prefix grant)
+    expected = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+         "Resource": "arn:aws:s3:::clf-bucket/team/classifiers/*"},
+        {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::clf-bucket",
+         "Condition": {"StringLike": {"s3:prefix": ["team/classifiers/*"]}}}]}
+    for variant in built:
+        first = variant.calls[0]
+        assert (first.service, first.action) == ("iam", "PutRolePolicy"), variant.name
+        assert first.params["RoleName"] == "SageMakerExec"
+        assert json.loads(first.params["PolicyDocument"]) == expected
+        assert [c.action for c in variant.calls].index("CreateModel") > 0
+    # no store, or a store on another cloud: no IAM call, and the model stays network-isolated as before
+    for url in (None, "gs://clf-bucket/team"):
+        realtime = deployment.realtime(gcp(classifier_store=url))
+        assert all(c.service != "iam" for c in realtime.calls)
+    plain = deployment.build(gcp(), ["realtime"], explicit=True)[0][0]
+    assert all(c.service != "iam" for c in plain.calls)
+    assert [c.params for c in plain.calls if c.action == "CreateModel"][0]["EnableNetworkIsolation"] is True
+    assert STORE not in json.dumps([c.params for c in plain.calls])
+
+
+def test_a_marketplace_package_cannot_reach_an_object_store():
+    with pytest.raises(deployment.Refused, match="^--classifier-store: "):
+        deployment.realtime(gcp(classifier_store="s3://clf-bucket/team", model_package_arn="arn:aws:sagemaker:"
+                                "us-east-1:123456789012:model-package/minilm", image=None, model_data=None))
+
+
+def test_the_command_line_names_each_clouds_role_for_its_store(tmp_path, capacity_file):
+    common = ["build", "--catalog", CATALOG, "--image", IMAGE, "--capacity", capacity_file, "--assume-capacity-from",
+              "local", "--vertex-machine-type", "n1-standard-4", "--vertex-artifact-uri", "gs://models/minilm",
+              "--kubernetes-node", "local", "--kubernetes-model", "gs://models/minilm"]
+    gs = _main(*common, "--variant", "vertex", "--target", "kubernetes", "--classifier-store",
+               "gs://clf-bucket/team", "-o", tmp_path / "gs")
+    assert gs.returncode == 0, gs.stderr
+    plan = (tmp_path / "gs" / "plan.md").read_text()
+    assert "roles/storage.objectUser on gs://clf-bucket" in plan
+    assert "SEARCHBOX_CLASSIFIER_STORE=gs://clf-bucket/team" in plan
+    az = _main(*common, "--target", "azure", "--classifier-store", "az://classifiers/team", "-o", tmp_path / "az")
+    assert az.returncode == 0, az.stderr
+    assert "Storage Blob Data Contributor" in (tmp_path / "az" / "plan.md").read_text()
+    # written back and loaded by azure-ai-ml's own loader in the build: environment_variables is its field
+    assert yaml.safe_load((tmp_path / "az" / "azure" / "deployment.yml").read_text())["environment_variables"] == \
+        {STORE: "az://classifiers/team"}
+    wrong = _main(*common, "--variant", "vertex", "--classifier-store", "ftp://x/y", "-o", tmp_path / "ftp")
+    assert wrong.returncode != 0 and "--classifier-store: 'ftp://x/y'" in wrong.stderr
