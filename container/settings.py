@@ -354,10 +354,13 @@ SETTINGS = (
             _number(int), handler="max_adapters"),
     Setting(ENV_CLASSIFIER_STORE, "where few-shot classifiers trained on the endpoint (POST /v1/train) are kept, "
             "one JSON document each (weights and labels, never a pickle): a local directory, a volume every "
-            "instance mounts, or s3://bucket/prefix (the s3 extra; boto3's credentials and AWS_ENDPOINT_URL), so that "
-            "a classifier trained on one instance is used by all. Updates are conditional writes (a lock file and a "
-            "rename; S3's If-Match / If-None-Match): two instances updating one classifier both land. gs:// and az:// "
-            "are refused. Unset: searchbox-classifiers in the temp directory (one instance's)", "unset",
+            "instance mounts, s3://bucket/prefix (the s3 extra; boto3's credentials and AWS_ENDPOINT_URL), "
+            "gs://bucket/prefix (the vertex extra; the service account, or STORAGE_EMULATOR_HOST) or "
+            "az://container/prefix (the azureblob extra; AZURE_STORAGE_CONNECTION_STRING, or "
+            "AZURE_STORAGE_ACCOUNT_NAME with a managed identity), so that a classifier trained on one instance is "
+            "used by all. Updates are conditional writes (a lock file and a rename; S3's If-Match / If-None-Match; "
+            "Cloud Storage generations; Azure ETags): two instances updating one classifier both land. Unset: "
+            "searchbox-classifiers in the temp directory (one instance's)", "unset",
             "classifier_store", _store, handler="classifier_store"),
     Setting(ENV_CLASSIFIER_REFRESH, "seconds a classify call may reuse a trained classifier it read before reading "
             "the store again: an update made on any instance is answered at most this long after", "2",

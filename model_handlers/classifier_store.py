@@ -16,8 +16,11 @@ read (none: the classifier must not exist yet) and is refused if the stored vers
 re-applies its examples (model_handlers/operations/train.py). Locally the check and the atomic rename run under an
 exclusive lock file (`fcntl.flock`), and readers never lock: a rename replaces the whole document at once.
 On S3 (`s3://bucket/prefix`) the store's own preconditions do it: `If-None-Match: *` creates, `If-Match` on the
-ETag read updates (boto3 directly: fsspec's s3fs does not expose them). Cloud Storage and Azure Blob URLs (gs://,
-az://) are refused at start for now, naming what to set instead.
+ETag read updates (boto3 directly: fsspec's s3fs does not expose them). On Cloud Storage (`gs://bucket/prefix`)
+`ifGenerationMatch=0` creates and `ifGenerationMatch` on the generation read updates; on Azure Blob
+(`az://container/prefix`, adlfs's form) `overwrite=False` (If-None-Match: *) creates and `If-Match` on the ETag read
+updates: each through the store's own client, since the fsspec layers do not expose these conditions either. Other
+URLs are refused at start, naming what to set instead.
 
 Readers (classify on any instance) keep what they read for at most `refresh_s` seconds: a newer version is answered
 at most that long after the store accepted it.

@@ -641,3 +641,30 @@ def test_an_azure_blob_store_shares_classifiers_and_takes_concurrent_updates(azu
             expected.predict(_served(a, QUERIES)).tolist()
         assert b.delete(f"/v1/classifiers/{classifier_id}").status_code == 200
         assert a.get("/v1/models").json()["data"][0]["details"]["train"]["classifiers"] == []
+
+
+@pytest.mark.parametrize("url,env,named", [
+    # an Azure store with no account named is refused at start, saying what names one (README's two variables)
+    ("az://classifiers/team", {}, "AZURE_STORAGE_CONNECTION_STRING"),
+    ("az://", {"AZURE_STORAGE_CONNECTION_STRING": "x"}, "az://container/prefix"),
+    ("gs://", {}, "gs://bucket/prefix"),
+    ("ftp://host/classifiers", {}, "s3://, gs:// and az://"),
+])
+def test_an_object_store_that_cannot_be_opened_is_refused_at_start_by_name(monkeypatch, url, env, named):
+    from container.settings import Settings, SettingsError
+
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match="SEARCHBOX_CLASSIFIER_STORE") as raised:
+        Settings.from_env({"SEARCHBOX_CLASSIFIER_STORE": url})
+    assert named in str(raised.value)
+
+
+def test_cloud_storage_and_azure_stores_are_accepted_at_start(monkeypatch):
+    from container.settings import Settings
+
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "searchboxclassifiers")
+    for url in ("gs://classifiers/team", "az://classifiers/team"):
+        assert Settings.from_env({"SEARCHBOX_CLASSIFIER_STORE": url}).classifier_store == url
