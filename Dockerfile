@@ -42,7 +42,7 @@ COPY docker/project_requirements.py /tmp/project_requirements.py
 
 # The default image: torch first, alone in its layer (the largest and least often changed dependency; the
 # lock pins its release, the index the pipconf secret names chooses its CPU or CUDA build), then the server's
-# dependencies with the torch, azure and vertex extras.
+# dependencies with the torch, azure, vertex and azureblob extras (azureblob: a classifier store on Azure Blob).
 FROM venv AS build
 # DL3013 (pin pip versions): the lock pins torch and everything below through `-c`, hadolint cannot see it.
 # hadolint ignore=DL3013
@@ -54,7 +54,7 @@ COPY pyproject.toml /src/
 RUN --mount=type=secret,id=pipcert --mount=type=secret,id=pipconf --mount=type=cache,target=/root/.cache/pip \
     if [ -f /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
     && if [ -f /run/secrets/pipconf ]; then export PIP_CONFIG_FILE=/run/secrets/pipconf; fi \
-    && python3 /tmp/project_requirements.py torch azure vertex </src/pyproject.toml >/tmp/runtime-requirements.txt \
+    && python3 /tmp/project_requirements.py torch azure vertex azureblob </src/pyproject.toml >/tmp/runtime-requirements.txt \
     && pip install -c /tmp/requirements.lock -r /tmp/runtime-requirements.txt
 COPY README.md LICENSE /src/
 COPY container /src/container
