@@ -223,8 +223,7 @@ class S3Store:
         return self._client
 
     def _key(self, model: str, classifier_id: str = "") -> str:
-        name = f"{classifier_id}.json" if classifier_id else ""
-        return "/".join(part for part in (self.prefix, _segment(model), name) if part) + ("" if name else "/")
+        return _object_key(self.prefix, model, classifier_id)
 
     def read(self, model: str, classifier_id: str) -> Stored | None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -339,8 +338,7 @@ class GCSStore:
         return self._client
 
     def _key(self, model: str, classifier_id: str = "") -> str:
-        name = f"{classifier_id}.json" if classifier_id else ""
-        return "/".join(part for part in (self.prefix, _segment(model), name) if part) + ("" if name else "/")
+        return _object_key(self.prefix, model, classifier_id)
 
     def read(self, model: str, classifier_id: str) -> Stored | None:
         _, exceptions, auth_exceptions = self._modules()
@@ -468,8 +466,7 @@ class AzureBlobStore:
         return self._client
 
     def _key(self, model: str, classifier_id: str = "") -> str:
-        name = f"{classifier_id}.json" if classifier_id else ""
-        return "/".join(part for part in (self.prefix, _segment(model), name) if part) + ("" if name else "/")
+        return _object_key(self.prefix, model, classifier_id)
 
     def read(self, model: str, classifier_id: str) -> Stored | None:
         _, _, exceptions = self._modules()
@@ -610,6 +607,13 @@ def remove(options: Any, model: str, shipped: Any, classifier_id: str, reader: R
 
 def valid_id(classifier_id: str) -> bool:
     return bool(NAME.fullmatch(classifier_id))
+
+
+def _object_key(prefix: str, model: str, classifier_id: str = "") -> str:
+    """An object store's key of a classifier's document under `prefix`, or (no id) the model's folder, with its
+    trailing slash: the same layout in every bucket and container."""
+    name = f"{classifier_id}.json" if classifier_id else ""
+    return "/".join(part for part in (prefix, _segment(model), name) if part) + ("" if name else "/")
 
 
 def _segment(model: str) -> str:
