@@ -24,7 +24,7 @@ from model_handlers.errors import InvalidInput
 from model_handlers.images import Fetches, ImageReader
 from model_handlers.options import HandlerOptions
 from model_handlers.pixels import MAX_HELD_PIXEL_BYTES, HeldPixels, Sized
-from model_handlers.types import EmbedInput, modality, unsupported, where
+from model_handlers.types import EmbedInput, ImageInput, modality, unsupported, where
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -77,6 +77,20 @@ class VisualInputs(Generic[P]):
         is a row of the answer, counted against the request's input limit."""
         return pdf.read_inputs(inputs, what, fetches, self.resolution, self._options,
                                max_rows=self._max_inputs if rows else None)
+
+    def known_sizes(self, inputs: Sequence[EmbedInput], what: str, fetches: Fetches,
+                    pdfs: dict[int, pdf.Pdf]) -> list[tuple[int, int]]:
+        """(width, height) of every image the request will decode that is known before decoding anything: each PDF
+        page's, at the size it will be rendered at, and each image's that came in the body, from its header alone (a
+        URL's is known once fetched): what a kind turns into visual tokens to ask the batcher whether the request can
+        finish in time."""
+        sizes = [size for document in pdfs.values() for size in document.sizes]
+        for index, item in enumerate(inputs):
+            if isinstance(item, ImageInput):
+                size = self.header_size(where(what, index), fetches)
+                if size is not None:
+                    sizes.append(size)
+        return sizes
 
     def header_size(self, at: str, fetches: Fetches) -> tuple[int, int] | None:
         """(width, height) of the image input named `at` from its header alone, when it came in the body; None for a

@@ -270,6 +270,20 @@ def matches_answer(comment: str, answer: str) -> bool:
     return re.fullmatch(pattern, answer.strip(), re.DOTALL) is not None
 
 
+def run_readme_examples_on_built(name: str, build: list[str], model_dir) -> list[tuple[str, str]]:
+    """README's example `name` run as written against the model `build` makes (an examples/ script and its arguments,
+    the model directory appended: the build command README shows before the block), served over HTTP in this
+    process."""
+    import subprocess
+    import sys
+
+    root = README.parent
+    subprocess.run([sys.executable, str(root / "examples" / build[0]), *build[1:], str(model_dir)], check=True,
+                   capture_output=True, cwd=root)
+    with serving_over_http(model_dir) as served:
+        return run_readme_examples(readme_example(name), served.url, root)
+
+
 def run_readme_examples(block: str, url: str, cwd) -> list[tuple[str, str]]:
     """Runs each curl example of `block` against `url` instead of localhost:8080, as written (bash, curl); asserts its
     answer comment holds. Returns (command, answer) of each."""

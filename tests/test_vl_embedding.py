@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,18 +206,9 @@ def test_images_that_cannot_finish_in_time_are_refused_before_decoding(app):
 def test_readme_examples_answer_as_written(tmp_path):
     """README's jina-embeddings-v4: its build command, then each curl example run as written against that model,
     answering what its comment shows."""
-    import subprocess
-    import sys
+    from helpers import run_readme_examples_on_built
 
-    from helpers import readme_example, run_readme_examples, serving_over_http
-
-    block = readme_example("vision-language-embedding")
-    model_dir = tmp_path / "tiny-v4"
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, str(root / "examples" / "tiny_jina_vl.py"), "v4", str(model_dir)], check=True,
-                   capture_output=True, cwd=root)
-    with serving_over_http(model_dir) as served:
-        ran = run_readme_examples(block, served.url, root)
+    ran = run_readme_examples_on_built("vision-language-embedding", ["tiny_jina_vl.py", "v4"], tmp_path / "tiny-v4")
     assert len(ran) == 4
 
 

@@ -421,17 +421,9 @@ def test_a_pdf_query_is_refused_by_name(app):
 def test_readme_examples_answer_as_written(tmp_path):
     """README's jina-reranker-m0: its build command, then each curl example run as written against that model,
     answering what its comment shows."""
-    import subprocess
+    from helpers import run_readme_examples_on_built
 
-    from helpers import readme_example, run_readme_examples, serving_over_http
-
-    block = readme_example("vision-language-reranker")
-    model_dir = tmp_path / "tiny-m0"
-    root = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, str(root / "examples" / "tiny_jina_vl.py"), "m0", str(model_dir)], check=True,
-                   capture_output=True, cwd=root)
-    with serving_over_http(model_dir) as served:
-        ran = run_readme_examples(block, served.url, root)
+    ran = run_readme_examples_on_built("vision-language-reranker", ["tiny_jina_vl.py", "m0"], tmp_path / "tiny-m0")
     assert len(ran) == 4
 
 

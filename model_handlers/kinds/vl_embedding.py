@@ -43,7 +43,7 @@ from model_handlers.qwen_vl import Backbone, Pixels, Row
 from model_handlers.ranking import RerankWork, Scoring, Windowing, check_window_count, windowed
 from model_handlers.serving_config import ServingConfig, TaskSpec
 from model_handlers.tokenization import TokenizerView
-from model_handlers.types import EmbedInput, EmbedRequest, ImageInput, Origin, RerankRequest, TextInput, modality, where
+from model_handlers.types import EmbedInput, EmbedRequest, Origin, RerankRequest, TextInput, modality, where
 from model_handlers.visual_inputs import VisualInputs
 
 FORMS = frozenset({EMBED, MULTI_VECTOR})
@@ -253,13 +253,8 @@ class VisionLanguageEmbeddingModel:
         image's that came in the body, from its header's size, and each PDF page's, from the size it will be rendered
         at (a URL's image counts once fetched)."""
         image = len(self._image_prompt) - 1
-        lengths = list(texts)
-        lengths += [image + self._backbone.image_tokens(width, height)
-                    for document in pdfs.values() for width, height in document.sizes]
-        for index, item in enumerate(inputs):
-            size = self._visual.header_size(where(what, index), fetches) if isinstance(item, ImageInput) else None
-            if size is not None:
-                lengths.append(image + self._backbone.image_tokens(*size))
+        lengths = list(texts) + [image + self._backbone.image_tokens(*size)
+                                 for size in self._visual.known_sizes(inputs, what, fetches, pdfs)]
         batching.foresee(lengths)
 
     def _text_item(self, ids: np.ndarray, adapter: str | None, wants: tuple[str, ...]) -> _Item:

@@ -217,12 +217,7 @@ class VisionLanguageRerankerModel:
         page rendered: each text window's, each image document's that came in the body, from its header's size, and
         each PDF page's, from the size it will be rendered at (a URL's image counts once fetched)."""
         lengths = [base + len(window) for content in contents.values() for window in windowing.split(content)]
-        sizes = [size for document in pdfs.values() for size in document.sizes]
-        for index, document in enumerate(documents):
-            if isinstance(document, ImageInput):
-                size = self._visual.header_size(where("document", index), fetches)
-                if size is not None:
-                    sizes.append(size)
+        sizes = self._visual.known_sizes(documents, "document", fetches, pdfs)
         if sizes:
             image_base = self._length(_IMAGE, query, (0, *query_visual))
             lengths += [image_base + self._backbone.image_tokens(*size) for size in sizes]
