@@ -554,8 +554,9 @@ def test_two_serves_sharing_a_cloud_storage_store_update_one_classifier_at_once(
     assert all("ifGenerationMatch=" in line for line in uploads), uploads
     accepted = [line for line in uploads if line.endswith(" 200 -")]
     refused = [line for line in uploads if line.endswith(" 412 -")]
-    assert len(accepted) == 1 + 100 and len(accepted) + len(refused) == len(uploads)
-    assert "ifGenerationMatch=0 " in accepted[0]  # created once, if nothing was there
+    # accepted: the creation's claim on a place, the classifier created, the claim dropped, and the 100 updates
+    assert len(accepted) == 3 + 100 and len(accepted) + len(refused) == len(uploads)
+    assert len([line for line in accepted if "ifGenerationMatch=0 " in line]) == 2
     assert refused  # some writes lost a race, and their calls were answered all the same
 
 
@@ -650,3 +651,36 @@ def test_cloud_storage_and_azure_stores_are_accepted_at_start(monkeypatch):
     for url in ("gs://classifiers/team", "az://classifiers/team"):
         assert Settings.from_env({"SEARCHBOX_CLASSIFIER_STORE": url}).classifier_store == url
 
+
+@pytest.mark.server
+@pytest.mark.parametrize("store", ["directory", "s3_store", "gcs_store", "azure_store"])
+def test_creations_from_two_serves_at_once_stop_at_the_endpoints_limit(store, request, server_factory, tmp_path):
+    """SEARCHBOX_MAX_CLASSIFIERS=3 and ten creations at once, alternating between two `serve`s over one store: exactly
+    three are answered 200 (the others 422 TOO_MANY_CLASSIFIERS, by name) and both list those three; once one is
+    deleted, of four more creations at once exactly one gets its place."""
+    import requests
+
+    url = str(tmp_path / "store") if store == "directory" else request.getfixturevalue(store)
+    env = {"SEARCHBOX_CLASSIFIER_STORE": url, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0", "SEARCHBOX_MAX_CLASSIFIERS": "3"}
+    one, two = server_factory(env), server_factory(env)
+
+    def create(index: int) -> requests.Response:
+        return requests.post((one if index % 2 else two).url + "/v1/train", timeout=120,
+                             json=_body([FIRST[index % len(FIRST)], FIRST[(index + 1) % len(FIRST)]], num_iters=1))
+
+    def listed(instance) -> list[str]:
+        card = requests.get(instance.url + "/v1/models", timeout=60).json()
+        return sorted(item["classifier_id"] for item in card["data"][0]["details"]["train"]["classifiers"])
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(create, range(10)))
+    made = sorted(answer.json()["classifier_id"] for answer in answers if answer.status_code == 200)
+    refused = [answer for answer in answers if answer.status_code != 200]
+    assert len(made) == 3 and all(answer.status_code == 422 for answer in refused)
+    assert {answer.json()["code"] for answer in refused} == {"TOO_MANY_CLASSIFIERS"}
+    assert listed(one) == listed(two) == made
+    assert requests.delete(f"{one.url}/v1/classifiers/{made[0]}", timeout=60).status_code == 200
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        again = list(pool.map(create, range(4)))
+    assert sorted(answer.status_code for answer in again) == [200, 422, 422, 422]
+    assert len(listed(two)) == 3
