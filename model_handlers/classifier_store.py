@@ -22,6 +22,13 @@ ETag read updates (boto3 directly: fsspec's s3fs does not expose them). On Cloud
 updates: each through the store's own client, since the fsspec layers do not expose these conditions either. Other
 URLs are refused at start, naming what to set instead.
 
+The per-endpoint limit holds across instances the same way: beside a model's classifiers, one document (`.claims`)
+names the creations in progress. A creation first claims a place, written on the version of that document it read, and
+counts the places taken as the stored classifiers and the claims still running, once per id; of two instances taking
+the last place at once the store lets one write, and the other counts again with the winner's claim in. The claim is
+dropped once its classifier is stored (or its call failed); one left by an instance that died expires after the
+longest a call may take.
+
 Readers (classify on any instance) keep what they read for at most `refresh_s` seconds: a newer version is answered
 at most that long after the store accepted it.
 """
@@ -49,6 +56,10 @@ FORMAT = 1
 # The default store: a directory every worker process of one instance shares.
 DEFAULT_LOCATION = os.path.join(tempfile.gettempdir(), "searchbox-classifiers")
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+# The document beside a model's classifiers naming the creations in progress (no .json suffix: never listed as one).
+CLAIMS = ".claims"
+# Conditional writes of the claims one call tries before it gives up: each loss means another call claimed or released.
+CLAIM_ATTEMPTS = 64
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,37 @@ class LocalStore:
                 return False
         return True
 
+    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
+        """The model's creation claims (`Claims`) and the token a write of them is conditional on (None: none yet)."""
+        path = self._folder(model) / CLAIMS
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return {}, None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from None
+        value = _claims_from(data, str(path))
+        return value, int(json.loads(data)["version"])
+
+    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
+        """Write the claims if they are still the ones `token` names (None: if there are none); whether they were."""
+        folder = self._folder(model)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._locked(folder, CLAIMS):
+            if self.read_claims(model)[1] != token:
+                return False
+            handle, temporary = tempfile.mkstemp(prefix=f"{CLAIMS}.", suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(handle, "w", encoding="utf-8") as out:
+                    json.dump({"format": FORMAT, "claims": claims, "version": (token or 0) + 1}, out)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, folder / CLAIMS)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+            return True
+
     class _Lock:
         def __init__(self, path: Path):
             self.path = path
@@ -283,6 +325,39 @@ class S3Store:
             raise StoreError(f"cannot write s3://{self.bucket}/{self._key(stored.model, stored.id)}: {exc}") from None
         except BotoCoreError as exc:
             raise StoreError(f"cannot write s3://{self.bucket}/{self._key(stored.model, stored.id)}: {exc}") from None
+        return True
+
+    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(model) + CLAIMS
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            data = answer["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return {}, None
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
+        return _claims_from(data, f"s3://{self.bucket}/{key}"), answer["ETag"]
+
+    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        key = self._key(model) + CLAIMS
+        condition = {"IfNoneMatch": "*"} if token is None else {"IfMatch": token}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=_claims_document(claims),
+                                   ContentType="application/json", **condition)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = exc.response.get("Error", {}).get("Code")
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
+                return False
+            raise StoreError(f"cannot write s3://{self.bucket}/{key}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot write s3://{self.bucket}/{key}: {exc}") from None
         return True
 
     def delete(self, model: str, classifier_id: str) -> bool:
@@ -394,6 +469,37 @@ class GCSStore:
             self.client.bucket(self.bucket).blob(key).upload_from_string(
                 json.dumps(stored.to_json()).encode("utf-8"), content_type="application/json",
                 if_generation_match=generation)
+        except (exceptions.PreconditionFailed, exceptions.NotFound):
+            return False
+        except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
+            raise StoreError(f"cannot write gs://{self.bucket}/{key}: {exc}") from None
+        return True
+
+    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
+        _, exceptions, auth_exceptions = self._modules()
+        key = self._key(model) + CLAIMS
+        where = f"gs://{self.bucket}/{key}"
+        for _ in range(8):
+            try:
+                blob = self.client.bucket(self.bucket).get_blob(key)
+                if blob is None:
+                    return {}, None
+                generation = int(blob.generation)
+                data = blob.download_as_bytes(if_generation_match=generation)
+            except (exceptions.NotFound, exceptions.PreconditionFailed):
+                continue  # replaced or deleted between the two requests: read again
+            except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
+                raise StoreError(f"cannot read {where}: {exc}") from None
+            return _claims_from(data, where), generation
+        raise StoreError(f"cannot read {where}: it kept changing while read")
+
+    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
+        _, exceptions, auth_exceptions = self._modules()
+        key = self._key(model) + CLAIMS
+        try:
+            self.client.bucket(self.bucket).blob(key).upload_from_string(
+                _claims_document(claims), content_type="application/json",
+                if_generation_match=0 if token is None else token)
         except (exceptions.PreconditionFailed, exceptions.NotFound):
             return False
         except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
@@ -522,6 +628,35 @@ class AzureBlobStore:
             raise StoreError(f"cannot write az://{self.container}/{key}: {exc}") from None
         return True
 
+    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
+        _, _, exceptions = self._modules()
+        key = self._key(model) + CLAIMS
+        where = f"az://{self.container}/{key}"
+        try:
+            downloaded = self.client.download_blob(key)
+            data = downloaded.readall()
+        except exceptions.ResourceNotFoundError:
+            return {}, None
+        except exceptions.AzureError as exc:
+            raise StoreError(f"cannot read {where}: {exc}") from None
+        return _claims_from(data, where), downloaded.properties.etag
+
+    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
+        _, conditions, exceptions = self._modules()
+        key = self._key(model) + CLAIMS
+        condition: dict[str, Any] = ({"overwrite": False} if token is None else
+                                     {"overwrite": True, "etag": token, "match_condition": conditions.IfNotModified})
+        try:
+            from azure.storage.blob import ContentSettings
+
+            self.client.upload_blob(key, _claims_document(claims),
+                                    content_settings=ContentSettings(content_type="application/json"), **condition)
+        except (exceptions.ResourceExistsError, exceptions.ResourceModifiedError, exceptions.ResourceNotFoundError):
+            return False
+        except exceptions.AzureError as exc:
+            raise StoreError(f"cannot write az://{self.container}/{key}: {exc}") from None
+        return True
+
     def delete(self, model: str, classifier_id: str) -> bool:
         _, _, exceptions = self._modules()
         key = self._key(model, classifier_id)
@@ -600,9 +735,51 @@ def remove(options: Any, model: str, shipped: Any, classifier_id: str, reader: R
         return ABSENT
     store = opened(options.classifier_store)
     deleted = store.delete(model, classifier_id)
+    release(store, model, classifier_id)
     if reader is not None:
         reader.forget(store, model, classifier_id)
     return DELETED if deleted else ABSENT
+
+
+def claim(store: Any, model: str, classifier_id: str, limit: int, hold_s: float) -> bool | None:
+    """Take a place among the model's `limit` for `classifier_id`, about to be created: True if taken, False if every
+    place is (the stored classifiers and the claims younger than `hold_s`, once per id), None if other calls kept
+    winning the write. The claims are read before the classifiers are listed: a claim dropped after that read had
+    its classifier stored before, so the listing has it."""
+    for _ in range(CLAIM_ATTEMPTS):
+        claims, token = store.read_claims(model)
+        now = time.time()
+        running = {held: at for held, at in claims.items() if now - at < hold_s}
+        if len(running.keys() | {stored.id for stored in store.listed(model)}) >= limit:
+            return False
+        if store.write_claims(model, {**running, classifier_id: now}, token):
+            return True
+    return None
+
+
+def release(store: Any, model: str, classifier_id: str) -> None:
+    """Drop the claim of `classifier_id`, if any (its classifier stored, its creation failed, or it was deleted). If
+    other calls keep winning the write, it is left to expire."""
+    for _ in range(CLAIM_ATTEMPTS):
+        claims, token = store.read_claims(model)
+        if classifier_id not in claims:
+            return
+        if store.write_claims(model, {held: at for held, at in claims.items() if held != classifier_id}, token):
+            return
+
+
+def _claims_document(claims: dict[str, float]) -> bytes:
+    return json.dumps({"format": FORMAT, "claims": claims}).encode("utf-8")
+
+
+def _claims_from(data: bytes, where: str) -> dict[str, float]:
+    try:
+        value = json.loads(data.decode("utf-8"))
+        if value.get("format") != FORMAT:
+            raise ValueError(f"format must be {FORMAT}, not {value.get('format')!r}")
+        return {str(held): float(at) for held, at in value["claims"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{where} is not a classifier store's claims: {exc}") from None
 
 
 def valid_id(classifier_id: str) -> bool:

@@ -375,3 +375,50 @@ def app(client):
     from helpers import InProcess
 
     return InProcess(client)
+
+
+@dataclass
+class StorageEmulator:
+    """A Cloud Storage emulator: its URL (what STORAGE_EMULATOR_HOST names) and its request log (one line per request,
+    its query string and its status included)."""
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+# The buckets the session's Cloud Storage emulator holds: Vertex AI's model copies, the classifier store's tests.
+GCS_BUCKETS = ("searchbox-models", "classifiers")
+
+
+@pytest.fixture(scope="session")
+@implies("server")
+def gcs_emulator(tmp_path_factory):
+    """gcp-storage-emulator (a real HTTP Cloud Storage emulator, from the package registries) on a free port, started
+    once for the session through tests/gcs_emulator.py, which makes it refuse what Cloud Storage refuses on a
+    generation precondition (412 conditionNotMet); holds the buckets of GCS_BUCKETS."""
+    pytest.importorskip("gcp_storage_emulator")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("gcs") / "emulator.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), str(port),
+                                *GCS_BUCKETS], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, f"the storage emulator exited:\n{log_path.read_text(errors='replace')}"
+        try:
+            requests.get(f"{url}/storage/v1/b", timeout=1)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "the storage emulator did not start"
+            time.sleep(0.1)
+    yield StorageEmulator(url, log_path)
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+    log.close()

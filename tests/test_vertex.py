@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,28 +31,10 @@ HEALTH = "/v1/endpoints/1234/deployedModels/5678"
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    """gcp-storage-emulator on a free port, with the embedded MiniLM and the tiny cross-encoder uploaded by
-    google-cloud-storage; yields its URL (STORAGE_EMULATOR_HOST)."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("gcs") / "emulator.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-                                "--port", str(port), "--in-memory", "--default-bucket", BUCKET],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, "the storage emulator exited"
-        try:
-            requests.get(f"{url}/storage/v1/b", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline, "the storage emulator did not start"
-            time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(10)
-    log.close()
+def emulator(gcs_emulator):
+    """The session's Cloud Storage emulator (tests/conftest.py, shared with the classifier store's tests): its URL
+    (STORAGE_EMULATOR_HOST); the models are uploaded under their own prefixes by the fixtures below."""
+    return gcs_emulator.url
 
 
 def client(url: str):

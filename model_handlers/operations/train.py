@@ -13,8 +13,10 @@ fix (create a classifier with every label). Jina's page says labels may be added
 
 The classifier is kept in the store every instance shares (model_handlers/classifier_store.py). An update reads the
 stored version, applies its examples and writes conditionally; if another instance wrote in between it re-reads and
-re-applies its examples to the newer version, so no acknowledged update is lost. Usage: the examples' tokens times
-`num_iters` (Jina's rule); a refused call runs nothing and costs nothing.
+re-applies its examples to the newer version, so no acknowledged update is lost. A creation first claims a place
+among the endpoint's `max_classifiers` in the store (`classifier_store.claim`), so the limit holds across instances
+creating at once. Usage: the examples' tokens times `num_iters` (Jina's rule); a refused call runs nothing and costs
+nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ DEFAULT_ITERS = 10
 MAX_ITERS = 1000
 # Conditional writes one call tries before it gives up (503, retry): each loss means another instance's update won.
 MAX_ATTEMPTS = 64
+# Seconds a creation's claim on a place outlives its call's budget before it expires (the instance died): clocks apart.
+CLAIM_MARGIN_S = 60.0
 ACCESS = ("private", "public")
 
 
@@ -159,19 +163,35 @@ def run(pipeline: Runner, request: TrainRequest, deadline: Deadline, timing: Tim
     task = CLASSIFICATION_TASK if CLASSIFICATION_TASK in pipeline.config.tasks else None
     if request.classifier_id is None:
         labels = _new_labels(request, options)
-        if len(store.listed(name)) >= options.max_classifiers:
+        classifier_id = uuid.uuid4().hex
+        # a place among the endpoint's classifiers is claimed in the store first, so the limit holds across instances
+        claimed = classifier_store.claim(store, name, classifier_id, options.max_classifiers,
+                                         options.request_timeout_s + CLAIM_MARGIN_S)
+        if claimed is None:
+            raise Overloaded("many classifiers are being created at once; retry", code="TRAIN_CONFLICT")
+        if not claimed:
             raise InvalidOption(f"this endpoint holds {options.max_classifiers} classifiers, its most (model {name}); "
                                 "delete one (DELETE /v1/classifiers/{id}) or update one with its classifier_id",
                                 code="TOO_MANY_CLASSIFIERS")
-        classifier_id, created = uuid.uuid4().hex, True
-    else:
-        classifier_id, created = request.classifier_id, False
-        first = store.read(name, classifier_id) or (from_artifact(shipped, name) if shipped is not None else None)
-        if first is None:
-            raise InvalidOption(f"model {name} holds no classifier {classifier_id!r} (GET /v1/models lists them); "
-                                "leave classifier_id out to create one", code="UNKNOWN_CLASSIFIER")
-        _labels_fit(request, first.labels, classifier_id)
-        task = first.task
+        try:
+            return _learn(pipeline, request, deadline, timing, store, classifier_id, None, labels, task)
+        finally:
+            classifier_store.release(store, name, classifier_id)
+    classifier_id = request.classifier_id
+    first = store.read(name, classifier_id) or (from_artifact(shipped, name) if shipped is not None else None)
+    if first is None:
+        raise InvalidOption(f"model {name} holds no classifier {classifier_id!r} (GET /v1/models lists them); "
+                            "leave classifier_id out to create one", code="UNKNOWN_CLASSIFIER")
+    _labels_fit(request, first.labels, classifier_id)
+    return _learn(pipeline, request, deadline, timing, store, classifier_id, shipped, first.labels, first.task)
+
+
+def _learn(pipeline: Runner, request: TrainRequest, deadline: Deadline, timing: Timing | None, store: Any,
+           classifier_id: str, shipped: TrainedClassifier | None, labels: tuple[str, ...], task: str | None
+           ) -> TrainResult:
+    """Embed the call's examples and apply them to the stored classifier (none yet: `request` creates it), written
+    conditionally: re-read and re-applied while another call's write wins."""
+    name, created = pipeline.model_name, request.classifier_id is None
     embedding = EmbedRequest(inputs=request.inputs, task=task, adapter=request.adapter, operation=EMBED)
     prepared, outputs = pipeline.execute(lambda: pipeline.model.prepare_embed(embedding), deadline, timing,
                                          len(request.inputs))
