@@ -14,7 +14,7 @@ transformers' "auto"; the limit is given the same dtype):
 Systems, back to back in each round on the same GPU (each keeps its best round):
 - limit: sentence-transformers `encode` / CrossEncoder `predict` in a process of its own (bench/limit.py), CLIP's
   decode + processor + `get_image_features` in this process (bench/multimodal.py);
-- searchbox: a real `serve` with SEARCHBOX_DEVICE set, over HTTP `/invocations` (bench/loadgen.py).
+- searchbox: a real `serve` with SEARCHBOX_DEVICE set and one worker, over HTTP `/invocations` (bench/loadgen.py).
 The text scenarios are `make bench`'s (bench/run.py); tokens per second count each input's word pieces as the model
 truncates them (special tokens included; an image counts its patches and the class token).
 
@@ -174,8 +174,9 @@ def start_all(models: dict[str, Path], args, threads: int, log_dir: Path) -> tup
     with ThreadPoolExecutor(max_workers=len(models) + 2) as pool:
         limits = {key: pool.submit(Limit, models[key], threads, device=args.device, dtype=dtype)
                   for key in ("minilm", "bert")}
-        servers = {key: pool.submit(start_searchbox, path, threads, log_dir, {"SEARCHBOX_DEVICE": args.device})
-                   for key, path in models.items()}
+        # one worker: on a machine of several GPUs `serve` would otherwise run one per GPU against the limit's one
+        env = {"SEARCHBOX_DEVICE": args.device, "SEARCHBOX_WORKERS": "1"}
+        servers = {key: pool.submit(start_searchbox, path, threads, log_dir, env) for key, path in models.items()}
     failed = [future.exception() for future in (*limits.values(), *servers.values()) if future.exception()]
     if failed:
         stop_all(*({key: future.result() for key, future in started.items() if not future.exception()}
