@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -59,7 +60,8 @@ def bert(minilm_dir: Path, target: Path, size: str, classifier: bool) -> Path:
 
     plain = target if classifier else target.with_name(target.name + "-backbone")
     plain.mkdir(parents=True, exist_ok=True)
-    config = BertConfig(vocab_size=30522, max_position_embeddings=MAX_TOKENS, num_labels=1, **BERT_SHAPES[size])
+    vocab_size = json.loads((minilm_dir / "config.json").read_text())["vocab_size"]
+    config = BertConfig(vocab_size=vocab_size, max_position_embeddings=MAX_TOKENS, num_labels=1, **BERT_SHAPES[size])
     torch.manual_seed(0)
     (BertForSequenceClassification if classifier else BertModel)(config).eval().save_pretrained(str(plain))
     for name in TOKENIZER_FILES:
@@ -255,8 +257,8 @@ def report(rows: list[Row], forward_only: float, args, threads: int, seconds: fl
     shape = "tiny stand-ins (dry run)" if args.tiny else "BERT-base-sized (768 wide, 12 layers), CLIP ViT-B/32-sized"
     lines = [
         "# searchbox on a GPU", "",
-        f"`{' '.join(['python -m bench.gpu', *args.argv])}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        f"{seconds:.0f} s.", "",
+        f"`{shlex.join(['python', '-m', 'bench.gpu', *args.argv])}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s.", "",
         f"- device: {args.device}, {device_line(args.device)}",
         f"- weights stored and run in {DTYPES[args.dtype]} by both systems; models: all-MiniLM-L6-v2 (embedded), "
         f"{shape}, random weights; {threads} torch threads",
@@ -319,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             args.device, args.tiny, args.dtype = "cpu", True, "fp32"
             args.seconds, args.warmup, args.rounds = 0.3, 0.1, 1
+        if not args.device.startswith("cuda") and args.dtype != "fp32":
+            # searchbox loads text embedders in float32 on a CPU whatever the checkpoint: not like for like
+            raise SystemExit("on a CPU searchbox runs float32: give --dtype fp32 (or --dry-run)")
         if args.out is None:
             args.out = "" if args.dry_run else str(ROOT / "bench" / "gpu_results.md")
         return measure(args, threads, log_dir)
