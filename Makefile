@@ -65,6 +65,12 @@ bench: venv nginx
 	$(BIN)/python -m bench.decoder_embed
 	$(BIN)/python -m bench.classify
 
+# searchbox against the in-process limit on the same GPU, bf16 by default (bench/gpu.py; not part of `make test`, needs
+# a CUDA device and torch's CUDA build; ~7 minutes): writes bench/gpu_results.md. `BENCH_GPU_ARGS="--dtype fp16"`.
+.PHONY: bench-gpu
+bench-gpu: venv nginx
+	$(BIN)/python -m bench.gpu $(BENCH_GPU_ARGS)
+
 # The soak tier's tests (timing, resident memory, load), then hostile and heavy traffic against a real serve, as a
 # table (bench/soak.py; under 15 minutes).
 soak: venv nginx

@@ -29,11 +29,13 @@ TEXTS = ["Berlin is the capital of Germany.", "The quick brown fox jumps over th
          "Search engines rank documents by relevance.", "How do rotary position embeddings work?"]
 
 
-def _bf16(model_dir: Path, model_class) -> Path:
-    """`model_dir`'s transformers weights saved again in bf16 (its other files kept)."""
+def stored_as(model_dir: Path, model_class, dtype: str = "bfloat16") -> Path:
+    """`model_dir`'s transformers weights saved again in `dtype` (a torch dtype's name), its config saying so (what
+    transformers' dtype "auto" reads on a GPU); its other files kept."""
     import torch
 
-    model_class.from_pretrained(str(model_dir), dtype=torch.float32).to(torch.bfloat16).save_pretrained(str(model_dir))
+    model = model_class.from_pretrained(str(model_dir), dtype=torch.float32)
+    model.to(getattr(torch, dtype)).save_pretrained(str(model_dir))
     return model_dir
 
 
@@ -54,7 +56,7 @@ def embedder(work: Path, device: str) -> list[str]:
     sys.path.insert(0, str(ROOT / "tests"))
     from models.code_embeddings import make_qwen3_embedding
 
-    model_dir = _bf16(make_qwen3_embedding(work / "embedder", size="small"), AutoModel)
+    model_dir = stored_as(make_qwen3_embedding(work / "embedder", size="small"), AutoModel)
     reference = SentenceTransformer(str(model_dir), device="cpu", model_kwargs={"dtype": "float32"})
     expected = reference.encode(TEXTS, prompt_name="query")
     handler = load_handler(model_dir, HandlerOptions(device=device))
@@ -80,7 +82,7 @@ def reranker(work: Path, device: str) -> list[str]:
     sys.path.insert(0, str(ROOT / "examples"))
     import tiny_generative_reranker
 
-    model_dir = _bf16(tiny_generative_reranker.build(work / "reranker", "small"), AutoModelForCausalLM)
+    model_dir = stored_as(tiny_generative_reranker.build(work / "reranker", "small"), AutoModelForCausalLM)
     reference = CrossEncoder(str(model_dir), device="cpu", model_kwargs={"dtype": "float32"})
     expected = reference.predict([(QUERY, text) for text in TEXTS])
     handler = load_handler(model_dir, HandlerOptions(device=device))

@@ -1,9 +1,10 @@
 """The limit: sentence-transformers in-process, in a process of its own, driven by JSON lines on stdin.
 
-    python -m bench.limit MODEL_DIR THREADS [onnx]
+    python -m bench.limit MODEL_DIR THREADS [onnx] [--device cuda] [--dtype bfloat16]
 
 With `onnx`, sentence-transformers' ONNX backend on MODEL_DIR/onnx/model.onnx (the ONNX limit; it needs
-optimum, so bench/onnx_bench.py runs it with the peer's Python, whose libraries have it).
+optimum, so bench/onnx_bench.py runs it with the peer's Python, whose libraries have it). `--device` and `--dtype` (a
+torch dtype's name; left out, the checkpoint's own) place the models as searchbox does on a GPU (bench/gpu.py).
 
 A separate process so that its resident memory is that of a bare Python process holding the same
 model (the fair reference for the server's), and so that its torch threads are idle while the
@@ -16,6 +17,7 @@ servers are measured. One command per line; one JSON answer per line on stdout.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -53,8 +55,15 @@ def _timed(call, inputs: list, seconds: float, warmup: float) -> dict:
 
 
 def main() -> None:
-    model_dir, threads = sys.argv[1], int(sys.argv[2])
-    backend = sys.argv[3] if len(sys.argv) > 3 else "torch"
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("threads", type=int)
+    parser.add_argument("backend", nargs="?", default="torch", choices=("torch", "onnx"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None)
+    args = parser.parse_args()
+    model_dir, threads, backend, device = args.model_dir, args.threads, args.backend, args.device
+    model_kwargs = {"dtype": args.dtype} if args.dtype else {}
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     from sentence_transformers import CrossEncoder, SentenceTransformer
@@ -71,7 +80,7 @@ def main() -> None:
             kwargs["session_options"] = options
         model = SentenceTransformer(model_dir, device="cpu", local_files_only=True, backend="onnx", model_kwargs=kwargs)
     else:
-        model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
+        model = SentenceTransformer(model_dir, device=device, local_files_only=True, model_kwargs=model_kwargs)
     model.encode(["warm up the model"])
     cross_encoders: dict[str, CrossEncoder] = {}
     print(json.dumps({"ready": True, "rss_mb": rss_mb(), "threads": torch.get_num_threads()}), flush=True)
@@ -85,7 +94,8 @@ def main() -> None:
         elif op == "rerank":
             path = command["model_dir"]
             if path not in cross_encoders:
-                cross_encoders[path] = CrossEncoder(path, device="cpu", local_files_only=True)
+                cross_encoders[path] = CrossEncoder(path, device=device, local_files_only=True,
+                                                    model_kwargs=model_kwargs)
             cross = cross_encoders[path]
             pairs = [[(command["query"], doc) for doc in command["documents"]]]
             answer = _timed(lambda p: cross.predict(p, batch_size=len(p)), pairs,

@@ -51,16 +51,18 @@ def jpegs(count: int = IMAGES, size: tuple[int, int] = (640, 480)) -> list[bytes
 
 
 class InProcess:
-    """The reference: transformers' CLIPModel and the saved processor, in this process."""
+    """The reference: transformers' CLIPModel and the saved processor, in this process, on `device` (its weights in
+    the checkpoint's own dtype, as searchbox loads them)."""
 
-    def __init__(self, model_dir: Path, threads: int):
+    def __init__(self, model_dir: Path, threads: int, device: str = "cpu"):
         import torch
         from transformers import AutoProcessor, CLIPModel
 
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.model = CLIPModel.from_pretrained(str(model_dir)).eval()
+        self.device = device
+        self.model = CLIPModel.from_pretrained(str(model_dir)).to(device).eval()
         self.processor = AutoProcessor.from_pretrained(str(model_dir))
 
     def preprocess(self, images: list[bytes]):
@@ -70,8 +72,10 @@ class InProcess:
                               return_tensors="pt")
 
     def forward(self, pixels) -> None:
+        # the inputs in and the vectors back to the host, as a server's: on a GPU that also waits for the pass
         with self.torch.inference_mode():
-            self.model.get_image_features(**pixels)
+            output = self.model.get_image_features(**{name: value.to(self.device) for name, value in pixels.items()})
+            getattr(output, "pooler_output", output).cpu()
 
     def timed(self, call, seconds: float, warmup: float) -> float:
         """Calls per second of `call` for `seconds` after `warmup`."""
@@ -86,10 +90,11 @@ class InProcess:
 
 
 def measure(model_dir: Path, threads: int, log_dir: Path, seconds: float, warmup: float, rounds: int,
-            start_searchbox) -> dict[str, float]:
-    """Best images/s of each system over `rounds`."""
+            start_searchbox, device: str = "cpu") -> dict[str, float]:
+    """Best images/s of each system over `rounds` (the in-process reference on `device`; `start_searchbox` starts
+    the server on the same)."""
     images = jpegs()
-    reference = InProcess(model_dir, threads)
+    reference = InProcess(model_dir, threads, device)
     pixels = reference.preprocess(images)
     bodies = {
         "1x16": [orjson.dumps({"data": [{"image": base64.b64encode(data).decode()} for data in images]})],

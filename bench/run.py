@@ -76,14 +76,18 @@ class Limit:
 
     `command` runs another reference speaking the same protocol: bench.limit in another interpreter (the peer's,
     for sentence-transformers' ONNX backend), or bench/colbert_limit.py in PyLate's venv.
-    `backend`: torch, or onnx (MODEL_DIR/onnx/model.onnx; bench.limit only).
+    `backend`: torch, or onnx (MODEL_DIR/onnx/model.onnx; bench.limit only). `device`, `dtype` (bench.limit only): where
+    and in which torch dtype it loads the models (bench/gpu.py).
     """
 
-    def __init__(self, model_dir: Path, threads: int, command: list[str] | None = None, backend: str = "torch"):
+    def __init__(self, model_dir: Path, threads: int, command: list[str] | None = None, backend: str = "torch",
+                 device: str = "cpu", dtype: str | None = None):
         # the same OpenMP wait policy as `serve` sets, so that the limit and searchbox differ only in serving
         env = {**os.environ, "OMP_WAIT_POLICY": omp_policy()}
         command = command or [sys.executable, "-m", "bench.limit"]
         extra = [] if backend == "torch" else [backend]
+        extra += [] if device == "cpu" else ["--device", device]
+        extra += ["--dtype", dtype] if dtype else []
         self.process = subprocess.Popen([*command, str(model_dir), str(threads), *extra],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
         hello = json.loads(self.process.stdout.readline() or '{"ready": false}')

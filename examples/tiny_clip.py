@@ -3,6 +3,7 @@ nothing, the code path is a real CLIP's).
 
     .venv/bin/python examples/tiny_clip.py /tmp/tiny-clip              # 32-wide towers, 32 px images: instant
     .venv/bin/python examples/tiny_clip.py /tmp/small-clip --size small  # 256-wide, 4 layers, 224 px / 32 px patches
+    .venv/bin/python examples/tiny_clip.py /tmp/base-clip --size base    # ViT-B/32's vision tower: 768-wide, 12 layers
 
 No CLIP weights can be downloaded here, so the directory is built with transformers' own classes: a `CLIPModel`
 from a `CLIPConfig`, saved with a `CLIPProcessor` (the CLIP image processor and a CLIP BPE tokenizer trained
@@ -20,6 +21,8 @@ SIZES = {
     # towers' width, layers, heads, image size, patch size, projection width
     "tiny": dict(width=32, layers=2, heads=2, image_size=32, patch_size=8, projection=24),
     "small": dict(width=256, layers=4, heads=4, image_size=224, patch_size=32, projection=128),
+    # ViT-B/32's vision tower (its text tower is 512 wide; images never pass through it), for bench/gpu.py
+    "base": dict(width=768, layers=12, heads=12, image_size=224, patch_size=32, projection=512),
 }
 
 _CORPUS = (
