@@ -22,6 +22,11 @@ CPU: 20 ViT-B/32 images a pass). Usage: texts count their tokens, images Jina's 
 Preprocessed pixels are float32 (600 KB a 224 px image): at most `MAX_HELD_PIXEL_BYTES` (model_handlers/pixels.py)
 of them wait for the model at once, beyond which image requests are refused at once (503, or 413 for a request too
 large alone).
+
+ONNX (`OnnxMultimodalModel`): a CLIP's two towers, each with its projection, exported at packaging time
+(`export_onnx`, packaging/_onnx.py checks them against torch on texts and images); texts are tokenized from
+tokenizer.json and images preprocessed by model_handlers/clip_pixels.py (CLIPImageProcessorPil's steps, without
+transformers), so the serve path imports neither torch nor transformers. Everything else above is the same.
 """
 
 from __future__ import annotations
@@ -466,7 +471,8 @@ class OnnxMultimodalModel(MultimodalModel):
         vision_config = config.get("vision_config") or {}
         lengths = Lengths.of(tokenizer=read_object(hf_dir / "tokenizer_config.json").get("model_max_length"),
                              positions=text_config.get("max_position_embeddings"))
-        return _Towers(lengths, lambda max_length: TokenizerView.from_directory(hf_dir, max_length, with_type_ids=False),
+        return _Towers(lengths,
+                       lambda max_length: TokenizerView.from_directory(hf_dir, max_length, with_type_ids=False),
                        str(config.get("model_type", "")),
                        _VisionConfig(vision_config.get("image_size"), vision_config.get("patch_size")))
 
@@ -518,7 +524,10 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
         raise ModelDirectoryError(f"multimodal models of type {model_type or 'unknown'} do not export to ONNX (CLIP "
                                   "does): build it with --backend torch")
     pixels = ClipPixels.read(hf_dir)  # refuses, before any export, a processor the serve path would not reproduce
-    model = AutoModel.from_pretrained(str(hf_dir), local_files_only=True, use_safetensors=True).eval()
+    try:
+        model = AutoModel.from_pretrained(str(hf_dir), local_files_only=True, use_safetensors=True).eval()
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"cannot load {hf_dir} as a CLIP to export: {exc}") from exc
     tokenizer, _ = _processors(hf_dir, False)
 
     class TextTower(torch.nn.Module):
