@@ -13,7 +13,11 @@ on torch on the built-in texts (packaging/_quality_set.py):
   same weights: tests/test_sparse.py): fp32 weights within 1e-4 of torch's on every validation text; int8 keeps, on
   average over the validation texts, >= 95% of each text's top-32 vocabulary entries (k = the text's number of
   entries above zero on torch when fewer), and the dot products of every retrieval query with every passage keep
-  Spearman and Pearson correlation >= 0.99 with torch's.
+  Spearman and Pearson correlation >= 0.99 with torch's;
+- multimodal (CLIP) models, their text and vision graphs (`Kind.onnx_graphs`) each quantized: fp32 must keep cosine
+  >= 0.9999 against torch on every validation text and every built-in image (packaging/_quality_set.py draws 25);
+  int8 >= 0.99 against fp32 on every text and every image, and the same top-10 neighbours across modalities (each
+  image's among the captions and validation texts, each caption's among the images) for >= 90% of them.
 
 A miss refuses the build with the figures; a pass puts them in the manifest and the listing.
 """
@@ -35,6 +39,7 @@ FP32_FILE = "onnx/model.onnx"
 INT8_FILE = "onnx/model_int8.onnx"
 TOP_K = 10
 SPARSE_TOP_K = 32  # the entries of a sparse vector whose overlap the gate measures (a query's usual length)
+IMAGE_COUNT = 25  # len(_quality_set.validation_images()), without drawing them to quote it
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ class Gate:
     fp32_max_weight_diff: float = 1e-4
     int8_min_top_k_overlap: float = 0.95
     int8_min_dot_correlation: float = 0.99
+    int8_min_image_cosine: float = 0.99
+    int8_min_cross_modal_agreement: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,10 @@ class Quality:
     int8_min_top_k_overlap: float | None = None
     int8_dot_spearman: float | None = None
     int8_dot_pearson: float | None = None
+    fp32_min_image_cosine: float | None = None
+    int8_min_image_cosine: float | None = None
+    int8_mean_image_cosine: float | None = None
+    int8_cross_modal_agreement: float | None = None  # the share of images and captions with the same top-10
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -107,6 +118,15 @@ class Quality:
         if self.int8_dot_spearman is not None:
             checks.append(f"int8 query-passage dot products correlate with PyTorch's at Spearman "
                           f"{_floor(self.int8_dot_spearman, 4)}, Pearson {_floor(self.int8_dot_pearson, 4)}")
+        if self.fp32_min_image_cosine is not None:
+            checks.append(f"the fp32 export keeps cosine >= {_floor(self.fp32_min_image_cosine, 6)} against the model "
+                          f"on PyTorch on each of {IMAGE_COUNT} built-in images")
+        if self.int8_mean_image_cosine is not None:
+            checks.append(f"int8 image vectors have mean cosine {_floor(self.int8_mean_image_cosine, 4)} "
+                          f"(min {_floor(self.int8_min_image_cosine, 4)}) against fp32")
+        if self.int8_cross_modal_agreement is not None:
+            checks.append(f"{self.int8_cross_modal_agreement:.0%} of the built-in images and their captions get the "
+                          f"same top-{TOP_K} neighbours in the other modality from int8 as from fp32")
         return (f"This artifact serves {served} on ONNX Runtime (`{self.backend_file}`). Measured when it was built: "
                 + "; ".join(checks) + ".")
 
@@ -130,6 +150,13 @@ class Quality:
         if self.int8_dot_spearman is not None:
             parts.append(f"int8: dot-product Spearman {self.int8_dot_spearman:.4f}, "
                          f"Pearson {self.int8_dot_pearson:.4f}")
+        if self.fp32_min_image_cosine is not None:
+            parts.append(f"fp32 images: min cosine {self.fp32_min_image_cosine:.6f} vs torch")
+        if self.int8_mean_image_cosine is not None:
+            parts.append(f"int8 images: mean cosine {self.int8_mean_image_cosine:.4f} (min "
+                         f"{self.int8_min_image_cosine:.4f}) vs fp32")
+        if self.int8_cross_modal_agreement is not None:
+            parts.append(f"same image<->text top-{TOP_K} for {self.int8_cross_modal_agreement:.0%}")
         return "; ".join(parts)
 
 
@@ -161,14 +188,19 @@ def build_onnx(staged: Path, kind, quantize: str | None, gate: Gate, device: str
     from model_handlers.errors import ModelDirectoryError
     from model_handlers.onnx_runtime import quantize_int8
 
-    # the gate of the kind's main output: the first in _GATES it answers (its embeddings before rerank)
+    # the gate of the kind's main output: the first in _GATES it answers (its embeddings before rerank); a kind that
+    # reads images is checked on images too
     gate_of = next((gate for name, gate in _GATES.items() if kind.answers(name)), None)
+    if gate_of is _embedding_gate and "image" in getattr(kind.model, "modalities", ()):
+        gate_of = _multimodal_gate
     if kind.onnx_export is None or gate_of is None:
         raise ModelDirectoryError(f"kind {kind.name} ({kind.summary}) does not export to ONNX yet: build it with "
                                   "--backend torch")
     kind.onnx_export(staged, staged / FP32_FILE)
     if quantize is not None:
-        quantize_int8(staged / FP32_FILE, staged / INT8_FILE)
+        graphs = kind.onnx_graphs or (lambda onnx_file: (onnx_file,))
+        for fp32_graph, int8_graph in zip(graphs(FP32_FILE), graphs(INT8_FILE)):
+            quantize_int8(staged / fp32_graph, staged / int8_graph)
     serving = INT8_FILE if quantize else FP32_FILE
     reference = _Runner(staged, "torch", None, device)
     fp32 = _Runner(staged, "onnx", FP32_FILE, device)
@@ -200,6 +232,12 @@ class _Runner:
         from model_handlers.types import EmbedRequest, TextInput
 
         result = self._handler.run(EmbedRequest(inputs=tuple(TextInput(t) for t in texts)))
+        return np.stack(result.vectors).astype(np.float64)
+
+    def embed_images(self, uris: list[str]) -> np.ndarray:
+        from model_handlers.types import EmbedRequest, ImageInput
+
+        result = self._handler.run(EmbedRequest(inputs=tuple(ImageInput(uri) for uri in uris)))
         return np.stack(result.vectors).astype(np.float64)
 
     def sparse(self, texts: list[str]) -> np.ndarray:
@@ -306,6 +344,60 @@ def _sparse_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: 
         raise GateFailed(f"int8 loses too much against the model on torch: {'; '.join(problems)}; build without "
                          "--quantize to serve fp32")
     return Quality(**figures)
+
+
+def _multimodal_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: Gate, serving: str) -> Quality:
+    texts = _quality_set.VALIDATION_TEXTS
+    captions, uris = zip(*_quality_set.validation_images())
+    base_texts, base_images = fp32.embed(texts), fp32.embed_images(list(uris))
+    fp32_text_cos = _cosines(reference.embed(texts), base_texts)
+    fp32_image_cos = _cosines(reference.embed_images(list(uris)), base_images)
+    figures = {"backend_file": serving, "fp32_min_cosine": round(float(fp32_text_cos.min()), 6),
+               "fp32_min_image_cosine": round(float(fp32_image_cos.min()), 6)}
+    if min(fp32_text_cos.min(), fp32_image_cos.min()) < gate.fp32_min_cosine:
+        raise GateFailed(f"the fp32 export drifts from the model: min cosine {fp32_text_cos.min():.6f} on the "
+                         f"validation texts, {fp32_image_cos.min():.6f} on the built-in images (at least "
+                         f"{gate.fp32_min_cosine})")
+    if int8 is None:
+        return Quality(**figures)
+    int8_texts, int8_images = int8.embed(texts), int8.embed_images(list(uris))
+    text_cos, image_cos = _cosines(base_texts, int8_texts), _cosines(base_images, int8_images)
+    # the texts an image's neighbours are found among: every caption and every validation text
+    fp32_captions, int8_captions = fp32.embed(list(captions)), int8.embed(list(captions))
+    agreement = _cross_modal_agreement(np.vstack([fp32_captions, base_texts]), base_images,
+                                       np.vstack([int8_captions, int8_texts]), int8_images, len(captions))
+    figures.update(int8_min_cosine=round(float(text_cos.min()), 4), int8_mean_cosine=round(float(text_cos.mean()), 4),
+                   int8_min_image_cosine=round(float(image_cos.min()), 4),
+                   int8_mean_image_cosine=round(float(image_cos.mean()), 4),
+                   int8_cross_modal_agreement=round(agreement, 3))
+    problems = []
+    if text_cos.min() < gate.int8_min_cosine:
+        problems.append(f"min text cosine {text_cos.min():.4f} < {gate.int8_min_cosine} (on "
+                        f"{texts[int(text_cos.argmin())][:60]!r})")
+    if image_cos.min() < gate.int8_min_image_cosine:
+        problems.append(f"min image cosine {image_cos.min():.4f} < {gate.int8_min_image_cosine} (on "
+                        f"{captions[int(image_cos.argmin())]!r})")
+    if agreement < gate.int8_min_cross_modal_agreement:
+        problems.append(f"same image<->text top-{TOP_K} neighbours for {agreement:.0%} < "
+                        f"{gate.int8_min_cross_modal_agreement:.0%}")
+    if problems:
+        raise GateFailed(f"int8 loses too much against fp32: {'; '.join(problems)} (mean cosine {text_cos.mean():.4f} "
+                         f"on texts, {image_cos.mean():.4f} on images); build without --quantize to serve fp32")
+    return Quality(**figures)
+
+
+def _cross_modal_agreement(fp32_texts: np.ndarray, fp32_images: np.ndarray, int8_texts: np.ndarray,
+                           int8_images: np.ndarray, captions: int) -> float:
+    """The share of images (top-k among all the texts) and captions (the first `captions` texts; top-k among the
+    images) whose top-k neighbours in the other modality are the same set under both."""
+    def unit(vectors):
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    fp32_scores = unit(fp32_images) @ unit(fp32_texts).T
+    int8_scores = unit(int8_images) @ unit(int8_texts).T
+    same = [_top_k(a) == _top_k(b) for a, b in zip(fp32_scores, int8_scores)]
+    same += [_top_k(a) == _top_k(b) for a, b in zip(fp32_scores.T[:captions], int8_scores.T[:captions])]
+    return float(np.mean(same))
 
 
 def sparse_top_k_overlap(weights: np.ndarray, reference: np.ndarray, k: int = SPARSE_TOP_K) -> float:

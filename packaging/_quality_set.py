@@ -170,3 +170,53 @@ QUERIES = [
 ]
 
 PASSAGES = [passage for passages in _TOPICS.values() for passage in passages]
+
+
+# --- the built-in images (multimodal models) ------------------------------------------------------------------
+# Drawn here, deterministically (no files to ship, no randomness): one image per pattern and colour, each with a
+# caption saying what it shows, in sizes and aspect ratios that exercise the processor's resize and centre crop.
+# The gate compares every image's vector and the top-10 neighbours across the two modalities (image -> captions
+# and validation texts, caption -> images).
+_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (240, 210, 40),
+            "black": (20, 20, 20)}
+_PATTERNS = ("a circle", "a square", "horizontal stripes", "a checkerboard", "a diagonal gradient")
+_SIZES = ((64, 48), (80, 80), (48, 96), (120, 90), (37, 53))  # width, height
+
+
+def _drawn(pattern: str, colour: tuple[int, int, int], width: int, height: int):
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    white = np.full((height, width, 3), 255, dtype=np.float64)
+    if pattern == "a circle":
+        mask = (x - width / 2) ** 2 + (y - height / 2) ** 2 <= (min(width, height) / 3) ** 2
+    elif pattern == "a square":
+        side = min(width, height) // 2
+        mask = (abs(x - width // 2) < side // 2) & (abs(y - height // 2) < side // 2)
+    elif pattern == "horizontal stripes":
+        mask = (y // max(2, height // 8)) % 2 == 0
+    elif pattern == "a checkerboard":
+        mask = ((x // max(2, width // 6)) + (y // max(2, height // 6))) % 2 == 0
+    else:
+        mask = None
+    if mask is None:  # colour fading into white from the top left corner
+        share = ((x / width + y / height) / 2)[..., None]
+        pixels = share * white + (1 - share) * np.asarray(colour, dtype=np.float64)
+    else:
+        pixels = np.where(mask[..., None], np.asarray(colour, dtype=np.float64), white)
+    return Image.fromarray(pixels.round().astype(np.uint8), "RGB")
+
+
+def validation_images() -> list[tuple[str, str]]:
+    """(caption, PNG data URI) of each built-in image: 25, five patterns in five colours."""
+    import base64
+    import io
+
+    images = []
+    for number, (pattern, (colour, rgb)) in enumerate((p, c) for p in _PATTERNS for c in _COLOURS.items()):
+        buffer = io.BytesIO()
+        _drawn(pattern, rgb, *_SIZES[number % len(_SIZES)]).save(buffer, format="PNG")
+        uri = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        images.append((f"{pattern} in {colour} on a white background", uri))
+    return images

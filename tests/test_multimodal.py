@@ -761,13 +761,16 @@ def test_served_clip_answers_a_text_and_a_png(clip_server, reference):
     assert public.json()["usage"]["total_tokens"] == text_tokens + 9000
 
 
-def test_the_onnx_backend_asked_of_a_kind_without_one_is_refused_by_name(clip_dir):
-    """An operator's SEARCHBOX_BACKEND=onnx never silently serves torch: the kind has no exported graph."""
+def test_the_onnx_backend_asked_of_a_directory_without_its_graphs_is_refused_by_name(clip_dir):
+    """An operator's SEARCHBOX_BACKEND=onnx never silently serves torch: a directory that was not built with
+    --backend onnx has no exported graphs, and the first one missing is named (tests/test_multimodal_onnx.py serves
+    them)."""
     from model_handlers import load_handler
     from model_handlers.errors import ModelDirectoryError
     from model_handlers.options import HandlerOptions
 
-    with pytest.raises(ModelDirectoryError, match="kind multimodal has no ONNX backend"):
+    with pytest.raises(ModelDirectoryError, match=r"onnx/text_model\.onnx does not exist; build the artifact with "
+                                                  r"packaging/build_artifact\.py --backend onnx"):
         load_handler(clip_dir, HandlerOptions(backend="onnx"))
 
 

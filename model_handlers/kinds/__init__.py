@@ -119,6 +119,9 @@ class Kind:
     # (jina-embeddings-v4's `return_multivector`: Jina's API answers it with the token vectors alone, under
     # `embeddings`); any other kind answers them beside (BGE-M3).
     instead: frozenset[str] = frozenset()
+    # the graph files a served ONNX file name stands for (onnx_file -> files in the directory), where the export writes
+    # more than one (a dual encoder's two towers); None: the file itself. Packaging quantizes each.
+    onnx_graphs: Callable[[str], tuple[str, ...]] | None = field(default=None, repr=False)
 
     @property
     def operations(self) -> frozenset[str]:

@@ -22,6 +22,11 @@ CPU: 20 ViT-B/32 images a pass). Usage: texts count their tokens, images Jina's 
 Preprocessed pixels are float32 (600 KB a 224 px image): at most `MAX_HELD_PIXEL_BYTES` (model_handlers/pixels.py)
 of them wait for the model at once, beyond which image requests are refused at once (503, or 413 for a request too
 large alone).
+
+ONNX (`OnnxMultimodalModel`): a CLIP's two towers, each with its projection, exported at packaging time
+(`export_onnx`, packaging/_onnx.py checks them against torch on texts and images); texts are tokenized from
+tokenizer.json and images preprocessed by model_handlers/clip_pixels.py (CLIPImageProcessorPil's steps, without
+transformers), so the serve path imports neither torch nor transformers. Everything else above is the same.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -95,6 +100,16 @@ class _Image:
         return sum(array.nbytes for array in self.arrays.values())
 
 
+class _Towers(NamedTuple):
+    """What a backend's load tells the model: the lengths declared, its tokenizer (for a max length), config.json's
+    model_type and vision_config (an object with `image_size` and `patch_size` where it says them)."""
+
+    lengths: Lengths
+    tokenizer: Callable[[int], TokenizerView]
+    model_type: str
+    vision_config: Any
+
+
 class MultimodalModel:
     """A dual encoder serving text and image embeddings in one space."""
 
@@ -103,11 +118,28 @@ class MultimodalModel:
     modalities = frozenset({"text", "image", "pdf"})
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        self.config = config
+        self.model_name = config.served_model_name
+        towers = self._load(model_dir, options)
+        self.max_length = towers.lengths.served(config.max_length, default=_DEFAULT_TEXT_LENGTH)
+        self._tokenizer = towers.tokenizer(self.max_length)
+        self._fixed_length = self.max_length if towers.model_type in _FIXED_LENGTH_TEXT else None
+        self._text_group = ("text", self._fixed_length)
+        self._image_length = _image_length(towers.vision_config)
+        self._reader = ImageReader(options.images)
+        self._image_options = options.images
+        self._max_inputs = options.max_inputs
+        self._page_resolution = _page_resolution(self._image_processor, towers.vision_config)
+        self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
+        # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
+        self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        self.width = int(self.forward([self.calibration_item(8)])[0][0].shape[-1])
+
+    def _load(self, model_dir: Path, options: HandlerOptions) -> "_Towers":
+        """The model on torch with transformers, its tokenizer and its image processor (`_image_processor`)."""
         import torch
         from transformers import AutoModel
 
-        self.config = config
-        self.model_name = config.served_model_name
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
         hf_dir = transformers_directory(model_dir)
@@ -121,31 +153,20 @@ class MultimodalModel:
         except (OSError, ValueError, ImportError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as a multimodal model: {exc}") from exc
         self._model.eval()
-        self.adapters = adapters.attach(self._model, options, config.adapters, model_dir)
+        self.adapters = adapters.attach(self._model, options, self.config.adapters, model_dir)
         for method in ("get_text_features", "get_image_features"):
             if not callable(getattr(self._model, method, None)):
                 raise ModelDirectoryError(f"{model_dir}: {type(self._model).__name__} has no {method}; searchbox "
                                           "serves dual encoders that embed texts and images into one space")
         model_config = self._model.config
+        self._text_args = _accepted(self._model.get_text_features)
+        self._image_args = _accepted(self._model.get_image_features)
         # The text tower's positions and the tokenizer's length (remote-code towers may not say theirs)
         lengths = Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
                              positions=getattr(getattr(model_config, "text_config", None), "max_position_embeddings",
                                                None))
-        self.max_length = lengths.served(config.max_length, default=_DEFAULT_TEXT_LENGTH)
-        self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
-        self._fixed_length = self.max_length if getattr(model_config, "model_type", "") in _FIXED_LENGTH_TEXT else None
-        self._text_group = ("text", self._fixed_length)
-        self._text_args = _accepted(self._model.get_text_features)
-        self._image_args = _accepted(self._model.get_image_features)
-        self._image_length = _image_length(getattr(model_config, "vision_config", None))
-        self._reader = ImageReader(options.images)
-        self._image_options = options.images
-        self._max_inputs = options.max_inputs
-        self._page_resolution = _page_resolution(self._image_processor, getattr(model_config, "vision_config", None))
-        self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
-        # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
-        self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
-        self.width = int(self.forward([self.calibration_item(8)])[0][0].shape[-1])
+        return _Towers(lengths, lambda max_length: TokenizerView.from_hf(tokenizer, max_length),
+                       getattr(model_config, "model_type", ""), getattr(model_config, "vision_config", None))
 
     # --- on the caller's thread -----------------------------------------------------------------------
 
@@ -300,18 +321,23 @@ class MultimodalModel:
     # --- on the batcher's thread ----------------------------------------------------------------------
 
     def forward(self, items: list) -> list[list[np.ndarray]]:
+        if isinstance(items[0], _Text):
+            arrays = self._tokenizer.pad([item.ids for item in items], length=self._fixed_length)
+        else:
+            arrays = {name: np.concatenate([item.arrays[name] for item in items]) for name in items[0].arrays}
+        vectors = self._vectors(isinstance(items[0], _Text), arrays, [item.adapter for item in items])
+        return [[row] for row in vectors]
+
+    def _vectors(self, text: bool, arrays: Mapping[str, np.ndarray], adapter_names: list) -> np.ndarray:
+        """The projected embeddings of one pass: padded token ids (`text`) or stacked image arrays."""
         import torch
 
-        with torch.inference_mode(), adapters.rows(self.adapters, [item.adapter for item in items]):
-            if isinstance(items[0], _Text):
-                padded = self._tokenizer.pad([item.ids for item in items], length=self._fixed_length)
-                features = self._model.get_text_features(**self._arguments(padded, self._text_args))
+        with torch.inference_mode(), adapters.rows(self.adapters, adapter_names):
+            if text:
+                features = self._model.get_text_features(**self._arguments(arrays, self._text_args))
             else:
-                stacked = {name: np.concatenate([item.arrays[name] for item in items])
-                           for name in items[0].arrays}
-                features = self._model.get_image_features(**self._arguments(stacked, self._image_args))
-            vectors = _embeddings(features).float().cpu().numpy()
-        return [[row] for row in vectors]
+                features = self._model.get_image_features(**self._arguments(arrays, self._image_args))
+            return _embeddings(features).float().cpu().numpy()
 
     def _arguments(self, arrays: Mapping[str, np.ndarray], accepted: frozenset[str] | None) -> dict:
         import torch
@@ -404,6 +430,144 @@ def _is_multimodal(files: ModelFiles) -> bool:
             and all(architecture.endswith("Model") for architecture in files.architectures))
 
 
+# --- the ONNX backend: two graphs, no torch and no transformers on the serve path ------------------------------
+
+# the logit scale (exp(logit_scale)) the export writes beside the text graph: classify's softmax scale
+_SCALE_METADATA = "searchbox.logit_scale"
+# the model types whose towers and image processor the export and the ONNX backend reproduce
+_ONNX_MODEL_TYPES = frozenset({"clip"})
+
+
+def tower_files(onnx_file: str) -> tuple[str, str]:
+    """The text and the vision graphs a served `onnx_file` stands for: its name prefixed by `text_` and `vision_` in
+    its folder (onnx/model_int8.onnx: onnx/text_model_int8.onnx and onnx/vision_model_int8.onnx)."""
+    folder, _, name = onnx_file.rpartition("/")
+    prefix = f"{folder}/" if folder else ""
+    return f"{prefix}text_{name}", f"{prefix}vision_{name}"
+
+
+class OnnxMultimodalModel(MultimodalModel):
+    """A CLIP whose text and vision towers, each with its projection, run on ONNX Runtime (`export_onnx`); texts are
+    tokenized from tokenizer.json and images preprocessed by model_handlers/clip_pixels.py, so neither torch nor
+    transformers is imported. No adapters (the export refuses models that have them)."""
+
+    def _load(self, model_dir: Path, options: HandlerOptions) -> _Towers:
+        from model_handlers.clip_pixels import ClipPixels
+        from model_handlers.model_files import read_object
+        from model_handlers.onnx_runtime import OnnxSession
+
+        hf_dir = transformers_directory(model_dir)
+        config = read_object(hf_dir / "config.json")
+        if config.get("model_type") not in _ONNX_MODEL_TYPES:
+            raise ModelDirectoryError(f"{model_dir}: the ONNX backend serves CLIP models (model_type clip), not "
+                                      f"{config.get('model_type') or 'this one'}; serve it with the torch backend")
+        text_file, vision_file = tower_files(self.config.onnx_file)
+        self._text_session = OnnxSession(Path(model_dir) / text_file, options.device, options.torch_threads)
+        self._vision_session = OnnxSession(Path(model_dir) / vision_file, options.device, options.torch_threads)
+        self.device = self._text_session.device
+        self.adapters = None
+        self._image_processor = ClipPixels.read(hf_dir)
+        text_config = config.get("text_config") or {}
+        vision_config = config.get("vision_config") or {}
+        lengths = Lengths.of(tokenizer=read_object(hf_dir / "tokenizer_config.json").get("model_max_length"),
+                             positions=text_config.get("max_position_embeddings"))
+        return _Towers(lengths,
+                       lambda max_length: TokenizerView.from_directory(hf_dir, max_length, with_type_ids=False),
+                       str(config.get("model_type", "")),
+                       _VisionConfig(vision_config.get("image_size"), vision_config.get("patch_size")))
+
+    def _vectors(self, text: bool, arrays: Mapping[str, np.ndarray], adapter_names: list) -> np.ndarray:
+        session = self._text_session if text else self._vision_session
+        return session.run(arrays).astype(np.float32, copy=False)
+
+    def classification_scale(self) -> float | None:
+        scale = self._text_session.metadata.get(_SCALE_METADATA)
+        return None if scale is None else float(scale)
+
+
+class _VisionConfig(NamedTuple):
+    image_size: Any
+    patch_size: Any
+
+
+class _Embeds(NamedTuple):
+    embeds: Any
+
+
+def export_onnx(model_dir: Path, out_path: Path) -> None:
+    """The text tower and the vision tower, each with its projection, as two ONNX graphs (`tower_files(out_path)`):
+    token ids and attention mask -> `embeds` [batch, projection] (what `get_text_features` answers), pixel values
+    [batch, 3, size, size] -> `embeds` (`get_image_features`). The text graph's metadata holds the model's logit scale.
+
+    Raises:
+        ModelDirectoryError: not a CLIP, remote code, adapters, or the exporter refused it; the message says to serve
+            it with torch.
+    """
+    import onnx
+    import torch
+    from PIL import Image
+    from transformers import AutoModel
+
+    from model_handlers.clip_pixels import ClipPixels
+    from model_handlers.model_files import read_object
+    from model_handlers.onnx_runtime import export_graph
+    from model_handlers.serving_config import read_serving_config
+
+    config = read_serving_config(model_dir)
+    with_adapters = [name for name, spec in config.tasks.items() if spec.adapter]
+    if with_adapters or config.adapters:
+        raise ModelDirectoryError(f"adapters ({', '.join(with_adapters or config.adapters)}) are not in the exported "
+                                  "graphs: build it with --backend torch")
+    hf_dir = transformers_directory(model_dir)
+    model_type = read_object(hf_dir / "config.json").get("model_type")
+    if model_type not in _ONNX_MODEL_TYPES:
+        raise ModelDirectoryError(f"multimodal models of type {model_type or 'unknown'} do not export to ONNX (CLIP "
+                                  "does): build it with --backend torch")
+    pixels = ClipPixels.read(hf_dir)  # refuses, before any export, a processor the serve path would not reproduce
+    try:
+        model = AutoModel.from_pretrained(str(hf_dir), local_files_only=True, use_safetensors=True).eval()
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"cannot load {hf_dir} as a CLIP to export: {exc}") from exc
+    tokenizer, _ = _processors(hf_dir, False)
+
+    class TextTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return _Embeds(_embeddings(self.model.get_text_features(input_ids=input_ids,
+                                                                   attention_mask=attention_mask)))
+
+    class VisionTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            return _embeddings(self.model.get_image_features(pixel_values=pixel_values))
+
+    text_path, vision_path = (Path(out_path).parent / Path(name).name for name in tower_files(Path(out_path).name))
+    example = tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
+                        padding=True, return_tensors="np")
+    export_graph(TextTower(), "embeds", {name: example[name].astype(np.int64)
+                                         for name in ("input_ids", "attention_mask")}, text_path)
+    graph = onnx.load(str(text_path))
+    onnx.helper.set_model_props(graph, {_SCALE_METADATA: repr(float(model.logit_scale.detach().float().exp()))})
+    onnx.save(graph, str(text_path))
+    images = [Image.new("RGB", (40, 30), colour) for colour in ((200, 30, 30), (20, 90, 220))]
+    example_pixels = torch.from_numpy(pixels(images=images)["pixel_values"])
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(VisionTower().eval(), args=(), kwargs={"pixel_values": example_pixels},
+                              f=str(vision_path), input_names=["pixel_values"], output_names=["embeds"],
+                              dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, dynamo=True,
+                              external_data=False, opset_version=18, verbose=False)
+    except Exception as exc:  # the exporter raises many types; any of them means this model does not export
+        raise ModelDirectoryError(f"torch's ONNX exporter refused the vision tower: {type(exc).__name__}: "
+                                  f"{exc}") from exc
+
+
 KIND = Kind(
     name="multimodal",
     summary="multimodal embeddings (texts and images in one space)",
@@ -411,5 +575,7 @@ KIND = Kind(
     model=MultimodalModel,
     csv=CsvLayout(EMBED, (CsvColumn("text"), CsvColumn("url", optional=True),
                                     CsvColumn("bytes", optional=True))),
-    backends={"torch": MultimodalModel},
+    backends={"torch": MultimodalModel, "onnx": OnnxMultimodalModel},
+    onnx_export=export_onnx,
+    onnx_graphs=tower_files,
 )
