@@ -108,13 +108,24 @@ class ImageReader:
             image.close()
 
     def decode(self, data: bytes, at: str) -> "Image.Image":
+        return self.decode_reduced(data, at, None)[0]
+
+    def decode_reduced(self, data: bytes, at: str, shortest_side: int | None) -> tuple["Image.Image", tuple[int, int]]:
+        """The image in `data` as `decode` reads it, and its upright (width, height). `shortest_side`: a JPEG may be
+        decoded reduced by 1/2, 1/4 or 1/8 (libjpeg's DCT scaling), its sides never below `shortest_side`, for a
+        caller that resizes it to that anyway; the size returned is still the whole image's (what usage counts)."""
         from PIL import ImageOps
 
         image = self._open(data, at)
+        full = image.size
         try:
+            if shortest_side and image.format == "JPEG":
+                image.draft(None, (shortest_side, shortest_side))
             image.load()
+            # orientations 5-8 turn the picture a quarter (what exif_transpose reads)
+            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
             image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+            return _to_rgb(image), (full[::-1] if turned else full)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: any decoder error is the image's fault
             raise image_error(at, f"the {image.format} image cannot be decoded ({_reason(exc)}); send the whole "
                                   "file") from None

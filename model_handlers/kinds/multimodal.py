@@ -37,6 +37,7 @@ from typing import Any, Hashable, Mapping, Sequence
 import numpy as np
 
 from model_handlers import adapters, model_code, pdf
+from model_handlers.clip_pixels import ClipPixels
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
 from model_handlers.images import Fetches, ImageReader, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
@@ -142,6 +143,8 @@ class MultimodalModel:
         self._image_options = options.images
         self._max_inputs = options.max_inputs
         self._page_resolution = _page_resolution(self._image_processor, getattr(model_config, "vision_config", None))
+        # CLIP's processor steps without its copies, when they give its exact output (model_handlers/clip_pixels.py)
+        self._pixels = ClipPixels.of(self._image_processor)
         self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
         # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
         self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
@@ -268,8 +271,11 @@ class MultimodalModel:
         """The preprocessed image of the input named `at` and the tokens it is billed (Jina's tile rule)."""
         data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
         with self._decoding:
-            image = self._reader.decode(data, at)
-            return self._processed(image, at, held, adapter)
+            if self._pixels is None:
+                image = self._reader.decode(data, at)
+                return self._processed(image, at, held, adapter)
+            image, size = self._reader.decode_reduced(data, at, self._pixels.shortest_side)
+            return self._processed(image, at, held, adapter, size)
 
     def _pages(self, document: pdf.Pdf, held: int, adapter: str | None) -> tuple[list[_Image], list[int]]:
         """The preprocessed pages of `document` and the tokens each is billed (each page the image it is)."""
@@ -282,11 +288,16 @@ class MultimodalModel:
                 tokens.append(count)
         return pages, tokens
 
-    def _processed(self, image, at: str, held: int, adapter: str | None) -> tuple[_Image, int]:
-        """`image` through the model's image processor (closed after), held, and the tokens it is billed."""
-        width, height = image.size
+    def _processed(self, image, at: str, held: int, adapter: str | None,
+                   size: tuple[int, int] | None = None) -> tuple[_Image, int]:
+        """`image` through the model's image processor (closed after), held, and the tokens it is billed (`size`: the
+        whole image's, when it was decoded reduced)."""
+        width, height = size or image.size
         try:
-            arrays = self._image_processor(images=[image], return_tensors="np")
+            if self._pixels is not None and image.mode == "RGB":
+                arrays = self._pixels(image)
+            else:
+                arrays = self._image_processor(images=[image], return_tensors="np")
         except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
             raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
                                f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
