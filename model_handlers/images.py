@@ -298,7 +298,7 @@ class Fetches:
         self._positions = {at: index for index, (_, at) in enumerate(sources)}
         self.deadline = deadline
         fetching = reader._options.fetch
-        self._ahead = deque(i for i, (source, _) in enumerate(sources) if fetching and _is_url(source))
+        self._ahead = deque(i for i, (source, _) in enumerate(sources) if fetching and is_url(source))
         self._started: dict[int, Future] = {}
         self._inline: dict[int, bytes] = {}
         workers = min(FETCH_AHEAD, len(self._ahead))
@@ -324,7 +324,7 @@ class Fetches:
         """
         index = self._positions[at]
         source = self._sources[index][0]
-        if _is_url(source):
+        if is_url(source):
             return None
         if index not in self._inline:
             self._inline[index] = self._reader.data(source, at, self.deadline)
@@ -357,7 +357,8 @@ class Fetches:
             self._started[index] = self._pool.submit(self._reader.data, source, at, self.deadline)
 
 
-def _is_url(source: str) -> bool:
+def is_url(source: str) -> bool:
+    """Whether `source` is fetched (an http(s) or other scheme's URL), not read from the body."""
     text = source.strip()
     return bool(_SCHEME.match(text)) and text[:5].lower() != "data:"
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from helpers import cosine, serving
+from helpers import assert_error, cosine, serving
 from model_handlers.clip_pixels import ClipPixels
 from model_handlers.images import ImageReader
 from model_handlers.options import ImageOptions
@@ -148,3 +148,22 @@ def test_served_photos_match_the_model_on_the_whole_decode(small_clip):
                  ["data"][0]["embedding"] for data in jpegs[:3]]
         for got, expected in zip(alone, rows):
             assert cosine(got, expected["embedding"]) >= 0.99999
+
+
+def test_a_request_of_many_images_is_refused_naming_its_first_bad_one(clip_dir):
+    """Later images are decoded ahead of their turn; what the caller hears of is still the first bad input."""
+    good = [base64.b64encode(data).decode() for data in photos()[:6]]
+    truncated = base64.b64encode(photos()[6][:3000]).decode()
+    not_an_image = base64.b64encode(b"hello, not an image").decode()
+    with serving(clip_dir) as app:
+        for bad, then, mention in ((truncated, not_an_image, "cannot be decoded"),
+                                   (not_an_image, truncated, "not a JPEG, PNG, WebP, GIF or BMP image")):
+            images = [*good[:3], bad, then, *good[3:]]
+            answer = app.post("/invocations", {"data": [{"text": "fine"}, *({"image": image} for image in images)]})
+            body = assert_error(answer, 400, "INVALID_IMAGE", "input 4", mention)
+            assert "input 5" not in body["detail"]
+        # and the same images, all good, answer as each does alone
+        together = app.post("/invocations", {"data": [{"image": image} for image in good]}).json()["data"]
+        for image, row in zip(good, together):
+            alone = app.post("/invocations", {"data": [{"image": image}]}).json()["data"][0]
+            assert cosine(alone["embedding"], row["embedding"]) >= 0.99999 and alone["usage"] == row["usage"]
