@@ -386,6 +386,10 @@ def _data_uri(text: str, at: str) -> bytes:
 
 
 def _base64(text: str, at: str, what: str = "") -> bytes:
+    try:  # what clients send: one unbroken line, read without a whitespace pass over it (~1 ms a photo, on the GIL)
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        pass  # whitespace, the URL-safe alphabet or not base64 at all: as before
     compact = _WHITESPACE.sub("", text)
     try:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)

@@ -167,3 +167,26 @@ def test_a_request_of_many_images_is_refused_naming_its_first_bad_one(clip_dir):
         for image, row in zip(good, together):
             alone = app.post("/invocations", {"data": [{"image": image}]}).json()["data"][0]
             assert cosine(alone["embedding"], row["embedding"]) >= 0.99999 and alone["usage"] == row["usage"]
+
+
+@pytest.mark.unit
+def test_base64_in_every_form_clients_write_reads_the_same_bytes():
+    """One unbroken standard line is read without a whitespace pass; every other form still as before."""
+    reader = ImageReader(ImageOptions())
+    photo = photos()[0] + b"\xfb\xff"  # bytes whose standard and URL-safe encodings differ (+/ against -_)
+    plain = base64.b64encode(photo).decode()
+    assert "+" in plain or "/" in plain
+    forms = {
+        "one line": plain,
+        "MIME lines": base64.encodebytes(photo).decode(),  # a newline every 76 characters
+        "spaces around": f"  {plain}\n",
+        "URL-safe": base64.urlsafe_b64encode(photo).decode(),
+        "unpadded": plain.rstrip("="),
+        "data URI": "data:image/jpeg;base64," + plain,
+    }
+    assert plain.endswith("=")  # so that "unpadded" drops something
+    for name, source in forms.items():
+        assert reader.data(source, "input 0", 0.0) == photo, name
+    with pytest.raises(Exception) as refused:
+        reader.data("not base64!", "input 3", 0.0)
+    assert "input 3: 'not base64!' is neither base64, a data URI nor an http(s) URL" in str(refused.value)
