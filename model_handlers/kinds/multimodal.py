@@ -35,6 +35,8 @@ import inspect
 import logging
 import os
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence
@@ -42,8 +44,9 @@ from typing import Any, Callable, Hashable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from model_handlers import adapters, model_code, pdf
+from model_handlers.clip_pixels import ClipPixels
 from model_handlers.errors import InvalidInput, InvalidOption, ModelDirectoryError
-from model_handlers.images import Fetches, ImageReader, tiles
+from model_handlers.images import Fetches, ImageReader, is_url, tiles
 from model_handlers.kinds import CsvColumn, CsvLayout, Kind, ModelFiles
 from model_handlers.lengths import Lengths
 from model_handlers.operations.embed import EMBED, Prepared
@@ -110,6 +113,39 @@ class _Towers(NamedTuple):
     vision_config: Any
 
 
+class _Ahead:
+    """One request's inline images decoded on the model's decode-ahead threads, up to `window` ahead of the one its
+    thread reads, so that a request of many images keeps every core decoding instead of one. The request's thread
+    still reads them in order (`take`): an image not started yet it decodes itself, a bad image's error is raised
+    when its turn comes (the first bad input named, as before), and the pixels are held in order. Leaving the block
+    cancels what was not started."""
+
+    def __init__(self, pool: ThreadPoolExecutor, decode, sources: Sequence[tuple[str, str]], window: int):
+        self._pool, self._decode, self._window = pool, decode, window
+        self._waiting = deque(sources)  # (at, source) in reading order, not started
+        self._started: dict[str, Future] = {}
+
+    def __enter__(self) -> "_Ahead":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._waiting.clear()
+        for future in self._started.values():
+            future.cancel()
+
+    def take(self, at: str):
+        """The decoded image named `at` (what `decode` returns), or None: the caller decodes it itself."""
+        future = self._started.pop(at, None)
+        if self._waiting and self._waiting[0][0] == at:
+            self._waiting.popleft()
+        while self._waiting and len(self._started) < self._window:
+            name, source = self._waiting.popleft()
+            self._started[name] = self._pool.submit(self._decode, source, name)
+        if future is None or future.cancel():
+            return None  # not begun: this thread is free to decode it now
+        return future.result()
+
+
 class MultimodalModel:
     """A dual encoder serving text and image embeddings in one space."""
 
@@ -130,9 +166,15 @@ class MultimodalModel:
         self._image_options = options.images
         self._max_inputs = options.max_inputs
         self._page_resolution = _page_resolution(self._image_processor, towers.vision_config)
+        # CLIP's processor steps without its copies, where they give its exact output (model_handlers/clip_pixels.py)
+        self._pixels = (self._image_processor if isinstance(self._image_processor, ClipPixels)
+                        else ClipPixels.of(self._image_processor))
         self._held = HeldPixels(MAX_HELD_PIXEL_BYTES)
         # Decoding a large photo takes a few hundred MB for a moment: at most one per core at once.
         self._decoding = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        # A request's next images are decoded here while its own thread reads the one before (`_Ahead`).
+        self._ahead_window = os.cpu_count() or 2
+        self._ahead_pool = ThreadPoolExecutor(self._ahead_window, thread_name_prefix="decode-ahead")
         self.width = int(self.forward([self.calibration_item(8)])[0][0].shape[-1])
 
     def _load(self, model_dir: Path, options: HandlerOptions) -> "_Towers":
@@ -179,7 +221,9 @@ class MultimodalModel:
         with self._fetches(("input", request.inputs)) as fetches:
             pdfs = pdf.read_inputs(request.inputs, "input", fetches, self._page_resolution, self._image_options,
                                    max_rows=self._max_inputs)
-            items, tokens, origins = self._prepare(list(request.inputs), spec, request.truncate, "input", fetches, pdfs)
+            with self._ahead("input", request.inputs, pdfs) as ahead:
+                items, tokens, origins = self._prepare(list(request.inputs), spec, request.truncate, "input", fetches,
+                                                       pdfs, ahead)
         return Prepared(items, tokens, adapters=adapters.held(self.adapters, items, request.adapter),
                         origins=origins if pdfs else ())
 
@@ -195,6 +239,11 @@ class MultimodalModel:
 
     def _prepare_rerank(self, request: RerankRequest, max_windows: int, fetches: Fetches) -> RerankWork:
         pdfs = pdf.read_inputs(request.documents, "document", fetches, self._page_resolution, self._image_options)
+        with self._ahead("document", request.documents, pdfs) as ahead:
+            return self._rerank_work(request, max_windows, fetches, pdfs, ahead)
+
+    def _rerank_work(self, request: RerankRequest, max_windows: int, fetches: Fetches, pdfs: Mapping[int, pdf.Pdf],
+                     ahead: "_Ahead") -> RerankWork:
         # a PDF's pages are its windows: too many are refused before any is rendered
         check_window_count(sum(document.pages for document in pdfs.values()), max_windows)
         query, query_tokens, _ = self._prepare([request.query], self.config.resolve_task("retrieval.query",
@@ -217,12 +266,15 @@ class MultimodalModel:
                 pages, tokens = self._pages(pdfs[index], held, spec.adapter)
                 held += sum(page.nbytes for page in pages)
                 return pages, sum(tokens)
-            image, tokens = self._image(where("document", index), fetches, held, spec.adapter)
+            image, tokens = self._image(where("document", index), fetches, held, spec.adapter, ahead)
             held += image.nbytes
             return [image], tokens
 
         work = windowed(Scoring.COSINE, query, query_tokens[0], request.documents, pieces, max_windows)
         return replace(work, adapters=adapters.held(self.adapters, work.items, request.adapter))
+
+    def close(self) -> None:
+        self._ahead_pool.shutdown(wait=False, cancel_futures=True)
 
     def classification_scale(self) -> float | None:
         """The model's own softmax scale, exp(logit_scale), as its `logits_per_image` applies it; None for a model
@@ -246,7 +298,8 @@ class MultimodalModel:
                                      if isinstance(item, ImageInput) or modality(item) == "pdf"])
 
     def _prepare(self, inputs: list[EmbedInput], spec: TaskSpec, truncate: bool, what: str, fetches: Fetches,
-                 pdfs: Mapping[int, pdf.Pdf] | None = None) -> tuple[list[Any], list[int], tuple[Origin, ...]]:
+                 pdfs: Mapping[int, pdf.Pdf] | None = None,
+                 ahead: "_Ahead | None" = None) -> tuple[list[Any], list[int], tuple[Origin, ...]]:
         """Work items, billed tokens and origins of the rows of `inputs` (checked by `_check_inputs`), in input order:
         a row per input, a row per page of a PDF (`pdfs`: those of `inputs`, opened by `_pdfs`)."""
         texts = [(i, spec.prompt + item.text) for i, item in enumerate(inputs) if isinstance(item, TextInput)]
@@ -269,7 +322,7 @@ class MultimodalModel:
                 tokens.extend(counts)
                 origins.extend(Origin(index, number) for number in range(1, len(pages) + 1))
             else:
-                image, count = self._image(where(what, index), fetches, held, spec.adapter)
+                image, count = self._image(where(what, index), fetches, held, spec.adapter, ahead)
                 held += image.nbytes
                 items.append(image)
                 tokens.append(count)
@@ -285,12 +338,30 @@ class MultimodalModel:
             if modality(item) == "pdf" and not pages:
                 raise pdf.unplaced(item, where(what, index), self.model_name)
 
-    def _image(self, at: str, fetches: Fetches, held: int, adapter: str | None = None) -> tuple[_Image, int]:
+    def _ahead(self, what: str, inputs: Sequence[EmbedInput], pdfs: Mapping[int, pdf.Pdf]) -> "_Ahead":
+        """The inline images of `inputs` (base64, data URIs: not URLs, not PDFs) to decode ahead of their turn."""
+        sources = [(where(what, index), item.source) for index, item in enumerate(inputs)
+                   if isinstance(item, ImageInput) and index not in pdfs and not is_url(item.source)]
+        return _Ahead(self._ahead_pool, self._decoded_inline, sources if len(sources) > 1 else [], self._ahead_window)
+
+    def _image(self, at: str, fetches: Fetches, held: int, adapter: str | None = None,
+               ahead: "_Ahead | None" = None) -> tuple[_Image, int]:
         """The preprocessed image of the input named `at` and the tokens it is billed (Jina's tile rule)."""
-        data = fetches.data(at)  # waited for outside the decoding slots: a slow URL holds no core's slot
+        done = ahead.take(at) if ahead is not None else None
+        if done is None:
+            done = self._decoded(fetches.data(at), at)  # a URL waited for outside the decoding slots
+        return self._held_image(*done, held, adapter)
+
+    def _decoded_inline(self, source: str, at: str) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        return self._decoded(self._reader.data(source, at, 0.0), at)  # inline: no fetch, no deadline to keep
+
+    def _decoded(self, data: bytes, at: str) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        """The processor's arrays of the image in `data` and the whole image's (width, height)."""
         with self._decoding:
-            image = self._reader.decode(data, at)
-            return self._processed(image, at, held, adapter)
+            if self._pixels is None:
+                return self._arrays(self._reader.decode(data, at), at)
+            image, size = self._reader.decode_reduced(data, at, self._pixels.shortest_side)
+            return self._arrays(image, at, size)
 
     def _pages(self, document: pdf.Pdf, held: int, adapter: str | None) -> tuple[list[_Image], list[int]]:
         """The preprocessed pages of `document` and the tokens each is billed (each page the image it is)."""
@@ -305,16 +376,27 @@ class MultimodalModel:
 
     def _processed(self, image, at: str, held: int, adapter: str | None) -> tuple[_Image, int]:
         """`image` through the model's image processor (closed after), held, and the tokens it is billed."""
-        width, height = image.size
+        return self._held_image(*self._arrays(image, at), held, adapter)
+
+    def _arrays(self, image, at: str,
+                size: tuple[int, int] | None = None) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        """`image` through the model's image processor (closed after), and its size (`size`: the whole image's, when
+        it was decoded reduced)."""
+        width, height = size or image.size
         try:
-            arrays = self._image_processor(images=[image], return_tensors="np")
+            arrays = (self._pixels or self._image_processor)(images=[image], return_tensors="np")
         except Exception as exc:  # noqa: BLE001 - the processor refusing one image fails that request only
             raise InvalidInput(f"{at}: the model's image processor cannot take this {width}x{height} image "
                                f"({str(exc)[:200] or type(exc).__name__})", code="INVALID_IMAGE") from None
         finally:
             image.close()
-        processed = _Image({name: value for name, value in arrays.items() if isinstance(value, np.ndarray)},
-                           self._image_length, adapter)
+        return {name: value for name, value in arrays.items() if isinstance(value, np.ndarray)}, (width, height)
+
+    def _held_image(self, arrays: dict[str, np.ndarray], size: tuple[int, int], held: int,
+                    adapter: str | None) -> tuple[_Image, int]:
+        """The image's arrays as a work item, held (`held`: bytes its request holds already), and its tokens."""
+        width, height = size
+        processed = _Image(arrays, self._image_length, adapter)
         self._held.hold(processed, held)
         return processed, tiles(width, height, self.config.image_tile_size) * self.config.image_tile_tokens
 
@@ -452,7 +534,6 @@ class OnnxMultimodalModel(MultimodalModel):
     transformers is imported. No adapters (the export refuses models that have them)."""
 
     def _load(self, model_dir: Path, options: HandlerOptions) -> _Towers:
-        from model_handlers.clip_pixels import ClipPixels
         from model_handlers.model_files import read_object
         from model_handlers.onnx_runtime import OnnxSession
 
@@ -508,7 +589,6 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     from PIL import Image
     from transformers import AutoModel
 
-    from model_handlers.clip_pixels import ClipPixels
     from model_handlers.model_files import read_object
     from model_handlers.onnx_runtime import export_graph
     from model_handlers.serving_config import read_serving_config
