@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -83,8 +83,12 @@ class OnnxSession:
 
     def run(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
         """The graph's first output for the inputs it takes (extra features, e.g. token_type_ids, are left out)."""
+        return self.run_all(features)[0]
+
+    def run_all(self, features: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output of the graph, in its order (BGE-M3's: dense, sparse, ColBERT)."""
         feed = {name: features[name] for name in self.input_names}
-        return self._session.run(None, feed)[0]
+        return self._session.run(None, feed)
 
 
 def resolved_backend(configured: str | None, override: str | None) -> str:
@@ -102,18 +106,20 @@ def resolved_backend(configured: str | None, override: str | None) -> str:
 # --- at packaging time (torch and onnx are there; never imported by a server) ------------------------------
 
 
-def export_graph(model, output: str, example: Mapping[str, "np.ndarray"], out_path: Path) -> None:
+def export_graph(model, output: str | Sequence[str], example: Mapping[str, "np.ndarray"], out_path: Path) -> None:
     """Export a transformers model's `output` (e.g. last_hidden_state, logits) for the tokenizer's inputs with torch's
     ONNX exporter, batch and sequence length dynamic, every weight inside the one file (the quantizer and ONNX
-    Runtime then need nothing beside it).
+    Runtime then need nothing beside it). Several output names: a graph of that many outputs, in that order.
 
     Raises:
         ModelDirectoryError: the exporter refused the model (the message says why).
     """
     import torch
 
+    outputs = [output] if isinstance(output, str) else list(output)
+
     class OneOutput(torch.nn.Module):
-        """Named tensor arguments (what the exporter's dynamic shapes are keyed by), one tensor out."""
+        """Named tensor arguments (what the exporter's dynamic shapes are keyed by), the named tensors out."""
 
         def __init__(self, inner):
             super().__init__()
@@ -121,7 +127,10 @@ def export_graph(model, output: str, example: Mapping[str, "np.ndarray"], out_pa
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-            return getattr(self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra), output)
+            answered = self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra)
+            if isinstance(output, str):
+                return getattr(answered, output)
+            return tuple(getattr(answered, name) for name in outputs)
 
     unknown = set(example) - {"input_ids", "attention_mask", "token_type_ids"}
     if unknown:
@@ -134,7 +143,7 @@ def export_graph(model, output: str, example: Mapping[str, "np.ndarray"], out_pa
     try:
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(module.eval(), args=(), kwargs=inputs, f=str(out_path), input_names=list(inputs),
-                              output_names=[output], dynamic_shapes=shapes, dynamo=True, external_data=False,
+                              output_names=outputs, dynamic_shapes=shapes, dynamo=True, external_data=False,
                               opset_version=18, verbose=False)
     except Exception as exc:  # the exporter raises many types; any of them means this model does not export
         raise ModelDirectoryError(f"torch's ONNX exporter refused the model: {type(exc).__name__}: {exc}") from exc

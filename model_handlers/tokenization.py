@@ -126,6 +126,10 @@ class TokenizerView:
         """The vocabulary strings of token ids ("[CLS]", "##ing")."""
         return [self._backend.id_to_token(int(i)) for i in ids]
 
+    def token_id(self, token: str) -> int | None:
+        """The id of one vocabulary entry ("[Q] ", "[MASK]"), added tokens included; None when it is none."""
+        return self._backend.token_to_id(token)
+
     def fit(self, content: np.ndarray, truncate: bool, label: str, room: int | None = None) -> np.ndarray:
         """`content` as one sequence holds it: whole when it fits `room` (the sequence's room unless told), cut when
         `truncate`, else refused naming `label` ("input 3") and the model's limit."""

@@ -17,7 +17,13 @@ on torch on the built-in texts (packaging/_quality_set.py):
 - multimodal (CLIP) models, their text and vision graphs (`Kind.onnx_graphs`) each quantized: fp32 must keep cosine
   >= 0.9999 against torch on every validation text and every built-in image (packaging/_quality_set.py draws 25);
   int8 >= 0.99 against fp32 on every text and every image, and the same top-10 neighbours across modalities (each
-  image's among the captions and validation texts, each caption's among the images) for >= 90% of them.
+  image's among the captions and validation texts, each caption's among the images) for >= 90% of them;
+- multi-vector (ColBERT) models, each file against the model on torch (PyLate's `ColBERT.encode` computes the same
+  vectors: tests/test_multi_vector.py), the validation texts as documents and the retrieval queries as queries: fp32
+  keeps cosine >= 0.9999 on every token vector; int8 keeps a mean token cosine >= 0.99, and the MaxSim scores of every
+  retrieval query against every passage keep Spearman correlation >= 0.99 with torch's;
+- BGE-M3 (one graph, three outputs): each form under its own gate above, dense as embeddings, sparse as SPLADE, its
+  ColBERT vectors as multi-vector.
 
 A miss refuses the build with the figures; a pass puts them in the manifest and the listing.
 """
@@ -32,6 +38,7 @@ import numpy as np
 
 import _quality_set
 from model_handlers.operations.embed import EMBED
+from model_handlers.operations.multi_vector import MULTI_VECTOR
 from model_handlers.operations.rerank import RERANK
 from model_handlers.operations.sparse import SPARSE
 
@@ -56,6 +63,9 @@ class Gate:
     int8_min_dot_correlation: float = 0.99
     int8_min_image_cosine: float = 0.99
     int8_min_cross_modal_agreement: float = 0.9
+    fp32_min_token_cosine: float = 0.9999
+    int8_min_mean_token_cosine: float = 0.99
+    int8_min_maxsim_spearman: float = 0.99
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,10 @@ class Quality:
     int8_min_image_cosine: float | None = None
     int8_mean_image_cosine: float | None = None
     int8_cross_modal_agreement: float | None = None  # the share of images and captions with the same top-10
+    fp32_min_token_cosine: float | None = None  # multi-vector (ColBERT) token vectors against torch
+    int8_mean_token_cosine: float | None = None
+    int8_min_token_cosine: float | None = None
+    int8_maxsim_spearman: float | None = None
 
     def as_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -127,6 +141,15 @@ class Quality:
         if self.int8_cross_modal_agreement is not None:
             checks.append(f"{self.int8_cross_modal_agreement:.0%} of the built-in images and their captions get the "
                           f"same top-{TOP_K} neighbours in the other modality from int8 as from fp32")
+        if self.fp32_min_token_cosine is not None:
+            checks.append(f"the fp32 export's token vectors keep cosine >= {_floor(self.fp32_min_token_cosine, 6)} "
+                          "against the model on PyTorch, each token of the validation texts and queries")
+        if self.int8_mean_token_cosine is not None:
+            checks.append(f"int8 token vectors have mean cosine {_floor(self.int8_mean_token_cosine, 4)} (min "
+                          f"{_floor(self.int8_min_token_cosine, 4)}) against PyTorch")
+        if self.int8_maxsim_spearman is not None:
+            checks.append(f"int8 query-passage MaxSim scores correlate with PyTorch's at Spearman "
+                          f"{_floor(self.int8_maxsim_spearman, 4)}")
         return (f"This artifact serves {served} on ONNX Runtime (`{self.backend_file}`). Measured when it was built: "
                 + "; ".join(checks) + ".")
 
@@ -157,6 +180,13 @@ class Quality:
                          f"{self.int8_min_image_cosine:.4f}) vs fp32")
         if self.int8_cross_modal_agreement is not None:
             parts.append(f"same image<->text top-{TOP_K} for {self.int8_cross_modal_agreement:.0%}")
+        if self.fp32_min_token_cosine is not None:
+            parts.append(f"fp32: min token cosine {self.fp32_min_token_cosine:.6f} vs torch")
+        if self.int8_mean_token_cosine is not None:
+            parts.append(f"int8: mean token cosine {self.int8_mean_token_cosine:.4f} (min "
+                         f"{self.int8_min_token_cosine:.4f}) vs torch")
+        if self.int8_maxsim_spearman is not None:
+            parts.append(f"int8: MaxSim Spearman {self.int8_maxsim_spearman:.4f} vs torch")
         return "; ".join(parts)
 
 
@@ -188,9 +218,10 @@ def build_onnx(staged: Path, kind, quantize: str | None, gate: Gate, device: str
     from model_handlers.errors import ModelDirectoryError
     from model_handlers.onnx_runtime import quantize_int8
 
-    # the gate of the kind's main output: the first in _GATES it answers (its embeddings before rerank); a kind that
-    # reads images is checked on images too
-    gate_of = next((gate for name, gate in _GATES.items() if kind.answers(name)), None)
+    # the gate of the kind's main output: a combined gate when the kind answers all of its forms (BGE-M3), else the
+    # first in _GATES it answers (its embeddings before rerank); a kind that reads images is checked on images too
+    gate_of = next((gate for forms, gate in _COMBINED_GATES.items() if all(kind.answers(f) for f in forms)), None)
+    gate_of = gate_of or next((gate for name, gate in _GATES.items() if kind.answers(name)), None)
     if gate_of is _embedding_gate and "image" in getattr(kind.model, "modalities", ()):
         gate_of = _multimodal_gate
     if kind.onnx_export is None or gate_of is None:
@@ -245,10 +276,19 @@ class _Runner:
         from model_handlers.types import EmbedRequest, TextInput
 
         result = self._handler.run(EmbedRequest(inputs=tuple(TextInput(t) for t in texts), operation=SPARSE))
-        dense = np.zeros((len(texts), self._handler.model.width))
+        model = self._handler.model
+        dense = np.zeros((len(texts), getattr(model, "sparse_width", model.width)))
         for row, vector in zip(dense, result.vectors):
             row[vector.indices] = vector.values
         return dense
+
+    def multi_vector(self, texts: list[str], input_type: str) -> list[np.ndarray]:
+        """Each text's token vectors as the server answers them (one row per token), on the given side."""
+        from model_handlers.types import EmbedRequest, TextInput
+
+        result = self._handler.run(EmbedRequest(inputs=tuple(TextInput(t) for t in texts), operation=MULTI_VECTOR,
+                                                input_type=input_type))
+        return [np.asarray(vectors, dtype=np.float64) for vectors in result.vectors]
 
     def scores(self, query: str, documents: list[str]) -> np.ndarray:
         from model_handlers.types import RerankRequest, TextInput
@@ -415,9 +455,70 @@ def _round_down(value: float, digits: int) -> float:
     return float(_floor(float(value), digits))
 
 
-# How an export is checked against the model on torch: the first gate (in this order) of an operation the kind
-# answers is the one applied (an embedding model's, not its rerank's).
-_GATES = {EMBED: _embedding_gate, SPARSE: _sparse_gate, RERANK: _rerank_gate}
+def _multi_vector_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: Gate,
+                       serving: str) -> Quality:
+    """ColBERT token vectors, each file against the model on torch: the validation texts as documents and the retrieval
+    queries as queries (markers and expansion included); int8 also keeps the order of MaxSim scores of every query
+    against every passage."""
+    sides = (("query", _quality_set.QUERIES), ("document", _quality_set.VALIDATION_TEXTS))
+    expected = {side: reference.multi_vector(texts, side) for side, texts in sides}
+
+    def token_cosines(runner: _Runner) -> np.ndarray:
+        return np.concatenate([_cosines(a, b) for side, texts in sides
+                               for a, b in zip(expected[side], runner.multi_vector(texts, side))])
+
+    fp32_cos = token_cosines(fp32)
+    figures = {"backend_file": serving, "fp32_min_token_cosine": _round_down(fp32_cos.min(), 6)}
+    if fp32_cos.min() < gate.fp32_min_token_cosine:
+        raise GateFailed(f"the fp32 export drifts from the model: min token cosine {fp32_cos.min():.6f} < "
+                         f"{gate.fp32_min_token_cosine} on the validation texts")
+    if int8 is None:
+        return Quality(**figures)
+    int8_cos = token_cosines(int8)
+    from scipy.stats import spearmanr  # scikit-learn's dependency, in the packaging extra
+
+    spearman = float(spearmanr(_maxsim(int8), _maxsim(reference)).statistic)
+    figures.update(int8_mean_token_cosine=_round_down(int8_cos.mean(), 4),
+                   int8_min_token_cosine=_round_down(int8_cos.min(), 4), int8_maxsim_spearman=_round_down(spearman, 4))
+    problems = []
+    if int8_cos.mean() < gate.int8_min_mean_token_cosine:
+        problems.append(f"mean token cosine {int8_cos.mean():.4f} < {gate.int8_min_mean_token_cosine} (min "
+                        f"{int8_cos.min():.4f})")
+    if spearman < gate.int8_min_maxsim_spearman:
+        problems.append(f"query-passage MaxSim scores correlate at Spearman {spearman:.4f} < "
+                        f"{gate.int8_min_maxsim_spearman}")
+    if problems:
+        raise GateFailed(f"int8 loses too much against the model on torch: {'; '.join(problems)}; build without "
+                         "--quantize to serve fp32")
+    return Quality(**figures)
+
+
+def _maxsim(runner: _Runner) -> np.ndarray:
+    """Every retrieval query's late-interaction score against every passage (PyLate's colbert_scores: the sum over
+    the query's token vectors of each one's best cosine among the passage's), flattened."""
+    queries = [_unit_rows(q) for q in runner.multi_vector(_quality_set.QUERIES, "query")]
+    passages = [_unit_rows(p) for p in runner.multi_vector(_quality_set.PASSAGES, "document")]
+    return np.asarray([(q @ p.T).max(axis=1).sum() for q in queries for p in passages])
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+def _m3_gate(reference: _Runner, fp32: _Runner, int8: _Runner | None, gate: Gate, serving: str) -> Quality:
+    """BGE-M3's one graph answers three forms: each is held to its own gate (dense as embeddings, sparse as SPLADE,
+    ColBERT as multi-vector), the figures of all three recorded."""
+    figures = {}
+    for form_gate in (_embedding_gate, _sparse_gate, _multi_vector_gate):
+        figures.update(form_gate(reference, fp32, int8, gate, serving).as_dict())
+    return Quality(**figures)
+
+
+# How an export is checked against the model on torch: a kind answering every form of a combined gate gets that one;
+# else the first gate (in this order) of an operation the kind answers is the one applied (an embedding model's, not
+# its rerank's).
+_COMBINED_GATES = {frozenset({EMBED, SPARSE, MULTI_VECTOR}): _m3_gate}
+_GATES = {EMBED: _embedding_gate, SPARSE: _sparse_gate, MULTI_VECTOR: _multi_vector_gate, RERANK: _rerank_gate}
 
 
 def _query_documents() -> list[list[str]]:

@@ -323,14 +323,3 @@ def test_an_inference_free_splade_exports_its_document_route_and_queries_stay_a_
             kept = np.flatnonzero(weights > 0)
             assert item["sparse_embedding"]["indices"] == kept.tolist()
             np.testing.assert_allclose(item["sparse_embedding"]["values"], weights[kept], atol=FP32_TOLERANCE, rtol=0)
-
-
-@pytest.mark.server
-def test_bge_m3_is_refused_by_name_on_onnx(tmp_path, bge_m3_safetensors_dir):
-    """BGE-M3 stays on torch: one pass answers three outputs (dense, sparse, ColBERT) that one exported output and one
-    gate do not cover yet."""
-    model = bge_m3_safetensors_dir  # the artifact ships safetensors only (test_bge_m3.py)
-    with pytest.raises(build_artifact.BuildRefused, match="kind bge-m3 .* does not export to ONNX yet: build it with "
-                                                          "--backend torch"):
-        build_artifact.build_artifact(model, tmp_path / "dist" / "model.tar.gz", backend="onnx")
-    assert not (tmp_path / "dist").exists()

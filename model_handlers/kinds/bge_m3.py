@@ -19,14 +19,19 @@ Requests of every form share forward passes, and a request asking several (`Embe
 Rerank combines the three scores as BGE-M3's `compute_score` does (M3Embedder.compute_score_single_device):
 (w_dense * dense + w_sparse * sparse + w_colbert * colbert) / (w_dense + w_sparse + w_colbert), with the README's
 hybrid example weights 0.4, 0.2, 0.4 unless `searchbox.json` says `rerank_weights`.
+
+On the ONNX backend the encoder and both heads run as one graph exported at packaging time (`export_onnx`) with three
+outputs (dense, sparse token weights, ColBERT vectors), post-processed as above; neither torch nor transformers is on
+the serve path.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Hashable, Mapping, Sequence
+from typing import Any, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -117,46 +122,26 @@ class BgeM3Model:
 
     rerank_scoring = "BGE-M3's weighted mean of its dense, sparse and late-interaction scores"
 
-    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions,
+                 encoder: "_TorchM3 | _OnnxM3 | None" = None):
         settings: M3Settings = config.kind_settings
         self.config = config
         self.model_name = config.served_model_name
-        self.device = options.resolved_device()
-        self._device = torch.device(self.device)
+        self._encoder = encoder if encoder is not None else _TorchM3(model_dir, config, options)
+        self.device = self._encoder.device
         self._weights = settings.rerank_weights
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-            self._encoder, info = AutoModel.from_pretrained(
-                str(model_dir), local_files_only=True, use_safetensors=not options.allow_pickle or None,
-                output_loading_info=True)
-        except (OSError, ValueError) as exc:
-            raise ModelDirectoryError(f"cannot load {model_dir} as a BGE-M3 encoder: {exc}") from exc
-        missing = [key for key in info.get("missing_keys", ()) if not key.startswith("pooler.")]
-        if missing or info.get("mismatched_keys"):
-            raise ModelDirectoryError(f"{model_dir}: the encoder's weights are missing or of the wrong shape "
-                                      f"({', '.join(missing[:5])}); it would answer random vectors")
-        self._encoder.to(self._device).eval()
-        dtype = next(self._encoder.parameters()).dtype
-        hidden = int(self._encoder.config.hidden_size)
-        self._colbert = _linear(settings.heads["colbert_linear"], hidden, None, options.allow_pickle, self._device,
-                                dtype)
-        self._sparse = _linear(settings.heads["sparse_linear"], hidden, 1, options.allow_pickle, self._device, dtype)
+        facts: _M3Facts = self._encoder.facts
         # FlagEmbedding cuts where the tokenizer says (it reads no sentence-transformers settings)
-        lengths = Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
-                             positions=getattr(self._encoder.config, "max_position_embeddings", None))
+        lengths = Lengths.of(tokenizer=facts.model_max_length, positions=facts.positions)
         self.max_length = lengths.served(config.max_length)
-        self.width = hidden
-        self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
-        self._vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.width = facts.hidden
+        self._tokenizer = self._encoder.tokenizer(self.max_length)
+        self._vocabulary = self._tokenizer.vocabulary(range(facts.vocabulary_size))
+        self.sparse_width = facts.vocabulary_size  # the ids sparse weights may name (width is the dense vector's)
         # FlagEmbedding drops the ids of these special tokens from the sparse weights, whichever the tokenizer has
-        self._unused = np.asarray(sorted({tokenizer.convert_tokens_to_ids(tokenizer.special_tokens_map[name])
-                                          for name in ("cls_token", "eos_token", "pad_token", "unk_token")
-                                          if name in tokenizer.special_tokens_map}), dtype=np.int64)
+        self._unused = np.asarray(facts.unused_ids, dtype=np.int64)
         logger.info("BGE-M3: dense %d, ColBERT %d dimensions, sparse over %d ids, up to %d tokens",
-                    hidden, self._colbert[0].shape[0], len(self._vocabulary), self.max_length)
+                    facts.hidden, facts.colbert_width, len(self._vocabulary), self.max_length)
 
     def forms_of_one_pass(self) -> frozenset[str]:
         return FORMS
@@ -211,21 +196,10 @@ class BgeM3Model:
     # --- on the batcher's thread ----------------------------------------------------------------------
 
     def forward(self, sequences: list[_Sequence]) -> list[list[Any]]:
-        import torch
-        from torch.nn.functional import linear
-
         wanted = {want for s in sequences for want in s.wants}
-        with torch.inference_mode():
-            padded = self._tokenizer.pad([s.ids for s in sequences])
-            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
-            hidden = self._encoder(**features, return_dict=True).last_hidden_state
-            dense = hidden[:, 0].float().cpu().numpy()
-            weights = colbert = None
-            if wanted & {SPARSE, _HYBRID}:
-                weights = linear(hidden, *self._sparse).relu().squeeze(-1).float().cpu().numpy()
-            if wanted & {MULTI_VECTOR, _HYBRID}:
-                mask = features["attention_mask"][:, 1:, None].to(hidden.dtype)
-                colbert = (linear(hidden[:, 1:], *self._colbert) * mask).float().cpu().numpy()
+        padded = self._tokenizer.pad([s.ids for s in sequences])
+        dense, weights, colbert = self._encoder.outputs(padded, sparse=bool(wanted & {SPARSE, _HYBRID}),
+                                                        colbert=bool(wanted & {MULTI_VECTOR, _HYBRID}))
         out = []
         for row, sequence in enumerate(sequences):
             length = sequence.length
@@ -264,6 +238,151 @@ def _unit(array: np.ndarray) -> np.ndarray:
     return array / np.maximum(np.linalg.norm(array, axis=-1, keepdims=True), 1e-12)
 
 
+@dataclass(frozen=True)
+class _M3Facts:
+    """What the model is made of beyond tokenizer.json and the graph: read from the loaded transformers tokenizer and
+    encoder on torch; an ONNX export writes them into its graph's metadata, for a serve path without transformers."""
+
+    hidden: int
+    colbert_width: int
+    vocabulary_size: int  # len(tokenizer): the ids the sparse weights may name, added tokens included
+    unused_ids: tuple[int, ...]  # the cls, eos, pad and unk ids the tokenizer has (dropped from the sparse weights)
+    model_max_length: Any  # the tokenizer's, placeholders included (Lengths drops them)
+    positions: int | None  # the encoder config's max_position_embeddings
+
+
+class _TorchM3:
+    """The encoder and the two heads on torch."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        settings: M3Settings = config.kind_settings
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            self.encoder, info = AutoModel.from_pretrained(
+                str(model_dir), local_files_only=True, use_safetensors=not options.allow_pickle or None,
+                output_loading_info=True)
+        except (OSError, ValueError) as exc:
+            raise ModelDirectoryError(f"cannot load {model_dir} as a BGE-M3 encoder: {exc}") from exc
+        missing = [key for key in info.get("missing_keys", ()) if not key.startswith("pooler.")]
+        if missing or info.get("mismatched_keys"):
+            raise ModelDirectoryError(f"{model_dir}: the encoder's weights are missing or of the wrong shape "
+                                      f"({', '.join(missing[:5])}); it would answer random vectors")
+        self.encoder.to(self._device).eval()
+        self.hf_tokenizer = tokenizer
+        dtype = next(self.encoder.parameters()).dtype
+        hidden = int(self.encoder.config.hidden_size)
+        self.colbert = _linear(settings.heads["colbert_linear"], hidden, None, options.allow_pickle, self._device,
+                               dtype)
+        self.sparse = _linear(settings.heads["sparse_linear"], hidden, 1, options.allow_pickle, self._device, dtype)
+        unused = {tokenizer.convert_tokens_to_ids(tokenizer.special_tokens_map[name])
+                  for name in ("cls_token", "eos_token", "pad_token", "unk_token")
+                  if name in tokenizer.special_tokens_map}
+        self.facts = _M3Facts(hidden, int(self.colbert[0].shape[0]), len(tokenizer), tuple(sorted(unused)),
+                              getattr(tokenizer, "model_max_length", None),
+                              getattr(self.encoder.config, "max_position_embeddings", None))
+
+    def tokenizer(self, max_length: int) -> TokenizerView:
+        return TokenizerView.from_hf(self.hf_tokenizer, max_length)
+
+    def heads(self, features: Mapping[str, Any], sparse: bool = True, colbert: bool = True):
+        """(dense [batch, hidden], sparse token weights [batch, seq], ColBERT vectors [batch, seq - 1, width]) torch
+        tensors as FlagEmbedding computes them, the heads not asked for None; the ONNX export traces this."""
+        from torch.nn.functional import linear
+
+        hidden = self.encoder(**features, return_dict=True).last_hidden_state
+        weights = vectors = None
+        if sparse:
+            weights = linear(hidden, *self.sparse).relu().squeeze(-1)
+        if colbert:
+            mask = features["attention_mask"][:, 1:, None].to(hidden.dtype)
+            vectors = linear(hidden[:, 1:], *self.colbert) * mask
+        return hidden[:, 0], weights, vectors
+
+    def outputs(self, padded: Mapping[str, np.ndarray], sparse: bool, colbert: bool):
+        import torch
+
+        with torch.inference_mode():
+            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
+            heads = self.heads(features, sparse, colbert)
+            return tuple(None if t is None else t.float().cpu().numpy() for t in heads)
+
+
+# the graph's metadata: the _M3Facts of the exported model (JSON)
+_FACTS_METADATA = "searchbox.bge_m3"
+
+
+class _OnnxM3:
+    """The encoder and both heads exported to ONNX at packaging time (export_onnx): one graph, three outputs (dense,
+    sparse token weights, ColBERT vectors), always all three. No torch, no transformers on this path."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        from model_handlers.onnx_runtime import OnnxSession
+
+        self._session = OnnxSession.of(model_dir, config, options)
+        stated = self._session.metadata.get(_FACTS_METADATA)
+        if stated is None:
+            raise ModelDirectoryError(f"{model_dir / config.onnx_file} is not a BGE-M3 export (its metadata does not "
+                                      "say so): rebuild the artifact with packaging/build_artifact.py --backend onnx")
+        facts = json.loads(stated)
+        self.facts = _M3Facts(**{**facts, "unused_ids": tuple(facts["unused_ids"])})
+        self.device = self._session.device
+        self._model_dir = model_dir
+
+    def tokenizer(self, max_length: int) -> TokenizerView:
+        return self._session.tokenizer(self._model_dir, max_length)
+
+    def outputs(self, padded: Mapping[str, np.ndarray], sparse: bool, colbert: bool):
+        dense, weights, vectors = self._session.run_all(padded)
+        return (dense.astype(np.float32, copy=False), weights.astype(np.float32, copy=False),
+                vectors.astype(np.float32, copy=False))
+
+
+class _M3Outputs(NamedTuple):
+    dense_vector: Any
+    sparse_weights: Any
+    colbert_vectors: Any
+
+
+def export_onnx(model_dir: Path, out_path: Path) -> None:
+    """The encoder and both heads as one ONNX graph: the inputs its tokenizer makes -> `dense_vector` [batch, hidden],
+    `sparse_weights` [batch, seq] (each token's ReLU(sparse_linear)) and `colbert_vectors` [batch, seq - 1, width]
+    (colbert_linear after the first token, padding zeroed), as the torch backend computes them (`_TorchM3.heads`,
+    traced). The per-id maximum, the dropped special ids and the normalisations stay outside, as on torch.
+
+    Raises:
+        ModelDirectoryError: the model does not export; the message says to serve it with torch.
+    """
+    import onnx
+    import torch
+
+    from model_handlers.onnx_runtime import export_graph
+    from model_handlers.serving_config import read_serving_config
+
+    m3 = _TorchM3(model_dir, read_serving_config(model_dir), HandlerOptions(device="cpu"))
+
+    class Exported(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = m3.encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return _M3Outputs(*m3.heads({"input_ids": input_ids, "attention_mask": attention_mask, **extra}))
+
+    example = m3.hf_tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
+                              padding=True, return_tensors="np")
+    export_graph(Exported(), list(_M3Outputs._fields), {name: example[name].astype(np.int64) for name in example},
+                 out_path)
+    graph = onnx.load(str(out_path))
+    onnx.helper.set_model_props(graph, {_FACTS_METADATA: json.dumps(m3.facts.__dict__)})
+    onnx.save(graph, str(out_path))
+
+
 def _linear(path: Path, hidden: int, out_features: int | None, allow_pickle: bool, device, dtype):
     """A head's (weight, bias) from its safetensors, or (when pickles are allowed) FlagEmbedding's torch.save file.
 
@@ -296,6 +415,9 @@ KIND = Kind(
     recognizes=_is_m3,
     model=BgeM3Model,
     csv=CsvLayout(EMBED, (CsvColumn("text"),)),
-    backends={"torch": BgeM3Model},
+    backends={"torch": BgeM3Model,
+              "onnx": lambda model_dir, config, options: BgeM3Model(model_dir, config, options,
+                                                                    _OnnxM3(model_dir, config, options))},
     read_settings=read_settings,
+    onnx_export=export_onnx,
 )

@@ -24,17 +24,20 @@ and answers a vector for every query position. A document answers a vector for e
 (which the model still reads). Vectors are the encoder's last hidden states through the projection(s); the
 pipeline cuts `dimensions` and normalises each row.
 
-Weights are read with transformers and safetensors; PyLate itself is never imported.
+Weights are read with transformers and safetensors; PyLate itself is never imported. On the ONNX backend the encoder and
+its projection(s) run as one graph exported at packaging time (`export_onnx`; packaging/_onnx.py checks it against
+torch); the sides are built as above, with neither torch nor transformers on the serve path.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import string
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Hashable, Mapping
+from typing import Any, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -234,62 +237,37 @@ class MultiVectorModel:
 
     rerank_scoring = "late interaction (MaxSim) of query and document token vectors"
 
-    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
-        from transformers import AutoTokenizer
-
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions,
+                 encoder: "_TorchColbert | _OnnxColbert | None" = None):
         settings: ColbertSettings = config.kind_settings
         self.config = config
         self.model_name = config.served_model_name
-        self.device = options.resolved_device()
-        self._device = torch.device(self.device)
-        encoder_dir = model_dir / settings.encoder_folder
-        trust = model_code.trusts(model_dir, options)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=trust)
-            self._encoder = _load_encoder(encoder_dir, options, trust, self.device)
-        except (OSError, ValueError) as exc:
-            raise ModelDirectoryError(f"cannot load {model_dir} as a multi-vector (ColBERT) model: {exc}") from exc
-        self._encoder.eval()
-        self.adapters = adapters.attach(self._encoder, options, config.adapters, model_dir)
-        # in the encoder's dtype, as PyLate casts its Dense layers
-        dtype = next(self._encoder.parameters()).dtype
-        self._projections = [_projection(model_dir, p, options.allow_pickle, self._device, dtype)
-                             for p in settings.projections]
-        hidden = int(getattr(self._encoder.config, "hidden_size", 0) or 0)
-        self.width = int(self._projections[-1].out_features) if self._projections else hidden
-        documents = min(settings.document_length, self._capacity(tokenizer, settings.document_length))
+        self._encoder = encoder if encoder is not None else _TorchColbert(model_dir, config, options)
+        self.device = self._encoder.device
+        self.adapters = self._encoder.adapters
+        self.width = self._encoder.width
+        tokens: _TokenFacts = self._encoder.tokens
+        documents = min(settings.document_length, tokens.capacity(settings.document_length))
         if config.max_length:
             documents = min(documents, config.max_length)
         queries = min(settings.query_length, documents)
         self.max_length = max(queries, documents)
-        self._tokenizer = TokenizerView.from_hf(tokenizer, self.max_length)
-        self._query = self._side("query", settings.query_prefix, queries, tokenizer, model_dir,
-                                 expansion_id=self._expansion_id(tokenizer, settings, model_dir),
+        self._tokenizer = self._encoder.tokenizer(self.max_length)
+        self._query = self._side("query", settings.query_prefix, queries, model_dir,
+                                 expansion_id=self._expansion_id(tokens, settings, model_dir),
                                  attend_expansion=settings.attend_to_expansion_tokens)
-        self._document = self._side("document", settings.document_prefix, documents, tokenizer, model_dir,
-                                    skip=self._skip_ids(tokenizer, settings))
+        self._document = self._side("document", settings.document_prefix, documents, model_dir,
+                                    skip=self._skip_ids(tokens, settings))
         logger.info("%s ColBERT: queries %d tokens (%s), documents up to %d, %d-dimensional token vectors",
                     settings.layout, queries, "expanded" if settings.do_query_expansion else "not expanded",
                     documents, self.width)
 
-    def _capacity(self, tokenizer, default: int) -> int:
-        """Tokens the encoder can read (model_handlers/lengths.py's capacity; PyLate's lengths are the sides'):
-        its position table, less RoBERTa's offset (positions start after the padding index), and no more than the
-        tokenizer declares."""
-        positions = getattr(self._encoder.config, "max_position_embeddings", None)
-        padding_index = getattr(getattr(self._encoder, "embeddings", None), "padding_idx", None)
-        if isinstance(positions, int) and isinstance(padding_index, int):
-            positions -= padding_index + 1
-        return Lengths.of(tokenizer=getattr(tokenizer, "model_max_length", None),
-                          positions=positions).capacity(default)
-
-    def _side(self, name: str, prefix: str, length: int, tokenizer, model_dir: Path, *,
+    def _side(self, name: str, prefix: str, length: int, model_dir: Path, *,
               expansion_id: int | None = None, attend_expansion: bool = False,
               skip: np.ndarray | None = None) -> _Side:
         marker = np.zeros(0, dtype=np.int64)
         if prefix:
-            marker_id = tokenizer.backend_tokenizer.token_to_id(prefix)
+            marker_id = self._tokenizer.token_id(prefix)
             if marker_id is None:
                 raise ModelDirectoryError(
                     f"{model_dir}: the {name} marker {prefix!r} is not a token of the tokenizer; name the model's "
@@ -301,24 +279,24 @@ class MultiVectorModel:
         return _Side(name, marker, length, expansion_id, attend_expansion, skip)
 
     @staticmethod
-    def _expansion_id(tokenizer, settings: ColbertSettings, model_dir: Path) -> int | None:
+    def _expansion_id(tokens: "_TokenFacts", settings: ColbertSettings, model_dir: Path) -> int | None:
         """The token queries are padded with (expansion): PyLate's choice of the mask token (encoders), else
         end-of-sequence (decoders), else padding; None without expansion."""
         if not settings.do_query_expansion:
             return None
-        token = next((i for i in (tokenizer.mask_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-                      if i is not None), None)
+        token = next((i for i in (tokens.mask_id, tokens.eos_id, tokens.pad_id) if i is not None), None)
         if token is None:
             raise ModelDirectoryError(f"{model_dir}: the tokenizer has no mask, end or padding token to expand "
                                       f"queries with; set do_query_expansion to false in {CONFIG_FILE}")
         return token
 
-    @staticmethod
-    def _skip_ids(tokenizer, settings: ColbertSettings) -> np.ndarray | None:
+    def _skip_ids(self, tokens: "_TokenFacts", settings: ColbertSettings) -> np.ndarray | None:
         if not settings.skiplist_words:
             return None
-        # convert_tokens_to_ids, as PyLate: a word that is no token stands for the unknown token
-        ids = tokenizer.convert_tokens_to_ids(list(settings.skiplist_words))
+        # as PyLate's convert_tokens_to_ids (transformers' fast tokenizer): a word that is no token stands for the
+        # unknown token
+        ids = [self._tokenizer.token_id(word) for word in settings.skiplist_words]
+        ids = [tokens.unk_id if i is None else i for i in ids]
         return np.unique(np.asarray([i for i in ids if i is not None], dtype=np.int64))
 
     # --- on the caller's thread -----------------------------------------------------------------------
@@ -404,24 +382,188 @@ class MultiVectorModel:
     # --- on the batcher's thread ----------------------------------------------------------------------
 
     def forward(self, sequences: list[_Sequence]) -> list[list[np.ndarray]]:
-        import torch
-
-        with torch.inference_mode():
-            padded = self._tokenizer.pad([s.ids for s in sequences])
-            for row, sequence in enumerate(sequences):
-                padded["attention_mask"][row, sequence.attended:] = 0
-            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
-            with adapters.rows(self.adapters, [s.adapter for s in sequences]):
-                tokens = self._encoder(**features)[0]
-            for projection in self._projections:
-                tokens = projection(tokens)
-            vectors = tokens.float().cpu().numpy()
+        padded = self._tokenizer.pad([s.ids for s in sequences])
+        for row, sequence in enumerate(sequences):
+            padded["attention_mask"][row, sequence.attended:] = 0
+        vectors = self._encoder.vectors(padded, [s.adapter for s in sequences])
         out = []
         for row, sequence in enumerate(sequences):
             matrix = vectors[row, : sequence.length]
             # copies: a view would keep the whole pass's array alive as long as the caller holds its rows
             out.append([matrix.copy() if sequence.keep is None else matrix[sequence.keep]])
         return out
+
+
+@dataclass(frozen=True)
+class _TokenFacts:
+    """What the sides are made of, beyond tokenizer.json: the special tokens' ids as transformers' tokenizer names
+    them, and the lengths the tokenizer and the encoder's positions allow. The torch backend reads them from the
+    loaded tokenizer and encoder; an ONNX export writes them into its graph's metadata, for a serve path without
+    transformers."""
+
+    mask_id: int | None
+    eos_id: int | None
+    pad_id: int | None
+    unk_id: int | None
+    model_max_length: Any  # the tokenizer's, placeholders included (Lengths drops them)
+    positions: int | None  # the encoder's position table, less RoBERTa's offset
+
+    def capacity(self, default: int) -> int:
+        """Tokens the encoder can read (model_handlers/lengths.py's capacity; PyLate's lengths are the sides')."""
+        return Lengths.of(tokenizer=self.model_max_length, positions=self.positions).capacity(default)
+
+    @classmethod
+    def of(cls, tokenizer, encoder) -> "_TokenFacts":
+        """From a transformers tokenizer and encoder: its position table, less RoBERTa's offset (positions start
+        after the padding index)."""
+        positions = getattr(encoder.config, "max_position_embeddings", None)
+        padding_index = getattr(getattr(encoder, "embeddings", None), "padding_idx", None)
+        if isinstance(positions, int) and isinstance(padding_index, int):
+            positions -= padding_index + 1
+        return cls(tokenizer.mask_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id,
+                   getattr(tokenizer, "model_max_length", None), positions if isinstance(positions, int) else None)
+
+
+class _TorchColbert:
+    """The encoder and its projection(s) on torch (with its adapters)."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        import torch
+
+        settings: ColbertSettings = config.kind_settings
+        self.device = options.resolved_device()
+        self._device = torch.device(self.device)
+        self._hf_tokenizer, self._encoder = _tokenizer_and_encoder(model_dir, settings, options, self.device)
+        self.adapters = adapters.attach(self._encoder, options, config.adapters, model_dir)
+        # in the encoder's dtype, as PyLate casts its Dense layers
+        dtype = next(self._encoder.parameters()).dtype
+        self.projections = [_projection(model_dir, p, options.allow_pickle, self._device, dtype)
+                            for p in settings.projections]
+        hidden = int(getattr(self._encoder.config, "hidden_size", 0) or 0)
+        self.width = int(self.projections[-1].out_features) if self.projections else hidden
+        self.tokens = _TokenFacts.of(self._hf_tokenizer, self._encoder)
+
+    def tokenizer(self, max_length: int) -> TokenizerView:
+        return TokenizerView.from_hf(self._hf_tokenizer, max_length)
+
+    def token_vectors(self, features: Mapping[str, Any]):
+        """[batch, seq, width] torch tensor: the encoder's last hidden states through the projection(s)."""
+        tokens = self._encoder(**features)[0]
+        for projection in self.projections:
+            tokens = projection(tokens)
+        return tokens
+
+    def vectors(self, padded: Mapping[str, np.ndarray], adapter_names: Sequence[str | None]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            features = {name: torch.from_numpy(array).to(self._device) for name, array in padded.items()}
+            with adapters.rows(self.adapters, adapter_names):
+                return self.token_vectors(features).float().cpu().numpy()
+
+
+def _tokenizer_and_encoder(model_dir: Path, settings: ColbertSettings, options: HandlerOptions, device: str):
+    """The transformers tokenizer and the encoder (in eval mode) of a ColBERT directory (torch and packaging only)."""
+    from transformers import AutoTokenizer
+
+    encoder_dir = model_dir / settings.encoder_folder
+    trust = model_code.trusts(model_dir, options)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=trust)
+        encoder = _load_encoder(encoder_dir, options, trust, device)
+    except (OSError, ValueError) as exc:
+        raise ModelDirectoryError(f"cannot load {model_dir} as a multi-vector (ColBERT) model: {exc}") from exc
+    return tokenizer, encoder.eval()
+
+
+# the graph's metadata: the _TokenFacts of the exported model (JSON), and the projections traced into it
+_FACTS_METADATA = "searchbox.colbert_tokens"
+_PROJECTIONS_METADATA = "searchbox.colbert_projections"
+
+
+def _projections_name(settings: ColbertSettings) -> str:
+    return json.dumps([[p.folder, p.prefix, p.bias, p.activation, p.residual] for p in settings.projections])
+
+
+class _OnnxColbert:
+    """The encoder and its projection(s) exported to ONNX at packaging time (export_onnx): the graph answers
+    [batch, seq, width] token vectors. No torch, no transformers on this path; no adapters (the export refuses models
+    that have them)."""
+
+    def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
+        from model_handlers.onnx_runtime import OnnxSession
+
+        settings: ColbertSettings = config.kind_settings
+        self._session = OnnxSession.of(model_dir, config, options)
+        facts = self._session.metadata.get(_FACTS_METADATA)
+        projections = self._session.metadata.get(_PROJECTIONS_METADATA)
+        if facts is None or projections != _projections_name(settings):
+            raise ModelDirectoryError(f"{model_dir / config.onnx_file} is not the ColBERT export of this directory (its "
+                                      "projections or tokens are not the ones it states): rebuild the artifact with "
+                                      "packaging/build_artifact.py --backend onnx")
+        stated = json.loads(facts)
+        self.tokens = _TokenFacts(**{key: stated.get(key) for key in _TokenFacts.__dataclass_fields__})
+        self.width = int(stated["width"])
+        self.device = self._session.device
+        self.adapters = None
+        self._encoder_dir = model_dir / settings.encoder_folder
+
+    def tokenizer(self, max_length: int) -> TokenizerView:
+        return self._session.tokenizer(self._encoder_dir, max_length)
+
+    def vectors(self, padded: Mapping[str, np.ndarray], adapter_names: Sequence[str | None]) -> np.ndarray:
+        return self._session.run(padded).astype(np.float32, copy=False)
+
+
+class _TokenVectors(NamedTuple):
+    token_vectors: Any
+
+
+def export_onnx(model_dir: Path, out_path: Path) -> None:
+    """The encoder and its projection(s) as one ONNX graph: the inputs its tokenizer makes -> `token_vectors`
+    [batch, seq, width], before the pipeline's cut and normalisation. The markers, query expansion, attention to the
+    expansion and the skiplist stay outside it, on the ids and the mask (MultiVectorModel), as on torch; the tokens'
+    facts that come from transformers (special ids, lengths) are written into the graph's metadata.
+
+    Raises:
+        ModelDirectoryError: the model has adapters, is in jina-colbert-v2's layout, or does not export; the message
+            says to serve it with torch.
+    """
+    import onnx
+    import torch
+
+    from model_handlers.onnx_runtime import export_graph
+    from model_handlers.serving_config import read_serving_config
+
+    config = read_serving_config(model_dir)
+    settings: ColbertSettings = config.kind_settings
+    with_adapters = [name for name, spec in config.tasks.items() if spec.adapter]
+    if with_adapters or config.adapters:
+        raise ModelDirectoryError(f"adapters ({', '.join(with_adapters or config.adapters)}) are not in the exported "
+                                  "graph: build it with --backend torch")
+    if jina_layout.layout(ModelFiles.read(model_dir / settings.encoder_folder).config):
+        raise ModelDirectoryError("jina-colbert-v2's layout (Jina's XLM-RoBERTa flash encoder) does not export to "
+                                  "ONNX yet: build it with --backend torch")
+    colbert = _TorchColbert(model_dir, config, HandlerOptions(device="cpu"))
+
+    class Exported(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = colbert._encoder
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return _TokenVectors(colbert.token_vectors({"input_ids": input_ids, "attention_mask": attention_mask,
+                                                        **extra}))
+
+    example = colbert._hf_tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
+                                    padding=True, return_tensors="np")
+    export_graph(Exported(), "token_vectors", {name: example[name].astype(np.int64) for name in example}, out_path)
+    graph = onnx.load(str(out_path))
+    facts = {**colbert.tokens.__dict__, "width": colbert.width}
+    onnx.helper.set_model_props(graph, {_FACTS_METADATA: json.dumps(facts),
+                                        _PROJECTIONS_METADATA: _projections_name(settings)})
+    onnx.save(graph, str(out_path))
 
 
 def _load_encoder(encoder_dir: Path, options: HandlerOptions, trust: bool, device: str):
@@ -544,6 +686,9 @@ KIND = Kind(
     recognizes=lambda files: _is_pylate(files) or _is_colbert_ai(files),
     model=MultiVectorModel,
     csv=CsvLayout(MULTI_VECTOR, (CsvColumn("text"),)),
-    backends={"torch": MultiVectorModel},
+    backends={"torch": MultiVectorModel,
+              "onnx": lambda model_dir, config, options: MultiVectorModel(
+                  model_dir, config, options, _OnnxColbert(model_dir, config, options))},
     read_settings=read_settings,
+    onnx_export=export_onnx,
 )
