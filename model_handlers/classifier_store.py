@@ -238,21 +238,84 @@ class LocalStore:
         return LocalStore._Lock(folder / f".{classifier_id}.lock")
 
 
-class S3Store:
+class _ObjectStore:
+    """What the three object stores share: the key layout, the JSON documents, and the token (ETag or generation) of
+    each version this process read, which its conditional write names. A store supplies its client's four calls:
+    `_get` (the document and its token, None when absent), `_put` (token None: only if absent; else only if still that
+    token; False when the store refused), `_names` (the keys under a prefix) and `_delete` (False when absent); each
+    raises StoreError naming the object on any other failure."""
+
+    scheme = ""
+
+    def __init__(self, url: str, what: str):
+        self.root = url.rstrip("/")
+        bucket, _, prefix = url.partition("://")[2].partition("/")
+        if not bucket:
+            raise StoreError(f"classifier store {url!r}: name a {what}, {self.scheme}://{what}/prefix")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self._tokens: dict[tuple[str, str, int], Any] = {}
+        self._lock = threading.Lock()
+        self._client = None
+
+    def _key(self, model: str, classifier_id: str = "") -> str:
+        return _object_key(self.prefix, model, classifier_id)
+
+    def _where(self, key: str) -> str:
+        return f"{self.scheme}://{self.bucket}/{key}"
+
+    def read(self, model: str, classifier_id: str) -> Stored | None:
+        key = self._key(model, classifier_id)
+        got = self._get(key)
+        if got is None:
+            return None
+        data, token = got
+        try:
+            stored = Stored.from_json(json.loads(data.decode("utf-8")), self._where(key))
+        except ValueError as exc:
+            raise StoreError(f"{self._where(key)} is not JSON: {exc}") from None
+        with self._lock:
+            self._tokens[(model, classifier_id, stored.version)] = token
+            if len(self._tokens) > 4096:
+                self._tokens.clear()
+        return stored
+
+    def listed(self, model: str) -> list[Stored]:
+        ids = [name.rpartition("/")[2].removesuffix(".json") for name in self._names(self._key(model))
+               if name.endswith(".json")]
+        return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
+                if stored is not None]
+
+    def put(self, stored: Stored, expected: int | None) -> bool:
+        token = None
+        if expected is not None:
+            with self._lock:
+                token = self._tokens.get((stored.model, stored.id, expected))
+            if token is None:  # not read by this process at that version: read it, and let the caller re-apply
+                return False
+        return self._put(self._key(stored.model, stored.id), json.dumps(stored.to_json()).encode("utf-8"), token)
+
+    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
+        key = self._key(model) + CLAIMS
+        got = self._get(key)
+        return ({}, None) if got is None else (_claims_from(got[0], self._where(key)), got[1])
+
+    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
+        return self._put(self._key(model) + CLAIMS, _claims_document(claims), token)
+
+    def delete(self, model: str, classifier_id: str) -> bool:
+        return self._delete(self._key(model, classifier_id))
+
+
+class S3Store(_ObjectStore):
     """Classifiers under an S3 prefix (`s3://bucket/prefix`), written with S3's own preconditions: a new classifier
     with `If-None-Match: *`, an update with `If-Match` on the ETag of the version it read, so S3 itself refuses the
     write of the loser of a race (412, or 409 for writes at the same instant). Credentials, region and endpoint are
     boto3's own (its environment variables, the instance's role; AWS_ENDPOINT_URL for an emulator)."""
 
+    scheme = "s3"
+
     def __init__(self, url: str):
-        self.root = url.rstrip("/")
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if not bucket:
-            raise StoreError(f"classifier store {url!r}: name a bucket, s3://bucket/prefix")
-        self.bucket, self.prefix = bucket, prefix.strip("/")
-        self._etags: dict[tuple[str, str, int], str] = {}
-        self._lock = threading.Lock()
-        self._client = None
+        super().__init__(url, "bucket")
 
     @property
     def client(self):
@@ -264,129 +327,66 @@ class S3Store:
             self._client = boto3.client("s3")
         return self._client
 
-    def _key(self, model: str, classifier_id: str = "") -> str:
-        return _object_key(self.prefix, model, classifier_id)
-
-    def read(self, model: str, classifier_id: str) -> Stored | None:
+    def _get(self, key: str) -> tuple[bytes, Any] | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = self._key(model, classifier_id)
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=key)
-            data = answer["Body"].read()
+            return answer["Body"].read(), answer["ETag"]  # one request: the document and its ETag are one version's
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
-            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
+            raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
         except BotoCoreError as exc:
-            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
-        try:
-            stored = Stored.from_json(json.loads(data.decode("utf-8")), f"s3://{self.bucket}/{key}")
-        except ValueError as exc:
-            raise StoreError(f"s3://{self.bucket}/{key} is not JSON: {exc}") from None
-        with self._lock:
-            self._etags[(model, classifier_id, stored.version)] = answer["ETag"]
-            if len(self._etags) > 4096:
-                self._etags.clear()
-        return stored
+            raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
 
-    def listed(self, model: str) -> list[Stored]:
+    def _put(self, key: str, body: bytes, token: Any) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(model))
-            keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
-        except (BotoCoreError, ClientError) as exc:
-            raise StoreError(f"cannot list s3://{self.bucket}/{self._key(model)}: {exc}") from None
-        ids = [key.rpartition("/")[2].removesuffix(".json") for key in keys if key.endswith(".json")]
-        return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
-                if stored is not None]
-
-    def put(self, stored: Stored, expected: int | None) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if expected is None:
-            condition = {"IfNoneMatch": "*"}
-        else:
-            with self._lock:
-                etag = self._etags.get((stored.model, stored.id, expected))
-            if etag is None:  # not read by this process at that version: read it, and let the caller re-apply
-                return False
-            condition = {"IfMatch": etag}
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(stored.model, stored.id),
-                                   Body=json.dumps(stored.to_json()).encode("utf-8"),
-                                   ContentType="application/json", **condition)
-        except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            code = exc.response.get("Error", {}).get("Code")
-            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
-                return False
-            raise StoreError(f"cannot write s3://{self.bucket}/{self._key(stored.model, stored.id)}: {exc}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"cannot write s3://{self.bucket}/{self._key(stored.model, stored.id)}: {exc}") from None
-        return True
-
-    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        key = self._key(model) + CLAIMS
-        try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=key)
-            data = answer["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return {}, None
-            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"cannot read s3://{self.bucket}/{key}: {exc}") from None
-        return _claims_from(data, f"s3://{self.bucket}/{key}"), answer["ETag"]
-
-    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        key = self._key(model) + CLAIMS
         condition = {"IfNoneMatch": "*"} if token is None else {"IfMatch": token}
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=_claims_document(claims),
-                                   ContentType="application/json", **condition)
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **condition)
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = exc.response.get("Error", {}).get("Code")
             if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"):
                 return False
-            raise StoreError(f"cannot write s3://{self.bucket}/{key}: {exc}") from None
+            raise StoreError(f"cannot write {self._where(key)}: {exc}") from None
         except BotoCoreError as exc:
-            raise StoreError(f"cannot write s3://{self.bucket}/{key}: {exc}") from None
+            raise StoreError(f"cannot write {self._where(key)}: {exc}") from None
         return True
 
-    def delete(self, model: str, classifier_id: str) -> bool:
+    def _names(self, prefix: str) -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if self.read(model, classifier_id) is None:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [item["Key"] for page in pages for item in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise StoreError(f"cannot list {self._where(prefix)}: {exc}") from None
+
+    def _delete(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self._get(key) is None:  # S3 answers a delete of nothing with success: ask first
             return False
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(model, classifier_id))
+            self.client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
-            raise StoreError(f"cannot delete s3://{self.bucket}/{self._key(model, classifier_id)}: {exc}") from None
+            raise StoreError(f"cannot delete {self._where(key)}: {exc}") from None
         return True
 
 
-class GCSStore:
+class GCSStore(_ObjectStore):
     """Classifiers under a Cloud Storage prefix (`gs://bucket/prefix`), written with Cloud Storage's own preconditions:
     a new classifier with `ifGenerationMatch=0` (only if no object exists), an update with `ifGenerationMatch` on the
     generation of the version it read, so Cloud Storage refuses the loser's write (412). Credentials and project are
     the client's own (the instance's service account; STORAGE_EMULATOR_HOST for an emulator)."""
 
+    scheme = "gs"
+
     def __init__(self, url: str):
-        self.root = url.rstrip("/")
-        bucket, _, prefix = url.removeprefix("gs://").partition("/")
-        if not bucket:
-            raise StoreError(f"classifier store {url!r}: name a bucket, gs://bucket/prefix")
-        self.bucket, self.prefix = bucket, prefix.strip("/")
-        self._generations: dict[tuple[str, str, int], int] = {}
-        self._lock = threading.Lock()
-        self._client = None
+        super().__init__(url, "bucket")
 
     def _modules(self):
         try:
@@ -412,13 +412,8 @@ class GCSStore:
                 raise StoreError(f"cannot open {self.root}: {exc}") from None
         return self._client
 
-    def _key(self, model: str, classifier_id: str = "") -> str:
-        return _object_key(self.prefix, model, classifier_id)
-
-    def read(self, model: str, classifier_id: str) -> Stored | None:
+    def _get(self, key: str) -> tuple[bytes, Any] | None:
         _, exceptions, auth_exceptions = self._modules()
-        key = self._key(model, classifier_id)
-        where = f"gs://{self.bucket}/{key}"
         for _ in range(8):
             try:
                 blob = self.client.bucket(self.bucket).get_blob(key)
@@ -427,94 +422,39 @@ class GCSStore:
                 # the generation the metadata named, so the document and the generation kept are one version's (taken
                 # first: the download resets it from its response headers, which an emulator may not send)
                 generation = int(blob.generation)
-                data = blob.download_as_bytes(if_generation_match=generation)
+                return blob.download_as_bytes(if_generation_match=generation), generation
             except (exceptions.NotFound, exceptions.PreconditionFailed):
                 continue  # replaced or deleted between the two requests: read again
             except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
-                raise StoreError(f"cannot read {where}: {exc}") from None
-            break
-        else:
-            raise StoreError(f"cannot read {where}: it kept changing while read")
-        try:
-            stored = Stored.from_json(json.loads(data.decode("utf-8")), where)
-        except ValueError as exc:
-            raise StoreError(f"{where} is not JSON: {exc}") from None
-        with self._lock:
-            self._generations[(model, classifier_id, stored.version)] = generation
-            if len(self._generations) > 4096:
-                self._generations.clear()
-        return stored
+                raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
+        raise StoreError(f"cannot read {self._where(key)}: it kept changing while read")
 
-    def listed(self, model: str) -> list[Stored]:
+    def _put(self, key: str, body: bytes, token: Any) -> bool:
         _, exceptions, auth_exceptions = self._modules()
-        try:
-            names = [blob.name for blob in self.client.list_blobs(self.bucket, prefix=self._key(model))]
-        except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
-            raise StoreError(f"cannot list gs://{self.bucket}/{self._key(model)}: {exc}") from None
-        ids = [name.rpartition("/")[2].removesuffix(".json") for name in names if name.endswith(".json")]
-        return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
-                if stored is not None]
-
-    def put(self, stored: Stored, expected: int | None) -> bool:
-        _, exceptions, auth_exceptions = self._modules()
-        if expected is None:
-            generation = 0
-        else:
-            with self._lock:
-                generation = self._generations.get((stored.model, stored.id, expected))
-            if generation is None:  # not read by this process at that version: read it, and let the caller re-apply
-                return False
-        key = self._key(stored.model, stored.id)
         try:
             self.client.bucket(self.bucket).blob(key).upload_from_string(
-                json.dumps(stored.to_json()).encode("utf-8"), content_type="application/json",
-                if_generation_match=generation)
+                body, content_type="application/json", if_generation_match=0 if token is None else token)
         except (exceptions.PreconditionFailed, exceptions.NotFound):
             return False
         except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
-            raise StoreError(f"cannot write gs://{self.bucket}/{key}: {exc}") from None
+            raise StoreError(f"cannot write {self._where(key)}: {exc}") from None
         return True
 
-    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
+    def _names(self, prefix: str) -> list[str]:
         _, exceptions, auth_exceptions = self._modules()
-        key = self._key(model) + CLAIMS
-        where = f"gs://{self.bucket}/{key}"
-        for _ in range(8):
-            try:
-                blob = self.client.bucket(self.bucket).get_blob(key)
-                if blob is None:
-                    return {}, None
-                generation = int(blob.generation)
-                data = blob.download_as_bytes(if_generation_match=generation)
-            except (exceptions.NotFound, exceptions.PreconditionFailed):
-                continue  # replaced or deleted between the two requests: read again
-            except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
-                raise StoreError(f"cannot read {where}: {exc}") from None
-            return _claims_from(data, where), generation
-        raise StoreError(f"cannot read {where}: it kept changing while read")
-
-    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
-        _, exceptions, auth_exceptions = self._modules()
-        key = self._key(model) + CLAIMS
         try:
-            self.client.bucket(self.bucket).blob(key).upload_from_string(
-                _claims_document(claims), content_type="application/json",
-                if_generation_match=0 if token is None else token)
-        except (exceptions.PreconditionFailed, exceptions.NotFound):
-            return False
+            return [blob.name for blob in self.client.list_blobs(self.bucket, prefix=prefix)]
         except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
-            raise StoreError(f"cannot write gs://{self.bucket}/{key}: {exc}") from None
-        return True
+            raise StoreError(f"cannot list {self._where(prefix)}: {exc}") from None
 
-    def delete(self, model: str, classifier_id: str) -> bool:
+    def _delete(self, key: str) -> bool:
         _, exceptions, auth_exceptions = self._modules()
-        key = self._key(model, classifier_id)
         try:
             self.client.bucket(self.bucket).blob(key).delete()
         except exceptions.NotFound:
             return False
         except (exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError) as exc:
-            raise StoreError(f"cannot delete gs://{self.bucket}/{key}: {exc}") from None
+            raise StoreError(f"cannot delete {self._where(key)}: {exc}") from None
         return True
 
 
@@ -522,7 +462,7 @@ _OPENED: dict[str, Any] = {}
 _OPENED_LOCK = threading.Lock()
 
 
-class AzureBlobStore:
+class AzureBlobStore(_ObjectStore):
     """Classifiers under an Azure Blob Storage prefix (`az://container/prefix`, adlfs's form: the container first, the
     account from the environment), written with the service's own ETag conditions: a new classifier with
     `If-None-Match: *` (`overwrite=False`), an update with `If-Match` on the ETag of the version it read
@@ -530,18 +470,13 @@ class AzureBlobStore:
     string AZURE_STORAGE_CONNECTION_STRING (an emulator's, or a key's), else AZURE_STORAGE_ACCOUNT_NAME with the
     instance's managed identity (azure-identity's DefaultAzureCredential; the role Storage Blob Data Contributor)."""
 
+    scheme = "az"
+
     def __init__(self, url: str):
-        self.root = url.rstrip("/")
-        container, _, prefix = url.partition("://")[2].partition("/")
-        if not container:
-            raise StoreError(f"classifier store {url!r}: name a container, az://container/prefix")
+        super().__init__(url, "container")
         if not (os.environ.get("AZURE_STORAGE_CONNECTION_STRING") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME")):
             raise StoreError(f"classifier store {url!r}: set AZURE_STORAGE_CONNECTION_STRING, or "
                              "AZURE_STORAGE_ACCOUNT_NAME with a managed identity, to name the storage account")
-        self.container, self.prefix = container, prefix.strip("/")
-        self._etags: dict[tuple[str, str, int], str] = {}
-        self._lock = threading.Lock()
-        self._client = None
 
     @staticmethod
     def _modules():
@@ -568,104 +503,49 @@ class AzureBlobStore:
                     client = service(f"https://{account}.blob.core.windows.net", credential=DefaultAzureCredential())
             except (ImportError, ValueError, exceptions.AzureError) as exc:
                 raise StoreError(f"cannot open {self.root}: {exc}") from None
-            self._client = client.get_container_client(self.container)
+            self._client = client.get_container_client(self.bucket)
         return self._client
 
-    def _key(self, model: str, classifier_id: str = "") -> str:
-        return _object_key(self.prefix, model, classifier_id)
-
-    def read(self, model: str, classifier_id: str) -> Stored | None:
+    def _get(self, key: str) -> tuple[bytes, Any] | None:
         _, _, exceptions = self._modules()
-        key = self._key(model, classifier_id)
-        where = f"az://{self.container}/{key}"
         try:
-            # one request: the document and its ETag are one version's
-            downloaded = self.client.download_blob(key)
-            data = downloaded.readall()
+            downloaded = self.client.download_blob(key)  # one request: the document and its ETag are one version's
+            return downloaded.readall(), downloaded.properties.etag
         except exceptions.ResourceNotFoundError:
             return None
         except exceptions.AzureError as exc:
-            raise StoreError(f"cannot read {where}: {exc}") from None
-        try:
-            stored = Stored.from_json(json.loads(data.decode("utf-8")), where)
-        except ValueError as exc:
-            raise StoreError(f"{where} is not JSON: {exc}") from None
-        with self._lock:
-            self._etags[(model, classifier_id, stored.version)] = downloaded.properties.etag
-            if len(self._etags) > 4096:
-                self._etags.clear()
-        return stored
+            raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
 
-    def listed(self, model: str) -> list[Stored]:
-        _, _, exceptions = self._modules()
-        try:
-            names = [blob.name for blob in self.client.list_blobs(name_starts_with=self._key(model))]
-        except exceptions.AzureError as exc:
-            raise StoreError(f"cannot list az://{self.container}/{self._key(model)}: {exc}") from None
-        ids = [name.rpartition("/")[2].removesuffix(".json") for name in names if name.endswith(".json")]
-        return [stored for stored in (self.read(model, classifier_id) for classifier_id in sorted(ids))
-                if stored is not None]
+    def _put(self, key: str, body: bytes, token: Any) -> bool:
+        from azure.storage.blob import ContentSettings
 
-    def put(self, stored: Stored, expected: int | None) -> bool:
         _, conditions, exceptions = self._modules()
-        if expected is None:
-            condition: dict[str, Any] = {"overwrite": False}
-        else:
-            with self._lock:
-                etag = self._etags.get((stored.model, stored.id, expected))
-            if etag is None:  # not read by this process at that version: read it, and let the caller re-apply
-                return False
-            condition = {"overwrite": True, "etag": etag, "match_condition": conditions.IfNotModified}
-        key = self._key(stored.model, stored.id)
-        try:
-            from azure.storage.blob import ContentSettings
-
-            self.client.upload_blob(key, json.dumps(stored.to_json()).encode("utf-8"),
-                                    content_settings=ContentSettings(content_type="application/json"), **condition)
-        except (exceptions.ResourceExistsError, exceptions.ResourceModifiedError, exceptions.ResourceNotFoundError):
-            return False
-        except exceptions.AzureError as exc:
-            raise StoreError(f"cannot write az://{self.container}/{key}: {exc}") from None
-        return True
-
-    def read_claims(self, model: str) -> tuple[dict[str, float], Any]:
-        _, _, exceptions = self._modules()
-        key = self._key(model) + CLAIMS
-        where = f"az://{self.container}/{key}"
-        try:
-            downloaded = self.client.download_blob(key)
-            data = downloaded.readall()
-        except exceptions.ResourceNotFoundError:
-            return {}, None
-        except exceptions.AzureError as exc:
-            raise StoreError(f"cannot read {where}: {exc}") from None
-        return _claims_from(data, where), downloaded.properties.etag
-
-    def write_claims(self, model: str, claims: dict[str, float], token: Any) -> bool:
-        _, conditions, exceptions = self._modules()
-        key = self._key(model) + CLAIMS
         condition: dict[str, Any] = ({"overwrite": False} if token is None else
                                      {"overwrite": True, "etag": token, "match_condition": conditions.IfNotModified})
         try:
-            from azure.storage.blob import ContentSettings
-
-            self.client.upload_blob(key, _claims_document(claims),
-                                    content_settings=ContentSettings(content_type="application/json"), **condition)
+            self.client.upload_blob(key, body, content_settings=ContentSettings(content_type="application/json"),
+                                    **condition)
         except (exceptions.ResourceExistsError, exceptions.ResourceModifiedError, exceptions.ResourceNotFoundError):
             return False
         except exceptions.AzureError as exc:
-            raise StoreError(f"cannot write az://{self.container}/{key}: {exc}") from None
+            raise StoreError(f"cannot write {self._where(key)}: {exc}") from None
         return True
 
-    def delete(self, model: str, classifier_id: str) -> bool:
+    def _names(self, prefix: str) -> list[str]:
         _, _, exceptions = self._modules()
-        key = self._key(model, classifier_id)
+        try:
+            return [blob.name for blob in self.client.list_blobs(name_starts_with=prefix)]
+        except exceptions.AzureError as exc:
+            raise StoreError(f"cannot list {self._where(prefix)}: {exc}") from None
+
+    def _delete(self, key: str) -> bool:
+        _, _, exceptions = self._modules()
         try:
             self.client.delete_blob(key)
         except exceptions.ResourceNotFoundError:
             return False
         except exceptions.AzureError as exc:
-            raise StoreError(f"cannot delete az://{self.container}/{key}: {exc}") from None
+            raise StoreError(f"cannot delete {self._where(key)}: {exc}") from None
         return True
 
 
