@@ -117,7 +117,7 @@ class ClipPixels:
         if settings["do_resize"]:
             image = image.resize(self._resized(image.size)[::-1], resample=int(settings["resample"]))
         array = np.asarray(image)
-        array = np.moveaxis(array[..., None] if array.ndim == 2 else array, -1, 0)
+        array = np.moveaxis(np.atleast_3d(array), -1, 0)  # a one-band image's [H, W] as [1, H, W]
         if self._crop is not None:
             array = _center_crop(array, *self._crop)
         if self._table is not None and array.dtype == np.uint8 and array.shape[0] == 3:

@@ -29,6 +29,22 @@ def read_object(path: Path) -> dict[str, Any]:
     return value
 
 
+def parse_object(text: str, where: str) -> dict[str, Any]:
+    """The JSON object in `text`, a document a model directory holds elsewhere than in a file of its own (an ONNX
+    graph's metadata), under the same policy; `where` names it in the error.
+
+    Raises:
+        ModelDirectoryError: not valid JSON, or no JSON object.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ModelDirectoryError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ModelDirectoryError(f"{where} must hold a JSON object")
+    return value
+
+
 def read_list(path: Path) -> list[dict[str, Any]]:
     """The JSON list of objects in `path` (modules.json); [] when there is no such file.
 

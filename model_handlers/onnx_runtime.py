@@ -57,6 +57,7 @@ class OnnxSession:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
             raise ModelDirectoryError(f"cannot load {path} with ONNX Runtime: {exc}") from exc
+        self.path = Path(path)
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         # what the exporter wrote beside the graph (e.g. the pooling a sparse export traced into it)
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -65,14 +66,26 @@ class OnnxSession:
                     ", ".join(self._session.get_providers()), options.intra_op_num_threads, path)
 
     @classmethod
-    def of(cls, model_dir: Path, config, options) -> "OnnxSession":
-        """The graph a model directory serves (`config.onnx_file`, a ServingConfig's) on the operator's device and
-        threads (HandlerOptions): how every kind's ONNX backend opens its session.
+    def of(cls, model_dir: Path, config, options, file: str | None = None) -> "OnnxSession":
+        """The graph a model directory serves (`config.onnx_file`, a ServingConfig's, or `file` where a kind serves
+        several) on the operator's device and threads (HandlerOptions): how every kind's ONNX backend opens its session.
 
         Raises:
             ModelDirectoryError: no such graph, one ONNX Runtime cannot load, or a GPU asked for that it cannot use.
         """
-        return cls(Path(model_dir) / config.onnx_file, options.device, options.torch_threads)
+        return cls(Path(model_dir) / (file or config.onnx_file), options.device, options.torch_threads)
+
+    def stated(self, key: str) -> dict | None:
+        """The JSON document the exporter wrote into the graph's metadata under `key` (what only the model's own
+        libraries knew at export); None where the graph holds none.
+
+        Raises:
+            ModelDirectoryError: one that is not a JSON object (model_files' policy).
+        """
+        from model_handlers.model_files import parse_object
+
+        text = self.metadata.get(key)
+        return None if text is None else parse_object(text, f"{self.path}'s metadata {key!r}")
 
     def tokenizer(self, directory: Path, max_length: int):
         """The TokenizerView of `directory` (its tokenizer.json), making the features this graph takes: token_type_ids

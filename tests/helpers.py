@@ -35,6 +35,20 @@ def cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
+def answer(served, path: str, body, **kwargs) -> Any:
+    """The JSON of a 200 answer to `body` posted to `path` of `served` (an InProcess, or anything with its `post`);
+    any other status fails the test with the body's start."""
+    response = served.post(path, body, **kwargs)
+    assert response.status_code == 200, response.text[:1000]
+    return response.json()
+
+
+def unit(rows) -> np.ndarray:
+    """Each row (the last axis) scaled to length 1, in float64."""
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+
+
 class Answer:
     """A Flask test response that reads like requests' (`.json()`, `.text`), so a test runs against either."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from models.bge_m3 import RERANK_DOCUMENTS, RERANK_QUERY, RERANK_WEIGHTS, TEXTS
-from helpers import assert_error, serving
+from helpers import answer, assert_error, serving
 from tiers import implies
 
 MIN_COSINE = 0.9999
@@ -48,12 +48,6 @@ def served(bge_m3_reference):
     """The model as FlagEmbedding saves it (.pt heads): served with the pickle opt-in."""
     with serving(bge_m3_reference.model_dir, {"SEARCHBOX_ALLOW_PICKLE": "1"}) as app:
         yield app, app.runtime
-
-
-def answer(app, path, body):
-    response = app.post(path, body)
-    assert response.status_code == 200, response.text[:1000]
-    return response.json()
 
 
 def dense_matches(vector, reference) -> None:

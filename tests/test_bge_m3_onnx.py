@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import onnx_artifact, refused_at_load, serving
+from helpers import answer, onnx_artifact, refused_at_load, serving, unit
 from models.bge_m3 import RERANK_DOCUMENTS, RERANK_QUERY, TEXTS
 
 pytestmark = pytest.mark.server
@@ -31,17 +31,6 @@ import _onnx  # noqa: E402
 import build_artifact  # noqa: E402
 
 FP32_TOLERANCE = 1e-4
-
-
-def answer(served, path, body):
-    response = served.post(path, body)
-    assert response.status_code == 200, response.text[:1000]
-    return response.json()
-
-
-def unit(rows) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
-    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
 
 
 def with_safetensors_heads(source: Path, target: Path) -> Path:

@@ -27,7 +27,7 @@ from conftest import START_TIMEOUT_S
 from container.app import create_app
 from container.runtime import ModelRuntime
 from container.settings import Settings
-from helpers import InProcess, assert_documented, assert_error
+from helpers import InProcess, answer, assert_documented, assert_error
 from model_handlers import HandlerOptions, load_handler
 from model_handlers.errors import ModelDirectoryError
 from model_handlers.ranking import maxsim
@@ -100,12 +100,6 @@ def document_specials(pylate_settings, tokenizer) -> int:
 @pytest.fixture(scope="module")
 def document_room(pylate_settings, document_specials) -> int:
     return pylate_settings["document_length"] - document_specials
-
-
-def answer(server, path, body, **kwargs):
-    response = server.post(path, body, **kwargs)
-    assert response.status_code == 200, response.text[:1000]
-    return response.json()
 
 
 # --- parity with PyLate, in-process, every layout ----------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from helpers import onnx_artifact, refused_at_load, serving
+from helpers import answer, onnx_artifact, refused_at_load, serving, unit
 from models.colbert import DOCUMENTS, QUERIES, RERANK_DOCUMENTS, RERANK_QUERY, pylate_encode
 
 pytestmark = pytest.mark.server
@@ -33,17 +33,6 @@ import build_artifact  # noqa: E402
 
 # fp32 ONNX against PyLate on torch: the bar (measured: 3.8e-7 on the token vectors of this model)
 FP32_TOLERANCE = 1e-4
-
-
-def answer(served, path, body):
-    response = served.post(path, body)
-    assert response.status_code == 200, response.text[:1000]
-    return response.json()
-
-
-def unit(rows) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import onnx_artifact, refused_at_load, serving
+from helpers import onnx_artifact, refused_at_load, serving, unit
 from tiers import implies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,11 +55,6 @@ def data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def unit(vectors) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float64)
-    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
 
 
 @pytest.fixture(scope="module")

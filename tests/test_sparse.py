@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import assert_documented, assert_error, serving
+from helpers import answer, assert_documented, assert_error, serving
 from models.sparse import make_bare, make_inference_free, make_splade
 
 # models loaded in this process (create_app + the test client); the README test starts a real server
@@ -31,12 +31,6 @@ def reference(splade_encoder) -> np.ndarray:
 def splade(splade_dir):
     with serving(splade_dir) as served:
         yield served
-
-
-def answer(served, path, body, **kwargs):
-    response = served.post(path, body, **kwargs)
-    assert response.status_code == 200, response.text[:1000]
-    return response.json()
 
 
 def sparse_matches(item: dict, weights: np.ndarray, top_k: int | None = None) -> None:

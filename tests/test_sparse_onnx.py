@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from helpers import onnx_artifact, refused_at_load, serving
+from helpers import answer, onnx_artifact, refused_at_load, serving
 from models.sparse import make_bare, make_inference_free
 from tiers import implies
 
@@ -38,12 +38,6 @@ DOCUMENTS = ["the baker sells warm bread at the market", "a short note about rai
 # fp32 ONNX against torch: measured max difference 2.8e-6 on this model (the build's fp32_max_weight_diff); the
 # assertion allows 1e-5, the issue's bar for every route
 FP32_TOLERANCE = 1e-5
-
-
-def answer(served, path, body):
-    response = served.post(path, body)
-    assert response.status_code == 200, response.text[:1000]
-    return response.json()
 
 
 def dense(items: list[dict], width: int) -> np.ndarray:

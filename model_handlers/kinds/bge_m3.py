@@ -324,11 +324,10 @@ class _OnnxM3:
         from model_handlers.onnx_runtime import OnnxSession
 
         self._session = OnnxSession.of(model_dir, config, options)
-        stated = self._session.metadata.get(_FACTS_METADATA)
-        if stated is None:
+        facts = self._session.stated(_FACTS_METADATA)
+        if facts is None:
             raise ModelDirectoryError(f"{model_dir / config.onnx_file} is not a BGE-M3 export (its metadata does not "
                                       "say so): rebuild the artifact with packaging/build_artifact.py --backend onnx")
-        facts = json.loads(stated)
         self.facts = _M3Facts(**{**facts, "unused_ids": tuple(facts["unused_ids"])})
         self.device = self._session.device
         self._model_dir = model_dir

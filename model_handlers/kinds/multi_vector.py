@@ -495,13 +495,12 @@ class _OnnxColbert:
 
         settings: ColbertSettings = config.kind_settings
         self._session = OnnxSession.of(model_dir, config, options)
-        facts = self._session.metadata.get(_FACTS_METADATA)
+        stated = self._session.stated(_FACTS_METADATA)
         projections = self._session.metadata.get(_PROJECTIONS_METADATA)
-        if facts is None or projections != _projections_name(settings):
+        if stated is None or projections != _projections_name(settings):
             raise ModelDirectoryError(f"{model_dir / config.onnx_file} is not the ColBERT export of this directory (its "
                                       "projections or tokens are not the ones it states): rebuild the artifact with "
                                       "packaging/build_artifact.py --backend onnx")
-        stated = json.loads(facts)
         self.tokens = _TokenFacts(**{key: stated.get(key) for key in _TokenFacts.__dataclass_fields__})
         self.width = int(stated["width"])
         self.device = self._session.device

@@ -543,8 +543,8 @@ class OnnxMultimodalModel(MultimodalModel):
             raise ModelDirectoryError(f"{model_dir}: the ONNX backend serves CLIP models (model_type clip), not "
                                       f"{config.get('model_type') or 'this one'}; serve it with the torch backend")
         text_file, vision_file = tower_files(self.config.onnx_file)
-        self._text_session = OnnxSession(Path(model_dir) / text_file, options.device, options.torch_threads)
-        self._vision_session = OnnxSession(Path(model_dir) / vision_file, options.device, options.torch_threads)
+        self._text_session = OnnxSession.of(model_dir, self.config, options, text_file)
+        self._vision_session = OnnxSession.of(model_dir, self.config, options, vision_file)
         self.device = self._text_session.device
         self.adapters = None
         self._image_processor = ClipPixels.read(hf_dir)
