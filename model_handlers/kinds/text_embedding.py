@@ -515,11 +515,16 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     source = model_dir / transformer
     trust = model_code.trusts(model_dir, HandlerOptions())
     tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust)
-    model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust)
+    try:  # eager attention traces to the MatMul-Softmax-MatMul graph ONNX Runtime fuses (export_graph's torchscript)
+        model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust,
+                                          attn_implementation="eager")
+    except (ValueError, TypeError):  # a model's own code that knows no eager attention: its default
+        model = AutoModel.from_pretrained(str(source), local_files_only=True, trust_remote_code=trust)
 
     example = tokenizer(["searchbox exports this model", "a second, somewhat longer example sentence"],
                         padding=True, return_tensors="np")
-    export_graph(model, "last_hidden_state", {name: example[name].astype(np.int64) for name in example}, out_path)
+    export_graph(model, "last_hidden_state", {name: example[name].astype(np.int64) for name in example}, out_path,
+                 torchscript=True)
 
 
 KIND = Kind(
