@@ -232,7 +232,7 @@ def build_onnx(staged: Path, kind, quantize: str | None, gate: Gate, device: str
         graphs = kind.onnx_graphs or (lambda onnx_file: (onnx_file,))
         for fp32_graph, int8_graph in zip(graphs(FP32_FILE), graphs(INT8_FILE)):
             # the first feed-forward output in fp32: measured for text embeddings; BGE-M3's sparse head lost with it
-            quantize_int8(staged / fp32_graph, staged / int8_graph, keep_first_narrowing=kind.name == "embedding")
+            quantize_int8(staged / fp32_graph, staged / int8_graph, keep_first_projections=kind.name == "embedding")
     serving = INT8_FILE if quantize else FP32_FILE
     reference = _Runner(staged, "torch", None, device)
     fp32 = _Runner(staged, "onnx", FP32_FILE, device)
