@@ -119,6 +119,19 @@ def resolved_backend(configured: str | None, override: str | None) -> str:
 # --- at packaging time (torch and onnx are there; never imported by a server) ------------------------------
 
 
+def refuse_adapters(config, graph: str = "graph") -> None:
+    """A graph holds the base model only: a directory whose tasks or adapters (a ServingConfig's) name adapters does not
+    export (`graph`: what the export writes, "graphs" for a kind of several).
+
+    Raises:
+        ModelDirectoryError: naming them, and that the torch backend serves them.
+    """
+    with_adapters = [name for name, spec in config.tasks.items() if spec.adapter]
+    if with_adapters or config.adapters:
+        raise ModelDirectoryError(f"adapters ({', '.join(with_adapters or config.adapters)}) are not in the exported "
+                                  f"{graph}: build it with --backend torch")
+
+
 def export_graph(model, output: str | Sequence[str], example: Mapping[str, "np.ndarray"], out_path: Path,
                  torchscript: bool = False) -> None:
     """Export a transformers model's `output` (e.g. last_hidden_state, logits) for the tokenizer's inputs with torch's

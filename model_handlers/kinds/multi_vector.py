@@ -531,15 +531,12 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     import onnx
     import torch
 
-    from model_handlers.onnx_runtime import export_graph
+    from model_handlers.onnx_runtime import export_graph, refuse_adapters
     from model_handlers.serving_config import read_serving_config
 
     config = read_serving_config(model_dir)
     settings: ColbertSettings = config.kind_settings
-    with_adapters = [name for name, spec in config.tasks.items() if spec.adapter]
-    if with_adapters or config.adapters:
-        raise ModelDirectoryError(f"adapters ({', '.join(with_adapters or config.adapters)}) are not in the exported "
-                                  "graph: build it with --backend torch")
+    refuse_adapters(config)
     if jina_layout.layout(ModelFiles.read(model_dir / settings.encoder_folder).config):
         raise ModelDirectoryError("jina-colbert-v2's layout (Jina's XLM-RoBERTa flash encoder) does not export to "
                                   "ONNX yet: build it with --backend torch")

@@ -590,14 +590,11 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     from transformers import AutoModel
 
     from model_handlers.model_files import read_object
-    from model_handlers.onnx_runtime import export_graph
+    from model_handlers.onnx_runtime import export_graph, refuse_adapters
     from model_handlers.serving_config import read_serving_config
 
     config = read_serving_config(model_dir)
-    with_adapters = [name for name, spec in config.tasks.items() if spec.adapter]
-    if with_adapters or config.adapters:
-        raise ModelDirectoryError(f"adapters ({', '.join(with_adapters or config.adapters)}) are not in the exported "
-                                  "graphs: build it with --backend torch")
+    refuse_adapters(config, "graphs")
     hf_dir = transformers_directory(model_dir)
     model_type = read_object(hf_dir / "config.json").get("model_type")
     if model_type not in _ONNX_MODEL_TYPES:
