@@ -282,10 +282,11 @@ def _race_two_serves(server_factory, env: dict[str, str], stored_of, per_instanc
     `env` names: a classifier created on one is updated from both, `per_instance` calls each, at once. Every call
     lands with its own version, the stored classifier (`stored_of(id)`: the document as the store holds it) is
     scikit-learn's learner updated with all the calls in the order the store accepted them, both classify with it
-    alike, and a deletion on one is seen by the other. Returns the two instances and the classifier's id."""
+    alike, and a deletion on one is seen by the other. Returns the two instances (the endpoint's limit at 3, for
+    `_creations_stop_at_the_limit` on the same store) and the classifier's id."""
     import requests
 
-    env = {**env, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0"}
+    env = {**env, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0", "SEARCHBOX_MAX_CLASSIFIERS": "3"}
     one, two = server_factory(env), server_factory(env)
     created = one.post("/v1/train", _body(FIRST[:2], num_iters=1))
     assert created.status_code == 200, created.text
@@ -342,7 +343,7 @@ def _race_two_serves(server_factory, env: dict[str, str], stored_of, per_instanc
 
 
 @pytest.mark.server
-def test_two_serves_sharing_a_store_directory_update_one_classifier_at_once(server_factory, tmp_path):
+def test_two_serves_sharing_a_store_directory_lose_no_update_and_hold_the_limit(server_factory, tmp_path):
     store = tmp_path / "store"
     seen = []
 
@@ -350,8 +351,9 @@ def test_two_serves_sharing_a_store_directory_update_one_classifier_at_once(serv
         seen.extend(path.name for path in store.rglob("*.json"))
         return _stored(store, classifier_id)
 
-    _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": str(store)}, stored_of)
+    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": str(store)}, stored_of)
     assert len(seen) == 1  # no stray documents (a temporary file renamed over another's)
+    _creations_stop_at_the_limit(one, two)
 
 
 @pytest.mark.server
@@ -400,9 +402,11 @@ def s3_store(monkeypatch):
 
 
 @pytest.mark.server
-def test_two_serves_sharing_an_s3_store_update_one_classifier_at_once(s3_store, server_factory):
+def test_two_serves_sharing_an_s3_store_lose_no_update_and_hold_the_limit(s3_store, server_factory):
     """moto's S3 server decides each race with If-Match / If-None-Match: the loser re-reads and re-applies."""
-    _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": s3_store}, lambda cid: _s3_stored(s3_store, cid))
+    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": s3_store},
+                                   lambda cid: _s3_stored(s3_store, cid))
+    _creations_stop_at_the_limit(one, two)
 
 
 def _s3_documents(store: str) -> list[str]:
@@ -536,8 +540,8 @@ def gcs_store(gcs_emulator, monkeypatch):
 
 
 @pytest.mark.server
-def test_two_serves_sharing_a_cloud_storage_store_update_one_classifier_at_once(gcs_store, gcs_emulator,
-                                                                               server_factory):
+def test_two_serves_sharing_a_cloud_storage_store_lose_no_update_and_hold_the_limit(gcs_store, gcs_emulator,
+                                                                                   server_factory):
     """Cloud Storage decides each race on generations: a create with ifGenerationMatch=0, an update on the generation
     it read. The emulator's log shows writes refused (412) and every call acknowledged all the same: the losers
     re-read and re-applied their examples."""
@@ -551,7 +555,7 @@ def test_two_serves_sharing_a_cloud_storage_store_update_one_classifier_at_once(
         return json.loads(blob.download_as_bytes())
 
     before = len(gcs_emulator.log().splitlines())
-    _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": gcs_store}, stored_of)
+    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": gcs_store}, stored_of)
     uploads = [line for line in gcs_emulator.log().splitlines()[before:] if line.startswith('"POST /upload/')]
     assert all("ifGenerationMatch=" in line for line in uploads), uploads
     accepted = [line for line in uploads if line.endswith(" 200 -")]
@@ -560,6 +564,7 @@ def test_two_serves_sharing_a_cloud_storage_store_update_one_classifier_at_once(
     assert len(accepted) == 3 + 100 and len(accepted) + len(refused) == len(uploads)
     assert len([line for line in accepted if "ifGenerationMatch=0 " in line]) == 2
     assert refused  # some writes lost a race, and their calls were answered all the same
+    _creations_stop_at_the_limit(one, two)
 
 
 # Azurite's well-known development account (Microsoft's documented key for the emulator, not a secret)
@@ -610,7 +615,7 @@ def azure_store(monkeypatch, tmp_path):
 
 
 @pytest.mark.server
-def test_two_serves_sharing_an_azure_blob_store_update_one_classifier_at_once(azure_store, server_factory):
+def test_two_serves_sharing_an_azure_blob_store_lose_no_update_and_hold_the_limit(azure_store, server_factory):
     """Azurite decides each race with If-Match / If-None-Match on Put Blob: the loser re-reads and re-applies."""
     import os
 
@@ -624,7 +629,8 @@ def test_two_serves_sharing_an_azure_blob_store_update_one_classifier_at_once(az
         assert name.endswith(f"/{classifier_id}.json")
         return json.loads(container.download_blob(name).readall())
 
-    _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": azure_store}, stored_of)
+    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": azure_store}, stored_of)
+    _creations_stop_at_the_limit(one, two)
 
 
 @pytest.mark.parametrize("url,env,named", [
@@ -654,17 +660,11 @@ def test_cloud_storage_and_azure_stores_are_accepted_at_start(monkeypatch):
         assert Settings.from_env({"SEARCHBOX_CLASSIFIER_STORE": url}).classifier_store == url
 
 
-@pytest.mark.server
-@pytest.mark.parametrize("store", ["directory", "s3_store", "gcs_store", "azure_store"])
-def test_creations_from_two_serves_at_once_stop_at_the_endpoints_limit(store, request, server_factory, tmp_path):
-    """SEARCHBOX_MAX_CLASSIFIERS=3 and ten creations at once, alternating between two `serve`s over one store: exactly
-    three are answered 200 (the others 422 TOO_MANY_CLASSIFIERS, by name) and both list those three; once one is
-    deleted, of four more creations at once exactly one gets its place."""
+def _creations_stop_at_the_limit(one, two) -> None:
+    """SEARCHBOX_MAX_CLASSIFIERS=3 and ten creations at once, alternating between the two `serve`s over one store:
+    exactly three are answered 200 (the others 422 TOO_MANY_CLASSIFIERS, by name) and both list those three; once one
+    is deleted, of four more creations at once exactly one gets its place."""
     import requests
-
-    url = str(tmp_path / "store") if store == "directory" else request.getfixturevalue(store)
-    env = {"SEARCHBOX_CLASSIFIER_STORE": url, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0", "SEARCHBOX_MAX_CLASSIFIERS": "3"}
-    one, two = server_factory(env), server_factory(env)
 
     def create(index: int) -> requests.Response:
         return requests.post((one if index % 2 else two).url + "/v1/train", timeout=120,
