@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from helpers import serving
+from tiers import implies
 
 # The classify task's prompt: training must embed as classify does (task, prompt, normalisation).
 PROMPT = "Which topic is this about? "
@@ -277,17 +278,20 @@ def _served_alone(instance, texts: list[str]) -> np.ndarray:
     return np.asarray(rows, np.float32).astype(np.float64)
 
 
-def _race_two_serves(server_factory, env: dict[str, str], stored_of, per_instance: int = 50):
-    """Two real `serve`s (gunicorn, nginx, their own worker processes and their own store clients) sharing the store
-    `env` names: a classifier created on one is updated from both, `per_instance` calls each, at once. Every call
-    lands with its own version, the stored classifier (`stored_of(id)`: the document as the store holds it) is
-    scikit-learn's learner updated with all the calls in the order the store accepted them, both classify with it
-    alike, and a deletion on one is seen by the other. Returns the two instances (the endpoint's limit at 3, for
-    `_creations_stop_at_the_limit` on the same store) and the classifier's id."""
+# The settings of every pair of `serve`s sharing a store: no reader cache (each call reads the store), and the
+# endpoint's limit at 3 for `_creations_stop_at_the_limit`; the race and the kill create one classifier each.
+SHARED_STORE_ENV = {"SEARCHBOX_CLASSIFIER_REFRESH_S": "0", "SEARCHBOX_MAX_CLASSIFIERS": "3"}
+
+
+def _race_two_serves(one, two, stored_of, per_instance: int = 50) -> str:
+    """Two real `serve`s (gunicorn, nginx, their own worker processes and their own store clients) sharing one store
+    (started with SHARED_STORE_ENV, none of its classifiers trained yet): a classifier created on one is updated from
+    both, `per_instance` calls each, at once. Every call lands with its own version, the stored classifier
+    (`stored_of(id)`: the document as the store holds it) is scikit-learn's learner updated with all the calls in the
+    order the store accepted them, both classify with it alike, and a deletion on one is seen by the other. Returns
+    the classifier's id."""
     import requests
 
-    env = {**env, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0", "SEARCHBOX_MAX_CLASSIFIERS": "3"}
-    one, two = server_factory(env), server_factory(env)
     created = one.post("/v1/train", _body(FIRST[:2], num_iters=1))
     assert created.status_code == 200, created.text
     classifier_id = created.json()["classifier_id"]
@@ -339,21 +343,7 @@ def _race_two_serves(server_factory, env: dict[str, str], stored_of, per_instanc
     assert [item["prediction"] for item in answers[0]["data"]] == expected.predict(embed(QUERIES)).tolist()
     assert requests.delete(f"{two.url}/v1/classifiers/{classifier_id}", timeout=60).status_code == 200
     assert requests.get(one.url + "/v1/models", timeout=60).json()["data"][0]["details"]["train"]["classifiers"] == []
-    return one, two, classifier_id
-
-
-@pytest.mark.server
-def test_two_serves_sharing_a_store_directory_lose_no_update_and_hold_the_limit(server_factory, tmp_path):
-    store = tmp_path / "store"
-    seen = []
-
-    def stored_of(classifier_id: str) -> dict:
-        seen.extend(path.name for path in store.rglob("*.json"))
-        return _stored(store, classifier_id)
-
-    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": str(store)}, stored_of)
-    assert len(seen) == 1  # no stray documents (a temporary file renamed over another's)
-    _creations_stop_at_the_limit(one, two)
+    return classifier_id
 
 
 @pytest.mark.server
@@ -379,48 +369,6 @@ def test_readme_curls_run_as_written_in_one_shell(http_serving_factory, minilm_d
     for (command, comment), answer in zip(examples, answers):
         assert not comment or matches_answer(comment, answer), (command, comment, answer)
     assert not list((tmp_path / "store").rglob("*.json"))  # the last call deleted it
-
-
-@pytest.fixture
-def s3_store(monkeypatch):
-    """An S3 bucket on moto's server (a real HTTP S3 emulator that honours If-Match and If-None-Match on PutObject),
-    reached through boto3's own environment settings, as an instance's role and region would be."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from conftest import free_port
-
-    port = free_port()
-    emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    emulator.start()
-    for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(name, value)
-    boto3.client("s3").create_bucket(Bucket="classifiers")
-    yield f"s3://classifiers/endpoint-{port}"
-    emulator.stop()
-
-
-@pytest.mark.server
-def test_two_serves_sharing_an_s3_store_lose_no_update_and_hold_the_limit(s3_store, server_factory):
-    """moto's S3 server decides each race with If-Match / If-None-Match: the loser re-reads and re-applies."""
-    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": s3_store},
-                                   lambda cid: _s3_stored(s3_store, cid))
-    _creations_stop_at_the_limit(one, two)
-
-
-def _s3_documents(store: str) -> list[str]:
-    import boto3
-
-    listed = boto3.client("s3").list_objects_v2(Bucket="classifiers", Prefix=store.removeprefix("s3://classifiers/"))
-    return [item["Key"] for item in listed.get("Contents", []) if item["Key"].endswith(".json")]
-
-
-def _s3_stored(store: str, classifier_id: str) -> dict:
-    import boto3
-
-    (key,) = [key for key in _s3_documents(store) if key.endswith(f"/{classifier_id}.json")]
-    return json.loads(boto3.client("s3").get_object(Bucket="classifiers", Key=key)["Body"].read())
 
 
 def test_an_unreadable_stored_classifier_is_named_and_never_unpickled(tmp_path, prompted_dir, reference_model):
@@ -468,7 +416,125 @@ def test_an_operator_may_let_training_update_a_shipped_classifier(tmp_path, prom
             assert {p["label"]: p["score"] for p in item["predictions"]} == pytest.approx(expected, abs=1e-12)
 
 
-def _kill_mid_updates(server_factory, env: dict[str, str], stored_of) -> str:
+@pytest.fixture(scope="module")
+def s3_emulator():
+    """moto's S3 server (a real HTTP S3 emulator that honours If-Match and If-None-Match on PutObject) with a bucket
+    `classifiers`; yields the settings an instance reaches it by: boto3's own environment variables, as an instance's
+    role and region would be."""
+    from moto.server import ThreadedMotoServer
+
+    from conftest import free_port
+
+    port = free_port()
+    emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    emulator.start()
+    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    _s3_client(settings).create_bucket(Bucket="classifiers")
+    yield settings
+    emulator.stop()
+
+
+def _s3_client(settings: dict[str, str]):
+    """This test's own client of the emulator (the settings given, not this process's environment: the serves get
+    them in theirs)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=settings["AWS_ENDPOINT_URL"], region_name=settings["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=settings["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=settings["AWS_SECRET_ACCESS_KEY"])
+
+
+def _s3_documents(client, store: str) -> list[str]:
+    listed = client.list_objects_v2(Bucket="classifiers", Prefix=store.removeprefix("s3://classifiers/"))
+    return [item["Key"] for item in listed.get("Contents", []) if item["Key"].endswith(".json")]
+
+
+def _s3_stored(client, store: str, classifier_id: str) -> dict:
+    (key,) = [key for key in _s3_documents(client, store) if key.endswith(f"/{classifier_id}.json")]
+    return json.loads(client.get_object(Bucket="classifiers", Key=key)["Body"].read())
+
+
+class SharedStore:
+    """Two `serve`s sharing one store, started once for every test of that store (each `serve` loads the model and
+    calibrates: seconds each), with SHARED_STORE_ENV. `documents()` names the classifier documents the store holds,
+    `stored_of(id)` reads one as the store holds it."""
+
+    def __init__(self, folder: Path, env: dict[str, str], documents, stored_of):
+        self.folder, self.env = folder, {**SHARED_STORE_ENV, **env}
+        self.documents, self.stored_of = documents, stored_of
+        self.started: list = []
+        self.pair = [self.start(), self.start()]
+
+    def start(self):
+        from conftest import start_server
+
+        self.started.append(start_server(self.folder, self.env))
+        return self.started[-1]
+
+    def emptied(self) -> tuple:
+        """The two `serve`s once every classifier an earlier test trained on them is deleted (and one an earlier test
+        killed is started again): each test starts from an empty store whatever ran before it, in whatever order."""
+        import requests
+
+        def listed(instance) -> list[str]:
+            card = requests.get(instance.url + "/v1/models", timeout=60).json()
+            return sorted(item["classifier_id"] for item in card["data"][0]["details"]["train"]["classifiers"])
+
+        self.pair = [instance if instance.process.poll() is None else self.start() for instance in self.pair]
+        one, two = self.pair
+        for classifier_id in listed(one):
+            assert requests.delete(f"{one.url}/v1/classifiers/{classifier_id}", timeout=60).status_code == 200
+        assert listed(one) == listed(two) == [] and self.documents() == []
+        return one, two
+
+
+@pytest.fixture(scope="module", params=["directory", "s3"])
+@implies("server")
+def shared_store(request, tmp_path_factory):
+    """The race, the limit and the kill on each store, on one pair of `serve`s per store (pytest runs each store's
+    tests together, then stops its pair)."""
+    from conftest import stop_server
+
+    folder = tmp_path_factory.mktemp(f"shared-{request.param}")
+    if request.param == "directory":
+        store = folder / "store"
+        shared = SharedStore(folder, {"SEARCHBOX_CLASSIFIER_STORE": str(store)},
+                             lambda: sorted(path.name for path in store.rglob("*.json")),
+                             lambda classifier_id: _stored(store, classifier_id))
+    else:
+        settings = request.getfixturevalue("s3_emulator")
+        client, url = _s3_client(settings), "s3://classifiers/endpoint"
+        shared = SharedStore(folder, {**settings, "SEARCHBOX_CLASSIFIER_STORE": url},
+                             lambda: sorted(key.rpartition("/")[2] for key in _s3_documents(client, url)),
+                             lambda classifier_id: _s3_stored(client, url, classifier_id))
+    yield shared
+    for running in shared.started:
+        stop_server(running)
+
+
+@pytest.mark.server
+def test_two_serves_sharing_a_store_lose_no_update(shared_store):
+    """moto's S3 server decides each race with If-Match / If-None-Match: the loser re-reads and re-applies; on a store
+    directory, a lock file per classifier."""
+    one, two = shared_store.emptied()
+    seen = []
+
+    def stored_of(classifier_id: str) -> dict:
+        seen.append(shared_store.documents())
+        return shared_store.stored_of(classifier_id)
+
+    classifier_id = _race_two_serves(one, two, stored_of)
+    # no stray documents (a temporary file renamed over another's), and the deletion took the one away
+    assert seen == [[f"{classifier_id}.json"]] and shared_store.documents() == []
+
+
+@pytest.mark.server
+def test_two_serves_sharing_a_store_hold_the_limit(shared_store):
+    _creations_stop_at_the_limit(*shared_store.emptied())
+
+
+def _kill_mid_updates(shared: SharedStore) -> str:
     """One of two `serve`s is killed (SIGKILL: no clean-up) while both take updates of one classifier, then started
     again: every update answered 200 kept its own version, and the stored classifier has seen exactly one example per
     version (an update the dead one wrote but never answered counts, as a store must; none acknowledged is missing).
@@ -478,8 +544,7 @@ def _kill_mid_updates(server_factory, env: dict[str, str], stored_of) -> str:
 
     import requests
 
-    env = {**env, "SEARCHBOX_CLASSIFIER_REFRESH_S": "0"}
-    one, two = server_factory(env), server_factory(env)
+    one, two = shared.emptied()
     classifier_id = one.post("/v1/train", _body(FIRST[:2], num_iters=1)).json()["classifier_id"]
     acknowledged, lock = [], threading.Lock()
     targets = {"two": two}
@@ -501,31 +566,22 @@ def _kill_mid_updates(server_factory, env: dict[str, str], stored_of) -> str:
         time.sleep(1.0)
         os.killpg(two.process.pid, signal.SIGKILL)
         two.process.wait()
-        targets["two"] = server_factory(env)
+        targets["two"] = shared.pair[1] = shared.start()
         rest = [pool.submit(update, index) for index in range(40, 80)]
         for future in first + rest:
             future.result()
     assert len(acknowledged) >= 40 and len(set(acknowledged)) == len(acknowledged)
-    stored = stored_of(classifier_id)
+    stored = shared.stored_of(classifier_id)
     assert max(acknowledged) <= stored["version"]
     assert stored["examples"] == 2 + (stored["version"] - 1)
     return classifier_id
 
 
 @pytest.mark.server
-def test_an_instance_killed_mid_update_loses_nothing_acknowledged(server_factory, tmp_path):
+def test_an_instance_killed_mid_update_loses_nothing_acknowledged(shared_store):
     """On a store directory, the other instance never waits on a dead holder's lock file (the kernel drops it)."""
-    store = tmp_path / "store"
-    classifier_id = _kill_mid_updates(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": str(store)},
-                                      lambda cid: _stored(store, cid))
-    assert not [path for path in store.rglob("*.json") if path.name != f"{classifier_id}.json"]
-
-
-@pytest.mark.server
-def test_an_instance_killed_mid_update_of_an_s3_store_loses_nothing_acknowledged(s3_store, server_factory):
-    classifier_id = _kill_mid_updates(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": s3_store},
-                                      lambda cid: _s3_stored(s3_store, cid))
-    assert [key.rpartition("/")[2] for key in _s3_documents(s3_store)] == [f"{classifier_id}.json"]
+    classifier_id = _kill_mid_updates(shared_store)
+    assert shared_store.documents() == [f"{classifier_id}.json"]
 
 
 @pytest.fixture
@@ -555,7 +611,9 @@ def test_two_serves_sharing_a_cloud_storage_store_lose_no_update_and_hold_the_li
         return json.loads(blob.download_as_bytes())
 
     before = len(gcs_emulator.log().splitlines())
-    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": gcs_store}, stored_of)
+    env = {**SHARED_STORE_ENV, "SEARCHBOX_CLASSIFIER_STORE": gcs_store}
+    one, two = server_factory(env), server_factory(env)
+    _race_two_serves(one, two, stored_of)
     uploads = [line for line in gcs_emulator.log().splitlines()[before:] if line.startswith('"POST /upload/')]
     assert all("ifGenerationMatch=" in line for line in uploads), uploads
     accepted = [line for line in uploads if line.endswith(" 200 -")]
@@ -629,7 +687,9 @@ def test_two_serves_sharing_an_azure_blob_store_lose_no_update_and_hold_the_limi
         assert name.endswith(f"/{classifier_id}.json")
         return json.loads(container.download_blob(name).readall())
 
-    one, two, _ = _race_two_serves(server_factory, {"SEARCHBOX_CLASSIFIER_STORE": azure_store}, stored_of)
+    env = {**SHARED_STORE_ENV, "SEARCHBOX_CLASSIFIER_STORE": azure_store}
+    one, two = server_factory(env), server_factory(env)
+    _race_two_serves(one, two, stored_of)
     _creations_stop_at_the_limit(one, two)
 
 
