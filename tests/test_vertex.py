@@ -68,16 +68,6 @@ def minilm_vertex(emulator, minilm_dir, tmp_path_factory):
     stop_server(running)
 
 
-@pytest.fixture(scope="module")
-def reranker_vertex(emulator, reranker_dir, tmp_path_factory):
-    upload(emulator, reranker_dir, "models/reranker")
-    port = free_port()
-    running = start_server(tmp_path_factory.mktemp("vertex-rerank"),
-                           vertex_env(emulator, f"gs://{BUCKET}/models/reranker", port), port=port, ping_path=HEALTH)
-    yield running
-    stop_server(running)
-
-
 def post(url: str, body) -> requests.Response:
     data = body if isinstance(body, bytes) else json.dumps(body)
     return requests.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=120)
@@ -149,14 +139,23 @@ def test_tokenize_is_named_by_parameters_operation(minilm_vertex):
     assert answer["predictions"][0]["tokens"] == ["[CLS]", "hello", "world", "[SEP]"]
 
 
-def test_rerank_instances_are_whole_requests(reranker_vertex):
+def test_rerank_instances_are_whole_requests(reranker_dir):
+    """Read on the app in this process with AIP_PREDICT_ROUTE set: what a rerank prediction holds is the dialect's
+    doing, not the process's (the copy from Cloud Storage, AIP_HTTP_PORT and nginx's colon path are the `serve`
+    above's)."""
+    from helpers import serving
+
     instances = [{"query": "what is the capital of France?", "documents": ["Paris is in France", "Berlin", "Rome"],
                   "top_n": 2},
                  {"query": "a second query", "documents": ["one", "two"]}]
-    answer = predict(reranker_vertex, {"instances": instances, "parameters": {"return_documents": True}})
+    with serving(reranker_dir, {"AIP_PREDICT_ROUTE": PREDICT}) as app:
+        answered = app.post(PREDICT, {"instances": instances, "parameters": {"return_documents": True}})
+        assert answered.status_code == 200, answered.text[:500]
+        answer = answered.json()
+        references = [app.post("/invocations", {**instance, "return_documents": True}).json()
+                      for instance in instances]
     assert len(answer["predictions"]) == 2
-    for prediction, instance in zip(answer["predictions"], instances):
-        reference = post(reranker_vertex.url + "/invocations", {**instance, "return_documents": True}).json()
+    for prediction, reference in zip(answer["predictions"], references):
         # the two instances ran side by side, so the batcher may have padded them together: scores agree to float
         # rounding, everything else (order, documents, usage) exactly
         scores = [result.pop("relevance_score") for result in prediction["results"]]
