@@ -464,7 +464,7 @@ class SharedStore:
         self.folder, self.env = folder, {**SHARED_STORE_ENV, **env}
         self.documents, self.stored_of = documents, stored_of
         self.started: list = []
-        self.pair = [self.start(), self.start()]
+        self.pair: list = []
 
     def start(self):
         from conftest import start_server
@@ -508,9 +508,12 @@ def shared_store(request, tmp_path_factory):
         shared = SharedStore(folder, {**settings, "SEARCHBOX_CLASSIFIER_STORE": url},
                              lambda: sorted(key.rpartition("/")[2] for key in _s3_documents(client, url)),
                              lambda classifier_id: _s3_stored(client, url, classifier_id))
-    yield shared
-    for running in shared.started:
-        stop_server(running)
+    try:
+        shared.pair = [shared.start(), shared.start()]
+        yield shared
+    finally:  # the first stopped even when the second failed to start
+        for running in shared.started:
+            stop_server(running)
 
 
 @pytest.mark.server
