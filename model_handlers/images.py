@@ -125,7 +125,7 @@ class ImageReader:
             # orientations 5-8 turn the picture a quarter (what exif_transpose reads)
             turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
             image = ImageOps.exif_transpose(image)
-            return _to_rgb(image), (full[::-1] if turned else full)
+            return to_rgb(image), (full[::-1] if turned else full)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: any decoder error is the image's fault
             raise image_error(at, f"the {image.format} image cannot be decoded ({_reason(exc)}); send the whole "
                                   "file") from None
@@ -404,8 +404,9 @@ def _base64(text: str, at: str, what: str = "") -> bytes:
         raise image_error(at, f"{what} is neither base64, a data URI nor an http(s) URL") from None
 
 
-def _to_rgb(image: "Image.Image") -> "Image.Image":
-    """RGB as transformers' `convert_to_rgb` makes it (transparency on white), 16-bit greyscale scaled, not clipped."""
+def to_rgb(image: "Image.Image") -> "Image.Image":
+    """RGB as transformers' `convert_to_rgb` makes it (transparency on white), 16-bit greyscale scaled, not clipped.
+    The one rule of every decoded image and of ClipPixels' own conversion (model_handlers/clip_pixels.py)."""
     from PIL import Image
 
     if image.mode.startswith("I;16") or image.mode == "I":
@@ -417,12 +418,13 @@ def _to_rgb(image: "Image.Image") -> "Image.Image":
         import numpy as np
 
         image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-    if image.mode == "RGB":
-        return image
+    # an RGB PNG's tRNS colour is transparency too: transformers (5.x) composites it as it does an alpha band
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
     return image.convert("RGB")
 
 

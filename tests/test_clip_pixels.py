@@ -100,6 +100,27 @@ def test_a_processor_of_other_steps_keeps_its_own_path():
             assert np.array_equal(fast(images=[image])["pixel_values"], want), image.size
 
 
+@pytest.mark.unit
+def test_an_rgb_png_s_transparent_colour_is_white_as_the_processor_makes_it():
+    """An RGB PNG's tRNS colour: transformers' convert_to_rgb composites it onto white as it does an alpha band; the
+    decoder (images.py's one RGB rule) does the same, and ClipPixels gives the processor's output from either image."""
+    from transformers import CLIPImageProcessorPil
+
+    array = np.random.default_rng(5).integers(40, 256, (40, 48, 3), dtype=np.uint8)  # never the colour below
+    array[8:24, 10:30] = (10, 20, 30)
+    png = io.BytesIO()
+    Image.fromarray(array).save(png, "PNG", transparency=(10, 20, 30))
+    decoded = ImageReader(ImageOptions()).decode(png.getvalue(), "input 0")
+    expected = array.copy()
+    expected[8:24, 10:30] = 255  # transparent over white: white; every other pixel as written
+    assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), expected)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 36})
+    want = processor(images=[Image.open(io.BytesIO(png.getvalue()))], return_tensors="np")["pixel_values"]
+    fast = ClipPixels.of(processor)
+    assert np.array_equal(fast(images=[Image.open(io.BytesIO(png.getvalue()))])["pixel_values"], want)
+    assert np.array_equal(fast(images=[decoded])["pixel_values"], want)
+
+
 # --- decoding ---------------------------------------------------------------------------------------
 
 
