@@ -145,6 +145,28 @@ def test_a_jpeg_is_decoded_reduced_never_below_the_side_asked_and_keeps_its_whol
     assert reader.decode(photo, "input 0").size == (640, 480)  # the other kinds' decode is unchanged
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_exif_orientation_is_shown_as_pillow_shows_it_and_the_header_size_is_the_shown_one(orientation):
+    """A 60x40 JPEG tagged with each EXIF orientation: decoded as ImageOps.exif_transpose shows it, and the size read
+    from the header alone (what the kinds estimate work from before decoding) is the shown one."""
+    x, y = np.meshgrid(np.arange(60), np.arange(40))
+    # a gradient along each side: every flip and turn moves pixels
+    picture = Image.fromarray(np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = io.BytesIO()
+    picture.save(stored, "JPEG", quality=95, exif=exif.tobytes())
+    data = stored.getvalue()
+    shown = (40, 60) if orientation in (5, 6, 7, 8) else (60, 40)  # a quarter turn swaps width and height
+    reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert reference.size == shown
+    reader = ImageReader(ImageOptions())
+    assert reader.size(data, "input 0") == shown
+    image, size = reader.decode_reduced(data, "input 0", None)
+    assert size == shown and np.array_equal(np.asarray(image), np.asarray(reference.convert("RGB")))
+
+
 # --- served answers ---------------------------------------------------------------------------------
 
 
