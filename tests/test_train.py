@@ -409,6 +409,24 @@ def test_two_serves_sharing_an_s3_store_lose_no_update_and_hold_the_limit(s3_sto
     _creations_stop_at_the_limit(one, two)
 
 
+@pytest.mark.app
+def test_an_s3_store_deletes_a_classifier_once_and_then_answers_it_absent(s3_store):
+    """On moto's server (S3 answers a delete of nothing with success too): the first delete removes the document and
+    says so, a second one, or one of a classifier never written, answers absent; the other classifier stays."""
+    from model_handlers.classifier_store import S3Store, Stored
+
+    store = S3Store(s3_store)
+    for classifier_id in ("kept", "gone"):
+        assert store.put(Stored(id=classifier_id, labels=("a", "b"), coef=np.zeros((1, 4)), intercept=np.zeros(1),
+                                t=1.0, examples=2, version=1, updated_at=0.0, task=None, model="tiny"), None)
+    assert len(_s3_documents(s3_store)) == 2
+    assert store.delete("tiny", "gone") is True
+    assert [key.rpartition("/")[2] for key in _s3_documents(s3_store)] == ["kept.json"]
+    assert store.delete("tiny", "gone") is False
+    assert store.delete("tiny", "never") is False
+    assert [key.rpartition("/")[2] for key in _s3_documents(s3_store)] == ["kept.json"]
+
+
 def _s3_documents(store: str) -> list[str]:
     import boto3
 
