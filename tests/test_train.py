@@ -593,43 +593,22 @@ AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 def azure_store(monkeypatch, tmp_path):
     """A container on Azurite (Microsoft's Azure Storage emulator, a real process from npm, which honours If-Match and
     If-None-Match on Put Blob), reached through AZURE_STORAGE_CONNECTION_STRING as an instance would be."""
-    import subprocess
-
-    import requests
-
-    from conftest import free_port
+    from conftest import emulator_process, free_port
     from reference_env import azurite_blob
 
     pytest.importorskip("azure.storage.blob")
     port = free_port()
-    log = (tmp_path / "azurite.log").open("wb")
     # --skipApiVersionCheck: the client may speak a newer service version than this Azurite release knows
-    process = subprocess.Popen([str(azurite_blob()), "--silent", "--location", str(tmp_path / "azurite"),
-                                "--blobHost", "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck"],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, "Azurite exited"
-        try:
-            requests.get(f"http://127.0.0.1:{port}/devstoreaccount1?comp=list", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline, "Azurite did not start"
-            time.sleep(0.1)
-    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                  f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
-    from azure.storage.blob import BlobServiceClient
+    with emulator_process([str(azurite_blob()), "--silent", "--location", str(tmp_path / "azurite"), "--blobHost",
+                           "127.0.0.1", "--blobPort", str(port), "--skipApiVersionCheck"],
+                          f"http://127.0.0.1:{port}/devstoreaccount1?comp=list", "Azurite", tmp_path / "azurite.log"):
+        connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+                      f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+        from azure.storage.blob import BlobServiceClient
 
-    BlobServiceClient.from_connection_string(connection).create_container("classifiers")
-    yield f"az://classifiers/endpoint-{port}"
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:  # Azurite waits on its clients' kept-alive connections before it exits
-        process.kill()
-        process.wait(10)
-    log.close()
+        BlobServiceClient.from_connection_string(connection).create_container("classifiers")
+        yield f"az://classifiers/endpoint-{port}"
 
 
 @pytest.mark.server
