@@ -335,7 +335,7 @@ class S3Store(_ObjectStore):
             answer = self.client.get_object(Bucket=self.bucket, Key=key)
             return answer["Body"].read(), answer["ETag"]  # one request: the document and its ETag are one version's
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            if _missing(exc):
                 return None
             raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
         except BotoCoreError as exc:
@@ -369,13 +369,25 @@ class S3Store(_ObjectStore):
     def _delete(self, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if self._get(key) is None:  # S3 answers a delete of nothing with success: ask first
-            return False
+        try:  # S3 answers a delete of nothing with success: ask first, for the headers alone
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _missing(exc):
+                return False
+            raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise StoreError(f"cannot delete {self._where(key)}: {exc}") from None
         return True
+
+
+def _missing(exc) -> bool:
+    """A botocore ClientError of an object that is not there: GetObject's NoSuchKey, HeadObject's bare 404 (a HEAD
+    answer has no body to name the error in)."""
+    return exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
 
 
 class GCSStore(_ObjectStore):

@@ -2,14 +2,15 @@
 and without transformers (the slim image has neither torch nor transformers).
 
 It reproduces transformers' `CLIPImageProcessorPil` (5.x: `PilBackend._preprocess` and image_transforms.py's
-`convert_to_rgb`, `resize`, `center_crop`, `rescale`, `normalize`; the processor loaded where torchvision is absent,
-as in the images), from the saved processor configuration, step by step in the same order and dtypes: RGB
-(transparency composited onto white), Pillow's resize of the shorter side (or to a fixed height and width) with the
-configured filter, the centre crop (zero-padded when the image is smaller), float64 times the rescale factor cast to
-float32, then `(x - mean) / std` in float32. The processor turns the image into an array, back into a Pillow image to
-resize it, back into an array, and casts every value twice (~7 ms of a 640x480 photo, most of it copies); here the
-resize runs on the decoded image and, where both rescale and normalise apply to 8-bit levels, the two casts are a
-256-entry table per channel computed with the same arithmetic: every value written is the processor's.
+`convert_to_rgb`, `resize`, `center_crop`, `rescale`, `normalize`; the processor loaded where torchvision is absent, as
+in the images), from the saved processor configuration, step by step in the same order and dtypes: RGB (transparency
+composited onto white: images.py's `to_rgb`, the decoder's own rule, which scales 16-bit greyscale where transformers
+clips it; a served image reaches this already RGB), Pillow's resize of the shorter side (or to a fixed height and
+width) with the configured filter, the centre crop (zero-padded when the image is smaller), float64 times the rescale
+factor cast to float32, then `(x - mean) / std` in float32. The processor turns the image into an array, back into a
+Pillow image to resize it, back into an array, and casts every value twice (~7 ms of a 640x480 photo, most of it
+copies); here the resize runs on the decoded image and, where both rescale and normalise apply to 8-bit levels, the two
+casts are a 256-entry table per channel computed with the same arithmetic: every value written is the processor's.
 
 Two users: the multimodal kind's ONNX backend reads it from the directory (`read`; a configuration it does not
 reproduce is refused at load, never approximated), and the torch backend takes it in place of its loaded processor
@@ -31,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from model_handlers.errors import ModelDirectoryError
+from model_handlers.images import to_rgb
 from model_handlers.model_files import read_object
 
 # the processors whose steps these are (the name saved in preprocessor_config.json drops "Pil"; 4.x's slow
@@ -113,7 +115,7 @@ class ClipPixels:
         """One Pillow image -> float32 [3, height, width]."""
         settings = self._settings
         if settings["do_convert_rgb"]:
-            image = _rgb(image)
+            image = to_rgb(image)
         if settings["do_resize"]:
             image = image.resize(self._resized(image.size)[::-1], resample=int(settings["resample"]))
         array = np.asarray(image)
@@ -164,17 +166,6 @@ def _mapping(value: Any) -> dict:
     if value is None or isinstance(value, int):
         return {}
     return dict(value.items()) if hasattr(value, "items") else dict(vars(value))
-
-
-def _rgb(image):
-    if image.mode == "RGB" and image.info.get("transparency") is None:
-        return image  # what convert("RGB") would copy
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        from PIL import Image
-
-        image = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image).convert("RGB")
-    return image.convert("RGB")
 
 
 def _center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:

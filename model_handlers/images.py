@@ -65,6 +65,12 @@ _METADATA = {ipaddress.ip_address(a) for a in (
 )}
 # application/pdf: a PDF input's URL is fetched by the same machinery (model_handlers/pdf.py reads the bytes)
 _CONTENT_TYPES = ("image/", "application/pdf", "application/octet-stream", "binary/octet-stream")
+# EXIF orientation (tag 0x0112) -> the Pillow transposition that shows the picture upright (ImageOps.exif_transpose's
+# table, applied here on one reading of the tag); 5-8 turn it a quarter, so its sides swap
+_ORIENTATION = 0x0112
+_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+            7: "TRANSVERSE", 8: "ROTATE_90"}
+_QUARTER_TURNS = (5, 6, 7, 8)
 SEND_INLINE = "send the image as base64 or a data URI (data:image/png;base64,...) instead"
 
 
@@ -99,11 +105,15 @@ class ImageReader:
         return _base64(text, at)
 
     def size(self, data: bytes, at: str) -> tuple[int, int]:
-        """(width, height) of the image in `data`, read from its header alone (no pixel decoded), checked as `decode`
-        checks it."""
+        """(width, height) of the image in `data` as `decode` shows it (upright: a quarter-turning EXIF orientation
+        swaps the sides), read from its header alone (no pixel decoded), checked as `decode` checks it."""
         image = self._open(data, at)
         try:
-            return image.size
+            try:
+                turned = _orientation(image) in _QUARTER_TURNS
+            except Exception:  # noqa: BLE001 - a malformed EXIF block: decode refuses the image, naming it
+                turned = False
+            return image.size[::-1] if turned else image.size
         finally:
             image.close()
 
@@ -114,7 +124,7 @@ class ImageReader:
         """The image in `data` as `decode` reads it, and its upright (width, height). `shortest_side`: a JPEG may be
         decoded reduced by 1/2, 1/4 or 1/8 (libjpeg's DCT scaling), its sides never below `shortest_side`, for a
         caller that resizes it to that anyway; the size returned is still the whole image's (what usage counts)."""
-        from PIL import ImageOps
+        from PIL import Image
 
         image = self._open(data, at)
         full = image.size
@@ -122,10 +132,10 @@ class ImageReader:
             if shortest_side and image.format == "JPEG":
                 image.draft(None, (shortest_side, shortest_side))
             image.load()
-            # orientations 5-8 turn the picture a quarter (what exif_transpose reads)
-            turned = image.getexif().get(0x0112) in (5, 6, 7, 8)
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image), (full[::-1] if turned else full)
+            orientation = _orientation(image)
+            if orientation in _UPRIGHT:
+                image = image.transpose(Image.Transpose[_UPRIGHT[orientation]])
+            return to_rgb(image), (full[::-1] if orientation in _QUARTER_TURNS else full)
         except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: any decoder error is the image's fault
             raise image_error(at, f"the {image.format} image cannot be decoded ({_reason(exc)}); send the whole "
                                   "file") from None
@@ -404,8 +414,18 @@ def _base64(text: str, at: str, what: str = "") -> bytes:
         raise image_error(at, f"{what} is neither base64, a data URI nor an http(s) URL") from None
 
 
-def _to_rgb(image: "Image.Image") -> "Image.Image":
-    """RGB as transformers' `convert_to_rgb` makes it (transparency on white), 16-bit greyscale scaled, not clipped."""
+def _orientation(image: "Image.Image") -> int:
+    """The EXIF orientation of `image` (1: stored upright), from its EXIF block or XMP packet as Pillow reads them.
+    Pillow's PNG reader decodes the pixels to look for an eXIf chunk after them: `Image.getexif` reads what the header
+    gave, and once the image is loaded, what followed the pixels too."""
+    from PIL import Image
+
+    return Image.Image.getexif(image).get(_ORIENTATION, 1)
+
+
+def to_rgb(image: "Image.Image") -> "Image.Image":
+    """RGB as transformers' `convert_to_rgb` makes it (transparency on white), 16-bit greyscale scaled, not clipped.
+    The one rule of every decoded image and of ClipPixels' own conversion (model_handlers/clip_pixels.py)."""
     from PIL import Image
 
     if image.mode.startswith("I;16") or image.mode == "I":
@@ -417,12 +437,13 @@ def _to_rgb(image: "Image.Image") -> "Image.Image":
         import numpy as np
 
         image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
-    if image.mode == "RGB":
-        return image
+    # an RGB PNG's tRNS colour is transparency too: transformers (5.x) composites it as it does an alpha band
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode == "RGB":
+        return image
     return image.convert("RGB")
 
 

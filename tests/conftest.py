@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +95,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def emulator_process(command: list[str], ready_url: str, what: str, log_path: Path):
+    """`command` (a storage emulator) in a session of its own, its output in `log_path`: entered once `ready_url`
+    answers anything, stopped on leaving (killed if it has not exited 10 s after SIGTERM: Azurite waits on its clients'
+    kept-alive connections). Fails naming `what` if it exits first (with its log) or has not answered in 30 s."""
+    log = log_path.open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"{what} exited:\n{log_path.read_text(errors='replace')}"
+            try:
+                requests.get(ready_url, timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, f"{what} did not start"
+                time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
 
 
 @dataclass
@@ -401,24 +429,7 @@ def gcs_emulator(tmp_path_factory):
     pytest.importorskip("gcp_storage_emulator")
     port = free_port()
     log_path = tmp_path_factory.mktemp("gcs") / "emulator.log"
-    log = log_path.open("wb")
-    process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), str(port),
-                                *GCS_BUCKETS], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert process.poll() is None, f"the storage emulator exited:\n{log_path.read_text(errors='replace')}"
-        try:
-            requests.get(f"{url}/storage/v1/b", timeout=1)
-            break
-        except requests.ConnectionError:
-            assert time.monotonic() < deadline, "the storage emulator did not start"
-            time.sleep(0.1)
-    yield StorageEmulator(url, log_path)
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
-    log.close()
+    with emulator_process([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), str(port), *GCS_BUCKETS],
+                          f"{url}/storage/v1/b", "the storage emulator", log_path):
+        yield StorageEmulator(url, log_path)

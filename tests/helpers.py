@@ -164,6 +164,38 @@ def onnx_artifact(model_dir: Path, folder: Path, quantize: str | None = None) ->
     return report, folder / "model"
 
 
+# what the slim image leaves out: a serve path that loads one of them cannot start there
+TORCH_STACK = ("sentence_transformers", "torch", "torchvision", "transformers")
+
+
+def run_in_a_fresh_process(model_dir: Path, calls: str, args: Any = None,
+                           torch_unimportable: bool = False) -> tuple[list[str], Any]:
+    """`calls` run in a fresh interpreter, where `h` is load_handler's handler of `model_dir`, EmbedRequest, TextInput
+    and ImageInput are imported, and `args` is the JSON value given here; their last statement sets `out` (JSON).
+    Returns the modules of TORCH_STACK loaded there, and `out`. `torch_unimportable`: `import torch` fails there (a
+    None entry in sys.modules), as in the slim image, rather than only being watched for."""
+    import json
+    import subprocess
+    import sys
+
+    script = "\n".join([
+        "import json, sys",
+        *(["sys.modules['torch'] = None"] if torch_unimportable else []),
+        "from model_handlers import load_handler",
+        "from model_handlers.types import EmbedRequest, ImageInput, TextInput",
+        "args = json.loads(sys.stdin.read())",
+        "h = load_handler(sys.argv[1])",
+        calls,
+        f"loaded = sorted(m for m in {TORCH_STACK!r} if sys.modules.get(m) is not None)",
+        "print(json.dumps({'loaded': loaded, 'out': out}))",
+    ])
+    result = subprocess.run([sys.executable, "-c", script, str(model_dir)], input=json.dumps(args),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    return printed["loaded"], printed["out"]
+
+
 @dataclass
 class ServedOverHttp:
     """`serving_over_http`'s server: `.url` and `.post` as `RunningServer`'s, `.runtime` the model loaded here."""

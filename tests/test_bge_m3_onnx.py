@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import answer, onnx_artifact, refused_at_load, serving, unit
+from helpers import answer, onnx_artifact, refused_at_load, run_in_a_fresh_process, serving, unit
 from models.bge_m3 import RERANK_DOCUMENTS, RERANK_QUERY, TEXTS
 
 pytestmark = pytest.mark.server
@@ -155,19 +154,13 @@ def test_the_fp32_build_records_the_three_gates_and_the_serve_path_imports_no_to
     listing = quality.listing_markdown()
     assert "sparse weights are within" in listing and "token vectors keep cosine" in listing
     expected = bge_m3_reference.arrays()
-    script = ("import json, sys\nfrom model_handlers import load_handler\nfrom model_handlers.types import "
-              "EmbedRequest, TextInput\nh = load_handler(sys.argv[1])\n"
-              "r = h.run(EmbedRequest(inputs=(TextInput(sys.argv[2]),), operation='multi-vector'))\n"
-              "d = h.run(EmbedRequest(inputs=(TextInput(sys.argv[2]),)))\n"
-              "print(json.dumps({'loaded': sorted(m for m in ('torch', 'transformers', 'sentence_transformers') "
-              "if m in sys.modules), 'colbert': r.vectors[0].tolist(), 'dense': d.vectors[0].tolist()}))")
-    result = subprocess.run([sys.executable, "-c", script, str(model_dir), TEXTS[0]], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert printed["loaded"] == []
-    np.testing.assert_allclose(unit(printed["colbert"]), expected["colbert_0"], atol=FP32_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(printed["dense"], expected["dense"][0], atol=FP32_TOLERANCE, rtol=0)
+    loaded, out = run_in_a_fresh_process(
+        model_dir, "r = h.run(EmbedRequest(inputs=(TextInput(args),), operation='multi-vector'))\n"
+                   "d = h.run(EmbedRequest(inputs=(TextInput(args),)))\n"
+                   "out = {'colbert': r.vectors[0].tolist(), 'dense': d.vectors[0].tolist()}", TEXTS[0])
+    assert loaded == []
+    np.testing.assert_allclose(unit(out["colbert"]), expected["colbert_0"], atol=FP32_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(out["dense"], expected["dense"][0], atol=FP32_TOLERANCE, rtol=0)
 
 
 def test_the_int8_build_of_the_tiny_bge_m3_misses_the_gate_and_is_refused_with_its_figures(bge_m3_reference,

@@ -100,6 +100,27 @@ def test_a_processor_of_other_steps_keeps_its_own_path():
             assert np.array_equal(fast(images=[image])["pixel_values"], want), image.size
 
 
+@pytest.mark.unit
+def test_an_rgb_png_s_transparent_colour_is_white_as_the_processor_makes_it():
+    """An RGB PNG's tRNS colour: transformers' convert_to_rgb composites it onto white as it does an alpha band; the
+    decoder (images.py's one RGB rule) does the same, and ClipPixels gives the processor's output from either image."""
+    from transformers import CLIPImageProcessorPil
+
+    array = np.random.default_rng(5).integers(40, 256, (40, 48, 3), dtype=np.uint8)  # never the colour below
+    array[8:24, 10:30] = (10, 20, 30)
+    png = io.BytesIO()
+    Image.fromarray(array).save(png, "PNG", transparency=(10, 20, 30))
+    decoded = ImageReader(ImageOptions()).decode(png.getvalue(), "input 0")
+    expected = array.copy()
+    expected[8:24, 10:30] = 255  # transparent over white: white; every other pixel as written
+    assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), expected)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 36})
+    want = processor(images=[Image.open(io.BytesIO(png.getvalue()))], return_tensors="np")["pixel_values"]
+    fast = ClipPixels.of(processor)
+    assert np.array_equal(fast(images=[Image.open(io.BytesIO(png.getvalue()))])["pixel_values"], want)
+    assert np.array_equal(fast(images=[decoded])["pixel_values"], want)
+
+
 # --- decoding ---------------------------------------------------------------------------------------
 
 
@@ -122,6 +143,28 @@ def test_a_jpeg_is_decoded_reduced_never_below_the_side_asked_and_keeps_its_whol
     image, size = reader.decode_reduced(png.getvalue(), "input 0", 100)
     assert image.size == size == (640, 480)  # only JPEG's decoder can scale
     assert reader.decode(photo, "input 0").size == (640, 480)  # the other kinds' decode is unchanged
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_each_exif_orientation_is_shown_as_pillow_shows_it_and_the_header_size_is_the_shown_one(orientation):
+    """A 60x40 JPEG tagged with each EXIF orientation: decoded as ImageOps.exif_transpose shows it, and the size read
+    from the header alone (what the kinds estimate work from before decoding) is the shown one."""
+    x, y = np.meshgrid(np.arange(60), np.arange(40))
+    # a gradient along each side: every flip and turn moves pixels
+    picture = Image.fromarray(np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = io.BytesIO()
+    picture.save(stored, "JPEG", quality=95, exif=exif.tobytes())
+    data = stored.getvalue()
+    shown = (40, 60) if orientation in (5, 6, 7, 8) else (60, 40)  # a quarter turn swaps width and height
+    reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert reference.size == shown
+    reader = ImageReader(ImageOptions())
+    assert reader.size(data, "input 0") == shown
+    image, size = reader.decode_reduced(data, "input 0", None)
+    assert size == shown and np.array_equal(np.asarray(image), np.asarray(reference.convert("RGB")))
 
 
 # --- served answers ---------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from helpers import answer, onnx_artifact, refused_at_load, serving, unit
+from helpers import answer, onnx_artifact, refused_at_load, run_in_a_fresh_process, serving, unit
 from models.colbert import DOCUMENTS, QUERIES, RERANK_DOCUMENTS, RERANK_QUERY, pylate_encode
 
 pytestmark = pytest.mark.server
@@ -183,14 +182,8 @@ def test_the_fp32_build_passes_its_gate_and_the_serve_path_imports_no_torch(pyla
     report, model_dir = onnx_artifact(pylate_dir, tmp_path)
     assert report.kind == "multi-vector" and report.quality.backend_file == _onnx.FP32_FILE
     assert report.quality.fp32_min_token_cosine >= 0.9999 and report.quality.int8_mean_token_cosine is None
-    script = ("import json, sys\nfrom model_handlers import load_handler\nfrom model_handlers.types import "
-              "EmbedRequest, TextInput\nh = load_handler(sys.argv[1])\n"
-              "r = h.run(EmbedRequest(inputs=(TextInput(sys.argv[2]),), operation='multi-vector', input_type='query'))\n"
-              "print(json.dumps({'loaded': sorted(m for m in ('torch', 'transformers', 'sentence_transformers') "
-              "if m in sys.modules), 'vectors': r.vectors[0].tolist()}))")
-    result = subprocess.run([sys.executable, "-c", script, str(model_dir), QUERIES[0]], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert printed["loaded"] == []
-    np.testing.assert_allclose(printed["vectors"], reference["q0"], atol=FP32_TOLERANCE, rtol=0)
+    loaded, vectors = run_in_a_fresh_process(
+        model_dir, "r = h.run(EmbedRequest(inputs=(TextInput(args),), operation='multi-vector', input_type='query'))\n"
+                   "out = r.vectors[0].tolist()", QUERIES[0])
+    assert loaded == []
+    np.testing.assert_allclose(vectors, reference["q0"], atol=FP32_TOLERANCE, rtol=0)

@@ -14,7 +14,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import onnx_artifact, refused_at_load, serving, unit
+from helpers import onnx_artifact, refused_at_load, run_in_a_fresh_process, serving, unit
 from tiers import implies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,17 +250,8 @@ def test_the_serve_path_runs_with_torch_unimportable(tmp_path, clip_dir, referen
     """The fp32 artifact served in a process where `import torch` fails (sys.modules' None entry), as in the slim
     image: neither torch nor transformers is loaded, and the vectors are CLIPModel's."""
     _, model_dir = onnx_artifact(clip_dir, tmp_path)
-    script = ("import json, sys\nsys.modules['torch'] = None\n"
-              "from model_handlers import load_handler\nfrom model_handlers.types import EmbedRequest, ImageInput, "
-              "TextInput\nh = load_handler(sys.argv[1])\n"
-              "inputs = (TextInput(sys.argv[2]), ImageInput(sys.argv[3]))\n"
-              "r = h.run(EmbedRequest(inputs=inputs))\n"
-              "print(json.dumps({'loaded': sorted(m for m in ('torch', 'transformers', 'torchvision') "
-              "if sys.modules.get(m) is not None), 'vectors': [v.tolist() for v in r.vectors]}))")
-    result = subprocess.run([sys.executable, "-c", script, str(model_dir), TEXTS[0], data_uri(IMAGES[0])],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert printed["loaded"] == []
-    np.testing.assert_allclose(unit(printed["vectors"]), reference(TEXTS[:1], IMAGES[:1]), atol=FP32_TOLERANCE,
-                               rtol=0)
+    loaded, vectors = run_in_a_fresh_process(
+        model_dir, "r = h.run(EmbedRequest(inputs=(TextInput(args[0]), ImageInput(args[1]))))\n"
+                   "out = [v.tolist() for v in r.vectors]", [TEXTS[0], data_uri(IMAGES[0])], torch_unimportable=True)
+    assert loaded == []
+    np.testing.assert_allclose(unit(vectors), reference(TEXTS[:1], IMAGES[:1]), atol=FP32_TOLERANCE, rtol=0)

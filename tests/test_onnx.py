@@ -18,7 +18,7 @@ import requests
 import yaml
 from sentence_transformers import CrossEncoder
 
-from helpers import cosine, onnx_artifact, refused_at_load
+from helpers import cosine, onnx_artifact, refused_at_load, run_in_a_fresh_process
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "packaging"))
@@ -76,13 +76,9 @@ def test_a_model_the_onnx_backend_cannot_reproduce_is_refused_by_name(tmp_path, 
 
 def test_the_onnx_serve_path_imports_no_torch(int8_artifact):
     _, model_dir = int8_artifact
-    script = ("import sys\nfrom model_handlers import load_handler\nfrom model_handlers.types import EmbedRequest, "
-              "TextInput\nh = load_handler(sys.argv[1])\nh.warm_up()\n"
-              "assert len(h.run(EmbedRequest(inputs=(TextInput('x'),))).vectors[0]) == 384\n"
-              "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", script, str(model_dir)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[]"
+    loaded, width = run_in_a_fresh_process(
+        model_dir, "h.warm_up()\nout = len(h.run(EmbedRequest(inputs=(TextInput('x'),))).vectors[0])")
+    assert loaded == [] and width == 384
 
 
 @pytest.fixture(scope="module")

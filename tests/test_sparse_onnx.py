@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from helpers import answer, onnx_artifact, refused_at_load, serving
+from helpers import answer, onnx_artifact, refused_at_load, run_in_a_fresh_process, serving
 from models.sparse import make_bare, make_inference_free
 from tiers import implies
 
@@ -280,20 +279,13 @@ def test_a_bare_masked_lm_exports_and_the_serve_path_imports_no_torch(tmp_path, 
     report, model_dir = onnx_artifact(bare, tmp_path)
     assert report.kind == "sparse" and report.quality.backend_file == _onnx.FP32_FILE
     assert report.quality.fp32_max_weight_diff <= 1e-4 and report.quality.int8_top_k_overlap is None
-    script = ("import json, sys\nfrom model_handlers import load_handler\nfrom model_handlers.types import "
-              "EmbedRequest, TextInput\nh = load_handler(sys.argv[1])\n"
-              "texts = tuple(TextInput(t) for t in json.loads(sys.argv[2]))\n"
-              "r = h.run(EmbedRequest(inputs=texts, operation='sparse'))\n"
-              "print(json.dumps({'loaded': sorted(m for m in ('torch', 'transformers', 'sentence_transformers') "
-              "if m in sys.modules), 'vectors': [[v.indices.tolist(), v.values.tolist()] for v in r.vectors]}))")
-    result = subprocess.run([sys.executable, "-c", script, str(model_dir), json.dumps(TEXTS[:2])],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert printed["loaded"] == []
+    loaded, vectors = run_in_a_fresh_process(
+        model_dir, "r = h.run(EmbedRequest(inputs=tuple(TextInput(t) for t in args), operation='sparse'))\n"
+                   "out = [[v.indices.tolist(), v.values.tolist()] for v in r.vectors]", TEXTS[:2])
+    assert loaded == []
     # the bare directory is SPLADE v2's max pooling: the SparseEncoder of the same weights is the reference
     expected = encode(splade_encoder, TEXTS[:2])
-    for (indices, values), weights in zip(printed["vectors"], expected):
+    for (indices, values), weights in zip(vectors, expected):
         kept = np.flatnonzero(weights > 0)
         assert indices == kept.tolist()
         np.testing.assert_allclose(values, weights[kept], atol=FP32_TOLERANCE, rtol=0)

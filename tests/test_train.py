@@ -455,6 +455,27 @@ def _s3_stored(client, store: str, classifier_id: str) -> dict:
     return json.loads(client.get_object(Bucket="classifiers", Key=key)["Body"].read())
 
 
+@pytest.mark.app
+def test_an_s3_store_deletes_a_classifier_once_and_then_answers_it_absent(s3_emulator, monkeypatch):
+    """On moto's server (S3 answers a delete of nothing with success too): the first delete removes the document and
+    says so, a second one, or one of a classifier never written, answers absent; the other classifier stays."""
+    from model_handlers.classifier_store import S3Store, Stored
+
+    for name, value in s3_emulator.items():
+        monkeypatch.setenv(name, value)
+    client, store_url = _s3_client(s3_emulator), "s3://classifiers/deletes"
+    store = S3Store(store_url)
+    for classifier_id in ("kept", "gone"):
+        assert store.put(Stored(id=classifier_id, labels=("a", "b"), coef=np.zeros((1, 4)), intercept=np.zeros(1),
+                                t=1.0, examples=2, version=1, updated_at=0.0, task=None, model="tiny"), None)
+    assert len(_s3_documents(client, store_url)) == 2
+    assert store.delete("tiny", "gone") is True
+    assert [key.rpartition("/")[2] for key in _s3_documents(client, store_url)] == ["kept.json"]
+    assert store.delete("tiny", "gone") is False
+    assert store.delete("tiny", "never") is False
+    assert [key.rpartition("/")[2] for key in _s3_documents(client, store_url)] == ["kept.json"]
+
+
 class SharedStore:
     """Two `serve`s sharing one store, started once for every test of that store (each `serve` loads the model and
     calibrates: seconds each), with SHARED_STORE_ENV. `documents()` names the classifier documents the store holds,
