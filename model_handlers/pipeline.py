@@ -77,7 +77,7 @@ class Pipeline:
             name=f"{kind.name}-batcher",
             on_idle=release_free_memory,
             observer=options.observer,
-            lanes=options.lanes(config.backend, model.device),
+            lanes=options.lanes(model.device, reentrant=getattr(model, "reentrant", config.backend == "onnx")),
         )
 
     @property
