@@ -315,7 +315,7 @@ SETTINGS = (
     Setting(ENV_MAX_BATCH_TOKENS, "padded tokens per forward pass",
             f"{CPU_MAX_BATCH_TOKENS} on CPU, {GPU_MAX_BATCH_TOKENS} on a GPU", "max_batch_tokens", _number(int),
             handler="max_batch_tokens"),
-    Setting(ENV_TORCH_THREADS, "intra-op threads of torch or ONNX Runtime", "one per core", "torch_threads",
+    Setting(ENV_TORCH_THREADS, "intra-op threads of torch, or of ONNX Runtime (on a CPU shared by its two passes at once)", "one per core", "torch_threads",
             _number(int), handler="torch_threads"),
     Setting(ENV_BACKEND, "torch or onnx: the compute path, whatever the artifact's searchbox.json says (onnx needs "
             "the artifact's exported onnx/ files)", "searchbox.json's, else torch", "backend",

@@ -92,7 +92,7 @@ class RowAdapters:
         self._patches: list[str] | None = None
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.RLock()  # the set: self._entries and each entry's fields
-        self._model_lock = threading.RLock()  # the model's layers: a pass, or an adapter put in or taken out
+        self._model_lock = _ModelLock()  # the model's layers: passes of the plain model share them
         self._rows: list[str] | None = None  # what the LoRA layers read during a pass
         self._hooked: set[int] = set()
         self._layers: list[Any] = []  # the model's LoRA layers
@@ -117,7 +117,7 @@ class RowAdapters:
         with self._lock:
             self._check_new(name)
             try:
-                with _quiet(), self._model_lock:
+                with _quiet(), self._model_lock.alone():
                     install(self._model)
             except Exception:
                 self._discard(name)
@@ -207,9 +207,15 @@ class RowAdapters:
     def rows(self, names: Sequence[str | None], patches: Sequence[str | None] = ()) -> Iterator[None]:
         """Run the enclosed pass with one adapter per input row (None: the base model for that row), and, for the
         layers that read image patches, one per patch (`patches`: each image's row's adapter, once per patch)."""
-        with self._model_lock:
+        with self._model_lock.shared():
+            plain = not self._entries
+            if plain:
+                yield  # nothing to apply: the plain model, which passes on other threads may run at once
+        if plain:
+            return
+        with self._model_lock.alone():
             if not self._entries:
-                yield  # nothing to apply: the plain model
+                yield
                 return
             rows = [BASE if name is None else name for name in names]
             every = set(rows).union(BASE if name is None else name for name in patches)
@@ -286,7 +292,7 @@ class RowAdapters:
 
     def _load(self, name: str, source: str) -> None:
         directory = self._readable(name, source)
-        with self._model_lock:
+        with self._model_lock.alone():
             self._load_layers(name, source, directory)
 
     def _load_layers(self, name: str, source: str, directory: Path) -> None:
@@ -373,7 +379,7 @@ class RowAdapters:
 
     def _discard(self, name: str) -> None:
         """Remove whatever layers or config `name` put into the model (if any)."""
-        with self._model_lock:
+        with self._model_lock.alone():
             if name in (getattr(self._model, "peft_config", None) or {}):
                 self._model.delete_adapter(name)
                 self._selected = None
@@ -416,6 +422,55 @@ def attach(model, options, declared: Mapping[str, Path], where: Path) -> RowAdap
     for name, directory in declared.items():
         adapters.add_directory(name, directory, builtin=True)
     return adapters
+
+
+class _ModelLock:
+    """Passes of the plain model share it (the batcher's lanes run them at once); a pass that applies adapters, or an
+    adapter put in or taken out, has it alone, and the same thread may take it again inside. A thread waiting to have
+    it alone keeps new passes out, so that adapters are registered under constant load too."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._sharing = 0
+        self._owner: int | None = None
+        self._depth = 0
+        self._waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            me = threading.get_ident()
+            while self._owner not in (None, me) or (self._waiting and self._owner != me):
+                self._cond.wait()
+            self._sharing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._sharing -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me:
+                self._waiting += 1
+                try:
+                    while self._owner is not None or self._sharing:
+                        self._cond.wait()
+                finally:
+                    self._waiting -= 1
+                self._owner = me
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if not self._depth:
+                    self._owner = None
+                    self._cond.notify_all()
 
 
 @contextmanager

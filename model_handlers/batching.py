@@ -1,8 +1,11 @@
 """Dynamic batching across concurrent requests, with admission control by deadline.
 
 Request threads tokenize their own input, then `submit` a list of work items and wait on a Future.
-One worker thread drains whatever is queued, sorts all items by length (so padding is small),
+A worker thread drains whatever is queued, sorts all items by length (so padding is small),
 cuts them into forward passes under a padded-token budget, and hands each caller its own rows.
+With several lanes (a backend whose pass runs outside the GIL, ONNX Runtime on a CPU), several passes run at once,
+each on its own thread: the passes of one take are shared out, and a take too small to give every idle lane a pass
+is cut finer, so that one caller's 32 texts use both cores of a 2-core machine too.
 A failing forward pass is retried one request at a time, so a bad request only fails itself.
 
 Admission: every submission carries a `Deadline`. The batcher measures what a padded token costs
@@ -197,6 +200,14 @@ class _Entry(Generic[ItemT, OutT]):
         self.backlog = _tokens_by_bucket(item.length for item in self.items)
 
 
+@dataclass(eq=False)
+class _Take:
+    """The entries one worker took from the queue, and how many of the passes cut from them have not ended."""
+
+    entries: list[_Entry]
+    left: int
+
+
 @dataclass(frozen=True)
 class _Slot:
     """Where one item's output goes back to."""
@@ -210,7 +221,7 @@ class _Slot:
 
 
 class Batcher(Generic[ItemT, OutT]):
-    """Gathers work items of concurrent callers into forward passes on one worker thread.
+    """Gathers work items of concurrent callers into forward passes, on one worker thread per lane.
 
     Args:
         run: runs one forward pass over items (all of one group) and returns one output per item.
@@ -222,6 +233,9 @@ class Batcher(Generic[ItemT, OutT]):
         on_idle: called on the batcher thread when the queue runs dry after at least `idle_after_tokens`
             tokens of work (e.g. to hand freed memory back to the system).
         observer: told about every pass and wait, on the batcher thread.
+        lanes: forward passes that may run at once, each on its own thread (`run` must be safe to call from several
+            threads, and should leave the GIL while it computes); the measured cost of a pass is then the cost on one
+            lane, and the queue ahead clears `lanes` times as fast.
     """
 
     def __init__(
@@ -236,6 +250,7 @@ class Batcher(Generic[ItemT, OutT]):
         on_idle: Callable[[], None] | None = None,
         idle_after_tokens: int = 1 << 16,
         observer: BatchObserver | None = None,
+        lanes: int = 1,
     ):
         self._run = run
         self._observer = observer
@@ -249,15 +264,21 @@ class Batcher(Generic[ItemT, OutT]):
         self._gather_s = gather_s
         self._last_callers = 0  # callers served by the last take; more than one means concurrent load
         self._draining = False
-        self._running: list[_Entry] = []  # the last take's entries, while the worker thread runs them
+        self._running: dict[int, _Entry] = {}  # taken entries whose passes have not all ended, by id
+        self._lanes = max(1, lanes)
+        self._ready: deque[tuple[_Take, list[_Slot]]] = deque()  # passes cut from a take, waiting for a free lane
+        self._busy = 0  # lanes running a pass
+        self._answers = threading.Lock()  # several lanes deliver to one caller's rows
         self._backlog: dict[int, int] = {}  # tokens queued or running, by length bucket
         self._on_idle = on_idle
         self._idle_after_tokens = idle_after_tokens
         self._tokens_since_idle = 0
         self.cost = PassCost()
         self.passes = 0  # forward passes run so far; read by tests and benchmarks
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=name if self._lanes == 1 else f"{name}-{lane}",
+                                          daemon=True) for lane in range(self._lanes)]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def pending_items(self) -> int:
@@ -299,7 +320,7 @@ class Batcher(Generic[ItemT, OutT]):
         with self._cond:
             if self._draining or self._closed:
                 raise Overloaded("the server is shutting down; retry on another instance", retry_after_s=1)
-            ahead = self.cost.seconds(self._backlog)
+            ahead = self._seconds(self._backlog)
             if ahead > deadline.left():
                 raise Overloaded(f"the server is busy: the work queued ahead needs about {ahead:.0f} s, more than "
                                  "this request may wait; retry later", retry_after_s=self._retry_after_locked())
@@ -316,13 +337,13 @@ class Batcher(Generic[ItemT, OutT]):
             self._draining = True
             cut = time.monotonic() + grace_s
             ahead = 0.0
-            for entry in self._running:
+            for entry in self._running.values():
                 entry.deadline = entry.deadline.sooner(cut)
-                ahead += self.cost.seconds(entry.backlog)
+                ahead += self._seconds(entry.backlog)
             kept: list[_Entry] = []
             refused: list[_Entry] = []
             for entry in self._queue:
-                need = self.cost.seconds(entry.backlog)
+                need = self._seconds(entry.backlog)
                 if not refused and ahead + need <= grace_s:
                     entry.deadline = entry.deadline.sooner(cut)
                     ahead += need
@@ -332,7 +353,7 @@ class Batcher(Generic[ItemT, OutT]):
                     self._pending_items -= len(entry.items)
                     self._forget(entry)
             self._queue = deque(kept)
-            self._cond.notify()
+            self._cond.notify_all()
         for entry in refused:
             self._fail(entry, Overloaded("the server is shutting down and cannot finish this in its remaining "
                                          "grace; retry on another instance", retry_after_s=1))
@@ -341,8 +362,9 @@ class Batcher(Generic[ItemT, OutT]):
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
-        self._thread.join(timeout=5)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     def calibrate(self, make_item: Callable[[int], ItemT], max_length: int, measured_as: Hashable = None) -> None:
         """Measure full passes at each length bucket up to `max_length` (at most CALIBRATION_LENGTH), so that
@@ -391,8 +413,13 @@ class Batcher(Generic[ItemT, OutT]):
                     f"the server is busy: the work queued ahead needs about {ahead:.0f} s, so this request would "
                     "not finish in time; retry later", retry_after_s=self._retry_after_locked())
 
-    def _check_alone(self, backlog: dict[int, int], deadline: Deadline) -> None:
-        alone, left = self.cost.seconds(backlog, best=True), deadline.left()
+    def _seconds(self, backlog: dict[int, int]) -> float:
+        """Estimated seconds for the lanes to clear `backlog` (each pass's measured cost is one lane's)."""
+        return self.cost.seconds(backlog) / self._lanes
+
+    def _check_alone(self, backlog: dict[int, int], items: int, deadline: Deadline) -> None:
+        # one request's items share the lanes that are free; a single item takes one lane however many there are
+        alone, left = self.cost.seconds(backlog, best=True) / min(self._lanes, items), deadline.left()
         if alone > left:
             # parts filled to 80% of the time, so that each has room for the variance of a busy machine
             raise TooLarge(f"this request needs about {alone:.0f} s of model time, more than the {max(0.0, left):.0f} s "
@@ -404,7 +431,7 @@ class Batcher(Generic[ItemT, OutT]):
         if not items:
             future.set_result([])
             return entry
-        self._check_alone(entry.backlog, deadline)
+        self._check_alone(entry.backlog, len(items), deadline)
         with self._cond:
             if self._closed or self._draining:
                 raise Overloaded("the server is shutting down; retry on another instance", retry_after_s=1)
@@ -412,8 +439,8 @@ class Batcher(Generic[ItemT, OutT]):
                 raise Overloaded(
                     f"the server has {self._pending_items} inputs waiting; retry shortly or send fewer inputs",
                     retry_after_s=self._retry_after_locked())
-            ahead = self.cost.seconds(self._backlog)
-            if ahead + self.cost.seconds(entry.backlog) > deadline.left():
+            ahead = self._seconds(self._backlog)
+            if ahead + self._seconds(entry.backlog) > deadline.left():
                 raise Overloaded(
                     f"the server is busy: the work queued ahead needs about {ahead:.0f} s, so this request would "
                     "not finish in time; retry later", retry_after_s=self._retry_after_locked())
@@ -429,7 +456,7 @@ class Batcher(Generic[ItemT, OutT]):
             return self._retry_after_locked()
 
     def _retry_after_locked(self) -> int:
-        return max(1, math.ceil(self.cost.seconds(self._backlog)))
+        return max(1, math.ceil(self._seconds(self._backlog)))
 
     def _consume(self, slots: list[_Slot]) -> None:
         """These items ran (or failed): they are no longer work ahead of anyone."""
@@ -457,69 +484,111 @@ class Batcher(Generic[ItemT, OutT]):
 
     def _loop(self) -> None:
         while True:
-            entries = self._take()
-            if entries is None:
+            job = self._next()
+            if job is None:
                 return
+            take, chunk = job
             try:
-                self._process(entries)
-            except BaseException as exc:  # a bug here must not kill the only worker thread
+                self._run_chunk(chunk)
+            except BaseException as exc:  # a bug here must not kill a worker thread
+                entries = list({id(slot.entry): slot.entry for slot in chunk}.values())
                 logger.exception("batcher failed; failing %d requests", len(entries))
                 for entry in entries:
                     self._fail(entry, ModelFailure(f"internal batching error: {type(exc).__name__}"))
             finally:
-                with self._cond:
-                    self._pending_items -= sum(len(e.items) for e in entries)
-                    for entry in entries:
-                        self._forget(entry)
-                    self._running = []
-                    idle = not self._queue
-                if idle and self._on_idle is not None and self._tokens_since_idle >= self._idle_after_tokens:
-                    self._tokens_since_idle = 0
-                    self._on_idle()
+                self._finish(take)
 
-    def _take(self) -> list[_Entry] | None:
-        """Block for work, then take what is queued, up to a few passes' worth, skipping cancelled callers."""
-        with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if self._closed and not self._queue:
-                return None
-            # Under concurrent load the last pass's callers are sending their next requests right now:
-            # a few ms gathers them into one pass instead of a trickle of small ones (32 clients x 1
-            # text: +5-8% texts/s and 7% less CPU per text in bench/). A lone caller never waits.
-            if self._last_callers > 1 and self._gather_s > 0:
-                deadline = time.monotonic() + self._gather_s
-                while len(self._queue) < self._last_callers and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
-            taken: list[_Entry] = []
+    def _next(self) -> tuple[_Take, list[_Slot]] | None:
+        """Block for a pass to run: one cut earlier and not yet run, or the first of those cut from a new take."""
+        while True:
             dropped: list[_Entry] = []
-            budget = 4 * self._max_batch_tokens
-            while self._queue and (not taken or budget > 0):
-                entry = self._queue.popleft()
-                if entry.failed or not entry.future.set_running_or_notify_cancel():
-                    self._pending_items -= len(entry.items)
-                    self._forget(entry)
+            job = None
+            with self._cond:
+                if self._ready:
+                    self._busy += 1
+                    return self._ready.popleft()
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
                     continue
-                if entry.deadline.expired():
-                    self._pending_items -= len(entry.items)
+                taken = self._take(dropped)
+                if taken:
+                    slots = [_Slot(entry, i) for entry in taken for i in range(len(entry.items))]
+                    chunks = self._spread(self._chunks(slots), idle=self._lanes - self._busy)
+                    take = _Take(taken, len(chunks))
+                    self._running.update((id(entry), entry) for entry in taken)
+                    self._ready.extend((take, chunk) for chunk in chunks[1:])
+                    self._busy += 1
+                    if len(chunks) > 1:
+                        self._cond.notify_all()
+                    job = take, chunks[0]
+            for entry in dropped:  # answered outside the lock: the answer asks the backlog for its Retry-After
+                self._drop(entry)
+            if job is not None:
+                return job
+
+    def _finish(self, take: _Take) -> None:
+        """One of the take's passes ended: once all have, its entries are no longer pending."""
+        with self._cond:
+            self._busy -= 1
+            take.left -= 1
+            if take.left == 0:
+                self._pending_items -= sum(len(e.items) for e in take.entries)
+                for entry in take.entries:
                     self._forget(entry)
-                    dropped.append(entry)
-                    continue
-                taken.append(entry)
-                budget -= sum(item.length for item in entry.items)
+                    self._running.pop(id(entry), None)
+            idle = not self._queue and not self._ready and self._busy == 0
+            due = idle and self._on_idle is not None and self._tokens_since_idle >= self._idle_after_tokens
+            if due:
+                self._tokens_since_idle = 0
+        if due:
+            self._on_idle()
+
+    def _take(self, dropped: list[_Entry]) -> list[_Entry]:
+        """Take what is queued, up to a few passes' worth, skipping cancelled callers and putting those whose deadline
+        passed in `dropped` (called with the lock held, and something queued)."""
+        # Under concurrent load the last pass's callers are sending their next requests right now:
+        # a few ms gathers them into one pass instead of a trickle of small ones (32 clients x 1
+        # text: +5-8% texts/s and 7% less CPU per text in bench/). A lone caller never waits.
+        if self._last_callers > 1 and self._gather_s > 0:
+            deadline = time.monotonic() + self._gather_s
+            while len(self._queue) < self._last_callers and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        taken: list[_Entry] = []
+        budget = 4 * self._max_batch_tokens
+        while self._queue and (not taken or budget > 0):
+            entry = self._queue.popleft()
+            if entry.failed or not entry.future.set_running_or_notify_cancel():
+                self._pending_items -= len(entry.items)
+                self._forget(entry)
+                continue
+            if entry.deadline.expired():
+                self._pending_items -= len(entry.items)
+                self._forget(entry)
+                dropped.append(entry)
+                continue
+            taken.append(entry)
+            budget -= sum(item.length for item in entry.items)
+        if taken:
             self._last_callers = len(taken)
-            self._running = taken
-        for entry in dropped:
-            self._drop(entry)
         return taken
 
-    def _process(self, entries: list[_Entry]) -> None:
-        slots = [_Slot(entry, i) for entry in entries for i in range(len(entry.items))]
-        for chunk in self._chunks(slots):
-            self._run_chunk(chunk)
+    @staticmethod
+    def _spread(chunks: list[list[_Slot]], idle: int) -> list[list[_Slot]]:
+        """Cut the longest passes in two (their items are sorted by length, so halves pad alike) until every idle
+        lane has one, or no pass has two items left."""
+        while len(chunks) < idle:
+            widest = max(range(len(chunks)), key=lambda i: len(chunks[i]))
+            chunk = chunks[widest]
+            if len(chunk) < 2:
+                break
+            half = len(chunk) // 2
+            chunks[widest:widest + 1] = [chunk[:half], chunk[half:]]
+        return chunks
 
     def _chunks(self, slots: list[_Slot]) -> list[list[_Slot]]:
         """Cut length-sorted slots into passes of one group each, under the token and item bounds."""
@@ -570,12 +639,14 @@ class Batcher(Generic[ItemT, OutT]):
             self._isolate_failure(chunk, exc)
             return
         finally:
-            self.passes += 1
+            with self._answers:
+                self.passes += 1
             self._consume(chunk)
         longest = max(slot.item.length for slot in chunk)
         elapsed = time.perf_counter() - started
         self.cost.observe(longest, len(chunk), elapsed)
-        self._tokens_since_idle += longest * len(chunk)
+        with self._cond:
+            self._tokens_since_idle += longest * len(chunk)
         for entry in entries:
             entry.timing.forward_s += elapsed
         if self._observer is not None:
@@ -597,18 +668,19 @@ class Batcher(Generic[ItemT, OutT]):
 
     def _deliver(self, slot: _Slot, output: OutT) -> None:
         entry = slot.entry
-        entry.outputs[slot.index] = output
-        entry.remaining -= 1
-        if entry.remaining == 0 and not entry.failed:
-            entry.future.set_result(entry.outputs)
+        with self._answers:
+            entry.outputs[slot.index] = output
+            entry.remaining -= 1
+            if entry.remaining == 0 and not entry.failed and not entry.future.done():
+                entry.future.set_result(entry.outputs)
 
     def _drop(self, entry: _Entry) -> None:
         """Its caller stopped waiting (deadline, left, or shutting down): run nothing more of it."""
         self._fail(entry, Overloaded("the model did not answer in time; retry with fewer inputs",
                                      retry_after_s=self._retry_after()))
 
-    @staticmethod
-    def _fail(entry: _Entry, exc: BaseException) -> None:
-        if not entry.failed and not entry.future.done():
-            entry.failed = True
-            entry.future.set_exception(exc)
+    def _fail(self, entry: _Entry, exc: BaseException) -> None:
+        with self._answers:
+            if not entry.failed and not entry.future.done():
+                entry.failed = True
+                entry.future.set_exception(exc)

@@ -73,7 +73,8 @@ class OnnxSession:
         Raises:
             ModelDirectoryError: no such graph, one ONNX Runtime cannot load, or a GPU asked for that it cannot use.
         """
-        return cls(Path(model_dir) / (file or config.onnx_file), options.device, options.torch_threads)
+        return cls(Path(model_dir) / (file or config.onnx_file), options.device,
+                   options.pass_threads(options.device, reentrant=True))
 
     def stated(self, key: str) -> dict | None:
         """The JSON document the exporter wrote into the graph's metadata under `key` (what only the model's own

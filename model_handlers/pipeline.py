@@ -77,6 +77,7 @@ class Pipeline:
             name=f"{kind.name}-batcher",
             on_idle=release_free_memory,
             observer=options.observer,
+            lanes=options.lanes(model.device, reentrant=getattr(model, "reentrant", config.backend == "onnx")),
         )
 
     @property

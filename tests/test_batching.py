@@ -339,3 +339,92 @@ def test_calibration_stops_at_8192_tokens_a_pass():
     assert [len(p) for p in forward.passes] == [128, 32, 8, 2, 1]
     assert [forward_pass[0] for forward_pass in forward.passes][-1] == 8192
     batcher.close()
+
+
+class HeldForward:
+    """Every pass waits until released (a lane stays busy), counting the passes running at once."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.running = 0
+        self.most_at_once = 0
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, items: list[Item]) -> list[int]:
+        with self._lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            self.threads.add(threading.current_thread().name)
+        try:
+            assert self.release.wait(10)
+            return [item.value * 10 for item in items]
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_one_callers_items_are_shared_out_to_every_idle_lane():
+    """Lanes run passes at once; one caller's items are cut so that both of two idle lanes get a pass."""
+    barrier = threading.Barrier(2, timeout=5)  # passes only when two passes run at once
+
+    def forward(items: list[Item]) -> list[int]:
+        barrier.wait()
+        return [item.value * 10 for item in items]
+
+    batcher = Batcher(forward, lanes=2)
+    assert batcher.run([Item(i, length=3 + i) for i in range(5)], Deadline.after(10)) == [0, 10, 20, 30, 40]
+    assert batcher.passes == 2
+    batcher.close()
+
+
+def test_many_callers_on_three_lanes_each_get_their_own_rows():
+    forward = ControlledForward()
+    batcher = Batcher(forward, max_batch_tokens=40, lanes=3)
+    answers: dict[int, list[int]] = {}
+
+    def caller(n: int) -> None:
+        answers[n] = batcher.run([Item(100 * n + i, length=1 + (n + i) % 9) for i in range(n % 5 + 1)],
+                                 Deadline.after(20))
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert answers == {n: [(100 * n + i) * 10 for i in range(n % 5 + 1)] for n in range(40)}
+    assert sorted(v for p in forward.passes for v in p) == sorted(100 * n + i for n in range(40) for i in range(n % 5 + 1))
+    batcher.close()
+
+
+@pytest.mark.parametrize("lanes, admitted", [(1, False), (2, True)])
+def test_the_work_ahead_clears_as_many_times_as_fast_as_there_are_lanes(lanes, admitted):
+    forward = HeldForward()
+    batcher = Batcher(forward, lanes=lanes)
+    batcher.cost.observe(longest=10, count=1, seconds=0.1)  # 0.01 s a token
+    running = [batcher.submit([Item(n)], Deadline.after(60)) for n in range(lanes)]
+    deadline = time.monotonic() + 5
+    while forward.running < lanes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = batcher.submit([Item(10 + i) for i in range(10)], Deadline.after(60))
+    # ahead: (10 * lanes running + 100 queued) tokens at 0.01 s: 1.1 s on one lane; 1.2 s on two, cleared in 0.6 s
+    if admitted:
+        batcher.admit(Deadline.after(0.9))
+    else:
+        with pytest.raises(Overloaded):
+            batcher.admit(Deadline.after(0.9))
+    forward.release.set()
+    assert [r.result(5) for r in running] == [[n * 10] for n in range(lanes)]
+    assert queued.result(5) == [(10 + i) * 10 for i in range(10)]
+    assert forward.most_at_once == lanes
+    batcher.close()
+
+
+def test_a_single_input_is_judged_on_one_lane_however_many_there_are():
+    batcher = Batcher(ControlledForward(), lanes=2)
+    batcher.cost.observe(longest=100, count=1, seconds=1.0)  # 0.01 s a token, at best
+    with pytest.raises(TooLarge):  # one 100-token input: 1 s on one lane
+        batcher.run([Item(1, length=100)], Deadline.after(0.8))
+    # two 50-token inputs: 0.5 s each, on two lanes at once
+    assert batcher.run([Item(1, length=50), Item(2, length=50)], Deadline.after(0.8)) == [10, 20]
+    batcher.close()

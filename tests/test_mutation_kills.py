@@ -388,14 +388,14 @@ def test_the_pipeline_passes_the_options_to_its_batcher(small_passes, reference_
     assert pipeline.max_length == reference_model.max_seq_length
     assert pipeline.default_input_type == "query"
     assert pipeline.model_name == SERVED_NAME
-    assert f"{pipeline.kind.name}-batcher" in [thread.name for thread in threads]
+    assert any(thread.name.startswith(f"{pipeline.kind.name}-batcher") for thread in threads)
     from model_handlers.batching import Timing
 
     texts = tuple(TextInput(f"text number {i}") for i in range(5))
     before, seen, timing = pipeline.forward_passes, len(observer.passes), Timing()
     result = pipeline.run(EmbedRequest(inputs=texts), timing=timing)
     assert pipeline.forward_passes - before == 3  # 5 inputs, 2 per pass
-    assert observer.passes[seen:] == [2, 2, 1] and observer.waits
+    assert sorted(observer.passes[seen:]) == [1, 2, 2] and observer.waits  # passes may end in any order on lanes
     assert timing.forward_s > 0  # the caller's timing is the one the batcher fills
     assert pipeline.queue_depth == 0
     assert pipeline.answer_rows(EmbedRequest(inputs=texts)) == 5

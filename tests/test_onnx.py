@@ -170,6 +170,29 @@ def test_fp32_onnx_matches_sentence_transformers_and_late_chunking_matches_torch
         torch_handler.close()
 
 
+def test_onnx_on_a_cpu_shares_one_request_out_to_two_passes_at_once_and_answers_alike(tmp_path, minilm_dir,
+                                                                                      reference_model):
+    """ONNX Runtime leaves the GIL for a whole pass, so on a CPU two passes run at once, each on half the threads; one
+    caller's texts are cut in two when both lanes are idle. torch keeps one pass on every thread."""
+    from model_handlers import HandlerOptions, load_handler
+    from model_handlers.types import EmbedRequest, TextInput
+
+    _, model_dir = onnx_artifact(minilm_dir, tmp_path)
+    texts = TEXTS[:6]
+    request = EmbedRequest(inputs=tuple(TextInput(t) for t in texts))
+    for backend, passes in (("onnx", 2), ("torch", 1)):
+        handler = load_handler(model_dir, HandlerOptions(backend=backend, torch_threads=2))
+        try:
+            handler.run(request)  # calibrated and warm
+            before = handler.forward_passes
+            vectors = handler.run(request).vectors
+            assert handler.forward_passes - before == passes, backend
+            for vector, reference in zip(vectors, reference_model.encode(texts)):
+                assert cosine(vector, reference) >= 0.9999
+        finally:
+            handler.close()
+
+
 def test_a_cross_encoder_on_onnx_scores_as_crossencoder_does(tmp_path, reranker_dir):
     report, model_dir = onnx_artifact(reranker_dir, tmp_path)
     assert report.kind == "reranker" and report.quality.fp32_max_score_diff <= 1e-4

@@ -375,6 +375,44 @@ def test_a_request_is_prepared_during_a_pass_and_a_new_adapter_waits_for_its_end
         assert registered and "late" in model.adapters.names
 
 
+def test_passes_of_the_plain_model_run_at_once_and_an_adapter_waits_for_them_all(minilm_dir, peft_adapters, tmp_path):
+    """With no adapter in the model, passes share it (the batcher's lanes run them at once); putting an adapter in
+    waits until every running pass ended, and a pass that comes while it waits waits for it."""
+    with serving(minilm_dir) as app:
+        model = app.runtime.handler.model
+        together, release = threading.Barrier(3, timeout=10), threading.Event()
+        entered: list[str] = []
+
+        def a_pass(name: str, meet: bool) -> None:
+            with model.adapters.rows([None]):
+                entered.append(name)
+                if meet:
+                    together.wait()  # only when both passes are inside at once
+                    release.wait(30)
+
+        passes = [threading.Thread(target=a_pass, args=(f"pass {n}", True), daemon=True) for n in (1, 2)]
+        for thread in passes:
+            thread.start()
+        together.wait()
+        shutil.copytree(peft_adapters["medical"], tmp_path / "late")
+        registered: list = []
+        registering = threading.Thread(target=lambda: registered.append(
+            model.adapters.register("late", str(tmp_path / "late"))), daemon=True)
+        registering.start()
+        registering.join(1)
+        assert not registered, "an adapter was put into the model during a pass"
+        later = threading.Thread(target=a_pass, args=("later", False), daemon=True)
+        later.start()
+        later.join(0.5)
+        assert "later" not in entered, "a pass overtook the adapter waiting for the model"
+        release.set()
+        registering.join(30)
+        later.join(30)
+        assert registered and "late" in model.adapters.names
+        assert entered[:2] == ["pass 1", "pass 2"] or entered[:2] == ["pass 2", "pass 1"]
+        assert entered[2] == "later"
+
+
 def test_models_without_adapters_say_so(app):
     """The embedded MiniLM holds none until one is registered: /v1/models lists none, `adapter` is refused."""
     card = app.get("/v1/models").json()["data"][0]

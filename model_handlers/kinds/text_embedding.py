@@ -73,6 +73,7 @@ class TextEmbeddingModel:
         self.width = self._encoder.width
         self.max_length = self._encoder.max_length
         self.device = self._encoder.device
+        self.reentrant = self._encoder.reentrant
         # The adapters applied per row, when the encoder holds any (None: tasks only select prompts, or the
         # directory's own code applies them).
         self.adapters: RowAdapters | None = self._encoder.adapters
@@ -202,8 +203,10 @@ class _TorchEncoder:
         from sentence_transformers.base.modules.normalize import Normalize
         from sentence_transformers.sentence_transformer.modules.pooling import Pooling
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
+        # Passes may run on several threads at once: sentence-transformers' modules keep nothing of a pass, and
+        # peft's per-row adapters hold their own lock for one; a directory's own code might, so it runs one at a time.
+        self.reentrant = not model_code.trusts(model_dir, options)
+        torch.set_num_threads(options.pass_threads(options.resolved_device(), self.reentrant))
         model_kwargs = {"dtype": weights_dtype(options.resolved_device()),
                         **({} if options.allow_pickle else {"use_safetensors": True})}
         try:
@@ -313,6 +316,7 @@ class _OnnxEncoder(_PooledTokens):
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         self._session = OnnxSession.of(model_dir, config, options)
         self.device = self._session.device
+        self.reentrant = True
         self._pooling = PoolingSpec.read(model_dir)
         self.include_prompt = self._pooling.include_prompt
         self.width = self._pooling.width or int(read_object(model_dir / "config.json").get("hidden_size") or 0)
@@ -329,6 +333,7 @@ class _NativeEncoder(_PooledTokens):
 
     _model: Any
     device: str
+    reentrant = False  # peft's adapters applied by searchbox's own code
 
     def _tokens(self, padded: dict[str, np.ndarray], sequences: list[_Sequence]) -> np.ndarray:
         import torch
