@@ -394,7 +394,7 @@ class Batcher(Generic[ItemT, OutT]):
         """Estimated seconds of model time queued or running."""
         with self._cond:
             backlog = dict(self._backlog)
-        return self.cost.seconds(backlog)
+        return self._seconds(backlog)
 
     def foresee(self, lengths: Iterable[int], deadline: Deadline) -> None:
         """Refuse now work of these item lengths (tokens) that could not finish before `deadline`, before it is made:
@@ -404,11 +404,12 @@ class Batcher(Generic[ItemT, OutT]):
         Raises:
             TooLarge, Overloaded: as `submit` would for the same work.
         """
+        lengths = list(lengths)
         backlog = _tokens_by_bucket(lengths)
-        self._check_alone(backlog, deadline)
+        self._check_alone(backlog, len(lengths), deadline)
         with self._cond:
-            ahead = self.cost.seconds(self._backlog)
-            if ahead + self.cost.seconds(backlog) > deadline.left():
+            ahead = self._seconds(self._backlog)
+            if ahead + self._seconds(backlog) > deadline.left():
                 raise Overloaded(
                     f"the server is busy: the work queued ahead needs about {ahead:.0f} s, so this request would "
                     "not finish in time; retry later", retry_after_s=self._retry_after_locked())
@@ -419,7 +420,7 @@ class Batcher(Generic[ItemT, OutT]):
 
     def _check_alone(self, backlog: dict[int, int], items: int, deadline: Deadline) -> None:
         # one request's items share the lanes that are free; a single item takes one lane however many there are
-        alone, left = self.cost.seconds(backlog, best=True) / min(self._lanes, items), deadline.left()
+        alone, left = self.cost.seconds(backlog, best=True) / max(1, min(self._lanes, items)), deadline.left()
         if alone > left:
             # parts filled to 80% of the time, so that each has room for the variance of a busy machine
             raise TooLarge(f"this request needs about {alone:.0f} s of model time, more than the {max(0.0, left):.0f} s "
