@@ -12,10 +12,11 @@ from model_handlers.deadline import Deadline
 
 GPU_MAX_BATCH_TOKENS = 16384
 CPU_MAX_BATCH_TOKENS = 1024
-# Forward passes at once on a CPU, each on its share of the cores. Measured on 2 cores (all-MiniLM-L6-v2, passes of
-# 32 short texts, in-process): two passes on one thread each ran ONNX fp32 at 1.20x, int8 at 1.07x and torch at
-# 1.15-1.24x one pass on two threads. A pass's own threads idle at every operator's end (its GELUs, layer norms,
-# softmax are short), and the other pass fills them.
+# Forward passes at once on a CPU, each on its share of the cores. Measured on 2 cores (`python -m bench.lanes`:
+# all-MiniLM-L6-v2, passes of 32 short texts, in-process): two passes on one thread each ran torch at 1.11x, ONNX fp32
+# at 1.05x and int8 at 1.07x one pass on two threads; two passes on two threads each (the cores oversubscribed) ran
+# below both. A pass's own threads idle at every operator's end (its GELUs, layer norms, softmax are short), and the
+# other pass fills them. Not measured on more cores: there each pass keeps half of them.
 CPU_LANES = 2
 
 

@@ -206,7 +206,8 @@ class _TorchEncoder:
         # Passes may run on several threads at once: sentence-transformers' modules keep nothing of a pass, and
         # peft's per-row adapters hold their own lock for one; a directory's own code might, so it runs one at a time.
         self.reentrant = not model_code.trusts(model_dir, options)
-        torch.set_num_threads(options.pass_threads(options.resolved_device(), self.reentrant))
+        if options.torch_threads or options.lanes(options.resolved_device(), self.reentrant) > 1:
+            torch.set_num_threads(options.pass_threads(options.resolved_device(), self.reentrant))
         model_kwargs = {"dtype": weights_dtype(options.resolved_device()),
                         **({} if options.allow_pickle else {"use_safetensors": True})}
         try:
