@@ -45,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -329,11 +329,18 @@ class S3Store(_ObjectStore):
         return self._client
 
     def _get(self, key: str) -> tuple[bytes, Any] | None:
+        def document() -> tuple[bytes, Any]:
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            return answer["Body"].read(), answer["ETag"]  # one request: the document and its ETag are one version's
+
+        return self._read(key, document)
+
+    def _read(self, key: str, call: Callable[[], Any]) -> Any:
+        """What `call` answers about the object at `key`, or None when there is none."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            answer = self.client.get_object(Bucket=self.bucket, Key=key)
-            return answer["Body"].read(), answer["ETag"]  # one request: the document and its ETag are one version's
+            return call()
         except ClientError as exc:
             if _missing(exc):
                 return None
@@ -369,14 +376,9 @@ class S3Store(_ObjectStore):
     def _delete(self, key: str) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:  # S3 answers a delete of nothing with success: ask first, for the headers alone
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _missing(exc):
-                return False
-            raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"cannot read {self._where(key)}: {exc}") from None
+        # S3 answers a delete of nothing with success: ask first, for the headers alone
+        if self._read(key, lambda: self.client.head_object(Bucket=self.bucket, Key=key)) is None:
+            return False
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
