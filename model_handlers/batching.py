@@ -193,11 +193,22 @@ class _Entry(Generic[ItemT, OutT]):
     failed: bool = False
     # tokens of this entry's items still counted in the batcher's backlog, by bucket
     backlog: dict[int, int] = field(default_factory=dict)
+    passes: list[tuple[float, float]] = field(default_factory=list)  # when each of its passes ran (perf_counter)
 
     def __post_init__(self) -> None:
         self.outputs = [None] * len(self.items)
         self.remaining = len(self.items)
         self.backlog = _tokens_by_bucket(item.length for item in self.items)
+
+
+def _covered(intervals: list[tuple[float, float]]) -> float:
+    """The time the union of these (start, end) intervals covers."""
+    covered, reached = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reached:
+            covered += end - max(start, reached)
+            reached = end
+    return covered
 
 
 @dataclass(eq=False)
@@ -648,8 +659,10 @@ class Batcher(Generic[ItemT, OutT]):
         self.cost.observe(longest, len(chunk), elapsed)
         with self._cond:
             self._tokens_since_idle += longest * len(chunk)
-        for entry in entries:
-            entry.timing.forward_s += elapsed
+        with self._answers:  # a caller's passes may run at once on several lanes: its time in them is their union
+            for entry in entries:
+                entry.passes.append((started, started + elapsed))
+                entry.timing.forward_s = _covered(entry.passes)
         if self._observer is not None:
             self._observer.pass_ran(len(chunk), longest * len(chunk), elapsed)
         for slot, output in zip(chunk, outputs):

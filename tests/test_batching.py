@@ -428,3 +428,23 @@ def test_a_single_input_is_judged_on_one_lane_however_many_there_are():
     # two 50-token inputs: 0.5 s each, on two lanes at once
     assert batcher.run([Item(1, length=50), Item(2, length=50)], Deadline.after(0.8)) == [10, 20]
     batcher.close()
+
+
+def test_a_callers_time_in_passes_that_ran_at_once_counts_once():
+    """Its two passes run side by side for 0.3 s each: 0.3 s in passes, not 0.6 (the request log's forward_ms must
+    not exceed its total)."""
+    barrier = threading.Barrier(2, timeout=5)
+
+    def forward(items: list[Item]) -> list[int]:
+        barrier.wait()
+        time.sleep(0.3)
+        return [item.value for item in items]
+
+    from model_handlers.batching import Timing
+
+    batcher = Batcher(forward, lanes=2)
+    timing = Timing()
+    started = time.monotonic()
+    assert batcher.run([Item(1), Item(2)], Deadline.after(10), timing) == [1, 2]
+    assert 0.3 <= timing.forward_s <= time.monotonic() - started < 0.55
+    batcher.close()
