@@ -440,7 +440,7 @@ class _ModelLock:
     def shared(self) -> Iterator[None]:
         with self._cond:
             me = threading.get_ident()
-            while self._owner not in (None, me) or (self._waiting and self._owner != me):
+            while self._owner != me and (self._owner is not None or self._waiting):
                 self._cond.wait()
             self._sharing += 1
         try:

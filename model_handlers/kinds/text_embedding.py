@@ -205,15 +205,17 @@ class _TorchEncoder:
 
         # Passes may run on several threads at once: sentence-transformers' modules keep nothing of a pass, and
         # peft's per-row adapters hold their own lock for one; a directory's own code might, so it runs one at a time.
-        self.reentrant = not model_code.trusts(model_dir, options)
-        if options.torch_threads or options.lanes(options.resolved_device(), self.reentrant) > 1:
-            torch.set_num_threads(options.pass_threads(options.resolved_device(), self.reentrant))
-        model_kwargs = {"dtype": weights_dtype(options.resolved_device()),
+        trusted = model_code.trusts(model_dir, options)
+        self.reentrant = not trusted
+        device = options.resolved_device()
+        if options.torch_threads or options.lanes(device, self.reentrant) > 1:
+            torch.set_num_threads(options.pass_threads(device, self.reentrant))
+        model_kwargs = {"dtype": weights_dtype(device),
                         **({} if options.allow_pickle else {"use_safetensors": True})}
         try:
             self._model = SentenceTransformer(
-                str(model_dir), device=options.resolved_device(), local_files_only=True,
-                trust_remote_code=model_code.trusts(model_dir, options), model_kwargs=model_kwargs,
+                str(model_dir), device=device, local_files_only=True,
+                trust_remote_code=trusted, model_kwargs=model_kwargs,
             )
         except (OSError, ValueError) as exc:
             raise ModelDirectoryError(f"cannot load {model_dir} as an embedding model: {exc}") from exc
