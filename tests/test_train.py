@@ -423,18 +423,30 @@ def s3_emulator():
     """moto's S3 server (a real HTTP S3 emulator that honours If-Match and If-None-Match on PutObject) with a bucket
     `classifiers`; yields the settings an instance reaches it by: boto3's own environment variables, as an instance's
     role and region would be."""
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
 
-    from conftest import free_port
-
-    port = free_port()
-    emulator = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    emulator.start()
-    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+    emulator = make_server("127.0.0.1", 0, _OneRequestAtATime(DomainDispatcherApplication(create_backend_app)),
+                           threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=emulator.serve_forever, daemon=True).start()
+    settings = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{emulator.server_port}", "AWS_ACCESS_KEY_ID": "testing",
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     _s3_client(settings).create_bucket(Bucket="classifiers")
     yield settings
-    emulator.stop()
+    emulator.shutdown()
+
+
+class _OneRequestAtATime:
+    """moto checks a PutObject's If-Match, then writes, with no lock between: two writes at once on one ETag may both
+    pass (a CI run lost an update so), which S3 never allows (its preconditions are atomic: one write wins, the other
+    gets 412 or 409). Answering one request at a time gives the emulator S3's atomicity; the serves still race."""
+
+    def __init__(self, app):
+        self.app, self.lock = app, threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            return list(self.app(environ, start_response))  # the whole answer, body included, under the lock
 
 
 def _s3_client(settings: dict[str, str]):
