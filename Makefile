@@ -7,6 +7,10 @@ TORCH_SPEC ?= torch==2.13.0
 # The one source of versions (docker/lock_requirements.py); `make lock` alone writes it.
 LOCK := requirements.lock
 PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check
+# Python writes bytecode here whatever the shell says: with PYTHONDONTWRITEBYTECODE set, every pytest run, xdist worker
+# and test-started serve recompiles the project and pytest rewrites every test module again (collecting the fast tier
+# took 20 s instead of 9 s here, `make test-fast` 165 s instead of 142 s).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: venv lock nginx serve test test-fast container-test lint-docker clean
 
