@@ -58,6 +58,8 @@ def load_pipeline(model_dir: Path, config: ServingConfig, options: HandlerOption
     logger.info("loading %s model %s from %s on %s", config.kind.name, config.served_model_name, model_dir,
                 config.backend)
     model = load(model_dir, config, options)
+    if config.backend == "torch":  # an ONNX artifact's image may have no torch; its sessions take their threads
+        options.set_torch_threads(model.device, model.reentrant)
     for name in sorted(config.kind.operations):
         protocol = operations.named(name).model
         if not isinstance(model, protocol):

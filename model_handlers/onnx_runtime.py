@@ -11,7 +11,6 @@ threads on a busy machine, as OpenMP's did), and the CUDA provider when a GPU is
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -31,10 +30,10 @@ class OnnxSession:
     Args:
         path: the .onnx file.
         device: "auto" (CUDA when ONNX Runtime has it and a GPU answers), "cpu", "cuda", "cuda:1".
-        threads: intra-op threads; None: one per core this process may use.
+        threads: intra-op threads (a lane's share: HandlerOptions.pass_threads).
     """
 
-    def __init__(self, path: Path, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: Path, device: str, threads: int):
         import onnxruntime as ort
 
         if not Path(path).is_file():
@@ -42,7 +41,7 @@ class OnnxSession:
                                       "--backend onnx, or serve this model with the torch backend")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")

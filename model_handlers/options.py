@@ -113,6 +113,14 @@ class HandlerOptions:
         process may use) shared out to the lanes."""
         return max(1, self._threads() // self.lanes(device, reentrant))
 
+    def set_torch_threads(self, device: str, reentrant: bool) -> None:
+        """torch's intra-op threads (one setting per process) for the passes of a model loaded on `device`: each lane's
+        share where passes run at once, SEARCHBOX_TORCH_THREADS where the operator names some, else torch's own."""
+        if self.torch_threads or self.lanes(device, reentrant) > 1:
+            import torch
+
+            torch.set_num_threads(self.pass_threads(device, reentrant))
+
     def _threads(self) -> int:
         return self.torch_threads or len(os.sched_getaffinity(0))
 

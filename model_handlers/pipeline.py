@@ -40,6 +40,8 @@ class Model(Protocol):
     max_length: int
     width: int | None  # the length of the vectors it makes; None when it makes none (a cross-encoder)
     device: str
+    # Whether two passes may run at once on its forward (Batcher lanes): it keeps nothing of a pass between calls.
+    reentrant: bool
 
     def forward(self, items: list) -> list[list[np.ndarray]]: ...
 
@@ -77,7 +79,7 @@ class Pipeline:
             name=f"{kind.name}-batcher",
             on_idle=release_free_memory,
             observer=options.observer,
-            lanes=options.lanes(model.device, reentrant=getattr(model, "reentrant", config.backend == "onnx")),
+            lanes=options.lanes(model.device, model.reentrant),
         )
 
     @property

@@ -148,3 +148,25 @@ def test_the_served_model_name_is_answered_in_model(started, minilm_dir, tmp_pat
     shutil.copytree(minilm_dir, plain)
     app, _ = started(plain, {})
     assert app.post("/v1/embeddings", {"input": ["x"]}).json()["model"] == "a-plain-directory"
+
+
+@pytest.mark.parametrize("model,threads,per_pass", [
+    ("minilm_dir", 4, 2),  # sentence-transformers' modules: two passes at once, each on half
+    ("reranker_dir", 4, 2),  # transformers' classifier: the same
+    ("splade_dir", 3, 3),  # one pass at a time, on all of them
+    ("clip_dir", 3, 3),
+])
+def test_every_torch_kind_runs_its_passes_on_the_operators_threads(request, model, threads, per_pass):
+    """SEARCHBOX_TORCH_THREADS reaches torch whatever the kind (torch's setting is one per process: put back)."""
+    import torch
+
+    from model_handlers import HandlerOptions, load_handler
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        handler = load_handler(request.getfixturevalue(model), HandlerOptions(device="cpu", torch_threads=threads))
+        handler.close()
+        assert torch.get_num_threads() == per_pass
+    finally:
+        torch.set_num_threads(before)

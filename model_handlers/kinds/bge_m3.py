@@ -129,6 +129,7 @@ class BgeM3Model:
         self.model_name = config.served_model_name
         self._encoder = encoder if encoder is not None else _TorchM3(model_dir, config, options)
         self.device = self._encoder.device
+        self.reentrant = self._encoder.reentrant
         self._weights = settings.rerank_weights
         facts: _M3Facts = self._encoder.facts
         # FlagEmbedding cuts where the tokenizer says (it reads no sentence-transformers settings)
@@ -254,6 +255,8 @@ class _M3Facts:
 class _TorchM3:
     """The encoder and the two heads on torch."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -319,6 +322,8 @@ _FACTS_METADATA = "searchbox.bge_m3"
 class _OnnxM3:
     """The encoder and both heads exported to ONNX at packaging time (export_onnx): one graph, three outputs (dense,
     sparse token weights, ColBERT vectors), always all three. No torch, no transformers on this path."""
+
+    reentrant = True  # ONNX Runtime runs a session's passes on several threads at once
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         from model_handlers.onnx_runtime import OnnxSession

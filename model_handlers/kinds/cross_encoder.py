@@ -58,6 +58,7 @@ class CrossEncoderModel:
         self.config = config
         self._scorer = scorer
         self.device = self._scorer.device
+        self.reentrant = self._scorer.reentrant
         self.max_length = self._scorer.max_length
         self._tokenizer = self._scorer.tokenizer
         if self._tokenizer.pair_special_count is None:
@@ -116,11 +117,9 @@ class _TorchScorer:
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
-        tokenizer, self._model = _classifier(model_dir, options, self.device)
+        tokenizer, self._model, self.reentrant = _classifier(model_dir, options, self.device)
         labels = int(getattr(self._model.config, "num_labels", 1))
         if labels != 1:
             raise ModelDirectoryError(
@@ -142,6 +141,8 @@ class _TorchScorer:
 class _OnnxScorer:
     """The classifier exported to ONNX at packaging time (no torch, no transformers on this path)."""
 
+    reentrant = True  # ONNX Runtime runs a session's passes on several threads at once
+
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         self._session = OnnxSession.of(model_dir, config, options)
         self.device = self._session.device
@@ -156,9 +157,10 @@ class _OnnxScorer:
 
 
 def _classifier(model_dir: Path, options: HandlerOptions, device: str):
-    """The tokenizer and the classifier on `device`, in eval mode: natively for a Jina flash checkpoint
-    (model_handlers/jina_layout.py), else through transformers' Auto classes, with remote code only as
-    model_handlers/model_code.py allows."""
+    """The tokenizer, the classifier on `device` in eval mode, and whether its passes may run at once: natively for a
+    Jina flash checkpoint (model_handlers/jina_layout.py: one pass at a time, as the native encoders), else through
+    transformers' Auto classes (their modules keep nothing of a pass), with remote code only as
+    model_handlers/model_code.py allows (a directory's own code might keep something: one at a time)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     trust = model_code.trusts(model_dir, options)
@@ -166,13 +168,13 @@ def _classifier(model_dir: Path, options: HandlerOptions, device: str):
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
         if jina_layout.layout(read_object(model_dir / "config.json")):
             return tokenizer, jina_layout.load(model_dir, jina_layout.CLASSIFIER, device=device,
-                                               allow_pickle=options.allow_pickle)[0]
+                                               allow_pickle=options.allow_pickle)[0], False
         model = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=trust,
             use_safetensors=not options.allow_pickle or None)
     except (OSError, ValueError) as exc:
         raise ModelDirectoryError(f"cannot load {model_dir} as a cross-encoder reranker: {exc}") from exc
-    return tokenizer, model.to(device).eval()
+    return tokenizer, model.to(device).eval(), not trust
 
 
 def export_onnx(model_dir: Path, out_path: Path) -> None:
@@ -181,7 +183,7 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
     Raises:
         ModelDirectoryError: the model does not export (the message says why).
     """
-    tokenizer, model = _classifier(model_dir, HandlerOptions(), "cpu")
+    tokenizer, model, _ = _classifier(model_dir, HandlerOptions(), "cpu")
     example = tokenizer(["what does searchbox export?", "which query is this?"],
                         ["the cross-encoder as an ONNX graph", "a second document, a little longer than the first"],
                         padding=True, return_tensors="np")

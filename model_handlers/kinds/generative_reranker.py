@@ -57,17 +57,16 @@ class _Prompt:
 class GenerativeRerankerModel:
     """Serves a sentence-transformers `CrossEncoder` over a causal language model (`Transformer` + `LogitScore`)."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     width = None  # it makes scores, no vectors
     takes_instruction = True
     rerank_scoring = "generative, pointwise: a language model's yes/no judgement of each (query, document) pair"
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
         from sentence_transformers import CrossEncoder
         from sentence_transformers.cross_encoder.modules import LogitScore
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
         self.config = config
         self.device = options.resolved_device()
         try:

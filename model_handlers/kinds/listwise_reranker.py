@@ -50,6 +50,8 @@ class _Block:
 class ListwiseRerankerModel:
     """Serves a `JinaForRanking` directory natively: transformers' Qwen3Model and the checkpoint's projector."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     width = None  # it answers scores, no vectors
     rerank_scoring = ("listwise: the query and up to 125 documents read in one context per block; each document's "
                       "cosine with the blocks' merged query vector")
@@ -61,8 +63,6 @@ class ListwiseRerankerModel:
         import torch
         from transformers import AutoTokenizer
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
         self.config = config
         self.device = options.resolved_device()
         self._device = torch.device(self.device)

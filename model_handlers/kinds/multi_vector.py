@@ -244,6 +244,7 @@ class MultiVectorModel:
         self.model_name = config.served_model_name
         self._encoder = encoder if encoder is not None else _TorchColbert(model_dir, config, options)
         self.device = self._encoder.device
+        self.reentrant = self._encoder.reentrant
         self.adapters = self._encoder.adapters
         self.width = self._encoder.width
         tokens: _TokenFacts = self._encoder.tokens
@@ -427,6 +428,8 @@ class _TokenFacts:
 class _TorchColbert:
     """The encoder and its projection(s) on torch (with its adapters)."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
 
@@ -489,6 +492,8 @@ class _OnnxColbert:
     """The encoder and its projection(s) exported to ONNX at packaging time (export_onnx): the graph answers
     [batch, seq, width] token vectors. No torch, no transformers on this path; no adapters (the export refuses models
     that have them)."""
+
+    reentrant = True  # ONNX Runtime runs a session's passes on several threads at once
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         from model_handlers.onnx_runtime import OnnxSession

@@ -149,6 +149,8 @@ class _Ahead:
 class MultimodalModel:
     """A dual encoder serving text and image embeddings in one space."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     rerank_scoring = "the cosine of query and document embeddings in the shared text-image space"
     # what it reads (types.reads): a PDF as its pages, each page an image
     modalities = frozenset({"text", "image", "pdf"})
@@ -532,6 +534,8 @@ class OnnxMultimodalModel(MultimodalModel):
     """A CLIP whose text and vision towers, each with its projection, run on ONNX Runtime (`export_onnx`); texts are
     tokenized from tokenizer.json and images preprocessed by model_handlers/clip_pixels.py, so neither torch nor
     transformers is imported. No adapters (the export refuses models that have them)."""
+
+    reentrant = True  # ONNX Runtime runs a session's passes on several threads at once
 
     def _load(self, model_dir: Path, options: HandlerOptions) -> _Towers:
         from model_handlers.model_files import read_object

@@ -155,6 +155,7 @@ class SparseModel:
         self.model_name = config.served_model_name
         self._encoder = encoder
         self.device = encoder.device
+        self.reentrant = encoder.reentrant
         self.adapters = encoder.adapters
         self.max_length = settings.lengths.served(config.max_length)
         self.width = encoder.width
@@ -239,6 +240,8 @@ def splade_pool(logits, attention_mask, settings: SpladeSettings):
 class _TorchWeights:
     """The *ForMaskedLM model on torch (with its adapters), pooled by `splade_pool`."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
 
@@ -268,6 +271,8 @@ class _OnnxWeights:
     """The MLM with its pooling exported to ONNX at packaging time (export_onnx): the graph answers [batch, vocab]
     weights. No torch, no transformers on this path; no adapters (the export refuses models whose tasks select
     them)."""
+
+    reentrant = True  # ONNX Runtime runs a session's passes on several threads at once
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         from model_handlers.onnx_runtime import OnnxSession

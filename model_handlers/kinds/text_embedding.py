@@ -198,7 +198,6 @@ class _TorchEncoder:
     (a model whose forward takes it), or the pass's task as the `task` feature (a module that reads it)."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.base.modules.normalize import Normalize
         from sentence_transformers.sentence_transformer.modules.pooling import Pooling
@@ -208,8 +207,6 @@ class _TorchEncoder:
         trusted = model_code.trusts(model_dir, options)
         self.reentrant = not trusted
         device = options.resolved_device()
-        if options.torch_threads or options.lanes(device, self.reentrant) > 1:
-            torch.set_num_threads(options.pass_threads(device, self.reentrant))
         model_kwargs = {"dtype": weights_dtype(device),
                         **({} if options.allow_pickle else {"use_safetensors": True})}
         try:
@@ -351,10 +348,7 @@ class _JinaV3Encoder(_NativeEncoder):
     peft (model_handlers/jina_v3.py); no code from the directory runs."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
         self.device = options.resolved_device()
         self._model, installs = jina_v3.load(model_dir, self.device)
         self.adapters = RowAdapters(self._model, max_loaded=options.max_adapters, allow_pickle=options.allow_pickle)
@@ -375,10 +369,7 @@ class _JinaV5Encoder(_NativeEncoder):
     directory runs."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
         self.device = options.resolved_device()
         self._model = jina_v5.load(model_dir, self.device)
         self.adapters = adapters.attach(self._model, options, config.adapters, model_dir)

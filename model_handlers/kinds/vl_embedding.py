@@ -73,6 +73,8 @@ class _Item:
 class VisionLanguageEmbeddingModel:
     """jina-embeddings-v4 on transformers' Qwen2.5-VL, its projector and its task adapters read natively."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     rerank_scoring = ("late interaction: for each token vector of the query its best cosine over the document's token "
                       "vectors, summed (MaxSim); texts and images alike")
     # what it reads (types.reads): a PDF as its pages, each page an image

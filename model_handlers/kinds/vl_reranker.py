@@ -78,6 +78,8 @@ class _Pair:
 class VisionLanguageRerankerModel:
     """Serves a `JinaVLForRanking` directory natively: transformers' Qwen2-VL and the checkpoint's score head."""
 
+    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+
     width = None  # it makes scores, no vectors
     # what it reads (types.reads): a PDF document as its pages, each page an image
     modalities = frozenset({"text", "image", "pdf"})
@@ -85,12 +87,9 @@ class VisionLanguageRerankerModel:
                       "side a text or an image")
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-        import torch
 
         from model_handlers.qwen_vl import Backbone
 
-        if options.torch_threads:
-            torch.set_num_threads(options.torch_threads)
         self.config = config
         self.model_name = config.served_model_name
         self.device = options.resolved_device()
