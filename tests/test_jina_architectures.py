@@ -218,3 +218,23 @@ def test_the_remote_code_route_still_serves_when_the_policy_allows(colbert_dir, 
         handler.close()
     assert vectors.shape == (32, 24) and np.isfinite(vectors).all()
     assert any(name.endswith("modeling_xlm_roberta") for name in loaded_from(model_dir, before))
+
+
+def test_a_native_checkpoint_runs_two_passes_at_once_and_remote_code_one(reranker_dir, colbert_dir, tmp_path):
+    """Read natively, a flash checkpoint is transformers' own classes, which keep nothing of a pass: on a CPU one
+    request is cut in two passes that run at once (the tests above compare their answers with the remote code). The
+    directory's own code might keep something: it runs one pass at a time."""
+    variant = jina.remote_code_only(shutil.copytree(colbert_dir, tmp_path / "variant"))
+    documents = tuple(map(TextInput, DOCUMENTS))
+    for model_dir, request, passes, trust in (
+            (reranker_dir, RerankRequest(query=TextInput(QUERY), documents=documents), 2, False),
+            (colbert_dir, EmbedRequest(inputs=documents, input_type="document"), 2, False),
+            (variant, EmbedRequest(inputs=documents, input_type="document"), 1, True)):
+        handler = load_handler(model_dir, HandlerOptions(device="cpu", torch_threads=2, trust_remote_code=trust))
+        try:
+            handler.run(request)  # calibrated and warm
+            before = handler.forward_passes
+            handler.run(request)
+            assert handler.forward_passes - before == passes, model_dir.name
+        finally:
+            handler.close()

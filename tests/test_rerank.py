@@ -99,25 +99,22 @@ def test_scores_match_cross_encoder_and_are_sorted(reranker_server, cross_encode
     assert [r["index"] for r in results] == list(np.argsort(-expected, kind="stable"))
 
 
-def test_a_cpu_scores_one_request_in_two_passes_at_once_as_crossencoder_does(reranker_dir, jina_reranker_dir,
-                                                                              cross_encoder):
+def test_a_cpu_scores_one_request_in_two_passes_at_once_as_crossencoder_does(reranker_dir, cross_encoder):
     """transformers' classifier keeps nothing of a pass, so on a CPU one request's pairs are cut in two passes that
-    run at once, each on half the threads; a Jina flash checkpoint (searchbox's own native layout) keeps one pass."""
+    run at once, each on half the threads."""
     request = RerankRequest(query=TextInput(QUERY), documents=tuple(TextInput(d) for d in DOCUMENTS))
+    handler = load_handler(reranker_dir, HandlerOptions(torch_threads=2))
+    try:
+        handler.run(request)  # calibrated and warm
+        before = handler.forward_passes
+        hits = handler.run(request).hits
+        assert handler.forward_passes - before == 2
+    finally:
+        handler.close()
     expected = cross_encoder.predict([(QUERY, d) for d in DOCUMENTS])
-    for model_dir, passes in ((reranker_dir, 2), (jina_reranker_dir, 1)):
-        handler = load_handler(model_dir, HandlerOptions(torch_threads=2))
-        try:
-            handler.run(request)  # calibrated and warm
-            before = handler.forward_passes
-            hits = handler.run(request).hits
-            assert handler.forward_passes - before == passes, model_dir.name
-            if model_dir == reranker_dir:
-                assert len(hits) == len(DOCUMENTS)
-                for hit in hits:
-                    assert abs(hit.relevance_score - float(expected[hit.index])) < TOLERANCE
-        finally:
-            handler.close()
+    assert sorted(hit.index for hit in hits) == list(range(len(DOCUMENTS)))
+    for hit in hits:
+        assert abs(hit.relevance_score - float(expected[hit.index])) < TOLERANCE
 
 
 def test_the_shared_cross_encoder_tells_its_scores_apart(cross_encoder):

@@ -52,6 +52,17 @@ def test_public_route_matches_sparse_encoder(splade, reference):
     assert body["usage"]["total_tokens"] > 128  # tokens read, the long input cut to the model's 128
 
 
+def test_a_cpu_runs_one_request_as_two_passes_at_once_and_answers_as_sparse_encoder(splade_dir, reference):
+    """transformers' masked-LM keeps nothing of a pass: on a CPU (two threads here) one request is cut in two passes
+    that run at once, one thread each."""
+    with serving(splade_dir, {"SEARCHBOX_TORCH_THREADS": "2"}) as served:
+        before = served.runtime.handler.forward_passes
+        body = answer(served, "/v1/sparse-embeddings", {"input": TEXTS})
+        assert served.runtime.handler.forward_passes - before == 2
+    for item, weights in zip(body["data"], reference):
+        sparse_matches(item["sparse_embedding"], weights)
+
+
 def test_invocations_envelope_and_public_body_answer_the_models_form(splade, reference):
     envelope = answer(splade, "/invocations", {"data": [{"text": t, "id": i} for i, t in enumerate(TEXTS)]})
     assert [item["id"] for item in envelope["data"]] == list(range(len(TEXTS)))

@@ -158,9 +158,9 @@ class _OnnxScorer:
 
 def _classifier(model_dir: Path, options: HandlerOptions, device: str):
     """The tokenizer, the classifier on `device` in eval mode, and whether its passes may run at once: natively for a
-    Jina flash checkpoint (model_handlers/jina_layout.py: one pass at a time, as the native encoders), else through
-    transformers' Auto classes (their modules keep nothing of a pass), with remote code only as
-    model_handlers/model_code.py allows (a directory's own code might keep something: one at a time)."""
+    Jina flash checkpoint (model_handlers/jina_layout.py), else through transformers' Auto classes, with remote code
+    only as model_handlers/model_code.py allows. transformers' own classes keep nothing of a pass; a directory's own
+    code might, so it runs one pass at a time."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     trust = model_code.trusts(model_dir, options)
@@ -168,7 +168,7 @@ def _classifier(model_dir: Path, options: HandlerOptions, device: str):
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=trust)
         if jina_layout.layout(read_object(model_dir / "config.json")):
             return tokenizer, jina_layout.load(model_dir, jina_layout.CLASSIFIER, device=device,
-                                               allow_pickle=options.allow_pickle)[0], False
+                                               allow_pickle=options.allow_pickle)[0], True
         model = AutoModelForSequenceClassification.from_pretrained(
             str(model_dir), local_files_only=True, trust_remote_code=trust,
             use_safetensors=not options.allow_pickle or None)

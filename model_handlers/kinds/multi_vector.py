@@ -428,15 +428,14 @@ class _TokenFacts:
 class _TorchColbert:
     """The encoder and its projection(s) on torch (with its adapters)."""
 
-    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
-
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
 
         settings: ColbertSettings = config.kind_settings
         self.device = options.resolved_device()
         self._device = torch.device(self.device)
-        self._hf_tokenizer, self._encoder = _tokenizer_and_encoder(model_dir, settings, options, self.device)
+        self._hf_tokenizer, self._encoder, self.reentrant = _tokenizer_and_encoder(model_dir, settings, options,
+                                                                                   self.device)
         self.adapters = adapters.attach(self._encoder, options, config.adapters, model_dir)
         # in the encoder's dtype, as PyLate casts its Dense layers
         dtype = next(self._encoder.parameters()).dtype
@@ -466,17 +465,18 @@ class _TorchColbert:
 
 
 def _tokenizer_and_encoder(model_dir: Path, settings: ColbertSettings, options: HandlerOptions, device: str):
-    """The transformers tokenizer and the encoder (in eval mode) of a ColBERT directory (torch and packaging only)."""
+    """The transformers tokenizer and the encoder (in eval mode) of a ColBERT directory (torch and packaging only), and
+    whether its passes may run at once (`_load_encoder`)."""
     from transformers import AutoTokenizer
 
     encoder_dir = model_dir / settings.encoder_folder
     trust = model_code.trusts(model_dir, options)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir), local_files_only=True, trust_remote_code=trust)
-        encoder = _load_encoder(encoder_dir, options, trust, device)
+        encoder, reentrant = _load_encoder(encoder_dir, options, trust, device)
     except (OSError, ValueError) as exc:
         raise ModelDirectoryError(f"cannot load {model_dir} as a multi-vector (ColBERT) model: {exc}") from exc
-    return tokenizer, encoder.eval()
+    return tokenizer, encoder.eval(), reentrant
 
 
 # the graph's metadata: the _TokenFacts of the exported model (JSON), and the projections traced into it
@@ -569,7 +569,9 @@ def export_onnx(model_dir: Path, out_path: Path) -> None:
 
 def _load_encoder(encoder_dir: Path, options: HandlerOptions, trust: bool, device: str):
     """The encoder on `device`, in eval mode, its missing weights refused: random weights would serve plausible
-    nonsense. Jina's flash checkpoints (jina-colbert-v2) are read natively (model_handlers/jina_layout.py).
+    nonsense, and whether its passes may run at once. Jina's flash checkpoints (jina-colbert-v2) are read natively
+    (model_handlers/jina_layout.py). transformers' own classes keep nothing of a pass; a directory's own code (`trust`)
+    might, so it runs one pass at a time.
 
     transformers' own load report is kept quiet: in colbert-ai's layout the projection's `linear.weight` sits
     beside the encoder's weights, which it calls unexpected, and the pooler it adds (a ColBERT never uses it)
@@ -582,7 +584,7 @@ def _load_encoder(encoder_dir: Path, options: HandlerOptions, trust: bool, devic
         encoder, unused = jina_layout.load(encoder_dir, jina_layout.ENCODER, device=device,
                                            allow_pickle=options.allow_pickle)
         _warn_unused(encoder_dir, unused)
-        return encoder
+        return encoder, True
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
@@ -597,7 +599,7 @@ def _load_encoder(encoder_dir: Path, options: HandlerOptions, trust: bool, devic
         raise ModelDirectoryError(f"{encoder_dir}: the encoder's weights are missing or of the wrong shape in the "
                                   f"checkpoint ({wrong}); it would answer random vectors")
     _warn_unused(encoder_dir, info.get("unexpected_keys", ()))
-    return encoder.to(device).eval()
+    return encoder.to(device).eval(), not trust
 
 
 def _warn_unused(encoder_dir: Path, keys) -> None:

@@ -240,7 +240,7 @@ def splade_pool(logits, attention_mask, settings: SpladeSettings):
 class _TorchWeights:
     """The *ForMaskedLM model on torch (with its adapters), pooled by `splade_pool`."""
 
-    reentrant = False  # one pass at a time: passes at once not measured for this kind on torch yet
+    reentrant = True  # transformers' own class (a SPLADE never runs a directory's code) keeps nothing of a pass
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
         import torch
