@@ -214,11 +214,14 @@ SCAFFOLD = {
         re.compile(r"\b1_?000_?000\b|VERY_LARGE_INTEGER"), ("model_handlers/lengths.py",)),
     "an ONNX session opened by hand (OnnxSession.of)": (
         re.compile(r"\bOnnxSession\(|InferenceSession\("), ("model_handlers/onnx_runtime.py",)),
+    "torch's threads set by a kind (the loader sets them: HandlerOptions.set_torch_threads)": (
+        re.compile(r"\bset_num_threads\("), ("model_handlers/options.py",)),
 }
 
 
 def test_kinds_stand_on_one_scaffold_and_know_no_wire():
-    """Every kind reads its files, its length and its ONNX session through the shared modules, and the model layer
+    """Every kind reads its files, its length and its ONNX session through the shared modules, leaves torch's threads
+    to the loader, and the model layer
     holds no HTTP path (a kind's samples are wire text: packaging/_samples.py)."""
     found = []
     for path in sorted((ROOT / "model_handlers").rglob("*.py")):
