@@ -221,8 +221,7 @@ SCAFFOLD = {
 
 def test_kinds_stand_on_one_scaffold_and_know_no_wire():
     """Every kind reads its files, its length and its ONNX session through the shared modules, leaves torch's threads
-    to the loader, and the model layer
-    holds no HTTP path (a kind's samples are wire text: packaging/_samples.py)."""
+    to the loader, and the model layer holds no HTTP path (a kind's samples are wire text: packaging/_samples.py)."""
     found = []
     for path in sorted((ROOT / "model_handlers").rglob("*.py")):
         relative = path.relative_to(ROOT).as_posix()
