@@ -434,6 +434,7 @@ def s3_emulator():
     _s3_client(settings).create_bucket(Bucket="classifiers")
     yield settings
     emulator.shutdown()
+    emulator.server_close()
 
 
 class _OneRequestAtATime:

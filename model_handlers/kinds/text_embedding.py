@@ -348,7 +348,6 @@ class _JinaV3Encoder(_NativeEncoder):
     peft (model_handlers/jina_v3.py); no code from the directory runs."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-
         self.device = options.resolved_device()
         self._model, installs = jina_v3.load(model_dir, self.device)
         self.adapters = RowAdapters(self._model, max_loaded=options.max_adapters, allow_pickle=options.allow_pickle)
@@ -369,7 +368,6 @@ class _JinaV5Encoder(_NativeEncoder):
     directory runs."""
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-
         self.device = options.resolved_device()
         self._model = jina_v5.load(model_dir, self.device)
         self.adapters = adapters.attach(self._model, options, config.adapters, model_dir)

@@ -87,7 +87,6 @@ class VisionLanguageRerankerModel:
                       "side a text or an image")
 
     def __init__(self, model_dir: Path, config: ServingConfig, options: HandlerOptions):
-
         from model_handlers.qwen_vl import Backbone
 
         self.config = config
